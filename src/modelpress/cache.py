@@ -1,0 +1,133 @@
+"""The pass cache: each pass output lives under a hash of everything that determines it.
+
+Key = sha256(input model content id, pass type, fully resolved params, data fingerprints,
+execution provider, cache format version). An output's own content id is its key, so a
+change anywhere upstream changes every key downstream, and an unchanged prefix is reused.
+Entries are written to a temporary folder and renamed into place; `entry.json`, written
+last, lists every file with its size, and an entry whose files do not match is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
+from modelpress.models import ModelRef
+
+log = logging.getLogger("modelpress")
+CACHE_VERSION = 1
+
+
+def cache_key(*parts: Any) -> str:
+    """A stable hash of JSON-serialisable parts."""
+    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_id(folder: Path, memo_path: Path | None = None) -> str:
+    """A hash of a folder's file names and contents.
+
+    File hashes are remembered by (path, size, mtime) in `memo_path`, so a multi-GB model is
+    read once, not on every run.
+    """
+    folder = Path(folder).resolve()
+    memo = _read_memo(memo_path)
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+        sha = memo.get(memo_key) or _file_sha(path)
+        memo[memo_key] = sha
+        entries.append((str(path.relative_to(folder)), stat.st_size, sha))
+    if memo_path:
+        atomic_write_json(memo_path, memo)
+    return cache_key("folder", entries)
+
+
+def _read_memo(memo_path: Path | None) -> dict:
+    if memo_path and memo_path.is_file():
+        try:
+            return read_json(memo_path)
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+def _manifest(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class PassCache:
+    """Pass outputs under `root/passes/<key>/`, evaluation results under `root/evals/<key>.json`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.passes = self.root / "passes"
+        self.evals = self.root / "evals"
+
+    def prepare(self, clean: bool = False) -> None:
+        if clean:
+            shutil.rmtree(self.passes, ignore_errors=True)
+            shutil.rmtree(self.evals, ignore_errors=True)
+        for folder in (self.passes, self.evals):
+            folder.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+
+    def lookup(self, key: str, input_ref: ModelRef) -> ModelRef | None:
+        """The cached output for `key`, or None when absent or not intact."""
+        entry = self.passes / key
+        try:
+            meta = read_json(entry / "entry.json")
+        except (OSError, ValueError):
+            return None
+        if meta.get("passthrough"):
+            return input_ref
+        model_dir = entry / "model"
+        if _manifest(model_dir) != meta.get("files"):
+            log.warning("cache entry %s is damaged (files differ from its manifest): running the pass again", key)
+            return None
+        return ModelRef.load(model_dir)
+
+    @contextmanager
+    def write(self, key: str, meta: dict) -> Iterator[Path]:
+        """Yield the folder a pass writes its model into; commit the entry atomically on success."""
+        with atomic_dir(self.passes / key) as tmp:
+            model_dir = tmp / "model"
+            model_dir.mkdir()
+            yield model_dir
+
+    def commit_meta(self, model_dir: Path, meta: dict, passthrough: bool) -> None:
+        """Write entry.json (last, so a crash before it leaves an entry that is never reused)."""
+        entry = model_dir.parent
+        if passthrough:
+            shutil.rmtree(model_dir)
+            atomic_write_json(entry / "entry.json", {**meta, "passthrough": True})
+        else:
+            atomic_write_json(entry / "entry.json", {**meta, "files": _manifest(model_dir)})
+
+    def read_eval(self, key: str) -> dict | None:
+        try:
+            return read_json(self.evals / f"{key}.json")
+        except (OSError, ValueError):
+            return None
+
+    def write_eval(self, key: str, result: dict) -> None:
+        atomic_write_json(self.evals / f"{key}.json", result)

@@ -1,0 +1,163 @@
+"""The `modelpress` command. Every command is sugar over a workflow config.
+
+Heavy libraries are imported inside the handlers, so `modelpress --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("modelpress")
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    _setup_logging(args)
+    from modelpress.errors import ConfigError, ModelpressError
+
+    try:
+        return args.handler(args) or 0
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ModelpressError as err:
+        if args.verbose:
+            log.exception("details")
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("\ninterrupted. Finished passes are cached: run the same command again to resume "
+              "from the first unfinished pass.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelpress",
+        description="Fine-tune, merge, quantize and measure a small language model from one config file.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a workflow config")
+    p.add_argument("--config", "-c", required=True, help="workflow config (JSON or YAML)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("validate", help="check a config and report every problem at once")
+    p.add_argument("config", help="workflow config (JSON or YAML)")
+    p.add_argument("--print", action="store_true", help="print the normalised config")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("generate", help="generate text with a model folder modelpress produced")
+    p.add_argument("model_dir")
+    p.add_argument("--prompt", "-p", required=True, help="text; wrapped in the training template unless --raw")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the training template")
+    p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser("create-tiny-model", help="write a deterministic tiny Phi-3 (the stand-in for Phi-3-mini)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--corpus", nargs="*", help="text files to train the tokenizer on (default: built-in)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_create_tiny_model)
+
+    p = sub.add_parser("passes", help="list the passes and their parameters")
+    p.set_defaults(handler=cmd_passes)
+
+    from modelpress.shortcuts import add_shortcuts
+
+    add_shortcuts(sub)
+    return parser
+
+
+def _setup_logging(args) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[modelpress] %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def cmd_run(args) -> int:
+    from modelpress.config import load_config
+
+    config = load_config(args.config)
+    if not (args.verbose or args.quiet):
+        log.setLevel(config.engine.log_level)
+    return run_config(config, show_progress=not args.no_progress)
+
+
+def run_config(config, show_progress: bool = True) -> int:
+    """Run a validated config and print the summary; shared by `run` and the shortcuts."""
+    from modelpress.engine import run_workflow
+    from modelpress.report import summary_table
+
+    for warning in config.warnings:
+        log.warning(warning)
+    result = run_workflow(config, show_progress=show_progress)
+    print(summary_table(result.history, result.metrics))
+    print(f"\nfinal model: {result.output_dir / 'model'}")
+    print(f"metrics:     {result.output_dir / 'metrics.json'}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from modelpress.config import load_config
+
+    config = load_config(args.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.print:
+        print(json.dumps(config.resolved(), indent=2))
+    passes = " -> ".join(f"{p.name} ({p.type})" for p in config.passes) or "no passes"
+    print(f"{args.config}: valid ({config.schema_style} schema): {passes}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from modelpress.generate import generate
+
+    for piece in generate(Path(args.model_dir), args.prompt, args.max_new_tokens, raw=args.raw):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_create_tiny_model(args) -> int:
+    from modelpress.tiny import create_tiny_model
+
+    corpus = [Path(p) for p in args.corpus] if args.corpus else None
+    out = create_tiny_model(Path(args.out), corpus, seed=args.seed)
+    print(f"tiny Phi-3 written to {out}")
+    return 0
+
+
+def cmd_passes(args) -> int:
+    from modelpress.passes.catalog import CATALOG
+
+    for spec in CATALOG.values():
+        extra = f"  (needs: pip install 'modelpress[{spec.optional_package[1]}]')" if spec.optional_package else ""
+        print(f"{spec.name}: {spec.summary}; {' or '.join(spec.accepts)} -> {spec.produces}{extra}")
+        for name, info in spec.params.model_fields.items():
+            default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=False)!r}"
+            print(f"    {name}: {info.description or ''} ({default})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

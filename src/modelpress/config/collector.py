@@ -1,0 +1,120 @@
+"""Collect every config problem with its key path, so a user sees all of them at once."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ValidationError
+
+from modelpress.errors import Problem
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str | None:
+    """A 'Did you mean ...?' hint when `name` is close to one of `options`."""
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.6)
+    return f"Did you mean '{close[0]}'?" if close else None
+
+
+def accepted_keys(model: type[BaseModel]) -> list[str]:
+    """Field names of `model` plus every alias it accepts."""
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(name)
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            keys += [a for a in alias.choices if isinstance(a, str) and a != name]
+    return keys
+
+
+def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    for name, info in model.model_fields.items():
+        if key == name or _aliases_of(info, key):
+            return _model_in(info.annotation)
+    return None
+
+
+def _aliases_of(info, key: str) -> bool:
+    alias = info.validation_alias
+    return isinstance(alias, AliasChoices) and key in alias.choices
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None
+
+
+class Collector:
+    """Gathers problems and warnings while a config is normalised."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+
+    def add(self, path: str, message: str, hint: str | None = None) -> None:
+        self.problems.append(Problem(path, message, hint))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def unknown_keys(self, raw: dict, allowed: Iterable[str], path: str) -> None:
+        """Report every key of `raw` that is not in `allowed`."""
+        allowed = list(allowed)
+        for key in raw:
+            if key not in allowed:
+                hint = did_you_mean(key, allowed) or f"Allowed keys: {', '.join(sorted(allowed))}."
+                self.add(_join(path, key), f"unknown key '{key}'", hint)
+
+    def validate(
+        self, model: type[BaseModel], data: Any, path: str, where: Callable[[str], str] | None = None
+    ) -> BaseModel | None:
+        """Validate `data` against `model`; on failure record one problem per error and return None.
+
+        `where(first_key)` gives the path prefix for an error on that key (configs that nest
+        keys under `config` or `params` report the path the user actually wrote).
+        """
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            for error in err.errors():
+                loc = [str(part) for part in error["loc"]]
+                prefix = where(loc[0]) if where and loc else path
+                self.problems.append(_problem_from(model, error, loc, prefix))
+            return None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _problem_from(model: type[BaseModel], error: dict, loc: list[str], prefix: str) -> Problem:
+    full = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+    kind = error["type"]
+    found = error.get("input")
+    if kind == "extra_forbidden":
+        parent = model
+        for part in loc[:-1]:
+            parent = _submodel(parent, part) if parent else None
+        options = accepted_keys(parent) if parent else []
+        hint = did_you_mean(loc[-1], options) or (
+            f"Allowed keys: {', '.join(sorted(options))}." if options else None
+        )
+        return Problem(full, f"unknown key '{loc[-1]}'", hint)
+    if kind == "missing":
+        return Problem(full, "required key is missing")
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
+        hint = did_you_mean(found, options) if isinstance(found, str) else None
+        return Problem(full, f"found {found!r}; allowed: {expected}", hint)
+    message = error["msg"].removeprefix("Value error, ")
+    return Problem(full, f"{message}; found {found!r}")

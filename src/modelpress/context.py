@@ -1,0 +1,115 @@
+"""What a pass gets to work with: its input model, its output folder, and the workflow's data."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelpress.config.normalize import completion_field
+from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfig
+from modelpress.data import Example, data_fingerprint, load_rows, pack, render, split_examples, tokenize
+from modelpress.errors import DataError
+from modelpress.models import ModelRef
+from modelpress.passes.catalog import CATALOG, LoRAParams
+
+log = logging.getLogger("modelpress")
+
+
+@dataclass
+class EvalSet:
+    """The examples a run is measured on, and where they came from."""
+
+    examples: list[Example]
+    description: str
+    label_column: str | None
+
+
+class DataPlan:
+    """Reads, renders and splits each data config once per run, on first use."""
+
+    def __init__(self, config: WorkflowConfig, cache_dir: Path):
+        self.config = config
+        self.cache_dir = cache_dir
+        self._examples: dict[str, list[Example]] = {}
+
+    def data_config(self, name: str) -> DataConfig:
+        return self.config.data_configs[name]
+
+    def fingerprint(self, name: str) -> str:
+        return data_fingerprint(self.data_config(name))
+
+    def examples(self, name: str) -> list[Example]:
+        if name not in self._examples:
+            config = self.data_config(name)
+            self._examples[name] = render(config, load_rows(config, self.cache_dir / "datasets"))
+        return self._examples[name]
+
+    def check_all(self) -> None:
+        """Read and render every data config now, so a data error comes before any model loads."""
+        for name in self.config.data_configs:
+            self.examples(name)
+
+    def training_examples(self, params: LoRAParams) -> tuple[list[Example], list[Example]]:
+        """(train, eval) examples for a training pass, honouring eval_data_config or eval_dataset_size."""
+        examples = self.examples(params.train_data_config)
+        if params.eval_data_config:
+            return examples, self.examples(params.eval_data_config)
+        if params.eval_dataset_size:
+            seed = params.training_args.data_seed
+            return split_examples(examples, params.eval_dataset_size, 0 if seed is None else seed)
+        return examples, []
+
+    def features(self, examples: list[Example], name: str, tokenizer) -> list[dict]:
+        """Training sequences for `examples` under data config `name`'s strategy."""
+        config = self.data_config(name)
+        joiner = tokenizer(config.joiner, add_special_tokens=False)["input_ids"] if config.joiner else []
+        sequences = tokenize(examples, tokenizer, config)
+        features = pack(sequences, config, joiner, tokenizer.pad_token_id)
+        if not features:
+            raise DataError(f"data config {name!r} gives no training sequences (too few tokens for "
+                            f"max_seq_len {config.max_seq_len} with strategy {config.strategy!r})")
+        return features
+
+    def eval_set(self) -> EvalSet | None:
+        """The examples the final evaluation uses (see `EvaluationConfig.data_config`)."""
+        chosen = self.config.evaluation.data_config
+        if chosen:
+            return self._eval_set(self.examples(chosen), f"all rows of data config {chosen!r}", chosen)
+        for p in self.config.passes:
+            if not CATALOG[p.type].needs_data:
+                continue
+            name = p.params.eval_data_config or p.params.train_data_config
+            _, held_out = self.training_examples(p.params)
+            if held_out:
+                return self._eval_set(held_out, f"the eval split of pass {p.name!r}", name)
+            log.warning("pass %r has no eval split (set eval_dataset_size or eval_data_config): "
+                        "the evaluation uses its training rows, which measures memorisation", p.name)
+            return self._eval_set(self.examples(name), f"the TRAINING rows of pass {p.name!r}", name)
+        if self.config.data_configs:
+            name = next(iter(self.config.data_configs))
+            return self._eval_set(self.examples(name), f"all rows of data config {name!r}", name)
+        return None
+
+    def _eval_set(self, examples: list[Example], description: str, name: str) -> EvalSet:
+        first: dict[str, Example] = {}
+        for ex in examples:
+            first.setdefault(ex.prompt or ex.completion, ex)
+        unique = list(first.values())
+        limit = self.config.evaluation.max_examples
+        config = self.data_config(name)
+        label = self.config.evaluation.label_column or completion_field(config.text_template)
+        return EvalSet(unique[:limit] if limit else unique, description, label)
+
+
+@dataclass
+class PassContext:
+    """Everything one pass needs; passes write only under `out`."""
+
+    model: ModelRef
+    out: Path
+    input_model: InputModelConfig
+    execution_provider: str
+    data: DataPlan
+    show_progress: bool = True
+    notes: list[str] = field(default_factory=list)  # facts the pass reports into the run history

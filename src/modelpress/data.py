@@ -1,0 +1,213 @@
+"""Local rows -> rendered examples -> token sequences.
+
+Reading is done by `datasets`, offline. Each row is rendered by the text template into a
+prompt and a completion (the template's last field, e.g. the tone label); the two are
+tokenized separately so that training sees exactly the prompt ids that inference will feed.
+The pure functions here (render, split, pack) are what the tests call directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelpress.config.normalize import completion_field, template_parts
+from modelpress.config.schema import DataConfig
+from modelpress.errors import DataError
+
+IGNORE = -100  # label id the loss skips
+
+
+@dataclass(frozen=True)
+class Example:
+    """One rendered row: the model reads `prompt` and should produce `completion`."""
+
+    prompt: str
+    completion: str
+    source: str  # "file row N", for error messages and reports
+
+
+def data_fingerprint(config: DataConfig) -> str:
+    """A hash of the data config and the bytes of its files: changes whenever the data does."""
+    digest = hashlib.sha256(config.model_dump_json().encode())
+    for path in config.data_files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_rows(config: DataConfig, cache_dir: Path | None = None) -> list[tuple[str, dict]]:
+    """Read every row of every file; returns (where, row) pairs. Errors name the file."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    rows = []
+    for path in config.data_files:
+        try:
+            table = datasets.load_dataset(config.format, data_files=[str(path)], split=config.split,
+                                          cache_dir=str(cache_dir) if cache_dir else None)
+        except ValueError as err:
+            if "split" in str(err).lower():
+                raise DataError(f"{path}: no split {config.split!r}; local files have only 'train'. "
+                                "Set split to 'train'.") from None
+            raise DataError(f"{path}: cannot read as {config.format}: {err}") from None
+        except Exception as err:  # datasets wraps parser errors in many types
+            raise DataError(f"{path}: cannot read as {config.format} ({type(err).__name__}: "
+                            f"{_first_line(err)}). Check the file's format and encoding (UTF-8).") from None
+        rows += [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
+    if not rows:
+        raise DataError(f"data config {config.name!r}: the files hold no rows ({', '.join(map(str, config.data_files))})")
+    return rows
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else "no details"
+
+
+def render(config: DataConfig, rows: list[tuple[str, dict]]) -> list[Example]:
+    """Render rows through the template; a missing, null or non-text field names its row."""
+    fields = _fields(config)
+    completion = completion_field(config.text_template)
+    columns = set(rows[0][1]) if rows else set()
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        raise DataError(f"data config {config.name!r}: the template names column(s) {missing} that the data "
+                        f"lacks ({rows[0][0].rsplit(' row', 1)[0]}); columns: {sorted(columns)}")
+    examples = []
+    for where, row in rows:
+        for field in fields:
+            value = row.get(field)
+            if value is None:
+                raise DataError(f"{where}: column {field!r} is missing or null. Fix or remove the row.")
+            if not isinstance(value, str):
+                raise DataError(f"{where}: column {field!r} is {type(value).__name__} ({value!r}), "
+                                "not text. Store it as a string.")
+        examples.append(_render_row(config, row, completion, where))
+    return examples
+
+
+def _fields(config: DataConfig) -> list[str]:
+    if config.text_template:
+        fields = []
+        for _, field, spec, conv in string.Formatter().parse(config.text_template):
+            if field is None:
+                continue
+            if not field.isidentifier() or spec or conv:
+                raise DataError(f"data config {config.name!r}: template field {{{field}}} must be a plain "
+                                "column name (no attributes, indexes or format specs)")
+            fields.append(field)
+        return fields
+    return list(config.text_cols or [])
+
+
+def _render_row(config: DataConfig, row: dict, completion: str | None, where: str) -> Example:
+    if not config.text_template:
+        return Example("", " ".join(row[c] for c in config.text_cols), where)
+    parts = template_parts(config.text_template)
+    if completion is None:
+        return Example("", config.text_template.format_map(row), where)
+    head = "".join(lit + (row[f] if f else "") for lit, f, _, _ in parts[:-1]) + parts[-1][0]
+    return Example(head, row[completion], where)
+
+
+def split_examples(examples: list[Example], size: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out `size` (a fraction below 1, or a count) of the distinct prompts for evaluation.
+
+    Rows that share a prompt always land on the same side, so no eval phrase is ever trained on.
+    """
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(ex.prompt or ex.completion, []).append(ex)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    count = int(round(size * len(keys))) if size < 1 else int(size)
+    if not 0 < count < len(keys):
+        raise DataError(f"eval_dataset_size {size} leaves no rows on one side ({len(keys)} distinct rows). "
+                        "Use a fraction between 0 and 1 or a smaller count.")
+    held = set(keys[:count])
+    train = [ex for ex in examples if (ex.prompt or ex.completion) not in held]
+    evaluation = [groups[k][0] for k in keys[:count]]
+    return train, evaluation
+
+
+def tokenize(examples: list[Example], tokenizer, config: DataConfig) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels for each example; prompt labels are masked when loss_on is 'completion'."""
+    bos = [tokenizer.bos_token_id] if config.add_special_tokens and tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if config.add_special_tokens and tokenizer.eos_token_id is not None else []
+    prompts = tokenizer([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
+    out = []
+    for prompt, completion in zip(prompts, completions):
+        head = bos + prompt
+        tail = completion + eos
+        head_labels = [IGNORE] * len(head) if config.loss_on == "completion" else head
+        out.append((head + tail, head_labels + tail))
+    return out
+
+
+def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joiner: list[int],
+         pad_id: int) -> list[dict]:
+    """Turn tokenized examples into training sequences by the config's strategy."""
+    if config.strategy == "line-by-line":
+        items = [(ids[: config.max_seq_len], labels[: config.max_seq_len]) for ids, labels in sequences]
+    else:
+        ids, labels = _join(sequences, joiner if not config.add_special_tokens else [], config.loss_on)
+        step = config.stride if config.strategy == "join-sliding-window" else config.max_seq_len
+        items = _windows(ids, labels, config.max_seq_len, step)
+    if config.max_samples:
+        items = items[: config.max_samples]
+    return [_features(ids, labels, config, pad_id) for ids, labels in items]
+
+
+def _join(sequences, joiner: list[int], loss_on: str) -> tuple[list[int], list[int]]:
+    ids: list[int] = []
+    labels: list[int] = []
+    joiner_labels = [IGNORE] * len(joiner) if loss_on == "completion" else joiner
+    for seq_ids, seq_labels in sequences:
+        ids += seq_ids + joiner
+        labels += seq_labels + joiner_labels
+    return ids, labels
+
+
+def _windows(ids: list[int], labels: list[int], length: int, step: int) -> list[tuple[list[int], list[int]]]:
+    """Cut a token stream into windows; overlapping context is masked so each token is learned once."""
+    if len(ids) <= length:
+        return [(ids, labels)]
+    windows = []
+    for start in range(0, len(ids) - length + 1, step):
+        window_labels = list(labels[start:start + length])
+        if start > 0 and step < length:
+            window_labels[: length - step] = [IGNORE] * (length - step)
+        windows.append((ids[start:start + length], window_labels))
+    return windows
+
+
+def _features(ids: list[int], labels: list[int], config: DataConfig, pad_id: int) -> dict:
+    length = len(ids)
+    pad = config.max_seq_len - length if config.pad_to_max_len and config.strategy == "line-by-line" else 0
+    features = {"input_ids": ids + [pad_id] * pad, "labels": labels + [IGNORE] * pad}
+    if config.use_attention_mask:
+        features["attention_mask"] = [1] * length + [0] * pad
+    return features
+
+
+class Collator:
+    """Right-pads a batch to its longest sequence."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        width = max(len(item["input_ids"]) for item in batch)
+        out = {}
+        for key, fill in (("input_ids", self.pad_id), ("labels", IGNORE), ("attention_mask", 0)):
+            if key in batch[0]:
+                out[key] = torch.tensor([item[key] + [fill] * (width - len(item[key])) for item in batch])
+        return out

@@ -1,0 +1,229 @@
+"""Run a workflow: passes in config order, each cached; then evaluation; then the outputs.
+
+This is the one place where the stages are composed; read `run_workflow` top to bottom.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelpress import __version__
+from modelpress.cache import PassCache, cache_key, content_id
+from modelpress.config.schema import PassConfig, WorkflowConfig
+from modelpress.context import DataPlan, PassContext
+from modelpress.errors import ModelpressError
+from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
+from modelpress.models import MODEL_CARD, ModelRef
+from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER
+
+log = logging.getLogger("modelpress")
+
+
+@dataclass
+class RunResult:
+    """What a run produced and measured."""
+
+    output_dir: Path
+    final_model: ModelRef
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread and keeps the peak (MiB)."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResult:
+    """Run every pass (reusing cached outputs), evaluate, and write the output folder."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    engine = config.engine
+    cache = PassCache(engine.cache_dir)
+    _prepare_folders(cache, engine.output_dir, engine.clean_cache)
+    ep = resolve_execution_provider(engine.execution_provider)
+    plan = DataPlan(config, engine.cache_dir)
+    memo = engine.cache_dir / "content-ids.json"
+    ref = ModelRef(HF, config.input_model.model_path, id=content_id(config.input_model.model_path, memo))
+    input_ref = ref
+    history: list[dict] = []
+    checked = False
+    for p in config.passes:
+        key = _pass_key(config, p, ref, plan, ep)
+        started = time.perf_counter()
+        cached = cache.lookup(key, ref)
+        if cached is not None:
+            log.info("pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
+            history.append(_record(p, key, True, time.perf_counter() - started, None, []))
+            ref = cached
+            continue
+        if not checked:
+            plan.check_all()  # a data error surfaces here, before any model is loaded
+            checked = True
+        ref, record = _run_pass(config, p, key, ref, plan, ep, cache, show_progress)
+        history.append(record)
+    task = _task_card(config, plan)
+    metrics = _evaluate(config, input_ref, ref, plan, cache, task, show_progress, history)
+    _write_outputs(config, ref, task, history, metrics)
+    return RunResult(engine.output_dir, ref, history, metrics)
+
+
+def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool) -> None:
+    try:
+        cache.prepare(clean)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelpressError(f"cannot write to {err.filename or cache.root}: {err.strerror}. "
+                              "Choose a writable cache_dir and output_dir.") from None
+
+
+def resolve_execution_provider(requested: str) -> str:
+    """The requested EP if this machine has it; otherwise CPU, with a warning."""
+    if requested == "cpu":
+        return "cpu"
+    import onnxruntime as ort
+
+    wanted = {"cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}[requested]
+    if wanted in ort.get_available_providers():
+        return requested
+    log.warning("%s is not available on this machine (onnxruntime has %s): building and running for "
+                "the CPU instead", wanted, ", ".join(ort.get_available_providers()))
+    return "cpu"
+
+
+def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPlan, ep: str) -> str:
+    spec = CATALOG[p.type]
+    data = {}
+    if spec.needs_data:
+        names = {p.params.train_data_config, p.params.eval_data_config} - {None}
+        data = {name: plan.fingerprint(name) for name in sorted(names)}
+    loading = config.input_model.model_dump(mode="json", exclude={"model_path", "task"})
+    return cache_key("pass", __version__, ref.id, p.type, p.params.model_dump(mode="json"), data, ep, loading)
+
+
+def _run_pass(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan, ep: str, cache: PassCache,
+              show_progress: bool) -> tuple[ModelRef, dict]:
+    spec = CATALOG[p.type]
+    module, function = spec.entry.split(":")
+    run = getattr(importlib.import_module(module), function)
+    log.info("pass %s (%s): running", p.name, p.type)
+    started = time.perf_counter()
+    meta = {"pass": p.name, "type": p.type, "params": p.params.model_dump(mode="json"), "input": ref.id}
+    with PeakRSS() as memory, cache.write(key, meta) as out:
+        ctx = PassContext(ref, out, config.input_model, ep, plan, show_progress)
+        result = run(ctx, p.params)
+        passthrough = result is ref
+        if not passthrough:
+            result.id = key
+            result.save(out)
+        cache.commit_meta(out, {**meta, "seconds": time.perf_counter() - started}, passthrough)
+    seconds = time.perf_counter() - started
+    final = ref if passthrough else ModelRef.load(cache.passes / key / "model")
+    log.info("pass %s (%s): done in %.1f s, peak RSS %.0f MiB", p.name, p.type, seconds, memory.peak_mb)
+    return final, _record(p, key, False, seconds, memory.peak_mb, ctx.notes)
+
+
+def _record(p: PassConfig, key: str, hit: bool, seconds: float, peak_mb: float | None, notes: list[str]) -> dict:
+    return {"pass": p.name, "type": p.type, "cache": "hit" if hit else "miss", "seconds": round(seconds, 3),
+            "peak_rss_mb": round(peak_mb, 1) if peak_mb else None, "output_id": key, "notes": notes}
+
+
+def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
+    """How to prompt the final model: saved beside it, used by `modelpress generate`."""
+    for p in config.passes:
+        if CATALOG[p.type].needs_data:
+            data = plan.data_config(p.params.train_data_config)
+            return {"text_template": data.text_template, "add_bos": data.add_special_tokens,
+                    "data_config": data.name}
+    return {}
+
+
+def _evaluate(config, input_ref: ModelRef, final: ModelRef, plan: DataPlan, cache: PassCache, task: dict,
+              show_progress: bool, history: list[dict]) -> dict:
+    settings = config.evaluation
+    if not settings.enabled:
+        return {}
+    data = {name: plan.fingerprint(name) for name in config.data_configs}
+    split = [p.params.model_dump(mode="json") for p in config.passes if CATALOG[p.type].needs_data]
+    models = {"input": input_ref, "final": final} if settings.evaluate_input_model else {"final": final}
+    results: dict = {}
+    eval_set = None
+    for role, ref in models.items():
+        key = cache_key("eval", __version__, ref.id, settings.model_dump(mode="json"), data, split)
+        cached = cache.read_eval(key)
+        hit = cached is not None
+        started = time.perf_counter()
+        if not hit:
+            eval_set = eval_set or plan.eval_set()
+            if eval_set is None:
+                log.warning("no data to evaluate on: metrics cover size only")
+                return {}
+            log.info("evaluating the %s model (%s) on %d examples", role, ref.kind, len(eval_set.examples))
+            with PeakRSS() as memory:
+                cached = _measure(config, ref, eval_set, task, show_progress)
+            cached["peak_rss_mb"] = round(memory.peak_mb, 1)
+            cache.write_eval(key, cached)
+        history.append({"pass": f"evaluate {role}", "type": "evaluation", "cache": "hit" if hit else "miss",
+                        "seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": cached.get("peak_rss_mb"),
+                        "output_id": key, "notes": []})
+        results[role] = cached
+    return {"models": results}
+
+
+def _measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:
+    from modelpress.evaluate import evaluate
+
+    result = evaluate(ref, eval_set.examples, task.get("add_bos", False), config.evaluation.max_new_tokens,
+                      with_accuracy=eval_set.label_column is not None, show_progress=show_progress,
+                      trust_remote_code=config.input_model.trust_remote_code)
+    result.update({"model_kind": ref.kind, "model_id": ref.id, "eval_data": eval_set.description,
+                   "label_column": eval_set.label_column})
+    return result
+
+
+def _write_outputs(config: WorkflowConfig, final: ModelRef, task: dict, history: list[dict], metrics: dict) -> None:
+    out = config.engine.output_dir
+    target = out / "model"
+    card = target / MODEL_CARD
+    current = read_json(card).get("id") if card.is_file() else None
+    if current != final.id:  # an unchanged final model is not copied again
+        with atomic_dir(target) as tmp:
+            shutil.copytree(final.path, tmp, dirs_exist_ok=True)
+            ModelRef(final.kind, tmp, final.id, final.base, task).save(tmp)
+    atomic_write_json(out / "config.resolved.json", config.resolved())
+    atomic_write_json(out / "run_history.json", {"modelpress": __version__, "steps": history})
+    atomic_write_json(out / "metrics.json", metrics)
+    if final.kind == HF_ADAPTER:
+        log.info("the final model is an adapter; its base stays at %s", final.base)

@@ -1,0 +1,56 @@
+"""`modelpress generate`: stream text from an onnxruntime-genai folder modelpress produced.
+
+Uses onnxruntime-genai's current API (`append_tokens` / `generate_next_token`); the
+cookbook's app used `compute_logits`, which onnxruntime-genai removed in 0.6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from modelpress.errors import ModelpressError
+from modelpress.fsutil import read_json
+from modelpress.models import MODEL_CARD
+
+
+def prompt_for(card: dict, text: str) -> str:
+    """Wrap `text` in the training template's prompt part when the template has one input field."""
+    from modelpress.config.normalize import completion_field, template_fields
+
+    template = (card.get("task") or {}).get("text_template")
+    target = completion_field(template)
+    inputs = [f for f in template_fields(template or "") if f != target]
+    if not target or len(inputs) != 1:
+        return text
+    head = template[: template.rindex("{" + target + "}")]
+    return head.replace("{" + inputs[0] + "}", text)
+
+
+def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False) -> Iterator[str]:
+    """Yield decoded pieces of the model's greedy continuation of `text`."""
+    if not (model_dir / "genai_config.json").is_file():
+        raise ModelpressError(f"{model_dir} is not an onnxruntime-genai folder (no genai_config.json). "
+                              "Point generate at the 'model' folder of a run that ends with ModelBuilder.")
+    import numpy as np
+    import onnxruntime_genai as og
+
+    og.disable_telemetry_events()
+    card = read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
+    prompt = text if raw else prompt_for(card, text)
+    model = og.Model(str(model_dir))
+    tokenizer = og.Tokenizer(model)
+    ids = list(tokenizer.encode(prompt))
+    if (card.get("task") or {}).get("add_bos") and tokenizer.bos_token_id >= 0:
+        ids = [tokenizer.bos_token_id] + ids
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array(ids, dtype=np.int32))
+    stream = tokenizer.create_stream()
+    eos = set(tokenizer.eos_token_ids)
+    while not generator.is_done():
+        generator.generate_next_token()
+        token = generator.get_next_tokens()[0]
+        if token not in eos:
+            yield stream.decode(token)

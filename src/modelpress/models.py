@@ -1,0 +1,91 @@
+"""Loading Hugging Face models and describing model folders (`modelpress_model.json`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from modelpress.fsutil import atomic_write_json, read_json
+from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX_GENAI
+
+MODEL_CARD = "modelpress_model.json"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class ModelRef:
+    """A model flowing through the workflow: its kind, folder and content id.
+
+    For an adapter, `path` holds the adapter in `adapter/` and `base` is the base model folder.
+    """
+
+    kind: str
+    path: Path
+    id: str
+    base: Path | None = None
+    task: dict = field(default_factory=dict)  # prompt format and labels, saved beside the model
+
+    def save(self, folder: Path | None = None) -> None:
+        data = asdict(self)
+        data["path"] = "."
+        data["base"] = str(self.base) if self.base else None
+        atomic_write_json(Path(folder or self.path) / MODEL_CARD, data)
+
+    @classmethod
+    def load(cls, folder: Path) -> "ModelRef":
+        data = read_json(Path(folder) / MODEL_CARD)
+        data["path"] = Path(folder)
+        data["base"] = Path(data["base"]) if data.get("base") else None
+        return cls(**data)
+
+
+def detect_kind(folder: Path) -> str:
+    """What kind of model folder this is, from its files."""
+    folder = Path(folder)
+    if (folder / MODEL_CARD).is_file():
+        return read_json(folder / MODEL_CARD)["kind"]
+    if (folder / "genai_config.json").is_file():
+        return ONNX_GENAI
+    if (folder / "adapter_config.json").is_file():
+        return HF_ADAPTER
+    return HF
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(folder: Path, dtype: str = "float32", trust_remote_code: bool = False,
+                   attn_implementation: str | None = None, quantization_config=None):
+    """Load a causal LM from a local folder; weights load through safetensors or weights-only torch."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+
+
+def load_for_inference(ref: ModelRef, trust_remote_code: bool = False):
+    """(model, tokenizer) in eval mode for an HF folder or a base + adapter."""
+    if ref.kind == HF_ADAPTER:
+        from peft import PeftModel
+
+        base = load_causal_lm(ref.base, trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(base, str(Path(ref.path) / ADAPTER_DIR))
+        return model.eval(), load_tokenizer(ref.base, trust_remote_code)
+    model = load_causal_lm(ref.path, trust_remote_code=trust_remote_code)
+    return model.eval(), load_tokenizer(ref.path, trust_remote_code)

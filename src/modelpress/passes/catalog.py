@@ -1,0 +1,167 @@
+"""The static catalog of passes: what each accepts, produces and needs, and its parameters.
+
+Each pass parameter is declared exactly once, here, as a pydantic field with a description;
+validation, `modelpress passes` and the docs all read these declarations. Nothing in this
+module imports torch, so `modelpress validate` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+# Model kinds that flow between passes.
+HF = "hf"  # a Hugging Face model folder
+HF_ADAPTER = "hf-adapter"  # a base Hugging Face folder plus a peft adapter folder
+ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TrainingArgs(Strict):
+    """The subset of Hugging Face `TrainingArguments` that modelpress honours."""
+
+    seed: int = Field(0, description="Seed for model init and dropout.")
+    data_seed: int | None = Field(42, description="Seed for data shuffling and the eval split.")
+    per_device_train_batch_size: int = Field(1, gt=0, description="Training batch size.")
+    per_device_eval_batch_size: int = Field(1, gt=0, description="Evaluation batch size.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Batches per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    num_train_epochs: float = Field(1.0, gt=0, description="Epochs; ignored when max_steps > 0.")
+    max_steps: int = Field(-1, description="Optimizer steps; -1 means use num_train_epochs.")
+    logging_steps: int = Field(10, gt=0, description="Log the training loss every N steps.")
+    eval_strategy: Literal["no", "steps", "epoch"] = Field(
+        "no",
+        validation_alias=AliasChoices("eval_strategy", "evaluation_strategy"),
+        description="When to compute the eval loss during training.",
+    )
+    eval_steps: int | None = Field(None, gt=0, description="Eval every N steps (eval_strategy 'steps').")
+    group_by_length: bool = Field(False, description="Batch examples of similar length together.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps for LR warmup.")
+    warmup_steps: int = Field(0, ge=0, description="LR warmup steps (overrides warmup_ratio).")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_positive_or_unset(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("max_steps must be a positive number of steps, or -1 to train by epochs")
+        return value
+
+
+TorchDtype = Literal["float32", "bfloat16", "float16"]
+
+
+class LoRAParams(Strict):
+    """LoRA fine-tuning (peft) on a Hugging Face causal LM."""
+
+    r: int = Field(16, gt=0, validation_alias=AliasChoices("r", "lora_r"), description="LoRA rank.")
+    alpha: float = Field(
+        32, gt=0, validation_alias=AliasChoices("alpha", "lora_alpha"), description="LoRA scaling alpha."
+    )
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default: peft's choice for the architecture."
+    )
+    modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved.")
+    train_data_config: str = Field(description="Name of the data config to train on.")
+    eval_data_config: str | None = Field(None, description="Name of a data config for the eval loss.")
+    eval_dataset_size: float | None = Field(
+        None, gt=0, description="Hold out this fraction (0-1) or count (>=1) of the training rows for eval."
+    )
+    torch_dtype: TorchDtype = Field("float32", description="Dtype of the base weights while training.")
+    training_args: TrainingArgs = Field(default_factory=TrainingArgs, description="Trainer settings.")
+    double_quant: bool | None = Field(None, description="QLoRA only: accepted and ignored, with a warning.")
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="QLoRA only: accepted and ignored.")
+    compute_dtype: TorchDtype | None = Field(None, description="QLoRA only: accepted and ignored.")
+
+
+class QLoRAParams(LoRAParams):
+    """LoRA on a base model quantized to 4 bits by bitsandbytes."""
+
+    double_quant: bool = Field(False, description="Quantize the quantization constants too.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    compute_dtype: TorchDtype = Field("float32", description="Dtype of the 4-bit matmul compute.")
+
+
+class MergeAdapterWeightsParams(Strict):
+    """Merge a LoRA adapter into its base model; a no-op on a model with no adapter."""
+
+
+class ModelBuilderParams(Strict):
+    """Convert a Hugging Face folder into an onnxruntime-genai folder with the genai model builder."""
+
+    precision: Literal["int4", "int8", "fp16", "bf16", "fp32"] = Field(
+        "fp32", description="Weight precision of the ONNX model."
+    )
+    block_size: Literal[16, 32, 64, 128, 256] = Field(
+        32,
+        validation_alias=AliasChoices("block_size", "int4_block_size"),
+        description="Quantization block size (int4/int8).",
+    )
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None,
+        validation_alias=AliasChoices("accuracy_level", "int4_accuracy_level"),
+        description="MatMulNBits compute accuracy level; default: the builder's (4 on CPU).",
+    )
+    is_symmetric: bool = Field(
+        True,
+        validation_alias=AliasChoices("is_symmetric", "int4_is_symmetric"),
+        description="Symmetric quantization.",
+    )
+    execution_provider: Literal["cpu", "cuda", "dml"] | None = Field(
+        None, description="Target EP; default: the engine's execution provider."
+    )
+
+
+# Precisions the genai builder can produce for each execution provider.
+BUILDER_PRECISIONS = {
+    "cpu": ("fp32", "int8", "int4"),
+    "cuda": ("fp32", "fp16", "bf16", "int8", "int4"),
+    "dml": ("fp16", "int4"),
+}
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """What modelpress knows about a pass without importing it."""
+
+    name: str
+    summary: str
+    params: type[Strict]
+    entry: str  # "module:function" that runs the pass
+    accepts: tuple[str, ...]
+    produces: str
+    needs_data: bool
+    optional_package: tuple[str, str] | None = None  # (import name, pip extra)
+
+
+CATALOG: dict[str, PassSpec] = {
+    spec.name: spec
+    for spec in (
+        PassSpec("LoRA", "LoRA fine-tuning with peft", LoRAParams,
+                 "modelpress.passes.lora:run_lora", (HF,), HF_ADAPTER, True),
+        PassSpec("QLoRA", "LoRA on a 4-bit (bitsandbytes) base", QLoRAParams,
+                 "modelpress.passes.lora:run_qlora", (HF,), HF_ADAPTER, True,
+                 ("bitsandbytes", "qlora")),
+        PassSpec("MergeAdapterWeights", "merge a LoRA adapter into its base", MergeAdapterWeightsParams,
+                 "modelpress.passes.merge:run_merge", (HF, HF_ADAPTER), HF, False),
+        PassSpec("ModelBuilder", "onnxruntime-genai model builder (ONNX, int4/int8/fp16/fp32)",
+                 ModelBuilderParams, "modelpress.passes.model_builder:run_model_builder",
+                 (HF,), ONNX_GENAI, False),
+    )
+}

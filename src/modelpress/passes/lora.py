@@ -1,0 +1,151 @@
+"""LoRA and QLoRA fine-tuning with peft and the Hugging Face Trainer."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from modelpress.context import PassContext
+from modelpress.errors import MissingDependencyError
+from modelpress.fsutil import atomic_write_json
+from modelpress.models import ADAPTER_DIR, ModelRef, load_causal_lm, load_tokenizer
+from modelpress.passes.catalog import HF_ADAPTER, LoRAParams, QLoRAParams
+
+log = logging.getLogger("modelpress")
+
+
+def run_lora(ctx: PassContext, params: LoRAParams) -> ModelRef:
+    """Train a LoRA adapter on the full-precision base."""
+    return _train(ctx, params, quantization_config=None)
+
+
+def run_qlora(ctx: PassContext, params: QLoRAParams) -> ModelRef:
+    """Train a LoRA adapter on a base quantized to 4 bits by bitsandbytes."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("bitsandbytes", "qlora", "The QLoRA pass") from None
+    from transformers import BitsAndBytesConfig
+
+    from modelpress.models import torch_dtype
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=params.quant_type,
+        bnb_4bit_use_double_quant=params.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(params.compute_dtype),
+    )
+    return _train(ctx, params, quantization_config=config)
+
+
+def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRef:
+    from peft import LoraConfig, get_peft_model
+
+    src = ctx.model.path
+    tokenizer = load_tokenizer(src, ctx.input_model.trust_remote_code)
+    train_examples, eval_examples = ctx.data.training_examples(params)
+    train = ctx.data.features(train_examples, params.train_data_config, tokenizer)
+    eval_name = params.eval_data_config or params.train_data_config
+    evals = ctx.data.features(eval_examples, eval_name, tokenizer) if eval_examples else None
+    model = load_causal_lm(src, params.torch_dtype, ctx.input_model.trust_remote_code,
+                           ctx.input_model.attn_implementation, quantization_config)
+    if quantization_config is not None:
+        model = _prepare_4bit(model, params.training_args.gradient_checkpointing)
+    elif params.training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
+    lora = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.lora_dropout,
+                      target_modules=params.target_modules, modules_to_save=params.modules_to_save,
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    trainer = _trainer(ctx, params, model, tokenizer, train, evals, quantized=quantization_config is not None)
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    final_eval = trainer.evaluate() if evals else {}
+    model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
+    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
+    tokens = sum(len(f["input_ids"]) for f in train)
+    _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens)
+    ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
+                     f"train loss {result.training_loss:.4f}"
+                     + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
+    return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(src))
+
+
+def _prepare_4bit(model, gradient_checkpointing: bool):
+    from peft import prepare_model_for_kbit_training
+
+    _disable_cpu_repacking(model)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _disable_cpu_repacking(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights on an eval-mode CPU forward.
+
+    bitsandbytes 0.50 repacks a Linear4bit's weights in place the first time it runs in eval
+    mode on a CPU with AVX512-BF16; training the same instance afterwards gives silently wrong
+    gradients (NOTES-stack, pitfall 4). The Trainer's evaluation runs in eval mode, so the
+    repacking path is switched off for every 4-bit layer before training starts.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, evals, quantized: bool):
+    from transformers import Trainer, TrainingArguments
+
+    from modelpress.data import Collator
+
+    ta = params.training_args
+    eval_strategy = ta.eval_strategy if evals else "no"
+    if ta.eval_strategy != "no" and not evals:
+        log.warning("training_args.eval_strategy is %r but the pass has no eval data "
+                    "(set eval_dataset_size or eval_data_config); training without evaluation",
+                    ta.eval_strategy)
+    args = TrainingArguments(
+        output_dir=str(ctx.out / "trainer"),
+        seed=ta.seed, data_seed=ta.data_seed,
+        per_device_train_batch_size=ta.per_device_train_batch_size,
+        per_device_eval_batch_size=ta.per_device_eval_batch_size,
+        gradient_accumulation_steps=ta.gradient_accumulation_steps,
+        gradient_checkpointing=ta.gradient_checkpointing and not quantized,
+        learning_rate=ta.learning_rate, num_train_epochs=ta.num_train_epochs, max_steps=ta.max_steps,
+        logging_steps=ta.logging_steps, logging_first_step=True,
+        eval_strategy=eval_strategy, eval_steps=ta.eval_steps if eval_strategy == "steps" else None,
+        train_sampling_strategy="group_by_length" if ta.group_by_length else "random",
+        adam_beta1=ta.adam_beta1, adam_beta2=ta.adam_beta2, adam_epsilon=ta.adam_epsilon,
+        weight_decay=ta.weight_decay, max_grad_norm=ta.max_grad_norm,
+        # transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio)
+        warmup_steps=ta.warmup_steps or ta.warmup_ratio, lr_scheduler_type=ta.lr_scheduler_type,
+        save_strategy="no", report_to=[], disable_tqdm=not ctx.show_progress,
+        remove_unused_columns=False, dataloader_pin_memory=False,
+        use_cpu=ctx.execution_provider == "cpu",
+    )
+    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
+                   data_collator=Collator(tokenizer.pad_token_id))
+
+
+def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_train: int, n_eval: int,
+               tokens_per_epoch: int) -> None:
+    state = trainer.state
+    steps = result.global_step
+    args = trainer.args
+    seqs = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    tokens_seen = tokens_per_epoch * seqs / max(n_train, 1)
+    atomic_write_json(out / "training_log.json", {
+        "steps": steps,
+        "train_seconds": round(seconds, 3),
+        "train_loss": result.training_loss,
+        "final_eval": final_eval,
+        "train_sequences": n_train,
+        "eval_sequences": n_eval,
+        "approx_training_tokens": int(tokens_seen),
+        "training_tokens_per_second": round(tokens_seen / seconds, 1) if seconds else None,
+        "log_history": state.log_history,
+    })

@@ -1,0 +1,55 @@
+"""Convert a Hugging Face folder into an onnxruntime-genai folder with the genai model builder."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+from modelpress.context import PassContext
+from modelpress.errors import ModelpressError
+from modelpress.models import ModelRef
+from modelpress.passes.catalog import ONNX_GENAI, ModelBuilderParams
+
+log = logging.getLogger("modelpress")
+
+
+def builder_options(params: ModelBuilderParams) -> list[str]:
+    """The builder's KEY=VALUE options for these typed params (the builder's own spelling)."""
+    options = [f"is_symmetric={str(params.is_symmetric).lower()}"]
+    if params.precision in ("int4", "int8"):
+        options.append(f"block_size={params.block_size}")
+        if params.accuracy_level is not None:
+            options.append(f"accuracy_level={params.accuracy_level}")
+    return options
+
+
+def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
+    """Call `onnxruntime_genai.models.builder` from Python (its CLI's --help crashes in 0.18)."""
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    ep = params.execution_provider or ctx.execution_provider
+    src = str(ctx.model.path)
+    out = str(ctx.out)
+    work = str(ctx.out.parent / f"{ctx.out.name}.builder-cache")
+    if ctx.model.path.joinpath("config.json").is_file() and ctx.input_model.trust_remote_code:
+        log.info("the genai builder reads config.json itself; trust_remote_code is not passed to it")
+    captured = io.StringIO()
+    try:
+        # The builder prints its own progress; shown on stderr only when progress is wanted.
+        quiet_stderr = contextlib.redirect_stderr(captured) if not ctx.show_progress else contextlib.nullcontext()
+        with contextlib.redirect_stdout(captured), quiet_stderr:
+            options = parse_extra_options(ctx.model.path.name, src, out, params.precision, ep, work,
+                                          builder_options(params))
+            create_model(ctx.model.path.name, src, out, params.precision, ep, work, **options)
+    except Exception as err:
+        log.debug("builder output:\n%s", captured.getvalue())
+        raise ModelpressError(f"the genai model builder failed on {src} ({params.precision}, {ep}): "
+                              f"{type(err).__name__}: {err}") from err
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    (ctx.out / "builder.log").write_text(captured.getvalue(), encoding="utf-8")
+    ctx.notes.append(f"built {params.precision} ONNX for {ep}")
+    return ModelRef(ONNX_GENAI, ctx.out, id="")

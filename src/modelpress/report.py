@@ -1,0 +1,36 @@
+"""Plain-text tables of what a run did and measured."""
+
+from __future__ import annotations
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    body = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def summary_table(history: list[dict], metrics: dict) -> str:
+    """The run history, then one row of metrics per measured model."""
+    steps = _table(["step", "type", "cache", "seconds", "peak RSS MiB"],
+                   [[h["pass"], h["type"], h["cache"], _num(h["seconds"], ".1f"), _num(h["peak_rss_mb"], ".0f")]
+                    for h in history])
+    models = metrics.get("models", {})
+    if not models:
+        return steps
+    rows = []
+    for role, m in models.items():
+        rows.append([role, m.get("model_kind", "?"), _num(m.get("accuracy"), ".3f"),
+                     _num(m.get("completion_loss"), ".3f"), _num(m["latency_ms"]["p50"], ".1f"),
+                     _num(m["latency_ms"]["p90"], ".1f"), _num(m.get("tokens_per_second"), ".0f"),
+                     _num(m.get("size_mb"), ".1f")])
+    first = next(iter(models.values()))
+    note = f"\nevaluated on {first['examples']} examples: {first.get('eval_data', '')}"
+    if first.get("majority_baseline") is not None:
+        note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
+    table = _table(["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"], rows)
+    return f"{steps}\n\n{table}{note}"
