@@ -50,23 +50,25 @@ def load_rows(config: DataConfig, cache_dir: Path | None = None) -> list[tuple[s
         try:
             table = datasets.load_dataset(config.format, data_files=[str(path)], split=config.split,
                                           cache_dir=str(cache_dir) if cache_dir else None)
+            rows += [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
         except ValueError as err:
-            if "split" in str(err).lower():
+            if "split" in str(err).lower() and "unknown" in str(err).lower():
                 raise DataError(f"{path}: no split {config.split!r}; local files have only 'train'. "
                                 "Set split to 'train'.") from None
-            raise DataError(f"{path}: cannot read as {config.format}: {err}") from None
-        except Exception as err:  # datasets wraps parser errors in many types
-            raise DataError(f"{path}: cannot read as {config.format} ({type(err).__name__}: "
-                            f"{_first_line(err)}). Check the file's format and encoding (UTF-8).") from None
-        rows += [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
+            raise DataError(_unreadable(path, config.format, err)) from None
+        except Exception as err:  # datasets and pyarrow wrap parser errors in many types
+            raise DataError(_unreadable(path, config.format, err)) from None
     if not rows:
         raise DataError(f"data config {config.name!r}: the files hold no rows ({', '.join(map(str, config.data_files))})")
     return rows
 
 
-def _first_line(err: Exception) -> str:
+def _unreadable(path: Path, fmt: str, err: Exception) -> str:
     text = str(err).strip()
-    return text.splitlines()[0][:300] if text else "no details"
+    detail = text.splitlines()[0][:300] if text else "no details"
+    if isinstance(err, UnicodeDecodeError):
+        detail = "the file is not UTF-8 text"
+    return f"{path}: cannot read as {fmt} ({detail}). Check the file's format and save it as UTF-8."
 
 
 def render(config: DataConfig, rows: list[tuple[str, dict]]) -> list[Example]:

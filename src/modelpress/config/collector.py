@@ -15,8 +15,9 @@ from modelpress.errors import Problem
 
 def did_you_mean(name: str, options: Iterable[str]) -> str | None:
     """A 'Did you mean ...?' hint when `name` is close to one of `options`."""
-    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.6)
-    return f"Did you mean '{close[0]}'?" if close else None
+    by_lower = {str(o).lower(): str(o) for o in options}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"Did you mean '{by_lower[close[0]]}'?" if close else None
 
 
 def accepted_keys(model: type[BaseModel]) -> list[str]:

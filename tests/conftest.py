@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny Phi-3 built locally (seeded), and the example's data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "phi3-tone"
+TONE_DATA = EXAMPLE / "data" / "dataset-classification.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from modelpress.tiny import create_tiny_model
+
+    return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny-phi3")
+
+
+def example_workspace(tmp: Path, tiny_model: Path) -> Path:
+    """A copy of the example folder whose models/tiny-phi3 is the session's tiny model."""
+    work = tmp / "phi3-tone"
+    work.mkdir()
+    for config in EXAMPLE.glob("*.json"):
+        shutil.copy(config, work / config.name)
+    (work / "data").symlink_to(EXAMPLE / "data")
+    (work / "models").mkdir()
+    (work / "models" / "tiny-phi3").symlink_to(tiny_model)
+    return work
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real `modelpress` command in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "modelpress", *args], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"modelpress {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return path

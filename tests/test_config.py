@@ -1,0 +1,145 @@
+"""The config loader: both Olive schemas normalise to one form; every problem is reported at once."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE, example_workspace, write_config
+from modelpress.config import load_config, normalize
+from modelpress.errors import ConfigError
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model):
+    return example_workspace(tmp_path, tiny_model)
+
+
+def _seed(workspace: Path) -> dict:
+    return json.loads((workspace / "seed-config.json").read_text())
+
+
+def _problems(raw: dict, workspace: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        normalize(raw, base_dir=workspace)
+    return [str(p) for p in info.value.problems]
+
+
+def test_seed_and_olive_013_configs_normalise_to_the_same_workflow(workspace):
+    seed = load_config(workspace / "seed-config.json")
+    olive = load_config(workspace / "olive-0.13-config.json")
+    assert seed.schema_style == "olive-0.5" and olive.schema_style == "olive-0.13"
+    assert [p.type for p in seed.passes] == [p.type for p in olive.passes] == ["LoRA", "MergeAdapterWeights", "ModelBuilder"]
+    s_lora, o_lora = seed.passes[0].params, olive.passes[0].params
+    for key in ("r", "alpha", "lora_dropout", "target_modules", "train_data_config"):
+        assert getattr(s_lora, key) == getattr(o_lora, key), key
+    assert s_lora.training_args.max_steps == o_lora.training_args.max_steps == 10
+    assert s_lora.training_args.eval_strategy == "steps"  # from the seed's evaluation_strategy
+    s_data, o_data = seed.data_configs["dataset_default_train"], olive.data_configs["dataset_default_train"]
+    assert s_data.text_template == o_data.text_template
+    assert s_data.max_seq_len == o_data.max_seq_len == 2048
+    assert s_data.strategy == o_data.strategy == "join"
+    assert seed.passes[2].params.precision == olive.passes[2].params.precision == "int4"
+
+
+def test_relative_paths_resolve_against_the_config_folder(workspace):
+    config = load_config(workspace / "seed-config.json")
+    assert config.input_model.model_path == (workspace / "models" / "tiny-phi3").resolve()
+    assert config.data_configs["dataset_default_train"].data_files[0].name == "dataset-classification.json"
+    assert config.engine.output_dir == (workspace / "../model-cache/models/phi3-finetuned").resolve()
+
+
+def test_seed_lora_with_double_quant_warns_that_it_applies_to_qlora(workspace):
+    config = load_config(workspace / "seed-config.json")
+    assert any("double_quant" in w and "QLoRA" in w for w in config.warnings)
+
+
+def test_seed_trust_remote_code_is_honoured_and_off_by_default(workspace):
+    assert load_config(workspace / "seed-config.json").input_model.trust_remote_code is True
+    assert load_config(workspace / "demo.json").input_model.trust_remote_code is False
+
+
+def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(workspace):
+    raw = _seed(workspace)
+    lora = raw["passes"]["lora"]["config"]
+    lora["lora_rr"] = lora.pop("lora_r")
+    lora["training_args"]["max_steps"] = 0
+    raw["passes"]["builder"]["config"]["precision"] = "int3"
+    problems = _problems(raw, workspace)
+    assert len(problems) == 3, problems
+    joined = "\n".join(problems)
+    assert "passes.lora.config.lora_rr: unknown key 'lora_rr'. Did you mean 'lora_r'?" in joined
+    assert "passes.lora.config.training_args.max_steps" in joined and "positive" in joined
+    assert "passes.builder.config.precision: found 'int3'; allowed:" in joined
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r.update(systems={"aml": {"type": "AzureML", "config": {"accelerators": ["gpu"]}}}),
+     "systems.aml.type: system type 'AzureML' is not supported"),
+    (lambda r: r["data_configs"][0]["load_dataset_config"]["params"].update(
+        data_files={"type": "azureml_datastore", "config": {}}),
+     "data source 'azureml_datastore' is not supported"),
+    (lambda r: r["passes"].update(extra={"type": "OnnxQuantizationX"}),
+     "unknown pass type 'OnnxQuantizationX'"),
+    (lambda r: r["passes"].update(extra={"type": "Lora"}), "Did you mean 'LoRA'?"),
+    (lambda r: r["passes"].update(extra={"type": "OrtTransformersOptimization"}), "not in modelpress 0.1"),
+    (lambda r: r["engine"].update(search_strategy={"execution_order": "joint"}), "search is not in modelpress 0.1"),
+    (lambda r: r["engine"].update(execution_providers=["CUDAExecutionProviderr"]), "Did you mean 'CUDAExecutionProvider'?"),
+    (lambda r: r["input_model"]["config"].update(model_path={"type": "azureml_registry_model"}),
+     "model source 'azureml_registry_model' is not supported"),
+    (lambda r: r["passes"]["lora"]["config"].update(train_data_config="dataset_default_trian"),
+     "Did you mean 'dataset_default_train'?"),
+    (lambda r: r["passes"].pop("merge_adapter_weights"), "Add a MergeAdapterWeights pass before it"),
+    (lambda r: r["engine"].update(output_dir="models/tiny-phi3/out"), "inside the input model folder"),
+    (lambda r: r["data_configs"][0]["load_dataset_config"]["params"].update(data_files="data/nope.json"),
+     "file not found"),
+    (lambda r: r["input_model"]["config"]["hf_config"].update(model_name="models/missing"), "model folder not found"),
+    (lambda r: r.update(evaluators={}), "evaluators: not supported by modelpress 0.1"),
+    (lambda r: r.update(inputmodel={}), "unknown key 'inputmodel'. Did you mean 'input_model'?"),
+])
+def test_unsupported_or_wrong_settings_fail_validation_with_the_fix(workspace, mutate, expected):
+    raw = _seed(workspace)
+    mutate(raw)
+    assert any(expected in p for p in _problems(raw, workspace)), expected
+
+
+def test_a_precision_the_execution_provider_cannot_run_is_rejected(workspace):
+    raw = json.loads((workspace / "demo.json").read_text())
+    raw["passes"]["builder"]["precision"] = "fp16"
+    problems = _problems(raw, workspace)
+    assert any("fp16 cannot run on the cpu execution provider" in p for p in problems)
+
+
+def test_yaml_configs_load_like_json(workspace):
+    import yaml
+
+    raw = json.loads((workspace / "demo.json").read_text())
+    path = workspace / "demo.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert load_config(path).resolved() == load_config(workspace / "demo.json").resolved()
+
+
+def test_malformed_json_names_line_and_column(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"input_model": {"type": "HfModel",}\n}')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "bad.json:1:" in str(info.value) and "invalid JSON" in str(info.value)
+
+
+def test_validate_does_not_import_torch(workspace):
+    code = ("import sys; from modelpress.cli import main; rc = main(['validate', sys.argv[1]]); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(workspace / "seed-config.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unknown_execution_provider_on_this_machine_is_mapped(workspace):
+    config = load_config(workspace / "seed-config.json")
+    assert config.engine.execution_provider == "cuda"  # resolved to CPU at run time when CUDA is absent

@@ -1,0 +1,133 @@
+"""Data: reading local files, templating, strategies, loss masking and the eval split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TONE_DATA
+from modelpress.config.schema import DataConfig
+from modelpress.data import IGNORE, Example, load_rows, pack, render, split_examples, tokenize
+from modelpress.errors import DataError
+
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+
+
+def _config(path, fmt="json", **kw) -> DataConfig:
+    return DataConfig(name="d", data_files=[path], format=fmt, text_template=kw.pop("text_template", TEMPLATE), **kw)
+
+
+def _jsonl(tmp_path, rows, name="rows.json"):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_cookbook_file_is_json_lines_named_json_and_reads_in_full():
+    config = _config(TONE_DATA)
+    rows = load_rows(config)
+    assert len(rows) == 1464
+    examples = render(config, rows)
+    assert examples[0].prompt == "### Text: I'm thrilled to start my new job!\n### The tone is:\n"
+    assert examples[0].completion == "joy"
+
+
+def test_csv_and_parquet_read_like_json(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"phrase": ["a b", "c d"], "tone": ["joy", "fear"]})
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    frame.to_parquet(tmp_path / "rows.parquet")
+    for fmt, name in (("csv", "rows.csv"), ("parquet", "rows.parquet")):
+        examples = render(_config(tmp_path / name, fmt), load_rows(_config(tmp_path / name, fmt)))
+        assert [e.completion for e in examples] == ["joy", "fear"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"phrase": "ok", "tone": "joy"}, {"phrase": None, "tone": "joy"}], "row 2: column 'phrase' is missing or null"),
+    ([{"phrase": "ok", "tone": "joy"}, {"tone": "joy"}], "row 2: column 'phrase' is missing or null"),
+    ([{"phrase": "ok", "tone": 3}], "row 1: column 'tone' is int"),
+    ([{"text": "ok", "tone": "joy"}], "names column(s) ['phrase'] that the data lacks"),
+])
+def test_bad_rows_name_the_file_and_row(tmp_path, rows, message):
+    path = _jsonl(tmp_path, rows)
+    config = _config(path)
+    with pytest.raises(DataError) as info:
+        render(config, load_rows(config))
+    assert message in str(info.value) and "rows.json" in str(info.value)
+
+
+def test_non_utf8_and_empty_files_are_clear_errors(tmp_path):
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes('{"phrase": "caf\xe9", "tone": "joy"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="latin1.json"):
+        render(_config(bad), load_rows(_config(bad)))
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.json"):
+        load_rows(_config(empty))
+
+
+def test_eval_split_never_puts_a_phrase_on_both_sides():
+    config = _config(TONE_DATA)
+    examples = render(config, load_rows(config))
+    train, held = split_examples(examples, 0.2, seed=42)
+    assert not {e.prompt for e in train} & {e.prompt for e in held}
+    assert len(held) == round(0.2 * len({e.prompt for e in examples}))
+    assert split_examples(examples, 0.2, seed=42) == (train, held)  # deterministic
+
+
+def test_eval_split_that_leaves_nothing_is_an_error():
+    examples = [Example(f"p{i}", "x", "") for i in range(3)]
+    with pytest.raises(DataError, match="leaves no rows"):
+        split_examples(examples, 0.01, seed=0)
+
+
+class FakeTokenizer:
+    """Character-level tokenizer: enough to check packing and masking exactly."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        if isinstance(texts, str):
+            return {"input_ids": [ord(c) for c in texts]}
+        return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+
+EXAMPLES = [Example("ab", "X", ""), Example("cd", "Y", "")]
+
+
+def test_completion_loss_masks_the_prompt_and_keeps_label_and_eos():
+    config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                        loss_on="completion")
+    (ids, labels), _ = tokenize(EXAMPLES, FakeTokenizer(), config)
+    assert ids == [1, ord("a"), ord("b"), ord("X"), 2]
+    assert labels == [IGNORE, IGNORE, IGNORE, ord("X"), 2]
+
+
+def test_line_by_line_pads_to_max_len_only_when_asked():
+    config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                        strategy="line-by-line", max_seq_len=8, pad_to_max_len=True)
+    features = pack(tokenize(EXAMPLES, FakeTokenizer(), config), config, [], pad_id=0)
+    assert [len(f["input_ids"]) for f in features] == [8, 8]
+    assert features[0]["attention_mask"] == [1] * 5 + [0] * 3
+    assert features[0]["labels"][5:] == [IGNORE] * 3
+
+
+def test_join_packs_rows_into_full_windows_and_drops_the_remainder():
+    config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                        strategy="join", max_seq_len=4, add_special_tokens=False, use_attention_mask=False)
+    features = pack(tokenize(EXAMPLES * 3, FakeTokenizer(), config), config, [ord("|")], pad_id=0)
+    stream = [c for ex in EXAMPLES * 3 for c in [ord(x) for x in ex.prompt + ex.completion] + [ord("|")]]
+    assert [f["input_ids"] for f in features] == [stream[i:i + 4] for i in range(0, len(stream) - 3, 4)]
+    assert "attention_mask" not in features[0]
+
+
+def test_sliding_window_masks_the_overlap_so_each_token_is_learned_once():
+    config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                        strategy="join-sliding-window", max_seq_len=4, stride=2, add_special_tokens=False)
+    features = pack(tokenize(EXAMPLES, FakeTokenizer(), config), config, [], pad_id=0)
+    assert features[0]["labels"] == features[0]["input_ids"]
+    assert features[1]["labels"][:2] == [IGNORE, IGNORE]
+    assert features[1]["input_ids"][:2] == features[0]["input_ids"][2:]

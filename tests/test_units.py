@@ -1,0 +1,70 @@
+"""Small pure pieces: percentiles, accuracy, cache keys and atomic folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelpress.cache import PassCache, cache_key, content_id
+from modelpress.evaluate import accuracy_report, normalise_label, percentile
+from modelpress.fsutil import atomic_dir
+from modelpress.generate import prompt_for
+from modelpress.models import ModelRef
+
+
+def test_percentile_interpolates():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 90) == 5
+    assert percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 90) == pytest.approx(9.1)
+
+
+def test_accuracy_compares_first_line_case_insensitively():
+    report = accuracy_report(["joy", "fear", "joy"], [" Joy\n### Text", "sadness", "joy"])
+    assert report["accuracy"] == pytest.approx(2 / 3)
+    assert report["per_class_recall"] == {"fear": 0.0, "joy": 1.0}
+    assert report["majority_baseline"] == pytest.approx(2 / 3)
+    assert normalise_label("\n") == ""
+
+
+def test_content_id_changes_with_any_byte(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"123")
+    first = content_id(tmp_path, tmp_path.parent / "memo.json")
+    assert content_id(tmp_path, tmp_path.parent / "memo.json") == first
+    (tmp_path / "a.bin").write_bytes(b"124")
+    assert content_id(tmp_path, tmp_path.parent / "memo.json") != first
+
+
+def test_cache_key_depends_on_every_part():
+    base = cache_key("pass", "id1", "LoRA", {"r": 16})
+    assert base == cache_key("pass", "id1", "LoRA", {"r": 16})
+    assert base != cache_key("pass", "id2", "LoRA", {"r": 16})
+    assert base != cache_key("pass", "id1", "LoRA", {"r": 8})
+
+
+def test_atomic_dir_leaves_the_old_folder_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "f").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "f").write_text("half")
+        raise RuntimeError("crash")
+    assert (target / "f").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_damaged_cache_entry_is_never_reused(tmp_path):
+    cache = PassCache(tmp_path)
+    cache.prepare()
+    ref = ModelRef("hf", tmp_path / "input", id="in")
+    with cache.write("k", {}) as out:
+        (out / "weights").write_text("full")
+        ModelRef("hf", out, id="k").save(out)
+        cache.commit_meta(out, {}, passthrough=False)
+    assert cache.lookup("k", ref).id == "k"
+    (cache.passes / "k" / "model" / "weights").write_text("tru")
+    assert cache.lookup("k", ref) is None
+
+
+def test_generate_wraps_the_prompt_in_the_training_template():
+    card = {"task": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}"}}
+    assert prompt_for(card, "hello") == "### Text: hello\n### The tone is:\n"
+    assert prompt_for({}, "hello") == "hello"
