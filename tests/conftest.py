@@ -49,3 +49,12 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subproce
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, tiny_model) -> Path:
+    """The README's demo, run once through the real CLI: returns the example workspace."""
+    work = example_workspace(tmp_path_factory.mktemp("demo"), tiny_model)
+    proc = run_cli("run", "--config", str(work / "demo.json"), "--no-progress")
+    (work / "first-run.log").write_text(proc.stdout + proc.stderr)
+    return work
