@@ -1,0 +1,166 @@
+"""modelpress vs Microsoft Olive 0.13 on the same workflow, side by side in one run.
+
+    .venv/bin/python benchmarks/run.py [--olive-venv /tmp/olive-peer/venv] [--steps 10]
+
+The workflow is the seed's (LoRA -> merge -> int4 ModelBuilder) written in Olive 0.13's
+schema (`examples/phi3-tone/olive-0.13-config.json`): both tools run the very same file,
+on the same tiny Phi-3 and the same tokens (join to 2048-token sequences, 10 optimizer
+steps of 4 sequences = 81,920 training tokens). Olive is installed by
+`shared/peer/setup_olive.sh` into its own venv; without it only modelpress rows are printed.
+
+Rows:
+- Olive 0.13, the config as written;
+- modelpress, the config as written (it also evaluates the input and final model: extra work);
+- modelpress, the same config with `"evaluation": {"enabled": false}`: exactly Olive's work;
+- modelpress, the same config without the `attn_implementation: eager` line (PyTorch SDPA):
+  what a modelpress user gets by default; not the same settings as Olive, shown apart.
+Wall times are for whole commands, including Python start-up; peak RSS is the largest sum
+of resident memory over the command's process tree, sampled every 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "phi3-tone"
+MODELPRESS = [sys.executable, "-m", "modelpress"]
+SEQ_LEN, BATCH, ACCUM = 2048, 1, 4
+
+
+def measure(cmd: list[str], cwd: Path) -> dict:
+    """Wall time, peak process-tree RSS and output of one command."""
+    started = time.perf_counter()
+    log = cwd / f"log-{int(started * 1000)}.txt"
+    with open(log, "w") as out:
+        proc = psutil.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+    wall = time.perf_counter() - started
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{text[-3000:]}")
+    return {"wall_s": wall, "peak_mb": peak / 2**20, "log": text}
+
+
+def workflow(model: Path, work: Path, tag: str, steps: int, *, evaluation: bool = True, eager: bool = True) -> Path:
+    raw = (EXAMPLE / "olive-0.13-config.json").read_text()
+    config = json.loads(raw)
+    config["input_model"]["model_path"] = str(model)
+    config["data_configs"][0]["load_dataset_config"]["data_files"] = [str(EXAMPLE / "data" / "dataset-classification.json")]
+    config["passes"]["lora"]["training_args"]["max_steps"] = steps
+    config["cache_dir"], config["output_dir"] = str(work / tag / "cache"), str(work / tag / "out")
+    if not evaluation:
+        config["evaluation"] = {"enabled": False}
+    if not eager:
+        del config["input_model"]["load_kwargs"]["attn_implementation"]
+    (work / tag).mkdir(parents=True)
+    path = work / tag / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def lora_seconds_modelpress(config: Path) -> float:
+    out = json.loads(config.read_text())["output_dir"]
+    steps = json.loads((Path(out) / "run_history.json").read_text())["steps"]
+    return next(s["seconds"] for s in steps if s["type"] == "LoRA")
+
+
+def lora_seconds_olive(log: str) -> float:
+    found = re.search(r"Pass lora:lora finished in ([\d.]+) seconds", log)
+    return float(found.group(1)) if found else float("nan")
+
+
+def help_time(cmd: list[str], cwd: Path, repeats: int = 3) -> float:
+    return min(measure(cmd, cwd)["wall_s"] for _ in range(repeats))
+
+
+def run_modelpress(model: Path, work: Path, tag: str, steps: int, **kw) -> dict:
+    config = workflow(model, work, tag, steps, **kw)
+    cold = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work)
+    lora_s = lora_seconds_modelpress(config)  # read before the re-run overwrites the history
+    warm = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work)
+    return {"cold": cold, "warm": warm, "lora_s": lora_s}
+
+
+def run_olive(olive_bin: Path, model: Path, work: Path, steps: int) -> dict:
+    config = workflow(model, work, "olive", steps)
+    cold = measure([str(olive_bin), "run", "--config", str(config)], work)
+    warm = measure([str(olive_bin), "run", "--config", str(config)], work)
+    return {"cold": cold, "warm": warm, "lora_s": lora_seconds_olive(cold["log"])}
+
+
+def table(rows: list[tuple[str, dict]], tokens: int) -> str:
+    headers = ["run", "cold wall s", "LoRA s", "train tok/s", "peak RSS MiB", "cached re-run s"]
+    lines = [headers]
+    for name, r in rows:
+        lines.append([name, f"{r['cold']['wall_s']:.1f}", f"{r['lora_s']:.1f}", f"{tokens / r['lora_s']:.0f}",
+                      f"{r['cold']['peak_mb']:.0f}", f"{r['warm']['wall_s']:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--olive-venv", default=os.environ.get("OLIVE_VENV", "/tmp/olive-peer/venv"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    olive_bin = Path(args.olive_venv) / "bin" / "olive"
+    work = Path(tempfile.mkdtemp(prefix="modelpress-bench-"))
+    model = work / "tiny-phi3"
+    subprocess.run([*MODELPRESS, "create-tiny-model", "--out", str(model)], check=True, capture_output=True)
+    tokens = args.steps * SEQ_LEN * BATCH * ACCUM
+    rows = []
+    if olive_bin.exists():
+        rows.append(("Olive 0.13 (config as written)", run_olive(olive_bin, model, work, args.steps)))
+    else:
+        print(f"Olive not found at {olive_bin}: run shared/peer/setup_olive.sh to compare.\n")
+    rows.append(("modelpress (config as written, + evaluation)", run_modelpress(model, work, "mp", args.steps)))
+    rows.append(("modelpress (same work as Olive: no evaluation)",
+                 run_modelpress(model, work, "mp-noeval", args.steps, evaluation=False)))
+    rows.append(("modelpress (no evaluation, default SDPA attention)",
+                 run_modelpress(model, work, "mp-sdpa", args.steps, evaluation=False, eager=False)))
+    print(f"workflow: LoRA {args.steps} steps x {BATCH * ACCUM} x {SEQ_LEN} tokens ({tokens} tokens) -> merge -> "
+          f"int4 ModelBuilder, tiny Phi-3, {os.cpu_count()} CPU cores\n")
+    print(table(rows, tokens))
+    helps = {"modelpress --help": help_time([*MODELPRESS, "--help"], work)}
+    if olive_bin.exists():
+        helps["olive --help"] = help_time([str(olive_bin), "--help"], work)
+    print("\n" + "\n".join(f"{name}: {seconds:.2f} s" for name, seconds in helps.items()))
+    if rows[0][0].startswith("Olive"):
+        olive = rows[0][1]
+        for name, r in rows[1:]:
+            print(f"Olive / {name}: cold {olive['cold']['wall_s'] / r['cold']['wall_s']:.2f}x, "
+                  f"training {olive['lora_s'] / r['lora_s']:.2f}x, "
+                  f"peak memory {r['cold']['peak_mb'] / olive['cold']['peak_mb']:.2f} of Olive's, "
+                  f"cached re-run {olive['warm']['wall_s'] / r['warm']['wall_s']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {name: {k: (v if k == "lora_s" else {x: y for x, y in v.items() if x != "log"}) for k, v in r.items()}
+             for name, r in rows} | {"help_s": helps}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
