@@ -143,3 +143,9 @@ def test_validate_does_not_import_torch(workspace):
 def test_unknown_execution_provider_on_this_machine_is_mapped(workspace):
     config = load_config(workspace / "seed-config.json")
     assert config.engine.execution_provider == "cuda"  # resolved to CPU at run time when CUDA is absent
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLE.glob("*.json")))
+def test_every_shipped_example_config_validates(workspace, name):
+    config = load_config(workspace / name)
+    assert config.passes and config.input_model.model_path.is_dir()
