@@ -55,7 +55,7 @@ def test_damaged_cache_entry_is_never_reused(tmp_path):
     cache = PassCache(tmp_path)
     cache.prepare()
     ref = ModelRef("hf", tmp_path / "input", id="in")
-    with cache.write("k", {}) as out:
+    with cache.write("k") as out:
         (out / "weights").write_text("full")
         ModelRef("hf", out, id="k").save(out)
         cache.commit_meta(out, {}, passthrough=False)

@@ -107,7 +107,7 @@ class PassCache:
         return ModelRef.load(model_dir)
 
     @contextmanager
-    def write(self, key: str, meta: dict) -> Iterator[Path]:
+    def write(self, key: str) -> Iterator[Path]:
         """Yield the folder a pass writes its model into; commit the entry atomically on success."""
         with atomic_dir(self.passes / key) as tmp:
             model_dir = tmp / "model"

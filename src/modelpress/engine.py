@@ -110,16 +110,19 @@ def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool) -> None:
 
 
 def resolve_execution_provider(requested: str) -> str:
-    """The requested EP if this machine has it; otherwise CPU, with a warning."""
+    """The requested EP if both onnxruntime and onnxruntime-genai here can run it; otherwise CPU."""
     if requested == "cpu":
         return "cpu"
     import onnxruntime as ort
+    import onnxruntime_genai as og
 
     wanted = {"cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}[requested]
-    if wanted in ort.get_available_providers():
+    genai_has = {"cuda": og.is_cuda_available, "dml": og.is_dml_available}[requested]()
+    if wanted in ort.get_available_providers() and genai_has:
         return requested
-    log.warning("%s is not available on this machine (onnxruntime has %s): building and running for "
-                "the CPU instead", wanted, ", ".join(ort.get_available_providers()))
+    log.warning("%s is not available on this machine (onnxruntime has %s; onnxruntime-genai %s): "
+                "building and running for the CPU instead", wanted, ", ".join(ort.get_available_providers()),
+                "has it" if genai_has else "lacks it")
     return "cpu"
 
 
@@ -141,7 +144,7 @@ def _run_pass(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan, ep
     log.info("pass %s (%s): running", p.name, p.type)
     started = time.perf_counter()
     meta = {"pass": p.name, "type": p.type, "params": p.params.model_dump(mode="json"), "input": ref.id}
-    with PeakRSS() as memory, cache.write(key, meta) as out:
+    with PeakRSS() as memory, cache.write(key) as out:
         ctx = PassContext(ref, out, config.input_model, ep, plan, show_progress)
         result = run(ctx, p.params)
         passthrough = result is ref

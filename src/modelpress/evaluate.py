@@ -94,9 +94,6 @@ class TorchRunner:
     """Greedy generation and completion loss with PyTorch (HF folder, or base + adapter)."""
 
     def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
-        import torch
-
-        torch.set_grad_enabled(False)
         self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
@@ -107,9 +104,10 @@ class TorchRunner:
         import torch
 
         ids = torch.tensor([self._ids(prompt, add_bos)])
-        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                  do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
-                                  pad_token_id=self.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+                                      pad_token_id=self.tokenizer.pad_token_id)
         new = [t for t in out[0, ids.shape[1]:].tolist() if t != self.tokenizer.eos_token_id]
         return self.tokenizer.decode(new, skip_special_tokens=True), out.shape[1] - ids.shape[1]
 
@@ -120,7 +118,8 @@ class TorchRunner:
         for ex in examples:
             head = self._ids(ex.prompt, add_bos)
             tail = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            logits = self.model(input_ids=torch.tensor([head + tail])).logits[0].float()
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([head + tail])).logits[0].float()
             total += _nll(logits.numpy(), head, tail)
             count += len(tail)
         return total / count if count else float("nan")

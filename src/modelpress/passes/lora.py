@@ -125,10 +125,16 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         warmup_steps=ta.warmup_steps or ta.warmup_ratio, lr_scheduler_type=ta.lr_scheduler_type,
         save_strategy="no", report_to=[], disable_tqdm=not ctx.show_progress,
         remove_unused_columns=False, dataloader_pin_memory=False,
-        use_cpu=ctx.execution_provider == "cpu",
+        use_cpu=not _cuda_available(),  # train where the fastest device is; the EP is the inference target
     )
     return Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
                    data_collator=Collator(tokenizer.pad_token_id))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_train: int, n_eval: int,
