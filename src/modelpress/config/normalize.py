@@ -105,7 +105,7 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowC
     data = _data_configs(raw.get("data_configs", []), base_dir, c)
     passes = _passes(raw.get("passes", {}), c)
     engine = _engine(engine_raw, engine_path, systems, base_dir, c)
-    evaluation = _evaluation(raw, c)
+    evaluation = _evaluation(raw, engine_raw, c)
     if model and engine and passes is not None:
         _check_workflow(model, data, passes, engine, evaluation, c)
     if c.problems:
@@ -154,8 +154,11 @@ def _input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | N
               "modelpress takes a Hugging Face model folder: use type 'HfModel'.")
         return None
     flat, where = _unwrap({k: v for k, v in raw.items() if k != "type"}, "config", path)
-    hf = flat.pop("hf_config", None) or {}
     hf_path = f"{where}.hf_config"
+    hf = flat.pop("hf_config", None) or {}
+    if _as_mapping(hf, hf_path, c) is None:
+        return None
+    hf = dict(hf)
     load_kwargs = {}
     for key in ("load_kwargs", "model_loading_args", "from_pretrained_args"):
         src = flat.pop(key, None) if key == "load_kwargs" else hf.pop(key, None)
@@ -260,7 +263,8 @@ def _section(raw: dict, key: str, path: str, c: Collector) -> tuple[dict, str]:
 
 
 def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | None:
-    fmt = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(load.get("data_name"))
+    name = load.get("data_name")
+    fmt = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(name) if isinstance(name, str) else None
     if load.get("data_name") is None:
         c.add(f"{path}.data_name", "required key is missing", "Set it to json, csv or parquet.")
         return None
@@ -313,7 +317,7 @@ def _passes(raw: Any, c: Collector) -> list[PassConfig] | None:
 
 def _pass(name: str, spec: dict, path: str, c: Collector) -> PassConfig | None:
     typ = spec.get("type")
-    if typ not in CATALOG:
+    if not isinstance(typ, str) or typ not in CATALOG:
         supported = ", ".join(CATALOG)
         if typ is None:
             c.add(f"{path}.type", "required key is missing", f"Supported passes: {supported}.")
@@ -369,7 +373,7 @@ def _accelerator_ep(accelerators: Any, path: str, c: Collector) -> str | None:
         return "cuda" if first.lower() == "gpu" else "cpu"
     if isinstance(first, dict):
         eps = first.get("execution_providers") or []
-        if eps:
+        if isinstance(eps, list) and eps:
             return _ep_name(eps[0], f"{path}[0].execution_providers[0]", c)
         return "cuda" if str(first.get("device", "cpu")).lower() == "gpu" else "cpu"
     c.add(f"{path}[0]", f"must be a device name or a mapping, found {first!r}")
@@ -377,7 +381,7 @@ def _accelerator_ep(accelerators: Any, path: str, c: Collector) -> str | None:
 
 
 def _ep_name(value: Any, path: str, c: Collector) -> str | None:
-    if value in EP_NAMES:
+    if isinstance(value, str) and value in EP_NAMES:
         return EP_NAMES[value]
     hint = did_you_mean(value, EP_NAMES) or "Allowed: CPUExecutionProvider, CUDAExecutionProvider, DmlExecutionProvider."
     c.add(path, f"unknown execution provider {value!r}", hint)
@@ -428,15 +432,16 @@ def _engine_ep(raw: dict, at, systems: dict, c: Collector) -> str | None:
             c.add(at("execution_providers"), f"must be a non-empty list, found {eps!r}")
             return None
         return _ep_name(eps[0], at("execution_providers[0]"), c)
-    return systems.get(raw.get("target")) or systems.get(raw.get("host"))
+    names = [raw.get(key) for key in ("target", "host")]
+    return next((systems[n] for n in names if isinstance(n, str) and systems.get(n)), None)
 
 
-def _evaluation(raw: dict, c: Collector) -> EvaluationConfig:
-    data = raw.get("evaluation") or {}
-    if "evaluate_input_model" in raw:
-        data = {**data, "evaluate_input_model": raw["evaluate_input_model"]}
-    if "evaluate_input_model" in (raw.get("engine") or {}):
-        data = {**data, "evaluate_input_model": raw["engine"]["evaluate_input_model"]}
+def _evaluation(raw: dict, engine_raw: dict, c: Collector) -> EvaluationConfig:
+    data = raw.get("evaluation", {})
+    if _as_mapping(data, "evaluation", c) is None:
+        return EvaluationConfig()
+    if "evaluate_input_model" in engine_raw:
+        data = {**data, "evaluate_input_model": engine_raw["evaluate_input_model"]}
     return c.validate(EvaluationConfig, data, "evaluation") or EvaluationConfig()
 
 
