@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/checkpointing.py
 
 clean:
 	rm -rf $(EXAMPLE)/runs $(EXAMPLE)/models examples/model-cache

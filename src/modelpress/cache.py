@@ -9,6 +9,7 @@ last, lists every file with its size, and an entry whose files do not match is n
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -80,6 +81,23 @@ class PassCache:
         self.root = Path(root)
         self.passes = self.root / "passes"
         self.evals = self.root / "evals"
+        self.locks = self.root / "locks"
+        self.work = self.root / "work"  # per-key scratch that survives a crash: training checkpoints
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold an exclusive file lock on `key`; a second run on the same cache waits here."""
+        self.locks.mkdir(parents=True, exist_ok=True)
+        with open(self.locks / f"{key}.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another run is computing %s in this cache; waiting for it", key[:12])
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def prepare(self, clean: bool = False) -> None:
         if clean:
@@ -108,7 +126,12 @@ class PassCache:
 
     @contextmanager
     def write(self, key: str) -> Iterator[Path]:
-        """Yield the folder a pass writes its model into; commit the entry atomically on success."""
+        """Yield the folder a pass writes its model into; commit the entry atomically on success.
+
+        Call it holding `lock(key)`: leftovers of a killed writer of the same key are removed first.
+        """
+        for stale in self.passes.glob(f".{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         with atomic_dir(self.passes / key) as tmp:
             model_dir = tmp / "model"
             model_dir.mkdir()

@@ -37,9 +37,20 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("details")
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as err:
+        from modelpress.errors import is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        if args.verbose:
+            log.exception("details")
+        print(f"error: the disk is full (or a size limit was hit) while writing {err.filename or 'output'}: "
+              f"{err.strerror}. Free space or choose another cache_dir/output_dir, then run again: "
+              "finished passes are cached and nothing half-written is kept.", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("\ninterrupted. Finished passes are cached: run the same command again to resume "
-              "from the first unfinished pass.", file=sys.stderr)
+        print("\ninterrupted. Finished passes are cached and training keeps its last checkpoint: "
+              "run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -91,6 +102,9 @@ def _setup_logging(args) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    # bitsandbytes warns on import that it cannot fetch CPU kernels from a hub; modelpress never
+    # fetches from a hub, and the built-in kernels are used instead, so the warning is only noise.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def cmd_run(args) -> int:

@@ -112,4 +112,5 @@ class PassContext:
     execution_provider: str
     data: DataPlan
     show_progress: bool = True
+    work_dir: Path | None = None  # scratch that survives a crash (training checkpoints), removed on success
     notes: list[str] = field(default_factory=list)  # facts the pass reports into the run history

@@ -92,7 +92,14 @@ def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResul
         if not checked:
             plan.check_all()  # a data error surfaces here, before any model is loaded
             checked = True
-        ref, record = _run_pass(config, p, key, ref, plan, ep, cache, show_progress)
+        with cache.lock(key):
+            cached = cache.lookup(key, ref)  # another run may have finished it while we waited
+            if cached is not None:
+                log.info("pass %s (%s): reusing the output another run just made", p.name, p.type)
+                history.append(_record(p, key, True, time.perf_counter() - started, None, []))
+                ref = cached
+                continue
+            ref, record = _run_pass(config, p, key, ref, plan, ep, cache, show_progress)
         history.append(record)
     task = _task_card(config, plan)
     metrics = _evaluate(config, input_ref, ref, plan, cache, task, show_progress, history)
@@ -145,13 +152,14 @@ def _run_pass(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan, ep
     started = time.perf_counter()
     meta = {"pass": p.name, "type": p.type, "params": p.params.model_dump(mode="json"), "input": ref.id}
     with PeakRSS() as memory, cache.write(key) as out:
-        ctx = PassContext(ref, out, config.input_model, ep, plan, show_progress)
+        ctx = PassContext(ref, out, config.input_model, ep, plan, show_progress, work_dir=cache.work / key)
         result = run(ctx, p.params)
         passthrough = result is ref
         if not passthrough:
             result.id = key
             result.save(out)
         cache.commit_meta(out, {**meta, "seconds": time.perf_counter() - started}, passthrough)
+    shutil.rmtree(cache.work / key, ignore_errors=True)  # checkpoints are not needed once the entry exists
     seconds = time.perf_counter() - started
     final = ref if passthrough else ModelRef.load(cache.passes / key / "model")
     log.info("pass %s (%s): done in %.1f s, peak RSS %.0f MiB", p.name, p.type, seconds, memory.peak_mb)

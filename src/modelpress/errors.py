@@ -6,7 +6,10 @@ as one clear message (no traceback unless `--verbose`) and exits non-zero.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,8 @@ class MissingDependencyError(ModelpressError):
             f"{purpose} needs the package '{package}', which is not installed. "
             f"Install it with: pip install 'modelpress[{extra}]'"
         )
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for the errors a full disk (or a file-size quota) gives."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS

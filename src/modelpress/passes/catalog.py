@@ -54,6 +54,12 @@ class TrainingArgs(Strict):
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule."
     )
+    save_strategy: Literal["steps", "no"] = Field(
+        "steps", description="Save resumable checkpoints while training ('no' turns them off)."
+    )
+    save_steps: float = Field(
+        0.1, gt=0, description="Checkpoint every N steps, or every fraction of the run when below 1."
+    )
 
     @field_validator("max_steps")
     @classmethod

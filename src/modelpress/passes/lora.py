@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -49,6 +48,9 @@ def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRe
     train = ctx.data.features(train_examples, params.train_data_config, tokenizer)
     eval_name = params.eval_data_config or params.train_data_config
     evals = ctx.data.features(eval_examples, eval_name, tokenizer) if eval_examples else None
+    from transformers import set_seed
+
+    set_seed(params.training_args.seed)  # the LoRA init is random too: seed it, so a run is reproducible
     model = load_causal_lm(src, params.torch_dtype, ctx.input_model.trust_remote_code,
                            ctx.input_model.attn_implementation, quantization_config)
     if quantization_config is not None:
@@ -60,18 +62,37 @@ def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRe
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     trainer = _trainer(ctx, params, model, tokenizer, train, evals, quantized=quantization_config is not None)
+    checkpoint = latest_checkpoint(_trainer_dir(ctx))
+    if checkpoint:
+        log.info("resuming training from %s", checkpoint.name)
+        ctx.notes.append(f"resumed from {checkpoint.name}")
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
     final_eval = trainer.evaluate() if evals else {}
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
-    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     tokens = sum(len(f["input_ids"]) for f in train)
     _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens)
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
                      f"train loss {result.training_loss:.4f}"
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
     return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(src))
+
+
+def _trainer_dir(ctx: PassContext) -> Path:
+    return (ctx.work_dir or ctx.out / "work") / "trainer"
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete `checkpoint-N` folder (a half-written one is skipped)."""
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and all((p / f).is_file() for f in CHECKPOINT_FILES)]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def _prepare_4bit(model, gradient_checkpointing: bool):
@@ -109,12 +130,14 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
                     "(set eval_dataset_size or eval_data_config); training without evaluation",
                     ta.eval_strategy)
     args = TrainingArguments(
-        output_dir=str(ctx.out / "trainer"),
+        output_dir=str(_trainer_dir(ctx)),
+        save_strategy=ta.save_strategy, save_steps=ta.save_steps if ta.save_steps < 1 else int(ta.save_steps),
+        save_total_limit=1, save_only_model=False,
         seed=ta.seed, data_seed=ta.data_seed,
         per_device_train_batch_size=ta.per_device_train_batch_size,
         per_device_eval_batch_size=ta.per_device_eval_batch_size,
         gradient_accumulation_steps=ta.gradient_accumulation_steps,
-        gradient_checkpointing=ta.gradient_checkpointing and not quantized,
+        activation_checkpointing=ta.gradient_checkpointing and not quantized,
         learning_rate=ta.learning_rate, num_train_epochs=ta.num_train_epochs, max_steps=ta.max_steps,
         logging_steps=ta.logging_steps, logging_first_step=True,
         eval_strategy=eval_strategy, eval_steps=ta.eval_steps if eval_strategy == "steps" else None,
@@ -123,7 +146,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         weight_decay=ta.weight_decay, max_grad_norm=ta.max_grad_norm,
         # transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio)
         warmup_steps=ta.warmup_steps or ta.warmup_ratio, lr_scheduler_type=ta.lr_scheduler_type,
-        save_strategy="no", report_to=[], disable_tqdm=not ctx.show_progress,
+        report_to=[], disable_tqdm=not ctx.show_progress,
         remove_unused_columns=False, dataloader_pin_memory=False,
         use_cpu=not _cuda_available(),  # train where the fastest device is; the EP is the inference target
     )

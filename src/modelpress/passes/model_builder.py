@@ -7,7 +7,7 @@ import io
 import logging
 
 from modelpress.context import PassContext
-from modelpress.errors import ModelpressError
+from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import ONNX_GENAI, ModelBuilderParams
 
@@ -44,6 +44,8 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
             create_model(ctx.model.path.name, src, out, params.precision, ep, work, **options)
     except Exception as err:
         log.debug("builder output:\n%s", captured.getvalue())
+        if is_disk_full(err):
+            raise
         raise ModelpressError(f"the genai model builder failed on {src} ({params.precision}, {ep}): "
                               f"{type(err).__name__}: {err}") from err
     finally:

@@ -1,0 +1,149 @@
+"""The bad-input matrix: each mistake gives a non-zero exit and one clear message, loads no model,
+writes nothing that looks complete, and leaves the earlier output untouched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import example_workspace
+from modelpress.cli import main
+
+TONE = "### Text: {phrase}\n### The tone is:\n{tone}"
+
+
+def _lora(raw):
+    return raw["passes"]["lora"]
+
+
+def _pre(raw):
+    return raw["data_configs"][0]["pre_process_data_config"]
+
+
+def _data_file(work: Path, text: str | bytes, name: str = "bad.json"):
+    path = work / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def _set_data(raw, work, text, name="bad.json"):
+    raw["data_configs"][0]["load_dataset_config"]["data_files"] = [str(_data_file(work, text, name))]
+
+
+def _model_copy(work: Path, drop: str) -> str:
+    folder = work / f"model-without-{drop.strip('*.')}"
+    shutil.copytree(work / "models" / "tiny-phi3", folder)
+    for path in folder.glob(drop):
+        path.unlink()
+    return str(folder)
+
+
+# (id, how to break the config/data, text expected in the message)
+CASES = [
+    ("unknown-top-key", lambda r, w: r.update(pases={}), "Did you mean 'passes'?"),
+    ("unknown-pass-type", lambda r, w: _lora(r).update(type="LoRa"), "Did you mean 'LoRA'?"),
+    ("olive-pass-not-here", lambda r, w: _lora(r).update(type="OnnxStaticQuantization"), "not in modelpress 0.1"),
+    ("unknown-pass-key", lambda r, w: _lora(r).update(lora_rank=8), "unknown key 'lora_rank'"),
+    ("wrong-type", lambda r, w: _lora(r).update(r="sixteen"), "passes.lora.r"),
+    ("zero-steps", lambda r, w: _lora(r)["training_args"].update(max_steps=0), "max_steps must be a positive"),
+    ("negative-steps", lambda r, w: _lora(r)["training_args"].update(max_steps=-5), "max_steps must be a positive"),
+    ("negative-lr", lambda r, w: _lora(r)["training_args"].update(learning_rate=-1), "learning_rate"),
+    ("dropout-above-one", lambda r, w: _lora(r).update(lora_dropout=1.5), "lora_dropout"),
+    ("bad-block-size", lambda r, w: r["passes"]["builder"].update(block_size=48), "block_size"),
+    ("precision-ep", lambda r, w: r["passes"]["builder"].update(precision="fp16"), "cannot run on the cpu"),
+    ("missing-merge", lambda r, w: r["passes"].pop("merge"), "Add a MergeAdapterWeights pass"),
+    ("missing-data-ref", lambda r, w: _lora(r).update(train_data_config="tones"), "Did you mean 'tone'?"),
+    ("unknown-ep", lambda r, w: r.update(systems={"local": {"type": "LocalSystem", "accelerators": [
+        {"device": "cpu", "execution_providers": ["CPUExecutionProvidr"]}]}}), "Did you mean 'CPUExecutionProvider'?"),
+    ("azureml-system", lambda r, w: r.update(systems={"aml": {"type": "AzureML"}}), "use type 'LocalSystem'"),
+    ("azureml-data", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(
+        data_files={"type": "azureml_datastore"}), "reads local files"),
+    ("hub-dataset", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="squad"),
+     "reads local files only"),
+    ("search", lambda r, w: r.update(search_strategy={"sampler": "tpe"}), "search is not in modelpress 0.1"),
+    ("evaluators", lambda r, w: r.update(evaluators={"e": {}}), "not supported by modelpress 0.1"),
+    ("log-level", lambda r, w: r.update(log_severity_level=9), "log_severity_level"),
+    ("missing-model", lambda r, w: r["input_model"].update(model_path="models/none"), "model folder not found"),
+    ("model-without-weights", lambda r, w: r["input_model"].update(model_path=_model_copy(w, "*.safetensors")),
+     "has no weights"),
+    ("model-without-tokenizer", lambda r, w: r["input_model"].update(model_path=_model_copy(w, "tokenizer*")),
+     "has no tokenizer files"),
+    ("missing-data-file", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_files=["nope.json"]),
+     "file not found"),
+    ("output-inside-model", lambda r, w: r.update(output_dir="models/tiny-phi3/out"), "inside the input model folder"),
+    ("unwritable-cache", lambda r, w: r.update(cache_dir=str(_data_file(w, "x", "a-file") / "cache")),
+     "Choose a writable cache_dir"),
+    ("empty-dataset", lambda r, w: _set_data(r, w, ""), "bad.json"),
+    ("missing-column", lambda r, w: _pre(r).update(text_template="### Text: {text}\n{tone}"),
+     "names column(s) ['text']"),
+    ("null-value", lambda r, w: _set_data(r, w, '{"phrase": "a", "tone": "joy"}\n{"phrase": null, "tone": "joy"}\n'),
+     "bad.json row 2: column 'phrase' is missing or null"),
+    ("non-text-value", lambda r, w: _set_data(r, w, '{"phrase": "a", "tone": 7}\n'), "column 'tone' is int"),
+    ("non-utf8", lambda r, w: _set_data(r, w, '{"phrase": "caf\xe9", "tone": "joy"}\n'.encode("latin-1")), "UTF-8"),
+    ("labels-missing-from-eval-set", lambda r, w: (
+        r["data_configs"].append({"name": "eval", "load_dataset_config": {"data_name": "json", "data_files": [
+            str(_data_file(w, '{"phrase": "a"}\n', "eval.json"))]}, "pre_process_data_config": {"text_template": TONE}}),
+        r.update(evaluation={"data_config": "eval"})), "eval.json"),
+    ("eval-split-too-small", lambda r, w: _lora(r).update(eval_dataset_size=0.0001), "leaves no rows"),
+    ("completion-without-field", lambda r, w: _pre(r).update(text_template="{phrase} is {tone}."),
+     "'completion' needs a text_template that ends with a {field}"),
+    ("sliding-window-without-stride", lambda r, w: _pre(r).update(strategy="join-sliding-window"), "needs a stride"),
+]
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model, monkeypatch):
+    work = example_workspace(tmp_path, tiny_model)
+    earlier = work / "runs" / "demo" / "model"
+    earlier.mkdir(parents=True)
+    (earlier / "weights").write_text("an earlier run's model")
+
+    def no_model_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the mistake was reported")
+
+    monkeypatch.setattr("modelpress.passes.lora.load_causal_lm", no_model_loading)
+    monkeypatch.setattr("modelpress.passes.merge.load_causal_lm", no_model_loading)
+    return work
+
+
+@pytest.mark.parametrize("mutate, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_error_and_nothing_is_lost(workspace, capsys, mutate, expected):
+    raw = json.loads((workspace / "demo.json").read_text())
+    mutate(raw, workspace)
+    config = workspace / "broken-config.json"
+    config.write_text(json.dumps(raw))
+    code = main(["run", "--config", str(config), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code in (1, 2), err
+    assert expected in err, err
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert (workspace / "runs" / "demo" / "model" / "weights").read_text() == "an earlier run's model"
+    assert not list((workspace / "runs" / "demo").glob("*.json"))  # no metrics or history that look complete
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"input_model": {,}}', "invalid JSON"),
+    ("input_model: [unclosed", "invalid YAML"),
+    ("[1, 2]", "must be a mapping of sections"),
+])
+def test_malformed_config_files(tmp_path, capsys, text, expected):
+    path = tmp_path / ("c.yaml" if "YAML" in expected else "c.json")
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.json")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_verbose_shows_the_traceback_for_runtime_errors(workspace, capsys):
+    raw = json.loads((workspace / "demo.json").read_text())
+    _set_data(raw, workspace, '{"phrase": "a", "tone": 7}\n')
+    (workspace / "broken-config.json").write_text(json.dumps(raw))
+    assert main(["--verbose", "run", "--config", str(workspace / "broken-config.json"), "--no-progress"]) == 1
+    assert "Traceback" in capsys.readouterr().err

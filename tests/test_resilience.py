@@ -1,0 +1,118 @@
+"""Nothing lost: kill -9 and Ctrl-C during training resume from a checkpoint; concurrent runs share a
+cache safely; a full disk is a clear error that keeps earlier outputs."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TONE_DATA, run_cli, write_config
+
+pytestmark = pytest.mark.e2e
+
+
+def _config(tiny_model: Path, root: Path, cache: str, steps: int = 60) -> dict:
+    return {
+        "input_model": {"type": "HfModel", "model_path": str(tiny_model)},
+        "data_configs": [{"name": "tone", "load_dataset_config": {"data_name": "json", "data_files": [str(TONE_DATA)]},
+                          "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
+                                                      "strategy": "line-by-line", "max_seq_len": 96,
+                                                      "pad_to_max_len": False, "loss_on": "completion"}}],
+        "passes": {"lora": {"type": "LoRA", "train_data_config": "tone", "r": 8, "alpha": 16,
+                            "target_modules": ["qkv_proj", "o_proj"],
+                            "training_args": {"max_steps": steps, "per_device_train_batch_size": 8,
+                                              "learning_rate": 0.002, "save_steps": 10, "logging_steps": 10}}},
+        "evaluation": {"enabled": False},
+        "cache_dir": str(root / cache), "output_dir": str(root / f"out-{cache}"),
+    }
+
+
+def _start(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "modelpress", "run", "--config", str(config), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(cache: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(cache.glob("work/*/trainer/checkpoint-*/trainer_state.json")):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _adapter(cache: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    (path,) = cache.glob("passes/*/model/adapter/adapter_model.safetensors")
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume")
+    run_cli("run", "--config", str(write_config(root / "a.json", _config(tiny_model, root, "a"))), "--no-progress")
+    return root / "a"
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_training_resumes_from_its_checkpoint_with_the_same_result(how, tiny_model, tmp_path,
+                                                                              uninterrupted):
+    config = write_config(tmp_path / "b.json", _config(tiny_model, tmp_path, "b"))
+    proc = _start(config)
+    _wait_for_checkpoint(tmp_path / "b", proc)
+    proc.send_signal(how)
+    _, stderr = proc.communicate(timeout=60)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130 and "run the same command again to resume" in stderr
+    assert not [p for p in (tmp_path / "b" / "passes").iterdir() if not p.name.startswith(".")]
+    assert not (tmp_path / "out-b" / "model").exists()  # nothing that looks complete
+    resumed = run_cli("run", "--config", str(config), "--no-progress")
+    assert "resuming training from checkpoint-" in resumed.stderr
+    expected, got = _adapter(uninterrupted), _adapter(tmp_path / "b")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert abs(expected[name] - got[name]).max() < 1e-5, name
+    assert not list((tmp_path / "b").glob("work/*"))  # checkpoints are removed once the entry exists
+    assert not list((tmp_path / "b" / "passes").glob(".*"))  # the killed writer's leftovers are gone
+
+
+def test_two_runs_sharing_a_cache_compute_each_pass_once(tiny_model, tmp_path):
+    first = _config(tiny_model, tmp_path, "shared", steps=30)
+    second = {**first, "output_dir": str(tmp_path / "out-second")}
+    procs = [_start(write_config(tmp_path / "1.json", first)), _start(write_config(tmp_path / "2.json", second))]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    caches = []
+    for out in (first["output_dir"], second["output_dir"]):
+        steps = json.loads((Path(out) / "run_history.json").read_text())["steps"]
+        caches.append(steps[0]["cache"])
+    assert sorted(caches) == ["hit", "miss"]
+    assert len([p for p in (tmp_path / "shared" / "passes").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_earlier_output(tiny_model, tmp_path):
+    args = ["export", "--model", str(tiny_model), "--no-progress", "--output-dir", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache")]
+    run_cli(*args, "--precision", "int4")
+    before = json.loads((tmp_path / "out" / "model" / "modelpress_model.json").read_text())["id"]
+
+    def small_disk():  # files may not grow past 1 MiB: the int8 model's weights do
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    proc = subprocess.run([sys.executable, "-m", "modelpress", *args, "--precision", "int8"],
+                          capture_output=True, text=True, preexec_fn=small_disk)
+    assert proc.returncode == 1, proc.stderr
+    assert "disk is full" in proc.stderr and "Traceback" not in proc.stderr
+    after = json.loads((tmp_path / "out" / "model" / "modelpress_model.json").read_text())["id"]
+    assert after == before  # the earlier output is untouched
+    assert len([p for p in (tmp_path / "cache" / "passes").iterdir() if not p.name.startswith(".")]) == 1
