@@ -24,7 +24,7 @@ from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
 from modelpress.models import ModelRef
 
 log = logging.getLogger("modelpress")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when a pass gives different output for the same inputs
 
 
 def cache_key(*parts: Any) -> str:

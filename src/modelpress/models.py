@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_json, read_json
 from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX_GENAI
 
@@ -76,7 +77,13 @@ def load_causal_lm(folder: Path, dtype: str = "float32", trust_remote_code: bool
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-    return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" in str(err) and not trust_remote_code:
+            raise ModelpressError(f"{folder} ships its own Python code, which modelpress runs only when asked: "
+                                  "if you trust it, set trust_remote_code: true in input_model's load_kwargs") from None
+        raise
 
 
 def load_for_inference(ref: ModelRef, trust_remote_code: bool = False):
