@@ -116,3 +116,44 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_earlier_output(tiny_model, t
     after = json.loads((tmp_path / "out" / "model" / "modelpress_model.json").read_text())["id"]
     assert after == before  # the earlier output is untouched
     assert len([p for p in (tmp_path / "cache" / "passes").iterdir() if not p.name.startswith(".")]) == 1
+
+
+KILL_DURING = {
+    # Replaces the named function with one that writes part of its output, then dies by SIGKILL.
+    "export": ("modelpress.passes.model_builder", "run_model_builder"),
+    "evaluation": ("modelpress.evaluate", "evaluate"),
+}
+KILLER = """
+import os, signal, sys, importlib
+module, name, marker = sys.argv[1], sys.argv[2], sys.argv[3]
+mod = importlib.import_module(module)
+def dying(ctx=None, *args, **kwargs):
+    if getattr(ctx, "out", None) is not None:
+        (ctx.out / "model.onnx.data").write_bytes(b"half")
+    open(marker, "w").close()
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(mod, name, dying)
+from modelpress.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.parametrize("stage", sorted(KILL_DURING))
+def test_kill_during_export_or_evaluation_then_rerun_finishes_from_the_cache(stage, tiny_model, tmp_path):
+    config = _config(tiny_model, tmp_path, "c", steps=10)
+    config["passes"]["merge"] = {"type": "MergeAdapterWeights"}
+    config["passes"]["builder"] = {"type": "ModelBuilder", "precision": "int4"}
+    config["evaluation"] = {"max_examples": 20}
+    path = write_config(tmp_path / "c.json", config)
+    module, name = KILL_DURING[stage]
+    marker = tmp_path / "died"
+    proc = subprocess.run([sys.executable, "-c", KILLER, module, name, str(marker), "run", "--config", str(path),
+                           "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL and marker.exists(), proc.stderr
+    assert not (tmp_path / "out-c" / "metrics.json").exists()
+    rerun = run_cli("run", "--config", str(path), "--no-progress")
+    steps = json.loads((tmp_path / "out-c" / "run_history.json").read_text())["steps"]
+    expected = ["hit", "hit", "miss"] if stage == "export" else ["hit", "hit", "hit"]
+    assert [s["cache"] for s in steps[:3]] == expected, rerun.stderr
+    assert (tmp_path / "out-c" / "model" / "genai_config.json").is_file()
+    assert json.loads((tmp_path / "out-c" / "metrics.json").read_text())["models"]["final"]["examples"] == 20

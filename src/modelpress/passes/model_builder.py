@@ -24,9 +24,22 @@ def builder_options(params: ModelBuilderParams) -> list[str]:
     return options
 
 
+def _quiet_quantizer_logs() -> None:
+    # onnxruntime's int4 quantizer calls logging.basicConfig(level=INFO) on import, which turns
+    # on INFO output for every logger in the process; put the root back to Python's default and
+    # keep the quantizer's per-node lines for --verbose runs.
+    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401  (its import is what calls basicConfig)
+
+    debug = log.getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     """Call `onnxruntime_genai.models.builder` from Python (its CLI's --help crashes in 0.18)."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    _quiet_quantizer_logs()
 
     ep = params.execution_provider or ctx.execution_provider
     src = str(ctx.model.path)
