@@ -84,23 +84,19 @@ def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResul
         key = _pass_key(config, p, ref, plan, ep)
         started = time.perf_counter()
         cached = cache.lookup(key, ref)
-        if cached is not None:
-            log.info("pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
-            history.append(_record(p, key, True, time.perf_counter() - started, None, []))
-            ref = cached
-            continue
-        if not checked:
-            plan.check_all()  # a data error surfaces here, before any model is loaded
-            checked = True
-        with cache.lock(key):
-            cached = cache.lookup(key, ref)  # another run may have finished it while we waited
-            if cached is not None:
-                log.info("pass %s (%s): reusing the output another run just made", p.name, p.type)
-                history.append(_record(p, key, True, time.perf_counter() - started, None, []))
-                ref = cached
-                continue
-            ref, record = _run_pass(config, p, key, ref, plan, ep, cache, show_progress)
-        history.append(record)
+        if cached is None:
+            if not checked:
+                plan.check_all()  # a data error surfaces here, before any model is loaded
+                checked = True
+            with cache.lock(key):
+                cached = cache.lookup(key, ref)  # another run may have made it while we waited
+                if cached is None:
+                    ref, record = _run_pass(config, p, key, ref, plan, ep, cache, show_progress)
+                    history.append(record)
+                    continue
+        log.info("pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
+        history.append(_record(p, key, True, time.perf_counter() - started, None, []))
+        ref = cached
     task = _task_card(config, plan)
     metrics = _evaluate(config, input_ref, ref, plan, cache, task, show_progress, history)
     _write_outputs(config, ref, task, history, metrics)
@@ -207,7 +203,8 @@ def _evaluate(config, input_ref: ModelRef, final: ModelRef, plan: DataPlan, cach
             cached["peak_rss_mb"] = round(memory.peak_mb, 1)
             cache.write_eval(key, cached)
         history.append({"pass": f"evaluate {role}", "type": "evaluation", "cache": "hit" if hit else "miss",
-                        "seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": cached.get("peak_rss_mb"),
+                        "seconds": round(time.perf_counter() - started, 3),
+                        "peak_rss_mb": None if hit else cached.get("peak_rss_mb"),
                         "output_id": key, "notes": []})
         results[role] = cached
     return {"models": results}

@@ -40,27 +40,9 @@ def run_qlora(ctx: PassContext, params: QLoRAParams) -> ModelRef:
 
 
 def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRef:
-    from peft import LoraConfig, get_peft_model
-
-    src = ctx.model.path
-    tokenizer = load_tokenizer(src, ctx.input_model.trust_remote_code)
-    train_examples, eval_examples = ctx.data.training_examples(params)
-    train = ctx.data.features(train_examples, params.train_data_config, tokenizer)
-    eval_name = params.eval_data_config or params.train_data_config
-    evals = ctx.data.features(eval_examples, eval_name, tokenizer) if eval_examples else None
-    from transformers import set_seed
-
-    set_seed(params.training_args.seed)  # the LoRA init is random too: seed it, so a run is reproducible
-    model = load_causal_lm(src, params.torch_dtype, ctx.input_model.trust_remote_code,
-                           ctx.input_model.attn_implementation, quantization_config)
-    if quantization_config is not None:
-        model = _prepare_4bit(model, params.training_args.gradient_checkpointing)
-    elif params.training_args.gradient_checkpointing:
-        model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
-    lora = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.lora_dropout,
-                      target_modules=params.target_modules, modules_to_save=params.modules_to_save,
-                      task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    tokenizer = load_tokenizer(ctx.model.path, ctx.input_model.trust_remote_code)
+    train, evals = _sequences(ctx, params, tokenizer)
+    model = _peft_model(ctx, params, quantization_config)
     trainer = _trainer(ctx, params, model, tokenizer, train, evals, quantized=quantization_config is not None)
     checkpoint = latest_checkpoint(_trainer_dir(ctx))
     if checkpoint:
@@ -76,7 +58,32 @@ def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRe
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
                      f"train loss {result.training_loss:.4f}"
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
-    return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(src))
+    return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(ctx.model.path))
+
+
+def _sequences(ctx: PassContext, params: LoRAParams, tokenizer) -> tuple[list[dict], list[dict] | None]:
+    """Training and eval sequences (eval is None when the pass holds out nothing)."""
+    train_examples, eval_examples = ctx.data.training_examples(params)
+    train = ctx.data.features(train_examples, params.train_data_config, tokenizer)
+    eval_name = params.eval_data_config or params.train_data_config
+    return train, ctx.data.features(eval_examples, eval_name, tokenizer) if eval_examples else None
+
+
+def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config):
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    set_seed(params.training_args.seed)  # the LoRA init is random too: seed it, so a run is reproducible
+    model = load_causal_lm(ctx.model.path, params.torch_dtype, ctx.input_model.trust_remote_code,
+                           ctx.input_model.attn_implementation, quantization_config)
+    if quantization_config is not None:
+        model = _prepare_4bit(model, params.training_args.gradient_checkpointing)
+    elif params.training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
+    lora = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.lora_dropout,
+                      target_modules=params.target_modules, modules_to_save=params.modules_to_save,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
 
 
 def _trainer_dir(ctx: PassContext) -> Path:
