@@ -157,3 +157,15 @@ def test_kill_during_export_or_evaluation_then_rerun_finishes_from_the_cache(sta
     assert [s["cache"] for s in steps[:3]] == expected, rerun.stderr
     assert (tmp_path / "out-c" / "model" / "genai_config.json").is_file()
     assert json.loads((tmp_path / "out-c" / "metrics.json").read_text())["models"]["final"]["examples"] == 20
+
+
+def test_two_different_models_never_share_a_cache_entry(tiny_model, tmp_path):
+    from modelpress.tiny import create_tiny_model
+
+    other = create_tiny_model(tmp_path / "other", seed=1)  # same shapes and tokenizer, other weights
+    for model in (tiny_model, other):
+        run_cli("export", "--model", str(model), "--no-progress", "--output-dir", str(tmp_path / "out"),
+                "--cache-dir", str(tmp_path / "cache"))
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
+    assert history[0]["cache"] == "miss"
+    assert len([p for p in (tmp_path / "cache" / "passes").iterdir() if not p.name.startswith(".")]) == 2
