@@ -58,3 +58,16 @@ def demo_run(tmp_path_factory, tiny_model) -> Path:
     proc = run_cli("run", "--config", str(work / "demo.json"), "--no-progress")
     (work / "first-run.log").write_text(proc.stdout + proc.stderr)
     return work
+
+
+def tone_workflow(tiny_model: Path, passes: dict, **top) -> dict:
+    """A small workflow on the tone data (line-by-line, completion-only loss) with the given passes."""
+    return {
+        "input_model": {"type": "HfModel", "model_path": str(tiny_model)},
+        "data_configs": [{"name": "tone", "load_dataset_config": {"data_name": "json", "data_files": [str(TONE_DATA)]},
+                          "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
+                                                      "strategy": "line-by-line", "max_seq_len": 96,
+                                                      "pad_to_max_len": False, "loss_on": "completion"}}],
+        "passes": passes,
+        **top,
+    }

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TONE_DATA, run_cli, write_config
+from conftest import run_cli, tone_workflow, write_config
 from modelpress.errors import MissingDependencyError
 
 pytestmark = pytest.mark.e2e
@@ -16,21 +16,12 @@ bnb = pytest.importorskip("bitsandbytes")
 
 
 def _qlora_config(tiny_model, out, steps=30):
-    return {
-        "input_model": {"type": "HfModel", "model_path": str(tiny_model)},
-        "data_configs": [{"name": "tone", "load_dataset_config": {"data_name": "json", "data_files": [str(TONE_DATA)]},
-                          "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
-                                                      "strategy": "line-by-line", "max_seq_len": 96,
-                                                      "pad_to_max_len": False, "loss_on": "completion"}}],
-        "passes": {"qlora": {"type": "QLoRA", "train_data_config": "tone", "eval_dataset_size": 0.1,
-                             "double_quant": True, "r": 8, "alpha": 16, "target_modules": ["qkv_proj", "o_proj"],
-                             "training_args": {"max_steps": steps, "per_device_train_batch_size": 8,
-                                               "learning_rate": 0.002, "logging_steps": 5,
-                                               "eval_strategy": "steps", "eval_steps": 10}},
-                   "merge": {"type": "MergeAdapterWeights"}},
-        "evaluation": {"max_examples": 20},
-        "output_dir": str(out / "out"), "cache_dir": str(out / "cache"),
-    }
+    qlora = {"type": "QLoRA", "train_data_config": "tone", "eval_dataset_size": 0.1,
+             "double_quant": True, "r": 8, "alpha": 16, "target_modules": ["qkv_proj", "o_proj"],
+             "training_args": {"max_steps": steps, "per_device_train_batch_size": 8, "learning_rate": 0.002,
+                               "logging_steps": 5, "eval_strategy": "steps", "eval_steps": 10}}
+    return tone_workflow(tiny_model, {"qlora": qlora, "merge": {"type": "MergeAdapterWeights"}},
+                         evaluation={"max_examples": 20}, output_dir=str(out / "out"), cache_dir=str(out / "cache"))
 
 
 def test_qlora_trains_and_merges_on_cpu(tiny_model, tmp_path):

@@ -13,25 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TONE_DATA, run_cli, write_config
+from conftest import run_cli, tone_workflow, write_config
 
 pytestmark = pytest.mark.e2e
 
 
 def _config(tiny_model: Path, root: Path, cache: str, steps: int = 60) -> dict:
-    return {
-        "input_model": {"type": "HfModel", "model_path": str(tiny_model)},
-        "data_configs": [{"name": "tone", "load_dataset_config": {"data_name": "json", "data_files": [str(TONE_DATA)]},
-                          "pre_process_data_config": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
-                                                      "strategy": "line-by-line", "max_seq_len": 96,
-                                                      "pad_to_max_len": False, "loss_on": "completion"}}],
-        "passes": {"lora": {"type": "LoRA", "train_data_config": "tone", "r": 8, "alpha": 16,
-                            "target_modules": ["qkv_proj", "o_proj"],
-                            "training_args": {"max_steps": steps, "per_device_train_batch_size": 8,
-                                              "learning_rate": 0.002, "save_steps": 10, "logging_steps": 10}}},
-        "evaluation": {"enabled": False},
-        "cache_dir": str(root / cache), "output_dir": str(root / f"out-{cache}"),
-    }
+    lora = {"type": "LoRA", "train_data_config": "tone", "r": 8, "alpha": 16, "target_modules": ["qkv_proj", "o_proj"],
+            "training_args": {"max_steps": steps, "per_device_train_batch_size": 8, "learning_rate": 0.002,
+                              "save_steps": 10, "logging_steps": 10}}
+    return tone_workflow(tiny_model, {"lora": lora}, evaluation={"enabled": False},
+                         cache_dir=str(root / cache), output_dir=str(root / f"out-{cache}"))
 
 
 def _start(config: Path) -> subprocess.Popen:
