@@ -123,3 +123,23 @@ def test_help_is_answered_without_heavy_imports():
     code = "import sys; from modelpress.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
            "assert 'torch' not in sys.modules and 'pydantic' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_evaluate_on_a_new_file_reproduces_the_run_metrics(demo_run, tmp_path):
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+
+    config = load_config(demo_run / "demo.json")
+    head, tail = "### Text: ", "\n### The tone is:\n"
+    rows = [{"phrase": ex.prompt[len(head):-len(tail)], "tone": ex.completion}
+            for ex in DataPlan(config, tmp_path).eval_set().examples]
+    data = tmp_path / "held-out.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    model = demo_run / "runs" / "demo" / "model"
+    result = json.loads(run_cli("evaluate", str(model), "--data", str(data), "--max-new-tokens", "6", "--json").stdout)
+    expected = _json(demo_run / "runs" / "demo" / "metrics.json")["models"]["final"]
+    assert result["examples"] == expected["examples"] == len(rows)
+    assert result["accuracy"] == expected["accuracy"]  # greedy decoding: the same answers
+    assert set(result["per_class_recall"]) == LABELS
+    text = run_cli("evaluate", str(model), "--data", str(data), "--max-examples", "10").stdout
+    assert "accuracy" in text and "recall joy" in text and "on 10 rows" in text

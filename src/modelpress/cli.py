@@ -80,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the training template")
     p.set_defaults(handler=cmd_generate)
 
+    p = sub.add_parser("evaluate", help="measure a model folder modelpress produced on a new data file")
+    p.add_argument("model_dir")
+    p.add_argument("--data", required=True, nargs="+", help="JSON, JSONL, CSV or Parquet files")
+    p.add_argument("--template", help="text template (default: the one saved beside the model)")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-examples", type=int)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(handler=cmd_evaluate)
+
     p = sub.add_parser("create-tiny-model", help="write a deterministic tiny Phi-3 (the stand-in for Phi-3-mini)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--corpus", nargs="*", help="text files to train the tokenizer on (default: built-in)")
@@ -149,6 +158,15 @@ def cmd_generate(args) -> int:
     for piece in generate(Path(args.model_dir), args.prompt, args.max_new_tokens, raw=args.raw):
         print(piece, end="", flush=True)
     print()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from modelpress.measure import evaluate_folder, format_result, result_json
+
+    result = evaluate_folder(Path(args.model_dir), [Path(p) for p in args.data], args.template,
+                             args.max_new_tokens, args.max_examples, show_progress=not args.json)
+    print(result_json(result) if args.json else format_result(result))
     return 0
 
 

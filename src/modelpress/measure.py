@@ -1,0 +1,61 @@
+"""`modelpress evaluate`: measure a model folder that modelpress produced on a new data file.
+
+The prompt template and BOS setting saved beside the model (`modelpress_model.json`) turn
+each row into the same prompt the model was trained on; the template's last field is the label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modelpress.config.normalize import completion_field
+from modelpress.config.schema import DataConfig
+from modelpress.data import load_rows, render
+from modelpress.errors import ModelpressError
+from modelpress.evaluate import evaluate
+from modelpress.models import MODEL_CARD, ModelRef
+
+FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | None = None,
+                    max_new_tokens: int = 8, max_examples: int | None = None, show_progress: bool = True) -> dict:
+    """Metrics of the model in `model_dir` on every row of `data_files`."""
+    if not (model_dir / MODEL_CARD).is_file():
+        raise ModelpressError(f"{model_dir} has no {MODEL_CARD}: point evaluate at the 'model' folder of a "
+                              "modelpress run (or the folder of one of its cache entries)")
+    ref = ModelRef.load(model_dir)
+    task = ref.task or {}
+    template = template or task.get("text_template")
+    if not template:
+        raise ModelpressError(f"{model_dir} does not say which text template it was trained with: pass --template")
+    suffix = data_files[0].suffix.lower()
+    if suffix not in FORMATS:
+        raise ModelpressError(f"{data_files[0]}: unknown data format {suffix!r}; use .json, .jsonl, .csv or .parquet")
+    config = DataConfig(name="evaluate", data_files=data_files, format=FORMATS[suffix], text_template=template,
+                        add_special_tokens=task.get("add_bos", False))
+    examples = render(config, load_rows(config))[:max_examples]
+    label = completion_field(template)
+    result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,
+                      show_progress=show_progress)
+    result.update({"model": str(model_dir), "model_kind": ref.kind, "data": [str(p) for p in data_files],
+                   "label_column": label})
+    return result
+
+
+def format_result(result: dict) -> str:
+    """A short human-readable report of `evaluate_folder`'s result."""
+    lines = [f"{result['model']} ({result['model_kind']}) on {result['examples']} rows of "
+             f"{', '.join(result['data'])}"]
+    if "accuracy" in result:
+        lines.append(f"accuracy          {result['accuracy']:.3f}  (majority class {result['majority_baseline']:.3f})")
+        lines += [f"  recall {label:<10} {value:.3f}" for label, value in result["per_class_recall"].items()]
+    lines.append(f"completion loss   {result['completion_loss']:.3f}")
+    lines.append(f"latency ms        p50 {result['latency_ms']['p50']:.1f}  p90 {result['latency_ms']['p90']:.1f}")
+    lines.append(f"tokens/s          {result['tokens_per_second']:.0f}")
+    return "\n".join(lines)
+
+
+def result_json(result: dict) -> str:
+    return json.dumps(result, indent=2)
