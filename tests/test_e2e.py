@@ -42,6 +42,9 @@ def test_demo_output_is_a_genai_folder_that_describes_itself(demo_run):
     history = _json(demo_run / "runs" / "demo" / "run_history.json")["steps"]
     assert [s["cache"] for s in history[:3]] == ["miss"] * 3
     assert all(s["peak_rss_mb"] > 0 for s in history)
+    report = (demo_run / "runs" / "demo" / "report.html").read_text()
+    final = _json(demo_run / "runs" / "demo" / "metrics.json")["models"]["final"]
+    assert f"{final['accuracy']:.3f}" in report and "id='chart'" in report
 
 
 def test_unchanged_rerun_reuses_every_pass_and_evaluation(demo_run):

@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(handler=cmd_evaluate)
 
+    p = sub.add_parser("report", help="re-render OUTPUT_DIR/report.html from a run's JSON files")
+    p.add_argument("output_dir")
+    p.set_defaults(handler=cmd_report)
+
     p = sub.add_parser("create-tiny-model", help="write a deterministic tiny Phi-3 (the stand-in for Phi-3-mini)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--corpus", nargs="*", help="text files to train the tokenizer on (default: built-in)")
@@ -136,6 +140,7 @@ def run_config(config, show_progress: bool = True) -> int:
     print(summary_table(result.history, result.metrics))
     print(f"\nfinal model: {result.output_dir / 'model'}")
     print(f"metrics:     {result.output_dir / 'metrics.json'}")
+    print(f"report:      {result.output_dir / 'report.html'}")
     return 0
 
 
@@ -167,6 +172,17 @@ def cmd_evaluate(args) -> int:
     result = evaluate_folder(Path(args.model_dir), [Path(p) for p in args.data], args.template,
                              args.max_new_tokens, args.max_examples, show_progress=not args.json)
     print(result_json(result) if args.json else format_result(result))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from modelpress.errors import ModelpressError
+    from modelpress.html_report import render_report
+
+    folder = Path(args.output_dir)
+    if not (folder / "run_history.json").is_file():
+        raise ModelpressError(f"{folder} holds no run_history.json: point report at a run's output_dir")
+    print(f"report written to {render_report(folder)}")
     return 0
 
 

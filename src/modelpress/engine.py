@@ -20,6 +20,7 @@ from modelpress.config.schema import PassConfig, WorkflowConfig
 from modelpress.context import DataPlan, PassContext
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
+from modelpress.html_report import render_report
 from modelpress.models import MODEL_CARD, ModelRef
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER
 
@@ -100,6 +101,7 @@ def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResul
     task = _task_card(config, plan)
     metrics = _evaluate(config, input_ref, ref, plan, cache, task, show_progress, history)
     _write_outputs(config, ref, task, history, metrics)
+    render_report(engine.output_dir)
     return RunResult(engine.output_dir, ref, history, metrics)
 
 

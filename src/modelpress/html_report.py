@@ -1,0 +1,123 @@
+"""A self-contained HTML report of a run (no network needed to view it).
+
+It shows the measured models, a chart of accuracy against latency (marker area by size,
+Pareto-optimal models filled), each step's time and memory, and the resolved config.
+`modelpress report OUTPUT_DIR` re-renders it from the JSON files a run leaves.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from modelpress.fsutil import atomic_write_text, read_json
+
+REPORT = "report.html"
+WIDTH, HEIGHT, PAD = 560, 320, 48
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Names of the points no other point beats: higher accuracy (first) and lower latency (second)."""
+    front = set()
+    for name, (acc, lat) in points.items():
+        dominated = any(a >= acc and l <= lat and (a > acc or l < lat)
+                        for other, (a, l) in points.items() if other != name)
+        if not dominated:
+            front.add(name)
+    return front
+
+
+def render_report(output_dir: Path) -> Path:
+    """Write `output_dir/report.html` from the run's metrics, history and resolved config."""
+    output_dir = Path(output_dir)
+    parts = {}
+    for name in ("metrics.json", "run_history.json", "config.resolved.json"):
+        path = output_dir / name
+        parts[name] = read_json(path) if path.is_file() else {}
+    page = build_html(parts["metrics.json"], parts["run_history.json"].get("steps", []), parts["config.resolved.json"])
+    atomic_write_text(output_dir / REPORT, page)
+    return output_dir / REPORT
+
+
+def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
+    """The whole page as one string."""
+    models = metrics.get("models", {})
+    body = [
+        "<h1>modelpress run report</h1>",
+        _models_table(models),
+        _chart(models),
+        "<h2>Steps</h2>",
+        _table(["step", "type", "cache", "seconds", "peak RSS MiB"],
+               [[s["pass"], s["type"], s["cache"], _fmt(s.get("seconds"), ".1f"), _fmt(s.get("peak_rss_mb"), ".0f")]
+                for s in steps], "steps"),
+        "<h2>Resolved config</h2>",
+        f"<pre id='config'>{html.escape(json.dumps(config, indent=2))}</pre>",
+    ]
+    style = ("body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}"
+             "td:first-child{text-align:left}pre{background:#f7f7f7;padding:1em;overflow:auto}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>modelpress report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(headers: list[str], rows: list[list[str]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table id='{table_id}'><tr>{head}</tr>{body}</table>"
+
+
+def _models_table(models: dict) -> str:
+    if not models:
+        return "<p>No evaluation in this run.</p>"
+    first = next(iter(models.values()))
+    rows = [[role, m.get("model_kind", ""), _fmt(m.get("accuracy"), ".3f"), _fmt(m.get("completion_loss"), ".3f"),
+             _fmt(m["latency_ms"]["p50"], ".1f"), _fmt(m["latency_ms"]["p90"], ".1f"),
+             _fmt(m.get("tokens_per_second"), ".0f"), _fmt(m.get("size_mb"), ".1f")] for role, m in models.items()]
+    note = f"<p>Evaluated on {first.get('examples')} examples: {html.escape(str(first.get('eval_data', '')))}"
+    if first.get("majority_baseline") is not None:
+        note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
+    headers = ["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"]
+    return "<h2>Models</h2>" + _table(headers, rows, "models") + note + "</p>"
+
+
+def _chart(models: dict) -> str:
+    points = {role: (m["accuracy"], m["latency_ms"]["p50"]) for role, m in models.items() if "accuracy" in m}
+    if not points:
+        return "<p>No accuracy was measured, so there is no accuracy/latency chart.</p>"
+    front = pareto_front(points)
+    max_lat = max(lat for _, lat in points.values()) * 1.15 or 1.0
+    max_size = max(models[r].get("size_mb") or 1 for r in points)
+
+    def x(lat: float) -> float:
+        return PAD + (WIDTH - 2 * PAD) * lat / max_lat
+
+    def y(acc: float) -> float:
+        return HEIGHT - PAD - (HEIGHT - 2 * PAD) * acc
+
+    marks = []
+    for role, (acc, lat) in points.items():
+        radius = 5 + 15 * ((models[role].get("size_mb") or 1) / max_size) ** 0.5
+        fill = "#1f77b4" if role in front else "white"
+        marks.append(f"<circle id='point-{html.escape(role)}' cx='{x(lat):.1f}' cy='{y(acc):.1f}' r='{radius:.1f}' "
+                     f"fill='{fill}' stroke='#1f77b4' stroke-width='2'><title>{html.escape(role)}: accuracy "
+                     f"{acc:.3f}, p50 {lat:.1f} ms</title></circle>"
+                     f"<text x='{x(lat) + radius + 4:.1f}' y='{y(acc) + 4:.1f}' font-size='12'>{html.escape(role)}"
+                     f"</text>")
+    axes = (f"<line x1='{PAD}' y1='{HEIGHT - PAD}' x2='{WIDTH - PAD}' y2='{HEIGHT - PAD}' stroke='black'/>"
+            f"<line x1='{PAD}' y1='{PAD}' x2='{PAD}' y2='{HEIGHT - PAD}' stroke='black'/>"
+            f"<text x='{WIDTH / 2}' y='{HEIGHT - 10}' text-anchor='middle' font-size='12'>p50 latency (ms)</text>"
+            f"<text x='14' y='{HEIGHT / 2}' transform='rotate(-90 14 {HEIGHT / 2})' text-anchor='middle' "
+            f"font-size='12'>accuracy</text>"
+            f"<text x='{PAD - 6}' y='{y(1) + 4}' text-anchor='end' font-size='11'>1.0</text>"
+            f"<text x='{PAD - 6}' y='{y(0) + 4}' text-anchor='end' font-size='11'>0.0</text>"
+            f"<text x='{x(max_lat / 1.15):.1f}' y='{HEIGHT - PAD + 16}' text-anchor='middle' font-size='11'>"
+            f"{max_lat / 1.15:.1f}</text>")
+    return (f"<h2>Accuracy vs latency</h2><svg id='chart' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' "
+            f"height='{HEIGHT}' role='img'>{axes}{''.join(marks)}</svg>"
+            "<p>Filled: on the Pareto frontier (no other model is both more accurate and faster). "
+            "Marker area: size on disk.</p>")
