@@ -149,3 +149,10 @@ def test_unknown_execution_provider_on_this_machine_is_mapped(workspace):
 def test_every_shipped_example_config_validates(workspace, name):
     config = load_config(workspace / name)
     assert config.passes and config.input_model.model_path.is_dir()
+
+
+def test_config_reference_doc_matches_the_code():
+    from modelpress.reference import reference
+
+    committed = (EXAMPLE.parents[1] / "docs" / "config-reference.md").read_text()
+    assert committed == reference(), "run: python -m modelpress.reference > docs/config-reference.md"

@@ -77,7 +77,7 @@ class EngineConfig(Strict):
     cache_dir: Path = Field(Path(".modelpress-cache"), description="Pass outputs keyed by content hash.")
     output_dir: Path = Field(Path("modelpress-output"), description="Final model, metrics and history.")
     execution_provider: ExecutionProvider = Field("cpu", description="Execution provider of the target.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Logging level.")
     clean_cache: bool = Field(False, description="Empty the cache before running.")
 
 
