@@ -68,3 +68,15 @@ def test_generate_wraps_the_prompt_in_the_training_template():
     card = {"task": {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}"}}
     assert prompt_for(card, "hello") == "### Text: hello\n### The tone is:\n"
     assert prompt_for({}, "hello") == "hello"
+
+
+def test_atomic_writes_make_ordinary_readable_files(tmp_path):
+    import os
+    import stat
+
+    from modelpress.fsutil import atomic_write_text
+
+    atomic_write_text(tmp_path / "f.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~mask

@@ -114,10 +114,11 @@ def _chart(models: dict) -> str:
             f"<text x='14' y='{HEIGHT / 2}' transform='rotate(-90 14 {HEIGHT / 2})' text-anchor='middle' "
             f"font-size='12'>accuracy</text>"
             f"<text x='{PAD - 6}' y='{y(1) + 4}' text-anchor='end' font-size='11'>1.0</text>"
-            f"<text x='{PAD - 6}' y='{y(0) + 4}' text-anchor='end' font-size='11'>0.0</text>"
-            f"<text x='{x(max_lat / 1.15):.1f}' y='{HEIGHT - PAD + 16}' text-anchor='middle' font-size='11'>"
-            f"{max_lat / 1.15:.1f}</text>")
+            f"<text x='{PAD - 6}' y='{y(0) + 4}' text-anchor='end' font-size='11'>0.0</text>")
+    ticks = (f"<text x='{PAD}' y='{HEIGHT - PAD + 28}' text-anchor='middle' font-size='11'>0</text>"
+             f"<text x='{WIDTH - PAD}' y='{HEIGHT - PAD + 28}' text-anchor='middle' font-size='11'>"
+             f"{max_lat:.1f}</text>")
     return (f"<h2>Accuracy vs latency</h2><svg id='chart' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' "
-            f"height='{HEIGHT}' role='img'>{axes}{''.join(marks)}</svg>"
+            f"height='{HEIGHT}' role='img'>{axes}{''.join(marks)}{ticks}</svg>"
             "<p>Filled: on the Pareto frontier (no other model is both more accurate and faster). "
             "Marker area: size on disk.</p>")
