@@ -30,6 +30,14 @@ class Example:
     source: str  # "file row N", for error messages and reports
 
 
+FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def format_of(path: Path | str) -> str | None:
+    """The datasets builder for a data file, from its suffix (None when unknown)."""
+    return FORMATS.get(Path(path).suffix.lower())
+
+
 def data_fingerprint(config: DataConfig) -> str:
     """A hash of the data config and the bytes of its files: changes whenever the data does."""
     digest = hashlib.sha256(config.model_dump_json().encode())

@@ -20,7 +20,7 @@ from modelpress.config.schema import PassConfig, WorkflowConfig
 from modelpress.context import DataPlan, PassContext
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
-from modelpress.html_report import render_report
+from modelpress.html_report import write_report
 from modelpress.models import MODEL_CARD, ModelRef
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER
 
@@ -96,12 +96,11 @@ def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResul
                     history.append(record)
                     continue
         log.info("pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
-        history.append(_record(p, key, True, time.perf_counter() - started, None, []))
+        history.append(_record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
         ref = cached
     task = _task_card(config, plan)
     metrics = _evaluate(config, input_ref, ref, plan, cache, task, show_progress, history)
     _write_outputs(config, ref, task, history, metrics)
-    render_report(engine.output_dir)
     return RunResult(engine.output_dir, ref, history, metrics)
 
 
@@ -161,11 +160,12 @@ def _run_pass(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan, ep
     seconds = time.perf_counter() - started
     final = ref if passthrough else ModelRef.load(cache.passes / key / "model")
     log.info("pass %s (%s): done in %.1f s, peak RSS %.0f MiB", p.name, p.type, seconds, memory.peak_mb)
-    return final, _record(p, key, False, seconds, memory.peak_mb, ctx.notes)
+    return final, _record(p.name, p.type, key, False, seconds, memory.peak_mb, ctx.notes)
 
 
-def _record(p: PassConfig, key: str, hit: bool, seconds: float, peak_mb: float | None, notes: list[str]) -> dict:
-    return {"pass": p.name, "type": p.type, "cache": "hit" if hit else "miss", "seconds": round(seconds, 3),
+def _record(step: str, kind: str, key: str, hit: bool, seconds: float, peak_mb: float | None,
+            notes: list[str]) -> dict:
+    return {"pass": step, "type": kind, "cache": "hit" if hit else "miss", "seconds": round(seconds, 3),
             "peak_rss_mb": round(peak_mb, 1) if peak_mb else None, "output_id": key, "notes": notes}
 
 
@@ -204,10 +204,8 @@ def _evaluate(config, input_ref: ModelRef, final: ModelRef, plan: DataPlan, cach
                 cached = _measure(config, ref, eval_set, task, show_progress)
             cached["peak_rss_mb"] = round(memory.peak_mb, 1)
             cache.write_eval(key, cached)
-        history.append({"pass": f"evaluate {role}", "type": "evaluation", "cache": "hit" if hit else "miss",
-                        "seconds": round(time.perf_counter() - started, 3),
-                        "peak_rss_mb": None if hit else cached.get("peak_rss_mb"),
-                        "output_id": key, "notes": []})
+        history.append(_record(f"evaluate {role}", "evaluation", key, hit, time.perf_counter() - started,
+                               None if hit else cached.get("peak_rss_mb"), []))
         results[role] = cached
     return {"models": results}
 
@@ -232,8 +230,10 @@ def _write_outputs(config: WorkflowConfig, final: ModelRef, task: dict, history:
         with atomic_dir(target) as tmp:
             shutil.copytree(final.path, tmp, dirs_exist_ok=True)
             ModelRef(final.kind, tmp, final.id, final.base, task).save(tmp)
-    atomic_write_json(out / "config.resolved.json", config.resolved())
+    resolved = config.resolved()
+    atomic_write_json(out / "config.resolved.json", resolved)
     atomic_write_json(out / "run_history.json", {"modelpress": __version__, "steps": history})
     atomic_write_json(out / "metrics.json", metrics)
+    write_report(out, metrics, history, resolved)
     if final.kind == HF_ADAPTER:
         log.info("the final model is an adapter; its base stays at %s", final.base)

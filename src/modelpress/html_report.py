@@ -28,16 +28,22 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
     return front
 
 
+def write_report(output_dir: Path, metrics: dict, steps: list[dict], config: dict) -> Path:
+    """Write `output_dir/report.html` from a run's metrics, steps and resolved config."""
+    path = Path(output_dir) / REPORT
+    atomic_write_text(path, build_html(metrics, steps, config))
+    return path
+
+
 def render_report(output_dir: Path) -> Path:
-    """Write `output_dir/report.html` from the run's metrics, history and resolved config."""
+    """Re-render `output_dir/report.html` from the JSON files a run left there."""
     output_dir = Path(output_dir)
     parts = {}
     for name in ("metrics.json", "run_history.json", "config.resolved.json"):
         path = output_dir / name
         parts[name] = read_json(path) if path.is_file() else {}
-    page = build_html(parts["metrics.json"], parts["run_history.json"].get("steps", []), parts["config.resolved.json"])
-    atomic_write_text(output_dir / REPORT, page)
-    return output_dir / REPORT
+    return write_report(output_dir, parts["metrics.json"], parts["run_history.json"].get("steps", []),
+                        parts["config.resolved.json"])
 
 
 def build_html(metrics: dict, steps: list[dict], config: dict) -> str:

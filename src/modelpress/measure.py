@@ -11,13 +11,10 @@ from pathlib import Path
 
 from modelpress.config.normalize import completion_field
 from modelpress.config.schema import DataConfig
-from modelpress.data import load_rows, render
+from modelpress.data import format_of, load_rows, render
 from modelpress.errors import ModelpressError
 from modelpress.evaluate import evaluate
 from modelpress.models import MODEL_CARD, ModelRef
-
-FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
 
 def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | None = None,
                     max_new_tokens: int = 8, max_examples: int | None = None, show_progress: bool = True) -> dict:
@@ -30,10 +27,10 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     template = template or task.get("text_template")
     if not template:
         raise ModelpressError(f"{model_dir} does not say which text template it was trained with: pass --template")
-    suffix = data_files[0].suffix.lower()
-    if suffix not in FORMATS:
-        raise ModelpressError(f"{data_files[0]}: unknown data format {suffix!r}; use .json, .jsonl, .csv or .parquet")
-    config = DataConfig(name="evaluate", data_files=data_files, format=FORMATS[suffix], text_template=template,
+    fmt = format_of(data_files[0])
+    if fmt is None:
+        raise ModelpressError(f"{data_files[0]}: unknown data format; use .json, .jsonl, .csv or .parquet")
+    config = DataConfig(name="evaluate", data_files=data_files, format=fmt, text_template=template,
                         add_special_tokens=task.get("add_bos", False))
     examples = render(config, load_rows(config))[:max_examples]
     label = completion_field(template)

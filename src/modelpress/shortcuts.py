@@ -44,8 +44,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def finetune_config(args) -> dict:
+    from modelpress.data import format_of  # imported here: `modelpress --help` must stay light
+
     data = {"name": "train", "type": "HuggingfaceContainer",
-            "load_dataset_config": {"data_name": _format(args.data[0]), "data_files": args.data, "split": "train"},
+            "load_dataset_config": {"data_name": format_of(args.data[0]) or "json", "data_files": args.data,
+                                    "split": "train"},
             "pre_process_data_config": {"text_template": args.template, "strategy": args.strategy,
                                         "max_seq_len": args.max_seq_len, "pad_to_max_len": False,
                                         "loss_on": args.loss_on}}
@@ -69,11 +72,6 @@ def _workflow(args, passes: dict, data: list) -> dict:
     return {"input_model": {"type": "HfModel", "model_path": args.model, "task": "text-generation"},
             "data_configs": data, "passes": passes, "evaluation": {},
             "output_dir": args.output_dir, "cache_dir": args.cache_dir}
-
-
-def _format(path: str) -> str:
-    suffix = Path(path).suffix.lower().lstrip(".")
-    return {"jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(suffix, "json")
 
 
 def _run(args, config: dict) -> int:
