@@ -45,7 +45,7 @@ def _model_copy(work: Path, drop: str) -> str:
 CASES = [
     ("unknown-top-key", lambda r, w: r.update(pases={}), "Did you mean 'passes'?"),
     ("unknown-pass-type", lambda r, w: _lora(r).update(type="LoRa"), "Did you mean 'LoRA'?"),
-    ("olive-pass-not-here", lambda r, w: _lora(r).update(type="OnnxStaticQuantization"), "not in modelpress 0.1"),
+    ("olive-pass-not-here", lambda r, w: _lora(r).update(type="AutoAWQQuantizer"), "is not in modelpress"),
     ("unknown-pass-key", lambda r, w: _lora(r).update(lora_rank=8), "unknown key 'lora_rank'"),
     ("wrong-type", lambda r, w: _lora(r).update(r="sixteen"), "passes.lora.r"),
     ("zero-steps", lambda r, w: _lora(r)["training_args"].update(max_steps=0), "max_steps must be a positive"),
@@ -63,8 +63,18 @@ CASES = [
         data_files={"type": "azureml_datastore"}), "reads local files"),
     ("hub-dataset", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="squad"),
      "reads local files only"),
-    ("search", lambda r, w: r.update(search_strategy={"sampler": "tpe"}), "search is not in modelpress 0.1"),
-    ("evaluators", lambda r, w: r.update(evaluators={"e": {}}), "not supported by modelpress 0.1"),
+    ("search-off", lambda r, w: r["passes"]["builder"].update(block_size=[32, 64]), "but search is off"),
+    ("bad-search-value", lambda r, w: (r.update(search_strategy=True),
+                                       r["passes"]["builder"].update(block_size=[32, 48])), "block_size[1]"),
+    ("unknown-sampler", lambda r, w: r.update(search_strategy={"sampler": "grid"}), "search_strategy.sampler"),
+    ("evaluator-name", lambda r, w: r.update(evaluator="tone", evaluators={"tones": {"metrics": [
+        {"name": "a", "type": "accuracy", "sub_types": [{"name": "accuracy_score"}]}]}}), "Did you mean 'tones'?"),
+    ("custom-metric-script", lambda r, w: r.update(evaluators={"e": {"metrics": [
+        {"name": "c", "type": "custom", "sub_types": [{"name": "x", "higher_is_better": True}],
+         "user_config": {"user_script": "nope.py", "evaluate_func": "f"}}]}}), "file not found"),
+    ("goal-baseline", lambda r, w: r.update(search_strategy=True, evaluators={"e": {"baseline": "merged", "metrics": [
+        {"name": "a", "type": "accuracy", "sub_types": [{"name": "accuracy_score"}]}]}}), "Did you mean 'merge'?"),
+    ("plugin-script", lambda r, w: _lora(r).update(user_script="missing_pass.py"), "file not found"),
     ("log-level", lambda r, w: r.update(log_severity_level=9), "log_severity_level"),
     ("missing-model", lambda r, w: r["input_model"].update(model_path="models/none"), "model folder not found"),
     ("model-without-weights", lambda r, w: r["input_model"].update(model_path=_model_copy(w, "*.safetensors")),
@@ -105,7 +115,8 @@ def workspace(tmp_path, tiny_model, monkeypatch):
         raise AssertionError("a model was loaded before the mistake was reported")
 
     monkeypatch.setattr("modelpress.passes.lora.load_causal_lm", no_model_loading)
-    monkeypatch.setattr("modelpress.passes.merge.load_causal_lm", no_model_loading)
+    monkeypatch.setattr("modelpress.passes.lora.load_classifier", no_model_loading)
+    monkeypatch.setattr("modelpress.passes.merge.load_hf_model", no_model_loading)
     return work
 
 

@@ -87,8 +87,9 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(worksp
     (lambda r: r["passes"].update(extra={"type": "OnnxQuantizationX"}),
      "unknown pass type 'OnnxQuantizationX'"),
     (lambda r: r["passes"].update(extra={"type": "Lora"}), "Did you mean 'LoRA'?"),
-    (lambda r: r["passes"].update(extra={"type": "OrtTransformersOptimization"}), "not in modelpress 0.1"),
-    (lambda r: r["engine"].update(search_strategy={"execution_order": "joint"}), "search is not in modelpress 0.1"),
+    (lambda r: r["passes"].update(extra={"type": "GptqQuantizer"}), "Use OnnxBlockWiseRtnQuantization"),
+    (lambda r: r["engine"].update(search_strategy={"execution_order": "jointly"}), "allowed: 'joint' or 'pass-by-pass'"),
+    (lambda r: r["passes"]["lora"]["config"].update(lora_r=[8, 16]), "make this pass a search choice, but search is off"),
     (lambda r: r["engine"].update(execution_providers=["CUDAExecutionProviderr"]), "Did you mean 'CUDAExecutionProvider'?"),
     (lambda r: r["input_model"]["config"].update(model_path={"type": "azureml_registry_model"}),
      "model source 'azureml_registry_model' is not supported"),
@@ -99,7 +100,11 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(worksp
     (lambda r: r["data_configs"][0]["load_dataset_config"]["params"].update(data_files="data/nope.json"),
      "file not found"),
     (lambda r: r["input_model"]["config"]["hf_config"].update(model_name="models/missing"), "model folder not found"),
-    (lambda r: r.update(evaluators={}), "evaluators: not supported by modelpress 0.1"),
+    (lambda r: r.update(evaluators={"e": {"metrics": [{"name": "a", "type": "accuracy",
+                                                        "sub_types": [{"name": "acuracy_score"}]}]}}),
+     "Did you mean 'accuracy_score'?"),
+    (lambda r: r.update(evaluators={"e": {"metrics": [{"name": "l", "type": "latency", "sub_types": [
+        {"name": "p50", "goal": {"type": "max-degradation", "value": -1}}]}]}}), "greater than or equal to 0"),
     (lambda r: r.update(inputmodel={}), "unknown key 'inputmodel'. Did you mean 'input_model'?"),
 ])
 def test_unsupported_or_wrong_settings_fail_validation_with_the_fix(workspace, mutate, expected):

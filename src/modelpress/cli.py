@@ -16,6 +16,7 @@ log = logging.getLogger("modelpress")
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+GOALS_NOT_MET = 3  # a search ran, but no candidate meets the goals (the report says which came closest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,16 +133,20 @@ def cmd_run(args) -> int:
 def run_config(config, show_progress: bool = True) -> int:
     """Run a validated config and print the summary; shared by `run` and the shortcuts."""
     from modelpress.engine import run_workflow
-    from modelpress.report import summary_table
+    from modelpress.report import search_table, summary_table
 
     for warning in config.warnings:
         log.warning(warning)
     result = run_workflow(config, show_progress=show_progress)
     print(summary_table(result.history, result.metrics))
-    print(f"\nfinal model: {result.output_dir / 'model'}")
+    search = result.metrics.get("search")
+    if search:
+        print("\n" + search_table(search))
+    met = not search or search["best"] is not None
+    print(f"\n{'final model' if met else 'model (NOT updated)'}: {result.output_dir / 'model'}")
     print(f"metrics:     {result.output_dir / 'metrics.json'}")
     print(f"report:      {result.output_dir / 'report.html'}")
-    return 0
+    return 0 if met else GOALS_NOT_MET
 
 
 def cmd_validate(args) -> int:

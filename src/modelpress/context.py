@@ -8,7 +8,17 @@ from pathlib import Path
 
 from modelpress.config.normalize import completion_field
 from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfig
-from modelpress.data import Example, data_fingerprint, load_rows, pack, render, split_examples, tokenize
+from modelpress.data import (
+    Example,
+    classification_features,
+    data_fingerprint,
+    label_set,
+    load_rows,
+    pack,
+    render,
+    split_examples,
+    tokenize,
+)
 from modelpress.errors import DataError
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import CATALOG, LoRAParams
@@ -60,9 +70,15 @@ class DataPlan:
             return split_examples(examples, params.eval_dataset_size, 0 if seed is None else seed)
         return examples, []
 
-    def features(self, examples: list[Example], name: str, tokenizer) -> list[dict]:
+    def labels(self, params: LoRAParams) -> list[str]:
+        """The class labels a classifier trained by this pass predicts (from its training rows)."""
+        return label_set(self.training_examples(params)[0])
+
+    def features(self, examples: list[Example], name: str, tokenizer, labels: list[str] | None = None) -> list[dict]:
         """Training sequences for `examples` under data config `name`'s strategy."""
         config = self.data_config(name)
+        if labels is not None:
+            return classification_features(examples, tokenizer, config, labels)
         joiner = tokenizer(config.joiner, add_special_tokens=False)["input_ids"] if config.joiner else []
         sequences = tokenize(examples, tokenizer, config)
         features = pack(sequences, config, joiner, tokenizer.pad_token_id)
@@ -71,9 +87,9 @@ class DataPlan:
                             f"max_seq_len {config.max_seq_len} with strategy {config.strategy!r})")
         return features
 
-    def eval_set(self) -> EvalSet | None:
+    def eval_set(self, data_config: str | None = None) -> EvalSet | None:
         """The examples the final evaluation uses (see `EvaluationConfig.data_config`)."""
-        chosen = self.config.evaluation.data_config
+        chosen = data_config or self.config.evaluation.data_config
         if chosen:
             return self._eval_set(self.examples(chosen), f"all rows of data config {chosen!r}", chosen)
         for p in self.config.passes:
@@ -98,7 +114,7 @@ class DataPlan:
         unique = list(first.values())
         limit = self.config.evaluation.max_examples
         config = self.data_config(name)
-        label = self.config.evaluation.label_column or completion_field(config.text_template)
+        label = self.config.evaluation.label_column or config.label_col or completion_field(config.text_template)
         return EvalSet(unique[:limit] if limit else unique, description, label)
 
 
@@ -114,3 +130,8 @@ class PassContext:
     show_progress: bool = True
     work_dir: Path | None = None  # scratch that survives a crash (training checkpoints), removed on success
     notes: list[str] = field(default_factory=list)  # facts the pass reports into the run history
+
+    @property
+    def task(self) -> str:
+        """text-generation or text-classification: what the model in hand does."""
+        return self.model.task.get("task") or self.input_model.task

@@ -82,9 +82,9 @@ def _unreadable(path: Path, fmt: str, err: Exception) -> str:
 def render(config: DataConfig, rows: list[tuple[str, dict]]) -> list[Example]:
     """Render rows through the template; a missing, null or non-text field names its row."""
     fields = _fields(config)
-    completion = completion_field(config.text_template)
+    completion = None if config.label_col else completion_field(config.text_template)
     columns = set(rows[0][1]) if rows else set()
-    missing = [f for f in fields if f not in columns]
+    missing = [f for f in fields + ([config.label_col] if config.label_col else []) if f not in columns]
     if missing:
         raise DataError(f"data config {config.name!r}: the template names column(s) {missing} that the data "
                         f"lacks ({rows[0][0].rsplit(' row', 1)[0]}); columns: {sorted(columns)}")
@@ -97,6 +97,9 @@ def render(config: DataConfig, rows: list[tuple[str, dict]]) -> list[Example]:
             if not isinstance(value, str):
                 raise DataError(f"{where}: column {field!r} is {type(value).__name__} ({value!r}), "
                                 "not text. Store it as a string.")
+        if config.label_col and (row.get(config.label_col) is None or isinstance(row[config.label_col], (dict, list))):
+            raise DataError(f"{where}: label column {config.label_col!r} is {row.get(config.label_col)!r}; "
+                            "every row needs a label (text or a number). Fix or remove the row.")
         examples.append(_render_row(config, row, completion, where))
     return examples
 
@@ -116,6 +119,10 @@ def _fields(config: DataConfig) -> list[str]:
 
 
 def _render_row(config: DataConfig, row: dict, completion: str | None, where: str) -> Example:
+    if config.label_col:  # classification: the input text, and the label as the completion
+        text = config.text_template.format_map(row) if config.text_template else " ".join(
+            row[c] for c in config.text_cols)
+        return Example(text, str(row[config.label_col]), where)
     if not config.text_template:
         return Example("", " ".join(row[c] for c in config.text_cols), where)
     parts = template_parts(config.text_template)
@@ -206,6 +213,24 @@ def _features(ids: list[int], labels: list[int], config: DataConfig, pad_id: int
     return features
 
 
+def label_set(examples: list[Example]) -> list[str]:
+    """The class labels of a classification data set, sorted (index order of the classifier head)."""
+    return sorted({ex.completion for ex in examples})
+
+
+def classification_features(examples: list[Example], tokenizer, config: DataConfig, labels: list[str]) -> list[dict]:
+    """Token ids (cut to max_seq_len) and the class index of each example."""
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({ex.completion for ex in examples} - set(index))
+    if unknown:
+        raise DataError(f"data config {config.name!r}: labels {unknown} do not occur in the training data "
+                        f"(known: {labels}). Every eval label must also be a training label.")
+    encoded = tokenizer([ex.prompt for ex in examples], truncation=True, max_length=config.max_seq_len,
+                        add_special_tokens=config.add_special_tokens)["input_ids"]
+    return [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": index[ex.completion]}
+            for ids, ex in zip(encoded, examples)]
+
+
 class Collator:
     """Right-pads a batch to its longest sequence."""
 
@@ -217,7 +242,9 @@ class Collator:
 
         width = max(len(item["input_ids"]) for item in batch)
         out = {}
+        if isinstance(batch[0]["labels"], int):  # classification: one class index per sequence
+            out["labels"] = torch.tensor([item["labels"] for item in batch])
         for key, fill in (("input_ids", self.pad_id), ("labels", IGNORE), ("attention_mask", 0)):
-            if key in batch[0]:
+            if key in batch[0] and key not in out:
                 out[key] = torch.tensor([item[key] + [fill] * (width - len(item[key])) for item in batch])
         return out

@@ -5,7 +5,6 @@ This is the one place where the stages are composed; read `run_workflow` top to 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -68,40 +67,93 @@ class PeakRSS:
 
 
 def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResult:
-    """Run every pass (reusing cached outputs), evaluate, and write the output folder."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    engine = config.engine
-    cache = PassCache(engine.cache_dir)
-    _prepare_folders(cache, engine.output_dir, engine.clean_cache)
-    ep = resolve_execution_provider(engine.execution_provider)
-    plan = DataPlan(config, engine.cache_dir)
-    memo = engine.cache_dir / "content-ids.json"
-    ref = ModelRef(HF, config.input_model.model_path, id=content_id(config.input_model.model_path, memo))
-    input_ref = ref
+    """Run every pass (reusing cached outputs), evaluate, and write the output folder.
+
+    With search on, `modelpress.search` runs the candidates through the same session.
+    """
+    session = Session.start(config, show_progress)
+    if config.search.enabled:
+        from modelpress.search import run_search
+
+        return run_search(session)
     history: list[dict] = []
-    checked = False
-    for p in config.passes:
-        key = _pass_key(config, p, ref, plan, ep)
+    ref = session.run_chain(config.passes, history)
+    metrics = session.evaluate_pair(ref, history)
+    write_outputs(config, ref, session.task_card(), history, metrics)
+    return RunResult(config.engine.output_dir, ref, history, metrics)
+
+
+@dataclass
+class Session:
+    """One run's shared state: the cache, the data, the execution provider and the input model."""
+
+    config: WorkflowConfig
+    cache: PassCache
+    plan: DataPlan
+    ep: str
+    input_ref: ModelRef
+    show_progress: bool = True
+    checked: bool = False
+
+    @classmethod
+    def start(cls, config: WorkflowConfig, show_progress: bool = True) -> "Session":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        engine = config.engine
+        cache = PassCache(engine.cache_dir)
+        _prepare_folders(cache, engine.output_dir, engine.clean_cache)
+        ep = resolve_execution_provider(engine.execution_provider)
+        memo = engine.cache_dir / "content-ids.json"
+        ref = ModelRef(HF, config.input_model.model_path, id=content_id(config.input_model.model_path, memo),
+                       task={"task": config.input_model.task})
+        return cls(config, cache, DataPlan(config, engine.cache_dir), ep, ref, show_progress)
+
+    def run_chain(self, passes: list[PassConfig], history: list[dict]) -> ModelRef:
+        """Run `passes` in order from the input model, each from the cache when it is there."""
+        ref = self.input_ref
+        for p in passes:
+            ref = self.run_pass(p, ref, history)
+        return ref
+
+    def run_pass(self, p: PassConfig, ref: ModelRef, history: list[dict]) -> ModelRef:
+        config, cache, plan = self.config, self.cache, self.plan
+        key = _pass_key(config, p, ref, plan, self.ep)
         started = time.perf_counter()
         cached = cache.lookup(key, ref)
         if cached is None:
-            if not checked:
+            if not self.checked:
                 plan.check_all()  # a data error surfaces here, before any model is loaded
-                checked = True
+                self.checked = True
             with cache.lock(key):
                 cached = cache.lookup(key, ref)  # another run may have made it while we waited
                 if cached is None:
-                    ref, record = _run_pass(config, p, key, ref, plan, ep, cache, show_progress)
+                    ref, record = _run_pass(config, p, key, ref, plan, self.ep, cache, self.show_progress)
                     history.append(record)
-                    continue
+                    return ref
         log.info("pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
         history.append(_record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
-        ref = cached
-    task = _task_card(config, plan)
-    metrics = _evaluate(config, input_ref, ref, plan, cache, task, show_progress, history)
-    _write_outputs(config, ref, task, history, metrics)
-    return RunResult(engine.output_dir, ref, history, metrics)
+        return cached
+
+    def task_card(self) -> dict:
+        return _task_card(self.config, self.plan)
+
+    def measure(self, ref: ModelRef, role: str, history: list[dict], data_config: str | None = None) -> dict | None:
+        """The cached evaluation of `ref` on the eval set (or on all rows of `data_config`)."""
+        return _measure_cached(self, ref, role, history, data_config)
+
+    def evaluate_pair(self, final: ModelRef, history: list[dict]) -> dict:
+        """Metrics of the input model (when asked) and the final model, as metrics.json holds them."""
+        settings = self.config.evaluation
+        if not settings.enabled:
+            return {}
+        roles = {"input": self.input_ref, "final": final} if settings.evaluate_input_model else {"final": final}
+        results = {}
+        for role, ref in roles.items():
+            result = self.measure(ref, role, history)
+            if result is None:
+                return {}
+            results[role] = result
+        return {"models": results}
 
 
 def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool) -> None:
@@ -137,14 +189,13 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
         names = {p.params.train_data_config, p.params.eval_data_config} - {None}
         data = {name: plan.fingerprint(name) for name in sorted(names)}
     loading = config.input_model.model_dump(mode="json", exclude={"model_path", "task"})
-    return cache_key("pass", __version__, ref.id, p.type, p.params.model_dump(mode="json"), data, ep, loading)
+    return cache_key("pass", __version__, ref.id, p.type, spec.origin, p.params.model_dump(mode="json"), data, ep,
+                     loading)
 
 
 def _run_pass(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan, ep: str, cache: PassCache,
               show_progress: bool) -> tuple[ModelRef, dict]:
-    spec = CATALOG[p.type]
-    module, function = spec.entry.split(":")
-    run = getattr(importlib.import_module(module), function)
+    run = CATALOG[p.type].runner()
     log.info("pass %s (%s): running", p.name, p.type)
     started = time.perf_counter()
     meta = {"pass": p.name, "type": p.type, "params": p.params.model_dump(mode="json"), "input": ref.id}
@@ -154,6 +205,7 @@ def _run_pass(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan, ep
         passthrough = result is ref
         if not passthrough:
             result.id = key
+            result.task = {**ref.task, **result.task}  # task and labels flow down the chain
             result.save(out)
         cache.commit_meta(out, {**meta, "seconds": time.perf_counter() - started}, passthrough)
     shutil.rmtree(cache.work / key, ignore_errors=True)  # checkpoints are not needed once the entry exists
@@ -175,39 +227,47 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
         if CATALOG[p.type].needs_data:
             data = plan.data_config(p.params.train_data_config)
             return {"text_template": data.text_template, "add_bos": data.add_special_tokens,
-                    "data_config": data.name}
+                    "data_config": data.name, "label_col": data.label_col, "text_cols": data.text_cols}
     return {}
 
 
-def _evaluate(config, input_ref: ModelRef, final: ModelRef, plan: DataPlan, cache: PassCache, task: dict,
-              show_progress: bool, history: list[dict]) -> dict:
+def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[dict],
+                    data_config: str | None) -> dict | None:
+    config, plan, cache = session.config, session.plan, session.cache
     settings = config.evaluation
-    if not settings.enabled:
-        return {}
     data = {name: plan.fingerprint(name) for name in config.data_configs}
     split = [p.params.model_dump(mode="json") for p in config.passes if CATALOG[p.type].needs_data]
-    models = {"input": input_ref, "final": final} if settings.evaluate_input_model else {"final": final}
-    results: dict = {}
-    eval_set = None
-    for role, ref in models.items():
-        key = cache_key("eval", __version__, ref.id, settings.model_dump(mode="json"), data, split)
-        cached = cache.read_eval(key)
-        hit = cached is not None
-        started = time.perf_counter()
-        if not hit:
-            eval_set = eval_set or plan.eval_set()
-            if eval_set is None:
-                log.warning("no data to evaluate on: metrics cover size only")
-                return {}
-            log.info("evaluating the %s model (%s) on %d examples", role, ref.kind, len(eval_set.examples))
-            with PeakRSS() as memory:
-                cached = _measure(config, ref, eval_set, task, show_progress)
-            cached["peak_rss_mb"] = round(memory.peak_mb, 1)
-            cache.write_eval(key, cached)
-        history.append(_record(f"evaluate {role}", "evaluation", key, hit, time.perf_counter() - started,
-                               None if hit else cached.get("peak_rss_mb"), []))
-        results[role] = cached
-    return {"models": results}
+    key = cache_key("eval", __version__, ref.id, settings.model_dump(mode="json"), data, split, data_config)
+    cached = cache.read_eval(key)
+    hit = cached is not None
+    started = time.perf_counter()
+    if not hit:
+        eval_set = plan.eval_set(data_config)
+        if eval_set is None:
+            log.warning("no data to evaluate on: metrics cover size only")
+            return None
+        log.info("evaluating the %s model (%s) on %d examples", role, ref.kind, len(eval_set.examples))
+        ref = _with_labels(session, ref)
+        with PeakRSS() as memory:
+            cached = _measure(config, ref, eval_set, session.task_card(), session.show_progress)
+        cached["peak_rss_mb"] = round(memory.peak_mb, 1)
+        cache.write_eval(key, cached)
+    history.append(_record(f"evaluate {role}", "evaluation", key, hit, time.perf_counter() - started,
+                           None if hit else cached.get("peak_rss_mb"), []))
+    return cached
+
+
+def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
+    """A classifier not trained yet (the input model) is measured with a fresh head over the data's labels."""
+    if ref.task.get("task") != "text-classification" or ref.task.get("labels"):
+        return ref
+    for p in session.config.passes:
+        if CATALOG[p.type].needs_data and hasattr(p.params, "train_data_config"):
+            import torch
+
+            torch.manual_seed(0)  # the untrained head is random: seed it so the baseline is reproducible
+            return ModelRef(ref.kind, ref.path, ref.id, ref.base, {**ref.task, "labels": session.plan.labels(p.params)})
+    return ref
 
 
 def _measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:
@@ -221,19 +281,25 @@ def _measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -
     return result
 
 
-def _write_outputs(config: WorkflowConfig, final: ModelRef, task: dict, history: list[dict], metrics: dict) -> None:
+def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, history: list[dict],
+                  metrics: dict) -> None:
+    """The output folder: the final model (unless a search found none that meets the goals), the resolved
+    config, the metrics, the run history and the HTML report; each file replaced atomically."""
     out = config.engine.output_dir
     target = out / "model"
     card = target / MODEL_CARD
     current = read_json(card).get("id") if card.is_file() else None
-    if current != final.id:  # an unchanged final model is not copied again
+    if final is None:
+        if current:
+            log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target, current[:12])
+    elif current != final.id:  # an unchanged final model is not copied again
         with atomic_dir(target) as tmp:
             shutil.copytree(final.path, tmp, dirs_exist_ok=True)
-            ModelRef(final.kind, tmp, final.id, final.base, task).save(tmp)
+            ModelRef(final.kind, tmp, final.id, final.base, {**final.task, **task}).save(tmp)
     resolved = config.resolved()
     atomic_write_json(out / "config.resolved.json", resolved)
     atomic_write_json(out / "run_history.json", {"modelpress": __version__, "steps": history})
     atomic_write_json(out / "metrics.json", metrics)
     write_report(out, metrics, history, resolved)
-    if final.kind == HF_ADAPTER:
+    if final is not None and final.kind == HF_ADAPTER:
         log.info("the final model is an adapter; its base stays at %s", final.base)

@@ -17,7 +17,7 @@ from pathlib import Path
 from modelpress.data import Example
 from modelpress.fsutil import dir_size
 from modelpress.models import ModelRef, load_for_inference
-from modelpress.passes.catalog import HF_ADAPTER, ONNX_GENAI
+from modelpress.passes.catalog import HF_ADAPTER, ONNX, ONNX_GENAI
 
 WARMUP = 2  # untimed generations before latency is measured
 
@@ -39,18 +39,34 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def accuracy_report(labels: list[str], predictions: list[str]) -> dict:
-    """Accuracy, per-class recall and the majority-class baseline."""
+    """Accuracy, macro precision/recall/F1 over the gold classes, per-class recall, majority baseline."""
     gold = [normalise_label(x) for x in labels]
     pred = [normalise_label(x) for x in predictions]
     hits = [g == p for g, p in zip(gold, pred)]
     counts = Counter(gold)
+    predicted = Counter(pred)
     recall = {label: sum(h for g, h in zip(gold, hits) if g == label) / n for label, n in sorted(counts.items())}
+    precision = {label: sum(h for p, h in zip(pred, hits) if p == label) / predicted[label] if predicted[label] else 0.0
+                 for label in sorted(counts)}
+    f1 = {label: 2 * precision[label] * recall[label] / (precision[label] + recall[label])
+          if precision[label] + recall[label] else 0.0 for label in sorted(counts)}
+    nan = float("nan")
     return {
-        "accuracy": sum(hits) / len(hits) if hits else float("nan"),
+        "accuracy": sum(hits) / len(hits) if hits else nan,
+        "precision": statistics.fmean(precision.values()) if precision else nan,
+        "recall": statistics.fmean(recall.values()) if recall else nan,
+        "f1": statistics.fmean(f1.values()) if f1 else nan,
         "per_class_recall": recall,
-        "majority_baseline": max(counts.values()) / len(gold) if gold else float("nan"),
-        "answered_with_a_label": sum(p in counts for p in pred) / len(pred) if pred else float("nan"),
+        "majority_baseline": max(counts.values()) / len(gold) if gold else nan,
+        "answered_with_a_label": sum(p in counts for p in pred) / len(pred) if pred else nan,
     }
+
+
+def latency_report(seconds: list[float]) -> dict:
+    """Latency statistics in milliseconds."""
+    ms = [1000 * s for s in seconds]
+    return {"mean": statistics.fmean(ms), "p50": percentile(ms, 50), "p90": percentile(ms, 90),
+            "p95": percentile(ms, 95), "p99": percentile(ms, 99), "min": min(ms), "max": max(ms)}
 
 
 def model_size_bytes(ref: ModelRef) -> int:
@@ -64,7 +80,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     """All metrics for one model on `examples`."""
     from tqdm import tqdm
 
-    runner = GenaiRunner(ref.path) if ref.kind == ONNX_GENAI else TorchRunner(ref, trust_remote_code)
+    runner = make_runner(ref, trust_remote_code)
     for ex in examples[:WARMUP]:
         runner.generate(ex.prompt, add_bos, max_new_tokens)
     outputs, latencies, new_tokens = [], [], 0
@@ -74,12 +90,13 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         latencies.append(time.perf_counter() - started)
         outputs.append(text)
         new_tokens += count
+    total = sum(latencies)
     result = {
         "examples": len(examples),
         "completion_loss": runner.completion_loss(examples, add_bos),
-        "latency_ms": {"mean": 1000 * statistics.fmean(latencies), "p50": 1000 * percentile(latencies, 50),
-                       "p90": 1000 * percentile(latencies, 90)},
-        "tokens_per_second": new_tokens / sum(latencies) if sum(latencies) else float("nan"),
+        "latency_ms": latency_report(latencies),
+        "throughput": len(examples) / total if total else float("nan"),  # examples per second, batch 1
+        "tokens_per_second": new_tokens / total if total and new_tokens else None,
         "size_mb": model_size_bytes(ref) / 2**20,
         "samples": [{"prompt": ex.prompt, "label": ex.completion, "output": out}
                     for ex, out in list(zip(examples, outputs))[:5]],
@@ -88,6 +105,127 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     if with_accuracy:
         result.update(accuracy_report([ex.completion for ex in examples], outputs))
     return result
+
+
+def make_runner(ref: ModelRef, trust_remote_code: bool = False):
+    """The runner for this model's kind and task."""
+    classify = ref.task.get("task") == "text-classification"
+    if ref.kind == ONNX_GENAI:
+        return GenaiRunner(ref.path)
+    if ref.kind == ONNX:
+        return OnnxClassifierRunner(ref) if classify else OnnxCausalRunner(ref)
+    return TorchClassifierRunner(ref, trust_remote_code) if classify else TorchRunner(ref, trust_remote_code)
+
+
+class ClassifierRunner:
+    """A classifier 'generates' its predicted label; its loss is the cross-entropy of the true label."""
+
+    labels: list[str]
+
+    def class_logits(self, text: str):
+        raise NotImplementedError
+
+    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
+        return self.labels[int(self.class_logits(prompt).argmax())], 0
+
+    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
+        import numpy as np
+
+        index = {label: i for i, label in enumerate(self.labels)}
+        total, count = 0.0, 0
+        for ex in examples:
+            if ex.completion not in index:
+                continue
+            row = self.class_logits(ex.prompt).astype(np.float64)
+            row = row - row.max()
+            total += float(np.log(np.exp(row).sum()) - row[index[ex.completion]])
+            count += 1
+        return total / count if count else float("nan")
+
+    def _encode(self, text: str) -> dict:
+        limit = min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
+        return self.tokenizer(text, truncation=True, max_length=limit)
+
+
+class TorchClassifierRunner(ClassifierRunner):
+    def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
+        self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
+        self.labels = _labels(ref, self.model.config)
+
+    def class_logits(self, text: str):
+        import torch
+
+        encoded = self._encode(text)
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([encoded["input_ids"]]),
+                             attention_mask=torch.tensor([encoded["attention_mask"]]))
+        return out.logits[0].float().numpy()
+
+
+class OnnxClassifierRunner(ClassifierRunner):
+    def __init__(self, ref: ModelRef):
+        from modelpress.models import load_tokenizer
+        from modelpress.onnx_model import OnnxModel
+
+        self.model = OnnxModel(ref.path)
+        self.tokenizer = load_tokenizer(ref.path)
+        self.labels = _labels(ref, None)
+
+    def class_logits(self, text: str):
+        import numpy as np
+
+        encoded = self._encode(text)
+        return self.model.logits(np.array([encoded["input_ids"]], dtype=np.int64),
+                                 np.array([encoded["attention_mask"]], dtype=np.int64))[0]
+
+
+def _labels(ref: ModelRef, config) -> list[str]:
+    labels = ref.task.get("labels")
+    if labels:
+        return list(labels)
+    if config is not None and getattr(config, "id2label", None):
+        return [config.id2label[i] for i in sorted(config.id2label)]
+    raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card)")
+
+
+class OnnxCausalRunner:
+    """Greedy generation from a plain ONNX causal LM with no KV cache (the whole sequence each step)."""
+
+    def __init__(self, ref: ModelRef):
+        from modelpress.models import load_tokenizer
+        from modelpress.onnx_model import OnnxModel
+
+        self.model = OnnxModel(ref.path)
+        self.tokenizer = load_tokenizer(ref.path)
+
+    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
+        bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
+        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _logits(self, ids: list[int]):
+        import numpy as np
+
+        return self.model.logits(np.array([ids], dtype=np.int64), np.ones((1, len(ids)), dtype=np.int64))[0]
+
+    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
+        ids = self._ids(prompt, add_bos)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(self._logits(ids + new)[-1].argmax())
+            new.append(token)
+            if token == self.tokenizer.eos_token_id:
+                break
+        text = [t for t in new if t != self.tokenizer.eos_token_id]
+        return self.tokenizer.decode(text, skip_special_tokens=True), len(new)
+
+    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
+        total, count = 0.0, 0
+        for ex in examples:
+            head = self._ids(ex.prompt, add_bos)
+            tail = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            total += _nll(self._logits(head + tail), head, tail)
+            count += len(tail)
+        return total / count if count else float("nan")
 
 
 class TorchRunner:

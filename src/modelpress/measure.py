@@ -25,15 +25,17 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     ref = ModelRef.load(model_dir)
     task = ref.task or {}
     template = template or task.get("text_template")
-    if not template:
+    label_col = task.get("label_col")
+    if not template and not (label_col and task.get("text_cols")):
         raise ModelpressError(f"{model_dir} does not say which text template it was trained with: pass --template")
     fmt = format_of(data_files[0])
     if fmt is None:
         raise ModelpressError(f"{data_files[0]}: unknown data format; use .json, .jsonl, .csv or .parquet")
     config = DataConfig(name="evaluate", data_files=data_files, format=fmt, text_template=template,
+                        text_cols=task.get("text_cols"), label_col=label_col,
                         add_special_tokens=task.get("add_bos", False))
     examples = render(config, load_rows(config))[:max_examples]
-    label = completion_field(template)
+    label = label_col or completion_field(template)
     result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,
                       show_progress=show_progress)
     result.update({"model": str(model_dir), "model_kind": ref.kind, "data": [str(p) for p in data_files],
@@ -50,7 +52,9 @@ def format_result(result: dict) -> str:
         lines += [f"  recall {label:<10} {value:.3f}" for label, value in result["per_class_recall"].items()]
     lines.append(f"completion loss   {result['completion_loss']:.3f}")
     lines.append(f"latency ms        p50 {result['latency_ms']['p50']:.1f}  p90 {result['latency_ms']['p90']:.1f}")
-    lines.append(f"tokens/s          {result['tokens_per_second']:.0f}")
+    if result.get("tokens_per_second"):
+        lines.append(f"tokens/s          {result['tokens_per_second']:.0f}")
+    lines.append(f"examples/s        {result['throughput']:.1f}")
     return "\n".join(lines)
 
 

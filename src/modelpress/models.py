@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_json, read_json
-from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX_GENAI
+from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX, ONNX_GENAI
 
 MODEL_CARD = "modelpress_model.json"
 ADAPTER_DIR = "adapter"
@@ -49,6 +49,8 @@ def detect_kind(folder: Path) -> str:
         return ONNX_GENAI
     if (folder / "adapter_config.json").is_file():
         return HF_ADAPTER
+    if (folder / "model.onnx").is_file():
+        return ONNX
     return HF
 
 
@@ -86,13 +88,35 @@ def load_causal_lm(folder: Path, dtype: str = "float32", trust_remote_code: bool
         raise
 
 
+def load_classifier(folder: Path, labels: list[str] | None = None, dtype: str = "float32",
+                    trust_remote_code: bool = False):
+    """Load a sequence classifier; with `labels`, a new head of that size is made when the folder has none."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if labels:
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)})
+    return AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+
+
+def load_hf_model(folder: Path, task: str, labels: list[str] | None = None, dtype: str = "float32",
+                  trust_remote_code: bool = False, **kwargs):
+    """The right Auto class for the task: a causal LM or a sequence classifier."""
+    if task == "text-classification":
+        return load_classifier(folder, labels, dtype, trust_remote_code)
+    return load_causal_lm(folder, dtype, trust_remote_code, **kwargs)
+
+
 def load_for_inference(ref: ModelRef, trust_remote_code: bool = False):
     """(model, tokenizer) in eval mode for an HF folder or a base + adapter."""
+    task = ref.task.get("task", "text-generation")
+    labels = ref.task.get("labels")
     if ref.kind == HF_ADAPTER:
         from peft import PeftModel
 
-        base = load_causal_lm(ref.base, trust_remote_code=trust_remote_code)
+        base = load_hf_model(ref.base, task, labels, trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(base, str(Path(ref.path) / ADAPTER_DIR))
         return model.eval(), load_tokenizer(ref.base, trust_remote_code)
-    model = load_causal_lm(ref.path, trust_remote_code=trust_remote_code)
+    model = load_hf_model(ref.path, task, labels, trust_remote_code=trust_remote_code)
     return model.eval(), load_tokenizer(ref.path, trust_remote_code)

@@ -34,3 +34,30 @@ def summary_table(history: list[dict], metrics: dict) -> str:
         note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
     table = _table(["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"], rows)
     return f"{steps}\n\n{table}{note}"
+
+
+def search_table(search: dict) -> str:
+    """One row per candidate: its choices, the ranked and goal metrics, goals met, Pareto, best."""
+    keys = [m["metric"] for m in search["ranked_metrics"]]
+    goal_keys = [g.split(" ")[0] for g in search["goals"]]
+    keys += [k for k in goal_keys if k not in keys]
+    rows = []
+    for c in search["candidates"]:
+        flags = ("BEST " if c.get("best") else "") + ("pareto" if c.get("pareto") else "")
+        values = [_num(c["metrics"].get(k), ".4g") if c["status"] == "ok" else "-" for k in keys]
+        status = ("meets goals" if c["goals_met"] else "misses " + ", ".join(c["violations"])) if c["status"] == "ok" \
+            else "FAILED: " + c["error"][:60]
+        rows.append([str(c["id"]), "; ".join(c["choice"]), *values, status, flags.strip()])
+    table = _table(["#", "choices", *keys, "goals", ""], rows)
+    lines = [f"search: {search['evaluated']} of {search['space_size']} candidates ({search['sampler']}, "
+             f"{search['execution_order']}) in {search['seconds']:.1f} s; {search['failed']} failed", table]
+    if search["goals"]:
+        lines.append("goals: " + "; ".join(search["goals"]))
+    if search["best"]:
+        lines.append(f"best: candidate {search['best']} (meets every goal; ranked by {', '.join(keys[:2])})")
+    elif search["closest"]:
+        lines.append(f"NO CANDIDATE MEETS THE GOALS. Closest: candidate {search['closest']}. "
+                     "Relax the goals or widen the search; the output model was not replaced.")
+    else:
+        lines.append("NO CANDIDATE COULD BE MEASURED: every candidate failed (see the errors above).")
+    return "\n".join(lines)

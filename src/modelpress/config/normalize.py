@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import json
 import string
+import typing
 from pathlib import Path
 from typing import Any
 
+from pydantic import AliasChoices
+
 from modelpress.config.collector import Collector, did_you_mean
 from modelpress.config.schema import (
+    SUB_METRICS,
     DataConfig,
     EngineConfig,
     EvaluationConfig,
+    EvaluatorConfig,
     InputModelConfig,
+    Metric,
     PassConfig,
+    SearchConfig,
     WorkflowConfig,
 )
 from modelpress.errors import ConfigError, Problem
@@ -29,24 +36,21 @@ from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, LoRAParam
 
 ENGINE_KEYS = (
     "log_severity_level", "host", "target", "search_strategy", "execution_providers",
-    "cache_dir", "output_dir", "evaluate_input_model", "clean_cache", "workflow_id", "output_name",
+    "cache_dir", "output_dir", "evaluate_input_model", "clean_cache", "workflow_id", "output_name", "evaluator",
 )
-TOP_KEYS = ("input_model", "systems", "data_configs", "passes", "engine", "evaluation", *ENGINE_KEYS)
+TOP_KEYS = ("input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
+            *ENGINE_KEYS)
 EP_NAMES = {
     "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml",
     "cpu": "cpu", "cuda": "cuda", "dml": "dml",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-UNSUPPORTED_TOP = {
-    "evaluators": "evaluators arrive with search; modelpress 0.1 evaluates accuracy, loss, latency and "
-    "size automatically: remove this key (tune it in the 'evaluation' block)",
-    "evaluator": "see 'evaluators': remove this key",
+OLIVE_ONLY_PASSES = {  # Olive passes modelpress lacks, and what to use instead
+    "OnnxQuantization": "OnnxDynamicQuantization or OnnxStaticQuantization",
+    "OnnxMatMul4Quantizer": "OnnxBlockWiseRtnQuantization (int4 MatMulNBits)",
+    "GptqQuantizer": "OnnxBlockWiseRtnQuantization, or ModelBuilder with precision int4",
+    "AutoAWQQuantizer": "OnnxBlockWiseRtnQuantization, or ModelBuilder with precision int4",
 }
-OLIVE_ONLY_PASSES = (
-    "OnnxConversion", "OnnxQuantization", "OnnxDynamicQuantization", "OnnxStaticQuantization",
-    "OrtTransformersOptimization", "OnnxMatMul4Quantizer", "OnnxBlockWiseRtnQuantization",
-    "OnnxFloatToFloat16", "OrtSessionParamsTuning", "DoRA", "LoHa", "LoKr", "GptqQuantizer", "AutoAWQQuantizer",
-)
 
 
 def read_config_file(path: str | Path) -> Any:
@@ -95,23 +99,24 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowC
         raise ConfigError([Problem("", f"the config must be a mapping of sections, found {type(raw).__name__}")],
                           str(source) if source else None)
     style = _detect_style(raw)
-    for key, why in UNSUPPORTED_TOP.items():
-        if key in raw:
-            c.add(key, "not supported by modelpress 0.1", why)
-    c.unknown_keys({k: v for k, v in raw.items() if k not in UNSUPPORTED_TOP}, TOP_KEYS, "")
+    c.unknown_keys(raw, TOP_KEYS, "")
     engine_raw, engine_path = _engine_section(raw, c)
     systems = _systems(raw.get("systems"), c)
     model = _input_model(raw.get("input_model"), base_dir, c)
     data = _data_configs(raw.get("data_configs", []), base_dir, c)
-    passes = _passes(raw.get("passes", {}), c)
+    search = _search(engine_raw, engine_path, c)
+    passes = _passes(raw.get("passes", {}), search, base_dir, c)
     engine = _engine(engine_raw, engine_path, systems, base_dir, c)
     evaluation = _evaluation(raw, engine_raw, c)
+    evaluator = _evaluator(raw, engine_raw, base_dir, c)
     if model and engine and passes is not None:
         _check_workflow(model, data, passes, engine, evaluation, c)
+        _check_search(passes, search, evaluator, data, c)
     if c.problems:
         raise ConfigError(c.problems, str(source) if source else None)
     return WorkflowConfig(source=source, schema_style=style, input_model=model, data_configs=data,
-                          passes=passes, evaluation=evaluation, engine=engine, warnings=c.warnings)
+                          passes=passes, evaluation=evaluation, evaluator=evaluator, search=search,
+                          engine=engine, warnings=c.warnings)
 
 
 def _detect_style(raw: dict) -> str:
@@ -180,6 +185,10 @@ def _input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | N
     if model_path is None:
         c.add(f"{where}.model_path", "required key is missing", "Set it to a Hugging Face model folder.")
         return None
+    if isinstance(model_path, str) and model_path.startswith(PACKAGE_PREFIX):
+        model_path = _package_folder(model_path, f"{where}.model_path", c)
+        if model_path is None:
+            return None
     data = {"model_path": _resolve(model_path, base_dir), "task": task,
             "trust_remote_code": load_kwargs.get("trust_remote_code", False),
             "attn_implementation": load_kwargs.get("attn_implementation"),
@@ -188,6 +197,25 @@ def _input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | N
     if model:
         _check_model_folder(model.model_path, f"{where}.model_path", c)
     return model
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def _package_folder(value: str, path: str, c: Collector) -> str | None:
+    """`package:NAME/sub/folder`: a model folder shipped inside an installed Python package (not imported)."""
+    import importlib.util
+
+    name, _, sub = value[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        c.add(path, f"no installed Python package {name!r}",
+              f"Install it (pip install {name.replace('_', '-')}) or give a folder path.")
+        return None
+    return str(Path(next(iter(spec.submodule_search_locations))) / sub)
 
 
 def _check_model_folder(folder: Path, path: str, c: Collector) -> None:
@@ -295,45 +323,139 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
 
 # --- passes ------------------------------------------------------------------------------------
 
-def _passes(raw: Any, c: Collector) -> list[PassConfig] | None:
+def _passes(raw: Any, search: SearchConfig, base_dir: Path, c: Collector) -> list[PassConfig] | None:
     if _as_mapping(raw, "passes", c) is None:
         return None
     passes = []
     for name, spec in raw.items():
         path = f"passes.{name}"
-        if isinstance(spec, list):
-            if len(spec) != 1:
-                c.add(path, "several alternative configs for one pass need search, which modelpress 0.1 lacks",
-                      "Keep one config for this pass.")
-                continue
-            spec, path = spec[0], f"{path}[0]"
-        if _as_mapping(spec, path, c) is None:
+        options = spec if isinstance(spec, list) else [spec]
+        if not options:
+            c.add(path, "an empty list of configs", "Give the pass one config (a mapping).")
             continue
-        config = _pass(name, spec, path, c)
-        if config:
-            passes.append(config)
+        configs = []
+        for i, option in enumerate(options):
+            where = f"{path}[{i}]" if isinstance(spec, list) else path
+            if _as_mapping(option, where, c) is not None:
+                configs.append(_pass(name, option, where, base_dir, c))
+        if None in configs or not configs:
+            continue
+        searched = len(configs) > 1 or any(cfg.search_space for cfg in configs)
+        if searched and not search.enabled:
+            what = "several configs" if len(configs) > 1 else f"lists of values for {sorted(configs[0].search_space)}"
+            c.add(path, f"{what} make this pass a search choice, but search is off",
+                  "Set search_strategy (e.g. {\"sampler\": \"sequential\"}), or give one value per parameter.")
+            continue
+        passes.append(configs[0].model_copy(update={"alternatives": configs[1:]}))
     return passes
 
 
-def _pass(name: str, spec: dict, path: str, c: Collector) -> PassConfig | None:
+def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
+    """Register the passes of the script this pass names, or of installed plugin packages."""
+    from modelpress.passes.plugins import PluginError, load_entry_points, load_script
+
+    script = spec.get("user_script")
+    if script is None:
+        if spec.get("type") not in CATALOG:
+            load_entry_points()
+        return True
+    file = _resolve(script, base_dir) if isinstance(script, str) else None
+    if file is None or not file.is_file():
+        c.add(f"{path}.user_script", f"file not found: {file or script!r}",
+              "Give the path of the Python file that defines the pass (relative to the config file).")
+        return False
+    try:
+        names = load_script(file)
+    except PluginError as err:
+        c.add(f"{path}.user_script", str(err), "Fix the script: it must define a subclass of modelpress.plugin.Pass.")
+        return False
+    if spec.get("type") not in names:
+        c.add(f"{path}.type", f"{file.name} defines {', '.join(names)}, not {spec.get('type')!r}",
+              "Set type to the name of one of the script's passes.")
+        return False
+    return True
+
+
+SEARCHABLE_VALUES = "SEARCHABLE_VALUES"  # Olive's marker: search this param over its declared values
+
+
+def _split_search(flat: dict, params_model, spec, where: str, c: Collector) -> tuple[dict, dict[str, list]]:
+    """Take searched parameters out of `flat`: a list where one value is expected, or SEARCHABLE_VALUES."""
+    fields = {}
+    for name, info in params_model.model_fields.items():
+        fields[name] = (name, info)
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            fields.update({a: (name, info) for a in alias.choices if isinstance(a, str)})
+    declared = spec.search_space()
+    fixed, space = {}, {}
+    for key, value in flat.items():
+        name, info = fields.get(key, (key, None))
+        if info is None:
+            fixed[key] = value
+            continue
+        takes_list = typing.get_origin(info.annotation) is list or "list[" in str(info.annotation)
+        if value == SEARCHABLE_VALUES:
+            if name not in declared:
+                c.add(f"{where}.{key}", f"{spec.name}.{name} declares no search values",
+                      f"List the values to try, e.g. {key}: [a, b]. Searchable by default: "
+                      f"{', '.join(declared) or 'none'}.")
+                continue
+            space[name] = declared[name]
+        elif isinstance(value, list) and (not takes_list or (value and all(isinstance(v, list) for v in value))):
+            if not value:
+                c.add(f"{where}.{key}", "an empty list of values to search", "Give at least one value.")
+                continue
+            space[name] = value
+        else:
+            fixed[key] = value
+    return fixed, space
+
+
+def _validated_space(params_model, fixed: dict, space: dict[str, list], where: str, c: Collector) -> dict | None:
+    """Each searched value validated on its own (so an error names the value); coerced values returned."""
+    out = {}
+    for name, values in space.items():
+        good = []
+        for i, value in enumerate(values):
+            trial = c.validate(params_model, {**fixed, **{k: v[0] for k, v in space.items()}, name: value},
+                               f"{where}.{name}[{i}]", lambda _key, i=i: f"{where}.{name}[{i}]")
+            if trial is not None:
+                good.append(getattr(trial, name))
+        if len(good) != len(values):
+            return None
+        out[name] = good
+    return out
+
+
+def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> PassConfig | None:
     typ = spec.get("type")
+    if not _load_plugins(spec, path, base_dir, c):
+        return None
     if not isinstance(typ, str) or typ not in CATALOG:
         supported = ", ".join(CATALOG)
         if typ is None:
             c.add(f"{path}.type", "required key is missing", f"Supported passes: {supported}.")
         elif typ in OLIVE_ONLY_PASSES:
-            c.add(f"{path}.type", f"Olive's pass {typ!r} is not in modelpress 0.1", f"Supported passes: {supported}.")
+            c.add(f"{path}.type", f"Olive's pass {typ!r} is not in modelpress",
+                  f"Use {OLIVE_ONLY_PASSES[typ]}, or add it as a plugin pass (docs/plugins.md).")
         else:
             hint = did_you_mean(typ, CATALOG) or f"Supported passes: {supported}."
             c.add(f"{path}.type", f"unknown pass type {typ!r}", hint)
         return None
-    flat, where = _unwrap({k: v for k, v in spec.items() if k != "type"}, "config", path)
-    params = c.validate(CATALOG[typ].params, flat, where)
+    flat, where = _unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script")}, "config", path)
+    params_model = CATALOG[typ].params
+    flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)
+    first = {**flat, **{k: v[0] for k, v in space.items()}}
+    params = c.validate(params_model, first, where)
     if params is None:
+        return None
+    space = _validated_space(params_model, flat, space, where, c)
+    if space is None:
         return None
     if typ == "LoRA":
         _warn_4bit_options(params, path, c)
-    return PassConfig(name=name, type=typ, params=params)
+    return PassConfig(name=name, type=typ, params=params, search_space=space)
 
 
 def _warn_4bit_options(params: LoRAParams, path: str, c: Collector) -> None:
@@ -403,9 +525,6 @@ def _engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) -
     def at(key: str) -> str:
         return f"{path}.{key}" if path else key
 
-    if raw.get("search_strategy") not in (None, False):
-        c.add(at("search_strategy"), "search is not in modelpress 0.1",
-              "Set search_strategy to false: passes run once, in config order.")
     for key in ("host", "target"):
         name = raw.get(key)
         if isinstance(name, str) and name not in systems:
@@ -434,6 +553,113 @@ def _engine_ep(raw: dict, at, systems: dict, c: Collector) -> str | None:
         return _ep_name(eps[0], at("execution_providers[0]"), c)
     names = [raw.get(key) for key in ("target", "host")]
     return next((systems[n] for n in names if isinstance(n, str) and systems.get(n)), None)
+
+
+SAMPLERS = {"exhaustive": "sequential", "sequential": "sequential", "random": "random", "tpe": "tpe",
+            "optuna": "tpe"}
+
+
+def _search(engine_raw: dict, engine_path: str, c: Collector) -> SearchConfig:
+    """`search_strategy`: false/absent (off), true (defaults), or Olive 0.13's / 0.5's mapping."""
+    value = engine_raw.get("search_strategy")
+    path = f"{engine_path}.search_strategy" if engine_path else "search_strategy"
+    if value in (None, False):
+        return SearchConfig()
+    if value is True:
+        return SearchConfig(enabled=True)
+    if _as_mapping(value, path, c) is None:
+        return SearchConfig()
+    data = dict(value)
+    algorithm = data.pop("search_algorithm", None)  # Olive 0.5: search_algorithm + search_algorithm_config
+    legacy = data.pop("search_algorithm_config", None) or {}
+    if algorithm is not None:
+        data.setdefault("sampler", algorithm)
+    if isinstance(legacy, dict):
+        data.setdefault("max_samples", legacy.get("num_samples", 0))
+        if "seed" in legacy:
+            data.setdefault("seed", legacy["seed"])
+    if isinstance(data.get("sampler"), str):
+        data["sampler"] = SAMPLERS.get(data["sampler"], data["sampler"])
+    data.pop("output_model_num", None)
+    return c.validate(SearchConfig, {"enabled": True, **data}, path) or SearchConfig()
+
+
+def _evaluator(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> EvaluatorConfig | None:
+    """Olive's `evaluators` (named) and `evaluator` (which one the engine uses, or an inline one)."""
+    named = raw.get("evaluators") or {}
+    if _as_mapping(named, "evaluators", c) is None:
+        return None
+    chosen = engine_raw.get("evaluator", raw.get("evaluator"))
+    path = "evaluator"
+    if chosen is None:
+        if not named:
+            return None
+        if len(named) > 1:
+            c.add("evaluator", f"several evaluators are defined ({', '.join(named)}) and none is chosen",
+                  "Set evaluator to the name of the one to use.")
+            return None
+        chosen = next(iter(named))
+    if isinstance(chosen, str):
+        if chosen not in named:
+            hint = did_you_mean(chosen, named) or f"Defined: {', '.join(named) or 'none'}."
+            c.add(path, f"no evaluator named {chosen!r}", hint)
+            return None
+        body, path = named[chosen], f"evaluators.{chosen}"
+        name = chosen
+    else:
+        body, name = chosen, "default"
+    if _as_mapping(body, path, c) is None:
+        return None
+    evaluator = c.validate(EvaluatorConfig, {"name": name, **body}, path)
+    if evaluator is None:
+        return None
+    for i, metric in enumerate(evaluator.metrics):
+        where = f"{path}.metrics[{i}]"
+        _check_metric(metric, where, c)
+        if metric.user_config is not None:
+            script = _resolve(str(metric.user_config.user_script), base_dir)
+            if not script.is_file():
+                c.add(f"{where}.user_config.user_script", f"file not found: {script}",
+                      "Paths are relative to the config file's folder.")
+            metric.user_config.user_script = script
+    return evaluator
+
+
+def _check_metric(metric: Metric, where: str, c: Collector) -> None:
+    if metric.type == "custom":
+        if metric.user_config is None:
+            c.add(f"{where}.user_config", "a custom metric needs user_config with user_script and evaluate_func",
+                  "Name the script and the function that computes the metric.")
+        for j, sub in enumerate(metric.sub_types):
+            if sub.higher_is_better is None:
+                c.add(f"{where}.sub_types[{j}].higher_is_better", "required for a custom metric",
+                      "Set it to true or false.")
+        return
+    known = SUB_METRICS[metric.type]
+    for j, sub in enumerate(metric.sub_types):
+        if sub.name not in known:
+            hint = did_you_mean(sub.name, known) or f"Allowed for {metric.type}: {', '.join(known)}."
+            c.add(f"{where}.sub_types[{j}].name", f"{metric.type} has no sub-metric {sub.name!r}", hint)
+
+
+def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: EvaluatorConfig | None,
+                  data: dict, c: Collector) -> None:
+    if evaluator is None:
+        return
+    for i, metric in enumerate(evaluator.metrics):
+        _check_data_ref(metric.data_config, data, f"evaluator.metrics[{i}].data_config", c)
+    if evaluator.baseline == "input_model":
+        return
+    names = [p.name for p in passes]
+    if evaluator.baseline not in names:
+        hint = did_you_mean(evaluator.baseline, names) or f"Passes: {', '.join(names)}."
+        c.add("evaluator.baseline", f"no pass named {evaluator.baseline!r}", f"Use input_model or a pass name. {hint}")
+        return
+    upto = passes[: names.index(evaluator.baseline) + 1]
+    varied = [p.name for p in upto if len(p.choices()) > 1]
+    if varied:
+        c.add("evaluator.baseline", f"the baseline {evaluator.baseline!r} comes after searched passes {varied}",
+              "The baseline must be the same for every candidate: fix the values of the passes up to it.")
 
 
 def _evaluation(raw: dict, engine_raw: dict, c: Collector) -> EvaluationConfig:
@@ -472,6 +698,11 @@ def _check_workflow(model, data, passes, engine, evaluation, c: Collector) -> No
     kind, previous = HF, "input_model"
     for p in passes:
         spec = CATALOG[p.type]
+        if spec.needs_data and hasattr(p.params, "train_data_config"):
+            _check_task_data(model.task, data.get(p.params.train_data_config), f"passes.{p.name}", c)
+        if p.type == "ModelBuilder" and model.task == "text-classification":
+            c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
+                  "For a classifier use OnnxConversion, then an ONNX quantization pass.")
         if kind not in spec.accepts:
             c.add(f"passes.{p.name}", f"{p.type} needs a full model but gets an adapter from '{previous}'",
                   "Add a MergeAdapterWeights pass before it.")
@@ -488,11 +719,24 @@ def _check_workflow(model, data, passes, engine, evaluation, c: Collector) -> No
     _check_output_dirs(model, engine, c)
 
 
+def _check_task_data(task: str, config: DataConfig | None, path: str, c: Collector) -> None:
+    if config is None:
+        return
+    where = f"data_configs[{config.name}].label_col"
+    if task == "text-classification" and not config.label_col:
+        c.add(where, "a text-classification model trains on labels, and this data config names no label column",
+              "Set label_col to the column that holds the class (e.g. 'tone'); text_template gives the input text.")
+    if task == "text-generation" and config.label_col:
+        c.add(where, "label_col is for text-classification models; this model generates text",
+              "Remove label_col (the template's last field is what the model learns to generate), "
+              "or set input_model.task to 'text-classification'.")
+
+
 def _check_template(name: str, config: DataConfig, c: Collector) -> None:
     if not config.text_template and not config.text_cols:
         c.add(f"data_configs[{name}]", "neither text_template nor text_cols is set",
               "Set text_template, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'.")
-    if config.loss_on == "completion" and not completion_field(config.text_template):
+    if config.loss_on == "completion" and not config.label_col and not completion_field(config.text_template):
         c.add(f"data_configs[{name}].loss_on", "'completion' needs a text_template that ends with a {field}",
               "End the template with the field to predict, or set loss_on to 'all'.")
     if config.strategy == "join-sliding-window" and not config.stride:

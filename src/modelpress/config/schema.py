@@ -16,7 +16,11 @@ class InputModelConfig(Strict):
     """A Hugging Face model folder on local disk."""
 
     model_path: Path = Field(description="Folder with config.json, weights and tokenizer.")
-    task: Literal["text-generation"] = Field("text-generation", description="Model task.")
+    task: Literal["text-generation", "text-classification"] = Field(
+        "text-generation",
+        description="text-generation (a causal LM that generates the label) or text-classification "
+        "(an encoder with a classifier head over `label_col`).",
+    )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype to load the weights in."
     )
@@ -34,7 +38,14 @@ class DataConfig(Strict):
     format: Literal["json", "csv", "parquet"] = Field(description="File format (datasets builder name).")
     split: str = Field("train", description="Split name passed to datasets.")
     text_template: str | None = Field(None, description="Python format string over column names.")
-    text_cols: list[str] | None = Field(None, description="Columns joined by a space when no template.")
+    text_cols: list[str] | None = Field(
+        None, validation_alias=AliasChoices("text_cols", "input_cols"),
+        description="Columns joined by a space when no template.",
+    )
+    label_col: str | None = Field(
+        None, description="text-classification: the column with the class label; the template or text_cols "
+        "give the input text.",
+    )
     strategy: Literal["join", "line-by-line", "join-sliding-window"] = Field(
         "join",
         validation_alias=AliasChoices("strategy", "corpus_strategy"),
@@ -81,12 +92,109 @@ class EngineConfig(Strict):
     clean_cache: bool = Field(False, description="Empty the cache before running.")
 
 
+GoalType = Literal["threshold", "min-improvement", "max-degradation",
+                   "percent-min-improvement", "percent-max-degradation"]
+MetricType = Literal["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "custom"]
+
+# Sub-metrics each metric type measures, and whether a higher value is better.
+SUB_METRICS: dict[str, dict[str, bool]] = {
+    "accuracy": {"accuracy_score": True, "f1_score": True, "precision": True, "recall": True},
+    "perplexity": {"perplexity": False, "loss": False},
+    "latency": {"avg": False, "p50": False, "p90": False, "p95": False, "p99": False, "min": False, "max": False},
+    "throughput": {"avg": True},
+    "size_on_disk": {"size_on_disk": False},
+}
+
+
+class Goal(Strict):
+    """What a candidate must reach on one sub-metric, absolute or against the baseline model."""
+
+    type: GoalType = Field(description="threshold (absolute), or a change relative to the baseline model.")
+    value: float = Field(ge=0, description="The threshold, or the allowed change (points, or percent for percent-*).")
+
+
+class SubMetric(Strict):
+    """One number a metric reports, with its rank and goal."""
+
+    name: str = Field(description="e.g. accuracy_score, f1_score, p50, avg, perplexity, size_on_disk.")
+    priority: int = Field(-1, description="Rank in the search objective: 1 first, 2 second; -1 reports only.")
+    goal: Goal | None = Field(None, description="Constraint a candidate must meet.")
+    higher_is_better: bool | None = Field(None, description="Only for custom metrics; built-ins know it.")
+    metric_config: dict = Field(default_factory=dict, description="Olive's torchmetrics options; not used.")
+
+
+class CustomMetricConfig(Strict):
+    """A metric computed by a function in a script the config names (the only way user code runs)."""
+
+    user_script: Path = Field(description="Python file that defines the function.")
+    evaluate_func: str = Field(description="Function `f(model_dir, model_kind, examples, **kwargs) -> dict`.")
+    evaluate_func_kwargs: dict = Field(default_factory=dict, description="Extra keyword arguments.")
+
+
+class Metric(Strict):
+    """A metric of Olive's `evaluators` section."""
+
+    name: str = Field(description="Name of the metric (results are 'name-sub_metric').")
+    type: MetricType = Field(description="What is measured.")
+    sub_types: list[SubMetric] = Field(min_length=1, description="The sub-metrics to report.")
+    data_config: str | None = Field(None, description="Data config to measure on; default: the eval split.")
+    user_config: CustomMetricConfig | None = Field(None, description="custom metrics: the script and function.")
+    backend: str | None = Field(None, description="Olive's metric backend; accepted and not used.")
+
+
+class EvaluatorConfig(Strict):
+    """The metrics that rank search candidates and the goals they must meet."""
+
+    name: str = Field("default", description="Name of the evaluator.")
+    metrics: list[Metric] = Field(min_length=1, description="Metrics to measure.")
+    baseline: str = Field(
+        "input_model",
+        description="Model that relative goals compare with: input_model, or the name of a pass whose output "
+        "(the same for every candidate) is the reference, e.g. the fp32 ONNX conversion.",
+    )
+
+
+class SearchConfig(Strict):
+    """How the search picks candidate pass configurations."""
+
+    enabled: bool = Field(False, description="Search over the passes' choices (false: run passes once).")
+    sampler: Literal["sequential", "random", "tpe"] = Field(
+        "sequential", description="sequential (every candidate in order), random, or tpe (optuna)."
+    )
+    execution_order: Literal["joint", "pass-by-pass"] = Field(
+        "joint", description="Search all passes' choices together, or one pass at a time."
+    )
+    max_samples: int = Field(0, ge=0, description="Candidates to evaluate at most (0: no limit).")
+    max_iter: int = Field(0, ge=0, description="Sampler draws at most, repeats and failures included (0: no limit).")
+    max_time: float = Field(0, ge=0, description="Stop drawing new candidates after this many seconds (0: no limit).")
+    seed: int = Field(0, description="Seed of the random and tpe samplers.")
+    stop_when_goals_met: bool = Field(False, description="Stop at the first candidate that meets every goal.")
+
+
 class PassConfig(Strict):
-    """One pass of the workflow, with its validated parameters."""
+    """One pass of the workflow, with its validated parameters.
+
+    With search, `search_space` maps each searched parameter to its values (`params` holds the
+    first), and `alternatives` lists other whole configs for the same step.
+    """
 
     name: str
     type: str
     params: Strict
+    search_space: dict[str, list] = Field(default_factory=dict)
+    alternatives: list["PassConfig"] = Field(default_factory=list)
+
+    def choices(self) -> list["PassConfig"]:
+        """Every concrete config of this step: alternatives x the product of searched values."""
+        import itertools
+
+        out = []
+        for option in [self, *self.alternatives]:
+            names = list(option.search_space)
+            for values in itertools.product(*(option.search_space[n] for n in names)):
+                params = option.params.model_copy(update=dict(zip(names, values)))
+                out.append(PassConfig(name=option.name, type=option.type, params=params))
+        return out
 
 
 class WorkflowConfig(Strict):
@@ -98,13 +206,22 @@ class WorkflowConfig(Strict):
     data_configs: dict[str, DataConfig] = Field(default_factory=dict)
     passes: list[PassConfig] = Field(default_factory=list)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    evaluator: EvaluatorConfig | None = None
+    search: SearchConfig = Field(default_factory=SearchConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     warnings: list[str] = Field(default_factory=list)
 
     def resolved(self) -> dict:
         """A JSON-ready dict of the whole resolved config, saved next to outputs."""
         data = self.model_dump(mode="json", exclude={"warnings", "source"})
-        data["passes"] = [
-            {"name": p.name, "type": p.type, "params": p.params.model_dump(mode="json")} for p in self.passes
-        ]
+        data["passes"] = [_pass_json(p) for p in self.passes]
         return data
+
+
+def _pass_json(p: PassConfig) -> dict:
+    out = {"name": p.name, "type": p.type, "params": p.params.model_dump(mode="json")}
+    if p.search_space:
+        out["search_space"] = p.search_space
+    if p.alternatives:
+        out["alternatives"] = [_pass_json(a) for a in p.alternatives]
+    return out

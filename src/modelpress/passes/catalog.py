@@ -7,8 +7,10 @@ module imports torch, so `modelpress validate` stays fast.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -16,6 +18,16 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 HF = "hf"  # a Hugging Face model folder
 HF_ADAPTER = "hf-adapter"  # a base Hugging Face folder plus a peft adapter folder
 ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
+ONNX = "onnx"  # a plain ONNX model folder: model.onnx (+ external data), tokenizer, config.json
+
+SEARCH = "search"  # json_schema_extra key: the values search tries when a param says SEARCHABLE_VALUES
+
+
+def searchable(*values, **field_kwargs):
+    """A pydantic Field whose declared search values live next to its default (declared once)."""
+    extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
+    extra[SEARCH] = list(values)
+    return Field(json_schema_extra=extra, **field_kwargs)
 
 
 class Strict(BaseModel):
@@ -104,6 +116,27 @@ class QLoRAParams(LoRAParams):
     compute_dtype: TorchDtype = Field("float32", description="Dtype of the 4-bit matmul compute.")
 
 
+class DoRAParams(LoRAParams):
+    """DoRA: LoRA with the weight split into magnitude and direction (peft `use_dora`)."""
+
+    adapter_type: ClassVar[str] = "dora"
+
+
+class LoHaParams(LoRAParams):
+    """LoHa: a low-rank Hadamard-product adapter (peft); lora_dropout is its rank dropout."""
+
+    adapter_type: ClassVar[str] = "loha"
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but the output head)."
+    )
+
+
+class LoKrParams(LoHaParams):
+    """LoKr: a low-rank Kronecker-product adapter (peft); lora_dropout is its rank dropout."""
+
+    adapter_type: ClassVar[str] = "lokr"
+
+
 class MergeAdapterWeightsParams(Strict):
     """Merge a LoRA adapter into its base model; a no-op on a model with no adapter."""
 
@@ -154,6 +187,20 @@ class PassSpec:
     produces: str
     needs_data: bool
     optional_package: tuple[str, str] | None = None  # (import name, pip extra)
+    function: Callable | None = None  # set for plugin passes defined in a script
+    origin: str = "built-in"  # or the plugin's package / script
+
+    def runner(self) -> Callable:
+        """The callable `(ctx, params) -> ModelRef` that runs this pass."""
+        if self.function is not None:
+            return self.function
+        module, function = self.entry.split(":")
+        return getattr(importlib.import_module(module), function)
+
+    def search_space(self) -> dict[str, list]:
+        """Each parameter's declared search values (see `searchable`)."""
+        return {name: list((f.json_schema_extra or {})[SEARCH]) for name, f in self.params.model_fields.items()
+                if isinstance(f.json_schema_extra, dict) and SEARCH in f.json_schema_extra}
 
 
 CATALOG: dict[str, PassSpec] = {
@@ -164,6 +211,12 @@ CATALOG: dict[str, PassSpec] = {
         PassSpec("QLoRA", "LoRA on a 4-bit (bitsandbytes) base", QLoRAParams,
                  "modelpress.passes.lora:run_qlora", (HF,), HF_ADAPTER, True,
                  ("bitsandbytes", "qlora")),
+        PassSpec("DoRA", "DoRA fine-tuning with peft (weight-decomposed LoRA)", DoRAParams,
+                 "modelpress.passes.lora:run_lora", (HF,), HF_ADAPTER, True),
+        PassSpec("LoHa", "LoHa fine-tuning with peft (Hadamard-product adapter)", LoHaParams,
+                 "modelpress.passes.lora:run_lora", (HF,), HF_ADAPTER, True),
+        PassSpec("LoKr", "LoKr fine-tuning with peft (Kronecker-product adapter)", LoKrParams,
+                 "modelpress.passes.lora:run_lora", (HF,), HF_ADAPTER, True),
         PassSpec("MergeAdapterWeights", "merge a LoRA adapter into its base", MergeAdapterWeightsParams,
                  "modelpress.passes.merge:run_merge", (HF, HF_ADAPTER), HF, False),
         PassSpec("ModelBuilder", "onnxruntime-genai model builder (ONNX, int4/int8/fp16/fp32)",
@@ -171,3 +224,14 @@ CATALOG: dict[str, PassSpec] = {
                  (HF,), ONNX_GENAI, False),
     )
 }
+
+
+def _register(specs) -> None:
+    for spec in specs:
+        CATALOG[spec.name] = spec
+
+
+# The ONNX passes declare their params in their own module; importing it adds them here.
+from modelpress.passes.onnx_specs import ONNX_SPECS  # noqa: E402
+
+_register(ONNX_SPECS)

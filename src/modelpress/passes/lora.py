@@ -9,7 +9,7 @@ from pathlib import Path
 from modelpress.context import PassContext
 from modelpress.errors import MissingDependencyError
 from modelpress.fsutil import atomic_write_json
-from modelpress.models import ADAPTER_DIR, ModelRef, load_causal_lm, load_tokenizer
+from modelpress.models import ADAPTER_DIR, ModelRef, load_causal_lm, load_classifier, load_tokenizer
 from modelpress.passes.catalog import HF_ADAPTER, LoRAParams, QLoRAParams
 
 log = logging.getLogger("modelpress")
@@ -41,8 +41,9 @@ def run_qlora(ctx: PassContext, params: QLoRAParams) -> ModelRef:
 
 def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRef:
     tokenizer = load_tokenizer(ctx.model.path, ctx.input_model.trust_remote_code)
-    train, evals = _sequences(ctx, params, tokenizer)
-    model = _peft_model(ctx, params, quantization_config)
+    labels = ctx.data.labels(params) if ctx.task == "text-classification" else None
+    train, evals = _sequences(ctx, params, tokenizer, labels)
+    model = _peft_model(ctx, params, quantization_config, labels)
     trainer = _trainer(ctx, params, model, tokenizer, train, evals, quantized=quantization_config is not None)
     checkpoint = latest_checkpoint(_trainer_dir(ctx))
     if checkpoint:
@@ -58,32 +59,48 @@ def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRe
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
                      f"train loss {result.training_loss:.4f}"
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
-    return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(ctx.model.path))
+    task = {**ctx.model.task, "task": ctx.task, **({"labels": labels} if labels else {})}
+    return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(ctx.model.path), task=task)
 
 
-def _sequences(ctx: PassContext, params: LoRAParams, tokenizer) -> tuple[list[dict], list[dict] | None]:
+def _sequences(ctx: PassContext, params: LoRAParams, tokenizer,
+               labels: list[str] | None) -> tuple[list[dict], list[dict] | None]:
     """Training and eval sequences (eval is None when the pass holds out nothing)."""
     train_examples, eval_examples = ctx.data.training_examples(params)
-    train = ctx.data.features(train_examples, params.train_data_config, tokenizer)
+    train = ctx.data.features(train_examples, params.train_data_config, tokenizer, labels)
     eval_name = params.eval_data_config or params.train_data_config
-    return train, ctx.data.features(eval_examples, eval_name, tokenizer) if eval_examples else None
+    return train, ctx.data.features(eval_examples, eval_name, tokenizer, labels) if eval_examples else None
 
 
-def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config):
-    from peft import LoraConfig, get_peft_model
+def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, labels: list[str] | None):
+    from peft import get_peft_model
     from transformers import set_seed
 
     set_seed(params.training_args.seed)  # the LoRA init is random too: seed it, so a run is reproducible
-    model = load_causal_lm(ctx.model.path, params.torch_dtype, ctx.input_model.trust_remote_code,
-                           ctx.input_model.attn_implementation, quantization_config)
+    if labels is not None:
+        model = load_classifier(ctx.model.path, labels, params.torch_dtype, ctx.input_model.trust_remote_code)
+    else:
+        model = load_causal_lm(ctx.model.path, params.torch_dtype, ctx.input_model.trust_remote_code,
+                               ctx.input_model.attn_implementation, quantization_config)
     if quantization_config is not None:
         model = _prepare_4bit(model, params.training_args.gradient_checkpointing)
     elif params.training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
-    lora = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.lora_dropout,
-                      target_modules=params.target_modules, modules_to_save=params.modules_to_save,
-                      task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM"))
+
+
+def adapter_config(params: LoRAParams, task_type: str):
+    """The peft config for this pass's adapter type (LoRA, DoRA, LoHa or LoKr)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    common = {"r": params.r, "target_modules": params.target_modules, "modules_to_save": params.modules_to_save,
+              "task_type": task_type}
+    kind = getattr(params, "adapter_type", "lora")
+    if kind == "loha":
+        return LoHaConfig(alpha=params.alpha, rank_dropout=params.lora_dropout, **common)
+    if kind == "lokr":
+        return LoKrConfig(alpha=params.alpha, rank_dropout=params.lora_dropout, **common)
+    return LoraConfig(lora_alpha=params.alpha, lora_dropout=params.lora_dropout, use_dora=kind == "dora", **common)
 
 
 def _trainer_dir(ctx: PassContext) -> Path:

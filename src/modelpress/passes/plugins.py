@@ -1,0 +1,85 @@
+"""Find plugin passes: installed packages' `modelpress.passes` entry points, and scripts a config names."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import logging
+import sys
+from pathlib import Path
+
+from modelpress.passes.catalog import CATALOG, PassSpec
+
+log = logging.getLogger("modelpress")
+ENTRY_POINT_GROUP = "modelpress.passes"
+_scanned_entry_points = False
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded; the message says which and why."""
+
+
+def spec_of(cls, origin: str) -> PassSpec:
+    """The catalog entry of a `modelpress.plugin.Pass` subclass."""
+    from modelpress.plugin import Pass
+
+    if not (inspect.isclass(cls) and issubclass(cls, Pass)):
+        raise PluginError(f"{origin}: {cls!r} is not a subclass of modelpress.plugin.Pass")
+    name = cls.name or cls.__name__
+    summary = cls.summary or (inspect.getdoc(cls) or name).splitlines()[0]
+
+    def run(ctx, params, _cls=cls):
+        return _cls().run(ctx, params)
+
+    return PassSpec(name, summary, cls.Params, f"{cls.__module__}:{cls.__qualname__}", tuple(cls.accepts),
+                    cls.produces, cls.needs_data, function=run, origin=f"{origin} (version {cls.version})")
+
+
+def load_entry_points() -> None:
+    """Register every pass that installed packages declare (once per process, on first need)."""
+    global _scanned_entry_points
+    if _scanned_entry_points:
+        return
+    _scanned_entry_points = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in CATALOG:
+            continue
+        try:
+            cls = ep.load()
+            spec = spec_of(cls, f"entry point {ep.value} ({ep.dist.name if ep.dist else 'unknown package'})")
+        except Exception as err:  # a broken plugin must not break the passes that do not use it
+            log.warning("cannot load the modelpress pass plugin %s = %s: %s", ep.name, ep.value, err)
+            continue
+        CATALOG[spec.name] = spec
+
+
+def load_script(path: Path) -> list[str]:
+    """Run the script a config names and register its `Pass` subclasses; returns their names."""
+    from modelpress.plugin import Pass
+
+    path = Path(path).resolve()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    module_name = f"modelpress_user_pass_{digest}"
+    if module_name in sys.modules:
+        module = sys.modules[module_name]
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[module_name]
+            raise PluginError(f"{path}: the script failed on import: {type(err).__name__}: {err}") from err
+    names = []
+    for _, cls in inspect.getmembers(module, inspect.isclass):
+        if issubclass(cls, Pass) and cls is not Pass and cls.__module__ == module_name:
+            pass_spec = spec_of(cls, f"script {path} (sha256 {digest})")
+            CATALOG[pass_spec.name] = pass_spec
+            names.append(pass_spec.name)
+    if not names:
+        raise PluginError(f"{path} defines no subclass of modelpress.plugin.Pass")
+    return names
