@@ -202,13 +202,18 @@ def cmd_create_tiny_model(args) -> int:
 
 def cmd_passes(args) -> int:
     from modelpress.passes.catalog import CATALOG
+    from modelpress.passes.plugins import load_entry_points
 
+    load_entry_points()
     for spec in CATALOG.values():
         extra = f"  (needs: pip install 'modelpress[{spec.optional_package[1]}]')" if spec.optional_package else ""
-        print(f"{spec.name}: {spec.summary}; {' or '.join(spec.accepts)} -> {spec.produces}{extra}")
+        origin = f"  [plugin: {spec.origin}]" if spec.origin != "built-in" else ""
+        print(f"{spec.name}: {spec.summary}; {' or '.join(spec.accepts)} -> {spec.produces}{extra}{origin}")
+        searchable = spec.search_space()
         for name, info in spec.params.model_fields.items():
             default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=False)!r}"
-            print(f"    {name}: {info.description or ''} ({default})")
+            search = f"; search: {searchable[name]}" if name in searchable else ""
+            print(f"    {name}: {info.description or ''} ({default}{search})")
     return 0
 
 

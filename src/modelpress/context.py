@@ -93,7 +93,7 @@ class DataPlan:
         if chosen:
             return self._eval_set(self.examples(chosen), f"all rows of data config {chosen!r}", chosen)
         for p in self.config.passes:
-            if not CATALOG[p.type].needs_data:
+            if not CATALOG[p.type].trains():
                 continue
             name = p.params.eval_data_config or p.params.train_data_config
             _, held_out = self.training_examples(p.params)

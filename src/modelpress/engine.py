@@ -21,7 +21,7 @@ from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
 from modelpress.html_report import write_report
 from modelpress.models import MODEL_CARD, ModelRef
-from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER
+from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 
 log = logging.getLogger("modelpress")
 
@@ -186,8 +186,7 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     spec = CATALOG[p.type]
     data = {}
     if spec.needs_data:
-        names = {p.params.train_data_config, p.params.eval_data_config} - {None}
-        data = {name: plan.fingerprint(name) for name in sorted(names)}
+        data = {name: plan.fingerprint(name) for name in sorted(set(data_refs(p.params).values()))}
     loading = config.input_model.model_dump(mode="json", exclude={"model_path", "task"})
     return cache_key("pass", __version__, ref.id, p.type, spec.origin, p.params.model_dump(mode="json"), data, ep,
                      loading)
@@ -224,7 +223,7 @@ def _record(step: str, kind: str, key: str, hit: bool, seconds: float, peak_mb: 
 def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
     """How to prompt the final model: saved beside it, used by `modelpress generate`."""
     for p in config.passes:
-        if CATALOG[p.type].needs_data:
+        if CATALOG[p.type].trains():
             data = plan.data_config(p.params.train_data_config)
             return {"text_template": data.text_template, "add_bos": data.add_special_tokens,
                     "data_config": data.name, "label_col": data.label_col, "text_cols": data.text_cols}
@@ -262,7 +261,7 @@ def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
     if ref.task.get("task") != "text-classification" or ref.task.get("labels"):
         return ref
     for p in session.config.passes:
-        if CATALOG[p.type].needs_data and hasattr(p.params, "train_data_config"):
+        if CATALOG[p.type].trains():
             import torch
 
             torch.manual_seed(0)  # the untrained head is random: seed it so the baseline is reproducible

@@ -49,10 +49,12 @@ def render_report(output_dir: Path) -> Path:
 def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
     """The whole page as one string."""
     models = metrics.get("models", {})
+    search = metrics.get("search")
     body = [
         "<h1>modelpress run report</h1>",
+        _search_section(search) if search else "",
         _models_table(models),
-        _chart(models),
+        _chart(_search_points(search) if search else models),
         "<h2>Steps</h2>",
         _table(["step", "type", "cache", "seconds", "peak RSS MiB"],
                [[s["pass"], s["type"], s["cache"], _fmt(s.get("seconds"), ".1f"), _fmt(s.get("peak_rss_mb"), ".0f")]
@@ -62,7 +64,7 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
     ]
     style = ("body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}"
-             "td:first-child{text-align:left}pre{background:#f7f7f7;padding:1em;overflow:auto}")
+             "td:first-child,#candidates td:nth-child(2){text-align:left}pre{background:#f7f7f7;padding:1em;overflow:auto}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>modelpress report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
@@ -91,19 +93,69 @@ def _models_table(models: dict) -> str:
     return "<h2>Models</h2>" + _table(headers, rows, "models") + note + "</p>"
 
 
+def _search_points(search: dict) -> dict:
+    """Candidates as chart points: {label: {"accuracy", "latency_ms", "size_mb", "pareto"}}."""
+    points = {}
+    for c in search["candidates"]:
+        m = c["metrics"]
+        acc = next((v for k, v in m.items() if k.endswith("accuracy_score")), None)
+        lat = next((v for k, v in m.items() if k.split("-")[-1] in ("p50", "avg")), None)
+        if c["status"] == "ok" and acc is not None and lat is not None:
+            size = next((v for k, v in m.items() if k.endswith("size_on_disk")), None)
+            points[f"#{c['id']}"] = {"accuracy": acc, "latency_ms": {"p50": lat}, "size_mb": size,
+                                     "pareto": c.get("pareto", False)}
+    return points
+
+
+def _search_section(search: dict) -> str:
+    keys = [m["metric"] for m in search["ranked_metrics"]]
+    keys += [k for k in sorted({k for c in search["candidates"] for k in c["metrics"]}) if k not in keys]
+    rows = []
+    for c in search["candidates"]:
+        values = [_fmt(c["metrics"].get(k), ".4g") for k in keys]
+        if c["status"] != "ok":
+            goals = "failed: " + c.get("error", "")
+        else:
+            goals = "yes" if c["goals_met"] else "no: " + ", ".join(c["violations"])
+        mark = ("best " if c.get("best") else "") + ("pareto" if c.get("pareto") else "")
+        rows.append([f"#{c['id']}", "; ".join(c["choice"]), *values, goals, mark.strip(), _fmt(c.get("seconds"), ".1f")])
+    if search["best"]:
+        verdict = f"<p id='verdict'>Best: candidate #{search['best']}, which meets every goal.</p>"
+    elif search["closest"]:
+        verdict = (f"<p id='verdict' style='color:#b00'><b>No candidate meets the goals.</b> Closest: candidate "
+                   f"#{search['closest']}. The output model was not replaced.</p>")
+    else:
+        verdict = "<p id='verdict' style='color:#b00'><b>Every candidate failed.</b></p>"
+    goals = "".join(f"<li>{html.escape(g)}</li>" for g in search["goals"]) or "<li>none</li>"
+    return (f"<h2>Search</h2><p>{search['evaluated']} of {search['space_size']} candidates, sampler "
+            f"{html.escape(search['sampler'])}, {html.escape(search['execution_order'])}, "
+            f"{search['seconds']:.1f} s, {search['failed']} failed. Ranked by "
+            f"{html.escape(', '.join(keys[:len(search['ranked_metrics'])]) or 'nothing')}.</p>"
+            f"<p>Goals:</p><ul id='goals'>{goals}</ul>{verdict}"
+            + _table(["#", "choices", *keys, "meets goals", "", "seconds"], rows, "candidates"))
+
+
 def _chart(models: dict) -> str:
     points = {role: (m["accuracy"], m["latency_ms"]["p50"]) for role, m in models.items() if "accuracy" in m}
     if not points:
         return "<p>No accuracy was measured, so there is no accuracy/latency chart.</p>"
     front = pareto_front(points)
+    if any("pareto" in m for m in models.values()):  # search candidates: the frontier over every ranked metric
+        front = {role for role, m in models.items() if m.get("pareto")}
     max_lat = max(lat for _, lat in points.values()) * 1.15 or 1.0
     max_size = max(models[r].get("size_mb") or 1 for r in points)
 
     def x(lat: float) -> float:
         return PAD + (WIDTH - 2 * PAD) * lat / max_lat
 
+    import math
+
+    accs = [acc for acc, _ in points.values()]
+    low = max(0.0, math.floor((min(accs) - 0.05) * 10) / 10)
+    high = min(1.0, math.ceil((max(accs) + 0.05) * 10) / 10)
+
     def y(acc: float) -> float:
-        return HEIGHT - PAD - (HEIGHT - 2 * PAD) * acc
+        return HEIGHT - PAD - (HEIGHT - 2 * PAD) * (acc - low) / ((high - low) or 1.0)
 
     marks = []
     for role, (acc, lat) in points.items():
@@ -119,8 +171,8 @@ def _chart(models: dict) -> str:
             f"<text x='{WIDTH / 2}' y='{HEIGHT - 10}' text-anchor='middle' font-size='12'>p50 latency (ms)</text>"
             f"<text x='14' y='{HEIGHT / 2}' transform='rotate(-90 14 {HEIGHT / 2})' text-anchor='middle' "
             f"font-size='12'>accuracy</text>"
-            f"<text x='{PAD - 6}' y='{y(1) + 4}' text-anchor='end' font-size='11'>1.0</text>"
-            f"<text x='{PAD - 6}' y='{y(0) + 4}' text-anchor='end' font-size='11'>0.0</text>")
+            f"<text x='{PAD - 6}' y='{y(high) + 4}' text-anchor='end' font-size='11'>{high:.1f}</text>"
+            f"<text x='{PAD - 6}' y='{y(low) + 4}' text-anchor='end' font-size='11'>{low:.1f}</text>")
     ticks = (f"<text x='{PAD}' y='{HEIGHT - PAD + 28}' text-anchor='middle' font-size='11'>0</text>"
              f"<text x='{WIDTH - PAD}' y='{HEIGHT - PAD + 28}' text-anchor='middle' font-size='11'>"
              f"{max_lat:.1f}</text>")

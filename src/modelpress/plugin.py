@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX, ONNX_GENAI, Field, Strict, searchable
 
-__all__ = ["HF", "HF_ADAPTER", "ONNX", "ONNX_GENAI", "Field", "Pass", "Strict", "searchable"]
+__all__ = ["HF", "HF_ADAPTER", "ONNX", "ONNX_GENAI", "Field", "ModelRef", "Pass", "Strict", "searchable"]
 
 
 class Pass:

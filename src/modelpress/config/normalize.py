@@ -32,7 +32,7 @@ from modelpress.config.schema import (
     WorkflowConfig,
 )
 from modelpress.errors import ConfigError, Problem
-from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, LoRAParams
+from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, LoRAParams, data_refs
 
 ENGINE_KEYS = (
     "log_severity_level", "host", "target", "search_strategy", "execution_providers",
@@ -698,18 +698,16 @@ def _check_workflow(model, data, passes, engine, evaluation, c: Collector) -> No
     kind, previous = HF, "input_model"
     for p in passes:
         spec = CATALOG[p.type]
-        if spec.needs_data and hasattr(p.params, "train_data_config"):
+        if spec.trains():
             _check_task_data(model.task, data.get(p.params.train_data_config), f"passes.{p.name}", c)
         if p.type == "ModelBuilder" and model.task == "text-classification":
             c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
                   "For a classifier use OnnxConversion, then an ONNX quantization pass.")
-        if kind not in spec.accepts:
-            c.add(f"passes.{p.name}", f"{p.type} needs a full model but gets an adapter from '{previous}'",
-                  "Add a MergeAdapterWeights pass before it.")
-        kind, previous = spec.produces, p.name
-        if spec.needs_data:
-            for key in ("train_data_config", "eval_data_config"):
-                _check_data_ref(getattr(p.params, key), data, f"passes.{p.name}.{key}", c)
+        for option in [p, *p.alternatives]:
+            _check_kind(option, CATALOG[option.type], kind, previous, c)
+        kind, previous = spec.output_kind(kind), p.name
+        for key, name in data_refs(p.params).items():
+            _check_data_ref(name, data, f"passes.{p.name}.{key}", c)
         if p.type == "ModelBuilder":
             ep = p.params.execution_provider or engine.execution_provider
             if p.params.precision not in BUILDER_PRECISIONS[ep]:
@@ -717,6 +715,23 @@ def _check_workflow(model, data, passes, engine, evaluation, c: Collector) -> No
                       f"Allowed on {ep}: {', '.join(BUILDER_PRECISIONS[ep])}.")
     _check_data_ref(evaluation.data_config, data, "evaluation.data_config", c)
     _check_output_dirs(model, engine, c)
+
+
+KIND_HINTS = {
+    HF: "Put it after a pass that gives a Hugging Face folder (e.g. right after MergeAdapterWeights).",
+    ONNX: "Add an OnnxConversion pass before it.",
+}
+
+
+def _check_kind(p: PassConfig, spec, kind: str, previous: str, c: Collector) -> None:
+    if kind in spec.accepts:
+        return
+    if kind == HF_ADAPTER and HF in spec.accepts:
+        c.add(f"passes.{p.name}", f"{p.type} needs a full model but gets an adapter from '{previous}'",
+              "Add a MergeAdapterWeights pass before it.")
+        return
+    c.add(f"passes.{p.name}", f"{p.type} takes {' or '.join(spec.accepts)} models but gets {kind} from '{previous}'",
+          KIND_HINTS.get(spec.accepts[0], "Reorder the passes."))
 
 
 def _check_task_data(task: str, config: DataConfig | None, path: str, c: Collector) -> None:

@@ -20,6 +20,8 @@ HF_ADAPTER = "hf-adapter"  # a base Hugging Face folder plus a peft adapter fold
 ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
 ONNX = "onnx"  # a plain ONNX model folder: model.onnx (+ external data), tokenizer, config.json
 
+SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
+DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config
 SEARCH = "search"  # json_schema_extra key: the values search tries when a param says SEARCHABLE_VALUES
 
 
@@ -197,6 +199,13 @@ class PassSpec:
         module, function = self.entry.split(":")
         return getattr(importlib.import_module(module), function)
 
+    def output_kind(self, input_kind: str) -> str:
+        return input_kind if self.produces == SAME_KIND else self.produces
+
+    def trains(self) -> bool:
+        """A fine-tuning pass: its train_data_config defines the task's data and the eval split."""
+        return "train_data_config" in self.params.model_fields
+
     def search_space(self) -> dict[str, list]:
         """Each parameter's declared search values (see `searchable`)."""
         return {name: list((f.json_schema_extra or {})[SEARCH]) for name, f in self.params.model_fields.items()
@@ -235,3 +244,8 @@ def _register(specs) -> None:
 from modelpress.passes.onnx_specs import ONNX_SPECS  # noqa: E402
 
 _register(ONNX_SPECS)
+
+
+def data_refs(params: Strict) -> dict[str, str]:
+    """{param: data config name} for every param of a pass that names a data config."""
+    return {k: getattr(params, k) for k in DATA_PARAMS if getattr(params, k, None)}

@@ -1,0 +1,471 @@
+"""The passes on plain ONNX models: export, int4/int8 quantization, fusion, float16, session tuning.
+
+Each pass reads `ctx.model.path`, writes a complete model folder under `ctx.out` (a new
+model.onnx plus the config and tokenizer files copied with `copy_model_folder`) and passes the
+model's task (and classifier labels) through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+from modelpress.context import PassContext
+from modelpress.errors import ModelpressError, is_disk_full
+from modelpress.fsutil import atomic_write_json
+from modelpress.models import ModelRef, load_hf_model, load_tokenizer
+from modelpress.onnx_model import (
+    MODEL_FILE,
+    SESSION_FILE,
+    SessionSettings,
+    apply_settings,
+    copy_model_files,
+    copy_model_folder,
+    graph_feeds,
+    hf_config,
+    input_specs,
+    logit_drift,
+    model_bytes,
+    op_counts,
+    pad_batch,
+    save_onnx,
+    synthetic_ids,
+    uses_external_file,
+)
+from modelpress.passes.catalog import ONNX, ONNX_GENAI
+from modelpress.passes.model_builder import _quiet_quantizer_logs
+from modelpress.passes.onnx_specs import (
+    OnnxBlockWiseRtnQuantizationParams,
+    OnnxConversionParams,
+    OnnxDynamicQuantizationParams,
+    OnnxFloatToFloat16Params,
+    OnnxHqqQuantizationParams,
+    OnnxStaticQuantizationParams,
+    OrtSessionParamsTuningParams,
+    OrtTransformersOptimizationParams,
+    WeightOnlyParams,
+)
+
+log = logging.getLogger("modelpress")
+CLASSIFY = "text-classification"
+GENERATE = "text-generation"
+
+
+def _output(ctx: PassContext, kind: str = ONNX) -> ModelRef:
+    return ModelRef(kind, ctx.out, id="", task=dict(ctx.model.task))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _plain_onnx(ctx: PassContext, what: str) -> Path:
+    """The input folder, when it is a plain ONNX model (an onnx-genai folder has its own runtime)."""
+    if ctx.model.kind != ONNX:
+        raise ModelpressError(f"{what} works on plain ONNX models (made by OnnxConversion), but gets a "
+                              f"{ctx.model.kind} model ({ctx.model.path}). Use OnnxConversion instead of ModelBuilder "
+                              "before this pass.")
+    return ctx.model.path
+
+
+# --- OnnxConversion ---------------------------------------------------------------------------
+
+def run_conversion(ctx: PassContext, params: OnnxConversionParams) -> ModelRef:
+    """Export with torch.onnx.export(dynamo=True): logits for every position (causal LM) or per row."""
+    task = ctx.task
+    if params.use_kv_cache and task != GENERATE:
+        raise ModelpressError(f"use_kv_cache applies to text-generation models; this model is {task}. "
+                              "Set use_kv_cache to false.")
+    trust = ctx.input_model.trust_remote_code
+    model = load_hf_model(ctx.model.path, task, ctx.model.task.get("labels"), "float32", trust).eval()
+    tokenizer = load_tokenizer(ctx.model.path, trust)
+    plan = _export_plan(model, tokenizer, task, params.use_kv_cache)
+    try:
+        _export(plan, params, ctx.out / MODEL_FILE)
+    except Exception as err:
+        if is_disk_full(err):
+            raise
+        hint = " For a generative model, the ModelBuilder pass is the other way to ONNX." if task == GENERATE else ""
+        raise ModelpressError(f"torch.onnx.export failed on {ctx.model.path} ({task}"
+                              f"{', with KV cache' if params.use_kv_cache else ''}): "
+                              f"{type(err).__name__}: {str(err).strip().splitlines()[0][:400]}.{hint}") from err
+    model.config.save_pretrained(str(ctx.out))  # carries a new classifier head's labels
+    tokenizer.save_pretrained(str(ctx.out))
+    if task == GENERATE and getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(ctx.out))
+    ctx.notes.append(f"exported {task} model to ONNX opset {params.target_opset}"
+                     f"{' with KV cache' if params.use_kv_cache else ''} ({_mib(model_bytes(ctx.out))})")
+    return _output(ctx)
+
+
+def _export_plan(model, tokenizer, task: str, use_kv_cache: bool) -> dict:
+    """The module to trace, its example arguments, dynamic axes and input/output names."""
+    import inspect
+
+    import torch
+
+    vocab = min(len(tokenizer), model.config.vocab_size)
+    ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0  # trace the padded path, not an all-ones special case
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in inspect.signature(model.forward).parameters and \
+            "token_type_ids" in tokenizer.model_input_names:
+        names.append("token_type_ids")
+    if use_kv_cache:
+        return _kv_plan(model, ids, mask, batch, seq)
+    extra = {"use_cache": False} if task == GENERATE else {}
+    args = (ids, mask, torch.zeros_like(ids))[:len(names)]
+    return {"module": _logits_module(model, extra), "args": args, "inputs": names, "outputs": ["logits"],
+            "dynamic": tuple({0: batch, 1: seq} for _ in names)}
+
+
+def _logits_module(model, extra: dict):
+    import torch
+
+    class Logits(torch.nn.Module):
+        """The model's logits as one tensor, from positional inputs (what the exporter traces)."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            more = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **more, **extra).logits
+
+    return Logits().eval()
+
+
+def _kv_plan(model, ids, mask, batch, seq) -> dict:
+    """A causal LM with past key/values in and present key/values out, traced with a 3-token past."""
+    import torch
+
+    with torch.no_grad():
+        past = model(input_ids=ids[:, :3], attention_mask=mask[:, :3], use_cache=True).past_key_values
+    flat = tuple(t for layer in past.layers for t in (layer.keys, layer.values))
+    layers = len(past.layers)
+    kv_names = [f"{{}}.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    past_len, total = torch.export.Dim("past_sequence"), torch.export.Dim("total_sequence")
+    return {"module": _cached_module(model, layers), "args": (ids[:, 3:], mask, flat),
+            "inputs": ["input_ids", "attention_mask"] + [n.format("past_key_values") for n in kv_names],
+            "outputs": ["logits"] + [n.format("present") for n in kv_names],
+            "dynamic": ({0: batch, 1: seq}, {0: batch, 1: total}, tuple({0: batch, 2: past_len} for _ in flat))}
+
+
+def _cached_module(model, layers: int):
+    import torch
+    from transformers import DynamicCache
+
+    class CachedLogits(torch.nn.Module):
+        """Logits and the updated cache, with the cache as flat (key, value) tensors per layer."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, past_key_values):
+            cache = DynamicCache(config=self.model.config)
+            for i in range(layers):
+                cache.update(past_key_values[2 * i], past_key_values[2 * i + 1], i)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                             use_cache=True)
+            present = out.past_key_values.layers
+            return (out.logits, *(t for layer in present for t in (layer.keys, layer.values)))
+
+    return CachedLogits().eval()
+
+
+def _export(plan: dict, params: OnnxConversionParams, path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        # The exporter warns about axis renames and deprecated pytree helpers: nothing a user can act on.
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(plan["module"], plan["args"], dynamo=True, opset_version=params.target_opset,
+                                    dynamic_shapes=plan["dynamic"], input_names=plan["inputs"],
+                                    output_names=plan["outputs"], verbose=False)
+    program.save(str(path), external_data=params.save_as_external_data)
+
+
+# --- int4 weight-only quantization ------------------------------------------------------------
+
+def run_rtn(ctx: PassContext, params: OnnxBlockWiseRtnQuantizationParams) -> ModelRef:
+    """Round-to-nearest int4 per block of `block_size` weights (onnxruntime's default MatMulNBits quantizer)."""
+    _quiet_quantizer_logs()
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
+
+    algo = DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.is_symmetric,
+                                        accuracy_level=params.accuracy_level)
+    kind = "symmetric" if params.is_symmetric else "asymmetric"
+    return _weight_only(ctx, params, algo, f"RTN int4 ({kind}, block {params.block_size})")
+
+
+def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
+    """Half-Quadratic Quantization to int4 per block (zero points fitted by a proximal solver)."""
+    _quiet_quantizer_logs()
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+    algo = HQQWeightOnlyQuantConfig(block_size=params.block_size, bits=4)
+    return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})")
+
+
+def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str) -> ModelRef:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model_file = _decoder_file(ctx.model)
+    src = ctx.model.path / model_file
+    before = op_counts(src).get("MatMul", 0)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=list(params.nodes_to_exclude),
+                                     algo_config=algo)
+    with _quiet_ort(), warnings.catch_warnings():
+        # HQQ hands torch a read-only numpy view of each weight; it only reads it.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        quantizer.process()
+    done = sum(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node)
+    if done == 0:
+        raise ModelpressError(f"{label}: no MatMul in {src} was quantized (it has {before} MatMul nodes; only those "
+                              "with a constant 2-D weight qualify). Check nodes_to_exclude.")
+    copy_model_folder(ctx.model.path, ctx.out, model_file)
+    save_onnx(quantizer.model.model, ctx.out, uses_external_file(ctx.model.path, model_file), model_file)
+    ctx.notes.append(f"{label}: {done} of {before} MatMul nodes -> MatMulNBits; "
+                     f"{_mib(model_bytes(ctx.model.path, model_file))} -> {_mib(model_bytes(ctx.out, model_file))}")
+    return _output(ctx, ctx.model.kind)
+
+
+def _decoder_file(ref: ModelRef) -> str:
+    """The ONNX file to quantize: model.onnx, or the decoder named in an onnxruntime-genai folder's config."""
+    if ref.kind != ONNX_GENAI:
+        return MODEL_FILE
+    config = json.loads((ref.path / "genai_config.json").read_text(encoding="utf-8"))
+    return config["model"]["decoder"]["filename"]
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    # onnxruntime's quantizers log advice ("consider pre-processing") through the root logger and
+    # print calibration progress; both are shown only in --verbose runs.
+    root = logging.getLogger()
+    level = root.level
+    verbose = log.getEffectiveLevel() <= logging.DEBUG
+    root.setLevel(level if verbose else max(level, logging.ERROR))
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        root.setLevel(level)
+        if printed.getvalue().strip():
+            log.debug("onnxruntime output:\n%s", printed.getvalue())
+
+
+# --- int8 quantization ------------------------------------------------------------------------
+
+def _quant_kwargs(params: OnnxDynamicQuantizationParams, src_folder: Path) -> dict:
+    from onnxruntime.quantization import QuantType
+
+    return {"weight_type": QuantType[params.weight_type], "per_channel": params.per_channel,
+            "reduce_range": params.reduce_range, "op_types_to_quantize": params.op_types_to_quantize,
+            "nodes_to_quantize": params.nodes_to_quantize, "nodes_to_exclude": list(params.nodes_to_exclude),
+            "use_external_data_format": uses_external_file(src_folder),
+            "extra_options": params.extra_options.to_dict()}
+
+
+def run_dynamic(ctx: PassContext, params: OnnxDynamicQuantizationParams) -> ModelRef:
+    """int8 weights; activation scales computed at run time (DynamicQuantizeLinear + MatMulInteger)."""
+    _quiet_quantizer_logs()
+    from onnxruntime.quantization import quantize_dynamic
+
+    src = _plain_onnx(ctx, "OnnxDynamicQuantization")
+    copy_model_folder(src, ctx.out)
+    with _quiet_ort():
+        quantize_dynamic(src / MODEL_FILE, ctx.out / MODEL_FILE, **_quant_kwargs(params, src))
+    ctx.notes.append(f"dynamic int8 ({params.weight_type} weights{', per channel' if params.per_channel else ''}): "
+                     f"{_mib(model_bytes(src))} -> {_mib(model_bytes(ctx.out))}")
+    return _output(ctx)
+
+
+def run_static(ctx: PassContext, params: OnnxStaticQuantizationParams) -> ModelRef:
+    """int8 weights and activations; activation ranges calibrated on the first rows of `data_config`."""
+    _quiet_quantizer_logs()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    src = _plain_onnx(ctx, "OnnxStaticQuantization")
+    feeds = calibration_feeds(ctx, params)
+    copy_model_folder(src, ctx.out)
+    with _quiet_ort():
+        quantize_static(src / MODEL_FILE, ctx.out / MODEL_FILE, _FeedReader(feeds),
+                        quant_format=QuantFormat[params.quant_format],
+                        activation_type=QuantType[params.activation_type],
+                        calibrate_method=CalibrationMethod[params.calibrate_method], **_quant_kwargs(params, src))
+    ctx.notes.append(f"static int8 ({params.quant_format}, {params.calibrate_method}) calibrated on {len(feeds)} "
+                     f"rows of {params.data_config!r}: {_mib(model_bytes(src))} -> {_mib(model_bytes(ctx.out))}")
+    return _output(ctx)
+
+
+def calibration_feeds(ctx: PassContext, params: OnnxStaticQuantizationParams) -> list[dict]:
+    """One feed dict per calibration row: its text tokenized (cut to the data config's max_seq_len)."""
+    if ctx.data is None or params.data_config not in ctx.data.config.data_configs:
+        known = ", ".join(ctx.data.config.data_configs) if ctx.data is not None else "none"
+        raise ModelpressError(f"OnnxStaticQuantization: no data config named {params.data_config!r} "
+                              f"(defined: {known}). Set data_config to one of the workflow's data configs.")
+    config = ctx.data.data_config(params.data_config)
+    examples = ctx.data.examples(params.data_config)[:params.calibration_samples]
+    # A classifier reads the input text (the prompt); a causal LM reads prompt and completion together.
+    texts = [ex.prompt if ctx.task == CLASSIFY else ex.prompt + ex.completion for ex in examples]
+    tokenizer = load_tokenizer(ctx.model.path, ctx.input_model.trust_remote_code)
+    specs = input_specs(ctx.model.path / MODEL_FILE)
+    rows = [ids for ids in tokenizer(texts, truncation=True, max_length=config.max_seq_len,
+                                     add_special_tokens=config.add_special_tokens)["input_ids"] if ids]
+    if params.calibrate_method == "MinMax":
+        return [graph_feeds(specs, [ids]) for ids in rows]
+    # onnxruntime's histogram calibrators stack each tensor across rows: pad the rows to one length
+    ids, mask = pad_batch(rows, tokenizer.pad_token_id or 0)
+    return [graph_feeds(specs, ids[i:i + 1], mask[i:i + 1]) for i in range(len(rows))]
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds = feeds
+        self.position = 0
+
+    def get_next(self) -> dict | None:
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+# --- fusion and float16 -----------------------------------------------------------------------
+
+# Hugging Face model types that onnxruntime's optimizer handles under another name.
+_ORT_MODEL_TYPES = {"roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
+                    "camembert": "bert"}
+FUSION_RTOL = 1e-3  # max |fused - unfused| logit difference allowed, relative to the largest |logit|
+
+
+def run_transformers_optimization(ctx: PassContext, params: OrtTransformersOptimizationParams) -> ModelRef:
+    """Fuse with onnxruntime.transformers.optimizer, then check the fused logits against the input's."""
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+
+    src = _plain_onnx(ctx, "OrtTransformersOptimization")
+    config = hf_config(src)
+    model_type = params.model_type or _ORT_MODEL_TYPES.get(config.get("model_type"), config.get("model_type"))
+    if params.model_type and params.model_type not in MODEL_TYPES:
+        raise ModelpressError(f"onnxruntime's optimizer has no model_type {params.model_type!r}. "
+                              f"Known: {', '.join(MODEL_TYPES)}; or leave model_type unset.")
+    fuse = model_type in MODEL_TYPES and not params.only_onnxruntime
+    if not fuse and params.opt_level == 0:
+        raise ModelpressError(f"model type {model_type!r} gets onnxruntime's graph optimizations only, and "
+                              "opt_level 0 turns them off: set opt_level to 1, 2 or 99.")
+    with _quiet_ort():
+        optimized = optimize_model(
+            str(src / MODEL_FILE), model_type=model_type if fuse else "bert",
+            num_heads=params.num_heads or config.get("num_attention_heads", 0),
+            hidden_size=params.hidden_size or config.get("hidden_size", 0),
+            opt_level=params.opt_level if fuse else (params.opt_level or 1),
+            use_gpu=ctx.execution_provider != "cpu", only_onnxruntime=not fuse)
+        if params.float16:
+            optimized.convert_float_to_float16(keep_io_types=params.keep_io_types)
+    copy_model_folder(src, ctx.out)
+    save_onnx(optimized.model, ctx.out, uses_external_file(src))
+    drift = logit_drift(src, ctx.out, "the optimized model")
+    if not params.float16 and drift > FUSION_RTOL:
+        raise ModelpressError(f"the fused model's logits differ from its input's (max difference {drift:.1e} of the "
+                              f"largest logit, allowed {FUSION_RTOL:g}). Set only_onnxruntime to true, or another "
+                              "model_type.")
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v} if fuse else {}
+    ctx.notes.append(f"onnxruntime optimizer ({model_type if fuse else 'graph optimizations only'}): "
+                     f"{', '.join(f'{k} x{v}' for k, v in fused.items()) or 'no fusions'}; "
+                     f"logit drift {drift:.1e}")
+    return _output(ctx)
+
+
+def run_float16(ctx: PassContext, params: OnnxFloatToFloat16Params) -> ModelRef:
+    """float16 weights and compute; ops in op_block_list (onnxruntime's default list) stay float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    src = _plain_onnx(ctx, "OnnxFloatToFloat16")
+    with _quiet_ort():
+        converted = convert_float_to_float16(onnx.load(str(src / MODEL_FILE)), keep_io_types=params.keep_io_types,
+                                             op_block_list=params.op_block_list,
+                                             node_block_list=params.node_block_list)
+    copy_model_folder(src, ctx.out)
+    save_onnx(converted, ctx.out, uses_external_file(src))
+    try:  # fail here, not at evaluation, when onnxruntime has no float16 kernel for an op
+        drift = logit_drift(src, ctx.out, "the float16 model")
+    except ModelpressError as err:
+        raise ModelpressError(f"{err}. Keep the failing operator type in float32 with op_block_list "
+                              "(or the node with node_block_list).") from err
+    ctx.notes.append(f"float16: {_mib(model_bytes(src))} -> {_mib(model_bytes(ctx.out))}; logit drift {drift:.1e}")
+    return _output(ctx)
+
+
+# --- session tuning ---------------------------------------------------------------------------
+
+def run_session_tuning(ctx: PassContext, params: OrtSessionParamsTuningParams) -> ModelRef:
+    """Time each candidate setting on synthetic ids; keep the model and write the fastest to ort_session.json.
+
+    Timing runs on the CPU execution provider, which is where modelpress runs plain ONNX models.
+    """
+    src = _plain_onnx(ctx, "OrtSessionParamsTuning")
+    ids = synthetic_ids(src, params.batch_size, params.sequence_length, params.seed)
+    table = [{"session_options": s.model_dump(), "latency_ms": _latency(src, s, ids, params)}
+             for s in candidates(params)]
+    best = min(table, key=lambda row: row["latency_ms"]["median"])
+    copy_model_folder(src, ctx.out)
+    copy_model_files(src, ctx.out)
+    atomic_write_json(ctx.out / SESSION_FILE, {
+        "session_options": best["session_options"], "measurements": table,
+        "input": {"batch_size": params.batch_size, "sequence_length": params.sequence_length}})
+    chosen = ", ".join(f"{k}={v}" for k, v in best["session_options"].items())
+    ctx.notes.append(f"session options: {chosen} ({best['latency_ms']['median']:.2f} ms median of "
+                     f"{len(table)} candidates)")
+    return _output(ctx)
+
+
+def candidates(params: OrtSessionParamsTuningParams) -> list[SessionSettings]:
+    """Every combination of the candidate lists; inter-op threads vary only in parallel mode."""
+    intra = params.intra_thread_num_list or [1, 2, os.cpu_count() or 1]
+    settings = {}
+    for threads in dict.fromkeys(intra):
+        for mode in dict.fromkeys(params.execution_mode_list):
+            for inter in dict.fromkeys(params.inter_thread_num_list if mode == "parallel" else [0]):
+                for level in dict.fromkeys(params.opt_level_list):
+                    s = SessionSettings(intra_op_num_threads=threads, inter_op_num_threads=inter,
+                                        execution_mode=mode, graph_optimization_level=level)
+                    settings[s.model_dump_json()] = s
+    return list(settings.values())
+
+
+def _latency(folder: Path, settings: SessionSettings, ids, params: OrtSessionParamsTuningParams) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(folder / MODEL_FILE), apply_settings(options, settings),
+                                   providers=["CPUExecutionProvider"])
+    feeds = graph_feeds(session.get_inputs(), ids)
+    for _ in range(params.warmup_num):
+        session.run(["logits"], feeds)
+    times = []
+    for _ in range(params.repeat_test_num):
+        start = time.perf_counter()
+        session.run(["logits"], feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median": statistics.median(times), "min": min(times)}

@@ -1,0 +1,179 @@
+"""Parameters and catalog entries of the passes that work on plain ONNX models.
+
+Names follow Microsoft Olive 0.13 where Olive has the same pass. Every pass here writes
+`model.onnx` with its weights in `model.onnx.data`, except that a model converted with
+`save_as_external_data: false` stays one file through the passes after it. The
+implementations are in `modelpress.passes.onnx_passes`; nothing here imports torch or
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, NonNegativeInt
+
+from modelpress.passes.catalog import HF, ONNX, ONNX_GENAI, SAME_KIND, PassSpec, Strict, searchable
+
+BlockSize = Literal[16, 32, 64, 128, 256]
+AccuracyLevel = Literal[0, 1, 2, 3, 4]
+QuantType = Literal["QInt8", "QUInt8"]
+OptLevelName = Literal["disable", "basic", "extended", "all"]
+ExecutionModeName = Literal["sequential", "parallel"]
+
+
+class OnnxConversionParams(Strict):
+    """Export a Hugging Face model to ONNX with torch.onnx.export (the dynamo exporter)."""
+
+    target_opset: int = Field(18, ge=18, description="ONNX opset of the graph (the dynamo exporter needs 18 or more).")
+    use_kv_cache: bool = Field(
+        False, description="text-generation only: add past_key_values.{i}.key/value inputs and present.{i}.key/value "
+        "outputs for incremental decoding. An empty past (length 0) scores the whole sequence.",
+    )
+    save_as_external_data: bool = Field(
+        True, description="Keep the weights in model.onnx.data beside model.onnx (needed above 2 GB); false writes "
+        "one self-contained model.onnx.",
+    )
+
+
+class WeightOnlyParams(Strict):
+    """What the int4 weight-only quantizers share: every MatMul with a constant 2-D weight, but these."""
+
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="Names of MatMul nodes to keep in float.")
+
+
+class OnnxBlockWiseRtnQuantizationParams(WeightOnlyParams):
+    """int4 weight-only quantization by round-to-nearest per block (MatMulNBits), no data needed."""
+
+    block_size: BlockSize = searchable(32, 128, default=128, description="Weights per quantization block (along K).")
+    is_symmetric: bool = searchable(True, False, default=True,
+                                    description="Symmetric (signed, no zero point) or asymmetric blocks.")
+    accuracy_level: AccuracyLevel | None = Field(
+        None, description="MatMulNBits compute accuracy level (0-4, 4 = int8 compute on CPU); default: unset.")
+
+
+class OnnxHqqQuantizationParams(WeightOnlyParams):
+    """int4 weight-only quantization with Half-Quadratic Quantization (HQQ), no data needed."""
+
+    block_size: BlockSize = searchable(32, 128, default=128, description="Weights per quantization block (along K).")
+
+
+class QuantExtraOptions(Strict):
+    """onnxruntime quantizer `extra_options`, typed (onnxruntime's own spelling); unset keys keep its defaults."""
+
+    MatMulConstBOnly: bool | None = Field(None, description="Quantize only MatMuls whose B is a constant.")
+    WeightSymmetric: bool | None = Field(None, description="Symmetric weight ranges.")
+    ActivationSymmetric: bool | None = Field(None, description="Symmetric activation ranges.")
+    EnableSubgraph: bool | None = Field(None, description="Also quantize inside If/Loop subgraphs.")
+    ForceQuantizeNoInputCheck: bool | None = Field(
+        None, description="Quantize latent ops (Transpose, Reshape...) even when their input is not quantized.")
+
+    def to_dict(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class StaticExtraOptions(QuantExtraOptions):
+    """Extra options of static quantization, with the calibration ones."""
+
+    CalibMovingAverage: bool | None = Field(None, description="MinMax calibration: moving average of min/max.")
+    CalibPercentile: float | None = Field(None, gt=0, le=100, description="Percentile calibration: the percentile.")
+
+
+class OnnxDynamicQuantizationParams(Strict):
+    """int8 weights with activations quantized at run time (onnxruntime quantize_dynamic); no data needed."""
+
+    weight_type: QuantType = searchable("QInt8", "QUInt8", default="QInt8", description="int8 type of the weights.")
+    per_channel: bool = searchable(False, True, default=False, description="One scale per output channel.")
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI (avoids saturation).")
+    op_types_to_quantize: list[str] | None = Field(
+        None, description="Operator types to quantize, e.g. ['MatMul']; default: every type onnxruntime supports.")
+    nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these nodes.")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="Nodes to keep in float.")
+    extra_options: QuantExtraOptions = Field(default_factory=QuantExtraOptions,
+                                             description="onnxruntime quantizer extra options.")
+
+
+class OnnxStaticQuantizationParams(OnnxDynamicQuantizationParams):
+    """int8 weights and activations with ranges calibrated on the workflow's data (quantize_static)."""
+
+    data_config: str = Field(description="Name of the data config whose rows calibrate the activation ranges.")
+    calibration_samples: int = Field(64, gt=0, description="Rows used for calibration (the first N).")
+    quant_format: Literal["QDQ", "QOperator"] = searchable(
+        "QDQ", "QOperator", default="QDQ",
+        description="QuantizeLinear/DequantizeLinear pairs around float ops, or quantized operators.")
+    activation_type: QuantType = searchable("QInt8", "QUInt8", default="QInt8", description="int8 type of activations.")
+    op_types_to_quantize: list[str] | None = Field(
+        ["MatMul", "Gemm"], description="Operator types to quantize; null: every type onnxruntime supports. The "
+        "default keeps the attention-mask arithmetic (huge negative constants) in float: quantizing it with one "
+        "int8 range per tensor wrecks a transformer's output (measured on the tiny Phi-3: cosine 0.29 vs 0.99).")
+    calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = searchable(
+        "MinMax", "Percentile", default="MinMax", description="How activation ranges are chosen from calibration.")
+    extra_options: StaticExtraOptions = Field(default_factory=StaticExtraOptions,
+                                              description="onnxruntime quantizer extra options.")
+
+
+class OrtTransformersOptimizationParams(Strict):
+    """Fuse transformer subgraphs (attention, layer norm, GELU...) with onnxruntime.transformers.optimizer."""
+
+    model_type: str | None = Field(
+        None, description="onnxruntime's model type (bert, gpt2, phi...); default: from config.json's model_type. "
+        "A type onnxruntime has no fusions for gets onnxruntime's graph optimizations only.")
+    num_heads: int = Field(0, ge=0, description="Attention heads; 0: from config.json.")
+    hidden_size: int = Field(0, ge=0, description="Hidden size; 0: from config.json.")
+    opt_level: Literal[0, 1, 2, 99] | None = searchable(
+        None, 1, 2, default=None,
+        description="onnxruntime graph optimization level run before fusion (0 off, 1 basic, 2 extended, 99 all); "
+        "default: onnxruntime's choice for the model type.")
+    only_onnxruntime: bool = Field(False, description="Only onnxruntime's graph optimizations, no Python fusions.")
+    float16: bool = Field(False, description="Also convert the fused model to float16.")
+    keep_io_types: bool = Field(True, description="With float16: keep float32 graph inputs and outputs.")
+
+
+class OnnxFloatToFloat16Params(Strict):
+    """Convert float32 weights and compute to float16 (onnxruntime.transformers.float16)."""
+
+    keep_io_types: bool = Field(True, description="Keep float32 graph inputs and outputs (Cast at the edges).")
+    op_block_list: list[str] | None = Field(
+        None, description="Operator types kept in float32; default: onnxruntime's list of ops without fp16 kernels.")
+    node_block_list: list[str] | None = Field(None, description="Node names kept in float32.")
+
+
+class OrtSessionParamsTuningParams(Strict):
+    """Time the model under candidate onnxruntime session options and keep the fastest (ort_session.json)."""
+
+    intra_thread_num_list: list[NonNegativeInt] | None = Field(
+        None, min_length=1, description="intra_op_num_threads candidates (0: onnxruntime's choice); default: 1, 2 "
+        "and the CPU count.")
+    inter_thread_num_list: list[NonNegativeInt] = Field(
+        [0], min_length=1, description="inter_op_num_threads candidates, tried in parallel mode only.")
+    execution_mode_list: list[ExecutionModeName] = Field(["sequential", "parallel"], min_length=1,
+                                                         description="Execution mode candidates.")
+    opt_level_list: list[OptLevelName] = Field(["all", "extended", "basic"], min_length=1,
+                                               description="graph_optimization_level candidates.")
+    batch_size: int = Field(1, gt=0, description="Rows of the synthetic timing input.")
+    sequence_length: int = Field(32, gt=0, description="Tokens per row of the synthetic timing input.")
+    warmup_num: int = Field(3, ge=0, description="Untimed runs before timing each candidate.")
+    repeat_test_num: int = Field(10, gt=0, description="Timed runs per candidate (the median is compared).")
+    seed: int = Field(0, description="Seed of the random token ids.")
+
+
+_ENTRY = "modelpress.passes.onnx_passes:"
+
+ONNX_SPECS: tuple[PassSpec, ...] = (
+    PassSpec("OnnxConversion", "export a Hugging Face model to ONNX (torch dynamo exporter)",
+             OnnxConversionParams, _ENTRY + "run_conversion", (HF,), ONNX, False),
+    PassSpec("OnnxBlockWiseRtnQuantization", "int4 weight-only round-to-nearest quantization (MatMulNBits)",
+             OnnxBlockWiseRtnQuantizationParams, _ENTRY + "run_rtn", (ONNX, ONNX_GENAI), SAME_KIND, False),
+    PassSpec("OnnxHqqQuantization", "int4 weight-only HQQ quantization (MatMulNBits)",
+             OnnxHqqQuantizationParams, _ENTRY + "run_hqq", (ONNX, ONNX_GENAI), SAME_KIND, False),
+    PassSpec("OnnxDynamicQuantization", "int8 dynamic quantization (onnxruntime quantize_dynamic)",
+             OnnxDynamicQuantizationParams, _ENTRY + "run_dynamic", (ONNX,), ONNX, False),
+    PassSpec("OnnxStaticQuantization", "int8 static quantization calibrated on a data config",
+             OnnxStaticQuantizationParams, _ENTRY + "run_static", (ONNX,), ONNX, True),
+    PassSpec("OrtTransformersOptimization", "fuse transformer subgraphs with onnxruntime's optimizer",
+             OrtTransformersOptimizationParams, _ENTRY + "run_transformers_optimization", (ONNX,), ONNX, False),
+    PassSpec("OnnxFloatToFloat16", "convert an ONNX model to float16", OnnxFloatToFloat16Params,
+             _ENTRY + "run_float16", (ONNX,), ONNX, False),
+    PassSpec("OrtSessionParamsTuning", "pick the fastest onnxruntime session options (ort_session.json)",
+             OrtSessionParamsTuningParams, _ENTRY + "run_session_tuning", (ONNX,), ONNX, False),
+)

@@ -1,0 +1,214 @@
+"""Search, evaluators and goals: pure ranking rules, then real searches through the CLI on the tiny Phi-3."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli, tone_workflow, write_config
+from modelpress.config.schema import EvaluatorConfig, Goal
+from modelpress.search import Objective, goal_bound, pareto
+
+
+@pytest.mark.parametrize("goal,baseline,higher,bound", [
+    (Goal(type="threshold", value=0.8), 0.5, True, 0.8),
+    (Goal(type="min-improvement", value=0.1), 0.5, True, 0.6),
+    (Goal(type="max-degradation", value=0.02), 0.9, True, 0.88),
+    (Goal(type="max-degradation", value=5), 20.0, False, 25.0),  # latency may rise by at most 5 ms
+    (Goal(type="percent-min-improvement", value=20), 10.0, False, 8.0),  # 20% faster
+    (Goal(type="percent-max-degradation", value=10), 0.8, True, 0.72),
+])
+def test_goals_resolve_against_the_baseline(goal, baseline, higher, bound):
+    assert goal_bound(goal, baseline, higher) == pytest.approx(bound)
+
+
+def _objective(goals: dict | None = None) -> Objective:
+    evaluator = EvaluatorConfig.model_validate({"metrics": [
+        {"name": "acc", "type": "accuracy", "sub_types": [
+            {"name": "accuracy_score", "priority": 1, **({"goal": goals["acc"]} if goals else {})}]},
+        {"name": "lat", "type": "latency", "sub_types": [{"name": "p50", "priority": 2}]}]})
+    return Objective.resolve(evaluator, {"acc-accuracy_score": 0.8, "lat-p50": 10.0})
+
+
+def test_ranking_violations_and_pareto_front():
+    objective = _objective({"acc": {"type": "max-degradation", "value": 0.05}})
+    assert objective.violations({"acc-accuracy_score": 0.76, "lat-p50": 3}) == {}
+    assert set(objective.violations({"acc-accuracy_score": 0.70, "lat-p50": 3})) == {"acc-accuracy_score"}
+    assert objective.violations({"acc-accuracy_score": float("nan")})["acc-accuracy_score"] == math.inf
+    # higher accuracy ranks first; at equal accuracy the faster one wins
+    assert objective.sort_key({"acc-accuracy_score": 0.9, "lat-p50": 9}) < objective.sort_key(
+        {"acc-accuracy_score": 0.8, "lat-p50": 1})
+    assert objective.sort_key({"acc-accuracy_score": 0.8, "lat-p50": 1}) < objective.sort_key(
+        {"acc-accuracy_score": 0.8, "lat-p50": 2})
+    cands = [{"id": i, "status": "ok", "metrics": {"acc-accuracy_score": a, "lat-p50": lat}}
+             for i, (a, lat) in enumerate([(0.9, 10), (0.8, 5), (0.8, 6), (0.7, 4), (0.6, 4.5)], 1)]
+    cands.append({"id": 9, "status": "failed", "metrics": {}})
+    assert pareto(cands, objective) == {1, 2, 4}
+
+
+EVALUATOR = {"metrics": [
+    {"name": "accuracy", "type": "accuracy", "sub_types": [
+        {"name": "accuracy_score", "priority": 1, "goal": {"type": "min-improvement", "value": 0.05}},
+        {"name": "f1_score"}]},
+    {"name": "latency", "type": "latency", "sub_types": [{"name": "p50", "priority": 2}]},
+    {"name": "size", "type": "size_on_disk", "sub_types": [{"name": "size_on_disk"}]},
+]}
+LORA = {"type": "LoRA", "r": 16, "alpha": 32, "target_modules": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        "train_data_config": "tone", "eval_dataset_size": 0.1,
+        "training_args": {"learning_rate": 2e-3, "per_device_train_batch_size": 16, "max_steps": 80, "seed": 0}}
+
+
+def _search_config(tmp_path: Path, tiny_model: Path, builder: dict, search: dict, evaluator: dict = EVALUATOR,
+                   cache: Path | None = None) -> Path:
+    raw = tone_workflow(tiny_model, {"lora": LORA, "merge": {"type": "MergeAdapterWeights"}, "builder": builder},
+                        evaluators={"tone": evaluator}, evaluator="tone", search_strategy=search,
+                        cache_dir=str(cache or tmp_path / "cache"), output_dir=str(tmp_path / "out"))
+    raw["evaluation"] = {"max_examples": 40}
+    return write_config(tmp_path / "search.json", raw)
+
+
+@pytest.fixture(scope="module")
+def search_cache(tmp_path_factory) -> Path:
+    """One pass cache shared by this module's searches (the fine-tuning runs once)."""
+    return tmp_path_factory.mktemp("search-cache")
+
+
+BUILDER_SPACE = {"type": "ModelBuilder", "precision": ["int4", "int8"], "block_size": [32, 64, 128]}
+
+
+@pytest.mark.e2e
+def test_search_measures_every_candidate_and_keeps_the_best(tmp_path, tiny_model, search_cache):
+    config = _search_config(tmp_path, tiny_model, BUILDER_SPACE, {"sampler": "sequential"}, cache=search_cache)
+    proc = run_cli("run", "--config", str(config), "--no-progress")
+    out = tmp_path / "out"
+    search = json.loads((out / "metrics.json").read_text())["search"]
+    assert search["space_size"] == 6 and search["evaluated"] == 6 and search["failed"] == 0
+    cands = search["candidates"]
+    assert [c["passes"][2]["params"]["precision"] for c in cands] == ["int4"] * 3 + ["int8"] * 3
+    for c in cands:
+        assert 0 <= c["metrics"]["accuracy-accuracy_score"] <= 1 and c["metrics"]["latency-p50"] > 0
+        assert c["metrics"]["size-size_on_disk"] > 0
+    int4 = [c["metrics"]["size-size_on_disk"] for c in cands[:3]]
+    int8 = [c["metrics"]["size-size_on_disk"] for c in cands[3:]]
+    assert max(int4) < min(int8)  # int4 weights are smaller: the candidates really differ
+    best = next(c for c in cands if c["best"])
+    assert best["goals_met"] and best["pareto"] and best["id"] == search["best"]
+    ranked = [c for c in cands if c["goals_met"]]
+    assert all(best["metrics"]["accuracy-accuracy_score"] >= c["metrics"]["accuracy-accuracy_score"] for c in ranked)
+    assert set(search["pareto"]) == {c["id"] for c in cands if c["pareto"]}
+    card = json.loads((out / "model" / "modelpress_model.json").read_text())
+    assert card["id"] == best["model_id"] and card["kind"] == "onnx-genai"
+    steps = json.loads((out / "run_history.json").read_text())["steps"]
+    lora_steps = [s for s in steps if s["pass"] == "lora"]
+    assert len(lora_steps) == 6 and sum(s["cache"] == "miss" for s in lora_steps) <= 1  # trained at most once
+    report = (out / "report.html").read_text()
+    assert report.count("<tr><td>#") == 6 and "id='candidates'" in report
+    assert f"Best: candidate #{best['id']}" in report and "BEST" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_unmeetable_goal_ends_with_a_clear_report_and_keeps_the_old_model(tmp_path, tiny_model, search_cache):
+    config = _search_config(tmp_path, tiny_model, BUILDER_SPACE, {"sampler": "sequential"}, cache=search_cache)
+    run_cli("run", "--config", str(config), "--no-progress")
+    before = (tmp_path / "out" / "model" / "modelpress_model.json").read_text()
+    impossible = json.loads(json.dumps(EVALUATOR))
+    impossible["metrics"][0]["sub_types"][0]["goal"] = {"type": "threshold", "value": 0.999}
+    config = _search_config(tmp_path, tiny_model, BUILDER_SPACE, {"sampler": "sequential"}, impossible,
+                            cache=search_cache)
+    proc = run_cli("run", "--config", str(config), "--no-progress", check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "NO CANDIDATE MEETS THE GOALS" in proc.stdout and "Traceback" not in proc.stderr
+    search = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
+    assert search["best"] is None and search["closest"] in {c["id"] for c in search["candidates"]}
+    assert all(not c["goals_met"] and "accuracy-accuracy_score" in c["violations"] for c in search["candidates"])
+    assert (tmp_path / "out" / "model" / "modelpress_model.json").read_text() == before
+    assert "No candidate meets the goals" in (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("search", [
+    {"sampler": "random", "max_samples": 3, "seed": 7},
+    {"sampler": "tpe", "max_samples": 4, "seed": 3},
+    {"sampler": "sequential", "execution_order": "pass-by-pass"},
+    {"search_algorithm": "exhaustive", "stop_when_goals_met": True},  # Olive 0.5's spelling
+])
+def test_samplers_and_orders(tmp_path, tiny_model, search_cache, search):
+    config = _search_config(tmp_path, tiny_model, BUILDER_SPACE, search, cache=search_cache)
+    run_cli("run", "--config", str(config), "--no-progress")
+    result = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
+    combos = [tuple(c["choice"]) for c in result["candidates"]]
+    assert len(set(combos)) == len(combos)  # no candidate is measured twice
+    if search.get("sampler") == "random":
+        assert len(combos) == 3
+        (tmp_path / "again").mkdir()
+        again = _search_config(tmp_path / "again", tiny_model, BUILDER_SPACE, search, cache=search_cache)
+        run_cli("run", "--config", str(again), "--no-progress")
+        second = json.loads((tmp_path / "again" / "out" / "metrics.json").read_text())["search"]
+        assert [tuple(c["choice"]) for c in second["candidates"]] == combos  # the seed fixes the sample
+    elif search.get("sampler") == "tpe":
+        assert len(combos) == 4
+    elif search.get("execution_order") == "pass-by-pass":
+        assert len(combos) == 6  # one step is searched: all of its choices
+    else:
+        assert len(combos) == 1 and result["candidates"][0]["goals_met"]  # stopped at the first that met them
+
+
+def _install_example_plugin(tmp_path: Path) -> Path:
+    src = tmp_path / "custom-pass"
+    shutil.copytree(ROOT / "examples" / "custom-pass", src)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(src)], check=True, capture_output=True)
+    return site
+
+
+@pytest.mark.e2e
+def test_plugin_pass_from_a_script_is_searched_and_a_failing_candidate_is_skipped(tmp_path, tiny_model, search_cache):
+    script = tmp_path / "modelpress_fake_quantize.py"
+    shutil.copy(ROOT / "examples" / "custom-pass" / "modelpress_fake_quantize.py", script)
+    fake = {"type": "FakeQuantize", "user_script": script.name, "bits": [8, 3], "group_size": [64, 48]}
+    raw = tone_workflow(tiny_model, {"lora": LORA, "merge": {"type": "MergeAdapterWeights"}, "fake": fake},
+                        evaluators={"tone": EVALUATOR}, evaluator="tone", search_strategy={"sampler": "sequential"},
+                        cache_dir=str(search_cache), output_dir=str(tmp_path / "out"))
+    raw["evaluation"] = {"max_examples": 40}
+    config = write_config(tmp_path / "plugin.json", raw)
+    run_cli("run", "--config", str(config), "--no-progress")
+    search = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
+    failed = [c for c in search["candidates"] if c["status"] == "failed"]
+    ok = [c for c in search["candidates"] if c["status"] == "ok"]
+    assert len(search["candidates"]) == 4 and len(failed) == 2 and len(ok) == 2
+    assert all("group_size 48 does not divide" in c["error"] for c in failed)
+    by_bits = {c["passes"][2]["params"]["bits"]: c["metrics"]["accuracy-accuracy_score"] for c in ok}
+    assert by_bits[8] >= by_bits[3]  # 3-bit rounding of every weight cannot help a trained model
+    steps = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
+    assert any(s["type"] == "FakeQuantize" and s["cache"] == "miss" for s in steps)
+    assert "FakeQuantize" in (tmp_path / "out" / "config.resolved.json").read_text()
+
+
+@pytest.mark.e2e
+def test_installed_plugin_package_is_found_through_its_entry_point(tmp_path, tiny_model):
+    site = _install_example_plugin(tmp_path)
+    raw = tone_workflow(tiny_model, {"fake": {"type": "FakeQuantize", "bits": 4}},
+                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"))
+    raw["evaluation"] = {"max_examples": 10}
+    config = write_config(tmp_path / "installed.json", raw)
+    env_cmd = [sys.executable, "-m", "modelpress"]
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run([*env_cmd, "passes"], capture_output=True, text=True, env=env)
+    assert "FakeQuantize" in proc.stdout
+    proc = subprocess.run([*env_cmd, "run", "--config", str(config), "--no-progress"], capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
+    assert history[0]["type"] == "FakeQuantize" and "rounded" in history[0]["notes"][0]
+    # without the package, the same config is a clear validation error
+    proc = run_cli("validate", str(config), check=False)
+    assert proc.returncode == 2 and "unknown pass type 'FakeQuantize'" in proc.stderr
