@@ -16,6 +16,11 @@ Rows:
   what a modelpress user gets by default; not the same settings as Olive, shown apart.
 Wall times are for whole commands, including Python start-up; peak RSS is the largest sum
 of resident memory over the command's process tree, sampled every 50 ms.
+
+Then each pass's time and peak memory (modelpress's run history; Olive logs times only), and a
+search: `examples/phi3-tone/search.json` (LoRA, merge, then 6 ModelBuilder candidates, each
+measured on the held-out rows) cold and fully cached. Olive's ModelBuilder declares no search
+space, so the search has no Olive row.
 """
 
 from __future__ import annotations
@@ -84,8 +89,16 @@ def lora_seconds_modelpress(config: Path) -> float:
 
 
 def lora_seconds_olive(log: str) -> float:
-    found = re.search(r"Pass lora:lora finished in ([\d.]+) seconds", log)
-    return float(found.group(1)) if found else float("nan")
+    return pass_seconds_olive(log).get("lora", float("nan"))
+
+
+def pass_seconds_olive(log: str) -> dict[str, float]:
+    return {name: float(sec) for name, sec in re.findall(r"Pass (\w+):\w+ finished in ([\d.]+) seconds", log)}
+
+
+def pass_rows_modelpress(config: Path) -> list[dict]:
+    out = json.loads(config.read_text())["output_dir"]
+    return json.loads((Path(out) / "run_history.json").read_text())["steps"]
 
 
 def help_time(cmd: list[str], cwd: Path, repeats: int = 3) -> float:
@@ -96,15 +109,49 @@ def run_modelpress(model: Path, work: Path, tag: str, steps: int, **kw) -> dict:
     config = workflow(model, work, tag, steps, **kw)
     cold = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work)
     lora_s = lora_seconds_modelpress(config)  # read before the re-run overwrites the history
+    steps = pass_rows_modelpress(config)
     warm = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work)
-    return {"cold": cold, "warm": warm, "lora_s": lora_s}
+    return {"cold": cold, "warm": warm, "lora_s": lora_s, "steps": steps}
 
 
 def run_olive(olive_bin: Path, model: Path, work: Path, steps: int) -> dict:
     config = workflow(model, work, "olive", steps)
     cold = measure([str(olive_bin), "run", "--config", str(config)], work)
     warm = measure([str(olive_bin), "run", "--config", str(config)], work)
-    return {"cold": cold, "warm": warm, "lora_s": lora_seconds_olive(cold["log"])}
+    steps = [{"pass": name, "seconds": sec, "peak_rss_mb": None} for name, sec in pass_seconds_olive(cold["log"]).items()]
+    return {"cold": cold, "warm": warm, "lora_s": lora_seconds_olive(cold["log"]), "steps": steps}
+
+
+def run_search(model: Path, work: Path, steps: int) -> dict:
+    """The phi3-tone search example on the benchmark's tiny model, cold then fully cached."""
+    config = json.loads((EXAMPLE / "search.json").read_text())
+    config["input_model"]["model_path"] = str(model)
+    config["data_configs"][0]["load_dataset_config"]["data_files"] = [str(EXAMPLE / "data" / "dataset-classification.json")]
+    config["passes"]["lora"]["training_args"]["max_steps"] = steps
+    config["cache_dir"], config["output_dir"] = str(work / "search" / "cache"), str(work / "search" / "out")
+    (work / "search").mkdir()
+    path = work / "search" / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    cmd = [*MODELPRESS, "run", "--config", str(path), "--no-progress"]
+    cold = measure(cmd, work)
+    result = json.loads((work / "search" / "out" / "metrics.json").read_text())["search"]
+    history = pass_rows_modelpress(path)
+    warm = measure(cmd, work)
+    return {"cold": cold, "warm": warm, "search": result, "steps": history}
+
+
+def step_table(rows: list[tuple[str, dict]]) -> str:
+    """Each pass's time and peak RSS for each run (cold)."""
+    lines = [["run", "pass", "seconds", "peak RSS MiB"]]
+    for name, r in rows:
+        for step in r["steps"]:
+            if step.get("cache", "miss") == "miss" and not step["pass"].startswith("evaluate"):
+                peak = step.get("peak_rss_mb")
+                lines.append([name, step["pass"], f"{step['seconds']:.1f}", "-" if peak is None else f"{peak:.0f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
 
 
 def table(rows: list[tuple[str, dict]], tokens: int) -> str:
@@ -123,6 +170,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--olive-venv", default=os.environ.get("OLIVE_VENV", "/tmp/olive-peer/venv"))
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--search-steps", type=int, default=300, help="LoRA steps in the search benchmark")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     olive_bin = Path(args.olive_venv) / "bin" / "olive"
@@ -143,6 +191,16 @@ def main() -> int:
     print(f"workflow: LoRA {args.steps} steps x {BATCH * ACCUM} x {SEQ_LEN} tokens ({tokens} tokens) -> merge -> "
           f"int4 ModelBuilder, tiny Phi-3, {os.cpu_count()} CPU cores\n")
     print(table(rows, tokens))
+    print("\nper pass (cold runs; Olive logs no per-pass memory):\n" + step_table(rows))
+    search = run_search(model, work, args.search_steps)
+    found = search["search"]
+    evals = [s for s in search["steps"] if s["pass"].startswith("evaluate") and s["cache"] == "miss"]
+    print(f"\nsearch (examples/phi3-tone/search.json, LoRA {args.search_steps} steps): {found['evaluated']} candidates, "
+          f"{found['failed']} failed, best #{found['best']}\n"
+          f"  wall {search['cold']['wall_s']:.1f} s cold (search loop {found['seconds']:.1f} s; "
+          f"{len(evals)} evaluations took {sum(s['seconds'] for s in evals):.1f} s), "
+          f"{search['warm']['wall_s']:.1f} s fully cached; peak RSS {search['cold']['peak_mb']:.0f} MiB")
+    print(step_table([("search", search)]))
     helps = {"modelpress --help": help_time([*MODELPRESS, "--help"], work)}
     if olive_bin.exists():
         helps["olive --help"] = help_time([str(olive_bin), "--help"], work)
@@ -155,9 +213,11 @@ def main() -> int:
                   f"peak memory {r['cold']['peak_mb'] / olive['cold']['peak_mb']:.2f} of Olive's, "
                   f"cached re-run {olive['warm']['wall_s'] / r['warm']['wall_s']:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {name: {k: (v if k == "lora_s" else {x: y for x, y in v.items() if x != "log"}) for k, v in r.items()}
-             for name, r in rows} | {"help_s": helps}, indent=2))
+        def clean(r: dict) -> dict:
+            return {k: ({x: y for x, y in v.items() if x != "log"} if k in ("cold", "warm") else v) for k, v in r.items()}
+
+        Path(args.json).write_text(json.dumps({name: clean(r) for name, r in rows}
+                                              | {"search": clean(search), "help_s": helps}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

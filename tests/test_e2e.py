@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import example_workspace, run_cli
+from conftest import ROOT, example_workspace, run_cli, write_config
 
 pytestmark = pytest.mark.e2e
 LABELS = {"joy", "fear", "sadness", "surprise"}
@@ -99,6 +99,32 @@ def test_finetune_and_export_shortcuts_only_build_a_config(tmp_path, tiny_model)
     assert [p["type"] for p in config["passes"].values()] == ["LoRA", "MergeAdapterWeights"]
     proc = run_cli("export", "--model", str(tiny_model), "--precision", "int8", "--dry-run")
     assert json.loads(proc.stdout)["passes"]["builder"]["precision"] == "int8"
+
+
+MINILM_DATA = ["--data", str(ROOT / "examples" / "minilm-tone" / "data" / "other-style.jsonl"),
+               "--template", "{phrase}", "--label-col", "tone"]
+
+
+@pytest.mark.parametrize("args,types,searched", [
+    (["quantize"], ["ModelBuilder"], False),
+    (["quantize", "--task", "text-classification", "--precision", "int8"], ["OnnxConversion", "OnnxDynamicQuantization"],
+     False),
+    (["quantize", "--task", "text-classification", "--method", "static", *MINILM_DATA],
+     ["OnnxConversion", "OnnxStaticQuantization"], False),
+    (["optimize", "--task", "text-classification", "--precision", "int8"],
+     ["OnnxConversion", "OrtTransformersOptimization", "OnnxDynamicQuantization", "OrtSessionParamsTuning"], False),
+    (["optimize", "--task", "text-classification", "--search", *MINILM_DATA],
+     ["OnnxConversion", "OrtTransformersOptimization", "OnnxDynamicQuantization", "OrtSessionParamsTuning"], True),
+    (["optimize", "--device", "gpu", "--precision", "fp16"], ["ModelBuilder"], False),
+])
+def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model, args, types, searched):
+    proc = run_cli(*args, "--model", str(tiny_model), "--dry-run", cwd=tmp_path)
+    config = json.loads(proc.stdout)
+    steps = [(v[0] if isinstance(v, list) else v)["type"] for v in config["passes"].values()]
+    assert steps == types and ("search_strategy" in config) == searched
+    (tmp_path / "elsewhere").mkdir()
+    saved = write_config(tmp_path / "elsewhere" / "built.json", config)  # paths in it are absolute
+    assert "valid" in run_cli("validate", str(saved)).stdout
 
 
 def test_export_shortcut_builds_an_int8_genai_folder(tmp_path, tiny_model):

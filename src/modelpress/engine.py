@@ -130,7 +130,8 @@ class Session:
                     ref, record = _run_pass(config, p, key, ref, plan, self.ep, cache, self.show_progress)
                     history.append(record)
                     return ref
-        log.info("pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
+        (log.debug if self.config.search.enabled else log.info)(
+            "pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
         history.append(_record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
         return cached
 

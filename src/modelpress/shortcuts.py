@@ -1,4 +1,4 @@
-"""`finetune` and `export`: commands that only build a workflow config, then run it.
+"""`finetune`, `export`, `quantize` and `optimize`: commands that only build a workflow config, then run it.
 
 `--dry-run` prints the config instead, so a user can save it and graduate to a file.
 """
@@ -35,6 +35,34 @@ def add_shortcuts(sub) -> None:
     _common(p)
     p.set_defaults(handler=cmd_export)
 
+    p = sub.add_parser("quantize", help="quantize a Hugging Face folder to int4 or int8 ONNX (builds a config)")
+    _target_args(p)
+    p.add_argument("--precision", choices=("int4", "int8"), default=None,
+                   help="default: int8 for --method dynamic/static, else int4")
+    p.add_argument("--method", choices=("auto", "rtn", "hqq", "dynamic", "static"), default="auto",
+                   help="auto: the genai builder for text-generation; RTN (int4) or dynamic (int8) for classifiers")
+    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32)
+    _common(p)
+    p.set_defaults(handler=cmd_quantize)
+
+    p = sub.add_parser("optimize", help="choose the passes for a target device and precision (builds a config)")
+    _target_args(p)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--precision", choices=("int4", "int8", "fp16", "fp32"), default="int4")
+    p.add_argument("--search", action="store_true",
+                   help="search int4 and int8 variants under --max-accuracy-drop (needs --data)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.02, help="goal for --search (accuracy points)")
+    _common(p)
+    p.set_defaults(handler=cmd_optimize)
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p.add_argument("--task", choices=("text-generation", "text-classification"), default="text-generation")
+    p.add_argument("--data", nargs="+", help="data files to evaluate on (and to calibrate static quantization)")
+    p.add_argument("--template", help="text template over the data's columns")
+    p.add_argument("--label-col", help="text-classification: the label column")
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="modelpress-output")
@@ -47,7 +75,7 @@ def finetune_config(args) -> dict:
     from modelpress.data import format_of  # imported here: `modelpress --help` must stay light
 
     data = {"name": "train", "type": "HuggingfaceContainer",
-            "load_dataset_config": {"data_name": format_of(args.data[0]) or "json", "data_files": args.data,
+            "load_dataset_config": {"data_name": format_of(args.data[0]) or "json", "data_files": _abs(args.data),
                                     "split": "train"},
             "pre_process_data_config": {"text_template": args.template, "strategy": args.strategy,
                                         "max_seq_len": args.max_seq_len, "pad_to_max_len": False,
@@ -68,10 +96,100 @@ def export_config(args) -> dict:
     return config
 
 
-def _workflow(args, passes: dict, data: list) -> dict:
-    return {"input_model": {"type": "HfModel", "model_path": args.model, "task": "text-generation"},
+def _eval_data(args) -> list:
+    """The --data files as a data config named 'data' (for evaluation and calibration)."""
+    if not args.data:
+        return []
+    from modelpress.data import format_of
+
+    pre = {"text_template": args.template, "max_seq_len": 256}
+    if args.label_col:
+        pre["label_col"] = args.label_col
+    return [{"name": "data", "type": "HuggingfaceContainer",
+             "load_dataset_config": {"data_name": format_of(args.data[0]) or "json", "data_files": _abs(args.data)},
+             "pre_process_data_config": {k: v for k, v in pre.items() if v is not None}}]
+
+
+def _quantizer(precision: str, method: str, block_size: int, has_data: bool) -> dict:
+    if method == "auto":
+        method = "rtn" if precision == "int4" else "dynamic"
+    if precision == "int4" and method not in ("rtn", "hqq"):
+        raise SystemExit(f"error: --method {method} gives int8; for int4 use rtn or hqq")
+    if precision == "int8" and method not in ("dynamic", "static"):
+        raise SystemExit(f"error: --method {method} gives int4; for int8 use dynamic or static")
+    if method == "static" and not has_data:
+        raise SystemExit("error: --method static calibrates on data: pass --data (and --template)")
+    return {"rtn": {"type": "OnnxBlockWiseRtnQuantization", "block_size": block_size},
+            "hqq": {"type": "OnnxHqqQuantization", "block_size": block_size},
+            "dynamic": {"type": "OnnxDynamicQuantization", "per_channel": True},
+            "static": {"type": "OnnxStaticQuantization", "data_config": "data"}}[method]
+
+
+def quantize_config(args) -> dict:
+    data = _eval_data(args)
+    if args.precision is None:
+        args.precision = "int8" if args.method in ("dynamic", "static") else "int4"
+    if args.task == "text-generation" and args.method in ("auto",):
+        passes = {"builder": {"type": "ModelBuilder", "precision": args.precision, "block_size": args.block_size}}
+    else:
+        passes = {"conversion": {"type": "OnnxConversion"},
+                  "quantize": _quantizer(args.precision, args.method, args.block_size, bool(data))}
+    return _with_evaluation(_workflow(args, passes, data, args.task), data)
+
+
+def optimize_config(args) -> dict:
+    """The passes modelpress recommends for a device and precision; with --search, int4 and int8 are both tried."""
+    data = _eval_data(args)
+    ep = "cuda" if args.device == "gpu" else "cpu"
+    if args.search and not data:
+        raise SystemExit("error: --search compares accuracy: pass --data (and --template or --label-col)")
+    if args.task == "text-generation":
+        precisions = ["int4", "int8"] if args.search else [args.precision]
+        if ep == "cpu" and "fp16" in precisions:
+            raise SystemExit("error: the CPU builds fp32, int8 or int4; use --device gpu for fp16")
+        passes = {"builder": {"type": "ModelBuilder", "precision": precisions if args.search else precisions[0],
+                              "execution_provider": ep}}
+    else:
+        passes = {"conversion": {"type": "OnnxConversion"}, "fusion": {"type": "OrtTransformersOptimization"}}
+        if args.search:
+            passes["quantize"] = [_quantizer("int8", "dynamic", 32, True),
+                                  {**_quantizer("int4", "rtn", 32, True), "block_size": [32, 128]}]
+        elif args.precision in ("int4", "int8"):
+            passes["quantize"] = _quantizer(args.precision, "auto", 32, bool(data))
+        elif args.precision == "fp16":
+            passes["fp16"] = {"type": "OnnxFloatToFloat16"}
+        if ep == "cpu":
+            passes["session"] = {"type": "OrtSessionParamsTuning"}
+    config = _with_evaluation(_workflow(args, passes, data, args.task), data)
+    config["execution_providers"] = ["CUDAExecutionProvider" if ep == "cuda" else "CPUExecutionProvider"]
+    if args.search:
+        baseline = "fusion" if args.task == "text-classification" else "input_model"
+        config["search_strategy"] = {"sampler": "sequential"}
+        config["evaluators"] = {"goals": {"baseline": baseline, "metrics": [
+            {"name": "accuracy", "type": "accuracy", "sub_types": [
+                {"name": "accuracy_score", "priority": 1,
+                 "goal": {"type": "max-degradation", "value": args.max_accuracy_drop}}]},
+            {"name": "latency", "type": "latency", "sub_types": [{"name": "p50", "priority": 2}]},
+            {"name": "size", "type": "size_on_disk", "sub_types": [{"name": "size_on_disk"}]}]}}
+    return config
+
+
+def _with_evaluation(config: dict, data: list) -> dict:
+    config["evaluation"] = {"data_config": "data"} if data else {"enabled": False}
+    return config
+
+
+def _workflow(args, passes: dict, data: list, task: str = "text-generation") -> dict:
+    return {"input_model": {"type": "HfModel", "model_path": _abs(args.model), "task": task},
             "data_configs": data, "passes": passes, "evaluation": {},
-            "output_dir": args.output_dir, "cache_dir": args.cache_dir}
+            "output_dir": _abs(args.output_dir), "cache_dir": _abs(args.cache_dir)}
+
+
+def _abs(paths):
+    """Absolute paths, so a printed (--dry-run) config runs from any folder."""
+    if isinstance(paths, list):
+        return [str(Path(p).resolve()) for p in paths]
+    return str(Path(paths).resolve())
 
 
 def _run(args, config: dict) -> int:
@@ -90,3 +208,11 @@ def cmd_finetune(args) -> int:
 
 def cmd_export(args) -> int:
     return _run(args, export_config(args))
+
+
+def cmd_quantize(args) -> int:
+    return _run(args, quantize_config(args))
+
+
+def cmd_optimize(args) -> int:
+    return _run(args, optimize_config(args))
