@@ -161,3 +161,26 @@ def test_config_reference_doc_matches_the_code():
 
     committed = (EXAMPLE.parents[1] / "docs" / "config-reference.md").read_text()
     assert committed == reference(), "run: python -m modelpress.reference > docs/config-reference.md"
+
+
+def test_search_space_from_lists_declared_values_and_alternatives(workspace):
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["search_strategy"] = {"search_algorithm": "random", "search_algorithm_config": {"num_samples": 3, "seed": 5}}
+    lora = raw["passes"]["lora"]
+    lora["r"] = [4, 8]  # a list where one value is expected: searched
+    lora["target_modules"] = [["qkv_proj"], ["qkv_proj", "o_proj"]]  # a list of lists for a list param: searched
+    lora["lora_dropout"] = "SEARCHABLE_VALUES"  # LoRA declares no search values for it: an error below
+    problems = _problems(copy.deepcopy(raw), workspace)
+    assert any("passes.lora.lora_dropout" in p and "declares no search values" in p for p in problems)
+    del lora["lora_dropout"]
+    raw["passes"]["builder"] = [{"type": "ModelBuilder", "precision": "SEARCHABLE_VALUES"},
+                                {"type": "ModelBuilder", "precision": "fp32"}]
+    config = normalize(raw, base_dir=workspace)
+    assert config.search.enabled and config.search.sampler == "random" and config.search.max_samples == 3
+    lora_cfg, _, builder = config.passes
+    assert lora_cfg.search_space == {"r": [4, 8], "target_modules": [["qkv_proj"], ["qkv_proj", "o_proj"]]}
+    assert builder.search_space == {"precision": ["int4", "int8"]}  # the values ModelBuilder declares
+    assert len(lora_cfg.choices()) == 4 and len(builder.choices()) == 3
+    assert [c.params.precision for c in builder.choices()] == ["int4", "int8", "fp32"]
+    lora["target_modules"] = ["qkv_proj", "o_proj"]  # a plain list for a list param: one value, not a search
+    assert normalize(raw, base_dir=workspace).passes[0].search_space == {"r": [4, 8]}

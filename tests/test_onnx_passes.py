@@ -137,7 +137,7 @@ def test_every_onnx_pass_is_in_the_catalog():
                  "OnnxStaticQuantization", "OrtTransformersOptimization", "OnnxFloatToFloat16",
                  "OrtSessionParamsTuning"):
         spec = CATALOG[name]
-        assert spec.produces == ONNX and spec.needs_data == (name == "OnnxStaticQuantization")
+        assert spec.output_kind(ONNX) == ONNX and spec.needs_data == (name == "OnnxStaticQuantization")
         assert callable(spec.runner())
     assert CATALOG["OnnxBlockWiseRtnQuantization"].search_space()["block_size"] == [32, 128]
 

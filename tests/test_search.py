@@ -173,8 +173,16 @@ def test_plugin_pass_from_a_script_is_searched_and_a_failing_candidate_is_skippe
     script = tmp_path / "modelpress_fake_quantize.py"
     shutil.copy(ROOT / "examples" / "custom-pass" / "modelpress_fake_quantize.py", script)
     fake = {"type": "FakeQuantize", "user_script": script.name, "bits": [8, 3], "group_size": [64, 48]}
+    (tmp_path / "metric.py").write_text(
+        "from pathlib import Path\n\n"
+        "def weight_files(model_dir, model_kind, examples, suffix):\n"
+        "    return {'files': len(list(Path(model_dir).glob('*' + suffix))), 'rows': len(examples)}\n")
+    custom = {"name": "custom", "type": "custom", "user_config": {
+        "user_script": "metric.py", "evaluate_func": "weight_files", "evaluate_func_kwargs": {"suffix": ".safetensors"}},
+        "sub_types": [{"name": "files", "higher_is_better": False}, {"name": "rows", "higher_is_better": True}]}
+    evaluator = {"metrics": [*EVALUATOR["metrics"], custom]}
     raw = tone_workflow(tiny_model, {"lora": LORA, "merge": {"type": "MergeAdapterWeights"}, "fake": fake},
-                        evaluators={"tone": EVALUATOR}, evaluator="tone", search_strategy={"sampler": "sequential"},
+                        evaluators={"tone": evaluator}, evaluator="tone", search_strategy={"sampler": "sequential"},
                         cache_dir=str(search_cache), output_dir=str(tmp_path / "out"))
     raw["evaluation"] = {"max_examples": 40}
     config = write_config(tmp_path / "plugin.json", raw)
@@ -185,6 +193,8 @@ def test_plugin_pass_from_a_script_is_searched_and_a_failing_candidate_is_skippe
     assert len(search["candidates"]) == 4 and len(failed) == 2 and len(ok) == 2
     assert all("group_size 48 does not divide" in c["error"] for c in failed)
     by_bits = {c["passes"][2]["params"]["bits"]: c["metrics"]["accuracy-accuracy_score"] for c in ok}
+    # the custom metric ran on each candidate's folder and the eval rows, because the config named it
+    assert all(c["metrics"]["custom-files"] == 1 and c["metrics"]["custom-rows"] == 40 for c in ok)
     assert by_bits[8] >= by_bits[3]  # 3-bit rounding of every weight cannot help a trained model
     steps = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
     assert any(s["type"] == "FakeQuantize" and s["cache"] == "miss" for s in steps)

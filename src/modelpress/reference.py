@@ -11,7 +11,18 @@ import sys
 
 from pydantic import AliasChoices, BaseModel
 
-from modelpress.config.schema import DataConfig, EngineConfig, EvaluationConfig, InputModelConfig
+from modelpress.config.schema import (
+    CustomMetricConfig,
+    DataConfig,
+    EngineConfig,
+    EvaluationConfig,
+    EvaluatorConfig,
+    Goal,
+    InputModelConfig,
+    Metric,
+    SearchConfig,
+    SubMetric,
+)
 from modelpress.passes.catalog import CATALOG, TrainingArgs
 
 SECTIONS = [
@@ -21,6 +32,19 @@ SECTIONS = [
     ("evaluation (modelpress)", EvaluationConfig, ""),
     ("engine keys (top level or in `engine`)", EngineConfig,
      "`execution_providers` and `log_severity_level` (0-4) map onto `execution_provider` and `log_level`."),
+    ("search_strategy (top level or in `engine`)", SearchConfig,
+     "`false` turns search off, `true` takes these defaults. Olive 0.5's `search_algorithm` (exhaustive, random, "
+     "tpe) and `search_algorithm_config.num_samples` map onto `sampler` and `max_samples`. A pass parameter is "
+     "searched when the config gives a list of values for it, or `\"SEARCHABLE_VALUES\"` (the pass's declared "
+     "values, listed under each pass below); a list of whole configs for one pass makes them alternatives."),
+    ("evaluators.NAME (chosen by `evaluator`)", EvaluatorConfig, ""),
+    ("evaluators.NAME.metrics[]", Metric, ""),
+    ("metrics[].sub_types[]", SubMetric,
+     "Built-in sub-metrics: accuracy (accuracy_score, f1_score, precision, recall; macro over classes), perplexity "
+     "(perplexity, loss), latency (avg, p50, p90, p95, p99, min, max; ms per example), throughput (avg; examples "
+     "per second), size_on_disk (size_on_disk; MiB)."),
+    ("sub_types[].goal", Goal, "Relative goals compare with the evaluator's `baseline` model."),
+    ("metrics[].user_config (custom metrics)", CustomMetricConfig, ""),
 ]
 
 
@@ -54,8 +78,12 @@ def reference() -> str:
     out += ["## passes", "", "Each pass is `{\"type\": NAME, ...params}` (or params nested under `config`).", ""]
     for spec in CATALOG.values():
         extra = f" Needs `pip install 'modelpress[{spec.optional_package[1]}]'`." if spec.optional_package else ""
-        out += [f"### {spec.name}", "", f"{spec.params.__doc__.strip()} Accepts {', '.join(spec.accepts)}; "
-                f"produces {spec.produces}.{extra}", ""] + _fields(spec.params) + [""]
+        search = spec.search_space()
+        searchable = "; ".join(f"`{k}`: {v}" for k, v in search.items())
+        extra += f" Searched with SEARCHABLE_VALUES: {searchable}." if search else ""
+        produces = "the same kind" if spec.produces == "same" else spec.produces
+        out += [f"### {spec.name}", "", f"{(spec.params.__doc__ or spec.summary).strip()} Accepts "
+                f"{', '.join(spec.accepts)}; produces {produces}.{extra}", ""] + _fields(spec.params) + [""]
     out += ["### training_args (LoRA, QLoRA)", ""] + _fields(TrainingArgs) + [""]
     return "\n".join(out)
 

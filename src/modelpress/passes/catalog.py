@@ -89,7 +89,8 @@ TorchDtype = Literal["float32", "bfloat16", "float16"]
 class LoRAParams(Strict):
     """LoRA fine-tuning (peft) on a Hugging Face causal LM."""
 
-    r: int = Field(16, gt=0, validation_alias=AliasChoices("r", "lora_r"), description="LoRA rank.")
+    r: int = searchable(8, 16, 32, default=16, gt=0, validation_alias=AliasChoices("r", "lora_r"),
+                        description="LoRA rank.")
     alpha: float = Field(
         32, gt=0, validation_alias=AliasChoices("alpha", "lora_alpha"), description="LoRA scaling alpha."
     )
@@ -146,11 +147,11 @@ class MergeAdapterWeightsParams(Strict):
 class ModelBuilderParams(Strict):
     """Convert a Hugging Face folder into an onnxruntime-genai folder with the genai model builder."""
 
-    precision: Literal["int4", "int8", "fp16", "bf16", "fp32"] = Field(
-        "fp32", description="Weight precision of the ONNX model."
+    precision: Literal["int4", "int8", "fp16", "bf16", "fp32"] = searchable(
+        "int4", "int8", default="fp32", description="Weight precision of the ONNX model."
     )
-    block_size: Literal[16, 32, 64, 128, 256] = Field(
-        32,
+    block_size: Literal[16, 32, 64, 128, 256] = searchable(
+        32, 128, default=32,
         validation_alias=AliasChoices("block_size", "int4_block_size"),
         description="Quantization block size (int4/int8).",
     )
