@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli, tone_workflow, write_config
+from test_report_browser import CHROMIUM, FLAGS, PARETO_BLUE
 from modelpress.config.schema import EvaluatorConfig, Goal
 from modelpress.search import Objective, goal_bound, pareto
 
@@ -82,11 +83,17 @@ def search_cache(tmp_path_factory) -> Path:
 BUILDER_SPACE = {"type": "ModelBuilder", "precision": ["int4", "int8"], "block_size": [32, 64, 128]}
 
 
+@pytest.fixture(scope="module")
+def six_candidates(tmp_path_factory, tiny_model, search_cache):
+    """The 6-candidate builder search, run once through the CLI: (output folder, CLI result)."""
+    work = tmp_path_factory.mktemp("six")
+    config = _search_config(work, tiny_model, BUILDER_SPACE, {"sampler": "sequential"}, cache=search_cache)
+    return work / "out", run_cli("run", "--config", str(config), "--no-progress")
+
+
 @pytest.mark.e2e
-def test_search_measures_every_candidate_and_keeps_the_best(tmp_path, tiny_model, search_cache):
-    config = _search_config(tmp_path, tiny_model, BUILDER_SPACE, {"sampler": "sequential"}, cache=search_cache)
-    proc = run_cli("run", "--config", str(config), "--no-progress")
-    out = tmp_path / "out"
+def test_search_measures_every_candidate_and_keeps_the_best(six_candidates):
+    out, proc = six_candidates
     search = json.loads((out / "metrics.json").read_text())["search"]
     assert search["space_size"] == 6 and search["evaluated"] == 6 and search["failed"] == 0
     cands = search["candidates"]
@@ -110,6 +117,26 @@ def test_search_measures_every_candidate_and_keeps_the_best(tmp_path, tiny_model
     report = (out / "report.html").read_text()
     assert report.count("<tr><td>#") == 6 and "id='candidates'" in report
     assert f"Best: candidate #{best['id']}" in report and "BEST" in proc.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_headless_chromium_renders_the_search_report(six_candidates, tmp_path):
+    from PIL import Image
+
+    out, _ = six_candidates
+    search = json.loads((out / "metrics.json").read_text())["search"]
+    page = (out / "report.html").as_uri()
+    common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr><td>#") == 6 and f"Best: candidate #{search['best']}" in dom
+    for c in search["candidates"]:
+        assert f"point-#{c['id']}" in dom and format(c["metrics"]["accuracy-accuracy_score"], ".4g") in dom
+    shot = tmp_path / "search.png"
+    subprocess.run([*common, "--window-size=1100,1800", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120, check=True)
+    filled = sum(1 for px in Image.open(shot).convert("RGB").getdata() if px == PARETO_BLUE)
+    assert filled > 200  # the Pareto candidates' markers are drawn filled
 
 
 @pytest.mark.e2e
@@ -222,3 +249,38 @@ def test_installed_plugin_package_is_found_through_its_entry_point(tmp_path, tin
     # without the package, the same config is a clear validation error
     proc = run_cli("validate", str(config), check=False)
     assert proc.returncode == 2 and "unknown pass type 'FakeQuantize'" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_dora_loha_lokr_as_alternatives_train_and_merge_exactly(tmp_path, tiny_model):
+    import torch
+    from peft import PeftModel
+
+    from modelpress.models import load_causal_lm
+
+    short = {"train_data_config": "tone", "eval_dataset_size": 0.1, "r": 4, "target_modules": ["qkv_proj", "o_proj"],
+             "training_args": {"learning_rate": 5e-3, "per_device_train_batch_size": 8, "max_steps": 6}}
+    passes = {"ft": [{"type": kind, **short} for kind in ("DoRA", "LoHa", "LoKr")], "merge": {"type": "MergeAdapterWeights"}}
+    raw = tone_workflow(tiny_model, passes, search_strategy={"sampler": "sequential"},
+                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"))
+    raw["evaluation"] = {"max_examples": 8, "evaluate_input_model": False}
+    run_cli("run", "--config", str(write_config(tmp_path / "adapters.json", raw)), "--no-progress")
+    search = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
+    assert [c["passes"][0]["type"] for c in search["candidates"]] == ["DoRA", "LoHa", "LoKr"]
+    assert all(c["status"] == "ok" for c in search["candidates"])
+    steps = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
+    entries = tmp_path / "cache" / "passes"
+    ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
+    for kind, peft_key in (("DoRA", "use_dora"), ("LoHa", "hada_w1"), ("LoKr", "lokr_w1")):
+        adapter = entries / next(s["output_id"] for s in steps if s["type"] == kind) / "model" / "adapter"
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        assert config.get(peft_key) is True or peft_key in (adapter / "adapter_model.safetensors").read_bytes().decode(
+            "latin-1")
+        position = next(i for i, s in enumerate(steps) if s["type"] == kind)
+        merged = entries / steps[position + 1]["output_id"] / "model"
+        with torch.no_grad():
+            expected = PeftModel.from_pretrained(load_causal_lm(tiny_model), str(adapter)).eval()(input_ids=ids).logits
+            got = load_causal_lm(merged).eval()(input_ids=ids).logits
+            base = load_causal_lm(tiny_model).eval()(input_ids=ids).logits
+        assert torch.allclose(got, expected, atol=1e-4), kind
+        assert not torch.allclose(base, expected, atol=1e-4), kind  # training changed the model

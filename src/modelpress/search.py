@@ -193,6 +193,7 @@ class Search:
         self.candidates: list[dict] = []
         self.by_combo: dict[tuple, dict] = {}
         self.refs: dict[int, ModelRef] = {}  # candidate id -> its model
+        self.combos: dict[int, tuple[int, ...]] = {}  # candidate id -> each step's choice index
         self.started = time.perf_counter()
         self.draws = 0
         evaluator = self.config.evaluator
@@ -260,6 +261,7 @@ class Search:
         record["seconds"] = round(time.perf_counter() - started, 3)
         self.candidates.append(record)
         self.by_combo[combo] = record
+        self.combos[record["id"]] = combo
         return record
 
     # --- samplers ---------------------------------------------------------------------------------
@@ -337,7 +339,7 @@ class Search:
             tried = [c for c in self.candidates[before:] if c["status"] == "ok"]
             best = self._best(tried) or self._closest(tried)
             if best is not None:
-                fixed[slot] = next(j for combo, rec in self.by_combo.items() if rec is best for j in [combo[slot]])
+                fixed[slot] = self.combos[best["id"]][slot]
             if not self.budget_left():
                 return
 
