@@ -6,7 +6,7 @@ STAMP := $(VENV)/.modelpress-installed
 EXAMPLE := examples/phi3-tone
 TINY := $(EXAMPLE)/models/tiny-phi3
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo search minilm test bench clean
 
 # torch is installed first and pinned to the CPU wheel on disk; a bare `pip install torch`
 # (or a dependency asking for it) would pull a multi-GB CUDA build.
@@ -25,6 +25,14 @@ demo: setup $(TINY)/config.json
 	$(BIN)/modelpress run --config $(EXAMPLE)/demo.json
 	$(BIN)/modelpress generate $(EXAMPLE)/runs/demo/model --prompt "I can't believe we won the lottery!"
 
+# The search examples: six int4/int8 builder candidates on the demo (reuses its adapter), and
+# the MiniLM classifier with six ONNX quantizers under a 2-point accuracy goal.
+search: demo
+	$(BIN)/modelpress run --config $(EXAMPLE)/search.json
+
+minilm: setup
+	cd examples/minilm-tone && ../../$(BIN)/modelpress run --config workflow.json
+
 test: setup
 	$(BIN)/python -m pytest -q
 
@@ -33,4 +41,4 @@ bench: setup
 	$(BIN)/python benchmarks/checkpointing.py
 
 clean:
-	rm -rf $(EXAMPLE)/runs $(EXAMPLE)/models examples/model-cache
+	rm -rf $(EXAMPLE)/runs $(EXAMPLE)/models examples/minilm-tone/runs examples/model-cache

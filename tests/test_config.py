@@ -184,3 +184,18 @@ def test_search_space_from_lists_declared_values_and_alternatives(workspace):
     assert [c.params.precision for c in builder.choices()] == ["int4", "int8", "fp32"]
     lora["target_modules"] = ["qkv_proj", "o_proj"]  # a plain list for a list param: one value, not a search
     assert normalize(raw, base_dir=workspace).passes[0].search_space == {"r": [4, 8]}
+
+
+def test_olive_013_evaluator_with_its_inference_settings_validates(workspace):
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["evaluators"] = {"common_evaluator": {"metrics": [
+        {"name": "accuracy", "type": "accuracy", "backend": "huggingface_metrics",
+         "sub_types": [{"name": "accuracy_score", "priority": 1, "metric_config": {"task": "multiclass"},
+                        "goal": {"type": "percent-max-degradation", "value": 2}}],
+         "user_config": {"batch_size": 1, "io_bind": False}},
+        {"name": "latency", "type": "latency", "sub_types": [{"name": "avg", "priority": 2}]}]}}
+    raw["evaluator"] = "common_evaluator"
+    config = normalize(raw, base_dir=workspace)
+    assert config.evaluator.name == "common_evaluator" and config.evaluator.baseline == "input_model"
+    assert [m.name for m in config.evaluator.metrics] == ["accuracy", "latency"]
+    assert not config.search.enabled  # the workflow is one candidate, measured and checked against the goals

@@ -124,7 +124,8 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
     assert steps == types and ("search_strategy" in config) == searched
     (tmp_path / "elsewhere").mkdir()
     saved = write_config(tmp_path / "elsewhere" / "built.json", config)  # paths in it are absolute
-    assert "valid" in run_cli("validate", str(saved)).stdout
+    validated = run_cli("validate", str(saved)).stdout
+    assert "valid" in validated and ("search: 3 candidates" in validated) == searched
 
 
 def test_export_shortcut_builds_an_int8_genai_folder(tmp_path, tiny_model):

@@ -284,3 +284,14 @@ def test_dora_loha_lokr_as_alternatives_train_and_merge_exactly(tmp_path, tiny_m
             base = load_causal_lm(tiny_model).eval()(input_ids=ids).logits
         assert torch.allclose(got, expected, atol=1e-4), kind
         assert not torch.allclose(base, expected, atol=1e-4), kind  # training changed the model
+
+
+@pytest.mark.e2e
+def test_evaluator_without_search_checks_the_goals_of_the_one_workflow(tmp_path, tiny_model, search_cache):
+    builder = {"type": "ModelBuilder", "precision": "int4", "block_size": 32}
+    config = _search_config(tmp_path, tiny_model, builder, False, cache=search_cache)
+    proc = run_cli("run", "--config", str(config), "--no-progress")
+    search = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
+    assert search["space_size"] == 1 and search["evaluated"] == 1 and search["best"] == 1
+    assert search["goals"][0].startswith("accuracy-accuracy_score >= ") and "meets goals" in proc.stdout
+    assert (tmp_path / "out" / "model" / "genai_config.json").is_file()

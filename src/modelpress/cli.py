@@ -157,8 +157,18 @@ def cmd_validate(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.print:
         print(json.dumps(config.resolved(), indent=2))
-    passes = " -> ".join(f"{p.name} ({p.type})" for p in config.passes) or "no passes"
+    def step(p) -> str:
+        types = "|".join(dict.fromkeys(c.type for c in p.choices()))
+        count = len(p.choices())
+        return f"{p.name} ({types}{f', {count} choices' if count > 1 else ''})"
+
+    passes = " -> ".join(step(p) for p in config.passes) or "no passes"
     print(f"{args.config}: valid ({config.schema_style} schema): {passes}")
+    if config.search.enabled:
+        import math
+
+        size = math.prod(len(p.choices()) for p in config.passes)
+        print(f"search: {size} candidates, sampler {config.search.sampler}, {config.search.execution_order}")
     return 0
 
 

@@ -69,10 +69,11 @@ class PeakRSS:
 def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResult:
     """Run every pass (reusing cached outputs), evaluate, and write the output folder.
 
-    With search on, `modelpress.search` runs the candidates through the same session.
+    With search on, `modelpress.search` runs the candidates through the same session; a config with an
+    evaluator but no search is a search of one candidate, so its metrics and goals are checked the same way.
     """
     session = Session.start(config, show_progress)
-    if config.search.enabled:
+    if config.search.enabled or config.evaluator is not None:
         from modelpress.search import run_search
 
         return run_search(session)

@@ -616,7 +616,7 @@ def _evaluator(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> Eva
     for i, metric in enumerate(evaluator.metrics):
         where = f"{path}.metrics[{i}]"
         _check_metric(metric, where, c)
-        if metric.user_config is not None:
+        if metric.user_config is not None and metric.user_config.user_script is not None:
             script = _resolve(str(metric.user_config.user_script), base_dir)
             if not script.is_file():
                 c.add(f"{where}.user_config.user_script", f"file not found: {script}",
@@ -627,7 +627,8 @@ def _evaluator(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> Eva
 
 def _check_metric(metric: Metric, where: str, c: Collector) -> None:
     if metric.type == "custom":
-        if metric.user_config is None:
+        user = metric.user_config
+        if user is None or user.user_script is None or not user.evaluate_func:
             c.add(f"{where}.user_config", "a custom metric needs user_config with user_script and evaluate_func",
                   "Name the script and the function that computes the metric.")
         for j, sub in enumerate(metric.sub_types):

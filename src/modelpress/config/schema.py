@@ -124,11 +124,17 @@ class SubMetric(Strict):
 
 
 class CustomMetricConfig(Strict):
-    """A metric computed by a function in a script the config names (the only way user code runs)."""
+    """A metric's `user_config`: for a custom metric, the script and function that compute it (user code
+    runs only when named here); Olive's inference settings are accepted and not used."""
 
-    user_script: Path = Field(description="Python file that defines the function.")
-    evaluate_func: str = Field(description="Function `f(model_dir, model_kind, examples, **kwargs) -> dict`.")
+    user_script: Path | None = Field(None, description="custom metrics: Python file that defines the function.")
+    evaluate_func: str | None = Field(
+        None, description="custom metrics: `f(model_dir, model_kind, examples, **kwargs) -> value or dict`."
+    )
     evaluate_func_kwargs: dict = Field(default_factory=dict, description="Extra keyword arguments.")
+    batch_size: int | None = Field(None, description="Olive's; accepted and not used (modelpress measures at batch 1).")
+    io_bind: bool | None = Field(None, description="Olive's; accepted and not used.")
+    inference_settings: dict | None = Field(None, description="Olive's; accepted and not used.")
 
 
 class Metric(Strict):
