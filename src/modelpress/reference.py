@@ -76,7 +76,7 @@ def reference() -> str:
     for title, model, note in SECTIONS:
         out += [f"## {title}", ""] + ([note, ""] if note else []) + _fields(model) + [""]
     out += ["## passes", "", "Each pass is `{\"type\": NAME, ...params}` (or params nested under `config`).", ""]
-    for spec in CATALOG.values():
+    for spec in (s for s in CATALOG.values() if s.origin == "built-in"):  # plugins document themselves
         extra = f" Needs `pip install 'modelpress[{spec.optional_package[1]}]'`." if spec.optional_package else ""
         search = spec.search_space()
         searchable = "; ".join(f"`{k}`: {v}" for k, v in search.items())
