@@ -62,7 +62,7 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
         "<h2>Resolved config</h2>",
         f"<pre id='config'>{html.escape(json.dumps(config, indent=2))}</pre>",
     ]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}"
+    style = ("body{font-family:sans-serif;margin:2em;max-width:90em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}"
              "td:first-child,#candidates td:nth-child(2){text-align:left}pre{background:#f7f7f7;padding:1em;overflow:auto}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>modelpress report</title>"
