@@ -106,6 +106,8 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(worksp
     (lambda r: r.update(evaluators={"e": {"metrics": [{"name": "l", "type": "latency", "sub_types": [
         {"name": "p50", "goal": {"type": "max-degradation", "value": -1}}]}]}}), "greater than or equal to 0"),
     (lambda r: r.update(inputmodel={}), "unknown key 'inputmodel'. Did you mean 'input_model'?"),
+    (lambda r: r["passes"]["lora"]["config"].update(class_weight="balanced"),
+     "class_weight weighs the classes of a text-classification model"),
 ])
 def test_unsupported_or_wrong_settings_fail_validation_with_the_fix(workspace, mutate, expected):
     raw = _seed(workspace)
@@ -212,3 +214,18 @@ def test_olive_013_evaluator_with_its_inference_settings_validates(workspace):
     assert config.evaluator.name == "common_evaluator" and config.evaluator.baseline == "input_model"
     assert [m.name for m in config.evaluator.metrics] == ["accuracy", "latency"]
     assert not config.search.enabled  # the workflow is one candidate, measured and checked against the goals
+
+
+def test_every_search_choice_is_checked_before_any_model_loads(workspace):
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["search_strategy"] = {"execution_order": "joint", "sampler": "sequential"}
+    raw["passes"]["builder"]["precision"] = ["int4", "fp16"]  # the second value cannot run on the CPU
+    raw["passes"]["lora"] = [raw["passes"]["lora"], {**raw["passes"]["lora"], "train_data_config": "nope"}]
+    problems = _problems(copy.deepcopy(raw), workspace)
+    assert any("fp16 cannot run on the cpu execution provider" in p for p in problems)
+    assert any("passes.lora.train_data_config" in p and "'nope'" in p for p in problems)
+    # alternatives that hold out different rows would score candidates on rows others trained on
+    raw["passes"]["builder"]["precision"] = "int4"
+    raw["passes"]["lora"][1] = {**raw["passes"]["lora"][0], "eval_dataset_size": 0.3}
+    problems = _problems(raw, workspace)
+    assert any("split the data differently" in p for p in problems), problems

@@ -24,6 +24,7 @@ def test_minilm_example_searches_quantizers_against_the_fp32_onnx_baseline(tmp_p
     shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("runs"))
     config = json.loads((work / "workflow.json").read_text())
     config["passes"]["lora"]["training_args"].update(max_steps=40, num_train_epochs=1)
+    config["passes"]["lora"]["class_weight"] = "balanced"  # the weighted loss runs through the Trainer too
     config["evaluation"] = {"max_examples": 120}  # of the 229 held-out phrases: enough to rank, half the time
     (work / "short.json").write_text(json.dumps(config))
     proc = run_cli("run", "--config", str(work / "short.json"), "--no-progress")

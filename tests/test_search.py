@@ -53,6 +53,115 @@ def test_ranking_violations_and_pareto_front():
     assert pareto(cands, objective) == {1, 2, 4}
 
 
+# --- the Search class on a fake session: every sampler and order, without models -------------------
+
+class _FakeSession:
+    """Runs no model: a chain's 'model' is its tuple of block sizes, and `score` gives its metrics."""
+
+    def __init__(self, slots, search: dict, score):
+        from types import SimpleNamespace
+
+        from modelpress.config.schema import SearchConfig
+
+        evaluator = EvaluatorConfig.model_validate({"metrics": [
+            {"name": "acc", "type": "accuracy", "sub_types": [
+                {"name": "accuracy_score", "priority": 1, "goal": {"type": "threshold", "value": 0.0}}]},
+            {"name": "lat", "type": "latency", "sub_types": [{"name": "p50", "priority": 2}]}]})
+        self.config = SimpleNamespace(search=SearchConfig(enabled=True, **search), passes=slots, evaluator=evaluator)
+        self.input_ref = "input"
+        self.score, self.runs = score, []
+
+    def run_chain(self, passes, history):
+        from modelpress.models import ModelRef
+
+        combo = tuple(p.params.block_size for p in passes)
+        self.runs.append(combo)
+        return ModelRef("onnx", Path("/nonexistent"), id=str(combo), task={"combo": combo})
+
+    def measure(self, ref, role, history, data_config=None):
+        if ref == "input":
+            return {"accuracy": 0.5, "latency_ms": {"p50": 10.0}}
+        accuracy, latency = self.score(ref.task["combo"])
+        return {"accuracy": accuracy, "latency_ms": {"p50": latency}}
+
+
+def _slots(*sizes):
+    """Steps named s0, s1, ... whose choices are block sizes 16, 32, ... (index i gives 16 * 2**i)."""
+    from modelpress.config.schema import PassConfig
+    from modelpress.passes.catalog import CATALOG
+
+    params = CATALOG["OnnxBlockWiseRtnQuantization"].params
+    return [PassConfig(name=f"s{i}", type="OnnxBlockWiseRtnQuantization", params=params(block_size=16),
+                       search_space={"block_size": [16 * 2 ** j for j in range(n)]} if n > 1 else {})
+            for i, n in enumerate(sizes)]
+
+
+def _search(slots, search, score):
+    from modelpress.search import Search
+
+    session = _FakeSession(slots, search, score)
+    engine = Search(session)
+    engine.run({"metrics": {}})
+    return engine, session
+
+
+def _index(combo):
+    return tuple(int(math.log2(b // 16)) for b in combo)
+
+
+def test_pass_by_pass_keeps_a_step_value_that_was_measured_in_an_earlier_step():
+    # step s1's first value (index 0) is the better one; it was measured while s0 was searched
+    def score(combo):
+        a, b, c = _index(combo)
+        return 0.9 - 0.1 * a - 0.2 * b - 0.01 * c, 1.0
+    engine, session = _search(_slots(2, 2, 2), {"execution_order": "pass-by-pass"}, score)
+    measured = [_index(c) for c in session.runs]
+    assert measured == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]  # s2 is searched around s1 = 0
+    assert engine._best(engine.candidates)["id"] == 1
+
+
+@pytest.mark.parametrize("sampler", ["sequential", "random", "tpe"])
+def test_pass_by_pass_searches_every_step_with_each_sampler(sampler):
+    engine, session = _search(_slots(3, 2), {"execution_order": "pass-by-pass", "sampler": sampler},
+                              lambda combo: (0.5 + 0.1 * _index(combo)[0] + 0.01 * _index(combo)[1], 1.0))
+    measured = {_index(c) for c in session.runs}
+    assert {(0, 0), (1, 0), (2, 0)} <= measured  # all of s0
+    assert (2, 1) in measured  # then s1 around the best s0 (index 2)
+    assert len(session.runs) == 4  # nothing measured twice
+
+
+def test_tpe_stops_when_the_space_is_exhausted_and_pass_by_pass_with_no_choice_measures_the_one_config():
+    engine, session = _search(_slots(2, 2), {"sampler": "tpe"}, lambda combo: (0.7, float(sum(combo))))
+    assert sorted(_index(c) for c in session.runs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    engine, session = _search(_slots(1, 1), {"execution_order": "pass-by-pass"}, lambda combo: (0.7, 1.0))
+    assert session.runs == [(16, 16)] and engine.candidates[0]["status"] == "ok"
+
+
+def test_a_failed_candidate_is_recorded_and_the_search_goes_on():
+    def score(combo):
+        if _index(combo) == (1,):
+            raise RuntimeError("this block size does not fit")
+        return 0.8, 1.0
+    engine, _ = _search(_slots(3), {}, score)
+    statuses = [c["status"] for c in engine.candidates]
+    assert statuses == ["ok", "failed", "ok"] and "does not fit" in engine.candidates[1]["error"]
+
+
+@pytest.mark.parametrize("baseline", [float("nan"), float("inf"), None])
+def test_a_relative_goal_on_a_baseline_without_a_finite_value_is_a_clear_error(baseline):
+    from modelpress.search import GoalError
+
+    with pytest.raises(GoalError, match="relative to the baseline"):
+        goal_bound(Goal(type="max-degradation", value=0.02), baseline, True)
+
+
+def test_percent_goals_on_a_negative_baseline_point_the_right_way():
+    # a custom metric of -10 where higher is better: 10% degradation allows down to -11, not -9
+    assert goal_bound(Goal(type="percent-max-degradation", value=10), -10.0, True) == pytest.approx(-11.0)
+    assert goal_bound(Goal(type="percent-min-improvement", value=10), -10.0, True) == pytest.approx(-9.0)
+    assert goal_bound(Goal(type="percent-max-degradation", value=10), 20.0, False) == pytest.approx(22.0)
+
+
 EVALUATOR = {"metrics": [
     {"name": "accuracy", "type": "accuracy", "sub_types": [
         {"name": "accuracy_score", "priority": 1, "goal": {"type": "min-improvement", "value": 0.05}},
@@ -170,7 +279,6 @@ def test_samplers_and_orders(tmp_path, tiny_model, search_cache, search):
     run_cli("run", "--config", str(config), "--no-progress")
     result = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
     combos = [tuple(c["choice"]) for c in result["candidates"]]
-    assert len(set(combos)) == len(combos)  # no candidate is measured twice
     if search.get("sampler") == "random":
         assert len(combos) == 3
         (tmp_path / "again").mkdir()
@@ -295,3 +403,15 @@ def test_evaluator_without_search_checks_the_goals_of_the_one_workflow(tmp_path,
     assert search["space_size"] == 1 and search["evaluated"] == 1 and search["best"] == 1
     assert search["goals"][0].startswith("accuracy-accuracy_score >= ") and "meets goals" in proc.stdout
     assert (tmp_path / "out" / "model" / "genai_config.json").is_file()
+
+
+def test_a_script_cannot_replace_a_built_in_pass(tmp_path):
+    from modelpress.passes.catalog import CATALOG
+    from modelpress.passes.plugins import PluginError, load_script
+
+    script = tmp_path / "evil.py"
+    script.write_text("from modelpress.plugin import Pass\n\nclass Sneaky(Pass):\n    name = 'LoRA'\n")
+    built_in = CATALOG["LoRA"]
+    with pytest.raises(PluginError, match="would replace the built-in pass"):
+        load_script(script)
+    assert CATALOG["LoRA"] is built_in

@@ -80,3 +80,33 @@ def test_atomic_writes_make_ordinary_readable_files(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_balanced_class_weights_make_every_class_weigh_the_same_in_total():
+    from modelpress.passes.lora import class_weights
+
+    targets = [0, 0, 0, 1, 2, 2]
+    weights = class_weights(targets, 4)
+    assert weights == pytest.approx([6 / 12, 6 / 4, 6 / 8, 0.0])  # class 3 has no row
+    totals = [weights[c] * targets.count(c) for c in range(3)]
+    assert totals == pytest.approx([1.5, 1.5, 1.5])
+
+
+def test_weighted_loss_is_cross_entropy_and_accumulates_like_one_batch():
+    import torch
+
+    from modelpress.passes.lora import _weighted_loss
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 0, 1, 2, 2, 2])
+    plain = _weighted_loss([1.0, 1.0, 1.0])
+    assert plain({"logits": logits}, labels) == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
+    weighted = _weighted_loss([0.5, 2.0, 1.0])
+    whole = weighted({"logits": logits}, labels)
+    # two micro-batches of gradient accumulation, each divided by the rows of both, sum to the whole batch
+    halves = (weighted({"logits": logits[:3]}, labels[:3], num_items_in_batch=6)
+              + weighted({"logits": logits[3:]}, labels[3:], num_items_in_batch=6))
+    assert halves == pytest.approx(whole.item())
+    rows = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert whole == pytest.approx(((rows * torch.tensor([0.5, 0.5, 2.0, 1.0, 1.0, 1.0])).sum() / 6).item())
+    assert whole != pytest.approx(plain({"logits": logits}, labels).item())

@@ -188,7 +188,9 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     spec = CATALOG[p.type]
     data = {}
     if spec.needs_data:
-        data = {name: plan.fingerprint(name) for name in sorted(set(data_refs(p.params).values()))}
+        # a built-in pass reads the data configs its params name; a plugin may read any of them
+        names = set(data_refs(p.params).values()) if spec.origin == "built-in" else set(config.data_configs)
+        data = {name: plan.fingerprint(name) for name in sorted(names)}
     loading = config.input_model.model_dump(mode="json", exclude={"model_path", "task"})
     return cache_key("pass", __version__, ref.id, p.type, spec.origin, p.params.model_dump(mode="json"), data, ep,
                      loading)

@@ -124,8 +124,11 @@ def _search_section(search: dict) -> str:
     elif search["closest"]:
         verdict = (f"<p id='verdict' style='color:#b00'><b>No candidate meets the goals.</b> Closest: candidate "
                    f"#{search['closest']}. The output model was not replaced.</p>")
-    else:
+    elif search["evaluated"]:
         verdict = "<p id='verdict' style='color:#b00'><b>Every candidate failed.</b></p>"
+    else:
+        verdict = ("<p id='verdict' style='color:#b00'><b>No candidate was evaluated</b>: the search budget ran "
+                   "out first.</p>")
     goals = "".join(f"<li>{html.escape(g)}</li>" for g in search["goals"]) or "<li>none</li>"
     return (f"<h2>Search</h2><p>{search['evaluated']} of {search['space_size']} candidates, sampler "
             f"{html.escape(search['sampler'])}, {html.escape(search['execution_order'])}, "

@@ -38,9 +38,8 @@ def summary_table(history: list[dict], metrics: dict) -> str:
 
 def search_table(search: dict) -> str:
     """One row per candidate: its choices, the ranked and goal metrics, goals met, Pareto, best."""
-    keys = [m["metric"] for m in search["ranked_metrics"]]
-    goal_keys = [g.split(" ")[0] for g in search["goals"]]
-    keys += [k for k in goal_keys if k not in keys]
+    ranked = [m["metric"] for m in search["ranked_metrics"]]
+    keys = ranked + [k for k in search.get("goal_metrics", []) if k not in ranked]
     rows = []
     for c in search["candidates"]:
         flags = ("BEST " if c.get("best") else "") + ("pareto" if c.get("pareto") else "")
@@ -54,10 +53,13 @@ def search_table(search: dict) -> str:
     if search["goals"]:
         lines.append("goals: " + "; ".join(search["goals"]))
     if search["best"]:
-        lines.append(f"best: candidate {search['best']} (meets every goal; ranked by {', '.join(keys[:2])})")
+        lines.append(f"best: candidate {search['best']} (meets every goal; ranked by {', '.join(ranked) or 'id'})")
     elif search["closest"]:
         lines.append(f"NO CANDIDATE MEETS THE GOALS. Closest: candidate {search['closest']}. "
                      "Relax the goals or widen the search; the output model was not replaced.")
-    else:
+    elif search["evaluated"]:
         lines.append("NO CANDIDATE COULD BE MEASURED: every candidate failed (see the errors above).")
+    else:
+        lines.append("NO CANDIDATE WAS EVALUATED: the search budget (max_time, max_iter or max_samples) ran out "
+                     "first. Raise it; the output model was not replaced.")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from modelpress.config.schema import SUB_METRICS, EvaluatorConfig, Goal, Metric, PassConfig, SubMetric
-from modelpress.errors import is_disk_full
+from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.models import ModelRef
 
 log = logging.getLogger("modelpress")
@@ -97,16 +97,26 @@ def goal_bound(goal: Goal, baseline: float | None, higher: bool) -> float:
     """The value a candidate must reach (at least when higher is better, at most otherwise)."""
     if goal.type == "threshold":
         return goal.value
-    if baseline is None:
-        raise ValueError(f"goal {goal.type} needs a measured baseline")
+    if _missing(baseline) or math.isinf(baseline):
+        raise GoalError(f"a {goal.type} goal is relative to the baseline model's value, and the baseline "
+                        f"measured {baseline}. Use a 'threshold' goal for this metric, or see in the run history "
+                        f"why the baseline has no finite value.")
     sign = 1 if higher else -1
     if goal.type == "min-improvement":
         return baseline + sign * goal.value
     if goal.type == "max-degradation":
         return baseline - sign * goal.value
-    if goal.type == "percent-min-improvement":
-        return baseline * (1 + sign * goal.value / 100)
-    return baseline * (1 - sign * goal.value / 100)  # percent-max-degradation
+    step = abs(baseline) * goal.value / 100  # a percent of the baseline's size, so negative baselines work too
+    return baseline + sign * step if goal.type == "percent-min-improvement" else baseline - sign * step
+
+
+class GoalError(ModelpressError):
+    """A goal that cannot be resolved against the measured baseline."""
+
+
+def _missing(value) -> bool:
+    """A metric that has no usable value: not measured, or NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass
@@ -128,7 +138,10 @@ class Objective:
             if s.goal is None:
                 continue
             key, higher = f"{m.name}-{s.name}", higher_is_better(m, s)
-            bound = goal_bound(s.goal, baseline.get(key), higher)
+            try:
+                bound = goal_bound(s.goal, baseline.get(key), higher)
+            except GoalError as err:
+                raise GoalError(f"evaluators.{evaluator.name}, metric {m.name}, sub-metric {s.name}: {err}") from None
             bounds[key] = (bound, higher, f"{key} {'>=' if higher else '<='} {bound:.4g} ({s.goal.type} "
                                           f"{s.goal.value:g}" + (f" from {baseline[key]:.4g})"
                                                                   if s.goal.type != "threshold" else ")"))
@@ -139,7 +152,7 @@ class Objective:
         out = {}
         for key, (bound, higher, _) in self.bounds.items():
             value = values.get(key)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if _missing(value):
                 out[key] = math.inf
                 continue
             gap = (bound - value) if higher else (value - bound)
@@ -152,7 +165,7 @@ class Objective:
         key = []
         for name, higher in self.ranked:
             value = values.get(name)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if _missing(value):
                 key.append(math.inf)
             else:
                 key.append(-value if higher else value)
@@ -268,13 +281,18 @@ class Search:
 
     def run(self, baseline: dict) -> None:
         self.objective = Objective.resolve(self.evaluator, baseline["metrics"])
+        self.started = time.perf_counter()  # max_time is for the candidates, not the baseline's training
         if self.settings.execution_order == "pass-by-pass":
             self._pass_by_pass()
         else:
             self._joint(list(range(len(self.slots))), [0] * len(self.slots))
 
-    def _joint(self, free: list[int], fixed: list[int]) -> None:
-        """Sample over the slots in `free`; the others keep their index in `fixed`."""
+    def _joint(self, free: list[int], fixed: list[int]) -> list[dict]:
+        """Sample over the slots in `free` (the others keep their index in `fixed`); the records measured.
+
+        A combination measured before (by an earlier pass-by-pass step) is returned from the record
+        it already has, so a step's comparison always includes the value it starts from.
+        """
         sizes = [len(self.choices[i]) for i in free]
 
         def combo(indexes) -> tuple[int, ...]:
@@ -285,58 +303,62 @@ class Search:
 
         sampler = self.settings.sampler
         if sampler == "tpe":
-            self._tpe(free, sizes, combo)
-            return
+            return self._tpe(free, sizes, combo)
         import itertools
 
         order = list(itertools.product(*(range(n) for n in sizes)))
         if sampler == "random":
             random.Random(self.settings.seed).shuffle(order)
+        records = []
         for indexes in order:
             if not self.budget_left():
-                return
-            self.evaluate(combo(indexes))
+                break
+            records.append(self.evaluate(combo(indexes)))
+        return records
 
-    def _tpe(self, free: list[int], sizes: list[int], combo) -> None:
+    def _tpe(self, free: list[int], sizes: list[int], combo) -> list[dict]:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         directions = ["maximize" if higher else "minimize" for _, higher in self.objective.ranked] or ["minimize"]
 
-        def constraints(trial) -> list[float]:
-            return [trial.user_attrs.get("violation", 0.0)]
-
-        sampler = optuna.samplers.TPESampler(seed=self.settings.seed, constraints_func=constraints,
-                                             n_startup_trials=min(4, math.prod(sizes)))
+        # a candidate that misses goals is infeasible (its constraint > 0): TPE models it apart
+        sampler = optuna.samplers.TPESampler(seed=self.settings.seed, n_startup_trials=min(4, math.prod(sizes)))
         study = optuna.create_study(directions=directions, sampler=sampler)
         total = math.prod(sizes)
-        while self.budget_left() and len({c for c in self.by_combo}) < total:
-            if self.settings.max_iter == 0 and self.draws >= 10 * total:
-                break  # the sampler keeps proposing evaluated candidates: the space is exhausted
+        records: dict[int, dict] = {}  # candidate id -> record, for the combinations of this subspace
+        asked = 0
+        while self.budget_left() and len(records) < total:
+            if self.settings.max_iter == 0 and asked >= 10 * total:
+                break  # the sampler keeps proposing measured candidates: treat the space as exhausted
+            asked += 1
             trial = study.ask()
             indexes = [trial.suggest_categorical(self.slots[slot].name, list(range(n)))
                        for slot, n in zip(free, sizes)]
             record = self.evaluate(combo(indexes))
+            records[record["id"]] = record
             if record["status"] != "ok":
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             violation = sum(min(v, 1e6) for v in record["violations"].values())
-            trial.set_user_attr("violation", violation)
+            trial.set_constraint("goals", violation)
             values = [record["metrics"].get(k) for k, _ in self.objective.ranked] or [0.0]
-            if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+            if any(_missing(v) for v in values):
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             study.tell(trial, values)
+        return list(records.values())
 
     def _pass_by_pass(self) -> None:
         """Search one step at a time, in order, fixing each to its best before the next."""
         fixed = [0] * len(self.slots)
+        if all(len(options) < 2 for options in self.choices):
+            self.evaluate(tuple(fixed))  # nothing to choose: the one configuration is the candidate
+            return
         for slot, options in enumerate(self.choices):
             if len(options) < 2:
                 continue
-            before = len(self.candidates)
-            self._joint([slot], fixed)
-            tried = [c for c in self.candidates[before:] if c["status"] == "ok"]
+            tried = [c for c in self._joint([slot], fixed) if c["status"] == "ok"]
             best = self._best(tried) or self._closest(tried)
             if best is not None:
                 fixed[slot] = self.combos[best["id"]][slot]
@@ -368,6 +390,7 @@ class Search:
             "seconds": round(time.perf_counter() - self.started, 3),
             "ranked_metrics": [{"metric": k, "higher_is_better": h} for k, h in self.objective.ranked],
             "goals": [text for _, _, text in self.objective.bounds.values()],
+            "goal_metrics": list(self.objective.bounds),
             "baseline": baseline,
             "best": best["id"] if best else None,
             "closest": closest["id"] if closest else None,

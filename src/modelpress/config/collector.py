@@ -62,7 +62,9 @@ class Collector:
         self.warnings: list[str] = []
 
     def add(self, path: str, message: str, hint: str | None = None) -> None:
-        self.problems.append(Problem(path, message, hint))
+        problem = Problem(path, message, hint)
+        if problem not in self.problems:  # a check run over every search choice reports a mistake once
+            self.problems.append(problem)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

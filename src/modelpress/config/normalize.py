@@ -698,24 +698,55 @@ def _check_workflow(model, data, passes, engine, evaluation, c: Collector) -> No
         _check_template(name, config, c)
     kind, previous = HF, "input_model"
     for p in passes:
-        spec = CATALOG[p.type]
-        if spec.trains():
-            _check_task_data(model.task, data.get(p.params.train_data_config), f"passes.{p.name}", c)
-        if p.type == "ModelBuilder" and model.task == "text-classification":
-            c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
-                  "For a classifier use OnnxConversion, then an ONNX quantization pass.")
-        for option in [p, *p.alternatives]:
-            _check_kind(option, CATALOG[option.type], kind, previous, c)
-        kind, previous = spec.output_kind(kind), p.name
-        for key, name in data_refs(p.params).items():
-            _check_data_ref(name, data, f"passes.{p.name}.{key}", c)
-        if p.type == "ModelBuilder":
-            ep = p.params.execution_provider or engine.execution_provider
-            if p.params.precision not in BUILDER_PRECISIONS[ep]:
-                c.add(f"passes.{p.name}.precision", f"{p.params.precision} cannot run on the {ep} execution provider",
-                      f"Allowed on {ep}: {', '.join(BUILDER_PRECISIONS[ep])}.")
+        choices = p.choices()  # the step as written, its alternatives and every searched value
+        for option in choices:
+            _check_choice(option, model, data, engine, kind, previous, c)
+        kinds = {CATALOG[option.type].output_kind(kind) for option in choices}
+        if len(kinds) > 1:
+            c.add(f"passes.{p.name}.alternatives", f"the alternatives give different kinds of model "
+                  f"({', '.join(sorted(kinds))}), so the next step cannot take every one",
+                  "Make every alternative of one step give the same kind of model, or split them into steps.")
+        if CATALOG[p.type].trains():
+            _check_same_split(p, choices, c)
+        kind, previous = CATALOG[p.type].output_kind(kind), p.name
     _check_data_ref(evaluation.data_config, data, "evaluation.data_config", c)
     _check_output_dirs(model, engine, c)
+
+
+def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, c: Collector) -> None:
+    """The checks every concrete config of a step gets, so a search candidate cannot fail on a config mistake."""
+    spec = CATALOG[p.type]
+    if spec.trains():
+        _check_task_data(model.task, data.get(p.params.train_data_config), f"passes.{p.name}", c)
+        if getattr(p.params, "class_weight", None) and model.task != "text-classification":
+            c.add(f"passes.{p.name}.class_weight", "class_weight weighs the classes of a text-classification "
+                  "model, and this model generates text", "Remove class_weight, or set input_model.task to "
+                  "'text-classification'.")
+    if p.type == "ModelBuilder" and model.task == "text-classification":
+        c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
+              "For a classifier use OnnxConversion, then an ONNX quantization pass.")
+    _check_kind(p, spec, kind, previous, c)
+    for key, name in data_refs(p.params).items():
+        _check_data_ref(name, data, f"passes.{p.name}.{key}", c)
+    if p.type == "ModelBuilder":
+        ep = p.params.execution_provider or engine.execution_provider
+        if p.params.precision not in BUILDER_PRECISIONS[ep]:
+            c.add(f"passes.{p.name}.precision", f"{p.params.precision} cannot run on the {ep} execution provider",
+                  f"Allowed on {ep}: {', '.join(BUILDER_PRECISIONS[ep])}.")
+
+
+SPLIT_PARAMS = ("train_data_config", "eval_data_config", "eval_dataset_size")  # and training_args.data_seed
+
+
+def _check_same_split(p: PassConfig, choices: list[PassConfig], c: Collector) -> None:
+    """Every choice of a training step must hold out the same rows: the candidates are all scored on them."""
+    def split(option: PassConfig) -> tuple:
+        return (*(getattr(option.params, k, None) for k in SPLIT_PARAMS), option.params.training_args.data_seed)
+
+    if len({split(option) for option in choices}) > 1:
+        c.add(f"passes.{p.name}", "the search choices of this training step split the data differently "
+              f"({', '.join(SPLIT_PARAMS)}, training_args.data_seed), so candidates would be scored on rows "
+              "that others trained on", "Give every alternative and searched value the same data settings.")
 
 
 KIND_HINTS = {

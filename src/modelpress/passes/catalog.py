@@ -105,6 +105,9 @@ class LoRAParams(Strict):
         None, gt=0, description="Hold out this fraction (0-1) or count (>=1) of the training rows for eval."
     )
     torch_dtype: TorchDtype = Field("float32", description="Dtype of the base weights while training.")
+    class_weight: Literal["balanced"] | None = Field(
+        None, description="text-classification: 'balanced' weights each class's loss by n_rows / (n_classes * "
+                          "n_rows_of_class), so a rare class counts as much as a common one.")
     training_args: TrainingArgs = Field(default_factory=TrainingArgs, description="Trainer settings.")
     double_quant: bool | None = Field(None, description="QLoRA only: accepted and ignored, with a warning.")
     quant_type: Literal["nf4", "fp4"] | None = Field(None, description="QLoRA only: accepted and ignored.")

@@ -44,7 +44,9 @@ def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRe
     labels = ctx.data.labels(params) if ctx.task == "text-classification" else None
     train, evals = _sequences(ctx, params, tokenizer, labels)
     model = _peft_model(ctx, params, quantization_config, labels)
-    trainer = _trainer(ctx, params, model, tokenizer, train, evals, quantized=quantization_config is not None)
+    weights = class_weights([f["labels"] for f in train], len(labels)) if labels and params.class_weight else None
+    trainer = _trainer(ctx, params, model, tokenizer, train, evals, quantized=quantization_config is not None,
+                       weights=weights)
     checkpoint = latest_checkpoint(_trainer_dir(ctx))
     if checkpoint:
         log.info("resuming training from %s", checkpoint.name)
@@ -142,7 +144,34 @@ def _disable_cpu_repacking(model) -> int:
     return count
 
 
-def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, evals, quantized: bool):
+def class_weights(targets: list[int], n_classes: int) -> list[float]:
+    """'balanced' class weights: n_rows / (n_classes * n_rows_of_class); a class with no row gets 0."""
+    counts = [0] * n_classes
+    for t in targets:
+        counts[t] += 1
+    return [len(targets) / (n_classes * n) if n else 0.0 for n in counts]
+
+
+def _weighted_loss(weights: list[float]):
+    """A Trainer loss: each row's cross-entropy times its class's weight, averaged over the rows.
+
+    The Trainer counts the rows of all gradient-accumulation micro-batches (`num_items_in_batch`)
+    and expects the loss divided by that count, so accumulation gives the same step as one batch.
+    """
+    import torch
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        labels = labels.to(logits.device)
+        rows = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        scale = torch.tensor(weights, dtype=logits.dtype, device=logits.device)[labels]
+        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
+        return (rows * scale).sum() / count
+    return loss
+
+
+def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, evals, quantized: bool,
+             weights: list[float] | None = None):
     from transformers import Trainer, TrainingArguments
 
     from modelpress.data import Collator
@@ -175,7 +204,8 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         use_cpu=not _cuda_available(),  # train where the fastest device is; the EP is the inference target
     )
     return Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
-                   data_collator=Collator(tokenizer.pad_token_id))
+                   data_collator=Collator(tokenizer.pad_token_id),
+                   compute_loss_func=_weighted_loss(weights) if weights else None)
 
 
 def _cuda_available() -> bool:

@@ -49,7 +49,8 @@ def load_entry_points() -> None:
             continue
         try:
             cls = ep.load()
-            spec = spec_of(cls, f"entry point {ep.value} ({ep.dist.name if ep.dist else 'unknown package'})")
+            package = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown package"
+            spec = spec_of(cls, f"entry point {ep.value} ({package})")
         except Exception as err:  # a broken plugin must not break the passes that do not use it
             log.warning("cannot load the modelpress pass plugin %s = %s: %s", ep.name, ep.value, err)
             continue
@@ -78,6 +79,10 @@ def load_script(path: Path) -> list[str]:
     for _, cls in inspect.getmembers(module, inspect.isclass):
         if issubclass(cls, Pass) and cls is not Pass and cls.__module__ == module_name:
             pass_spec = spec_of(cls, f"script {path} (sha256 {digest})")
+            known = CATALOG.get(pass_spec.name)
+            if known is not None and not known.origin.startswith(f"script {path} "):  # an edited script may reload
+                raise PluginError(f"{path}: the pass {pass_spec.name!r} would replace the {known.origin} pass of "
+                                  f"that name; give the class another `name`")
             CATALOG[pass_spec.name] = pass_spec
             names.append(pass_spec.name)
     if not names:
