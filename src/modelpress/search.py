@@ -75,12 +75,10 @@ def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str,
 
 def _custom(session, metric: Metric, ref: ModelRef) -> dict:
     """Run the user's function (named by the config) on the model folder and the eval examples."""
-    import importlib.util
+    from modelpress.passes.plugins import load_user_module
 
     user = metric.user_config
-    spec = importlib.util.spec_from_file_location(f"modelpress_metric_{user.user_script.stem}", user.user_script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module, _ = load_user_module(user.user_script, "modelpress_metric")
     function = getattr(module, user.evaluate_func, None)
     if function is None:
         raise ValueError(f"{user.user_script} has no function {user.evaluate_func!r}")

@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from modelpress.errors import ModelpressError
 from modelpress.passes.catalog import CATALOG, PassSpec
 
 log = logging.getLogger("modelpress")
@@ -16,7 +17,7 @@ ENTRY_POINT_GROUP = "modelpress.passes"
 _scanned_entry_points = False
 
 
-class PluginError(Exception):
+class PluginError(ModelpressError):
     """A plugin could not be loaded; the message says which and why."""
 
 
@@ -57,24 +58,31 @@ def load_entry_points() -> None:
         CATALOG[spec.name] = spec
 
 
+def load_user_module(path: Path, prefix: str):
+    """Run a user's script once per process and content (edited, it runs again); (module, sha256 prefix)."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    module_name = f"{prefix}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name], digest
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[module_name]
+        raise PluginError(f"{path}: the script failed on import: {type(err).__name__}: {err}") from err
+    return module, digest
+
+
 def load_script(path: Path) -> list[str]:
     """Run the script a config names and register its `Pass` subclasses; returns their names."""
     from modelpress.plugin import Pass
 
     path = Path(path).resolve()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    module_name = f"modelpress_user_pass_{digest}"
-    if module_name in sys.modules:
-        module = sys.modules[module_name]
-    else:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as err:
-            del sys.modules[module_name]
-            raise PluginError(f"{path}: the script failed on import: {type(err).__name__}: {err}") from err
+    module, digest = load_user_module(path, "modelpress_user_pass")
+    module_name = module.__name__
     names = []
     for _, cls in inspect.getmembers(module, inspect.isclass):
         if issubclass(cls, Pass) and cls is not Pass and cls.__module__ == module_name:
