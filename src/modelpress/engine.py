@@ -234,13 +234,19 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
     return {}
 
 
+# The evaluation procedure's version, part of every evaluation's cache key: bump it when
+# evaluate.py measures differently, so no cached number from the old procedure is reused.
+# 2: genai generators get a fixed random_seed (std::random_device cost 12-15 ms per example).
+MEASUREMENT = 2
+
+
 def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[dict],
                     data_config: str | None) -> dict | None:
     config, plan, cache = session.config, session.plan, session.cache
     settings = config.evaluation
     data = {name: plan.fingerprint(name) for name in config.data_configs}
     split = [p.params.model_dump(mode="json") for p in config.passes if CATALOG[p.type].needs_data]
-    key = cache_key("eval", __version__, ref.id, settings.model_dump(mode="json"), data, split, data_config)
+    key = cache_key("eval", __version__, MEASUREMENT, ref.id, settings.model_dump(mode="json"), data, split, data_config)
     cached = cache.read_eval(key)
     hit = cached is not None
     started = time.perf_counter()
