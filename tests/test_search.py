@@ -311,6 +311,8 @@ def test_plugin_pass_from_a_script_is_searched_and_a_failing_candidate_is_skippe
     (tmp_path / "metric.py").write_text(
         "from pathlib import Path\n\n"
         "def weight_files(model_dir, model_kind, examples, suffix):\n"
+        "    with open(Path(__file__).with_name('calls.txt'), 'a') as calls:\n"
+        "        calls.write(model_dir + '\\n')\n"
         "    return {'files': len(list(Path(model_dir).glob('*' + suffix))), 'rows': len(examples)}\n")
     custom = {"name": "custom", "type": "custom", "user_config": {
         "user_script": "metric.py", "evaluate_func": "weight_files", "evaluate_func_kwargs": {"suffix": ".safetensors"}},
@@ -334,6 +336,18 @@ def test_plugin_pass_from_a_script_is_searched_and_a_failing_candidate_is_skippe
     steps = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
     assert any(s["type"] == "FakeQuantize" and s["cache"] == "miss" for s in steps)
     assert "FakeQuantize" in (tmp_path / "out" / "config.resolved.json").read_text()
+    # custom metric results are cached like built-in ones: a re-run does not call the function again
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == len(set(calls)) >= 3  # the baseline and the two measured candidates, once each
+    run_cli("run", "--config", str(config), "--no-progress")
+    assert (tmp_path / "calls.txt").read_text().splitlines() == calls
+    steps = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
+    metric_steps = [s for s in steps if s["pass"].startswith("metric custom")]
+    assert metric_steps and all(s["cache"] == "hit" for s in metric_steps)
+    # an edited script is a different metric: measured again
+    (tmp_path / "metric.py").write_text((tmp_path / "metric.py").read_text() + "# edited\n")
+    run_cli("run", "--config", str(config), "--no-progress")
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 2 * len(calls)
 
 
 @pytest.mark.e2e

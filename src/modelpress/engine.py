@@ -240,13 +240,23 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 MEASUREMENT = 2
 
 
+def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
+    """Cache key of one measurement of `ref`: the model, the data bytes, the split and `parts`."""
+    config, plan = session.config, session.plan
+    data = {name: plan.fingerprint(name) for name in config.data_configs}
+    split = [p.params.model_dump(mode="json") for p in config.passes if CATALOG[p.type].needs_data]
+    return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, *parts)
+
+
+def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float | None) -> dict:
+    """A run-history row for a measurement."""
+    return _record(name, "evaluation", key, hit, seconds, peak_mb, [])
+
+
 def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[dict],
                     data_config: str | None) -> dict | None:
     config, plan, cache = session.config, session.plan, session.cache
-    settings = config.evaluation
-    data = {name: plan.fingerprint(name) for name in config.data_configs}
-    split = [p.params.model_dump(mode="json") for p in config.passes if CATALOG[p.type].needs_data]
-    key = cache_key("eval", __version__, MEASUREMENT, ref.id, settings.model_dump(mode="json"), data, split, data_config)
+    key = evaluation_key(session, "eval", ref, config.evaluation.model_dump(mode="json"), data_config)
     cached = cache.read_eval(key)
     hit = cached is not None
     started = time.perf_counter()
@@ -261,8 +271,8 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
             cached = _measure(config, ref, eval_set, session.task_card(), session.show_progress)
         cached["peak_rss_mb"] = round(memory.peak_mb, 1)
         cache.write_eval(key, cached)
-    history.append(_record(f"evaluate {role}", "evaluation", key, hit, time.perf_counter() - started,
-                           None if hit else cached.get("peak_rss_mb"), []))
+    history.append(record_step(f"evaluate {role}", key, hit, time.perf_counter() - started,
+                               None if hit else cached.get("peak_rss_mb")))
     return cached
 
 

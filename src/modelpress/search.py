@@ -60,7 +60,7 @@ def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str,
     measured_on: dict = {}  # one evaluation per data config, shared by the metrics that use it
     for metric in evaluator.metrics:
         if metric.type == "custom":
-            values.update(_custom(session, metric, ref))
+            values.update(_custom(session, metric, ref, role, history))
             continue
         if metric.data_config not in measured_on:
             measured_on[metric.data_config] = session.measure(ref, role, history, metric.data_config) or {}
@@ -73,20 +73,34 @@ def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str,
     return values
 
 
-def _custom(session, metric: Metric, ref: ModelRef) -> dict:
-    """Run the user's function (named by the config) on the model folder and the eval examples."""
+def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dict]) -> dict:
+    """Run the user's function (named by the config) on the model folder and the eval examples.
+
+    The result is cached like a built-in evaluation, under the model, the data, the script's
+    content, the function's name and its keyword arguments.
+    """
+    from modelpress.engine import evaluation_key, record_step
     from modelpress.passes.plugins import load_user_module
 
     user = metric.user_config
-    module, _ = load_user_module(user.user_script, "modelpress_metric")
-    function = getattr(module, user.evaluate_func, None)
-    if function is None:
-        raise ValueError(f"{user.user_script} has no function {user.evaluate_func!r}")
-    eval_set = session.plan.eval_set(metric.data_config)
-    result = function(str(ref.path), ref.kind, eval_set.examples if eval_set else [], **user.evaluate_func_kwargs)
-    if not isinstance(result, dict):
-        result = {metric.sub_types[0].name: result}
-    return {f"{metric.name}-{sub.name}": float(result[sub.name]) for sub in metric.sub_types}
+    module, digest = load_user_module(user.user_script, "modelpress_metric")
+    key = evaluation_key(session, "custom-metric", ref, digest, user.evaluate_func, user.evaluate_func_kwargs,
+                         metric.data_config, [sub.name for sub in metric.sub_types])
+    started = time.perf_counter()
+    values = session.cache.read_eval(key)
+    hit = values is not None
+    if not hit:
+        function = getattr(module, user.evaluate_func, None)
+        if function is None:
+            raise ValueError(f"{user.user_script} has no function {user.evaluate_func!r}")
+        eval_set = session.plan.eval_set(metric.data_config)
+        result = function(str(ref.path), ref.kind, eval_set.examples if eval_set else [], **user.evaluate_func_kwargs)
+        if not isinstance(result, dict):
+            result = {metric.sub_types[0].name: result}
+        values = {f"{metric.name}-{sub.name}": float(result[sub.name]) for sub in metric.sub_types}
+        session.cache.write_eval(key, values)
+    history.append(record_step(f"metric {metric.name} ({role})", key, hit, time.perf_counter() - started, None))
+    return values
 
 
 # --- goals and ranking ------------------------------------------------------------------------------
