@@ -12,6 +12,8 @@ Rows:
 - Olive 0.13, the config as written;
 - modelpress, the config as written (it also evaluates the input and final model: extra work);
 - modelpress, the same config with `"evaluation": {"enabled": false}`: exactly Olive's work;
+- the same, with `THP_MEM_ALLOC_ENABLE=0`: without the huge-page tensors that the `modelpress`
+  command turns on (`modelpress/runtime.py`), to show what that setting contributes;
 - modelpress, the same config without the `attn_implementation: eager` line (PyTorch SDPA):
   what a modelpress user gets by default; not the same settings as Olive, shown apart.
 Wall times are for whole commands, including Python start-up; peak RSS is the largest sum
@@ -44,12 +46,12 @@ MODELPRESS = [sys.executable, "-m", "modelpress"]
 SEQ_LEN, BATCH, ACCUM = 2048, 1, 4
 
 
-def measure(cmd: list[str], cwd: Path) -> dict:
-    """Wall time, peak process-tree RSS and output of one command."""
+def measure(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
+    """Wall time, peak process-tree RSS and output of one command (`env`: extra variables)."""
     started = time.perf_counter()
     log = cwd / f"log-{int(started * 1000)}.txt"
     with open(log, "w") as out:
-        proc = psutil.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        proc = psutil.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         peak = 0
         while proc.poll() is None:
             try:
@@ -105,12 +107,12 @@ def help_time(cmd: list[str], cwd: Path, repeats: int = 3) -> float:
     return min(measure(cmd, cwd)["wall_s"] for _ in range(repeats))
 
 
-def run_modelpress(model: Path, work: Path, tag: str, steps: int, **kw) -> dict:
+def run_modelpress(model: Path, work: Path, tag: str, steps: int, env: dict | None = None, **kw) -> dict:
     config = workflow(model, work, tag, steps, **kw)
-    cold = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work)
+    cold = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work, env)
     lora_s = lora_seconds_modelpress(config)  # read before the re-run overwrites the history
     steps = pass_rows_modelpress(config)
-    warm = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work)
+    warm = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work, env)
     return {"cold": cold, "warm": warm, "lora_s": lora_s, "steps": steps}
 
 
@@ -186,6 +188,9 @@ def main() -> int:
     rows.append(("modelpress (config as written, + evaluation)", run_modelpress(model, work, "mp", args.steps)))
     rows.append(("modelpress (same work as Olive: no evaluation)",
                  run_modelpress(model, work, "mp-noeval", args.steps, evaluation=False)))
+    rows.append(("modelpress (same work, huge-page tensors off)",
+                 run_modelpress(model, work, "mp-nothp", steps=args.steps, evaluation=False,
+                                env={"THP_MEM_ALLOC_ENABLE": "0"})))
     rows.append(("modelpress (no evaluation, default SDPA attention)",
                  run_modelpress(model, work, "mp-sdpa", args.steps, evaluation=False, eager=False)))
     print(f"workflow: LoRA {args.steps} steps x {BATCH * ACCUM} x {SEQ_LEN} tokens ({tokens} tokens) -> merge -> "

@@ -1,5 +1,5 @@
 import sys
 
-from modelpress.cli import main
+from modelpress.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -19,9 +19,19 @@ EXIT_INTERRUPTED = 130
 GOALS_NOT_MET = 3  # a search ran, but no candidate meets the goals (the report says which came closest)
 
 
-def main(argv: list[str] | None = None) -> int:
+def entry() -> int:
+    """The `modelpress` command: `main` in a process of its own, tuned as `modelpress.runtime` says."""
+    from modelpress import runtime
+
+    runtime.tune_allocator()
+    return main(own_process=True)
+
+
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """Parse and run one command. `own_process`: the process is modelpress's alone (see `entry`)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.own_process = own_process
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_CONFIG
@@ -127,12 +137,18 @@ def cmd_run(args) -> int:
     config = load_config(args.config)
     if not (args.verbose or args.quiet):
         log.setLevel(config.engine.log_level)
-    return run_config(config, show_progress=not args.no_progress)
+    return run_config(config, show_progress=not args.no_progress, own_process=args.own_process)
 
 
-def run_config(config, show_progress: bool = True) -> int:
+def run_config(config, show_progress: bool = True, own_process: bool = False) -> int:
     """Run a validated config and print the summary; shared by `run` and the shortcuts."""
     from modelpress.engine import run_workflow
+
+    if own_process:
+        from modelpress.runtime import hide_bitsandbytes_unless_used
+
+        if hide_bitsandbytes_unless_used(config):
+            log.debug("bitsandbytes is not loaded: no step of this workflow uses it")
     from modelpress.report import search_table, summary_table
 
     for warning in config.warnings:

@@ -199,7 +199,8 @@ def _run(args, config: dict) -> int:
     from modelpress.cli import run_config
     from modelpress.config import normalize
 
-    return run_config(normalize(config, base_dir=Path.cwd()), show_progress=not args.no_progress)
+    return run_config(normalize(config, base_dir=Path.cwd()), show_progress=not args.no_progress,
+                      own_process=args.own_process)
 
 
 def cmd_finetune(args) -> int:
