@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLE, ROOT, tone_workflow
+from conftest import EXAMPLE, tone_workflow
 from modelpress.config import load_config, normalize
 from modelpress.runtime import THP_ENV, uses_bitsandbytes
 
@@ -36,7 +36,12 @@ def test_qlora_anywhere_in_the_workflow_uses_bitsandbytes(tiny_model):
 
 def test_user_code_may_use_bitsandbytes(tiny_model, tmp_path):
     # a plugin pass from a script: modelpress cannot know what it imports
-    assert uses_bitsandbytes(load_config(ROOT / "examples" / "custom-pass" / "workflow.json"))
+    (tmp_path / "noop_pass.py").write_text(
+        "from modelpress.plugin import Pass\n\nclass RuntimeTestNoop(Pass):\n"
+        "    def run(self, ctx, params):\n        return ctx.model\n")
+    plugin = {"lora": LORA, "merge": {"type": "MergeAdapterWeights"},
+              "noop": {"type": "RuntimeTestNoop", "user_script": "noop_pass.py"}}
+    assert uses_bitsandbytes(normalize(tone_workflow(tiny_model, plugin), base_dir=tmp_path))
     # nor what a custom metric's script imports
     (tmp_path / "metric.py").write_text("def rows(model_dir, model_kind, examples):\n    return len(examples)\n")
     custom = {"name": "custom", "type": "custom", "user_config": {"user_script": "metric.py", "evaluate_func": "rows"},
