@@ -189,7 +189,7 @@ def main() -> int:
     rows.append(("modelpress (same work as Olive: no evaluation)",
                  run_modelpress(model, work, "mp-noeval", args.steps, evaluation=False)))
     rows.append(("modelpress (same work, huge-page tensors off)",
-                 run_modelpress(model, work, "mp-nothp", steps=args.steps, evaluation=False,
+                 run_modelpress(model, work, "mp-nothp", args.steps, evaluation=False,
                                 env={"THP_MEM_ALLOC_ENABLE": "0"})))
     rows.append(("modelpress (no evaluation, default SDPA attention)",
                  run_modelpress(model, work, "mp-sdpa", args.steps, evaluation=False, eager=False)))

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLE, tone_workflow
+from conftest import example_workspace, tone_workflow
 from modelpress.config import load_config, normalize
 from modelpress.runtime import THP_ENV, uses_bitsandbytes
 
@@ -20,10 +20,11 @@ def _config(tiny_model: Path, passes: dict, **top):
     return normalize(tone_workflow(tiny_model, passes, **top), base_dir=Path.cwd())
 
 
-def test_plain_lora_workflows_do_not_use_bitsandbytes(tiny_model):
+def test_plain_lora_workflows_do_not_use_bitsandbytes(tiny_model, tmp_path):
     assert not uses_bitsandbytes(_config(tiny_model, {"lora": LORA, "merge": {"type": "MergeAdapterWeights"}}))
+    work = example_workspace(tmp_path, tiny_model)
     for name in ("demo.json", "olive-0.13-config.json", "search.json", "seed-config.json"):
-        assert not uses_bitsandbytes(load_config(EXAMPLE / name)), name
+        assert not uses_bitsandbytes(load_config(work / name)), name
 
 
 def test_qlora_anywhere_in_the_workflow_uses_bitsandbytes(tiny_model):
@@ -57,13 +58,14 @@ def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
-def test_hidden_bitsandbytes_is_not_loaded_and_lora_still_builds(tiny_model):
+def test_hidden_bitsandbytes_is_not_loaded_and_lora_still_builds(tiny_model, tmp_path):
+    demo = example_workspace(tmp_path, tiny_model) / "demo.json"
     code = f"""
 import sys
 from pathlib import Path
 from modelpress.config import load_config
 from modelpress.runtime import hide_bitsandbytes_unless_used
-assert hide_bitsandbytes_unless_used(load_config({str(EXAMPLE / 'demo.json')!r}))
+assert hide_bitsandbytes_unless_used(load_config({str(demo)!r}))
 import peft, transformers
 from transformers.utils import is_bitsandbytes_available
 from modelpress.models import load_causal_lm

@@ -143,13 +143,11 @@ def cmd_run(args) -> int:
 def run_config(config, show_progress: bool = True, own_process: bool = False) -> int:
     """Run a validated config and print the summary; shared by `run` and the shortcuts."""
     from modelpress.engine import run_workflow
-
-    if own_process:
-        from modelpress.runtime import hide_bitsandbytes_unless_used
-
-        if hide_bitsandbytes_unless_used(config):
-            log.debug("bitsandbytes is not loaded: no step of this workflow uses it")
     from modelpress.report import search_table, summary_table
+    from modelpress.runtime import hide_bitsandbytes_unless_used
+
+    if own_process and hide_bitsandbytes_unless_used(config):
+        log.debug("bitsandbytes is not loaded: no step of this workflow uses it")
 
     for warning in config.warnings:
         log.warning(warning)
