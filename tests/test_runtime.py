@@ -54,8 +54,10 @@ def test_user_code_may_use_bitsandbytes(tiny_model, tmp_path):
 
 
 def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter, with this environment less THP_ENV, plus `env`."""
+    base = {k: v for k, v in os.environ.items() if k != THP_ENV}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+                          env={**base, **(env or {})}, timeout=300)
 
 
 def test_hidden_bitsandbytes_is_not_loaded_and_lora_still_builds(tiny_model, tmp_path):
@@ -100,11 +102,9 @@ print(hide_bitsandbytes_unless_used(load_config({str(tmp_path / 'q.json')!r})),
 def test_the_command_turns_on_huge_page_tensors_unless_the_user_chose():
     code = ("import os, sys; from modelpress import cli; cli.main = lambda **kw: print(os.environ.get(%r)) or 0; "
             "cli.entry()" % THP_ENV)
-    env = {k: v for k, v in os.environ.items() if k != THP_ENV}
-    unset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    unset = _python(code)
     assert unset.stdout.strip() == "1", unset.stderr
     assert _python(code, {THP_ENV: "0"}).stdout.strip() == "0"
     # a program that uses modelpress as a library keeps its own settings
-    library = subprocess.run([sys.executable, "-c", f"import os, modelpress.cli; print(os.environ.get({THP_ENV!r}))"],
-                             capture_output=True, text=True, env=env, timeout=60)
+    library = _python(f"import os, modelpress.cli; print(os.environ.get({THP_ENV!r}))")
     assert library.stdout.strip() == "None", library.stderr
