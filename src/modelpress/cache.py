@@ -42,7 +42,7 @@ def _file_sha(path: Path) -> str:
 
 
 def content_id(folder: Path, memo_path: Path | None = None) -> str:
-    """A hash of a folder's file names and contents.
+    """A hash of a folder's (or one file's) file names and contents.
 
     File hashes are remembered by (path, size, mtime) in `memo_path`, so a multi-GB model is
     read once, not on every run.
@@ -50,12 +50,13 @@ def content_id(folder: Path, memo_path: Path | None = None) -> str:
     folder = Path(folder).resolve()
     memo = _read_memo(memo_path)
     entries = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
         stat = path.stat()
         memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
         sha = memo.get(memo_key) or _file_sha(path)
         memo[memo_key] = sha
-        entries.append((str(path.relative_to(folder)), stat.st_size, sha))
+        entries.append((path.name if path == folder else str(path.relative_to(folder)), stat.st_size, sha))
     if memo_path:
         atomic_write_json(memo_path, memo)
     return cache_key("folder", entries)

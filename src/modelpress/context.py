@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelpress.config.normalize import completion_field
+from modelpress.config.templates import completion_field
+from modelpress.chat import ChatFormat
 from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfig
 from modelpress.data import (
     Example,
@@ -38,21 +39,45 @@ class EvalSet:
 class DataPlan:
     """Reads, renders and splits each data config once per run, on first use."""
 
-    def __init__(self, config: WorkflowConfig, cache_dir: Path):
+    def __init__(self, config: WorkflowConfig, cache_dir: Path, model_folder: Path | None = None):
         self.config = config
         self.cache_dir = cache_dir
+        self.model_folder = model_folder or config.input_model.model_path  # whose chat template chat data uses
         self._examples: dict[str, list[Example]] = {}
+        self._hub: dict[str, Path] = {}
+        self._chat: dict[str, ChatFormat] = {}
 
     def data_config(self, name: str) -> DataConfig:
         return self.config.data_configs[name]
 
+    def resolve_hub_data(self) -> None:
+        """Resolve every Hub dataset to its local snapshot (from the cache, or downloaded when allowed)."""
+        from modelpress.hub import snapshot
+
+        for name, config in self.config.data_configs.items():
+            if config.hub_id and name not in self._hub:
+                self._hub[name] = snapshot(config.hub_id, config.revision, "dataset")
+
+    def chat_format(self, name: str) -> ChatFormat | None:
+        """The chat template data config `name` renders rows with (None for text templates)."""
+        config = self.data_config(name)
+        if not config.chat:
+            return None
+        if name not in self._chat:
+            template = config.chat_template if isinstance(config.chat_template, str) else None
+            self._chat[name] = ChatFormat.from_model(self.model_folder, template,
+                                                     self.config.input_model.trust_remote_code)
+        return self._chat[name]
+
     def fingerprint(self, name: str) -> str:
-        return data_fingerprint(self.data_config(name))
+        chat = self.chat_format(name)
+        return data_fingerprint(self.data_config(name), self._hub.get(name), chat.to_json() if chat else None)
 
     def examples(self, name: str) -> list[Example]:
         if name not in self._examples:
             config = self.data_config(name)
-            self._examples[name] = render(config, load_rows(config, self.cache_dir / "datasets"))
+            rows = load_rows(config, self.cache_dir / "datasets", self._hub.get(name))
+            self._examples[name] = render(config, rows, self.chat_format(name))
         return self._examples[name]
 
     def check_all(self) -> None:
@@ -114,7 +139,8 @@ class DataPlan:
         unique = list(first.values())
         limit = self.config.evaluation.max_examples
         config = self.data_config(name)
-        label = self.config.evaluation.label_column or config.label_col or completion_field(config.text_template)
+        label = (self.config.evaluation.label_column or config.label_col or completion_field(config.text_template)
+                 or ("assistant" if config.chat else None))
         return EvalSet(unique[:limit] if limit else unique, description, label)
 
 

@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelpress.config.normalize import completion_field, template_parts
+from modelpress.config.templates import completion_split, template_parts
 from modelpress.config.schema import DataConfig
 from modelpress.errors import DataError
 
@@ -23,11 +23,25 @@ IGNORE = -100  # label id the loss skips
 
 @dataclass(frozen=True)
 class Example:
-    """One rendered row: the model reads `prompt` and should produce `completion`."""
+    """One rendered row: the model reads `prompt` and should produce `completion`.
+
+    `target` is the text trained on after the prompt when it is more than the completion: the
+    completion plus what closes it (a chat turn's end marker, a template's closing text).
+    `turns` cuts a multi-turn chat prompt into (text, trained) pieces, so that earlier
+    assistant turns are learned too.
+    """
 
     prompt: str
     completion: str
     source: str  # "file row N", for error messages and reports
+    target: str | None = None
+    turns: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def stop(self) -> str:
+        """The text that closes an answer (evaluation reads a generated answer up to it)."""
+        target = self.target or ""
+        return target[len(self.completion):].strip() if target.startswith(self.completion) else ""
 
 
 FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -38,9 +52,16 @@ def format_of(path: Path | str) -> str | None:
     return FORMATS.get(Path(path).suffix.lower())
 
 
-def data_fingerprint(config: DataConfig) -> str:
-    """A hash of the data config and the bytes of its files: changes whenever the data does."""
+def data_fingerprint(config: DataConfig, hub_folder: Path | None = None, chat: dict | None = None) -> str:
+    """A hash of the data config, its chat template and the bytes of its files: changes whenever the data does.
+
+    A Hub dataset is named by its snapshot folder, which is its commit hash.
+    """
     digest = hashlib.sha256(config.model_dump_json().encode())
+    digest.update(repr(sorted((chat or {}).items())).encode())
+    if hub_folder is not None:
+        digest.update(Path(hub_folder).name.encode())
+        return digest.hexdigest()
     for path in config.data_files:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -48,16 +69,17 @@ def data_fingerprint(config: DataConfig) -> str:
     return digest.hexdigest()
 
 
-def load_rows(config: DataConfig, cache_dir: Path | None = None) -> list[tuple[str, dict]]:
-    """Read every row of every file; returns (where, row) pairs. Errors name the file."""
+def load_rows(config: DataConfig, cache_dir: Path | None = None,
+              hub_folder: Path | None = None) -> list[tuple[str, dict]]:
+    """Read every row of every file (or of a Hub dataset's snapshot); (where, row) pairs. Errors name the file."""
     import datasets
 
     datasets.disable_progress_bars()
     rows = []
-    for path in config.data_files:
+    sources = [hub_folder] if hub_folder is not None else config.data_files
+    for path in sources:
         try:
-            table = datasets.load_dataset(config.format, data_files=[str(path)], split=config.split,
-                                          cache_dir=str(cache_dir) if cache_dir else None)
+            table = _load_table(config, path, hub_folder is not None, cache_dir)
             rows += [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
         except ValueError as err:
             if "split" in str(err).lower() and "unknown" in str(err).lower():
@@ -71,6 +93,17 @@ def load_rows(config: DataConfig, cache_dir: Path | None = None) -> list[tuple[s
     return rows
 
 
+def _load_table(config: DataConfig, path: Path, hub: bool, cache_dir: Path | None):
+    """One file through its datasets builder, or a Hub dataset's snapshot folder as datasets reads the Hub."""
+    import datasets
+
+    cache = str(cache_dir) if cache_dir else None
+    if hub:
+        return datasets.load_dataset(str(path), config.subset, data_dir=config.data_dir, split=config.split,
+                                     data_files=[str(f) for f in config.data_files] or None, cache_dir=cache)
+    return datasets.load_dataset(config.format, data_files=[str(path)], split=config.split, cache_dir=cache)
+
+
 def _unreadable(path: Path, fmt: str, err: Exception) -> str:
     text = str(err).strip()
     detail = text.splitlines()[0][:300] if text else "no details"
@@ -79,10 +112,12 @@ def _unreadable(path: Path, fmt: str, err: Exception) -> str:
     return f"{path}: cannot read as {fmt} ({detail}). Check the file's format and save it as UTF-8."
 
 
-def render(config: DataConfig, rows: list[tuple[str, dict]]) -> list[Example]:
-    """Render rows through the template; a missing, null or non-text field names its row."""
+def render(config: DataConfig, rows: list[tuple[str, dict]], chat=None) -> list[Example]:
+    """Render rows through the template (or `chat`, a `ChatFormat`); a missing, null or non-text field names its row."""
+    if config.chat:
+        return [_chat_example(config, chat, row, where) for where, row in rows]
     fields = _fields(config)
-    completion = None if config.label_col else completion_field(config.text_template)
+    completion = None if config.label_col else completion_split(config.text_template)
     columns = set(rows[0][1]) if rows else set()
     missing = [f for f in fields + ([config.label_col] if config.label_col else []) if f not in columns]
     if missing:
@@ -118,18 +153,32 @@ def _fields(config: DataConfig) -> list[str]:
     return list(config.text_cols or [])
 
 
-def _render_row(config: DataConfig, row: dict, completion: str | None, where: str) -> Example:
+def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
+    """A conversation: the prompt is everything up to the last assistant turn, whose content is the completion."""
+    from modelpress.chat import messages_of
+
+    messages = messages_of(row, where, config.message_col, config.chat_columns, config.system_prompt)
+    pieces = chat.pieces(messages)
+    last = max(i for i, (_, trained) in enumerate(pieces) if trained)
+    head = tuple(pieces[:last])
+    answer = messages[-1]["content"]
+    return Example("".join(text for text, _ in head), answer, where, target=pieces[last][1], turns=head)
+
+
+def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | None, where: str) -> Example:
     if config.label_col:  # classification: the input text, and the label as the completion
         text = config.text_template.format_map(row) if config.text_template else " ".join(
             row[c] for c in config.text_cols)
         return Example(text, str(row[config.label_col]), where)
     if not config.text_template:
         return Example("", " ".join(row[c] for c in config.text_cols), where)
-    parts = template_parts(config.text_template)
     if completion is None:
         return Example("", config.text_template.format_map(row), where)
-    head = "".join(lit + (row[f] if f else "") for lit, f, _, _ in parts[:-1]) + parts[-1][0]
-    return Example(head, row[completion], where)
+    field, closing = completion
+    parts = template_parts(config.text_template)
+    last = max(i for i, part in enumerate(parts) if part[1] == field)
+    head = "".join(lit + (row[f] if f else "") for lit, f, _, _ in parts[:last]) + parts[last][0]
+    return Example(head, row[field], where, target=row[field] + closing if closing else None)
 
 
 def split_examples(examples: list[Example], size: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -156,15 +205,24 @@ def tokenize(examples: list[Example], tokenizer, config: DataConfig) -> list[tup
     """Token ids and labels for each example; prompt labels are masked when loss_on is 'completion'."""
     bos = [tokenizer.bos_token_id] if config.add_special_tokens and tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if config.add_special_tokens and tokenizer.eos_token_id is not None else []
-    prompts = tokenizer([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([ex.target or ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
     out = []
-    for prompt, completion in zip(prompts, completions):
-        head = bos + prompt
+    for head, head_labels, completion in zip(*_heads(examples, tokenizer, config.loss_on), completions):
         tail = completion + eos
-        head_labels = [IGNORE] * len(head) if config.loss_on == "completion" else head
-        out.append((head + tail, head_labels + tail))
+        out.append((bos + head + tail, [IGNORE] * len(bos) + head_labels + tail))
     return out
+
+
+def _heads(examples: list[Example], tokenizer, loss_on: str) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids and their labels: masked when the loss is on the completion, except earlier assistant turns."""
+    ids, labels = [], []
+    for ex in examples:
+        pieces = ex.turns or ((ex.prompt, False),)
+        encoded = tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
+        ids.append([t for piece in encoded for t in piece])
+        labels.append([t if loss_on == "all" or trained else IGNORE
+                       for piece, (_, trained) in zip(encoded, pieces) for t in piece])
+    return ids, labels
 
 
 def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joiner: list[int],

@@ -20,6 +20,7 @@ from modelpress.context import DataPlan, PassContext
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
 from modelpress.html_report import write_report
+from modelpress.inputs import resolve_input_folder
 from modelpress.models import MODEL_CARD, ModelRef
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 
@@ -98,16 +99,19 @@ class Session:
 
     @classmethod
     def start(cls, config: WorkflowConfig, show_progress: bool = True) -> "Session":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         engine = config.engine
         cache = PassCache(engine.cache_dir)
         _prepare_folders(cache, engine.output_dir, engine.clean_cache)
         ep = resolve_execution_provider(engine.execution_provider)
-        memo = engine.cache_dir / "content-ids.json"
-        ref = ModelRef(HF, config.input_model.model_path, id=content_id(config.input_model.model_path, memo),
+        folder = resolve_input_folder(config.input_model, engine.cache_dir)
+        plan = DataPlan(config, engine.cache_dir, folder)
+        plan.resolve_hub_data()
+        # Every Hub id is resolved to a local folder by now: nothing later may reach a hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json"),
                        task={"task": config.input_model.task})
-        return cls(config, cache, DataPlan(config, engine.cache_dir), ep, ref, show_progress)
+        return cls(config, cache, plan, ep, ref, show_progress)
 
     def run_chain(self, passes: list[PassConfig], history: list[dict]) -> ModelRef:
         """Run `passes` in order from the input model, each from the cache when it is there."""
@@ -229,8 +233,13 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
     for p in config.passes:
         if CATALOG[p.type].trains():
             data = plan.data_config(p.params.train_data_config)
-            return {"text_template": data.text_template, "add_bos": data.add_special_tokens,
+            card = {"text_template": data.text_template, "add_bos": data.add_special_tokens,
                     "data_config": data.name, "label_col": data.label_col, "text_cols": data.text_cols}
+            chat = plan.chat_format(data.name)
+            if chat:  # the exact template and turns the model was trained with, so prompts are built the same way
+                card["chat"] = {**chat.to_json(), "columns": data.chat_columns, "message_col": data.message_col,
+                                "system_prompt": data.system_prompt}
+            return card
     return {}
 
 

@@ -16,8 +16,11 @@ from modelpress.models import MODEL_CARD
 
 def prompt_for(card: dict, text: str) -> str:
     """Wrap `text` in the training template's prompt part when the template has one input field."""
-    from modelpress.config.normalize import completion_field, template_fields
+    from modelpress.config.templates import completion_field, template_fields
 
+    chat = (card.get("task") or {}).get("chat")
+    if chat:
+        return chat_prompt_for(chat, text)
     template = (card.get("task") or {}).get("text_template")
     target = completion_field(template)
     inputs = [f for f in template_fields(template or "") if f != target]
@@ -25,6 +28,23 @@ def prompt_for(card: dict, text: str) -> str:
         return text
     head = template[: template.rindex("{" + target + "}")]
     return head.replace("{" + inputs[0] + "}", text)
+
+
+def chat_prompt_for(chat: dict, text: str) -> str:
+    """The chat template's prompt for one user message, as the model was trained: its system prompt and the
+    user turn's template (`chat_columns`) with `text` in its one field."""
+    from modelpress.chat import ChatFormat
+    from modelpress.config.templates import template_fields
+
+    columns = chat.get("columns") or {}
+    messages = [{"role": "system", "content": chat["system_prompt"]}] if chat.get("system_prompt") is not None else []
+    for role, spec in list(columns.items())[:-1]:
+        spec = spec if "{" in spec else "{" + spec + "}"
+        fields = template_fields(spec)
+        messages.append({"role": role, "content": spec.format_map({f: text for f in fields}) if fields else spec})
+    if not columns:
+        messages.append({"role": "user", "content": text})
+    return ChatFormat(chat["template"], chat.get("special_tokens") or {}).render(messages, add_generation_prompt=True)
 
 
 def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False) -> Iterator[str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelpress.config.normalize import completion_field
+from modelpress.chat import ChatFormat
+from modelpress.config.templates import completion_field
 from modelpress.config.schema import DataConfig
 from modelpress.data import format_of, load_rows, render
 from modelpress.errors import ModelpressError
@@ -24,18 +25,22 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
                               "modelpress run (or the folder of one of its cache entries)")
     ref = ModelRef.load(model_dir)
     task = ref.task or {}
+    chat = None if template else task.get("chat")  # --template overrides the trained chat format
     template = template or task.get("text_template")
     label_col = task.get("label_col")
-    if not template and not (label_col and task.get("text_cols")):
+    if not (template or chat) and not (label_col and task.get("text_cols")):
         raise ModelpressError(f"{model_dir} does not say which text template it was trained with: pass --template")
     fmt = format_of(data_files[0])
     if fmt is None:
         raise ModelpressError(f"{data_files[0]}: unknown data format; use .json, .jsonl, .csv or .parquet")
-    config = DataConfig(name="evaluate", data_files=data_files, format=fmt, text_template=template,
-                        text_cols=task.get("text_cols"), label_col=label_col,
-                        add_special_tokens=task.get("add_bos", False))
-    examples = render(config, load_rows(config))[:max_examples]
-    label = label_col or completion_field(template)
+    chat_fields = {"chat_template": chat["template"], "chat_columns": chat.get("columns"),
+                   "message_col": chat.get("message_col") or "messages",
+                   "system_prompt": chat.get("system_prompt")} if chat else {"text_template": template}
+    config = DataConfig(name="evaluate", data_files=data_files, format=fmt, text_cols=task.get("text_cols"),
+                        label_col=label_col, add_special_tokens=task.get("add_bos", False), **chat_fields)
+    chat_format = ChatFormat(chat["template"], chat.get("special_tokens") or {}) if chat else None
+    examples = render(config, load_rows(config), chat_format)[:max_examples]
+    label = label_col or completion_field(template) or ("assistant" if chat else None)
     result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,
                       show_progress=show_progress)
     result.update({"model": str(model_dir), "model_kind": ref.kind, "data": [str(p) for p in data_files],

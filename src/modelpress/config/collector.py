@@ -60,6 +60,7 @@ class Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
+        self.notes: list[str] = []  # facts worth telling, not problems
 
     def add(self, path: str, message: str, hint: str | None = None) -> None:
         problem = Problem(path, message, hint)
@@ -68,6 +69,9 @@ class Collector:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
     def unknown_keys(self, raw: dict, allowed: Iterable[str], path: str) -> None:
         """Report every key of `raw` that is not in `allowed`."""
@@ -121,3 +125,19 @@ def _problem_from(model: type[BaseModel], error: dict, loc: list[str], prefix: s
         return Problem(full, f"found {found!r}; allowed: {expected}", hint)
     message = error["msg"].removeprefix("Value error, ")
     return Problem(full, f"{message}; found {found!r}")
+
+
+def as_mapping(value: Any, path: str, c: Collector) -> dict | None:
+    if isinstance(value, dict):
+        return value
+    c.add(path, f"must be a mapping, found {type(value).__name__}")
+    return None
+
+
+def unwrap(raw: dict, key: str, path: str) -> tuple[dict, str]:
+    """Lift a nested `config`/`params` block (Olive 0.5 style) into its parent."""
+    inner = raw.get(key)
+    if isinstance(inner, dict):
+        rest = {k: v for k, v in raw.items() if k != key}
+        return {**inner, **rest}, f"{path}.{key}"
+    return raw, path

@@ -11,14 +11,14 @@ Every problem found is collected with the key path the user wrote, then raised a
 from __future__ import annotations
 
 import json
-import string
 import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices
 
-from modelpress.config.collector import Collector, did_you_mean
+from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
+from modelpress.config.data_section import data_configs
 from modelpress.config.schema import (
     SUB_METRICS,
     DataConfig,
@@ -31,6 +31,8 @@ from modelpress.config.schema import (
     SearchConfig,
     WorkflowConfig,
 )
+from modelpress.config.sources import input_model, resolve_path
+from modelpress.config.templates import completion_field
 from modelpress.errors import ConfigError, Problem
 from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, LoRAParams, data_refs
 
@@ -38,7 +40,7 @@ ENGINE_KEYS = (
     "log_severity_level", "host", "target", "search_strategy", "execution_providers",
     "cache_dir", "output_dir", "evaluate_input_model", "clean_cache", "workflow_id", "output_name", "evaluator",
 )
-TOP_KEYS = ("input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
+TOP_KEYS = ("$schema", "input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
             *ENGINE_KEYS)
 EP_NAMES = {
     "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml",
@@ -102,8 +104,8 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowC
     c.unknown_keys(raw, TOP_KEYS, "")
     engine_raw, engine_path = _engine_section(raw, c)
     systems = _systems(raw.get("systems"), c)
-    model = _input_model(raw.get("input_model"), base_dir, c)
-    data = _data_configs(raw.get("data_configs", []), base_dir, c)
+    model = input_model(raw.get("input_model"), base_dir, c)
+    data = data_configs(raw.get("data_configs", []), base_dir, c)
     search = _search(engine_raw, engine_path, c)
     passes = _passes(raw.get("passes", {}), search, base_dir, c)
     engine = _engine(engine_raw, engine_path, systems, base_dir, c)
@@ -116,7 +118,7 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowC
         raise ConfigError(c.problems, str(source) if source else None)
     return WorkflowConfig(source=source, schema_style=style, input_model=model, data_configs=data,
                           passes=passes, evaluation=evaluation, evaluator=evaluator, search=search,
-                          engine=engine, warnings=c.warnings)
+                          engine=engine, warnings=c.warnings, notes=c.notes)
 
 
 def _detect_style(raw: dict) -> str:
@@ -128,203 +130,10 @@ def _detect_style(raw: dict) -> str:
     return "olive-0.13"
 
 
-def _as_mapping(value: Any, path: str, c: Collector) -> dict | None:
-    if isinstance(value, dict):
-        return value
-    c.add(path, f"must be a mapping, found {type(value).__name__}")
-    return None
-
-
-def _unwrap(raw: dict, key: str, path: str) -> tuple[dict, str]:
-    """Lift a nested `config`/`params` block (Olive 0.5 style) into its parent."""
-    inner = raw.get(key)
-    if isinstance(inner, dict):
-        rest = {k: v for k, v in raw.items() if k != key}
-        return {**inner, **rest}, f"{path}.{key}"
-    return raw, path
-
-
-# --- input model -----------------------------------------------------------------------------
-
-def _input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | None:
-    path = "input_model"
-    if raw is None:
-        c.add(path, "required section is missing", "Add input_model with type HfModel and model_path.")
-        return None
-    if _as_mapping(raw, path, c) is None:
-        return None
-    typ = raw.get("type", "HfModel")
-    if typ not in ("HfModel", "PyTorchModel"):
-        c.add(f"{path}.type", f"model type {typ!r} is not supported",
-              "modelpress takes a Hugging Face model folder: use type 'HfModel'.")
-        return None
-    flat, where = _unwrap({k: v for k, v in raw.items() if k != "type"}, "config", path)
-    hf_path = f"{where}.hf_config"
-    hf = flat.pop("hf_config", None) or {}
-    if _as_mapping(hf, hf_path, c) is None:
-        return None
-    hf = dict(hf)
-    load_kwargs = {}
-    for key in ("load_kwargs", "model_loading_args", "from_pretrained_args"):
-        src = flat.pop(key, None) if key == "load_kwargs" else hf.pop(key, None)
-        if isinstance(src, dict):
-            load_kwargs.update(src)
-    model_path = flat.pop("model_path", None) or hf.pop("model_name", None)
-    task = flat.pop("task", None) or hf.pop("task", None) or "text-generation"
-    if isinstance(model_path, dict):
-        c.add(f"{where}.model_path", f"model source {model_path.get('type', 'mapping')!r} is not supported",
-              "modelpress loads models from a local folder only: download the model and set model_path to it.")
-        return None
-    if flat.pop("model_file_format", None) not in (None, "PyTorch.SafeTensors"):
-        c.add(f"{where}.model_file_format", "only local Hugging Face folders are supported",
-              "Remove model_file_format and point model_path at the folder.")
-    c.unknown_keys(flat, ("model_path", "task", "load_kwargs"), where)
-    c.unknown_keys(hf, ("model_name", "task", "model_loading_args", "from_pretrained_args"), hf_path)
-    known_kwargs = ("trust_remote_code", "attn_implementation", "torch_dtype", "dtype")
-    c.unknown_keys(load_kwargs, known_kwargs, f"{where}.load_kwargs")
-    if model_path is None:
-        c.add(f"{where}.model_path", "required key is missing", "Set it to a Hugging Face model folder.")
-        return None
-    if isinstance(model_path, str) and model_path.startswith(PACKAGE_PREFIX):
-        model_path = _package_folder(model_path, f"{where}.model_path", c)
-        if model_path is None:
-            return None
-    data = {"model_path": _resolve(model_path, base_dir), "task": task,
-            "trust_remote_code": load_kwargs.get("trust_remote_code", False),
-            "attn_implementation": load_kwargs.get("attn_implementation"),
-            "torch_dtype": load_kwargs.get("torch_dtype", load_kwargs.get("dtype", "float32"))}
-    model = c.validate(InputModelConfig, data, where)
-    if model:
-        _check_model_folder(model.model_path, f"{where}.model_path", c)
-    return model
-
-
-PACKAGE_PREFIX = "package:"
-
-
-def _package_folder(value: str, path: str, c: Collector) -> str | None:
-    """`package:NAME/sub/folder`: a model folder shipped inside an installed Python package (not imported)."""
-    import importlib.util
-
-    name, _, sub = value[len(PACKAGE_PREFIX):].partition("/")
-    try:
-        spec = importlib.util.find_spec(name) if name.isidentifier() else None
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        c.add(path, f"no installed Python package {name!r}",
-              f"Install it (pip install {name.replace('_', '-')}) or give a folder path.")
-        return None
-    return str(Path(next(iter(spec.submodule_search_locations))) / sub)
-
-
-def _check_model_folder(folder: Path, path: str, c: Collector) -> None:
-    if not folder.is_dir():
-        c.add(path, f"model folder not found: {folder}",
-              "Point it at a local Hugging Face folder (modelpress create-tiny-model --out DIR makes one).")
-        return
-    if not (folder / "config.json").is_file():
-        c.add(path, f"{folder} has no config.json", "A Hugging Face model folder needs config.json.")
-    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
-    if not weights:
-        c.add(path, f"{folder} has no weights (*.safetensors or *.bin)", "Save the model with save_pretrained.")
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        c.add(path, f"{folder} has no tokenizer files", "Save the tokenizer into the folder with save_pretrained.")
-
-
-def _resolve(value: Any, base_dir: Path) -> Any:
-    if not isinstance(value, (str, Path)):
-        return value
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
-
-
-# --- data --------------------------------------------------------------------------------------
-
-def _data_configs(raw: Any, base_dir: Path, c: Collector) -> dict[str, DataConfig]:
-    if not isinstance(raw, list):
-        c.add("data_configs", f"must be a list of data configs, found {type(raw).__name__}")
-        return {}
-    configs: dict[str, DataConfig] = {}
-    for i, item in enumerate(raw):
-        path = f"data_configs[{i}]"
-        if _as_mapping(item, path, c) is None:
-            continue
-        config = _data_config(item, path, base_dir, c)
-        if config and config.name in configs:
-            c.add(f"{path}.name", f"duplicate data config name {config.name!r}", "Give each data config its own name.")
-        elif config:
-            configs[config.name] = config
-    return configs
-
-
-def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConfig | None:
-    allowed = ("name", "type", "load_dataset_config", "pre_process_data_config",
-               "dataloader_config", "post_process_data_config", "user_script", "script_dir")
-    c.unknown_keys(raw, allowed, path)
-    if raw.get("type", "HuggingfaceContainer") != "HuggingfaceContainer":
-        c.add(f"{path}.type", f"data container {raw['type']!r} is not supported",
-              "Use 'HuggingfaceContainer' with local files.")
-    if "user_script" in raw:
-        c.add(f"{path}.user_script", "data user scripts are not supported yet",
-              "Describe the data with data_files and text_template instead.")
-    load, load_path = _section(raw, "load_dataset_config", path, c)
-    pre, pre_path = _section(raw, "pre_process_data_config", path, c)
-    load_fields = _load_fields(load, load_path, base_dir, c)
-    if load_fields is None:
-        return None
-    data = {**pre, **load_fields, "name": raw.get("name")}
-
-    def where(key: str) -> str:
-        return pre_path if key in pre else (load_path if key in load_fields else path)
-
-    return c.validate(DataConfig, data, path, where)
-
-
-def _section(raw: dict, key: str, path: str, c: Collector) -> tuple[dict, str]:
-    section = raw.get(key) or {}
-    if _as_mapping(section, f"{path}.{key}", c) is None:
-        return {}, f"{path}.{key}"
-    flat, where = _unwrap(dict(section), "params", f"{path}.{key}")
-    flat.pop("type", None)
-    return flat, where
-
-
-def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | None:
-    name = load.get("data_name")
-    fmt = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}.get(name) if isinstance(name, str) else None
-    if load.get("data_name") is None:
-        c.add(f"{path}.data_name", "required key is missing", "Set it to json, csv or parquet.")
-        return None
-    if fmt is None:
-        c.add(f"{path}.data_name", f"found {load['data_name']!r}; modelpress reads local files only",
-              "Set data_name to json, csv or parquet and data_files to local paths.")
-        return None
-    files = load.get("data_files")
-    if isinstance(files, dict):
-        c.add(f"{path}.data_files", f"data source {files.get('type', 'mapping')!r} is not supported",
-              "modelpress reads local files: download the data and list the file paths.")
-        return None
-    if files is None:
-        c.add(f"{path}.data_files", "required key is missing", "List the local data files.")
-        return None
-    files = [files] if isinstance(files, str) else files
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        c.add(f"{path}.data_files", f"must be a path or a list of paths, found {files!r}")
-        return None
-    resolved = [_resolve(f, base_dir) for f in files]
-    for i, file in enumerate(resolved):
-        if not file.is_file():
-            c.add(f"{path}.data_files[{i}]", f"file not found: {file}",
-                  "Paths are relative to the config file's folder.")
-    c.unknown_keys(load, ("data_name", "data_files", "split"), path)
-    return {"data_files": resolved, "format": fmt, "split": load.get("split", "train")}
-
-
 # --- passes ------------------------------------------------------------------------------------
 
 def _passes(raw: Any, search: SearchConfig, base_dir: Path, c: Collector) -> list[PassConfig] | None:
-    if _as_mapping(raw, "passes", c) is None:
+    if as_mapping(raw, "passes", c) is None:
         return None
     passes = []
     for name, spec in raw.items():
@@ -336,7 +145,7 @@ def _passes(raw: Any, search: SearchConfig, base_dir: Path, c: Collector) -> lis
         configs = []
         for i, option in enumerate(options):
             where = f"{path}[{i}]" if isinstance(spec, list) else path
-            if _as_mapping(option, where, c) is not None:
+            if as_mapping(option, where, c) is not None:
                 configs.append(_pass(name, option, where, base_dir, c))
         if None in configs or not configs:
             continue
@@ -359,7 +168,7 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
         if spec.get("type") not in CATALOG:
             load_entry_points()
         return True
-    file = _resolve(script, base_dir) if isinstance(script, str) else None
+    file = resolve_path(script, base_dir) if isinstance(script, str) else None
     if file is None or not file.is_file():
         c.add(f"{path}.user_script", f"file not found: {file or script!r}",
               "Give the path of the Python file that defines the pass (relative to the config file).")
@@ -443,7 +252,7 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
             hint = did_you_mean(typ, CATALOG) or f"Supported passes: {supported}."
             c.add(f"{path}.type", f"unknown pass type {typ!r}", hint)
         return None
-    flat, where = _unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script")}, "config", path)
+    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script")}, "config", path)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)
     first = {**flat, **{k: v[0] for k, v in space.items()}}
@@ -469,14 +278,14 @@ def _warn_4bit_options(params: LoRAParams, path: str, c: Collector) -> None:
 
 def _systems(raw: Any, c: Collector) -> dict[str, str | None]:
     """Map each system name to its execution provider (None when it names none)."""
-    if raw is None or _as_mapping(raw, "systems", c) is None:
+    if raw is None or as_mapping(raw, "systems", c) is None:
         return {}
     systems = {}
     for name, spec in raw.items():
         path = f"systems.{name}"
-        if _as_mapping(spec, path, c) is None:
+        if as_mapping(spec, path, c) is None:
             continue
-        flat, where = _unwrap(dict(spec), "config", path)
+        flat, where = unwrap(dict(spec), "config", path)
         typ = flat.pop("type", None)
         if typ != "LocalSystem":
             c.add(f"{path}.type", f"system type {typ!r} is not supported",
@@ -515,7 +324,7 @@ def _engine_section(raw: dict, c: Collector) -> tuple[dict, str]:
     top = {k: raw[k] for k in ENGINE_KEYS if k in raw}
     if engine is None:
         return top, ""
-    if _as_mapping(engine, "engine", c) is None:
+    if as_mapping(engine, "engine", c) is None:
         return top, ""
     c.unknown_keys(engine, ENGINE_KEYS, "engine")
     return {**top, **engine}, "engine"
@@ -533,7 +342,7 @@ def _engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) -
     data = {"execution_provider": ep or "cpu", "clean_cache": raw.get("clean_cache", False)}
     for key in ("cache_dir", "output_dir"):
         if key in raw:
-            data[key] = _resolve(raw[key], base_dir)
+            data[key] = resolve_path(raw[key], base_dir)
         else:
             data[key] = base_dir / EngineConfig.model_fields[key].default
     level = raw.get("log_severity_level", 1)
@@ -567,7 +376,7 @@ def _search(engine_raw: dict, engine_path: str, c: Collector) -> SearchConfig:
         return SearchConfig()
     if value is True:
         return SearchConfig(enabled=True)
-    if _as_mapping(value, path, c) is None:
+    if as_mapping(value, path, c) is None:
         return SearchConfig()
     data = dict(value)
     algorithm = data.pop("search_algorithm", None)  # Olive 0.5: search_algorithm + search_algorithm_config
@@ -587,7 +396,7 @@ def _search(engine_raw: dict, engine_path: str, c: Collector) -> SearchConfig:
 def _evaluator(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> EvaluatorConfig | None:
     """Olive's `evaluators` (named) and `evaluator` (which one the engine uses, or an inline one)."""
     named = raw.get("evaluators") or {}
-    if _as_mapping(named, "evaluators", c) is None:
+    if as_mapping(named, "evaluators", c) is None:
         return None
     chosen = engine_raw.get("evaluator", raw.get("evaluator"))
     path = "evaluator"
@@ -608,7 +417,7 @@ def _evaluator(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> Eva
         name = chosen
     else:
         body, name = chosen, "default"
-    if _as_mapping(body, path, c) is None:
+    if as_mapping(body, path, c) is None:
         return None
     evaluator = c.validate(EvaluatorConfig, {"name": name, **body}, path)
     if evaluator is None:
@@ -617,7 +426,7 @@ def _evaluator(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> Eva
         where = f"{path}.metrics[{i}]"
         _check_metric(metric, where, c)
         if metric.user_config is not None and metric.user_config.user_script is not None:
-            script = _resolve(str(metric.user_config.user_script), base_dir)
+            script = resolve_path(str(metric.user_config.user_script), base_dir)
             if not script.is_file():
                 c.add(f"{where}.user_config.user_script", f"file not found: {script}",
                       "Paths are relative to the config file's folder.")
@@ -665,7 +474,7 @@ def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: Eva
 
 def _evaluation(raw: dict, engine_raw: dict, c: Collector) -> EvaluationConfig:
     data = raw.get("evaluation", {})
-    if _as_mapping(data, "evaluation", c) is None:
+    if as_mapping(data, "evaluation", c) is None:
         return EvaluationConfig()
     if "evaluate_input_model" in engine_raw:
         data = {**data, "evaluate_input_model": engine_raw["evaluate_input_model"]}
@@ -673,25 +482,6 @@ def _evaluation(raw: dict, engine_raw: dict, c: Collector) -> EvaluationConfig:
 
 
 # --- whole-workflow checks ---------------------------------------------------------------------------
-
-def template_fields(template: str) -> list[str]:
-    """Names of the `{fields}` in a text template, in order."""
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field]
-
-
-def template_parts(template: str) -> list[tuple]:
-    """`string.Formatter().parse` of the template, without a trailing whitespace-only literal."""
-    parts = list(string.Formatter().parse(template))
-    if parts and parts[-1][1] is None and not parts[-1][0].strip():
-        parts = parts[:-1]
-    return parts
-
-
-def completion_field(template: str | None) -> str | None:
-    """The template's last field when the template ends with it (the text to generate)."""
-    parts = template_parts(template) if template else []
-    return parts[-1][1] if parts and parts[-1][1] else None
-
 
 def _check_workflow(model, data, passes, engine, evaluation, c: Collector) -> None:
     for name, config in data.items():
@@ -779,15 +569,35 @@ def _check_task_data(task: str, config: DataConfig | None, path: str, c: Collect
               "or set input_model.task to 'text-classification'.")
 
 
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _check_chat(name: str, config: DataConfig, c: Collector) -> None:
+    roles = list(config.chat_columns or {})
+    for role in roles:
+        if role not in CHAT_ROLES:
+            c.add(f"data_configs[{name}].chat_columns.{role}", f"unknown chat role {role!r}",
+                  did_you_mean(role, CHAT_ROLES) or f"Roles: {', '.join(CHAT_ROLES)}.")
+    if roles and roles[-1] != "assistant":
+        c.add(f"data_configs[{name}].chat_columns", "the conversation must end with an assistant turn (the answer "
+              "to learn and to measure)", "Map the answer column last, e.g. {\"user\": \"{phrase}\", "
+              "\"assistant\": \"{tone}\"}.")
+    if config.text_template:
+        c.warn(f"data_configs[{name}]: text_template is not used: rows are rendered through the chat template.")
+
+
 def _check_template(name: str, config: DataConfig, c: Collector) -> None:
+    if config.strategy == "join-sliding-window" and not config.stride:
+        c.add(f"data_configs[{name}].stride", "join-sliding-window needs a stride", "Set stride, e.g. max_seq_len // 2.")
+    if config.chat:
+        _check_chat(name, config, c)
+        return
     if not config.text_template and not config.text_cols:
         c.add(f"data_configs[{name}]", "neither text_template nor text_cols is set",
               "Set text_template, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'.")
-    if config.loss_on == "completion" and not config.label_col and not completion_field(config.text_template):
-        c.add(f"data_configs[{name}].loss_on", "'completion' needs a text_template that ends with a {field}",
-              "End the template with the field to predict, or set loss_on to 'all'.")
-    if config.strategy == "join-sliding-window" and not config.stride:
-        c.add(f"data_configs[{name}].stride", "join-sliding-window needs a stride", "Set stride, e.g. max_seq_len // 2.")
+    if config.loss_on == "completion" and not (config.label_col or config.chat or completion_field(config.text_template)):
+        c.add(f"data_configs[{name}].loss_on", "'completion' needs a text_template with a {field} (its last field "
+              "is the completion)", "Put the field to predict in the template, or set loss_on to 'all'.")
 
 
 def _check_data_ref(name: str | None, data: dict, path: str, c: Collector) -> None:
@@ -797,6 +607,8 @@ def _check_data_ref(name: str | None, data: dict, path: str, c: Collector) -> No
 
 
 def _check_output_dirs(model: InputModelConfig, engine: EngineConfig, c: Collector) -> None:
+    if model.model_path is None:  # a Hub snapshot lives in the Hugging Face cache
+        return
     source = model.model_path.resolve()
     for key in ("output_dir", "cache_dir"):
         target = getattr(engine, key).resolve()

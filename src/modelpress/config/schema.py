@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 
 from modelpress.passes.catalog import Strict
 
@@ -13,9 +13,17 @@ ExecutionProvider = Literal["cpu", "cuda", "dml"]
 
 
 class InputModelConfig(Strict):
-    """A Hugging Face model folder on local disk."""
+    """A Hugging Face model: a local folder, a Hub id, or a GGUF file (in a folder or a Hub repo)."""
 
-    model_path: Path = Field(description="Folder with config.json, weights and tokenizer.")
+    model_path: Path | None = Field(
+        None, description="Local folder with config.json, weights and tokenizer (or the folder of `gguf_file`).")
+    hub_id: str | None = Field(
+        None, description="Hugging Face Hub id (org/name): taken from the local Hugging Face cache, downloaded "
+        "only when it is missing there and HF_HUB_OFFLINE is unset.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit to pin (default: main).")
+    gguf_file: str | None = Field(
+        None, description="A GGUF file (llama.cpp, Ollama) in the folder or Hub repo: dequantized into a Hugging "
+        "Face folder once, which later passes use.")
     task: Literal["text-generation", "text-classification"] = Field(
         "text-generation",
         description="text-generation (a causal LM that generates the label) or text-classification "
@@ -29,13 +37,34 @@ class InputModelConfig(Strict):
         None, description="Attention kernel; default: transformers' choice."
     )
 
+    @model_validator(mode="after")
+    def _one_source(self) -> "InputModelConfig":
+        if (self.model_path is None) == (self.hub_id is None):
+            raise ValueError("give exactly one of model_path (a local folder) and hub_id")
+        return self
+
+    def describe(self) -> str:
+        """The model as the user named it."""
+        name = self.hub_id or str(self.model_path)
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{name}{rev}" + (f" ({self.gguf_file})" if self.gguf_file else "")
+
 
 class DataConfig(Strict):
     """Local rows turned into token sequences by a text template."""
 
     name: str = Field(description="Name that passes refer to.")
-    data_files: list[Path] = Field(min_length=1, description="Local JSON, JSONL, CSV or Parquet files.")
-    format: Literal["json", "csv", "parquet"] = Field(description="File format (datasets builder name).")
+    data_files: list[Path] = Field(
+        default_factory=list, description="Local JSON, JSONL, CSV or Parquet files (for a Hub dataset: files "
+        "inside the repo, optional).")
+    format: Literal["json", "csv", "parquet"] | None = Field(
+        None, description="File format (datasets builder name); a Hub dataset's is inferred.")
+    hub_id: str | None = Field(
+        None, description="Hugging Face Hub dataset id (org/name): taken from the local Hugging Face cache, "
+        "downloaded only when missing and HF_HUB_OFFLINE is unset.")
+    revision: str | None = Field(None, description="Hub dataset branch, tag or commit to pin.")
+    subset: str | None = Field(None, description="Hub dataset configuration (subset) name.")
+    data_dir: str | None = Field(None, description="Folder inside the Hub dataset repo to read.")
     split: str = Field("train", description="Split name passed to datasets.")
     text_template: str | None = Field(None, description="Python format string over column names.")
     text_cols: list[str] | None = Field(
@@ -60,11 +89,36 @@ class DataConfig(Strict):
     pad_to_max_len: bool = Field(True, description="Pad line-by-line sequences to max_seq_len.")
     use_attention_mask: bool = Field(True, description="Feed an attention mask to the model.")
     add_special_tokens: bool = Field(True, description="Add BOS/EOS around each row.")
-    loss_on: Literal["all", "completion"] = Field(
-        "all", description="Train on every token, or only on the template's last field (the completion)."
+    loss_on: Literal["all", "completion"] | None = Field(
+        None, description="Train on every token, or only on the completion: the template's last field, or with "
+        "a chat template every assistant turn. Default: completion for chat data, all otherwise."
     )
+    chat_template: bool | str | None = Field(
+        None, description="Render rows as conversations through a chat template: true for the model's own, or a "
+        "Jinja template string (Olive's chat_template).")
+    message_col: str = Field("messages", description="Chat data: the column of role/content messages (TRL, Axolotl).")
+    chat_columns: dict[str, str] | None = Field(
+        None, description="Chat data without a messages column: role -> column name or text template, e.g. "
+        "{\"user\": \"{phrase}\", \"assistant\": \"{tone}\"}.")
+    system_prompt: str | None = Field(
+        None, description="Chat data: a system message put first (default: none, so the template's own default).")
     max_samples: int | None = Field(None, gt=0, description="Use at most this many sequences.")
     dataset_type: Literal["corpus"] = Field("corpus", description="Olive 0.5 key; only 'corpus' exists.")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "DataConfig":
+        if not self.hub_id and not self.data_files:
+            raise ValueError("give data_files (local files) or a Hub dataset id")
+        if self.loss_on is None:
+            self.loss_on = "completion" if self.chat else "all"
+        if self.chat and "add_special_tokens" not in self.model_fields_set:
+            self.add_special_tokens = False  # a chat template writes its own BOS and end-of-turn tokens
+        return self
+
+    @property
+    def chat(self) -> bool:
+        """True when rows are rendered as conversations through a chat template."""
+        return bool(self.chat_template) or bool(self.chat_columns)
 
 
 class EvaluationConfig(Strict):
@@ -216,10 +270,11 @@ class WorkflowConfig(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     warnings: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
     def resolved(self) -> dict:
         """A JSON-ready dict of the whole resolved config, saved next to outputs."""
-        data = self.model_dump(mode="json", exclude={"warnings", "source"})
+        data = self.model_dump(mode="json", exclude={"warnings", "notes", "source"})
         data["passes"] = [_pass_json(p) for p in self.passes]
         return data
 

@@ -1,0 +1,118 @@
+"""Rows as conversations, rendered through a chat template: the model's own, or one the config gives.
+
+A row becomes a list of `{"role", "content"}` messages in one of two ways:
+- a column of messages (`message_col`, default `messages`), as TRL and Axolotl read it; ShareGPT's
+  `{"from": "human"|"gpt", "value": ...}` turns are accepted too;
+- `chat_columns`, a mapping from role to a column name or a text template over the columns
+  (`{"user": "{phrase}", "assistant": "{tone}"}`), with an optional `system_prompt`.
+
+Rendering uses transformers' own Jinja renderer, so the text is exactly what
+`tokenizer.apply_chat_template` gives. To train on the assistant turns only, the rendering is
+cut into pieces: the text up to each assistant turn (with the generation prompt) and the turn
+itself, found by rendering the conversation one turn at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelpress.errors import DataError
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "model": "assistant"}
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat template and the special tokens it may name (`bos_token`, `eos_token`, ...)."""
+
+    template: str
+    special_tokens: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, folder: Path, template: str | None = None, trust_remote_code: bool = False) -> "ChatFormat":
+        """The model's own chat template (or `template`), with the model tokenizer's special tokens."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        chosen = template or tokenizer.chat_template
+        if not chosen:
+            raise DataError(f"{folder}: the tokenizer has no chat template, and the data config asks for the "
+                            "model's own (chat_template: true). Give the template as a string in chat_template, "
+                            "or use text_template.")
+        tokens = {name: getattr(tokenizer, name) for name in SPECIAL_TOKENS if getattr(tokenizer, name, None)}
+        return cls(chosen, tokens)
+
+    def to_json(self) -> dict:
+        return {"template": self.template, "special_tokens": self.special_tokens}
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, _ = render_jinja_template([messages], chat_template=self.template,
+                                            add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        return rendered[0]
+
+    def pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:
+        """The whole rendering cut into (text, is_assistant_turn) pieces, in order."""
+        full = self.render(messages)
+        out, pos = [], 0
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self.render(messages[:i], add_generation_prompt=True)
+            upto = self.render(messages[: i + 1])
+            if not (full.startswith(upto) and upto.startswith(before) and len(before) >= pos):
+                raise DataError("the chat template does not render a conversation as a growing prefix (it rewrites "
+                                "earlier turns), so the assistant turns cannot be located for the loss. Use "
+                                "loss_on: all, or a template that renders turns incrementally.")
+            out += [(full[pos:len(before)], False), (upto[len(before):], True)]
+            pos = len(upto)
+        out.append((full[pos:], False))
+        return [(text, trained) for text, trained in out if text]
+
+
+def messages_of(row: dict, where: str, message_col: str, chat_columns: dict[str, str] | None,
+                system_prompt: str | None) -> list[dict]:
+    """The conversation a row holds, as role/content messages."""
+    if chat_columns:
+        messages = [{"role": role, "content": _fill(spec, row, where)} for role, spec in chat_columns.items()]
+    else:
+        messages = _message_column(row.get(message_col), where, message_col)
+    if system_prompt is not None and (not messages or messages[0]["role"] != "system"):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: the conversation must end with an assistant turn (the answer to learn and "
+                        "to measure). Fix the row or the chat_columns mapping.")
+    return messages
+
+
+def _fill(spec: str, row: dict, where: str) -> str:
+    """A role's content: a column's value, or a template over the columns."""
+    if "{" not in spec:
+        spec = "{" + spec + "}"
+    try:
+        text = spec.format_map(row)
+    except KeyError as err:
+        raise DataError(f"{where}: chat_columns names column {err.args[0]!r}, which the row lacks "
+                        f"(columns: {sorted(row)})") from None
+    return text
+
+
+def _message_column(value, where: str, column: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: column {column!r} must hold a non-empty list of messages "
+                        "({'role': ..., 'content': ...}), found " + repr(value)[:80])
+    messages = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: {column}[{i}] must be a mapping with role and content")
+        role = turn.get("role", SHAREGPT_ROLES.get(str(turn.get("from", "")).lower()))
+        content = turn.get("content", turn.get("value"))
+        if role not in ("system", "user", "assistant", "tool") or not isinstance(content, str):
+            raise DataError(f"{where}: {column}[{i}] needs a role (system, user, assistant) and text content, "
+                            f"found {turn!r}"[:300])
+        messages.append({"role": role, "content": content})
+    return messages

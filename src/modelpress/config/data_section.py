@@ -1,0 +1,161 @@
+"""`data_configs`: each schema era's spelling of a data config, normalised into `DataConfig`.
+
+- Olive 0.13: `load_dataset_config` + `pre_process_data_config` (keys flat);
+- the seed's Olive 0.5/0.6: the same sections with their keys under `params`;
+- the Phi-3 cookbook's older Olive 0.5: one `params_config` holding the load keys, with the
+  pre-processing keys under `component_kwargs.pre_process_data`.
+`data_name` is a file format (json, csv, parquet) for local files, or a Hub dataset id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelpress.config.collector import Collector, as_mapping, unwrap
+from modelpress.config.schema import DataConfig
+from modelpress.config.sources import resolve_path
+
+FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
+CONTAINER_KEYS = ("name", "type", "load_dataset_config", "pre_process_data_config", "dataloader_config",
+                  "post_process_data_config", "user_script", "script_dir", "params_config")
+LOAD_KEYS = ("data_name", "data_files", "split", "subset", "revision", "data_dir")
+# component_kwargs sections of the cookbook's layout, and the Olive 0.13 section each one is
+COMPONENTS = {"load_dataset": "load_dataset_config", "pre_process_data": "pre_process_data_config",
+              "post_process_data": "post_process_data_config", "dataloader": "dataloader_config"}
+
+
+def data_configs(raw: Any, base_dir: Path, c: Collector) -> dict[str, DataConfig]:
+    """Every data config by name; problems are collected with the key path the user wrote."""
+    if not isinstance(raw, list):
+        c.add("data_configs", f"must be a list of data configs, found {type(raw).__name__}")
+        return {}
+    configs: dict[str, DataConfig] = {}
+    for i, item in enumerate(raw):
+        path = f"data_configs[{i}]"
+        if as_mapping(item, path, c) is None:
+            continue
+        config = _data_config(item, path, base_dir, c)
+        if config and config.name in configs:
+            c.add(f"{path}.name", f"duplicate data config name {config.name!r}", "Give each data config its own name.")
+        elif config:
+            configs[config.name] = config
+    return configs
+
+
+def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConfig | None:
+    c.unknown_keys(raw, CONTAINER_KEYS, path)
+    if raw.get("type", "HuggingfaceContainer") != "HuggingfaceContainer":
+        c.add(f"{path}.type", f"data container {raw['type']!r} is not supported",
+              "Use 'HuggingfaceContainer' with local files or a Hub dataset.")
+    if "user_script" in raw:
+        c.add(f"{path}.user_script", "data user scripts are not supported yet",
+              "Describe the data with data_files and text_template or chat_template instead.")
+    sections = _sections(raw, path, c)
+    (load, load_path), (pre, pre_path) = sections["load_dataset_config"], sections["pre_process_data_config"]
+    load_fields = _load_fields(load, load_path, base_dir, c)
+    if load_fields is None:
+        return None
+    data = {**pre, **load_fields, "name": raw.get("name")}
+
+    def where(key: str) -> str:
+        return pre_path if key in pre else (load_path if key in load_fields else path)
+
+    return c.validate(DataConfig, data, path, where)
+
+
+def _sections(raw: dict, path: str, c: Collector) -> dict[str, tuple[dict, str]]:
+    """(keys, path) of each Olive 0.13 section, read from whichever layout the config uses."""
+    out = {name: _section(raw, name, path, c) for name in COMPONENTS.values()}
+    legacy = raw.get("params_config")
+    if legacy is None or as_mapping(legacy, f"{path}.params_config", c) is None:
+        return out
+    legacy = dict(legacy)
+    components = legacy.pop("component_kwargs", None) or {}
+    base = f"{path}.params_config"
+    if as_mapping(components, f"{base}.component_kwargs", c) is None:
+        components = {}
+    c.unknown_keys(components, COMPONENTS, f"{base}.component_kwargs")
+    load = {k: legacy.pop(k) for k in LOAD_KEYS if k in legacy}
+    load.update(components.get("load_dataset") or {})
+    out["load_dataset_config"] = ({**out["load_dataset_config"][0], **load}, base)
+    pre = components.get("pre_process_data") or {}
+    out["pre_process_data_config"] = ({**out["pre_process_data_config"][0], **legacy, **pre},
+                                      f"{base}.component_kwargs.pre_process_data" if pre else base)
+    return out
+
+
+def _section(raw: dict, key: str, path: str, c: Collector) -> tuple[dict, str]:
+    section = raw.get(key) or {}
+    if as_mapping(section, f"{path}.{key}", c) is None:
+        return {}, f"{path}.{key}"
+    flat, where = unwrap(dict(section), "params", f"{path}.{key}")
+    flat.pop("type", None)
+    return flat, where
+
+
+def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | None:
+    from modelpress.hub import is_hub_id
+
+    name = load.get("data_name")
+    c.unknown_keys(load, LOAD_KEYS, path)
+    if name is None:
+        c.add(f"{path}.data_name", "required key is missing",
+              "Set it to json, csv or parquet (local files), or to a Hugging Face Hub dataset id.")
+        return None
+    if isinstance(name, str) and name in FORMATS:
+        return _local_files(load, FORMATS[name], path, base_dir, c)
+    if isinstance(name, str) and is_hub_id(name):
+        return _hub_dataset(load, name, path, c)
+    c.add(f"{path}.data_name", f"found {name!r}: neither a file format nor a Hub dataset id",
+          "Set data_name to json, csv or parquet with local data_files, or to a Hub id such as 'org/name'.")
+    return None
+
+
+def _files(load: dict, path: str, c: Collector) -> list[str] | None:
+    files = load.get("data_files")
+    if isinstance(files, dict):
+        c.add(f"{path}.data_files", f"data source {files.get('type', 'mapping')!r} is not supported; modelpress "
+              "reads local files and Hugging Face Hub datasets", "Download the data and list the file paths.")
+        return None
+    files = [] if files is None else [files] if isinstance(files, str) else files
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        c.add(f"{path}.data_files", f"must be a path or a list of paths, found {files!r}")
+        return None
+    return files
+
+
+def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) -> dict | None:
+    files = _files(load, path, c)
+    if files is None:
+        return None
+    if not files:
+        c.add(f"{path}.data_files", "required key is missing", "List the local data files.")
+        return None
+    resolved = [resolve_path(f, base_dir) for f in files]
+    for i, file in enumerate(resolved):
+        if not file.is_file():
+            c.add(f"{path}.data_files[{i}]", f"file not found: {file}",
+                  "Paths are relative to the config file's folder.")
+    return {"data_files": resolved, "format": fmt, "split": load.get("split", "train")}
+
+
+def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
+    """A Hub dataset: validated without the network; says whether the local cache holds it."""
+    from modelpress.hub import cached_snapshot, fetch_hint, offline
+
+    files = _files(load, path, c)
+    if files is None:
+        return None
+    revision = load.get("revision")
+    rev = f" at revision {revision!r}" if revision else ""
+    if cached_snapshot(name, revision, "dataset") is not None:
+        c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")
+    elif offline():
+        c.add(f"{path}.data_name", f"Hub dataset {name!r}{rev} is not in the local Hugging Face cache and "
+              "HF_HUB_OFFLINE is set", fetch_hint(name, revision, "dataset") + ".")
+    else:
+        c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is not in the local Hugging Face cache; "
+               "`modelpress run` will download it.")
+    return {"hub_id": name, "data_files": files, "revision": revision, "subset": load.get("subset"),
+            "data_dir": load.get("data_dir"), "split": load.get("split", "train")}

@@ -1,0 +1,185 @@
+"""Where the input model comes from: a local folder, a Hub id, a GGUF file, or a folder inside a package.
+
+`model_path` is read the way the rest of the field reads it:
+- a path that exists (or whose first folder exists) is a local Hugging Face folder;
+- a `.gguf` file, or a folder or Hub repo plus `gguf_file`, is a GGUF model;
+- `package:NAME/sub/path` is a folder or file shipped inside an installed Python package;
+- anything else shaped like `org/name` is a Hugging Face Hub id.
+Validation never touches the network: for a Hub id it only says whether the local cache holds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelpress.config.collector import Collector, unwrap
+from modelpress.config.schema import InputModelConfig
+
+PACKAGE_PREFIX = "package:"
+LOAD_KWARGS = ("trust_remote_code", "attn_implementation", "torch_dtype", "dtype", "revision", "gguf_file")
+TOKEN_KEYS = ("token", "use_auth_token", "hf_token")
+
+
+def resolve_path(value: Any, base_dir: Path) -> Any:
+    """A path relative to the config file's folder made absolute; other values unchanged."""
+    if not isinstance(value, (str, Path)):
+        return value
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | None:
+    """Normalise `input_model` (Olive 0.13's HfModel or the seed's PyTorchModel + hf_config)."""
+    path = "input_model"
+    if raw is None:
+        c.add(path, "required section is missing", "Add input_model with type HfModel and model_path.")
+        return None
+    if not isinstance(raw, dict):
+        c.add(path, f"must be a mapping, found {type(raw).__name__}")
+        return None
+    typ = raw.get("type", "HfModel")
+    if typ not in ("HfModel", "PyTorchModel"):
+        c.add(f"{path}.type", f"model type {typ!r} is not supported",
+              "modelpress takes a Hugging Face model (a folder, a Hub id or a GGUF file): use type 'HfModel'.")
+        return None
+    flat, where = unwrap({k: v for k, v in raw.items() if k != "type"}, "config", path)
+    fields = _fields(flat, where, c)
+    if fields is None:
+        return None
+    source = _source(fields.pop("model_path"), fields, base_dir, f"{where}.model_path", c)
+    if source is None:
+        return None
+    model = c.validate(InputModelConfig, {**fields, **source}, where)
+    if model:
+        _check_source(model, f"{where}.model_path", c)
+    return model
+
+
+def _fields(flat: dict, where: str, c: Collector) -> dict | None:
+    """The model's fields from Olive's spellings: hf_config, load_kwargs, model_loading_args, from_pretrained_args."""
+    hf_path = f"{where}.hf_config"
+    hf = flat.pop("hf_config", None) or {}
+    if not isinstance(hf, dict):
+        c.add(hf_path, f"must be a mapping, found {type(hf).__name__}")
+        return None
+    hf = dict(hf)
+    load_kwargs = {}
+    for key in ("load_kwargs", "model_loading_args", "from_pretrained_args"):
+        src = flat.pop(key, None) if key == "load_kwargs" else hf.pop(key, None)
+        if isinstance(src, dict):
+            load_kwargs.update(src)
+    model_path = flat.pop("model_path", None) or hf.pop("model_name", None)
+    task = flat.pop("task", None) or hf.pop("task", None) or "text-generation"
+    if flat.pop("model_file_format", None) not in (None, "PyTorch.SafeTensors"):
+        c.add(f"{where}.model_file_format", "only Hugging Face models are supported",
+              "Remove model_file_format and point model_path at the folder, Hub id or GGUF file.")
+    for key in TOKEN_KEYS:
+        if load_kwargs.pop(key, None) not in (None, False, True):
+            c.add(f"{where}.load_kwargs.{key}", "an access token does not belong in a config file (configs are "
+                  "saved next to outputs and shared)", "Remove it; set HF_TOKEN or run `hf auth login` instead.")
+    c.unknown_keys(flat, ("model_path", "task", "load_kwargs", "revision", "gguf_file"), where)
+    c.unknown_keys(hf, ("model_name", "task", "model_loading_args", "from_pretrained_args"), hf_path)
+    c.unknown_keys(load_kwargs, LOAD_KWARGS, f"{where}.load_kwargs")
+    if model_path is None:
+        c.add(f"{where}.model_path", "required key is missing",
+              "Set it to a Hugging Face model folder, a Hub id (org/name) or a .gguf file.")
+        return None
+    return {"model_path": model_path, "task": task,
+            "trust_remote_code": load_kwargs.get("trust_remote_code", False),
+            "attn_implementation": load_kwargs.get("attn_implementation"),
+            "torch_dtype": load_kwargs.get("torch_dtype", load_kwargs.get("dtype", "float32")),
+            "revision": flat.pop("revision", None) or load_kwargs.get("revision"),
+            "gguf_file": flat.pop("gguf_file", None) or load_kwargs.get("gguf_file")}
+
+
+def _source(value: Any, fields: dict, base_dir: Path, path: str, c: Collector) -> dict | None:
+    """{'model_path': folder} or {'hub_id': id}, with `gguf_file` split off a path that names a .gguf file."""
+    from modelpress.hub import is_hub_id
+
+    if isinstance(value, dict):
+        c.add(path, f"model source {value.get('type', 'mapping')!r} is not supported",
+              "Give a local folder, a Hugging Face Hub id (org/name) or a .gguf file.")
+        return None
+    if not isinstance(value, str):
+        c.add(path, f"must be a path or a Hub id, found {value!r}")
+        return None
+    if value.startswith(PACKAGE_PREFIX):
+        folder = _package_path(value, path, c)
+        return None if folder is None else _local(folder, fields)
+    local = resolve_path(value, base_dir)
+    first = Path(value).parts[0] if Path(value).parts else value
+    if local.exists() or Path(value).is_absolute() or value.startswith(".") or (base_dir / first).is_dir() \
+            or not is_hub_id(value):
+        return _local(local, fields)
+    return {"hub_id": value}
+
+
+def _local(path: Path, fields: dict) -> dict:
+    if path.suffix.lower() == ".gguf" and not fields.get("gguf_file"):
+        fields["gguf_file"] = path.name
+        return {"model_path": path.parent}
+    return {"model_path": path}
+
+
+def _package_path(value: str, path: str, c: Collector) -> Path | None:
+    """`package:NAME/sub/path`: a path inside an installed Python package, found without importing it."""
+    import importlib.util
+
+    name, _, sub = value[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        c.add(path, f"no installed Python package {name!r}",
+              f"Install it (pip install {name.replace('_', '-')}) or give a folder path.")
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / sub
+
+
+def _check_source(model: InputModelConfig, path: str, c: Collector) -> None:
+    if model.hub_id:
+        _check_hub(model, path, c)
+    elif model.gguf_file:
+        file = model.model_path / model.gguf_file
+        if not file.is_file():
+            c.add(path, f"GGUF file not found: {file}", "Give the path of an existing .gguf file.")
+    else:
+        check_model_folder(model.model_path, path, c)
+
+
+def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
+    """Say whether the local Hugging Face cache holds the model; an error only when it cannot be fetched."""
+    from modelpress.hub import cached_snapshot, fetch_hint, offline
+
+    rev = f" at revision {model.revision!r}" if model.revision else ""
+    folder = cached_snapshot(model.hub_id, model.revision)
+    if folder is not None:
+        c.note(f"{path}: Hub model {model.hub_id!r}{rev} is in the local Hugging Face cache ({folder}); "
+               "it is used without any network access.")
+        if model.gguf_file and not (folder / model.gguf_file).is_file():
+            c.add(f"{path}", f"the cached snapshot of {model.hub_id!r} has no file {model.gguf_file!r}",
+                  "Check gguf_file against the repo's file list.")
+    elif offline():
+        c.add(path, f"Hub model {model.hub_id!r}{rev} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+              "is set", fetch_hint(model.hub_id, model.revision, "model") + ".")
+    else:
+        c.note(f"{path}: Hub model {model.hub_id!r}{rev} is not in the local Hugging Face cache; "
+               "`modelpress run` will download it.")
+
+
+def check_model_folder(folder: Path, path: str, c: Collector) -> None:
+    """A local Hugging Face folder has a config, weights and tokenizer files."""
+    if not folder.is_dir():
+        c.add(path, f"model folder not found: {folder}",
+              "Point it at a local Hugging Face folder (modelpress create-tiny-model --out DIR makes one), "
+              "a Hub id (org/name) or a .gguf file.")
+        return
+    if not (folder / "config.json").is_file():
+        c.add(path, f"{folder} has no config.json", "A Hugging Face model folder needs config.json.")
+    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
+    if not weights:
+        c.add(path, f"{folder} has no weights (*.safetensors or *.bin)", "Save the model with save_pretrained.")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        c.add(path, f"{folder} has no tokenizer files", "Save the tokenizer into the folder with save_pretrained.")

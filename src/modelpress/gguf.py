@@ -1,0 +1,67 @@
+"""GGUF files (llama.cpp, Ollama) as input models: dequantized once into a cached Hugging Face folder.
+
+transformers reads a GGUF file's weights, config and tokenizer (`gguf_file=`, needs the `gguf`
+package) and dequantizes the weights to float32. Such a model refuses `save_pretrained`, so
+the weights move into a fresh model of the same config, which saves as a plain folder that
+every later pass (LoRA, merge, the genai builder) takes like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from modelpress.errors import MissingDependencyError, ModelpressError
+from modelpress.fsutil import atomic_dir, atomic_write_json
+
+log = logging.getLogger("modelpress")
+SOURCE_NOTE = "modelpress_gguf_source.json"
+
+
+def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remote_code: bool = False) -> Path:
+    """The Hugging Face folder made from `gguf_path` (content id `file_id`), converting it on first use."""
+    target = cache_root / "inputs" / f"gguf-{file_id}"
+    if (target / SOURCE_NOTE).is_file():
+        return target
+    log.info("converting %s to a Hugging Face folder (dequantized, once; cached in %s)", gguf_path.name, target)
+    with atomic_dir(target) as tmp:
+        write_hf_folder(gguf_path, tmp, trust_remote_code)
+        atomic_write_json(tmp / SOURCE_NOTE, {"gguf_file": str(gguf_path), "content_id": file_id})
+    return target
+
+
+def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False) -> None:
+    """Load `gguf_path` through transformers and save model, tokenizer and generation config to `out`."""
+    try:
+        import gguf  # noqa: F401  transformers needs it to read the file
+    except ImportError:
+        raise MissingDependencyError("gguf", "gguf", "Loading a GGUF model") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ModelpressError(f"{gguf_path}: transformers cannot read this GGUF file ({type(err).__name__}: "
+                              f"{str(err)[:300]}). transformers supports the GGUF architectures and quantization "
+                              "types listed in its GGUF documentation.") from None
+    plain = _without_gguf_quantization(loaded)
+    plain.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def _without_gguf_quantization(loaded):
+    """A model of the same class and config holding the dequantized weights, and no `quantization_config`."""
+    import torch
+
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict(), assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    plain.generation_config = loaded.generation_config
+    return plain.eval()

@@ -1,0 +1,33 @@
+"""The input model as a local Hugging Face folder, whatever the config named: folder, Hub id or GGUF file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelpress.cache import content_id
+from modelpress.config.schema import InputModelConfig
+from modelpress.errors import ModelpressError
+from modelpress.gguf import converted_folder
+from modelpress.hub import MODEL_FILES, snapshot
+
+
+def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
+    """The folder every pass reads the input model from.
+
+    A Hub id resolves to its snapshot in the Hugging Face cache (downloaded only when it is
+    missing and HF_HUB_OFFLINE is unset); a GGUF file is converted once into a folder under
+    `cache_root/inputs`, keyed by the file's content.
+    """
+    if model.hub_id:
+        patterns = MODEL_FILES + (["*.py"] if model.trust_remote_code else []) + \
+            ([model.gguf_file] if model.gguf_file else [])
+        folder = snapshot(model.hub_id, model.revision, "model", patterns)
+    else:
+        folder = Path(model.model_path)
+    if not model.gguf_file:
+        return folder
+    gguf_path = folder / model.gguf_file
+    if not gguf_path.is_file():
+        raise ModelpressError(f"GGUF file not found: {gguf_path}. Check model_path and gguf_file.")
+    file_id = content_id(gguf_path, cache_root / "content-ids.json")
+    return converted_folder(gguf_path, cache_root, file_id, model.trust_remote_code)
