@@ -49,9 +49,9 @@ def cached_snapshot(repo_id: str, revision: str | None, repo_type: str = "model"
 
 def offline() -> bool:
     """True when HF_HUB_OFFLINE forbids downloads."""
-    from huggingface_hub import constants
+    from huggingface_hub import is_offline_mode
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return is_offline_mode()
 
 
 def fetch_hint(repo_id: str, revision: str | None, repo_type: str) -> str:

@@ -1,0 +1,41 @@
+"""A local Hugging Face cache built by the tests, in the layout `huggingface_hub` reads.
+
+`<cache>/<type>s--org--name/refs/<branch>` holds a commit hash; `snapshots/<commit>/<file>` are
+symlinks to `blobs/<sha256>`, as `hf download` leaves them. Nothing here touches a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def add_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str, repo_type: str = "model",
+             branch: str | None = "main") -> Path:
+    """Put `files` into the cache as `repo_id` at `commit` (and point `branch` at it); returns the snapshot."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if branch:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / branch).write_text(commit)
+    return snapshot
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file of a local model folder, by relative name."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def hub_env(home: Path) -> dict[str, str]:
+    """The environment of a process that must use only the cache under `home`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return env
