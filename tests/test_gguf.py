@@ -1,0 +1,191 @@
+"""GGUF input: a tiny Llama written to a .gguf file with the `gguf` package, converted, checked against its source.
+
+The file is written the way llama.cpp's `convert_hf_to_gguf.py` writes a Llama (its `LlamaModel`
+class): llama.cpp tensor names, Q and K rows permuted per head, a byte-level BPE vocabulary as
+`tokenizer.ggml.*` metadata ("gpt2" model). transformers' GGUF loader
+(`modeling_gguf_pytorch_utils.LlamaTensorProcessor`, `integrations/gguf/gguf_tokenizer_mapping.py`)
+undoes exactly that, so a wrong layout on either side shows up as different logits or token ids.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import tone_workflow
+
+gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+
+HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 128
+RMS_EPS, ROPE_THETA, CONTEXT = 1e-5, 50000.0, 256  # not LlamaConfig's defaults, so the metadata must be read
+# float32 end to end (the weights are f16-representable, so the F16 file is lossless too); measured: bit-identical.
+# Leaving out the Q/K permutation moves the logits (scale ~3) by ~2.9.
+ATOL = 1e-5
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Hello, world! 123 ünïcode",
+             "x<|endoftext|>y <s> a tiny model knows no language"]
+
+
+def _permute(w, n_head: int, n_head_kv: int):
+    # llama.cpp convert_hf_to_gguf.py, LlamaModel.permute: rotary pairs (i, i + d/2) become adjacent rows.
+    if n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32") -> Path:
+    """Write `model` (LlamaForCausalLM) and `tokenizer` (byte-level BPE) as llama.cpp would, in F32 or F16."""
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama-test")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_rope_freq_base(ROPE_THETA)
+    w.add_layer_norm_rms_eps(RMS_EPS)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if float_type == "F32" else gguf.LlamaFileType.MOSTLY_F16)
+
+    # Tokenizer, as llama.cpp's `_set_vocab_gpt2`: tokens in id order, CONTROL for special ones, "a b" merges.
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+    special = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_unk_token_id(tokenizer.unk_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id)
+
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if not cfg.tie_word_embeddings:  # llama.cpp writes `output` only when it is not the embedding matrix
+        names["lm_head.weight"] = "output.weight"
+    hf_layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for i in range(cfg.num_hidden_layers):
+        names.update({f"model.layers.{i}.{hf}.weight": f"blk.{i}.{ll}.weight" for hf, ll in hf_layer.items()})
+    for hf, ll in names.items():
+        data = state[hf]
+        if ll.endswith("attn_q.weight"):
+            data = _permute(data, cfg.num_attention_heads, cfg.num_attention_heads)
+        elif ll.endswith("attn_k.weight"):
+            data = _permute(data, cfg.num_attention_heads, cfg.num_key_value_heads)
+        # llama.cpp keeps 1-D tensors (norms) in F32 whatever the file type
+        w.add_tensor(ll, data.astype("float16") if float_type == "F16" and data.ndim > 1 else data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from modelpress.tiny import default_corpus, train_tokenizer
+
+    return train_tokenizer([line for line in default_corpus().splitlines() if line.strip()], 384)
+
+
+def _source_model(tokenizer, tie: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
+                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                         max_position_embeddings=CONTEXT, rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA,
+                         tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         initializer_range=0.1)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())  # f16-representable, so the F16 case can be held to the F32 tolerance
+            if p.ndim == 1:  # norms start at 1.0: give them values so a misplaced norm shows
+                p.uniform_(0.5, 1.5).copy_(p.half().float())
+    return model
+
+
+def _logits(model, ids: list[int]):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+@pytest.mark.parametrize("tie, float_type", [(False, "F32"), (True, "F32"), (False, "F16")],
+                         ids=["f32", "f32-tied", "f16"])
+def test_gguf_file_converts_to_a_folder_with_the_source_logits_and_tokens(tmp_path, tokenizer, tie, float_type):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modelpress.gguf import write_hf_folder
+
+    source = _source_model(tokenizer, tie)
+    path = write_llama_gguf(source, tokenizer, tmp_path / "tiny.gguf", float_type)
+    out = tmp_path / "hf"
+    write_hf_folder(path, out)
+
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= names, names
+    assert any(n.endswith(".safetensors") for n in names), names
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["model_type"] == "llama" and config["tie_word_embeddings"] is tie
+    assert (config["num_key_value_heads"], config["num_hidden_layers"]) == (KV_HEADS, LAYERS)
+    assert config["rms_norm_eps"] == pytest.approx(RMS_EPS, rel=1e-6) and config["rope_parameters"]["rope_theta"] == ROPE_THETA
+
+    converted = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    converted_tok = AutoTokenizer.from_pretrained(out)
+    for text in SENTENCES:
+        ids = tokenizer(text)["input_ids"]
+        assert converted_tok(text)["input_ids"] == ids, text
+        assert converted_tok.decode(ids) == text
+        expected, got = _logits(source, ids), _logits(converted, ids)
+        assert torch.allclose(got, expected, atol=ATOL, rtol=0), (text, (got - expected).abs().max().item())
+    assert converted_tok.eos_token == tokenizer.eos_token and converted_tok.bos_token == tokenizer.bos_token
+
+
+def test_gguf_is_converted_once_and_the_folder_reused(tmp_path, tokenizer, monkeypatch):
+    import modelpress.gguf as mgguf
+    from modelpress.config import normalize
+    from modelpress.inputs import resolve_input_folder
+
+    (tmp_path / "models").mkdir()  # outside the output and cache folders, as normalize requires
+    path = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": str(path)}
+    model = normalize(raw, base_dir=tmp_path).input_model
+    assert model.gguf_file == "tiny.gguf" and Path(model.model_path) == path.parent
+
+    cache = tmp_path / "cache"
+    first = resolve_input_folder(model, cache)
+    assert first.parent == cache / "inputs" and first.name.startswith("gguf-")
+    assert json.loads((first / mgguf.SOURCE_NOTE).read_text())["gguf_file"] == str(path)
+    stamp = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+
+    def fail(*_args, **_kwargs):
+        raise AssertionError("converted a second time")
+
+    monkeypatch.setattr(mgguf, "write_hf_folder", fail)
+    assert resolve_input_folder(model, cache) == first
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == stamp
+
+
+def test_missing_gguf_file_is_a_config_error(tmp_path):
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": str(tmp_path / "absent.gguf")}
+    with pytest.raises(ConfigError, match="GGUF file not found"):
+        normalize(raw, base_dir=tmp_path)
