@@ -151,6 +151,8 @@ def run_config(config, show_progress: bool = True, own_process: bool = False) ->
 
     for warning in config.warnings:
         log.warning(warning)
+    for note in config.notes:
+        log.info(note)
     result = run_workflow(config, show_progress=show_progress)
     print(summary_table(result.history, result.metrics))
     search = result.metrics.get("search")
@@ -169,6 +171,8 @@ def cmd_validate(args) -> int:
     config = load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for note in config.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.print:
         print(json.dumps(config.resolved(), indent=2))
     def step(p) -> str:
