@@ -162,7 +162,7 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     last = max(i for i, (_, trained) in enumerate(pieces) if trained)
     head = tuple(pieces[:last])
     answer = messages[-1]["content"]
-    return Example("".join(text for text, _ in head), answer, where, target=pieces[last][1], turns=head)
+    return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head)
 
 
 def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | None, where: str) -> Example:

@@ -1,0 +1,120 @@
+"""Chat data: rows rendered through a chat template, with the loss on the assistant turns only."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelpress.chat import ChatFormat
+from modelpress.config.schema import DataConfig
+from modelpress.data import IGNORE, render, tokenize
+from modelpress.errors import DataError
+
+# ChatML, as SmolLM2 and Qwen write it; its default system prompt is added when a conversation has none.
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}"
+          "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    return tok
+
+
+def _config(**pre) -> DataConfig:
+    return DataConfig(name="chat", data_files=["x.json"], format="json", chat_template=CHATML, **pre)
+
+
+def _rows(*rows):
+    return [(f"f row {i + 1}", row) for i, row in enumerate(rows)]
+
+
+def _trained_text(tokenizer, ids, labels) -> str:
+    """The text of the tokens the loss is on (labels not ignored), in order."""
+    return tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE])
+
+
+def test_chat_columns_render_like_apply_chat_template_and_train_on_the_answer_only(tokenizer):
+    config = _config(chat_columns={"user": "Tone of: {phrase}", "assistant": "{tone}"})
+    assert config.loss_on == "completion" and config.add_special_tokens is False  # chat defaults
+    [ex] = render(config, _rows({"phrase": "We won!", "tone": "joy"}), ChatFormat(CHATML))
+    messages = [{"role": "user", "content": "Tone of: We won!"}, {"role": "assistant", "content": "joy"}]
+    assert ex.prompt == tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert ex.prompt + ex.target == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert ex.completion == "joy" and ex.target == "joy<|im_end|>\n" and ex.stop == "<|im_end|>"
+    [(ids, labels)] = tokenize([ex], tokenizer, config)
+    assert ids == tokenizer(ex.prompt + ex.target, add_special_tokens=False)["input_ids"]
+    head = len(tokenizer(ex.prompt, add_special_tokens=False)["input_ids"])
+    # token by token: every prompt token is masked, every answer token (and the end marker) is trained
+    assert labels[:head] == [IGNORE] * head and labels[head:] == ids[head:]
+    assert _trained_text(tokenizer, ids, labels) == "joy<|im_end|>\n"
+
+
+def test_a_messages_column_trains_every_assistant_turn_and_masks_the_rest(tokenizer):
+    config = _config()
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Tone of 'we won'?"},
+             {"role": "assistant", "content": "joy"}]
+    [ex] = render(config, _rows({"messages": turns}), ChatFormat(CHATML))
+    assert ex.completion == "joy"
+    assert ex.prompt == tokenizer.apply_chat_template(turns[:-1], tokenize=False, add_generation_prompt=True)
+    [(ids, labels)] = tokenize([ex], tokenizer, config)
+    assert ids == tokenizer(tokenizer.apply_chat_template(turns, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert _trained_text(tokenizer, ids, labels) == "Hello<|im_end|>\njoy<|im_end|>\n"
+    everything = _config(loss_on="all")
+    [(_, all_labels)] = tokenize(render(everything, _rows({"messages": turns}), ChatFormat(CHATML)), tokenizer,
+                                 everything)
+    assert all_labels == ids
+
+
+def test_sharegpt_turns_and_a_system_prompt(tokenizer):
+    config = _config(system_prompt="Name the tone.")
+    row = {"messages": [{"from": "human", "value": "We won!"}, {"from": "gpt", "value": "joy"}]}
+    [ex] = render(config, _rows(row), ChatFormat(CHATML))
+    assert ex.prompt.startswith("<|im_start|>system\nName the tone.<|im_end|>\n<|im_start|>user\nWe won!")
+    assert ex.completion == "joy"
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "must end with an assistant turn"),
+    ({"messages": "not a list"}, "must hold a non-empty list of messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "needs a role"),
+])
+def test_bad_conversations_name_the_row(row, message):
+    with pytest.raises(DataError, match=message) as err:
+        render(_config(), _rows(row), ChatFormat(CHATML))
+    assert "f row 1" in str(err.value)
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused():
+    # drops every assistant turn but the last: the rendering does not grow turn by turn
+    rewriting = ("{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}"
+                 "{{ m['role'] }}: {{ m['content'] }}\n{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    with pytest.raises(DataError, match="growing prefix"):
+        render(_config(), _rows({"messages": turns}), ChatFormat(rewriting))
+
+
+def test_generate_builds_the_prompt_the_model_was_trained_on(tokenizer):
+    from modelpress.generate import prompt_for
+
+    config = _config(chat_columns={"user": "Tone of: {phrase}", "assistant": "{tone}"}, system_prompt="Be brief.")
+    [ex] = render(config, _rows({"phrase": "We won!", "tone": "joy"}), ChatFormat(CHATML))
+    card = {"task": {"chat": {"template": CHATML, "special_tokens": {}, "columns": config.chat_columns,
+                              "system_prompt": "Be brief."}}}
+    assert prompt_for(card, "We won!") == ex.prompt
+
+
+def test_a_template_with_a_closing_marker_learns_and_reads_the_answer_up_to_it():
+    config = DataConfig(name="t", data_files=["x.json"], format="json", loss_on="completion",
+                        text_template="<|user|>\n{phrase}<|end|>\n<|assistant|>\n{tone}<|end|>")
+    [ex] = render(config, _rows({"phrase": "We won!", "tone": "joy"}))
+    assert ex.prompt == "<|user|>\nWe won!<|end|>\n<|assistant|>\n"
+    assert (ex.completion, ex.target, ex.stop) == ("joy", "joy<|end|>", "<|end|>")
