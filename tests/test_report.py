@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
-from modelpress.html_report import build_html, pareto_front, render_report
+import pytest
+
+from modelpress.html_report import (FRAME, axis_range, box_hits_circle, boxes_overlap, build_html, chart_layout,
+                                    line_points, nice_ticks, pareto_front, render_report)
 
 METRICS = {"models": {
     "input": {"model_kind": "hf", "accuracy": 0.0, "completion_loss": 8.1, "latency_ms": {"p50": 17.2, "p90": 20.7},
@@ -36,3 +40,94 @@ def test_report_command_rerenders_from_the_json_files(tmp_path):
     (tmp_path / "run_history.json").write_text(json.dumps({"steps": STEPS}))
     (tmp_path / "config.resolved.json").write_text("{}")
     assert "0.843" in render_report(tmp_path).read_text()
+
+
+# The search example's six candidates (README, "Search"): 1.67-2.05 ms, accuracies 0.821-0.843, several
+# within 0.01 of each other; then six between 5.0 and 6.0 ms, three of them almost on top of each other,
+# which once sat on a 0-6.9 ms axis and covered each other.
+README_SEARCH = {"#1": (0.8428, 2.032, True), "#2": (0.8297, 2.048, False), "#3": (0.821, 1.806, False),
+                 "#4": (0.8297, 1.865, True), "#5": (0.821, 1.668, True), "#6": (0.8253, 1.792, True)}
+FIVE_TO_SIX_MS = {"#1": (0.830, 5.02, False), "#2": (0.831, 5.05, False), "#3": (0.829, 5.04, False),
+                  "#4": (0.840, 5.50, True), "#5": (0.800, 5.98, False), "#6": (0.842, 5.51, True)}
+SIZES = [3.1, 3.0, 2.9, 5.6, 5.5, 5.4]
+
+
+def _points(candidates: dict, sizes: list | None = None) -> dict:
+    """Chart points as the report builds them from search candidates."""
+    return {name: {"accuracy": acc, "latency_ms": {"p50": lat, "p90": lat}, "size_mb": sizes[i] if sizes else None,
+                   "pareto": pareto} for i, (name, (acc, lat, pareto)) in enumerate(candidates.items())}
+
+
+def _assert_axis_fits(axis, values):
+    low, high = min(values), max(values)
+    step = axis.ticks[1] - axis.ticks[0]
+    assert len(axis.ticks) >= 3, axis.ticks
+    assert axis.ticks[0] - step < low and axis.ticks[-1] + step > high, (axis.ticks, low, high)  # ticks span the data
+    assert axis.lo <= low and high <= axis.hi
+    assert (high - low) / (axis.hi - axis.lo) > 0.8, (axis.lo, axis.hi)  # the data fill most of the axis
+
+
+def _assert_nothing_hidden(marks):
+    labelled = [m for m in marks if m.box is not None]
+    for i, a in enumerate(labelled):
+        assert FRAME[0] <= a.box[0] and a.box[2] <= FRAME[2] and FRAME[1] <= a.box[1] and a.box[3] <= FRAME[3]
+        for b in labelled[i + 1:]:
+            assert not boxes_overlap(a.box, b.box), (a.name, a.box, b.name, b.box)
+        for other in marks:
+            if other is not a:
+                assert not box_hits_circle(a.box, other.x, other.y, other.radius), (a.name, other.name)
+                for x, y in line_points(a.leader) if a.leader else []:
+                    assert math.hypot(x - other.x, y - other.y) >= other.radius, (a.name, other.name)
+    assert all(m.box is not None or m.key for m in marks)  # every model is named on the chart or in its key
+
+
+@pytest.mark.parametrize("candidates", [README_SEARCH, FIVE_TO_SIX_MS], ids=["readme-search", "5-6ms"])
+@pytest.mark.parametrize("sizes", [None, SIZES], ids=["no-sizes", "sizes"])
+def test_chart_axes_fit_the_data_and_no_label_hides_anything(candidates, sizes):
+    marks, x_axis, y_axis = chart_layout(_points(candidates, sizes))
+    _assert_axis_fits(x_axis, [lat for _, lat, _ in candidates.values()])
+    _assert_axis_fits(y_axis, [acc for acc, _, _ in candidates.values()])
+    _assert_nothing_hidden(marks)
+    assert all(m.box is not None for m in marks)  # six candidates leave room for every label
+
+
+def test_five_to_six_ms_no_longer_starts_at_zero():
+    _, x_axis, _ = chart_layout(_points(FIVE_TO_SIX_MS))
+    assert 4.8 < x_axis.lo < 5.0 and 6.0 < x_axis.hi < 6.2
+    assert x_axis.ticks[0] == 5.0 and x_axis.ticks[-1] == 6.0
+
+
+def test_axis_starts_at_zero_only_when_the_data_come_close_to_it():
+    assert axis_range([0.02, 0.9], 560, 20)[0] < 0 < axis_range([0.5, 0.9], 560, 20)[0]
+    lo, hi = axis_range([3.0], 560, 20)  # one value: a window around it, not a zero-width axis
+    assert lo < 3.0 < hi
+
+
+@pytest.mark.parametrize("lo, hi, target, ticks, decimals", [
+    (4.8, 6.2, 6, [5.0, 5.25, 5.5, 5.75, 6.0], 2),
+    (0.0, 1.0, 5, [0.0, 0.25, 0.5, 0.75, 1.0], 2),
+    (3.3, 18.0, 6, [5.0, 7.5, 10.0, 12.5, 15.0, 17.5], 1),
+    (0.8192, 0.8446, 5, [0.82, 0.825, 0.83, 0.835, 0.84], 3),
+    (10.0, 95.0, 5, [20.0, 40.0, 60.0, 80.0], 0),
+    (-3.0, 152.0, 6, [0.0, 25.0, 50.0, 75.0, 100.0, 125.0, 150.0], 0),
+])
+def test_nice_ticks_are_round_and_inside_the_range(lo, hi, target, ticks, decimals):
+    assert nice_ticks(lo, hi, target) == (ticks, decimals)
+
+
+def test_markers_that_share_a_spot_fall_back_to_lettered_labels_and_a_key():
+    models = {f"evaluate model {i}": {"accuracy": 0.5, "latency_ms": {"p50": 3.0, "p90": 3.0}, "size_mb": 1.0 + i}
+              for i in range(8)}
+    marks, _, _ = chart_layout(models)
+    _assert_nothing_hidden(marks)
+    keyed = [m for m in marks if m.key]
+    assert keyed  # eight long names cannot all sit around one spot
+    page = build_html({"models": models}, [], {})
+    key = page.split("id='chart-key'")[1].split("</table>")[0]
+    assert all(m.name in key for m in keyed)
+
+
+def test_small_markers_are_drawn_over_big_ones():
+    page = build_html({"models": _points(FIVE_TO_SIX_MS, SIZES)}, [], {})
+    radii = [float(part.split("r='")[1].split("'")[0]) for part in page.split("<circle")[1:]]
+    assert radii == sorted(radii, reverse=True) and radii[0] > radii[-1]

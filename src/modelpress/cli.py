@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a workflow config")
     p.add_argument("--config", "-c", required=True, help="workflow config (JSON or YAML)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_flag(p)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("validate", help="check a config and report every problem at once")
@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="text template (default: the one saved beside the model)")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--max-examples", type=int)
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (no bars unless --progress)")
+    add_progress_flag(p)
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("report", help="re-render OUTPUT_DIR/report.html from a run's JSON files")
@@ -119,6 +120,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_progress_flag(p: argparse.ArgumentParser) -> None:
+    """`--progress` / `--no-progress`; neither: bars only on a terminal (see `wants_bars`)."""
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw progress bars (default: only when stderr is a terminal; otherwise plain log lines)")
+
+
+def wants_bars(choice: bool | None) -> bool:
+    """Bars redraw in place on a terminal but add a line per redraw to a log file or pipe."""
+    return sys.stderr.isatty() if choice is None else choice
+
+
 def _setup_logging(args) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
@@ -137,7 +149,7 @@ def cmd_run(args) -> int:
     config = load_config(args.config)
     if not (args.verbose or args.quiet):
         log.setLevel(config.engine.log_level)
-    return run_config(config, show_progress=not args.no_progress, own_process=args.own_process)
+    return run_config(config, show_progress=wants_bars(args.progress), own_process=args.own_process)
 
 
 def run_config(config, show_progress: bool = True, own_process: bool = False) -> int:
@@ -148,6 +160,10 @@ def run_config(config, show_progress: bool = True, own_process: bool = False) ->
 
     if own_process and hide_bitsandbytes_unless_used(config):
         log.debug("bitsandbytes is not loaded: no step of this workflow uses it")
+    if not show_progress:
+        from modelpress.progress import quiet_library_bars
+
+        quiet_library_bars()
 
     for warning in config.warnings:
         log.warning(warning)
@@ -202,8 +218,13 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from modelpress.measure import evaluate_folder, format_result, result_json
 
+    bars = bool(args.progress) if args.json else wants_bars(args.progress)  # --json is for scripts: no bars
+    if not bars:
+        from modelpress.progress import quiet_library_bars
+
+        quiet_library_bars()
     result = evaluate_folder(Path(args.model_dir), [Path(p) for p in args.data], args.template,
-                             args.max_new_tokens, args.max_examples, show_progress=not args.json)
+                             args.max_new_tokens, args.max_examples, show_progress=bars)
     print(result_json(result) if args.json else format_result(result))
     return 0
 

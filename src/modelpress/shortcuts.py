@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from modelpress.cli import add_progress_flag, run_config, wants_bars  # cli imports this module only inside a function
+
 
 def add_shortcuts(sub) -> None:
     p = sub.add_parser("finetune", help="LoRA/QLoRA fine-tune a model folder on a data file (builds a config)")
@@ -68,7 +70,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="modelpress-output")
     p.add_argument("--cache-dir", default=".modelpress-cache")
     p.add_argument("--dry-run", action="store_true", help="print the workflow config and stop")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_flag(p)
 
 
 def finetune_config(args) -> dict:
@@ -196,10 +198,9 @@ def _run(args, config: dict) -> int:
     if args.dry_run:
         print(json.dumps(config, indent=2))
         return 0
-    from modelpress.cli import run_config
     from modelpress.config import normalize
 
-    return run_config(normalize(config, base_dir=Path.cwd()), show_progress=not args.no_progress,
+    return run_config(normalize(config, base_dir=Path.cwd()), show_progress=wants_bars(args.progress),
                       own_process=args.own_process)
 
 

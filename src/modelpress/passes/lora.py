@@ -175,6 +175,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
     from transformers import Trainer, TrainingArguments
 
     from modelpress.data import Collator
+    from modelpress.progress import use_modelpress_output
 
     ta = params.training_args
     eval_strategy = ta.eval_strategy if evals else "no"
@@ -203,9 +204,12 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         remove_unused_columns=False, dataloader_pin_memory=False,
         use_cpu=not _cuda_available(),  # train where the fastest device is; the EP is the inference target
     )
-    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
-                   data_collator=Collator(tokenizer.pad_token_id),
-                   compute_loss_func=_weighted_loss(weights) if weights else None)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
+                      data_collator=Collator(tokenizer.pad_token_id),
+                      compute_loss_func=_weighted_loss(weights) if weights else None)
+    # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
+    use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
+    return trainer
 
 
 def _cuda_available() -> bool:
