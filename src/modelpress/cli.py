@@ -161,7 +161,7 @@ def run_config(config, show_progress: bool = True, own_process: bool = False) ->
     if own_process and hide_bitsandbytes_unless_used(config):
         log.debug("bitsandbytes is not loaded: no step of this workflow uses it")
     if not show_progress:
-        from modelpress.progress import quiet_library_bars
+        from modelpress.runtime import quiet_library_bars
 
         quiet_library_bars()
 
@@ -220,7 +220,7 @@ def cmd_evaluate(args) -> int:
 
     bars = bool(args.progress) if args.json else wants_bars(args.progress)  # --json is for scripts: no bars
     if not bars:
-        from modelpress.progress import quiet_library_bars
+        from modelpress.runtime import quiet_library_bars
 
         quiet_library_bars()
     result = evaluate_folder(Path(args.model_dir), [Path(p) for p in args.data], args.template,

@@ -246,7 +246,8 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # The evaluation procedure's version, part of every evaluation's cache key: bump it when
 # evaluate.py measures differently, so no cached number from the old procedure is reused.
 # 2: genai generators get a fixed random_seed (std::random_device cost 12-15 ms per example).
-MEASUREMENT = 2
+# 3: accuracy from batched generation, answers cut at the example's stop text; latency on a sample.
+MEASUREMENT = 3
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
@@ -301,9 +302,11 @@ def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
 def _measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:
     from modelpress.evaluate import evaluate
 
-    result = evaluate(ref, eval_set.examples, task.get("add_bos", False), config.evaluation.max_new_tokens,
+    settings = config.evaluation
+    result = evaluate(ref, eval_set.examples, task.get("add_bos", False), settings.max_new_tokens,
                       with_accuracy=eval_set.label_column is not None, show_progress=show_progress,
-                      trust_remote_code=config.input_model.trust_remote_code)
+                      trust_remote_code=config.input_model.trust_remote_code,
+                      batch_size=settings.batch_size, latency_samples=settings.latency_samples)
     result.update({"model_kind": ref.kind, "model_id": ref.id, "eval_data": eval_set.description,
                    "label_column": eval_set.label_column})
     return result

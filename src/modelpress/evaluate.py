@@ -1,9 +1,11 @@
 """Measure a model on the eval examples: label accuracy, completion loss, latency, size.
 
-Accuracy is measured the way the model will be used: greedy generation from the prompt,
-first line of the output compared with the label (case-insensitive). The loss is the mean
-negative log-likelihood of the completion tokens given the prompt, the same quantity for a
-PyTorch model and an ONNX model, so the two can be compared.
+Accuracy is measured the way the model will be used: greedy generation from the prompt, the
+output cut at the text that closes an answer, its first line compared with the label
+(case-insensitive). Generation runs in batches, which give the same answers as one prompt at
+a time (see `modelpress.runners`); latency is timed one prompt at a time, on a sample. The
+loss is the mean negative log-likelihood of the completion tokens given the prompt, the same
+quantity for a PyTorch model and an ONNX model, so the two can be compared.
 """
 
 from __future__ import annotations
@@ -12,14 +14,20 @@ import math
 import statistics
 import time
 from collections import Counter
-from pathlib import Path
 
+from modelpress.config.schema import EvaluationConfig
 from modelpress.data import Example
 from modelpress.fsutil import dir_size
-from modelpress.models import ModelRef, load_for_inference
-from modelpress.passes.catalog import HF_ADAPTER, ONNX, ONNX_GENAI
+from modelpress.models import ModelRef
+from modelpress.passes.catalog import HF_ADAPTER
+# The runners lived here before runners.py; their old import path keeps working.
+from modelpress.runners import GenaiRunner, OnnxCausalRunner, TorchRunner, make_runner  # noqa: F401
 
 WARMUP = 2  # untimed generations before latency is measured
+SAMPLES = 5  # answers shown in the result beside their prompts and labels
+# The config's defaults, so that `modelpress evaluate` measures as a run does.
+BATCH_SIZE = EvaluationConfig.model_fields["batch_size"].default
+LATENCY_SAMPLES = EvaluationConfig.model_fields["latency_samples"].default
 
 
 def normalise_label(text: str) -> str:
@@ -76,30 +84,32 @@ def model_size_bytes(ref: ModelRef) -> int:
 
 
 def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_tokens: int,
-             with_accuracy: bool, show_progress: bool = True, trust_remote_code: bool = False) -> dict:
-    """All metrics for one model on `examples`."""
-    from tqdm import tqdm
+             with_accuracy: bool, show_progress: bool = True, trust_remote_code: bool = False,
+             batch_size: int = BATCH_SIZE, latency_samples: int = LATENCY_SAMPLES) -> dict:
+    """All metrics for one model on `examples`.
 
+    Accuracy comes from batched greedy generation (`batch_size` prompts at a time, the same answers
+    as one at a time); latency, throughput and tokens/s from `latency_samples` of the examples,
+    each generated alone, as a deployed model answers one request.
+    """
     runner = make_runner(ref, trust_remote_code)
-    for ex in examples[:WARMUP]:
-        runner.generate(ex.prompt, add_bos, max_new_tokens)
-    outputs, latencies, new_tokens = [], [], 0
-    for ex in tqdm(examples, desc=f"evaluate {ref.kind}", disable=not show_progress, leave=False):
-        started = time.perf_counter()
-        text, count = runner.generate(ex.prompt, add_bos, max_new_tokens)
-        latencies.append(time.perf_counter() - started)
-        outputs.append(text)
-        new_tokens += count
-    total = sum(latencies)
+    answered = examples if with_accuracy else examples[:SAMPLES]  # without labels, answers are only shown
+    outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
+    outputs = [cut_at_stop(text, ex.stop) for ex, text in zip(examples, outputs)]
+    timed = latency_sample(examples, latency_samples)
+    seconds, new_tokens = time_one_at_a_time(runner, timed, add_bos, max_new_tokens)
+    total = sum(seconds)
     result = {
         "examples": len(examples),
+        "latency_examples": len(timed),
+        "batch_size": batch_size,
         "completion_loss": runner.completion_loss(examples, add_bos),
-        "latency_ms": latency_report(latencies),
-        "throughput": len(examples) / total if total else float("nan"),  # examples per second, batch 1
+        "latency_ms": latency_report(seconds),
+        "throughput": len(timed) / total if total else float("nan"),  # examples per second, batch 1
         "tokens_per_second": new_tokens / total if total and new_tokens else None,
         "size_mb": model_size_bytes(ref) / 2**20,
         "samples": [{"prompt": ex.prompt, "label": ex.completion, "output": out}
-                    for ex, out in list(zip(examples, outputs))[:5]],
+                    for ex, out in list(zip(examples, outputs))[:SAMPLES]],
     }
     result["perplexity"] = math.exp(result["completion_loss"]) if result["completion_loss"] < 50 else float("inf")
     if with_accuracy:
@@ -107,256 +117,48 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     return result
 
 
-def make_runner(ref: ModelRef, trust_remote_code: bool = False):
-    """The runner for this model's kind and task."""
-    classify = ref.task.get("task") == "text-classification"
-    if ref.kind == ONNX_GENAI:
-        return GenaiRunner(ref.path)
-    if ref.kind == ONNX:
-        return OnnxClassifierRunner(ref) if classify else OnnxCausalRunner(ref)
-    return TorchClassifierRunner(ref, trust_remote_code) if classify else TorchRunner(ref, trust_remote_code)
+def cut_at_stop(text: str, stop: str) -> str:
+    """The answer up to the text that closes it (a chat turn's end marker); all of it when `stop` is empty."""
+    return text.split(stop, 1)[0] if stop else text
 
 
-class ClassifierRunner:
-    """A classifier 'generates' its predicted label; its loss is the cross-entropy of the true label."""
-
-    labels: list[str]
-
-    def class_logits(self, text: str):
-        raise NotImplementedError
-
-    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
-        return self.labels[int(self.class_logits(prompt).argmax())], 0
-
-    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
-        import numpy as np
-
-        index = {label: i for i, label in enumerate(self.labels)}
-        total, count = 0.0, 0
-        for ex in examples:
-            if ex.completion not in index:
-                continue
-            row = self.class_logits(ex.prompt).astype(np.float64)
-            row = row - row.max()
-            total += float(np.log(np.exp(row).sum()) - row[index[ex.completion]])
-            count += 1
-        return total / count if count else float("nan")
-
-    def _encode(self, text: str) -> dict:
-        limit = min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
-        return self.tokenizer(text, truncation=True, max_length=limit)
+def batches(examples: list[Example], size: int) -> list[list[int]]:
+    """Indexes of `examples` in batches of `size`, similar prompt lengths together so that little is padding."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
+    return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-class TorchClassifierRunner(ClassifierRunner):
-    def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
-        self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
-        self.labels = _labels(ref, self.model.config)
+def predict(runner, examples: list[Example], add_bos: bool, max_new_tokens: int, batch_size: int,
+            show_progress: bool = False, label: str = "") -> list[str]:
+    """Each example's generated answer, in the order of `examples`, generated `batch_size` at a time."""
+    from tqdm import tqdm
 
-    def class_logits(self, text: str):
-        import torch
-
-        encoded = self._encode(text)
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([encoded["input_ids"]]),
-                             attention_mask=torch.tensor([encoded["attention_mask"]]))
-        return out.logits[0].float().numpy()
-
-
-class OnnxClassifierRunner(ClassifierRunner):
-    def __init__(self, ref: ModelRef):
-        from modelpress.models import load_tokenizer
-        from modelpress.onnx_model import OnnxModel
-
-        self.model = OnnxModel(ref.path)
-        self.tokenizer = load_tokenizer(ref.path)
-        self.labels = _labels(ref, None)
-
-    def class_logits(self, text: str):
-        import numpy as np
-
-        encoded = self._encode(text)
-        return self.model.logits(np.array([encoded["input_ids"]], dtype=np.int64),
-                                 np.array([encoded["attention_mask"]], dtype=np.int64))[0]
+    outputs = [""] * len(examples)
+    with tqdm(total=len(examples), desc=f"evaluate {label}", disable=not show_progress, leave=False) as bar:
+        for batch in batches(examples, batch_size):
+            answers = runner.generate_batch([examples[i].prompt for i in batch], add_bos, max_new_tokens)
+            for i, (text, _) in zip(batch, answers):
+                outputs[i] = text
+            bar.update(len(batch))
+    return outputs
 
 
-def _labels(ref: ModelRef, config) -> list[str]:
-    labels = ref.task.get("labels")
-    if labels:
-        return list(labels)
-    if config is not None and getattr(config, "id2label", None):
-        return [config.id2label[i] for i in sorted(config.id2label)]
-    raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card)")
+def latency_sample(examples: list[Example], n: int) -> list[Example]:
+    """`n` examples spread evenly over `examples` (all of them when there are no more), so that
+    the timed prompts have the lengths of the whole set."""
+    if len(examples) <= n:
+        return list(examples)
+    return [examples[i * len(examples) // n] for i in range(n)]
 
 
-class OnnxCausalRunner:
-    """Greedy generation from a plain ONNX causal LM with no KV cache (the whole sequence each step)."""
-
-    def __init__(self, ref: ModelRef):
-        from modelpress.models import load_tokenizer
-        from modelpress.onnx_model import OnnxModel
-
-        self.model = OnnxModel(ref.path)
-        self.tokenizer = load_tokenizer(ref.path)
-
-    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
-        bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-    def _logits(self, ids: list[int]):
-        import numpy as np
-
-        return self.model.logits(np.array([ids], dtype=np.int64), np.ones((1, len(ids)), dtype=np.int64))[0]
-
-    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
-        ids = self._ids(prompt, add_bos)
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(self._logits(ids + new)[-1].argmax())
-            new.append(token)
-            if token == self.tokenizer.eos_token_id:
-                break
-        text = [t for t in new if t != self.tokenizer.eos_token_id]
-        return self.tokenizer.decode(text, skip_special_tokens=True), len(new)
-
-    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
-        total, count = 0.0, 0
-        for ex in examples:
-            head = self._ids(ex.prompt, add_bos)
-            tail = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            total += _nll(self._logits(head + tail), head, tail)
-            count += len(tail)
-        return total / count if count else float("nan")
-
-
-class TorchRunner:
-    """Greedy generation and completion loss with PyTorch (HF folder, or base + adapter)."""
-
-    def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
-        self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
-
-    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
-        bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
-        import torch
-
-        ids = torch.tensor([self._ids(prompt, add_bos)])
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-        new = [t for t in out[0, ids.shape[1]:].tolist() if t != self.tokenizer.eos_token_id]
-        return self.tokenizer.decode(new, skip_special_tokens=True), out.shape[1] - ids.shape[1]
-
-    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
-        import torch
-
-        total, count = 0.0, 0
-        for ex in examples:
-            head = self._ids(ex.prompt, add_bos)
-            tail = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            with torch.inference_mode():
-                logits = self.model(input_ids=torch.tensor([head + tail])).logits[0].float()
-            total += _nll(logits.numpy(), head, tail)
-            count += len(tail)
-        return total / count if count else float("nan")
-
-
-def _nll(logits, head: list[int], tail: list[int]) -> float:
-    """Sum of -log p(tail token | everything before it), from full-sequence logits."""
-    import numpy as np
-
-    rows = logits[len(head) - 1: len(head) - 1 + len(tail)].astype(np.float64)
-    rows = rows - rows.max(axis=-1, keepdims=True)
-    log_probs = rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(tail)), tail].sum())
-
-
-class GenaiRunner:
-    """Greedy generation with onnxruntime-genai; completion loss with onnxruntime on model.onnx."""
-
-    def __init__(self, folder: Path):
-        import onnxruntime_genai as og
-
-        og.disable_telemetry_events()
-        self.og = og
-        self.folder = Path(folder)
-        self.model = og.Model(str(folder))
-        self.tokenizer = og.Tokenizer(self.model)
-        self.bos = self.tokenizer.bos_token_id
-        self.eos = set(self.tokenizer.eos_token_ids)
-        self._session = None
-
-    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
-        ids = list(self.tokenizer.encode(prompt)) if prompt else []
-        return ([self.bos] if add_bos and self.bos is not None and self.bos >= 0 else []) + ids
-
-    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
-        import numpy as np
-
-        ids = self._ids(prompt, add_bos)
-        params = self.og.GeneratorParams(self.model)
-        # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
-        # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
-        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False, random_seed=0)
-        generator = self.og.Generator(self.model, params)
-        generator.append_tokens(np.array(ids, dtype=np.int32))
-        while not generator.is_done():
-            generator.generate_next_token()
-        new = list(generator.get_sequence(0))[len(ids):]
-        text = self.tokenizer.decode(np.array([t for t in new if t not in self.eos], dtype=np.int32))
-        return text, len(new)
-
-    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
-        total, count = 0.0, 0
-        for ex in examples:
-            head = self._ids(ex.prompt, add_bos)
-            tail = list(self.tokenizer.encode(ex.completion)) + [min(self.eos)]
-            total += _nll(self.logits(head + tail), head, tail)
-            count += len(tail)
-        return total / count if count else float("nan")
-
-    def logits(self, ids: list[int]):
-        """Logits for every position of `ids` from one onnxruntime call with an empty KV cache."""
-        import numpy as np
-
-        session = self._load_session()
-        feeds = {spec.name: _feed(spec, ids, self._kv_shape) for spec in session.get_inputs()}
-        out = session.run(["logits"], feeds)[0]
-        return np.asarray(out[0], dtype=np.float32)
-
-    def _load_session(self):
-        if self._session is None:
-            import json
-
-            import onnxruntime as ort
-
-            decoder = json.loads((self.folder / "genai_config.json").read_text())["model"]["decoder"]
-            filename = decoder["filename"]
-            self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(str(self.folder / filename), options,
-                                                 providers=["CPUExecutionProvider"])
-        return self._session
-
-
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-              "tensor(int32)": "int32"}
-
-
-def _feed(spec, ids: list[int], kv_shape: tuple[int, int]):
-    import numpy as np
-
-    n = len(ids)
-    dtype = _ORT_TYPES.get(spec.type, "float32")
-    if spec.name == "input_ids":
-        return np.array([ids], dtype=dtype)
-    if spec.name == "attention_mask":
-        return np.ones((1, n), dtype=dtype)
-    if spec.name == "position_ids":
-        return np.arange(n, dtype=dtype)[None, :]
-    if spec.name.startswith("past_key_values"):
-        return np.zeros((1, kv_shape[0], 0, kv_shape[1]), dtype=dtype)
-    raise ValueError(f"unexpected ONNX input {spec.name!r}")
+def time_one_at_a_time(runner, examples: list[Example], add_bos: bool, max_new_tokens: int) -> tuple[list[float], int]:
+    """Seconds to answer each example alone (batch 1), after WARMUP untimed answers; and the tokens generated."""
+    for ex in examples[:WARMUP]:
+        runner.generate(ex.prompt, add_bos, max_new_tokens)
+    seconds, new_tokens = [], 0
+    for ex in examples:
+        started = time.perf_counter()
+        _, count = runner.generate(ex.prompt, add_bos, max_new_tokens)
+        seconds.append(time.perf_counter() - started)
+        new_tokens += count
+    return seconds, new_tokens

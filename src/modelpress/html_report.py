@@ -95,6 +95,8 @@ def _models_table(models: dict) -> str:
     note = f"<p>Evaluated on {first.get('examples')} examples: {html.escape(str(first.get('eval_data', '')))}"
     if first.get("majority_baseline") is not None:
         note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
+    if first.get("latency_examples") is not None:
+        note += f". Latency and tok/s: one example at a time, on {first['latency_examples']} of them."
     headers = ["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"]
     return "<h2>Models</h2>" + _table(headers, rows, "models") + note + "</p>"
 

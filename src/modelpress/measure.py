@@ -14,12 +14,13 @@ from modelpress.config.templates import completion_field
 from modelpress.config.schema import DataConfig
 from modelpress.data import format_of, load_rows, render
 from modelpress.errors import ModelpressError
-from modelpress.evaluate import evaluate
+from modelpress.evaluate import BATCH_SIZE, LATENCY_SAMPLES, evaluate
 from modelpress.models import MODEL_CARD, ModelRef
 
 def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | None = None,
-                    max_new_tokens: int = 8, max_examples: int | None = None, show_progress: bool = True) -> dict:
-    """Metrics of the model in `model_dir` on every row of `data_files`."""
+                    max_new_tokens: int = 8, max_examples: int | None = None, show_progress: bool = True,
+                    batch_size: int = BATCH_SIZE, latency_samples: int = LATENCY_SAMPLES) -> dict:
+    """Metrics of the model in `model_dir` on every row of `data_files` (batching and latency sample as in a run)."""
     if not (model_dir / MODEL_CARD).is_file():
         raise ModelpressError(f"{model_dir} has no {MODEL_CARD}: point evaluate at the 'model' folder of a "
                               "modelpress run (or the folder of one of its cache entries)")
@@ -42,7 +43,7 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     examples = render(config, load_rows(config), chat_format)[:max_examples]
     label = label_col or completion_field(template) or ("assistant" if chat else None)
     result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,
-                      show_progress=show_progress)
+                      show_progress=show_progress, batch_size=batch_size, latency_samples=latency_samples)
     result.update({"model": str(model_dir), "model_kind": ref.kind, "data": [str(p) for p in data_files],
                    "label_column": label})
     return result
@@ -56,7 +57,8 @@ def format_result(result: dict) -> str:
         lines.append(f"accuracy          {result['accuracy']:.3f}  (majority class {result['majority_baseline']:.3f})")
         lines += [f"  recall {label:<10} {value:.3f}" for label, value in result["per_class_recall"].items()]
     lines.append(f"completion loss   {result['completion_loss']:.3f}")
-    lines.append(f"latency ms        p50 {result['latency_ms']['p50']:.1f}  p90 {result['latency_ms']['p90']:.1f}")
+    lines.append(f"latency ms        p50 {result['latency_ms']['p50']:.1f}  p90 {result['latency_ms']['p90']:.1f}"
+                 f"  (batch 1, {result['latency_examples']} examples)")
     if result.get("tokens_per_second"):
         lines.append(f"tokens/s          {result['tokens_per_second']:.0f}")
     lines.append(f"examples/s        {result['throughput']:.1f}")

@@ -21,17 +21,6 @@ LINES_PER_RUN = 10  # plain lines per training run, about one every 10% of the s
 QUIET_SECONDS = 300  # ...but never longer than this without a line, so a slow run still shows it is alive
 
 
-def quiet_library_bars() -> None:
-    """Stop the Hugging Face libraries' own bars (loading weights, writing shards, downloads, datasets)."""
-    import datasets
-    import huggingface_hub.utils
-    import transformers.utils.logging
-
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-    datasets.disable_progress_bars()
-
-
 def use_modelpress_output(trainer, bars: bool, label: str) -> None:
     """Replace the Trainer's printing of raw log dicts (`{'loss': ...}` on stdout) with modelpress's.
 

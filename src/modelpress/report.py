@@ -32,6 +32,8 @@ def summary_table(history: list[dict], metrics: dict) -> str:
     note = f"\nevaluated on {first['examples']} examples: {first.get('eval_data', '')}"
     if first.get("majority_baseline") is not None:
         note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
+    if first.get("latency_examples") is not None:  # metrics written before latency was sampled have none
+        note += f"\nlatency, tok/s: one example at a time, on {first['latency_examples']} of them"
     table = _table(["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"], rows)
     return f"{steps}\n\n{table}{note}"
 

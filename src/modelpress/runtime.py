@@ -53,3 +53,24 @@ def uses_bitsandbytes(config) -> bool:
                 return True
     metrics = config.evaluator.metrics if config.evaluator else []
     return any(m.user_config is not None and m.user_config.user_script is not None for m in metrics)
+
+
+# Environment switches the Hugging Face libraries read when they are imported.
+QUIET_BARS_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+
+
+def quiet_library_bars() -> None:
+    """Stop the Hugging Face libraries' own bars (loading weights, writing shards, downloads, datasets).
+
+    Set through the environment, which huggingface_hub, transformers (through huggingface_hub) and
+    datasets read when imported, so nothing heavy is imported here: a fully cached run stays free of
+    torch. A library imported already is switched off directly.
+    """
+    for name in QUIET_BARS_ENV:
+        os.environ.setdefault(name, "1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()

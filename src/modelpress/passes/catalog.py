@@ -58,6 +58,9 @@ class TrainingArgs(Strict):
     )
     eval_steps: int | None = Field(None, gt=0, description="Eval every N steps (eval_strategy 'steps').")
     group_by_length: bool = Field(False, description="Batch examples of similar length together.")
+    bf16: bool = Field(
+        False, description="Compute in bfloat16 under autocast (weights and adapters stay float32); fast on CPUs "
+        "with AVX512-BF16/AMX and on recent GPUs.")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
@@ -167,6 +170,13 @@ class ModelBuilderParams(Strict):
         True,
         validation_alias=AliasChoices("is_symmetric", "int4_is_symmetric"),
         description="Symmetric quantization.",
+    )
+    algo_config: Literal["default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "k_quant_linear",
+                         "rtn_last"] | None = searchable(
+        "default", "k_quant", "k_quant_last", "k_quant_mixed", default=None,
+        validation_alias=AliasChoices("algo_config", "int4_algo_config"),
+        description="The builder's int4 weight algorithm: default/rtn (round to nearest), k_quant; the _last "
+        "forms keep the last MatMul (the LM head) at int8, k_quant_mixed some layers too. Default: the builder's.",
     )
     execution_provider: Literal["cpu", "cuda", "dml"] | None = Field(
         None, description="Target EP; default: the engine's execution provider."

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from modelpress.context import PassContext
-from modelpress.errors import MissingDependencyError
+from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.fsutil import atomic_write_json
 from modelpress.models import ADAPTER_DIR, ModelRef, load_causal_lm, load_classifier, load_tokenizer
 from modelpress.passes.catalog import HF_ADAPTER, LoRAParams, QLoRAParams
@@ -88,7 +88,14 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
         model = _prepare_4bit(model, params.training_args.gradient_checkpointing)
     elif params.training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
-    return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM"))
+    try:
+        return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM"))
+    except ValueError as err:
+        if params.target_modules is None and "target_modules" in str(err):
+            raise ModelpressError(f"peft has no default LoRA target modules for model type "
+                                  f"{model.config.model_type!r}: set target_modules in the pass, e.g. the attention "
+                                  "projections (Phi-3: qkv_proj, o_proj; Llama: q_proj, k_proj, v_proj, o_proj)") from None
+        raise
 
 
 def adapter_config(params: LoRAParams, task_type: str):
@@ -197,7 +204,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         eval_strategy=eval_strategy, eval_steps=ta.eval_steps if eval_strategy == "steps" else None,
         train_sampling_strategy="group_by_length" if ta.group_by_length else "random",
         adam_beta1=ta.adam_beta1, adam_beta2=ta.adam_beta2, adam_epsilon=ta.adam_epsilon,
-        weight_decay=ta.weight_decay, max_grad_norm=ta.max_grad_norm,
+        weight_decay=ta.weight_decay, max_grad_norm=ta.max_grad_norm, bf16=ta.bf16,
         # transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio)
         warmup_steps=ta.warmup_steps or ta.warmup_ratio, lr_scheduler_type=ta.lr_scheduler_type,
         report_to=[], disable_tqdm=not ctx.show_progress,

@@ -21,6 +21,8 @@ def builder_options(params: ModelBuilderParams) -> list[str]:
         options.append(f"block_size={params.block_size}")
         if params.accuracy_level is not None:
             options.append(f"accuracy_level={params.accuracy_level}")
+        if params.algo_config is not None:
+            options.append(f"algo_config={params.algo_config}")
     return options
 
 

