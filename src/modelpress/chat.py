@@ -89,12 +89,15 @@ def messages_of(row: dict, where: str, message_col: str, chat_columns: dict[str,
     return messages
 
 
+def role_template(spec: str) -> str:
+    """A `chat_columns` value as a text template: a bare column name means that column's value."""
+    return spec if "{" in spec else "{" + spec + "}"
+
+
 def _fill(spec: str, row: dict, where: str) -> str:
     """A role's content: a column's value, or a template over the columns."""
-    if "{" not in spec:
-        spec = "{" + spec + "}"
     try:
-        text = spec.format_map(row)
+        text = role_template(spec).format_map(row)
     except KeyError as err:
         raise DataError(f"{where}: chat_columns names column {err.args[0]!r}, which the row lacks "
                         f"(columns: {sorted(row)})") from None

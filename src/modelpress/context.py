@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelpress.config.templates import completion_field
 from modelpress.chat import ChatFormat
 from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfig
+from modelpress.config.templates import completion_field
 from modelpress.data import (
     Example,
     classification_features,

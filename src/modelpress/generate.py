@@ -33,13 +33,13 @@ def prompt_for(card: dict, text: str) -> str:
 def chat_prompt_for(chat: dict, text: str) -> str:
     """The chat template's prompt for one user message, as the model was trained: its system prompt and the
     user turn's template (`chat_columns`) with `text` in its one field."""
-    from modelpress.chat import ChatFormat
+    from modelpress.chat import ChatFormat, role_template
     from modelpress.config.templates import template_fields
 
     columns = chat.get("columns") or {}
     messages = [{"role": "system", "content": chat["system_prompt"]}] if chat.get("system_prompt") is not None else []
     for role, spec in list(columns.items())[:-1]:
-        spec = spec if "{" in spec else "{" + spec + "}"
+        spec = role_template(spec)
         fields = template_fields(spec)
         messages.append({"role": role, "content": spec.format_map({f: text for f in fields}) if fields else spec})
     if not columns:
