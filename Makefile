@@ -49,9 +49,10 @@ smollm2: setup $(SMOLLM2)
 test: setup $(SMOLLM2)
 	$(BIN)/python -m pytest -q
 
-bench: setup
+bench: setup $(SMOLLM2)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/checkpointing.py
+	$(BIN)/python benchmarks/smollm2.py
 
 clean:
 	rm -rf $(EXAMPLE)/runs $(EXAMPLE)/models examples/minilm-tone/runs examples/model-cache

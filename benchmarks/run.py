@@ -10,6 +10,9 @@ steps of 4 sequences = 81,920 training tokens). Olive is installed by
 
 Rows:
 - Olive 0.13, the config as written;
+- modelpress, the seed's own config as written (`examples/phi3-tone/seed-config.json`, the old Olive
+  schema): the same workflow, plus what that config asks for beyond Olive's file (a 30% eval split
+  and its eval loss) and modelpress's evaluation of the input and final models (accuracy, latency);
 - modelpress, the config as written (it also evaluates the input and final model: extra work);
 - modelpress, the same config with `"evaluation": {"enabled": false}`: exactly Olive's work;
 - the same, with `THP_MEM_ALLOC_ENABLE=0`: without the huge-page tensors that the `modelpress`
@@ -88,8 +91,28 @@ def workflow(model: Path, work: Path, tag: str, steps: int, *, evaluation: bool 
     return path
 
 
+def seed_workflow(model: Path, work: Path, steps: int) -> Path:
+    """The seed's own config (old Olive schema, `examples/phi3-tone/seed-config.json`) as written, with
+    only the model and data paths, the step count and the output folders pointed at this run."""
+    config = json.loads((EXAMPLE / "seed-config.json").read_text())
+    config["input_model"]["config"]["hf_config"]["model_name"] = str(model)
+    config["data_configs"][0]["load_dataset_config"]["params"]["data_files"] = str(EXAMPLE / "data" /
+                                                                                  "dataset-classification.json")
+    config["passes"]["lora"]["config"]["training_args"]["max_steps"] = steps
+    config["engine"]["cache_dir"], config["engine"]["output_dir"] = str(work / "seed" / "cache"), str(work / "seed" / "out")
+    (work / "seed").mkdir(parents=True)
+    path = work / "seed" / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def _output_dir(config: Path) -> Path:
+    raw = json.loads(config.read_text())
+    return Path(raw.get("output_dir") or raw["engine"]["output_dir"])
+
+
 def lora_seconds_modelpress(config: Path) -> float:
-    out = json.loads(config.read_text())["output_dir"]
+    out = _output_dir(config)
     steps = json.loads((Path(out) / "run_history.json").read_text())["steps"]
     return next(s["seconds"] for s in steps if s["type"] == "LoRA")
 
@@ -103,7 +126,7 @@ def pass_seconds_olive(log: str) -> dict[str, float]:
 
 
 def pass_rows_modelpress(config: Path) -> list[dict]:
-    out = json.loads(config.read_text())["output_dir"]
+    out = _output_dir(config)
     return json.loads((Path(out) / "run_history.json").read_text())["steps"]
 
 
@@ -112,7 +135,7 @@ def help_time(cmd: list[str], cwd: Path, repeats: int = 3) -> float:
 
 
 def run_modelpress(model: Path, work: Path, tag: str, steps: int, env: dict | None = None, **kw) -> dict:
-    config = workflow(model, work, tag, steps, **kw)
+    config = seed_workflow(model, work, steps) if tag == "seed" else workflow(model, work, tag, steps, **kw)
     cold = measure([*MODELPRESS, "run", "--config", str(config), "--no-progress"], work, env)
     lora_s = lora_seconds_modelpress(config)  # read before the re-run overwrites the history
     steps = pass_rows_modelpress(config)
@@ -256,6 +279,7 @@ def main() -> int:
         rows.append(("Olive 0.13 (config as written)", run_olive(olive_bin, model, work, args.steps)))
     else:
         print(f"Olive not found at {olive_bin}: run shared/peer/setup_olive.sh to compare.\n")
+    rows.append(("modelpress (the seed's config as written)", run_modelpress(model, work, "seed", args.steps)))
     rows.append(("modelpress (config as written, + evaluation)", run_modelpress(model, work, "mp", args.steps)))
     rows.append(("modelpress (same work as Olive: no evaluation)",
                  run_modelpress(model, work, "mp-noeval", args.steps, evaluation=False)))

@@ -32,8 +32,14 @@ DATA = ROOT / "examples" / "phi3-tone" / "data" / "dataset-classification.json"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def calibration_loop(folder: Path, steps: int) -> dict:
-    """The issue's plain-PyTorch loop; returns seconds per step and real tokens per second."""
+def calibration_loop(folder: Path, steps: int, answer_logits: bool = False) -> dict:
+    """The issue's plain-PyTorch loop; returns seconds per step and real tokens per second.
+
+    With `answer_logits`, the LM head runs at the trained positions only, as modelpress's LoRA pass
+    always does (`modelpress.passes.losses`): that lever alone, with everything else unchanged.
+    """
+    from modelpress.passes.losses import answer_loss, trained_positions
+
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -51,7 +57,11 @@ def calibration_loop(folder: Path, steps: int) -> dict:
             started = time.perf_counter()
         batch = [_encode(tokenizer, row) for row in rows[step * 16:(step + 1) * 16]]
         ids, labels, mask = _pad(batch, tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if answer_logits:
+            outputs = model(input_ids=ids, attention_mask=mask, logits_to_keep=trained_positions(labels))
+            loss = answer_loss(outputs, labels)
+        else:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -125,10 +135,20 @@ def _without(key: str):
     return change
 
 
+def _float32_base(raw: dict) -> dict:
+    raw["passes"]["lora"]["torch_dtype"] = "float32"
+    return raw
+
+
+def _sdpa_attention(raw: dict) -> dict:
+    raw["input_model"].get("load_kwargs", {}).pop("attn_implementation", None)
+    return raw
+
+
 ROWS = [
     ("modelpress, example as shipped", lambda raw: raw),
-    ("  without the short system prompt", _without("system_prompt")),
-    ("  without bf16 autocast", _without("bf16")),
+    ("  with a float32 base instead of bfloat16", _float32_base),
+    ("  with SDPA attention instead of eager", _sdpa_attention),
     ("  without length grouping", _without("group_by_length")),
 ]
 
@@ -139,7 +159,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mp-smollm2-") as tmp:
         work = Path(tmp)
-        results = [("calibration loop (plain PyTorch, fp32)", calibration_loop(converted_model(work), args.steps))]
+        folder = converted_model(work)
+        results = [("calibration loop (plain PyTorch, fp32)", calibration_loop(folder, args.steps)),
+                   ("  + logits at answer positions only", calibration_loop(folder, args.steps, answer_logits=True))]
         for tag, (name, change) in enumerate(ROWS):
             results.append((name, modelpress_lora(work, args.steps, f"row{tag}", change)))
     base = results[0][1]["tokens_per_s"]

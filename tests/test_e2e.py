@@ -71,6 +71,32 @@ def test_changing_a_training_setting_reruns_from_that_pass(demo_run, tmp_path):
     assert [s["cache"] for s in history[:3]] == ["hit", "hit", "miss"]
 
 
+def test_intermediate_steps_and_extra_data_are_measured_when_asked(demo_run, tmp_path):
+    config = _json(demo_run / "demo.json")
+    other = ROOT / "examples" / "minilm-tone" / "data" / "other-style.jsonl"
+    config["data_configs"].append({**config["data_configs"][0], "name": "other",
+                                   "load_dataset_config": {"data_name": "json", "data_files": [str(other)]}})
+    config["evaluation"].update(evaluate_passes=["merge"], extra_data_configs=["other"])
+    config["output_dir"] = str(tmp_path / "out")
+    path = demo_run / "demo-more-evaluation.json"
+    path.write_text(json.dumps(config))
+    proc = run_cli("run", "--config", str(path), "--no-progress")
+    history = _json(tmp_path / "out" / "run_history.json")["steps"]
+    assert [s["cache"] for s in history[:3]] == ["hit"] * 3  # the passes are reused; only measurements are new
+    metrics = _json(tmp_path / "out" / "metrics.json")
+    assert list(metrics["models"]) == ["input", "merge", "final"]
+    merged, final = metrics["models"]["merge"], metrics["models"]["final"]
+    assert merged["model_kind"] == "hf" and merged["examples"] == final["examples"] == 229
+    assert merged["accuracy"] >= 0.7 and abs(merged["accuracy"] - final["accuracy"]) < 0.1
+    extra = metrics["extra_data"]["other"]
+    assert list(extra) == ["input", "merge", "final"] and all(m["examples"] == 48 for m in extra.values())
+    assert "on all 48 rows of data config 'other'" in proc.stdout
+    assert "data config other</h3>" in (tmp_path / "out" / "report.html").read_text()
+    bad = {**config, "evaluation": {**config["evaluation"], "evaluate_passes": ["merged"]}}
+    proc = run_cli("validate", "--config", str(write_config(tmp_path / "bad.json", bad)), check=False)
+    assert proc.returncode != 0 and "evaluation.evaluate_passes[0]" in proc.stderr and "merge" in proc.stderr
+
+
 def test_seed_config_runs_as_written(tmp_path, tiny_model):
     work = example_workspace(tmp_path, tiny_model)
     proc = run_cli("run", "--config", str(work / "seed-config.json"), "--no-progress")

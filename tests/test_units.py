@@ -95,13 +95,13 @@ def test_balanced_class_weights_make_every_class_weigh_the_same_in_total():
 def test_weighted_loss_is_cross_entropy_and_accumulates_like_one_batch():
     import torch
 
-    from modelpress.passes.lora import _weighted_loss
+    from modelpress.passes.losses import weighted_class_loss
 
     torch.manual_seed(0)
     logits, labels = torch.randn(6, 3), torch.tensor([0, 0, 1, 2, 2, 2])
-    plain = _weighted_loss([1.0, 1.0, 1.0])
+    plain = weighted_class_loss([1.0, 1.0, 1.0])
     assert plain({"logits": logits}, labels) == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
-    weighted = _weighted_loss([0.5, 2.0, 1.0])
+    weighted = weighted_class_loss([0.5, 2.0, 1.0])
     whole = weighted({"logits": logits}, labels)
     # two micro-batches of gradient accumulation, each divided by the rows of both, sum to the whole batch
     halves = (weighted({"logits": logits[:3]}, labels[:3], num_items_in_batch=6)

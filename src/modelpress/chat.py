@@ -45,6 +45,11 @@ class ChatFormat:
         tokens = {name: getattr(tokenizer, name) for name in SPECIAL_TOKENS if getattr(tokenizer, name, None)}
         return cls(chosen, tokens)
 
+    @classmethod
+    def from_card(cls, chat: dict) -> "ChatFormat":
+        """The format a model card's `task.chat` records (the inverse of `to_json`, plus the card's extra keys)."""
+        return cls(chat["template"], chat.get("special_tokens") or {})
+
     def to_json(self) -> dict:
         return {"template": self.template, "special_tokens": self.special_tokens}
 

@@ -79,8 +79,9 @@ def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResul
 
         return run_search(session)
     history: list[dict] = []
-    ref = session.run_chain(config.passes, history)
-    metrics = session.evaluate_pair(ref, history)
+    steps: dict[str, ModelRef] = {}
+    ref = session.run_chain(config.passes, history, steps)
+    metrics = session.evaluate_run(ref, steps, history)
     write_outputs(config, ref, session.task_card(), history, metrics)
     return RunResult(config.engine.output_dir, ref, history, metrics)
 
@@ -113,11 +114,15 @@ class Session:
                        task={"task": config.input_model.task})
         return cls(config, cache, plan, ep, ref, show_progress)
 
-    def run_chain(self, passes: list[PassConfig], history: list[dict]) -> ModelRef:
-        """Run `passes` in order from the input model, each from the cache when it is there."""
+    def run_chain(self, passes: list[PassConfig], history: list[dict],
+                  steps: dict[str, ModelRef] | None = None) -> ModelRef:
+        """Run `passes` in order from the input model, each from the cache when it is there (`steps`
+        receives each pass's output by name)."""
         ref = self.input_ref
         for p in passes:
             ref = self.run_pass(p, ref, history)
+            if steps is not None:
+                steps[p.name] = ref
         return ref
 
     def run_pass(self, p: PassConfig, ref: ModelRef, history: list[dict]) -> ModelRef:
@@ -147,19 +152,26 @@ class Session:
         """The cached evaluation of `ref` on the eval set (or on all rows of `data_config`)."""
         return _measure_cached(self, ref, role, history, data_config)
 
-    def evaluate_pair(self, final: ModelRef, history: list[dict]) -> dict:
-        """Metrics of the input model (when asked) and the final model, as metrics.json holds them."""
+    def evaluate_run(self, final: ModelRef, steps: dict[str, ModelRef], history: list[dict]) -> dict:
+        """Metrics as metrics.json holds them: the input model (when asked), the steps named in
+        `evaluate_passes` and the final model on the eval set; then each on every extra data config."""
         settings = self.config.evaluation
         if not settings.enabled:
             return {}
-        roles = {"input": self.input_ref, "final": final} if settings.evaluate_input_model else {"final": final}
+        roles = {"input": self.input_ref} if settings.evaluate_input_model else {}
+        roles.update({name: steps[name] for name in settings.evaluate_passes})
+        roles["final"] = final
         results = {}
         for role, ref in roles.items():
             result = self.measure(ref, role, history)
             if result is None:
                 return {}
             results[role] = result
-        return {"models": results}
+        metrics = {"models": results}
+        for name in settings.extra_data_configs:
+            metrics.setdefault("extra_data", {})[name] = {
+                role: self.measure(ref, f"{role} on {name}", history, name) for role, ref in roles.items()}
+        return metrics
 
 
 def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool) -> None:

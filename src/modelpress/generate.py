@@ -44,7 +44,7 @@ def chat_prompt_for(chat: dict, text: str) -> str:
         messages.append({"role": role, "content": spec.format_map({f: text for f in fields}) if fields else spec})
     if not columns:
         messages.append({"role": "user", "content": text})
-    return ChatFormat(chat["template"], chat.get("special_tokens") or {}).render(messages, add_generation_prompt=True)
+    return ChatFormat.from_card(chat).render(messages, add_generation_prompt=True)
 
 
 def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False) -> Iterator[str]:

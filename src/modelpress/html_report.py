@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.fsutil import atomic_write_text, read_json
+from modelpress.report import EXTRA_HEADERS, extra_data_rows
 
 REPORT = "report.html"
 WIDTH, HEIGHT = 640, 400
@@ -60,6 +61,8 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
         "<h1>modelpress run report</h1>",
         _search_section(search) if search else "",
         _models_table(models),
+        *(f"<h3>On all {count} rows of data config {html.escape(name)}</h3>" + _table(EXTRA_HEADERS, rows, "extra-data")
+          for name, count, rows in extra_data_rows(metrics)),
         _chart(_search_points(search) if search else models),
         "<h2>Steps</h2>",
         _table(["step", "type", "cache", "seconds", "peak RSS MiB"],

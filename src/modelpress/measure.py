@@ -39,7 +39,7 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
                    "system_prompt": chat.get("system_prompt")} if chat else {"text_template": template}
     config = DataConfig(name="evaluate", data_files=data_files, format=fmt, text_cols=task.get("text_cols"),
                         label_col=label_col, add_special_tokens=task.get("add_bos", False), **chat_fields)
-    chat_format = ChatFormat(chat["template"], chat.get("special_tokens") or {}) if chat else None
+    chat_format = ChatFormat.from_card(chat) if chat else None
     examples = render(config, load_rows(config), chat_format)[:max_examples]
     label = label_col or completion_field(template) or ("assistant" if chat else None)
     result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,

@@ -138,6 +138,12 @@ class EvaluationConfig(Strict):
     latency_samples: int = Field(64, gt=0, description="Examples timed one at a time (batch 1) for latency, "
                                  "throughput and tokens/s, spread evenly over the evaluated examples.")
     evaluate_input_model: bool = Field(True, description="Also measure the input model as a baseline.")
+    evaluate_passes: list[str] = Field(
+        default_factory=list, description="Also measure the output of these steps, by pass name (for example the "
+        "merged model before quantization, to see what int4 costs); metrics.json holds each under its name.")
+    extra_data_configs: list[str] = Field(
+        default_factory=list, description="Also measure every evaluated model on all rows of these data configs "
+        "(for example phrases in another style); metrics.json holds them under 'extra_data'.")
 
 
 class EngineConfig(Strict):

@@ -159,29 +159,12 @@ def class_weights(targets: list[int], n_classes: int) -> list[float]:
     return [len(targets) / (n_classes * n) if n else 0.0 for n in counts]
 
 
-def _weighted_loss(weights: list[float]):
-    """A Trainer loss: each row's cross-entropy times its class's weight, averaged over the rows.
-
-    The Trainer counts the rows of all gradient-accumulation micro-batches (`num_items_in_batch`)
-    and expects the loss divided by that count, so accumulation gives the same step as one batch.
-    """
-    import torch
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"]
-        labels = labels.to(logits.device)
-        rows = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-        scale = torch.tensor(weights, dtype=logits.dtype, device=logits.device)[labels]
-        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        return (rows * scale).sum() / count
-    return loss
-
-
 def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, evals, quantized: bool,
              weights: list[float] | None = None):
     from transformers import Trainer, TrainingArguments
 
     from modelpress.data import Collator
+    from modelpress.passes.losses import AnswerCollator, answer_loss, slices_logits, weighted_class_loss
     from modelpress.progress import use_modelpress_output
 
     ta = params.training_args
@@ -211,9 +194,13 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         remove_unused_columns=False, dataloader_pin_memory=False,
         use_cpu=not _cuda_available(),  # train where the fastest device is; the EP is the inference target
     )
+    collate, loss = Collator(tokenizer.pad_token_id), None
+    if weights:
+        loss = weighted_class_loss(weights)
+    elif ctx.task != "text-classification" and slices_logits(model):
+        collate, loss = AnswerCollator(collate), answer_loss  # logits only where a label is trained
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
-                      data_collator=Collator(tokenizer.pad_token_id),
-                      compute_loss_func=_weighted_loss(weights) if weights else None)
+                      data_collator=collate, compute_loss_func=loss)
     # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
     use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
     return trainer

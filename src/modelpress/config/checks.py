@@ -1,0 +1,199 @@
+"""Checks across config sections, run once every section has been read (`check_workflow`).
+
+Each section is validated on its own by `normalize`; what is checked here needs several at once:
+that each step gets the kind of model it takes, that names point at defined data configs and
+passes, that a search's choices split the data alike, and that outputs stay out of the input.
+"""
+
+from __future__ import annotations
+
+from modelpress.config.collector import Collector, did_you_mean
+from modelpress.config.schema import (
+    DataConfig,
+    EngineConfig,
+    EvaluationConfig,
+    EvaluatorConfig,
+    InputModelConfig,
+    PassConfig,
+    SearchConfig,
+)
+from modelpress.config.templates import completion_field
+from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, data_refs
+
+
+def check_workflow(model: InputModelConfig, data: dict[str, DataConfig], passes: list[PassConfig],
+                   engine: EngineConfig, evaluation: EvaluationConfig, search: SearchConfig,
+                   evaluator: EvaluatorConfig | None, c: Collector) -> None:
+    """Every check that needs more than one section; each problem goes to `c` with its key path."""
+    _check_steps(model, data, passes, engine, c)
+    _check_evaluation(data, passes, evaluation, search, evaluator, c)
+    _check_search(passes, search, evaluator, data, c)
+    _check_output_dirs(model, engine, c)
+
+
+def _check_steps(model, data, passes, engine, c: Collector) -> None:
+    for name, config in data.items():
+        _check_template(name, config, c)
+    kind, previous = HF, "input_model"
+    for p in passes:
+        choices = p.choices()  # the step as written, its alternatives and every searched value
+        for option in choices:
+            _check_choice(option, model, data, engine, kind, previous, c)
+        kinds = {CATALOG[option.type].output_kind(kind) for option in choices}
+        if len(kinds) > 1:
+            c.add(f"passes.{p.name}.alternatives", f"the alternatives give different kinds of model "
+                  f"({', '.join(sorted(kinds))}), so the next step cannot take every one",
+                  "Make every alternative of one step give the same kind of model, or split them into steps.")
+        if CATALOG[p.type].trains():
+            _check_same_split(p, choices, c)
+        kind, previous = CATALOG[p.type].output_kind(kind), p.name
+
+
+def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: SearchConfig,
+                      evaluator: EvaluatorConfig | None, c: Collector) -> None:
+    _check_data_ref(evaluation.data_config, data, "evaluation.data_config", c)
+    for i, name in enumerate(evaluation.extra_data_configs):
+        _check_data_ref(name, data, f"evaluation.extra_data_configs[{i}]", c)
+    steps = [p.name for p in passes]
+    for i, name in enumerate(evaluation.evaluate_passes):
+        if name not in steps:
+            c.add(f"evaluation.evaluate_passes[{i}]", f"no pass named {name!r}",
+                  did_you_mean(name, steps) or f"Passes: {', '.join(steps) or 'none'}.")
+    if (search.enabled or evaluator is not None) and (evaluation.evaluate_passes or evaluation.extra_data_configs):
+        c.add("evaluation", "evaluate_passes and extra_data_configs are for a run without a search or evaluator",
+              "A search measures each candidate with the evaluator's metrics: add a metric with that data_config "
+              "there, or drop these keys.")
+
+
+def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, c: Collector) -> None:
+    """The checks every concrete config of a step gets, so a search candidate cannot fail on a config mistake."""
+    spec = CATALOG[p.type]
+    if spec.trains():
+        _check_task_data(model.task, data.get(p.params.train_data_config), f"passes.{p.name}", c)
+        if getattr(p.params, "class_weight", None) and model.task != "text-classification":
+            c.add(f"passes.{p.name}.class_weight", "class_weight weighs the classes of a text-classification "
+                  "model, and this model generates text", "Remove class_weight, or set input_model.task to "
+                  "'text-classification'.")
+    if p.type == "ModelBuilder" and model.task == "text-classification":
+        c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
+              "For a classifier use OnnxConversion, then an ONNX quantization pass.")
+    _check_kind(p, spec, kind, previous, c)
+    for key, name in data_refs(p.params).items():
+        _check_data_ref(name, data, f"passes.{p.name}.{key}", c)
+    if p.type == "ModelBuilder":
+        ep = p.params.execution_provider or engine.execution_provider
+        if p.params.precision not in BUILDER_PRECISIONS[ep]:
+            c.add(f"passes.{p.name}.precision", f"{p.params.precision} cannot run on the {ep} execution provider",
+                  f"Allowed on {ep}: {', '.join(BUILDER_PRECISIONS[ep])}.")
+
+
+SPLIT_PARAMS = ("train_data_config", "eval_data_config", "eval_dataset_size")  # and training_args.data_seed
+
+
+def _check_same_split(p: PassConfig, choices: list[PassConfig], c: Collector) -> None:
+    """Every choice of a training step must hold out the same rows: the candidates are all scored on them."""
+    def split(option: PassConfig) -> tuple:
+        return (*(getattr(option.params, k, None) for k in SPLIT_PARAMS), option.params.training_args.data_seed)
+
+    if len({split(option) for option in choices}) > 1:
+        c.add(f"passes.{p.name}", "the search choices of this training step split the data differently "
+              f"({', '.join(SPLIT_PARAMS)}, training_args.data_seed), so candidates would be scored on rows "
+              "that others trained on", "Give every alternative and searched value the same data settings.")
+
+
+KIND_HINTS = {
+    HF: "Put it after a pass that gives a Hugging Face folder (e.g. right after MergeAdapterWeights).",
+    ONNX: "Add an OnnxConversion pass before it.",
+}
+
+
+def _check_kind(p: PassConfig, spec, kind: str, previous: str, c: Collector) -> None:
+    if kind in spec.accepts:
+        return
+    if kind == HF_ADAPTER and HF in spec.accepts:
+        c.add(f"passes.{p.name}", f"{p.type} needs a full model but gets an adapter from '{previous}'",
+              "Add a MergeAdapterWeights pass before it.")
+        return
+    c.add(f"passes.{p.name}", f"{p.type} takes {' or '.join(spec.accepts)} models but gets {kind} from '{previous}'",
+          KIND_HINTS.get(spec.accepts[0], "Reorder the passes."))
+
+
+def _check_task_data(task: str, config: DataConfig | None, path: str, c: Collector) -> None:
+    if config is None:
+        return
+    where = f"data_configs[{config.name}].label_col"
+    if task == "text-classification" and not config.label_col:
+        c.add(where, "a text-classification model trains on labels, and this data config names no label column",
+              "Set label_col to the column that holds the class (e.g. 'tone'); text_template gives the input text.")
+    if task == "text-generation" and config.label_col:
+        c.add(where, "label_col is for text-classification models; this model generates text",
+              "Remove label_col (the template's last field is what the model learns to generate), "
+              "or set input_model.task to 'text-classification'.")
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _check_chat(name: str, config: DataConfig, c: Collector) -> None:
+    roles = list(config.chat_columns or {})
+    for role in roles:
+        if role not in CHAT_ROLES:
+            c.add(f"data_configs[{name}].chat_columns.{role}", f"unknown chat role {role!r}",
+                  did_you_mean(role, CHAT_ROLES) or f"Roles: {', '.join(CHAT_ROLES)}.")
+    if roles and roles[-1] != "assistant":
+        c.add(f"data_configs[{name}].chat_columns", "the conversation must end with an assistant turn (the answer "
+              "to learn and to measure)", "Map the answer column last, e.g. {\"user\": \"{phrase}\", "
+              "\"assistant\": \"{tone}\"}.")
+    if config.text_template:
+        c.warn(f"data_configs[{name}]: text_template is not used: rows are rendered through the chat template.")
+
+
+def _check_template(name: str, config: DataConfig, c: Collector) -> None:
+    if config.strategy == "join-sliding-window" and not config.stride:
+        c.add(f"data_configs[{name}].stride", "join-sliding-window needs a stride", "Set stride, e.g. max_seq_len // 2.")
+    if config.chat:
+        _check_chat(name, config, c)
+        return
+    if not config.text_template and not config.text_cols:
+        c.add(f"data_configs[{name}]", "neither text_template nor text_cols is set",
+              "Set text_template, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'.")
+    if config.loss_on == "completion" and not (config.label_col or config.chat or completion_field(config.text_template)):
+        c.add(f"data_configs[{name}].loss_on", "'completion' needs a text_template with a {field} (its last field "
+              "is the completion)", "Put the field to predict in the template, or set loss_on to 'all'.")
+
+
+def _check_data_ref(name: str | None, data: dict, path: str, c: Collector) -> None:
+    if name is not None and name not in data:
+        hint = did_you_mean(name, data) or (f"Defined: {', '.join(data)}." if data else "Define it in data_configs.")
+        c.add(path, f"no data config named {name!r}", hint)
+
+
+def _check_output_dirs(model: InputModelConfig, engine: EngineConfig, c: Collector) -> None:
+    if model.model_path is None:  # a Hub snapshot lives in the Hugging Face cache
+        return
+    source = model.model_path.resolve()
+    for key in ("output_dir", "cache_dir"):
+        target = getattr(engine, key).resolve()
+        if target == source or source in target.parents:
+            c.add(key, f"{target} is inside the input model folder {source}",
+                  "Choose a folder outside the model folder, so the model is never modified.")
+
+
+def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: EvaluatorConfig | None,
+                  data: dict, c: Collector) -> None:
+    if evaluator is None:
+        return
+    for i, metric in enumerate(evaluator.metrics):
+        _check_data_ref(metric.data_config, data, f"evaluator.metrics[{i}].data_config", c)
+    if evaluator.baseline == "input_model":
+        return
+    names = [p.name for p in passes]
+    if evaluator.baseline not in names:
+        hint = did_you_mean(evaluator.baseline, names) or f"Passes: {', '.join(names)}."
+        c.add("evaluator.baseline", f"no pass named {evaluator.baseline!r}", f"Use input_model or a pass name. {hint}")
+        return
+    upto = passes[: names.index(evaluator.baseline) + 1]
+    varied = [p.name for p in upto if len(p.choices()) > 1]
+    if varied:
+        c.add("evaluator.baseline", f"the baseline {evaluator.baseline!r} comes after searched passes {varied}",
+              "The baseline must be the same for every candidate: fix the values of the passes up to it.")
