@@ -51,13 +51,15 @@ def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRe
     if checkpoint:
         log.info("resuming training from %s", checkpoint.name)
         ctx.notes.append(f"resumed from {checkpoint.name}")
+    clock = _step_clock()  # transformers is imported only when a training pass runs
+    trainer.add_callback(clock)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
     final_eval = trainer.evaluate() if evals else {}
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
     tokens = sum(len(f["input_ids"]) for f in train)
-    _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens)
+    _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock)
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
                      f"train loss {result.training_loss:.4f}"
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
@@ -212,13 +214,37 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _step_clock():
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        """When the first optimizer step of this run ended, and the last: the steady rate leaves out the
+        first step (kernel warm-up, first allocations) and the Trainer's set-up."""
+
+        first = last = None
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.first = self.first or now
+            self.last, self.steps = now, self.steps + 1
+
+        def steady_seconds_per_step(self) -> float | None:
+            return (self.last - self.first) / (self.steps - 1) if self.steps > 1 else None
+
+    return StepClock()
+
+
+
 def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_train: int, n_eval: int,
-               tokens_per_epoch: int) -> None:
+               tokens_per_epoch: int, clock=None) -> None:
     state = trainer.state
     steps = result.global_step
     args = trainer.args
-    seqs = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    seqs = steps * per_step
     tokens_seen = tokens_per_epoch * seqs / max(n_train, 1)
+    steady = clock.steady_seconds_per_step() if clock else None
     atomic_write_json(out / "training_log.json", {
         "steps": steps,
         "train_seconds": round(seconds, 3),
@@ -228,5 +254,9 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         "eval_sequences": n_eval,
         "approx_training_tokens": int(tokens_seen),
         "training_tokens_per_second": round(tokens_seen / seconds, 1) if seconds else None,
+        # after the first step: what a longer run of the same settings approaches
+        "steady_seconds_per_step": round(steady, 4) if steady else None,
+        "steady_training_tokens_per_second":
+            round(tokens_per_epoch * per_step / max(n_train, 1) / steady, 1) if steady else None,
         "log_history": state.log_history,
     })
