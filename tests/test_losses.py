@@ -56,9 +56,13 @@ def test_answer_loss_and_its_gradients_equal_the_full_loss():
     for name, grad in _grads(model).items():
         assert torch.allclose(grad, expected[name], atol=1e-6), name
 
-    # the collator adds the same mask; two accumulation halves divided by the whole count sum to the whole
+    # the collator adds the same mask (10 of 4 x 15 positions are trained); with full logits (no mask) the
+    # loss is the same too
     with_mask = AnswerCollator(lambda rows: _batch())([])
     assert torch.equal(with_mask["logits_to_keep"], mask)
+    assert "logits_to_keep" not in AnswerCollator(lambda rows: _batch(), most=0.1)([])
+    assert answer_loss(model(**batch), labels).item() == pytest.approx(full.item(), rel=1e-5)
+    # two accumulation halves divided by the whole count sum to the whole
     halves = 0.0
     for rows in (slice(0, 2), slice(2, 4)):
         part = {k: v[rows] for k, v in batch.items()}

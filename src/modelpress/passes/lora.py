@@ -56,7 +56,7 @@ def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRe
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
-    final_eval = trainer.evaluate() if evals else {}
+    final_eval = _final_eval(trainer) if evals else {}
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
     tokens = sum(len(f["input_ids"]) for f in train)
     _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock)
@@ -98,6 +98,16 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
                                   f"{model.config.model_type!r}: set target_modules in the pass, e.g. the attention "
                                   "projections (Phi-3: qkv_proj, o_proj; Llama: q_proj, k_proj, v_proj, o_proj)") from None
         raise
+
+
+def _final_eval(trainer) -> dict:
+    """The eval loss after the last step: the Trainer's own when its eval schedule ended on that step
+    (for example eval_steps beyond max_steps), else one more evaluation."""
+    history = trainer.state.log_history
+    last = next((h for h in reversed(history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
+    return trainer.evaluate()
 
 
 def adapter_config(params: LoRAParams, task_type: str):

@@ -29,26 +29,34 @@ def trained_positions(labels):
 
 
 def answer_loss(outputs, labels, num_items_in_batch=None):
-    """Cross-entropy of logits computed at the trained positions only (see `AnswerCollator`)."""
+    """Cross-entropy of logits computed at the trained positions only (see `AnswerCollator`), or of
+    full (batch, length, vocab) logits when the collator sent no mask for this batch."""
     import torch
 
-    logits = outputs["logits"]  # (n_trained, vocab): flattened in the mask's row-major order
+    logits = outputs["logits"]
     labels = labels.to(logits.device)
-    targets = labels[:, 1:][trained_positions(labels)[:, :-1]]
-    total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1)
+    if logits.dim() == 3:  # every position was projected: predict label p + 1 from position p
+        logits, targets = logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1)
+    else:  # (n_trained, vocab), flattened in the mask's row-major order
+        targets = labels[:, 1:][trained_positions(labels)[:, :-1]]
+    total = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=IGNORE)
+    count = num_items_in_batch if num_items_in_batch is not None else max(int((targets != IGNORE).sum()), 1)
     return total / count
 
 
 class AnswerCollator:
-    """Wraps a token-level collator and adds the `logits_to_keep` mask `answer_loss` expects."""
+    """Wraps a token-level collator and adds the `logits_to_keep` mask `answer_loss` expects, when at
+    most `most` of the batch's positions are trained: when the loss is on (nearly) every token, the
+    mask would only add a gather and its gradient's scatter, so the batch goes without one."""
 
-    def __init__(self, collate):
-        self.collate = collate
+    def __init__(self, collate, most: float = 0.5):
+        self.collate, self.most = collate, most
 
     def __call__(self, batch: list[dict]) -> dict:
         out = self.collate(batch)
-        out["logits_to_keep"] = trained_positions(out["labels"])
+        mask = trained_positions(out["labels"])
+        if mask.sum() <= self.most * mask.numel():
+            out["logits_to_keep"] = mask
         return out
 
 
