@@ -54,11 +54,8 @@ def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: Search
     _check_data_ref(evaluation.data_config, data, "evaluation.data_config", c)
     for i, name in enumerate(evaluation.extra_data_configs):
         _check_data_ref(name, data, f"evaluation.extra_data_configs[{i}]", c)
-    steps = [p.name for p in passes]
     for i, name in enumerate(evaluation.evaluate_passes):
-        if name not in steps:
-            c.add(f"evaluation.evaluate_passes[{i}]", f"no pass named {name!r}",
-                  did_you_mean(name, steps) or f"Passes: {', '.join(steps) or 'none'}.")
+        _check_pass_ref(name, passes, f"evaluation.evaluate_passes[{i}]", "", c)
     if (search.enabled or evaluator is not None) and (evaluation.evaluate_passes or evaluation.extra_data_configs):
         c.add("evaluation", "evaluate_passes and extra_data_configs are for a run without a search or evaluator",
               "A search measures each candidate with the evaluator's metrics: add a metric with that data_config "
@@ -168,6 +165,15 @@ def _check_data_ref(name: str | None, data: dict, path: str, c: Collector) -> No
         c.add(path, f"no data config named {name!r}", hint)
 
 
+def _check_pass_ref(name: str, passes: list[PassConfig], path: str, lead: str, c: Collector) -> bool:
+    """Whether `name` is a pass; if not, a problem at `path` with a 'did you mean' (after `lead`)."""
+    names = [p.name for p in passes]
+    if name in names:
+        return True
+    c.add(path, f"no pass named {name!r}", lead + (did_you_mean(name, names) or f"Passes: {', '.join(names) or 'none'}."))
+    return False
+
+
 def _check_output_dirs(model: InputModelConfig, engine: EngineConfig, c: Collector) -> None:
     if model.model_path is None:  # a Hub snapshot lives in the Hugging Face cache
         return
@@ -188,9 +194,7 @@ def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: Eva
     if evaluator.baseline == "input_model":
         return
     names = [p.name for p in passes]
-    if evaluator.baseline not in names:
-        hint = did_you_mean(evaluator.baseline, names) or f"Passes: {', '.join(names)}."
-        c.add("evaluator.baseline", f"no pass named {evaluator.baseline!r}", f"Use input_model or a pass name. {hint}")
+    if not _check_pass_ref(evaluator.baseline, passes, "evaluator.baseline", "Use input_model or a pass name. ", c):
         return
     upto = passes[: names.index(evaluator.baseline) + 1]
     varied = [p.name for p in upto if len(p.choices()) > 1]

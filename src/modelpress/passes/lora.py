@@ -245,15 +245,15 @@ def _step_clock():
     return StepClock()
 
 
-
 def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_train: int, n_eval: int,
                tokens_per_epoch: int, clock=None) -> None:
     state = trainer.state
     steps = result.global_step
     args = trainer.args
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-    seqs = steps * per_step
-    tokens_seen = tokens_per_epoch * seqs / max(n_train, 1)
+    # real (unpadded) tokens in an optimizer step: its sequences times the mean training sequence length
+    tokens_per_step = tokens_per_epoch / max(n_train, 1) * args.per_device_train_batch_size \
+        * args.gradient_accumulation_steps
+    tokens_seen = tokens_per_step * steps
     steady = clock.steady_seconds_per_step() if clock else None
     atomic_write_json(out / "training_log.json", {
         "steps": steps,
@@ -267,6 +267,6 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         # after the first step: what a longer run of the same settings approaches
         "steady_seconds_per_step": round(steady, 4) if steady else None,
         "steady_training_tokens_per_second":
-            round(tokens_per_epoch * per_step / max(n_train, 1) / steady, 1) if steady else None,
+            round(tokens_per_step / steady, 1) if steady else None,
         "log_history": state.log_history,
     })
