@@ -44,7 +44,7 @@ def _model_copy(work: Path, drop: str) -> str:
 # (id, how to break the config/data, text expected in the message)
 CASES = [
     ("unknown-top-key", lambda r, w: r.update(pases={}), "Did you mean 'passes'?"),
-    ("unknown-pass-type", lambda r, w: _lora(r).update(type="LoRa"), "Did you mean 'LoRA'?"),
+    ("unknown-pass-type", lambda r, w: _lora(r).update(type="LoRAA"), "Did you mean 'LoRA'?"),
     ("olive-pass-not-here", lambda r, w: _lora(r).update(type="AutoAWQQuantizer"), "is not in modelpress"),
     ("unknown-pass-key", lambda r, w: _lora(r).update(lora_rank=8), "unknown key 'lora_rank'"),
     ("wrong-type", lambda r, w: _lora(r).update(r="sixteen"), "passes.lora.r"),

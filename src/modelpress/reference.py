@@ -41,8 +41,8 @@ SECTIONS = [
     ("evaluators.NAME.metrics[]", Metric, ""),
     ("metrics[].sub_types[]", SubMetric,
      "Built-in sub-metrics: accuracy (accuracy_score, f1_score, precision, recall; macro over classes), perplexity "
-     "(perplexity, loss), latency (avg, p50, p90, p95, p99, min, max; ms per example), throughput (avg; examples "
-     "per second), size_on_disk (size_on_disk; MiB)."),
+     "(perplexity, loss), latency (avg, p50, p90, p95, p99, min, max; ms per example), throughput (avg, min, max, p50; "
+     "examples per second at batch 1), size_on_disk (size_on_disk; MiB)."),
     ("sub_types[].goal", Goal, "Relative goals compare with the evaluator's `baseline` model."),
     ("metrics[].user_config (custom metrics)", CustomMetricConfig, ""),
 ]

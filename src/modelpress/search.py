@@ -48,6 +48,19 @@ _MEASURED = {  # where each built-in sub-metric lives in the evaluation result
 }
 
 
+_THROUGHPUT_FROM_LATENCY = {"min": "max", "max": "min", "p50": "p50"}  # examples/s at batch 1 = 1000 / ms
+
+
+def _measured(result: dict, metric_type: str, sub: str):
+    if metric_type == "throughput" and sub in _THROUGHPUT_FROM_LATENCY:
+        ms = (result.get("latency_ms") or {}).get(_THROUGHPUT_FROM_LATENCY[sub])
+        return 1000.0 / ms if ms else None
+    value = result
+    for part in _MEASURED[(metric_type, sub)]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def higher_is_better(metric: Metric, sub: SubMetric) -> bool:
     if metric.type == "custom":
         return bool(sub.higher_is_better)
@@ -66,10 +79,7 @@ def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str,
             measured_on[metric.data_config] = session.measure(ref, role, history, metric.data_config) or {}
         measured = measured_on[metric.data_config]
         for sub in metric.sub_types:
-            value = measured
-            for part in _MEASURED[(metric.type, sub.name)]:
-                value = value.get(part) if isinstance(value, dict) else None
-            values[f"{metric.name}-{sub.name}"] = value
+            values[f"{metric.name}-{sub.name}"] = _measured(measured, metric.type, sub.name)
     return values
 
 

@@ -20,37 +20,16 @@ from pydantic import AliasChoices
 from modelpress.config.checks import check_workflow
 from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
 from modelpress.config.data_section import data_configs
-from modelpress.config.schema import (
-    SUB_METRICS,
-    EngineConfig,
-    EvaluationConfig,
-    EvaluatorConfig,
-    Metric,
-    PassConfig,
-    SearchConfig,
-    WorkflowConfig,
-)
+from modelpress.config.engine_section import ENGINE_KEYS, engine, engine_section, search_section, systems_section
+from modelpress.config.evaluator_section import evaluation_section, evaluator_section
+from modelpress.config.olive_tables import INERT_PASS_KEYS, OLIVE_ONLY_PASSES, TARGETS, VENDOR_PASSES
+from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
 from modelpress.config.sources import input_model, resolve_path
 from modelpress.errors import ConfigError, Problem
 from modelpress.passes.catalog import CATALOG, LoRAParams
 
-ENGINE_KEYS = (
-    "log_severity_level", "host", "target", "search_strategy", "execution_providers",
-    "cache_dir", "output_dir", "evaluate_input_model", "clean_cache", "workflow_id", "output_name", "evaluator",
-)
 TOP_KEYS = ("$schema", "input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
             *ENGINE_KEYS)
-EP_NAMES = {
-    "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml",
-    "cpu": "cpu", "cuda": "cuda", "dml": "dml",
-}
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-OLIVE_ONLY_PASSES = {  # Olive passes modelpress lacks, and what to use instead
-    "OnnxQuantization": "OnnxDynamicQuantization or OnnxStaticQuantization",
-    "OnnxMatMul4Quantizer": "OnnxBlockWiseRtnQuantization (int4 MatMulNBits)",
-    "GptqQuantizer": "OnnxBlockWiseRtnQuantization, or ModelBuilder with precision int4",
-    "AutoAWQQuantizer": "OnnxBlockWiseRtnQuantization, or ModelBuilder with precision int4",
-}
 
 
 def read_config_file(path: str | Path) -> Any:
@@ -100,22 +79,22 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowC
                           str(source) if source else None)
     style = _detect_style(raw)
     c.unknown_keys(raw, TOP_KEYS, "")
-    engine_raw, engine_path = _engine_section(raw, c)
-    systems = _systems(raw.get("systems"), c)
+    engine_raw, engine_path = engine_section(raw, c)
+    systems = systems_section(raw.get("systems"), c)
     model = input_model(raw.get("input_model"), base_dir, c)
     data = data_configs(raw.get("data_configs", []), base_dir, c)
-    search = _search(engine_raw, engine_path, c)
+    search = search_section(engine_raw, engine_path, c)
     passes = _passes(raw.get("passes", {}), search, base_dir, c)
-    engine = _engine(engine_raw, engine_path, systems, base_dir, c)
-    evaluation = _evaluation(raw, engine_raw, c)
-    evaluator = _evaluator(raw, engine_raw, base_dir, c)
-    if model and engine and passes is not None:
-        check_workflow(model, data, passes, engine, evaluation, search, evaluator, c)
+    engine_config = engine(engine_raw, engine_path, systems, base_dir, c)
+    evaluation = evaluation_section(raw, engine_raw, c)
+    evaluator = evaluator_section(raw, engine_raw, base_dir, c)
+    if model and engine_config and passes is not None:
+        check_workflow(model, data, passes, engine_config, evaluation, search, evaluator, c)
     if c.problems:
         raise ConfigError(c.problems, str(source) if source else None)
     return WorkflowConfig(source=source, schema_style=style, input_model=model, data_configs=data,
                           passes=passes, evaluation=evaluation, evaluator=evaluator, search=search,
-                          engine=engine, warnings=c.warnings, notes=c.notes)
+                          engine=engine_config, warnings=c.warnings, notes=c.notes)
 
 
 def _detect_style(raw: dict) -> str:
@@ -234,22 +213,50 @@ def _validated_space(params_model, fixed: dict, space: dict[str, list], where: s
     return out
 
 
+def pass_type(typ: str) -> str | None:
+    """The catalog name of a pass type; Olive matches pass types case-insensitively, and so does modelpress."""
+    return typ if typ in CATALOG else {name.lower(): name for name in CATALOG}.get(typ.lower())
+
+
+def _refuse_pass(typ: object, path: str, c: Collector) -> None:
+    supported = ", ".join(CATALOG)
+    vendor = {name.lower(): (name, hw) for name, hw in VENDOR_PASSES.items()}
+    olive = {name.lower(): name for name in OLIVE_ONLY_PASSES}
+    if typ is None:
+        c.add(f"{path}.type", "required key is missing", f"Supported passes: {supported}.")
+    elif not isinstance(typ, str):
+        c.add(f"{path}.type", f"must be a pass name, found {typ!r}", f"Supported passes: {supported}.")
+    elif typ.lower() in vendor:
+        name, hardware = vendor[typ.lower()]
+        c.add(f"{path}.type", f"Olive's pass {name!r} is for {hardware}, which modelpress does not target",
+              f"{TARGETS}: remove this pass, or run this recipe with Olive on that hardware.")
+    elif typ.lower() in olive:
+        name = olive[typ.lower()]
+        c.add(f"{path}.type", f"Olive's pass {name!r} is not in modelpress",
+              f"Use {OLIVE_ONLY_PASSES[name]}, or add it as a plugin pass (docs/plugins.md).")
+    else:
+        c.add(f"{path}.type", f"unknown pass type {typ!r}", did_you_mean(typ, CATALOG) or f"Supported passes: {supported}.")
+
+
+def _drop_inert(flat: dict, typ: str, where: str, c: Collector) -> dict:
+    """Olive keys of this pass that mean nothing here: taken out, each with a warning saying why."""
+    inert = INERT_PASS_KEYS.get(typ.lower(), {})
+    for key in [k for k in flat if k in inert and k not in CATALOG[typ].params.model_fields]:
+        c.warn(f"{where}.{key}: accepted and not used: {inert[key]}.")
+        flat.pop(key)
+    return flat
+
+
 def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> PassConfig | None:
-    typ = spec.get("type")
     if not _load_plugins(spec, path, base_dir, c):
         return None
-    if not isinstance(typ, str) or typ not in CATALOG:
-        supported = ", ".join(CATALOG)
-        if typ is None:
-            c.add(f"{path}.type", "required key is missing", f"Supported passes: {supported}.")
-        elif typ in OLIVE_ONLY_PASSES:
-            c.add(f"{path}.type", f"Olive's pass {typ!r} is not in modelpress",
-                  f"Use {OLIVE_ONLY_PASSES[typ]}, or add it as a plugin pass (docs/plugins.md).")
-        else:
-            hint = did_you_mean(typ, CATALOG) or f"Supported passes: {supported}."
-            c.add(f"{path}.type", f"unknown pass type {typ!r}", hint)
+    typ = spec.get("type")
+    typ = pass_type(typ) if isinstance(typ, str) else None
+    if typ is None:
+        _refuse_pass(spec.get("type"), path, c)
         return None
     flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script")}, "config", path)
+    flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)
     first = {**flat, **{k: v[0] for k, v in space.items()}}
@@ -269,190 +276,3 @@ def _warn_4bit_options(params: LoRAParams, path: str, c: Collector) -> None:
     if used:
         c.warn(f"{path}: {', '.join(used)} apply to 4-bit QLoRA only; this LoRA pass trains the full-precision "
                "base and ignores them (use type 'QLoRA' to train on a 4-bit base).")
-
-
-# --- systems and engine ----------------------------------------------------------------------------
-
-def _systems(raw: Any, c: Collector) -> dict[str, str | None]:
-    """Map each system name to its execution provider (None when it names none)."""
-    if raw is None or as_mapping(raw, "systems", c) is None:
-        return {}
-    systems = {}
-    for name, spec in raw.items():
-        path = f"systems.{name}"
-        if as_mapping(spec, path, c) is None:
-            continue
-        flat, where = unwrap(dict(spec), "config", path)
-        typ = flat.pop("type", None)
-        if typ != "LocalSystem":
-            c.add(f"{path}.type", f"system type {typ!r} is not supported",
-                  "modelpress runs on this machine: use type 'LocalSystem'.")
-            continue
-        c.unknown_keys(flat, ("accelerators",), where)
-        systems[name] = _accelerator_ep(flat.get("accelerators") or [], f"{where}.accelerators", c)
-    return systems
-
-
-def _accelerator_ep(accelerators: Any, path: str, c: Collector) -> str | None:
-    if not isinstance(accelerators, list) or not accelerators:
-        return None
-    first = accelerators[0]
-    if isinstance(first, str):
-        return "cuda" if first.lower() == "gpu" else "cpu"
-    if isinstance(first, dict):
-        eps = first.get("execution_providers") or []
-        if isinstance(eps, list) and eps:
-            return _ep_name(eps[0], f"{path}[0].execution_providers[0]", c)
-        return "cuda" if str(first.get("device", "cpu")).lower() == "gpu" else "cpu"
-    c.add(f"{path}[0]", f"must be a device name or a mapping, found {first!r}")
-    return None
-
-
-def _ep_name(value: Any, path: str, c: Collector) -> str | None:
-    if isinstance(value, str) and value in EP_NAMES:
-        return EP_NAMES[value]
-    hint = did_you_mean(value, EP_NAMES) or "Allowed: CPUExecutionProvider, CUDAExecutionProvider, DmlExecutionProvider."
-    c.add(path, f"unknown execution provider {value!r}", hint)
-    return None
-
-
-def _engine_section(raw: dict, c: Collector) -> tuple[dict, str]:
-    engine = raw.get("engine")
-    top = {k: raw[k] for k in ENGINE_KEYS if k in raw}
-    if engine is None:
-        return top, ""
-    if as_mapping(engine, "engine", c) is None:
-        return top, ""
-    c.unknown_keys(engine, ENGINE_KEYS, "engine")
-    return {**top, **engine}, "engine"
-
-
-def _engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) -> EngineConfig | None:
-    def at(key: str) -> str:
-        return f"{path}.{key}" if path else key
-
-    for key in ("host", "target"):
-        name = raw.get(key)
-        if isinstance(name, str) and name not in systems:
-            c.warn(f"{at(key)}: no system named {name!r} is defined; the workflow runs on this machine.")
-    ep = _engine_ep(raw, at, systems, c)
-    data = {"execution_provider": ep or "cpu", "clean_cache": raw.get("clean_cache", False)}
-    for key in ("cache_dir", "output_dir"):
-        if key in raw:
-            data[key] = resolve_path(raw[key], base_dir)
-        else:
-            data[key] = base_dir / EngineConfig.model_fields[key].default
-    level = raw.get("log_severity_level", 1)
-    if isinstance(level, int) and 0 <= level < len(LOG_LEVELS):
-        data["log_level"] = LOG_LEVELS[level]
-    else:
-        c.add(at("log_severity_level"), f"found {level!r}; allowed: 0 (debug) to 4 (critical)")
-    return c.validate(EngineConfig, data, path)
-
-
-def _engine_ep(raw: dict, at, systems: dict, c: Collector) -> str | None:
-    eps = raw.get("execution_providers")
-    if eps is not None:
-        if not isinstance(eps, list) or not eps:
-            c.add(at("execution_providers"), f"must be a non-empty list, found {eps!r}")
-            return None
-        return _ep_name(eps[0], at("execution_providers[0]"), c)
-    names = [raw.get(key) for key in ("target", "host")]
-    return next((systems[n] for n in names if isinstance(n, str) and systems.get(n)), None)
-
-
-SAMPLERS = {"exhaustive": "sequential", "sequential": "sequential", "random": "random", "tpe": "tpe",
-            "optuna": "tpe"}
-
-
-def _search(engine_raw: dict, engine_path: str, c: Collector) -> SearchConfig:
-    """`search_strategy`: false/absent (off), true (defaults), or Olive 0.13's / 0.5's mapping."""
-    value = engine_raw.get("search_strategy")
-    path = f"{engine_path}.search_strategy" if engine_path else "search_strategy"
-    if value in (None, False):
-        return SearchConfig()
-    if value is True:
-        return SearchConfig(enabled=True)
-    if as_mapping(value, path, c) is None:
-        return SearchConfig()
-    data = dict(value)
-    algorithm = data.pop("search_algorithm", None)  # Olive 0.5: search_algorithm + search_algorithm_config
-    legacy = data.pop("search_algorithm_config", None) or {}
-    if algorithm is not None:
-        data.setdefault("sampler", algorithm)
-    if isinstance(legacy, dict):
-        data.setdefault("max_samples", legacy.get("num_samples", 0))
-        if "seed" in legacy:
-            data.setdefault("seed", legacy["seed"])
-    if isinstance(data.get("sampler"), str):
-        data["sampler"] = SAMPLERS.get(data["sampler"], data["sampler"])
-    data.pop("output_model_num", None)
-    return c.validate(SearchConfig, {"enabled": True, **data}, path) or SearchConfig()
-
-
-def _evaluator(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> EvaluatorConfig | None:
-    """Olive's `evaluators` (named) and `evaluator` (which one the engine uses, or an inline one)."""
-    named = raw.get("evaluators") or {}
-    if as_mapping(named, "evaluators", c) is None:
-        return None
-    chosen = engine_raw.get("evaluator", raw.get("evaluator"))
-    path = "evaluator"
-    if chosen is None:
-        if not named:
-            return None
-        if len(named) > 1:
-            c.add("evaluator", f"several evaluators are defined ({', '.join(named)}) and none is chosen",
-                  "Set evaluator to the name of the one to use.")
-            return None
-        chosen = next(iter(named))
-    if isinstance(chosen, str):
-        if chosen not in named:
-            hint = did_you_mean(chosen, named) or f"Defined: {', '.join(named) or 'none'}."
-            c.add(path, f"no evaluator named {chosen!r}", hint)
-            return None
-        body, path = named[chosen], f"evaluators.{chosen}"
-        name = chosen
-    else:
-        body, name = chosen, "default"
-    if as_mapping(body, path, c) is None:
-        return None
-    evaluator = c.validate(EvaluatorConfig, {"name": name, **body}, path)
-    if evaluator is None:
-        return None
-    for i, metric in enumerate(evaluator.metrics):
-        where = f"{path}.metrics[{i}]"
-        _check_metric(metric, where, c)
-        if metric.user_config is not None and metric.user_config.user_script is not None:
-            script = resolve_path(str(metric.user_config.user_script), base_dir)
-            if not script.is_file():
-                c.add(f"{where}.user_config.user_script", f"file not found: {script}",
-                      "Paths are relative to the config file's folder.")
-            metric.user_config.user_script = script
-    return evaluator
-
-
-def _check_metric(metric: Metric, where: str, c: Collector) -> None:
-    if metric.type == "custom":
-        user = metric.user_config
-        if user is None or user.user_script is None or not user.evaluate_func:
-            c.add(f"{where}.user_config", "a custom metric needs user_config with user_script and evaluate_func",
-                  "Name the script and the function that computes the metric.")
-        for j, sub in enumerate(metric.sub_types):
-            if sub.higher_is_better is None:
-                c.add(f"{where}.sub_types[{j}].higher_is_better", "required for a custom metric",
-                      "Set it to true or false.")
-        return
-    known = SUB_METRICS[metric.type]
-    for j, sub in enumerate(metric.sub_types):
-        if sub.name not in known:
-            hint = did_you_mean(sub.name, known) or f"Allowed for {metric.type}: {', '.join(known)}."
-            c.add(f"{where}.sub_types[{j}].name", f"{metric.type} has no sub-metric {sub.name!r}", hint)
-
-
-def _evaluation(raw: dict, engine_raw: dict, c: Collector) -> EvaluationConfig:
-    data = raw.get("evaluation", {})
-    if as_mapping(data, "evaluation", c) is None:
-        return EvaluationConfig()
-    if "evaluate_input_model" in engine_raw:
-        data = {**data, "evaluate_input_model": engine_raw["evaluate_input_model"]}
-    return c.validate(EvaluationConfig, data, "evaluation") or EvaluationConfig()

@@ -165,7 +165,7 @@ SUB_METRICS: dict[str, dict[str, bool]] = {
     "accuracy": {"accuracy_score": True, "f1_score": True, "precision": True, "recall": True},
     "perplexity": {"perplexity": False, "loss": False},
     "latency": {"avg": False, "p50": False, "p90": False, "p95": False, "p99": False, "min": False, "max": False},
-    "throughput": {"avg": True},
+    "throughput": {"avg": True, "min": True, "max": True, "p50": True},
     "size_on_disk": {"size_on_disk": False},
 }
 

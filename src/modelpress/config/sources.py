@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.config.collector import Collector, unwrap
+from modelpress.config.olive_tables import INERT_MODEL_KEYS
 from modelpress.config.schema import InputModelConfig
 
 PACKAGE_PREFIX = "package:"
@@ -39,7 +40,7 @@ def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | No
         c.add(path, f"must be a mapping, found {type(raw).__name__}")
         return None
     typ = raw.get("type", "HfModel")
-    if typ not in ("HfModel", "PyTorchModel"):
+    if str(typ).lower() not in ("hfmodel", "pytorchmodel"):  # Olive matches model types case-insensitively
         c.add(f"{path}.type", f"model type {typ!r} is not supported",
               "modelpress takes a Hugging Face model (a folder, a Hub id or a GGUF file): use type 'HfModel'.")
         return None
@@ -78,6 +79,9 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
         if load_kwargs.pop(key, None) not in (None, False, True):
             c.add(f"{where}.load_kwargs.{key}", "an access token does not belong in a config file (configs are "
                   "saved next to outputs and shared)", "Remove it; set HF_TOKEN or run `hf auth login` instead.")
+    for key in [k for k in flat if k in INERT_MODEL_KEYS]:
+        c.warn(f"{where}.{key}: accepted and not used: {INERT_MODEL_KEYS[key]}.")
+        flat.pop(key)
     c.unknown_keys(flat, ("model_path", "task", "load_kwargs", "revision", "gguf_file"), where)
     c.unknown_keys(hf, ("model_name", "task", "model_loading_args", "from_pretrained_args"), hf_path)
     c.unknown_keys(load_kwargs, LOAD_KWARGS, f"{where}.load_kwargs")

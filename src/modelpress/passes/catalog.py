@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Model kinds that flow between passes.
 HF = "hf"  # a Hugging Face model folder
@@ -181,6 +181,42 @@ class ModelBuilderParams(Strict):
     execution_provider: Literal["cpu", "cuda", "dml"] | None = Field(
         None, description="Target EP; default: the engine's execution provider."
     )
+    int4_op_types_to_quantize: list[str] | None = Field(
+        None, description="Op types to quantize (builder op_types_to_quantize), e.g. [\"MatMul\", \"Gather\"]; "
+        "default: the builder's (MatMul).")
+    int4_nodes_to_exclude: list[str] | None = Field(None, description="Node names the builder keeps in float.")
+    use_qdq: bool | None = Field(None, description="QuantizeLinear/DequantizeLinear ops instead of MatMulNBits.")
+    use_8bits_moe: bool | None = Field(None, description="int8 for mixture-of-experts layers.")
+    use_webgpu_fp32: bool | None = Field(None, description="float32 I/O for the WebGPU EP.")
+    use_cuda_bf16: bool | None = Field(None, description="bfloat16 I/O for quantized models on the CUDA EP.")
+    include_hidden_states: bool | None = Field(None, description="Also output the last hidden states.")
+    exclude_embeds: bool | None = Field(None, description="Leave the embedding layer out of the ONNX model.")
+    exclude_lm_head: bool | None = Field(None, description="Leave the LM head out of the ONNX model.")
+    enable_cuda_graph: bool | None = Field(
+        None, description="CUDA EP: let onnxruntime-genai capture CUDA graphs (written to genai_config.json).")
+    metadata_only: bool = Field(
+        False, description="Write only genai_config.json and the tokenizer files (the builder's config_only).")
+    search: dict[str, int | float | bool] | None = Field(
+        None, description="Generation settings written to genai_config.json's search section, e.g. "
+        "{\"max_length\": 2048}.")
+    extra_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="More builder KEY=VALUE options, passed as written (Olive's "
+        "extra_options); an Olive parameter name here (int4_accuracy_level...) sets that parameter.")
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_named_extra_options(cls, data):
+        """Olive lets `extra_options` carry the pass's own parameters (int4_accuracy_level...): set them."""
+        if not isinstance(data, dict) or not isinstance(data.get("extra_options"), dict):
+            return data
+        names = {alias: name for name, info in cls.model_fields.items()
+                 for alias in (name, *getattr(info.validation_alias, "choices", ()))}
+        extra, data = dict(data["extra_options"]), dict(data)
+        for key in [k for k in extra if k in names and k != "extra_options"]:
+            data.setdefault(key, extra.pop(key))
+        data["extra_options"] = extra
+        return data
 
 
 # Precisions the genai builder can produce for each execution provider.

@@ -14,6 +14,23 @@ from modelpress.passes.catalog import ONNX_GENAI, ModelBuilderParams
 log = logging.getLogger("modelpress")
 
 
+# Typed params passed to the builder as KEY=VALUE options: param -> the builder's key. Lists are
+# joined with the separator the builder splits on.
+BUILDER_KEYS = {
+    "int4_op_types_to_quantize": ("op_types_to_quantize", "/"),
+    "int4_nodes_to_exclude": ("nodes_to_exclude", ","),
+    "use_qdq": ("use_qdq", None), "use_8bits_moe": ("use_8bits_moe", None),
+    "use_webgpu_fp32": ("use_webgpu_fp32", None), "use_cuda_bf16": ("use_cuda_bf16", None),
+    "include_hidden_states": ("include_hidden_states", None), "exclude_embeds": ("exclude_embeds", None),
+    "exclude_lm_head": ("exclude_lm_head", None), "enable_cuda_graph": ("enable_cuda_graph", None),
+    "metadata_only": ("config_only", None),
+}
+
+
+def _option(key: str, value) -> str:
+    return f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+
+
 def builder_options(params: ModelBuilderParams) -> list[str]:
     """The builder's KEY=VALUE options for these typed params (the builder's own spelling)."""
     options = [f"is_symmetric={str(params.is_symmetric).lower()}"]
@@ -23,6 +40,12 @@ def builder_options(params: ModelBuilderParams) -> list[str]:
             options.append(f"accuracy_level={params.accuracy_level}")
         if params.algo_config is not None:
             options.append(f"algo_config={params.algo_config}")
+    for name, (key, joiner) in BUILDER_KEYS.items():
+        value = getattr(params, name)
+        if value is None or (value is False and name == "metadata_only"):
+            continue
+        options.append(_option(key, joiner.join(value) if joiner else value))
+    options += [_option(key, value) for key, value in params.extra_options.items()]
     return options
 
 
@@ -55,7 +78,7 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         quiet_stderr = contextlib.redirect_stderr(captured) if not ctx.show_progress else contextlib.nullcontext()
         with contextlib.redirect_stdout(captured), quiet_stderr:
             options = parse_extra_options(ctx.model.path.name, src, out, params.precision, ep, work,
-                                          builder_options(params))
+                                          builder_options(params), search=params.search)
             create_model(ctx.model.path.name, src, out, params.precision, ep, work, **options)
     except Exception as err:
         log.debug("builder output:\n%s", captured.getvalue())

@@ -273,8 +273,14 @@ def _quiet_ort():
 def _quant_kwargs(params: OnnxDynamicQuantizationParams, src_folder: Path) -> dict:
     from onnxruntime.quantization import QuantType
 
+    op_types = params.op_types_to_quantize
+    if params.op_types_to_exclude:
+        from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+        every = op_types or sorted({*IntegerOpsRegistry, *QLinearOpsRegistry, *QDQRegistry})
+        op_types = [op for op in every if op not in params.op_types_to_exclude]
     return {"weight_type": QuantType[params.weight_type], "per_channel": params.per_channel,
-            "reduce_range": params.reduce_range, "op_types_to_quantize": params.op_types_to_quantize,
+            "reduce_range": params.reduce_range, "op_types_to_quantize": op_types,
             "nodes_to_quantize": params.nodes_to_quantize, "nodes_to_exclude": list(params.nodes_to_exclude),
             "use_external_data_format": uses_external_file(src_folder),
             "extra_options": params.extra_options.to_dict()}
@@ -358,6 +364,30 @@ _ORT_MODEL_TYPES = {"roberta": "bert", "xlm-roberta": "bert", "distilbert": "ber
 FUSION_RTOL = 1e-3  # max |fused - unfused| logit difference allowed, relative to the largest |logit|
 
 
+def _fusion_options(params: OrtTransformersOptimizationParams, model_type: str):
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions(model_type)
+    chosen = params.optimization_options.model_dump(exclude_none=True) if params.optimization_options else {}
+    for key, value in chosen.items():
+        setattr(options, key, value)
+    return options
+
+
+def _float16_options(params: OrtTransformersOptimizationParams) -> dict:
+    """onnxruntime's convert_float_to_float16 keywords; force_fp32_ops extend its default block list."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    options: dict = {"keep_io_types": params.keep_io_types}
+    if params.force_fp32_ops:
+        options["op_block_list"] = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(params.force_fp32_ops))
+    if params.force_fp32_nodes:
+        options["node_block_list"] = list(params.force_fp32_nodes)
+    if params.force_fp16_inputs:
+        options["force_fp16_inputs"] = dict(params.force_fp16_inputs)
+    return options
+
+
 def run_transformers_optimization(ctx: PassContext, params: OrtTransformersOptimizationParams) -> ModelRef:
     """Fuse with onnxruntime.transformers.optimizer, then check the fused logits against the input's."""
     from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
@@ -378,9 +408,10 @@ def run_transformers_optimization(ctx: PassContext, params: OrtTransformersOptim
             num_heads=params.num_heads or config.get("num_attention_heads", 0),
             hidden_size=params.hidden_size or config.get("hidden_size", 0),
             opt_level=params.opt_level if fuse else (params.opt_level or 1),
+            optimization_options=_fusion_options(params, model_type) if fuse else None,
             use_gpu=ctx.execution_provider != "cpu", only_onnxruntime=not fuse)
         if params.float16:
-            optimized.convert_float_to_float16(keep_io_types=params.keep_io_types)
+            optimized.convert_float_to_float16(**_float16_options(params))
     copy_model_folder(src, ctx.out)
     save_onnx(optimized.model, ctx.out, uses_external_file(src))
     drift = logit_drift(src, ctx.out, "the optimized model")

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt
+from pydantic import Field, NonNegativeInt, model_validator
 
 from modelpress.passes.catalog import HF, ONNX, ONNX_GENAI, SAME_KIND, PassSpec, Strict, searchable
 
 BlockSize = Literal[16, 32, 64, 128, 256]
 AccuracyLevel = Literal[0, 1, 2, 3, 4]
 QuantType = Literal["QInt8", "QUInt8"]
+StaticQuantType = Literal["QInt8", "QUInt8", "QInt16", "QUInt16"]  # 16-bit types: QDQ format only
+OLIVE_QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}  # Olive 0.13's
 OptLevelName = Literal["disable", "basic", "extended", "all"]
 ExecutionModeName = Literal["sequential", "parallel"]
 
@@ -87,6 +89,7 @@ class OnnxDynamicQuantizationParams(Strict):
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI (avoids saturation).")
     op_types_to_quantize: list[str] | None = Field(
         None, description="Operator types to quantize, e.g. ['MatMul']; default: every type onnxruntime supports.")
+    op_types_to_exclude: list[str] | None = Field(None, description="Operator types to leave in float.")
     nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these nodes.")
     nodes_to_exclude: list[str] = Field(default_factory=list, description="Nodes to keep in float.")
     extra_options: QuantExtraOptions = Field(default_factory=QuantExtraOptions,
@@ -96,12 +99,36 @@ class OnnxDynamicQuantizationParams(Strict):
 class OnnxStaticQuantizationParams(OnnxDynamicQuantizationParams):
     """int8 weights and activations with ranges calibrated on the workflow's data (quantize_static)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _olive_type_names(cls, data):
+        """Olive 0.13 writes types as int8/uint16... and the weight type as `precision`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "precision" in data and "weight_type" not in data:
+            data["weight_type"] = data.pop("precision")
+        for key in ("weight_type", "activation_type"):
+            if isinstance(data.get(key), str):
+                data[key] = OLIVE_QUANT_TYPES.get(data[key].lower(), data[key])
+        return data
+
+    weight_type: StaticQuantType = searchable("QInt8", "QUInt8", default="QInt8", description=(
+        "Type of the weights (Olive: `precision`, int8/uint8/int16/uint16); 16-bit types need quant_format QDQ."))
+
     data_config: str = Field(description="Name of the data config whose rows calibrate the activation ranges.")
     calibration_samples: int = Field(64, gt=0, description="Rows used for calibration (the first N).")
     quant_format: Literal["QDQ", "QOperator"] = searchable(
         "QDQ", "QOperator", default="QDQ",
         description="QuantizeLinear/DequantizeLinear pairs around float ops, or quantized operators.")
-    activation_type: QuantType = searchable("QInt8", "QUInt8", default="QInt8", description="int8 type of activations.")
+    activation_type: StaticQuantType = searchable("QInt8", "QUInt8", default="QInt8", description=(
+        "Type of the activations (int8/uint8/int16/uint16 in Olive's spelling); 16-bit types need QDQ."))
+
+    @model_validator(mode="after")
+    def _sixteen_bits_need_qdq(self) -> "OnnxStaticQuantizationParams":
+        if "16" in self.weight_type + self.activation_type and self.quant_format != "QDQ":
+            raise ValueError("16-bit weight or activation types need quant_format 'QDQ'")
+        return self
     op_types_to_quantize: list[str] | None = Field(
         ["MatMul", "Gemm"], description="Operator types to quantize; null: every type onnxruntime supports. The "
         "default keeps the attention-mask arithmetic (huge negative constants) in float: quantizing it with one "
@@ -110,6 +137,26 @@ class OnnxStaticQuantizationParams(OnnxDynamicQuantizationParams):
         "MinMax", "Percentile", default="MinMax", description="How activation ranges are chosen from calibration.")
     extra_options: StaticExtraOptions = Field(default_factory=StaticExtraOptions,
                                               description="onnxruntime quantizer extra options.")
+
+
+class FusionOptionsParams(Strict):
+    """onnxruntime.transformers FusionOptions switches (Olive's `optimization_options`); unset keeps the default."""
+
+    enable_gelu: bool | None = None
+    enable_layer_norm: bool | None = None
+    enable_attention: bool | None = None
+    enable_rotary_embeddings: bool | None = None
+    use_multi_head_attention: bool | None = None
+    disable_multi_head_attention_bias: bool | None = None
+    enable_skip_layer_norm: bool | None = None
+    enable_embed_layer_norm: bool | None = None
+    enable_bias_skip_layer_norm: bool | None = None
+    enable_bias_gelu: bool | None = None
+    enable_gelu_approximation: bool | None = None
+    enable_qordered_matmul: bool | None = None
+    enable_shape_inference: bool | None = None
+    enable_gemm_fast_gelu: bool | None = None
+    group_norm_channels_last: bool | None = None
 
 
 class OrtTransformersOptimizationParams(Strict):
@@ -127,6 +174,12 @@ class OrtTransformersOptimizationParams(Strict):
     only_onnxruntime: bool = Field(False, description="Only onnxruntime's graph optimizations, no Python fusions.")
     float16: bool = Field(False, description="Also convert the fused model to float16.")
     keep_io_types: bool = Field(True, description="With float16: keep float32 graph inputs and outputs.")
+    optimization_options: FusionOptionsParams | None = Field(
+        None, description="Which fusions run (onnxruntime FusionOptions); default: onnxruntime's for the model type.")
+    force_fp32_ops: list[str] | None = Field(None, description="With float16: op types kept in float32.")
+    force_fp32_nodes: list[str] | None = Field(None, description="With float16: node names kept in float32.")
+    force_fp16_inputs: dict[str, list[int]] | None = Field(
+        None, description="With float16: {op type: input indices} forced to float16 even in a float32 op.")
 
 
 class OnnxFloatToFloat16Params(Strict):

@@ -1,0 +1,82 @@
+"""Olive's `evaluators`/`evaluator` sections and modelpress's `evaluation` block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelpress.config.collector import Collector, as_mapping, did_you_mean
+from modelpress.config.olive_tables import SUB_METRIC_ALIASES
+from modelpress.config.schema import SUB_METRICS, EvaluationConfig, EvaluatorConfig, Metric
+from modelpress.config.sources import resolve_path
+
+
+def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> EvaluatorConfig | None:
+    """Olive's `evaluators` (named) and `evaluator` (which one the engine uses, or an inline one)."""
+    named = raw.get("evaluators") or {}
+    if as_mapping(named, "evaluators", c) is None:
+        return None
+    chosen = engine_raw.get("evaluator", raw.get("evaluator"))
+    path = "evaluator"
+    if chosen is None:
+        if not named:
+            return None
+        if len(named) > 1:
+            c.add("evaluator", f"several evaluators are defined ({', '.join(named)}) and none is chosen",
+                  "Set evaluator to the name of the one to use.")
+            return None
+        chosen = next(iter(named))
+    if isinstance(chosen, str):
+        if chosen not in named:
+            hint = did_you_mean(chosen, named) or f"Defined: {', '.join(named) or 'none'}."
+            c.add(path, f"no evaluator named {chosen!r}", hint)
+            return None
+        body, path = named[chosen], f"evaluators.{chosen}"
+        name = chosen
+    else:
+        body, name = chosen, "default"
+    if as_mapping(body, path, c) is None:
+        return None
+    evaluator = c.validate(EvaluatorConfig, {"name": name, **body}, path)
+    if evaluator is None:
+        return None
+    for i, metric in enumerate(evaluator.metrics):
+        where = f"{path}.metrics[{i}]"
+        _check_metric(metric, where, c)
+        if metric.user_config is not None and metric.user_config.user_script is not None:
+            script = resolve_path(str(metric.user_config.user_script), base_dir)
+            if not script.is_file():
+                c.add(f"{where}.user_config.user_script", f"file not found: {script}",
+                      "Paths are relative to the config file's folder.")
+            metric.user_config.user_script = script
+    return evaluator
+
+
+def _check_metric(metric: Metric, where: str, c: Collector) -> None:
+    if metric.type == "custom":
+        user = metric.user_config
+        if user is None or user.user_script is None or not user.evaluate_func:
+            c.add(f"{where}.user_config", "a custom metric needs user_config with user_script and evaluate_func",
+                  "Name the script and the function that computes the metric.")
+        for j, sub in enumerate(metric.sub_types):
+            if sub.higher_is_better is None:
+                c.add(f"{where}.sub_types[{j}].higher_is_better", "required for a custom metric",
+                      "Set it to true or false.")
+        return
+    known = SUB_METRICS[metric.type]
+    aliases = SUB_METRIC_ALIASES.get(metric.type, {})
+    for j, sub in enumerate(metric.sub_types):
+        if sub.name in aliases:
+            c.note(f"{where}.sub_types[{j}].name: Olive's {sub.name!r} is modelpress's {aliases[sub.name]!r}.")
+            sub.name = aliases[sub.name]
+        if sub.name not in known:
+            hint = did_you_mean(sub.name, known) or f"Allowed for {metric.type}: {', '.join(known)}."
+            c.add(f"{where}.sub_types[{j}].name", f"{metric.type} has no sub-metric {sub.name!r}", hint)
+
+
+def evaluation_section(raw: dict, engine_raw: dict, c: Collector) -> EvaluationConfig:
+    data = raw.get("evaluation", {})
+    if as_mapping(data, "evaluation", c) is None:
+        return EvaluationConfig()
+    if "evaluate_input_model" in engine_raw:
+        data = {**data, "evaluate_input_model": engine_raw["evaluate_input_model"]}
+    return c.validate(EvaluationConfig, data, "evaluation") or EvaluationConfig()

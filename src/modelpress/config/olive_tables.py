@@ -1,0 +1,126 @@
+"""Olive's keys and names as data: what each means here, one table per section.
+
+`normalize` walks these tables; nothing in this module is code that decides anything. A key
+listed as inert is accepted and reported in a warning that says why it has no effect here;
+no key is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+# Engine keys of Olive 0.13 (top level or under `engine`) that change nothing in modelpress.
+INERT_ENGINE_KEYS: dict[str, str] = {
+    "no_artifacts": "modelpress always writes the output model with its metrics.json, run history and report "
+                    "(a few kB); Olive's footprint files do not exist here",
+    "plot_pareto_frontier": "report.html always draws the accuracy/latency chart with the Pareto front",
+    "ort_log_severity_level": "onnxruntime logs only warnings and errors here; use --verbose for more",
+    "ort_py_log_severity_level": "onnxruntime logs only warnings and errors here; use --verbose for more",
+    "log_to_file": "modelpress logs to the terminal; redirect it to a file (progress bars then become plain lines)",
+    "packaging_config": "the output folder is the package: the model, its card, metrics.json and report.html",
+    "cache_config": "the cache is set by cache_dir alone",
+    "clean_evaluation_cache": "evaluations are not cached between runs",
+    "enable_shared_cache": "there is no shared (cloud) cache; cache_dir is a local folder",
+}
+
+# Keys of a pass that change nothing here, by pass type (lower case), with why.
+_EXTERNAL_DATA = "modelpress always keeps ONNX weights in model.onnx.data beside model.onnx"
+INERT_PASS_KEYS: dict[str, dict[str, str]] = {
+    "onnxconversion": {
+        "use_dynamo_exporter": "modelpress always exports with torch's dynamo exporter (the TorchScript exporter "
+                               "is deprecated in torch 2.9+)",
+        "save_metadata_for_token_generation": "modelpress writes the tokenizer and generation config beside every "
+                                              "ONNX model",
+        "torch_dtype": "the export runs in float32 on CPU; convert afterwards with OnnxFloatToFloat16",
+        "device": "the export runs on the CPU",
+        "dynamic": "batch and sequence axes are always dynamic",
+        "all_tensors_to_one_file": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA,
+    },
+    "orttransformersoptimization": {
+        "use_gpu": "fusions are the same for CPU and CUDA; the execution provider comes from the system",
+        "save_as_external_data": _EXTERNAL_DATA, "all_tensors_to_one_file": _EXTERNAL_DATA,
+        "external_data_name": _EXTERNAL_DATA,
+    },
+    "onnxstaticquantization": {
+        "quant_preprocess": "onnxruntime's quant_pre_process (shape inference) runs before every quantization",
+        "calibration_providers": "calibration runs on the CPU execution provider",
+        "save_as_external_data": _EXTERNAL_DATA,
+    },
+    "onnxdynamicquantization": {"save_as_external_data": _EXTERNAL_DATA},
+    "onnxblockwisertnquantization": {"save_as_external_data": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA},
+    "onnxhqqquantization": {"save_as_external_data": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA},
+    "onnxfloattofloat16": {"save_as_external_data": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA},
+}
+
+# Keys of an input model that change nothing here.
+INERT_MODEL_KEYS: dict[str, str] = {
+    "io_config": "ONNX inputs and outputs are derived from the model's config.json",
+}
+
+# Passes for hardware modelpress does not target: pass type -> the hardware it is for.
+VENDOR_PASSES: dict[str, str] = {
+    "QuarkQuantizationVitisAI": "AMD Ryzen AI NPUs (Quark for VitisAI)",
+    "QuarkQuantization": "AMD GPUs and NPUs (AMD Quark)",
+    "VitisGenerateModelLLM": "AMD Ryzen AI NPUs (VitisAI)",
+    "VitisGenerateModelSD": "AMD Ryzen AI NPUs (VitisAI)",
+    "VitisAIAddMetaData": "AMD Ryzen AI NPUs (VitisAI)",
+    "VitisAIQuantization": "AMD Ryzen AI NPUs (VitisAI)",
+    "RyzenGenerateModelLLM": "AMD Ryzen AI NPUs",
+    "QairtPreparation": "Qualcomm NPUs (QAIRT)",
+    "QairtGenAIBuilder": "Qualcomm NPUs (QAIRT)",
+    "QairtEncapsulation": "Qualcomm NPUs (QAIRT)",
+    "QNNPreprocess": "Qualcomm NPUs (QNN)",
+    "QNNConversion": "Qualcomm NPUs (QNN)",
+    "QNNModelLibGenerator": "Qualcomm NPUs (QNN)",
+    "QNNContextBinaryGenerator": "Qualcomm NPUs (QNN)",
+    "StaticLLM": "NPUs that need static shapes (QNN, VitisAI)",
+    "MatMulNBitsToQDQ": "NPUs that run QDQ graphs (QNN)",
+    "CaptureSplitInfo": "NPUs that run a model split in parts (QNN)",
+    "SplitModel": "NPUs that run a model split in parts (QNN)",
+    "ComposeOnnxModels": "NPUs that run a model split in parts (QNN)",
+    "EPContextBinaryGenerator": "NPU execution providers that load precompiled EPContext binaries",
+    "OpenVINOConversion": "Intel CPUs, GPUs and NPUs (OpenVINO)",
+    "OpenVINOQuantization": "Intel CPUs, GPUs and NPUs (OpenVINO)",
+    "OpenVINOOptimumConversion": "Intel CPUs, GPUs and NPUs (OpenVINO)",
+    "OpenVINOIoUpdate": "Intel CPUs, GPUs and NPUs (OpenVINO)",
+    "OpenVINOEncapsulation": "Intel CPUs, GPUs and NPUs (OpenVINO)",
+    "IncStaticQuantization": "Intel CPUs (Intel Neural Compressor)",
+    "IncDynamicQuantization": "Intel CPUs (Intel Neural Compressor)",
+    "IncQuantization": "Intel CPUs (Intel Neural Compressor)",
+    "NVModelOptQuantization": "NVIDIA TensorRT-RTX (TensorRT Model Optimizer)",
+    "TensorRTConversion": "NVIDIA TensorRT",
+    "AitkPython": "the AI Toolkit for VS Code's own scripts",
+    "MobiusBuilder": "the Mobius model builder's runtimes (not onnxruntime-genai)",
+}
+
+# Execution providers modelpress does not target -> the hardware they are for.
+VENDOR_EPS: dict[str, str] = {
+    "QNNExecutionProvider": "Qualcomm NPUs (QNN)",
+    "VitisAIExecutionProvider": "AMD Ryzen AI NPUs (VitisAI)",
+    "OpenVINOExecutionProvider": "Intel CPUs, GPUs and NPUs (OpenVINO)",
+    "NvTensorRTRTXExecutionProvider": "NVIDIA TensorRT-RTX",
+    "TensorrtExecutionProvider": "NVIDIA TensorRT",
+    "MIGraphXExecutionProvider": "AMD GPUs (MIGraphX)",
+    "ROCMExecutionProvider": "AMD GPUs (ROCm)",
+    "WebGpuExecutionProvider": "WebGPU in browsers and native apps",
+    "JsExecutionProvider": "browsers (onnxruntime-web)",
+    "CoreMLExecutionProvider": "Apple devices (Core ML)",
+    "NnapiExecutionProvider": "Android NPUs (NNAPI)",
+}
+
+TARGETS = "modelpress targets CPU, CUDA and DirectML"
+
+# Olive passes that have a modelpress counterpart under another name.
+OLIVE_ONLY_PASSES: dict[str, str] = {
+    "OnnxQuantization": "OnnxDynamicQuantization or OnnxStaticQuantization",
+    "OnnxMatMul4Quantizer": "OnnxBlockWiseRtnQuantization (int4 MatMulNBits)",
+    "GptqQuantizer": "Gptq (torch-level GPTQ), then ModelBuilder",
+    "AutoAWQQuantizer": "Gptq or Rtn, then ModelBuilder; or OnnxBlockWiseRtnQuantization",
+    "GptqModel": "Gptq (torch-level GPTQ), then ModelBuilder",
+}
+
+# Sub-metric names Olive (torchmetrics) spells differently: metric type -> {Olive's name: modelpress's}.
+SUB_METRIC_ALIASES: dict[str, dict[str, str]] = {
+    "accuracy": {"accuracy": "accuracy_score", "f1": "f1_score", "precision_score": "precision",
+                 "recall_score": "recall"},
+    "latency": {"mean": "avg"},
+    "throughput": {"mean": "avg"},
+}
