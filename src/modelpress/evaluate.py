@@ -10,6 +10,7 @@ quantity for a PyTorch model and an ONNX model, so the two can be compared.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -93,10 +94,12 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     each generated alone, as a deployed model answers one request.
     """
     runner = make_runner(ref, trust_remote_code)
-    answered = examples if with_accuracy else examples[:SAMPLES]  # without labels, answers are only shown
+    # plain text (no template, so no prompt): the model continues the text itself
+    prompted = [ex if ex.prompt else dataclasses.replace(ex, prompt=ex.completion, completion="") for ex in examples]
+    answered = prompted if with_accuracy else prompted[:SAMPLES]  # without labels, answers are only shown
     outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
     outputs = [cut_at_stop(text, ex.stop) for ex, text in zip(examples, outputs)]
-    timed = latency_sample(examples, latency_samples)
+    timed = latency_sample(prompted, latency_samples)
     seconds, new_tokens = time_one_at_a_time(runner, timed, add_bos, max_new_tokens)
     total = sum(seconds)
     result = {
@@ -109,7 +112,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         "tokens_per_second": new_tokens / total if total and new_tokens else None,
         "size_mb": model_size_bytes(ref) / 2**20,
         "samples": [{"prompt": ex.prompt, "label": ex.completion, "output": out}
-                    for ex, out in list(zip(examples, outputs))[:SAMPLES]],
+                    for ex, out in list(zip(prompted, outputs))[:SAMPLES]],
     }
     result["perplexity"] = math.exp(result["completion_loss"]) if result["completion_loss"] < 50 else float("inf")
     if with_accuracy:

@@ -79,6 +79,10 @@ def load_causal_lm(folder: Path, dtype: str = "float32", trust_remote_code: bool
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+    from modelpress.quantized import quant_config
+
+    if quant_config(folder) is not None:
+        return _load_dequantized(folder, kwargs)
     try:
         return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     except ValueError as err:
@@ -86,6 +90,25 @@ def load_causal_lm(folder: Path, dtype: str = "float32", trust_remote_code: bool
             raise ModelpressError(f"{folder} ships its own Python code, which modelpress runs only when asked: "
                                   "if you trust it, set trust_remote_code: true in input_model's load_kwargs") from None
         raise
+
+
+def _load_dequantized(folder: Path, kwargs: dict):
+    """A weight-only quantized checkpoint (modelpress.quantized) as a float model with the quantized values."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from modelpress.quantized import dequantized_state
+
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=kwargs["trust_remote_code"])
+    del config.quantization_config
+    dtype = kwargs.pop("dtype")
+    model = AutoModelForCausalLM.from_config(config, **kwargs)
+    missing, unexpected = model.load_state_dict(dequantized_state(folder), strict=False)
+    tied = {name for name in missing if name.endswith("lm_head.weight") and config.tie_word_embeddings}
+    if set(missing) - tied or unexpected:
+        raise ModelpressError(f"{folder}: the quantized checkpoint does not match its config (missing "
+                              f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    return model.to(dtype) if dtype != "auto" else model
 
 
 def load_classifier(folder: Path, labels: list[str] | None = None, dtype: str = "float32",

@@ -183,8 +183,8 @@ class OnnxCausalRunner(Runner):
     def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
         total, count = 0.0, 0
         for ex in examples:
-            head = self._ids(ex.prompt, add_bos)
-            tail = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            head, tail = scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
+                ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
             total += _nll(self._logits(head + tail), head, tail)
             count += len(tail)
         return total / count if count else float("nan")
@@ -218,13 +218,18 @@ class TorchRunner(Runner):
 
         total, count = 0.0, 0
         for ex in examples:
-            head = self._ids(ex.prompt, add_bos)
-            tail = self.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            head, tail = scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
+                ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
             with torch.inference_mode():
                 logits = self.model(input_ids=torch.tensor([head + tail])).logits[0].float()
             total += _nll(logits.numpy(), head, tail)
             count += len(tail)
         return total / count if count else float("nan")
+
+
+def scored_split(head: list[int], tail: list[int]) -> tuple[list[int], list[int]]:
+    """(context, scored tokens): plain text with no prompt and no BOS scores every token but the first."""
+    return (head, tail) if head else (tail[:1], tail[1:])
 
 
 def _nll(logits, head: list[int], tail: list[int]) -> float:
@@ -292,8 +297,8 @@ class GenaiRunner(Runner):
     def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
         total, count = 0.0, 0
         for ex in examples:
-            head = self._ids(ex.prompt, add_bos)
-            tail = list(self.tokenizer.encode(ex.completion)) + [min(self.eos)]
+            head, tail = scored_split(self._ids(ex.prompt, add_bos),
+                                      list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
             total += _nll(self.logits(head + tail), head, tail)
             count += len(tail)
         return total / count if count else float("nan")

@@ -19,6 +19,7 @@ HF = "hf"  # a Hugging Face model folder
 HF_ADAPTER = "hf-adapter"  # a base Hugging Face folder plus a peft adapter folder
 ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
 ONNX = "onnx"  # a plain ONNX model folder: model.onnx (+ external data), tokenizer, config.json
+HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with weight-only quantized linears (modelpress.quantized)
 
 SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
 DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config
@@ -280,7 +281,7 @@ CATALOG: dict[str, PassSpec] = {
                  "modelpress.passes.merge:run_merge", (HF, HF_ADAPTER), HF, False),
         PassSpec("ModelBuilder", "onnxruntime-genai model builder (ONNX, int4/int8/fp16/fp32)",
                  ModelBuilderParams, "modelpress.passes.model_builder:run_model_builder",
-                 (HF,), ONNX_GENAI, False),
+                 (HF, HF_QUANTIZED), ONNX_GENAI, False),
     )
 }
 
@@ -290,10 +291,13 @@ def _register(specs) -> None:
         CATALOG[spec.name] = spec
 
 
-# The ONNX passes declare their params in their own module; importing it adds them here.
+# The ONNX and torch-quantization passes declare their params in their own modules; importing them adds
+# them here.
 from modelpress.passes.onnx_specs import ONNX_SPECS  # noqa: E402
+from modelpress.passes.quant_specs import QUANT_SPECS  # noqa: E402
 
 _register(ONNX_SPECS)
+_register(QUANT_SPECS)
 
 
 def data_refs(params: Strict) -> dict[str, str]:

@@ -10,6 +10,7 @@ from modelpress.context import PassContext
 from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import ONNX_GENAI, ModelBuilderParams
+from modelpress.quantized import with_float_embeddings
 
 log = logging.getLogger("modelpress")
 
@@ -70,6 +71,11 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     src = str(ctx.model.path)
     out = str(ctx.out)
     work = str(ctx.out.parent / f"{ctx.out.name}.builder-cache")
+    staged = ctx.out.parent / f"{ctx.out.name}.builder-input"
+    if with_float_embeddings(ctx.model.path, staged):
+        src = str(staged)
+        ctx.notes.append("the input's embeddings are quantized, which onnxruntime-genai 0.18's builder cannot read: "
+                         "they are given to it as float holding the quantized values (same outputs, larger file)")
     if ctx.model.path.joinpath("config.json").is_file() and ctx.input_model.trust_remote_code:
         log.info("the genai builder reads config.json itself; trust_remote_code is not passed to it")
     captured = io.StringIO()
@@ -90,6 +96,7 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
     (ctx.out / "builder.log").write_text(captured.getvalue(), encoding="utf-8")
     ctx.notes.append(f"built {params.precision} ONNX for {ep}")
     return ModelRef(ONNX_GENAI, ctx.out, id="")

@@ -1,0 +1,267 @@
+"""Rtn, Gptq and SelectiveMixedPrecision: weight-only quantization of a Hugging Face causal LM.
+
+The output of Rtn and Gptq is a checkpoint in the format of `modelpress.quantized`, which
+ModelBuilder turns into an onnxruntime-genai folder and every evaluator reads dequantized.
+SelectiveMixedPrecision writes no weights: it copies its input and adds `mixed_precision.json`
+(which modules get which bits), which the quantizer after it follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from modelpress.context import PassContext
+from modelpress.errors import ModelpressError
+from modelpress.models import ModelRef, load_causal_lm, load_tokenizer
+from modelpress.passes.catalog import HF_QUANTIZED
+from modelpress.passes.quant_specs import GptqParams, QuantizerParams, RtnParams
+from modelpress.quantized import PARTS, QUANT_METHOD, Grid, pack, quant_config, rtn
+
+log = logging.getLogger("modelpress")
+MIXED_PRECISION_FILE = "mixed_precision.json"
+WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "train[:1000]")  # Olive's default calibration data
+
+
+# --- model anatomy ----------------------------------------------------------------------------
+
+def decoder_layers(model) -> tuple[str, list]:
+    """(prefix, layers) of the decoder: the ModuleList with one entry per hidden layer."""
+    import torch
+
+    count = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return name, list(module)
+    raise ModelpressError(f"{type(model).__name__}: no list of {count} decoder layers found to quantize")
+
+
+def module_name(model, target) -> str:
+    return next(name for name, module in model.named_modules() if module is target)
+
+
+def decoder_linears(model) -> dict[str, object]:
+    import torch
+
+    prefix, layers = decoder_layers(model)
+    return {f"{prefix}.{i}.{name}": m for i, layer in enumerate(layers)
+            for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+# --- which grid each module gets ------------------------------------------------------------------
+
+def quant_plan(model, params: QuantizerParams, folder: Path) -> tuple[dict[str, Grid], dict]:
+    """{module: grid} to quantize, and the checkpoint's quantization_config.
+
+    Precedence, as in Olive: SelectiveMixedPrecision's default over the pass's settings, then its
+    per-module choices, then the pass's own `overrides`.
+    """
+    from modelpress.fsutil import read_json
+
+    default = {"bits": params.bits, "group_size": params.group_size, "symmetric": params.sym}
+    overrides: dict[str, dict] = {}
+    mixed_file = Path(folder) / MIXED_PRECISION_FILE
+    if mixed_file.is_file():
+        mixed = read_json(mixed_file)
+        default.update({k: v for k, v in mixed.get("default", {}).items() if v is not None})
+        overrides = {name: dict(value) for name, value in mixed.get("overrides", {}).items()}
+    for name, override in (params.overrides or {}).items():
+        overrides.setdefault(name, {}).update(override.model_dump(exclude_none=True))
+    targets = list(decoder_linears(model))
+    lm_head = module_name(model, model.get_output_embeddings())
+    embeds = module_name(model, model.get_input_embeddings())
+    if params.lm_head:
+        targets.append(lm_head)
+    if getattr(params, "embeds", False):
+        targets.append(embeds)
+    config = {"quant_method": QUANT_METHOD, **default, "lm_head": params.lm_head,
+              "embeds": bool(getattr(params, "embeds", False)), "overrides": {}}
+    plan = {}
+    for name in targets:
+        grid = Grid(**{**default, **overrides.get(name, {})})
+        plan[name] = grid
+        if grid != Grid(**default):
+            config["overrides"][name] = {k: v for k, v in vars(grid).items() if v != default[k]}
+    return plan, config
+
+
+# --- calibration data ---------------------------------------------------------------------------------
+
+def calibration_rows(ctx: PassContext, data_config: str | None, samples: int, max_len: int, tokenizer) -> list:
+    """Token id rows (1, L) to calibrate on: the named data config's rows, or wikitext-2 as Olive does."""
+    import torch
+
+    if data_config:
+        texts = [ex.prompt + (ex.target or ex.completion) for ex in ctx.data.examples(data_config)[:samples]]
+        rows = tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=False)["input_ids"]
+        return [torch.tensor([ids]) for ids in rows if ids]
+    text = "\n\n".join(_wikitext())
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [torch.tensor([ids[i:i + max_len]]) for i in range(0, len(ids) - max_len + 1, max_len)][:samples]
+
+
+def _wikitext() -> list[str]:
+    import datasets
+
+    name, subset, split = WIKITEXT
+    try:
+        rows = datasets.load_dataset(name, subset, split=split)
+    except Exception as err:  # datasets raises several types for a dataset it cannot reach or find
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ModelpressError(
+            f"no data_config is named, so calibration uses {name} ({subset}), Olive's default, and it could not be "
+            f"read{' offline' if offline else ''}: {type(err).__name__}: {err}. Name one of the workflow's data "
+            "configs in data_config, or fetch the dataset into the Hugging Face cache on a machine with network."
+        ) from None
+    return [t for t in rows["text"] if t.strip()]
+
+
+# --- writing the checkpoint -------------------------------------------------------------------------
+
+def save_quantized(model, tokenizer, packed: dict[str, dict], config: dict, out: Path, keep: dict | None = None):
+    """Write the model with each module in `packed` stored as qweight/scales/qzeros (see modelpress.quantized)."""
+    from safetensors.torch import save_file
+
+    dtype = getattr(model.config, "dtype", None)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        module = name.rsplit(".", 1)[0]
+        if module in packed and name.endswith(".weight"):
+            continue
+        tensor = tensor.detach()
+        if dtype is not None and str(dtype) in ("torch.float16", "torch.bfloat16") and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[name] = tensor.clone().contiguous()
+    for module, parts in {**(keep or {}), **packed}.items():
+        state.update({f"{module}.{part}": parts[part].contiguous() for part in PARTS})
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model_config = model.config
+    if config.get("lm_head") and getattr(model_config, "tie_word_embeddings", False):
+        model_config.tie_word_embeddings = False  # the head is stored quantized, the embeddings are not
+    model_config.quantization_config = config
+    model_config.save_pretrained(str(out))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+# Modules that hold several projections, which onnxruntime-genai's builder splits by rows.
+FUSED = ("qkv_proj", "gate_up_proj", "query_key_value", "dense_h_to_4h")
+
+
+def packed_parts(codes, scales, zeros, grid: Grid, name: str = "") -> dict:
+    import torch
+
+    qzeros = pack(zeros, grid.bits)
+    if name.rsplit(".", 1)[-1] in FUSED and grid.bits < 8:
+        # onnxruntime-genai 0.18's builder splits a fused module's Olive-format zero points at
+        # rows // (8 // bits) instead of rows (loaders/base.py), then flattens each part. Storing
+        # them as (rows / (8 // bits), groups * (8 // bits)) gives each part exactly its own bytes;
+        # modelpress.quantized reads either shape.
+        per_byte = 8 // grid.bits
+        qzeros = qzeros.reshape(qzeros.shape[0] // per_byte, -1)
+    return {"qweight": pack(codes, grid.bits), "scales": scales.to(torch.float32), "qzeros": qzeros}
+
+
+def _load(ctx: PassContext):
+    """The input model in float32 (a quantized input is read dequantized) and its tokenizer."""
+    model = load_causal_lm(ctx.model.path, "float32", ctx.input_model.trust_remote_code)
+    return model.eval(), load_tokenizer(ctx.model.path, ctx.input_model.trust_remote_code)
+
+
+def _already_quantized(folder: Path) -> tuple[dict, dict]:
+    """The packed tensors and config of an input that is already quantized (Rtn after Gptq)."""
+    from safetensors.torch import load_file
+
+    config = quant_config(folder)
+    if config is None:
+        return {}, {}
+    state: dict = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    modules = {name.rsplit(".", 1)[0] for name in state if name.endswith(".qweight")}
+    return {m: {part: state[f"{m}.{part}"] for part in PARTS} for m in modules}, config
+
+
+def _merged_config(done_config: dict, config: dict) -> dict:
+    if not done_config:
+        return config
+    merged = dict(done_config)
+    merged["overrides"] = dict(done_config.get("overrides") or {})
+    defaults = {k: done_config[k] for k in ("bits", "group_size", "symmetric")}
+    for name, grid in config.get("_grids", {}).items():
+        diff = {k: v for k, v in vars(grid).items() if v != defaults[k]}
+        if diff:
+            merged["overrides"][name] = diff
+    merged["lm_head"] = done_config.get("lm_head", False) or config["lm_head"]
+    merged["embeds"] = done_config.get("embeds", False) or config["embeds"]
+    return merged
+
+
+def _finish(ctx: PassContext, model, tokenizer, packed: dict, config: dict, done: dict, done_config: dict,
+            plan: dict, what: str) -> ModelRef:
+    import torch
+
+    config = _merged_config(done_config, {**config, "_grids": {n: plan[n] for n in packed}})
+    config.pop("_grids", None)
+    with torch.no_grad():
+        save_quantized(model, tokenizer, packed, config, ctx.out, keep=done)
+    bits = sorted({plan[n].bits for n in packed})
+    ctx.notes.append(f"{what}: {len(packed)} modules at {'/'.join(map(str, bits))} bits"
+                     + (f", {len(done)} already quantized kept" if done else ""))
+    return ModelRef(HF_QUANTIZED, ctx.out, id="", task=dict(ctx.model.task))
+
+
+def run_rtn(ctx: PassContext, params: RtnParams) -> ModelRef:
+    """Round-to-nearest; modules an earlier pass quantized (Gptq) are kept as they are."""
+    import torch
+
+    model, tokenizer = _load(ctx)
+    done, done_config = _already_quantized(ctx.model.path)
+    plan, config = quant_plan(model, params, ctx.model.path)
+    modules = dict(model.named_modules())
+    packed = {}
+    with torch.no_grad():
+        for name, grid in plan.items():
+            if name in done:
+                continue
+            weight = modules[name].weight.float()
+            grid.check(name, weight.shape[1])
+            packed[name] = packed_parts(*rtn(weight, grid), grid, name)
+    return _finish(ctx, model, tokenizer, packed, config, done, done_config, plan, "round-to-nearest")
+
+
+def run_gptq(ctx: PassContext, params: GptqParams) -> ModelRef:
+    """GPTQ, layer by layer: each layer is calibrated on the outputs of the layers already quantized."""
+    from modelpress.passes.gptq_layers import quantize_layers
+
+    model, tokenizer = _load(ctx)
+    plan, config = quant_plan(model, params, ctx.model.path)
+    for name, grid in plan.items():
+        grid.check(name, dict(model.named_modules())[name].weight.shape[1])
+    rows = calibration_rows(ctx, params.data_config, params.calibration_samples, params.max_seq_len, tokenizer)
+    if not rows:
+        raise ModelpressError("Gptq: the calibration data gave no token rows; name a data config with text.")
+    packed = quantize_layers(model, rows, plan, params, show_progress=ctx.show_progress)
+    return _finish(ctx, model, tokenizer, packed, config, {}, {}, plan,
+                   f"GPTQ on {len(rows)} calibration rows")
+
+
+def run_mixed_precision(ctx: PassContext, params) -> ModelRef:
+    from modelpress.passes.mixed_precision import choose
+
+    import shutil
+
+    from modelpress.fsutil import atomic_write_json
+    from modelpress.models import MODEL_CARD
+
+    model, tokenizer = _load(ctx)
+    default, overrides = choose(ctx, model, tokenizer, params)
+    shutil.copytree(ctx.model.path, ctx.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MODEL_CARD))
+    atomic_write_json(ctx.out / MIXED_PRECISION_FILE, {"algorithm": params.algorithm, "default": default,
+                                                        "overrides": overrides})
+    ctx.notes.append(f"{params.algorithm}: {len(overrides)} modules at {params.high_bits} bits, the rest at "
+                     f"{params.bits}")
+    return ModelRef(ctx.model.kind, ctx.out, id="", task=dict(ctx.model.task))

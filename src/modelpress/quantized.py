@@ -1,0 +1,194 @@
+"""Weight-only quantized Hugging Face checkpoints: the grid, the packing, and the folder format.
+
+Rtn and Gptq write, and ModelBuilder reads, the checkpoint format Olive's torch-level
+quantizers use and onnxruntime-genai's builder loads (`quant_method: "olive"`):
+- `config.json` gains `quantization_config` = {quant_method, bits, group_size, symmetric,
+  lm_head, embeds, overrides: {module: {bits, group_size, symmetric}}};
+- a quantized `nn.Linear` named M is stored as `M.qweight` (out, in * bits / 8) uint8,
+  `M.scales` (out, groups) float and `M.qzeros` (out, ceil(groups * bits / 8)) uint8, values
+  packed along the last axis with the first value in the low bits, as MatMulNBits reads them;
+- the weight of a value is `(q - zero) * scale`, with q and zero unsigned (0 .. 2^bits - 1).
+`dequantized_state` turns such a folder back into float weights, so every tool that loads
+a plain Hugging Face model (evaluation, generation, lm-eval) reads the quantized model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+QUANT_METHOD = "olive"
+PARTS = ("qweight", "scales", "qzeros")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How one weight matrix is quantized: bits, values per group along the input axis, symmetry."""
+
+    bits: int = 4
+    group_size: int = 128  # -1: one group per row
+    symmetric: bool = False
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+    def groups(self, in_features: int) -> int:
+        return 1 if self.group_size == -1 else in_features // self.group_size
+
+    def check(self, name: str, in_features: int) -> None:
+        if self.group_size != -1 and in_features % self.group_size:
+            raise ValueError(f"{name}: {in_features} inputs do not split into groups of {self.group_size}; "
+                             "choose a group_size that divides it (or -1 for one group per row)")
+
+    def qparams(self, w):
+        """(scale, zero) per row of `w` (out, k): the range of the row, 0 included.
+
+        Symmetric grids put zero at the middle level and map the largest magnitude to the
+        last positive level (scale = max|w| / (2^(bits-1) - 1)), so no weight is clipped.
+        """
+        import torch
+
+        lo = torch.clamp(w.min(dim=1).values, max=0)
+        hi = torch.clamp(w.max(dim=1).values, min=0)
+        if self.symmetric:
+            half = 2 ** (self.bits - 1)
+            scale = torch.maximum(-lo, hi) / (half - 1)
+            zero = torch.full_like(scale, half)
+        else:
+            scale = (hi - lo) / self.maxq
+            zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale)))
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, zero.clamp(0, self.maxq)
+
+    def quantize(self, w, scale, zero):
+        """Unsigned codes of `w` (out, k) for per-row `scale`/`zero` of shape (out,)."""
+        import torch
+
+        return torch.clamp(torch.round(w / scale[:, None]) + zero[:, None], 0, self.maxq)
+
+    @staticmethod
+    def dequantize(q, scale, zero):
+        return (q - zero[:, None]) * scale[:, None]
+
+
+def rtn(w, grid: Grid):
+    """Round-to-nearest: codes (out, in), scales and zeros (out, groups) of a float weight."""
+    import torch
+
+    w = w.float()
+    out, k = w.shape
+    size = k if grid.group_size == -1 else grid.group_size
+    codes, scales, zeros = [], [], []
+    for start in range(0, k, size):
+        block = w[:, start:start + size]
+        scale, zero = grid.qparams(block)
+        codes.append(grid.quantize(block, scale, zero))
+        scales.append(scale)
+        zeros.append(zero)
+    return torch.cat(codes, dim=1), torch.stack(scales, dim=1), torch.stack(zeros, dim=1)
+
+
+def dequantize(codes, scales, zeros, grid: Grid):
+    """Float weights (out, in) from codes (out, in) and per-group scales and zeros (out, groups)."""
+    size = codes.shape[1] // scales.shape[1]
+    return (codes - zeros.repeat_interleave(size, dim=1)) * scales.repeat_interleave(size, dim=1)
+
+
+def pack(values, bits: int):
+    """Unsigned values (rows, n) into uint8 (rows, ceil(n * bits / 8)), first value in the low bits."""
+    import torch
+
+    per_byte = 8 // bits
+    values = values.to(torch.uint8)
+    pad = (-values.shape[1]) % per_byte
+    if pad:
+        values = torch.nn.functional.pad(values, (0, pad))
+    values = values.reshape(values.shape[0], -1, per_byte)
+    packed = torch.zeros(values.shape[:2], dtype=torch.uint8)
+    for i in range(per_byte):
+        packed |= values[:, :, i] << (bits * i)
+    return packed
+
+
+def unpack(packed, bits: int, n: int):
+    """The inverse of `pack`: (rows, n) unsigned values as float32."""
+    import torch
+
+    per_byte = 8 // bits
+    mask = 2**bits - 1
+    parts = [(packed >> (bits * i)) & mask for i in range(per_byte)]
+    return torch.stack(parts, dim=2).reshape(packed.shape[0], -1)[:, :n].float()
+
+
+def quant_config(folder: Path) -> dict | None:
+    """The folder's `quantization_config` when it is a checkpoint in this format, else None."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8")).get("quantization_config")
+    return config if isinstance(config, dict) and config.get("quant_method") == QUANT_METHOD else None
+
+
+def grid_of(config: dict, module: str) -> Grid:
+    """The grid of one module: the checkpoint's defaults with the module's overrides."""
+    override = (config.get("overrides") or {}).get(module) or {}
+    return Grid(bits=override.get("bits", config["bits"]), group_size=override.get("group_size", config["group_size"]),
+                symmetric=override.get("symmetric", config["symmetric"]))
+
+
+EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings")
+
+
+def with_float_embeddings(folder: Path, out: Path) -> bool:
+    """Copy a checkpoint to `out` with quantized embeddings stored as float (their quantized values).
+
+    onnxruntime-genai 0.18's builder reads quantized linears but no quantized embeddings. Returns
+    False (and writes nothing) when the checkpoint's embeddings are not quantized.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    config = quant_config(folder)
+    if not config or not config.get("embeds"):
+        return False
+    state: dict = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    embeds = [n.rsplit(".", 1)[0] for n in state if n.endswith(".qweight") and n.split(".")[-2] in EMBEDDINGS]
+    floats = dequantized_state(folder)
+    for module in embeds:
+        for part in PARTS:
+            state.pop(f"{module}.{part}")
+        state[f"{module}.weight"] = floats[f"{module}.weight"]
+        (config.get("overrides") or {}).pop(module, None)
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    save_file(state, str(Path(out) / "model.safetensors"), metadata={"format": "pt"})
+    full = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    full["quantization_config"] = {**config, "embeds": False}
+    (Path(out) / "config.json").write_text(json.dumps(full, indent=2), encoding="utf-8")
+    return True
+
+
+def dequantized_state(folder: Path, dtype=None) -> dict:
+    """Every tensor of a quantized checkpoint, with each quantized module's weight restored to float."""
+    from safetensors.torch import load_file
+
+    config = quant_config(folder)
+    state: dict = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    modules = {name.rsplit(".", 1)[0] for name in state if name.endswith(".qweight")}
+    for module in modules:
+        grid = grid_of(config, module)
+        scales = state.pop(f"{module}.scales").float()
+        qweight = state.pop(f"{module}.qweight")
+        k = qweight.shape[1] * 8 // grid.bits
+        codes = unpack(qweight, grid.bits, k)
+        qzeros = state.pop(f"{module}.qzeros").reshape(qweight.shape[0], -1)  # see torch_quant.packed_parts
+        zeros = unpack(qzeros, grid.bits, scales.shape[1])
+        weight = dequantize(codes, scales, zeros, grid)
+        state[f"{module}.weight"] = weight.to(dtype) if dtype is not None else weight
+    return state

@@ -1,0 +1,99 @@
+"""GPTQ and the quantized checkpoint format, checked against the paper's update rule and against
+round-to-nearest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelpress.passes.gptq import Hessian, gptq
+from modelpress.quantized import Grid, dequantize, pack, rtn, unpack
+
+
+def _paper_gptq(weight, h, grid: Grid, damp=0.01):
+    """The paper's rule, one column at a time and with no shortcut (Frantar et al. 2022, eq. 2-3).
+
+    For the next column q: quantize it, spread its error over the remaining columns F by
+    w_F -= (w_q - quant(w_q)) / [H_F^-1]_qq * (H_F^-1)_{q,F}, then drop q from H_F^-1 by
+    Gaussian elimination. A group's scale is taken from its weights as they are when its
+    first column comes up.
+    """
+    w = weight.double().clone()
+    h = h.double().clone()
+    n = w.shape[1]
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(n, dtype=h.dtype)
+    hinv = torch.linalg.inv(h)
+    codes = torch.zeros_like(w)
+    scales, zeros = [], []
+    for q in range(n):
+        if q % grid.group_size == 0:
+            scale, zero = grid.qparams(w[:, q:q + grid.group_size])
+            scales.append(scale)
+            zeros.append(zero)
+        c = grid.quantize(w[:, q:q + 1], scale, zero)
+        codes[:, q] = c[:, 0]
+        error = (w[:, q] - grid.dequantize(c, scale, zero)[:, 0]) / hinv[q, q]
+        w[:, q + 1:] -= error[:, None] * hinv[q, q + 1:][None, :]
+        hinv = hinv - torch.outer(hinv[:, q], hinv[q, :]) / hinv[q, q]  # remove q (it stays zero after)
+    return codes.float(), torch.stack(scales, 1).float(), torch.stack(zeros, 1).float()
+
+
+def _correlated_inputs(rows=512, columns=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(columns, columns, generator=g) / columns**0.5 + torch.eye(columns)
+    return torch.randn(rows, columns, generator=g) @ mix
+
+
+@pytest.mark.parametrize("grid", [Grid(4, 16, False), Grid(4, 32, True), Grid(8, 16, False)],
+                         ids=["int4-asym-g16", "int4-sym-g32", "int8-asym-g16"])
+def test_gptq_matches_the_papers_column_by_column_rule(grid):
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(24, 64, generator=g)
+    hessian = Hessian(64)
+    hessian.add(_correlated_inputs())
+    fast = gptq(weight, hessian.h, grid, block=32)
+    slow = _paper_gptq(weight, hessian.h, grid)
+    assert (fast[0] == slow[0]).float().mean() > 0.999
+    assert torch.allclose(fast[1], slow[1], rtol=1e-4) and torch.equal(fast[2], slow[2])
+
+
+def test_gptq_is_round_to_nearest_when_inputs_are_uncorrelated():
+    grid = Grid(4, 16, False)
+    weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(2))
+    codes, scales, zeros = gptq(weight, torch.eye(64) * 3.0, grid)
+    expected = rtn(weight, grid)
+    assert torch.equal(codes, expected[0]) and torch.allclose(scales, expected[1]) and torch.equal(zeros, expected[2])
+
+
+def test_gptq_reconstructs_the_layer_output_better_than_round_to_nearest():
+    grid = Grid(4, 32, False)
+    x = _correlated_inputs(seed=3)
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(4))
+    hessian = Hessian(64)
+    for chunk in x.split(100):
+        hessian.add(chunk)
+    assert torch.allclose(hessian.h, 2 * x.double().T @ x.double() / len(x))
+
+    def output_error(codes, scales, zeros):
+        return torch.linalg.norm(x @ (weight - dequantize(codes, scales, zeros, grid)).T).item()
+
+    ratio = output_error(*gptq(weight, hessian.h, grid)) / output_error(*rtn(weight, grid))
+    assert ratio < 0.9, ratio
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_packing_round_trips_with_the_first_value_in_the_low_bits(bits):
+    values = torch.randint(0, 2**bits, (3, 37), generator=torch.Generator().manual_seed(bits))
+    packed = pack(values, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (3, -(-37 * bits // 8))
+    assert torch.equal(unpack(packed, bits, 37), values.float())
+    if bits == 4:
+        assert packed[0, 0] == values[0, 0] + 16 * values[0, 1]
+
+
+def test_round_to_nearest_error_is_at_most_half_a_step():
+    for grid in (Grid(4, 32, True), Grid(4, 32, False), Grid(8, -1, False)):
+        weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(5))
+        codes, scales, zeros = rtn(weight, grid)
+        step = scales.repeat_interleave(64 // scales.shape[1], dim=1)
+        assert torch.all((weight - dequantize(codes, scales, zeros, grid)).abs() <= step / 2 + 1e-6), grid

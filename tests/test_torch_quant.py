@@ -1,0 +1,116 @@
+"""Rtn, Gptq and SelectiveMixedPrecision on the tiny Phi-3: the checkpoint they write, what the
+genai builder makes of it, and the layer choices of the mixed-precision rules."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hub_cache import add_repo, folder_files, hub_env
+from modelpress.models import load_causal_lm
+from modelpress.passes.mixed_precision import k_quant_layers, kld_gains, promote
+from modelpress.quantized import Grid, dequantize, quant_config, rtn
+
+CONFIGS = Path(__file__).parent / "olive_configs"
+PHI3 = "microsoft/Phi-3-mini-4k-instruct"
+
+
+def test_k_quant_layers_follow_llama_cpp_rule():
+    # the first and last eighth, and every third layer from the first eighth on (i - n/8) % 3 == 2
+    assert k_quant_layers(32) == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert k_quant_layers(4) == [0, 2]
+
+
+def test_promote_stops_once_the_low_bit_share_is_at_most_ratio():
+    units = [("a",), ("b",), ("c",), ("d",)]
+    sizes = {("a",): 100, ("b",): 100, ("c",): 200, ("d",): 600}
+    gains = {("a",): 1.0, ("b",): 5.0, ("c",): 4.0, ("d",): 0.5}  # per weight: b 0.05, c 0.02, a 0.01, d ...
+    assert promote(units, gains, sizes, ratio=0.7) == [("b",), ("c",)]  # 300 of 1000 promoted
+    assert promote(units, gains, sizes, ratio=0.95) == [("b",)]
+
+
+def test_kld_gain_is_the_first_order_change_of_the_divergence(tiny_model):
+    """The gain of a layer equals minus the derivative of the KL divergence along low -> high grid."""
+    model = load_causal_lm(tiny_model).eval()
+    rows = [torch.tensor([list(range(3 + i, 40 + i))]) for i in range(3)]
+    low, high = Grid(4, 32, False), Grid(8, 32, False)
+    gains, sizes = kld_gains(model, rows, low, high)
+    target = "model.layers.1.mlp.down_proj"
+    assert sizes[target] == dict(model.named_modules())[target].weight.numel()
+
+    student = load_causal_lm(tiny_model).eval()
+    linears = {n: m for n, m in student.named_modules() if isinstance(m, torch.nn.Linear)}
+    with torch.no_grad():
+        for module in linears.values():
+            module.weight.data = dequantize(*rtn(module.weight, low), low)
+        w_low = linears[target].weight.data.clone()
+        delta = dequantize(*rtn(dict(model.named_modules())[target].weight, high), high) - w_low
+
+    def divergence(t: float) -> float:
+        with torch.no_grad():
+            linears[target].weight.data = w_low + t * delta
+            total = 0.0
+            for ids in rows:
+                p = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+                q = torch.log_softmax(student(input_ids=ids).logits.double(), -1)
+                total += float((p.exp() * (p - q)).sum(-1).mean())
+            return total / len(rows)
+
+    slope = (divergence(0.05) - divergence(-0.05)) / 0.1
+    assert gains[target] == pytest.approx(-slope, rel=0.05, abs=1e-7)
+
+
+@pytest.fixture(scope="module")
+def chain_run(tmp_path_factory, tiny_model):
+    """tests/olive_configs/quantization-chain.json run as written, the model id served from a local cache."""
+    home = tmp_path_factory.mktemp("hf")
+    add_repo(home / "hub", PHI3, folder_files(tiny_model), "5" * 40)
+    work = tmp_path_factory.mktemp("chain")
+    shutil.copy(CONFIGS / "quantization-chain.json", work / "config.json")
+    phrases = [json.loads(line) for line in (Path(__file__).parents[1] / "examples" / "minilm-tone" / "data"
+                                             / "other-style.jsonl").read_text().splitlines()]
+    (work / "data.jsonl").write_text("".join(json.dumps({"text": p["phrase"]}) + "\n" for p in phrases))
+    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", "config.json", "--no-progress"],
+                          cwd=work, capture_output=True, text=True, env=hub_env(home))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, proc
+
+
+def _step_output(work: Path, name: str) -> Path:
+    history = json.loads((work / "models" / "quantized" / "run_history.json").read_text())
+    output_id = next(s for s in history["steps"] if s["pass"] == name)["output_id"]
+    return next(card.parent for card in (work / "cache" / "passes").glob("*/model/modelpress_model.json")
+                if json.loads(card.read_text())["id"] == output_id)
+
+
+@pytest.mark.e2e
+def test_mixed_precision_gptq_rtn_model_builder_gives_a_genai_model_with_the_same_outputs(chain_run):
+    from modelpress.runners import GenaiRunner
+
+    work, proc = chain_run
+    rtn_out = _step_output(work, "r")
+    config = quant_config(rtn_out)
+    # k_quant_mixed on 4 layers: layers 0 and 2 keep 8 bits in qkv and down; Rtn adds the head and embeddings
+    assert config["bits"] == 4 and config["group_size"] == 32 and config["lm_head"] and config["embeds"]
+    assert {n for n, o in config["overrides"].items() if o.get("bits") == 8} == {
+        "lm_head", "model.embed_tokens", "model.layers.0.self_attn.qkv_proj", "model.layers.0.mlp.down_proj",
+        "model.layers.2.self_attn.qkv_proj", "model.layers.2.mlp.down_proj"}
+    genai = work / "models" / "quantized" / "model"
+    assert json.loads((genai / "genai_config.json").read_text())["search"]["max_length"] == 256
+    ids = list(range(5, 45))
+    with torch.no_grad():
+        expected = load_causal_lm(rtn_out).eval()(input_ids=torch.tensor([ids])).logits[0].numpy()
+        original = load_causal_lm(_step_output(work, "s")).eval()(input_ids=torch.tensor([ids])).logits[0].numpy()
+    got = GenaiRunner(genai).logits(ids)
+    # accuracy level 0 (float compute): the genai model computes exactly the quantized weights
+    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
+    assert np.abs(original - expected).max() > 1e-2  # and they are quantized: not the float model
+    assert "embeddings are quantized" in proc.stderr + (work / "models" / "quantized" / "run_history.json").read_text()
+    assert "GPTQ on" in (work / "models" / "quantized" / "run_history.json").read_text()
