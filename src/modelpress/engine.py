@@ -285,7 +285,7 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
     if not hit:
         eval_set = plan.eval_set(data_config)
         if eval_set is None:
-            log.warning("no data to evaluate on: metrics cover size only")
+            (log.debug if config.evaluator is not None else log.warning)("no data to evaluate on: metrics cover size only")
             return None
         log.info("evaluating the %s model (%s) on %d examples", role, ref.kind, len(eval_set.examples))
         ref = _with_labels(session, ref)

@@ -56,11 +56,21 @@ def extra_data_rows(metrics: dict) -> list[tuple[str, int, list[list[str]]]]:
     return out
 
 
+MAX_REPORTED = 6  # metric columns shown when none is ranked
+
+
 def search_table(search: dict) -> str:
     """One row per candidate: its choices, the ranked and goal metrics, goals met, Pareto, best."""
     ranked = [m["metric"] for m in search["ranked_metrics"]]
     keys = ranked + [k for k in search.get("goal_metrics", []) if k not in ranked]
+    if not keys:  # nothing ranked (an LMEvaluator's tasks report only): show what was measured
+        measured = next((c["metrics"] for c in search["candidates"] if c["status"] == "ok"), {})
+        keys = [k for k, v in measured.items() if isinstance(v, (int, float))][:MAX_REPORTED]
     rows = []
+    baseline = search.get("baseline") or {}
+    if baseline.get("metrics") and keys:
+        rows.append(["base", f"the {baseline.get('model', 'input')} model",
+                     *[_num(baseline["metrics"].get(k), ".4g") for k in keys], "", ""])
     for c in search["candidates"]:
         flags = ("BEST " if c.get("best") else "") + ("pareto" if c.get("pareto") else "")
         values = [_num(c["metrics"].get(k), ".4g") if c["status"] == "ok" else "-" for k in keys]

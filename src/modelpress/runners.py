@@ -278,6 +278,13 @@ class GenaiRunner(Runner):
     def _generate_rows(self, rows: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
         import numpy as np
 
+        return [(self.tokenizer.decode(np.array(new, dtype=np.int32)), len(new))
+                for new in self.generate_ids(rows, max_new_tokens)]
+
+    def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """The greedy new tokens of each row (up to its end of sequence), generated as one batch."""
+        import numpy as np
+
         ids = np.array(right_pad(rows, self.pad), dtype=np.int32)
         width = ids.shape[1]
         params = self.og.GeneratorParams(self.model)
@@ -291,8 +298,7 @@ class GenaiRunner(Runner):
             generator.generate_next_token()
         # Each row's new tokens start after the padded width, whatever its own prompt length. A sequence
         # generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
-        answers = [until_eos(list(generator.get_sequence(i))[width:], self.eos)[0] for i in range(len(rows))]
-        return [(self.tokenizer.decode(np.array(new, dtype=np.int32)), len(new)) for new in answers]
+        return [until_eos([int(t) for t in generator.get_sequence(i)][width:], self.eos)[0] for i in range(len(rows))]
 
     def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
         total, count = 0.0, 0

@@ -17,6 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from modelpress.config.olive_tables import lm_eval_higher_is_better
 from modelpress.config.schema import SUB_METRICS, EvaluatorConfig, Goal, Metric, PassConfig, SubMetric
 from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.models import ModelRef
@@ -64,6 +65,8 @@ def _measured(result: dict, metric_type: str, sub: str):
 def higher_is_better(metric: Metric, sub: SubMetric) -> bool:
     if metric.type == "custom":
         return bool(sub.higher_is_better)
+    if metric.type == "lm_eval":
+        return sub.higher_is_better if sub.higher_is_better is not None else bool(lm_eval_higher_is_better(sub.name))
     return SUB_METRICS[metric.type][sub.name]
 
 
@@ -71,15 +74,47 @@ def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str,
     """{"metric-sub": value} for every sub-metric of the evaluator, on `ref`."""
     values: dict = {}
     measured_on: dict = {}  # one evaluation per data config, shared by the metrics that use it
+    if any(metric.type == "lm_eval" for metric in evaluator.metrics):
+        values.update(_lm_eval(session, evaluator, ref, role, history))
     for metric in evaluator.metrics:
         if metric.type == "custom":
             values.update(_custom(session, metric, ref, role, history))
+            continue
+        if metric.type == "lm_eval":
             continue
         if metric.data_config not in measured_on:
             measured_on[metric.data_config] = session.measure(ref, role, history, metric.data_config) or {}
         measured = measured_on[metric.data_config]
         for sub in metric.sub_types:
             values[f"{metric.name}-{sub.name}"] = _measured(measured, metric.type, sub.name)
+    return values
+
+
+def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, history: list[dict]) -> dict:
+    """Every lm_eval metric's task run once through lm-evaluation-harness; cached like an evaluation."""
+    from modelpress.engine import evaluation_key, record_step
+    from modelpress.cache import content_id
+    from modelpress.lmeval import run_tasks
+
+    tasks = [m.name for m in evaluator.metrics if m.type == "lm_eval"]
+    settings = evaluator.model_dump(mode="json", exclude={"name", "type", "metrics", "baseline", "tasks"})
+    local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
+    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local)
+    started = time.perf_counter()
+    values = session.cache.read_eval(key)
+    hit = values is not None
+    if not hit:
+        log.info("lm-eval: %s on the %s model (%s)", ", ".join(tasks), role, ref.kind)
+        values = run_tasks(ref, tasks, evaluator, session.config.input_model.trust_remote_code,
+                           session.show_progress)
+        session.cache.write_eval(key, values)
+    history.append(record_step(f"lm-eval {', '.join(tasks)} ({role})", key, hit, time.perf_counter() - started,
+                               None))
+    wanted = {f"{m.name}-{s.name}" for m in evaluator.metrics if m.type == "lm_eval" for s in m.sub_types}
+    missing = wanted - set(values)
+    if missing:
+        raise ModelpressError(f"lm-eval reported no {', '.join(sorted(missing))}; it reported "
+                              f"{', '.join(sorted(values)) or 'nothing'}")
     return values
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelpress.config.collector import Collector, as_mapping, did_you_mean
-from modelpress.config.olive_tables import SUB_METRIC_ALIASES
+from modelpress.config.olive_tables import SUB_METRIC_ALIASES, lm_eval_higher_is_better
 from modelpress.config.schema import SUB_METRICS, EvaluationConfig, EvaluatorConfig, Metric
 from modelpress.config.sources import resolve_path
 
@@ -39,6 +39,16 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     evaluator = c.validate(EvaluatorConfig, {"name": name, **body}, path)
     if evaluator is None:
         return None
+    named_tasks = {m.name for m in evaluator.metrics if m.type == "lm_eval"}
+    evaluator.metrics += [Metric(name=task, type="lm_eval") for task in evaluator.tasks if task not in named_tasks]
+    if evaluator.include_path is not None:
+        evaluator.include_path = resolve_path(str(evaluator.include_path), base_dir)
+        if not evaluator.include_path.is_dir():
+            c.add(f"{path}.include_path", f"folder not found: {evaluator.include_path}",
+                  "Give the folder of lm-eval task YAML files, relative to the config file.")
+    if evaluator.model_class or evaluator.provider_options:
+        c.note(f"{path}: model_class and provider_options are Olive's; modelpress runs lm-eval with HFLM on "
+               "Hugging Face models and with onnxruntime-genai on genai folders, on the CPU.")
     for i, metric in enumerate(evaluator.metrics):
         where = f"{path}.metrics[{i}]"
         _check_metric(metric, where, c)
@@ -52,6 +62,17 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
 
 
 def _check_metric(metric: Metric, where: str, c: Collector) -> None:
+    if metric.type == "lm_eval":
+        for j, sub in enumerate(metric.sub_types):
+            if (sub.priority > 0 or sub.goal) and sub.higher_is_better is None and \
+                    lm_eval_higher_is_better(sub.name) is None:
+                c.add(f"{where}.sub_types[{j}].higher_is_better", f"modelpress does not know whether a higher "
+                      f"{sub.name!r} is better, and this sub-metric is ranked or has a goal", "Set it to true or false.")
+        return
+    if not metric.sub_types:
+        c.add(f"{where}.sub_types", "a metric needs at least one sub-metric",
+              f"e.g. [{{\"name\": \"{next(iter(SUB_METRICS.get(metric.type, {'value': 0})))}\"}}].")
+        return
     if metric.type == "custom":
         user = metric.user_config
         if user is None or user.user_script is None or not user.evaluate_func:

@@ -1,6 +1,6 @@
 """Olive's keys and names as data: what each means here, one table per section.
 
-`normalize` walks these tables; nothing in this module is code that decides anything. A key
+`normalize` walks these tables; the one function here only looks a name up in its table. A key
 listed as inert is accepted and reported in a warning that says why it has no effect here;
 no key is ever dropped silently.
 """
@@ -124,3 +124,17 @@ SUB_METRIC_ALIASES: dict[str, dict[str, str]] = {
     "latency": {"mean": "avg"},
     "throughput": {"mean": "avg"},
 }
+
+# lm-evaluation-harness metrics and whether a higher value is better, so that goals on them are
+# checked before anything runs; a filtered metric ("exact_match_strict_match") goes by its prefix.
+LM_EVAL_HIGHER_IS_BETTER: dict[str, bool] = {
+    "acc": True, "acc_norm": True, "acc_mutual_info": True, "exact_match": True, "f1": True, "mcc": True,
+    "bleu": True, "chrf": True, "ter": False, "perplexity": False, "word_perplexity": False,
+    "byte_perplexity": False, "bits_per_byte": False, "brier_score": False,
+}
+
+
+def lm_eval_higher_is_better(name: str) -> bool | None:
+    """Whether a higher value of this lm-eval metric is better; None for a metric not in the table."""
+    known = [m for m in LM_EVAL_HIGHER_IS_BETTER if name == m or name.startswith(m + "_")]
+    return LM_EVAL_HIGHER_IS_BETTER[max(known, key=len)] if known else None

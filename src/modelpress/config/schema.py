@@ -158,7 +158,7 @@ class EngineConfig(Strict):
 
 GoalType = Literal["threshold", "min-improvement", "max-degradation",
                    "percent-min-improvement", "percent-max-degradation"]
-MetricType = Literal["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "custom"]
+MetricType = Literal["accuracy", "perplexity", "latency", "throughput", "size_on_disk", "custom", "lm_eval"]
 
 # Sub-metrics each metric type measures, and whether a higher value is better.
 SUB_METRICS: dict[str, dict[str, bool]] = {
@@ -183,7 +183,8 @@ class SubMetric(Strict):
     name: str = Field(description="e.g. accuracy_score, f1_score, p50, avg, perplexity, size_on_disk.")
     priority: int = Field(-1, description="Rank in the search objective: 1 first, 2 second; -1 reports only.")
     goal: Goal | None = Field(None, description="Constraint a candidate must meet.")
-    higher_is_better: bool | None = Field(None, description="Only for custom metrics; built-ins know it.")
+    higher_is_better: bool | None = Field(
+        None, description="For custom metrics, and lm_eval metrics modelpress does not know; built-ins know it.")
     metric_config: dict = Field(default_factory=dict, description="Olive's torchmetrics options; not used.")
 
 
@@ -204,24 +205,58 @@ class CustomMetricConfig(Strict):
 class Metric(Strict):
     """A metric of Olive's `evaluators` section."""
 
-    name: str = Field(description="Name of the metric (results are 'name-sub_metric').")
-    type: MetricType = Field(description="What is measured.")
-    sub_types: list[SubMetric] = Field(min_length=1, description="The sub-metrics to report.")
+    name: str = Field(description="Name of the metric (results are 'name-sub_metric'); for lm_eval, the task.")
+    type: MetricType = Field(description="What is measured; lm_eval: an lm-evaluation-harness task.")
+    sub_types: list[SubMetric] = Field(
+        default_factory=list, description="The sub-metrics to report (lm_eval: the task's metrics, e.g. acc, "
+        "acc_norm, exact_match; none listed reports them all).")
     data_config: str | None = Field(None, description="Data config to measure on; default: the eval split.")
     user_config: CustomMetricConfig | None = Field(None, description="custom metrics: the script and function.")
     backend: str | None = Field(None, description="Olive's metric backend; accepted and not used.")
 
 
 class EvaluatorConfig(Strict):
-    """The metrics that rank search candidates and the goals they must meet."""
+    """The metrics that rank search candidates and the goals they must meet.
+
+    `type: LMEvaluator` (Olive's) measures lm-evaluation-harness `tasks`; each task becomes a
+    metric of type lm_eval, and the keys after `tasks` set how lm-eval runs.
+    """
 
     name: str = Field("default", description="Name of the evaluator.")
-    metrics: list[Metric] = Field(min_length=1, description="Metrics to measure.")
+    type: Literal["OliveEvaluator", "LMEvaluator"] = Field(
+        "OliveEvaluator", description="OliveEvaluator (metrics) or LMEvaluator (lm-evaluation-harness tasks).")
+    metrics: list[Metric] = Field(default_factory=list, description="Metrics to measure.")
+    tasks: list[str] = Field(default_factory=list, description="LMEvaluator: lm-eval task names, e.g. "
+                             "[\"arc_easy\", \"hellaswag\"], from lm-eval or from include_path.")
+    include_path: Path | None = Field(None, description="A folder of lm-eval task YAML files (local tasks whose "
+                                      "data files are local), relative to the config file.")
+    batch_size: int = Field(1, gt=0, description="lm-eval: requests per batch.")
+    max_length: int | None = Field(None, gt=0, description="lm-eval: tokens of context at most; default: the "
+                                   "model's.")
+    limit: float | None = Field(None, gt=0, description="lm-eval: examples per task at most (a count, or a "
+                                "fraction below 1).")
+    num_fewshot: int | None = Field(None, ge=0, description="lm-eval: few-shot examples; default: the task's.")
+    bootstrap_iters: int = Field(100000, ge=0, description="lm-eval: bootstrap samples for standard errors "
+                                 "(0 skips them).")
+    device: str | None = Field(None, description="lm-eval, Hugging Face models: torch device (default cpu).")
+    model_class: Literal["hf", "ort", "ortgenai"] | None = Field(
+        None, description="Olive's; accepted: modelpress picks lm-eval's model by the kind of model measured.")
+    provider_options: dict | None = Field(
+        None, description="Olive's execution-provider options for lm-eval; accepted and not used on the CPU.")
     baseline: str = Field(
         "input_model",
         description="Model that relative goals compare with: input_model, or the name of a pass whose output "
         "(the same for every candidate) is the reference, e.g. the fp32 ONNX conversion.",
     )
+
+
+    @model_validator(mode="after")
+    def _what_to_measure(self) -> "EvaluatorConfig":
+        if self.type == "LMEvaluator" and not self.tasks:
+            raise ValueError("an LMEvaluator needs tasks: lm-eval task names, e.g. [\"arc_easy\"]")
+        if self.type == "OliveEvaluator" and not self.metrics:
+            raise ValueError("an evaluator needs metrics (or type LMEvaluator with tasks)")
+        return self
 
 
 class SearchConfig(Strict):

@@ -1,0 +1,184 @@
+"""lm-evaluation-harness tasks (Olive's LMEvaluator) on any model a workflow makes.
+
+Hugging Face folders (plain, with an adapter, or weight-quantized) go through lm-eval's own
+`HFLM`. onnxruntime-genai folders go through `GenaiLM` (genai_lm_class below), which answers both kinds of
+request lm-eval makes:
+- `loglikelihood` (multiple choice, perplexity): one onnxruntime call on the genai model's
+  graph gives the logits of the whole context + continuation;
+- `generate_until` (exact match, ...): onnxruntime-genai generates greedily, in batches, and the
+  text is cut at the task's stop strings.
+Task data comes from the local datasets cache, or from task YAML files in `include_path` that
+point at local files; nothing here needs the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from pathlib import Path
+
+from modelpress.errors import MissingDependencyError, ModelpressError
+from modelpress.models import ModelRef, load_for_inference, load_tokenizer
+from modelpress.passes.catalog import ONNX, ONNX_GENAI
+
+log = logging.getLogger("modelpress")
+
+def _require_lm_eval():
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("lm-eval", "lmeval", "An LMEvaluator (lm-evaluation-harness tasks)") from None
+
+
+def metric_key(task: str, name: str) -> str:
+    """lm-eval's "acc,none" -> "task-acc"; a filtered metric ("exact_match,strict-match") keeps its filter."""
+    metric, _, flt = name.partition(",")
+    suffix = "" if flt in ("", "none") else "_" + re.sub(r"\W+", "_", flt)
+    return f"{task}-{metric}{suffix}"
+
+
+def run_tasks(ref: ModelRef, tasks: list[str], settings, trust_remote_code: bool = False,
+              show_progress: bool = False) -> dict[str, float]:
+    """{"task-metric": value} for every numeric metric lm-eval reports for `tasks` on this model."""
+    _require_lm_eval()
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    if log.getEffectiveLevel() > logging.DEBUG:  # lm-eval warns about every default it fills in
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    lm = make_lm(ref, settings, trust_remote_code)
+    if not show_progress:  # lm-eval's evaluator calls these with no way to turn their bars off
+        for request in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+            setattr(lm, request, functools.partial(getattr(lm, request), disable_tqdm=True))
+    include = str(settings.include_path) if settings.include_path else None
+    manager = TaskManager(include_path=include, verbosity="ERROR")
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        where = f" or in {include}" if include else " (set include_path to a folder of task YAML files)"
+        raise ModelpressError(f"lm-eval knows no task {', '.join(map(repr, unknown))}{where}")
+    import lm_eval.evaluator
+
+    git_hash = getattr(lm_eval.evaluator, "get_git_commit_hash", None)
+    # lm-eval records the git commit of the folder it runs in by calling `git`, which prints
+    # "fatal: not a git repository" outside one; that commit says nothing about the model
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    try:
+        out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=settings.limit,
+                              num_fewshot=settings.num_fewshot, bootstrap_iters=settings.bootstrap_iters,
+                              batch_size=settings.batch_size, log_samples=False, verbosity="ERROR")
+    finally:
+        if git_hash is not None:
+            lm_eval.evaluator.get_git_commit_hash = git_hash
+    values = {}
+    for task, metrics in sorted(out["results"].items()):
+        for name, value in metrics.items():
+            if name in ("alias", "sample_len") or "_stderr" in name or not isinstance(value, (int, float)):
+                continue
+            values[metric_key(task, name)] = float(value)
+    return values
+
+
+def make_lm(ref: ModelRef, settings, trust_remote_code: bool = False):
+    """The lm-eval model for this kind of model folder."""
+    if ref.kind == ONNX_GENAI:
+        return genai_lm_class()(ref.path, batch_size=settings.batch_size, max_length=settings.max_length)
+    if ref.kind == ONNX:
+        raise ModelpressError("an LMEvaluator runs Hugging Face and onnxruntime-genai models; this step gives a "
+                              "plain ONNX model: evaluate the model before OnnxConversion, or build it with "
+                              "ModelBuilder")
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = load_for_inference(ref, trust_remote_code)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
+                max_length=settings.max_length, device=settings.device or "cpu")
+
+
+@functools.cache
+def genai_lm_class():
+    """GenaiLM, defined on first use so that importing this module does not import lm-eval."""
+    _require_lm_eval()
+    from lm_eval.api.model import TemplateLM
+
+    from modelpress.runners import GenaiRunner
+
+    class GenaiLM(TemplateLM):
+        """lm-eval's model interface over an onnxruntime-genai folder."""
+
+        def __init__(self, folder: Path, batch_size: int = 1, max_length: int | None = None):
+            super().__init__()
+            self.runner = GenaiRunner(Path(folder))
+            # onnxruntime-genai's decode stops at a byte-fallback token that is half a character;
+            # the folder's Hugging Face tokenizer decodes such text as transformers does
+            self.hf_tokenizer = load_tokenizer(Path(folder))
+            self.batch = max(1, int(batch_size))
+            config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
+            self.max_length = max_length or config.get("context_length") or 2048
+
+        @property
+        def eot_token_id(self) -> int:
+            return min(self.runner.eos)
+
+        @property
+        def prefix_token_id(self) -> int:
+            bos = self.runner.bos
+            return bos if bos is not None and bos >= 0 else self.eot_token_id
+
+        def tok_encode(self, string: str, **kwargs) -> list[int]:
+            return [int(t) for t in self.runner.tokenizer.encode(string)] if string else []
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+            import numpy as np
+
+            results = []
+            for key, context, continuation in requests:
+                ids = (list(context) + list(continuation))[-(self.max_length + 1):]
+                n = len(continuation)
+                logits = self.runner.logits(ids[:-1]).astype(np.float64)[-n:]
+                logits -= logits.max(axis=-1, keepdims=True)
+                logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+                target = np.array(ids[-n:])
+                results.append((float(logp[np.arange(n), target].sum()),
+                                bool((logp.argmax(axis=-1) == target).all())))
+                if self.cache_hook is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, results[-1])
+            return results
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+            totals = []
+            for request in requests:
+                (text,) = request.args
+                windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)]
+                scored = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows])
+                totals.append(sum(logp for logp, _ in scored))
+            return totals
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            outputs = []
+            for start in range(0, len(requests), self.batch):
+                chunk = requests[start:start + self.batch]
+                groups: dict = {}
+                for i, request in enumerate(chunk):
+                    context, kwargs = request.args
+                    until = kwargs.get("until") or []
+                    until = [until] if isinstance(until, str) else list(until)
+                    steps = int(kwargs.get("max_gen_toks", 256))
+                    groups.setdefault(steps, []).append((i, context, until))
+                answers = [""] * len(chunk)
+                for steps, items in groups.items():
+                    rows = [self.tok_encode(context)[-(self.max_length - steps):] or [self.prefix_token_id]
+                            for _, context, _ in items]
+                    for (i, _, until), new in zip(items, self.runner.generate_ids(rows, steps)):
+                        text = self.hf_tokenizer.decode(new, skip_special_tokens=True)
+                        for stop in until:
+                            text = text.split(stop, 1)[0] if stop else text
+                        answers[i] = text
+                outputs.extend(answers)
+            return outputs
+
+    return GenaiLM

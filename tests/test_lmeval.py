@@ -1,0 +1,114 @@
+"""LMEvaluator: lm-evaluation-harness tasks (local YAML, local data, no network) on a Hugging Face model
+through lm-eval's own HFLM, and on an onnxruntime-genai folder through modelpress's GenaiLM, with
+both loglikelihood and generate_until requests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TONE_DATA
+from hub_cache import add_repo, folder_files, hub_env
+from modelpress.config.schema import EvaluatorConfig
+from modelpress.models import ModelRef
+from modelpress.passes.catalog import HF, ONNX_GENAI, ModelBuilderParams
+
+pytest.importorskip("lm_eval")
+CONFIGS = Path(__file__).parent / "olive_configs"
+PHI3 = "microsoft/Phi-3-mini-4k-instruct"
+
+
+def write_tasks(folder: Path, rows: int = 24) -> Path:
+    """The tone tasks of tests/olive_configs/lm_eval_tasks with their data file made absolute."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = json.loads(TONE_DATA.read_text()) if TONE_DATA.read_text().lstrip().startswith("[") else [
+        json.loads(line) for line in TONE_DATA.read_text().splitlines() if line.strip()]
+    (folder / "tone.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data[:rows]))
+    for task in (CONFIGS / "lm_eval_tasks").glob("*.yaml"):
+        text = task.read_text().replace("lm_eval_tasks/tone.jsonl", str(folder / "tone.jsonl"))
+        (folder / task.name).write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def genai_fp32(tiny_model, tmp_path_factory) -> ModelRef:
+    from test_parity import _ctx
+
+    from modelpress.passes.model_builder import run_model_builder
+
+    out = tmp_path_factory.mktemp("genai") / "fp32"
+    return run_model_builder(_ctx(ModelRef(HF, tiny_model, id="base"), out, tiny_model),
+                             ModelBuilderParams(precision="fp32"))
+
+
+def _instances(kind: str, pairs):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=args, idx=i) for i, args in enumerate(pairs)]
+
+
+def test_genai_answers_loglikelihood_and_generate_requests_as_lm_evals_hflm_does(tiny_model, genai_fp32):
+    from lm_eval.models.huggingface import HFLM
+
+    from modelpress.lmeval import genai_lm_class
+    from modelpress.models import load_for_inference
+
+    model, tokenizer = load_for_inference(ModelRef(HF, tiny_model, id="base"))
+    hf = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, device="cpu")
+    genai = genai_lm_class()(genai_fp32.path, batch_size=4)
+    pairs = [("Phrase: I won the lottery!\nTone:", " joy"), ("Phrase: The storm scared me.\nTone:", " fear"),
+             ("The little", " boy smiled"), ("", "hello there")]
+    expected = hf.loglikelihood(_instances("loglikelihood", pairs))
+    got = genai.loglikelihood(_instances("loglikelihood", pairs))
+    for (e_logp, e_greedy), (g_logp, g_greedy) in zip(expected, got):
+        assert g_logp == pytest.approx(e_logp, abs=1e-3) and g_greedy == e_greedy
+    texts = [("Once upon a time there was", {"until": ["\n"], "max_gen_toks": 6}),
+             ("Phrase: I lost my keys.\nTone:", {"until": [".", "\n"], "max_gen_toks": 5})]
+    assert genai.generate_until(_instances("generate_until", texts)) == hf.generate_until(
+        _instances("generate_until", texts))
+    rolling = _instances("loglikelihood_rolling", [("the quick brown fox jumps over the lazy dog",)])
+    assert genai.loglikelihood_rolling(rolling)[0] == pytest.approx(hf.loglikelihood_rolling(rolling)[0], abs=1e-3)
+
+
+def test_local_tasks_run_on_an_hf_model_and_a_genai_model_alike(tiny_model, genai_fp32, tmp_path):
+    from modelpress.lmeval import run_tasks
+
+    settings = EvaluatorConfig(type="LMEvaluator", tasks=["tone_choice", "tone_generate"],
+                               include_path=write_tasks(tmp_path / "tasks"), bootstrap_iters=0, batch_size=4)
+    on_hf = run_tasks(ModelRef(HF, tiny_model, id="base"), settings.tasks, settings)
+    on_genai = run_tasks(genai_fp32, settings.tasks, settings)
+    assert set(on_hf) == {"tone_choice-acc", "tone_choice-acc_norm", "tone_generate-exact_match"}
+    assert on_genai == pytest.approx(on_hf)  # the same fp32 weights: the same choices and generations
+
+
+def test_an_unknown_task_is_one_clear_error(tiny_model, tmp_path):
+    from modelpress.errors import ModelpressError
+    from modelpress.lmeval import run_tasks
+
+    settings = EvaluatorConfig(type="LMEvaluator", tasks=["tone_chioce"], include_path=write_tasks(tmp_path / "t"))
+    with pytest.raises(ModelpressError, match="lm-eval knows no task 'tone_chioce'"):
+        run_tasks(ModelRef(HF, tiny_model, id="base"), settings.tasks, settings)
+
+
+@pytest.mark.e2e
+def test_olive_lm_evaluator_config_measures_the_input_and_the_int4_model(tiny_model, tmp_path):
+    home = tmp_path / "hf"
+    add_repo(home / "hub", PHI3, folder_files(tiny_model), "6" * 40)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(CONFIGS / "lm-evaluator.json", work / "config.json")
+    write_tasks(work / "lm_eval_tasks")
+    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", "config.json", "--no-progress"],
+                          cwd=work, capture_output=True, text=True, env=hub_env(home))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((work / "models" / "lm-eval" / "metrics.json").read_text())
+    text = json.dumps(metrics)
+    for key in ("tone_choice-acc", "tone_generate-exact_match"):
+        assert text.count(f'"{key}"') >= 2, key  # the input (HF) model and the int4 genai model
+    assert "Running loglikelihood requests" not in proc.stderr  # lm-eval's bars stay off in a log
+    assert "tone_choice-acc" in (work / "models" / "lm-eval" / "report.html").read_text()
