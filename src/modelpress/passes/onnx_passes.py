@@ -218,7 +218,7 @@ def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
     return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})")
 
 
-def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str) -> ModelRef:
+def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, **quantizer_options) -> ModelRef:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -226,7 +226,7 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str) -
     src = ctx.model.path / model_file
     before = op_counts(src).get("MatMul", 0)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=list(params.nodes_to_exclude),
-                                     algo_config=algo)
+                                     algo_config=algo, **quantizer_options)
     with _quiet_ort(), warnings.catch_warnings():
         # HQQ hands torch a read-only numpy view of each weight; it only reads it.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

@@ -210,7 +210,66 @@ class OrtSessionParamsTuningParams(Strict):
     seed: int = Field(0, description="Seed of the random token ids.")
 
 
+class OnnxKQuantQuantizationParams(WeightOnlyParams):
+    """Weight-only k-quant quantization (onnxruntime's MatMulNBits quantizer, k_quant algorithm), no data needed."""
+
+    bits: Literal[4, 8] = searchable(4, 8, default=4, description="Bits per weight.")
+    block_size: BlockSize = searchable(32, 128, default=32, description="Weights per quantization block (along K).")
+    accuracy_level: AccuracyLevel | None = Field(None, description="MatMulNBits compute accuracy level (0-4).")
+    customized_weight_config: dict[str, dict[str, int]] | None = Field(
+        None, description="Per-node settings by MatMul node name, e.g. {\"/lm_head/MatMul\": {\"bits\": 8}}.")
+
+
+class DynamicToFixedShapeParams(Strict):
+    """Fix named dynamic dimensions to values (for runtimes that need static shapes)."""
+
+    dim_param: list[str] = Field(min_length=1, description="Names of dynamic dimensions, e.g. [\"batch_size\"].")
+    dim_value: list[int] = Field(min_length=1, description="Their fixed values, in the same order.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "DynamicToFixedShapeParams":
+        if len(self.dim_param) != len(self.dim_value) or any(v < 1 for v in self.dim_value):
+            raise ValueError("dim_param and dim_value must be lists of the same length, with values of at least 1")
+        return self
+
+
+class OnnxPeepholeOptimizerParams(Strict):
+    """Clean the graph up with onnxscript's optimizer: constant folding, dead nodes, cast and reshape chains."""
+
+    onnxscript_optimize: bool = Field(True, description="Run onnxscript's optimizer.")
+    fuse_reshape_operations: bool = Field(True, description="Collapse Reshape chains (part of onnxscript's "
+                                          "optimizer: runs it).")
+    cast_chain_elimination: bool = Field(True, description="Collapse Cast chains (part of onnxscript's "
+                                         "optimizer: runs it).")
+    fix_com_microsoft_opset: bool = Field(True, description="Add the com.microsoft opset import when the graph "
+                                          "uses its operators and lacks it.")
+    onnxoptimizer_optimize: bool = Field(False, description="Olive's onnxoptimizer run; modelpress does not use "
+                                         "the onnxoptimizer package and warns when this is true.")
+
+
+class GraphSurgeriesParams(Strict):
+    """Named graph surgeries, applied in order (see modelpress.passes.surgeons)."""
+
+    surgeries: list[dict] = Field(min_length=1, description="[{\"surgeon\": NAME, ...options}]; surgeons: "
+                                  "TieWordEmbeddings, QuantizeEmbeddingInt8, RenameInputs, RenameOutputs.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "GraphSurgeriesParams":
+        from modelpress.passes.surgeons import SURGEON_OPTIONS
+
+        for i, surgery in enumerate(self.surgeries):
+            name = surgery.get("surgeon")
+            if name not in SURGEON_OPTIONS:
+                raise ValueError(f"surgeries[{i}]: no surgeon {name!r} in modelpress; it has "
+                                 f"{', '.join(SURGEON_OPTIONS)}")
+            extra = set(surgery) - {"surgeon", *SURGEON_OPTIONS[name]}
+            if extra:
+                raise ValueError(f"surgeries[{i}]: {name} takes no {', '.join(sorted(extra))}")
+        return self
+
+
 _ENTRY = "modelpress.passes.onnx_passes:"
+_GRAPH = "modelpress.passes.onnx_graph:"
 
 ONNX_SPECS: tuple[PassSpec, ...] = (
     PassSpec("OnnxConversion", "export a Hugging Face model to ONNX (torch dynamo exporter)",
@@ -229,4 +288,12 @@ ONNX_SPECS: tuple[PassSpec, ...] = (
              _ENTRY + "run_float16", (ONNX,), ONNX, False),
     PassSpec("OrtSessionParamsTuning", "pick the fastest onnxruntime session options (ort_session.json)",
              OrtSessionParamsTuningParams, _ENTRY + "run_session_tuning", (ONNX,), ONNX, False),
+    PassSpec("OnnxKQuantQuantization", "int4/int8 weight-only k-quant quantization (MatMulNBits)",
+             OnnxKQuantQuantizationParams, _GRAPH + "run_kquant", (ONNX, ONNX_GENAI), SAME_KIND, False),
+    PassSpec("DynamicToFixedShape", "fix named dynamic dimensions of an ONNX model", DynamicToFixedShapeParams,
+             _GRAPH + "run_dynamic_to_fixed", (ONNX, ONNX_GENAI), SAME_KIND, False),
+    PassSpec("OnnxPeepholeOptimizer", "onnxscript's graph clean-up (folding, dead nodes, cast/reshape chains)",
+             OnnxPeepholeOptimizerParams, _GRAPH + "run_peephole", (ONNX, ONNX_GENAI), SAME_KIND, False),
+    PassSpec("GraphSurgeries", "named graph surgeries (tie or quantize the embeddings, rename inputs/outputs)",
+             GraphSurgeriesParams, _GRAPH + "run_graph_surgeries", (ONNX, ONNX_GENAI), SAME_KIND, False),
 )

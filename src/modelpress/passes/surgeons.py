@@ -1,0 +1,141 @@
+"""Graph surgeons of Olive's GraphSurgeries that LLM recipes name, written on onnx protos.
+
+Each surgeon takes a ModelProto (weights loaded) and returns the changed model and a note.
+- `TieWordEmbeddings`: when the LM head's weight is the transposed embedding table, the head
+  reads the embedding table (Gemm with transB) instead of its own copy; the file shrinks by one
+  vocab x hidden matrix and the logits do not change.
+- `QuantizeEmbeddingInt8`: the embedding lookup becomes GatherBlockQuantized over int8 blocks of
+  32 values along the hidden axis (asymmetric, uint8 with zero points).
+- `RenameInputs` / `RenameOutputs`: rename graph inputs or outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from modelpress.errors import ModelpressError
+
+BLOCK = 32  # QuantizeEmbeddingInt8's block size along the hidden axis
+
+
+def _initializers(model) -> dict:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _embedding_gather(model):
+    """The Gather node that reads the embedding table with the input ids, and its table's name."""
+    inits = _initializers(model)
+    ids = next((i.name for i in model.graph.input if i.name in ("input_ids",)), None)
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == ids and node.input[0] in inits:
+            return node, node.input[0]
+    return None, None
+
+
+def tie_word_embeddings(model) -> tuple[object, str]:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    gather, table = _embedding_gather(model)
+    head = next((n for n in model.graph.node if "logits" in n.output), None)
+    inits = _initializers(model)
+    if gather is None or head is None or head.op_type != "MatMul" or head.input[1] not in inits:
+        return model, "skipped (needs a float Gather embedding and a float MatMul head producing logits)"
+    embed = numpy_helper.to_array(inits[table])
+    weight = numpy_helper.to_array(inits[head.input[1]])
+    if weight.shape != embed.T.shape or not np.array_equal(weight, embed.T):
+        return model, "skipped (the head's weight is not the transposed embedding table)"
+    hidden, vocab = weight.shape
+    x, out, name = head.input[0], head.output[0], head.name or "lm_head"
+    consts = {f"{name}_flat_shape": np.array([-1, hidden], dtype=np.int64),
+              f"{name}_vocab": np.array([vocab], dtype=np.int64),
+              f"{name}_start": np.array([0], dtype=np.int64), f"{name}_end": np.array([-1], dtype=np.int64)}
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    nodes = [
+        helper.make_node("Reshape", [x, f"{name}_flat_shape"], [f"{name}_flat"], name=f"{name}_reshape_in"),
+        helper.make_node("Gemm", [f"{name}_flat", table], [f"{name}_gemm"], name=f"{name}_gemm", transB=1),
+        helper.make_node("Shape", [x], [f"{name}_in_shape"], name=f"{name}_shape"),
+        helper.make_node("Slice", [f"{name}_in_shape", f"{name}_start", f"{name}_end"], [f"{name}_lead"],
+                         name=f"{name}_lead_dims"),
+        helper.make_node("Concat", [f"{name}_lead", f"{name}_vocab"], [f"{name}_out_shape"], name=f"{name}_concat",
+                         axis=0),
+        helper.make_node("Reshape", [f"{name}_gemm", f"{name}_out_shape"], [out], name=f"{name}_reshape_out"),
+    ]
+    position = list(model.graph.node).index(head)
+    model.graph.node.remove(head)
+    for offset, node in enumerate(nodes):
+        model.graph.node.insert(position + offset, node)
+    if not any(head.input[1] in n.input for n in model.graph.node):
+        model.graph.initializer.remove(inits[head.input[1]])
+    return model, f"the head reads the {vocab}x{hidden} embedding table"
+
+
+def quantize_embedding_int8(model) -> tuple[object, str]:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    gather, table = _embedding_gather(model)
+    if gather is None:
+        return model, "skipped (no float Gather on input_ids)"
+    tensor = _initializers(model)[table]
+    embed = numpy_helper.to_array(tensor)
+    if embed.dtype not in (np.float32, np.float16) or embed.shape[1] % BLOCK:
+        return model, f"skipped (needs a float table whose hidden size is a multiple of {BLOCK})"
+    vocab, hidden = embed.shape
+    blocks = embed.astype(np.float32).reshape(vocab, hidden // BLOCK, BLOCK)
+    lo = np.minimum(blocks.min(axis=-1), 0.0)
+    hi = np.maximum(blocks.max(axis=-1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+    zero = np.clip(np.round(-lo / scale), 0, 255)
+    codes = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 255).astype(np.uint8)
+    names = {"data": f"{table}_q8", "scales": f"{table}_scales", "zeros": f"{table}_zero_points"}
+    model.graph.initializer.extend([
+        numpy_helper.from_array(codes.reshape(vocab, hidden), names["data"]),
+        numpy_helper.from_array(scale.astype(embed.dtype), names["scales"]),
+        numpy_helper.from_array(zero.astype(np.uint8), names["zeros"]),
+    ])
+    node = helper.make_node("GatherBlockQuantized", [names["data"], gather.input[1], names["scales"], names["zeros"]],
+                            list(gather.output), name=f"{gather.name or 'embed'}_q8", domain="com.microsoft",
+                            bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+    position = list(model.graph.node).index(gather)
+    model.graph.node.remove(gather)
+    model.graph.node.insert(position, node)
+    if not any(table in n.input for n in model.graph.node):
+        model.graph.initializer.remove(tensor)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model, f"embedding {vocab}x{hidden} -> int8 blocks of {BLOCK}"
+
+
+def _renamer(kind: str) -> Callable:
+    def rename(model, old_names: list[str], new_names: list[str]) -> tuple[object, str]:
+        if len(old_names) != len(new_names):
+            raise ModelpressError(f"Rename{kind}: old_names and new_names differ in length")
+        values = model.graph.input if kind == "Inputs" else model.graph.output
+        names = {v.name for v in values}
+        missing = [n for n in old_names if n not in names]
+        if missing:
+            raise ModelpressError(f"Rename{kind}: the model has no {kind.lower()[:-1]} {', '.join(missing)}")
+        mapping = dict(zip(old_names, new_names))
+        for value in values:
+            value.name = mapping.get(value.name, value.name)
+        for node in model.graph.node:
+            for i, name in enumerate(node.input):
+                node.input[i] = mapping.get(name, name)
+            for i, name in enumerate(node.output):
+                node.output[i] = mapping.get(name, name)
+        return model, ", ".join(f"{a} -> {b}" for a, b in mapping.items())
+    return rename
+
+
+SURGEONS: dict[str, Callable] = {
+    "TieWordEmbeddings": tie_word_embeddings,
+    "QuantizeEmbeddingInt8": quantize_embedding_int8,
+    "RenameInputs": _renamer("Inputs"),
+    "RenameOutputs": _renamer("Outputs"),
+}
+# The options each surgeon takes (checked when the config is read).
+SURGEON_OPTIONS: dict[str, tuple[str, ...]] = {
+    "TieWordEmbeddings": (), "QuantizeEmbeddingInt8": (), "RenameInputs": ("old_names", "new_names"),
+    "RenameOutputs": ("old_names", "new_names"),
+}

@@ -1,0 +1,147 @@
+"""The ONNX graph passes of Olive's LLM recipes, each checked against its input on the tiny Phi-3."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from modelpress.context import PassContext
+from modelpress.models import ModelRef
+from modelpress.passes.catalog import CATALOG, HF, ModelBuilderParams
+from modelpress.runners import GenaiRunner
+
+IDS = list(range(5, 37))
+
+
+def _ctx(ref: ModelRef, out: Path) -> PassContext:
+    from modelpress.config.schema import InputModelConfig
+
+    return PassContext(model=ref, out=out, input_model=InputModelConfig(model_path=out), execution_provider="cpu",
+                       data=None, show_progress=False)
+
+
+def _build(folder: Path, out: Path, precision: str = "fp32") -> ModelRef:
+    from modelpress.passes.model_builder import run_model_builder
+
+    return run_model_builder(_ctx(ModelRef(HF, folder, id="m"), out), ModelBuilderParams(precision=precision))
+
+
+def _run(ref: ModelRef, out: Path, pass_type: str, **params) -> ModelRef:
+    spec = CATALOG[pass_type]
+    return spec.runner()(_ctx(ref, out), spec.params.model_validate(params))
+
+
+@pytest.fixture(scope="module")
+def tied_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny Phi-3 with an LM head equal to its embedding table, stored twice (not declared tied, so the
+    genai builder writes both; for a model declared tied it already shares one)."""
+    import torch
+
+    from modelpress.models import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(tiny_model)
+    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    out = tmp_path_factory.mktemp("tied") / "model"
+    model.save_pretrained(str(out))
+    load_tokenizer(tiny_model).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def genai_fp32(tied_model, tmp_path_factory) -> ModelRef:
+    return _build(tied_model, tmp_path_factory.mktemp("g") / "fp32")
+
+
+def _logits(ref: ModelRef) -> np.ndarray:
+    return GenaiRunner(ref.path).logits(IDS)
+
+
+def _ops(ref: ModelRef) -> dict:
+    model = onnx.load(str(ref.path / "model.onnx"), load_external_data=False)
+    counts: dict = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_tie_word_embeddings_keeps_the_logits_and_drops_the_heads_copy(genai_fp32, tmp_path):
+    from modelpress.onnx_model import model_bytes
+
+    tied = _run(genai_fp32, tmp_path / "tied", "GraphSurgeries", surgeries=[{"surgeon": "TieWordEmbeddings"}])
+    assert _ops(tied).get("Gemm") == 1
+    np.testing.assert_allclose(_logits(tied), _logits(genai_fp32), atol=1e-4)
+    saved = model_bytes(genai_fp32.path) - model_bytes(tied.path)
+    graph = onnx.load(str(genai_fp32.path / "model.onnx"), load_external_data=False).graph
+    table = next(t for t in graph.initializer if t.name == "model.embed_tokens.weight")
+    assert saved >= 0.99 * 4 * int(np.prod(table.dims))  # one vocab x hidden float32 matrix
+
+
+def test_int8_embeddings_stay_close_and_shrink(genai_fp32, tmp_path):
+    quantized = _run(genai_fp32, tmp_path / "q8", "GraphSurgeries", surgeries=[{"surgeon": "QuantizeEmbeddingInt8"}])
+    assert _ops(quantized).get("GatherBlockQuantized") == 1
+    assert _ops(quantized)["Gather"] == _ops(genai_fp32)["Gather"] - 1  # the embedding lookup, not the mask's
+    from onnx import numpy_helper
+
+    def table(ref, *names):
+        inits = {t.name: t for t in onnx.load(str(ref.path / "model.onnx")).graph.initializer}
+        return [numpy_helper.to_array(inits[n]).astype(np.float32) for n in names]
+
+    name = "model.embed_tokens.weight"
+    [embed] = table(genai_fp32, name)
+    codes, scales, zeros = table(quantized, f"{name}_q8", f"{name}_scales", f"{name}_zero_points")
+    vocab, hidden = codes.shape
+    blocks = (codes.reshape(vocab, -1, 32) - zeros[..., None]) * scales[..., None]
+    assert np.all(np.abs(blocks.reshape(vocab, hidden) - embed) <= scales.repeat(32, axis=1) / 2 + 1e-7)
+    # the model with int8 lookups computes exactly what the float model does on the dequantized table
+    fake = tmp_path / "fake"
+    shutil.copytree(genai_fp32.path, fake)
+    model = onnx.load(str(fake / "model.onnx"))
+    next(t for t in model.graph.initializer if t.name == name).CopyFrom(
+        numpy_helper.from_array(blocks.reshape(vocab, hidden), name))
+    onnx.save(model, str(fake / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    np.testing.assert_allclose(_logits(quantized), _logits(ModelRef(genai_fp32.kind, fake, id="f")), atol=1e-5)
+    assert os.path.getsize(quantized.path / "model.onnx.data") < os.path.getsize(genai_fp32.path / "model.onnx.data")
+
+
+def test_rename_surgeon_refuses_an_unknown_input(genai_fp32, tmp_path):
+    from modelpress.errors import ModelpressError
+
+    with pytest.raises(ModelpressError, match="no input nope"):
+        _run(genai_fp32, tmp_path / "r", "GraphSurgeries",
+             surgeries=[{"surgeon": "RenameInputs", "old_names": ["nope"], "new_names": ["x"]}])
+
+
+def test_peephole_optimizer_keeps_the_logits(genai_fp32, tmp_path):
+    cleaned = _run(genai_fp32, tmp_path / "p", "OnnxPeepholeOptimizer")
+    np.testing.assert_allclose(_logits(cleaned), _logits(genai_fp32), atol=1e-4)
+
+
+def test_dynamic_to_fixed_shape_fixes_the_batch_and_keeps_the_logits(genai_fp32, tmp_path):
+    from modelpress.passes.onnx_graph import output_dims
+
+    fixed = _run(genai_fp32, tmp_path / "f", "DynamicToFixedShape", dim_param=["batch_size"], dim_value=[1])
+    assert output_dims(fixed.path / "model.onnx")["logits"][0] == 1
+    np.testing.assert_allclose(_logits(fixed), _logits(genai_fp32), atol=1e-5)
+    with pytest.raises(Exception, match="no dynamic dimension nope"):
+        _run(genai_fp32, tmp_path / "f2", "DynamicToFixedShape", dim_param=["nope"], dim_value=[1])
+
+
+def test_kquant_int4_and_int8_quantize_every_matmul_and_int8_is_closer(genai_fp32, tmp_path):
+    ref = _logits(genai_fp32)
+    errors = {}
+    for bits in (4, 8):
+        out = _run(genai_fp32, tmp_path / f"k{bits}", "OnnxKQuantQuantization", bits=bits, block_size=32,
+                   accuracy_level=0)
+        assert _ops(out).get("MatMulNBits", 0) >= 4 * 3 and "MatMul" not in _ops(out)
+        errors[bits] = np.abs(_logits(out) - ref).max()
+    rtn = _run(genai_fp32, tmp_path / "rtn", "OnnxBlockWiseRtnQuantization", block_size=32, is_symmetric=False,
+               accuracy_level=0)
+    errors["rtn"] = np.abs(_logits(rtn) - ref).mean()
+    assert 0 < errors[8] < 0.25 * errors[4]  # int8 is far closer (the random tiny model is very sensitive)
+    assert np.abs(_logits(_run(genai_fp32, tmp_path / "k4b", "OnnxKQuantQuantization", bits=4, block_size=32,
+                               accuracy_level=0)) - ref).mean() <= 1.05 * errors["rtn"]  # k-quant fits scales
