@@ -86,6 +86,20 @@ def test_local_tasks_run_on_an_hf_model_and_a_genai_model_alike(tiny_model, gena
     assert on_genai == pytest.approx(on_hf)  # the same fp32 weights: the same choices and generations
 
 
+def test_a_task_given_inline_as_olive_recipes_do_gives_the_same_result(tiny_model, tmp_path):
+    import yaml
+
+    from modelpress.lmeval import run_tasks
+
+    folder = write_tasks(tmp_path / "tasks")
+    by_name = EvaluatorConfig(type="LMEvaluator", tasks=["tone_choice"], include_path=folder, bootstrap_iters=0)
+    inline = EvaluatorConfig(type="LMEvaluator", tasks=[yaml.safe_load((folder / "tone_choice.yaml").read_text())],
+                             bootstrap_iters=0)
+    assert inline.task_names() == ["tone_choice"]
+    ref = ModelRef(HF, tiny_model, id="base")
+    assert run_tasks(ref, inline.tasks, inline) == run_tasks(ref, by_name.tasks, by_name)
+
+
 def test_an_unknown_task_is_one_clear_error(tiny_model, tmp_path):
     from modelpress.errors import ModelpressError
     from modelpress.lmeval import run_tasks

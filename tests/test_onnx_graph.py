@@ -145,3 +145,32 @@ def test_kquant_int4_and_int8_quantize_every_matmul_and_int8_is_closer(genai_fp3
     assert 0 < errors[8] < 0.25 * errors[4]  # int8 is far closer (the random tiny model is very sensitive)
     assert np.abs(_logits(_run(genai_fp32, tmp_path / "k4b", "OnnxKQuantQuantization", bits=4, block_size=32,
                                accuracy_level=0)) - ref).mean() <= 1.05 * errors["rtn"]  # k-quant fits scales
+
+
+@pytest.mark.e2e
+def test_olive_graph_pass_config_runs_as_written(tiny_model, tmp_path):
+    """tests/olive_configs/graph-passes.json: conversion, peephole, surgeries, k-quant and fixed shapes."""
+    import json
+    import subprocess
+    import sys
+
+    from hub_cache import add_repo, folder_files, hub_env
+    from modelpress.onnx_model import OnnxModel
+    from modelpress.passes.onnx_graph import output_dims
+
+    add_repo(tmp_path / "hf" / "hub", "microsoft/Phi-3-mini-4k-instruct", folder_files(tiny_model), "7" * 40)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(Path(__file__).parent / "olive_configs" / "graph-passes.json", work / "config.json")
+    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", "config.json", "--no-progress"],
+                          cwd=work, capture_output=True, text=True, env=hub_env(tmp_path / "hf"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "target_opset: 17 is read as 18" in proc.stderr
+    final = work / "models" / "graph" / "model"
+    ops = _ops(ModelRef("onnx", final, id="x"))
+    assert ops.get("GatherBlockQuantized") == 1 and ops.get("MatMulNBits", 0) >= 4 * 3 + 1  # every weight, the head too
+    assert output_dims(final / "model.onnx")["logits"][0] == 1
+    notes = json.dumps(json.loads((work / "models" / "graph" / "run_history.json").read_text())["steps"])
+    assert "TieWordEmbeddings: skipped (the head's weight is not the transposed embedding table)" in notes
+    ids = np.array([list(range(5, 21))], dtype=np.int64)
+    assert np.isfinite(OnnxModel(final).logits(ids, np.ones_like(ids))).all()

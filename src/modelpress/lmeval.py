@@ -39,9 +39,9 @@ def metric_key(task: str, name: str) -> str:
     return f"{task}-{metric}{suffix}"
 
 
-def run_tasks(ref: ModelRef, tasks: list[str], settings, trust_remote_code: bool = False,
+def run_tasks(ref: ModelRef, tasks: list, settings, trust_remote_code: bool = False,
               show_progress: bool = False) -> dict[str, float]:
-    """{"task-metric": value} for every numeric metric lm-eval reports for `tasks` on this model."""
+    """{"task-metric": value} for every numeric metric lm-eval reports for `tasks` (names or task configs)."""
     _require_lm_eval()
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -54,7 +54,7 @@ def run_tasks(ref: ModelRef, tasks: list[str], settings, trust_remote_code: bool
             setattr(lm, request, functools.partial(getattr(lm, request), disable_tqdm=True))
     include = str(settings.include_path) if settings.include_path else None
     manager = TaskManager(include_path=include, verbosity="ERROR")
-    unknown = [t for t in tasks if t not in manager.all_tasks]
+    unknown = [t for t in tasks if isinstance(t, str) and t not in manager.all_tasks]
     if unknown:
         where = f" or in {include}" if include else " (set include_path to a folder of task YAML files)"
         raise ModelpressError(f"lm-eval knows no task {', '.join(map(repr, unknown))}{where}")

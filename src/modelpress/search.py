@@ -96,7 +96,8 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
     from modelpress.cache import content_id
     from modelpress.lmeval import run_tasks
 
-    tasks = [m.name for m in evaluator.metrics if m.type == "lm_eval"]
+    named = evaluator.task_names()
+    tasks = list(evaluator.tasks) + [m.name for m in evaluator.metrics if m.type == "lm_eval" and m.name not in named]
     settings = evaluator.model_dump(mode="json", exclude={"name", "type", "metrics", "baseline", "tasks"})
     local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
     key = evaluation_key(session, "lm-eval", ref, tasks, settings, local)
@@ -104,11 +105,12 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
     values = session.cache.read_eval(key)
     hit = values is not None
     if not hit:
-        log.info("lm-eval: %s on the %s model (%s)", ", ".join(tasks), role, ref.kind)
+        log.info("lm-eval: %s on the %s model (%s)", ", ".join(map(_task_name, tasks)), role, ref.kind)
         values = run_tasks(ref, tasks, evaluator, session.config.input_model.trust_remote_code,
                            session.show_progress)
         session.cache.write_eval(key, values)
-    history.append(record_step(f"lm-eval {', '.join(tasks)} ({role})", key, hit, time.perf_counter() - started,
+    history.append(record_step(f"lm-eval {', '.join(map(_task_name, tasks))} ({role})", key, hit,
+                               time.perf_counter() - started,
                                None))
     wanted = {f"{m.name}-{s.name}" for m in evaluator.metrics if m.type == "lm_eval" for s in m.sub_types}
     missing = wanted - set(values)
@@ -116,6 +118,10 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
         raise ModelpressError(f"lm-eval reported no {', '.join(sorted(missing))}; it reported "
                               f"{', '.join(sorted(values)) or 'nothing'}")
     return values
+
+
+def _task_name(task) -> str:
+    return task if isinstance(task, str) else str(task.get("task"))
 
 
 def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dict]) -> dict:

@@ -40,7 +40,8 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     if evaluator is None:
         return None
     named_tasks = {m.name for m in evaluator.metrics if m.type == "lm_eval"}
-    evaluator.metrics += [Metric(name=task, type="lm_eval") for task in evaluator.tasks if task not in named_tasks]
+    evaluator.metrics += [Metric(name=task, type="lm_eval") for task in evaluator.task_names()
+                          if task not in named_tasks]
     if evaluator.include_path is not None:
         evaluator.include_path = resolve_path(str(evaluator.include_path), base_dir)
         if not evaluator.include_path.is_dir():

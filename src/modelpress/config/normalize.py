@@ -22,11 +22,18 @@ from modelpress.config.collector import Collector, as_mapping, did_you_mean, unw
 from modelpress.config.data_section import data_configs
 from modelpress.config.engine_section import ENGINE_KEYS, engine, engine_section, search_section, systems_section
 from modelpress.config.evaluator_section import evaluation_section, evaluator_section
-from modelpress.config.olive_tables import INERT_PASS_KEYS, OLIVE_ONLY_PASSES, TARGETS, VENDOR_PASSES
+from modelpress.config.olive_tables import (
+    EXTERNAL_DATA_KEYS,
+    INERT_PASS_KEYS,
+    OLIVE_ONLY_PASSES,
+    TARGETS,
+    VALUE_FALLBACKS,
+    VENDOR_PASSES,
+)
 from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
 from modelpress.config.sources import input_model, resolve_path
 from modelpress.errors import ConfigError, Problem
-from modelpress.passes.catalog import CATALOG, LoRAParams
+from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoRAParams
 
 TOP_KEYS = ("$schema", "input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
             *ENGINE_KEYS)
@@ -240,10 +247,16 @@ def _refuse_pass(typ: object, path: str, c: Collector) -> None:
 
 def _drop_inert(flat: dict, typ: str, where: str, c: Collector) -> dict:
     """Olive keys of this pass that mean nothing here: taken out, each with a warning saying why."""
-    inert = INERT_PASS_KEYS.get(typ.lower(), {})
+    inert = dict(INERT_PASS_KEYS.get(typ.lower(), {}))
+    if {ONNX, ONNX_GENAI} & set(CATALOG[typ].accepts) or CATALOG[typ].produces == ONNX:
+        inert.update(EXTERNAL_DATA_KEYS)
     for key in [k for k in flat if k in inert and k not in CATALOG[typ].params.model_fields]:
         c.warn(f"{where}.{key}: accepted and not used: {inert[key]}.")
         flat.pop(key)
+    for key, (values, replacement, why) in VALUE_FALLBACKS.get(typ.lower(), {}).items():
+        if flat.get(key) in values:
+            c.warn(f"{where}.{key}: {flat[key]!r} is read as {replacement!r}: {why}.")
+            flat[key] = replacement
     return flat
 
 

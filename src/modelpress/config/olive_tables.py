@@ -21,8 +21,14 @@ INERT_ENGINE_KEYS: dict[str, str] = {
     "enable_shared_cache": "there is no shared (cloud) cache; cache_dir is a local folder",
 }
 
+# Keys every ONNX pass of Olive takes about how weights are stored; modelpress always keeps them in
+# model.onnx.data beside model.onnx (a model converted with save_as_external_data false stays one file).
+EXTERNAL_DATA_KEYS: dict[str, str] = dict.fromkeys(
+    ("save_as_external_data", "all_tensors_to_one_file", "external_data_name", "size_threshold", "convert_attribute"),
+    "modelpress keeps ONNX weights in model.onnx.data beside model.onnx (OnnxConversion's save_as_external_data "
+    "false keeps one file through the passes after it)")
+
 # Keys of a pass that change nothing here, by pass type (lower case), with why.
-_EXTERNAL_DATA = "modelpress always keeps ONNX weights in model.onnx.data beside model.onnx"
 INERT_PASS_KEYS: dict[str, dict[str, str]] = {
     "onnxconversion": {
         "use_dynamo_exporter": "modelpress always exports with torch's dynamo exporter (the TorchScript exporter "
@@ -32,22 +38,24 @@ INERT_PASS_KEYS: dict[str, dict[str, str]] = {
         "torch_dtype": "the export runs in float32 on CPU; convert afterwards with OnnxFloatToFloat16",
         "device": "the export runs on the CPU",
         "dynamic": "batch and sequence axes are always dynamic",
-        "all_tensors_to_one_file": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA,
     },
     "orttransformersoptimization": {
         "use_gpu": "fusions are the same for CPU and CUDA; the execution provider comes from the system",
-        "save_as_external_data": _EXTERNAL_DATA, "all_tensors_to_one_file": _EXTERNAL_DATA,
-        "external_data_name": _EXTERNAL_DATA,
     },
     "onnxstaticquantization": {
         "quant_preprocess": "onnxruntime's quant_pre_process (shape inference) runs before every quantization",
         "calibration_providers": "calibration runs on the CPU execution provider",
-        "save_as_external_data": _EXTERNAL_DATA,
     },
-    "onnxdynamicquantization": {"save_as_external_data": _EXTERNAL_DATA},
-    "onnxblockwisertnquantization": {"save_as_external_data": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA},
-    "onnxhqqquantization": {"save_as_external_data": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA},
-    "onnxfloattofloat16": {"save_as_external_data": _EXTERNAL_DATA, "external_data_name": _EXTERNAL_DATA},
+}
+
+# Values of a pass key that cannot be honoured here, read as another value with a warning:
+# pass type (lower case) -> key -> (values, what they are read as, why).
+VALUE_FALLBACKS: dict[str, dict[str, tuple[tuple, object, str]]] = {
+    "onnxconversion": {
+        "target_opset": ((14, 15, 16, 17), 18, "torch's dynamo exporter writes opset 18, and onnx's version converter "
+                         "fails to take these LLM graphs lower (measured on the tiny Phi-3: ReduceMean's axes); "
+                         "onnxruntime 1.14 and later run opset 18"),
+    },
 }
 
 # Keys of an input model that change nothing here.
@@ -115,6 +123,8 @@ OLIVE_ONLY_PASSES: dict[str, str] = {
     "GptqQuantizer": "Gptq (torch-level GPTQ), then ModelBuilder",
     "AutoAWQQuantizer": "Gptq or Rtn, then ModelBuilder; or OnnxBlockWiseRtnQuantization",
     "GptqModel": "Gptq (torch-level GPTQ), then ModelBuilder",
+    "ExtractAdapters": "the LoRA pass's adapter/ folder (a peft adapter beside its base); writing LoRA weights as "
+                       "ONNX inputs or an .onnx_adapter file is not in modelpress yet",
 }
 
 # Sub-metric names Olive (torchmetrics) spells differently: metric type -> {Olive's name: modelpress's}.

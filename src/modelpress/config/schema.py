@@ -226,8 +226,13 @@ class EvaluatorConfig(Strict):
     type: Literal["OliveEvaluator", "LMEvaluator"] = Field(
         "OliveEvaluator", description="OliveEvaluator (metrics) or LMEvaluator (lm-evaluation-harness tasks).")
     metrics: list[Metric] = Field(default_factory=list, description="Metrics to measure.")
-    tasks: list[str] = Field(default_factory=list, description="LMEvaluator: lm-eval task names, e.g. "
-                             "[\"arc_easy\", \"hellaswag\"], from lm-eval or from include_path.")
+    tasks: list[str | dict] = Field(default_factory=list, description="LMEvaluator: lm-eval task names, e.g. "
+                                    "[\"arc_easy\", \"hellaswag\"], from lm-eval or include_path, or whole task "
+                                    "configs (a mapping with `task` and lm-eval's task keys).")
+
+    def task_names(self) -> list[str]:
+        """The name of each task: the string, or a task config's `task`."""
+        return [t if isinstance(t, str) else str(t.get("task")) for t in self.tasks]
     include_path: Path | None = Field(None, description="A folder of lm-eval task YAML files (local tasks whose "
                                       "data files are local), relative to the config file.")
     batch_size: int = Field(1, gt=0, description="lm-eval: requests per batch.")
@@ -254,6 +259,8 @@ class EvaluatorConfig(Strict):
     def _what_to_measure(self) -> "EvaluatorConfig":
         if self.type == "LMEvaluator" and not self.tasks:
             raise ValueError("an LMEvaluator needs tasks: lm-eval task names, e.g. [\"arc_easy\"]")
+        if any(isinstance(t, dict) and not isinstance(t.get("task"), str) for t in self.tasks):
+            raise ValueError("a task given as a mapping needs `task`: its name")
         if self.type == "OliveEvaluator" and not self.metrics:
             raise ValueError("an evaluator needs metrics (or type LMEvaluator with tasks)")
         return self
