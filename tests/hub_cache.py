@@ -39,3 +39,29 @@ def hub_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return env
+
+
+PHI3 = "microsoft/Phi-3-mini-4k-instruct"
+OLIVE_CONFIGS = Path(__file__).parent / "olive_configs"
+
+
+def olive_workspace(tmp: Path, tiny_model: Path, config: str) -> tuple[Path, Path]:
+    """(work folder, HF home): tests/olive_configs/`config` copied to work/config.json, and a Hugging Face
+    cache that serves the tiny Phi-3 as microsoft/Phi-3-mini-4k-instruct."""
+    import shutil
+
+    home = tmp / "hf"
+    add_repo(home / "hub", PHI3, folder_files(tiny_model), "5" * 40)
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copy(OLIVE_CONFIGS / config, work / "config.json")
+    return work, home
+
+
+def run_offline(work: Path, home: Path, *args: str):
+    """`modelpress ARGS` in `work`, offline, with only the cache under `home`."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "modelpress", *args], cwd=work, capture_output=True, text=True,
+                          env=hub_env(home))

@@ -5,22 +5,18 @@ both loglikelihood and generate_until requests."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import TONE_DATA
-from hub_cache import add_repo, folder_files, hub_env
+from hub_cache import OLIVE_CONFIGS as CONFIGS
+from hub_cache import olive_workspace, run_offline
 from modelpress.config.schema import EvaluatorConfig
 from modelpress.models import ModelRef
-from modelpress.passes.catalog import HF, ONNX_GENAI, ModelBuilderParams
+from modelpress.passes.catalog import HF, ModelBuilderParams
 
 pytest.importorskip("lm_eval")
-CONFIGS = Path(__file__).parent / "olive_configs"
-PHI3 = "microsoft/Phi-3-mini-4k-instruct"
 
 
 def write_tasks(folder: Path, rows: int = 24) -> Path:
@@ -111,14 +107,9 @@ def test_an_unknown_task_is_one_clear_error(tiny_model, tmp_path):
 
 @pytest.mark.e2e
 def test_olive_lm_evaluator_config_measures_the_input_and_the_int4_model(tiny_model, tmp_path):
-    home = tmp_path / "hf"
-    add_repo(home / "hub", PHI3, folder_files(tiny_model), "6" * 40)
-    work = tmp_path / "work"
-    work.mkdir()
-    shutil.copy(CONFIGS / "lm-evaluator.json", work / "config.json")
+    work, home = olive_workspace(tmp_path, tiny_model, "lm-evaluator.json")
     write_tasks(work / "lm_eval_tasks")
-    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", "config.json", "--no-progress"],
-                          cwd=work, capture_output=True, text=True, env=hub_env(home))
+    proc = run_offline(work, home, "run", "--config", "config.json", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((work / "models" / "lm-eval" / "metrics.json").read_text())
     text = json.dumps(metrics)

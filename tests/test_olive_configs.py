@@ -5,7 +5,6 @@ and passes for hardware modelpress does not target get one clear refusal."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,10 +12,8 @@ from modelpress.config.normalize import load_config, normalize
 from modelpress.config.olive_tables import INERT_ENGINE_KEYS, TARGETS, VENDOR_EPS, VENDOR_PASSES
 from modelpress.errors import ConfigError
 
-from hub_cache import add_repo, folder_files
-
-CONFIGS = Path(__file__).parent / "olive_configs"
-PHI3 = "microsoft/Phi-3-mini-4k-instruct"
+from hub_cache import OLIVE_CONFIGS as CONFIGS
+from hub_cache import PHI3, add_repo, folder_files
 
 
 @pytest.fixture(scope="module")

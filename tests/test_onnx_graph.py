@@ -151,19 +151,13 @@ def test_kquant_int4_and_int8_quantize_every_matmul_and_int8_is_closer(genai_fp3
 def test_olive_graph_pass_config_runs_as_written(tiny_model, tmp_path):
     """tests/olive_configs/graph-passes.json: conversion, peephole, surgeries, k-quant and fixed shapes."""
     import json
-    import subprocess
-    import sys
 
-    from hub_cache import add_repo, folder_files, hub_env
+    from hub_cache import olive_workspace, run_offline
     from modelpress.onnx_model import OnnxModel
     from modelpress.passes.onnx_graph import output_dims
 
-    add_repo(tmp_path / "hf" / "hub", "microsoft/Phi-3-mini-4k-instruct", folder_files(tiny_model), "7" * 40)
-    work = tmp_path / "work"
-    work.mkdir()
-    shutil.copy(Path(__file__).parent / "olive_configs" / "graph-passes.json", work / "config.json")
-    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", "config.json", "--no-progress"],
-                          cwd=work, capture_output=True, text=True, env=hub_env(tmp_path / "hf"))
+    work, home = olive_workspace(tmp_path, tiny_model, "graph-passes.json")
+    proc = run_offline(work, home, "run", "--config", "config.json", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "target_opset: 17 is read as 18" in proc.stderr
     final = work / "models" / "graph" / "model"

@@ -4,22 +4,16 @@ genai builder makes of it, and the layer choices of the mixed-precision rules.""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hub_cache import add_repo, folder_files, hub_env
+from hub_cache import olive_workspace, run_offline
 from modelpress.models import load_causal_lm
 from modelpress.passes.mixed_precision import k_quant_layers, kld_gains, promote
 from modelpress.quantized import Grid, dequantize, quant_config, rtn
-
-CONFIGS = Path(__file__).parent / "olive_configs"
-PHI3 = "microsoft/Phi-3-mini-4k-instruct"
 
 
 def test_k_quant_layers_follow_llama_cpp_rule():
@@ -70,15 +64,11 @@ def test_kld_gain_is_the_first_order_change_of_the_divergence(tiny_model):
 @pytest.fixture(scope="module")
 def chain_run(tmp_path_factory, tiny_model):
     """tests/olive_configs/quantization-chain.json run as written, the model id served from a local cache."""
-    home = tmp_path_factory.mktemp("hf")
-    add_repo(home / "hub", PHI3, folder_files(tiny_model), "5" * 40)
-    work = tmp_path_factory.mktemp("chain")
-    shutil.copy(CONFIGS / "quantization-chain.json", work / "config.json")
+    work, home = olive_workspace(tmp_path_factory.mktemp("chain"), tiny_model, "quantization-chain.json")
     phrases = [json.loads(line) for line in (Path(__file__).parents[1] / "examples" / "minilm-tone" / "data"
                                              / "other-style.jsonl").read_text().splitlines()]
     (work / "data.jsonl").write_text("".join(json.dumps({"text": p["phrase"]}) + "\n" for p in phrases))
-    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", "config.json", "--no-progress"],
-                          cwd=work, capture_output=True, text=True, env=hub_env(home))
+    proc = run_offline(work, home, "run", "--config", "config.json", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, proc
 

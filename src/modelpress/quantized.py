@@ -141,6 +141,31 @@ def grid_of(config: dict, module: str) -> Grid:
 EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings")
 
 
+def load_state(folder: Path) -> dict:
+    """Every tensor of a checkpoint folder's safetensors files."""
+    from safetensors.torch import load_file
+
+    state: dict = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    return state
+
+
+def quantized_modules(state: dict) -> set[str]:
+    """Names of the modules stored as qweight/scales/qzeros."""
+    return {name.rsplit(".", 1)[0] for name in state if name.endswith(".qweight")}
+
+
+def dequantize_module(state: dict, config: dict, module: str):
+    """Take one module's packed tensors out of `state` and return its float weight."""
+    grid = grid_of(config, module)
+    scales = state.pop(f"{module}.scales").float()
+    qweight = state.pop(f"{module}.qweight")
+    codes = unpack(qweight, grid.bits, qweight.shape[1] * 8 // grid.bits)
+    qzeros = state.pop(f"{module}.qzeros").reshape(qweight.shape[0], -1)  # see torch_quant.packed_parts
+    return dequantize(codes, scales, unpack(qzeros, grid.bits, scales.shape[1]), grid)
+
+
 def with_float_embeddings(folder: Path, out: Path) -> bool:
     """Copy a checkpoint to `out` with quantized embeddings stored as float (their quantized values).
 
@@ -149,20 +174,14 @@ def with_float_embeddings(folder: Path, out: Path) -> bool:
     """
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     config = quant_config(folder)
     if not config or not config.get("embeds"):
         return False
-    state: dict = {}
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    embeds = [n.rsplit(".", 1)[0] for n in state if n.endswith(".qweight") and n.split(".")[-2] in EMBEDDINGS]
-    floats = dequantized_state(folder)
-    for module in embeds:
-        for part in PARTS:
-            state.pop(f"{module}.{part}")
-        state[f"{module}.weight"] = floats[f"{module}.weight"]
+    state = load_state(folder)
+    for module in [m for m in quantized_modules(state) if m.rsplit(".", 1)[-1] in EMBEDDINGS]:
+        state[f"{module}.weight"] = dequantize_module(state, config, module)
         (config.get("overrides") or {}).pop(module, None)
     shutil.copytree(folder, out, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
     save_file(state, str(Path(out) / "model.safetensors"), metadata={"format": "pt"})
@@ -174,21 +193,9 @@ def with_float_embeddings(folder: Path, out: Path) -> bool:
 
 def dequantized_state(folder: Path, dtype=None) -> dict:
     """Every tensor of a quantized checkpoint, with each quantized module's weight restored to float."""
-    from safetensors.torch import load_file
-
     config = quant_config(folder)
-    state: dict = {}
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    modules = {name.rsplit(".", 1)[0] for name in state if name.endswith(".qweight")}
-    for module in modules:
-        grid = grid_of(config, module)
-        scales = state.pop(f"{module}.scales").float()
-        qweight = state.pop(f"{module}.qweight")
-        k = qweight.shape[1] * 8 // grid.bits
-        codes = unpack(qweight, grid.bits, k)
-        qzeros = state.pop(f"{module}.qzeros").reshape(qweight.shape[0], -1)  # see torch_quant.packed_parts
-        zeros = unpack(qzeros, grid.bits, scales.shape[1])
-        weight = dequantize(codes, scales, zeros, grid)
+    state = load_state(folder)
+    for module in quantized_modules(state):
+        weight = dequantize_module(state, config, module)
         state[f"{module}.weight"] = weight.to(dtype) if dtype is not None else weight
     return state

@@ -17,7 +17,7 @@ from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef, load_causal_lm, load_tokenizer
 from modelpress.passes.catalog import HF_QUANTIZED
 from modelpress.passes.quant_specs import GptqParams, QuantizerParams, RtnParams
-from modelpress.quantized import PARTS, QUANT_METHOD, Grid, pack, quant_config, rtn
+from modelpress.quantized import PARTS, QUANT_METHOD, Grid, load_state, pack, quant_config, quantized_modules, rtn
 
 log = logging.getLogger("modelpress")
 MIXED_PRECISION_FILE = "mixed_precision.json"
@@ -173,16 +173,11 @@ def _load(ctx: PassContext):
 
 def _already_quantized(folder: Path) -> tuple[dict, dict]:
     """The packed tensors and config of an input that is already quantized (Rtn after Gptq)."""
-    from safetensors.torch import load_file
-
     config = quant_config(folder)
     if config is None:
         return {}, {}
-    state: dict = {}
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    modules = {name.rsplit(".", 1)[0] for name in state if name.endswith(".qweight")}
-    return {m: {part: state[f"{m}.{part}"] for part in PARTS} for m in modules}, config
+    state = load_state(folder)
+    return {m: {part: state[f"{m}.{part}"] for part in PARTS} for m in quantized_modules(state)}, config
 
 
 def _merged_config(done_config: dict, config: dict) -> dict:
