@@ -13,6 +13,7 @@ point at local files; nothing here needs the network.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -39,6 +40,20 @@ def metric_key(task: str, name: str) -> str:
     return f"{task}-{metric}{suffix}"
 
 
+@contextlib.contextmanager
+def _tqdm_off(off: bool):
+    """Every tqdm bar made inside defaults to off; tqdm is as it was afterwards."""
+    import tqdm.std
+
+    original = tqdm.std.tqdm.__init__
+    if off:
+        tqdm.std.tqdm.__init__ = functools.partialmethod(original, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = original
+
+
 def run_tasks(ref: ModelRef, tasks: list, settings, trust_remote_code: bool = False,
               show_progress: bool = False) -> dict[str, float]:
     """{"task-metric": value} for every numeric metric lm-eval reports for `tasks` (names or task configs)."""
@@ -53,7 +68,7 @@ def run_tasks(ref: ModelRef, tasks: list, settings, trust_remote_code: bool = Fa
         for request in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
             setattr(lm, request, functools.partial(getattr(lm, request), disable_tqdm=True))
     include = str(settings.include_path) if settings.include_path else None
-    manager = TaskManager(include_path=include, verbosity="ERROR")
+    manager = TaskManager(include_path=include)
     unknown = [t for t in tasks if isinstance(t, str) and t not in manager.all_tasks]
     if unknown:
         where = f" or in {include}" if include else " (set include_path to a folder of task YAML files)"
@@ -65,9 +80,10 @@ def run_tasks(ref: ModelRef, tasks: list, settings, trust_remote_code: bool = Fa
     # "fatal: not a git repository" outside one; that commit says nothing about the model
     lm_eval.evaluator.get_git_commit_hash = lambda: None
     try:
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=settings.limit,
-                              num_fewshot=settings.num_fewshot, bootstrap_iters=settings.bootstrap_iters,
-                              batch_size=settings.batch_size, log_samples=False, verbosity="ERROR")
+        with _tqdm_off(not show_progress):  # lm-eval's request-building bars take no switch either
+            out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=settings.limit,
+                                  num_fewshot=settings.num_fewshot, bootstrap_iters=settings.bootstrap_iters,
+                                  batch_size=settings.batch_size, log_samples=False, verbosity="ERROR")
     finally:
         if git_hash is not None:
             lm_eval.evaluator.get_git_commit_hash = git_hash

@@ -56,8 +56,7 @@ def uses_bitsandbytes(config) -> bool:
 
 
 # Environment switches the Hugging Face libraries read when they are imported.
-# TQDM_DISABLE stops every other library's tqdm bar (lm-eval's request bars); tqdm reads it per bar.
-QUIET_BARS_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
+QUIET_BARS_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
 
 
 def quiet_library_bars() -> None:
@@ -69,15 +68,6 @@ def quiet_library_bars() -> None:
     """
     for name in QUIET_BARS_ENV:
         os.environ.setdefault(name, "1")
-    # tqdm reads TQDM_DISABLE only when it is imported, which has happened by now: every bar made
-    # from here on defaults to off (a caller that passes disable=False still gets its bar).
-    import functools
-
-    import tqdm.std
-
-    if not getattr(tqdm.std.tqdm, "_modelpress_quiet", False):
-        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
-        tqdm.std.tqdm._modelpress_quiet = True
     if "huggingface_hub" in sys.modules:
         sys.modules["huggingface_hub"].utils.disable_progress_bars()
     if "transformers" in sys.modules:
