@@ -146,3 +146,14 @@ def test_olive_sub_metric_names_and_throughput_statistics():
     assert _measured(result, "throughput", "min") == pytest.approx(5.0)
     assert _measured(result, "throughput", "p50") == pytest.approx(10.0)
     assert _measured(result, "throughput", "avg") == 9.0
+
+
+def test_a_builder_on_an_unmerged_adapter_is_valid_and_says_what_it_builds(tmp_path):
+    raw = _config("lora-adapters.json")
+    assert not any("unmerged adapter" in w for w in load_config(CONFIGS / "lora-adapters.json").warnings)
+    del raw["passes"]["e"]  # no ExtractAdapters: the LoRA MatMuls stay in the graph, which is worth a word
+    raw["data_configs"][0]["load_dataset_config"]["data_files"] = str(CONFIGS / "lm_eval_tasks" / "tone.jsonl")
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    warnings = load_config(tmp_path / "c.json").warnings
+    assert any("passes.m: ModelBuilder gets an unmerged adapter from 'l'" in w and "MergeAdapterWeights" in w
+               for w in warnings), warnings

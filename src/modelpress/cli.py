@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", "-p", required=True, help="text; wrapped in the training template unless --raw")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the training template")
+    p.add_argument("--adapter", help="an adapter file for this model (ExtractAdapters output; default: the "
+                   "folder's own), or 'none' for the base model")
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser("evaluate", help="measure a model folder modelpress produced on a new data file")
@@ -207,9 +209,16 @@ def cmd_validate(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from modelpress.errors import ModelpressError
     from modelpress.generate import generate
 
-    for piece in generate(Path(args.model_dir), args.prompt, args.max_new_tokens, raw=args.raw):
+    none = args.adapter is not None and args.adapter.lower() == "none"
+    adapter = Path(args.adapter) if args.adapter and not none else None
+    if adapter is not None and not adapter.is_file():
+        raise ModelpressError(f"--adapter {adapter}: no such file. Give an adapter_weights.* file that "
+                              "ExtractAdapters wrote, or 'none'.")
+    for piece in generate(Path(args.model_dir), args.prompt, args.max_new_tokens, raw=args.raw,
+                          adapter=adapter, use_adapter=not none):
         print(piece, end="", flush=True)
     print()
     return 0

@@ -6,12 +6,14 @@ cookbook's app used `compute_logits`, which onnxruntime-genai removed in 0.6.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
 from modelpress.models import MODEL_CARD
+from modelpress.onnx_adapters import adapter_file, genai_adapters
 
 
 def prompt_for(card: dict, text: str) -> str:
@@ -47,8 +49,13 @@ def chat_prompt_for(chat: dict, text: str) -> str:
     return ChatFormat.from_card(chat).render(messages, add_generation_prompt=True)
 
 
-def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False) -> Iterator[str]:
-    """Yield decoded pieces of the model's greedy continuation of `text`."""
+def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False,
+             adapter: Path | None = None, use_adapter: bool = True) -> Iterator[str]:
+    """Yield decoded pieces of the model's greedy continuation of `text`.
+
+    A folder with an adapter file (ExtractAdapters) generates with it active; `adapter` names another
+    adapter file for the same model, and `use_adapter=False` runs the base model.
+    """
     if not (model_dir / "genai_config.json").is_file():
         raise ModelpressError(f"{model_dir} is not an onnxruntime-genai folder (no genai_config.json). "
                               "Point generate at the 'model' folder of a run that ends with ModelBuilder.")
@@ -68,6 +75,11 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
     params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False, random_seed=0)
     generator = og.Generator(model, params)
+    scratch = tempfile.TemporaryDirectory(prefix="modelpress-adapter-")
+    adapters = genai_adapters(og, model, (adapter or adapter_file(model_dir)) if use_adapter else None,
+                              Path(scratch.name))
+    if adapters is not None:
+        generator.set_active_adapter(adapters, "active")
     generator.append_tokens(np.array(ids, dtype=np.int32))
     stream = tokenizer.create_stream()
     eos = set(tokenizer.eos_token_ids)

@@ -10,10 +10,13 @@ correctly (measured: left-padded batches changed 14 of 16 generations of the tin
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from modelpress.data import Example
+from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef, load_for_inference
+from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
 
 
@@ -247,15 +250,28 @@ GENAI_MAX_BATCH = 32
 
 
 class GenaiRunner(Runner):
-    """Greedy generation with onnxruntime-genai; completion loss with onnxruntime on model.onnx."""
+    """Greedy generation with onnxruntime-genai; completion loss with onnxruntime on model.onnx.
 
-    def __init__(self, folder: Path):
+    A folder with an adapter file (ExtractAdapters) runs with that adapter active, unless
+    `use_adapter` is false; `adapter` names another adapter file for the same model. `prepack`
+    false makes `logits` reproducible bit for bit across graphs whose float weights are constants
+    in one and inputs in the other (prepacked kernels sum in another order, which int8 activation
+    quantization then amplifies).
+    """
+
+    def __init__(self, folder: Path, use_adapter: bool = True, adapter: Path | None = None, prepack: bool = True):
         import onnxruntime_genai as og
 
         og.disable_telemetry_events()
         self.og = og
         self.folder = Path(folder)
         self.model = og.Model(str(folder))
+        self.prepack = prepack
+        self._scratch = tempfile.TemporaryDirectory(prefix="modelpress-adapter-")
+        self.adapter = adapter or adapter_file(self.folder) if use_adapter else None
+        if self.adapter is not None:
+            self.adapter = as_onnx_adapter(Path(self.adapter), Path(self._scratch.name))
+        self._adapters = genai_adapters(og, self.model, self.adapter, Path(self._scratch.name))
         self.tokenizer = og.Tokenizer(self.model)
         self.bos = self.tokenizer.bos_token_id
         self.eos = set(self.tokenizer.eos_token_ids)
@@ -293,6 +309,8 @@ class GenaiRunner(Runner):
         params.set_search_options(max_length=width + max_new_tokens, do_sample=False, random_seed=0,
                                   batch_size=len(rows))
         generator = self.og.Generator(self.model, params)
+        if self._adapters is not None:
+            generator.set_active_adapter(self._adapters, "active")
         generator.append_tokens(ids)
         while not generator.is_done():
             generator.generate_next_token()
@@ -314,7 +332,9 @@ class GenaiRunner(Runner):
         import numpy as np
 
         session = self._load_session()
-        feeds = {spec.name: _feed(spec, ids, self._kv_shape) for spec in session.get_inputs()}
+        feeds = {spec.name: _feed(spec, ids, self._kv_shape) for spec in session.get_inputs()
+                 if spec.name not in self._adapter_feeds}
+        feeds.update(self._adapter_feeds)
         out = session.run(["logits"], feeds)[0]
         return np.asarray(out[0], dtype=np.float32)
 
@@ -327,8 +347,12 @@ class GenaiRunner(Runner):
             self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if not self.prepack:
+                options.add_session_config_entry("session.disable_prepacking", "1")
             self._session = ort.InferenceSession(str(self.folder / filename), options,
                                                  providers=["CPUExecutionProvider"])
+            # the adapter's weights are fed as the inputs they are (ExtractAdapters)
+            self._adapter_feeds = read_adapter(self.adapter) if self.adapter is not None else {}
         return self._session
 
 
@@ -349,4 +373,7 @@ def _feed(spec, ids: list[int], kv_shape: tuple[int, int]):
         return np.arange(n, dtype=dtype)[None, :]
     if spec.name.startswith("past_key_values"):
         return np.zeros((1, kv_shape[0], 0, kv_shape[1]), dtype=dtype)
+    if ".lora_" in spec.name:
+        raise ModelpressError(f"the model needs an adapter for its input {spec.name!r} (ExtractAdapters with "
+                              "optional_inputs false): give it one")
     raise ValueError(f"unexpected ONNX input {spec.name!r}")

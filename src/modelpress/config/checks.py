@@ -46,6 +46,10 @@ def _check_steps(model, data, passes, engine, c: Collector) -> None:
                   "Make every alternative of one step give the same kind of model, or split them into steps.")
         if CATALOG[p.type].trains():
             _check_same_split(p, choices, c)
+        if p.type == "ModelBuilder" and kind == HF_ADAPTER and not any(q.type == "ExtractAdapters" for q in passes):
+            c.warn(f"passes.{p.name}: ModelBuilder gets an unmerged adapter from '{previous}', so the LoRA is built "
+                   "as extra MatMuls beside each weight (what ExtractAdapters turns into a swappable adapter). "
+                   "For one merged model, put MergeAdapterWeights before ModelBuilder.")
         kind, previous = CATALOG[p.type].output_kind(kind), p.name
 
 

@@ -123,8 +123,6 @@ OLIVE_ONLY_PASSES: dict[str, str] = {
     "GptqQuantizer": "Gptq (torch-level GPTQ), then ModelBuilder",
     "AutoAWQQuantizer": "Gptq or Rtn, then ModelBuilder; or OnnxBlockWiseRtnQuantization",
     "GptqModel": "Gptq (torch-level GPTQ), then ModelBuilder",
-    "ExtractAdapters": "the LoRA pass's adapter/ folder (a peft adapter beside its base); writing LoRA weights as "
-                       "ONNX inputs or an .onnx_adapter file is not in modelpress yet",
 }
 
 # Sub-metric names Olive (torchmetrics) spells differently: metric type -> {Olive's name: modelpress's}.

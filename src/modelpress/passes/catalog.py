@@ -281,7 +281,7 @@ CATALOG: dict[str, PassSpec] = {
                  "modelpress.passes.merge:run_merge", (HF, HF_ADAPTER), HF, False),
         PassSpec("ModelBuilder", "onnxruntime-genai model builder (ONNX, int4/int8/fp16/fp32)",
                  ModelBuilderParams, "modelpress.passes.model_builder:run_model_builder",
-                 (HF, HF_QUANTIZED), ONNX_GENAI, False),
+                 (HF, HF_QUANTIZED, HF_ADAPTER), ONNX_GENAI, False),
     )
 }
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from pathlib import Path
 
 from modelpress.context import PassContext
 from modelpress.errors import ModelpressError, is_disk_full
-from modelpress.models import ModelRef
-from modelpress.passes.catalog import ONNX_GENAI, ModelBuilderParams
+from modelpress.fsutil import read_json
+from modelpress.models import ADAPTER_DIR, ModelRef
+from modelpress.passes.catalog import HF_ADAPTER, ONNX_GENAI, ModelBuilderParams
 from modelpress.quantized import with_float_embeddings
 
 log = logging.getLogger("modelpress")
@@ -68,15 +70,16 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     _quiet_quantizer_logs()
 
     ep = params.execution_provider or ctx.execution_provider
-    src = str(ctx.model.path)
+    source, extra = _source(ctx, params)
+    src = str(source)
     out = str(ctx.out)
     work = str(ctx.out.parent / f"{ctx.out.name}.builder-cache")
     staged = ctx.out.parent / f"{ctx.out.name}.builder-input"
-    if with_float_embeddings(ctx.model.path, staged):
+    if with_float_embeddings(source, staged):
         src = str(staged)
         ctx.notes.append("the input's embeddings are quantized, which onnxruntime-genai 0.18's builder cannot read: "
                          "they are given to it as float holding the quantized values (same outputs, larger file)")
-    if ctx.model.path.joinpath("config.json").is_file() and ctx.input_model.trust_remote_code:
+    if source.joinpath("config.json").is_file() and ctx.input_model.trust_remote_code:
         log.info("the genai builder reads config.json itself; trust_remote_code is not passed to it")
     captured = io.StringIO()
     try:
@@ -84,7 +87,7 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         quiet_stderr = contextlib.redirect_stderr(captured) if not ctx.show_progress else contextlib.nullcontext()
         with contextlib.redirect_stdout(captured), quiet_stderr:
             options = parse_extra_options(ctx.model.path.name, src, out, params.precision, ep, work,
-                                          builder_options(params), search=params.search)
+                                          builder_options(params) + extra, search=params.search)
             create_model(ctx.model.path.name, src, out, params.precision, ep, work, **options)
     except Exception as err:
         log.debug("builder output:\n%s", captured.getvalue())
@@ -98,5 +101,38 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(staged, ignore_errors=True)
     (ctx.out / "builder.log").write_text(captured.getvalue(), encoding="utf-8")
-    ctx.notes.append(f"built {params.precision} ONNX for {ep}")
+    ctx.notes.append(f"built {params.precision} ONNX for {ep}"
+                     + (" with the LoRA adapter as its own MatMuls (ExtractAdapters makes them inputs)" if extra else ""))
     return ModelRef(ONNX_GENAI, ctx.out, id="")
+
+
+def _source(ctx: PassContext, params: ModelBuilderParams) -> tuple[Path, list[str]]:
+    """The folder the builder reads, and the adapter option for a base + LoRA adapter input."""
+    if ctx.model.kind != HF_ADAPTER:
+        return ctx.model.path, []
+    adapter = ctx.model.path / ADAPTER_DIR
+    settings = read_json(adapter / "adapter_config.json")
+    peft_type = "DORA" if settings.get("use_dora") else settings.get("peft_type")
+    if peft_type != "LORA":
+        raise ModelpressError(f"ModelBuilder reads LoRA adapters only; this input's adapter is {peft_type} "
+                              f"({adapter}). Merge it first: MergeAdapterWeights before ModelBuilder.")
+    if "adapter_path" in params.extra_options:
+        raise ModelpressError("ModelBuilder: extra_options.adapter_path is set, but the input already carries an "
+                              f"adapter ({adapter}). Remove one of the two.")
+    extra = [f"adapter_path={adapter}"]
+    if params.precision in ("int4", "int8"):  # the adapter stays float: it is small, and ExtractAdapters needs it so
+        layers = int(read_json(Path(ctx.model.base) / "config.json").get("num_hidden_layers", 0))
+        names = [*(params.int4_nodes_to_exclude or []), *lora_matmul_names(layers)]
+        extra.append(f"nodes_to_exclude={','.join(names)}")
+    return Path(ctx.model.base), extra
+
+
+# The linears the builder may give a LoRA branch, under the names it gives their nodes.
+LORA_MODULES = ("attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/qkv_proj", "attn/o_proj", "mlp/gate_proj",
+                "mlp/up_proj", "mlp/gate_up_proj", "mlp/down_proj")
+
+
+def lora_matmul_names(layers: int) -> list[str]:
+    """The genai builder's node names of every LoRA MatMul a model of `layers` layers may have."""
+    return [f"/model/layers.{i}/{module}/lora_{ab}/MatMul" for i in range(layers) for module in LORA_MODULES
+            for ab in "AB"]

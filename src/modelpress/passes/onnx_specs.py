@@ -268,6 +268,34 @@ class GraphSurgeriesParams(Strict):
         return self
 
 
+class ExtractAdaptersParams(Strict):
+    """Move a built model's LoRA weights to graph inputs and an adapter file (multi-LoRA serving)."""
+
+    adapter_type: Literal["lora", "dora", "loha"] = Field(
+        "lora", description="The adapter in the graph. The genai builder writes LoRA only: a DoRA or LoHa adapter "
+        "is merged (MergeAdapterWeights) before ModelBuilder.")
+    make_inputs: bool = Field(True, description="Make the adapter weights graph inputs (Olive's false, external "
+                              "initializers, is not offered: the weights would still be fixed at session creation).")
+    dynamic_lora_r: bool = Field(True, description="Give the inputs' rank axis the symbolic size lora_r, so one "
+                                 "model serves adapters of any rank.")
+    optional_inputs: bool = Field(True, description="Give each input a default (rank 0 when dynamic_lora_r, "
+                                  "else zeros): the model runs as its base with no adapter.")
+    save_format: Literal["onnx_adapter", "numpy", "safetensors"] = Field(
+        "onnx_adapter", description="The adapter file: onnxruntime's .onnx_adapter (what onnxruntime-genai loads), "
+        ".npz or .safetensors.")
+
+    @model_validator(mode="after")
+    def _supported(self) -> "ExtractAdaptersParams":
+        if self.adapter_type != "lora":
+            raise ValueError(f"adapter_type {self.adapter_type!r}: the genai builder writes only LoRA adapters into "
+                             "the graph. Merge a DoRA or LoHa adapter with MergeAdapterWeights before ModelBuilder, "
+                             "or train LoRA")
+        if not self.make_inputs:
+            raise ValueError("make_inputs false (adapter weights as external initializers) is not offered; set it "
+                             "to true, or merge the adapter with MergeAdapterWeights")
+        return self
+
+
 _ENTRY = "modelpress.passes.onnx_passes:"
 _GRAPH = "modelpress.passes.onnx_graph:"
 
@@ -296,4 +324,7 @@ ONNX_SPECS: tuple[PassSpec, ...] = (
              OnnxPeepholeOptimizerParams, _GRAPH + "run_peephole", (ONNX, ONNX_GENAI), SAME_KIND, False),
     PassSpec("GraphSurgeries", "named graph surgeries (tie or quantize the embeddings, rename inputs/outputs)",
              GraphSurgeriesParams, _GRAPH + "run_graph_surgeries", (ONNX, ONNX_GENAI), SAME_KIND, False),
+    PassSpec("ExtractAdapters", "LoRA weights as graph inputs plus an adapter file (multi-LoRA)",
+             ExtractAdaptersParams, "modelpress.passes.extract_adapters:run_extract_adapters", (ONNX_GENAI,),
+             ONNX_GENAI, False),
 )

@@ -1,0 +1,82 @@
+"""Adapter weight files beside an ONNX model whose LoRA weights are graph inputs (ExtractAdapters).
+
+`adapter_weights.onnx_adapter` is onnxruntime's adapter format, which onnxruntime-genai loads
+(`og.Adapters(model).load(file, name)`) and onnxruntime activates per run
+(`RunOptions.add_active_adapter`). The same weights may be saved as `.npz` or `.safetensors`
+for other tools; those are read without pickle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ADAPTER_FILES = {"onnx_adapter": "adapter_weights.onnx_adapter", "numpy": "adapter_weights.npz",
+                 "safetensors": "adapter_weights.safetensors"}
+
+
+def adapter_file(folder: Path) -> Path | None:
+    """The folder's adapter weights file, if ExtractAdapters wrote one."""
+    for name in ADAPTER_FILES.values():
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def write_adapter(values: dict, path: Path) -> None:
+    """{name: numpy array} to `path`, in the format its suffix names, written under a temporary name first."""
+    import numpy as np
+
+    values = {k: np.ascontiguousarray(v) for k, v in values.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".onnx_adapter":
+        import onnxruntime as ort
+
+        adapter = ort.AdapterFormat()
+        adapter.set_adapter_version(1)
+        adapter.set_model_version(1)
+        adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in values.items()})
+        adapter.export_adapter(str(tmp))
+    elif path.suffix == ".npz":
+        with open(tmp, "wb") as f:
+            np.savez(f, **values)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(values, str(tmp))
+    tmp.replace(path)
+
+
+def read_adapter(path: Path) -> dict:
+    """{name: numpy array} from an adapter file."""
+    import numpy as np
+
+    path = Path(path)
+    if path.suffix == ".onnx_adapter":
+        import onnxruntime as ort
+
+        adapter = ort.AdapterFormat.read_adapter(str(path))  # its arrays are views of its memory: copy them
+        return {k: np.array(v.numpy(), copy=True) for k, v in adapter.get_parameters().items()}
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def as_onnx_adapter(path: Path, scratch: Path) -> Path:
+    """An .onnx_adapter file with the weights of `path` (itself, or a copy written under `scratch`)."""
+    if path.suffix == ".onnx_adapter":
+        return path
+    out = Path(scratch) / "adapter_weights.onnx_adapter"
+    write_adapter(read_adapter(path), out)
+    return out
+
+
+def genai_adapters(og, model, path: Path | None, scratch: Path):
+    """onnxruntime-genai Adapters holding `path` as "active" (None when there is no adapter)."""
+    if path is None:
+        return None
+    adapters = og.Adapters(model)
+    adapters.load(str(as_onnx_adapter(Path(path), scratch)), "active")
+    return adapters
