@@ -197,6 +197,10 @@ class ModelBuilderParams(Strict):
         None, description="CUDA EP: let onnxruntime-genai capture CUDA graphs (written to genai_config.json).")
     metadata_only: bool = Field(
         False, description="Write only genai_config.json and the tokenizer files (the builder's config_only).")
+    bounded_memory: bool = Field(
+        True, description="int4/int8: feed the builder one layer at a time from the checkpoint and quantize each "
+        "MatMul as it is made (same output; peak memory about one layer plus the int4 model instead of the whole "
+        "model in float). Set false for the builder's own path.")
     search: dict[str, int | float | bool] | None = Field(
         None, description="Generation settings written to genai_config.json's search section, e.g. "
         "{\"max_length\": 2048}.")

@@ -11,6 +11,7 @@ from modelpress.context import PassContext
 from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.fsutil import read_json
 from modelpress.models import ADAPTER_DIR, ModelRef
+from modelpress.passes.builder_memory import bounded_builder
 from modelpress.passes.catalog import HF_ADAPTER, ONNX_GENAI, ModelBuilderParams
 from modelpress.quantized import with_float_embeddings
 
@@ -82,13 +83,15 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     if source.joinpath("config.json").is_file() and ctx.input_model.trust_remote_code:
         log.info("the genai builder reads config.json itself; trust_remote_code is not passed to it")
     captured = io.StringIO()
+    bounded: dict = {}
     try:
         # The builder prints its own progress; shown on stderr only when progress is wanted.
         quiet_stderr = contextlib.redirect_stderr(captured) if not ctx.show_progress else contextlib.nullcontext()
         with contextlib.redirect_stdout(captured), quiet_stderr:
             options = parse_extra_options(ctx.model.path.name, src, out, params.precision, ep, work,
                                           builder_options(params) + extra, search=params.search)
-            create_model(ctx.model.path.name, src, out, params.precision, ep, work, **options)
+            with bounded_builder(bounded) if params.bounded_memory else contextlib.nullcontext():
+                create_model(ctx.model.path.name, src, out, params.precision, ep, work, **options)
     except Exception as err:
         log.debug("builder output:\n%s", captured.getvalue())
         if is_disk_full(err):
@@ -101,6 +104,13 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(staged, ignore_errors=True)
     (ctx.out / "builder.log").write_text(captured.getvalue(), encoding="utf-8")
+    if bounded.get("bounded"):
+        ctx.notes.append(f"exported in bounded memory: the builder read one layer at a time and "
+                         f"{bounded.get('streamed', 0)} MatMuls were quantized as they were made"
+                         + ("; per-node bit settings were quantized by the builder's whole-graph pass"
+                            if bounded.get("whole_graph_nbits") else ""))
+    elif params.bounded_memory and bounded.get("why_not") and params.precision in ("int4", "int8"):
+        log.info("ModelBuilder: the builder's own (whole-model) path: %s", bounded["why_not"])
     ctx.notes.append(f"built {params.precision} ONNX for {ep}"
                      + (" with the LoRA adapter as its own MatMuls (ExtractAdapters makes them inputs)" if extra else ""))
     return ModelRef(ONNX_GENAI, ctx.out, id="")
