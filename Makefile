@@ -6,7 +6,7 @@ STAMP := $(VENV)/.modelpress-installed
 EXAMPLE := examples/phi3-tone
 TINY := $(EXAMPLE)/models/tiny-phi3
 
-.PHONY: setup demo search minilm smollm2 test bench clean
+.PHONY: setup demo search minilm smollm2 test bench bench-scale clean
 
 # torch is installed first and pinned to the CPU wheel on disk; a bare `pip install torch`
 # (or a dependency asking for it) would pull a multi-GB CUDA build.
@@ -53,6 +53,11 @@ bench: setup $(SMOLLM2)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/checkpointing.py
 	$(BIN)/python benchmarks/smollm2.py
+
+# Phi-3-mini's shapes: int4 export peak memory at 2, 4 and 8 layers, plain and bounded, the projection to
+# 32 layers, and the real 32-layer bounded export (needs ~10 GB of free disk).
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py --full
 
 clean:
 	rm -rf $(EXAMPLE)/runs $(EXAMPLE)/models examples/minilm-tone/runs examples/model-cache
