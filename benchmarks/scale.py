@@ -1,7 +1,7 @@
-"""Phi-3-mini's real shapes on this machine: peak memory and time of the int4 export, plain and bounded.
+"""Phi-3-mini's real shapes on this machine: peak memory and time of int4 export, LoRA and merge.
 
-    python benchmarks/scale.py                 # 2, 4 and 8 layers, both exporters, and the projection to 32
-    python benchmarks/scale.py --full          # also the real 32-layer bounded export (7.6 GB checkpoint on disk)
+    python benchmarks/scale.py            # int4 export, LoRA step and merge at 2, 4 and 8 layers, before and after
+    python benchmarks/scale.py --full     # and each stage's bounded variant at 32 layers (7.6 GB checkpoint on disk)
 
 Models are random Phi-3-mini-shaped bf16 checkpoints (vocab 32064, hidden 3072, MLP 8192, 32 heads)
 with fewer layers, made on the meta device and initialised in place in bf16, so no float32 copy of
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,73 @@ def child_export(src: str, out: str, bounded: str) -> None:
     print(json.dumps(stats))
 
 
+def child_lora(src: str, dtype: str, checkpointing: str, steps: str = "3") -> None:
+    """LoRA steps at batch 1 x 1024 tokens on `src`, set up as the LoRA pass sets it up (r 16 on the
+    attention and MLP projections, AdamW); prints the mean seconds of the steps after the first."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from modelpress.models import load_causal_lm
+
+    torch.manual_seed(0)
+    model = load_causal_lm(Path(src), dtype)
+    if checkpointing == "1":
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
+                                             target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in trainable), "adapters must stay float32"
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    ids = torch.randint(0, 32000, (1, 1024), generator=torch.Generator().manual_seed(1))
+    times = []
+    for _ in range(int(steps)):
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"step_seconds": sum(times[1:]) / max(len(times) - 1, 1), "loss": float(loss)}))
+
+
+def child_merge(src: str, out: str, variant: str) -> None:
+    """A rank-16 LoRA adapter (random B) merged into `src` by modelpress's tensor-by-tensor merge."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+    from safetensors.torch import save_file
+
+    from modelpress.passes.merge_stream import merge_streamed
+
+    config = json.loads((Path(src) / "config.json").read_text())
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    adapter = Path(out + ".adapter")
+    adapter.mkdir(parents=True, exist_ok=True)
+    shapes = {"self_attn.qkv_proj": 3 * hidden, "self_attn.o_proj": hidden}
+    tensors = {}
+    for i in range(layers):
+        for module, rows in shapes.items():
+            key = f"base_model.model.model.layers.{i}.{module}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(16, hidden) * 0.01
+            tensors[f"{key}.lora_B.weight"] = torch.randn(rows, 16) * 0.01
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 16, "lora_alpha": 32, "task_type": "CAUSAL_LM", "lora_dropout": 0.0,
+        "target_modules": ["qkv_proj", "o_proj"], "base_model_name_or_path": src}))
+    del tensors
+    if variant == "peft":  # what MergeAdapterWeights did before: the whole model in float32
+        from peft import PeftModel
+
+        from modelpress.models import load_causal_lm
+
+        merged = PeftModel.from_pretrained(load_causal_lm(Path(src), "float32"), str(adapter)).merge_and_unload()
+        merged.save_pretrained(out)
+        print(json.dumps({"merged": "peft"}))
+        return
+    print(json.dumps({"merged": merge_streamed(adapter, Path(src), Path(out))}))
+
+
 def measure(args: list[str]) -> tuple[float, float, str]:
     """(peak RSS in GiB, seconds, stdout) of `python scale.py --child ARGS` in its own process."""
     start = time.perf_counter()
@@ -92,10 +160,6 @@ def measure(args: list[str]) -> tuple[float, float, str]:
     return usage.ru_maxrss / 2**20, seconds, out.strip()
 
 
-def folder_gib(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**30
-
-
 def project(points: dict[int, float], layers: int) -> float:
     """Least-squares line through (layers, value), read at `layers`."""
     xs, ys = list(points), list(points.values())
@@ -104,37 +168,52 @@ def project(points: dict[int, float], layers: int) -> float:
     return my + slope * (layers - mx)
 
 
+STAGES = {  # stage -> [(variant, child arguments after the checkpoint and output folders)]
+    "export": [("plain", ["0"]), ("bounded", ["1"])],
+    "lora": [("fp32", ["float32", "0"]), ("bf16+ckpt", ["bfloat16", "1"])],
+    "merge": [("peft", ["peft"]), ("bounded", ["bounded"])],
+}
+AT_FULL = {"export": "bounded", "lora": "bf16+ckpt", "merge": "bounded"}  # what fits 24 GB at 32 layers
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
-    parser.add_argument("--full", action="store_true", help="also export the real 32-layer model (bounded only)")
-    parser.add_argument("--work", type=Path, help="where checkpoints and exports go (default: a temporary folder)")
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument("--full", action="store_true", help="also run each stage's bounded variant at 32 layers")
+    parser.add_argument("--work", type=Path, help="where checkpoints and outputs go (default: a temporary folder)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="modelpress-scale-"))
-    rows, peaks = [], {"plain": {}, "bounded": {}}
+    rows, peaks = [], {}
     for layers in args.layers + ([FULL_LAYERS] if args.full else []):
         src = make_checkpoint(layers, work / f"phi3-mini-{layers}")
-        variants = ("bounded",) if layers == FULL_LAYERS else ("plain", "bounded")
-        for variant in variants:
-            out = work / f"int4-{layers}-{variant}"
-            peak, seconds, stats = measure(["export", str(src), str(out), "1" if variant == "bounded" else "0"])
-            if layers != FULL_LAYERS:
-                peaks[variant][layers] = peak
-            rows.append((layers, variant, folder_gib(src), peak, seconds, folder_gib(out), stats))
-            print(f"  measured {layers} layers, {variant}: {peak:.2f} GiB, {seconds:.0f} s", file=sys.stderr)
-    print("\nint4 export of Phi-3-mini-shaped random bf16 checkpoints (CPU, genai builder)\n")
-    print("| layers | exporter | checkpoint GiB | peak RSS GiB | seconds | int4 model GiB |")
+        for stage in args.stages:
+            for variant, extra in STAGES[stage]:
+                if layers == FULL_LAYERS and variant != AT_FULL[stage]:
+                    continue
+                out = work / f"{stage}-{layers}-{variant}"
+                where = [str(src)] if stage == "lora" else [str(src), str(out)]
+                peak, seconds, detail = measure([stage, *where, *extra])
+                shutil.rmtree(out, ignore_errors=True) if stage == "merge" else None
+                if layers != FULL_LAYERS:
+                    peaks.setdefault((stage, variant), {})[layers] = peak
+                step = json.loads(detail.splitlines()[-1]).get("step_seconds") if stage == "lora" else None
+                rows.append((stage, layers, variant, peak, seconds, step))
+                print(f"  {stage} {layers} layers {variant}: {peak:.2f} GiB, {seconds:.0f} s", file=sys.stderr)
+    print("\nPhi-3-mini-shaped random bf16 checkpoints on this CPU (each row one process; peak = its max RSS)\n")
+    print("| stage | layers | variant | peak RSS GiB | seconds | seconds per LoRA step (batch 1 x 1024) |")
     print("|---|---|---|---|---|---|")
-    for layers, variant, ckpt, peak, seconds, size, _ in rows:
-        print(f"| {layers} | {variant} | {ckpt:.2f} | {peak:.2f} | {seconds:.0f} | {size:.2f} |")
+    for stage, layers, variant, peak, seconds, step in rows:
+        print(f"| {stage} | {layers} | {variant} | {peak:.2f} | {seconds:.0f} | {'' if step is None else f'{step:.1f}'} |")
     if len(args.layers) >= 2:
-        print(f"\nprojected to {FULL_LAYERS} layers (least squares over {', '.join(map(str, args.layers))}): "
-              + ", ".join(f"{v} {project(p, FULL_LAYERS):.1f} GiB" for v, p in peaks.items() if len(p) >= 2))
+        print(f"\nprojected to {FULL_LAYERS} layers (least squares over {', '.join(map(str, args.layers))} layers):")
+        for (stage, variant), points in peaks.items():
+            print(f"- {stage} {variant}: {project(points, FULL_LAYERS):.1f} GiB")
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child_export(*sys.argv[3:])
+        {"export": child_export, "lora": child_lora, "merge": child_merge}[sys.argv[2]](*sys.argv[3:])
         sys.exit(0)
     sys.exit(main())
