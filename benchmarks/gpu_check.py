@@ -38,6 +38,7 @@ def lora_step(src: Path, quantized: bool) -> dict:
     model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
                                              target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    model.train()  # checkpointing is active in training mode only
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     ids = torch.randint(0, 32000, (BATCH, TOKENS), device="cuda", generator=torch.Generator("cuda").manual_seed(0))

@@ -6,7 +6,7 @@
 Models are random Phi-3-mini-shaped bf16 checkpoints (vocab 32064, hidden 3072, MLP 8192, 32 heads)
 with fewer layers, made on the meta device and initialised in place in bf16, so no float32 copy of
 the weights is ever held. Each measurement runs in its own process; its peak is that process's
-peak resident set (ru_maxrss), which counts the checkpoint pages it maps, as a user's machine would.
+peak resident set (VmHWM), which counts the checkpoint pages it maps, as a user's machine would.
 Numbers are from one run on one machine: compare the two exporters side by side, not across runs.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -96,6 +95,7 @@ def child_lora(src: str, dtype: str, checkpointing: str, steps: str = "3") -> No
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
                                              target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]))
+    model.train()  # as the Trainer does: checkpointing is active in training mode only
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in trainable), "adapters must stay float32"
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
@@ -147,17 +147,24 @@ def child_merge(src: str, out: str, variant: str) -> None:
     print(json.dumps({"merged": merge_streamed(adapter, Path(src), Path(out))}))
 
 
+def own_peak_gib() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss from wait4: a child started by vfork/exec
+    inherits its parent's high-water mark there, so a large parent would be counted as the child's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def measure(args: list[str]) -> tuple[float, float, str]:
     """(peak RSS in GiB, seconds, stdout) of `python scale.py --child ARGS` in its own process."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    out, err = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{args} failed:\n{err[-3000:]}")
-    return usage.ru_maxrss / 2**20, seconds, out.strip()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    return json.loads(lines[-1])["peak_gib"], seconds, "\n".join(lines[:-1])
 
 
 def project(points: dict[int, float], layers: int) -> float:
@@ -181,19 +188,22 @@ def main() -> int:
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     parser.add_argument("--full", action="store_true", help="also run each stage's bounded variant at 32 layers")
+    parser.add_argument("--lora-steps", type=int, default=3, help="LoRA steps per measurement (the first is not timed)")
     parser.add_argument("--work", type=Path, help="where checkpoints and outputs go (default: a temporary folder)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="modelpress-scale-"))
     rows, peaks = [], {}
     for layers in args.layers + ([FULL_LAYERS] if args.full else []):
-        src = make_checkpoint(layers, work / f"phi3-mini-{layers}")
+        src = work / f"phi3-mini-{layers}"
+        measure(["checkpoint", str(layers), str(src)])  # in a child: this process stays small
         for stage in args.stages:
             for variant, extra in STAGES[stage]:
                 if layers == FULL_LAYERS and variant != AT_FULL[stage]:
                     continue
                 out = work / f"{stage}-{layers}-{variant}"
                 where = [str(src)] if stage == "lora" else [str(src), str(out)]
-                peak, seconds, detail = measure([stage, *where, *extra])
+                more = [str(args.lora_steps)] if stage == "lora" else []
+                peak, seconds, detail = measure([stage, *where, *extra, *more])
                 shutil.rmtree(out, ignore_errors=True) if stage == "merge" else None
                 if layers != FULL_LAYERS:
                     peaks.setdefault((stage, variant), {})[layers] = peak
@@ -214,6 +224,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        {"export": child_export, "lora": child_lora, "merge": child_merge}[sys.argv[2]](*sys.argv[3:])
+        {"export": child_export, "lora": child_lora, "merge": child_merge,
+         "checkpoint": lambda layers, folder: make_checkpoint(int(layers), Path(folder))}[sys.argv[2]](*sys.argv[3:])
+        print(json.dumps({"peak_gib": own_peak_gib()}))
         sys.exit(0)
     sys.exit(main())

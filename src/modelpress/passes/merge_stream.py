@@ -73,17 +73,18 @@ def merge_streamed(adapter: Path, base: Path, out: Path) -> int:
     for name, file in checkpoint.weight_map.items():
         by_file.setdefault(file, []).append(name)
     for file, names in sorted(by_file.items()):
-        with safe_open(str(base / file), "pt") as f:
-            for name in sorted(names):
+        for name in sorted(names):
+            # opened per tensor: the pages safetensors maps stay resident while its file is open
+            with safe_open(str(base / file), "pt") as f:
                 tensor = f.get_tensor(name).to(torch.float32)
-                if name in deltas:
-                    a, b = deltas[name]
-                    tensor += (b.to(torch.float32) @ a.to(torch.float32)) * scaling
-                    merged += 1
-                current[name] = tensor.contiguous()
-                size += tensor.numel() * 4
-                if size >= SHARD_BYTES:
-                    flush()
+            if name in deltas:
+                a, b = deltas[name]
+                tensor += (b.to(torch.float32) @ a.to(torch.float32)) * scaling
+                merged += 1
+            current[name] = tensor.contiguous()
+            size += tensor.numel() * 4
+            if size >= SHARD_BYTES:
+                flush()
     flush()
     total = len(shards)
     weight_map = {}
