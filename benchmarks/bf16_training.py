@@ -29,11 +29,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--work", type=Path, help="a folder to work in (reused: finished runs come from its cache)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="modelpress-bf16-"))
-    shutil.copytree(EXAMPLE / "data", work / "data")
-    subprocess.run([sys.executable, "-m", "modelpress", "create-tiny-model", "--out", str(work / "models" / "tiny-phi3")],
-                   check=True, capture_output=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="modelpress-bf16-"))
+    if not (work / "data").is_dir():
+        shutil.copytree(EXAMPLE / "data", work / "data")
+    if not (work / "models" / "tiny-phi3" / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "modelpress", "create-tiny-model", "--out",
+                        str(work / "models" / "tiny-phi3")], check=True, capture_output=True)
     demo = json.loads((EXAMPLE / "demo.json").read_text())
     results: dict[str, list[tuple[int, float, float, float]]] = {}
     for dtype in ("float32", "bfloat16"):
@@ -52,7 +55,7 @@ def main() -> int:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 return 1
             final = json.loads((work / config["output_dir"] / "metrics.json").read_text())["models"]["final"]
-            results.setdefault(dtype, []).append((seed, final["accuracy"], final["loss"], time.perf_counter() - start))
+            results.setdefault(dtype, []).append((seed, final["accuracy"], final["completion_loss"], time.perf_counter() - start))
             print(f"  {dtype} seed {seed}: accuracy {final['accuracy']:.3f}", file=sys.stderr)
     print(f"\nthe demo's LoRA ({args.steps} steps) on a float32 or bfloat16 base; int4 model, 229 held-out phrases\n")
     print("| base dtype | seed | accuracy | loss | run seconds |\n|---|---|---|---|---|")
