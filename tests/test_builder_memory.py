@@ -105,3 +105,18 @@ def test_per_node_bits_fall_back_to_the_builders_pass_and_still_match(tiny_model
 def test_what_is_not_bounded_says_why_and_builds_as_before(tiny_model, tmp_path):
     stats = _build(tiny_model, tmp_path / "fp32", "fp32", [], bounded=True)
     assert stats["bounded"] is False and "only int4/int8" in stats["why_not"]
+
+
+def test_a_checkpoint_whose_names_differ_takes_the_builders_own_path(tiny_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_model, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["model.norm.scale"] = tensors.pop("model.norm.weight")  # a name only a key mapping could resolve
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    stats = _build(folder, tmp_path / "out", "int4", [], bounded=True)
+    assert stats["bounded"] is False and "model.norm.weight" in stats["why_not"], stats
+    assert (tmp_path / "out" / "model.onnx").is_file()

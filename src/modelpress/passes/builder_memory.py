@@ -107,7 +107,11 @@ class _Bounded:
         else:
             try:
                 self.checkpoint = Checkpoint(Path(input_path))
-            except FileNotFoundError as err:
+                self.meta_model = _meta_model(input_path, b.hf_remote)
+                missing = [n for n, _ in self.meta_model.named_parameters() if n not in self.checkpoint.weight_map]
+                if missing:  # names that differ from the model's: from_pretrained's own key mapping is needed
+                    why = f"{len(missing)} parameters not under their own names in the checkpoint (e.g. {missing[0]})"
+            except (FileNotFoundError, OSError, ValueError) as err:
                 why = str(err)
         if why:
             self.stats["bounded"], self.stats["why_not"] = False, why
@@ -116,13 +120,7 @@ class _Bounded:
     # --- weights ---------------------------------------------------------------------------------
 
     def _load_weights(self, input_path: str):
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        config = AutoConfig.from_pretrained(input_path, trust_remote_code=self.b.hf_remote)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None) or torch.float32,
-                                                     trust_remote_code=self.b.hf_remote)
+        model, config = self.meta_model, self.meta_model.config
         self.names = {id(m): name for name, m in model.named_modules()}
         layers = {name for name in self.names.values() if LAYER_NAME.match(name)}
         for name, module in model.named_modules():  # everything outside the decoder layers, now
@@ -167,6 +165,17 @@ class _Bounded:
             self.stats["whole_graph_nbits"] = True
             return self.to_nbits()
         return self.b.model
+
+
+def _meta_model(input_path: str, trust_remote_code: bool):
+    """The Hugging Face model of `input_path`, made on the meta device (no memory for its weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(input_path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None) or torch.float32,
+                                                trust_remote_code=trust_remote_code)
 
 
 def _materialize_own(module, name: str, checkpoint: Checkpoint) -> None:
