@@ -59,7 +59,7 @@ CASES = [
     ("missing-data-ref", lambda r, w: _lora(r).update(train_data_config="tones"), "Did you mean 'tone'?"),
     ("unknown-ep", lambda r, w: r.update(systems={"local": {"type": "LocalSystem", "accelerators": [
         {"device": "cpu", "execution_providers": ["CPUExecutionProvidr"]}]}}), "Did you mean 'CPUExecutionProvider'?"),
-    ("azureml-system", lambda r, w: r.update(systems={"aml": {"type": "AzureML"}}), "use type 'LocalSystem'"),
+    ("azureml-system", lambda r, w: r.update(systems={"aml": {"type": "AzureML"}}), "with type 'Ray'"),
     ("azureml-data", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(
         data_files={"type": "azureml_datastore"}), "reads local files"),
     ("hub-dataset-not-cached", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="squad"),

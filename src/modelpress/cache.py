@@ -71,19 +71,24 @@ def _read_memo(memo_path: Path | None) -> dict:
     return {}
 
 
-def _manifest(folder: Path) -> dict[str, int]:
+def manifest(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 class PassCache:
-    """Pass outputs under `root/passes/<key>/`, evaluation results under `root/evals/<key>.json`."""
+    """Pass outputs under `root/passes/<key>/`, evaluation results under `root/evals/<key>.json`.
 
-    def __init__(self, root: Path):
+    With `shared` (a Ray system's storage, a path every node sees), pass outputs, their locks and
+    the training scratch live there instead, so every node reads and writes the same entries.
+    """
+
+    def __init__(self, root: Path, shared: Path | None = None):
         self.root = Path(root)
-        self.passes = self.root / "passes"
+        outputs = Path(shared) if shared else self.root
+        self.passes = outputs / "passes"
         self.evals = self.root / "evals"
-        self.locks = self.root / "locks"
-        self.work = self.root / "work"  # per-key scratch that survives a crash: training checkpoints
+        self.locks = outputs / "locks"
+        self.work = outputs / "work"  # per-key scratch that survives a crash: training checkpoints
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -120,7 +125,7 @@ class PassCache:
         if meta.get("passthrough"):
             return input_ref
         model_dir = entry / "model"
-        if _manifest(model_dir) != meta.get("files"):
+        if manifest(model_dir) != meta.get("files"):
             log.warning("cache entry %s is damaged (files differ from its manifest): running the pass again", key)
             return None
         return ModelRef.load(model_dir)
@@ -145,7 +150,7 @@ class PassCache:
             shutil.rmtree(model_dir)
             atomic_write_json(entry / "entry.json", {**meta, "passthrough": True})
         else:
-            atomic_write_json(entry / "entry.json", {**meta, "files": _manifest(model_dir)})
+            atomic_write_json(entry / "entry.json", {**meta, "files": manifest(model_dir)})
 
     def read_eval(self, key: str) -> dict | None:
         try:

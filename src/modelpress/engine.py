@@ -16,13 +16,14 @@ from pathlib import Path
 from modelpress import __version__
 from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig
-from modelpress.context import DataPlan, PassContext
+from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
 from modelpress.html_report import write_report
 from modelpress.inputs import resolve_input_folder
 from modelpress.models import MODEL_CARD, ModelRef
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
+from modelpress.steps import PeakRSS, record, run_pass_here
 
 log = logging.getLogger("modelpress")
 
@@ -37,36 +38,6 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
 
 
-class PeakRSS:
-    """Samples this process's resident memory in a thread and keeps the peak (MiB)."""
-
-    def __init__(self, interval: float = 0.05):
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval = interval
-        self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / 2**20
-
-
 def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResult:
     """Run every pass (reusing cached outputs), evaluate, and write the output folder.
 
@@ -74,16 +45,22 @@ def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResul
     evaluator but no search is a search of one candidate, so its metrics and goals are checked the same way.
     """
     session = Session.start(config, show_progress)
-    if config.search.enabled or config.evaluator is not None:
-        from modelpress.search import run_search
+    try:
+        if config.search.enabled or config.evaluator is not None:
+            from modelpress.search import run_search
 
-        return run_search(session)
-    history: list[dict] = []
-    steps: dict[str, ModelRef] = {}
-    ref = session.run_chain(config.passes, history, steps)
-    metrics = session.evaluate_run(ref, steps, history)
-    write_outputs(config, ref, session.task_card(), history, metrics)
-    return RunResult(config.engine.output_dir, ref, history, metrics)
+            return run_search(session)
+        history: list[dict] = []
+        steps: dict[str, ModelRef] = {}
+        ref = session.run_chain(config.passes, history, steps)
+        metrics = session.evaluate_run(ref, steps, history)
+        write_outputs(config, ref, session.task_card(), history, metrics)
+        return RunResult(config.engine.output_dir, ref, history, metrics)
+    except KeyboardInterrupt:
+        session.cancel()  # tasks in flight on a cluster stop; finished passes stay in the cache
+        raise
+    finally:
+        session.close()
 
 
 @dataclass
@@ -97,11 +74,14 @@ class Session:
     input_ref: ModelRef
     show_progress: bool = True
     checked: bool = False
+    systems: dict = field(default_factory=dict)  # name -> a connected RaySystem
+    local_lock: threading.RLock = field(default_factory=threading.RLock)  # this machine runs one step at a time
 
     @classmethod
     def start(cls, config: WorkflowConfig, show_progress: bool = True) -> "Session":
         engine = config.engine
-        cache = PassCache(engine.cache_dir)
+        ray = _ray_system(config)
+        cache = ray.storage.cache(engine.cache_dir) if ray else PassCache(engine.cache_dir)
         _prepare_folders(cache, engine.output_dir, engine.clean_cache)
         ep = resolve_execution_provider(engine.execution_provider)
         folder = resolve_input_folder(config.input_model, engine.cache_dir)
@@ -112,7 +92,32 @@ class Session:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json"),
                        task={"task": config.input_model.task})
-        return cls(config, cache, plan, ep, ref, show_progress)
+        session = cls(config, cache, plan, ep, ref, show_progress)
+        if ray is not None:
+            ray.connect(_requests(config, ray))
+            session.systems[ray.name] = ray
+        return session
+
+    def host(self, p: PassConfig):
+        """The Ray system pass `p` runs on, or None for this machine."""
+        return self.systems.get(p.host or self.config.engine.host)
+
+    def target(self):
+        """The Ray system evaluations run on, or None for this machine."""
+        return self.systems.get(self.config.engine.target)
+
+    def concurrency(self) -> int:
+        """Search candidates run at once: the host cluster's max_concurrency, or one here."""
+        host = self.systems.get(self.config.engine.host)
+        return host.config.max_concurrency if host else 1
+
+    def cancel(self) -> None:
+        for system in self.systems.values():
+            system.cancel_all()
+
+    def close(self) -> None:
+        for system in self.systems.values():
+            system.close()
 
     def run_chain(self, passes: list[PassConfig], history: list[dict],
                   steps: dict[str, ModelRef] | None = None) -> ModelRef:
@@ -137,12 +142,17 @@ class Session:
             with cache.lock(key):
                 cached = cache.lookup(key, ref)  # another run may have made it while we waited
                 if cached is None:
-                    ref, record = _run_pass(config, p, key, ref, plan, self.ep, cache, self.show_progress)
-                    history.append(record)
+                    host = self.host(p)
+                    if host is not None:
+                        ref, row = host.run_pass(self, p, key, ref)
+                    else:
+                        with self.local_lock:
+                            ref, row = run_pass_here(config, p, key, ref, plan, self.ep, cache, self.show_progress)
+                    history.append(row)
                     return ref
         (log.debug if self.config.search.enabled else log.info)(
             "pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
-        history.append(_record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
+        history.append(record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
         return cached
 
     def task_card(self) -> dict:
@@ -172,6 +182,29 @@ class Session:
             metrics.setdefault("extra_data", {})[name] = {
                 role: self.measure(ref, f"{role} on {name}", history, name) for role, ref in roles.items()}
         return metrics
+
+
+def _ray_system(config: WorkflowConfig):
+    """The Ray system this run uses (as host of any pass, or as target), unconnected; None when all runs here."""
+    names = {config.engine.host, config.engine.target} | {c.host for p in config.passes for c in p.choices()}
+    used = sorted({n for n in names if config.ray_system(n)})
+    if not used:
+        return None
+    if len(used) > 1:
+        raise ModelpressError(f"the workflow names {len(used)} Ray systems ({', '.join(used)}); a run uses one "
+                              "cluster. Name the same system as host, target and every pass's host.")
+    from modelpress.systems.ray_system import RaySystem
+
+    return RaySystem(used[0], config.systems[used[0]].ray, config.engine.cache_dir)
+
+
+def _requests(config: WorkflowConfig, system) -> dict:
+    """What each task on `system` asks for, by pass name ("evaluation" for the target's)."""
+    out = {p.name: system.resources(p.name) for p in config.passes
+           if (p.host or config.engine.host) == system.name}
+    if config.engine.target == system.name:
+        out["evaluation"] = system.resources(None)
+    return out
 
 
 def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool) -> None:
@@ -212,34 +245,6 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
                      loading)
 
 
-def _run_pass(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan, ep: str, cache: PassCache,
-              show_progress: bool) -> tuple[ModelRef, dict]:
-    run = CATALOG[p.type].runner()
-    log.info("pass %s (%s): running", p.name, p.type)
-    started = time.perf_counter()
-    meta = {"pass": p.name, "type": p.type, "params": p.params.model_dump(mode="json"), "input": ref.id}
-    with PeakRSS() as memory, cache.write(key) as out:
-        ctx = PassContext(ref, out, config.input_model, ep, plan, show_progress, work_dir=cache.work / key)
-        result = run(ctx, p.params)
-        passthrough = result is ref
-        if not passthrough:
-            result.id = key
-            result.task = {**ref.task, **result.task}  # task and labels flow down the chain
-            result.save(out)
-        cache.commit_meta(out, {**meta, "seconds": time.perf_counter() - started}, passthrough)
-    shutil.rmtree(cache.work / key, ignore_errors=True)  # checkpoints are not needed once the entry exists
-    seconds = time.perf_counter() - started
-    final = ref if passthrough else ModelRef.load(cache.passes / key / "model")
-    log.info("pass %s (%s): done in %.1f s, peak RSS %.0f MiB", p.name, p.type, seconds, memory.peak_mb)
-    return final, _record(p.name, p.type, key, False, seconds, memory.peak_mb, ctx.notes)
-
-
-def _record(step: str, kind: str, key: str, hit: bool, seconds: float, peak_mb: float | None,
-            notes: list[str]) -> dict:
-    return {"pass": step, "type": kind, "cache": "hit" if hit else "miss", "seconds": round(seconds, 3),
-            "peak_rss_mb": round(peak_mb, 1) if peak_mb else None, "output_id": key, "notes": notes}
-
-
 def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
     """How to prompt the final model: saved beside it, used by `modelpress generate`."""
     for p in config.passes:
@@ -272,7 +277,7 @@ def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
 
 def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float | None) -> dict:
     """A run-history row for a measurement."""
-    return _record(name, "evaluation", key, hit, seconds, peak_mb, [])
+    return record(name, "evaluation", key, hit, seconds, peak_mb, [])
 
 
 def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[dict],
@@ -289,9 +294,15 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
             return None
         log.info("evaluating the %s model (%s) on %d examples", role, ref.kind, len(eval_set.examples))
         ref = _with_labels(session, ref)
-        with PeakRSS() as memory:
-            cached = _measure(config, ref, eval_set, session.task_card(), session.show_progress)
-        cached["peak_rss_mb"] = round(memory.peak_mb, 1)
+        target = session.target()
+        if target is not None:
+            cached = target.measure(session, ref, data_config)
+        else:
+            from modelpress.evaluate import measure
+
+            with session.local_lock, PeakRSS() as memory:
+                cached = measure(config, ref, eval_set, session.task_card(), session.show_progress)
+            cached["peak_rss_mb"] = round(memory.peak_mb, 1)
         cache.write_eval(key, cached)
     history.append(record_step(f"evaluate {role}", key, hit, time.perf_counter() - started,
                                None if hit else cached.get("peak_rss_mb")))
@@ -309,19 +320,6 @@ def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
             torch.manual_seed(0)  # the untrained head is random: seed it so the baseline is reproducible
             return ModelRef(ref.kind, ref.path, ref.id, ref.base, {**ref.task, "labels": session.plan.labels(p.params)})
     return ref
-
-
-def _measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:
-    from modelpress.evaluate import evaluate
-
-    settings = config.evaluation
-    result = evaluate(ref, eval_set.examples, task.get("add_bos", False), settings.max_new_tokens,
-                      with_accuracy=eval_set.label_column is not None, show_progress=show_progress,
-                      trust_remote_code=config.input_model.trust_remote_code,
-                      batch_size=settings.batch_size, latency_samples=settings.latency_samples)
-    result.update({"model_kind": ref.kind, "model_id": ref.id, "eval_data": eval_set.description,
-                   "label_column": eval_set.label_column})
-    return result
 
 
 def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, history: list[dict],

@@ -120,6 +120,18 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     return result
 
 
+def measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:
+    """The evaluation of `ref` on `eval_set` as the run's `evaluation` settings ask, labelled with what was measured."""
+    settings = config.evaluation
+    result = evaluate(ref, eval_set.examples, task.get("add_bos", False), settings.max_new_tokens,
+                      with_accuracy=eval_set.label_column is not None, show_progress=show_progress,
+                      trust_remote_code=config.input_model.trust_remote_code,
+                      batch_size=settings.batch_size, latency_samples=settings.latency_samples)
+    result.update({"model_kind": ref.kind, "model_id": ref.id, "eval_data": eval_set.description,
+                   "label_column": eval_set.label_column})
+    return result
+
+
 def cut_at_stop(text: str, stop: str) -> str:
     """The answer up to the text that closes it (a chat turn's end marker); all of it when `stop` is empty."""
     return text.split(stop, 1)[0] if stop else text

@@ -16,6 +16,7 @@ from modelpress.config.schema import (
     InputModelConfig,
     PassConfig,
     SearchConfig,
+    SystemConfig,
 )
 from modelpress.config.templates import completion_field
 from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, data_refs
@@ -205,3 +206,18 @@ def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: Eva
     if varied:
         c.add("evaluator.baseline", f"the baseline {evaluator.baseline!r} comes after searched passes {varied}",
               "The baseline must be the same for every candidate: fix the values of the passes up to it.")
+
+
+def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], c: Collector) -> None:
+    """A pass's own `host` names a defined system; a Ray system's `pass_resources` name passes."""
+    for p in passes:
+        if p.host is not None and p.host not in systems:
+            c.add(f"passes.{p.name}.host", f"no system named {p.host!r} is defined",
+                  did_you_mean(p.host, systems) or f"Define it under `systems`, or name one of: "
+                  f"{', '.join(systems) or 'none defined'}.")
+    names = [p.name for p in passes]
+    for system_name, system in systems.items():
+        for name in system.ray.pass_resources if system.ray else ():
+            if name not in names:
+                c.add(f"systems.{system_name}.pass_resources.{name}", "no pass has this name",
+                      did_you_mean(name, names) or f"Passes: {', '.join(names) or 'none'}.")

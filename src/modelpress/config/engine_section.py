@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
 from modelpress.config.olive_tables import INERT_ENGINE_KEYS, TARGETS, VENDOR_EPS
-from modelpress.config.schema import EngineConfig, SearchConfig
+from modelpress.config.schema import EngineConfig, RaySystemConfig, SearchConfig, SystemConfig
 from modelpress.config.sources import resolve_path
 
 ENGINE_KEYS = (
@@ -22,8 +23,8 @@ EP_NAMES = {
 PYTHON_ENVIRONMENT_KEYS = ("python_environment_path", "environment_variables", "prepend_to_path")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-def systems_section(raw: Any, c: Collector) -> dict[str, str | None]:
-    """Map each system name to its execution provider (None when it names none)."""
+def systems_section(raw: Any, base_dir: Path, c: Collector) -> dict[str, SystemConfig]:
+    """Each system by name: this machine (LocalSystem, PythonEnvironment) or a Ray cluster."""
     if raw is None or as_mapping(raw, "systems", c) is None:
         return {}
     systems = {}
@@ -38,15 +39,49 @@ def systems_section(raw: Any, c: Collector) -> dict[str, str | None]:
                    "(python_environment_path, environment_variables and prepend_to_path are not used).")
             for key in PYTHON_ENVIRONMENT_KEYS:
                 flat.pop(key, None)
-        elif typ != "LocalSystem":
-            c.add(f"{path}.type", f"system type {typ!r} is not supported",
-                  "modelpress runs on this machine: use type 'LocalSystem'.")
+        elif typ not in ("LocalSystem", "Ray"):
+            hint = ("Olive's AzureML system is gone from Olive itself; run the workflow on a Ray cluster with "
+                    "type 'Ray' (README: Several machines), or here with type 'LocalSystem'.")
+            c.add(f"{path}.type", f"system type {typ!r} is not supported", hint)
             continue
         if flat.pop("hf_token", None) is not None:
             c.note(f"{where}.hf_token: a Hub token is always read from HF_TOKEN or the Hugging Face login.")
-        c.unknown_keys(flat, ("accelerators",), where)
-        systems[name] = _accelerator_ep(flat.get("accelerators") or [], f"{where}.accelerators", c)
+        ep = _accelerator_ep(flat.pop("accelerators", None) or [], f"{where}.accelerators", c)
+        if typ == "Ray":
+            ray = ray_system(flat, where, base_dir, c)
+            if ray is not None:
+                systems[name] = SystemConfig(type="Ray", execution_provider=ep, ray=ray)
+            continue
+        c.unknown_keys(flat, (), where)
+        systems[name] = SystemConfig(execution_provider=ep)
     return systems
+
+
+def ray_system(flat: dict, where: str, base_dir: Path, c: Collector) -> RaySystemConfig | None:
+    """A Ray system's keys, validated; `storage` made absolute (a path) or checked (an fsspec URL)."""
+    ray = c.validate(RaySystemConfig, flat, where)
+    if ray is None:
+        return None
+    if ray.address not in (None, "auto") and not re.fullmatch(r"(ray://)?[\w.\-]+:\d+", ray.address):
+        c.add(f"{where}.address", f"found {ray.address!r}",
+              "Give none (a local cluster for the run), \"auto\" (the cluster this machine joined) or "
+              "\"host:port\" of the head node.")
+    storage = ray.storage
+    if storage and "://" in storage:
+        protocol = storage.split("://", 1)[0]
+        try:
+            import fsspec
+
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as err:
+            c.add(f"{where}.storage", f"fsspec needs another package for {protocol}:// ({err})",
+                  "Install it on every node (for example s3fs, gcsfs or adlfs).")
+        except ValueError:
+            c.add(f"{where}.storage", f"fsspec knows no protocol {protocol!r}",
+                  "Use a path every node sees, or a URL such as s3://bucket/prefix or file:///shared/dir.")
+    elif storage:
+        ray = ray.model_copy(update={"storage": str(resolve_path(storage, base_dir))})
+    return ray
 
 
 def _accelerator_ep(accelerators: Any, path: str, c: Collector) -> str | None:
@@ -93,12 +128,17 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
     def at(key: str) -> str:
         return f"{path}.{key}" if path else key
 
+    data = {}
     for key in ("host", "target"):
         name = raw.get(key)
         if isinstance(name, str) and name not in systems:
             c.warn(f"{at(key)}: no system named {name!r} is defined; the workflow runs on this machine.")
+        elif isinstance(name, str):
+            data[key] = name
+        elif name is not None:
+            c.add(at(key), f"must name a system of `systems`, found {name!r}")
     ep = _engine_ep(raw, at, systems, c)
-    data = {"execution_provider": ep or "cpu", "clean_cache": raw.get("clean_cache", False)}
+    data.update(execution_provider=ep or "cpu", clean_cache=raw.get("clean_cache", False))
     for key in ("cache_dir", "output_dir"):
         if key in raw:
             data[key] = resolve_path(raw[key], base_dir)
@@ -120,7 +160,8 @@ def _engine_ep(raw: dict, at, systems: dict, c: Collector) -> str | None:
             return None
         return _ep_name(eps[0], at("execution_providers[0]"), c)
     names = [raw.get(key) for key in ("target", "host")]
-    return next((systems[n] for n in names if isinstance(n, str) and systems.get(n)), None)
+    return next((systems[n].execution_provider for n in names
+                 if isinstance(n, str) and n in systems and systems[n].execution_provider), None)
 
 
 SAMPLERS = {"exhaustive": "sequential", "sequential": "sequential", "random": "random", "tpe": "tpe",

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import AliasChoices
 
-from modelpress.config.checks import check_workflow
+from modelpress.config.checks import check_hosts, check_workflow
 from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
 from modelpress.config.data_section import data_configs
 from modelpress.config.engine_section import ENGINE_KEYS, engine, engine_section, search_section, systems_section
@@ -87,7 +87,7 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowC
     style = _detect_style(raw)
     c.unknown_keys(raw, TOP_KEYS, "")
     engine_raw, engine_path = engine_section(raw, c)
-    systems = systems_section(raw.get("systems"), c)
+    systems = systems_section(raw.get("systems"), base_dir, c)
     model = input_model(raw.get("input_model"), base_dir, c)
     data = data_configs(raw.get("data_configs", []), base_dir, c)
     search = search_section(engine_raw, engine_path, c)
@@ -97,11 +97,13 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowC
     evaluator = evaluator_section(raw, engine_raw, base_dir, c)
     if model and engine_config and passes is not None:
         check_workflow(model, data, passes, engine_config, evaluation, search, evaluator, c)
+        check_hosts(passes, systems, c)
     if c.problems:
         raise ConfigError(c.problems, str(source) if source else None)
     return WorkflowConfig(source=source, schema_style=style, input_model=model, data_configs=data,
                           passes=passes, evaluation=evaluation, evaluator=evaluator, search=search,
-                          engine=engine_config, warnings=c.warnings, notes=c.notes)
+                          engine=engine_config, systems=systems, raw=raw, base_dir=base_dir, warnings=c.warnings,
+                          notes=c.notes)
 
 
 def _detect_style(raw: dict) -> str:
@@ -268,7 +270,8 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
     if typ is None:
         _refuse_pass(spec.get("type"), path, c)
         return None
-    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script")}, "config", path)
+    host = spec.get("host")
+    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script", "host")}, "config", path)
     flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)
@@ -281,7 +284,7 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
         return None
     if typ == "LoRA":
         _warn_4bit_options(params, path, c)
-    return PassConfig(name=name, type=typ, params=params, search_space=space)
+    return PassConfig(name=name, type=typ, params=params, search_space=space, host=host)
 
 
 def _warn_4bit_options(params: LoRAParams, path: str, c: Collector) -> None:

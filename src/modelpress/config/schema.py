@@ -146,6 +146,50 @@ class EvaluationConfig(Strict):
         "(for example phrases in another style); metrics.json holds them under 'extra_data'.")
 
 
+class TaskResources(Strict):
+    """What one Ray task asks of the node it runs on (Ray's own resource names)."""
+
+    num_cpus: float | None = Field(None, ge=0, description="CPUs per task (Ray's num_cpus).")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per task (Ray's num_gpus).")
+    memory: int | None = Field(None, gt=0, description="Bytes of memory the scheduler reserves per task.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom resources per task, e.g. {\"big_disk\": 1}: the task lands on a "
+        "node started with that resource (`ray start --resources`).")
+
+
+class RaySystemConfig(TaskResources):
+    """A Ray cluster that passes (the `host`) and evaluations (the `target`) run on."""
+
+    address: str | None = Field(
+        None, description="None: start a local cluster for the run; \"auto\": the cluster this machine belongs "
+        "to; \"host:port\": that cluster's head (its GCS port, 6379 by default).")
+    num_cpus: float | None = Field(1, ge=0, description="CPUs per task (Ray's num_cpus), for every pass and "
+                                   "evaluation unless pass_resources says otherwise.")
+    pass_resources: dict[str, TaskResources] = Field(
+        default_factory=dict, description="Per pass name: resources that replace the defaults above for that "
+        "pass's task, e.g. {\"lora\": {\"num_cpus\": 4, \"num_gpus\": 1}}.")
+    max_concurrency: int = Field(2, ge=1, description="Tasks (search candidates) in flight at once.")
+    max_retries: int = Field(
+        3, ge=0, description="Times a task is re-run when its worker process or node dies; an error the pass "
+        "raises is final.")
+    timeout: float | None = Field(None, gt=0, description="Seconds one task may run before it is cancelled and "
+                                  "counted as failed (default: no limit).")
+    storage: str | None = Field(
+        None, description="Where tasks write pass outputs: a path every node sees (NFS, a mounted bucket), or an "
+        "fsspec URL (s3://, gs://, abfs://, file://). Default: the cache_dir, which suits a one-machine cluster.")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables set in every task's worker process; values are "
+        "not saved in config.resolved.json.")
+
+
+class SystemConfig(Strict):
+    """A system of the `systems` section: this machine, or a Ray cluster."""
+
+    type: Literal["LocalSystem", "Ray"] = Field("LocalSystem", description="LocalSystem (this machine) or Ray.")
+    execution_provider: ExecutionProvider | None = Field(None, description="From the system's accelerators.")
+    ray: RaySystemConfig | None = Field(None, description="type Ray: the cluster and how tasks run on it.")
+
+
 class EngineConfig(Strict):
     """Where the work runs and where results go."""
 
@@ -154,6 +198,8 @@ class EngineConfig(Strict):
     execution_provider: ExecutionProvider = Field("cpu", description="Execution provider of the target.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Logging level.")
     clean_cache: bool = Field(False, description="Empty the cache before running.")
+    host: str | None = Field(None, description="The system passes run on (a name in `systems`); default: here.")
+    target: str | None = Field(None, description="The system evaluations run on; default: here.")
 
 
 GoalType = Literal["threshold", "min-improvement", "max-degradation",
@@ -293,6 +339,7 @@ class PassConfig(Strict):
     name: str
     type: str
     params: Strict
+    host: str | None = None  # the system this pass runs on, instead of the engine's host
     search_space: dict[str, list] = Field(default_factory=dict)
     alternatives: list["PassConfig"] = Field(default_factory=list)
 
@@ -305,7 +352,7 @@ class PassConfig(Strict):
             names = list(option.search_space)
             for values in itertools.product(*(option.search_space[n] for n in names)):
                 params = option.params.model_copy(update=dict(zip(names, values)))
-                out.append(PassConfig(name=option.name, type=option.type, params=params))
+                out.append(PassConfig(name=option.name, type=option.type, params=params, host=self.host))
         return out
 
 
@@ -321,6 +368,9 @@ class WorkflowConfig(Strict):
     evaluator: EvaluatorConfig | None = None
     search: SearchConfig = Field(default_factory=SearchConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    systems: dict[str, SystemConfig] = Field(default_factory=dict)
+    raw: dict | None = Field(None, exclude=True, repr=False)  # the config as parsed: what a Ray task re-validates
+    base_dir: Path | None = Field(None, exclude=True)  # the folder relative paths in `raw` are relative to
     warnings: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
@@ -328,11 +378,21 @@ class WorkflowConfig(Strict):
         """A JSON-ready dict of the whole resolved config, saved next to outputs."""
         data = self.model_dump(mode="json", exclude={"warnings", "notes", "source"})
         data["passes"] = [_pass_json(p) for p in self.passes]
+        for system in data["systems"].values():  # env_vars may hold tokens: names only
+            if system.get("ray"):
+                system["ray"]["env_vars"] = {k: "(set)" for k in system["ray"]["env_vars"]}
         return data
+
+    def ray_system(self, name: str | None) -> tuple[str, RaySystemConfig] | None:
+        """(name, config) when `name` is a Ray system; None for this machine."""
+        system = self.systems.get(name) if name else None
+        return (name, system.ray) if system is not None and system.type == "Ray" else None
 
 
 def _pass_json(p: PassConfig) -> dict:
     out = {"name": p.name, "type": p.type, "params": p.params.model_dump(mode="json")}
+    if p.host:
+        out["host"] = p.host
     if p.search_space:
         out["search_space"] = p.search_space
     if p.alternatives:

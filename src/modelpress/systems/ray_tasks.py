@@ -1,0 +1,94 @@
+"""What a Ray task runs on a cluster node: one pass, or one evaluation, rebuilt from plain data.
+
+A task receives the config as the user wrote it (parsed JSON, with the folder its relative paths
+are relative to), the step, the key the driver computed and the model reference. It validates the
+config again, as any modelpress run does, so a plugin script runs only because the config names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from modelpress.models import ModelRef
+
+
+def ref_to_json(ref: ModelRef) -> dict:
+    return {"kind": ref.kind, "path": str(ref.path), "id": ref.id, "base": str(ref.base) if ref.base else None,
+            "task": ref.task}
+
+
+def ref_from_json(data: dict) -> ModelRef:
+    return ModelRef(data["kind"], Path(data["path"]), data["id"], Path(data["base"]) if data["base"] else None,
+                    data["task"])
+
+
+def _setup(job: dict):
+    """The validated config, the data plan and the storage, on this node."""
+    from modelpress.config.normalize import normalize
+    from modelpress.context import DataPlan
+    from modelpress.systems.storage import open_storage
+
+    logger = logging.getLogger("modelpress")
+    if not logger.handlers:  # plain lines on the worker's stderr, which Ray forwards to the driver
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(job["log_level"])
+        logger.propagate = False  # a library may have configured the root logger: one line each
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(name, "1")  # the driver resolved every Hub id before any task was sent
+    config = normalize(job["raw"], Path(job["base_dir"]))
+    storage = open_storage(job["storage"])
+    input_folder = storage.local_folder(Path(job["input_folder"]), job["input_id"], "models")
+    plan = DataPlan(config, config.engine.cache_dir, input_folder)
+    plan.resolve_hub_data()
+    return config, plan, storage, input_folder
+
+
+def _where() -> dict:
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+
+def run_pass_task(job: dict) -> dict:
+    """Run one pass into the storage; return its run-history row (with the node and process it ran in)."""
+    from modelpress.config.schema import PassConfig
+    from modelpress.passes.catalog import CATALOG
+    from modelpress.steps import run_pass_here
+    from modelpress.systems.storage import local_ref
+
+    started = time.time()
+    config, plan, storage, input_folder = _setup(job)
+    spec = job["pass"]
+    p = PassConfig(name=spec["name"], type=spec["type"], params=CATALOG[spec["type"]].params.model_validate(
+        spec["params"]))
+    ref = local_ref(storage, ref_from_json(job["ref"]), input_folder, job["input_id"])
+    cache = storage.task_cache(config.engine.cache_dir)
+    _, row = run_pass_here(config, p, job["key"], ref, plan, job["ep"], cache, False)
+    storage.publish(cache, job["key"])
+    return {**row, **_where(), "started": started, "ended": time.time()}
+
+
+def measure_task(job: dict) -> dict:
+    """Measure one model on the eval set as the driver would; return the evaluation result."""
+    import torch
+
+    from modelpress.evaluate import measure
+    from modelpress.steps import PeakRSS
+    from modelpress.systems.storage import local_ref
+
+    started = time.time()
+    config, plan, storage, input_folder = _setup(job)
+    ref = local_ref(storage, ref_from_json(job["ref"]), input_folder, job["input_id"])
+    eval_set = plan.eval_set(job["data_config"])
+    torch.manual_seed(0)  # as the driver does for an untrained classifier head
+    with PeakRSS() as memory:
+        result = measure(config, ref, eval_set, job["task_card"], False)
+    result["peak_rss_mb"] = round(memory.peak_mb, 1)
+    result["ran_on"] = {**_where(), "started": started, "ended": time.time()}
+    return result

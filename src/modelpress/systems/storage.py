@@ -1,0 +1,142 @@
+"""Where a Ray system's tasks write pass outputs: a path every node sees, or an fsspec URL.
+
+A shared path holds the pass cache itself (`passes/`, `locks/`, `work/`): a task writes its entry
+to a temporary name and renames it, exactly as a pass on this machine does, and nothing is copied.
+An fsspec URL (an object store) has no rename: a task runs the pass into a cache on its own node,
+then uploads the entry file by file with `entry.json` (the manifest) last, so a half-uploaded entry
+is never taken; the driver downloads it into its own cache and verifies the manifest there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from modelpress.cache import PassCache, manifest
+from modelpress.fsutil import atomic_dir, atomic_write_json
+from modelpress.models import ModelRef
+
+ENTRY = "entry.json"
+
+
+def open_storage(location: str):
+    """The storage a Ray system's `storage` names (a URL when it has `://`, else a path)."""
+    return UrlStorage(location) if "://" in location else SharedPath(Path(location))
+
+
+class SharedPath:
+    """A folder every node mounts at the same path (NFS, a mounted bucket, this machine's disk)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def cache(self, cache_dir: Path) -> PassCache:
+        """The pass cache of the driver and of every task: its outputs are on the shared path."""
+        return PassCache(cache_dir, shared=self.root)
+
+    task_cache = cache
+
+    def upload_input(self, folder: Path, model_id: str) -> None:
+        """Nothing to do: a node reads the input model where the driver does."""
+
+    def publish(self, cache: PassCache, key: str) -> None:
+        """Nothing to do: the task wrote the entry in place."""
+
+    def fetch(self, cache: PassCache, key: str) -> None:
+        """Nothing to do: the driver reads the entry in place."""
+
+    def local_folder(self, path: Path, model_id: str, kind: str = "passes") -> Path:
+        return Path(path)
+
+
+class UrlStorage:
+    """An fsspec URL: s3://, gs://, abfs://, file:// and every other protocol fsspec has a backend for."""
+
+    def __init__(self, url: str):
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.base = fsspec.core.url_to_fs(self.url)
+        self.node_dir = Path(tempfile.gettempdir()) / "modelpress-ray" / hashlib.sha256(url.encode()).hexdigest()[:12]
+
+    def __str__(self) -> str:
+        return self.url
+
+    def cache(self, cache_dir: Path) -> PassCache:
+        return PassCache(cache_dir)
+
+    def task_cache(self, cache_dir: Path) -> PassCache:
+        """A task's own cache, on its node; finished entries are uploaded from it."""
+        return PassCache(self.node_dir)
+
+    def _remote(self, kind: str, key: str) -> str:
+        return f"{self.base}/{kind}/{key}"
+
+    def _has(self, kind: str, key: str) -> bool:
+        return self.fs.exists(f"{self._remote(kind, key)}/{ENTRY}")
+
+    def _upload(self, entry: Path, kind: str, key: str) -> None:
+        remote = self._remote(kind, key)
+        for name in manifest(entry):
+            if name == ENTRY:
+                continue
+            target = f"{remote}/{name}"
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.put_file(str(entry / name), target)
+        self.fs.put_file(str(entry / ENTRY), f"{remote}/{ENTRY}")  # last: the entry now exists
+
+    def upload_input(self, folder: Path, model_id: str) -> None:
+        """Put the input model under `models/<id>` once, so nodes that do not see `folder` can fetch it."""
+        if self._has("models", model_id):
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            atomic_write_json(Path(tmp) / ENTRY, {"files": manifest(Path(folder)), "source": str(folder)})
+            remote = self._remote("models", model_id)
+            for name in manifest(Path(folder)):
+                target = f"{remote}/model/{name}"
+                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.put_file(str(Path(folder) / name), target)
+            self.fs.put_file(str(Path(tmp) / ENTRY), f"{remote}/{ENTRY}")
+
+    def publish(self, cache: PassCache, key: str) -> None:
+        """Upload a finished entry of a task's cache (unless an earlier attempt already did)."""
+        if not self._has("passes", key):
+            self._upload(cache.passes / key, "passes", key)
+
+    def fetch(self, cache: PassCache, key: str, kind: str = "passes") -> None:
+        """Download an entry into `cache` (atomically); the caller's `lookup` then checks its manifest."""
+        import json
+
+        if (cache.passes / key / ENTRY).is_file():
+            return
+        remote = self._remote(kind, key)
+        meta = json.loads(self.fs.cat_file(f"{remote}/{ENTRY}"))
+        cache.passes.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(cache.passes / key) as tmp:
+            for name in meta.get("files", {}):
+                target = tmp / "model" / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(f"{remote}/model/{name}", str(target))
+            atomic_write_json(tmp / ENTRY, meta)
+
+    def local_folder(self, path: Path, model_id: str, kind: str = "passes") -> Path:
+        """`path` when this node sees it; otherwise the entry `model_id` fetched into this node's cache."""
+        if Path(path).exists():
+            return Path(path)
+        cache = PassCache(self.node_dir)
+        self.fetch(cache, model_id, kind)
+        return cache.passes / model_id / "model"
+
+
+def local_ref(storage, ref: ModelRef, input_folder: Path, input_id: str) -> ModelRef:
+    """`ref` with its folders on this node: fetched from the storage when this node does not see them."""
+    kind = "models" if ref.id == input_id else "passes"
+    path = storage.local_folder(ref.path, ref.id, kind)
+    base = ref.base
+    if base is not None and not Path(base).exists() and Path(base) == Path(input_folder):
+        base = storage.local_folder(input_folder, input_id, "models")
+    return ModelRef(ref.kind, path, ref.id, base, ref.task)
