@@ -133,7 +133,7 @@ def test_a_vendor_execution_provider_is_refused_with_its_hardware():
 
 
 def test_olive_sub_metric_names_and_throughput_statistics():
-    from modelpress.search import _measured
+    from modelpress.metrics import _measured
 
     raw = _config("model-builder-options.json")
     raw["evaluators"] = {"e": {"metrics": [

@@ -58,7 +58,7 @@ def test_ranking_violations_and_pareto_front():
 class _FakeSession:
     """Runs no model: a chain's 'model' is its tuple of block sizes, and `score` gives its metrics."""
 
-    def __init__(self, slots, search: dict, score):
+    def __init__(self, slots, search: dict, score, parallel: int = 1):
         from types import SimpleNamespace
 
         from modelpress.config.schema import SearchConfig
@@ -69,13 +69,28 @@ class _FakeSession:
             {"name": "lat", "type": "latency", "sub_types": [{"name": "p50", "priority": 2}]}]})
         self.config = SimpleNamespace(search=SearchConfig(enabled=True, **search), passes=slots, evaluator=evaluator)
         self.input_ref = "input"
-        self.score, self.runs = score, []
+        self.score, self.runs, self.parallel = score, [], parallel
+        self.running, self.most_at_once = 0, 0
+
+    def concurrency(self) -> int:
+        return self.parallel
+
+    def cancel(self) -> None:
+        pass
 
     def run_chain(self, passes, history):
+        import threading
+        import time
+
         from modelpress.models import ModelRef
 
         combo = tuple(p.params.block_size for p in passes)
-        self.runs.append(combo)
+        with threading.Lock():
+            self.runs.append(combo)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.02 if self.parallel > 1 else 0)  # long enough for the batch's threads to overlap
+        self.running -= 1
         return ModelRef("onnx", Path("/nonexistent"), id=str(combo), task={"combo": combo})
 
     def measure(self, ref, role, history, data_config=None):
@@ -96,10 +111,10 @@ def _slots(*sizes):
             for i, n in enumerate(sizes)]
 
 
-def _search(slots, search, score):
+def _search(slots, search, score, parallel: int = 1):
     from modelpress.search import Search
 
-    session = _FakeSession(slots, search, score)
+    session = _FakeSession(slots, search, score, parallel)
     engine = Search(session)
     engine.run({"metrics": {}})
     return engine, session
@@ -145,6 +160,34 @@ def test_a_failed_candidate_is_recorded_and_the_search_goes_on():
     engine, _ = _search(_slots(3), {}, score)
     statuses = [c["status"] for c in engine.candidates]
     assert statuses == ["ok", "failed", "ok"] and "does not fit" in engine.candidates[1]["error"]
+
+
+def _summary(engine) -> list:
+    return [(c["id"], c["choice"], c["status"], c.get("metrics"), c["goals_met"]) for c in engine.candidates]
+
+
+@pytest.mark.parametrize("search", [
+    {"sampler": "sequential"}, {"sampler": "random", "seed": 3}, {"sampler": "tpe", "seed": 1},
+    {"sampler": "sequential", "max_samples": 5}, {"sampler": "random", "stop_when_goals_met": True},
+    {"execution_order": "pass-by-pass", "sampler": "random"}, {"sampler": "tpe", "max_iter": 7}])
+def test_candidates_run_in_parallel_give_the_sequential_search_result(search):
+    def score(combo):
+        a, b = _index(combo)
+        if (a, b) == (2, 1):
+            raise RuntimeError("this one fails")
+        return 0.5 + 0.1 * a - 0.05 * b, 1.0 + b
+
+    sequential, _ = _search(_slots(3, 3), search, score)
+    parallel, session = _search(_slots(3, 3), search, score, parallel=3)
+    if search.get("stop_when_goals_met"):  # every candidate meets the threshold: the first one stops the search
+        assert len(sequential.candidates) < 9 and sequential.candidates[-1]["goals_met"]
+    if search.get("sampler") == "tpe" and "max_iter" not in search:
+        # tpe asks a batch before it is told, so its later proposals may differ from a sequential run's;
+        # on this space both find the best candidate
+        assert parallel._best(parallel.candidates)["choice"] == sequential._best(sequential.candidates)["choice"]
+    elif search.get("sampler") != "tpe":
+        assert _summary(parallel) == _summary(sequential)
+    assert 1 < session.most_at_once <= 3
 
 
 @pytest.mark.parametrize("baseline", [float("nan"), float("inf"), None])

@@ -94,7 +94,11 @@ class Session:
                        task={"task": config.input_model.task})
         session = cls(config, cache, plan, ep, ref, show_progress)
         if ray is not None:
-            ray.connect(_requests(config, ray))
+            try:
+                ray.connect(_requests(config, ray))
+            except BaseException:
+                ray.close()
+                raise
             session.systems[ray.name] = ray
         return session
 

@@ -17,141 +17,12 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from modelpress.config.olive_tables import lm_eval_higher_is_better
-from modelpress.config.schema import SUB_METRICS, EvaluatorConfig, Goal, Metric, PassConfig, SubMetric
+from modelpress.config.schema import EvaluatorConfig, Goal, PassConfig
 from modelpress.errors import ModelpressError, is_disk_full
+from modelpress.metrics import default_evaluator, higher_is_better, metric_values
 from modelpress.models import ModelRef
 
 log = logging.getLogger("modelpress")
-
-
-# --- metrics --------------------------------------------------------------------------------------
-
-def default_evaluator(with_accuracy: bool) -> EvaluatorConfig:
-    """Rank by accuracy, then p50 latency, when the config names no evaluator."""
-    metrics = [Metric(name="latency", type="latency", sub_types=[SubMetric(name="p50", priority=2)]),
-               Metric(name="size", type="size_on_disk", sub_types=[SubMetric(name="size_on_disk")])]
-    if with_accuracy:
-        metrics.insert(0, Metric(name="accuracy", type="accuracy", sub_types=[SubMetric(name="accuracy_score",
-                                                                                          priority=1)]))
-    else:
-        metrics.insert(0, Metric(name="perplexity", type="perplexity",
-                                 sub_types=[SubMetric(name="perplexity", priority=1)]))
-    return EvaluatorConfig(metrics=metrics)
-
-
-_MEASURED = {  # where each built-in sub-metric lives in the evaluation result
-    ("accuracy", "accuracy_score"): ("accuracy",), ("accuracy", "f1_score"): ("f1",),
-    ("accuracy", "precision"): ("precision",), ("accuracy", "recall"): ("recall",),
-    ("perplexity", "perplexity"): ("perplexity",), ("perplexity", "loss"): ("completion_loss",),
-    ("throughput", "avg"): ("throughput",), ("size_on_disk", "size_on_disk"): ("size_mb",),
-    **{("latency", k): ("latency_ms", "mean" if k == "avg" else k) for k in SUB_METRICS["latency"]},
-}
-
-
-_THROUGHPUT_FROM_LATENCY = {"min": "max", "max": "min", "p50": "p50"}  # examples/s at batch 1 = 1000 / ms
-
-
-def _measured(result: dict, metric_type: str, sub: str):
-    if metric_type == "throughput" and sub in _THROUGHPUT_FROM_LATENCY:
-        ms = (result.get("latency_ms") or {}).get(_THROUGHPUT_FROM_LATENCY[sub])
-        return 1000.0 / ms if ms else None
-    value = result
-    for part in _MEASURED[(metric_type, sub)]:
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def higher_is_better(metric: Metric, sub: SubMetric) -> bool:
-    if metric.type == "custom":
-        return bool(sub.higher_is_better)
-    if metric.type == "lm_eval":
-        return sub.higher_is_better if sub.higher_is_better is not None else bool(lm_eval_higher_is_better(sub.name))
-    return SUB_METRICS[metric.type][sub.name]
-
-
-def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, history: list[dict]) -> dict:
-    """{"metric-sub": value} for every sub-metric of the evaluator, on `ref`."""
-    values: dict = {}
-    measured_on: dict = {}  # one evaluation per data config, shared by the metrics that use it
-    if any(metric.type == "lm_eval" for metric in evaluator.metrics):
-        values.update(_lm_eval(session, evaluator, ref, role, history))
-    for metric in evaluator.metrics:
-        if metric.type == "custom":
-            values.update(_custom(session, metric, ref, role, history))
-            continue
-        if metric.type == "lm_eval":
-            continue
-        if metric.data_config not in measured_on:
-            measured_on[metric.data_config] = session.measure(ref, role, history, metric.data_config) or {}
-        measured = measured_on[metric.data_config]
-        for sub in metric.sub_types:
-            values[f"{metric.name}-{sub.name}"] = _measured(measured, metric.type, sub.name)
-    return values
-
-
-def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, history: list[dict]) -> dict:
-    """Every lm_eval metric's task run once through lm-evaluation-harness; cached like an evaluation."""
-    from modelpress.engine import evaluation_key, record_step
-    from modelpress.cache import content_id
-    from modelpress.lmeval import run_tasks
-
-    named = evaluator.task_names()
-    tasks = list(evaluator.tasks) + [m.name for m in evaluator.metrics if m.type == "lm_eval" and m.name not in named]
-    settings = evaluator.model_dump(mode="json", exclude={"name", "type", "metrics", "baseline", "tasks"})
-    local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
-    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local)
-    started = time.perf_counter()
-    values = session.cache.read_eval(key)
-    hit = values is not None
-    if not hit:
-        log.info("lm-eval: %s on the %s model (%s)", ", ".join(map(_task_name, tasks)), role, ref.kind)
-        values = run_tasks(ref, tasks, evaluator, session.config.input_model.trust_remote_code,
-                           session.show_progress)
-        session.cache.write_eval(key, values)
-    history.append(record_step(f"lm-eval {', '.join(map(_task_name, tasks))} ({role})", key, hit,
-                               time.perf_counter() - started,
-                               None))
-    wanted = {f"{m.name}-{s.name}" for m in evaluator.metrics if m.type == "lm_eval" for s in m.sub_types}
-    missing = wanted - set(values)
-    if missing:
-        raise ModelpressError(f"lm-eval reported no {', '.join(sorted(missing))}; it reported "
-                              f"{', '.join(sorted(values)) or 'nothing'}")
-    return values
-
-
-def _task_name(task) -> str:
-    return task if isinstance(task, str) else str(task.get("task"))
-
-
-def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dict]) -> dict:
-    """Run the user's function (named by the config) on the model folder and the eval examples.
-
-    The result is cached like a built-in evaluation, under the model, the data, the script's
-    content, the function's name and its keyword arguments.
-    """
-    from modelpress.engine import evaluation_key, record_step
-    from modelpress.passes.plugins import load_user_module
-
-    user = metric.user_config
-    module, digest = load_user_module(user.user_script, "modelpress_metric")
-    key = evaluation_key(session, "custom-metric", ref, digest, user.evaluate_func, user.evaluate_func_kwargs,
-                         metric.data_config, [sub.name for sub in metric.sub_types])
-    started = time.perf_counter()
-    values = session.cache.read_eval(key)
-    hit = values is not None
-    if not hit:
-        function = getattr(module, user.evaluate_func, None)
-        if function is None:
-            raise ValueError(f"{user.user_script} has no function {user.evaluate_func!r}")
-        eval_set = session.plan.eval_set(metric.data_config)
-        result = function(str(ref.path), ref.kind, eval_set.examples if eval_set else [], **user.evaluate_func_kwargs)
-        if not isinstance(result, dict):
-            result = {metric.sub_types[0].name: result}
-        values = {f"{metric.name}-{sub.name}": float(result[sub.name]) for sub in metric.sub_types}
-        session.cache.write_eval(key, values)
-    history.append(record_step(f"metric {metric.name} ({role})", key, hit, time.perf_counter() - started, None))
-    return values
 
 
 # --- goals and ranking ------------------------------------------------------------------------------
@@ -278,6 +149,7 @@ class Search:
             evaluator = default_evaluator(with_accuracy)
         self.evaluator = evaluator
         self.objective: Objective | None = None
+        self.parallel = session.concurrency()  # candidates at once (the host cluster's max_concurrency)
 
     def space_size(self) -> int:
         return math.prod(len(c) for c in self.choices)
@@ -305,40 +177,91 @@ class Search:
         values = metric_values(self.session, self.evaluator, ref, f"baseline ({role})", self.history)
         return {"model": role, "model_id": ref.id, "model_kind": ref.kind, "metrics": values}
 
-    def evaluate(self, combo: tuple[int, ...]) -> dict:
-        """Run and measure one candidate (each slot's choice index); a failure is recorded, not raised."""
+    def evaluate(self, combo: tuple[int, ...], outcome: dict | None = None) -> dict:
+        """Record one candidate (each slot's choice index), running it unless `outcome` holds its run already;
+        a failure is recorded, not raised."""
         self.draws += 1
         if combo in self.by_combo:
             return self.by_combo[combo]
+        number = len(self.candidates) + 1
+        outcome = outcome or self._execute(combo, number)
         passes = [self.choices[i][j] for i, j in enumerate(combo)]
-        choice = [describe(p, s) for p, s in zip(passes, self.slots) if len(s.choices()) > 1]
-        record = {"id": len(self.candidates) + 1, "choice": choice or ["(the one configuration)"],
+        record = {"id": number, "choice": self._choice(combo),
                   "passes": [{"name": p.name, "type": p.type, "params": p.params.model_dump(mode="json")}
                              for p in passes]}
-        started = time.perf_counter()
-        log.info("candidate %d: %s", record["id"], "; ".join(record["choice"]))
+        if "error" in outcome:
+            record.update(status="failed", error=outcome["error"], metrics={}, goals_met=False, violations={})
+        else:
+            ref, values = outcome["ref"], outcome["values"]
+            violations = self.objective.violations(values)
+            self.refs[number] = ref
+            record.update(status="ok", model_id=ref.id, model_kind=ref.kind,
+                          metrics=values, goals_met=not violations, violations=violations)
+        record.update(seconds=outcome["seconds"], started=outcome["started"], ended=outcome["ended"])
+        self.history.extend(outcome["history"])
+        self.candidates.append(record)
+        self.by_combo[combo] = record
+        self.combos[number] = combo
+        return record
+
+    def _choice(self, combo: tuple[int, ...]) -> list[str]:
+        passes = [self.choices[i][j] for i, j in enumerate(combo)]
+        return [describe(p, s) for p, s in zip(passes, self.slots) if len(s.choices()) > 1] or \
+            ["(the one configuration)"]
+
+    def _execute(self, combo: tuple[int, ...], number: int) -> dict:
+        """Run the candidate's passes and measure its model: {ref, values} or {error}, with its history rows."""
+        passes = [self.choices[i][j] for i, j in enumerate(combo)]
+        history: list[dict] = []
+        started, wall = time.perf_counter(), time.time()
+        log.info("candidate %d: %s", number, "; ".join(self._choice(combo)))
+        outcome: dict = {"history": history}
         try:
-            ref = self.session.run_chain(passes, self.history)
-            values = metric_values(self.session, self.evaluator, ref, f"candidate {record['id']}", self.history)
+            ref = self.session.run_chain(passes, history)
+            outcome.update(ref=ref, values=metric_values(self.session, self.evaluator, ref, f"candidate {number}",
+                                                         history))
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as err:  # a failed candidate is recorded and skipped, never fatal
             if is_disk_full(err):
                 raise
-            log.warning("candidate %d failed: %s: %s", record["id"], type(err).__name__, err)
+            log.warning("candidate %d failed: %s: %s", number, type(err).__name__, err)
             log.debug("%s", traceback.format_exc())
-            record.update(status="failed", error=f"{type(err).__name__}: {err}", metrics={}, goals_met=False,
-                          violations={})
-        else:
-            violations = self.objective.violations(values)
-            self.refs[record["id"]] = ref
-            record.update(status="ok", model_id=ref.id, model_kind=ref.kind,
-                          metrics=values, goals_met=not violations, violations=violations)
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        self.candidates.append(record)
-        self.by_combo[combo] = record
-        self.combos[record["id"]] = combo
-        return record
+            outcome["error"] = f"{type(err).__name__}: {err}"
+        return {**outcome, "seconds": round(time.perf_counter() - started, 3), "started": round(wall, 3),
+                "ended": round(time.time(), 3)}
+
+    def _batch_size(self) -> int:
+        """Candidates to run at once: the host's max_concurrency, no more than the budget still allows."""
+        n = self.parallel
+        if self.settings.max_samples:
+            n = min(n, self.settings.max_samples - len(self.candidates))
+        if self.settings.max_iter:
+            n = min(n, self.settings.max_iter - self.draws)
+        return max(n, 1)
+
+    def _run_many(self, combos: list[tuple[int, ...]]) -> dict:
+        """Run the new combinations among `combos` at once (threads, each waiting on its cluster tasks).
+
+        Their records are made afterwards, in order, by `evaluate`, exactly as a sequential run makes
+        them; one run alone is left to `evaluate`.
+        """
+        fresh = list(dict.fromkeys(c for c in combos if c not in self.by_combo))
+        if len(fresh) < 2:
+            return {}
+        from concurrent.futures import ThreadPoolExecutor, wait
+
+        first = len(self.candidates) + 1
+        pool = ThreadPoolExecutor(max_workers=len(fresh), thread_name_prefix="candidate")
+        try:
+            futures = {c: pool.submit(self._execute, c, first + i) for i, c in enumerate(fresh)}
+            wait(futures.values())
+            return {c: f.result() for c, f in futures.items()}
+        except BaseException:
+            self.session.cancel()  # Ctrl-C: tasks in flight stop; finished passes stay in the cache
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # --- samplers ---------------------------------------------------------------------------------
 
@@ -372,11 +295,16 @@ class Search:
         order = list(itertools.product(*(range(n) for n in sizes)))
         if sampler == "random":
             random.Random(self.settings.seed).shuffle(order)
-        records = []
-        for indexes in order:
-            if not self.budget_left():
-                break
-            records.append(self.evaluate(combo(indexes)))
+        records: list[dict] = []
+        position = 0
+        while position < len(order) and self.budget_left():
+            batch = [combo(indexes) for indexes in order[position: position + self._batch_size()]]
+            position += len(batch)
+            outcomes = self._run_many(batch)
+            for c in batch:
+                if not self.budget_left():
+                    break
+                records.append(self.evaluate(c, outcomes.get(c)))
         return records
 
     def _tpe(self, free: list[int], sizes: list[int], combo) -> list[dict]:
@@ -394,23 +322,30 @@ class Search:
         while self.budget_left() and len(records) < total:
             if self.settings.max_iter == 0 and asked >= 10 * total:
                 break  # the sampler keeps proposing measured candidates: treat the space as exhausted
-            asked += 1
-            trial = study.ask()
-            indexes = [trial.suggest_categorical(self.slots[slot].name, list(range(n)))
-                       for slot, n in zip(free, sizes)]
-            record = self.evaluate(combo(indexes))
-            records[record["id"]] = record
-            if record["status"] != "ok":
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                continue
-            violation = sum(min(v, 1e6) for v in record["violations"].values())
-            trial.set_constraint("goals", violation)
-            values = [record["metrics"].get(k) for k, _ in self.objective.ranked] or [0.0]
-            if any(_missing(v) for v in values):
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                continue
-            study.tell(trial, values)
+            trials = []
+            for _ in range(min(self._batch_size(), total - len(records))):
+                asked += 1
+                trial = study.ask()  # a batch is asked before any of it is told (the parallel case)
+                trials.append((trial, combo([trial.suggest_categorical(self.slots[slot].name, list(range(n)))
+                                             for slot, n in zip(free, sizes)])))
+            outcomes = self._run_many([c for _, c in trials])
+            for trial, c in trials:
+                if not self.budget_left():
+                    break
+                self._tell(study, trial, self.evaluate(c, outcomes.get(c)), records)
         return list(records.values())
+
+    def _tell(self, study, trial, record: dict, records: dict) -> None:
+        """Tell the study what the trial's candidate measured; a failed or unmeasured one is a failed trial."""
+        import optuna
+
+        records[record["id"]] = record
+        values = [record["metrics"].get(k) for k, _ in self.objective.ranked] or [0.0]
+        if record["status"] != "ok" or any(_missing(v) for v in values):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        trial.set_constraint("goals", sum(min(v, 1e6) for v in record["violations"].values()))
+        study.tell(trial, values)
 
     def _pass_by_pass(self) -> None:
         """Search one step at a time, in order, fixing each to its best before the next."""

@@ -86,8 +86,8 @@ class RaySystem:
             return
         key = f"systems.{self.name}.pass_resources.{what}" if what in self.config.pass_resources else \
             f"systems.{self.name}"
-        have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(n["Resources"].items())
-                                   if not k.startswith(("node:", "object_store", "accelerator_type")))
+        have = "; ".join(_describe({k: v for k, v in sorted(n["Resources"].items())
+                                    if not k.startswith(("node:", "object_store", "accelerator_type"))})
                          for n in nodes)
         raise _error(
             f"{key}: the {what} task asks for {_describe(wanted)}, and no node of the cluster has that "
@@ -195,5 +195,7 @@ def _error(message: str, hint: str | None = None) -> ModelpressError:
     return ModelpressError(f"{message}. {hint}" if hint else message)
 
 
-def _describe(wanted: dict) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in wanted.items()) or "nothing"
+def _describe(amounts: dict) -> str:
+    """"1 CPU, 2.0 GiB memory, 1 node_b": Ray counts memory in bytes."""
+    return ", ".join(f"{v / 2**30:.1f} GiB {k}" if k == "memory" else f"{v:g} {k}" for k, v in amounts.items()) \
+        or "nothing"

@@ -1,0 +1,141 @@
+"""What a candidate measured: each sub-metric of the evaluator, from the built-in evaluation, lm-eval or a
+user's function, each cached like an evaluation."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from modelpress.config.olive_tables import lm_eval_higher_is_better
+from modelpress.config.schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
+from modelpress.errors import ModelpressError
+from modelpress.models import ModelRef
+
+log = logging.getLogger("modelpress")
+
+
+def default_evaluator(with_accuracy: bool) -> EvaluatorConfig:
+    """Rank by accuracy, then p50 latency, when the config names no evaluator."""
+    metrics = [Metric(name="latency", type="latency", sub_types=[SubMetric(name="p50", priority=2)]),
+               Metric(name="size", type="size_on_disk", sub_types=[SubMetric(name="size_on_disk")])]
+    if with_accuracy:
+        metrics.insert(0, Metric(name="accuracy", type="accuracy", sub_types=[SubMetric(name="accuracy_score",
+                                                                                          priority=1)]))
+    else:
+        metrics.insert(0, Metric(name="perplexity", type="perplexity",
+                                 sub_types=[SubMetric(name="perplexity", priority=1)]))
+    return EvaluatorConfig(metrics=metrics)
+
+
+_MEASURED = {  # where each built-in sub-metric lives in the evaluation result
+    ("accuracy", "accuracy_score"): ("accuracy",), ("accuracy", "f1_score"): ("f1",),
+    ("accuracy", "precision"): ("precision",), ("accuracy", "recall"): ("recall",),
+    ("perplexity", "perplexity"): ("perplexity",), ("perplexity", "loss"): ("completion_loss",),
+    ("throughput", "avg"): ("throughput",), ("size_on_disk", "size_on_disk"): ("size_mb",),
+    **{("latency", k): ("latency_ms", "mean" if k == "avg" else k) for k in SUB_METRICS["latency"]},
+}
+
+
+_THROUGHPUT_FROM_LATENCY = {"min": "max", "max": "min", "p50": "p50"}  # examples/s at batch 1 = 1000 / ms
+
+
+def _measured(result: dict, metric_type: str, sub: str):
+    if metric_type == "throughput" and sub in _THROUGHPUT_FROM_LATENCY:
+        ms = (result.get("latency_ms") or {}).get(_THROUGHPUT_FROM_LATENCY[sub])
+        return 1000.0 / ms if ms else None
+    value = result
+    for part in _MEASURED[(metric_type, sub)]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def higher_is_better(metric: Metric, sub: SubMetric) -> bool:
+    if metric.type == "custom":
+        return bool(sub.higher_is_better)
+    if metric.type == "lm_eval":
+        return sub.higher_is_better if sub.higher_is_better is not None else bool(lm_eval_higher_is_better(sub.name))
+    return SUB_METRICS[metric.type][sub.name]
+
+
+def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, history: list[dict]) -> dict:
+    """{"metric-sub": value} for every sub-metric of the evaluator, on `ref`."""
+    values: dict = {}
+    measured_on: dict = {}  # one evaluation per data config, shared by the metrics that use it
+    if any(metric.type == "lm_eval" for metric in evaluator.metrics):
+        values.update(_lm_eval(session, evaluator, ref, role, history))
+    for metric in evaluator.metrics:
+        if metric.type == "custom":
+            values.update(_custom(session, metric, ref, role, history))
+            continue
+        if metric.type == "lm_eval":
+            continue
+        if metric.data_config not in measured_on:
+            measured_on[metric.data_config] = session.measure(ref, role, history, metric.data_config) or {}
+        measured = measured_on[metric.data_config]
+        for sub in metric.sub_types:
+            values[f"{metric.name}-{sub.name}"] = _measured(measured, metric.type, sub.name)
+    return values
+
+
+def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, history: list[dict]) -> dict:
+    """Every lm_eval metric's task run once through lm-evaluation-harness; cached like an evaluation."""
+    from modelpress.engine import evaluation_key, record_step
+    from modelpress.cache import content_id
+    from modelpress.lmeval import run_tasks
+
+    named = evaluator.task_names()
+    tasks = list(evaluator.tasks) + [m.name for m in evaluator.metrics if m.type == "lm_eval" and m.name not in named]
+    settings = evaluator.model_dump(mode="json", exclude={"name", "type", "metrics", "baseline", "tasks"})
+    local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
+    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local)
+    started = time.perf_counter()
+    values = session.cache.read_eval(key)
+    hit = values is not None
+    if not hit:
+        log.info("lm-eval: %s on the %s model (%s)", ", ".join(map(_task_name, tasks)), role, ref.kind)
+        values = run_tasks(ref, tasks, evaluator, session.config.input_model.trust_remote_code,
+                           session.show_progress)
+        session.cache.write_eval(key, values)
+    history.append(record_step(f"lm-eval {', '.join(map(_task_name, tasks))} ({role})", key, hit,
+                               time.perf_counter() - started,
+                               None))
+    wanted = {f"{m.name}-{s.name}" for m in evaluator.metrics if m.type == "lm_eval" for s in m.sub_types}
+    missing = wanted - set(values)
+    if missing:
+        raise ModelpressError(f"lm-eval reported no {', '.join(sorted(missing))}; it reported "
+                              f"{', '.join(sorted(values)) or 'nothing'}")
+    return values
+
+
+def _task_name(task) -> str:
+    return task if isinstance(task, str) else str(task.get("task"))
+
+
+def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dict]) -> dict:
+    """Run the user's function (named by the config) on the model folder and the eval examples.
+
+    The result is cached like a built-in evaluation, under the model, the data, the script's
+    content, the function's name and its keyword arguments.
+    """
+    from modelpress.engine import evaluation_key, record_step
+    from modelpress.passes.plugins import load_user_module
+
+    user = metric.user_config
+    module, digest = load_user_module(user.user_script, "modelpress_metric")
+    key = evaluation_key(session, "custom-metric", ref, digest, user.evaluate_func, user.evaluate_func_kwargs,
+                         metric.data_config, [sub.name for sub in metric.sub_types])
+    started = time.perf_counter()
+    values = session.cache.read_eval(key)
+    hit = values is not None
+    if not hit:
+        function = getattr(module, user.evaluate_func, None)
+        if function is None:
+            raise ValueError(f"{user.user_script} has no function {user.evaluate_func!r}")
+        eval_set = session.plan.eval_set(metric.data_config)
+        result = function(str(ref.path), ref.kind, eval_set.examples if eval_set else [], **user.evaluate_func_kwargs)
+        if not isinstance(result, dict):
+            result = {metric.sub_types[0].name: result}
+        values = {f"{metric.name}-{sub.name}": float(result[sub.name]) for sub in metric.sub_types}
+        session.cache.write_eval(key, values)
+    history.append(record_step(f"metric {metric.name} ({role})", key, hit, time.perf_counter() - started, None))
+    return values
