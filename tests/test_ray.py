@@ -59,8 +59,8 @@ class SlowCopy(Pass):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head (1 CPU) and a second node (1 CPU, the only one with the custom resource `node_b`)."""
-    c = LocalCluster().start(head_cpus=1)
+    """A head (2 CPUs) and a second node (1 CPU, the only one with the custom resource `node_b`)."""
+    c = LocalCluster().start(head_cpus=2)
     try:
         c.add_node(num_cpus=1, resources={"node_b": 1})
         nodes = c.wait_for(2)
@@ -246,8 +246,10 @@ def test_the_six_candidate_search_runs_on_the_cluster_at_most_max_concurrency_at
     config = _search_config(tmp_path / "ray", tiny_model, BUILDER_SPACE, {"sampler": "sequential"},
                             cache=tmp_path / "cache-ray")
     raw = json.loads(config.read_text())
-    raw.update(systems={"ray": {"type": "Ray", "address": cluster.address, "max_concurrency": 2}},
-               host="ray", target="ray")
+    # training with as many threads as the local run uses gives the same adapter (torch's sums follow the
+    # thread count); the builds and evaluations run two at a time, one CPU each
+    raw.update(systems={"ray": {"type": "Ray", "address": cluster.address, "max_concurrency": 2,
+                                "pass_resources": {"lora": {"num_cpus": 2}}}}, host="ray", target="ray")
     write_config(config, raw)
     run_cli("run", "--config", str(config), "--no-progress")
     sequential = json.loads((tmp_path / "local" / "out" / "metrics.json").read_text())["search"]

@@ -138,8 +138,9 @@ class RaySystem:
         if remote is None:
             remote = self._remote[function] = ray.remote(function)
         options = {k: v for k, v in request.model_dump().items() if v not in (None, {})}
+        threads = max(1, int(request.num_cpus or 1))
         handle = remote.options(**options, max_retries=self.config.max_retries, retry_exceptions=False,
-                                name=what).remote(job)
+                                name=what).remote({**job, "threads": threads})
         with self._guard:
             self.in_flight.add(handle)
         try:

@@ -41,6 +41,12 @@ def _setup(job: dict):
         logger.propagate = False  # a library may have configured the root logger: one line each
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(name, "1")  # the driver resolved every Hub id before any task was sent
+    if job.get("threads"):
+        import torch
+
+        # Ray reuses a worker process for tasks of any size: set torch's threads to this task's CPUs, so a
+        # pass trains with the same threads (and so the same sums) whichever task the worker ran before
+        torch.set_num_threads(job["threads"])
     config = normalize(job["raw"], Path(job["base_dir"]))
     storage = open_storage(job["storage"])
     input_folder = storage.local_folder(Path(job["input_folder"]), job["input_id"], "models")
