@@ -218,6 +218,66 @@ def test_a_node_lost_mid_pass_re_runs_its_task_on_another_node(tmp_path, tiny_mo
     assert not c.processes()
 
 
+def test_fsspec_storage_carries_outputs_between_nodes_and_the_driver_verifies_them(cluster, tmp_path, tiny_model):
+    from modelpress.cache import PassCache
+    from modelpress.systems.storage import UrlStorage, local_ref
+
+    url = f"file://{tmp_path / 'bucket'}"
+    result = _run(tmp_path, tiny_model, {"slow": _slow(tmp_path), "again": _slow(tmp_path, "again")},
+                  {"address": cluster.address, "storage": url})
+    keys = [row["output_id"] for row in result.history]
+    for key in keys:  # each entry uploaded with its manifest, and downloaded into the driver's own cache
+        assert (tmp_path / "bucket" / "passes" / key / "entry.json").is_file()
+        assert (tmp_path / "cache" / "passes" / key / "entry.json").is_file()
+    inputs = list((tmp_path / "bucket" / "models").iterdir())
+    assert len(inputs) == 1 and (inputs[0] / "model" / "config.json").is_file()  # the input model, once
+
+    # a node that does not see the driver's folders fetches the models from the storage
+    storage = UrlStorage(url)
+    storage.node_dir = tmp_path / "other-node"
+    ref = result.final_model
+    moved = type(ref)(ref.kind, tmp_path / "not-on-this-node", ref.id, ref.base, ref.task)
+    here = local_ref(storage, moved, tiny_model, inputs[0].name)
+    assert here.path == tmp_path / "other-node" / "passes" / ref.id / "model"
+    assert (here.path / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+
+    # an entry whose files do not match its manifest is never taken
+    remote = tmp_path / "bucket" / "passes" / keys[0] / "model" / "config.json"
+    remote.write_text(remote.read_text() + " ")
+    fresh = PassCache(tmp_path / "fresh")
+    storage.fetch(fresh, keys[0])
+    assert fresh.lookup(keys[0], ref) is None
+
+
+def _losses(tmp_path: Path, tiny_model: Path, name: str, workers: int, batch: int, ray: dict | None = None):
+    from modelpress.config.normalize import normalize
+    from modelpress.engine import run_workflow
+
+    lora = {"type": "LoRA", "r": 4, "alpha": 8, "lora_dropout": 0.0, "target_modules": ["qkv_proj", "o_proj"],
+            "train_data_config": "tone", "num_workers": workers,
+            "training_args": {"learning_rate": 2e-3, "per_device_train_batch_size": batch, "max_steps": 4,
+                              "seed": 0, "logging_steps": 1}}
+    top = {"systems": {"ray": {"type": "Ray", **ray}}, "host": "ray"} if ray else {}
+    raw = tone_workflow(tiny_model, {"lora": lora}, cache_dir=str(tmp_path / name / "cache"),
+                        output_dir=str(tmp_path / name / "out"), **top)
+    raw["evaluation"] = {"enabled": False}
+    result = run_workflow(normalize(raw, tmp_path), show_progress=False)
+    log = json.loads((result.final_model.path / "training_log.json").read_text())
+    return [h["loss"] for h in log["log_history"] if "loss" in h], result.history[0]
+
+
+def test_lora_on_two_ddp_workers_matches_one_worker_with_the_same_global_batch(cluster, tmp_path, tiny_model):
+    # the pass's own task only waits for its two training workers: it asks for no CPU
+    ddp, row = _losses(tmp_path, tiny_model, "ddp", 2, 4,
+                       {"address": cluster.address, "pass_resources": {"lora": {"num_cpus": 0}}})
+    single, _ = _losses(tmp_path, tiny_model, "single", 1, 8)
+    alone, _ = _losses(tmp_path, tiny_model, "alone", 1, 4)
+    assert len(ddp) == len(single) == 4
+    assert ddp == pytest.approx(single, rel=1e-5)  # 2 x 4 rows per step: the same rows as one process's 8
+    assert ddp != pytest.approx(alone, rel=1e-3)  # and not what one worker's 4 rows give
+    assert any("data-parallel on 2 workers (DDP, gloo)" in note for note in row["notes"])
+
+
 @pytest.mark.e2e
 def test_the_seed_workflow_runs_through_the_cluster(cluster, tmp_path, tiny_model):
     """The seed's host/target name an `aml` system it never defines: defined as a Ray system, they run there."""

@@ -113,6 +113,10 @@ class LoRAParams(Strict):
         None, description="text-classification: 'balanced' weights each class's loss by n_rows / (n_classes * "
                           "n_rows_of_class), so a rare class counts as much as a common one.")
     training_args: TrainingArgs = Field(default_factory=TrainingArgs, description="Trainer settings.")
+    num_workers: int = Field(
+        1, ge=1, description="Train data-parallel in this many processes (PyTorch DDP through Ray Train's "
+        "TorchTrainer: gloo on CPUs, nccl on GPUs), each with per_device_train_batch_size rows per step; on a Ray "
+        "system they go to its nodes, elsewhere to a local Ray cluster started for the training.")
     double_quant: bool | None = Field(None, description="QLoRA only: accepted and ignored, with a warning.")
     quant_type: Literal["nf4", "fp4"] | None = Field(None, description="QLoRA only: accepted and ignored.")
     compute_dtype: TorchDtype | None = Field(None, description="QLoRA only: accepted and ignored.")

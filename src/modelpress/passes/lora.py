@@ -40,6 +40,15 @@ def run_qlora(ctx: PassContext, params: QLoRAParams) -> ModelRef:
 
 
 def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRef:
+    if params.num_workers > 1:
+        from modelpress.passes.lora_ddp import train_data_parallel
+
+        return train_data_parallel(ctx, params, quantization_config, train_here)
+    return train_here(ctx, params, quantization_config)
+
+
+def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRef:
+    """Train in this process (one DDP rank when torch.distributed is set up around it)."""
     tokenizer = load_tokenizer(ctx.model.path, ctx.input_model.trust_remote_code)
     labels = ctx.data.labels(params) if ctx.task == "text-classification" else None
     train, evals = _sequences(ctx, params, tokenizer, labels)
