@@ -326,6 +326,26 @@ def test_the_six_candidate_search_runs_on_the_cluster_at_most_max_concurrency_at
     assert {s["pass"] for s in steps if s.get("node")} >= {"lora", "merge", "builder"}
 
 
+@pytest.mark.e2e
+def test_the_ray_search_example_picks_the_same_best_candidate_as_the_sequential_one(demo_run):
+    """search-ray.json: the demo's search on a local cluster started for the run (its own evaluations)."""
+    run_cli("run", "--config", str(demo_run / "search.json"), "--no-progress")
+    proc = run_cli("run", "--config", str(demo_run / "search-ray.json"), "--no-progress")
+    assert "a local cluster started for this run" in proc.stderr
+    sequential = json.loads((demo_run / "runs" / "search" / "metrics.json").read_text())["search"]
+    parallel = json.loads((demo_run / "runs" / "search-ray" / "metrics.json").read_text())["search"]
+    accuracy = "accuracy-accuracy_score"
+    scores = [c["metrics"][accuracy] for c in sequential["candidates"]]
+    assert [c["metrics"][accuracy] for c in parallel["candidates"]] == scores  # measured again, on the cluster
+    assert parallel["best"] is not None
+    if scores.count(max(scores)) == 1:  # accuracy ranks first; a tie would go to latency, which is noise here
+        assert parallel["best"] == sequential["best"]
+    else:
+        assert scores[parallel["best"] - 1] == max(scores)
+    steps = json.loads((demo_run / "runs" / "search-ray" / "run_history.json").read_text())["steps"]
+    assert any(s["type"] == "evaluation" and s["cache"] == "miss" for s in steps)
+
+
 def test_zz_no_ray_process_is_left_after_the_clusters_stop(cluster):
     cluster.stop()
     assert not cluster.processes()
