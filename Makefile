@@ -6,7 +6,7 @@ STAMP := $(VENV)/.modelpress-installed
 EXAMPLE := examples/phi3-tone
 TINY := $(EXAMPLE)/models/tiny-phi3
 
-.PHONY: setup demo search minilm smollm2 test bench bench-scale clean
+.PHONY: setup demo search search-ray minilm smollm2 test bench bench-scale clean
 
 # torch is installed first and pinned to the CPU wheel on disk; a bare `pip install torch`
 # (or a dependency asking for it) would pull a multi-GB CUDA build.
@@ -29,6 +29,10 @@ demo: setup $(TINY)/config.json
 # the MiniLM classifier with six ONNX quantizers under a 2-point accuracy goal.
 search: demo
 	$(BIN)/modelpress run --config $(EXAMPLE)/search.json
+
+# The same search on a local Ray cluster started for the run: candidates two at a time (README: Several machines).
+search-ray: demo
+	$(BIN)/modelpress run --config $(EXAMPLE)/search-ray.json
 
 minilm: setup
 	cd examples/minilm-tone && ../../$(BIN)/modelpress run --config workflow.json
@@ -53,6 +57,7 @@ bench: setup $(SMOLLM2)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/checkpointing.py
 	$(BIN)/python benchmarks/smollm2.py
+	$(BIN)/python benchmarks/ray_search.py
 
 # Phi-3-mini's shapes: int4 export peak memory at 2, 4 and 8 layers, plain and bounded, the projection to
 # 32 layers, and the real 32-layer bounded export (needs ~10 GB of free disk).
