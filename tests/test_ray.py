@@ -87,7 +87,8 @@ def _run(tmp_path: Path, tiny_model: Path, passes: dict, ray: dict, **top):
     from modelpress.config.normalize import normalize
     from modelpress.engine import run_workflow
 
-    raw = tone_workflow(tiny_model, passes, systems={"ray": {"type": "Ray", **ray}}, host="ray",
+    raw = tone_workflow(tiny_model, passes, systems={"ray": {"type": "Ray", **ray}, "here": {"type": "LocalSystem"}},
+                        host="ray",
                         cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"), **top)
     raw.setdefault("evaluation", {"enabled": False})
     return run_workflow(normalize(raw, tmp_path), show_progress=False)
@@ -102,13 +103,15 @@ def _wait_for(predicate, timeout: float = 60, what: str = "") -> None:
 
 
 def test_a_task_asking_for_a_resource_only_one_node_has_lands_on_that_node(cluster, tmp_path, tiny_model):
-    result = _run(tmp_path, tiny_model, {"slow": _slow(tmp_path), "plain": _slow(tmp_path, "plain")},
+    passes = {"slow": _slow(tmp_path), "plain": {**_slow(tmp_path, "plain"), "host": "here"}}
+    result = _run(tmp_path, tiny_model, passes,
                   {"address": cluster.address, "pass_resources": {"slow": {"resources": {"node_b": 1}}}})
     rows = {row["pass"]: row for row in result.history}
     assert rows["slow"]["node"] == cluster.node_b == _attempts(tmp_path)[0]["node"]
     assert rows["slow"]["pid"] != os.getpid() and rows["slow"]["cache"] == "miss"
+    assert "node" not in rows["plain"] and _attempts(tmp_path, "plain")[0]["pid"] == os.getpid()  # its host: here
     assert (result.final_model.path / "config.json").is_file()  # the driver verified and recorded the entry
-    again = _run(tmp_path, tiny_model, {"slow": _slow(tmp_path), "plain": _slow(tmp_path, "plain")},
+    again = _run(tmp_path, tiny_model, passes,
                  {"address": cluster.address, "pass_resources": {"slow": {"resources": {"node_b": 1}}}})
     assert [row["cache"] for row in again.history] == ["hit", "hit"]  # cached: nothing left the driver
     assert len(_attempts(tmp_path)) == 1
