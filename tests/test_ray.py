@@ -21,6 +21,7 @@ from conftest import example_workspace, run_cli, tone_workflow, write_config
 from ray_cluster import LocalCluster, ray_processes
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.e2e  # each test runs on a real cluster: seconds to minutes
 
 SLOW_PASS = '''
 import json, os, shutil, time

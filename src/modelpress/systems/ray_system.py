@@ -48,7 +48,12 @@ class RaySystem:
             from modelpress.errors import MissingDependencyError
 
             raise MissingDependencyError("ray", "ray", f"The Ray system {self.name!r}") from None
-        env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **self.config.env_vars}
+        from modelpress.runtime import THP_ENV
+
+        env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        if THP_ENV in os.environ:  # the command's huge-page tensors, in the workers of a cluster it did not start
+            env[THP_ENV] = os.environ[THP_ENV]
+        env.update(self.config.env_vars)
         kwargs = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": True}
         if self.config.address is None:
             kwargs.update(include_dashboard=False, object_store_memory=100 * 2**20)
