@@ -1,7 +1,8 @@
 """Which training settings make SmolLM2-135M-Instruct generalise to phrases in another style?
 
     .venv/bin/python benchmarks/smollm2_settings.py --lr 2e-4 --steps 150 [--seed 0] [--system-prompt TEXT]
-                                                    [--dropout 0.1] [--neftune 5]
+                                                    [--dropout 0.1] [--neftune 5] [--top-layers 10] [--rank 16]
+                                                    [--targets q_proj,v_proj] [--balanced]
 
 A plain PyTorch + peft loop (not modelpress), so settings can be tried without touching the example:
 LoRA r 16 / alpha 32 on all seven projections, batch 16, AdamW at a constant learning rate, the loss
@@ -54,6 +55,10 @@ def main() -> int:
     parser.add_argument("--system-prompt", default=None)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--neftune", type=float, default=0.0, help="NEFTune noise alpha on the embeddings (0: off)")
+    parser.add_argument("--top-layers", type=int, default=0, help="LoRA on the last N decoder layers only (0: all)")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated projections to adapt")
+    parser.add_argument("--balanced", action="store_true", help="draw each row's class uniformly (oversample rare tones)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -61,7 +66,10 @@ def main() -> int:
         folder = converted_model(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager")
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=args.dropout, target_modules=TARGETS,
+    n_layers = model.config.num_hidden_layers
+    layers = list(range(n_layers - args.top_layers, n_layers)) if args.top_layers else None
+    model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=args.dropout,
+                                             target_modules=args.targets.split(","), layers_to_transform=layers,
                                              task_type="CAUSAL_LM"))  # peft keeps the adapters in float32
     if args.neftune:
         def noise(module, _inputs, out):
@@ -86,15 +94,20 @@ def main() -> int:
         return ids, [-100] * len(head) + ids[len(head):]
 
     train, held_out = split(rows_of(DATA))
+    tones = sorted({r["tone"] for r in train})
+    by_tone = {t: [i for i, r in enumerate(train) if r["tone"] == t] for t in tones}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     order, rng, started = [], random.Random(args.seed), time.perf_counter()
     model.train()
     for step in range(args.steps):
-        if len(order) < 16:
-            more = list(range(len(train)))
-            rng.shuffle(more)
-            order += more
-        batch, order = order[:16], order[16:]
+        if args.balanced:
+            batch = [rng.choice(by_tone[rng.choice(tones)]) for _ in range(16)]
+        else:
+            if len(order) < 16:
+                more = list(range(len(train)))
+                rng.shuffle(more)
+                order += more
+            batch, order = order[:16], order[16:]
         ids, labels, mask = _pad([encode(train[i]) for i in batch], tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -102,6 +115,7 @@ def main() -> int:
         optimizer.zero_grad()
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    train_s = time.perf_counter() - started
     model = model.merge_and_unload().float().eval()
 
     def answers(rows: list[dict]) -> list[str]:
@@ -127,6 +141,8 @@ def main() -> int:
                 if not s.startswith(r["tone"]):
                     print(f"  miss: {r['tone']:<8} answered {s!r:<12} {r['phrase']}")
     print(f"lr {args.lr:g}, {args.steps} steps, seed {args.seed}, dropout {args.dropout:g}, neftune {args.neftune:g}, "
+          f"top layers {args.top_layers or 'all'}, rank {args.rank}, targets {args.targets}, balanced {args.balanced}, "
+          f"{train_s / args.steps:.2f} s/step, "
           f"system prompt {args.system_prompt!r}: held-out {scores['held-out']:.3f} ({len(held_out)}), "
           f"other style {scores['other-style']:.3f} ({len(other)})")
     return 0

@@ -149,7 +149,7 @@ def _builder_output(model: Path, out: Path, precision: str) -> Path:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("kind", ["torch", "genai-fp32", "genai-int4"])
+@pytest.mark.parametrize("kind", ["torch", "genai-fp32"])
 def test_batched_generation_gives_the_same_answers_as_batch_1(kind, eos_model, tone_examples, tmp_path):
     from modelpress.runners import GenaiRunner, TorchRunner
 
@@ -163,3 +163,34 @@ def test_batched_generation_gives_the_same_answers_as_batch_1(kind, eos_model, t
     assert batched == alone  # text and token count of every answer
     # 40: more than genai takes at once (32), so the runner splits the batch
     assert predict(runner, tone_examples, True, MAX_NEW, batch_size=40) == [text for text, _ in alone]
+
+
+# The int4 answers of a batch differ from batch 1 only where two tokens tie: on CPUs without AVX-512,
+# onnxruntime's int4 MatMulNBits computes a single row with another kernel than a batch of rows (another
+# order of sums, amplified by its int8 activation quantization). On the random tiny model, whose top
+# logits are often near ties, a few answers then part at a near-tie step (on AVX-512 CPUs all agree).
+NEAR_TIE = 0.05  # logit units; the first answer token's top-2 gap here: median 0.44, one in ten under 0.1
+
+
+@pytest.mark.e2e
+def test_batched_int4_answers_differ_from_batch_1_only_at_near_ties(eos_model, tone_examples, tmp_path):
+    from modelpress.runners import GenaiRunner
+
+    runner = GenaiRunner(_builder_output(eos_model, tmp_path / "int4", "int4"))
+    rows = [runner._ids(ex.prompt, True) for ex in tone_examples]
+    alone = [runner.generate_ids([row], MAX_NEW)[0] for row in rows]
+    batched = [None] * len(rows)
+    for batch in batches(tone_examples, 16):
+        for i, new in zip(batch, runner.generate_ids([rows[i] for i in batch], MAX_NEW)):
+            batched[i] = new
+    assert len({len(a) for a in alone}) > 1, "every answer has the same length: no finished rows are mixed"
+    parted = [i for i in range(len(rows)) if batched[i] != alone[i]]
+    assert len(parted) <= len(rows) // 10, f"{len(parted)} of {len(rows)} int4 answers differ in a batch"
+    end = min(runner.eos)  # a row that ended early has generated its end of sequence there
+    for i in parted:
+        a, b = alone[i] + [end] * MAX_NEW, batched[i] + [end] * MAX_NEW
+        step = next(k for k in range(MAX_NEW) if a[k] != b[k])
+        logits = runner.logits(rows[i] + alone[i][:step])[-1]
+        gap = abs(float(logits[a[step]]) - float(logits[b[step]]))
+        print(f"row {i}: parts at new token {step}, logit gap {gap:.4f}")
+        assert gap < NEAR_TIE, f"row {i} parts at new token {step} where the two tokens' logits differ by {gap:.3f}"
