@@ -51,7 +51,7 @@ smollm2: setup $(SMOLLM2)
 	$(BIN)/modelpress generate examples/smollm2-tone/runs/output/model --prompt "I can't believe we won the lottery!" --max-new-tokens 4
 
 test: setup $(SMOLLM2)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: setup $(SMOLLM2)
 	$(BIN)/python benchmarks/run.py

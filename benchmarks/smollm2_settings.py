@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--top-layers", type=int, default=0, help="LoRA on the last N decoder layers only (0: all)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated projections to adapt")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the frozen base's dtype")
     parser.add_argument("--balanced", action="store_true", help="draw each row's class uniformly (oversample rare tones)")
     args = parser.parse_args()
 
@@ -65,7 +66,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mp-smollm2-") as tmp:
         folder = converted_model(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype),
+                                                     attn_implementation="eager")
     n_layers = model.config.num_hidden_layers
     layers = list(range(n_layers - args.top_layers, n_layers)) if args.top_layers else None
     model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=args.dropout,

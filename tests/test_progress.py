@@ -67,7 +67,7 @@ def test_training_log_writes_a_line_every_interval_not_every_log(caplog, monkeyp
 
 def _workflow(tiny_model, tmp_path, steps: int, evaluation: dict) -> str:
     lora = {"type": "LoRA", "train_data_config": "tone", "r": 4, "alpha": 8, "target_modules": ["qkv_proj"],
-            "training_args": {"max_steps": steps, "per_device_train_batch_size": 4, "logging_steps": 1}}
+            "torch_dtype": "bfloat16-if-native", "training_args": {"max_steps": steps, "per_device_train_batch_size": 4, "logging_steps": 1}}
     config = tone_workflow(tiny_model, {"lora": lora}, evaluation=evaluation, output_dir=str(tmp_path / "out"),
                            cache_dir=str(tmp_path / "cache"))
     return str(write_config(tmp_path / "workflow.json", config))
@@ -88,6 +88,10 @@ def test_a_log_file_gets_plain_step_lines_and_no_bars(tiny_model, tmp_path):
     assert "[modelpress] training: step 10/20, loss " in proc.stderr
     log = json.loads(next((tmp_path / "cache").glob("passes/*/model/training_log.json")).read_text())
     assert sum("loss" in e for e in log["log_history"]) == 20 and len(steps) <= 12  # every log, ~10% printed
+    from modelpress.models import native_training_dtype
+
+    assert log["base_dtype"] == native_training_dtype()  # what this machine multiplies natively
+    assert f"torch_dtype bfloat16-if-native: training on a {log['base_dtype']} base" in proc.stderr
 
 
 def _run_on_a_terminal(args: list[str]) -> tuple[subprocess.CompletedProcess, str]:

@@ -110,3 +110,17 @@ def test_weighted_loss_is_cross_entropy_and_accumulates_like_one_batch():
     rows = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert whole == pytest.approx(((rows * torch.tensor([0.5, 0.5, 2.0, 1.0, 1.0, 1.0])).sum() / 6).item())
     assert whole != pytest.approx(plain({"logits": logits}, labels).item())
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bfloat16"), (False, True, "bfloat16"),
+                                                         (False, False, "float32")])
+def test_bfloat16_if_native_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    import torch
+
+    from modelpress.models import native_training_dtype, torch_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_training_dtype() == expected
+    assert torch_dtype("bfloat16-if-native") is getattr(torch, expected)

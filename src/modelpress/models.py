@@ -54,10 +54,31 @@ def detect_kind(folder: Path) -> str:
     return HF
 
 
+IF_NATIVE = "bfloat16-if-native"
+
+
 def torch_dtype(name: str):
     import torch
 
+    if name == IF_NATIVE:
+        name = native_training_dtype()
     return "auto" if name == "auto" else getattr(torch, name)
+
+
+def native_training_dtype() -> str:
+    """bfloat16 where the hardware multiplies it natively, else float32.
+
+    A CUDA GPU with bfloat16 support, or a CPU with AVX512-BF16 or AMX tiles: there a bfloat16 base
+    trains faster than a float32 one. Elsewhere (AVX2 CPUs such as AMD EPYC Zen 3) PyTorch emulates
+    bfloat16 and its matrix products run several times slower than float32 (7x measured on one).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    cpu = torch.cpu  # torch 2.13 names these checks with a leading underscore
+    native = any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return "bfloat16" if native else "float32"
 
 
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):

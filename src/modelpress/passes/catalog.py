@@ -88,6 +88,7 @@ class TrainingArgs(Strict):
 
 
 TorchDtype = Literal["float32", "bfloat16", "float16"]
+TrainingDtype = Literal["float32", "bfloat16", "float16", "bfloat16-if-native"]
 
 
 class LoRAParams(Strict):
@@ -103,12 +104,19 @@ class LoRAParams(Strict):
         None, description="Module names to adapt; default: peft's choice for the architecture."
     )
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved.")
+    layers_to_transform: list[int] | None = Field(
+        None, min_length=1, description="Adapt only these decoder layers (peft's layers_to_transform); a negative "
+        "index counts from the last layer, so [-10, -9, ..., -1] adapts the top ten. Backward then stops at the "
+        "lowest adapted layer: training is faster, and the lower layers keep what pretraining taught them.")
     train_data_config: str = Field(description="Name of the data config to train on.")
     eval_data_config: str | None = Field(None, description="Name of a data config for the eval loss.")
     eval_dataset_size: float | None = Field(
         None, gt=0, description="Hold out this fraction (0-1) or count (>=1) of the training rows for eval."
     )
-    torch_dtype: TorchDtype = Field("float32", description="Dtype of the base weights while training.")
+    torch_dtype: TrainingDtype = Field(
+        "float32", description="Dtype of the frozen base weights while training (adapters stay float32). "
+        "'bfloat16-if-native': bfloat16 on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, float32 elsewhere "
+        "(CPUs without them emulate bfloat16, several times slower); the choice is in training_log.json.")
     class_weight: Literal["balanced"] | None = Field(
         None, description="text-classification: 'balanced' weights each class's loss by n_rows / (n_classes * "
                           "n_rows_of_class), so a rare class counts as much as a common one.")

@@ -9,7 +9,8 @@ from pathlib import Path
 from modelpress.context import PassContext
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.fsutil import atomic_write_json
-from modelpress.models import ADAPTER_DIR, ModelRef, load_causal_lm, load_classifier, load_tokenizer
+from modelpress.models import (ADAPTER_DIR, IF_NATIVE, ModelRef, load_causal_lm, load_classifier, load_tokenizer,
+                               native_training_dtype)
 from modelpress.passes.catalog import HF_ADAPTER, LoRAParams, QLoRAParams
 
 log = logging.getLogger("modelpress")
@@ -68,7 +69,9 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     final_eval = _final_eval(trainer) if evals else {}
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
     tokens = sum(len(f["input_ids"]) for f in train)
-    _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock)
+    base_dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+    _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock,
+               base_dtype)
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
                      f"train loss {result.training_loss:.4f}"
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
@@ -90,6 +93,8 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
     from transformers import set_seed
 
     set_seed(params.training_args.seed)  # the LoRA init is random too: seed it, so a run is reproducible
+    if params.torch_dtype == IF_NATIVE:
+        log.info("torch_dtype %s: training on a %s base on this machine", IF_NATIVE, native_training_dtype())
     if labels is not None:
         model = load_classifier(ctx.model.path, labels, params.torch_dtype, ctx.input_model.trust_remote_code)
     else:
@@ -99,8 +104,9 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
         model = _prepare_4bit(model, params.training_args.gradient_checkpointing)
     elif params.training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
+    layers = decoder_layers(params.layers_to_transform, model.config)
     try:
-        return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM"))
+        return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM", layers))
     except ValueError as err:
         if params.target_modules is None and "target_modules" in str(err):
             raise ModelpressError(f"peft has no default LoRA target modules for model type "
@@ -119,12 +125,27 @@ def _final_eval(trainer) -> dict:
     return trainer.evaluate()
 
 
-def adapter_config(params: LoRAParams, task_type: str):
+def decoder_layers(indices: list[int] | None, model_config) -> list[int] | None:
+    """`layers_to_transform` as peft wants it: sorted, non-negative, each an existing layer."""
+    if indices is None:
+        return None
+    n = getattr(model_config, "num_hidden_layers", None)
+    if n is None:
+        raise ModelpressError("layers_to_transform: the model's config has no num_hidden_layers, so its layers "
+                              "cannot be named; remove layers_to_transform")
+    bad = [i for i in indices if not -n <= i < n]
+    if bad:
+        raise ModelpressError(f"layers_to_transform: {bad} name no layer of this model, which has {n} "
+                              f"(0..{n - 1}, or -{n}..-1 from the top)")
+    return sorted({i % n for i in indices})
+
+
+def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None = None):
     """The peft config for this pass's adapter type (LoRA, DoRA, LoHa or LoKr)."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     common = {"r": params.r, "target_modules": params.target_modules, "modules_to_save": params.modules_to_save,
-              "task_type": task_type}
+              "task_type": task_type, "layers_to_transform": layers}
     kind = getattr(params, "adapter_type", "lora")
     if kind == "loha":
         return LoHaConfig(alpha=params.alpha, rank_dropout=params.lora_dropout, **common)
@@ -255,7 +276,7 @@ def _step_clock():
 
 
 def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_train: int, n_eval: int,
-               tokens_per_epoch: int, clock=None) -> None:
+               tokens_per_epoch: int, clock=None, base_dtype: str | None = None) -> None:
     state = trainer.state
     steps = result.global_step
     args = trainer.args
@@ -268,6 +289,7 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         "steps": steps,
         "train_seconds": round(seconds, 3),
         "train_loss": result.training_loss,
+        "base_dtype": base_dtype,
         "final_eval": final_eval,
         "train_sequences": n_train,
         "eval_sequences": n_eval,

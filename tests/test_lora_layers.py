@@ -1,0 +1,49 @@
+"""LoRA on some decoder layers only (layers_to_transform, negative indices from the top)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import tone_workflow, write_config
+from modelpress.errors import ModelpressError
+from modelpress.passes.lora import decoder_layers
+
+
+def test_negative_layer_indices_count_from_the_top():
+    config = SimpleNamespace(num_hidden_layers=30)
+    assert decoder_layers([-1, -3, -2], config) == [27, 28, 29]
+    assert decoder_layers([0, -30, 5], config) == [0, 5]
+    assert decoder_layers(None, config) is None
+    with pytest.raises(ModelpressError, match=r"\[30, -31\] name no layer of this model, which has 30"):
+        decoder_layers([30, -31, 2], config)
+
+
+@pytest.mark.e2e
+def test_only_the_named_layers_get_an_adapter_and_the_merge_changes_only_them(tiny_model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    n = json.loads((tiny_model / "config.json").read_text())["num_hidden_layers"]
+    lora = {"type": "LoRA", "train_data_config": "tone", "r": 4, "alpha": 8, "target_modules": ["qkv_proj", "o_proj"],
+            "layers_to_transform": [-1], "training_args": {"max_steps": 3, "per_device_train_batch_size": 4,
+                                                           "learning_rate": 1e-2}}
+    config = tone_workflow(tiny_model, {"lora": lora, "merge": {"type": "MergeAdapterWeights"}},
+                           evaluation={"enabled": False}, output_dir=str(tmp_path / "out"),
+                           cache_dir=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--no-progress", "--config",
+                           str(write_config(tmp_path / "workflow.json", config))], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    adapter = next((tmp_path / "cache").glob("passes/*/model/adapter/adapter_model.safetensors"))
+    with safe_open(str(adapter), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(f".layers.{n - 1}." in k for k in keys), keys
+    base, merged = load_file(str(tiny_model / "model.safetensors")), {}
+    for shard in (tmp_path / "out" / "model").glob("*.safetensors"):
+        merged.update(load_file(str(shard)))
+    changed = {k for k in base if k in merged and not (merged[k].float() == base[k].float()).all()}
+    assert changed == {f"model.layers.{n - 1}.self_attn.qkv_proj.weight", f"model.layers.{n - 1}.self_attn.o_proj.weight"}
