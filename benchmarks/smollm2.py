@@ -147,8 +147,14 @@ def _sdpa_attention(raw: dict) -> dict:
     return raw
 
 
+def _top_layers(raw: dict) -> dict:
+    raw["passes"]["lora"]["layers_to_transform"] = list(range(-10, 0))
+    return raw
+
+
 ROWS = [
     ("modelpress, example as shipped", lambda raw: raw),
+    ("  with LoRA on the top 10 of 30 layers", _top_layers),
     ("  with a float32 base instead of bfloat16", _float32_base),
     ("  with SDPA attention instead of eager", _sdpa_attention),
     ("  without length grouping", _without("group_by_length")),
