@@ -67,7 +67,8 @@ def test_training_log_writes_a_line_every_interval_not_every_log(caplog, monkeyp
 
 def _workflow(tiny_model, tmp_path, steps: int, evaluation: dict) -> str:
     lora = {"type": "LoRA", "train_data_config": "tone", "r": 4, "alpha": 8, "target_modules": ["qkv_proj"],
-            "torch_dtype": "bfloat16-if-native", "training_args": {"max_steps": steps, "per_device_train_batch_size": 4, "logging_steps": 1}}
+            "torch_dtype": "bfloat16-if-native",
+            "training_args": {"max_steps": steps, "per_device_train_batch_size": 4, "logging_steps": 1}}
     config = tone_workflow(tiny_model, {"lora": lora}, evaluation=evaluation, output_dir=str(tmp_path / "out"),
                            cache_dir=str(tmp_path / "cache"))
     return str(write_config(tmp_path / "workflow.json", config))

@@ -88,7 +88,7 @@ class TrainingArgs(Strict):
 
 
 TorchDtype = Literal["float32", "bfloat16", "float16"]
-TrainingDtype = Literal["float32", "bfloat16", "float16", "bfloat16-if-native"]
+TrainingDtype = Literal[TorchDtype, "bfloat16-if-native"]
 
 
 class LoRAParams(Strict):

@@ -93,12 +93,14 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
     from transformers import set_seed
 
     set_seed(params.training_args.seed)  # the LoRA init is random too: seed it, so a run is reproducible
-    if params.torch_dtype == IF_NATIVE:
-        log.info("torch_dtype %s: training on a %s base on this machine", IF_NATIVE, native_training_dtype())
+    dtype = params.torch_dtype
+    if dtype == IF_NATIVE:
+        dtype = native_training_dtype()
+        log.info("torch_dtype %s: training on a %s base on this machine", IF_NATIVE, dtype)
     if labels is not None:
-        model = load_classifier(ctx.model.path, labels, params.torch_dtype, ctx.input_model.trust_remote_code)
+        model = load_classifier(ctx.model.path, labels, dtype, ctx.input_model.trust_remote_code)
     else:
-        model = load_causal_lm(ctx.model.path, params.torch_dtype, ctx.input_model.trust_remote_code,
+        model = load_causal_lm(ctx.model.path, dtype, ctx.input_model.trust_remote_code,
                                ctx.input_model.attn_implementation, quantization_config)
     if quantization_config is not None:
         model = _prepare_4bit(model, params.training_args.gradient_checkpointing)
