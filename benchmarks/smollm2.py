@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct LoRA training: the issue's calibration loop against modelpress, side by side.
 
-    .venv/bin/python benchmarks/smollm2.py [--steps 12]
+    .venv/bin/python benchmarks/smollm2.py [--steps 12] [--rows shipped,top10,float32,sdpa,ungrouped]
 
 The calibration loop is the throwaway plain-PyTorch loop the issue measured its targets with:
 LoRA r 16 on all seven projections, learning rate 1e-3, batch 16, loss on the answer only,
@@ -152,26 +152,32 @@ def _top_layers(raw: dict) -> dict:
     return raw
 
 
-ROWS = [
-    ("modelpress, example as shipped", lambda raw: raw),
-    ("  with LoRA on the top 10 of 30 layers", _top_layers),
-    ("  with a float32 base instead of bfloat16", _float32_base),
-    ("  with SDPA attention instead of eager", _sdpa_attention),
-    ("  without length grouping", _without("group_by_length")),
-]
+ROWS = {  # --rows key: (table row, change to the shipped workflow)
+    "shipped": ("modelpress, example as shipped", lambda raw: raw),
+    "top10": ("  with LoRA on the top 10 of 30 layers", _top_layers),
+    "float32": ("  with a float32 base instead of bfloat16", _float32_base),
+    "sdpa": ("  with SDPA attention instead of eager", _sdpa_attention),
+    "ungrouped": ("  without length grouping", _without("group_by_length")),
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"modelpress rows to run, of {','.join(ROWS)}")
     args = parser.parse_args()
+    rows = args.rows.split(",")
+    unknown = [key for key in rows if key not in ROWS]
+    if unknown:
+        parser.error(f"unknown --rows {unknown}: choose from {','.join(ROWS)}")
     with tempfile.TemporaryDirectory(prefix="mp-smollm2-") as tmp:
         work = Path(tmp)
         folder = converted_model(work)
         results = [("calibration loop (plain PyTorch, fp32)", calibration_loop(folder, args.steps)),
                    ("  + logits at answer positions only", calibration_loop(folder, args.steps, answer_logits=True))]
-        for tag, (name, change) in enumerate(ROWS):
-            results.append((name, modelpress_lora(work, args.steps, f"row{tag}", change)))
+        for key in rows:
+            name, change = ROWS[key]
+            results.append((name, modelpress_lora(work, args.steps, key, change)))
     base = results[0][1]["tokens_per_s"]
     print(f"SmolLM2-135M-Instruct LoRA r16 (7 projections), batch 16, {args.steps} timed steps, 2 CPU cores\n")
     print(f"{'run':<42} {'s/step':>7} {'tokens/s':>9} {'vs calibration':>15}")

@@ -14,7 +14,7 @@ from modelpress.data import Example
 from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, predict
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
-from modelpress.runners import left_pad, right_pad, until_eos
+from modelpress.runners import free_pad_id, left_pad, right_pad, until_eos
 from conftest import TONE_DATA
 
 MAX_NEW = 8
@@ -47,6 +47,28 @@ def test_latency_sample_spreads_over_the_examples():
     examples = [Example(str(i), "joy", f"row {i}") for i in range(10)]
     assert [ex.prompt for ex in latency_sample(examples, 4)] == ["0", "2", "5", "7"]
     assert latency_sample(examples, 64) == examples
+
+
+def _genai_folder(folder: Path, pad: int, template: str) -> Path:
+    folder.mkdir()
+    (folder / "genai_config.json").write_text(json.dumps(
+        {"model": {"bos_token_id": 1, "eos_token_id": [2], "pad_token_id": pad}}))
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>"]
+    (folder / "tokenizer.json").write_text(json.dumps(
+        {"added_tokens": [{"id": i, "content": text, "special": True} for i, text in enumerate(specials)]
+         + [{"id": 9, "content": "<not special>", "special": False}]}))
+    (folder / "chat_template.jinja").write_text(template)
+    return folder
+
+
+def test_genai_pads_with_a_special_token_the_chat_template_never_writes(tmp_path):
+    chat = "{{ '<|im_start|>' + message['content'] + '<|im_end|>' }}"
+    # SmolLM2 pads with its turn end, which every chat prompt holds: the highest unused special token instead
+    assert free_pad_id(_genai_folder(tmp_path / "a", 2, chat)) == 4
+    assert free_pad_id(_genai_folder(tmp_path / "b", 0, chat)) == 0  # its own pad is free: kept
+    # the template writes every spare special token: nothing better, so the pad stays (prompts then run alone)
+    full = chat + "<|endoftext|><repo_name><file_sep>"
+    assert free_pad_id(_genai_folder(tmp_path / "c", 2, full)) == 2
 
 
 class EchoRunner:
@@ -163,6 +185,30 @@ def test_batched_generation_gives_the_same_answers_as_batch_1(kind, eos_model, t
     assert batched == alone  # text and token count of every answer
     # 40: more than genai takes at once (32), so the runner splits the batch
     assert predict(runner, tone_examples, True, MAX_NEW, batch_size=40) == [text for text, _ in alone]
+
+
+@pytest.mark.e2e
+def test_genai_batches_chat_prompts_that_hold_its_pad_token(eos_model, tone_examples, tmp_path):
+    """A chat model that pads with its turn-end token (as SmolLM2 does) still answers in batches, as at batch 1."""
+    from modelpress.runners import GenaiRunner
+
+    folder = _builder_output(eos_model, tmp_path / "chat", "fp32")
+    config = json.loads((folder / "genai_config.json").read_text())
+    tokens = {t["content"]: t["id"] for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
+    end = tokens["</s>"]  # the turn end of this chat format, and (as in SmolLM2) the pad token
+    config["model"]["pad_token_id"] = end
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ '### ' + m['role'] + ': ' + m['content'] + '</s>\\n' }}{% endfor %}")
+    chat = [Example(f"### user: {ex.prompt}</s>\n### assistant: ", ex.completion, ex.source) for ex in tone_examples]
+    runner = GenaiRunner(folder)
+    assert runner.pad != end and all(end in runner._ids(ex.prompt, True) for ex in chat)
+    sizes = []
+    generate_ids = runner.generate_ids
+    runner.generate_ids = lambda rows, new: sizes.append(len(rows)) or generate_ids(rows, new)
+    alone, batched = _answers_batched_and_alone(runner, chat)
+    assert max(sizes) == 16, f"the chat prompts ran in batches of at most {max(sizes)}"
+    assert batched == alone
 
 
 # The int4 answers of a batch differ from batch 1 only where two tokens tie: on CPUs without AVX-512,

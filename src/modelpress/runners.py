@@ -265,7 +265,10 @@ class GenaiRunner(Runner):
         og.disable_telemetry_events()
         self.og = og
         self.folder = Path(folder)
-        self.model = og.Model(str(folder))
+        self.pad = free_pad_id(self.folder)
+        config = og.Config(str(folder))
+        config.overlay(json.dumps({"model": {"pad_token_id": self.pad}}))
+        self.model = og.Model(config)
         self.prepack = prepack
         self._scratch = tempfile.TemporaryDirectory(prefix="modelpress-adapter-")
         self.adapter = adapter or adapter_file(self.folder) if use_adapter else None
@@ -275,9 +278,6 @@ class GenaiRunner(Runner):
         self.tokenizer = og.Tokenizer(self.model)
         self.bos = self.tokenizer.bos_token_id
         self.eos = set(self.tokenizer.eos_token_ids)
-        # genai finds a batch's padding by this id (its attention mask is ids != pad).
-        config = json.loads((self.folder / "genai_config.json").read_text())["model"]
-        self.pad = config.get("pad_token_id", min(self.eos))
         self._session = None
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
@@ -354,6 +354,44 @@ class GenaiRunner(Runner):
             # the adapter's weights are fed as the inputs they are (ExtractAdapters)
             self._adapter_feeds = read_adapter(self.adapter) if self.adapter is not None else {}
         return self._session
+
+
+def free_pad_id(folder: Path) -> int:
+    """The id genai pads batches with: the model's own pad id, unless the chat template writes that token.
+
+    onnxruntime-genai finds a batch's padding by its id (attention mask = ids != pad), so a pad id
+    that occurs in prompts would mask real tokens, and such prompts must run one at a time. Chat
+    models often pad with their turn-end token (SmolLM2: <|im_end|>), which every chat prompt holds.
+    Then the highest-numbered special token that the template does not write (nor bos/eos) is used:
+    text does not tokenize to special tokens, so no prompt holds it. `generate_batch` still checks.
+    """
+    model = json.loads((folder / "genai_config.json").read_text())["model"]
+    eos = model.get("eos_token_id", [])
+    eos = set(eos if isinstance(eos, list) else [eos])
+    pad = model.get("pad_token_id", min(eos) if eos else 0)
+    template = _template_text(folder)
+    added = {}
+    tokenizer_file = folder / "tokenizer.json"
+    if tokenizer_file.is_file():
+        added = {t["id"]: t["content"] for t in json.loads(tokenizer_file.read_text()).get("added_tokens", [])
+                 if t.get("special")}
+    if pad not in added or added[pad] not in template:
+        return pad
+    taken = eos | {model.get("bos_token_id"), pad}
+    spare = [i for i, text in added.items() if i not in taken and text not in template]
+    return max(spare) if spare else pad
+
+
+def _template_text(folder: Path) -> str:
+    """Every chat template saved in a model folder, joined (empty when there is none)."""
+    texts = []
+    if (folder / "chat_template.jinja").is_file():
+        texts.append((folder / "chat_template.jinja").read_text())
+    for name, key in (("tokenizer_config.json", "chat_template"), ("modelpress_model.json", "task")):
+        if (folder / name).is_file():
+            value = json.loads((folder / name).read_text()).get(key)
+            texts.append(json.dumps(value) if not isinstance(value, str) else value)
+    return "\n".join(texts)
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
