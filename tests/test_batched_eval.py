@@ -14,7 +14,7 @@ from modelpress.data import Example
 from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, predict
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
-from modelpress.runners import free_pad_id, left_pad, right_pad, until_eos
+from modelpress.runners import free_pad_id, left_pad, loss_batches, right_pad, until_eos
 from conftest import TONE_DATA
 
 MAX_NEW = 8
@@ -147,6 +147,27 @@ def eos_model(tiny_model, tone_examples, tmp_path_factory) -> Path:
     head[runner.tokenizer.eos_token_id] = head[common.most_common(1)[0][0]] * 1.05
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+def test_loss_batches_group_short_sequences_under_a_token_budget():
+    lengths = [30, 5, 600, 10, 3000, 20]
+    groups = loss_batches(lengths, size=2, tokens=1200)
+    assert groups == [[1, 3], [5, 0], [2], [4]]  # shortest first; 2 x 600 > 1200; 3000 alone
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+
+
+def test_batched_completion_loss_equals_one_sequence_at_a_time(tiny_model, tone_examples):
+    from modelpress.runners import TorchRunner
+
+    runner = TorchRunner(ModelRef(HF, tiny_model, id="tiny"))
+    examples = tone_examples[:40]
+    assert len({len(runner._ids(ex.prompt, True)) for ex in examples}) > 3  # batches hold padding
+    alone = runner.completion_loss(examples, True, batch_size=1)
+    batched = runner.completion_loss(examples, True)
+    assert batched == pytest.approx(alone, rel=1e-5)
+    plain = [Example("", f"{ex.prompt}{ex.completion}", ex.source) for ex in examples[:8]]  # no prompt: text scored
+    assert runner.completion_loss(plain, False) == pytest.approx(runner.completion_loss(plain, False, batch_size=1),
+                                                                 rel=1e-5)
 
 
 def _answers_batched_and_alone(runner, examples: list[Example]) -> tuple[list, list]:

@@ -55,6 +55,22 @@ def until_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], int]:
     return tokens, len(tokens)
 
 
+LOSS_BATCH = 16  # sequences scored together by TorchRunner.completion_loss,
+LOSS_TOKENS = 2048  # and at most this many padded tokens, which bounds the batch's logits in memory
+
+
+def loss_batches(lengths: list[int], size: int = LOSS_BATCH, tokens: int = LOSS_TOKENS) -> list[list[int]]:
+    """Indexes of sequences grouped shortest first, at most `size` together and `tokens` padded tokens
+    (a longer sequence goes alone)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
+        if batches and len(batches[-1]) < size and (len(batches[-1]) + 1) * lengths[i] <= tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class Runner:
     """Greedy generation: `generate_batch` for accuracy, `generate` (batch 1) for latency."""
 
@@ -216,17 +232,28 @@ class TorchRunner(Runner):
         answers = [until_eos(row[len(ids[0]):], {self.tokenizer.eos_token_id}) for row in out.tolist()]
         return [(self.tokenizer.decode(new, skip_special_tokens=True), count) for new, count in answers]
 
-    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
+    def completion_loss(self, examples: list[Example], add_bos: bool, batch_size: int = LOSS_BATCH) -> float:
+        """Mean -log p of each completion's tokens (and the end of sequence) after its prompt.
+
+        Sequences of similar length go through the model together, right-padded with the padding
+        masked: a causal model's logits at a real position do not depend on what follows it, so
+        each sequence scores as it would alone (`tests/test_batched_eval.py`)."""
         import torch
 
+        pairs = [scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
+            ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]) for ex in examples]
         total, count = 0.0, 0
-        for ex in examples:
-            head, tail = scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
-                ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size):
+            rows = [pairs[i][0] + pairs[i][1] for i in batch]
+            width = max(len(r) for r in rows)
+            mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
             with torch.inference_mode():
-                logits = self.model(input_ids=torch.tensor([head + tail])).logits[0].float()
-            total += _nll(logits.numpy(), head, tail)
-            count += len(tail)
+                logits = self.model(input_ids=torch.tensor(right_pad(rows, self.pad)),
+                                    attention_mask=torch.tensor(mask)).logits
+            for i, row in zip(batch, logits):
+                head, tail = pairs[i]
+                total += _nll(row.float().numpy(), head, tail)
+                count += len(tail)
         return total / count if count else float("nan")
 
 
