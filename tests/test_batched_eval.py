@@ -232,6 +232,21 @@ def test_genai_batches_chat_prompts_that_hold_its_pad_token(eos_model, tone_exam
     assert batched == alone
 
 
+@pytest.mark.e2e
+def test_genai_batched_completion_loss_equals_one_sequence_at_a_time(eos_model, tone_examples, tmp_path):
+    from modelpress.runners import GenaiRunner
+
+    runner = GenaiRunner(_builder_output(eos_model, tmp_path / "loss", "fp32"))
+    examples = tone_examples[:40]
+    ids = sorted((runner._ids(ex.prompt, True) for ex in examples), key=len)
+    rows = [ids[-1], ids[0], ids[len(ids) // 2]]
+    assert len({len(r) for r in rows}) == 3  # two of the three rows are padded
+    for row, alone in zip(rows, runner.logits_batch(rows)):  # each row's logits up to its own length
+        assert abs(alone[:len(row)] - runner.logits(row)).max() < 1e-4
+    assert runner.completion_loss(examples, True) == pytest.approx(
+        runner.completion_loss(examples, True, batch_size=1), rel=1e-5)
+
+
 # The int4 answers of a batch differ from batch 1 only where two tokens tie: on CPUs without AVX-512,
 # onnxruntime's int4 MatMulNBits computes a single row with another kernel than a batch of rows (another
 # order of sums, amplified by its int8 activation quantization). On the random tiny model, whose top

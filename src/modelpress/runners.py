@@ -345,25 +345,36 @@ class GenaiRunner(Runner):
         # generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
         return [until_eos([int(t) for t in generator.get_sequence(i)][width:], self.eos)[0] for i in range(len(rows))]
 
-    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
+    def completion_loss(self, examples: list[Example], add_bos: bool, batch_size: int = LOSS_BATCH) -> float:
+        """As TorchRunner's: similar-length sequences in one right-padded onnxruntime call."""
+        pairs = [scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
+                 for ex in examples]
         total, count = 0.0, 0
-        for ex in examples:
-            head, tail = scored_split(self._ids(ex.prompt, add_bos),
-                                      list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
-            total += _nll(self.logits(head + tail), head, tail)
-            count += len(tail)
+        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size):
+            logits = self.logits_batch([pairs[i][0] + pairs[i][1] for i in batch])
+            for i, row in zip(batch, logits):
+                head, tail = pairs[i]
+                total += _nll(row, head, tail)
+                count += len(tail)
         return total / count if count else float("nan")
 
     def logits(self, ids: list[int]):
         """Logits for every position of `ids` from one onnxruntime call with an empty KV cache."""
+        return self.logits_batch([ids])[0]
+
+    def logits_batch(self, rows: list[list[int]]):
+        """Logits for every position of each row, the rows right-padded into one call (padding masked;
+        a row's logits past its own length are meaningless)."""
         import numpy as np
 
         session = self._load_session()
-        feeds = {spec.name: _feed(spec, ids, self._kv_shape) for spec in session.get_inputs()
-                 if spec.name not in self._adapter_feeds}
+        width = max(len(r) for r in rows)
+        mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+        feeds = {spec.name: _feed(spec, right_pad(rows, self.pad), mask, self._kv_shape)
+                 for spec in session.get_inputs() if spec.name not in self._adapter_feeds}
         feeds.update(self._adapter_feeds)
         out = session.run(["logits"], feeds)[0]
-        return np.asarray(out[0], dtype=np.float32)
+        return np.asarray(out, dtype=np.float32)
 
     def _load_session(self):
         if self._session is None:
@@ -425,19 +436,19 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int32)": "int32"}
 
 
-def _feed(spec, ids: list[int], kv_shape: tuple[int, int]):
+def _feed(spec, rows: list[list[int]], mask: list[list[int]], kv_shape: tuple[int, int]):
     import numpy as np
 
-    n = len(ids)
+    batch, width = len(rows), len(rows[0])
     dtype = _ORT_TYPES.get(spec.type, "float32")
     if spec.name == "input_ids":
-        return np.array([ids], dtype=dtype)
+        return np.array(rows, dtype=dtype)
     if spec.name == "attention_mask":
-        return np.ones((1, n), dtype=dtype)
+        return np.array(mask, dtype=dtype)
     if spec.name == "position_ids":
-        return np.arange(n, dtype=dtype)[None, :]
+        return np.broadcast_to(np.arange(width, dtype=dtype), (batch, width)).copy()
     if spec.name.startswith("past_key_values"):
-        return np.zeros((1, kv_shape[0], 0, kv_shape[1]), dtype=dtype)
+        return np.zeros((batch, kv_shape[0], 0, kv_shape[1]), dtype=dtype)
     if ".lora_" in spec.name:
         raise ModelpressError(f"the model needs an adapter for its input {spec.name!r} (ExtractAdapters with "
                               "optional_inputs false): give it one")
