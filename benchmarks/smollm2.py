@@ -166,7 +166,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"modelpress rows to run, of {','.join(ROWS)}")
     args = parser.parse_args()
-    rows = args.rows.split(",")
+    rows = list(dict.fromkeys(args.rows.split(",")))  # each row once: a row's folders are named by its key
     unknown = [key for key in rows if key not in ROWS]
     if unknown:
         parser.error(f"unknown --rows {unknown}: choose from {','.join(ROWS)}")

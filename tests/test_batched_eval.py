@@ -52,8 +52,8 @@ def test_latency_sample_spreads_over_the_examples():
 def _genai_folder(folder: Path, pad: int, template: str) -> Path:
     folder.mkdir()
     (folder / "genai_config.json").write_text(json.dumps(
-        {"model": {"bos_token_id": 1, "eos_token_id": [2], "pad_token_id": pad}}))
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>"]
+        {"model": {"bos_token_id": 1, "eos_token_id": [2], "pad_token_id": pad, "vocab_size": 5}}))
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>", "<not in vocab>"]
     (folder / "tokenizer.json").write_text(json.dumps(
         {"added_tokens": [{"id": i, "content": text, "special": True} for i, text in enumerate(specials)]
          + [{"id": 9, "content": "<not special>", "special": False}]}))
@@ -152,7 +152,8 @@ def eos_model(tiny_model, tone_examples, tmp_path_factory) -> Path:
 def test_loss_batches_group_short_sequences_under_a_token_budget():
     lengths = [30, 5, 600, 10, 3000, 20]
     groups = loss_batches(lengths, size=2, tokens=1200)
-    assert groups == [[1, 3], [5, 0], [2], [4]]  # shortest first; 2 x 600 > 1200; 3000 alone
+    assert groups == [[1, 3], [5, 0], [2], [4]]  # shortest first, 2 at most; 3000 > 1200 alone
+    assert loss_batches([600, 600, 601], size=4, tokens=1200) == [[0, 1], [2]]  # 2 x 600 fits, 3 x 601 not
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
 
 

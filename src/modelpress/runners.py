@@ -55,11 +55,16 @@ def until_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], int]:
     return tokens, len(tokens)
 
 
-LOSS_BATCH = 16  # sequences scored together by TorchRunner.completion_loss,
-LOSS_TOKENS = 2048  # and at most this many padded tokens, which bounds the batch's logits in memory
+LOSS_BATCH = 16  # sequences scored together by the runners' completion_loss,
+LOSS_LOGITS = 100_000_000  # and at most this many logits (padded tokens x vocabulary: 400 MB in float32)
 
 
-def loss_batches(lengths: list[int], size: int = LOSS_BATCH, tokens: int = LOSS_TOKENS) -> list[list[int]]:
+def loss_tokens(vocab_size: int | None) -> int:
+    """The padded tokens a completion-loss batch may hold for this vocabulary size."""
+    return max(1, LOSS_LOGITS // (vocab_size or 2**17))
+
+
+def loss_batches(lengths: list[int], size: int = LOSS_BATCH, tokens: int = 2048) -> list[list[int]]:
     """Indexes of sequences grouped shortest first, at most `size` together and `tokens` padded tokens
     (a longer sequence goes alone)."""
     batches: list[list[int]] = []
@@ -243,7 +248,8 @@ class TorchRunner(Runner):
         pairs = [scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
             ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]) for ex in examples]
         total, count = 0.0, 0
-        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size):
+        tokens = loss_tokens(getattr(getattr(self.model, "config", None), "vocab_size", None))
+        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size, tokens):
             rows = [pairs[i][0] + pairs[i][1] for i in batch]
             width = max(len(r) for r in rows)
             mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
@@ -350,7 +356,8 @@ class GenaiRunner(Runner):
         pairs = [scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
                  for ex in examples]
         total, count = 0.0, 0
-        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size):
+        vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
+        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size, loss_tokens(vocab)):
             logits = self.logits_batch([pairs[i][0] + pairs[i][1] for i in batch])
             for i, row in zip(batch, logits):
                 head, tail = pairs[i]
@@ -400,8 +407,9 @@ def free_pad_id(folder: Path) -> int:
     onnxruntime-genai finds a batch's padding by its id (attention mask = ids != pad), so a pad id
     that occurs in prompts would mask real tokens, and such prompts must run one at a time. Chat
     models often pad with their turn-end token (SmolLM2: <|im_end|>), which every chat prompt holds.
-    Then the highest-numbered special token that the template does not write (nor bos/eos) is used:
-    text does not tokenize to special tokens, so no prompt holds it. `generate_batch` still checks.
+    Then the highest-numbered special token inside the vocabulary that the template does not write
+    (nor bos/eos) is used. A user's text could still spell it out, which a tokenizer may turn into
+    that id: `generate_batch` checks every batch and runs such prompts alone.
     """
     model = json.loads((folder / "genai_config.json").read_text())["model"]
     eos = model.get("eos_token_id", [])
@@ -416,7 +424,8 @@ def free_pad_id(folder: Path) -> int:
     if pad not in added or added[pad] not in template:
         return pad
     taken = eos | {model.get("bos_token_id"), pad}
-    spare = [i for i, text in added.items() if i not in taken and text not in template]
+    vocab = model.get("vocab_size") or 0
+    spare = [i for i, text in added.items() if i not in taken and text not in template and i < vocab]
     return max(spare) if spare else pad
 
 
@@ -428,7 +437,7 @@ def _template_text(folder: Path) -> str:
     for name, key in (("tokenizer_config.json", "chat_template"), ("modelpress_model.json", "task")):
         if (folder / name).is_file():
             value = json.loads((folder / name).read_text()).get(key)
-            texts.append(json.dumps(value) if not isinstance(value, str) else value)
+            texts.append(json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
     return "\n".join(texts)
 
 
