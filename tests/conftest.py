@@ -26,6 +26,18 @@ def tiny_model(tmp_path_factory) -> Path:
     return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny-phi3")
 
 
+def sigint_live() -> None:
+    """Popen preexec_fn for tests that press Ctrl-C: SIGINT back to its default in the child.
+
+    A command started in the background of a non-interactive shell (`cmd &`, as a CI script may
+    start the test run) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    A Ctrl-C test stands for a command run in the foreground of a terminal, so its child must not
+    inherit that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def example_workspace(tmp: Path, tiny_model: Path) -> Path:
     """A copy of the example folder whose models/tiny-phi3 is the session's tiny model."""
     work = tmp / "phi3-tone"

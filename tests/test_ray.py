@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import example_workspace, run_cli, tone_workflow, write_config
+from conftest import example_workspace, run_cli, sigint_live, tone_workflow, write_config
 from ray_cluster import LocalCluster, ray_processes
 
 pytest.importorskip("ray")
@@ -173,7 +173,7 @@ def test_ctrl_c_on_the_driver_cancels_the_tasks_and_keeps_finished_passes(cluste
     raw["evaluation"] = {"enabled": False}
     config = write_config(tmp_path / "config.json", raw)
     driver = subprocess.Popen([sys.executable, "-m", "modelpress", "run", "--config", str(config), "--no-progress"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_live)
     _wait_for(lambda: _attempts(tmp_path, "second"), what="the second pass never started")
     worker = _attempts(tmp_path, "second")[0]["pid"]
     driver.send_signal(signal.SIGINT)

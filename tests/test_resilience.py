@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, tone_workflow, write_config
+from conftest import run_cli, sigint_live, tone_workflow, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ def _config(tiny_model: Path, root: Path, cache: str, steps: int = 60) -> dict:
 
 def _start(config: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "modelpress", "run", "--config", str(config), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_live)
 
 
 def _wait_for_checkpoint(cache: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
