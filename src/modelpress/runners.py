@@ -43,6 +43,12 @@ def right_pad(rows: list[list[int]], pad: int) -> list[list[int]]:
     return [r + [pad] * (width - len(r)) for r in rows]
 
 
+def right_mask(rows: list[list[int]]) -> list[list[int]]:
+    """The attention masks of `right_pad`'s rows (0 on padding)."""
+    width = max(len(r) for r in rows)
+    return [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+
+
 def until_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], int]:
     """The generated tokens before the first end of sequence, and how many were generated up to and with it.
 
@@ -74,6 +80,17 @@ def loss_batches(lengths: list[int], size: int = LOSS_BATCH, tokens: int = 2048)
         else:
             batches.append([i])
     return batches
+
+
+def batched_loss(pairs: list[tuple[list[int], list[int]]], batch_size: int, tokens: int, logits_of) -> float:
+    """Mean -log p of each pair's tail after its head, `logits_of(rows)` scoring a right-padded batch."""
+    total, count = 0.0, 0
+    for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size, tokens):
+        for i, row in zip(batch, logits_of([pairs[i][0] + pairs[i][1] for i in batch])):
+            head, tail = pairs[i]
+            total += _nll(row, head, tail)
+            count += len(tail)
+    return total / count if count else float("nan")
 
 
 class Runner:
@@ -247,20 +264,14 @@ class TorchRunner(Runner):
 
         pairs = [scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
             ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]) for ex in examples]
-        total, count = 0.0, 0
-        tokens = loss_tokens(getattr(getattr(self.model, "config", None), "vocab_size", None))
-        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size, tokens):
-            rows = [pairs[i][0] + pairs[i][1] for i in batch]
-            width = max(len(r) for r in rows)
-            mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+        def logits_of(rows: list[list[int]]):
             with torch.inference_mode():
                 logits = self.model(input_ids=torch.tensor(right_pad(rows, self.pad)),
-                                    attention_mask=torch.tensor(mask)).logits
-            for i, row in zip(batch, logits):
-                head, tail = pairs[i]
-                total += _nll(row.float().numpy(), head, tail)
-                count += len(tail)
-        return total / count if count else float("nan")
+                                    attention_mask=torch.tensor(right_mask(rows))).logits
+            return logits.float().numpy()
+
+        tokens = loss_tokens(getattr(getattr(self.model, "config", None), "vocab_size", None))
+        return batched_loss(pairs, batch_size, tokens, logits_of)
 
 
 def scored_split(head: list[int], tail: list[int]) -> tuple[list[int], list[int]]:
@@ -355,15 +366,8 @@ class GenaiRunner(Runner):
         """As TorchRunner's: similar-length sequences in one right-padded onnxruntime call."""
         pairs = [scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
                  for ex in examples]
-        total, count = 0.0, 0
         vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
-        for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size, loss_tokens(vocab)):
-            logits = self.logits_batch([pairs[i][0] + pairs[i][1] for i in batch])
-            for i, row in zip(batch, logits):
-                head, tail = pairs[i]
-                total += _nll(row, head, tail)
-                count += len(tail)
-        return total / count if count else float("nan")
+        return batched_loss(pairs, batch_size, loss_tokens(vocab), self.logits_batch)
 
     def logits(self, ids: list[int]):
         """Logits for every position of `ids` from one onnxruntime call with an empty KV cache."""
@@ -375,9 +379,7 @@ class GenaiRunner(Runner):
         import numpy as np
 
         session = self._load_session()
-        width = max(len(r) for r in rows)
-        mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
-        feeds = {spec.name: _feed(spec, right_pad(rows, self.pad), mask, self._kv_shape)
+        feeds = {spec.name: _feed(spec, right_pad(rows, self.pad), right_mask(rows), self._kv_shape)
                  for spec in session.get_inputs() if spec.name not in self._adapter_feeds}
         feeds.update(self._adapter_feeds)
         out = session.run(["logits"], feeds)[0]
