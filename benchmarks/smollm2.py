@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct LoRA training: the issue's calibration loop against modelpress, side by side.
 
-    .venv/bin/python benchmarks/smollm2.py [--steps 12] [--rows shipped,top10,float32,sdpa,ungrouped]
+    .venv/bin/python benchmarks/smollm2.py [--steps 12] [--rows shipped,unshared,top10,float32,sdpa,ungrouped]
 
 The calibration loop is the throwaway plain-PyTorch loop the issue measured its targets with:
 LoRA r 16 on all seven projections, learning rate 1e-3, batch 16, loss on the answer only,
@@ -152,8 +152,14 @@ def _top_layers(raw: dict) -> dict:
     return raw
 
 
+def _unshared_prefix(raw: dict) -> dict:
+    raw["passes"]["lora"]["share_prompt_prefix"] = False
+    return raw
+
+
 ROWS = {  # --rows key: (table row, change to the shipped workflow)
     "shipped": ("modelpress, example as shipped", lambda raw: raw),
+    "unshared": ("  without sharing the prompt prefix", _unshared_prefix),
     "top10": ("  with LoRA on the top 10 of 30 layers", _top_layers),
     "float32": ("  with a float32 base instead of bfloat16", _float32_base),
     "sdpa": ("  with SDPA attention instead of eager", _sdpa_attention),

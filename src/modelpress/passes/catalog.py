@@ -113,6 +113,11 @@ class LoRAParams(Strict):
     eval_dataset_size: float | None = Field(
         None, gt=0, description="Hold out this fraction (0-1) or count (>=1) of the training rows for eval."
     )
+    share_prompt_prefix: bool = Field(
+        True, description="Run the leading tokens that every row of a batch shares (a chat template's system "
+        "prompt and turn header) once per batch and reuse their keys and values for every row: the same loss "
+        "and gradients with less compute. Applies to causal LMs when nothing in the model drops out (lora_dropout "
+        "0), without gradient_checkpointing, in one process; false turns it off.")
     torch_dtype: TrainingDtype = Field(
         "float32", description="Dtype of the frozen base weights while training (adapters stay float32). "
         "'bfloat16-if-native': bfloat16 on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, float32 elsewhere "

@@ -209,6 +209,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
 
     from modelpress.data import Collator
     from modelpress.passes.losses import AnswerCollator, answer_loss, slices_logits, weighted_class_loss
+    from modelpress.passes.prefix import prefix_sharing_applies, prefix_sharing_trainer
     from modelpress.progress import use_modelpress_output
 
     ta = params.training_args
@@ -243,10 +244,15 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         loss = weighted_class_loss(weights)
     elif ctx.task != "text-classification" and slices_logits(model):
         collate, loss = AnswerCollator(collate), answer_loss  # logits only where a label is trained
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals,
-                      data_collator=collate, compute_loss_func=loss)
+    trainer_class = Trainer
+    if (ctx.task != "text-classification" and params.share_prompt_prefix
+            and prefix_sharing_applies(model, params.lora_dropout, ta.gradient_checkpointing, params.num_workers)):
+        trainer_class = prefix_sharing_trainer()  # a batch's common prompt head runs once, not once per row
+    trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evals,
+                            data_collator=collate, compute_loss_func=loss)
     # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
     use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
+    trainer.shares_prompt_prefix = trainer_class is not Trainer
     return trainer
 
 
@@ -292,6 +298,7 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         "train_seconds": round(seconds, 3),
         "train_loss": result.training_loss,
         "base_dtype": base_dtype,
+        "shared_prompt_prefix": getattr(trainer, "shares_prompt_prefix", False),
         "final_eval": final_eval,
         "train_sequences": n_train,
         "eval_sequences": n_eval,
