@@ -120,3 +120,34 @@ def test_a_checkpoint_whose_names_differ_takes_the_builders_own_path(tiny_model,
     stats = _build(folder, tmp_path / "out", "int4", [], bounded=True)
     assert stats["bounded"] is False and "model.norm.weight" in stats["why_not"], stats
     assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_a_tied_head_at_int8_builds_a_working_model_without_alarming_the_user(tmp_path_factory, tmp_path):
+    """k_quant_last on a tied model (SmolLM2's shape): the builder's int8 embedding lookup names the head's
+    initializers before they are declared, and onnx_ir logs "The model is invalid" while saving. The model
+    is complete: genai runs it, and its logits follow the float model's. The warning goes to builder.log."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import run_cli, write_config
+
+    llama = _llama(tmp_path_factory, tied=True)
+    config = {"input_model": {"type": "HfModel", "model_path": str(llama)},
+              "passes": {"builder": {"type": "ModelBuilder", "precision": "int4", "algo_config": "k_quant_last"}},
+              "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
+    proc = run_cli("run", "--config", str(write_config(tmp_path / "w.json", config)), "--no-progress")
+    assert "The model is invalid" not in proc.stdout + proc.stderr
+    built = next((tmp_path / "cache").rglob("genai_config.json")).parent
+    assert "The model is invalid" in (built / "builder.log").read_text()
+    assert json.loads((built / "genai_config.json").read_text())["model"]["type"] == "llama"
+    graph = onnx.load(str(built / "model.onnx"), load_external_data=False).graph
+    assert "/lm_head/MatMul_Q8" in {n.name for n in graph.node}  # the head kept at 8 bits, shared with the lookup
+    ids = list(range(5, 37))
+    got = GenaiRunner(built).logits(ids)
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(str(llama), dtype=torch.float32)(
+            torch.tensor([ids])).logits[0].numpy()
+    assert np.isfinite(got).all() and got.shape == want.shape
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95

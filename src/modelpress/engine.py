@@ -296,7 +296,9 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
         if eval_set is None:
             (log.debug if config.evaluator is not None else log.warning)("no data to evaluate on: metrics cover size only")
             return None
-        log.info("evaluating the %s model (%s) on %d examples", role, ref.kind, len(eval_set.examples))
+        where = f" of {data_config}" if data_config else ""
+        log.info("evaluating the %s model (%s) on %d examples%s", role.removesuffix(f" on {data_config}"), ref.kind,
+                 len(eval_set.examples), where)
         ref = _with_labels(session, ref)
         target = session.target()
         if target is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 from modelpress.context import PassContext
@@ -108,7 +109,9 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
     layers = decoder_layers(params.layers_to_transform, model.config)
     try:
-        return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM", layers))
+        with warnings.catch_warnings():  # peft reads transformers' deprecated alias: noise, not the user's
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM", layers))
     except ValueError as err:
         if params.target_modules is None and "target_modules" in str(err):
             raise ModelpressError(f"peft has no default LoRA target modules for model type "

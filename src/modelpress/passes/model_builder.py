@@ -64,6 +64,30 @@ def _quiet_quantizer_logs() -> None:
     logging.getLogger("onnxruntime.quantization").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+@contextlib.contextmanager
+def _graph_logs_to(stream):
+    """onnx_ir's log lines while the builder runs go to `stream` (builder.log), shown only with --verbose.
+
+    With a tied LM head kept at int8 (k_quant_last), the builder's embedding lookup names the head's
+    initializers before they are declared, and onnx_ir warns "The model is invalid" for each while
+    saving; the saved model is complete (onnxruntime-genai loads and runs it, tests/test_smollm2.py).
+    """
+    logger = logging.getLogger("onnx_ir")
+    if log.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s [%(levelname)s] %(message)s"))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     """Call `onnxruntime_genai.models.builder` from Python (its CLI's --help crashes in 0.18)."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
@@ -87,7 +111,7 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     try:
         # The builder prints its own progress; shown on stderr only when progress is wanted.
         quiet_stderr = contextlib.redirect_stderr(captured) if not ctx.show_progress else contextlib.nullcontext()
-        with contextlib.redirect_stdout(captured), quiet_stderr:
+        with contextlib.redirect_stdout(captured), quiet_stderr, _graph_logs_to(captured):
             options = parse_extra_options(ctx.model.path.name, src, out, params.precision, ep, work,
                                           builder_options(params) + extra, search=params.search)
             with bounded_builder(bounded) if params.bounded_memory else contextlib.nullcontext():
