@@ -28,6 +28,9 @@ METHODS = {  # name -> the passes after merge
     "int4 k_quant_last (builder; the example's)": {"builder": dict(BUILD, algo_config="k_quant_last")},
     "int4 k_quant_mixed (builder)": {"builder": dict(BUILD, algo_config="k_quant_mixed")},
     "int4 GPTQ g32, head 8-bit RTN": {"gptq": GPTQ, "head": HEAD8, "builder": dict(BUILD)},
+    "int4 GPTQ g32, head 8-bit RTN, int8 embeddings": {
+        "gptq": GPTQ, "head": HEAD8, "builder": dict(BUILD),
+        "embeddings": {"type": "GraphSurgeries", "surgeries": [{"surgeon": "QuantizeEmbeddingInt8"}]}},
     "mixed: k_quant_mixed + GPTQ + 8-bit head": {
         "mixed": {"type": "SelectiveMixedPrecision", "algorithm": "k_quant_mixed"}, "gptq": GPTQ, "head": HEAD8,
         "builder": dict(BUILD)},

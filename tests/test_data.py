@@ -131,3 +131,21 @@ def test_sliding_window_masks_the_overlap_so_each_token_is_learned_once():
     assert features[0]["labels"] == features[0]["input_ids"]
     assert features[1]["labels"][:2] == [IGNORE, IGNORE]
     assert features[1]["input_ids"][:2] == features[0]["input_ids"][2:]
+
+
+def test_quantizer_calibration_leaves_out_the_eval_split(tiny_model, tmp_path):
+    """GPTQ, the mixed-precision choice and static quantization calibrate on a data config's rows; when a
+    training pass holds out an eval split of it, those rows stay out, so the split measures unseen rows."""
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.context import DataPlan
+
+    lora = {"type": "LoRA", "train_data_config": "tone", "eval_dataset_size": 0.2}
+    plan = DataPlan(normalize(tone_workflow(tiny_model, {"lora": lora}), base_dir=tmp_path), tmp_path / "cache")
+    held = {ex.prompt for ex in plan.eval_set().examples}
+    calibration = plan.calibration_examples("tone")
+    assert held and calibration
+    assert not held & {ex.prompt for ex in calibration}
+    assert len(calibration) + sum(ex.prompt in held for ex in plan.examples("tone")) == len(plan.examples("tone"))
+    plain = DataPlan(normalize(tone_workflow(tiny_model, {}), base_dir=tmp_path), tmp_path / "cache2")
+    assert plain.calibration_examples("tone") == plain.examples("tone")  # no split: every row

@@ -72,7 +72,7 @@ def test_gptq_reconstructs_the_layer_output_better_than_round_to_nearest():
     hessian = Hessian(64)
     for chunk in x.split(100):
         hessian.add(chunk)
-    assert torch.allclose(hessian.h, 2 * x.double().T @ x.double() / len(x))
+    assert torch.allclose(hessian.h.double(), 2 * x.double().T @ x.double() / len(x), rtol=1e-5, atol=1e-5)
 
     def output_error(codes, scales, zeros):
         return torch.linalg.norm(x @ (weight - dequantize(codes, scales, zeros, grid)).T).item()
@@ -97,3 +97,31 @@ def test_round_to_nearest_error_is_at_most_half_a_step():
         codes, scales, zeros = rtn(weight, grid)
         step = scales.repeat_interleave(64 // scales.shape[1], dim=1)
         assert torch.all((weight - dequantize(codes, scales, zeros, grid)).abs() <= step / 2 + 1e-6), grid
+
+
+def test_modules_reading_one_tensor_share_one_hessian_equal_to_their_own():
+    from modelpress.passes.gptq_layers import _layer_hessians
+
+    class Block(torch.nn.Module):  # q/k/v read the normed input, as in a decoder layer; o reads their output
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(16)
+            self.q, self.k, self.v, self.o = (torch.nn.Linear(16, 16) for _ in range(4))
+
+        def forward(self, x):
+            h = self.norm(x)
+            return x + self.o(self.q(h) * self.k(h) + self.v(h))
+
+    torch.manual_seed(0)
+    block = Block()
+    rows = [((torch.randn(1, n, 16),), {}) for n in (5, 9, 3)]
+    linears = {name: getattr(block, name) for name in "qkvo"}
+    hessians = _layer_hessians(block, linears, rows)
+    assert hessians["q"] is hessians["k"] is hessians["v"] and hessians["o"] is not hessians["q"]
+    with torch.no_grad():
+        normed = torch.cat([block.norm(args[0]).reshape(-1, 16) for args, _ in rows])
+        inner = torch.cat([(block.q(block.norm(a[0])) * block.k(block.norm(a[0])) + block.v(block.norm(a[0])))
+                           .reshape(-1, 16) for a, _ in rows])
+    for name, x in (("q", normed), ("o", inner)):
+        assert hessians[name].rows == 17
+        assert torch.allclose(hessians[name].h.double(), 2 * x.double().T @ x.double() / 17, rtol=1e-5, atol=1e-5)

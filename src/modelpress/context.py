@@ -95,6 +95,15 @@ class DataPlan:
             return split_examples(examples, params.eval_dataset_size, 0 if seed is None else seed)
         return examples, []
 
+    def calibration_examples(self, name: str) -> list[Example]:
+        """Rows of data config `name` for calibrating a quantizer: a training pass's held-out eval split
+        on it is left out, so the accuracy measured on that split stays on rows no pass has seen."""
+        for p in self.config.passes:
+            if (CATALOG[p.type].trains() and p.params.train_data_config == name and not p.params.eval_data_config
+                    and p.params.eval_dataset_size):
+                return self.training_examples(p.params)[0]
+        return self.examples(name)
+
     def labels(self, params: LoRAParams) -> list[str]:
         """The class labels a classifier trained by this pass predicts (from its training rows)."""
         return label_set(self.training_examples(params)[0])

@@ -7,37 +7,14 @@ module imports torch, so `modelpress validate` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
-# Model kinds that flow between passes.
-HF = "hf"  # a Hugging Face model folder
-HF_ADAPTER = "hf-adapter"  # a base Hugging Face folder plus a peft adapter folder
-ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
-ONNX = "onnx"  # a plain ONNX model folder: model.onnx (+ external data), tokenizer, config.json
-HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with weight-only quantized linears (modelpress.quantized)
-
-SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
-DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config
-SEARCH = "search"  # json_schema_extra key: the values search tries when a param says SEARCHABLE_VALUES
-
-
-def searchable(*values, **field_kwargs):
-    """A pydantic Field whose declared search values live next to its default (declared once)."""
-    extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
-    extra[SEARCH] = list(values)
-    return Field(json_schema_extra=extra, **field_kwargs)
-
-
-class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
+from modelpress.passes.onnx_specs import ONNX_SPECS
+from modelpress.passes.quant_specs import QUANT_SPECS
+from modelpress.passes.spec_base import (DATA_PARAMS, HF, HF_ADAPTER, HF_QUANTIZED, ONNX, ONNX_GENAI,  # noqa: F401
+                                         SAME_KIND, SEARCH, PassSpec, Strict, searchable)
 
 class TrainingArgs(Strict):
     """The subset of Hugging Face `TrainingArguments` that modelpress honours."""
@@ -249,41 +226,6 @@ BUILDER_PRECISIONS = {
 }
 
 
-@dataclass(frozen=True)
-class PassSpec:
-    """What modelpress knows about a pass without importing it."""
-
-    name: str
-    summary: str
-    params: type[Strict]
-    entry: str  # "module:function" that runs the pass
-    accepts: tuple[str, ...]
-    produces: str
-    needs_data: bool
-    optional_package: tuple[str, str] | None = None  # (import name, pip extra)
-    function: Callable | None = None  # set for plugin passes defined in a script
-    origin: str = "built-in"  # or the plugin's package / script
-
-    def runner(self) -> Callable:
-        """The callable `(ctx, params) -> ModelRef` that runs this pass."""
-        if self.function is not None:
-            return self.function
-        module, function = self.entry.split(":")
-        return getattr(importlib.import_module(module), function)
-
-    def output_kind(self, input_kind: str) -> str:
-        return input_kind if self.produces == SAME_KIND else self.produces
-
-    def trains(self) -> bool:
-        """A fine-tuning pass: its train_data_config defines the task's data and the eval split."""
-        return "train_data_config" in self.params.model_fields
-
-    def search_space(self) -> dict[str, list]:
-        """Each parameter's declared search values (see `searchable`)."""
-        return {name: list((f.json_schema_extra or {})[SEARCH]) for name, f in self.params.model_fields.items()
-                if isinstance(f.json_schema_extra, dict) and SEARCH in f.json_schema_extra}
-
-
 CATALOG: dict[str, PassSpec] = {
     spec.name: spec
     for spec in (
@@ -312,11 +254,7 @@ def _register(specs) -> None:
         CATALOG[spec.name] = spec
 
 
-# The ONNX and torch-quantization passes declare their params in their own modules; importing them adds
-# them here.
-from modelpress.passes.onnx_specs import ONNX_SPECS  # noqa: E402
-from modelpress.passes.quant_specs import QUANT_SPECS  # noqa: E402
-
+# The ONNX and torch-quantization passes declare their params in their own modules.
 _register(ONNX_SPECS)
 _register(QUANT_SPECS)
 

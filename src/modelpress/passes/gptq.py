@@ -17,12 +17,15 @@ from modelpress.quantized import Grid
 
 
 class Hessian:
-    """Running H = 2/n * sum(x x^T) over the rows a linear layer sees."""
+    """Running H = 2/n * sum(x x^T) over the rows a linear layer sees.
+
+    Accumulated in float32, as the paper's reference implementation does (its cost is most of a
+    GPTQ pass: tokens x columns^2); `gptq` works in float64 from there."""
 
     def __init__(self, columns: int):
         import torch
 
-        self.h = torch.zeros(columns, columns, dtype=torch.float64)
+        self.h = torch.zeros(columns, columns, dtype=torch.float32)
         self.rows = 0
 
     def add(self, x) -> None:

@@ -63,6 +63,32 @@ def _quantize_module(module, hessian: Hessian, grid: Grid, params: GptqParams, n
     return packed_parts(codes, scales, zeros, grid, name)
 
 
+def _layer_hessians(layer, linears: dict, inputs: list) -> dict:
+    """{module name: Hessian} of `linears` over `inputs`; modules that read the same tensor (q/k/v,
+    gate/up) share one Hessian, computed once: the same sum over the same rows."""
+    import torch
+
+    seen: dict = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, args[0]))
+             for name, m in linears.items()]
+    shared: dict[tuple, Hessian] = {}
+    try:
+        with torch.no_grad():
+            for args, kwargs in inputs:
+                seen.clear()
+                layer(*args, **kwargs)
+                groups: dict[int, list[str]] = {}
+                for name, x in seen.items():
+                    groups.setdefault(id(x), []).append(name)
+                for names in groups.values():
+                    x = seen[names[0]]
+                    shared.setdefault(tuple(names), Hessian(x.shape[-1])).add(x.detach().float())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: h for names, h in shared.items() for name in names}
+
+
 def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams, show_progress: bool = False) -> dict:
     """GPTQ every module of `plan` that is a decoder linear (or the LM head); {module: packed tensors}."""
     import torch
@@ -76,14 +102,7 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
     for index, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer", disable=not show_progress)):
         linears = {f"{prefix}.{index}.{name}": m for name, m in layer.named_modules()
                    if isinstance(m, torch.nn.Linear) and f"{prefix}.{index}.{name}" in plan}
-        hessians = {name: Hessian(m.in_features) for name, m in linears.items()}
-        hooks = [m.register_forward_hook(lambda mod, args, out, h=hessians[name]: h.add(args[0].detach().float()))
-                 for name, m in linears.items()]
-        with torch.no_grad():
-            for args, kwargs in inputs:
-                layer(*args, **kwargs)
-        for hook in hooks:
-            hook.remove()
+        hessians = _layer_hessians(layer, linears, inputs)
         for name, module in linears.items():
             packed[name] = _quantize_module(module, hessians[name], plan[name], params, name)
         with torch.no_grad():

@@ -205,7 +205,7 @@ def calibration_feeds(ctx: PassContext, params: OnnxStaticQuantizationParams) ->
         raise ModelpressError(f"OnnxStaticQuantization: no data config named {params.data_config!r} "
                               f"(defined: {known}). Set data_config to one of the workflow's data configs.")
     config = ctx.data.data_config(params.data_config)
-    examples = ctx.data.examples(params.data_config)[:params.calibration_samples]
+    examples = ctx.data.calibration_examples(params.data_config)[:params.calibration_samples]
     # A classifier reads the input text (the prompt); a causal LM reads prompt and completion together.
     texts = [ex.prompt if ctx.task == CLASSIFY else ex.prompt + ex.completion for ex in examples]
     tokenizer = load_tokenizer(ctx.model.path, ctx.input_model.trust_remote_code)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeInt, model_validator
 
-from modelpress.passes.catalog import HF, ONNX, ONNX_GENAI, SAME_KIND, PassSpec, Strict, searchable
+from modelpress.passes.spec_base import HF, ONNX, ONNX_GENAI, SAME_KIND, PassSpec, Strict, searchable
 
 BlockSize = Literal[16, 32, 64, 128, 256]
 AccuracyLevel = Literal[0, 1, 2, 3, 4]

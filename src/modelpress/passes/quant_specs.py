@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from modelpress.passes.catalog import HF, HF_QUANTIZED, PassSpec, Strict, searchable
+from modelpress.passes.spec_base import HF, HF_QUANTIZED, PassSpec, Strict, searchable
 
 Bits = Literal[2, 4, 8]
 

@@ -93,7 +93,7 @@ def calibration_rows(ctx: PassContext, data_config: str | None, samples: int, ma
     import torch
 
     if data_config:
-        texts = [ex.prompt + (ex.target or ex.completion) for ex in ctx.data.examples(data_config)[:samples]]
+        texts = [ex.prompt + (ex.target or ex.completion) for ex in ctx.data.calibration_examples(data_config)[:samples]]
         rows = tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=False)["input_ids"]
         return [torch.tensor([ids]) for ids in rows if ids]
     text = "\n\n".join(_wikitext())

@@ -1,0 +1,69 @@
+"""What every pass declaration is built from: the model kinds, the strict config base, searchable
+fields and `PassSpec`. The catalog and the ONNX and quantization spec modules all build on it."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Model kinds that flow between passes.
+HF = "hf"  # a Hugging Face model folder
+HF_ADAPTER = "hf-adapter"  # a base Hugging Face folder plus a peft adapter folder
+ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
+ONNX = "onnx"  # a plain ONNX model folder: model.onnx (+ external data), tokenizer, config.json
+HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with weight-only quantized linears (modelpress.quantized)
+
+SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
+DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config
+SEARCH = "search"  # json_schema_extra key: the values search tries when a param says SEARCHABLE_VALUES
+
+
+def searchable(*values, **field_kwargs):
+    """A pydantic Field whose declared search values live next to its default (declared once)."""
+    extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
+    extra[SEARCH] = list(values)
+    return Field(json_schema_extra=extra, **field_kwargs)
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """What modelpress knows about a pass without importing it."""
+
+    name: str
+    summary: str
+    params: type[Strict]
+    entry: str  # "module:function" that runs the pass
+    accepts: tuple[str, ...]
+    produces: str
+    needs_data: bool
+    optional_package: tuple[str, str] | None = None  # (import name, pip extra)
+    function: Callable | None = None  # set for plugin passes defined in a script
+    origin: str = "built-in"  # or the plugin's package / script
+
+    def runner(self) -> Callable:
+        """The callable `(ctx, params) -> ModelRef` that runs this pass."""
+        if self.function is not None:
+            return self.function
+        module, function = self.entry.split(":")
+        return getattr(importlib.import_module(module), function)
+
+    def output_kind(self, input_kind: str) -> str:
+        return input_kind if self.produces == SAME_KIND else self.produces
+
+    def trains(self) -> bool:
+        """A fine-tuning pass: its train_data_config defines the task's data and the eval split."""
+        return "train_data_config" in self.params.model_fields
+
+    def search_space(self) -> dict[str, list]:
+        """Each parameter's declared search values (see `searchable`)."""
+        return {name: list((f.json_schema_extra or {})[SEARCH]) for name, f in self.params.model_fields.items()
+                if isinstance(f.json_schema_extra, dict) and SEARCH in f.json_schema_extra}
