@@ -277,3 +277,36 @@ def test_batched_int4_answers_differ_from_batch_1_only_at_near_ties(eos_model, t
         gap = abs(float(logits[a[step]]) - float(logits[b[step]]))
         print(f"row {i}: parts at new token {step}, logit gap {gap:.4f}")
         assert gap < NEAR_TIE, f"row {i} parts at new token {step} where the two tokens' logits differ by {gap:.3f}"
+
+
+def test_common_prefix_stops_before_the_last_token_and_under_the_minimum():
+    from modelpress.prompt_cache import MIN_PREFIX, common_prefix, inner_left_pad
+
+    head = list(range(100, 100 + MIN_PREFIX + 2))
+    assert common_prefix([head + [1, 2], head + [3]]) == len(head)
+    assert common_prefix([head + [1, 2], head + [3]], most=MIN_PREFIX) == MIN_PREFIX
+    assert common_prefix([head, head + [3]]) == len(head) - 1  # a row keeps one token of its own
+    assert common_prefix([head[:MIN_PREFIX - 1] + [1, 2], head[:MIN_PREFIX - 1] + [3, 4]]) == 0  # too short
+    assert common_prefix([head + [1]]) == 0  # one row: nothing to share
+    ids, mask = inner_left_pad([[7, 8, 1, 2, 3], [7, 8, 4]], 2, pad=0)
+    assert ids == [[7, 8, 1, 2, 3], [7, 8, 0, 0, 4]] and mask == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 1]]
+
+
+SYSTEM = "### System: you name the tone of a phrase: joy, fear, sadness or surprise. Answer with one word.\n"
+
+
+def test_a_shared_system_prompt_runs_once_with_the_same_answers_and_losses_as_batch_1(eos_model, tone_examples):
+    """Prompts that open alike (a chat template's system prompt): the runner computes the common prefix
+    once per batch; every answer and the completion loss equal the ones computed one prompt at a time."""
+    from modelpress.runners import TorchRunner
+
+    runner = TorchRunner(ModelRef(HF, eos_model, id="eos"))
+    examples = [Example(SYSTEM + ex.prompt, ex.completion, ex.source) for ex in tone_examples[:48]]
+    alone, batched = _answers_batched_and_alone(runner, examples)
+    assert runner.shared_prefix_tokens > 0, "the batches did not share their prefix"
+    assert len(Counter(count for _, count in alone)) > 1  # rows finish at different steps
+    assert batched == alone
+    runner.shared_prefix_tokens = 0
+    batched_loss = runner.completion_loss(examples, True)
+    assert runner.shared_prefix_tokens > 0
+    assert batched_loss == pytest.approx(runner.completion_loss(examples, True, batch_size=1), rel=1e-5)

@@ -18,6 +18,7 @@ from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
+from modelpress.prompt_cache import common_prefix, generate_with_prefix, suffix_logits
 
 
 def make_runner(ref: ModelRef, trust_remote_code: bool = False):
@@ -83,12 +84,15 @@ def loss_batches(lengths: list[int], size: int = LOSS_BATCH, tokens: int = 2048)
 
 
 def batched_loss(pairs: list[tuple[list[int], list[int]]], batch_size: int, tokens: int, logits_of) -> float:
-    """Mean -log p of each pair's tail after its head, `logits_of(rows)` scoring a right-padded batch."""
+    """Mean -log p of each pair's tail after its head. `logits_of(rows, most)` scores a right-padded
+    batch and returns (logits, offset): logits from position `offset` on, where `offset` is at most
+    `most`, the batch's last position that predicts no scored token."""
     total, count = 0.0, 0
     for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size, tokens):
-        for i, row in zip(batch, logits_of([pairs[i][0] + pairs[i][1] for i in batch])):
+        logits, offset = logits_of([pairs[i][0] + pairs[i][1] for i in batch], min(len(pairs[i][0]) for i in batch) - 1)
+        for i, row in zip(batch, logits):
             head, tail = pairs[i]
-            total += _nll(row, head, tail)
+            total += _nll(row, head, tail, offset)
             count += len(tail)
     return total / count if count else float("nan")
 
@@ -238,20 +242,29 @@ class TorchRunner(Runner):
         self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
         eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a batch's common prefix
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
         return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
+        """Greedy answers; a common prompt prefix (a chat template's system prompt) runs once (prompt_cache)."""
         import torch
 
-        ids, mask = left_pad([self._ids(p, add_bos) for p in prompts], self.pad)
+        rows = [self._ids(p, add_bos) for p in prompts]
+        shared = common_prefix(rows)
+        settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": self.tokenizer.eos_token_id}
         with torch.inference_mode():
-            out = self.model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                      eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad)
-        answers = [until_eos(row[len(ids[0]):], {self.tokenizer.eos_token_id}) for row in out.tolist()]
+            if shared:
+                out, width = generate_with_prefix(self.model, rows, shared, self.pad, **settings)
+                self.shared_prefix_tokens += shared * (len(rows) - 1)
+            else:
+                ids, mask = left_pad(rows, self.pad)
+                out = self.model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                                          pad_token_id=self.pad, **settings)
+                width = len(ids[0])
+        answers = [until_eos(row[width:], {self.tokenizer.eos_token_id}) for row in out.tolist()]
         return [(self.tokenizer.decode(new, skip_special_tokens=True), count) for new, count in answers]
 
     def completion_loss(self, examples: list[Example], add_bos: bool, batch_size: int = LOSS_BATCH) -> float:
@@ -264,11 +277,15 @@ class TorchRunner(Runner):
 
         pairs = [scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
             ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]) for ex in examples]
-        def logits_of(rows: list[list[int]]):
+        def logits_of(rows: list[list[int]], most: int):
+            shared = common_prefix(rows, most)
             with torch.inference_mode():
+                if shared:
+                    self.shared_prefix_tokens += shared * (len(rows) - 1)
+                    return suffix_logits(self.model, rows, shared, self.pad).float().numpy(), shared
                 logits = self.model(input_ids=torch.tensor(right_pad(rows, self.pad)),
                                     attention_mask=torch.tensor(right_mask(rows))).logits
-            return logits.float().numpy()
+            return logits.float().numpy(), 0
 
         tokens = loss_tokens(getattr(getattr(self.model, "config", None), "vocab_size", None))
         return batched_loss(pairs, batch_size, tokens, logits_of)
@@ -279,11 +296,12 @@ def scored_split(head: list[int], tail: list[int]) -> tuple[list[int], list[int]
     return (head, tail) if head else (tail[:1], tail[1:])
 
 
-def _nll(logits, head: list[int], tail: list[int]) -> float:
-    """Sum of -log p(tail token | everything before it), from full-sequence logits."""
+def _nll(logits, head: list[int], tail: list[int], offset: int = 0) -> float:
+    """Sum of -log p(tail token | everything before it), from the sequence's logits from position `offset` on."""
     import numpy as np
 
-    rows = logits[len(head) - 1: len(head) - 1 + len(tail)].astype(np.float64)
+    start = len(head) - 1 - offset
+    rows = logits[start: start + len(tail)].astype(np.float64)
     rows = rows - rows.max(axis=-1, keepdims=True)
     log_probs = rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
     return float(-log_probs[np.arange(len(tail)), tail].sum())
@@ -367,7 +385,7 @@ class GenaiRunner(Runner):
         pairs = [scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
                  for ex in examples]
         vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
-        return batched_loss(pairs, batch_size, loss_tokens(vocab), self.logits_batch)
+        return batched_loss(pairs, batch_size, loss_tokens(vocab), lambda rows, _most: (self.logits_batch(rows), 0))
 
     def logits(self, ids: list[int]):
         """Logits for every position of `ids` from one onnxruntime call with an empty KV cache."""
