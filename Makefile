@@ -57,6 +57,7 @@ bench: setup $(SMOLLM2)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/checkpointing.py
 	$(BIN)/python benchmarks/smollm2.py
+	$(BIN)/python benchmarks/smollm2_eval.py
 	$(BIN)/python benchmarks/ray_search.py
 
 # Phi-3-mini's shapes: int4 export peak memory at 2, 4 and 8 layers, plain and bounded, the projection to

@@ -310,3 +310,20 @@ def test_a_shared_system_prompt_runs_once_with_the_same_answers_and_losses_as_ba
     batched_loss = runner.completion_loss(examples, True)
     assert runner.shared_prefix_tokens > 0
     assert batched_loss == pytest.approx(runner.completion_loss(examples, True, batch_size=1), rel=1e-5)
+    assert batched_loss == pytest.approx(_plain_completion_loss(runner, examples), rel=1e-5)
+
+
+def _plain_completion_loss(runner, examples) -> float:
+    """Mean -log p of each completion token and the end of sequence, from one plain forward per example."""
+    import torch
+
+    total, count = 0.0, 0
+    for ex in examples:
+        head = runner._ids(ex.prompt, True)
+        tail = runner.tokenizer(ex.completion, add_special_tokens=False)["input_ids"] + [runner.tokenizer.eos_token_id]
+        with torch.inference_mode():
+            logits = runner.model(input_ids=torch.tensor([head + tail])).logits[0].double()
+        log_probs = torch.log_softmax(logits[len(head) - 1:len(head) - 1 + len(tail)], dim=-1)
+        total -= float(log_probs[torch.arange(len(tail)), torch.tensor(tail)].sum())
+        count += len(tail)
+    return total / count

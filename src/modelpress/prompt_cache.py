@@ -9,7 +9,8 @@ and values for those tokens do not depend on what follows them, so the runner co
   masked. transformers' `generate` takes positions from the mask (masked tokens are not counted),
   so each row is computed as it is alone: the same greedy answers (tests/test_batched_eval.py).
 - Completion loss: rows are right-padded after their own tokens; the prefix stops before the
-  position that predicts the first scored token, so every scored logit comes from the suffix.
+  position that predicts the first scored token, so every scored logit comes from the suffix, and
+  the LM head (a fifth of SmolLM2's weights) runs only from that position on.
 
 Latency is still timed one prompt at a time, with no cache carried between prompts.
 The training side of the same idea is `modelpress.passes.prefix`.
@@ -65,13 +66,21 @@ def generate_with_prefix(model, rows: list[list[int]], n: int, pad: int, **gener
     return out, len(ids[0])
 
 
-def suffix_logits(model, rows: list[list[int]], n: int, pad: int):
-    """Logits of every position from `n` on for right-padded `rows`, whose first `n` tokens are alike
-    and run once: row i's position p is [i, p - n]."""
+def logits_from(model, rows: list[list[int]], n: int, first: int, pad: int):
+    """Logits of right-padded `rows` at positions `first` on (row i's position p is [i, p - first]).
+
+    The rows' first `n` tokens (n <= first) are alike and run once (n = 0: no prefix). The LM head runs
+    only from `first` on, where the model takes transformers' `logits_to_keep` positions."""
     import torch
+
+    from modelpress.passes.losses import slices_logits
 
     width = max(len(r) for r in rows)
     ids = [r[n:] + [pad] * (width - len(r)) for r in rows]
     mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
-    cache = prefix_cache(model, rows[0][:n], len(rows))
-    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), cache=cache, use_cache=True).logits
+    extra = {"cache": prefix_cache(model, rows[0][:n], len(rows)), "use_cache": True} if n else {}
+    sliced = slices_logits(model)
+    if sliced:
+        extra["logits_to_keep"] = torch.arange(first - n, width - n)
+    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **extra).logits
+    return logits if sliced else logits[:, first - n:]

@@ -18,7 +18,7 @@ from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
-from modelpress.prompt_cache import common_prefix, generate_with_prefix, suffix_logits
+from modelpress.prompt_cache import common_prefix, generate_with_prefix, logits_from
 
 
 def make_runner(ref: ModelRef, trust_remote_code: bool = False):
@@ -279,13 +279,9 @@ class TorchRunner(Runner):
             ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]) for ex in examples]
         def logits_of(rows: list[list[int]], most: int):
             shared = common_prefix(rows, most)
+            self.shared_prefix_tokens += shared * (len(rows) - 1)
             with torch.inference_mode():
-                if shared:
-                    self.shared_prefix_tokens += shared * (len(rows) - 1)
-                    return suffix_logits(self.model, rows, shared, self.pad).float().numpy(), shared
-                logits = self.model(input_ids=torch.tensor(right_pad(rows, self.pad)),
-                                    attention_mask=torch.tensor(right_mask(rows))).logits
-            return logits.float().numpy(), 0
+                return logits_from(self.model, rows, shared, most, self.pad).float().numpy(), most
 
         tokens = loss_tokens(getattr(getattr(self.model, "config", None), "vocab_size", None))
         return batched_loss(pairs, batch_size, tokens, logits_of)

