@@ -125,3 +125,24 @@ def test_modules_reading_one_tensor_share_one_hessian_equal_to_their_own():
     for name, x in (("q", normed), ("o", inner)):
         assert hessians[name].rows == 17
         assert torch.allclose(hessians[name].h.double(), 2 * x.double().T @ x.double() / 17, rtol=1e-5, atol=1e-5)
+
+
+def test_a_module_run_twice_in_one_layer_call_counts_both_inputs():
+    from modelpress.passes.gptq_layers import _layer_hessians
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.f(self.f(x))
+
+    torch.manual_seed(1)
+    block = Twice()
+    x = torch.randn(1, 6, 8)
+    hessian = _layer_hessians(block, {"f": block.f}, [((x,), {})])["f"]
+    with torch.no_grad():
+        both = torch.cat([x.reshape(-1, 8), block.f(x).reshape(-1, 8)])
+    assert hessian.rows == 12
+    assert torch.allclose(hessian.h.double(), 2 * both.double().T @ both.double() / 12, rtol=1e-5, atol=1e-5)

@@ -68,8 +68,8 @@ def _layer_hessians(layer, linears: dict, inputs: list) -> dict:
     gate/up) share one Hessian, computed once: the same sum over the same rows."""
     import torch
 
-    seen: dict = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, args[0]))
+    seen: dict[str, list] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.setdefault(name, []).append(args[0]))
              for name, m in linears.items()]
     shared: dict[tuple, Hessian] = {}
     try:
@@ -77,12 +77,12 @@ def _layer_hessians(layer, linears: dict, inputs: list) -> dict:
             for args, kwargs in inputs:
                 seen.clear()
                 layer(*args, **kwargs)
-                groups: dict[int, list[str]] = {}
-                for name, x in seen.items():
-                    groups.setdefault(id(x), []).append(name)
+                groups: dict[tuple, list[str]] = {}  # the inputs' identities -> the modules that read them
+                for name, xs in seen.items():
+                    groups.setdefault(tuple(id(x) for x in xs), []).append(name)
                 for names in groups.values():
-                    x = seen[names[0]]
-                    shared.setdefault(tuple(names), Hessian(x.shape[-1])).add(x.detach().float())
+                    for x in seen[names[0]]:  # a module run twice in one call sees both inputs
+                        shared.setdefault(tuple(names), Hessian(x.shape[-1])).add(x.detach().float())
     finally:
         for hook in hooks:
             hook.remove()
