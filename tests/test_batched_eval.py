@@ -14,7 +14,8 @@ from modelpress.data import Example
 from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, predict
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
-from modelpress.runners import free_pad_id, left_pad, loss_batches, right_pad, until_eos
+from modelpress.prompt_cache import left_pad, right_pad
+from modelpress.runners import free_pad_id, loss_batches, until_eos
 from conftest import TONE_DATA
 
 MAX_NEW = 8
@@ -280,7 +281,7 @@ def test_batched_int4_answers_differ_from_batch_1_only_at_near_ties(eos_model, t
 
 
 def test_common_prefix_stops_before_the_last_token_and_under_the_minimum():
-    from modelpress.prompt_cache import MIN_PREFIX, common_prefix, inner_left_pad
+    from modelpress.prompt_cache import MIN_PREFIX, common_prefix
 
     head = list(range(100, 100 + MIN_PREFIX + 2))
     assert common_prefix([head + [1, 2], head + [3]]) == len(head)
@@ -288,7 +289,7 @@ def test_common_prefix_stops_before_the_last_token_and_under_the_minimum():
     assert common_prefix([head, head + [3]]) == len(head) - 1  # a row keeps one token of its own
     assert common_prefix([head[:MIN_PREFIX - 1] + [1, 2], head[:MIN_PREFIX - 1] + [3, 4]]) == 0  # too short
     assert common_prefix([head + [1]]) == 0  # one row: nothing to share
-    ids, mask = inner_left_pad([[7, 8, 1, 2, 3], [7, 8, 4]], 2, pad=0)
+    ids, mask = left_pad([[7, 8, 1, 2, 3], [7, 8, 4]], pad=0, shared=2)
     assert ids == [[7, 8, 1, 2, 3], [7, 8, 0, 0, 4]] and mask == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 1]]
 
 

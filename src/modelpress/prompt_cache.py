@@ -1,4 +1,5 @@
-"""A batch's common prompt prefix run once when a PyTorch model is evaluated.
+"""How the runners lay out a batch of prompts (padding, masks), and a batch's common prompt prefix
+run once when a PyTorch model is evaluated.
 
 Chat prompts open with the same tokens: SmolLM2's template starts every prompt with its default
 system prompt and the user turn's header, 24 of a tone prompt's ~40 tokens. A causal model's keys
@@ -46,23 +47,35 @@ def prefix_cache(model, prefix: list[int], batch: int):
     return cache
 
 
-def inner_left_pad(rows: list[list[int]], n: int, pad: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Rows as [prefix][padding][own tokens], and their masks: the own tokens end every row together."""
-    width = max(len(r) for r in rows) - n
-    ids = [r[:n] + [pad] * (width - len(r) + n) + r[n:] for r in rows]
-    mask = [[1] * n + [0] * (width - len(r) + n) + [1] * (len(r) - n) for r in rows]
-    return ids, mask
+def left_pad(rows: list[list[int]], pad: int, shared: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """Token rows padded on the left to one width, and their attention masks (0 on padding); with
+    `shared`, the padding goes after the rows' first `shared` tokens: [prefix][padding][own tokens]."""
+    width = max(len(r) for r in rows)
+    return ([r[:shared] + [pad] * (width - len(r)) + r[shared:] for r in rows],
+            [[1] * shared + [0] * (width - len(r)) + [1] * (len(r) - shared) for r in rows])
+
+
+def right_pad(rows: list[list[int]], pad: int) -> list[list[int]]:
+    """Token rows padded on the right to one width."""
+    width = max(len(r) for r in rows)
+    return [r + [pad] * (width - len(r)) for r in rows]
+
+
+def right_mask(rows: list[list[int]]) -> list[list[int]]:
+    """The attention masks of `right_pad`'s rows (0 on padding)."""
+    width = max(len(r) for r in rows)
+    return [[1] * len(r) + [0] * (width - len(r)) for r in rows]
 
 
 def generate_with_prefix(model, rows: list[list[int]], n: int, pad: int, **generate_kwargs):
-    """`model.generate` over `rows`, whose first `n` tokens are alike, with those run once; returns
-    the full id tensor (prefix, padding, own tokens, answer) and the width of the prompt part."""
+    """`model.generate` over left-padded `rows`, whose first `n` tokens are alike and run once (n = 0:
+    no prefix); returns the full id tensor (prompt part, answer) and the width of the prompt part."""
     import torch
 
-    ids, mask = inner_left_pad(rows, n, pad)
-    cache = prefix_cache(model, rows[0][:n], len(rows))
-    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), cache=cache,
-                         pad_token_id=pad, **generate_kwargs)
+    ids, mask = left_pad(rows, pad, n)
+    extra = {"cache": prefix_cache(model, rows[0][:n], len(rows))} if n else {}
+    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pad_token_id=pad,
+                         **extra, **generate_kwargs)
     return out, len(ids[0])
 
 
@@ -75,12 +88,10 @@ def logits_from(model, rows: list[list[int]], n: int, first: int, pad: int):
 
     from modelpress.passes.losses import slices_logits
 
-    width = max(len(r) for r in rows)
-    ids = [r[n:] + [pad] * (width - len(r)) for r in rows]
-    mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+    ids = right_pad([r[n:] for r in rows], pad)
     extra = {"cache": prefix_cache(model, rows[0][:n], len(rows)), "use_cache": True} if n else {}
     sliced = slices_logits(model)
     if sliced:
-        extra["logits_to_keep"] = torch.arange(first - n, width - n)
-    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **extra).logits
+        extra["logits_to_keep"] = torch.arange(first - n, len(ids[0]))
+    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(right_mask(rows)), **extra).logits
     return logits if sliced else logits[:, first - n:]

@@ -18,7 +18,7 @@ from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
-from modelpress.prompt_cache import common_prefix, generate_with_prefix, logits_from
+from modelpress.prompt_cache import common_prefix, generate_with_prefix, logits_from, right_mask, right_pad
 
 
 def make_runner(ref: ModelRef, trust_remote_code: bool = False):
@@ -29,25 +29,6 @@ def make_runner(ref: ModelRef, trust_remote_code: bool = False):
     if ref.kind == ONNX:
         return OnnxClassifierRunner(ref) if classify else OnnxCausalRunner(ref)
     return TorchClassifierRunner(ref, trust_remote_code) if classify else TorchRunner(ref, trust_remote_code)
-
-
-def left_pad(rows: list[list[int]], pad: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Token rows padded on the left to one width, and their attention masks (0 on padding)."""
-    width = max(len(r) for r in rows)
-    return ([[pad] * (width - len(r)) + r for r in rows],
-            [[0] * (width - len(r)) + [1] * len(r) for r in rows])
-
-
-def right_pad(rows: list[list[int]], pad: int) -> list[list[int]]:
-    """Token rows padded on the right to one width."""
-    width = max(len(r) for r in rows)
-    return [r + [pad] * (width - len(r)) for r in rows]
-
-
-def right_mask(rows: list[list[int]]) -> list[list[int]]:
-    """The attention masks of `right_pad`'s rows (0 on padding)."""
-    width = max(len(r) for r in rows)
-    return [[1] * len(r) + [0] * (width - len(r)) for r in rows]
 
 
 def until_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], int]:
@@ -254,16 +235,10 @@ class TorchRunner(Runner):
 
         rows = [self._ids(p, add_bos) for p in prompts]
         shared = common_prefix(rows)
-        settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "eos_token_id": self.tokenizer.eos_token_id}
+        self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
-            if shared:
-                out, width = generate_with_prefix(self.model, rows, shared, self.pad, **settings)
-                self.shared_prefix_tokens += shared * (len(rows) - 1)
-            else:
-                ids, mask = left_pad(rows, self.pad)
-                out = self.model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                          pad_token_id=self.pad, **settings)
-                width = len(ids[0])
+            out, width = generate_with_prefix(self.model, rows, shared, self.pad, max_new_tokens=max_new_tokens,
+                                              do_sample=False, eos_token_id=self.tokenizer.eos_token_id)
         answers = [until_eos(row[width:], {self.tokenizer.eos_token_id}) for row in out.tolist()]
         return [(self.tokenizer.decode(new, skip_special_tokens=True), count) for new, count in answers]
 
