@@ -7,7 +7,9 @@ The model is the example's input model (SmolLM2-135M-Instruct from the llm-smoll
 float32 Hugging Face folder; no training needed), the prompts are the example's eval split rendered
 by its chat template (the default system prompt opens every prompt), 4 new tokens at most, greedy,
 PyTorch on this machine's cores. Each row says how many answers equal the one-at-a-time answers;
-the completion-loss rows give the loss, which must agree. Needs `make smollm2`'s install.
+the completion-loss rows give the loss, which must agree. The last rows time what `evaluate` needs of a
+PyTorch model (answers and loss): two passes, or one pass over the prompts for both
+(`TorchRunner.generate_scored`). Needs `make smollm2`'s install.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main() -> int:
     from modelpress import prompt_cache
     from modelpress.config.normalize import load_config
     from modelpress.context import DataPlan
-    from modelpress.evaluate import predict
+    from modelpress.evaluate import predict, predict_scored
     from modelpress.models import ModelRef
     from modelpress.passes.catalog import HF
     from modelpress.runners import TorchRunner
@@ -67,6 +69,7 @@ def main() -> int:
         saved_tokens = runner.shared_prefix_tokens
         loss_plain, tl_plain = timed(lambda: unshared(lambda: runner.completion_loss(examples, False)))
         loss_shared, tl_shared = timed(lambda: runner.completion_loss(examples, False))
+        (fused, loss_fused), t_fused = timed(lambda: predict_scored(runner, examples, False, MAX_NEW, 16))
 
     same = lambda got: sum(a == b for a, b in zip(alone, got))  # noqa: E731
     print(f"SmolLM2-135M-Instruct (float32, PyTorch), {len(examples)} eval-split prompts of the example, "
@@ -80,6 +83,11 @@ def main() -> int:
     print(f"{'completion loss, batch 16':<44} {tl_plain:>8.2f} {1.0:>11.2f}x   loss {loss_plain:.6f}")
     print(f"{'completion loss, batch 16, common prefix once':<44} {tl_shared:>8.2f} {tl_plain / tl_shared:>11.2f}x"
           f"   loss {loss_shared:.6f}")
+    both = t_shared + tl_shared
+    print(f"\nanswers and completion loss (batch 16, common prefix once), as `evaluate` computes them:\n"
+          f"{'two passes (answers, then loss)':<44} {both:>8.2f} {1.0:>11.2f}x   loss {loss_shared:.6f}\n"
+          f"{'one prompt pass (generate_scored)':<44} {t_fused:>8.2f} {both / t_fused:>11.2f}x   loss {loss_fused:.6f}"
+          f"   same answers as batch 1: {same(fused)} of {len(examples)}")
     return 0
 
 

@@ -15,7 +15,8 @@ from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, 
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
 from modelpress.prompt_cache import left_pad, right_pad
-from modelpress.runners import free_pad_id, loss_batches, until_eos
+from modelpress.runners import free_pad_id, until_eos
+from modelpress.scoring import loss_batches
 from conftest import TONE_DATA
 
 MAX_NEW = 8
@@ -328,3 +329,36 @@ def _plain_completion_loss(runner, examples) -> float:
         total -= float(log_probs[torch.arange(len(tail)), torch.tensor(tail)].sum())
         count += len(tail)
     return total / count
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["no-shared-prefix", "shared-system-prompt"])
+def test_answers_and_loss_from_one_prompt_pass_equal_two_passes(eos_model, tone_examples, share, monkeypatch):
+    """`generate_scored` runs each batch's prompts once for both the answers and the completion loss:
+    every answer equals the batch-1 answer and the loss equals `completion_loss`'s."""
+    from modelpress import prompt_cache
+    from modelpress.evaluate import predict_scored
+    from modelpress.runners import TorchRunner
+
+    runner = TorchRunner(ModelRef(HF, eos_model, id="eos"))
+    examples = [Example(SYSTEM + ex.prompt, ex.completion, ex.source) for ex in tone_examples[:48]]
+    alone = [runner.generate(ex.prompt, True, MAX_NEW)[0] for ex in examples]
+    assert len(Counter(alone)) > 1  # not one answer for everything
+    if not share:
+        monkeypatch.setattr(prompt_cache, "MIN_PREFIX", 10**9)
+    runner.shared_prefix_tokens = 0
+    answers, loss = predict_scored(runner, examples, True, MAX_NEW, 16)
+    assert (runner.shared_prefix_tokens > 0) == share
+    assert answers == alone
+    assert loss == pytest.approx(runner.completion_loss(examples, True, batch_size=1), rel=1e-5)
+    assert loss == pytest.approx(_plain_completion_loss(runner, examples), rel=1e-5)
+
+
+def test_one_token_prompts_take_the_two_pass_path_with_the_same_results(eos_model, tone_examples):
+    from modelpress.runners import TorchRunner
+
+    runner = TorchRunner(ModelRef(HF, eos_model, id="eos"))
+    examples = [Example("a", "joy", "r1"), Example("b", "fear", "r2")]  # one prompt token each (no BOS)
+    assert all(len(runner._ids(ex.prompt, False)) == 1 for ex in examples)
+    answers, total, count = runner.generate_scored(examples, False, MAX_NEW)
+    assert answers == runner.generate_batch([ex.prompt for ex in examples], False, MAX_NEW)
+    assert total / count == pytest.approx(runner.completion_loss(examples, False), rel=1e-6)

@@ -97,7 +97,11 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     # plain text (no template, so no prompt): the model continues the text itself
     prompted = [ex if ex.prompt else dataclasses.replace(ex, prompt=ex.completion, completion="") for ex in examples]
     answered = prompted if with_accuracy else prompted[:SAMPLES]  # without labels, answers are only shown
-    outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
+    if with_accuracy and hasattr(runner, "generate_scored") and all(ex.prompt for ex in examples):
+        outputs, loss = predict_scored(runner, examples, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
+    else:
+        outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
+        loss = runner.completion_loss(examples, add_bos)
     outputs = [cut_at_stop(text, ex.stop) for ex, text in zip(examples, outputs)]
     timed = latency_sample(prompted, latency_samples)
     seconds, new_tokens = time_one_at_a_time(runner, timed, add_bos, max_new_tokens)
@@ -106,7 +110,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         "examples": len(examples),
         "latency_examples": len(timed),
         "batch_size": batch_size,
-        "completion_loss": runner.completion_loss(examples, add_bos),
+        "completion_loss": loss,
         "latency_ms": latency_report(seconds),
         "throughput": len(timed) / total if total else float("nan"),  # examples per second, batch 1
         "tokens_per_second": new_tokens / total if total and new_tokens else None,
@@ -156,6 +160,22 @@ def predict(runner, examples: list[Example], add_bos: bool, max_new_tokens: int,
                 outputs[i] = text
             bar.update(len(batch))
     return outputs
+
+
+def predict_scored(runner, examples: list[Example], add_bos: bool, max_new_tokens: int, batch_size: int,
+                   show_progress: bool = False, label: str = "") -> tuple[list[str], float]:
+    """`predict`, and the mean completion loss, from one pass over each batch's prompts (`generate_scored`)."""
+    from tqdm import tqdm
+
+    outputs, total, count = [""] * len(examples), 0.0, 0
+    with tqdm(total=len(examples), desc=f"evaluate {label}", disable=not show_progress, leave=False) as bar:
+        for batch in batches(examples, batch_size):
+            answers, nll, scored = runner.generate_scored([examples[i] for i in batch], add_bos, max_new_tokens)
+            for i, (text, _) in zip(batch, answers):
+                outputs[i] = text
+            total, count = total + nll, count + scored
+            bar.update(len(batch))
+    return outputs, total / count if count else float("nan")
 
 
 def latency_sample(examples: list[Example], n: int) -> list[Example]:

@@ -12,6 +12,9 @@ and values for those tokens do not depend on what follows them, so the runner co
 - Completion loss: rows are right-padded after their own tokens; the prefix stops before the
   position that predicts the first scored token, so every scored logit comes from the suffix, and
   the LM head (a fifth of SmolLM2's weights) runs only from that position on.
+- Both from one prompt pass (`generate_scored`): the prompts but their last token run once into a
+  cache; the last token and the expected completion are then scored from a copy of that cache, and
+  generation goes on from the cache itself. The prompt, most of the work, runs once instead of twice.
 
 Latency is still timed one prompt at a time, with no cache carried between prompts.
 The training side of the same idea is `modelpress.passes.prefix`.
@@ -40,9 +43,7 @@ def prefix_cache(model, prefix: list[int], batch: int):
     import torch
 
     out = model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None)
-    if cache is None:  # transformers before 5.24 calls it past_key_values
-        cache = out.past_key_values
+    cache = _cache_of(out)
     cache.batch_repeat_interleave(batch)
     return cache
 
@@ -95,3 +96,42 @@ def logits_from(model, rows: list[list[int]], n: int, first: int, pad: int):
         extra["logits_to_keep"] = torch.arange(first - n, len(ids[0]))
     logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(right_mask(rows)), **extra).logits
     return logits if sliced else logits[:, first - n:]
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache  # transformers before 5.24: past_key_values
+
+
+def generate_scored(model, rows: list[list[int]], tails: list[list[int]], n: int, pad: int, **generate_kwargs):
+    """`generate_with_prefix` that also scores each row's `tails` (the expected completion) after it,
+    from one pass over the prompts: every row but its last token runs into a key/value cache (the first
+    `n` tokens, alike in every row and at most the shortest row's length minus 2, once at batch 1);
+    the last prompt token and the tail are scored from a copy of the cache, and generation goes on from
+    the cache itself. Rows need 2 tokens or more. Returns (generated ids, prompt width, logits) where
+    logits[i, j] predicts tails[i][j]."""
+    import copy
+
+    import torch
+
+    from modelpress.passes.losses import slices_logits
+
+    heads = [r[:-1] for r in rows]
+    ids, mask = left_pad(heads, pad, n)
+    mask_t = torch.tensor(mask)
+    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: padding is not a position
+    extra = {"cache": prefix_cache(model, heads[0][:n], len(rows))} if n else {}
+    if slices_logits(model):
+        extra["logits_to_keep"] = 1  # no logits are needed from the prompt pass
+    cache = _cache_of(model(input_ids=torch.tensor(ids)[:, n:], attention_mask=mask_t, position_ids=positions[:, n:],
+                            use_cache=True, **extra))
+    scored = [[r[-1]] + t for r, t in zip(rows, tails)]
+    last = mask_t.sum(-1, keepdim=True)  # the position of each row's last prompt token
+    logits = model(input_ids=torch.tensor(right_pad(scored, pad)),
+                   attention_mask=torch.cat([mask_t, torch.tensor(right_mask(scored))], dim=1),
+                   position_ids=last + torch.arange(max(len(s) for s in scored)), cache=copy.deepcopy(cache),
+                   use_cache=True).logits
+    prompt = torch.cat([torch.tensor(ids), torch.tensor([[r[-1]] for r in rows])], dim=1)
+    prompt_mask = torch.cat([mask_t, torch.ones(len(rows), 1, dtype=mask_t.dtype)], dim=1)
+    out = model.generate(input_ids=prompt, attention_mask=prompt_mask, cache=cache, pad_token_id=pad, **generate_kwargs)
+    return out, prompt.shape[1], logits

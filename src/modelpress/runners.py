@@ -18,7 +18,9 @@ from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
-from modelpress.prompt_cache import common_prefix, generate_with_prefix, logits_from, right_mask, right_pad
+from modelpress.prompt_cache import (common_prefix, generate_scored, generate_with_prefix, logits_from,
+                                     right_mask, right_pad)
+from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, scored_split
 
 
 def make_runner(ref: ModelRef, trust_remote_code: bool = False):
@@ -41,41 +43,6 @@ def until_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], int]:
         if token in eos:
             return tokens[:i], i + 1
     return tokens, len(tokens)
-
-
-LOSS_BATCH = 16  # sequences scored together by the runners' completion_loss,
-LOSS_LOGITS = 100_000_000  # and at most this many logits (padded tokens x vocabulary: 400 MB in float32)
-
-
-def loss_tokens(vocab_size: int | None) -> int:
-    """The padded tokens a completion-loss batch may hold for this vocabulary size."""
-    return max(1, LOSS_LOGITS // (vocab_size or 2**17))
-
-
-def loss_batches(lengths: list[int], size: int = LOSS_BATCH, tokens: int = 2048) -> list[list[int]]:
-    """Indexes of sequences grouped shortest first, at most `size` together and `tokens` padded tokens
-    (a longer sequence goes alone)."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
-        if batches and len(batches[-1]) < size and (len(batches[-1]) + 1) * lengths[i] <= tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-def batched_loss(pairs: list[tuple[list[int], list[int]]], batch_size: int, tokens: int, logits_of) -> float:
-    """Mean -log p of each pair's tail after its head. `logits_of(rows, most)` scores a right-padded
-    batch and returns (logits, offset): logits from position `offset` on, where `offset` is at most
-    `most`, the batch's last position that predicts no scored token."""
-    total, count = 0.0, 0
-    for batch in loss_batches([len(head) + len(tail) for head, tail in pairs], batch_size, tokens):
-        logits, offset = logits_of([pairs[i][0] + pairs[i][1] for i in batch], min(len(pairs[i][0]) for i in batch) - 1)
-        for i, row in zip(batch, logits):
-            head, tail = pairs[i]
-            total += _nll(row, head, tail, offset)
-            count += len(tail)
-    return total / count if count else float("nan")
 
 
 class Runner:
@@ -211,7 +178,7 @@ class OnnxCausalRunner(Runner):
         for ex in examples:
             head, tail = scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
                 ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
-            total += _nll(self._logits(head + tail), head, tail)
+            total += nll(self._logits(head + tail), head, tail)
             count += len(tail)
         return total / count if count else float("nan")
 
@@ -239,8 +206,37 @@ class TorchRunner(Runner):
         with torch.inference_mode():
             out, width = generate_with_prefix(self.model, rows, shared, self.pad, max_new_tokens=max_new_tokens,
                                               do_sample=False, eos_token_id=self.tokenizer.eos_token_id)
+        return self._answers(out, width)
+
+    def _answers(self, out, width: int) -> list[tuple[str, int]]:
         answers = [until_eos(row[width:], {self.tokenizer.eos_token_id}) for row in out.tolist()]
         return [(self.tokenizer.decode(new, skip_special_tokens=True), count) for new, count in answers]
+
+    def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids and the end of sequence): what the completion loss scores."""
+        return scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
+            ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+
+    def generate_scored(self, examples: list[Example], add_bos: bool, max_new_tokens: int
+                        ) -> tuple[list[tuple[str, int]], float, int]:
+        """`generate_batch` of the examples' prompts, plus the summed -log p of their completions (and end of
+        sequence) and the count of scored tokens, from one pass over the prompts (prompt_cache.generate_scored).
+        Prompts of one token, or completions whose logits would pass the loss budget, take the two passes."""
+        import torch
+
+        pairs = [self._pair(ex, add_bos) for ex in examples]
+        rows, tails = [head for head, _ in pairs], [tail for _, tail in pairs]
+        if min(len(r) for r in rows) < 2 or len(rows) * (1 + max(len(t) for t in tails)) > self._loss_tokens():
+            answers = self.generate_batch([ex.prompt for ex in examples], add_bos, max_new_tokens)
+            return (answers, *self._loss_sums(pairs, LOSS_BATCH))
+        shared = common_prefix([r[:-1] for r in rows])
+        self.shared_prefix_tokens += shared * (len(rows) - 1)
+        with torch.inference_mode():
+            out, width, logits = generate_scored(self.model, rows, tails, shared, self.pad, max_new_tokens=max_new_tokens,
+                                                 do_sample=False, eos_token_id=self.tokenizer.eos_token_id)
+        logits = logits.float().numpy()
+        total = sum(nll(row, head, tail, offset=len(head) - 1) for row, (head, tail) in zip(logits, pairs))
+        return self._answers(out, width), total, sum(len(t) for t in tails)
 
     def completion_loss(self, examples: list[Example], add_bos: bool, batch_size: int = LOSS_BATCH) -> float:
         """Mean -log p of each completion's tokens (and the end of sequence) after its prompt.
@@ -248,34 +244,21 @@ class TorchRunner(Runner):
         Sequences of similar length go through the model together, right-padded with the padding
         masked: a causal model's logits at a real position do not depend on what follows it, so
         each sequence scores as it would alone (`tests/test_batched_eval.py`)."""
+        return mean(*self._loss_sums([self._pair(ex, add_bos) for ex in examples], batch_size))
+
+    def _loss_tokens(self) -> int:
+        return loss_tokens(getattr(getattr(self.model, "config", None), "vocab_size", None))
+
+    def _loss_sums(self, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> tuple[float, int]:
         import torch
 
-        pairs = [scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
-            ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]) for ex in examples]
         def logits_of(rows: list[list[int]], most: int):
             shared = common_prefix(rows, most)
             self.shared_prefix_tokens += shared * (len(rows) - 1)
             with torch.inference_mode():
                 return logits_from(self.model, rows, shared, most, self.pad).float().numpy(), most
 
-        tokens = loss_tokens(getattr(getattr(self.model, "config", None), "vocab_size", None))
-        return batched_loss(pairs, batch_size, tokens, logits_of)
-
-
-def scored_split(head: list[int], tail: list[int]) -> tuple[list[int], list[int]]:
-    """(context, scored tokens): plain text with no prompt and no BOS scores every token but the first."""
-    return (head, tail) if head else (tail[:1], tail[1:])
-
-
-def _nll(logits, head: list[int], tail: list[int], offset: int = 0) -> float:
-    """Sum of -log p(tail token | everything before it), from the sequence's logits from position `offset` on."""
-    import numpy as np
-
-    start = len(head) - 1 - offset
-    rows = logits[start: start + len(tail)].astype(np.float64)
-    rows = rows - rows.max(axis=-1, keepdims=True)
-    log_probs = rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(tail)), tail].sum())
+        return batched_loss(pairs, batch_size, self._loss_tokens(), logits_of)
 
 
 # onnxruntime-genai 0.18 refuses larger batches: "batch_size (64) must be in [1, 32]".
@@ -356,7 +339,7 @@ class GenaiRunner(Runner):
         pairs = [scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
                  for ex in examples]
         vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
-        return batched_loss(pairs, batch_size, loss_tokens(vocab), lambda rows, _most: (self.logits_batch(rows), 0))
+        return mean(*batched_loss(pairs, batch_size, loss_tokens(vocab), lambda rows, _most: (self.logits_batch(rows), 0)))
 
     def logits(self, ids: list[int]):
         """Logits for every position of `ids` from one onnxruntime call with an empty KV cache."""
