@@ -9,7 +9,9 @@ steps of 4 sequences = 81,920 training tokens). Olive is installed by
 `shared/peer/setup_olive.sh` into its own venv; without it only modelpress rows are printed.
 
 Rows:
-- Olive 0.13, the config as written;
+- Olive 0.13, the config as written (it asks for eager attention);
+- Olive 0.13, the same file without its `attn_implementation: eager` line: PyTorch SDPA, the attention
+  that the seed's config gets in modelpress (it names none), so the seed row has an equal-attention peer;
 - modelpress, the seed's own config as written (`examples/phi3-tone/seed-config.json`, the old Olive
   schema): the same workflow, plus what that config asks for beyond Olive's file (a 30% eval split
   and its eval loss) and modelpress's evaluation of the input and final models (accuracy, latency);
@@ -51,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "phi3-tone"
 MODELPRESS = [sys.executable, "-m", "modelpress"]
 SEQ_LEN, BATCH, ACCUM = 2048, 1, 4
+OLIVE_SDPA = "Olive 0.13 (same file without the eager line)"
+SEED_ROW, SDPA_ROW = "modelpress (the seed's config as written)", "modelpress (no evaluation, default SDPA attention)"
+SDPA_ROWS = (SEED_ROW, SDPA_ROW)  # the modelpress rows that run PyTorch SDPA, as OLIVE_SDPA does
 
 
 def measure(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
@@ -143,8 +148,8 @@ def run_modelpress(model: Path, work: Path, tag: str, steps: int, env: dict | No
     return {"cold": cold, "warm": warm, "lora_s": lora_s, "steps": steps}
 
 
-def run_olive(olive_bin: Path, model: Path, work: Path, steps: int) -> dict:
-    config = workflow(model, work, "olive", steps)
+def run_olive(olive_bin: Path, model: Path, work: Path, steps: int, eager: bool = True) -> dict:
+    config = workflow(model, work, "olive" if eager else "olive-sdpa", steps, eager=eager)
     cold = measure([str(olive_bin), "run", "--config", str(config)], work)
     warm = measure([str(olive_bin), "run", "--config", str(config)], work)
     steps = [{"pass": name, "seconds": sec, "peak_rss_mb": None} for name, sec in pass_seconds_olive(cold["log"]).items()]
@@ -277,17 +282,17 @@ def main() -> int:
     rows = []
     if olive_bin.exists():
         rows.append(("Olive 0.13 (config as written)", run_olive(olive_bin, model, work, args.steps)))
+        rows.append((OLIVE_SDPA, run_olive(olive_bin, model, work, args.steps, eager=False)))
     else:
         print(f"Olive not found at {olive_bin}: run shared/peer/setup_olive.sh to compare.\n")
-    rows.append(("modelpress (the seed's config as written)", run_modelpress(model, work, "seed", args.steps)))
+    rows.append((SEED_ROW, run_modelpress(model, work, "seed", args.steps)))
     rows.append(("modelpress (config as written, + evaluation)", run_modelpress(model, work, "mp", args.steps)))
     rows.append(("modelpress (same work as Olive: no evaluation)",
                  run_modelpress(model, work, "mp-noeval", args.steps, evaluation=False)))
     rows.append(("modelpress (same work, huge-page tensors off)",
                  run_modelpress(model, work, "mp-nothp", args.steps, evaluation=False,
                                 env={"THP_MEM_ALLOC_ENABLE": "0"})))
-    rows.append(("modelpress (no evaluation, default SDPA attention)",
-                 run_modelpress(model, work, "mp-sdpa", args.steps, evaluation=False, eager=False)))
+    rows.append((SDPA_ROW, run_modelpress(model, work, "mp-sdpa", args.steps, evaluation=False, eager=False)))
     print(f"workflow: LoRA {args.steps} steps x {BATCH * ACCUM} x {SEQ_LEN} tokens ({tokens} tokens) -> merge -> "
           f"int4 ModelBuilder, tiny Phi-3, {os.cpu_count()} CPU cores\n")
     print(table(rows, tokens))
@@ -309,12 +314,18 @@ def main() -> int:
         helps["olive --help"] = help_time([str(olive_bin), "--help"], work)
     print("\n" + "\n".join(f"{name}: {seconds:.2f} s" for name, seconds in helps.items()))
     if rows[0][0].startswith("Olive"):
-        olive = rows[0][1]
-        for name, r in rows[1:]:
+        olive, olive_sdpa = rows[0][1], dict(rows)[OLIVE_SDPA]
+        for name, r in rows[2:]:
             print(f"Olive / {name}: cold {olive['cold']['wall_s'] / r['cold']['wall_s']:.2f}x, "
                   f"training {olive['lora_s'] / r['lora_s']:.2f}x, "
                   f"peak memory {r['cold']['peak_mb'] / olive['cold']['peak_mb']:.2f} of Olive's, "
                   f"cached re-run {olive['warm']['wall_s'] / r['warm']['wall_s']:.2f}x")
+        print("with the same attention on both sides (PyTorch SDPA):")
+        for name, r in rows[2:]:
+            if name in SDPA_ROWS:
+                print(f"Olive (SDPA) / {name}: cold {olive_sdpa['cold']['wall_s'] / r['cold']['wall_s']:.2f}x, "
+                      f"training {olive_sdpa['lora_s'] / r['lora_s']:.2f}x, "
+                      f"peak memory {r['cold']['peak_mb'] / olive_sdpa['cold']['peak_mb']:.2f} of Olive's")
     if args.json:
         def clean(r: dict) -> dict:
             return {k: ({x: y for x, y in v.items() if x != "log"} if k in ("cold", "warm") else v) for k, v in r.items()}
