@@ -24,6 +24,7 @@ from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF_ADAPTER
 # The runners lived here before runners.py; their old import path keeps working.
 from modelpress.runners import GenaiRunner, OnnxCausalRunner, TorchRunner, make_runner  # noqa: F401
+from modelpress.scoring import mean
 
 WARMUP = 2  # untimed generations before latency is measured
 SAMPLES = 5  # answers shown in the result beside their prompts and labels
@@ -176,7 +177,7 @@ def predict_scored(runner, examples: list[Example], add_bos: bool, max_new_token
                 outputs[i] = text
             total, count = total + nll, count + scored
             bar.update(len(batch))
-    return outputs, total / count if count else float("nan")
+    return outputs, mean(total, count)
 
 
 def latency_sample(examples: list[Example], n: int) -> list[Example]:

@@ -117,21 +117,20 @@ def generate_scored(model, rows: list[list[int]], tails: list[list[int]], n: int
     from modelpress.passes.losses import slices_logits
 
     heads = [r[:-1] for r in rows]
-    ids, mask = left_pad(heads, pad, n)
-    mask_t = torch.tensor(mask)
-    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: padding is not a position
+    ids, mask = (torch.tensor(x) for x in left_pad(heads, pad, n))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: padding is not a position
     extra = {"cache": prefix_cache(model, heads[0][:n], len(rows))} if n else {}
     if slices_logits(model):
         extra["logits_to_keep"] = 1  # no logits are needed from the prompt pass
-    cache = _cache_of(model(input_ids=torch.tensor(ids)[:, n:], attention_mask=mask_t, position_ids=positions[:, n:],
+    cache = _cache_of(model(input_ids=ids[:, n:], attention_mask=mask, position_ids=positions[:, n:],
                             use_cache=True, **extra))
     scored = [[r[-1]] + t for r, t in zip(rows, tails)]
-    last = mask_t.sum(-1, keepdim=True)  # the position of each row's last prompt token
+    last = mask.sum(-1, keepdim=True)  # the position of each row's last prompt token
     logits = model(input_ids=torch.tensor(right_pad(scored, pad)),
-                   attention_mask=torch.cat([mask_t, torch.tensor(right_mask(scored))], dim=1),
+                   attention_mask=torch.cat([mask, torch.tensor(right_mask(scored))], dim=1),
                    position_ids=last + torch.arange(max(len(s) for s in scored)), cache=copy.deepcopy(cache),
                    use_cache=True).logits
-    prompt = torch.cat([torch.tensor(ids), torch.tensor([[r[-1]] for r in rows])], dim=1)
-    prompt_mask = torch.cat([mask_t, torch.ones(len(rows), 1, dtype=mask_t.dtype)], dim=1)
+    prompt = torch.cat([ids, torch.tensor([[r[-1]] for r in rows])], dim=1)
+    prompt_mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
     out = model.generate(input_ids=prompt, attention_mask=prompt_mask, cache=cache, pad_token_id=pad, **generate_kwargs)
     return out, prompt.shape[1], logits

@@ -136,7 +136,20 @@ def _labels(ref: ModelRef, config) -> list[str]:
     raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card)")
 
 
-class OnnxCausalRunner(Runner):
+class HfTokenizedRunner(Runner):
+    """A runner that tokenizes with a Hugging Face tokenizer (`self.tokenizer`)."""
+
+    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
+        bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
+        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids and the end of sequence): what the completion loss scores."""
+        return scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
+            ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+
+
+class OnnxCausalRunner(HfTokenizedRunner):
     """Greedy generation from a plain ONNX causal LM with no KV cache (the whole sequence each step).
 
     It generates one prompt at a time: without a cache, each step recomputes the whole sequence,
@@ -149,10 +162,6 @@ class OnnxCausalRunner(Runner):
 
         self.model = OnnxModel(ref.path)
         self.tokenizer = load_tokenizer(ref.path)
-
-    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
-        bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _logits(self, ids: list[int]):
         import numpy as np
@@ -176,14 +185,13 @@ class OnnxCausalRunner(Runner):
     def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
         total, count = 0.0, 0
         for ex in examples:
-            head, tail = scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
-                ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+            head, tail = self._pair(ex, add_bos)
             total += nll(self._logits(head + tail), head, tail)
             count += len(tail)
-        return total / count if count else float("nan")
+        return mean(total, count)
 
 
-class TorchRunner(Runner):
+class TorchRunner(HfTokenizedRunner):
     """Greedy generation and completion loss with PyTorch (HF folder, or base + adapter)."""
 
     def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
@@ -192,15 +200,13 @@ class TorchRunner(Runner):
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a batch's common prefix
 
-    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
-        bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
         """Greedy answers; a common prompt prefix (a chat template's system prompt) runs once (prompt_cache)."""
+        return self._generate_rows([self._ids(p, add_bos) for p in prompts], max_new_tokens)
+
+    def _generate_rows(self, rows: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
         import torch
 
-        rows = [self._ids(p, add_bos) for p in prompts]
         shared = common_prefix(rows)
         self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
@@ -212,11 +218,6 @@ class TorchRunner(Runner):
         answers = [until_eos(row[width:], {self.tokenizer.eos_token_id}) for row in out.tolist()]
         return [(self.tokenizer.decode(new, skip_special_tokens=True), count) for new, count in answers]
 
-    def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
-        """(prompt ids, completion ids and the end of sequence): what the completion loss scores."""
-        return scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
-            ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
-
     def generate_scored(self, examples: list[Example], add_bos: bool, max_new_tokens: int
                         ) -> tuple[list[tuple[str, int]], float, int]:
         """`generate_batch` of the examples' prompts, plus the summed -log p of their completions (and end of
@@ -227,8 +228,7 @@ class TorchRunner(Runner):
         pairs = [self._pair(ex, add_bos) for ex in examples]
         rows, tails = [head for head, _ in pairs], [tail for _, tail in pairs]
         if min(len(r) for r in rows) < 2 or len(rows) * (1 + max(len(t) for t in tails)) > self._loss_tokens():
-            answers = self.generate_batch([ex.prompt for ex in examples], add_bos, max_new_tokens)
-            return (answers, *self._loss_sums(pairs, LOSS_BATCH))
+            return (self._generate_rows(rows, max_new_tokens), *self._loss_sums(pairs, LOSS_BATCH))
         shared = common_prefix([r[:-1] for r in rows])
         self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
