@@ -9,7 +9,9 @@ by its chat template (the default system prompt opens every prompt), 4 new token
 PyTorch on this machine's cores. Each row says how many answers equal the one-at-a-time answers;
 the completion-loss rows give the loss, which must agree. The last rows time what `evaluate` needs of a
 PyTorch model (answers and loss): two passes, or one pass over the prompts for both
-(`TorchRunner.generate_scored`). Needs `make smollm2`'s install.
+(`TorchRunner.generate_scored`). When `make smollm2` has left its int4 model (runs/output/model), the
+same two rows follow for it in onnxruntime-genai: answers then loss, or the loss of the rows answered as
+expected taken from the generation's logits (`GenaiRunner.generate_scored`). Needs `make smollm2`'s install.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MAX_NEW = 4
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=229, help="eval-split prompts used (the first N)")
+    parser.add_argument("--genai", type=Path, default=EXAMPLE / "runs" / "output" / "model",
+                        help="an onnxruntime-genai folder of the example (default: make smollm2's output)")
     args = parser.parse_args()
 
     from smollm2 import converted_model
@@ -40,7 +44,7 @@ def main() -> int:
     from modelpress.evaluate import predict, predict_scored
     from modelpress.models import ModelRef
     from modelpress.passes.catalog import HF
-    from modelpress.runners import TorchRunner
+    from modelpress.runners import GenaiRunner, TorchRunner
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -70,6 +74,16 @@ def main() -> int:
         loss_plain, tl_plain = timed(lambda: unshared(lambda: runner.completion_loss(examples, False)))
         loss_shared, tl_shared = timed(lambda: runner.completion_loss(examples, False))
         (fused, loss_fused), t_fused = timed(lambda: predict_scored(runner, examples, False, MAX_NEW, 16))
+        genai = None
+        if (args.genai / "genai_config.json").is_file():
+            two = GenaiRunner(args.genai)
+            answers, t_answers = timed(lambda: predict(two, examples, False, MAX_NEW, 16))
+            loss_two, t_loss = timed(lambda: two.completion_loss(examples, False))
+            one = GenaiRunner(args.genai)
+            (answers_one, loss_one), t_one = timed(lambda: predict_scored(one, examples, False, MAX_NEW, 16))
+            labels = [ex.completion for ex in examples]
+            genai = (t_answers + t_loss, loss_two, t_one, loss_one, sum(a == b for a, b in zip(answers, answers_one)),
+                     one.rescored_rows, sum(a.strip() == b for a, b in zip(answers_one, labels)))
 
     same = lambda got: sum(a == b for a, b in zip(alone, got))  # noqa: E731
     print(f"SmolLM2-135M-Instruct (float32, PyTorch), {len(examples)} eval-split prompts of the example, "
@@ -88,6 +102,12 @@ def main() -> int:
           f"{'two passes (answers, then loss)':<44} {both:>8.2f} {1.0:>11.2f}x   loss {loss_shared:.6f}\n"
           f"{'one prompt pass (generate_scored)':<44} {t_fused:>8.2f} {both / t_fused:>11.2f}x   loss {loss_fused:.6f}"
           f"   same answers as batch 1: {same(fused)} of {len(examples)}")
+    if genai:
+        both, loss_two, t_one, loss_one, agree, rescored, right = genai
+        print(f"\n{args.genai} (onnxruntime-genai), the same prompts, {right} answered as expected:\n"
+              f"{'two passes (answers, then loss)':<44} {both:>8.2f} {1.0:>11.2f}x   loss {loss_two:.6f}\n"
+              f"{'loss from the generation (generate_scored)':<44} {t_one:>8.2f} {both / t_one:>11.2f}x   loss "
+              f"{loss_one:.6f}   {rescored} rows scored again; same answers: {agree} of {len(examples)}")
     return 0
 
 

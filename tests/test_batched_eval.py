@@ -362,3 +362,37 @@ def test_one_token_prompts_take_the_two_pass_path_with_the_same_results(eos_mode
     answers, total, count = runner.generate_scored(examples, False, MAX_NEW)
     assert answers == runner.generate_batch([ex.prompt for ex in examples], False, MAX_NEW)
     assert total / count == pytest.approx(runner.completion_loss(examples, False), rel=1e-6)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("precision, rel", [("fp32", 1e-5), ("int4", 1e-3)])
+def test_genai_scores_completions_its_answers_began_with_from_the_generation(precision, rel, eos_model, tone_examples,
+                                                                             tmp_path):
+    """genai's one pass: a row whose greedy answer began as its expected completion is scored from the logits
+    its generation chose from, every other row in a second pass; the answers are generate_batch's and the
+    loss completion_loss's (int4: the decoding steps' activations quantize apart from the full pass's)."""
+    import numpy as np
+
+    from modelpress.runners import GenaiRunner
+
+    runner = GenaiRunner(_builder_output(eos_model, tmp_path / precision, precision))
+    examples = tone_examples[:32]  # one genai batch, so generate_scored's batch is this one
+    new, _ = runner._generate([runner._ids(ex.prompt, True) for ex in examples], MAX_NEW)
+    ended = [until_eos(tokens, runner.eos) for tokens in new]
+    own, kinds = [], Counter()
+    for ex, tokens, (answer, count) in zip(examples, new, ended):
+        # a third of the rows expect their whole answer and its end (when it ended), a third its first two
+        # tokens (the model went on, the end was never generated), a third their label (not answered)
+        kind = ("whole", "first two", "label")[len(own) % 3]
+        wanted = answer if kind == "whole" and count == len(answer) + 1 else answer[:2]
+        text = runner.tokenizer.decode(np.array(wanted, dtype=np.int32))
+        if kind == "label" or not wanted or list(runner.tokenizer.encode(text)) != wanted:
+            kind, text = "label", ex.completion
+        kinds[kind] += 1
+        own.append(Example(ex.prompt, text, ex.source))
+    print(kinds)
+    assert kinds["whole"] and kinds["first two"] and kinds["label"], kinds
+    answers, total, count = runner.generate_scored(own, True, MAX_NEW)
+    assert answers == runner.generate_batch([ex.prompt for ex in own], True, MAX_NEW)
+    assert runner.rescored_rows == kinds["label"]  # the tiny random model never answers a tone word
+    assert total / count == pytest.approx(runner.completion_loss(own, True), rel=rel)

@@ -6,7 +6,9 @@ output cut at the text that closes an answer, its first line compared with the l
 a time (see `modelpress.runners`); latency is timed one prompt at a time, on a sample. The
 loss is the mean negative log-likelihood of the completion tokens given the prompt, the same
 quantity for a PyTorch model and an ONNX model, so the two can be compared. A PyTorch model
-gets its answers and its loss from one pass over each batch's prompts (`predict_scored`).
+gets its answers and its loss from one pass over each batch's prompts (`predict_scored`); an
+onnxruntime-genai model scores the rows it answered as expected from its generation's logits
+and runs only the others a second time.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapte
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
 from modelpress.prompt_cache import (common_prefix, generate_scored, generate_with_prefix, logits_from,
                                      right_mask, right_pad)
-from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, scored_split
+from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, scored_split, tail_nll
 
 
 def make_runner(ref: ModelRef, trust_remote_code: bool = False):
@@ -295,26 +295,43 @@ class GenaiRunner(Runner):
         self.bos = self.tokenizer.bos_token_id
         self.eos = set(self.tokenizer.eos_token_ids)
         self._session = None
+        self.rescored_rows = 0  # generate_scored's rows whose completion loss took a second pass
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
         ids = list(self.tokenizer.encode(prompt)) if prompt else []
         return ([self.bos] if add_bos and self.bos is not None and self.bos >= 0 else []) + ids
 
+    def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids and the end of sequence): what the completion loss scores."""
+        return scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
+
+    def _chunks(self, rows: list[list[int]]) -> list[range]:
+        """Index ranges genai takes as one batch: up to GENAI_MAX_BATCH, or one at a time when a prompt holds
+        the pad id (genai would mask that token as padding)."""
+        size = 1 if any(self.pad in row for row in rows) else GENAI_MAX_BATCH
+        return [range(start, min(start + size, len(rows))) for start in range(0, len(rows), size)]
+
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
         rows = [self._ids(p, add_bos) for p in prompts]
-        if any(self.pad in row for row in rows):  # genai would mask that token as padding: run such prompts alone
-            return [self._generate_rows([row], max_new_tokens)[0] for row in rows]
-        return [answer for start in range(0, len(rows), GENAI_MAX_BATCH)
-                for answer in self._generate_rows(rows[start:start + GENAI_MAX_BATCH], max_new_tokens)]
+        return [answer for chunk in self._chunks(rows)
+                for answer in self._generate_rows([rows[i] for i in chunk], max_new_tokens)]
 
     def _generate_rows(self, rows: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
+        return [self._answer(new) for new in self.generate_ids(rows, max_new_tokens)]
+
+    def _answer(self, new: list[int]) -> tuple[str, int]:
         import numpy as np
 
-        return [(self.tokenizer.decode(np.array(new, dtype=np.int32)), len(new))
-                for new in self.generate_ids(rows, max_new_tokens)]
+        return self.tokenizer.decode(np.array(new, dtype=np.int32)), len(new)
 
     def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """The greedy new tokens of each row (up to its end of sequence), generated as one batch."""
+        # A sequence generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
+        return [until_eos(new, self.eos)[0] for new in self._generate(rows, max_new_tokens)[0]]
+
+    def _generate(self, rows: list[list[int]], max_new_tokens: int, keep_logits: bool = False):
+        """Each row's greedy new tokens as generated (past its end of sequence, while other rows go on), and with
+        `keep_logits` the logits each step chose from: an array (steps, rows, vocabulary)."""
         import numpy as np
 
         ids = np.array(right_pad(rows, self.pad), dtype=np.int32)
@@ -328,18 +345,51 @@ class GenaiRunner(Runner):
         if self._adapters is not None:
             generator.set_active_adapter(self._adapters, "active")
         generator.append_tokens(ids)
+        steps = []
         while not generator.is_done():
+            # only before a step: asked for once generation is done, genai 0.18 runs the model again and
+            # generates on past max_length
+            if keep_logits:
+                steps.append(np.array(generator.get_logits(), dtype=np.float32).reshape(len(rows), -1))
             generator.generate_next_token()
-        # Each row's new tokens start after the padded width, whatever its own prompt length. A sequence
-        # generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
-        return [until_eos([int(t) for t in generator.get_sequence(i)][width:], self.eos)[0] for i in range(len(rows))]
+        # Each row's new tokens start after the padded width, whatever its own prompt length.
+        new = [[int(t) for t in generator.get_sequence(i)][width:] for i in range(len(rows))]
+        return new, np.stack(steps) if steps else None
+
+    def generate_scored(self, examples: list[Example], add_bos: bool, max_new_tokens: int
+                        ) -> tuple[list[tuple[str, int]], float, int]:
+        """`generate_batch` of the examples' prompts, plus the summed -log p of their completions (and end of
+        sequence) and the count of scored tokens (prompts not empty). A row whose greedy answer began as its
+        expected completion is scored from the logits its generation chose from (onnxruntime-genai gives them
+        step by step, not for a given completion); the others go through onnxruntime on model.onnx, as in
+        `completion_loss`, and `rescored_rows` counts them."""
+        pairs = [self._pair(ex, add_bos) for ex in examples]
+        rows = [head for head, _ in pairs]
+        answers, total, rest = [None] * len(rows), 0.0, []
+        for chunk in self._chunks(rows):
+            news, steps = self._generate([rows[i] for i in chunk], max_new_tokens, keep_logits=True)
+            for j, (i, new) in enumerate(zip(chunk, news)):
+                answers[i] = self._answer(until_eos(new, self.eos)[0])
+                tail = pairs[i][1]
+                # the logits at step k saw the prompt and new[:k], so the tail scores from them when the answer
+                # began with the tail's tokens before its last (which need not have been generated)
+                if steps is not None and len(steps) >= len(tail) and new[:len(tail) - 1] == tail[:-1]:
+                    total += tail_nll(steps[:len(tail), j], tail)
+                else:
+                    rest.append(pairs[i])
+        self.rescored_rows += len(rest)
+        rest_total, _ = self._loss_sums(rest)
+        return answers, total + rest_total, sum(len(tail) for _, tail in pairs)
 
     def completion_loss(self, examples: list[Example], add_bos: bool, batch_size: int = LOSS_BATCH) -> float:
         """As TorchRunner's: similar-length sequences in one right-padded onnxruntime call."""
-        pairs = [scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
-                 for ex in examples]
+        return mean(*self._loss_sums([self._pair(ex, add_bos) for ex in examples], batch_size))
+
+    def _loss_sums(self, pairs: list[tuple[list[int], list[int]]], batch_size: int = LOSS_BATCH) -> tuple[float, int]:
+        if not pairs:
+            return 0.0, 0
         vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
-        return mean(*batched_loss(pairs, batch_size, loss_tokens(vocab), lambda rows, _most: (self.logits_batch(rows), 0)))
+        return batched_loss(pairs, batch_size, loss_tokens(vocab), lambda rows, _most: (self.logits_batch(rows), 0))
 
     def logits(self, ids: list[int]):
         """Logits for every position of `ids` from one onnxruntime call with an empty KV cache."""

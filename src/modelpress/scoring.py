@@ -52,10 +52,15 @@ def scored_split(head: list[int], tail: list[int]) -> tuple[list[int], list[int]
 
 def nll(logits, head: list[int], tail: list[int], offset: int = 0) -> float:
     """Sum of -log p(tail token | everything before it), from the sequence's logits from position `offset` on."""
+    start = len(head) - 1 - offset
+    return tail_nll(logits[start: start + len(tail)], tail)
+
+
+def tail_nll(logits, tail: list[int]) -> float:
+    """Sum of -log p(tail[k]) under the k-th row of `logits` (the rows that predict the tail's tokens)."""
     import numpy as np
 
-    start = len(head) - 1 - offset
-    rows = logits[start: start + len(tail)].astype(np.float64)
+    rows = logits.astype(np.float64)
     rows = rows - rows.max(axis=-1, keepdims=True)
     log_probs = rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
     return float(-log_probs[np.arange(len(tail)), tail].sum())
