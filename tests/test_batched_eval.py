@@ -15,7 +15,8 @@ from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, 
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
 from modelpress.prompt_cache import left_pad, right_pad
-from modelpress.runners import free_pad_id, until_eos
+from modelpress.genai_folder import free_pad_id
+from modelpress.runners import until_eos
 from modelpress.scoring import loss_batches
 from conftest import TONE_DATA
 
@@ -71,6 +72,20 @@ def test_genai_pads_with_a_special_token_the_chat_template_never_writes(tmp_path
     # the template writes every spare special token: nothing better, so the pad stays (prompts then run alone)
     full = chat + "<|endoftext|><repo_name><file_sep>"
     assert free_pad_id(_genai_folder(tmp_path / "c", 2, full)) == 2
+
+
+def test_genai_models_run_on_every_usable_core_unless_their_config_names_a_thread_count(tmp_path):
+    import os
+
+    from modelpress.genai_folder import genai_threads
+
+    folder = _genai_folder(tmp_path / "a", 2, "")
+    cores = len(os.sched_getaffinity(0))
+    assert genai_threads(folder) == {"decoder": {"session_options": {"intra_op_num_threads": cores}}}
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["decoder"] = {"session_options": {"intra_op_num_threads": 1}}
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    assert genai_threads(folder) == {}  # the user's choice is kept
 
 
 class EchoRunner:

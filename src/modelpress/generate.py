@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
+from modelpress.genai_folder import open_model
 from modelpress.models import MODEL_CARD
 from modelpress.onnx_adapters import adapter_file, genai_adapters
 
@@ -65,7 +66,7 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     og.disable_telemetry_events()
     card = read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
     prompt = text if raw else prompt_for(card, text)
-    model = og.Model(str(model_dir))
+    model = open_model(og, model_dir)
     tokenizer = og.Tokenizer(model)
     ids = list(tokenizer.encode(prompt))
     if (card.get("task") or {}).get("add_bos") and tokenizer.bos_token_id >= 0:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modelpress.data import Example
 from modelpress.errors import ModelpressError
+from modelpress.genai_folder import free_pad_id, open_model
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
@@ -282,9 +283,7 @@ class GenaiRunner(Runner):
         self.og = og
         self.folder = Path(folder)
         self.pad = free_pad_id(self.folder)
-        config = og.Config(str(folder))
-        config.overlay(json.dumps({"model": {"pad_token_id": self.pad}}))
-        self.model = og.Model(config)
+        self.model = open_model(og, self.folder, {"pad_token_id": self.pad})
         self.prepack = prepack
         self._scratch = tempfile.TemporaryDirectory(prefix="modelpress-adapter-")
         self.adapter = adapter or adapter_file(self.folder) if use_adapter else None
@@ -423,46 +422,6 @@ class GenaiRunner(Runner):
             # the adapter's weights are fed as the inputs they are (ExtractAdapters)
             self._adapter_feeds = read_adapter(self.adapter) if self.adapter is not None else {}
         return self._session
-
-
-def free_pad_id(folder: Path) -> int:
-    """The id genai pads batches with: the model's own pad id, unless the chat template writes that token.
-
-    onnxruntime-genai finds a batch's padding by its id (attention mask = ids != pad), so a pad id
-    that occurs in prompts would mask real tokens, and such prompts must run one at a time. Chat
-    models often pad with their turn-end token (SmolLM2: <|im_end|>), which every chat prompt holds.
-    Then the highest-numbered special token inside the vocabulary that the template does not write
-    (nor bos/eos) is used. A user's text could still spell it out, which a tokenizer may turn into
-    that id: `generate_batch` checks every batch and runs such prompts alone.
-    """
-    model = json.loads((folder / "genai_config.json").read_text())["model"]
-    eos = model.get("eos_token_id", [])
-    eos = set(eos if isinstance(eos, list) else [eos])
-    pad = model.get("pad_token_id", min(eos) if eos else 0)
-    template = _template_text(folder)
-    added = {}
-    tokenizer_file = folder / "tokenizer.json"
-    if tokenizer_file.is_file():
-        added = {t["id"]: t["content"] for t in json.loads(tokenizer_file.read_text()).get("added_tokens", [])
-                 if t.get("special")}
-    if pad not in added or added[pad] not in template:
-        return pad
-    taken = eos | {model.get("bos_token_id"), pad}
-    vocab = model.get("vocab_size") or 0
-    spare = [i for i, text in added.items() if i not in taken and text not in template and i < vocab]
-    return max(spare) if spare else pad
-
-
-def _template_text(folder: Path) -> str:
-    """Every chat template saved in a model folder, joined (empty when there is none)."""
-    texts = []
-    if (folder / "chat_template.jinja").is_file():
-        texts.append((folder / "chat_template.jinja").read_text())
-    for name, key in (("tokenizer_config.json", "chat_template"), ("modelpress_model.json", "task")):
-        if (folder / name).is_file():
-            value = json.loads((folder / name).read_text()).get(key)
-            texts.append(json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
-    return "\n".join(texts)
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
