@@ -197,5 +197,7 @@ def test_evaluate_on_a_new_file_reproduces_the_run_metrics(demo_run, tmp_path):
     assert result["examples"] == expected["examples"] == len(rows)
     assert result["accuracy"] == expected["accuracy"]  # greedy decoding: the same answers
     assert set(result["per_class_recall"]) == LABELS
+    assert result["confusion"] == expected["confusion"]
+    assert sum(sum(row.values()) for row in result["confusion"].values()) == len(rows)
     text = run_cli("evaluate", str(model), "--data", str(data), "--max-examples", "10").stdout
-    assert "accuracy" in text and "recall joy" in text and "on 10 rows" in text
+    assert "accuracy" in text and "recall joy" in text and "on 10 rows" in text and "expected \\ answered" in text

@@ -35,6 +35,20 @@ def test_report_holds_the_numbers_chart_and_config_without_network():
     assert "fill='white'" in page.split("id='point-input'")[1].split(">")[0]
 
 
+def test_report_shows_each_models_answers_by_expected_label_on_every_data_set():
+    metrics = json.loads(json.dumps(METRICS))
+    metrics["models"]["final"]["confusion"] = {"fear": {"fear": 7, "sadness": 2}, "sadness": {"sadness": 5}}
+    metrics["extra_data"] = {"other_style": {"final": dict(metrics["models"]["final"], confusion={
+        "fear": {"(other answer)": 3}, "sadness": {"fear": 1}})}}
+    page = build_html(metrics, STEPS, {})
+    section = page.split("<h2>Answers by expected label</h2>")[1]
+    eval_table = section.split("id='confusion-0'")[1].split("</table>")[0]
+    assert "<td>fear</td><td>7</td><td>2</td>" in eval_table and "<td>sadness</td><td>0</td><td>5</td>" in eval_table
+    other = section.split("<h3>final on other_style</h3>")[1].split("</table>")[0]
+    assert "(other answer)" in other and "<td>fear</td><td>0</td><td>0</td><td>3</td>" in other
+    assert "Answers by expected label" not in build_html(METRICS, STEPS, {})  # no counts kept: no section
+
+
 def test_report_command_rerenders_from_the_json_files(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
     (tmp_path / "run_history.json").write_text(json.dumps({"steps": STEPS}))

@@ -21,6 +21,7 @@ def test_accuracy_compares_first_line_case_insensitively():
     report = accuracy_report(["joy", "fear", "joy"], [" Joy\n### Text", "sadness", "joy"])
     assert report["accuracy"] == pytest.approx(2 / 3)
     assert report["per_class_recall"] == {"fear": 0.0, "joy": 1.0}
+    assert report["confusion"] == {"fear": {"(other answer)": 1}, "joy": {"joy": 2}}
     assert report["majority_baseline"] == pytest.approx(2 / 3)
     assert normalise_label("\n") == ""
 
@@ -124,3 +125,14 @@ def test_bfloat16_if_native_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert native_training_dtype() == expected
     assert torch_dtype("bfloat16-if-native") is getattr(torch, expected)
+
+
+def test_confusion_table_has_a_column_for_every_label_and_one_for_other_answers():
+    from modelpress.report import confusion_table, confusion_text
+
+    report = accuracy_report(["joy", "fear", "joy", "sadness"], ["fear", "sadness", "joy", "I think joy"])
+    headers, rows = confusion_table(report)
+    assert headers == ["expected \\ answered", "fear", "joy", "sadness", "(other answer)"]
+    assert rows == [["fear", "0", "0", "1", "0"], ["joy", "1", "1", "0", "0"], ["sadness", "0", "0", "0", "1"]]
+    assert confusion_table({"accuracy": 0.5}) is None and confusion_text({}) == ""
+

@@ -51,8 +51,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+OTHER_ANSWER = "(other answer)"  # the confusion counts' column for answers that are no expected label
+
+
 def accuracy_report(labels: list[str], predictions: list[str]) -> dict:
-    """Accuracy, macro precision/recall/F1 over the gold classes, per-class recall, majority baseline."""
+    """Accuracy, macro precision/recall/F1 over the gold classes, per-class recall, the confusion counts
+    (expected label -> answer -> rows; an answer that is no expected label counts as OTHER_ANSWER),
+    majority baseline."""
     gold = [normalise_label(x) for x in labels]
     pred = [normalise_label(x) for x in predictions]
     hits = [g == p for g, p in zip(gold, pred)]
@@ -70,6 +75,8 @@ def accuracy_report(labels: list[str], predictions: list[str]) -> dict:
         "recall": statistics.fmean(recall.values()) if recall else nan,
         "f1": statistics.fmean(f1.values()) if f1 else nan,
         "per_class_recall": recall,
+        "confusion": {label: dict(sorted(Counter(p if p in counts else OTHER_ANSWER for g, p in zip(gold, pred)
+                                                 if g == label).items())) for label in sorted(counts)},
         "majority_baseline": max(counts.values()) / len(gold) if gold else nan,
         "answered_with_a_label": sum(p in counts for p in pred) / len(pred) if pred else nan,
     }

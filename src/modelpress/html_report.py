@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.fsutil import atomic_write_text, read_json
-from modelpress.report import EXTRA_HEADERS, extra_data_rows
+from modelpress.report import EXTRA_HEADERS, confusion_table, extra_data_rows
 
 REPORT = "report.html"
 WIDTH, HEIGHT = 640, 400
@@ -63,6 +63,7 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
         _models_table(models),
         *(f"<h3>On all {count} rows of data config {html.escape(name)}</h3>" + _table(EXTRA_HEADERS, rows, "extra-data")
           for name, count, rows in extra_data_rows(metrics)),
+        _confusion_section(metrics),
         _chart(_search_points(search) if search else models),
         "<h2>Steps</h2>",
         _table(["step", "type", "cache", "seconds", "peak RSS MiB"],
@@ -76,6 +77,16 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
              "td:first-child,#candidates td:nth-child(2){text-align:left}pre{background:#f7f7f7;padding:1em;overflow:auto}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>modelpress report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _confusion_section(metrics: dict) -> str:
+    """Each evaluated model's answers by expected label, on the eval data and on each extra data config."""
+    sets = [("", metrics.get("models", {}))] + [(f" on {name}", by_role)
+                                                 for name, by_role in metrics.get("extra_data", {}).items()]
+    found = [(role + where, table) for where, by_role in sets for role, result in by_role.items()
+             if result and (table := confusion_table(result))]
+    tables = [f"<h3>{html.escape(name)}</h3>" + _table(*table, f"confusion-{i}") for i, (name, table) in enumerate(found)]
+    return "<h2>Answers by expected label</h2>" + "".join(tables) if tables else ""
 
 
 def _fmt(value, spec: str) -> str:

@@ -93,3 +93,22 @@ def search_table(search: dict) -> str:
         lines.append("NO CANDIDATE WAS EVALUATED: the search budget (max_time, max_iter or max_samples) ran out "
                      "first. Raise it; the output model was not replaced.")
     return "\n".join(lines)
+
+
+def confusion_table(result: dict) -> tuple[list[str], list[list[str]]] | None:
+    """An evaluation's confusion counts as (headers, rows): one row per expected label, one column per
+    answer given; None when the evaluation has none (no labels, or metrics written before it was kept)."""
+    confusion = result.get("confusion")
+    if not confusion:
+        return None
+    given = {a for row in confusion.values() for a in row}
+    answers = [*confusion, *sorted(given - set(confusion))]  # every expected label, then any other answer
+    rows = [[label, *(str(row.get(a, 0)) for a in answers)] for label, row in confusion.items()]
+    return ["expected \\ answered", *answers], rows
+
+
+def confusion_text(result: dict) -> str:
+    """`confusion_table` as plain text ("" when there is none)."""
+    table = confusion_table(result)
+    return _table(*table) if table else ""
+
