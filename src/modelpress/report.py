@@ -97,7 +97,8 @@ def search_table(search: dict) -> str:
 
 def confusion_table(result: dict) -> tuple[list[str], list[list[str]]] | None:
     """An evaluation's confusion counts as (headers, rows): one row per expected label, one column per
-    answer given; None when the evaluation has none (no labels, or metrics written before it was kept)."""
+    expected label and one for other answers if any; None when the evaluation has none (no labels, or
+    metrics written before they were kept)."""
     confusion = result.get("confusion")
     if not confusion:
         return None
