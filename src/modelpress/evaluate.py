@@ -161,27 +161,28 @@ def batches(examples: list[Example], size: int) -> list[list[int]]:
 def predict(runner, examples: list[Example], add_bos: bool, max_new_tokens: int, batch_size: int,
             show_progress: bool = False, label: str = "") -> list[str]:
     """Each example's generated answer, in the order of `examples`, generated `batch_size` at a time."""
-    from tqdm import tqdm
-
-    outputs = [""] * len(examples)
-    with tqdm(total=len(examples), desc=f"evaluate {label}", disable=not show_progress, leave=False) as bar:
-        for batch in batches(examples, batch_size):
-            answers = runner.generate_batch([examples[i].prompt for i in batch], add_bos, max_new_tokens)
-            for i, (text, _) in zip(batch, answers):
-                outputs[i] = text
-            bar.update(len(batch))
+    outputs, _ = _in_batches(examples, batch_size, show_progress, label, lambda batch: (
+        runner.generate_batch([ex.prompt for ex in batch], add_bos, max_new_tokens), 0.0, 0))
     return outputs
 
 
 def predict_scored(runner, examples: list[Example], add_bos: bool, max_new_tokens: int, batch_size: int,
                    show_progress: bool = False, label: str = "") -> tuple[list[str], float]:
     """`predict`, and the mean completion loss, from one pass over each batch's prompts (`generate_scored`)."""
+    return _in_batches(examples, batch_size, show_progress, label,
+                       lambda batch: runner.generate_scored(batch, add_bos, max_new_tokens))
+
+
+def _in_batches(examples: list[Example], batch_size: int, show_progress: bool, label: str, run
+                ) -> tuple[list[str], float]:
+    """Answers in the order of `examples` and the mean loss, from `run(batch)` -> (answers, summed loss, tokens
+    scored) over `batch_size` examples at a time."""
     from tqdm import tqdm
 
     outputs, total, count = [""] * len(examples), 0.0, 0
     with tqdm(total=len(examples), desc=f"evaluate {label}", disable=not show_progress, leave=False) as bar:
         for batch in batches(examples, batch_size):
-            answers, nll, scored = runner.generate_scored([examples[i] for i in batch], add_bos, max_new_tokens)
+            answers, nll, scored = run([examples[i] for i in batch])
             for i, (text, _) in zip(batch, answers):
                 outputs[i] = text
             total, count = total + nll, count + scored

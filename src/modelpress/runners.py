@@ -283,6 +283,7 @@ class GenaiRunner(Runner):
         self.og = og
         self.folder = Path(folder)
         self.pad = free_pad_id(self.folder)
+        self._vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
         self.model = open_model(og, self.folder, {"pad_token_id": self.pad})
         self.prepack = prepack
         self._scratch = tempfile.TemporaryDirectory(prefix="modelpress-adapter-")
@@ -387,8 +388,8 @@ class GenaiRunner(Runner):
     def _loss_sums(self, pairs: list[tuple[list[int], list[int]]], batch_size: int = LOSS_BATCH) -> tuple[float, int]:
         if not pairs:
             return 0.0, 0
-        vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
-        return batched_loss(pairs, batch_size, loss_tokens(vocab), lambda rows, _most: (self.logits_batch(rows), 0))
+        return batched_loss(pairs, batch_size, loss_tokens(self._vocab),
+                            lambda rows, _most: (self.logits_batch(rows), 0))
 
     def logits(self, ids: list[int]):
         """Logits for every position of `ids` from one onnxruntime call with an empty KV cache."""
