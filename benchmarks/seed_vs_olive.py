@@ -1,0 +1,79 @@
+"""The seed's config in modelpress against Olive 0.13, repeated: how the cold-run ratio spreads.
+
+    .venv/bin/python benchmarks/seed_vs_olive.py [--rounds 5] [--olive-venv /tmp/olive-peer/venv]
+
+`benchmarks/run.py` runs each row once, and one run of Olive's eager-attention workflow has taken
+anywhere from 61 to 74 s on the same machine. This script runs the three cold commands that the
+issue's target compares, round after round, rotating their order so that no row always runs first
+or last on a machine that speeds up or slows down:
+- Olive 0.13 on `examples/phi3-tone/olive-0.13-config.json` as written (eager attention);
+- Olive 0.13 on the same file without its `attn_implementation: eager` line (PyTorch SDPA);
+- modelpress on the seed's own config as written (`examples/phi3-tone/seed-config.json`, old schema,
+  PyTorch SDPA), with its evaluation of the input and final models.
+Every command starts from empty cache and output folders (the workflow files and the tiny Phi-3 are
+those of `run.py`). It prints each round's wall times and peak memory, then per Olive row the ratio
+Olive / modelpress of each round, their median, and in how many rounds it reached 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import MODELPRESS, measure, seed_workflow, workflow  # noqa: E402  (a sibling script)
+
+OLIVE, OLIVE_SDPA, SEED = "Olive 0.13 (as written, eager)", "Olive 0.13 (without the eager line)", "modelpress (seed config)"
+
+
+def command(row: str, model: Path, work: Path, olive_bin: Path, steps: int) -> list[str]:
+    if row == SEED:
+        return [*MODELPRESS, "run", "--config", str(seed_workflow(model, work, steps)), "--no-progress"]
+    config = workflow(model, work, "olive" if row == OLIVE else "olive-sdpa", steps, eager=row == OLIVE)
+    return [str(olive_bin), "run", "--config", str(config)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--olive-venv", default=os.environ.get("OLIVE_VENV", "/tmp/olive-peer/venv"))
+    args = parser.parse_args()
+    olive_bin = Path(args.olive_venv) / "bin" / "olive"
+    if not olive_bin.exists():
+        print(f"Olive not found at {olive_bin}: run shared/peer/setup_olive.sh first.")
+        return 1
+    root = Path(tempfile.mkdtemp(prefix="modelpress-seed-olive-"))
+    model = root / "tiny-phi3"
+    subprocess.run([*MODELPRESS, "create-tiny-model", "--out", str(model)], check=True, capture_output=True)
+    rows = [OLIVE, OLIVE_SDPA, SEED]
+    runs: dict[str, list[dict]] = {row: [] for row in rows}
+    print(f"{'round':<6} {'row':<38} {'cold wall s':>11} {'peak RSS MiB':>12}")
+    for i in range(args.rounds):
+        for row in rows[i % 3:] + rows[:i % 3]:
+            work = root / f"round-{i}"
+            shutil.rmtree(work / ("seed" if row == SEED else "olive" if row == OLIVE else "olive-sdpa"),
+                          ignore_errors=True)
+            work.mkdir(exist_ok=True)
+            result = measure(command(row, model, work, olive_bin, args.steps), work)
+            runs[row].append(result)
+            print(f"{i + 1:<6} {row:<38} {result['wall_s']:>11.1f} {result['peak_mb']:>12.0f}", flush=True)
+    print()
+    for olive_row in (OLIVE, OLIVE_SDPA):
+        ratios = [o["wall_s"] / s["wall_s"] for o, s in zip(runs[olive_row], runs[SEED])]
+        memory = [s["peak_mb"] / o["peak_mb"] for o, s in zip(runs[olive_row], runs[SEED])]
+        print(f"{olive_row} / {SEED}: cold " + ", ".join(f"{r:.2f}x" for r in ratios)
+              + f"; median {statistics.median(ratios):.2f}x; >= 2x in {sum(r >= 2 for r in ratios)} of "
+              f"{len(ratios)}; peak memory {min(memory):.2f}-{max(memory):.2f} of Olive's")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
