@@ -12,9 +12,20 @@ from pathlib import Path
 
 
 def add_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str, repo_type: str = "model",
-             branch: str | None = "main") -> Path:
-    """Put `files` into the cache as `repo_id` at `commit` (and point `branch` at it); returns the snapshot."""
+             branch: str | None = "main", not_fetched: dict[str, bytes] | None = None) -> Path:
+    """Put `files` into the cache as `repo_id` at `commit` (and point `branch` at it); returns the snapshot.
+
+    With `not_fetched`, the repo also holds those files, which the download left out (allow_patterns):
+    the cache then keeps the repo's whole file list, written by huggingface_hub's own tree cache, as a
+    real `snapshot_download` does, and huggingface_hub checks later cache lookups against it.
+    """
     repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    if not_fetched is not None:
+        from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+
+        listing = {**files, **not_fetched}
+        write_tree_cache(str(repo), commit, {name: TreeCacheEntry(size=len(data), blob_id=hashlib.sha1(data).hexdigest())
+                                             for name, data in listing.items()})
     snapshot = repo / "snapshots" / commit
     for name, data in files.items():
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()

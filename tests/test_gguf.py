@@ -181,6 +181,35 @@ def test_gguf_is_converted_once_and_the_folder_reused(tmp_path, tokenizer, monke
     assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == stamp
 
 
+def test_two_runs_convert_a_gguf_file_once_and_a_new_converter_converts_again(tmp_path, tokenizer, monkeypatch):
+    """Two threads (as two runs on one cache) ask for the same file: one converts, the other waits on the lock
+    and takes its folder. Another transformers version converts into a folder of its own."""
+    import threading
+
+    import modelpress.gguf as mgguf
+
+    path = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "tiny.gguf")
+    real, calls = mgguf.write_hf_folder, []
+
+    def counted(*args, **kwargs):
+        calls.append(threading.get_ident())
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(mgguf, "write_hf_folder", counted)
+    cache, found = tmp_path / "cache", []
+    threads = [threading.Thread(target=lambda: found.append(mgguf.converted_folder(path, cache, "id-1")))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(found) == 2 and found[0] == found[1]
+    assert (found[0] / mgguf.SOURCE_NOTE).is_file()
+    monkeypatch.setattr(mgguf, "_converter_versions", lambda: "transformers==0.0.0")
+    other = mgguf.converted_folder(path, cache, "id-1")
+    assert other != found[0] and len(calls) == 2
+
+
 def test_missing_gguf_file_is_a_config_error(tmp_path):
     from modelpress.config import normalize
     from modelpress.errors import ConfigError

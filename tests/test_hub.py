@@ -61,6 +61,94 @@ def test_uncached_model_while_offline_is_one_clear_error(hub_cache):
         snapshot("acme/missing", "v2")
 
 
+NOT_FETCHED = {"README.md": b"# card", ".gitattributes": b"*.bin filter=lfs", "pytorch_model.bin": b"pickled"}
+
+
+def test_a_repo_downloaded_with_file_patterns_is_found_in_the_cache(hub_cache, tiny_model, tmp_path):
+    """huggingface_hub keeps a downloaded repo's whole file list and calls a cache lookup incomplete when a listed
+    file is missing, unless the lookup names the same patterns as the download: modelpress's do."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from modelpress.config import normalize
+    from modelpress.hub import cached_snapshot, dataset_patterns, model_patterns, snapshot
+
+    add_repo(hub_cache, "acme/listed", folder_files(tiny_model), "3" * 40, not_fetched=NOT_FETCHED)
+    add_repo(hub_cache, "acme/listed-tones", {"data/train.jsonl": TONE_DATA.read_bytes(), "README.md": b"---"},
+             "3" * 40, repo_type="dataset", not_fetched={"data/big.parquet": b"x" * 64})
+    with pytest.raises(LocalEntryNotFoundError):  # what a lookup without the patterns meets
+        from huggingface_hub import snapshot_download
+        snapshot_download("acme/listed", local_files_only=True)
+    folder = snapshot("acme/listed", None, "model", model_patterns(False, None))
+    assert folder.name == "3" * 40 and (folder / "model.safetensors").is_file()
+    assert cached_snapshot("acme/listed-tones", None, "dataset", dataset_patterns(["data/train.jsonl"], None))
+    assert cached_snapshot("acme/listed-tones", None, "dataset", None) is None  # the whole repo is not there
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": "acme/listed"}
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": "acme/listed-tones", "split": "train",
+                                                     "data_files": ["data/train.jsonl"]}
+    config = normalize(raw, base_dir=tmp_path)
+    notes = " ".join(config.notes)
+    assert "'acme/listed' is in the local Hugging Face cache" in notes
+    assert "'acme/listed-tones' is in the local Hugging Face cache" in notes
+
+
+def test_a_partial_snapshot_offline_is_an_error_naming_what_it_lacks(hub_cache, tiny_model, tmp_path):
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+    from modelpress.errors import ModelpressError
+    from modelpress.hub import missing_model_files, model_patterns, snapshot
+
+    files = folder_files(tiny_model)
+    add_repo(hub_cache, "acme/partial", {k: v for k, v in files.items() if not k.endswith(".safetensors")}, "4" * 40)
+    with pytest.raises(ModelpressError, match=r"input_model.model_path: model 'acme/partial' is in the local Hugging "
+                       r"Face cache .* without \*\.safetensors and HF_HUB_OFFLINE is set.*hf download acme/partial"):
+        snapshot("acme/partial", None, "model", model_patterns(False, None), missing_model_files(None),
+                 key="input_model.model_path")
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": "acme/partial"}
+    with pytest.raises(ConfigError, match=r"input_model.model_path.*'acme/partial' is in the local Hugging Face "
+                       r"cache without \*\.safetensors"):
+        normalize(raw, base_dir=tmp_path)
+    # a sharded model lacking one shard its index names
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    shard = tmp_path / "sharded"
+    shard.mkdir()
+    (shard / "config.json").write_text("{}")
+    (shard / "model.safetensors.index.json").write_text(json.dumps(index))
+    (shard / "model-00001-of-00002.safetensors").write_bytes(b"")
+    assert missing_model_files(None)(shard) == ["model-00002-of-00002.safetensors"]
+    assert missing_model_files("m.gguf")(shard) == ["m.gguf"]
+
+
+@pytest.mark.parametrize("name", ["acme/my--model", "acme/model.git", "acme/" + "m" * 97])
+def test_names_the_hub_refuses_are_read_as_local_paths(hub_cache, tmp_path, name):
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+    from modelpress.hub import is_hub_id
+
+    assert not is_hub_id(name)
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": name}
+    with pytest.raises(ConfigError, match=r"input_model.model_path.*model folder not found"):
+        normalize(raw, base_dir=tmp_path)
+
+
+def test_a_run_is_offline_until_its_session_closes(monkeypatch):
+    import os
+
+    from huggingface_hub import constants, is_offline_mode
+
+    from modelpress.hub import go_offline
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    restore = go_offline()
+    assert is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    restore()
+    assert not is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "0" and "HF_DATASETS_OFFLINE" not in os.environ
+
+
 def test_hub_model_and_dataset_ids_are_read_from_the_config(hub_cache, tmp_path):
     from modelpress.config import normalize
     from modelpress.context import DataPlan

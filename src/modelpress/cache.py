@@ -9,7 +9,6 @@ last, lists every file with its size, and an entry whose files do not match is n
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -20,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
+from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, read_json
 from modelpress.models import ModelRef
 
 log = logging.getLogger("modelpress")
@@ -93,17 +92,8 @@ class PassCache:
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Hold an exclusive file lock on `key`; a second run on the same cache waits here."""
-        self.locks.mkdir(parents=True, exist_ok=True)
-        with open(self.locks / f"{key}.lock", "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("another run is computing %s in this cache; waiting for it", key[:12])
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.locks / f"{key}.lock", key[:12]):
+            yield
 
     def prepare(self, clean: bool = False) -> None:
         if clean:

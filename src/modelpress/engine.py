@@ -6,10 +6,10 @@ This is the one place where the stages are composed; read `run_workflow` top to 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
 from modelpress.html_report import write_report
+from modelpress.hub import go_offline
 from modelpress.inputs import resolve_input_folder
 from modelpress.models import MODEL_CARD, ModelRef
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
@@ -76,6 +77,7 @@ class Session:
     checked: bool = False
     systems: dict = field(default_factory=dict)  # name -> a connected RaySystem
     local_lock: threading.RLock = field(default_factory=threading.RLock)  # this machine runs one step at a time
+    online: Callable[[], None] | None = None  # puts back the Hub settings in force before the run
 
     @classmethod
     def start(cls, config: WorkflowConfig, show_progress: bool = True) -> "Session":
@@ -87,17 +89,16 @@ class Session:
         folder = resolve_input_folder(config.input_model, engine.cache_dir)
         plan = DataPlan(config, engine.cache_dir, folder)
         plan.resolve_hub_data()
-        # Every Hub id is resolved to a local folder by now: nothing later may reach a hub.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        online = go_offline()  # every Hub id is resolved to a local folder by now: nothing later may reach a hub
         ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json"),
                        task={"task": config.input_model.task})
-        session = cls(config, cache, plan, ep, ref, show_progress)
+        session = cls(config, cache, plan, ep, ref, show_progress, online=online)
         if ray is not None:
             try:
                 ray.connect(_requests(config, ray))
             except BaseException:
                 ray.close()
+                online()
                 raise
             session.systems[ray.name] = ray
         return session
@@ -122,6 +123,8 @@ class Session:
     def close(self) -> None:
         for system in self.systems.values():
             system.close()
+        if self.online is not None:
+            self.online()
 
     def run_chain(self, passes: list[PassConfig], history: list[dict],
                   steps: dict[str, ModelRef] | None = None) -> ModelRef:

@@ -1,8 +1,11 @@
-"""Atomic file and folder writes: a crash never leaves a half-written output that looks whole."""
+"""Atomic file and folder writes: a crash never leaves a half-written output that looks whole;
+and file locks, so that two runs on one cache compute a shared output once."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -11,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("modelpress")
 
 
 def _fsync_tree(root: Path) -> None:
@@ -89,3 +94,20 @@ def copy_dir_atomic(source: Path, target: Path) -> None:
     """Copy the folder `source` to `target`, replacing it atomically."""
     with atomic_dir(target) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
+
+
+@contextmanager
+def file_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing); a second process waits here,
+    told that another run is computing `what`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another run is computing %s in this cache; waiting for it", what)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

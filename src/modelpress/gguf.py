@@ -8,26 +8,47 @@ every later pass (LoRA, merge, the genai builder) takes like any other.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from modelpress.errors import MissingDependencyError, ModelpressError
-from modelpress.fsutil import atomic_dir, atomic_write_json
+from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock
 
 log = logging.getLogger("modelpress")
 SOURCE_NOTE = "modelpress_gguf_source.json"
 
 
 def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remote_code: bool = False) -> Path:
-    """The Hugging Face folder made from `gguf_path` (content id `file_id`), converting it on first use."""
-    target = cache_root / "inputs" / f"gguf-{file_id}"
-    if (target / SOURCE_NOTE).is_file():
-        return target
-    log.info("converting %s to a Hugging Face folder (dequantized, once; cached in %s)", gguf_path.name, target)
-    with atomic_dir(target) as tmp:
-        write_hf_folder(gguf_path, tmp, trust_remote_code)
-        atomic_write_json(tmp / SOURCE_NOTE, {"gguf_file": str(gguf_path), "content_id": file_id})
+    """The Hugging Face folder made from `gguf_path` (content id `file_id`), converting it on first use.
+
+    The folder is keyed by the file's content and the versions of the libraries that convert it, so an
+    upgrade that changes the dequantization converts again. Two runs on one cache convert it once: the
+    second waits on a lock and finds the folder done.
+    """
+    key = hashlib.sha256(f"{file_id} {_converter_versions()}".encode()).hexdigest()[:16]
+    target = cache_root / "inputs" / f"gguf-{key}"
+    with file_lock(cache_root / "locks" / f"gguf-{key}.lock", f"the conversion of {gguf_path.name}"):
+        if (target / SOURCE_NOTE).is_file():
+            return target
+        log.info("converting %s to a Hugging Face folder (dequantized, once; cached in %s)", gguf_path.name, target)
+        with atomic_dir(target) as tmp:
+            write_hf_folder(gguf_path, tmp, trust_remote_code)
+            atomic_write_json(tmp / SOURCE_NOTE, {"gguf_file": str(gguf_path), "content_id": file_id,
+                                                  "converter": _converter_versions()})
     return target
+
+
+def _converter_versions() -> str:
+    """The versions of the libraries whose code turns a GGUF file into the folder."""
+    found = []
+    for name in ("transformers", "gguf", "torch"):
+        try:
+            found.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} missing")
+    return ", ".join(found)
 
 
 def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False) -> None:

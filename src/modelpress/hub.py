@@ -8,8 +8,12 @@ modelpress never sees, logs or saves the token.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from modelpress.errors import ModelpressError
@@ -25,8 +29,48 @@ MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.j
 
 
 def is_hub_id(value: str) -> bool:
-    """True when `value` has the shape of a Hub repo id (it may still not exist)."""
-    return bool(_HUB_ID.match(value)) and ".." not in value and not value.endswith((".json", ".gguf"))
+    """True when `value` has the shape of a Hub repo id (it may still not exist): huggingface_hub's own
+    rules (no '--' or '..', no '.git' ending, at most 96 characters), and not a file name."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not _HUB_ID.match(value) or value.endswith((".json", ".gguf")):
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def model_patterns(trust_remote_code: bool, gguf_file: str | None) -> list[str]:
+    """The files of a model repo that modelpress downloads, and asks the cache for."""
+    return MODEL_FILES + (["*.py"] if trust_remote_code else []) + ([gguf_file] if gguf_file else [])
+
+
+def dataset_patterns(data_files: list, data_dir: str | None) -> list[str] | None:
+    """The files of a dataset repo to fetch: the named data files (or the data_dir) and the dataset card,
+    which may name its subsets; None (the whole repo) when neither is given."""
+    prefix = f"{data_dir.strip('/')}/" if data_dir else ""
+    if data_files:
+        return [prefix + str(f) for f in data_files] + ["README.md"]
+    return [f"{prefix}*", "README.md"] if data_dir else None
+
+
+def missing_model_files(gguf_file: str | None) -> Callable[[Path], list[str]]:
+    """A check of a model snapshot: the files it lacks that loading needs (the GGUF file, or the config and
+    every safetensors shard its index names). A cache filled by another tool may hold only some files."""
+    def missing(folder: Path) -> list[str]:
+        if gguf_file:
+            return [] if (folder / gguf_file).is_file() else [gguf_file]
+        lacking = [] if (folder / "config.json").is_file() else ["config.json"]
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+            lacking += [shard for shard in shards if not (folder / shard).is_file()]
+        elif not any(folder.glob("*.safetensors")):
+            lacking.append("*.safetensors")
+        return lacking
+    return missing
 
 
 def cache_root() -> Path:
@@ -36,13 +80,20 @@ def cache_root() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def cached_snapshot(repo_id: str, revision: str | None, repo_type: str = "model") -> Path | None:
-    """The local snapshot folder of `repo_id` at `revision`, or None; never touches the network."""
+def cached_snapshot(repo_id: str, revision: str | None, repo_type: str = "model",
+                    allow_patterns: list[str] | None = None) -> Path | None:
+    """The local snapshot folder of `repo_id` at `revision`, or None; never touches the network.
+
+    `allow_patterns` must be those the repo was (or would be) downloaded with: huggingface_hub
+    remembers a downloaded repo's whole file list and calls a snapshot incomplete when a listed file
+    outside the patterns (a README, pickled weights) is not on disk.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True))
+        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True,
+                                      allow_patterns=allow_patterns))
     except (LocalEntryNotFoundError, FileNotFoundError):
         return None
 
@@ -54,6 +105,32 @@ def offline() -> bool:
     return is_offline_mode()
 
 
+def go_offline() -> Callable[[], None]:
+    """Until the returned function is called, nothing in this process may reach a hub: HF_HUB_OFFLINE and
+    HF_DATASETS_OFFLINE are set, and the constants that huggingface_hub and datasets read from them once,
+    when first imported. The returned function puts back what was there."""
+    import importlib
+
+    env = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    constants = [(module, name) for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                                                      ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")))
+                 if module in sys.modules for name in names if hasattr(sys.modules[module], name)]
+    before = [(module, name, getattr(sys.modules[module], name)) for module, name in constants]
+    os.environ.update({name: "1" for name in env})
+    for module, name in constants:
+        setattr(importlib.import_module(module), name, True)
+
+    def restore() -> None:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for module, name, value in before:
+            setattr(sys.modules[module], name, value)
+    return restore
+
+
 def fetch_hint(repo_id: str, revision: str | None, repo_type: str) -> str:
     """How to put a repo into the local cache."""
     kind = f" --repo-type {repo_type}" if repo_type != "model" else ""
@@ -62,22 +139,30 @@ def fetch_hint(repo_id: str, revision: str | None, repo_type: str) -> str:
             f"({cache_root()}) here, or unset HF_HUB_OFFLINE so modelpress can download it")
 
 
-def snapshot(repo_id: str, revision: str | None, repo_type: str = "model",
-             allow_patterns: list[str] | None = None) -> Path:
-    """A local snapshot folder of `repo_id`: from the cache, else downloaded (unless offline)."""
-    local = cached_snapshot(repo_id, revision, repo_type)
+def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow_patterns: list[str] | None = None,
+             missing: Callable[[Path], list[str]] | None = None, key: str = "") -> Path:
+    """A local snapshot folder of `repo_id`: from the cache, else downloaded (unless offline).
+
+    `missing` names the files a cached snapshot lacks that are needed (a partial cache left by another
+    tool): they are downloaded, or offline, reported. `key` is the config key that named the repo.
+    """
+    local = cached_snapshot(repo_id, revision, repo_type, allow_patterns)
     what = f"{'dataset' if repo_type == 'dataset' else 'model'} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    if local is not None:
+    where = f"{key}: " if key else ""
+    lacking = missing(local) if local is not None and missing is not None else []
+    if local is not None and not lacking:
         log.info("%s: using the local Hugging Face cache (%s)", what, local)
         return local
     if offline():
-        raise ModelpressError(f"{what} is not in the local Hugging Face cache ({cache_root()}) and HF_HUB_OFFLINE "
-                              f"is set, so it cannot be downloaded. {fetch_hint(repo_id, revision, repo_type)}.")
-    return _download(repo_id, revision, repo_type, allow_patterns, what)
+        held = (f"is in the local Hugging Face cache ({local}) without {', '.join(lacking)}" if lacking else
+                f"is not in the local Hugging Face cache ({cache_root()})")
+        raise ModelpressError(f"{where}{what} {held} and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
+                              f"{fetch_hint(repo_id, revision, repo_type)}.")
+    return _download(repo_id, revision, repo_type, allow_patterns, what, where)
 
 
 def _download(repo_id: str, revision: str | None, repo_type: str, allow_patterns: list[str] | None,
-              what: str) -> Path:
+              what: str, where: str) -> Path:
     from huggingface_hub import snapshot_download
 
     log.info("%s: not in the local cache; downloading it into %s", what, cache_root())
@@ -86,6 +171,7 @@ def _download(repo_id: str, revision: str | None, repo_type: str, allow_patterns
     except Exception as err:  # noqa: BLE001  huggingface_hub raises many kinds (HTTP, auth, not found, network)
         # The message names the repo and the kind of failure; huggingface_hub's messages carry no token.
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        raise ModelpressError(f"cannot download {what}: {type(err).__name__}: {first}. Check the id and revision; "
-                              "for a gated or private repo set HF_TOKEN or run `hf auth login`. "
-                              f"{fetch_hint(repo_id, revision, repo_type)}.") from None
+        raise ModelpressError(f"{where}cannot download {what}: {type(err).__name__}: {first}. It was read as a "
+                              "Hugging Face Hub id because no local path of that name exists; check the id and "
+                              "revision, or the path if you meant a local one. For a gated or private repo set "
+                              f"HF_TOKEN or run `hf auth login`. {fetch_hint(repo_id, revision, repo_type)}.") from None

@@ -8,7 +8,7 @@ from modelpress.cache import content_id
 from modelpress.config.schema import InputModelConfig
 from modelpress.errors import ModelpressError
 from modelpress.gguf import converted_folder
-from modelpress.hub import MODEL_FILES, snapshot
+from modelpress.hub import missing_model_files, model_patterns, snapshot
 
 
 def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
@@ -19,9 +19,8 @@ def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
     `cache_root/inputs`, keyed by the file's content.
     """
     if model.hub_id:
-        patterns = MODEL_FILES + (["*.py"] if model.trust_remote_code else []) + \
-            ([model.gguf_file] if model.gguf_file else [])
-        folder = snapshot(model.hub_id, model.revision, "model", patterns)
+        folder = snapshot(model.hub_id, model.revision, "model", model_patterns(model.trust_remote_code, model.gguf_file),
+                          missing_model_files(model.gguf_file), key="input_model.model_path")
     else:
         folder = Path(model.model_path)
     if not model.gguf_file:

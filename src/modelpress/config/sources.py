@@ -155,22 +155,24 @@ def _check_source(model: InputModelConfig, path: str, c: Collector) -> None:
 
 def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
     """Say whether the local Hugging Face cache holds the model; an error only when it cannot be fetched."""
-    from modelpress.hub import cached_snapshot, fetch_hint, offline
+    from modelpress.hub import cached_snapshot, fetch_hint, missing_model_files, model_patterns, offline
 
     rev = f" at revision {model.revision!r}" if model.revision else ""
-    folder = cached_snapshot(model.hub_id, model.revision)
-    if folder is not None:
-        c.note(f"{path}: Hub model {model.hub_id!r}{rev} is in the local Hugging Face cache ({folder}); "
-               "it is used without any network access.")
-        if model.gguf_file and not (folder / model.gguf_file).is_file():
-            c.add(f"{path}", f"the cached snapshot of {model.hub_id!r} has no file {model.gguf_file!r}",
-                  "Check gguf_file against the repo's file list.")
+    what = f"Hub model {model.hub_id!r}{rev}"
+    folder = cached_snapshot(model.hub_id, model.revision, "model",
+                             model_patterns(model.trust_remote_code, model.gguf_file))
+    lacking = missing_model_files(model.gguf_file)(folder) if folder is not None else []
+    if folder is not None and not lacking:
+        c.note(f"{path}: {what} is in the local Hugging Face cache ({folder}); it is used without any network "
+               "access.")
     elif offline():
-        c.add(path, f"Hub model {model.hub_id!r}{rev} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-              "is set", fetch_hint(model.hub_id, model.revision, "model") + ".")
+        held = (f"is in the local Hugging Face cache without {', '.join(lacking)}" if lacking else
+                "is not in the local Hugging Face cache")
+        c.add(path, f"{what} {held} and HF_HUB_OFFLINE is set", fetch_hint(model.hub_id, model.revision, "model") + ".")
     else:
-        c.note(f"{path}: Hub model {model.hub_id!r}{rev} is not in the local Hugging Face cache; "
-               "`modelpress run` will download it.")
+        held = f"lacks {', '.join(lacking)} in" if lacking else "is not in"
+        c.note(f"{path}: {what} {held} the local Hugging Face cache; `modelpress run` will download it (no local "
+               f"path {model.hub_id!r} exists, so it is read as a Hub id).")
 
 
 def check_model_folder(folder: Path, path: str, c: Collector) -> None:
