@@ -93,6 +93,10 @@ class EchoRunner:
 
     def __init__(self):
         self.calls: list[int] = []
+        self.stops: set[str] = set()
+
+    def add_stops(self, texts):
+        self.stops |= texts
 
     def generate_batch(self, prompts, add_bos, max_new_tokens):
         self.calls.append(len(prompts))
@@ -114,6 +118,7 @@ def test_evaluate_cuts_answers_at_the_stop_text_and_times_a_stated_sample(monkey
     result = evaluate(ModelRef(HF, tmp_path, id="x"), examples, False, MAX_NEW, with_accuracy=True,
                       show_progress=False, batch_size=8, latency_samples=5)
     assert result["accuracy"] == 1.0  # without the cut, "joy<|end|>" would not match "joy"
+    assert runner.stops == {"<|end|>"}  # told to the runner, which ends generation there when it is one token
     assert result["samples"][0]["output"] == "joy"
     assert result["latency_examples"] == 5 and result["examples"] == 30
     assert runner.calls[:4] == [8, 8, 8, 6]  # accuracy in batches, then latency one at a time
@@ -197,6 +202,76 @@ def _answers_batched_and_alone(runner, examples: list[Example]) -> tuple[list, l
     return alone, batched
 
 
+def _decode(runner, ids: list[int]) -> str:
+    import numpy as np
+
+    if hasattr(runner, "og"):
+        return runner.tokenizer.decode(np.array(ids, dtype=np.int32))
+    return runner.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _one_token_stop(runner, new: list[int]) -> tuple[int, str]:
+    """(position, text) of a token the model generated after its first that decodes to a text encoding back to
+    that one token: a stop text, as a chat template's end-of-turn marker is."""
+    for k, token in enumerate(new[1:], start=1):
+        if token in new[:k]:
+            continue
+        text = _decode(runner, [token])
+        if text.strip() == text and text and runner._plain_ids(text) == [token]:
+            return k, text
+    raise AssertionError(f"no usable stop token among {new}")
+
+
+def _torch_new_ids(runner, ids: list[int]) -> list[int]:
+    import torch
+
+    with torch.inference_mode():
+        out = runner.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=MAX_NEW, do_sample=False,
+                                    eos_token_id=sorted(runner.end_ids), pad_token_id=runner.pad)
+    return out[0, len(ids):].tolist()
+
+
+def _ends_at_stops(runner, tone_examples):
+    """A runner's answers end at a one-token stop text it was told of (and at the end ids a generation config
+    names); its completion loss scores that token after the completion, not the end of sequence."""
+    ex = tone_examples[0]
+    new = runner.generate_ids([runner._ids(ex.prompt, True)], MAX_NEW)[0] if hasattr(runner, "og") else \
+        _torch_new_ids(runner, runner._ids(ex.prompt, True))
+    k, stop = _one_token_stop(runner, new)
+    plain = runner.generate(ex.prompt, True, MAX_NEW)
+    runner.add_stops({stop})
+    answer, count = runner.generate(ex.prompt, True, MAX_NEW)
+    assert plain[1] > count and answer == _decode(runner, new[:k]) and count in (k, k + 1), (plain, answer, k)
+    closed = Example(ex.prompt, ex.completion, ex.source, target=ex.completion + stop)
+    assert closed.stop == stop and runner._pair(closed, True)[1][-1] == new[k]
+    assert runner._pair(ex, True)[1][-1] == runner.eos_id
+    return closed
+
+
+def test_pytorch_answers_end_at_a_stop_token_and_the_generation_configs_end_ids(tiny_model, tone_examples, tmp_path):
+    import torch
+
+    from modelpress.runners import TorchRunner
+
+    runner = TorchRunner(ModelRef(HF, tiny_model, id="tiny"))
+    closed = _ends_at_stops(runner, tone_examples)
+    head, tail = runner._pair(closed, True)
+    with torch.inference_mode():
+        logits = runner.model(input_ids=torch.tensor([head + tail])).logits[0].float()
+    logp = torch.log_softmax(logits[len(head) - 1:-1], -1)
+    expected = -sum(float(logp[i, t]) for i, t in enumerate(tail)) / len(tail)
+    assert runner.completion_loss([closed], True) == pytest.approx(expected, rel=1e-5)
+    # a generation config naming that token as an end of sequence (as Phi-3's names <|end|>) ends there too
+    folder = tmp_path / "ends"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    stop_id = tail[-1]
+    (folder / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [config["eos_token_id"], stop_id]}))
+    named = TorchRunner(ModelRef(HF, folder, id="ends"))
+    assert named.end_ids == {config["eos_token_id"], stop_id}
+    assert named.generate(closed.prompt, True, MAX_NEW) == runner.generate(closed.prompt, True, MAX_NEW)
+
+
 def _builder_output(model: Path, out: Path, precision: str) -> Path:
     from modelpress.config.schema import InputModelConfig
     from modelpress.context import PassContext
@@ -207,6 +282,18 @@ def _builder_output(model: Path, out: Path, precision: str) -> Path:
     ctx = PassContext(ModelRef(HF, model, id="m"), out, InputModelConfig(model_path=model), "cpu", data=None,
                       show_progress=False)
     return run_model_builder(ctx, ModelBuilderParams(precision=precision)).path
+
+
+@pytest.mark.e2e
+def test_genai_answers_end_at_a_stop_token_and_score_it_as_pytorch_does(tiny_model, tone_examples, tmp_path):
+    from modelpress.runners import GenaiRunner, TorchRunner
+
+    runner = GenaiRunner(_builder_output(tiny_model, tmp_path / "fp32", "fp32"))
+    closed = _ends_at_stops(runner, tone_examples)
+    torch_runner = TorchRunner(ModelRef(HF, tiny_model, id="tiny"))
+    assert runner.eos_id == torch_runner.eos_id  # the end of sequence the tokenizer config names, on both
+    assert runner.completion_loss([closed], True) == pytest.approx(torch_runner.completion_loss([closed], True),
+                                                                   rel=1e-4)
 
 
 @pytest.mark.e2e
@@ -286,7 +373,7 @@ def test_batched_int4_answers_differ_from_batch_1_only_at_near_ties(eos_model, t
     assert len({len(a) for a in alone}) > 1, "every answer has the same length: no finished rows are mixed"
     parted = [i for i in range(len(rows)) if batched[i] != alone[i]]
     assert len(parted) <= len(rows) // 10, f"{len(parted)} of {len(rows)} int4 answers differ in a batch"
-    end = min(runner.eos)  # a row that ended early has generated its end of sequence there
+    end = min(runner.end_ids)  # a row that ended early has generated its end of sequence there
     for i in parted:
         a, b = alone[i] + [end] * MAX_NEW, batched[i] + [end] * MAX_NEW
         step = next(k for k in range(MAX_NEW) if a[k] != b[k])
@@ -393,7 +480,7 @@ def test_genai_scores_completions_its_answers_began_with_from_the_generation(pre
     runner = GenaiRunner(_builder_output(eos_model, tmp_path / precision, precision))
     examples = tone_examples[:32]  # one genai batch, so generate_scored's batch is this one
     new, _ = runner._generate([runner._ids(ex.prompt, True) for ex in examples], MAX_NEW)
-    ended = [until_eos(tokens, runner.eos) for tokens in new]
+    ended = [until_eos(tokens, runner.end_ids) for tokens in new]
     own, kinds = [], Counter()
     for ex, tokens, (answer, count) in zip(examples, new, ended):
         # a third of the rows expect their whole answer and its end (when it ended), a third its first two

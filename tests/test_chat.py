@@ -72,6 +72,24 @@ def test_a_messages_column_trains_every_assistant_turn_and_masks_the_rest(tokeni
     assert all_labels == ids
 
 
+def test_a_multi_turn_prompt_is_tokenized_as_inference_reads_it(tokenizer):
+    """A template that joins role and content with ': ' puts a piece boundary between a space and the answer's
+    first word; byte-level BPE merges the two ("Ġthe") when the prompt is read whole, as inference reads it."""
+    plain = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+             "{% if add_generation_prompt %}assistant: {% endif %}")
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "the end"},
+             {"role": "user", "content": "Tone of 'we won'?"}, {"role": "assistant", "content": "joy"}]
+    config = DataConfig(name="chat", data_files=["x.json"], format="json", chat_template=plain)
+    [ex] = render(config, _rows({"messages": turns}), ChatFormat(plain))
+    by_piece = [t for text, _ in ex.turns for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    whole = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+    assert by_piece != whole  # the case this is about: pieces tokenize apart
+    [(ids, labels)] = tokenize([ex], tokenizer, config)
+    assert ids[:len(whole)] == whole
+    learnt = tokenizer.decode([i for i, label in zip(ids[:len(whole)], labels) if label != IGNORE])
+    assert learnt.strip() == "the end"  # the earlier answer, with the space its first token carries
+
+
 def test_sharegpt_turns_and_a_system_prompt(tokenizer):
     config = _config(system_prompt="Name the tone.")
     row = {"messages": [{"from": "human", "value": "We won!"}, {"from": "gpt", "value": "joy"}]}
@@ -110,6 +128,15 @@ def test_generate_builds_the_prompt_the_model_was_trained_on(tokenizer):
     card = {"task": {"chat": {"template": CHATML, "special_tokens": {}, "columns": config.chat_columns,
                               "system_prompt": "Be brief."}}}
     assert prompt_for(card, "We won!") == ex.prompt
+    # a system turn the columns fill from each row has no value at generation: it is left out, and the text
+    # goes to the user turn only (it once filled every turn)
+    columns = {"system": "persona", "user": "Tone of: {phrase}", "assistant": "{tone}"}
+    card["task"]["chat"].update(columns=columns, system_prompt=None)
+    [ex] = render(_config(chat_columns=columns), _rows({"persona": "We won!", "phrase": "We won!", "tone": "joy"}),
+                  ChatFormat(CHATML))
+    prompt = prompt_for(card, "We won!")
+    user_turn = "<|im_start|>user\nTone of: We won!<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt.count("We won!") == 1 and prompt.endswith(user_turn) and ex.prompt.endswith(user_turn)
 
 
 def test_a_template_with_a_closing_marker_learns_and_reads_the_answer_up_to_it():

@@ -124,6 +124,23 @@ def test_join_packs_rows_into_full_windows_and_drops_the_remainder():
     assert "attention_mask" not in features[0]
 
 
+def test_packing_says_what_it_leaves_out(caplog):
+    join = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                      strategy="join", max_seq_len=4, add_special_tokens=False)
+    with caplog.at_level("INFO", logger="modelpress"):
+        pack(tokenize(EXAMPLES * 3, FakeTokenizer(), join), join, [ord("|")], pad_id=0)  # 24 tokens: 0 left
+        assert "left out" not in caplog.text
+        pack(tokenize(EXAMPLES * 3 + EXAMPLES[:1], FakeTokenizer(), join), join, [], pad_id=0)  # 21 tokens
+    assert "the last 1 of 21 tokens fill no whole 4-token window" in caplog.text
+    # line by line: a row whose first max_seq_len tokens are all prompt has nothing to learn
+    long = [Example("abcdefgh", "X", ""), Example("ab", "Y", "")]
+    lines = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                       strategy="line-by-line", max_seq_len=6, loss_on="completion")
+    features = pack(tokenize(long, FakeTokenizer(), lines), lines, [], pad_id=0)
+    assert [f["input_ids"][1:3] for f in features] == [[ord("a"), ord("b")]] and len(features) == 1
+    assert "1 of 2 rows have nothing to learn in their first 6 tokens" in caplog.text
+
+
 def test_sliding_window_masks_the_overlap_so_each_token_is_learned_once():
     config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
                         strategy="join-sliding-window", max_seq_len=4, stride=2, add_special_tokens=False)

@@ -9,6 +9,7 @@ The pure functions here (render, split, pack) are what the tests call directly.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import string
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from modelpress.config.schema import DataConfig
 from modelpress.errors import DataError
 
 IGNORE = -100  # label id the loss skips
+log = logging.getLogger("modelpress")
 
 
 @dataclass(frozen=True)
@@ -214,10 +216,26 @@ def tokenize(examples: list[Example], tokenizer, config: DataConfig) -> list[tup
 
 
 def _heads(examples: list[Example], tokenizer, loss_on: str) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt ids and their labels: masked when the loss is on the completion, except earlier assistant turns."""
+    """Prompt ids and their labels: masked when the loss is on the completion, except earlier assistant turns.
+
+    A prompt is tokenized whole, as inference reads it; a multi-turn prompt's earlier assistant turns are
+    found by the characters each token covers (a fast tokenizer's offsets), so that a token a piece
+    boundary falls inside ("Ġthe" after "assistant: ") is the one inference sees, and is learnt when it
+    reaches into an assistant turn. A slow tokenizer, which has no offsets, tokenizes piece by piece."""
     ids, labels = [], []
     for ex in examples:
         pieces = ex.turns or ((ex.prompt, False),)
+        if len(pieces) > 1 and getattr(tokenizer, "is_fast", False):
+            encoded = tokenizer(ex.prompt, add_special_tokens=False, return_offsets_mapping=True)
+            spans, start = [], 0
+            for text, trained in pieces:
+                if trained:
+                    spans.append((start, start + len(text)))
+                start += len(text)
+            ids.append(list(encoded["input_ids"]))
+            labels.append([t if loss_on == "all" or any(a < end and begin < b for begin, end in spans) else IGNORE
+                           for t, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"])])
+            continue
         encoded = tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
         ids.append([t for piece in encoded for t in piece])
         labels.append([t if loss_on == "all" or trained else IGNORE
@@ -227,13 +245,29 @@ def _heads(examples: list[Example], tokenizer, loss_on: str) -> tuple[list[list[
 
 def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joiner: list[int],
          pad_id: int) -> list[dict]:
-    """Turn tokenized examples into training sequences by the config's strategy."""
+    """Turn tokenized examples into training sequences by the config's strategy.
+
+    line-by-line keeps each row's first max_seq_len tokens and leaves out, with a warning, rows that
+    this leaves nothing to learn; the join strategies leave out the tail of the token stream that fills
+    no whole window (as transformers' run_clm does), and say how much."""
     if config.strategy == "line-by-line":
         items = [(ids[: config.max_seq_len], labels[: config.max_seq_len]) for ids, labels in sequences]
+        learnt = [item for item in items if any(label != IGNORE for label in item[1])]
+        if len(learnt) < len(items):
+            log.warning("data config %r: %d of %d rows have nothing to learn in their first %d tokens (the "
+                        "prompt fills them) and are left out; raise max_seq_len or shorten the prompts",
+                        config.name, len(items) - len(learnt), len(items), config.max_seq_len)
+        items = learnt
     else:
         ids, labels = _join(sequences, joiner if not config.add_special_tokens else [], config.loss_on)
         step = config.stride if config.strategy == "join-sliding-window" else config.max_seq_len
         items = _windows(ids, labels, config.max_seq_len, step)
+        covered = max((start for start in range(0, len(ids) - config.max_seq_len + 1, step)), default=-1)
+        left = len(ids) - (covered + config.max_seq_len) if covered >= 0 else 0
+        if left > 0:
+            (log.warning if left > len(ids) // 10 else log.info)(
+                "data config %r: the last %d of %d tokens fill no whole %d-token window and are left out",
+                config.name, left, len(ids), config.max_seq_len)
     if config.max_samples:
         items = items[: config.max_samples]
     return [_features(ids, labels, config, pad_id) for ids, labels in items]

@@ -105,6 +105,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     each generated alone, as a deployed model answers one request.
     """
     runner = make_runner(ref, trust_remote_code)
+    runner.add_stops({ex.stop for ex in examples if ex.stop})  # a chat turn's end marker ends the answer
     # plain text (no template, so no prompt): the model continues the text itself
     prompted = [ex if ex.prompt else dataclasses.replace(ex, prompt=ex.completion, completion="") for ex in examples]
     answered = prompted if with_accuracy else prompted[:SAMPLES]  # without labels, answers are only shown

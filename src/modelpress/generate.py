@@ -35,19 +35,16 @@ def prompt_for(card: dict, text: str) -> str:
 
 def chat_prompt_for(chat: dict, text: str) -> str:
     """The chat template's prompt for one user message, as the model was trained: its system prompt and the
-    user turn's template (`chat_columns`) with `text` in its one field."""
+    user turn's template (`chat_columns`) with `text` in its fields. Other turns that the columns fill from
+    a row (a per-row system persona) have no value here and are left out."""
     from modelpress.chat import ChatFormat, role_template
     from modelpress.config.templates import template_fields
 
     columns = chat.get("columns") or {}
+    spec = role_template(columns["user"]) if "user" in columns else "{text}"
+    user = spec.format_map({f: text for f in template_fields(spec)})
     messages = [{"role": "system", "content": chat["system_prompt"]}] if chat.get("system_prompt") is not None else []
-    for role, spec in list(columns.items())[:-1]:
-        spec = role_template(spec)
-        fields = template_fields(spec)
-        messages.append({"role": role, "content": spec.format_map({f: text for f in fields}) if fields else spec})
-    if not columns:
-        messages.append({"role": "user", "content": text})
-    return ChatFormat.from_card(chat).render(messages, add_generation_prompt=True)
+    return ChatFormat.from_card(chat).render([*messages, {"role": "user", "content": user}], add_generation_prompt=True)
 
 
 def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False,

@@ -134,7 +134,7 @@ def genai_lm_class():
 
         @property
         def eot_token_id(self) -> int:
-            return min(self.runner.eos)
+            return self.runner.eos_id
 
         @property
         def prefix_token_id(self) -> int:

@@ -13,6 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from modelpress.answer_ends import Ends, eos_ids, generation_config_of, named_eos, until_eos
 from modelpress.data import Example
 from modelpress.errors import ModelpressError
 from modelpress.genai_folder import free_pad_id, open_model
@@ -21,7 +22,7 @@ from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapte
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
 from modelpress.prompt_cache import (common_prefix, generate_scored, generate_with_prefix, logits_from,
                                      right_mask, right_pad)
-from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, scored_split, tail_nll
+from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, tail_nll
 
 
 def make_runner(ref: ModelRef, trust_remote_code: bool = False):
@@ -34,20 +35,11 @@ def make_runner(ref: ModelRef, trust_remote_code: bool = False):
     return TorchClassifierRunner(ref, trust_remote_code) if classify else TorchRunner(ref, trust_remote_code)
 
 
-def until_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], int]:
-    """The generated tokens before the first end of sequence, and how many were generated up to and with it.
-
-    In a batch, a row that ended early is filled with padding until the longest one ends; this
-    cuts it where generating it alone would have stopped.
-    """
-    for i, token in enumerate(tokens):
-        if token in eos:
-            return tokens[:i], i + 1
-    return tokens, len(tokens)
-
-
 class Runner:
     """Greedy generation: `generate_batch` for accuracy, `generate` (batch 1) for latency."""
+
+    def add_stops(self, texts: set[str]) -> None:
+        """Texts that close an answer (a chat turn's end marker): generation ends at those that are one token."""
 
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
         """(answer text, tokens generated) for each prompt."""
@@ -118,6 +110,8 @@ class OnnxClassifierRunner(ClassifierRunner):
 
         self.model = OnnxModel(ref.path)
         self.tokenizer = load_tokenizer(ref.path)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.end_ids = eos_ids(self.tokenizer, generation_config_of(Path(ref.path)))
         self.labels = _labels(ref, None)
 
     def class_logits_batch(self, texts: list[str]):
@@ -137,17 +131,15 @@ def _labels(ref: ModelRef, config) -> list[str]:
     raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card)")
 
 
-class HfTokenizedRunner(Runner):
+class HfTokenizedRunner(Ends, Runner):
     """A runner that tokenizes with a Hugging Face tokenizer (`self.tokenizer`)."""
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
-        return bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return bos + self._plain_ids(prompt)
 
-    def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
-        """(prompt ids, completion ids and the end of sequence): what the completion loss scores."""
-        return scored_split(self._ids(ex.prompt, add_bos), self.tokenizer(
-            ex.completion, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id])
+    def _plain_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 class OnnxCausalRunner(HfTokenizedRunner):
@@ -163,6 +155,8 @@ class OnnxCausalRunner(HfTokenizedRunner):
 
         self.model = OnnxModel(ref.path)
         self.tokenizer = load_tokenizer(ref.path)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.end_ids = eos_ids(self.tokenizer, generation_config_of(Path(ref.path)))
 
     def _logits(self, ids: list[int]):
         import numpy as np
@@ -178,9 +172,9 @@ class OnnxCausalRunner(HfTokenizedRunner):
         for _ in range(max_new_tokens):
             token = int(self._logits(ids + new)[-1].argmax())
             new.append(token)
-            if token == self.tokenizer.eos_token_id:
+            if token in self.end_ids:
                 break
-        text = [t for t in new if t != self.tokenizer.eos_token_id]
+        text = until_eos(new, self.end_ids)[0]
         return self.tokenizer.decode(text, skip_special_tokens=True), len(new)
 
     def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
@@ -197,7 +191,8 @@ class TorchRunner(HfTokenizedRunner):
 
     def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
         self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
-        eos = self.tokenizer.eos_token_id
+        self.eos_id = eos = self.tokenizer.eos_token_id
+        self.end_ids = eos_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a batch's common prefix
 
@@ -212,11 +207,11 @@ class TorchRunner(HfTokenizedRunner):
         self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
             out, width = generate_with_prefix(self.model, rows, shared, self.pad, max_new_tokens=max_new_tokens,
-                                              do_sample=False, eos_token_id=self.tokenizer.eos_token_id)
+                                              do_sample=False, eos_token_id=sorted(self.end_ids))
         return self._answers(out, width)
 
     def _answers(self, out, width: int) -> list[tuple[str, int]]:
-        answers = [until_eos(row[width:], {self.tokenizer.eos_token_id}) for row in out.tolist()]
+        answers = [until_eos(row[width:], self.end_ids) for row in out.tolist()]
         return [(self.tokenizer.decode(new, skip_special_tokens=True), count) for new, count in answers]
 
     def generate_scored(self, examples: list[Example], add_bos: bool, max_new_tokens: int
@@ -234,7 +229,7 @@ class TorchRunner(HfTokenizedRunner):
         self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
             out, width, logits = generate_scored(self.model, rows, tails, shared, self.pad, max_new_tokens=max_new_tokens,
-                                                 do_sample=False, eos_token_id=self.tokenizer.eos_token_id)
+                                                 do_sample=False, eos_token_id=sorted(self.end_ids))
         logits = logits.float().numpy()
         total = sum(nll(row, head, tail, offset=len(head) - 1) for row, (head, tail) in zip(logits, pairs))
         return self._answers(out, width), total, sum(len(t) for t in tails)
@@ -266,7 +261,7 @@ class TorchRunner(HfTokenizedRunner):
 GENAI_MAX_BATCH = 32
 
 
-class GenaiRunner(Runner):
+class GenaiRunner(Ends, Runner):
     """Greedy generation with onnxruntime-genai; completion loss with onnxruntime on model.onnx.
 
     A folder with an adapter file (ExtractAdapters) runs with that adapter active, unless
@@ -293,17 +288,16 @@ class GenaiRunner(Runner):
         self._adapters = genai_adapters(og, self.model, self.adapter, Path(self._scratch.name))
         self.tokenizer = og.Tokenizer(self.model)
         self.bos = self.tokenizer.bos_token_id
-        self.eos = set(self.tokenizer.eos_token_ids)
+        self.end_ids = set(self.tokenizer.eos_token_ids)
+        self.eos_id = named_eos(self.folder, self._plain_ids, self.end_ids)
         self._session = None
         self.rescored_rows = 0  # generate_scored's rows whose completion loss took a second pass
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
-        ids = list(self.tokenizer.encode(prompt)) if prompt else []
-        return ([self.bos] if add_bos and self.bos is not None and self.bos >= 0 else []) + ids
+        return ([self.bos] if add_bos and self.bos is not None and self.bos >= 0 else []) + self._plain_ids(prompt)
 
-    def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
-        """(prompt ids, completion ids and the end of sequence): what the completion loss scores."""
-        return scored_split(self._ids(ex.prompt, add_bos), list(self.tokenizer.encode(ex.completion)) + [min(self.eos)])
+    def _plain_ids(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)] if text else []
 
     def _chunks(self, rows: list[list[int]]) -> list[range]:
         """Index ranges genai takes as one batch: up to GENAI_MAX_BATCH, or one at a time when a prompt holds
@@ -327,7 +321,7 @@ class GenaiRunner(Runner):
     def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """The greedy new tokens of each row (up to its end of sequence), generated as one batch."""
         # A sequence generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
-        return [until_eos(new, self.eos)[0] for new in self._generate(rows, max_new_tokens)[0]]
+        return [until_eos(new, self.end_ids)[0] for new in self._generate(rows, max_new_tokens)[0]]
 
     def _generate(self, rows: list[list[int]], max_new_tokens: int, keep_logits: bool = False):
         """Each row's greedy new tokens as generated (past its end of sequence, while other rows go on), and with
@@ -369,7 +363,7 @@ class GenaiRunner(Runner):
         for chunk in self._chunks(rows):
             news, steps = self._generate([rows[i] for i in chunk], max_new_tokens, keep_logits=True)
             for j, (i, new) in enumerate(zip(chunk, news)):
-                answers[i] = self._answer(until_eos(new, self.eos)[0])
+                answers[i] = self._answer(until_eos(new, self.end_ids)[0])
                 tail = pairs[i][1]
                 # the logits at step k saw the prompt and new[:k], so the tail scores from them when the answer
                 # began with the tail's tokens before its last (which need not have been generated)

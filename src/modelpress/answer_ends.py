@@ -1,0 +1,89 @@
+"""Where a generated answer ends, and which token closes a completion when its loss is scored.
+
+A batch's finished rows are cut where generating them alone would have stopped (`until_eos`). A
+model ends an answer at its tokenizer's end-of-sequence token, at those its generation config names
+(Phi-3 and Llama 3 end a chat turn with a token that is not the tokenizer's `eos_token`), and at an
+example's stop text when that is one token; the completion loss scores the token training taught
+after the answer (that stop), or else the end of sequence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modelpress.data import Example
+from modelpress.scoring import scored_split
+
+
+def until_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], int]:
+    """The generated tokens before the first end of sequence, and how many were generated up to and with it.
+
+    In a batch, a row that ended early is filled with padding until the longest one ends; this
+    cuts it where generating it alone would have stopped.
+    """
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:i], i + 1
+    return tokens, len(tokens)
+
+
+class Ends:
+    """Where a generated answer ends, and the token that closes a completion in its loss.
+
+    Generation ends at the end-of-sequence ids (the tokenizer's and those of the model's generation
+    config: Phi-3 and Llama 3 end a turn with a token that is not the tokenizer's `eos_token`) and at an
+    example's stop text when that is one token. The loss scores the completion and its closing token:
+    that one-token stop when the example has one (what training taught after the answer), else the
+    end of sequence.
+    """
+
+    end_ids: set[int]
+    eos_id: int | None
+
+    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
+        raise NotImplementedError
+
+    def _plain_ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _stop_token(self, stop: str) -> int | None:
+        memo = self.__dict__.setdefault("_stop_memo", {})
+        if stop not in memo:
+            ids = self._plain_ids(stop) if stop else []
+            memo[stop] = ids[0] if len(ids) == 1 else None
+        return memo[stop]
+
+    def add_stops(self, texts: set[str]) -> None:
+        self.end_ids |= {t for t in map(self._stop_token, texts) if t is not None}
+
+    def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids and the token that closes it): what the completion loss scores."""
+        stop = self._stop_token(ex.stop)
+        return scored_split(self._ids(ex.prompt, add_bos),
+                            self._plain_ids(ex.completion) + [self.eos_id if stop is None else stop])
+
+
+def eos_ids(tokenizer, generation_config) -> set[int]:
+    """The tokenizer's end-of-sequence id and those its model's generation config names."""
+    named = getattr(generation_config, "eos_token_id", None)
+    return {i for i in [tokenizer.eos_token_id, *(named if isinstance(named, list) else [named])] if i is not None}
+
+
+def generation_config_of(folder: Path):
+    """A folder's generation config, or None."""
+    if not (folder / "generation_config.json").is_file():
+        return None
+    from transformers import GenerationConfig
+
+    return GenerationConfig.from_pretrained(str(folder))
+
+
+def named_eos(folder: Path, encode, eos_ids: set[int]) -> int:
+    """The id of the end-of-sequence token a genai folder's tokenizer config names (what a PyTorch runner
+    scores), else the smallest of genai's end ids."""
+    config = folder / "tokenizer_config.json"
+    named = json.loads(config.read_text()).get("eos_token") if config.is_file() else None
+    named = named.get("content") if isinstance(named, dict) else named
+    ids = encode(named) if isinstance(named, str) and named else []
+    return ids[0] if len(ids) == 1 else min(eos_ids)
