@@ -55,6 +55,7 @@ test: setup $(SMOLLM2)
 
 bench: setup $(SMOLLM2)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/seed_vs_olive.py --rounds 3
 	$(BIN)/python benchmarks/checkpointing.py
 	$(BIN)/python benchmarks/smollm2.py
 	$(BIN)/python benchmarks/smollm2_eval.py
