@@ -498,3 +498,17 @@ def test_genai_scores_completions_its_answers_began_with_from_the_generation(pre
     assert answers == runner.generate_batch([ex.prompt for ex in own], True, MAX_NEW)
     assert runner.rescored_rows == kinds["label"]  # the tiny random model never answers a tone word
     assert total / count == pytest.approx(runner.completion_loss(own, True), rel=rel)
+
+
+def test_a_trained_classifier_reads_its_inputs_as_training_made_them(bert_folder):
+    """The model card's task carries the training max_seq_len and special-token setting (LoRA pass); without them,
+    an untrained classifier reads up to 512 tokens with its special tokens."""
+    from modelpress.runners import TorchClassifierRunner
+
+    text = "we finally won the finals after years of trying and everyone was cheering"
+    untrained = TorchClassifierRunner(ModelRef(HF, bert_folder, id="b", task={"task": "text-classification"}))
+    full = untrained._encode([text])["input_ids"][0]
+    assert len(full) > 6 and full[0] == untrained.tokenizer.cls_token_id
+    trained = TorchClassifierRunner(ModelRef(HF, bert_folder, id="b", task={
+        "task": "text-classification", "max_seq_len": 6, "add_special_tokens": False}))
+    assert trained._encode([text])["input_ids"][0] == untrained.tokenizer(text, add_special_tokens=False)["input_ids"][:6]

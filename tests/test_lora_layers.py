@@ -47,3 +47,29 @@ def test_only_the_named_layers_get_an_adapter_and_the_merge_changes_only_them(ti
         merged.update(load_file(str(shard)))
     changed = {k for k in base if k in merged and not (merged[k].float() == base[k].float()).all()}
     assert changed == {f"model.layers.{n - 1}.self_attn.qkv_proj.weight", f"model.layers.{n - 1}.self_attn.o_proj.weight"}
+
+
+def test_every_trained_weight_is_float32_over_a_bfloat16_base(tiny_model, tmp_path):
+    """peft keeps LoRA layers in float32 over a bfloat16 base but copies a classifier's head (modules_to_save) in
+    the base's dtype, where AdamW's small late updates round away: the pass makes every trained weight float32."""
+    import torch
+
+    from modelpress.config.schema import InputModelConfig
+    from modelpress.context import PassContext
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF, LoRAParams
+    from modelpress.passes.lora import _peft_model
+
+    ctx = PassContext(ModelRef(HF, tiny_model, id="m"), tmp_path, InputModelConfig(model_path=tiny_model), "cpu",
+                      data=None, show_progress=False)
+    params = LoRAParams(r=4, target_modules=["qkv_proj"], torch_dtype="bfloat16", train_data_config="tone")
+    model = _peft_model(ctx, params, None, ["joy", "fear"])
+    trained = {name: weight.dtype for name, weight in model.named_parameters() if weight.requires_grad}
+    assert any("score" in name for name in trained) and any("lora_A" in name for name in trained)
+    assert set(trained.values()) == {torch.float32}, trained
+    frozen = {weight.dtype for weight in model.parameters() if not weight.requires_grad}
+    assert frozen == {torch.bfloat16}  # the base stays as asked
+    out = model(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([1]))  # bfloat16 hidden states into it
+    out.loss.backward()
+    assert out.logits.dtype == torch.float32
+    assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in model.parameters() if w.requires_grad)

@@ -49,6 +49,11 @@ def test_streamed_merge_equals_peft_merge_and_loads(lora, tiny_model, tmp_path, 
 
 
 def test_adapters_it_does_not_cover_are_left_to_peft(tiny_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    embedded = get_peft_model(load_causal_lm(tiny_model), LoraConfig(r=4, target_modules=["embed_tokens", "o_proj"]))
+    embedded.save_pretrained(str(tmp_path / "e" / ADAPTER_DIR))
+    assert "embed_tokens" in why_not_streamed(tmp_path / "e" / ADAPTER_DIR, tiny_model)  # LoRA on the embeddings
     assert "DORA" in why_not_streamed(_adapter(tiny_model, tmp_path / "d", use_dora=True), tiny_model).upper()
     assert "modules_to_save" in why_not_streamed(_adapter(tiny_model, tmp_path / "s", modules_to_save=["lm_head"]),
                                                   tiny_model)

@@ -99,3 +99,7 @@ def test_it_applies_only_where_one_computation_for_all_rows_is_exact():
     model = _tiny_lora()
     model.config.attention_dropout = 0.1
     assert not prefix_sharing_applies(model, 0.0, gradient_checkpointing=False, processes=1)
+    for rope in ("longrope", "dynamic"):  # frequencies picked per call from its longest position
+        model = _tiny_lora()
+        model.config.rope_parameters = {**(model.config.rope_parameters or {}), "rope_type": rope}
+        assert not prefix_sharing_applies(model, 0.0, gradient_checkpointing=False, processes=1)

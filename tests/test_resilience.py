@@ -77,6 +77,28 @@ def test_interrupted_training_resumes_from_its_checkpoint_with_the_same_result(h
     assert not list((tmp_path / "b" / "passes").glob(".*"))  # the killed writer's leftovers are gone
 
 
+def test_a_run_resumed_in_a_later_epoch_of_length_grouped_batches_ends_as_one_never_stopped(tiny_model, tmp_path):
+    """group_by_length orders each epoch after the first by (seed, epoch): a resumed run skips the very batches
+    it trained before the kill (transformers draws that order from the random state before restoring it)."""
+    def grouped(cache: str) -> dict:
+        config = _config(tiny_model, tmp_path, cache, steps=30)
+        config["passes"]["lora"]["training_args"].update(group_by_length=True, save_steps=15)
+        config["data_configs"][0]["pre_process_data_config"]["max_samples"] = 80  # 10 steps an epoch
+        return config
+
+    run_cli("run", "--config", str(write_config(tmp_path / "a.json", grouped("a"))), "--no-progress")
+    config = write_config(tmp_path / "b.json", grouped("b"))
+    proc = _start(config)
+    _wait_for_checkpoint(tmp_path / "b", proc)  # checkpoint-15: half way through the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    resumed = run_cli("run", "--config", str(config), "--no-progress")
+    assert "resuming training from checkpoint-15" in resumed.stderr
+    expected, got = _adapter(tmp_path / "a"), _adapter(tmp_path / "b")
+    for name in expected:
+        assert abs(expected[name] - got[name]).max() < 1e-5, name
+
+
 def test_two_runs_sharing_a_cache_compute_each_pass_once(tiny_model, tmp_path):
     first = _config(tiny_model, tmp_path, "shared", steps=30)
     second = {**first, "output_dir": str(tmp_path / "out-second")}

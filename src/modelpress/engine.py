@@ -271,7 +271,9 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # evaluate.py measures differently, so no cached number from the old procedure is reused.
 # 2: genai generators get a fixed random_seed (std::random_device cost 12-15 ms per example).
 # 3: accuracy from batched generation, answers cut at the example's stop text; latency on a sample.
-MEASUREMENT = 3
+# 4: answers end at the generation config's end ids and a one-token stop; the loss scores that stop;
+#    a trained classifier reads its inputs with its training max_seq_len and special tokens.
+MEASUREMENT = 4
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:

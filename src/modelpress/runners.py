@@ -82,16 +82,21 @@ class ClassifierRunner(Runner):
             count += 1
         return total / count if count else float("nan")
 
+    encoding: dict  # the model card's task: the max_seq_len and add_special_tokens it was trained with
+
     def _encode(self, texts: list[str]) -> dict:
-        """Token ids and attention masks, padded to the longest text when there are several."""
-        limit = min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
-        return self.tokenizer(texts, truncation=True, max_length=limit, padding=len(texts) > 1)
+        """Token ids and attention masks as training made them (its max_seq_len and special tokens; an
+        untrained model: up to 512 tokens with them), padded to the longest text when there are several."""
+        limit = self.encoding.get("max_seq_len") or min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
+        return self.tokenizer(texts, truncation=True, max_length=limit, padding=len(texts) > 1,
+                              add_special_tokens=self.encoding.get("add_special_tokens", True))
 
 
 class TorchClassifierRunner(ClassifierRunner):
     def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
         self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
         self.labels = _labels(ref, self.model.config)
+        self.encoding = ref.task
 
     def class_logits_batch(self, texts: list[str]):
         import torch
@@ -110,9 +115,8 @@ class OnnxClassifierRunner(ClassifierRunner):
 
         self.model = OnnxModel(ref.path)
         self.tokenizer = load_tokenizer(ref.path)
-        self.eos_id = self.tokenizer.eos_token_id
-        self.end_ids = eos_ids(self.tokenizer, generation_config_of(Path(ref.path)))
         self.labels = _labels(ref, None)
+        self.encoding = ref.task
 
     def class_logits_batch(self, texts: list[str]):
         import numpy as np

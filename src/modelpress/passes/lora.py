@@ -77,6 +77,9 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
                      f"train loss {result.training_loss:.4f}"
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
     task = {**ctx.model.task, "task": ctx.task, **({"labels": labels} if labels else {})}
+    if labels:  # a classifier reads its inputs as it was trained on them
+        data = ctx.data.data_config(params.train_data_config)
+        task.update(max_seq_len=data.max_seq_len, add_special_tokens=data.add_special_tokens)
     return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(ctx.model.path), task=task)
 
 
@@ -87,6 +90,24 @@ def _sequences(ctx: PassContext, params: LoRAParams, tokenizer,
     train = ctx.data.features(train_examples, params.train_data_config, tokenizer, labels)
     eval_name = params.eval_data_config or params.train_data_config
     return train, ctx.data.features(eval_examples, eval_name, tokenizer, labels) if eval_examples else None
+
+
+def _trained_in_float32(model):
+    """peft keeps LoRA layers in float32 over a bfloat16 base, but not the copies of whole modules it trains
+    (a classifier's head, modules_to_save), where AdamW's small late updates would round away: those become
+    float32 too, and take their inputs in float32."""
+    import torch
+
+    def to_float32(_module, args):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for module in model.modules():
+        own = [w for w in module.parameters(recurse=False) if w.requires_grad and w.dtype != torch.float32]
+        for weight in own:
+            weight.data = weight.data.float()
+        if own:
+            module.register_forward_pre_hook(to_float32)
+    return model
 
 
 def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, labels: list[str] | None):
@@ -111,7 +132,9 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
     try:
         with warnings.catch_warnings():  # peft reads transformers' deprecated alias: noise, not the user's
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-            return get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM", layers))
+            model = get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM",
+                                                         layers))
+        return _trained_in_float32(model)
     except ValueError as err:
         if params.target_modules is None and "target_modules" in str(err):
             raise ModelpressError(f"peft has no default LoRA target modules for model type "
@@ -251,12 +274,47 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
     if (ctx.task != "text-classification" and params.share_prompt_prefix
             and prefix_sharing_applies(model, params.lora_dropout, ta.gradient_checkpointing, params.num_workers)):
         trainer_class = prefix_sharing_trainer()  # a batch's common prompt head runs once, not once per row
+    if ta.group_by_length:
+        trainer_class = type("LengthGroupedTrainer", (EpochSeededOrder, trainer_class), {})
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evals,
                             data_collator=collate, compute_loss_func=loss)
     # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
     use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
     trainer.shares_prompt_prefix = trainer_class is not Trainer
     return trainer
+
+
+class EpochSeededOrder:
+    """A Trainer mixin: group_by_length orders each epoch after the first from (data seed, epoch).
+
+    transformers' length-grouped sampler draws every epoch's order from the global random state, and a
+    run resumed in the middle of a later epoch draws it before restoring that state: it would skip the
+    first batches of another order, training some rows twice and others not at all. The first epoch
+    keeps transformers' order (a resumed run draws it from the same state)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return _EpochSeeded(sampler, seed) if hasattr(sampler, "generator") else sampler
+
+
+class _EpochSeeded:
+    """A length-grouped sampler whose order for epoch k >= 1 comes from a generator seeded with seed + k
+    (the Trainer calls `set_epoch` before each epoch)."""
+
+    def __init__(self, inner, seed: int):
+        self.inner, self.seed = inner, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        import torch
+
+        self.inner.generator = None if epoch == 0 else torch.Generator().manual_seed(self.seed + epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        return iter(self.inner)
 
 
 def _cuda_available() -> bool:

@@ -71,7 +71,7 @@ def weighted_class_loss(weights: list[float]):
     import torch
 
     def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"]
+        logits = outputs["logits"].float()  # a bfloat16 base's logits: the loss in float32
         labels = labels.to(logits.device)
         rows = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         scale = torch.tensor(weights, dtype=logits.dtype, device=logits.device)[labels]

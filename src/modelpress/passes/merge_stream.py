@@ -32,6 +32,12 @@ def why_not_streamed(adapter: Path, base: Path) -> str | None:
             return f"adapter_config {key}={value!r}"
     if not (adapter / "adapter_model.safetensors").is_file():
         return "no adapter_model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:  # reads the header only
+        other = [key for key in f.keys() if not key.endswith((".lora_A.weight", ".lora_B.weight"))]
+    if other:  # an embedding's lora_embedding_A/B, a trained head: not a linear layer's W + s * B @ A
+        return f"adapter tensor {other[0]}"
     if not ((base / "model.safetensors").is_file() or (base / "model.safetensors.index.json").is_file()):
         return "the base has no safetensors checkpoint"
     return None

@@ -38,13 +38,20 @@ def shared_prefix_length(input_ids, attention_mask, labels) -> int:
     return n if n >= MIN_PREFIX else 0
 
 
+LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}
+
+
 def prefix_sharing_applies(model, lora_dropout: float, gradient_checkpointing: bool, processes: int) -> bool:
     """Whether running the common prefix once gives the same step as the plain forward (see the module)."""
     config = getattr(model, "config", None)
     dropouts = [v for k, v in vars(config).items() if ("dropout" in k or k.endswith("pdrop"))
                 and isinstance(v, (int, float)) and not isinstance(v, bool)] if config is not None else []
+    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}) if config else {}
+    # dynamic and long rotary scaling pick their frequencies from each call's longest position, so the
+    # prefix's call and the rest's would rotate differently from one plain forward
+    scaled = isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in LENGTH_DEPENDENT_ROPE
     return (lora_dropout == 0 and not any(dropouts) and not gradient_checkpointing and processes == 1
-            and getattr(config, "is_encoder_decoder", False) is False)
+            and getattr(config, "is_encoder_decoder", False) is False and not scaled)
 
 
 def split_prefix(model, inputs: dict) -> dict:
