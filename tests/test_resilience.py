@@ -78,8 +78,9 @@ def test_interrupted_training_resumes_from_its_checkpoint_with_the_same_result(h
 
 
 def test_a_run_resumed_in_a_later_epoch_of_length_grouped_batches_ends_as_one_never_stopped(tiny_model, tmp_path):
-    """group_by_length orders each epoch after the first by (seed, epoch): a resumed run skips the very batches
-    it trained before the kill (transformers draws that order from the random state before restoring it)."""
+    """A checkpoint keeps the random state its epoch's length-grouped order was drawn from, so the resumed run
+    skips the very batches it trained before the kill (transformers draws the order before restoring the state:
+    in any epoch after the first, another order)."""
     def grouped(cache: str) -> dict:
         config = _config(tiny_model, tmp_path, cache, steps=30)
         config["passes"]["lora"]["training_args"].update(group_by_length=True, save_steps=15)

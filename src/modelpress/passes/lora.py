@@ -62,6 +62,7 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     if checkpoint:
         log.info("resuming training from %s", checkpoint.name)
         ctx.notes.append(f"resumed from {checkpoint.name}")
+        trainer.resume_order_from = checkpoint
     clock = _step_clock()  # transformers is imported only when a training pass runs
     trainer.add_callback(clock)
     started = time.perf_counter()
@@ -234,6 +235,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
     from transformers import Trainer, TrainingArguments
 
     from modelpress.data import Collator
+    from modelpress.passes.batch_order import ResumableOrder
     from modelpress.passes.losses import AnswerCollator, answer_loss, slices_logits, weighted_class_loss
     from modelpress.passes.prefix import prefix_sharing_applies, prefix_sharing_trainer
     from modelpress.progress import use_modelpress_output
@@ -274,47 +276,14 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
     if (ctx.task != "text-classification" and params.share_prompt_prefix
             and prefix_sharing_applies(model, params.lora_dropout, ta.gradient_checkpointing, params.num_workers)):
         trainer_class = prefix_sharing_trainer()  # a batch's common prompt head runs once, not once per row
-    if ta.group_by_length:
-        trainer_class = type("LengthGroupedTrainer", (EpochSeededOrder, trainer_class), {})
+    if ta.group_by_length:  # its order must survive a resume (batch_order)
+        trainer_class = type("LengthGroupedTrainer", (ResumableOrder, trainer_class), {})
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evals,
                             data_collator=collate, compute_loss_func=loss)
     # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
     use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
     trainer.shares_prompt_prefix = trainer_class is not Trainer
     return trainer
-
-
-class EpochSeededOrder:
-    """A Trainer mixin: group_by_length orders each epoch after the first from (data seed, epoch).
-
-    transformers' length-grouped sampler draws every epoch's order from the global random state, and a
-    run resumed in the middle of a later epoch draws it before restoring that state: it would skip the
-    first batches of another order, training some rows twice and others not at all. The first epoch
-    keeps transformers' order (a resumed run draws it from the same state)."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return _EpochSeeded(sampler, seed) if hasattr(sampler, "generator") else sampler
-
-
-class _EpochSeeded:
-    """A length-grouped sampler whose order for epoch k >= 1 comes from a generator seeded with seed + k
-    (the Trainer calls `set_epoch` before each epoch)."""
-
-    def __init__(self, inner, seed: int):
-        self.inner, self.seed = inner, seed
-
-    def set_epoch(self, epoch: int) -> None:
-        import torch
-
-        self.inner.generator = None if epoch == 0 else torch.Generator().manual_seed(self.seed + epoch)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __iter__(self):
-        return iter(self.inner)
 
 
 def _cuda_available() -> bool:
