@@ -262,8 +262,7 @@ def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joine
         ids, labels = _join(sequences, joiner if not config.add_special_tokens else [], config.loss_on)
         step = config.stride if config.strategy == "join-sliding-window" else config.max_seq_len
         items = _windows(ids, labels, config.max_seq_len, step)
-        covered = max((start for start in range(0, len(ids) - config.max_seq_len + 1, step)), default=-1)
-        left = len(ids) - (covered + config.max_seq_len) if covered >= 0 else 0
+        left = max(len(ids) - config.max_seq_len, 0) % step  # windows start every `step` tokens from 0
         if left > 0:
             (log.warning if left > len(ids) // 10 else log.info)(
                 "data config %r: the last %d of %d tokens fill no whole %d-token window and are left out",

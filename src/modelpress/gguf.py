@@ -27,7 +27,8 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
     upgrade that changes the dequantization converts again. Two runs on one cache convert it once: the
     second waits on a lock and finds the folder done.
     """
-    key = hashlib.sha256(f"{file_id} {_converter_versions()}".encode()).hexdigest()[:16]
+    converter = _converter_versions()
+    key = hashlib.sha256(f"{file_id} {converter}".encode()).hexdigest()[:16]
     target = cache_root / "inputs" / f"gguf-{key}"
     with file_lock(cache_root / "locks" / f"gguf-{key}.lock", f"the conversion of {gguf_path.name}"):
         if (target / SOURCE_NOTE).is_file():
@@ -36,7 +37,7 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
         with atomic_dir(target) as tmp:
             write_hf_folder(gguf_path, tmp, trust_remote_code)
             atomic_write_json(tmp / SOURCE_NOTE, {"gguf_file": str(gguf_path), "content_id": file_id,
-                                                  "converter": _converter_versions()})
+                                                  "converter": converter})
     return target
 
 

@@ -109,8 +109,6 @@ def go_offline() -> Callable[[], None]:
     """Until the returned function is called, nothing in this process may reach a hub: HF_HUB_OFFLINE and
     HF_DATASETS_OFFLINE are set, and the constants that huggingface_hub and datasets read from them once,
     when first imported. The returned function puts back what was there."""
-    import importlib
-
     env = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     constants = [(module, name) for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
                                                       ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")))
@@ -118,7 +116,7 @@ def go_offline() -> Callable[[], None]:
     before = [(module, name, getattr(sys.modules[module], name)) for module, name in constants]
     os.environ.update({name: "1" for name in env})
     for module, name in constants:
-        setattr(importlib.import_module(module), name, True)
+        setattr(sys.modules[module], name, True)
 
     def restore() -> None:
         for name, value in env.items():
