@@ -77,6 +77,24 @@ def test_interrupted_training_resumes_from_its_checkpoint_with_the_same_result(h
     assert not list((tmp_path / "b" / "passes").glob(".*"))  # the killed writer's leftovers are gone
 
 
+def test_logging_and_checkpoint_steps_leave_the_adapter_alone_so_changing_them_trains_nothing(tiny_model, tmp_path,
+                                                                                              uninterrupted):
+    """They are left out of the LoRA pass's cache key (`output_neutral`). Trained afresh with other values the
+    adapter is the same to the bit; and a run with other values over the cache that holds it reuses it."""
+    def other(root: Path, cache: str) -> dict:
+        config = _config(tiny_model, root, cache)
+        config["passes"]["lora"]["training_args"].update(logging_steps=3, save_steps=0.5)
+        return {**config, "output_dir": str(tmp_path / f"out-{cache}")}
+
+    run_cli("run", "--config", str(write_config(tmp_path / "c.json", other(tmp_path, "c"))), "--no-progress")
+    expected, got = _adapter(uninterrupted), _adapter(tmp_path / "c")
+    assert expected.keys() == got.keys() and all((expected[name] == got[name]).all() for name in expected)
+    reused = run_cli("run", "--config", str(write_config(tmp_path / "a.json", other(uninterrupted.parent, "a"))),
+                     "--no-progress")
+    steps = json.loads((tmp_path / "out-a" / "run_history.json").read_text())["steps"]
+    assert steps[0]["cache"] == "hit" and "training:" not in reused.stderr, reused.stderr
+
+
 def test_a_run_resumed_in_a_later_epoch_of_length_grouped_batches_ends_as_one_never_stopped(tiny_model, tmp_path):
     """A checkpoint keeps the random state its epoch's length-grouped order was drawn from, so the resumed run
     skips the very batches it trained before the kill (transformers draws the order before restoring the state:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
+
+from conftest import tone_workflow, write_config
 
 from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.evaluate import accuracy_report, normalise_label, percentile
@@ -136,3 +141,63 @@ def test_confusion_table_has_a_column_for_every_label_and_one_for_other_answers(
     assert rows == [["fear", "0", "0", "1", "0"], ["joy", "1", "1", "0", "0"], ["sadness", "0", "0", "0", "1"]]
     assert confusion_table({"accuracy": 0.5}) is None and confusion_text({}) == ""
 
+
+
+def _keys(tiny_model: Path, tmp_path: Path, passes: dict[str, dict], ep: str = "cpu", local: bool = True):
+    """The cache key of each pass in `passes` (run from the tiny model), and the run's eval-measurement key."""
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+    from modelpress.engine import _pass_key, evaluation_key
+
+    config = load_config(write_config(tmp_path / "w.json", tone_workflow(tiny_model, passes)))
+    plan = DataPlan(config, tmp_path)
+    ref = ModelRef("hf", tiny_model, id="input")
+    keys = [_pass_key(config, p, ref, plan, ep, local) for p in config.passes]
+    return keys, evaluation_key(SimpleNamespace(config=config, plan=plan), "eval", ref)
+
+
+def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_model, tmp_path):
+    def key(**training_args):
+        (lora,), measured = _keys(tiny_model, tmp_path, {"lora": {"type": "LoRA", "train_data_config": "tone",
+                                                                   "training_args": training_args}})
+        return lora, measured
+
+    base = key()
+    assert key(logging_steps=1, save_steps=3, save_strategy="no") == base
+    # an evaluation during training draws from the global random state, moving later dropout masks
+    assert key(eval_strategy="steps", eval_steps=5)[0] != base[0]
+    changed = key(learning_rate=1e-3)
+    assert changed[0] != base[0] and changed[1] == base[1]  # the eval split does not depend on the learning rate
+    assert key(data_seed=7)[1] != base[1]
+
+
+def test_the_execution_provider_keys_only_the_passes_that_read_it(tiny_model, tmp_path):
+    passes = {"lora": {"type": "LoRA", "train_data_config": "tone"}, "merge": {"type": "MergeAdapterWeights"},
+              "builder": {"type": "ModelBuilder", "precision": "int4"}}
+    cpu, _ = _keys(tiny_model, tmp_path, passes, ep="cpu")
+    cuda, _ = _keys(tiny_model, tmp_path, passes, ep="cuda")
+    assert cpu[:2] == cuda[:2] and cpu[2] != cuda[2]
+
+
+def test_a_dtype_left_to_the_hardware_is_keyed_by_what_it_resolves_to_here(tiny_model, tmp_path):
+    from modelpress.models import native_training_dtype
+
+    def key(dtype: str, local: bool = True) -> str:
+        return _keys(tiny_model, tmp_path, {"lora": {"type": "LoRA", "train_data_config": "tone",
+                                                     "torch_dtype": dtype}}, local=local)[0][0]
+
+    here = native_training_dtype()
+    elsewhere = "float32" if here == "bfloat16" else "bfloat16"
+    assert key("bfloat16-if-native") == key(here) != key(elsewhere)
+    # on a Ray system the pass runs on a node whose hardware this machine does not know
+    assert key("bfloat16-if-native", local=False) not in (key(here), key(elsewhere))
+
+
+def test_an_evaluation_key_leaves_out_which_models_are_measured():
+    from modelpress.config.schema import EvaluationConfig
+    from modelpress.passes.spec_base import key_params
+
+    base = key_params(EvaluationConfig())
+    assert key_params(EvaluationConfig(evaluate_passes=["merge"], extra_data_configs=["other"],
+                                       evaluate_input_model=False)) == base
+    assert key_params(EvaluationConfig(max_new_tokens=4)) != base

@@ -87,6 +87,12 @@ class DataPlan:
         for name in self.config.data_configs:
             self.examples(name)
 
+    @staticmethod
+    def split_params(params: LoRAParams) -> dict:
+        """What `training_examples` splits by: part of the key of every evaluation on the eval split."""
+        return {"train": params.train_data_config, "eval": params.eval_data_config,
+                "size": params.eval_dataset_size, "seed": params.training_args.data_seed}
+
     def training_examples(self, params: LoRAParams) -> tuple[list[Example], list[Example]]:
         """(train, eval) examples for a training pass, honouring eval_data_config or eval_dataset_size."""
         examples = self.examples(params.train_data_config)

@@ -22,8 +22,9 @@ from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
 from modelpress.html_report import write_report
 from modelpress.hub import go_offline
 from modelpress.inputs import resolve_input_folder
-from modelpress.models import MODEL_CARD, ModelRef
+from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
+from modelpress.passes.spec_base import key_params
 from modelpress.steps import PeakRSS, record, run_pass_here
 
 log = logging.getLogger("modelpress")
@@ -139,7 +140,7 @@ class Session:
 
     def run_pass(self, p: PassConfig, ref: ModelRef, history: list[dict]) -> ModelRef:
         config, cache, plan = self.config, self.cache, self.plan
-        key = _pass_key(config, p, ref, plan, self.ep)
+        key = _pass_key(config, p, ref, plan, self.ep, local=self.host(p) is None)
         started = time.perf_counter()
         cached = cache.lookup(key, ref)
         if cached is None:
@@ -240,16 +241,24 @@ def resolve_execution_provider(requested: str) -> str:
     return "cpu"
 
 
-def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPlan, ep: str) -> str:
+def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPlan, ep: str, local: bool = True
+              ) -> str:
+    """What a pass's output depends on: its input, its type and params (not those that change only its log or
+    checkpoints), the bytes of the data it reads, the input model's loading options, and the execution provider
+    where the pass reads it. `local`: the pass runs on this machine, so a dtype left to the hardware
+    (`bfloat16-if-native`) is keyed by what it resolves to here."""
     spec = CATALOG[p.type]
     data = {}
     if spec.needs_data:
         # a built-in pass reads the data configs its params name; a plugin may read any of them
         names = set(data_refs(p.params).values()) if spec.origin == "built-in" else set(config.data_configs)
         data = {name: plan.fingerprint(name) for name in sorted(names)}
+    params = key_params(p.params)
+    if local and params.get("torch_dtype") == IF_NATIVE:
+        params["torch_dtype"] = native_training_dtype()
     loading = config.input_model.model_dump(mode="json", exclude={"model_path", "task"})
-    return cache_key("pass", __version__, ref.id, p.type, spec.origin, p.params.model_dump(mode="json"), data, ep,
-                     loading)
+    return cache_key("pass", __version__, ref.id, p.type, spec.origin, params, data,
+                     ep if spec.keys_execution_provider() else None, loading)
 
 
 def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
@@ -280,7 +289,7 @@ def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
     """Cache key of one measurement of `ref`: the model, the data bytes, the split and `parts`."""
     config, plan = session.config, session.plan
     data = {name: plan.fingerprint(name) for name in config.data_configs}
-    split = [p.params.model_dump(mode="json") for p in config.passes if CATALOG[p.type].needs_data]
+    split = [plan.split_params(p.params) for p in config.passes if CATALOG[p.type].trains()]
     return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, *parts)
 
 
@@ -292,7 +301,7 @@ def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float |
 def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[dict],
                     data_config: str | None) -> dict | None:
     config, plan, cache = session.config, session.plan, session.cache
-    key = evaluation_key(session, "eval", ref, config.evaluation.model_dump(mode="json"), data_config)
+    key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config)
     cached = cache.read_eval(key)
     hit = cached is not None
     started = time.perf_counter()

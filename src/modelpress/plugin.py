@@ -1,7 +1,8 @@
 """The public API for adding a pass without touching modelpress.
 
 Subclass `Pass`, declare its parameters as a `Params` model (fields with descriptions, and
-`searchable(...)` values for search), and implement `run`. Then either name the file in the
+`searchable(...)` values for search; `output_neutral(...)` for one that changes only the log and is
+left out of the cache key), and implement `run`. Then either name the file in the
 config (`"user_script": "my_pass.py"` next to the pass's `type`), or ship it in a package
 with an entry point in the group `modelpress.passes`:
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from modelpress.models import ModelRef
-from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX, ONNX_GENAI, Field, Strict, searchable
+from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX, ONNX_GENAI, Field, Strict, output_neutral, searchable
 
-__all__ = ["HF", "HF_ADAPTER", "ONNX", "ONNX_GENAI", "Field", "ModelRef", "Pass", "Strict", "searchable"]
+__all__ = ["HF", "HF_ADAPTER", "ONNX", "ONNX_GENAI", "Field", "ModelRef", "Pass", "Strict", "output_neutral",
+           "searchable"]
 
 
 class Pass:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from modelpress.passes.catalog import Strict
+from modelpress.passes.spec_base import output_neutral
 
 ExecutionProvider = Literal["cpu", "cuda", "dml"]
 
@@ -124,7 +125,7 @@ class DataConfig(Strict):
 class EvaluationConfig(Strict):
     """What modelpress measures at the end of a run."""
 
-    enabled: bool = Field(True, description="Evaluate at the end of the run.")
+    enabled: bool = output_neutral(True, description="Evaluate at the end of the run.")
     data_config: str | None = Field(
         None, description="Data config to evaluate on; default: the training pass's eval split."
     )
@@ -137,12 +138,12 @@ class EvaluationConfig(Strict):
                             "a batch gives the same answers as one prompt at a time, faster.")
     latency_samples: int = Field(64, gt=0, description="Examples timed one at a time (batch 1) for latency, "
                                  "throughput and tokens/s, spread evenly over the evaluated examples.")
-    evaluate_input_model: bool = Field(True, description="Also measure the input model as a baseline.")
-    evaluate_passes: list[str] = Field(
-        default_factory=list, description="Also measure the output of these steps, by pass name (for example the "
+    evaluate_input_model: bool = output_neutral(True, description="Also measure the input model as a baseline.")
+    evaluate_passes: list[str] = output_neutral(
+        [], description="Also measure the output of these steps, by pass name (for example the "
         "merged model before quantization, to see what int4 costs); metrics.json holds each under its name.")
-    extra_data_configs: list[str] = Field(
-        default_factory=list, description="Also measure every evaluated model on all rows of these data configs "
+    extra_data_configs: list[str] = output_neutral(
+        [], description="Also measure every evaluated model on all rows of these data configs "
         "(for example phrases in another style); metrics.json holds them under 'extra_data'.")
 
 

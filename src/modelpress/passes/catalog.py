@@ -14,7 +14,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from modelpress.passes.onnx_specs import ONNX_SPECS
 from modelpress.passes.quant_specs import QUANT_SPECS
 from modelpress.passes.spec_base import (DATA_PARAMS, HF, HF_ADAPTER, HF_QUANTIZED, ONNX, ONNX_GENAI,  # noqa: F401
-                                         SAME_KIND, SEARCH, PassSpec, Strict, searchable)
+                                         SAME_KIND, SEARCH, PassSpec, Strict, output_neutral, searchable)
 
 class TrainingArgs(Strict):
     """The subset of Hugging Face `TrainingArguments` that modelpress honours."""
@@ -28,7 +28,7 @@ class TrainingArgs(Strict):
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     num_train_epochs: float = Field(1.0, gt=0, description="Epochs; ignored when max_steps > 0.")
     max_steps: int = Field(-1, description="Optimizer steps; -1 means use num_train_epochs.")
-    logging_steps: int = Field(10, gt=0, description="Log the training loss every N steps.")
+    logging_steps: int = output_neutral(10, gt=0, description="Log the training loss every N steps.")
     eval_strategy: Literal["no", "steps", "epoch"] = Field(
         "no",
         validation_alias=AliasChoices("eval_strategy", "evaluation_strategy"),
@@ -49,10 +49,10 @@ class TrainingArgs(Strict):
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule."
     )
-    save_strategy: Literal["steps", "no"] = Field(
+    save_strategy: Literal["steps", "no"] = output_neutral(
         "steps", description="Save resumable checkpoints while training ('no' turns them off)."
     )
-    save_steps: float = Field(
+    save_steps: float = output_neutral(
         0.1, gt=0, description="Checkpoint every N steps, or every fraction of the run when below 1."
     )
 
@@ -244,7 +244,7 @@ CATALOG: dict[str, PassSpec] = {
                  "modelpress.passes.merge:run_merge", (HF, HF_ADAPTER), HF, False),
         PassSpec("ModelBuilder", "onnxruntime-genai model builder (ONNX, int4/int8/fp16/fp32)",
                  ModelBuilderParams, "modelpress.passes.model_builder:run_model_builder",
-                 (HF, HF_QUANTIZED, HF_ADAPTER), ONNX_GENAI, False),
+                 (HF, HF_QUANTIZED, HF_ADAPTER), ONNX_GENAI, False, reads_execution_provider=True),
     )
 }
 

@@ -19,6 +19,7 @@ HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with weight-only quantize
 SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
 DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config
 SEARCH = "search"  # json_schema_extra key: the values search tries when a param says SEARCHABLE_VALUES
+NEUTRAL = "output_neutral"  # json_schema_extra key: the param changes a pass's log or checkpoints, not its output
 
 
 def searchable(*values, **field_kwargs):
@@ -26,6 +27,29 @@ def searchable(*values, **field_kwargs):
     extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
     extra[SEARCH] = list(values)
     return Field(json_schema_extra=extra, **field_kwargs)
+
+
+def output_neutral(default, **field_kwargs):
+    """A pydantic Field that changes only what a pass logs or how often it checkpoints, never its output:
+    left out of the pass's cache key (`key_params`), so changing it reuses the cached result."""
+    extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
+    extra[NEUTRAL] = True
+    return Field(default, json_schema_extra=extra, **field_kwargs)
+
+
+def key_params(params: BaseModel) -> dict:
+    """`params` as JSON without its output-neutral fields (also in nested models): what a cache key holds."""
+    return params.model_dump(mode="json", exclude=_neutral_fields(type(params)) or None)
+
+
+def _neutral_fields(model: type[BaseModel]) -> dict:
+    exclude = {}
+    for name, field in model.model_fields.items():
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(NEUTRAL):
+            exclude[name] = True
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            exclude.update({name: nested} if (nested := _neutral_fields(field.annotation)) else {})
+    return exclude
 
 
 class Strict(BaseModel):
@@ -48,6 +72,12 @@ class PassSpec:
     optional_package: tuple[str, str] | None = None  # (import name, pip extra)
     function: Callable | None = None  # set for plugin passes defined in a script
     origin: str = "built-in"  # or the plugin's package / script
+    reads_execution_provider: bool = False  # its output depends on the run's execution provider
+
+    def keys_execution_provider(self) -> bool:
+        """Whether the execution provider belongs in this pass's cache key: it does for the passes that read it,
+        and for plugins, whose code modelpress cannot see."""
+        return self.reads_execution_provider or self.origin != "built-in"
 
     def runner(self) -> Callable:
         """The callable `(ctx, params) -> ModelRef` that runs this pass."""
