@@ -204,3 +204,41 @@ def test_run_from_a_hub_id_keys_the_cache_by_snapshot_content_and_never_shows_th
     assert "hf_NotARealTokenButSecret123" not in written
     resolved = json.loads((tmp_path / "out" / "config.resolved.json").read_text())
     assert resolved["input_model"]["hub_id"] == MODEL_ID
+
+
+MOODS_CARD = b"""---
+configs:
+- config_name: tones
+  data_files:
+  - split: train
+    path: tones/*.jsonl
+- config_name: other
+  data_files: other/data.jsonl
+---
+# Moods
+"""
+
+
+def test_a_dataset_subset_is_fetched_as_its_card_names_it(hf_home, hub_cache, tmp_path):
+    """A subset named without data_files asks the cache (and a download) for the card and that subset's files
+    only, so a cache holding the card and one subset serves it offline; other subsets are neither needed
+    nor fetched. huggingface_hub itself, asked for the whole repo, calls that cache incomplete."""
+    from modelpress.config import normalize
+    from modelpress.context import DataPlan
+    from modelpress.hub import cached_snapshot, dataset_files
+
+    repo = "acme/moods"
+    add_repo(hub_cache, repo, {"README.md": MOODS_CARD, "tones/train.jsonl": TONE_DATA.read_bytes()}, MAIN,
+             repo_type="dataset", not_fetched={"other/data.jsonl": b'{"phrase": "x", "tone": "joy"}\n'})
+    raw = {**tone_workflow(tmp_path, {}), "input_model": {"type": "HfModel", "model_path": MODEL_ID}}
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": repo, "subset": "tones", "split": "train"}
+    checked = _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home)
+    assert checked.returncode == 0 and f"Hub dataset '{repo}' is in the local Hugging Face cache" in checked.stderr, \
+        checked.stdout + checked.stderr
+    config = normalize(raw, base_dir=tmp_path)
+    plan = DataPlan(config, tmp_path / "cache")
+    plan.resolve_hub_data()
+    assert len(plan.examples("tone")) == 1464
+    assert dataset_files(repo, None, [], None, "other", fetch=False) == ["other/data.jsonl", "README.md"]
+    assert dataset_files(repo, None, [], None, "absent", fetch=False) is None  # not in the card: the whole repo
+    assert cached_snapshot(repo, None, "dataset") is None

@@ -52,13 +52,14 @@ class DataPlan:
 
     def resolve_hub_data(self) -> None:
         """Resolve every Hub dataset to its local snapshot (from the cache, or downloaded when allowed)."""
-        from modelpress.hub import dataset_patterns, snapshot
+        from modelpress.hub import dataset_files, snapshot
 
         for name, config in self.config.data_configs.items():
             if config.hub_id and name not in self._hub:
-                self._hub[name] = snapshot(config.hub_id, config.revision, "dataset",
-                                           dataset_patterns(config.data_files, config.data_dir),
-                                           key=f"data_configs.{name}.load_dataset_config.data_name")
+                key = f"data_configs.{name}.load_dataset_config.data_name"
+                files = dataset_files(config.hub_id, config.revision, config.data_files, config.data_dir,
+                                      config.subset, key)
+                self._hub[name] = snapshot(config.hub_id, config.revision, "dataset", files, key=key)
 
     def chat_format(self, name: str) -> ChatFormat | None:
         """The chat template data config `name` renders rows with (None for text templates)."""

@@ -47,13 +47,50 @@ def model_patterns(trust_remote_code: bool, gguf_file: str | None) -> list[str]:
     return MODEL_FILES + (["*.py"] if trust_remote_code else []) + ([gguf_file] if gguf_file else [])
 
 
+CARD = "README.md"  # a dataset's card; its YAML `configs` names each subset's files
+
+
 def dataset_patterns(data_files: list, data_dir: str | None) -> list[str] | None:
     """The files of a dataset repo to fetch: the named data files (or the data_dir) and the dataset card,
     which may name its subsets; None (the whole repo) when neither is given."""
     prefix = f"{data_dir.strip('/')}/" if data_dir else ""
     if data_files:
-        return [prefix + str(f) for f in data_files] + ["README.md"]
-    return [f"{prefix}*", "README.md"] if data_dir else None
+        return [prefix + str(f) for f in data_files] + [CARD]
+    return [f"{prefix}*", CARD] if data_dir else None
+
+
+def subset_patterns(snapshot: Path | None, subset: str) -> list[str] | None:
+    """The files a dataset card (README.md in `snapshot`) names for `subset` in its YAML `configs` (globs as
+    written, under the subset's data_dir), and the card; None when there is no card or it does not name the
+    subset (the whole repo is then fetched)."""
+    from huggingface_hub.repocard import metadata_load
+
+    if snapshot is None or not (snapshot / CARD).is_file():
+        return None
+    configs = (metadata_load(snapshot / CARD) or {}).get("configs") or []
+    entry = next((c for c in configs if isinstance(c, dict) and c.get("config_name") == subset), None)
+    return None if entry is None else dataset_patterns(_card_paths(entry.get("data_files")), entry.get("data_dir"))
+
+
+def _card_paths(files) -> list[str]:
+    """A card's `data_files`: a path, a list of paths, or a list of {split, path} (path: one or a list)."""
+    paths = []
+    for item in files if isinstance(files, list) else [files] if files else []:
+        path = item.get("path") if isinstance(item, dict) else item
+        paths += [path] if isinstance(path, str) else list(path or [])
+    return paths
+
+
+def dataset_files(repo_id: str, revision: str | None, data_files: list, data_dir: str | None, subset: str | None,
+                  key: str = "", fetch: bool = True) -> list[str] | None:
+    """What to fetch of a Hub dataset (see `dataset_patterns`); for a `subset` named without files, those its
+    card names, from the card alone (fetched first unless `fetch` is false: then only a cached card is read)."""
+    patterns = dataset_patterns(data_files, data_dir)
+    if patterns is not None or not subset:
+        return patterns
+    card = snapshot(repo_id, revision, "dataset", [CARD], key=key) if fetch else \
+        cached_snapshot(repo_id, revision, "dataset", [CARD])
+    return subset_patterns(card, subset)
 
 
 def missing_model_files(gguf_file: str | None) -> Callable[[Path], list[str]]:

@@ -142,14 +142,15 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
 
 def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
     """A Hub dataset: validated without the network; says whether the local cache holds it."""
-    from modelpress.hub import cached_snapshot, dataset_patterns, fetch_hint, offline
+    from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
 
     files = _files(load, path, c)
     if files is None:
         return None
     revision = load.get("revision")
     rev = f" at revision {revision!r}" if revision else ""
-    if cached_snapshot(name, revision, "dataset", dataset_patterns(files, load.get("data_dir"))) is not None:
+    patterns = dataset_files(name, revision, files, load.get("data_dir"), load.get("subset"), fetch=False)
+    if cached_snapshot(name, revision, "dataset", patterns) is not None:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")
     elif offline():
         c.add(f"{path}.data_name", f"Hub dataset {name!r}{rev} is not in the local Hugging Face cache and "
