@@ -212,33 +212,41 @@ configs:
   data_files:
   - split: train
     path: tones/*.jsonl
-- config_name: other
-  data_files: other/data.jsonl
+- config_name: short
+  data_files:
+  - split: train
+    path: short/**/*.jsonl
+- config_name: big
+  data_files: big/data.jsonl
 ---
 # Moods
 """
+SHORT_ROWS = b'{"phrase": "we won!", "tone": "joy"}\n{"phrase": "the lights went out", "tone": "fear"}\n'
 
 
 def test_a_dataset_subset_is_fetched_as_its_card_names_it(hf_home, hub_cache, tmp_path):
-    """A subset named without data_files asks the cache (and a download) for the card and that subset's files
-    only, so a cache holding the card and one subset serves it offline; other subsets are neither needed
-    nor fetched. huggingface_hub itself, asked for the whole repo, calls that cache incomplete."""
+    """A subset named without data_files asks the cache (and a download) for the card and the files `datasets`
+    reads for that subset (its own, and the first config's, from which it infers the format), so a cache
+    holding those serves it offline and other subsets are neither needed nor fetched. huggingface_hub itself,
+    asked for the whole repo, calls that cache incomplete."""
     from modelpress.config import normalize
     from modelpress.context import DataPlan
     from modelpress.hub import cached_snapshot, dataset_files
 
     repo = "acme/moods"
-    add_repo(hub_cache, repo, {"README.md": MOODS_CARD, "tones/train.jsonl": TONE_DATA.read_bytes()}, MAIN,
-             repo_type="dataset", not_fetched={"other/data.jsonl": b'{"phrase": "x", "tone": "joy"}\n'})
-    raw = {**tone_workflow(tmp_path, {}), "input_model": {"type": "HfModel", "model_path": MODEL_ID}}
-    raw["data_configs"][0]["load_dataset_config"] = {"data_name": repo, "subset": "tones", "split": "train"}
-    checked = _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home)
-    assert checked.returncode == 0 and f"Hub dataset '{repo}' is in the local Hugging Face cache" in checked.stderr, \
-        checked.stdout + checked.stderr
-    config = normalize(raw, base_dir=tmp_path)
-    plan = DataPlan(config, tmp_path / "cache")
-    plan.resolve_hub_data()
-    assert len(plan.examples("tone")) == 1464
-    assert dataset_files(repo, None, [], None, "other", fetch=False) == ["other/data.jsonl", "README.md"]
+    add_repo(hub_cache, repo, {"README.md": MOODS_CARD, "tones/train.jsonl": TONE_DATA.read_bytes(),
+                               "short/2026/train.jsonl": SHORT_ROWS}, MAIN,
+             repo_type="dataset", not_fetched={"big/data.jsonl": b'{"phrase": "x", "tone": "joy"}\n'})
+    for subset, rows in (("tones", 1464), ("short", 2)):
+        raw = {**tone_workflow(tmp_path, {}), "input_model": {"type": "HfModel", "model_path": MODEL_ID}}
+        raw["data_configs"][0]["load_dataset_config"] = {"data_name": repo, "subset": subset, "split": "train"}
+        checked = _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home)
+        assert checked.returncode == 0, checked.stderr
+        assert f"Hub dataset '{repo}' is in the local Hugging Face cache" in checked.stderr, checked.stderr
+        plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "cache")
+        plan.resolve_hub_data()
+        assert len(plan.examples("tone")) == rows
+    assert dataset_files(repo, None, [], None, "big", fetch=False) == ["big/data.jsonl", "README.md", "tones/*.jsonl"]
+    assert dataset_files(repo, None, [], None, "short", fetch=False) == ["short/*.jsonl", "README.md", "tones/*.jsonl"]
     assert dataset_files(repo, None, [], None, "absent", fetch=False) is None  # not in the card: the whole repo
     assert cached_snapshot(repo, None, "dataset") is None

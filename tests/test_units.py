@@ -166,6 +166,9 @@ def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_mod
     assert key(logging_steps=1, save_steps=3, save_strategy="no") == base
     # an evaluation during training draws from the global random state, moving later dropout masks
     assert key(eval_strategy="steps", eval_steps=5)[0] != base[0]
+    # ... and without eval_steps, transformers evaluates every logging_steps: then they count
+    assert key(eval_strategy="steps", logging_steps=5)[0] != key(eval_strategy="steps")[0]
+    assert key(eval_strategy="steps", logging_steps=5)[0] == key(eval_strategy="steps", eval_steps=5)[0]
     changed = key(learning_rate=1e-3)
     assert changed[0] != base[0] and changed[1] == base[1]  # the eval split does not depend on the learning rate
     assert key(data_seed=7)[1] != base[1]

@@ -91,8 +91,9 @@ class DataPlan:
     @staticmethod
     def split_params(params: LoRAParams) -> dict:
         """What `training_examples` splits by: part of the key of every evaluation on the eval split."""
-        return {"train": params.train_data_config, "eval": params.eval_data_config,
-                "size": params.eval_dataset_size, "seed": params.training_args.data_seed}
+        args = getattr(params, "training_args", None)  # a plugin's training params may have none
+        return {"train": params.train_data_config, "eval": getattr(params, "eval_data_config", None),
+                "size": getattr(params, "eval_dataset_size", None), "seed": getattr(args, "data_seed", None)}
 
     def training_examples(self, params: LoRAParams) -> tuple[list[Example], list[Example]]:
         """(train, eval) examples for a training pass, honouring eval_data_config or eval_dataset_size."""

@@ -140,7 +140,9 @@ class Session:
 
     def run_pass(self, p: PassConfig, ref: ModelRef, history: list[dict]) -> ModelRef:
         config, cache, plan = self.config, self.cache, self.plan
-        key = _pass_key(config, p, ref, plan, self.ep, local=self.host(p) is None)
+        # trained on this machine: not on a Ray host, nor data-parallel on a Ray cluster this run connected to
+        local = self.host(p) is None and not (getattr(p.params, "num_workers", 1) > 1 and self.systems)
+        key = _pass_key(config, p, ref, plan, self.ep, local=local)
         started = time.perf_counter()
         cached = cache.lookup(key, ref)
         if cached is None:

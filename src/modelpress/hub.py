@@ -60,16 +60,28 @@ def dataset_patterns(data_files: list, data_dir: str | None) -> list[str] | None
 
 
 def subset_patterns(snapshot: Path | None, subset: str) -> list[str] | None:
-    """The files a dataset card (README.md in `snapshot`) names for `subset` in its YAML `configs` (globs as
-    written, under the subset's data_dir), and the card; None when there is no card or it does not name the
-    subset (the whole repo is then fetched)."""
+    """What `datasets` reads to load `subset` from a local copy of a dataset whose card (README.md in
+    `snapshot`) names it in its YAML `configs`: the subset's files (its data_files, under its data_dir), the
+    first config's (datasets infers the file format from them), the folders of configs given by data_dir alone
+    (it lists them), and the card. None (the whole repo) when there is no card, the card does not name the
+    subset, or a config names no files at all."""
     from huggingface_hub.repocard import metadata_load
 
     if snapshot is None or not (snapshot / CARD).is_file():
         return None
-    configs = (metadata_load(snapshot / CARD) or {}).get("configs") or []
-    entry = next((c for c in configs if isinstance(c, dict) and c.get("config_name") == subset), None)
-    return None if entry is None else dataset_patterns(_card_paths(entry.get("data_files")), entry.get("data_dir"))
+    configs = [c for c in (metadata_load(snapshot / CARD) or {}).get("configs") or [] if isinstance(c, dict)]
+    entry = next((c for c in configs if c.get("config_name") == subset), None)
+    if entry is None:
+        return None
+    patterns = []
+    for config in [entry, configs[0], *(c for c in configs if not c.get("data_files"))]:
+        named = dataset_patterns(_card_paths(config.get("data_files")), config.get("data_dir"))
+        if named is None:
+            return None
+        # huggingface_hub matches with fnmatch, where * also crosses folders but "a/**/b" needs one folder
+        # between; datasets' "**" matches none too
+        patterns += [pattern.replace("**/", "") for pattern in named]
+    return list(dict.fromkeys(patterns))
 
 
 def _card_paths(files) -> list[str]:

@@ -122,8 +122,9 @@ def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dic
 
     user = metric.user_config
     module, digest = load_user_module(user.user_script, "modelpress_metric")
+    chosen = session.config.evaluation.model_dump(include={"data_config", "max_examples", "label_column"})  # eval_set's
     key = evaluation_key(session, "custom-metric", ref, digest, user.evaluate_func, user.evaluate_func_kwargs,
-                         metric.data_config, [sub.name for sub in metric.sub_types])
+                         metric.data_config, [sub.name for sub in metric.sub_types], chosen)
     started = time.perf_counter()
     values = session.cache.read_eval(key)
     hit = values is not None

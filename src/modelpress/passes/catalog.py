@@ -34,7 +34,8 @@ class TrainingArgs(Strict):
         validation_alias=AliasChoices("eval_strategy", "evaluation_strategy"),
         description="When to compute the eval loss during training.",
     )
-    eval_steps: int | None = Field(None, gt=0, description="Eval every N steps (eval_strategy 'steps').")
+    eval_steps: int | None = Field(None, gt=0, description="Eval every N steps (eval_strategy 'steps'); default: "
+                                   "logging_steps, as in transformers.")
     group_by_length: bool = Field(False, description="Batch examples of similar length together.")
     bf16: bool = Field(
         False, description="Compute in bfloat16 under autocast (weights and adapters stay float32); fast on CPUs "
@@ -62,6 +63,14 @@ class TrainingArgs(Strict):
         if value == 0 or value < -1:
             raise ValueError("max_steps must be a positive number of steps, or -1 to train by epochs")
         return value
+
+    @model_validator(mode="after")
+    def _eval_steps_resolved(self) -> "TrainingArgs":
+        # transformers evaluates every logging_steps when eval_steps is unset; resolved here, so the cache key
+        # (which leaves logging_steps out) holds the evaluations, which move the random state training draws from
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        return self
 
 
 TorchDtype = Literal["float32", "bfloat16", "float16"]
