@@ -27,21 +27,27 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "smollm2-tone"
 
 
-def run_seed(seed: int, work: Path) -> dict:
-    config = json.loads((EXAMPLE / "workflow.json").read_text())
-    config["passes"]["lora"]["training_args"]["seed"] = seed
-    config["evaluation"].update(evaluate_input_model=False, latency_samples=1)
-    config["cache_dir"], config["output_dir"] = str(work / "cache"), str(work / f"out-{seed}")
-    path = EXAMPLE / f".seed-{seed}.json"  # beside the example, so its relative data paths resolve
+def run_beside_example(config: dict, name: str) -> dict:
+    """The metrics of `modelpress run` on `config`, written as `.NAME.json` beside the example (so that its
+    relative data paths resolve) for the run and removed after it."""
+    path = EXAMPLE / f".{name}.json"
     path.write_text(json.dumps(config, indent=2))
     try:
         subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", str(path), "--no-progress"],
                        check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as err:
-        raise SystemExit(f"seed {seed} failed:\n{err.stderr[-3000:]}") from None
+        raise SystemExit(f"{name} failed:\n{err.stderr[-3000:]}") from None
     finally:
         path.unlink(missing_ok=True)
-    metrics = json.loads((work / f"out-{seed}" / "metrics.json").read_text())
+    return json.loads((Path(config["output_dir"]) / "metrics.json").read_text())
+
+
+def run_seed(seed: int, work: Path) -> dict:
+    config = json.loads((EXAMPLE / "workflow.json").read_text())
+    config["passes"]["lora"]["training_args"]["seed"] = seed
+    config["evaluation"].update(evaluate_input_model=False, latency_samples=1)
+    config["cache_dir"], config["output_dir"] = str(work / "cache"), str(work / f"out-{seed}")
+    metrics = run_beside_example(config, f"seed-{seed}")
     return {name: {"eval": metrics["models"][name]["accuracy"],
                    "other": metrics["extra_data"]["other_style"][name]["accuracy"]}
             for name in ("merge", "final")}

@@ -100,7 +100,7 @@ def test_intermediate_steps_and_extra_data_are_measured_when_asked(demo_run, tmp
 def test_seed_config_runs_as_written(tmp_path, tiny_model):
     work = example_workspace(tmp_path, tiny_model)
     proc = run_cli("run", "--config", str(work / "seed-config.json"), "--no-progress")
-    assert "double_quant apply to 4-bit QLoRA only" in proc.stderr
+    assert "double_quant applies to 4-bit QLoRA only" in proc.stderr
     assert "CUDAExecutionProvider is not available" in proc.stderr
     out = tmp_path / "model-cache" / "models" / "phi3-finetuned"
     assert (out / "model" / "genai_config.json").is_file()

@@ -290,5 +290,7 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
 def _warn_4bit_options(params: LoRAParams, path: str, c: Collector) -> None:
     used = [k for k in ("double_quant", "quant_type", "compute_dtype") if getattr(params, k) is not None]
     if used:
-        c.warn(f"{path}: {', '.join(used)} apply to 4-bit QLoRA only; this LoRA pass trains the full-precision "
-               "base and ignores them (use type 'QLoRA' to train on a 4-bit base).")
+        one = len(used) == 1
+        c.warn(f"{path}: {', '.join(used)} {'applies' if one else 'apply'} to 4-bit QLoRA only; this LoRA pass "
+               f"trains the full-precision base and ignores {'it' if one else 'them'} (use type 'QLoRA' to train on "
+               "a 4-bit base).")
