@@ -146,3 +146,53 @@ def test_a_module_run_twice_in_one_layer_call_counts_both_inputs():
         both = torch.cat([x.reshape(-1, 8), block.f(x).reshape(-1, 8)])
     assert hessian.rows == 12
     assert torch.allclose(hessian.h.double(), 2 * both.double().T @ both.double() / 12, rtol=1e-5, atol=1e-5)
+
+
+def test_modules_sharing_a_hessian_quantized_as_one_stack_get_their_own_result():
+    """q/k/v (and gate/up) are quantized as one matrix, rows stacked: each module's codes, scales and zeros are
+    those GPTQ gives it alone under the same Hessian."""
+    hessian = Hessian(64)
+    hessian.add(_correlated_inputs())
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(24, 64, generator=g), torch.randn(8, 64, generator=g) * 3
+    for grid in (Grid(4, 32, False), Grid(4, -1, True)):
+        stacked = gptq(torch.cat([q, k]), hessian.h, grid, act_order=grid.group_size == -1)
+        for weight, rows in ((q, slice(0, 24)), (k, slice(24, 32))):
+            alone = gptq(weight, hessian.h, grid, act_order=grid.group_size == -1)
+            for got, expected in zip(stacked, alone):
+                assert torch.equal(got[rows], expected)
+
+
+def test_calibration_rows_in_padded_batches_give_the_hessians_of_one_row_at_a_time(tiny_model, monkeypatch):
+    """Only the real positions of a right-padded batch enter a Hessian, and under the causal mask padding at
+    the end changes no real position: every layer's Hessians (and the inputs of the next) are those of the
+    rows run one at a time, to float rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from modelpress.passes import gptq_layers
+    from modelpress.passes.torch_quant import decoder_layers
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 1000, (1, n), generator=g) for n in (7, 19, 12, 30, 5, 19)]
+
+    def hessians(tokens_per_batch: int) -> list[dict]:
+        monkeypatch.setattr(gptq_layers, "TOKENS_PER_BATCH", tokens_per_batch)
+        batches = gptq_layers.batched(rows)
+        masks = [mask for _, mask in batches]
+        prefix, layers = decoder_layers(model)
+        inputs = gptq_layers._first_layer_inputs(model, layers[0], batches)
+        found = []
+        for index, layer in enumerate(layers):
+            linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+            found.append({n: h.h for n, h in gptq_layers._layer_hessians(layer, linears, inputs, masks).items()})
+            with torch.no_grad():
+                inputs = [gptq_layers._with_hidden(a, kw, gptq_layers._hidden(layer(*a, **kw))) for a, kw in inputs]
+        return found, len(batches)
+
+    alone, count_alone = hessians(1)
+    together, count_together = hessians(4096)
+    assert (count_alone, count_together) == (6, 1)
+    for layer_alone, layer_together in zip(alone, together):
+        for name, h in layer_alone.items():
+            assert (layer_together[name] - h).abs().max() <= 1e-5 * h.abs().max(), name

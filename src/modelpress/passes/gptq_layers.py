@@ -5,6 +5,13 @@ is run on its inputs with a hook on every linear layer that accumulates its Hess
 linears are quantized with GPTQ, and the layer is run again with the quantized weights to give
 the next layer its inputs. Later layers are thus calibrated on what the quantized model really
 computes, as in the paper. The LM head, when asked, is calibrated on the final norm's output.
+
+The rows run in right-padded batches of similar length (a token budget each), and only their real
+positions enter a Hessian: under the causal mask a real position never sees the padding after it,
+so this computes what one row at a time does, in fewer and larger matrix products. Modules that
+read the same tensor (q/k/v, gate/up) share their Hessian and are quantized as one matrix, their
+rows stacked: GPTQ treats each row alike under one Hessian, so this is their own result, from one
+factorization and one pass over the columns.
 """
 
 from __future__ import annotations
@@ -18,7 +25,34 @@ class _Captured(Exception):
     """Raised by the hook on the first layer once it has recorded its inputs."""
 
 
-def _first_layer_inputs(model, layer, rows: list) -> list[tuple[tuple, dict]]:
+TOKENS_PER_BATCH = 8192  # padded tokens of calibration rows run together
+
+
+def batched(rows: list) -> list[tuple]:
+    """Rows (1, L) as right-padded batches of similar length, each (ids (B, T), mask (B, T) of real tokens),
+    at most TOKENS_PER_BATCH padded tokens (or one row) each."""
+    import torch
+
+    batches, current = [], []
+    for row in sorted(rows, key=lambda r: r.shape[1]):
+        if current and (len(current) + 1) * row.shape[1] > TOKENS_PER_BATCH:
+            batches.append(current)
+            current = []
+        current.append(row[0])
+    if current:
+        batches.append(current)
+    padded = []
+    for batch in batches:
+        width = max(len(ids) for ids in batch)
+        ids = torch.zeros(len(batch), width, dtype=batch[0].dtype)
+        mask = torch.zeros(len(batch), width, dtype=torch.bool)
+        for i, row in enumerate(batch):
+            ids[i, :len(row)], mask[i, :len(row)] = row, True
+        padded.append((ids, mask))
+    return padded
+
+
+def _first_layer_inputs(model, layer, batches: list[tuple]) -> list[tuple[tuple, dict]]:
     import torch
 
     captured = []
@@ -30,8 +64,8 @@ def _first_layer_inputs(model, layer, rows: list) -> list[tuple[tuple, dict]]:
     handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
-            for ids in rows:
-                try:
+            for ids, _mask in batches:
+                try:  # no attention mask: the causal mask alone, under which padding at the end changes nothing
                     model(input_ids=ids, use_cache=False)
                 except _Captured:
                     pass
@@ -50,22 +84,30 @@ def _with_hidden(args: tuple, kwargs: dict, hidden) -> tuple[tuple, dict]:
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _quantize_module(module, hessian: Hessian, grid: Grid, params: GptqParams, name: str) -> dict:
+def _quantize_group(modules: dict, hessian: Hessian, grid: Grid, params: GptqParams) -> dict:
+    """GPTQ of the modules (reading one tensor) as one matrix, their rows stacked; {name: packed tensors}."""
     import torch
 
     from modelpress.passes.torch_quant import packed_parts
 
     act_order = params.desc_act if params.desc_act is not None else grid.group_size == -1
-    codes, scales, zeros = gptq(module.weight.data, hessian.h, grid, damp=params.damp_percent,
-                                act_order=act_order and grid.group_size == -1)
-    with torch.no_grad():
-        module.weight.data = dequantize(codes, scales, zeros, grid).to(module.weight.dtype)
-    return packed_parts(codes, scales, zeros, grid, name)
+    weights = [m.weight.data for m in modules.values()]
+    codes, scales, zeros = gptq(torch.cat(weights) if len(weights) > 1 else weights[0], hessian.h, grid,
+                                damp=params.damp_percent, act_order=act_order and grid.group_size == -1)
+    packed, start = {}, 0
+    for (name, module), weight in zip(modules.items(), weights):
+        part = slice(start, start + weight.shape[0])
+        start = part.stop
+        with torch.no_grad():
+            module.weight.data = dequantize(codes[part], scales[part], zeros[part], grid).to(weight.dtype)
+        packed[name] = packed_parts(codes[part], scales[part], zeros[part], grid, name)
+    return packed
 
 
-def _layer_hessians(layer, linears: dict, inputs: list) -> dict:
-    """{module name: Hessian} of `linears` over `inputs`; modules that read the same tensor (q/k/v,
-    gate/up) share one Hessian, computed once: the same sum over the same rows."""
+def _layer_hessians(layer, linears: dict, inputs: list, masks: list | None = None) -> dict:
+    """{module name: Hessian} of `linears` over `inputs` (only the positions each of `masks` marks real);
+    modules that read the same tensor (q/k/v, gate/up) share one Hessian, computed once: the same sum over
+    the same rows."""
     import torch
 
     seen: dict[str, list] = {}
@@ -74,15 +116,17 @@ def _layer_hessians(layer, linears: dict, inputs: list) -> dict:
     shared: dict[tuple, Hessian] = {}
     try:
         with torch.no_grad():
-            for args, kwargs in inputs:
+            for index, (args, kwargs) in enumerate(inputs):
                 seen.clear()
                 layer(*args, **kwargs)
+                real = masks[index] if masks is not None else None
                 groups: dict[tuple, list[str]] = {}  # the inputs' identities -> the modules that read them
                 for name, xs in seen.items():
                     groups.setdefault(tuple(id(x) for x in xs), []).append(name)
                 for names in groups.values():
                     for x in seen[names[0]]:  # a module run twice in one call sees both inputs
-                        shared.setdefault(tuple(names), Hessian(x.shape[-1])).add(x.detach().float())
+                        x = x.detach().float()
+                        shared.setdefault(tuple(names), Hessian(x.shape[-1])).add(x if real is None else x[real])
     finally:
         for hook in hooks:
             hook.remove()
@@ -97,14 +141,19 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
     from modelpress.passes.torch_quant import decoder_layers, module_name
 
     prefix, layers = decoder_layers(model)
-    inputs = _first_layer_inputs(model, layers[0], rows)
+    batches = batched(rows)
+    masks = [mask for _ids, mask in batches]
+    inputs = _first_layer_inputs(model, layers[0], batches)
     packed: dict[str, dict] = {}
     for index, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer", disable=not show_progress)):
         linears = {f"{prefix}.{index}.{name}": m for name, m in layer.named_modules()
                    if isinstance(m, torch.nn.Linear) and f"{prefix}.{index}.{name}" in plan}
-        hessians = _layer_hessians(layer, linears, inputs)
+        hessians = _layer_hessians(layer, linears, inputs, masks)
+        groups: dict[tuple, dict] = {}  # one Hessian and one grid: quantized together
         for name, module in linears.items():
-            packed[name] = _quantize_module(module, hessians[name], plan[name], params, name)
+            groups.setdefault((id(hessians[name]), plan[name]), {})[name] = module
+        for (_, grid), modules in groups.items():
+            packed.update(_quantize_group(modules, hessians[next(iter(modules))], grid, params))
         with torch.no_grad():
             inputs = [_with_hidden(args, kwargs, _hidden(layer(*args, **kwargs))) for args, kwargs in inputs]
     head = model.get_output_embeddings()
@@ -113,8 +162,8 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
         norm = getattr(getattr(model, "model", model), "norm", None)
         hessian = Hessian(head.in_features)
         with torch.no_grad():
-            for args, kwargs in inputs:
+            for (args, kwargs), mask in zip(inputs, masks):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                hessian.add((norm(hidden) if norm is not None else hidden).float())
-        packed[head_name] = _quantize_module(head, hessian, plan[head_name], params, head_name)
+                hessian.add((norm(hidden) if norm is not None else hidden).float()[mask])
+        packed.update(_quantize_group({head_name: head}, hessian, plan[head_name], params))
     return packed
