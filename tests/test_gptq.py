@@ -196,3 +196,35 @@ def test_calibration_rows_in_padded_batches_give_the_hessians_of_one_row_at_a_ti
     for layer_alone, layer_together in zip(alone, together):
         for name, h in layer_alone.items():
             assert (layer_together[name] - h).abs().max() <= 1e-5 * h.abs().max(), name
+
+
+def test_padding_is_left_out_of_a_module_that_reads_the_tokens_flattened():
+    from modelpress.passes.gptq_layers import _layer_hessians
+
+    class Flat(torch.nn.Module):  # as an MoE's shared expert or router: (B*T, C) rows
+        def __init__(self):
+            super().__init__()
+            self.f = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.f(x.reshape(-1, 8)).reshape(x.shape)
+
+    torch.manual_seed(2)
+    block = Flat()
+    x = torch.randn(2, 5, 8)
+    real = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    hessian = _layer_hessians(block, {"f": block.f}, [((x,), {})], [real])["f"]
+    kept = x[real]
+    assert hessian.rows == 8
+    assert torch.allclose(hessian.h.double(), 2 * kept.double().T @ kept.double() / 8, rtol=1e-5, atol=1e-5)
+
+
+def test_models_whose_tokens_depend_on_the_batch_calibrate_one_row_at_a_time():
+    from types import SimpleNamespace
+
+    from modelpress.passes.gptq_layers import pads_safely
+
+    assert pads_safely(SimpleNamespace(rope_parameters={"rope_type": "default"}))
+    assert not pads_safely(SimpleNamespace(rope_parameters={"rope_type": "longrope"}))  # Phi-3 128k
+    assert not pads_safely(SimpleNamespace(rope_scaling={"type": "dynamic"}))
+    assert not pads_safely(SimpleNamespace(num_local_experts=16))  # Phi-3.5-MoE, Mixtral

@@ -16,6 +16,7 @@ factorization and one pass over the columns.
 
 from __future__ import annotations
 
+from modelpress.errors import ModelpressError
 from modelpress.passes.gptq import Hessian, gptq
 from modelpress.passes.quant_specs import GptqParams
 from modelpress.quantized import Grid, dequantize
@@ -26,16 +27,28 @@ class _Captured(Exception):
 
 
 TOKENS_PER_BATCH = 8192  # padded tokens of calibration rows run together
+# keys of a config whose model routes tokens to experts: an expert's linears see only its tokens, so padding
+# cannot be masked out of their Hessians, and such models calibrate one row at a time
+MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
-def batched(rows: list) -> list[tuple]:
+def pads_safely(config) -> bool:
+    """Whether right-padded batches compute each row's real positions as the row alone does: not under
+    length-dependent rotary scaling (the batch's width would set the frequencies) nor with routed experts."""
+    from modelpress.passes.prefix import length_dependent_rope
+
+    return not length_dependent_rope(config) and not any(getattr(config, key, None) for key in MOE_KEYS)
+
+
+def batched(rows: list, budget: int | None = None) -> list[tuple]:
     """Rows (1, L) as right-padded batches of similar length, each (ids (B, T), mask (B, T) of real tokens),
-    at most TOKENS_PER_BATCH padded tokens (or one row) each."""
+    at most `budget` (TOKENS_PER_BATCH) padded tokens, or one row, each."""
     import torch
 
+    budget = TOKENS_PER_BATCH if budget is None else budget
     batches, current = [], []
     for row in sorted(rows, key=lambda r: r.shape[1]):
-        if current and (len(current) + 1) * row.shape[1] > TOKENS_PER_BATCH:
+        if current and (len(current) + 1) * row.shape[1] > budget:
             batches.append(current)
             current = []
         current.append(row[0])
@@ -125,8 +138,15 @@ def _layer_hessians(layer, linears: dict, inputs: list, masks: list | None = Non
                     groups.setdefault(tuple(id(x) for x in xs), []).append(name)
                 for names in groups.values():
                     for x in seen[names[0]]:  # a module run twice in one call sees both inputs
-                        x = x.detach().float()
-                        shared.setdefault(tuple(names), Hessian(x.shape[-1])).add(x if real is None else x[real])
+                        x = x.detach().float().reshape(-1, x.shape[-1])
+                        if real is not None and not bool(real.all()):
+                            if x.shape[0] != real.numel():
+                                raise ModelpressError(f"Gptq: {names[0]} reads {x.shape[0]} rows for a padded batch "
+                                                      f"of {real.numel()} tokens, so its padding cannot be left "
+                                                      "out; this model needs calibrating one row at a time "
+                                                      "(gptq_layers.pads_safely)")
+                            x = x[real.reshape(-1)]
+                        shared.setdefault(tuple(names), Hessian(x.shape[-1])).add(x)
     finally:
         for hook in hooks:
             hook.remove()
@@ -141,7 +161,7 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
     from modelpress.passes.torch_quant import decoder_layers, module_name
 
     prefix, layers = decoder_layers(model)
-    batches = batched(rows)
+    batches = batched(rows, None if pads_safely(model.config) else 1)
     masks = [mask for _ids, mask in batches]
     inputs = _first_layer_inputs(model, layers[0], batches)
     packed: dict[str, dict] = {}

@@ -46,12 +46,16 @@ def prefix_sharing_applies(model, lora_dropout: float, gradient_checkpointing: b
     config = getattr(model, "config", None)
     dropouts = [v for k, v in vars(config).items() if ("dropout" in k or k.endswith("pdrop"))
                 and isinstance(v, (int, float)) and not isinstance(v, bool)] if config is not None else []
-    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}) if config else {}
-    # dynamic and long rotary scaling pick their frequencies from each call's longest position, so the
-    # prefix's call and the rest's would rotate differently from one plain forward
-    scaled = isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in LENGTH_DEPENDENT_ROPE
+    # the prefix's call and the rest's would rotate differently from one plain forward under length-dependent rope
     return (lora_dropout == 0 and not any(dropouts) and not gradient_checkpointing and processes == 1
-            and getattr(config, "is_encoder_decoder", False) is False and not scaled)
+            and getattr(config, "is_encoder_decoder", False) is False and not length_dependent_rope(config))
+
+
+def length_dependent_rope(config) -> bool:
+    """Whether the model's rotary scaling (dynamic, longrope) picks its frequencies from a call's longest
+    position: then how a token is encoded depends on what else runs in the same call."""
+    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}) if config else {}
+    return isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in LENGTH_DEPENDENT_ROPE
 
 
 def split_prefix(model, inputs: dict) -> dict:
