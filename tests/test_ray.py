@@ -342,10 +342,15 @@ def test_the_ray_search_example_picks_the_same_best_candidate_as_the_sequential_
     scores = [c["metrics"][accuracy] for c in sequential["candidates"]]
     assert [c["metrics"][accuracy] for c in parallel["candidates"]] == scores  # measured again, on the cluster
     assert parallel["best"] is not None
-    if scores.count(max(scores)) == 1:  # accuracy ranks first; a tie would go to latency, which is noise here
+    # Accuracy ranks first among the candidates that meet the goals. The latency goal is timed, and on this
+    # 2-core machine two candidates evaluated at once time each other's load (README, "Several machines"), so
+    # a candidate can miss it on the cluster only; among those meeting the goals there, the best is the most
+    # accurate, and it is the sequential run's best whenever that one met them too and no other ties with it.
+    met = {c["id"] for c in parallel["candidates"] if c["goals_met"]}
+    assert parallel["best"] in met
+    assert scores[parallel["best"] - 1] == max(scores[i - 1] for i in met)
+    if sequential["best"] in met and scores.count(scores[sequential["best"] - 1]) == 1:
         assert parallel["best"] == sequential["best"]
-    else:
-        assert scores[parallel["best"] - 1] == max(scores)
     steps = json.loads((demo_run / "runs" / "search-ray" / "run_history.json").read_text())["steps"]
     assert any(s["type"] == "evaluation" and s["cache"] == "miss" for s in steps)
 
