@@ -14,6 +14,7 @@ how many rows name one and each run's accuracy on the eval split and on the othe
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import re
 import shutil
@@ -38,9 +39,9 @@ def write_rows(path: Path, rows: list[dict]) -> str:
 
 
 def run(config: dict, train: str, held_out: str, work: Path, name: str) -> dict:
-    config = json.loads(json.dumps(config))
+    config = copy.deepcopy(config)
     tone, other = config["data_configs"]  # the other style's paths resolve from the example's folder
-    held = json.loads(json.dumps(tone))
+    held = copy.deepcopy(tone)
     tone["load_dataset_config"]["data_files"] = [train]
     held.update(name="tone_eval")
     held["load_dataset_config"]["data_files"] = [held_out]

@@ -24,7 +24,7 @@ from modelpress.config.schema import (
     SubMetric,
 )
 from modelpress.passes.catalog import CATALOG, TrainingArgs
-from modelpress.passes.spec_base import NEUTRAL
+from modelpress.passes.spec_base import is_output_neutral
 
 SECTIONS = [
     ("input_model", InputModelConfig, "Olive 0.13 `load_kwargs` keys map onto these; the seed's `hf_config` too."),
@@ -67,8 +67,7 @@ def _aliases(info) -> str:
 def _fields(model: type[BaseModel]) -> list[str]:
     rows = ["| key | also accepted as | default | meaning |", "|---|---|---|---|"]
     for name, info in model.model_fields.items():
-        neutral = isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get(NEUTRAL)
-        note = " Not part of the cache key: changing it reuses cached results." if neutral else ""
+        note = " Not part of the cache key: changing it reuses cached results." if is_output_neutral(info) else ""
         rows.append(f"| `{name}` | {_aliases(info)} | {_default(info)} | {info.description or ''}{note} |")
     return rows
 

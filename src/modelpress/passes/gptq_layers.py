@@ -132,14 +132,15 @@ def _layer_hessians(layer, linears: dict, inputs: list, masks: list | None = Non
             for index, (args, kwargs) in enumerate(inputs):
                 seen.clear()
                 layer(*args, **kwargs)
-                real = masks[index] if masks is not None else None
+                # the real positions of a batch that holds padding (None: every position is real)
+                real = masks[index] if masks is not None and not bool(masks[index].all()) else None
                 groups: dict[tuple, list[str]] = {}  # the inputs' identities -> the modules that read them
                 for name, xs in seen.items():
                     groups.setdefault(tuple(id(x) for x in xs), []).append(name)
                 for names in groups.values():
                     for x in seen[names[0]]:  # a module run twice in one call sees both inputs
                         x = x.detach().float().reshape(-1, x.shape[-1])
-                        if real is not None and not bool(real.all()):
+                        if real is not None:
                             if x.shape[0] != real.numel():
                                 raise ModelpressError(f"Gptq: {names[0]} reads {x.shape[0]} rows for a padded batch "
                                                       f"of {real.numel()} tokens, so its padding cannot be left "
@@ -171,9 +172,9 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
         hessians = _layer_hessians(layer, linears, inputs, masks)
         groups: dict[tuple, dict] = {}  # one Hessian and one grid: quantized together
         for name, module in linears.items():
-            groups.setdefault((id(hessians[name]), plan[name]), {})[name] = module
-        for (_, grid), modules in groups.items():
-            packed.update(_quantize_group(modules, hessians[next(iter(modules))], grid, params))
+            groups.setdefault((hessians[name], plan[name]), {})[name] = module
+        for (hessian, grid), modules in groups.items():
+            packed.update(_quantize_group(modules, hessian, grid, params))
         with torch.no_grad():
             inputs = [_with_hidden(args, kwargs, _hidden(layer(*args, **kwargs))) for args, kwargs in inputs]
     head = model.get_output_embeddings()

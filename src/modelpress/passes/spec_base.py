@@ -22,19 +22,25 @@ SEARCH = "search"  # json_schema_extra key: the values search tries when a param
 NEUTRAL = "output_neutral"  # json_schema_extra key: the param changes a pass's log or checkpoints, not its output
 
 
+def _marked(mark: str, value, field_kwargs: dict) -> dict:
+    """`field_kwargs` with `mark: value` added to its json_schema_extra."""
+    return {**field_kwargs, "json_schema_extra": {**(field_kwargs.get("json_schema_extra") or {}), mark: value}}
+
+
 def searchable(*values, **field_kwargs):
     """A pydantic Field whose declared search values live next to its default (declared once)."""
-    extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
-    extra[SEARCH] = list(values)
-    return Field(json_schema_extra=extra, **field_kwargs)
+    return Field(**_marked(SEARCH, list(values), field_kwargs))
 
 
 def output_neutral(default, **field_kwargs):
     """A pydantic Field that changes only what a pass logs or how often it checkpoints, never its output:
     left out of the pass's cache key (`key_params`), so changing it reuses the cached result."""
-    extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
-    extra[NEUTRAL] = True
-    return Field(default, json_schema_extra=extra, **field_kwargs)
+    return Field(default, **_marked(NEUTRAL, True, field_kwargs))
+
+
+def is_output_neutral(field) -> bool:
+    """Whether a pydantic field was declared with `output_neutral`."""
+    return isinstance(field.json_schema_extra, dict) and bool(field.json_schema_extra.get(NEUTRAL))
 
 
 def key_params(params: BaseModel) -> dict:
@@ -45,7 +51,7 @@ def key_params(params: BaseModel) -> dict:
 def _neutral_fields(model: type[BaseModel]) -> dict:
     exclude = {}
     for name, field in model.model_fields.items():
-        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(NEUTRAL):
+        if is_output_neutral(field):
             exclude[name] = True
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             exclude.update({name: nested} if (nested := _neutral_fields(field.annotation)) else {})
