@@ -88,6 +88,37 @@ def test_genai_models_run_on_every_usable_core_unless_their_config_names_a_threa
     assert genai_threads(folder) == {}  # the user's choice is kept
 
 
+def test_a_thread_limit_reaches_torch_onnxruntime_and_genai_sessions_unless_a_model_names_its_own(
+        tmp_path, monkeypatch):
+    """A Ray task reserves CPUs that Ray does not pin: its sessions must not start a thread per core of the node."""
+    import onnxruntime as ort
+    import torch
+
+    from modelpress import runtime
+    from modelpress.genai_folder import genai_threads
+    from modelpress.onnx_model import SESSION_FILE, SessionSettings, apply_settings, quiet_options, session_options
+
+    folder = _genai_folder(tmp_path / "a", 2, "")
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    assert runtime.thread_limit() is None and session_options(tmp_path).intra_op_num_threads == 0
+    monkeypatch.setattr(runtime, "_thread_limit", None)  # restored after the test
+    before = torch.get_num_threads()
+    try:
+        runtime.limit_threads(1)
+        assert torch.get_num_threads() == 1 and runtime.compute_threads() == 1
+        assert genai_threads(folder) == {"decoder": {"session_options": {"intra_op_num_threads": 1}}}
+        assert quiet_options().intra_op_num_threads == 1  # the genai runner's loss session
+        assert session_options(tmp_path).intra_op_num_threads == 1  # a plain ONNX model, no ort_session.json
+        for saved, expected in ((0, 1), (2, 2)):  # a tuned thread count wins; 0 is "onnxruntime's choice"
+            (tuned / SESSION_FILE).write_text(json.dumps({"session_options": {"intra_op_num_threads": saved}}))
+            assert session_options(tuned).intra_op_num_threads == expected
+        # OrtSessionParamsTuning times each candidate as it will be saved: 0 stays onnxruntime's choice
+        assert apply_settings(ort.SessionOptions(), SessionSettings()).intra_op_num_threads == 0
+    finally:
+        torch.set_num_threads(before)
+
+
 class EchoRunner:
     """Answers each prompt with its own text and a chat end marker; records the batch sizes asked for."""
 

@@ -145,3 +145,15 @@ def test_small_markers_are_drawn_over_big_ones():
     page = build_html({"models": _points(FIVE_TO_SIX_MS, SIZES)}, [], {})
     radii = [float(part.split("r='")[1].split("'")[0]) for part in page.split("<circle")[1:]]
     assert radii == sorted(radii, reverse=True) and radii[0] > radii[-1]
+
+
+def test_report_lists_each_models_wrong_answers_with_the_rows_own_text():
+    metrics = json.loads(json.dumps(METRICS))
+    metrics["models"]["final"].update(misses_total=2, misses=[
+        {"source": "data.json row 7", "label": "fear", "output": "sadness", "prompt": "<s>user\nA <b>noise</b>.</s>"},
+        {"source": "data.json row 9", "label": "joy", "output": "fear", "prompt": "<s>user\nHooray.</s>"}])
+    page = build_html(metrics, STEPS, {})
+    section = page.split("<h2>Wrong answers</h2>")[1]
+    assert "final: 2 wrong, first 2 shown" in section
+    assert "<td>data.json row 7</td><td>fear</td><td>sadness</td><td>A &lt;b&gt;noise&lt;/b&gt;</td>" in section
+    assert "Wrong answers" not in build_html(METRICS, STEPS, {})  # nothing kept: no section

@@ -204,3 +204,49 @@ def test_an_evaluation_key_leaves_out_which_models_are_measured():
     assert key_params(EvaluationConfig(evaluate_passes=["merge"], extra_data_configs=["other"],
                                        evaluate_input_model=False)) == base
     assert key_params(EvaluationConfig(max_new_tokens=4)) != base
+
+
+def test_missed_keeps_each_wrong_answer_with_its_row_as_accuracy_counts_it(monkeypatch):
+    import modelpress.evaluate as evaluate
+    from modelpress.data import Example
+
+    examples = [Example(f"sys\nuser\n{text}.<e>\nA\n", label, f"data.json row {i}")
+                for i, (text, label) in enumerate([("The boy smiled", "joy"), ("This is grim", "sadness"),
+                                                    ("Thunder at night", "fear"), ("Then a shock", "surprise")])]
+    outputs = [" Joy\n", "joy", "fear", "sadness"]  # the first is right once normalised, as accuracy reads it
+    found = evaluate.missed(examples, outputs)
+    assert found["misses_total"] == 2
+    assert [(m["source"], m["label"], m["output"]) for m in found["misses"]] == [
+        ("data.json row 1", "sadness", "joy"), ("data.json row 3", "surprise", "sadness")]
+    assert accuracy_report([e.completion for e in examples], outputs)["accuracy"] == 1 - 2 / 4
+    monkeypatch.setattr(evaluate, "MISSES_KEPT", 1)
+    assert evaluate.missed(examples, outputs) == {"misses_total": 2, "misses": found["misses"][:1]}
+
+
+def test_wrong_answers_show_each_prompts_own_text_without_the_shared_template():
+    from modelpress.report import misses_text, trimmed_prompts
+
+    head, own, tail = trimmed_prompts(["sys\nuser\nThe boy smiled.<e>\nA\n", "sys\nuser\nThis is grim.<e>\nA\n"])
+    assert (head, own, tail) == ("sys\nuser\n", ["The boy smiled", "This is grim"], ".<e>\nA\n")  # "Th" not cut
+    assert trimmed_prompts(["### Text: joy\n### Tone:\n", "### Text: annoy\n### Tone:\n"])[1] == ["joy", "annoy"]
+    assert trimmed_prompts(["same", "same"]) == ("", ["same", "same"], "")
+    result = {"misses_total": 3, "misses": [{"source": "row 1", "label": "sadness", "output": "joy\n",
+                                             "prompt": "sys\nuser\nThis is grim.<e>\nA\n"},
+                                            {"source": "row 4", "label": "fear", "output": "surprise",
+                                             "prompt": "sys\nuser\nA noise.<e>\nA\n"}]}
+    text = misses_text(result, shown=1)
+    assert "wrong answers (1 of 3" in text and "row 1: expected 'sadness', answered 'joy': 'This is grim'" in text
+    assert "row 4" not in text and misses_text({"accuracy": 1.0}) == ""
+
+
+def test_wrong_answers_name_their_files_from_the_folder_they_share():
+    from modelpress.report import misses_text, short_sources
+
+    sources = ["/data/tone/other.jsonl row 3", "/data/tone/dev/other-dev.jsonl row 12"]
+    assert short_sources(sources) == ("/data/tone", ["other.jsonl row 3", "dev/other-dev.jsonl row 12"])
+    assert short_sources(["data.json row 7", "data.json row 9"]) == ("", ["data.json row 7", "data.json row 9"])
+    assert short_sources(["/a/x.json row 1", "b/y.json row 2"]) == ("", ["/a/x.json row 1", "b/y.json row 2"])
+    assert short_sources(["hub snapshot"]) == ("", ["hub snapshot"])  # not "FILE row N": kept as it is
+    text = misses_text({"misses_total": 1, "misses": [{"source": sources[0], "label": "joy", "output": "fear",
+                                                       "prompt": "whoa"}]})
+    assert "other.jsonl row 3: expected 'joy'" in text and "(files in /data/tone)" in text

@@ -284,7 +284,8 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # 3: accuracy from batched generation, answers cut at the example's stop text; latency on a sample.
 # 4: answers end at the generation config's end ids and a one-token stop; the loss scores that stop;
 #    a trained classifier reads its inputs with its training max_seq_len and special tokens.
-MEASUREMENT = 4
+# 5: the result keeps the wrong answers; a Ray target's evaluation computes on the threads its task reserved.
+MEASUREMENT = 5
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
@@ -303,7 +304,10 @@ def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float |
 def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[dict],
                     data_config: str | None) -> dict | None:
     config, plan, cache = session.config, session.plan, session.cache
-    key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config)
+    target = session.target()
+    # a Ray target times on the threads its task reserves (runtime.limit_threads), not on this machine's cores
+    timed_on = {"ray_threads": target.threads(None)} if target is not None else None
+    key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config, timed_on)
     cached = cache.read_eval(key)
     hit = cached is not None
     started = time.perf_counter()
@@ -316,7 +320,6 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
         log.info("evaluating the %s model (%s) on %d examples%s", role.removesuffix(f" on {data_config}"), ref.kind,
                  len(eval_set.examples), where)
         ref = _with_labels(session, ref)
-        target = session.target()
         if target is not None:
             cached = target.measure(session, ref, data_config)
         else:

@@ -30,6 +30,8 @@ from modelpress.scoring import mean
 
 WARMUP = 2  # untimed generations before latency is measured
 SAMPLES = 5  # answers shown in the result beside their prompts and labels
+MISSES_KEPT = 200  # wrong answers kept in a result, in the order of the eval set
+MISS_PROMPT_CHARS = 1000  # of each kept wrong answer's prompt, its end (a long chat's last turns)
 # The config's defaults, so that `modelpress evaluate` measures as a run does.
 BATCH_SIZE = EvaluationConfig.model_fields["batch_size"].default
 LATENCY_SAMPLES = EvaluationConfig.model_fields["latency_samples"].default
@@ -133,7 +135,17 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     result["perplexity"] = math.exp(result["completion_loss"]) if result["completion_loss"] < 50 else float("inf")
     if with_accuracy:
         result.update(accuracy_report([ex.completion for ex in examples], outputs))
+        result.update(missed(examples, outputs))
     return result
+
+
+def missed(examples: list[Example], outputs: list[str]) -> dict:
+    """The rows answered wrongly, as accuracy counts them: how many, and the first MISSES_KEPT with where
+    each came from, its prompt (the last MISS_PROMPT_CHARS characters), its label and the answer, so that a user
+    can read what the model gets wrong."""
+    wrong = [{"source": ex.source, "prompt": _tail(ex.prompt, MISS_PROMPT_CHARS), "label": ex.completion, "output": out}
+             for ex, out in zip(examples, outputs) if normalise_label(out) != normalise_label(ex.completion)]
+    return {"misses_total": len(wrong), "misses": wrong[:MISSES_KEPT]}
 
 
 def measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:
@@ -146,6 +158,10 @@ def measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) ->
     result.update({"model_kind": ref.kind, "model_id": ref.id, "eval_data": eval_set.description,
                    "label_column": eval_set.label_column})
     return result
+
+
+def _tail(text: str, chars: int) -> str:
+    return text if len(text) <= chars else "..." + text[-chars:]
 
 
 def cut_at_stop(text: str, stop: str) -> str:

@@ -7,8 +7,9 @@ folder's genai_config.json in memory (`open_model`); the folder itself is left a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from modelpress.runtime import compute_threads
 
 
 def open_model(og, folder: Path, model_overlay: dict | None = None):
@@ -22,7 +23,8 @@ def open_model(og, folder: Path, model_overlay: dict | None = None):
 
 
 def genai_threads(folder: Path) -> dict:
-    """The genai config overlay that runs the model on every core this process may use, unless its
+    """The genai config overlay that runs the model on every core this process may use (or the threads a Ray
+    task reserved: `runtime.limit_threads`), unless its
     genai_config.json names a thread count. onnxruntime-genai 0.18 runs a CPU model on one thread by default
     (measured on 2 cores: a batch of 16 SmolLM2 prompts took 1.69 s on one thread, 0.89 s on two), where
     onnxruntime itself uses every physical core."""
@@ -30,8 +32,7 @@ def genai_threads(folder: Path) -> dict:
     options = decoder.get("session_options", {})
     if "intra_op_num_threads" in options:
         return {}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"decoder": {"session_options": {"intra_op_num_threads": cores}}}
+    return {"decoder": {"session_options": {"intra_op_num_threads": compute_threads()}}}
 
 
 def free_pad_id(folder: Path) -> int:

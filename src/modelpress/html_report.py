@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.fsutil import atomic_write_text, read_json
-from modelpress.report import EXTRA_HEADERS, confusion_table, extra_data_rows
+from modelpress.report import EXTRA_HEADERS, confusion_table, extra_data_rows, miss_rows
 
 REPORT = "report.html"
 WIDTH, HEIGHT = 640, 400
@@ -64,6 +64,7 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
         *(f"<h3>On all {count} rows of data config {html.escape(name)}</h3>" + _table(EXTRA_HEADERS, rows, "extra-data")
           for name, count, rows in extra_data_rows(metrics)),
         _confusion_section(metrics),
+        _misses_section(metrics),
         _chart(_search_points(search) if search else models),
         "<h2>Steps</h2>",
         _table(["step", "type", "cache", "seconds", "peak RSS MiB"],
@@ -74,19 +75,48 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
     ]
     style = ("body{font-family:sans-serif;margin:2em;max-width:90em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}"
-             "td:first-child,#candidates td:nth-child(2){text-align:left}pre{background:#f7f7f7;padding:1em;overflow:auto}")
+             "td:first-child,#candidates td:nth-child(2),table[id^=misses] td{text-align:left}"
+             "table[id^=misses] td:nth-child(4){white-space:pre-wrap}table[id^=misses] th{text-align:left}"
+             "pre{background:#f7f7f7;padding:1em;overflow:auto}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>modelpress report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
 def _confusion_section(metrics: dict) -> str:
     """Each evaluated model's answers by expected label, on the eval data and on each extra data config."""
-    sets = [("", metrics.get("models", {}))] + [(f" on {name}", by_role)
-                                                 for name, by_role in metrics.get("extra_data", {}).items()]
-    found = [(role + where, table) for where, by_role in sets for role, result in by_role.items()
+    found = [(role + where, table) for where, by_role in _evaluated_sets(metrics) for role, result in by_role.items()
              if result and (table := confusion_table(result))]
     tables = [f"<h3>{html.escape(name)}</h3>" + _table(*table, f"confusion-{i}") for i, (name, table) in enumerate(found)]
     return "<h2>Answers by expected label</h2>" + "".join(tables) if tables else ""
+
+
+MISSES_SHOWN = 50  # wrong answers listed per model and data set
+
+
+def _misses_section(metrics: dict) -> str:
+    """Each evaluated model's wrong answers, folded away: where the row came from, its label, the answer and
+    the prompt's own part."""
+    parts = []
+    for where, by_role in _evaluated_sets(metrics):
+        for role, result in by_role.items():
+            rows, head, tail, folder = miss_rows(result or {})
+            if not rows:
+                continue
+            total = result.get("misses_total", len(rows))
+            shared = (f"<p>Every prompt: <code>{html.escape(repr(head))}</code> + the text shown + "
+                      f"<code>{html.escape(repr(tail))}</code></p>" if head or tail else "")
+            shared += f"<p>Files in <code>{html.escape(folder)}</code></p>" if folder else ""
+            parts.append(f"<details><summary>{html.escape(role + where)}: {total} wrong, first "
+                         f"{min(len(rows), MISSES_SHOWN)} shown</summary>{shared}"
+                         + _table(["row", "expected", "answered", "prompt"], rows[:MISSES_SHOWN],
+                                  f"misses-{len(parts)}") + "</details>")
+    return "<h2>Wrong answers</h2>" + "".join(parts) if parts else ""
+
+
+def _evaluated_sets(metrics: dict) -> list[tuple[str, dict]]:
+    """(" on NAME" or "", {role: result}) for the eval data and each extra data config."""
+    return [("", metrics.get("models", {}))] + [(f" on {name}", by_role)
+                                                 for name, by_role in metrics.get("extra_data", {}).items()]
 
 
 def _fmt(value, spec: str) -> str:

@@ -16,7 +16,7 @@ from modelpress.data import format_of, load_rows, render
 from modelpress.errors import ModelpressError
 from modelpress.evaluate import BATCH_SIZE, LATENCY_SAMPLES, evaluate
 from modelpress.models import MODEL_CARD, ModelRef
-from modelpress.report import confusion_text
+from modelpress.report import confusion_text, misses_text
 
 def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | None = None,
                     max_new_tokens: int = 8, max_examples: int | None = None, show_progress: bool = True,
@@ -59,6 +59,8 @@ def format_result(result: dict) -> str:
         lines += [f"  recall {label:<10} {value:.3f}" for label, value in result["per_class_recall"].items()]
         if result.get("confusion"):
             lines.append(confusion_text(result))
+        if result.get("misses"):
+            lines.append(misses_text(result))
     lines.append(f"completion loss   {result['completion_loss']:.3f}")
     lines.append(f"latency ms        p50 {result['latency_ms']['p50']:.1f}  p90 {result['latency_ms']['p90']:.1f}"
                  f"  (batch 1, {result['latency_examples']} examples)")

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 from modelpress.errors import ModelpressError
 from modelpress.passes.catalog import Strict
 from modelpress.passes.onnx_specs import ExecutionModeName, OptLevelName
+from modelpress.runtime import thread_limit
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -50,14 +51,27 @@ def read_session_settings(folder: Path) -> SessionSettings | None:
                               "OrtSessionParamsTuning to write it again.") from None
 
 
-def session_options(folder: Path):
-    """onnxruntime SessionOptions for a model folder: its ort_session.json if present, quiet logging."""
+def quiet_options():
+    """onnxruntime SessionOptions with quiet logging, computing on the threads a Ray task reserved
+    (`runtime.limit_threads`) or else on onnxruntime's choice (0: a thread per physical core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = thread_limit() or 0
+    return options
+
+
+def session_options(folder: Path):
+    """onnxruntime SessionOptions for running a model folder: its ort_session.json if present (a thread count
+    of 0 there is `quiet_options`'s), quiet logging."""
+    options = quiet_options()
     settings = read_session_settings(folder)
-    return options if settings is None else apply_settings(options, settings)
+    if settings is None:
+        return options
+    apply_settings(options, settings)
+    options.intra_op_num_threads = settings.intra_op_num_threads or thread_limit() or 0
+    return options
 
 
 _EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
@@ -113,3 +115,69 @@ def confusion_text(result: dict) -> str:
     table = confusion_table(result)
     return _table(*table) if table else ""
 
+
+def trimmed_prompts(prompts: list[str]) -> tuple[str, list[str], str]:
+    """(the text every prompt starts with, each prompt's own part, the text every prompt ends with), the
+    shared parts cut next to a character that is no letter or digit (a space, a newline, punctuation), so that
+    a word is not cut in two unless it holds a hyphen or an apostrophe: a chat template's system prompt and turn
+    markers once, the user's text per row. With fewer than two distinct prompts nothing is shared."""
+    if len(set(prompts)) < 2:
+        return "", list(prompts), ""
+    head = os.path.commonprefix(prompts)
+    while head and head[-1].isalnum():
+        head = head[:-1]
+    rest = [p[len(head):] for p in prompts]
+    tail = os.path.commonprefix([p[::-1] for p in rest])[::-1]
+    while tail and tail[0].isalnum():
+        tail = tail[1:]
+    return head, [p[:len(p) - len(tail)] for p in rest], tail
+
+
+def miss_rows(result: dict) -> tuple[list[list[str]], str, str, str]:
+    """An evaluation's wrong answers as rows (file and row, expected, answered, the prompt's own part), with the
+    prompt text they all share before and after it and the folder their files share (each row names its file
+    from there)."""
+    misses = result.get("misses") or []
+    head, own, tail = trimmed_prompts([m["prompt"] for m in misses])
+    folder, sources = short_sources([m["source"] for m in misses])
+    rows = [[where, m["label"], m["output"].strip(), text] for m, where, text in zip(misses, sources, own)]
+    return rows, head, tail, folder
+
+
+def short_sources(sources: list[str]) -> tuple[str, list[str]]:
+    """("the folder every "FILE row N" source's file is in", each source with its file named from there);
+    ("", the sources) when they are not all of that form or share no folder."""
+    parts = [source.rpartition(" row ") for source in sources]
+    if not parts or not all(sep and row.isdigit() for _, sep, row in parts):
+        return "", list(sources)
+    try:
+        folder = os.path.commonpath([os.path.dirname(path) for path, _, _ in parts])
+    except ValueError:  # absolute and relative paths mixed
+        return "", list(sources)
+    if not folder:
+        return "", list(sources)
+    return folder, [f"{os.path.relpath(path, folder)} row {row}" for path, _, row in parts]
+
+
+MISS_TEXT_CHARS = 200  # of each wrong answer's prompt text, printed
+
+
+def misses_text(result: dict, shown: int = 10) -> str:
+    """The first `shown` wrong answers as plain text, each prompt's own text cut to MISS_TEXT_CHARS ("" when
+    none were kept)."""
+    rows, head, tail, folder = miss_rows(result)
+    if not rows:
+        return ""
+    total = result.get("misses_total", len(rows))
+    lines = [f"wrong answers ({min(shown, len(rows))} of {total}; all kept ones in --json):"]
+    lines += [f"  {where}: expected {label!r}, answered {answer!r}: {_cut(text.strip(), MISS_TEXT_CHARS)!r}"
+              for where, label, answer, text in rows[:shown]]
+    if folder:
+        lines.append(f"  (files in {folder})")
+    if head or tail:
+        lines.append(f"  (each prompt between {head!r} and {tail!r})")
+    return "\n".join(lines)
+
+
+def _cut(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:chars] + "..."

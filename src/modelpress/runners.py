@@ -409,11 +409,12 @@ class GenaiRunner(Ends, Runner):
         if self._session is None:
             import onnxruntime as ort
 
+            from modelpress.onnx_model import quiet_options
+
             decoder = json.loads((self.folder / "genai_config.json").read_text())["model"]["decoder"]
             filename = decoder["filename"]
             self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
+            options = quiet_options()
             if not self.prepack:
                 options.add_session_config_entry("session.disable_prepacking", "1")
             self._session = ort.InferenceSession(str(self.folder / filename), options,

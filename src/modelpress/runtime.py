@@ -2,7 +2,9 @@
 
 They change how memory is obtained and which libraries are loaded, never what is computed, and
 they apply only to the command's own process: a program that imports modelpress as a library keeps
-its own settings. Each is measured in the README's benchmark section.
+its own settings. Each is measured in the README's benchmark section. The exception is
+`limit_threads`, which a Ray task's worker process calls with the CPUs the task reserved: the thread
+count changes the order of PyTorch's sums, and so is the same for every task of a pass.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import sys
 
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
+_thread_limit: int | None = None  # set by `limit_threads`: a Ray task's CPUs
 
 
 def tune_allocator() -> None:
@@ -74,3 +77,30 @@ def quiet_library_bars() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
     if "datasets" in sys.modules:
         sys.modules["datasets"].disable_progress_bars()
+
+
+def limit_threads(count: int) -> None:
+    """Compute on `count` threads in this process: PyTorch's, and onnxruntime's and onnxruntime-genai's where
+    a model's own settings leave the count open.
+
+    A Ray task calls this with the CPUs it reserved. Ray counts CPUs but does not pin a task to them, so
+    without it each onnxruntime session of two tasks sharing a node starts a thread per core of the node,
+    and each task times its latency on an oversubscribed CPU (measured in the README's "Several machines").
+    """
+    global _thread_limit
+    import torch
+
+    torch.set_num_threads(count)
+    _thread_limit = count
+
+
+def thread_limit() -> int | None:
+    """The count `limit_threads` set in this process, or None (every core)."""
+    return _thread_limit
+
+
+def compute_threads() -> int:
+    """The threads this process computes on: `limit_threads`'s count, else every core it may run on."""
+    if _thread_limit:
+        return _thread_limit
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -84,6 +84,10 @@ class RaySystem:
             base.update({k: v for k, v in own.model_dump().items() if v not in (None, {})})
         return TaskResources(**base)
 
+    def threads(self, pass_name: str | None) -> int:
+        """The threads a task of `pass_name` (None: an evaluation) computes on: the whole CPUs it reserves."""
+        return _threads(self.resources(pass_name))
+
     def _check_feasible(self, what: str, request: TaskResources, nodes: list[dict]) -> None:
         wanted = {RAY_NAMES[k]: getattr(request, k) for k in RAY_NAMES if getattr(request, k)}
         wanted.update(request.resources)
@@ -143,9 +147,8 @@ class RaySystem:
         if remote is None:
             remote = self._remote[function] = ray.remote(function)
         options = {k: v for k, v in request.model_dump().items() if v not in (None, {})}
-        threads = max(1, int(request.num_cpus or 1))
         handle = remote.options(**options, max_retries=self.config.max_retries, retry_exceptions=False,
-                                name=what).remote({**job, "threads": threads})
+                                name=what).remote({**job, "threads": _threads(request)})
         with self._guard:
             self.in_flight.add(handle)
         try:
@@ -195,6 +198,10 @@ class RaySystem:
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+def _threads(request: TaskResources) -> int:
+    return max(1, int(request.num_cpus or 1))
 
 
 def _error(message: str, hint: str | None = None) -> ModelpressError:

@@ -42,11 +42,12 @@ def _setup(job: dict):
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(name, "1")  # the driver resolved every Hub id before any task was sent
     if job.get("threads"):
-        import torch
+        from modelpress.runtime import limit_threads
 
-        # Ray reuses a worker process for tasks of any size: set torch's threads to this task's CPUs, so a
-        # pass trains with the same threads (and so the same sums) whichever task the worker ran before
-        torch.set_num_threads(job["threads"])
+        # Ray reuses a worker process for tasks of any size: compute on this task's CPUs, so a pass trains
+        # with the same threads (and so the same sums) whichever task the worker ran before, and onnxruntime
+        # does not start a thread per core of the node beside another task
+        limit_threads(job["threads"])
     config = normalize(job["raw"], Path(job["base_dir"]))
     storage = open_storage(job["storage"])
     input_folder = storage.local_folder(Path(job["input_folder"]), job["input_id"], "models")
@@ -85,6 +86,7 @@ def measure_task(job: dict) -> dict:
     import torch
 
     from modelpress.evaluate import measure
+    from modelpress.runtime import thread_limit
     from modelpress.steps import PeakRSS
     from modelpress.systems.storage import local_ref
 
@@ -96,5 +98,5 @@ def measure_task(job: dict) -> dict:
     with PeakRSS() as memory:
         result = measure(config, ref, eval_set, job["task_card"], False)
     result["peak_rss_mb"] = round(memory.peak_mb, 1)
-    result["ran_on"] = {**_where(), "started": started, "ended": time.time()}
+    result["ran_on"] = {**_where(), "thread_limit": thread_limit(), "started": started, "ended": time.time()}
     return result
