@@ -90,7 +90,7 @@ def main() -> None:
 
 
 def _print(table: list[tuple]) -> None:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    widths = [max(len(row[i]) for row in table if i < len(row)) for i in range(max(map(len, table)))]  # ragged rows too
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
 

@@ -63,7 +63,7 @@ def main() -> int:
     changed = {}
     for item in args.training_arg:
         key, sep, value = item.partition("=")
-        if not sep or key == "seed":
+        if not sep or not key or key == "seed":
             parser.error(f"--training-arg {item!r}: give KEY=VALUE, a training_args key other than seed (--seeds)")
         try:
             changed[key] = json.loads(value)

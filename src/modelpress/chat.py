@@ -37,7 +37,15 @@ class ChatFormat:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-        chosen = template or tokenizer.chat_template
+        own = tokenizer.chat_template
+        if isinstance(own, dict):  # several named templates (Hermes 3, Command R): the one named, or the default
+            if template in own:
+                template = own[template]
+            elif not template and "default" not in own:
+                raise DataError(f"{folder}: the tokenizer has several chat templates ({', '.join(sorted(own))}) "
+                                "and none is called 'default'. Name one in chat_template.")
+            own = own.get("default")
+        chosen = template or own
         if not chosen:
             raise DataError(f"{folder}: the tokenizer has no chat template, and the data config asks for the "
                             "model's own (chat_template: true). Give the template as a string in chat_template, "
@@ -54,10 +62,16 @@ class ChatFormat:
         return {"template": self.template, "special_tokens": self.special_tokens}
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        from jinja2.exceptions import TemplateError
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        rendered, _ = render_jinja_template([messages], chat_template=self.template,
-                                            add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        try:
+            rendered, _ = render_jinja_template([messages], chat_template=self.template,
+                                                add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        except TemplateError as err:  # a syntax error, or the template's own raise_exception (roles, order)
+            raise DataError(f"the chat template cannot render this conversation: {err}. Change the rows (or "
+                            "chat_columns, system_prompt) to what the template accepts, or give another "
+                            "template in chat_template.") from None
         return rendered[0]
 
     def pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:

@@ -160,8 +160,14 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     from modelpress.chat import messages_of
 
     messages = messages_of(row, where, config.message_col, config.chat_columns, config.system_prompt)
-    pieces = chat.pieces(messages)
-    last = max(i for i, (_, trained) in enumerate(pieces) if trained)
+    try:
+        pieces = chat.pieces(messages)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+    last = max((i for i, (_, trained) in enumerate(pieces) if trained), default=None)
+    if last is None:
+        raise DataError(f"{where}: the chat template renders no text for the assistant turn, so there is no "
+                        "answer to learn or measure. Check that the row's answer is not empty.")
     head = tuple(pieces[:last])
     answer = messages[-1]["content"]
     return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head)

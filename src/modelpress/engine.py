@@ -264,18 +264,21 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
 
 
 def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
-    """How to prompt the final model: saved beside it, used by `modelpress generate`."""
-    for p in config.passes:
-        if CATALOG[p.type].trains():
-            data = plan.data_config(p.params.train_data_config)
-            card = {"text_template": data.text_template, "add_bos": data.add_special_tokens,
-                    "data_config": data.name, "label_col": data.label_col, "text_cols": data.text_cols}
-            chat = plan.chat_format(data.name)
-            if chat:  # the exact template and turns the model was trained with, so prompts are built the same way
-                card["chat"] = {**chat.to_json(), "columns": data.chat_columns, "message_col": data.message_col,
-                                "system_prompt": data.system_prompt}
-            return card
-    return {}
+    """How to prompt the final model, saved beside it for `modelpress generate` and `evaluate` and used by the
+    run's own evaluation: the data config the first training pass learnt from, else (a run that only exports
+    or quantizes) the one the evaluation reads."""
+    trained = next((p.params.train_data_config for p in config.passes if CATALOG[p.type].trains()), None)
+    name = trained or config.evaluation.data_config or next(iter(config.data_configs), None)
+    if name is None:
+        return {}
+    data = plan.data_config(name)
+    card = {"text_template": data.text_template, "add_bos": data.add_special_tokens,
+            "data_config": data.name, "label_col": data.label_col, "text_cols": data.text_cols}
+    chat = plan.chat_format(data.name)
+    if chat:  # the exact template and turns the model was trained with, so prompts are built the same way
+        card["chat"] = {**chat.to_json(), "columns": data.chat_columns, "message_col": data.message_col,
+                        "system_prompt": data.system_prompt}
+    return card
 
 
 # The evaluation procedure's version, part of every evaluation's cache key: bump it when
@@ -285,7 +288,9 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # 4: answers end at the generation config's end ids and a one-token stop; the loss scores that stop;
 #    a trained classifier reads its inputs with its training max_seq_len and special tokens.
 # 5: the result keeps the wrong answers; a Ray target's evaluation computes on the threads its task reserved.
-MEASUREMENT = 5
+# 6: a wrong answer keeps its prompt's own text; what every prompt of the eval set shares is kept once;
+#    a run that trains nothing prompts as its evaluation data config says (BOS, template).
+MEASUREMENT = 6
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import time
 from collections import Counter
@@ -141,11 +142,29 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
 
 def missed(examples: list[Example], outputs: list[str]) -> dict:
     """The rows answered wrongly, as accuracy counts them: how many, and the first MISSES_KEPT with where
-    each came from, its prompt (the last MISS_PROMPT_CHARS characters), its label and the answer, so that a user
-    can read what the model gets wrong."""
-    wrong = [{"source": ex.source, "prompt": _tail(ex.prompt, MISS_PROMPT_CHARS), "label": ex.completion, "output": out}
+    each came from, its prompt's own text (the last MISS_PROMPT_CHARS characters), its label and the answer, so
+    that a user can read what the model gets wrong. The text every prompt of the eval set starts and ends
+    with (a chat template's system prompt and turn markers) is kept once, as `misses_prompt`."""
+    head, tail = shared_ends([ex.prompt for ex in examples])
+    wrong = [{"source": ex.source, "prompt": _tail(ex.prompt[len(head):len(ex.prompt) - len(tail)], MISS_PROMPT_CHARS),
+              "label": ex.completion, "output": out}
              for ex, out in zip(examples, outputs) if normalise_label(out) != normalise_label(ex.completion)]
-    return {"misses_total": len(wrong), "misses": wrong[:MISSES_KEPT]}
+    return {"misses_total": len(wrong), "misses_prompt": {"head": head, "tail": tail}, "misses": wrong[:MISSES_KEPT]}
+
+
+def shared_ends(prompts: list[str]) -> tuple[str, str]:
+    """(the text every prompt starts with, the text every prompt ends with), cut next to a character that is
+    no letter or digit, so that a word is not cut in two unless it holds a hyphen or an apostrophe; ("", "")
+    with fewer than two distinct prompts."""
+    if len(set(prompts)) < 2:
+        return "", ""
+    head = os.path.commonprefix(prompts)
+    while head and head[-1].isalnum():
+        head = head[:-1]
+    tail = os.path.commonprefix([p[len(head):][::-1] for p in prompts])[::-1]
+    while tail and tail[0].isalnum():
+        tail = tail[1:]
+    return head, tail
 
 
 def measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelpress.runtime import compute_threads
+from modelpress.runtime import capped_threads, compute_threads
 
 
 def open_model(og, folder: Path, model_overlay: dict | None = None):
@@ -23,16 +23,51 @@ def open_model(og, folder: Path, model_overlay: dict | None = None):
 
 
 def genai_threads(folder: Path) -> dict:
-    """The genai config overlay that runs the model on every core this process may use (or the threads a Ray
-    task reserved: `runtime.limit_threads`), unless its
-    genai_config.json names a thread count. onnxruntime-genai 0.18 runs a CPU model on one thread by default
-    (measured on 2 cores: a batch of 16 SmolLM2 prompts took 1.69 s on one thread, 0.89 s on two), where
-    onnxruntime itself uses every physical core."""
+    """The genai config overlay that runs the model on every core this process may use, or on the thread count
+    its genai_config.json names; in a Ray task, within the CPUs the task reserved (`runtime.limit_threads`).
+    onnxruntime-genai 0.18 runs a CPU model on one thread by default (measured on 2 cores: a batch of 16
+    SmolLM2 prompts took 1.69 s on one thread, 0.89 s on two), where onnxruntime itself uses every physical
+    core."""
     decoder = json.loads((folder / "genai_config.json").read_text())["model"].get("decoder", {})
-    options = decoder.get("session_options", {})
-    if "intra_op_num_threads" in options:
-        return {}
-    return {"decoder": {"session_options": {"intra_op_num_threads": compute_threads()}}}
+    own = decoder.get("session_options", {}).get("intra_op_num_threads")
+    threads = compute_threads() if own is None else capped_threads(own)
+    return {} if threads == own else {"decoder": {"session_options": {"intra_op_num_threads": threads}}}
+
+
+def trained_bos(folder: Path, encode, genai_bos: int) -> int | None:
+    """The beginning-of-sequence id a PyTorch runner and training put before a prompt: the token the folder's
+    tokenizer config names, None where it names none (Qwen2's `bos_token` is null, yet the genai builder
+    copies a `bos_token_id` from config.json into genai_config.json); genai's own where the folder has no
+    tokenizer config or the token is not one id."""
+    fallback = genai_bos if genai_bos is not None and genai_bos >= 0 else None
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return fallback
+    named = json.loads(config.read_text(encoding="utf-8")).get("bos_token")
+    extra = folder / "special_tokens_map.json"  # where transformers 4 kept it
+    if named is None and extra.is_file():
+        named = json.loads(extra.read_text(encoding="utf-8")).get("bos_token")
+    named = named.get("content") if isinstance(named, dict) else named
+    if not named:
+        return None
+    ids = encode(named)
+    return ids[0] if len(ids) == 1 else fallback
+
+
+def loss_session_options(folder: Path, prepack: bool = True):
+    """onnxruntime SessionOptions for scoring with the folder's decoder model outside genai: the thread count its
+    genai_config.json names (within a Ray task's reservation), else `quiet_options`'s; without prepacked
+    weights where `prepack` is off."""
+    from modelpress.onnx_model import quiet_options
+
+    options = quiet_options()
+    decoder = json.loads((folder / "genai_config.json").read_text())["model"].get("decoder", {})
+    own = decoder.get("session_options", {}).get("intra_op_num_threads")
+    if own is not None:
+        options.intra_op_num_threads = capped_threads(own)
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
 
 
 def free_pad_id(folder: Path) -> int:

@@ -12,25 +12,35 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
-from modelpress.genai_folder import open_model
+from modelpress.genai_folder import open_model, trained_bos
 from modelpress.models import MODEL_CARD
 from modelpress.onnx_adapters import adapter_file, genai_adapters
 
 
 def prompt_for(card: dict, text: str) -> str:
     """Wrap `text` in the training template's prompt part when the template has one input field."""
-    from modelpress.config.templates import completion_field, template_fields
+    return prompt_and_stop(card, text)[0]
+
+
+def prompt_and_stop(card: dict, text: str) -> tuple[str, str]:
+    """(the prompt for `text`, the text that closes an answer) as training and evaluation build them: a chat
+    template's turns with its end-of-turn marker, or the head of a text template whose one input field `text`
+    fills (its braces unescaped) with the literal text after the completion field. `text` itself and no stop
+    when the card records neither."""
+    from modelpress.config.templates import completion_split, template_fields, template_parts
 
     chat = (card.get("task") or {}).get("chat")
     if chat:
-        return chat_prompt_for(chat, text)
+        return chat_prompt_for(chat, text), chat_stop(chat)
     template = (card.get("task") or {}).get("text_template")
-    target = completion_field(template)
-    inputs = [f for f in template_fields(template or "") if f != target]
-    if not target or len(inputs) != 1:
-        return text
-    head = template[: template.rindex("{" + target + "}")]
-    return head.replace("{" + inputs[0] + "}", text)
+    split = completion_split(template)
+    inputs = [f for f in template_fields(template or "") if split and f != split[0]]
+    if not split or len(set(inputs)) != 1:
+        return text, ""
+    parts = template_parts(template)
+    last = max(i for i, part in enumerate(parts) if part[1] == split[0])
+    head = "".join(literal + (text if field else "") for literal, field, _, _ in parts[:last]) + parts[last][0]
+    return head, split[1].strip()
 
 
 def chat_prompt_for(chat: dict, text: str) -> str:
@@ -45,6 +55,17 @@ def chat_prompt_for(chat: dict, text: str) -> str:
     user = spec.format_map({f: text for f in template_fields(spec)})
     messages = [{"role": "system", "content": chat["system_prompt"]}] if chat.get("system_prompt") is not None else []
     return ChatFormat.from_card(chat).render([*messages, {"role": "user", "content": user}], add_generation_prompt=True)
+
+
+def chat_stop(chat: dict) -> str:
+    """The text a chat template writes after an assistant turn's content (its end-of-turn marker), as
+    `data.Example.stop` reads it from a trained row."""
+    from modelpress.chat import ChatFormat
+
+    answer = "modelpress"
+    pieces = ChatFormat.from_card(chat).pieces([{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}])
+    turn = next((text for text, trained in pieces if trained), "")
+    return turn[len(answer):].strip() if turn.startswith(answer) else ""
 
 
 def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False,
@@ -62,12 +83,13 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
 
     og.disable_telemetry_events()
     card = read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
-    prompt = text if raw else prompt_for(card, text)
+    prompt, stop = (text, "") if raw else prompt_and_stop(card, text)
     model = open_model(og, model_dir)
     tokenizer = og.Tokenizer(model)
-    ids = list(tokenizer.encode(prompt))
-    if (card.get("task") or {}).get("add_bos") and tokenizer.bos_token_id >= 0:
-        ids = [tokenizer.bos_token_id] + ids
+    ids = [int(t) for t in tokenizer.encode(prompt)]
+    bos = trained_bos(model_dir, lambda piece: list(tokenizer.encode(piece)), tokenizer.bos_token_id)
+    if (card.get("task") or {}).get("add_bos") and bos is not None:
+        ids = [bos] + ids
     params = og.GeneratorParams(model)
     # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
     # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
@@ -81,8 +103,39 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     generator.append_tokens(np.array(ids, dtype=np.int32))
     stream = tokenizer.create_stream()
     eos = set(tokenizer.eos_token_ids)
-    while not generator.is_done():
-        generator.generate_next_token()
-        token = generator.get_next_tokens()[0]
-        if token not in eos:
+    stop_ids = list(tokenizer.encode(stop)) if stop else []
+    if len(stop_ids) == 1:  # a one-token stop ends generation, as in evaluation
+        eos.add(int(stop_ids[0]))
+
+    def pieces() -> Iterator[str]:
+        while not generator.is_done():
+            generator.generate_next_token()
+            token = generator.get_next_tokens()[0]
+            if token in eos:
+                return
             yield stream.decode(token)
+
+    yield from until_stop(pieces(), stop)
+
+
+def until_stop(pieces: Iterator[str], stop: str) -> Iterator[str]:
+    """The streamed text up to `stop` (all of it when `stop` is empty), as evaluation cuts an answer; text that
+    may be the start of `stop` is held back until the next piece tells."""
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        if not stop:
+            yield pending
+            pending = ""
+            continue
+        if stop in pending:
+            head = pending.split(stop, 1)[0]
+            if head:
+                yield head
+            return
+        keep = next((n for n in range(min(len(stop) - 1, len(pending)), 0, -1) if stop.startswith(pending[-n:])), 0)
+        if len(pending) > keep:
+            yield pending[:len(pending) - keep]
+            pending = pending[len(pending) - keep:]
+    if pending:
+        yield pending

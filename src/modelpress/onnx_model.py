@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 from modelpress.errors import ModelpressError
 from modelpress.passes.catalog import Strict
 from modelpress.passes.onnx_specs import ExecutionModeName, OptLevelName
-from modelpress.runtime import thread_limit
+from modelpress.runtime import capped_threads
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -58,20 +58,15 @@ def quiet_options():
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = thread_limit() or 0
+    options.intra_op_num_threads = capped_threads(0)
     return options
 
 
 def session_options(folder: Path):
-    """onnxruntime SessionOptions for running a model folder: its ort_session.json if present (a thread count
-    of 0 there is `quiet_options`'s), quiet logging."""
+    """onnxruntime SessionOptions for running a model folder: its ort_session.json if present, quiet logging."""
     options = quiet_options()
     settings = read_session_settings(folder)
-    if settings is None:
-        return options
-    apply_settings(options, settings)
-    options.intra_op_num_threads = settings.intra_op_num_threads or thread_limit() or 0
-    return options
+    return options if settings is None else apply_settings(options, settings)
 
 
 _EXECUTION_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
@@ -80,11 +75,12 @@ _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "exten
 
 
 def apply_settings(options, settings: SessionSettings):
-    """Set `settings` on an onnxruntime SessionOptions and return it."""
+    """Set `settings` on an onnxruntime SessionOptions and return it; in a Ray task their thread counts stay
+    within the CPUs it reserved (`runtime.capped_threads`), both when they are tuned and when they run."""
     import onnxruntime as ort
 
-    options.intra_op_num_threads = settings.intra_op_num_threads
-    options.inter_op_num_threads = settings.inter_op_num_threads
+    options.intra_op_num_threads = capped_threads(settings.intra_op_num_threads)
+    options.inter_op_num_threads = capped_threads(settings.inter_op_num_threads)
     options.execution_mode = getattr(ort.ExecutionMode, _EXECUTION_MODES[settings.execution_mode])
     level = _OPT_LEVELS[settings.graph_optimization_level]
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)

@@ -116,39 +116,23 @@ def confusion_text(result: dict) -> str:
     return _table(*table) if table else ""
 
 
-def trimmed_prompts(prompts: list[str]) -> tuple[str, list[str], str]:
-    """(the text every prompt starts with, each prompt's own part, the text every prompt ends with), the
-    shared parts cut next to a character that is no letter or digit (a space, a newline, punctuation), so that
-    a word is not cut in two unless it holds a hyphen or an apostrophe: a chat template's system prompt and turn
-    markers once, the user's text per row. With fewer than two distinct prompts nothing is shared."""
-    if len(set(prompts)) < 2:
-        return "", list(prompts), ""
-    head = os.path.commonprefix(prompts)
-    while head and head[-1].isalnum():
-        head = head[:-1]
-    rest = [p[len(head):] for p in prompts]
-    tail = os.path.commonprefix([p[::-1] for p in rest])[::-1]
-    while tail and tail[0].isalnum():
-        tail = tail[1:]
-    return head, [p[:len(p) - len(tail)] for p in rest], tail
-
-
 def miss_rows(result: dict) -> tuple[list[list[str]], str, str, str]:
     """An evaluation's wrong answers as rows (file and row, expected, answered, the prompt's own part), with the
-    prompt text they all share before and after it and the folder their files share (each row names its file
-    from there)."""
+    text every prompt of the eval set starts and ends with and the folder their files share (each row names
+    its file from there)."""
     misses = result.get("misses") or []
-    head, own, tail = trimmed_prompts([m["prompt"] for m in misses])
+    shared = result.get("misses_prompt") or {}
     folder, sources = short_sources([m["source"] for m in misses])
-    rows = [[where, m["label"], m["output"].strip(), text] for m, where, text in zip(misses, sources, own)]
-    return rows, head, tail, folder
+    rows = [[where, m["label"], m["output"].strip(), m["prompt"]] for m, where in zip(misses, sources)]
+    return rows, shared.get("head", ""), shared.get("tail", ""), folder
 
 
 def short_sources(sources: list[str]) -> tuple[str, list[str]]:
     """("the folder every "FILE row N" source's file is in", each source with its file named from there);
     ("", the sources) when they are not all of that form or share no folder."""
     parts = [source.rpartition(" row ") for source in sources]
-    if not parts or not all(sep and row.isdigit() for _, sep, row in parts):
+    # a Hub dataset's rows are named by its snapshot folder (a commit hash, no file suffix): kept whole
+    if not parts or not all(sep and row.isdigit() and os.path.splitext(path)[1] for path, sep, row in parts):
         return "", list(sources)
     try:
         folder = os.path.commonpath([os.path.dirname(path) for path, _, _ in parts])

@@ -16,7 +16,7 @@ from pathlib import Path
 from modelpress.answer_ends import Ends, eos_ids, generation_config_of, named_eos, until_eos
 from modelpress.data import Example
 from modelpress.errors import ModelpressError
-from modelpress.genai_folder import free_pad_id, open_model
+from modelpress.genai_folder import free_pad_id, loss_session_options, open_model, trained_bos
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
@@ -291,14 +291,14 @@ class GenaiRunner(Ends, Runner):
             self.adapter = as_onnx_adapter(Path(self.adapter), Path(self._scratch.name))
         self._adapters = genai_adapters(og, self.model, self.adapter, Path(self._scratch.name))
         self.tokenizer = og.Tokenizer(self.model)
-        self.bos = self.tokenizer.bos_token_id
+        self.bos = trained_bos(self.folder, self._plain_ids, self.tokenizer.bos_token_id)
         self.end_ids = set(self.tokenizer.eos_token_ids)
         self.eos_id = named_eos(self.folder, self._plain_ids, self.end_ids)
         self._session = None
         self.rescored_rows = 0  # generate_scored's rows whose completion loss took a second pass
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
-        return ([self.bos] if add_bos and self.bos is not None and self.bos >= 0 else []) + self._plain_ids(prompt)
+        return ([self.bos] if add_bos and self.bos is not None else []) + self._plain_ids(prompt)
 
     def _plain_ids(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)] if text else []
@@ -409,14 +409,10 @@ class GenaiRunner(Ends, Runner):
         if self._session is None:
             import onnxruntime as ort
 
-            from modelpress.onnx_model import quiet_options
-
             decoder = json.loads((self.folder / "genai_config.json").read_text())["model"]["decoder"]
             filename = decoder["filename"]
             self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
-            options = quiet_options()
-            if not self.prepack:
-                options.add_session_config_entry("session.disable_prepacking", "1")
+            options = loss_session_options(self.folder, self.prepack)
             self._session = ort.InferenceSession(str(self.folder / filename), options,
                                                  providers=["CPUExecutionProvider"])
             # the adapter's weights are fed as the inputs they are (ExtractAdapters)

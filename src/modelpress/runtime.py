@@ -99,6 +99,14 @@ def thread_limit() -> int | None:
     return _thread_limit
 
 
+def capped_threads(count: int) -> int:
+    """A model's own thread count (0: the runtime's choice) under `limit_threads`'s limit: the limit where the
+    count is 0 or above it; the count itself when no limit is set."""
+    if not _thread_limit:
+        return count
+    return min(count, _thread_limit) if count else _thread_limit
+
+
 def compute_threads() -> int:
     """The threads this process computes on: `limit_threads`'s count, else every core it may run on."""
     if _thread_limit:

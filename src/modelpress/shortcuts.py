@@ -182,9 +182,20 @@ def _with_evaluation(config: dict, data: list) -> dict:
 
 
 def _workflow(args, passes: dict, data: list, task: str = "text-generation") -> dict:
-    return {"input_model": {"type": "HfModel", "model_path": _abs(args.model), "task": task},
+    return {"input_model": {"type": "HfModel", "model_path": _model_path(args.model), "task": task},
             "data_configs": data, "passes": passes, "evaluation": {},
             "output_dir": _abs(args.output_dir), "cache_dir": _abs(args.cache_dir)}
+
+
+def _model_path(value: str) -> str:
+    """--model as the config reads it: a local folder or file made absolute; a Hub id (org/name) or a
+    `package:` path that names no local path kept as given."""
+    from modelpress.config.sources import PACKAGE_PREFIX
+    from modelpress.hub import is_hub_id
+
+    if not Path(value).exists() and (value.startswith(PACKAGE_PREFIX) or is_hub_id(value)):
+        return value
+    return _abs(value)
 
 
 def _abs(paths):

@@ -145,7 +145,12 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
     from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
 
     files = _files(load, path, c)
-    if files is None:
+    wrong = [key for key in ("revision", "subset", "data_dir", "split")
+             if load.get(key) is not None and not isinstance(load[key], str)]
+    for key in wrong:  # checked before the cache is asked, which reads them as text
+        c.add(f"{path}.{key}", f"must be a string, found {type(load[key]).__name__} {load[key]!r}",
+              f'Quote it: "{key}": "{load[key]}".')
+    if files is None or wrong:
         return None
     revision = load.get("revision")
     rev = f" at revision {revision!r}" if revision else ""

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import statistics
 import time
 import warnings
@@ -53,6 +52,7 @@ from modelpress.passes.onnx_specs import (
     OrtTransformersOptimizationParams,
     WeightOnlyParams,
 )
+from modelpress.runtime import compute_threads
 
 log = logging.getLogger("modelpress")
 CLASSIFY = "text-classification"
@@ -351,8 +351,10 @@ def run_session_tuning(ctx: PassContext, params: OrtSessionParamsTuningParams) -
 
 
 def candidates(params: OrtSessionParamsTuningParams) -> list[SessionSettings]:
-    """Every combination of the candidate lists; inter-op threads vary only in parallel mode."""
-    intra = params.intra_thread_num_list or [1, 2, os.cpu_count() or 1]
+    """Every combination of the candidate lists; inter-op threads vary only in parallel mode. The default
+    thread counts are 1, 2 and every core this process may compute on (a Ray task: the CPUs it reserved)."""
+    cores = compute_threads()
+    intra = params.intra_thread_num_list or [n for n in (1, 2, cores) if n <= cores]
     settings = {}
     for threads in dict.fromkeys(intra):
         for mode in dict.fromkeys(params.execution_mode_list):
