@@ -120,6 +120,27 @@ def test_a_partial_snapshot_offline_is_an_error_naming_what_it_lacks(hub_cache, 
     assert missing_model_files("m.gguf")(shard) == ["m.gguf"]
 
 
+def test_a_download_without_safetensors_weights_is_one_clear_error(hub_cache, tmp_path, monkeypatch):
+    """A repo that ships only pickled pytorch_model.bin: the download fetches its config and tokenizer, and
+    modelpress says why it stops instead of leaving transformers to fail at load time."""
+    from huggingface_hub import constants
+
+    import modelpress.hub as hub
+    from modelpress.errors import ModelpressError
+
+    fetched = tmp_path / "snapshot"
+    fetched.mkdir()
+    (fetched / "config.json").write_text("{}")
+    (fetched / "pytorch_model.bin").write_bytes(b"pickled")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online: the repo is not cached, so it is fetched
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hub, "_download", lambda *args: fetched)  # stands in for the network only
+    with pytest.raises(ModelpressError, match=r"input_model.model_path: model 'acme/bin-only' was downloaded .* "
+                       r"lacks \*\.safetensors\. The repo has no safetensors weights: modelpress never loads pickled"):
+        hub.snapshot("acme/bin-only", None, "model", hub.model_patterns(False, None), hub.missing_model_files(None),
+                     key="input_model.model_path")
+
+
 @pytest.mark.parametrize("name", ["acme/my--model", "acme/model.git", "acme/" + "m" * 97])
 def test_names_the_hub_refuses_are_read_as_local_paths(hub_cache, tmp_path, name):
     from modelpress.config import normalize
@@ -166,6 +187,47 @@ def test_hub_model_and_dataset_ids_are_read_from_the_config(hub_cache, tmp_path)
     assert len(examples) == 1464 and examples[0].completion in {"joy", "fear", "sadness", "surprise"}
 
 
+def test_a_ray_worker_reads_the_driver_s_dataset_commit_and_needs_no_model_source_of_its_own(hub_cache, tmp_path):
+    """A worker gets the input model from the storage, and reads a Hub dataset at the commit the driver's cache
+    keys were made from, not where its own cache's branch points."""
+    from modelpress.config import normalize
+    from modelpress.context import DataPlan
+    from modelpress.errors import ConfigError
+
+    first = TONE_DATA.read_bytes().splitlines(keepends=True)
+    add_repo(hub_cache, "acme/moving", {"data/train.jsonl": b"".join(first[:40])}, "5" * 40, repo_type="dataset")
+    add_repo(hub_cache, "acme/moving", {"data/train.jsonl": b"".join(first[:60])}, "6" * 40, repo_type="dataset")
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": "acme/only-on-the-driver"}
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": "acme/moving", "split": "train"}
+    with pytest.raises(ConfigError, match="acme/only-on-the-driver"):
+        normalize(raw, base_dir=tmp_path)
+    config = normalize(raw, base_dir=tmp_path, sources_here=False)  # as ray_tasks._setup reads the job's config
+    plan = DataPlan(config, tmp_path / "cache", tmp_path)
+    plan.pin_hub_revisions({"tone": "5" * 40})  # the driver read the dataset before its branch moved
+    plan.resolve_hub_data()
+    assert plan.hub_revisions() == {"tone": "5" * 40} and len(plan.examples("tone")) == 40
+    unpinned = DataPlan(normalize(raw, base_dir=tmp_path, sources_here=False), tmp_path / "cache", tmp_path)
+    unpinned.resolve_hub_data()
+    assert unpinned.hub_revisions() == {"tone": "6" * 40} and len(unpinned.examples("tone")) == 60
+
+
+def test_a_hub_dataset_without_the_split_asked_for_names_the_splits_it_has(hub_cache, tmp_path):
+    from modelpress.config import normalize
+    from modelpress.context import DataPlan
+    from modelpress.errors import DataError
+
+    add_repo(hub_cache, "acme/test-only", {"data/test.jsonl": TONE_DATA.read_bytes()}, "7" * 40, repo_type="dataset")
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": MODEL_ID}
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": "acme/test-only"}  # split: train by default
+    plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "cache")
+    plan.resolve_hub_data()
+    with pytest.raises(DataError, match=r"Hub dataset 'acme/test-only': Unknown split \"train\". Should be one of "
+                       r"\['test'\]\. Set split to one of them"):
+        plan.examples("tone")
+
+
 def test_validate_says_whether_the_cache_holds_the_model(hf_home, tmp_path):
     cached = write_config(tmp_path / "cached.json", {**tone_workflow(tmp_path, {}),
                                                      "input_model": {"type": "HfModel", "model_path": MODEL_ID}})
@@ -184,6 +246,7 @@ def test_validate_says_whether_the_cache_holds_the_model(hf_home, tmp_path):
 def test_run_from_a_hub_id_keys_the_cache_by_snapshot_content_and_never_shows_the_token(hf_home, tiny_model,
                                                                                           tmp_path):
     from modelpress.cache import content_id
+    from modelpress.hub import model_patterns
 
     passes = {"lora": {"type": "LoRA", "r": 4, "target_modules": ["qkv_proj"], "train_data_config": "tone",
                        "eval_dataset_size": 0.1,
@@ -198,12 +261,31 @@ def test_run_from_a_hub_id_keys_the_cache_by_snapshot_content_and_never_shows_th
     assert proc.returncode == 0, proc.stderr
     snapshot = hf_home / "hub" / "models--acme--tiny-phi3" / "snapshots" / MAIN
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["models"]["input"]["model_id"] == content_id(snapshot)
-    assert metrics["models"]["input"]["model_id"] == content_id(tiny_model)  # same bytes, same key
+    read = model_patterns(False, None)  # the files modelpress fetches and reads
+    assert metrics["models"]["input"]["model_id"] == content_id(snapshot, only=read)
+    assert metrics["models"]["input"]["model_id"] == content_id(tiny_model, only=read)  # same bytes, same key
     written = proc.stdout + proc.stderr + "".join(p.read_text(errors="ignore") for p in (tmp_path / "out").rglob("*.json"))
     assert "hf_NotARealTokenButSecret123" not in written
     resolved = json.loads((tmp_path / "out" / "config.resolved.json").read_text())
     assert resolved["input_model"]["hub_id"] == MODEL_ID
+
+
+def test_a_hub_snapshot_is_keyed_by_the_files_modelpress_fetches_and_reads(tmp_path):
+    """Files another tool adds to a snapshot (a README, a checkpoint folder, Mistral's consolidated weights) neither
+    match the download patterns nor change the input model's key; a weight that changes does."""
+    from modelpress.cache import content_id
+    from modelpress.hub import model_patterns
+
+    read = model_patterns(False, None)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    before = content_id(tmp_path, only=read)
+    for extra in ("README.md", "checkpoint-500/model.safetensors", "consolidated.safetensors", "pytorch_model.bin"):
+        (tmp_path / extra).parent.mkdir(exist_ok=True)
+        (tmp_path / extra).write_bytes(b"added later")
+    assert content_id(tmp_path, only=read) == before != content_id(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert content_id(tmp_path, only=read) != before
 
 
 MOODS_CARD = b"""---

@@ -288,3 +288,18 @@ def test_shortcut_commands_keep_a_hub_id_or_package_path_and_make_local_paths_ab
     (tmp_path / "org" / "local").mkdir(parents=True)  # a folder that looks like an id is the folder
     assert _model_path("org/local") == str(tmp_path / "org" / "local")
     assert _model_path("models/none.gguf") == str(tmp_path / "models" / "none.gguf")  # not an id: the path
+
+
+def test_passes_that_calibrate_on_wikitext_are_known_before_the_run_goes_offline(tiny_model, tmp_path):
+    """Olive's default calibration set is read while the run may still download it (engine, before go_offline)."""
+    from modelpress.config import load_config
+    from modelpress.passes.torch_quant import uses_default_calibration
+
+    passes = {"mixed": {"type": "SelectiveMixedPrecision", "algorithm": "kld_gradient", "ratio": 0.5},
+              "gptq": {"type": "Gptq"}, "named": {"type": "Gptq", "data_config": "tone"},
+              "rules": {"type": "SelectiveMixedPrecision"}, "rtn": {"type": "Rtn"}}
+    def uses(name: str) -> bool:
+        config = load_config(write_config(tmp_path / "w.json", tone_workflow(tiny_model, {name: passes[name]})))
+        return uses_default_calibration(config.passes[0])
+
+    assert [name for name in passes if uses(name)] == ["mixed", "gptq"]

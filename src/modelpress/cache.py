@@ -9,6 +9,8 @@ last, lists every file with its size, and an entry whose files do not match is n
 
 from __future__ import annotations
 
+import fnmatch
+
 import hashlib
 import json
 import logging
@@ -40,8 +42,10 @@ def _file_sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-def content_id(folder: Path, memo_path: Path | None = None) -> str:
-    """A hash of a folder's (or one file's) file names and contents.
+def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | None = None) -> str:
+    """A hash of a folder's (or one file's) file names and contents; with `only`, of the files whose path in the
+    folder matches one of those patterns (as huggingface_hub's allow_patterns match: a Hub snapshot keyed by
+    the files modelpress reads, so files another tool adds later change nothing).
 
     File hashes are remembered by (path, size, mtime) in `memo_path`, so a multi-GB model is
     read once, not on every run.
@@ -49,7 +53,8 @@ def content_id(folder: Path, memo_path: Path | None = None) -> str:
     folder = Path(folder).resolve()
     memo = _read_memo(memo_path)
     entries = []
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and (
+        only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
     for path in files:
         stat = path.stat()
         memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"

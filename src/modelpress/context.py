@@ -61,6 +61,16 @@ class DataPlan:
                                       config.subset, key)
                 self._hub[name] = snapshot(config.hub_id, config.revision, "dataset", files, key=key)
 
+    def hub_revisions(self) -> dict[str, str]:
+        """The commit each resolved Hub dataset was read at, by data config name."""
+        return {name: folder.name for name, folder in self._hub.items()}
+
+    def pin_hub_revisions(self, revisions: dict[str, str]) -> None:
+        """Read each named Hub dataset at the commit given (a Ray worker: the driver's), whatever this machine's
+        cache says its branch is at."""
+        for name, commit in revisions.items():
+            self.config.data_configs[name] = self.config.data_configs[name].model_copy(update={"revision": commit})
+
     def chat_format(self, name: str) -> ChatFormat | None:
         """The chat template data config `name` renders rows with (None for text templates)."""
         config = self.data_config(name)

@@ -85,6 +85,9 @@ def load_rows(config: DataConfig, cache_dir: Path | None = None,
             rows += [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
         except ValueError as err:
             if "split" in str(err).lower() and "unknown" in str(err).lower():
+                if hub_folder is not None:  # datasets names the splits the Hub dataset has
+                    raise DataError(f"Hub dataset {config.hub_id!r}: {str(err).strip()} Set split to one of "
+                                    "them.") from None
                 raise DataError(f"{path}: no split {config.split!r}; local files have only 'train'. "
                                 "Set split to 'train'.") from None
             raise DataError(_unreadable(path, config.format, err)) from None

@@ -20,11 +20,12 @@ from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
 from modelpress.html_report import write_report
-from modelpress.hub import go_offline
+from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 from modelpress.passes.spec_base import key_params
+from modelpress.passes.torch_quant import fetch_default_calibration, uses_default_calibration
 from modelpress.steps import PeakRSS, record, run_pass_here
 
 log = logging.getLogger("modelpress")
@@ -90,8 +91,12 @@ class Session:
         folder = resolve_input_folder(config.input_model, engine.cache_dir)
         plan = DataPlan(config, engine.cache_dir, folder)
         plan.resolve_hub_data()
+        if not offline() and any(uses_default_calibration(o) for p in config.passes for o in p.choices()):
+            fetch_default_calibration()
         online = go_offline()  # every Hub id is resolved to a local folder by now: nothing later may reach a hub
-        ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json"),
+        model = config.input_model  # a Hub snapshot is keyed by the files modelpress fetches and reads
+        read = model_patterns(model.trust_remote_code, None) if model.hub_id and not model.gguf_file else None
+        ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json", read),
                        task={"task": config.input_model.task})
         session = cls(config, cache, plan, ep, ref, show_progress, online=online)
         if ray is not None:

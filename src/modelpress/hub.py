@@ -24,8 +24,11 @@ log = logging.getLogger("modelpress")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 # What a model snapshot needs: configs, safetensors weights, tokenizer files, chat templates.
-# Pickled *.bin weights and ONNX exports that some repos also carry are never fetched.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+# Pickled *.bin weights and ONNX exports that some repos also carry are never fetched. Weights are the
+# names transformers loads (model.safetensors, or the model-0000N-of-0000M shards its index names): a
+# pattern matches a whole path, so Mistral's consolidated.safetensors copy and fine-tune repos'
+# checkpoint-*/model.safetensors stay on the Hub.
+MODEL_FILES = ["*.json", "model*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
 def is_hub_id(value: str) -> bool:
@@ -205,7 +208,14 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
                 f"is not in the local Hugging Face cache ({cache_root()})")
         raise ModelpressError(f"{where}{what} {held} and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
                               f"{fetch_hint(repo_id, revision, repo_type)}.")
-    return _download(repo_id, revision, repo_type, allow_patterns, what, where)
+    folder = _download(repo_id, revision, repo_type, allow_patterns, what, where)
+    lacking = missing(folder) if missing is not None else []
+    if lacking:
+        why = (" The repo has no safetensors weights: modelpress never loads pickled *.bin weights, which can run "
+               "code when read. Pick a revision or a repo that ships safetensors, or convert the weights."
+               if "*.safetensors" in lacking else " Check the repo's files and the revision.")
+        raise ModelpressError(f"{where}{what} was downloaded ({folder}) but lacks {', '.join(lacking)}.{why}")
+    return folder
 
 
 def _download(repo_id: str, revision: str | None, repo_type: str, allow_patterns: list[str] | None,

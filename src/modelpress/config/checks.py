@@ -61,10 +61,30 @@ def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: Search
         _check_data_ref(name, data, f"evaluation.extra_data_configs[{i}]", c)
     for i, name in enumerate(evaluation.evaluate_passes):
         _check_pass_ref(name, passes, f"evaluation.evaluate_passes[{i}]", "", c)
+    if evaluation.label_column:
+        _check_label_column(data, passes, evaluation, c)
     if (search.enabled or evaluator is not None) and (evaluation.evaluate_passes or evaluation.extra_data_configs):
         c.add("evaluation", "evaluate_passes and extra_data_configs are for a run without a search or evaluator",
               "A search measures each candidate with the evaluator's metrics: add a metric with that data_config "
               "there, or drop these keys.")
+
+
+def _check_label_column(data, passes, evaluation: EvaluationConfig, c: Collector) -> None:
+    """Accuracy compares each answer with what the eval data's template (or chat turn, or label_col) makes the
+    model generate: a label_column naming another column would be reported as measured and was not."""
+    trained = next((p.params.eval_data_config or p.params.train_data_config for p in passes
+                    if CATALOG[p.type].trains()), None)
+    name = evaluation.data_config or trained or next(iter(data), None)
+    config = data.get(name)
+    if config is None:
+        return
+    generated = config.label_col or completion_field(config.text_template) or ("assistant" if config.chat else None)
+    if evaluation.label_column != generated:
+        what = f"column {generated!r}" if generated else "no column"
+        c.add("evaluation.label_column", f"{evaluation.label_column!r} is not what the model answers with: data "
+              f"config {name!r} makes it generate {what} (its template's last field, label_col or the assistant "
+              "turn), which accuracy compares the answers with",
+              "Remove label_column, or make that column the template's last field.")
 
 
 def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, c: Collector) -> None:

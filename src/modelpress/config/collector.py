@@ -57,7 +57,10 @@ def _model_in(annotation) -> type[BaseModel] | None:
 class Collector:
     """Gathers problems and warnings while a config is normalised."""
 
-    def __init__(self) -> None:
+    def __init__(self, sources_here: bool = True) -> None:
+        # whether the input model and the Hub datasets are looked for on this machine: not on a Ray worker,
+        # which gets the model from the storage and the dataset revisions the driver resolved
+        self.sources_here = sources_here
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.notes: list[str] = []  # facts worth telling, not problems

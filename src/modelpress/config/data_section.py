@@ -142,8 +142,6 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
 
 def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
     """A Hub dataset: validated without the network; says whether the local cache holds it."""
-    from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
-
     files = _files(load, path, c)
     wrong = [key for key in ("revision", "subset", "data_dir", "split")
              if load.get(key) is not None and not isinstance(load[key], str)]
@@ -153,6 +151,16 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
     if files is None or wrong:
         return None
     revision = load.get("revision")
+    if c.sources_here:
+        _say_if_cached(name, revision, files, load, path, c)
+    return {"hub_id": name, "data_files": files, "revision": revision, "subset": load.get("subset"),
+            "data_dir": load.get("data_dir"), "split": load.get("split", "train")}
+
+
+def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict, path: str, c: Collector) -> None:
+    """A note when the local cache holds the Hub dataset or it can be downloaded; an error when it can do neither."""
+    from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
+
     rev = f" at revision {revision!r}" if revision else ""
     patterns = dataset_files(name, revision, files, load.get("data_dir"), load.get("subset"), fetch=False)
     if cached_snapshot(name, revision, "dataset", patterns) is not None:
@@ -163,5 +171,3 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
     else:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is not in the local Hugging Face cache; "
                "`modelpress run` will download it.")
-    return {"hub_id": name, "data_files": files, "revision": revision, "subset": load.get("subset"),
-            "data_dir": load.get("data_dir"), "split": load.get("split", "train")}

@@ -78,9 +78,10 @@ def load_config(path: str | Path) -> WorkflowConfig:
     return normalize(raw, base_dir=path.resolve().parent, source=path)
 
 
-def normalize(raw: Any, base_dir: Path, source: Path | None = None) -> WorkflowConfig:
-    """Normalise a parsed config (any supported schema) into a validated `WorkflowConfig`."""
-    c = Collector()
+def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here: bool = True) -> WorkflowConfig:
+    """Normalise a parsed config (any supported schema) into a validated `WorkflowConfig`; `sources_here=False`
+    (a Ray worker) leaves out the checks that the input model and Hub datasets are on this machine."""
+    c = Collector(sources_here)
     if not isinstance(raw, dict):
         raise ConfigError([Problem("", f"the config must be a mapping of sections, found {type(raw).__name__}")],
                           str(source) if source else None)

@@ -53,7 +53,8 @@ def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | No
         return None
     model = c.validate(InputModelConfig, {**fields, **source}, where)
     if model:
-        _check_source(model, f"{where}.model_path", c)
+        if c.sources_here:
+            _check_source(model, f"{where}.model_path", c)
     return model
 
 

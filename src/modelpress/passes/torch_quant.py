@@ -101,6 +101,21 @@ def calibration_rows(ctx: PassContext, data_config: str | None, samples: int, ma
     return [torch.tensor([ids[i:i + max_len]]) for i in range(0, len(ids) - max_len + 1, max_len)][:samples]
 
 
+def uses_default_calibration(p) -> bool:
+    """Whether pass config `p` calibrates on wikitext-2, Olive's default (it names no data_config)."""
+    if p.type == "Gptq":
+        return not p.params.data_config
+    if p.type == "SelectiveMixedPrecision":
+        return p.params.algorithm == "kld_gradient" and not p.params.data_config
+    return False
+
+
+def fetch_default_calibration() -> None:
+    """Read wikitext-2 while the run may still reach the Hub (before `hub.go_offline`), so that the pass finds
+    it in the datasets cache; a first run on a machine with network would otherwise fail."""
+    _wikitext()
+
+
 def _wikitext() -> list[str]:
     import datasets
 

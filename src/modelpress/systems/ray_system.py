@@ -116,6 +116,7 @@ class RaySystem:
             self._uploaded.add(input_ref.id)
         return {"raw": config.raw, "base_dir": str(config.base_dir), "storage": str(self.storage),
                 "input_folder": str(input_ref.path), "input_id": input_ref.id, "ref": ref_to_json(ref),
+                "hub_revisions": session.plan.hub_revisions(),
                 "log_level": config.engine.log_level}
 
     def run_pass(self, session, p, key: str, ref):

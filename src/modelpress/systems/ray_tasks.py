@@ -48,10 +48,12 @@ def _setup(job: dict):
         # with the same threads (and so the same sums) whichever task the worker ran before, and onnxruntime
         # does not start a thread per core of the node beside another task
         limit_threads(job["threads"])
-    config = normalize(job["raw"], Path(job["base_dir"]))
+    # the input model comes from the storage: its source (a folder, a Hub id, a GGUF file) need not be here
+    config = normalize(job["raw"], Path(job["base_dir"]), sources_here=False)
     storage = open_storage(job["storage"])
     input_folder = storage.local_folder(Path(job["input_folder"]), job["input_id"], "models")
     plan = DataPlan(config, config.engine.cache_dir, input_folder)
+    plan.pin_hub_revisions(job.get("hub_revisions") or {})  # the rows the driver's keys were made from
     plan.resolve_hub_data()
     return config, plan, storage, input_folder
 
