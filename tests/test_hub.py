@@ -268,6 +268,11 @@ def test_run_from_a_hub_id_keys_the_cache_by_snapshot_content_and_never_shows_th
     assert "hf_NotARealTokenButSecret123" not in written
     resolved = json.loads((tmp_path / "out" / "config.resolved.json").read_text())
     assert resolved["input_model"]["hub_id"] == MODEL_ID
+    # the adapter's cache entry says how it was prompted, so `modelpress evaluate` can be pointed at it
+    [entry] = [card for card in (tmp_path / "cache" / "passes").glob("*/model/modelpress_model.json")]
+    task = json.loads(entry.read_text())["task"]
+    assert task["text_template"] == raw["data_configs"][0]["pre_process_data_config"]["text_template"]
+    assert task["add_bos"] is True and task["data_config"] == "tone"
 
 
 def test_a_hub_snapshot_is_keyed_by_the_files_modelpress_fetches_and_reads(tmp_path):

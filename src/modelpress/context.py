@@ -71,6 +71,18 @@ class DataPlan:
         for name, commit in revisions.items():
             self.config.data_configs[name] = self.config.data_configs[name].model_copy(update={"revision": commit})
 
+    def prompt_recipe(self, name: str) -> dict:
+        """How data config `name` turns a row into a prompt, for a model card: its text template, BOS, columns,
+        and for chat data the exact template and turns, so that `generate` and `evaluate` build the same prompt."""
+        data = self.data_config(name)
+        recipe = {"text_template": data.text_template, "add_bos": data.add_special_tokens, "data_config": data.name,
+                  "label_col": data.label_col, "text_cols": data.text_cols}
+        chat = self.chat_format(name)
+        if chat:
+            recipe["chat"] = {**chat.to_json(), "columns": data.chat_columns, "message_col": data.message_col,
+                              "system_prompt": data.system_prompt}
+        return recipe
+
     def chat_format(self, name: str) -> ChatFormat | None:
         """The chat template data config `name` renders rows with (None for text templates)."""
         config = self.data_config(name)

@@ -274,16 +274,7 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
     or quantizes) the one the evaluation reads."""
     trained = next((p.params.train_data_config for p in config.passes if CATALOG[p.type].trains()), None)
     name = trained or config.evaluation.data_config or next(iter(config.data_configs), None)
-    if name is None:
-        return {}
-    data = plan.data_config(name)
-    card = {"text_template": data.text_template, "add_bos": data.add_special_tokens,
-            "data_config": data.name, "label_col": data.label_col, "text_cols": data.text_cols}
-    chat = plan.chat_format(data.name)
-    if chat:  # the exact template and turns the model was trained with, so prompts are built the same way
-        card["chat"] = {**chat.to_json(), "columns": data.chat_columns, "message_col": data.message_col,
-                        "system_prompt": data.system_prompt}
-    return card
+    return plan.prompt_recipe(name) if name else {}
 
 
 # The evaluation procedure's version, part of every evaluation's cache key: bump it when

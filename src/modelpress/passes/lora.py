@@ -77,7 +77,9 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
                      f"train loss {result.training_loss:.4f}"
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
-    task = {**ctx.model.task, "task": ctx.task, **({"labels": labels} if labels else {})}
+    # the prompt recipe travels with the adapter and every model made from it (cache entries included)
+    task = {**ctx.model.task, **ctx.data.prompt_recipe(params.train_data_config), "task": ctx.task,
+            **({"labels": labels} if labels else {})}
     if labels:  # a classifier reads its inputs as it was trained on them
         data = ctx.data.data_config(params.train_data_config)
         task.update(max_seq_len=data.max_seq_len, add_special_tokens=data.add_special_tokens)
