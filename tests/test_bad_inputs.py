@@ -70,6 +70,12 @@ CASES = [
      "`hf download acme/no-such-model`"),
     ("token-in-config", lambda r, w: r["input_model"].update(load_kwargs={"token": "hf_secret"}),
      "an access token does not belong in a config file"),
+    ("token-in-builder-options", lambda r, w: r["passes"]["builder"].update(extra_options={"hf_token": "hf_" + "x" * 30}),
+     "passes.builder.extra_options.hf_token: an access token does not belong in a config file"),
+    ("remote-code-through-builder", lambda r, w: r["passes"]["builder"].update(extra_options={"hf_remote": True}),
+     "input_model.trust_remote_code is off"),
+    ("token-in-an-error-message", lambda r, w: r.update(systems={"r": {"type": "Ray", "config": {
+        "env_vars": ["HF_TOKEN=hf_" + "x" * 30]}}}), "found a list (not shown: it may hold a secret)"),
     ("not-a-data-source", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="a b"),
      "neither a file format nor a Hub dataset id"),
     ("chat-without-assistant-turn", lambda r, w: _pre(r).update(text_template=None, chat_template=True,
@@ -95,6 +101,10 @@ CASES = [
      "has no tokenizer files"),
     ("missing-data-file", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_files=["nope.json"]),
      "file not found"),
+    ("input-model-is-the-output-model", lambda r, w: r["input_model"].update(model_path="runs/demo/model"),
+     "which the run replaces with its final model"),
+    ("output-model-folder-not-ours", lambda r, w: (w / "runs" / "demo" / "model" / "modelpress_model.json").unlink(),
+     "was not written by modelpress"),
     ("output-inside-model", lambda r, w: r.update(output_dir="models/tiny-phi3/out"), "inside the input model folder"),
     ("unwritable-cache", lambda r, w: r.update(cache_dir=str(_data_file(w, "x", "a-file") / "cache")),
      "Choose a writable cache_dir"),
@@ -124,6 +134,7 @@ def workspace(tmp_path, tiny_model, monkeypatch):
     earlier = work / "runs" / "demo" / "model"
     earlier.mkdir(parents=True)
     (earlier / "weights").write_text("an earlier run's model")
+    (earlier / "modelpress_model.json").write_text(json.dumps({"kind": "hf", "id": "earlier"}))
 
     def no_model_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the mistake was reported")
@@ -144,7 +155,7 @@ def test_bad_input_is_one_clear_error_and_nothing_is_lost(workspace, capsys, mut
     err = capsys.readouterr().err
     assert code in (1, 2), err
     assert expected in err, err
-    assert "Traceback" not in err and err.count("error:") == 1
+    assert "Traceback" not in err and err.count("error:") == 1 and "x" * 30 not in err  # no token printed
     assert (workspace / "runs" / "demo" / "model" / "weights").read_text() == "an earlier run's model"
     assert not list((workspace / "runs" / "demo").glob("*.json"))  # no metrics or history that look complete
 

@@ -69,7 +69,7 @@ def test_ray_system_keys_resolve_and_env_var_values_are_not_saved(tmp_path):
     assert config.ray_system("cluster")[0] == "cluster" and config.ray_system("here") is None
     assert config.passes[1].host == "here" and config.engine.host == "cluster"
     resolved = json.dumps(config.resolved())
-    assert "hf_SECRET123" not in resolved and '"HF_TOKEN": "(set)"' in resolved
+    assert "hf_SECRET123" not in resolved and '"HF_TOKEN": "(set, not shown)"' in resolved
     assert str(TONE_DATA)  # the data the workflow names
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,6 +56,29 @@ def test_atomic_dir_leaves_the_old_folder_on_failure(tmp_path):
         raise RuntimeError("crash")
     assert (target / "f").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_puts_the_old_folder_back_when_interrupted_between_its_renames(tmp_path, monkeypatch):
+    import os
+
+    import modelpress.fsutil as fsutil
+
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "f").write_text("old")
+    renames = []
+
+    def rename(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:  # the new folder's rename: Ctrl-C arrives here
+            raise KeyboardInterrupt
+        os.rename(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "f").write_text("new")
+    monkeypatch.undo()
+    assert (target / "f").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_damaged_cache_entry_is_never_reused(tmp_path):
@@ -303,3 +327,58 @@ def test_passes_that_calibrate_on_wikitext_are_known_before_the_run_goes_offline
         return uses_default_calibration(config.passes[0])
 
     assert [name for name in passes if uses(name)] == ["mixed", "gptq"]
+
+
+def test_secrets_are_redacted_wherever_they_sit_in_what_modelpress_writes(tiny_model, tmp_path):
+    from modelpress.config import load_config
+    from modelpress.redact import SHOWN, redact
+
+    token = "hf_" + "A1b2" * 8
+    assert redact({"hf_token": token, "use_auth_token": True, "bos_token": "<s>", "args": [f"--token={token}"],
+                   "nested": {"password": "pw", "max_new_tokens": 8}}) == {
+        "hf_token": SHOWN, "use_auth_token": True, "bos_token": "<s>", "args": [f"--token={SHOWN}"],
+        "nested": {"password": SHOWN, "max_new_tokens": 8}}
+    metric = {"name": "c", "type": "custom", "sub_types": [{"name": "x", "higher_is_better": True}],
+              "user_config": {"user_script": str(tmp_path / "m.py"), "evaluate_func": "f",
+                              "evaluate_func_kwargs": {"api_key": "sk-123", "note": f"uses {token}"}}}
+    (tmp_path / "m.py").write_text("def f(model, data, **kwargs):\n    return {'x': 1.0}\n")
+    raw = tone_workflow(tiny_model, {}, evaluators={"e": {"metrics": [metric]}}, evaluator="e")
+    resolved = json.dumps(load_config(write_config(tmp_path / "w.json", raw)).resolved())
+    assert token not in resolved and "sk-123" not in resolved and SHOWN in resolved
+
+
+def test_a_report_that_fails_to_render_leaves_the_earlier_outputs_whole(tiny_model, tmp_path, monkeypatch):
+    """Every output file is made before any is written: no new model beside an old report and old metrics."""
+    import modelpress.engine as engine
+    from modelpress.config import load_config
+    from modelpress.models import MODEL_CARD, ModelRef
+
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / MODEL_CARD).write_text(json.dumps({"kind": "hf", "id": "earlier"}))
+    (out / "metrics.json").write_text('{"earlier": true}')
+    config = load_config(write_config(tmp_path / "w.json", tone_workflow(tiny_model, {}, output_dir=str(out))))
+
+    def broken(*args):
+        raise RuntimeError("the report cannot be drawn")
+
+    monkeypatch.setattr(engine, "build_html", broken)
+    with pytest.raises(RuntimeError):
+        engine.write_outputs(config, ModelRef("hf", tiny_model, id="new"), {}, [], {"models": {}})
+    assert json.loads((out / "model" / MODEL_CARD).read_text())["id"] == "earlier"
+    assert json.loads((out / "metrics.json").read_text()) == {"earlier": True}
+
+
+def test_clean_cache_empties_only_a_folder_modelpress_made(tmp_path):
+    from modelpress.errors import ModelpressError
+
+    own = tmp_path / "project"
+    (own / "passes" / "notes").mkdir(parents=True)  # the user's own folder named passes, in cache_dir "."
+    with pytest.raises(ModelpressError, match="not a modelpress cache"):
+        PassCache(own).prepare(clean=True)
+    assert (own / "passes" / "notes").is_dir()
+    cache = PassCache(tmp_path / "cache")
+    cache.prepare()
+    (cache.passes / "old-entry").mkdir()
+    cache.prepare(clean=True)
+    assert list(cache.passes.iterdir()) == []

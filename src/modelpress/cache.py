@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, read_json
 from modelpress.models import ModelRef
 
@@ -101,10 +102,14 @@ class PassCache:
             yield
 
     def prepare(self, clean: bool = False) -> None:
-        if clean:
+        if clean:  # only a folder modelpress made (its locks/ is there from the first run on) is emptied
+            if not self.locks.is_dir() and any(f.is_dir() and any(f.iterdir()) for f in (self.passes, self.evals)):
+                raise ModelpressError(f"clean_cache: {self.root} holds passes/ or evals/ folders that are not a "
+                                      "modelpress cache (it has no locks/ folder), so they are not deleted. Choose "
+                                      "another cache_dir, or remove them yourself.")
             shutil.rmtree(self.passes, ignore_errors=True)
             shutil.rmtree(self.evals, ignore_errors=True)
-        for folder in (self.passes, self.evals):
+        for folder in (self.passes, self.evals, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
         probe = self.root / f".write-test-{os.getpid()}"
         probe.write_text("ok")

@@ -18,8 +18,8 @@ from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig
 from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import atomic_dir, atomic_write_json, read_json
-from modelpress.html_report import write_report
+from modelpress.fsutil import atomic_dir, atomic_write_text, json_text, read_json
+from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
@@ -351,8 +351,14 @@ def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
 def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, history: list[dict],
                   metrics: dict) -> None:
     """The output folder: the final model (unless a search found none that meets the goals), the resolved
-    config, the metrics, the run history and the HTML report; each file replaced atomically."""
+    config, the metrics, the run history and the HTML report; each file replaced atomically, and all of them
+    made before any is written, so that a failure to make one leaves the earlier run's set whole."""
     out = config.engine.output_dir
+    resolved = config.resolved()
+    files = {"config.resolved.json": resolved, "run_history.json": {"modelpress": __version__, "steps": history},
+             "metrics.json": metrics}
+    texts = {name: json_text(value) for name, value in files.items()}
+    texts[REPORT] = build_html(metrics, history, resolved)
     target = out / "model"
     card = target / MODEL_CARD
     current = read_json(card).get("id") if card.is_file() else None
@@ -363,10 +369,7 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
         with atomic_dir(target) as tmp:
             shutil.copytree(final.path, tmp, dirs_exist_ok=True)
             ModelRef(final.kind, tmp, final.id, final.base, {**final.task, **task}).save(tmp)
-    resolved = config.resolved()
-    atomic_write_json(out / "config.resolved.json", resolved)
-    atomic_write_json(out / "run_history.json", {"modelpress": __version__, "steps": history})
-    atomic_write_json(out / "metrics.json", metrics)
-    write_report(out, metrics, history, resolved)
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
     if final is not None and final.kind == HF_ADAPTER:
         log.info("the final model is an adapter; its base stays at %s", final.base)

@@ -41,7 +41,11 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         if target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(target, old)
-            os.rename(tmp, target)
+            try:
+                os.rename(tmp, target)
+            except BaseException:  # Ctrl-C or an error between the two renames: the old folder goes back
+                os.rename(old, target)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)
@@ -73,9 +77,14 @@ def _umask() -> int:
     return mask
 
 
+def json_text(data: Any) -> str:
+    """`data` as the indented JSON modelpress writes."""
+    return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(path, json_text(data))
 
 
 def read_json(path: Path) -> Any:

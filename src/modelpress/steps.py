@@ -15,6 +15,7 @@ from modelpress.config.schema import PassConfig
 from modelpress.context import DataPlan, PassContext
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import CATALOG
+from modelpress.redact import redact
 
 log = logging.getLogger("modelpress")
 
@@ -54,7 +55,7 @@ def run_pass_here(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan
     run = CATALOG[p.type].runner()
     log.info("pass %s (%s): running", p.name, p.type)
     started = time.perf_counter()
-    meta = {"pass": p.name, "type": p.type, "params": p.params.model_dump(mode="json"), "input": ref.id}
+    meta = {"pass": p.name, "type": p.type, "params": redact(p.params.model_dump(mode="json")), "input": ref.id}
     with PeakRSS() as memory, cache.write(key) as out:
         ctx = PassContext(ref, out, config.input_model, ep, plan, show_progress, work_dir=cache.work / key)
         result = run(ctx, p.params)

@@ -19,7 +19,9 @@ from modelpress.config.schema import (
     SystemConfig,
 )
 from modelpress.config.templates import completion_field
+from modelpress.models import MODEL_CARD
 from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, data_refs
+from modelpress.redact import is_secret_key
 
 
 def check_workflow(model: InputModelConfig, data: dict[str, DataConfig], passes: list[PassConfig],
@@ -107,6 +109,19 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
         if p.params.precision not in BUILDER_PRECISIONS[ep]:
             c.add(f"passes.{p.name}.precision", f"{p.params.precision} cannot run on the {ep} execution provider",
                   f"Allowed on {ep}: {', '.join(BUILDER_PRECISIONS[ep])}.")
+        _check_builder_options(p, model, c)
+
+
+def _check_builder_options(p: PassConfig, model: InputModelConfig, c: Collector) -> None:
+    """The genai builder's own options that carry a token or run the model's code: as safe as the rest."""
+    extra = p.params.extra_options or {}
+    for key in [k for k, v in extra.items() if is_secret_key(k) and str(v).lower() not in ("false", "true", "none")]:
+        c.add(f"passes.{p.name}.extra_options.{key}", "an access token does not belong in a config file (configs "
+              "are saved next to outputs and shared)", "Remove it; set HF_TOKEN or run `hf auth login` instead.")
+    if str(extra.get("hf_remote", False)).lower() not in ("false", "0", "none") and not model.trust_remote_code:
+        c.add(f"passes.{p.name}.extra_options.hf_remote", "makes the builder run the model's own Python code, and "
+              "input_model.trust_remote_code is off", "Set input_model.trust_remote_code: true if you trust that "
+              "code, or remove hf_remote.")
 
 
 SPLIT_PARAMS = ("train_data_config", "eval_data_config", "eval_dataset_size")  # and training_args.data_seed
@@ -200,9 +215,18 @@ def _check_pass_ref(name: str, passes: list[PassConfig], path: str, lead: str, c
 
 
 def _check_output_dirs(model: InputModelConfig, engine: EngineConfig, c: Collector) -> None:
+    """No output may land in the input model, nor replace it or a folder modelpress did not write."""
+    replaced = engine.output_dir.resolve() / "model"  # the run replaces this folder with its final model
+    if replaced.is_dir() and not (replaced / MODEL_CARD).is_file():
+        c.add("output_dir", f"{replaced} exists and was not written by modelpress (it has no {MODEL_CARD}); a run "
+              "replaces that folder with its final model", "Move it, or choose another output_dir.")
     if model.model_path is None:  # a Hub snapshot lives in the Hugging Face cache
         return
     source = model.model_path.resolve()
+    if source == replaced or replaced in source.parents:
+        c.add("output_dir", f"the input model {source} is in {replaced}, which the run replaces with its final "
+              "model", "Copy the earlier run's model elsewhere and point model_path there, or choose another "
+              "output_dir.")
     for key in ("output_dir", "cache_dir"):
         target = getattr(engine, key).resolve()
         if target == source or source in target.parents:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ValidationError
 
 from modelpress.errors import Problem
+from modelpress.redact import is_secret_key, looks_secret
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str | None:
@@ -110,6 +111,8 @@ def _problem_from(model: type[BaseModel], error: dict, loc: list[str], prefix: s
     full = ".".join([prefix, *loc]) if prefix else ".".join(loc)
     kind = error["type"]
     found = error.get("input")
+    if "env_vars" in loc or any(is_secret_key(part) for part in loc) or looks_secret(found):
+        found = _Hidden(found)  # an error message must not print a token
     if kind == "extra_forbidden":
         parent = model
         for part in loc[:-1]:
@@ -144,3 +147,13 @@ def unwrap(raw: dict, key: str, path: str) -> tuple[dict, str]:
         rest = {k: v for k, v in raw.items() if k != key}
         return {**inner, **rest}, f"{path}.{key}"
     return raw, path
+
+
+class _Hidden:
+    """A wrong value that may hold a secret: its type is shown, not its text."""
+
+    def __init__(self, value):
+        self.kind = type(value).__name__
+
+    def __repr__(self) -> str:
+        return f"a {self.kind} (not shown: it may hold a secret)"

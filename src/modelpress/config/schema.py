@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from modelpress.passes.catalog import Strict
 from modelpress.passes.spec_base import output_neutral
+from modelpress.redact import SHOWN, redact
 
 ExecutionProvider = Literal["cpu", "cuda", "dml"]
 
@@ -381,8 +382,8 @@ class WorkflowConfig(Strict):
         data["passes"] = [_pass_json(p) for p in self.passes]
         for system in data["systems"].values():  # env_vars may hold tokens: names only
             if system.get("ray"):
-                system["ray"]["env_vars"] = {k: "(set)" for k in system["ray"]["env_vars"]}
-        return data
+                system["ray"]["env_vars"] = {k: SHOWN for k in system["ray"]["env_vars"]}
+        return redact(data)  # a token under any other key (a pass's extra_options, a metric's kwargs)
 
     def ray_system(self, name: str | None) -> tuple[str, RaySystemConfig] | None:
         """(name, config) when `name` is a Ray system; None for this machine."""
