@@ -108,7 +108,8 @@ CASES = [
     ("output-inside-model", lambda r, w: r.update(output_dir="models/tiny-phi3/out"), "inside the input model folder"),
     ("unwritable-cache", lambda r, w: r.update(cache_dir=str(_data_file(w, "x", "a-file") / "cache")),
      "Choose a writable cache_dir"),
-    ("empty-dataset", lambda r, w: _set_data(r, w, ""), "bad.json"),
+    ("empty-dataset", lambda r, w: _set_data(r, w, ""), "bad.json is empty: it holds no rows"),
+    ("blank-dataset", lambda r, w: _set_data(r, w, "\n  \n"), "bad.json is empty: it holds no rows"),
     ("missing-column", lambda r, w: _pre(r).update(text_template="### Text: {text}\n{tone}"),
      "names column(s) ['text']"),
     ("null-value", lambda r, w: _set_data(r, w, '{"phrase": "a", "tone": "joy"}\n{"phrase": null, "tone": "joy"}\n'),
@@ -175,6 +176,9 @@ def test_malformed_config_files(tmp_path, capsys, text, expected):
 def test_missing_config_file(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "nope.json")]) == 2
     assert "config file not found" in capsys.readouterr().err
+    (tmp_path / "demo.json").write_text("{}")
+    assert main(["validate", str(tmp_path)]) == 2
+    assert "is a folder, not a config file. Name the file in it: demo.json" in capsys.readouterr().err
 
 
 def test_verbose_shows_the_traceback_for_runtime_errors(workspace, capsys):

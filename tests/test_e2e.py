@@ -119,12 +119,22 @@ def test_olive_013_config_runs_as_written(tmp_path, tiny_model):
 
 
 def test_finetune_and_export_shortcuts_only_build_a_config(tmp_path, tiny_model):
+    (tmp_path / "rows.jsonl").write_text('{"q": "hi", "a": "joy"}\n')
+    # as a shell passes it: a backslash and an n, which the template reads as a newline
     proc = run_cli("finetune", "--model", str(tiny_model), "--data", "rows.jsonl",
-                   "--template", "{q}\n{a}", "--merge", "--dry-run")
+                   "--template", "Q: {q}\\nA: {a}", "--merge", "--dry-run", cwd=tmp_path)
     config = json.loads(proc.stdout)
     assert [p["type"] for p in config["passes"].values()] == ["LoRA", "MergeAdapterWeights"]
+    assert config["data_configs"][0]["pre_process_data_config"]["text_template"] == "Q: {q}\nA: {a}"
+    assert config["passes"]["lora"]["target_modules"] == "all-linear"  # Phi-3 has no peft default
     proc = run_cli("export", "--model", str(tiny_model), "--precision", "int8", "--dry-run")
     assert json.loads(proc.stdout)["passes"]["builder"]["precision"] == "int8"
+    # a config that will not validate is still printed, with its problems, and exits 2
+    proc = run_cli("export", "--model", str(tiny_model), "--precision", "bf16", "--dry-run", check=False)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["passes"]["builder"]["precision"] == "bf16"
+    assert "passes.builder.precision: bf16 cannot run on the cpu" in proc.stderr
+    proc = run_cli("optimize", "--model", str(tiny_model), "--precision", "fp16", check=False)
+    assert proc.returncode == 2 and "--precision: the CPU builds fp32, int8 or int4" in proc.stderr
 
 
 MINILM_DATA = ["--data", str(ROOT / "examples" / "minilm-tone" / "data" / "other-style.jsonl"),

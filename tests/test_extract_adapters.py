@@ -147,6 +147,25 @@ def test_modelpress_generate_picks_the_folders_adapter_or_none(built):
     assert base == "".join(generate(built[0].path, prompt, 6, raw=True))
 
 
+def test_modelpress_generate_names_a_prompt_past_the_context_and_a_file_that_is_no_adapter(built, tmp_path):
+    import json
+
+    from modelpress.generate import generate
+
+    folder = built[0].path
+    context = json.loads((folder / "genai_config.json").read_text())["model"]["context_length"]
+    with pytest.raises(ModelpressError, match=f"the model reads at most {context}: shorten it"):
+        list(generate(folder, "hello " * context, 4, raw=True))
+    from transformers import AutoTokenizer
+
+    per_word = len(AutoTokenizer.from_pretrained(folder)("hello " * 100, add_special_tokens=False)["input_ids"]) / 100
+    near_the_end = "hello " * int((context - 16) / per_word)  # room for fewer tokens than asked: stops at the context
+    assert len("".join(generate(folder, near_the_end, 64, raw=True))) > 0
+    (tmp_path / "junk.onnx_adapter").write_bytes(b"not an adapter")
+    with pytest.raises(ModelpressError, match="cannot be loaded as an adapter of this model"):
+        list(generate(folder, "hello", 4, raw=True, adapter=tmp_path / "junk.onnx_adapter"))
+
+
 @pytest.mark.e2e
 def test_olive_lora_adapter_recipe_runs_as_written(tiny_model, tmp_path):
     """tests/olive_configs/lora-adapters.json (Olive's qlora/dora recipe chain): LoRA -> ModelBuilder ->

@@ -158,3 +158,12 @@ def test_report_lists_each_models_wrong_answers_with_the_rows_own_text():
     assert "<td>data.json row 7</td><td>fear</td><td>sadness</td><td>A &lt;b&gt;noise&lt;/b&gt;</td>" in section
     assert "Every prompt: <code>&#x27;&lt;s&gt;user\\n&#x27;</code> + the text shown + <code>&#x27;.&lt;/s&gt;&#x27;" in section
     assert "Wrong answers" not in build_html(METRICS, STEPS, {})  # nothing kept: no section
+
+
+def test_report_from_a_damaged_metrics_file_is_one_clear_error(tmp_path):
+    from modelpress.errors import ModelpressError
+    from modelpress.html_report import render_report
+
+    (tmp_path / "metrics.json").write_text('{"models": {"final": ')  # cut short
+    with pytest.raises(ModelpressError, match="metrics.json is not valid JSON"):
+        render_report(tmp_path)

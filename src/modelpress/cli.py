@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from modelpress.cli_args import positive_int, template_text
+
 log = logging.getLogger("modelpress")
 
 EXIT_CONFIG = 2
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
     except OSError as err:
         from modelpress.errors import is_disk_full
 
+        if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)) and not args.verbose:
+            print(f"error: {err.strerror}: {err.filename or 'a path modelpress was given'}. Check the path and its "
+                  "permissions (--verbose shows where it was met).", file=sys.stderr)
+            return EXIT_FAILURE
         if not is_disk_full(err):
             raise
         if args.verbose:
@@ -87,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text with a model folder modelpress produced")
     p.add_argument("model_dir")
     p.add_argument("--prompt", "-p", required=True, help="text; wrapped in the training template unless --raw")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the training template")
     p.add_argument("--adapter", help="an adapter file for this model (ExtractAdapters output; default: the "
                    "folder's own), or 'none' for the base model")
@@ -96,9 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="measure a model folder modelpress produced on a new data file")
     p.add_argument("model_dir")
     p.add_argument("--data", required=True, nargs="+", help="JSON, JSONL, CSV or Parquet files")
-    p.add_argument("--template", help="text template (default: the one saved beside the model)")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--max-examples", type=int)
+    p.add_argument("--template", type=template_text,
+                   help="text template (default: the one saved beside the model); \\n and \\t are a newline and a tab")
+    p.add_argument("--max-new-tokens", type=positive_int, default=8)
+    p.add_argument("--max-examples", type=positive_int)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (no bars unless --progress)")
     add_progress_flag(p)
     p.set_defaults(handler=cmd_evaluate)
@@ -250,6 +257,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_create_tiny_model(args) -> int:
+    if not wants_bars(None):
+        from modelpress.runtime import quiet_library_bars
+
+        quiet_library_bars()  # transformers' "Writing model shards" bar, in a log
     from modelpress.tiny import create_tiny_model
 
     corpus = [Path(p) for p in args.corpus] if args.corpus else None

@@ -90,9 +90,9 @@ def load_rows(config: DataConfig, cache_dir: Path | None = None,
                                     "them.") from None
                 raise DataError(f"{path}: no split {config.split!r}; local files have only 'train'. "
                                 "Set split to 'train'.") from None
-            raise DataError(_unreadable(path, config.format, err)) from None
+            raise DataError(_unreadable(path, config.format, err, hub_folder is None)) from None
         except Exception as err:  # datasets and pyarrow wrap parser errors in many types
-            raise DataError(_unreadable(path, config.format, err)) from None
+            raise DataError(_unreadable(path, config.format, err, hub_folder is None)) from None
     if not rows:
         raise DataError(f"data config {config.name!r}: the files hold no rows ({', '.join(map(str, config.data_files))})")
     return rows
@@ -109,7 +109,15 @@ def _load_table(config: DataConfig, path: Path, hub: bool, cache_dir: Path | Non
     return datasets.load_dataset(config.format, data_files=[str(path)], split=config.split, cache_dir=cache)
 
 
-def _unreadable(path: Path, fmt: str, err: Exception) -> str:
+def _unreadable(path: Path, fmt: str, err: Exception, local: bool = True) -> str:
+    path = Path(path)
+    if local:  # not a Hub dataset's snapshot folder
+        if not path.exists():
+            return f"{path}: no such file. Check the path (relative paths start from the config's folder)."
+        if path.is_dir():
+            return f"{path} is a folder; name the data files in it."
+        if path.stat().st_size < 1 << 16 and not path.read_bytes().strip():
+            return f"{path} is empty: it holds no rows."
     text = str(err).strip()
     detail = text.splitlines()[0][:300] if text else "no details"
     if isinstance(err, UnicodeDecodeError):

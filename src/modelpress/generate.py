@@ -90,6 +90,11 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     bos = trained_bos(model_dir, lambda piece: list(tokenizer.encode(piece)), tokenizer.bos_token_id)
     if (card.get("task") or {}).get("add_bos") and bos is not None:
         ids = [bos] + ids
+    context = (read_json(model_dir / "genai_config.json").get("model") or {}).get("context_length")
+    if context and len(ids) >= context:
+        raise ModelpressError(f"the prompt is {len(ids)} tokens and the model reads at most {context}: shorten it.")
+    if context and len(ids) + max_new_tokens > context:
+        max_new_tokens = context - len(ids)  # the model's context bounds the answer, as a chat app would
     params = og.GeneratorParams(model)
     # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
     # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.

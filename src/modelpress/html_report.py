@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_text, read_json
 from modelpress.report import EXTRA_HEADERS, confusion_table, extra_data_rows, miss_rows
 
@@ -48,7 +49,11 @@ def render_report(output_dir: Path) -> Path:
     parts = {}
     for name in ("metrics.json", "run_history.json", "config.resolved.json"):
         path = output_dir / name
-        parts[name] = read_json(path) if path.is_file() else {}
+        try:
+            parts[name] = read_json(path) if path.is_file() else {}
+        except ValueError as err:  # a file cut short or edited by hand
+            raise ModelpressError(f"{path} is not valid JSON ({err}); the report cannot be drawn from it. "
+                                  "Run the workflow again to write it anew.") from None
     return write_report(output_dir, parts["metrics.json"], parts["run_history.json"].get("steps", []),
                         parts["config.resolved.json"])
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelpress.errors import ModelpressError
+
 ADAPTER_FILES = {"onnx_adapter": "adapter_weights.onnx_adapter", "numpy": "adapter_weights.npz",
                  "safetensors": "adapter_weights.safetensors"}
 
@@ -78,5 +80,9 @@ def genai_adapters(og, model, path: Path | None, scratch: Path):
     if path is None:
         return None
     adapters = og.Adapters(model)
-    adapters.load(str(as_onnx_adapter(Path(path), scratch)), "active")
+    try:
+        adapters.load(str(as_onnx_adapter(Path(path), scratch)), "active")
+    except Exception as err:  # onnxruntime's own error types (a file that is no adapter, one for another model)
+        raise ModelpressError(f"{path} cannot be loaded as an adapter of this model: {str(err).strip()[:300]}. Give "
+                              "an adapter_weights.* file that ExtractAdapters wrote for it.") from None
     return adapters

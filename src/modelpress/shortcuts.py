@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from modelpress.cli import add_progress_flag, run_config, wants_bars  # cli imports this module only inside a function
+from modelpress.cli_args import positive_int, template_text
+from modelpress.errors import ConfigError, Problem
 
 
 def add_shortcuts(sub) -> None:
     p = sub.add_parser("finetune", help="LoRA/QLoRA fine-tune a model folder on a data file (builds a config)")
     p.add_argument("--model", required=True, help="Hugging Face model folder")
     p.add_argument("--data", required=True, nargs="+", help="JSON, JSONL, CSV or Parquet files")
-    p.add_argument("--template", required=True, help="text template, e.g. '### Text: {phrase}\\n### Tone:\\n{tone}'")
+    p.add_argument("--template", required=True, type=template_text,
+                   help="text template, e.g. '### Text: {phrase}\\n### Tone:\\n{tone}' (\\n and \\t are a newline and a tab)")
+    p.add_argument("--target-modules", nargs="+", default=["all-linear"],
+                   help="module names to adapt (default: all-linear, every linear layer but the output head)")
     p.add_argument("--method", choices=("LoRA", "QLoRA"), default="LoRA")
-    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--max-steps", type=positive_int, default=300)
     p.add_argument("--learning-rate", type=float, default=2e-3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-seq-len", type=positive_int, default=256)
     p.add_argument("--strategy", choices=("line-by-line", "join", "join-sliding-window"), default="line-by-line")
     p.add_argument("--loss-on", choices=("all", "completion"), default="completion")
     p.add_argument("--eval-fraction", type=float, default=0.2)
@@ -62,7 +68,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="Hugging Face model folder")
     p.add_argument("--task", choices=("text-generation", "text-classification"), default="text-generation")
     p.add_argument("--data", nargs="+", help="data files to evaluate on (and to calibrate static quantization)")
-    p.add_argument("--template", help="text template over the data's columns")
+    p.add_argument("--template", type=template_text, help="text template over the data's columns (\\n: a newline)")
     p.add_argument("--label-col", help="text-classification: the label column")
 
 
@@ -82,7 +88,9 @@ def finetune_config(args) -> dict:
             "pre_process_data_config": {"text_template": args.template, "strategy": args.strategy,
                                         "max_seq_len": args.max_seq_len, "pad_to_max_len": False,
                                         "loss_on": args.loss_on}}
+    targets = "all-linear" if args.target_modules == ["all-linear"] else args.target_modules
     passes = {"lora": {"type": args.method, "train_data_config": "train", "eval_dataset_size": args.eval_fraction,
+                       "target_modules": targets,
                        "training_args": {"max_steps": args.max_steps, "learning_rate": args.learning_rate,
                                          "per_device_train_batch_size": args.batch_size}}}
     if args.merge:
@@ -116,11 +124,11 @@ def _quantizer(precision: str, method: str, block_size: int, has_data: bool) -> 
     if method == "auto":
         method = "rtn" if precision == "int4" else "dynamic"
     if precision == "int4" and method not in ("rtn", "hqq"):
-        raise SystemExit(f"error: --method {method} gives int8; for int4 use rtn or hqq")
+        raise _usage("--method", f"{method} gives int8", "For int4 use rtn or hqq.")
     if precision == "int8" and method not in ("dynamic", "static"):
-        raise SystemExit(f"error: --method {method} gives int4; for int8 use dynamic or static")
+        raise _usage("--method", f"{method} gives int4", "For int8 use dynamic or static.")
     if method == "static" and not has_data:
-        raise SystemExit("error: --method static calibrates on data: pass --data (and --template)")
+        raise _usage("--method", "static calibrates on data", "Pass --data (and --template).")
     return {"rtn": {"type": "OnnxBlockWiseRtnQuantization", "block_size": block_size},
             "hqq": {"type": "OnnxHqqQuantization", "block_size": block_size},
             "dynamic": {"type": "OnnxDynamicQuantization", "per_channel": True},
@@ -144,11 +152,11 @@ def optimize_config(args) -> dict:
     data = _eval_data(args)
     ep = "cuda" if args.device == "gpu" else "cpu"
     if args.search and not data:
-        raise SystemExit("error: --search compares accuracy: pass --data (and --template or --label-col)")
+        raise _usage("--search", "compares accuracy on data", "Pass --data (and --template or --label-col).")
     if args.task == "text-generation":
         precisions = ["int4", "int8"] if args.search else [args.precision]
         if ep == "cpu" and "fp16" in precisions:
-            raise SystemExit("error: the CPU builds fp32, int8 or int4; use --device gpu for fp16")
+            raise _usage("--precision", "the CPU builds fp32, int8 or int4", "Use --device gpu for fp16.")
         passes = {"builder": {"type": "ModelBuilder", "precision": precisions if args.search else precisions[0],
                               "execution_provider": ep}}
     else:
@@ -205,14 +213,28 @@ def _abs(paths):
     return str(Path(paths).resolve())
 
 
+def _usage(flag: str, message: str, hint: str) -> ConfigError:
+    """A mistake in the command's flags: exit 2, as a config mistake."""
+    return ConfigError([Problem(flag, message, hint)])
+
+
 def _run(args, config: dict) -> int:
-    if args.dry_run:
-        print(json.dumps(config, indent=2))
-        return 0
+    """Print the config the flags made (--dry-run: also when it does not validate yet, with its problems, which
+    name config keys, and exit 2), or validate and run it."""
     from modelpress.config import normalize
 
-    return run_config(normalize(config, base_dir=Path.cwd()), show_progress=wants_bars(args.progress),
-                      own_process=args.own_process)
+    if args.dry_run:
+        print(json.dumps(config, indent=2))
+    try:
+        validated = normalize(config, base_dir=Path.cwd())
+    except ConfigError as err:
+        if not args.dry_run:
+            raise
+        print(f"error: the config above does not validate yet: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return 0
+    return run_config(validated, show_progress=wants_bars(args.progress), own_process=args.own_process)
 
 
 def cmd_finetune(args) -> int:

@@ -42,6 +42,10 @@ TOP_KEYS = ("$schema", "input_model", "systems", "data_configs", "passes", "engi
 def read_config_file(path: str | Path) -> Any:
     """Parse a JSON or YAML file; syntax errors name the line and column."""
     path = Path(path)
+    if path.is_dir():
+        configs = sorted(p.name for p in path.glob("*") if p.suffix in (".json", ".yaml", ".yml"))
+        raise ConfigError([Problem(str(path), "is a folder, not a config file",
+                                   f"Name the file in it{': ' + ', '.join(configs[:5]) if configs else ''}.")])
     if not path.is_file():
         raise ConfigError([Problem(str(path), "config file not found", "Check the path given to --config.")])
     try:

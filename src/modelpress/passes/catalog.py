@@ -86,8 +86,9 @@ class LoRAParams(Strict):
         32, gt=0, validation_alias=AliasChoices("alpha", "lora_alpha"), description="LoRA scaling alpha."
     )
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] | None = Field(
-        None, description="Module names to adapt; default: peft's choice for the architecture."
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None, description="Module names to adapt, or 'all-linear' (every linear layer but the output head); "
+        "default: peft's choice for the architecture."
     )
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved.")
     layers_to_transform: list[int] | None = Field(

@@ -141,8 +141,9 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
     except ValueError as err:
         if params.target_modules is None and "target_modules" in str(err):
             raise ModelpressError(f"peft has no default LoRA target modules for model type "
-                                  f"{model.config.model_type!r}: set target_modules in the pass, e.g. the attention "
-                                  "projections (Phi-3: qkv_proj, o_proj; Llama: q_proj, k_proj, v_proj, o_proj)") from None
+                                  f"{model.config.model_type!r}: set target_modules in the pass (--target-modules "
+                                  "for `modelpress finetune`), e.g. 'all-linear' or the attention projections "
+                                  "(Phi-3: qkv_proj, o_proj; Llama: q_proj, k_proj, v_proj, o_proj)") from None
         raise
 
 
@@ -175,7 +176,8 @@ def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None 
     """The peft config for this pass's adapter type (LoRA, DoRA, LoHa or LoKr)."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    common = {"r": params.r, "target_modules": params.target_modules, "modules_to_save": params.modules_to_save,
+    targets = "all-linear" if params.target_modules in ("all-linear", ["all-linear"]) else params.target_modules
+    common = {"r": params.r, "target_modules": targets, "modules_to_save": params.modules_to_save,
               "task_type": task_type, "layers_to_transform": layers}
     kind = getattr(params, "adapter_type", "lora")
     if kind == "loha":

@@ -48,9 +48,10 @@ class RaySystem:
             from modelpress.errors import MissingDependencyError
 
             raise MissingDependencyError("ray", "ray", f"The Ray system {self.name!r}") from None
-        from modelpress.runtime import THP_ENV
+        from modelpress.runtime import QUIET_BARS_ENV, THP_ENV
 
-        env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        # a task's stderr reaches the driver's log, never a terminal: the libraries' own bars stay off there
+        env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **dict.fromkeys(QUIET_BARS_ENV, "1")}
         if THP_ENV in os.environ:  # the command's huge-page tensors, in the workers of a cluster it did not start
             env[THP_ENV] = os.environ[THP_ENV]
         env.update(self.config.env_vars)

@@ -1,0 +1,21 @@
+"""argparse types the commands share: numbers above 0, and templates typed in a shell."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
+
+
+def template_text(text: str) -> str:
+    """A template typed in a shell: \\n and \\t as a newline and a tab, as a config file's JSON string reads them."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
