@@ -120,6 +120,10 @@ CASES = [
         r["data_configs"].append({"name": "eval", "load_dataset_config": {"data_name": "json", "data_files": [
             str(_data_file(w, '{"phrase": "a"}\n', "eval.json"))]}, "pre_process_data_config": {"text_template": TONE}}),
         r.update(evaluation={"data_config": "eval"})), "eval.json"),
+    ("label-column-not-the-answer", lambda r, w: (_pre(r).update(text_template=None, chat_template=True,
+                                                                 chat_columns={"user": "{phrase}", "assistant": "tone"}),
+                                                  r.update(evaluation={"label_column": "phrase"})),
+     "'phrase' is not what the model answers with"),
     ("label-column-not-generated", lambda r, w: r.update(evaluation={"label_column": "phrase"}),
      "'phrase' is not what the model answers with: data config 'tone' makes it generate column 'tone'"),
     ("eval-split-too-small", lambda r, w: _lora(r).update(eval_dataset_size=0.0001), "leaves no rows"),

@@ -101,13 +101,13 @@ def test_a_partial_snapshot_offline_is_an_error_naming_what_it_lacks(hub_cache, 
     files = folder_files(tiny_model)
     add_repo(hub_cache, "acme/partial", {k: v for k, v in files.items() if not k.endswith(".safetensors")}, "4" * 40)
     with pytest.raises(ModelpressError, match=r"input_model.model_path: model 'acme/partial' is in the local Hugging "
-                       r"Face cache .* without \*\.safetensors and HF_HUB_OFFLINE is set.*hf download acme/partial"):
+                       r"Face cache .* without model\*\.safetensors and HF_HUB_OFFLINE is set.*hf download acme/partial"):
         snapshot("acme/partial", None, "model", model_patterns(False, None), missing_model_files(None),
                  key="input_model.model_path")
     raw = tone_workflow(tmp_path, {})
     raw["input_model"] = {"type": "HfModel", "model_path": "acme/partial"}
     with pytest.raises(ConfigError, match=r"input_model.model_path.*'acme/partial' is in the local Hugging Face "
-                       r"cache without \*\.safetensors"):
+                       r"cache without model\*\.safetensors"):
         normalize(raw, base_dir=tmp_path)
     # a sharded model lacking one shard its index names
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
@@ -118,6 +118,11 @@ def test_a_partial_snapshot_offline_is_an_error_naming_what_it_lacks(hub_cache, 
     (shard / "model-00001-of-00002.safetensors").write_bytes(b"")
     assert missing_model_files(None)(shard) == ["model-00002-of-00002.safetensors"]
     assert missing_model_files("m.gguf")(shard) == ["m.gguf"]
+    only_consolidated = tmp_path / "mistral-like"  # another tool's snapshot: weights transformers does not load
+    only_consolidated.mkdir()
+    (only_consolidated / "config.json").write_text("{}")
+    (only_consolidated / "consolidated.safetensors").write_bytes(b"")
+    assert missing_model_files(None)(only_consolidated) == ["model*.safetensors"]
 
 
 def test_a_download_without_safetensors_weights_is_one_clear_error(hub_cache, tmp_path, monkeypatch):
@@ -136,7 +141,7 @@ def test_a_download_without_safetensors_weights_is_one_clear_error(hub_cache, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(hub, "_download", lambda *args: fetched)  # stands in for the network only
     with pytest.raises(ModelpressError, match=r"input_model.model_path: model 'acme/bin-only' was downloaded .* "
-                       r"lacks \*\.safetensors\. The repo has no safetensors weights: modelpress never loads pickled"):
+                       r"lacks model\*\.safetensors\. The repo has no safetensors weights: modelpress never loads pickled"):
         hub.snapshot("acme/bin-only", None, "model", hub.model_patterns(False, None), hub.missing_model_files(None),
                      key="input_model.model_path")
 

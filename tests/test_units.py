@@ -382,3 +382,28 @@ def test_clean_cache_empties_only_a_folder_modelpress_made(tmp_path):
     (cache.passes / "old-entry").mkdir()
     cache.prepare(clean=True)
     assert list(cache.passes.iterdir()) == []
+
+
+def test_a_run_that_trains_nothing_prompts_each_eval_set_as_its_own_data_config_says(tiny_model, tmp_path):
+    """A chat eval set writes its own BOS through the template; a text calibration set beside it asks for one."""
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan, EvalSet
+    from modelpress.engine import Session
+
+    raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder"}})
+    raw["data_configs"].append({"name": "chat", "load_dataset_config": raw["data_configs"][0]["load_dataset_config"],
+                                "pre_process_data_config": {"chat_template": "{% for m in messages %}{{ m['content'] }}"
+                                                            "{% endfor %}", "chat_columns": {"user": "phrase",
+                                                                                             "assistant": "tone"}}})
+    config = load_config(write_config(tmp_path / "w.json", raw))
+    session = SimpleNamespace(config=config, plan=DataPlan(config, tmp_path), task_card=lambda: {"add_bos": True})
+    chat = Session.prompting(session, EvalSet([], "all rows of data config 'chat'", "tone", "chat"))
+    assert chat["add_bos"] is False and chat["data_config"] == "chat" and "chat" in chat
+    assert Session.prompting(session, EvalSet([], "all rows", "tone", "tone"))["add_bos"] is True
+
+
+def test_a_template_typed_in_a_shell_reads_its_escapes_as_a_config_file_would():
+    from modelpress.cli_args import template_text
+
+    assert template_text(r"Q: {q}\nA:\t{a}") == "Q: {q}\nA:\t{a}"
+    assert template_text(r"path C:\\new, \alpha") == "path C:\\new, \\alpha"  # \\ is one backslash; others stay

@@ -28,6 +28,8 @@ from modelpress.models import ModelRef
 log = logging.getLogger("modelpress")
 CACHE_VERSION = 2  # bump when a pass gives different output for the same inputs
 
+CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
+
 
 def cache_key(*parts: Any) -> str:
     """A stable hash of JSON-serialisable parts."""
@@ -102,15 +104,17 @@ class PassCache:
             yield
 
     def prepare(self, clean: bool = False) -> None:
-        if clean:  # only a folder modelpress made (its locks/ is there from the first run on) is emptied
-            if not self.locks.is_dir() and any(f.is_dir() and any(f.iterdir()) for f in (self.passes, self.evals)):
+        if clean:  # only a folder modelpress made is emptied (its marker, or locks/ as every run leaves it)
+            ours = (self.root / CACHE_MARKER).is_file() or (self.root / "locks").is_dir() or self.locks.is_dir()
+            if not ours and any(f.is_dir() and any(f.iterdir()) for f in (self.passes, self.evals)):
                 raise ModelpressError(f"clean_cache: {self.root} holds passes/ or evals/ folders that are not a "
-                                      "modelpress cache (it has no locks/ folder), so they are not deleted. Choose "
-                                      "another cache_dir, or remove them yourself.")
+                                      "modelpress cache, so they are not deleted. Choose another cache_dir, or "
+                                      "remove them yourself.")
             shutil.rmtree(self.passes, ignore_errors=True)
             shutil.rmtree(self.evals, ignore_errors=True)
         for folder in (self.passes, self.evals, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
+        (self.root / CACHE_MARKER).touch()
         probe = self.root / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         from modelpress.errors import is_disk_full
 
         if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)) and not args.verbose:
-            print(f"error: {err.strerror}: {err.filename or 'a path modelpress was given'}. Check the path and its "
+            print(f"error: {err.strerror or err}: {err.filename or 'a path modelpress was given'}. Check the path and its "
                   "permissions (--verbose shows where it was met).", file=sys.stderr)
             return EXIT_FAILURE
         if not is_disk_full(err):

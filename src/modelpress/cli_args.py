@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def positive_int(text: str) -> int:
@@ -17,5 +18,6 @@ def positive_int(text: str) -> int:
 
 
 def template_text(text: str) -> str:
-    """A template typed in a shell: \\n and \\t as a newline and a tab, as a config file's JSON string reads them."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
+    """A template typed in a shell: \\n and \\t as a newline and a tab, and \\\\ as one backslash, as a config file's
+    JSON string reads them; any other backslash is kept as typed."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)

@@ -34,6 +34,7 @@ class EvalSet:
     examples: list[Example]
     description: str
     label_column: str | None
+    data_config: str | None = None  # the data config the examples were rendered from
 
 
 class DataPlan:
@@ -182,7 +183,7 @@ class DataPlan:
         config = self.data_config(name)
         label = (self.config.evaluation.label_column or config.label_col or completion_field(config.text_template)
                  or ("assistant" if config.chat else None))
-        return EvalSet(unique[:limit] if limit else unique, description, label)
+        return EvalSet(unique[:limit] if limit else unique, description, label, name)
 
 
 @dataclass

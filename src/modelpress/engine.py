@@ -173,6 +173,13 @@ class Session:
     def task_card(self) -> dict:
         return _task_card(self.config, self.plan)
 
+    def prompting(self, eval_set) -> dict:
+        """How a model is prompted on `eval_set`: as the training pass learnt (its card), or, in a run that trains
+        nothing, as the eval set's own data config says (a chat config writes its own BOS; a text one may not)."""
+        if any(CATALOG[p.type].trains() for p in self.config.passes) or not eval_set.data_config:
+            return self.task_card()
+        return self.plan.prompt_recipe(eval_set.data_config)
+
     def measure(self, ref: ModelRef, role: str, history: list[dict], data_config: str | None = None) -> dict | None:
         """The cached evaluation of `ref` on the eval set (or on all rows of `data_config`)."""
         return _measure_cached(self, ref, role, history, data_config)
@@ -327,7 +334,7 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
             from modelpress.evaluate import measure
 
             with session.local_lock, PeakRSS() as memory:
-                cached = measure(config, ref, eval_set, session.task_card(), session.show_progress)
+                cached = measure(config, ref, eval_set, session.prompting(eval_set), session.show_progress)
             cached["peak_rss_mb"] = round(memory.peak_mb, 1)
         cache.write_eval(key, cached)
     history.append(record_step(f"evaluate {role}", key, hit, time.perf_counter() - started,

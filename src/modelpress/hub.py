@@ -119,8 +119,8 @@ def missing_model_files(gguf_file: str | None) -> Callable[[Path], list[str]]:
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
             lacking += [shard for shard in shards if not (folder / shard).is_file()]
-        elif not any(folder.glob("*.safetensors")):
-            lacking.append("*.safetensors")
+        elif not any(folder.glob("model*.safetensors")):  # the names transformers loads (MODEL_FILES)
+            lacking.append("model*.safetensors")
         return lacking
     return missing
 
@@ -213,7 +213,7 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
     if lacking:
         why = (" The repo has no safetensors weights: modelpress never loads pickled *.bin weights, which can run "
                "code when read. Pick a revision or a repo that ships safetensors, or convert the weights."
-               if "*.safetensors" in lacking else " Check the repo's files and the revision.")
+               if "model*.safetensors" in lacking else " Check the repo's files and the revision.")
         raise ModelpressError(f"{where}{what} was downloaded ({folder}) but lacks {', '.join(lacking)}.{why}")
     return folder
 

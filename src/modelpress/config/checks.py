@@ -7,6 +7,7 @@ passes, that a search's choices split the data alike, and that outputs stay out 
 
 from __future__ import annotations
 
+from modelpress.chat import role_template
 from modelpress.config.collector import Collector, did_you_mean
 from modelpress.config.schema import (
     DataConfig,
@@ -18,7 +19,7 @@ from modelpress.config.schema import (
     SearchConfig,
     SystemConfig,
 )
-from modelpress.config.templates import completion_field
+from modelpress.config.templates import completion_field, template_fields
 from modelpress.models import MODEL_CARD
 from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, data_refs
 from modelpress.redact import is_secret_key
@@ -81,12 +82,16 @@ def _check_label_column(data, passes, evaluation: EvaluationConfig, c: Collector
     if config is None:
         return
     generated = config.label_col or completion_field(config.text_template) or ("assistant" if config.chat else None)
-    if evaluation.label_column != generated:
+    answer_columns = {generated}
+    if config.chat and (config.chat_columns or {}).get("assistant"):  # the column(s) the assistant turn is filled from
+        answer_columns |= set(template_fields(role_template(config.chat_columns["assistant"])))
+    if evaluation.label_column not in answer_columns:
         what = f"column {generated!r}" if generated else "no column"
         c.add("evaluation.label_column", f"{evaluation.label_column!r} is not what the model answers with: data "
               f"config {name!r} makes it generate {what} (its template's last field, label_col or the assistant "
               "turn), which accuracy compares the answers with",
-              "Remove label_column, or make that column the template's last field.")
+              "Remove label_column, or make that column the template's last field (for chat data, the "
+              "assistant turn's column).")
 
 
 def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, c: Collector) -> None:

@@ -138,7 +138,8 @@ class RaySystem:
 
     def measure(self, session, ref, data_config: str | None) -> dict:
         """Evaluate `ref` on the cluster (the run's `target`)."""
-        job = {**self._job(session, ref), "data_config": data_config, "task_card": session.task_card()}
+        job = {**self._job(session, ref), "data_config": data_config,
+               "task_card": session.prompting(session.plan.eval_set(data_config))}
         return self._call(measure_task, job, self.resources(None), f"evaluation of {ref.id[:12]}")
 
     def _call(self, function, job: dict, request: TaskResources, what: str):
