@@ -9,10 +9,10 @@ after the answer (that stop), or else the end of sequence.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from modelpress.data import Example
+from modelpress.genai_folder import named_token
 from modelpress.scoring import scored_split
 
 
@@ -82,8 +82,6 @@ def generation_config_of(folder: Path):
 def named_eos(folder: Path, encode, eos_ids: set[int]) -> int:
     """The id of the end-of-sequence token a genai folder's tokenizer config names (what a PyTorch runner
     scores), else the smallest of genai's end ids."""
-    config = folder / "tokenizer_config.json"
-    named = json.loads(config.read_text()).get("eos_token") if config.is_file() else None
-    named = named.get("content") if isinstance(named, dict) else named
+    named = named_token(folder, "eos_token")
     ids = encode(named) if isinstance(named, str) and named else []
     return ids[0] if len(ids) == 1 else min(eos_ids)

@@ -10,7 +10,6 @@ last, lists every file with its size, and an entry whose files do not match is n
 from __future__ import annotations
 
 import fnmatch
-
 import hashlib
 import json
 import logging

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from modelpress.chat import ChatFormat
 from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfig
-from modelpress.config.templates import completion_field
 from modelpress.data import (
     Example,
     classification_features,
@@ -181,8 +180,7 @@ class DataPlan:
         unique = list(first.values())
         limit = self.config.evaluation.max_examples
         config = self.data_config(name)
-        label = (self.config.evaluation.label_column or config.label_col or completion_field(config.text_template)
-                 or ("assistant" if config.chat else None))
+        label = self.config.evaluation.label_column or config.answer_column
         return EvalSet(unique[:limit] if limit else unique, description, label, name)
 
 

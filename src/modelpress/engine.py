@@ -328,13 +328,14 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
         log.info("evaluating the %s model (%s) on %d examples%s", role.removesuffix(f" on {data_config}"), ref.kind,
                  len(eval_set.examples), where)
         ref = _with_labels(session, ref)
+        prompting = session.prompting(eval_set)
         if target is not None:
-            cached = target.measure(session, ref, data_config)
+            cached = target.measure(session, ref, data_config, prompting)
         else:
             from modelpress.evaluate import measure
 
             with session.local_lock, PeakRSS() as memory:
-                cached = measure(config, ref, eval_set, session.prompting(eval_set), session.show_progress)
+                cached = measure(config, ref, eval_set, prompting, session.show_progress)
             cached["peak_rss_mb"] = round(memory.peak_mb, 1)
         cache.write_eval(key, cached)
     history.append(record_step(f"evaluate {role}", key, hit, time.perf_counter() - started,

@@ -28,10 +28,26 @@ def genai_threads(folder: Path) -> dict:
     onnxruntime-genai 0.18 runs a CPU model on one thread by default (measured on 2 cores: a batch of 16
     SmolLM2 prompts took 1.69 s on one thread, 0.89 s on two), where onnxruntime itself uses every physical
     core."""
-    decoder = json.loads((folder / "genai_config.json").read_text())["model"].get("decoder", {})
-    own = decoder.get("session_options", {}).get("intra_op_num_threads")
+    own = own_threads(folder)
     threads = compute_threads() if own is None else capped_threads(own)
     return {} if threads == own else {"decoder": {"session_options": {"intra_op_num_threads": threads}}}
+
+
+def own_threads(folder: Path) -> int | None:
+    """The decoder thread count the folder's genai_config.json names, or None."""
+    decoder = json.loads((folder / "genai_config.json").read_text())["model"].get("decoder", {})
+    return decoder.get("session_options", {}).get("intra_op_num_threads")
+
+
+def named_token(folder: Path, key: str, files: tuple[str, ...] = ("tokenizer_config.json",)) -> str | None:
+    """The text of special token `key` (`bos_token`, `eos_token`) as the first of `files` that names it in the
+    folder writes it (a string, or a dict's `content`); None when none does."""
+    for name in files:
+        path = folder / name
+        named = json.loads(path.read_text(encoding="utf-8")).get(key) if path.is_file() else None
+        if named is not None:
+            return named.get("content") if isinstance(named, dict) else named
+    return None
 
 
 def trained_bos(folder: Path, encode, genai_bos: int) -> int | None:
@@ -40,14 +56,10 @@ def trained_bos(folder: Path, encode, genai_bos: int) -> int | None:
     copies a `bos_token_id` from config.json into genai_config.json); genai's own where the folder has no
     tokenizer config or the token is not one id."""
     fallback = genai_bos if genai_bos is not None and genai_bos >= 0 else None
-    config = folder / "tokenizer_config.json"
-    if not config.is_file():
+    if not (folder / "tokenizer_config.json").is_file():
         return fallback
-    named = json.loads(config.read_text(encoding="utf-8")).get("bos_token")
-    extra = folder / "special_tokens_map.json"  # where transformers 4 kept it
-    if named is None and extra.is_file():
-        named = json.loads(extra.read_text(encoding="utf-8")).get("bos_token")
-    named = named.get("content") if isinstance(named, dict) else named
+    # special_tokens_map.json: where transformers 4 kept it
+    named = named_token(folder, "bos_token", ("tokenizer_config.json", "special_tokens_map.json"))
     if not named:
         return None
     ids = encode(named)
@@ -61,8 +73,7 @@ def loss_session_options(folder: Path, prepack: bool = True):
     from modelpress.onnx_model import quiet_options
 
     options = quiet_options()
-    decoder = json.loads((folder / "genai_config.json").read_text())["model"].get("decoder", {})
-    own = decoder.get("session_options", {}).get("intra_op_num_threads")
+    own = own_threads(folder)
     if own is not None:
         options.intra_op_num_threads = capped_threads(own)
     if not prepack:

@@ -14,6 +14,9 @@ SECRET_KEYS = frozenset({"token", "use_auth_token", "hf_token", "access_token", 
                          "password", "secret", "client_secret"})
 _TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 SHOWN = "(set, not shown)"
+# a config's token is refused where it is found: (the problem, how to fix it)
+TOKEN_IN_CONFIG = ("an access token does not belong in a config file (configs are saved next to outputs and shared)",
+                   "Remove it; set HF_TOKEN or run `hf auth login` instead.")
 
 
 def is_secret_key(key: Any) -> bool:

@@ -19,10 +19,10 @@ from modelpress.config.schema import (
     SearchConfig,
     SystemConfig,
 )
-from modelpress.config.templates import completion_field, template_fields
+from modelpress.config.templates import template_fields
 from modelpress.models import MODEL_CARD
 from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, data_refs
-from modelpress.redact import is_secret_key
+from modelpress.redact import TOKEN_IN_CONFIG, is_secret_key
 
 
 def check_workflow(model: InputModelConfig, data: dict[str, DataConfig], passes: list[PassConfig],
@@ -81,7 +81,7 @@ def _check_label_column(data, passes, evaluation: EvaluationConfig, c: Collector
     config = data.get(name)
     if config is None:
         return
-    generated = config.label_col or completion_field(config.text_template) or ("assistant" if config.chat else None)
+    generated = config.answer_column
     answer_columns = {generated}
     if config.chat and (config.chat_columns or {}).get("assistant"):  # the column(s) the assistant turn is filled from
         answer_columns |= set(template_fields(role_template(config.chat_columns["assistant"])))
@@ -121,8 +121,7 @@ def _check_builder_options(p: PassConfig, model: InputModelConfig, c: Collector)
     """The genai builder's own options that carry a token or run the model's code: as safe as the rest."""
     extra = p.params.extra_options or {}
     for key in [k for k, v in extra.items() if is_secret_key(k) and str(v).lower() not in ("false", "true", "none")]:
-        c.add(f"passes.{p.name}.extra_options.{key}", "an access token does not belong in a config file (configs "
-              "are saved next to outputs and shared)", "Remove it; set HF_TOKEN or run `hf auth login` instead.")
+        c.add(f"passes.{p.name}.extra_options.{key}", *TOKEN_IN_CONFIG)
     if str(extra.get("hf_remote", False)).lower() not in ("false", "0", "none") and not model.trust_remote_code:
         c.add(f"passes.{p.name}.extra_options.hf_remote", "makes the builder run the model's own Python code, and "
               "input_model.trust_remote_code is off", "Set input_model.trust_remote_code: true if you trust that "
@@ -199,7 +198,7 @@ def _check_template(name: str, config: DataConfig, c: Collector) -> None:
     if not config.text_template and not config.text_cols:
         c.add(f"data_configs[{name}]", "neither text_template nor text_cols is set",
               "Set text_template, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'.")
-    if config.loss_on == "completion" and not (config.label_col or config.chat or completion_field(config.text_template)):
+    if config.loss_on == "completion" and not config.answer_column:
         c.add(f"data_configs[{name}].loss_on", "'completion' needs a text_template with a {field} (its last field "
               "is the completion)", "Put the field to predict in the template, or set loss_on to 'all'.")
 

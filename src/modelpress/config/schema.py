@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from modelpress.config.templates import completion_field
 from modelpress.passes.catalog import Strict
 from modelpress.passes.spec_base import output_neutral
 from modelpress.redact import SHOWN, redact
@@ -121,6 +122,12 @@ class DataConfig(Strict):
     def chat(self) -> bool:
         """True when rows are rendered as conversations through a chat template."""
         return bool(self.chat_template) or bool(self.chat_columns)
+
+    @property
+    def answer_column(self) -> str | None:
+        """What the model generates, which accuracy compares answers with: label_col, the text template's last
+        field, or a chat's assistant turn; None when nothing is."""
+        return self.label_col or completion_field(self.text_template) or ("assistant" if self.chat else None)
 
 
 class EvaluationConfig(Strict):

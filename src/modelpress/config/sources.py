@@ -16,6 +16,7 @@ from typing import Any
 from modelpress.config.collector import Collector, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
 from modelpress.config.schema import InputModelConfig
+from modelpress.redact import TOKEN_IN_CONFIG
 
 PACKAGE_PREFIX = "package:"
 LOAD_KWARGS = ("trust_remote_code", "attn_implementation", "torch_dtype", "dtype", "revision", "gguf_file")
@@ -78,8 +79,7 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
               "Remove model_file_format and point model_path at the folder, Hub id or GGUF file.")
     for key in TOKEN_KEYS:
         if load_kwargs.pop(key, None) not in (None, False, True):
-            c.add(f"{where}.load_kwargs.{key}", "an access token does not belong in a config file (configs are "
-                  "saved next to outputs and shared)", "Remove it; set HF_TOKEN or run `hf auth login` instead.")
+            c.add(f"{where}.load_kwargs.{key}", *TOKEN_IN_CONFIG)
     for key in [k for k in flat if k in INERT_MODEL_KEYS]:
         c.warn(f"{where}.{key}: accepted and not used: {INERT_MODEL_KEYS[key]}.")
         flat.pop(key)

@@ -121,6 +121,12 @@ class LoRAParams(Strict):
     quant_type: Literal["nf4", "fp4"] | None = Field(None, description="QLoRA only: accepted and ignored.")
     compute_dtype: TorchDtype | None = Field(None, description="QLoRA only: accepted and ignored.")
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _all_linear(cls, value):
+        """["all-linear"] (a command line's list of one) is peft's "all-linear", not a module of that name."""
+        return "all-linear" if value == ["all-linear"] else value
+
 
 class QLoRAParams(LoRAParams):
     """LoRA on a base model quantized to 4 bits by bitsandbytes."""

@@ -176,8 +176,7 @@ def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None 
     """The peft config for this pass's adapter type (LoRA, DoRA, LoHa or LoKr)."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    targets = "all-linear" if params.target_modules in ("all-linear", ["all-linear"]) else params.target_modules
-    common = {"r": params.r, "target_modules": targets, "modules_to_save": params.modules_to_save,
+    common = {"r": params.r, "target_modules": params.target_modules, "modules_to_save": params.modules_to_save,
               "task_type": task_type, "layers_to_transform": layers}
     kind = getattr(params, "adapter_type", "lora")
     if kind == "loha":

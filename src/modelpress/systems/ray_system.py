@@ -136,10 +136,9 @@ class RaySystem:
                  row["seconds"], row["peak_rss_mb"] or 0)
         return out, row
 
-    def measure(self, session, ref, data_config: str | None) -> dict:
-        """Evaluate `ref` on the cluster (the run's `target`)."""
-        job = {**self._job(session, ref), "data_config": data_config,
-               "task_card": session.prompting(session.plan.eval_set(data_config))}
+    def measure(self, session, ref, data_config: str | None, task_card: dict) -> dict:
+        """Evaluate `ref` on the cluster (the run's `target`), prompting it as `task_card` says."""
+        job = {**self._job(session, ref), "data_config": data_config, "task_card": task_card}
         return self._call(measure_task, job, self.resources(None), f"evaluation of {ref.id[:12]}")
 
     def _call(self, function, job: dict, request: TaskResources, what: str):
