@@ -231,3 +231,22 @@ def test_every_search_choice_is_checked_before_any_model_loads(workspace):
     raw["passes"]["lora"][1] = {**raw["passes"]["lora"][0], "eval_dataset_size": 0.3}
     problems = _problems(raw, workspace)
     assert any("split the data differently" in p for p in problems), problems
+
+
+def test_the_evaluation_reads_one_data_config_chosen_by_one_rule(workspace):
+    """`eval_data_name` is what both the label_column check and the run's evaluation read."""
+    from modelpress.config.schema import eval_data_name
+
+    raw = _seed(workspace)
+    other = copy.deepcopy(raw["data_configs"][0])
+    other["name"] = "held_out"
+    raw["data_configs"].append(other)
+    config = normalize(copy.deepcopy(raw), base_dir=workspace)
+    lora = config.passes[0]
+    assert eval_data_name(config.evaluation, config.passes, config.data_configs) == "dataset_default_train"
+    own_eval = lora.model_copy(update={"params": lora.params.model_copy(update={"eval_data_config": "held_out"})})
+    assert eval_data_name(config.evaluation, [own_eval], config.data_configs) == "held_out"
+    named = config.evaluation.model_copy(update={"data_config": "held_out"})
+    assert eval_data_name(named, config.passes, config.data_configs) == "held_out"
+    assert eval_data_name(config.evaluation, config.passes[1:], {"b": 1, "a": 2}) == "b"
+    assert eval_data_name(config.evaluation, [], {}) is None

@@ -152,6 +152,8 @@ MINILM_DATA = ["--data", str(ROOT / "examples" / "minilm-tone" / "data" / "other
     (["optimize", "--task", "text-classification", "--search", *MINILM_DATA],
      ["OnnxConversion", "OrtTransformersOptimization", "OnnxDynamicQuantization", "OrtSessionParamsTuning"], True),
     (["optimize", "--device", "gpu", "--precision", "fp16"], ["ModelBuilder"], False),
+    (["quantize", "--task", "text-classification", "--method", "static", *MINILM_DATA[:2], "--text-col", "phrase",
+      "--label-col", "tone"], ["OnnxConversion", "OnnxStaticQuantization"], False),
 ])
 def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model, args, types, searched):
     proc = run_cli(*args, "--model", str(tiny_model), "--dry-run", cwd=tmp_path)
@@ -162,6 +164,15 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
     saved = write_config(tmp_path / "elsewhere" / "built.json", config)  # paths in it are absolute
     validated = run_cli("validate", str(saved)).stdout
     assert "valid" in validated and ("search: 3 candidates" in validated) == searched
+
+
+def test_a_classifier_text_comes_from_template_or_text_col_not_both(tmp_path, tiny_model):
+    proc = run_cli("quantize", "--task", "text-classification", *MINILM_DATA, "--text-col", "phrase",
+                   "--model", str(tiny_model), "--dry-run", check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and "--text-col: the text comes from --template or from --text-col" in proc.stderr
+    config = json.loads(run_cli("quantize", "--task", "text-classification", *MINILM_DATA[:2], "--text-col", "phrase",
+                                "--label-col", "tone", "--model", str(tiny_model), "--dry-run", cwd=tmp_path).stdout)
+    assert config["data_configs"][0]["pre_process_data_config"]["text_cols"] == ["phrase"]
 
 
 def test_export_shortcut_builds_an_int8_genai_folder(tmp_path, tiny_model):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelpress.chat import ChatFormat
-from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfig
+from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.data import (
     Example,
     classification_features,
@@ -21,7 +21,7 @@ from modelpress.data import (
 )
 from modelpress.errors import DataError
 from modelpress.models import ModelRef
-from modelpress.passes.catalog import CATALOG, LoRAParams
+from modelpress.passes.catalog import LoRAParams
 
 log = logging.getLogger("modelpress")
 
@@ -131,7 +131,7 @@ class DataPlan:
         """Rows of data config `name` for calibrating a quantizer: a training pass's held-out eval split
         on it is left out, so the accuracy measured on that split stays on rows no pass has seen."""
         for p in self.config.passes:
-            if (CATALOG[p.type].trains() and p.params.train_data_config == name and not p.params.eval_data_config
+            if (p.trains and p.params.train_data_config == name and not p.params.eval_data_config
                     and p.params.eval_dataset_size):
                 return self.training_examples(p.params)[0]
         return self.examples(name)
@@ -155,23 +155,19 @@ class DataPlan:
 
     def eval_set(self, data_config: str | None = None) -> EvalSet | None:
         """The examples the final evaluation uses (see `EvaluationConfig.data_config`)."""
-        chosen = data_config or self.config.evaluation.data_config
-        if chosen:
-            return self._eval_set(self.examples(chosen), f"all rows of data config {chosen!r}", chosen)
-        for p in self.config.passes:
-            if not CATALOG[p.type].trains():
-                continue
-            name = p.params.eval_data_config or p.params.train_data_config
-            _, held_out = self.training_examples(p.params)
-            if held_out:
-                return self._eval_set(held_out, f"the eval split of pass {p.name!r}", name)
-            log.warning("pass %r has no eval split (set eval_dataset_size or eval_data_config): "
-                        "the evaluation uses its training rows, which measures memorisation", p.name)
-            return self._eval_set(self.examples(name), f"the TRAINING rows of pass {p.name!r}", name)
-        if self.config.data_configs:
-            name = next(iter(self.config.data_configs))
+        config = self.config
+        name = data_config or eval_data_name(config.evaluation, config.passes, config.data_configs)
+        trained = training_pass(config.passes)
+        if name is None:
+            return None
+        if data_config or config.evaluation.data_config or trained is None:
             return self._eval_set(self.examples(name), f"all rows of data config {name!r}", name)
-        return None
+        _, held_out = self.training_examples(trained.params)
+        if held_out:
+            return self._eval_set(held_out, f"the eval split of pass {trained.name!r}", name)
+        log.warning("pass %r has no eval split (set eval_dataset_size or eval_data_config): "
+                    "the evaluation uses its training rows, which measures memorisation", trained.name)
+        return self._eval_set(self.examples(name), f"the TRAINING rows of pass {trained.name!r}", name)
 
     def _eval_set(self, examples: list[Example], description: str, name: str) -> EvalSet:
         first: dict[str, Example] = {}

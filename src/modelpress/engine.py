@@ -15,7 +15,7 @@ from pathlib import Path
 
 from modelpress import __version__
 from modelpress.cache import PassCache, cache_key, content_id
-from modelpress.config.schema import PassConfig, WorkflowConfig
+from modelpress.config.schema import PassConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_text, json_text, read_json
@@ -176,7 +176,7 @@ class Session:
     def prompting(self, eval_set) -> dict:
         """How a model is prompted on `eval_set`: as the training pass learnt (its card), or, in a run that trains
         nothing, as the eval set's own data config says (a chat config writes its own BOS; a text one may not)."""
-        if any(CATALOG[p.type].trains() for p in self.config.passes) or not eval_set.data_config:
+        if training_pass(self.config.passes) or not eval_set.data_config:
             return self.task_card()
         return self.plan.prompt_recipe(eval_set.data_config)
 
@@ -279,8 +279,8 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
     """How to prompt the final model, saved beside it for `modelpress generate` and `evaluate` and used by the
     run's own evaluation: the data config the first training pass learnt from, else (a run that only exports
     or quantizes) the one the evaluation reads."""
-    trained = next((p.params.train_data_config for p in config.passes if CATALOG[p.type].trains()), None)
-    name = trained or config.evaluation.data_config or next(iter(config.data_configs), None)
+    trained = training_pass(config.passes)
+    name = trained.params.train_data_config if trained else eval_data_name(config.evaluation, [], config.data_configs)
     return plan.prompt_recipe(name) if name else {}
 
 
@@ -300,7 +300,7 @@ def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
     """Cache key of one measurement of `ref`: the model, the data bytes, the split and `parts`."""
     config, plan = session.config, session.plan
     data = {name: plan.fingerprint(name) for name in config.data_configs}
-    split = [plan.split_params(p.params) for p in config.passes if CATALOG[p.type].trains()]
+    split = [plan.split_params(p.params) for p in config.passes if p.trains]
     return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, *parts)
 
 
@@ -347,13 +347,13 @@ def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
     """A classifier not trained yet (the input model) is measured with a fresh head over the data's labels."""
     if ref.task.get("task") != "text-classification" or ref.task.get("labels"):
         return ref
-    for p in session.config.passes:
-        if CATALOG[p.type].trains():
-            import torch
+    trained = training_pass(session.config.passes)
+    if trained is None:
+        return ref
+    import torch
 
-            torch.manual_seed(0)  # the untrained head is random: seed it so the baseline is reproducible
-            return ModelRef(ref.kind, ref.path, ref.id, ref.base, {**ref.task, "labels": session.plan.labels(p.params)})
-    return ref
+    torch.manual_seed(0)  # the untrained head is random: seed it so the baseline is reproducible
+    return ModelRef(ref.kind, ref.path, ref.id, ref.base, {**ref.task, "labels": session.plan.labels(trained.params)})
 
 
 def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, history: list[dict],

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-SECRET_KEYS = frozenset({"token", "use_auth_token", "hf_token", "access_token", "auth_token", "api_key", "apikey",
-                         "password", "secret", "client_secret"})
+# the keys under which Hugging Face libraries take an access token (load kwargs, builder options)
+HF_TOKEN_KEYS = ("token", "use_auth_token", "hf_token")
+SECRET_KEYS = frozenset({*HF_TOKEN_KEYS, "access_token", "auth_token", "api_key", "apikey", "password", "secret",
+                         "client_secret"})
 _TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
 SHOWN = "(set, not shown)"
 # a config's token is refused where it is found: (the problem, how to fix it)

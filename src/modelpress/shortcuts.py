@@ -69,6 +69,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("text-generation", "text-classification"), default="text-generation")
     p.add_argument("--data", nargs="+", help="data files to evaluate on (and to calibrate static quantization)")
     p.add_argument("--template", type=template_text, help="text template over the data's columns (\\n: a newline)")
+    p.add_argument("--text-col", nargs="+", help="text-classification: the column(s) holding the text, read as they "
+                   "are (instead of --template)")
     p.add_argument("--label-col", help="text-classification: the label column")
 
 
@@ -112,7 +114,9 @@ def _eval_data(args) -> list:
         return []
     from modelpress.data import format_of
 
-    pre = {"text_template": args.template, "max_seq_len": 256}
+    if args.template and args.text_col:
+        raise _usage("--text-col", "the text comes from --template or from --text-col, not both", "Pass one of them.")
+    pre = {"text_template": args.template, "text_cols": args.text_col, "max_seq_len": 256}
     if args.label_col:
         pre["label_col"] = args.label_col
     return [{"name": "data", "type": "HuggingfaceContainer",

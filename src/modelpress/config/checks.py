@@ -18,6 +18,7 @@ from modelpress.config.schema import (
     PassConfig,
     SearchConfig,
     SystemConfig,
+    eval_data_name,
 )
 from modelpress.config.templates import template_fields
 from modelpress.models import MODEL_CARD
@@ -48,7 +49,7 @@ def _check_steps(model, data, passes, engine, c: Collector) -> None:
             c.add(f"passes.{p.name}.alternatives", f"the alternatives give different kinds of model "
                   f"({', '.join(sorted(kinds))}), so the next step cannot take every one",
                   "Make every alternative of one step give the same kind of model, or split them into steps.")
-        if CATALOG[p.type].trains():
+        if p.trains:
             _check_same_split(p, choices, c)
         if p.type == "ModelBuilder" and kind == HF_ADAPTER and not any(q.type == "ExtractAdapters" for q in passes):
             c.warn(f"passes.{p.name}: ModelBuilder gets an unmerged adapter from '{previous}', so the LoRA is built "
@@ -75,9 +76,7 @@ def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: Search
 def _check_label_column(data, passes, evaluation: EvaluationConfig, c: Collector) -> None:
     """Accuracy compares each answer with what the eval data's template (or chat turn, or label_col) makes the
     model generate: a label_column naming another column would be reported as measured and was not."""
-    trained = next((p.params.eval_data_config or p.params.train_data_config for p in passes
-                    if CATALOG[p.type].trains()), None)
-    name = evaluation.data_config or trained or next(iter(data), None)
+    name = eval_data_name(evaluation, passes, data)
     config = data.get(name)
     if config is None:
         return

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from modelpress.config.templates import completion_field
-from modelpress.passes.catalog import Strict
+from modelpress.passes.catalog import CATALOG, Strict
 from modelpress.passes.spec_base import output_neutral
 from modelpress.redact import SHOWN, redact
 
@@ -352,6 +352,11 @@ class PassConfig(Strict):
     search_space: dict[str, list] = Field(default_factory=dict)
     alternatives: list["PassConfig"] = Field(default_factory=list)
 
+    @property
+    def trains(self) -> bool:
+        """A fine-tuning step: its train_data_config defines the task's data and the eval split."""
+        return CATALOG[self.type].trains()
+
     def choices(self) -> list["PassConfig"]:
         """Every concrete config of this step: alternatives x the product of searched values."""
         import itertools
@@ -363,6 +368,22 @@ class PassConfig(Strict):
                 params = option.params.model_copy(update=dict(zip(names, values)))
                 out.append(PassConfig(name=option.name, type=option.type, params=params, host=self.host))
         return out
+
+
+def training_pass(passes: list[PassConfig]) -> PassConfig | None:
+    """The workflow's first fine-tuning step, whose data defines the task (None when nothing is trained)."""
+    return next((p for p in passes if p.trains), None)
+
+
+def eval_data_name(evaluation: EvaluationConfig, passes: list[PassConfig], data_names) -> str | None:
+    """The data config the final evaluation reads: the one it names, else the training step's eval data (its
+    eval split, or its training rows), else the first data config."""
+    trained = training_pass(passes)
+    if evaluation.data_config:
+        return evaluation.data_config
+    if trained is not None:
+        return trained.params.eval_data_config or trained.params.train_data_config
+    return next(iter(data_names), None)
 
 
 class WorkflowConfig(Strict):

@@ -16,11 +16,10 @@ from typing import Any
 from modelpress.config.collector import Collector, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
 from modelpress.config.schema import InputModelConfig
-from modelpress.redact import TOKEN_IN_CONFIG
+from modelpress.redact import HF_TOKEN_KEYS, TOKEN_IN_CONFIG
 
 PACKAGE_PREFIX = "package:"
 LOAD_KWARGS = ("trust_remote_code", "attn_implementation", "torch_dtype", "dtype", "revision", "gguf_file")
-TOKEN_KEYS = ("token", "use_auth_token", "hf_token")
 
 
 def resolve_path(value: Any, base_dir: Path) -> Any:
@@ -77,7 +76,7 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
     if flat.pop("model_file_format", None) not in (None, "PyTorch.SafeTensors"):
         c.add(f"{where}.model_file_format", "only Hugging Face models are supported",
               "Remove model_file_format and point model_path at the folder, Hub id or GGUF file.")
-    for key in TOKEN_KEYS:
+    for key in HF_TOKEN_KEYS:
         if load_kwargs.pop(key, None) not in (None, False, True):
             c.add(f"{where}.load_kwargs.{key}", *TOKEN_IN_CONFIG)
     for key in [k for k in flat if k in INERT_MODEL_KEYS]:
