@@ -9,9 +9,9 @@ by its chat template (the default system prompt opens every prompt), 4 new token
 PyTorch on this machine's cores. Each row says how many answers equal the one-at-a-time answers;
 the completion-loss rows give the loss, which must agree. The last rows time what `evaluate` needs of a
 PyTorch model (answers and loss): two passes, or one pass over the prompts for both
-(`TorchRunner.generate_scored`). When `make smollm2` has left its int4 model (runs/output/model), the
+(`TorchRunner.generate_scored`), at batch 16 and at 32 (evaluation's default since 2026-12-06). When `make smollm2` has left its int4 model (runs/output/model), the
 same two rows follow for it in onnxruntime-genai: answers then loss, or the loss of the rows answered as
-expected taken from the generation's logits (`GenaiRunner.generate_scored`). Needs `make smollm2`'s install.
+expected taken from the generation's logits (`GenaiRunner.generate_scored`), at batch 16 and 32. Needs `make smollm2`'s install.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main() -> int:
         loss_plain, tl_plain = timed(lambda: unshared(lambda: runner.completion_loss(examples, False)))
         loss_shared, tl_shared = timed(lambda: runner.completion_loss(examples, False))
         (fused, loss_fused), t_fused = timed(lambda: predict_scored(runner, examples, False, MAX_NEW, 16))
+        (fused32, loss_fused32), t_fused32 = timed(lambda: predict_scored(runner, examples, False, MAX_NEW, 32))
         genai = None
         if (args.genai / "genai_config.json").is_file():
             two = GenaiRunner(args.genai)
@@ -81,9 +82,12 @@ def main() -> int:
             loss_two, t_loss = timed(lambda: two.completion_loss(examples, False))
             one = GenaiRunner(args.genai)
             (answers_one, loss_one), t_one = timed(lambda: predict_scored(one, examples, False, MAX_NEW, 16))
+            rescored = one.rescored_rows
+            (answers_32, loss_32), t_32 = timed(lambda: predict_scored(one, examples, False, MAX_NEW, 32))
             labels = [ex.completion for ex in examples]
             genai = (t_answers + t_loss, loss_two, t_one, loss_one, sum(a == b for a, b in zip(answers, answers_one)),
-                     one.rescored_rows, sum(a.strip() == b for a, b in zip(answers_one, labels)))
+                     rescored, sum(a.strip() == b for a, b in zip(answers_one, labels)), t_32, loss_32,
+                     sum(a == b for a, b in zip(answers, answers_32)))
 
     same = lambda got: sum(a == b for a, b in zip(alone, got))  # noqa: E731
     print(f"SmolLM2-135M-Instruct (float32, PyTorch), {len(examples)} eval-split prompts of the example, "
@@ -101,13 +105,17 @@ def main() -> int:
     print(f"\nanswers and completion loss (batch 16, common prefix once), as `evaluate` computes them:\n"
           f"{'two passes (answers, then loss)':<44} {both:>8.2f} {1.0:>11.2f}x   loss {loss_shared:.6f}\n"
           f"{'one prompt pass (generate_scored)':<44} {t_fused:>8.2f} {both / t_fused:>11.2f}x   loss {loss_fused:.6f}"
-          f"   same answers as batch 1: {same(fused)} of {len(examples)}")
+          f"   same answers as batch 1: {same(fused)} of {len(examples)}\n"
+          f"{'one prompt pass, batch 32':<44} {t_fused32:>8.2f} {both / t_fused32:>11.2f}x   loss {loss_fused32:.6f}"
+          f"   same answers as batch 1: {same(fused32)} of {len(examples)}")
     if genai:
-        both, loss_two, t_one, loss_one, agree, rescored, right = genai
+        both, loss_two, t_one, loss_one, agree, rescored, right, t_32, loss_32, agree_32 = genai
         print(f"\n{args.genai} (onnxruntime-genai), the same prompts, {right} answered as expected:\n"
               f"{'two passes (answers, then loss)':<44} {both:>8.2f} {1.0:>11.2f}x   loss {loss_two:.6f}\n"
               f"{'loss from the generation (generate_scored)':<44} {t_one:>8.2f} {both / t_one:>11.2f}x   loss "
-              f"{loss_one:.6f}   {rescored} rows scored again; same answers: {agree} of {len(examples)}")
+              f"{loss_one:.6f}   {rescored} rows scored again; same answers: {agree} of {len(examples)}\n"
+              f"{'loss from the generation, batch 32':<44} {t_32:>8.2f} {both / t_32:>11.2f}x   loss "
+              f"{loss_32:.6f}   same answers: {agree_32} of {len(examples)}")
     return 0
 
 

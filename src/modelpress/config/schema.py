@@ -142,7 +142,7 @@ class EvaluationConfig(Strict):
     )
     max_examples: int | None = Field(None, gt=0, description="Evaluate at most this many rows.")
     max_new_tokens: int = Field(8, gt=0, description="Tokens to generate per example.")
-    batch_size: int = Field(16, gt=0, description="Prompts generated together when measuring accuracy; "
+    batch_size: int = Field(32, gt=0, description="Prompts generated together when measuring accuracy; "
                             "a batch gives the same answers as one prompt at a time, faster.")
     latency_samples: int = Field(64, gt=0, description="Examples timed one at a time (batch 1) for latency, "
                                  "throughput and tokens/s, spread evenly over the evaluated examples.")
