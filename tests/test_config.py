@@ -105,7 +105,7 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(worksp
                                                         "sub_types": [{"name": "acuracy_score"}]}]}}),
      "Did you mean 'accuracy_score'?"),
     (lambda r: r.update(evaluators={"e": {"metrics": [{"name": "l", "type": "latency", "sub_types": [
-        {"name": "p50", "goal": {"type": "max-degradation", "value": -1}}]}]}}), "greater than or equal to 0"),
+        {"name": "p50", "goal": {"type": "max-degradation", "value": -1}}]}]}}), "a max-degradation goal's value is a change and must be 0 or more"),
     (lambda r: r.update(inputmodel={}), "unknown key 'inputmodel'. Did you mean 'input_model'?"),
     (lambda r: r["passes"]["lora"]["config"].update(class_weight="balanced"),
      "class_weight weighs the classes of a text-classification model"),

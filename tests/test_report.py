@@ -167,3 +167,55 @@ def test_report_from_a_damaged_metrics_file_is_one_clear_error(tmp_path):
     (tmp_path / "metrics.json").write_text('{"models": {"final": ')  # cut short
     with pytest.raises(ModelpressError, match="metrics.json is not valid JSON"):
         render_report(tmp_path)
+
+
+def _search(candidates: list[dict], chart_axes: dict | None, ranked=("acc-accuracy_score", "latency-p50")) -> dict:
+    search = {"ranked_metrics": [{"metric": k, "higher_is_better": "accuracy" in k} for k in ranked],
+              "goals": [], "candidates": candidates, "evaluated": len(candidates), "failed": 0, "seconds": 1.0,
+              "sampler": "sequential", "execution_order": "joint", "space_size": len(candidates), "best": 1,
+              "closest": None, "pareto": [], "baseline": {}}
+    if chart_axes is not None:
+        search["chart_axes"] = chart_axes
+    return search
+
+
+def test_search_chart_plots_the_latency_metric_by_its_type_not_by_a_name_ending():
+    """Throughput's `avg` (examples/s) once stood on the axis labelled p50 latency."""
+    from modelpress.config.schema import EvaluatorConfig
+    from modelpress.search import chart_axes
+
+    evaluator = EvaluatorConfig.model_validate({"metrics": [
+        {"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy_score", "priority": 1}]},
+        {"name": "tp", "type": "throughput", "sub_types": [{"name": "avg"}]},
+        {"name": "lat", "type": "latency", "sub_types": [{"name": "avg"}, {"name": "p90", "priority": 2}]}]})
+    axes = chart_axes(evaluator)
+    assert axes == {"accuracy": "acc-accuracy_score", "latency": "lat-avg", "latency_stat": "avg"}
+    candidates = [{"id": i, "status": "ok", "pareto": True, "best": i == 1, "choice": [], "goals_met": True, "violations": {},
+                   "metrics": {"acc-accuracy_score": acc, "tp-avg": 500.0, "lat-avg": ms, "lat-p90": ms + 1}}
+                  for i, (acc, ms) in enumerate([(0.8, 2.0), (0.7, 1.5)], start=1)]
+    page = build_html({"models": METRICS["models"], "search": _search(candidates, axes)}, STEPS, {})
+    chart = page.split("id='chart'")[1].split("</svg>")[0]
+    assert "avg latency (ms)" in chart and "p50 latency" not in chart
+    assert "#1: accuracy 0.800, avg 2.00 ms" in chart and "500" not in chart.split("<title>")[1]
+    assert "Pareto frontier of the ranked metrics (acc-accuracy_score, latency-p50)" in page
+
+
+def test_a_candidate_without_a_finite_accuracy_is_left_off_the_chart_not_a_crash():
+    candidates = [{"id": i, "status": "ok", "pareto": False, "best": False, "choice": [], "goals_met": False, "violations": {"x": 1.0},
+                   "metrics": {"acc-accuracy_score": acc, "latency-p50": 2.0 + i}}
+                  for i, acc in enumerate([float("nan"), 0.75, float("inf")], start=1)]
+    axes = {"accuracy": "acc-accuracy_score", "latency": "latency-p50", "latency_stat": "p50"}
+    chart = build_html({"models": {}, "search": _search(candidates, axes)}, STEPS, {}).split("id='chart'")[1]
+    assert "point-#2" in chart and "point-#1" not in chart and "point-#3" not in chart
+    nothing = build_html({"models": {}, "search": _search(candidates[:1], axes)}, STEPS, {})
+    assert "no accuracy/latency chart" in nothing
+
+
+def test_metrics_json_is_standard_json_with_null_for_numbers_that_are_not_finite():
+    from modelpress.fsutil import json_text
+
+    text = json_text({"perplexity": math.inf, "throughput": math.nan, "violations": {"a": -math.inf},
+                      "ok": [1.5, (2.0, math.nan)]})
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"perplexity": None, "throughput": None, "violations": {"a": None},
+                                "ok": [1.5, [2.0, None]]}

@@ -472,3 +472,27 @@ def test_a_script_cannot_replace_a_built_in_pass(tmp_path):
     with pytest.raises(PluginError, match="would replace the built-in pass"):
         load_script(script)
     assert CATALOG["LoRA"] is built_in
+
+
+def test_a_threshold_may_be_negative_and_a_relative_goal_may_not():
+    from pydantic import ValidationError
+
+    from modelpress.config.schema import Goal
+
+    assert Goal(type="threshold", value=-5).value == -5  # a reward or log-likelihood metric
+    for kind in ("min-improvement", "max-degradation", "percent-min-improvement", "percent-max-degradation"):
+        with pytest.raises(ValidationError, match="must be 0 or more"):
+            Goal(type=kind, value=-1)
+
+
+def test_two_ranked_sub_metrics_with_one_priority_are_warned_about(tmp_path):
+    from modelpress.config.collector import Collector
+    from modelpress.config.evaluator_section import _check_priorities
+    from modelpress.config.schema import EvaluatorConfig
+
+    evaluator = EvaluatorConfig.model_validate({"metrics": [
+        {"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy_score", "priority": 1}]},
+        {"name": "lat", "type": "latency", "sub_types": [{"name": "p50", "priority": 1}, {"name": "p90"}]}]})
+    c = Collector()
+    _check_priorities(evaluator, "evaluators.e", c)
+    assert any("acc-accuracy_score and lat-p50 both have priority 1" in w for w in c.warnings)

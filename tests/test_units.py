@@ -407,3 +407,13 @@ def test_a_template_typed_in_a_shell_reads_its_escapes_as_a_config_file_would():
 
     assert template_text(r"Q: {q}\nA:\t{a}") == "Q: {q}\nA:\t{a}"
     assert template_text(r"path C:\\new, \alpha") == "path C:\\new, \\alpha"  # \\ is one backslash; others stay
+
+
+def test_perplexity_of_no_scored_token_is_unknown_not_infinite():
+    import math
+
+    from modelpress.evaluate import perplexity
+
+    assert perplexity(math.log(4.0)) == pytest.approx(4.0)
+    assert perplexity(60.0) == math.inf
+    assert math.isnan(perplexity(math.nan))

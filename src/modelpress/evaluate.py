@@ -133,11 +133,16 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         "samples": [{"prompt": ex.prompt, "label": ex.completion, "output": out}
                     for ex, out in list(zip(prompted, outputs))[:SAMPLES]],
     }
-    result["perplexity"] = math.exp(result["completion_loss"]) if result["completion_loss"] < 50 else float("inf")
+    result["perplexity"] = perplexity(result["completion_loss"])
     if with_accuracy:
         result.update(accuracy_report([ex.completion for ex in examples], outputs))
         result.update(missed(examples, outputs))
     return result
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss); infinite past exp(50); NaN when the loss is (no token was scored), not an infinite perplexity."""
+    return loss if math.isnan(loss) else math.exp(loss) if loss < 50 else float("inf")
 
 
 def missed(examples: list[Example], outputs: list[str]) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -78,8 +79,19 @@ def _umask() -> int:
 
 
 def json_text(data: Any) -> str:
-    """`data` as the indented JSON modelpress writes."""
-    return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    """`data` as the indented JSON modelpress writes: standard JSON, so a number that is not finite (an infinite
+    perplexity, a goal metric that was not measured) is written as null, which every JSON reader accepts."""
+    return json.dumps(_finite(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -70,7 +70,7 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
           for name, count, rows in extra_data_rows(metrics)),
         _confusion_section(metrics),
         _misses_section(metrics),
-        _chart(_search_points(search) if search else models),
+        _search_chart(search) if search else _chart(models),
         "<h2>Steps</h2>",
         _table(["step", "type", "cache", "seconds", "peak RSS MiB"],
                [[s["pass"], s["type"], s["cache"], _fmt(s.get("seconds"), ".1f"), _fmt(s.get("peak_rss_mb"), ".0f")]
@@ -150,18 +150,42 @@ def _models_table(models: dict) -> str:
     return "<h2>Models</h2>" + _table(headers, rows, "models") + note + "</p>"
 
 
+def _search_axes(search: dict) -> tuple[str | None, str | None, str]:
+    """(accuracy key, latency key, the latency statistic's name) the search chart plots: those the search saved
+    by metric type, or, in a metrics.json written before it did, the built-in metrics' default names."""
+    axes = search.get("chart_axes")
+    if axes:
+        return axes["accuracy"], axes["latency"], axes["latency_stat"]
+    keys = sorted({k for c in search["candidates"] for k in c["metrics"]})
+    acc = next((k for k in keys if k.endswith("-accuracy_score")), None)
+    return acc, ("latency-p50" if "latency-p50" in keys else None), "p50"
+
+
 def _search_points(search: dict) -> dict:
-    """Candidates as chart points: {label: {"accuracy", "latency_ms", "size_mb", "pareto"}}."""
+    """Candidates as chart points: {label: {"accuracy", "latency_ms", "size_mb", "pareto"}}; a candidate whose
+    accuracy or latency was not measured, or is not a finite number, is left out."""
+    acc_key, lat_key, _ = _search_axes(search)
     points = {}
     for c in search["candidates"]:
         m = c["metrics"]
-        acc = next((v for k, v in m.items() if k.endswith("accuracy_score")), None)
-        lat = next((v for k, v in m.items() if k.split("-")[-1] in ("p50", "avg")), None)
-        if c["status"] == "ok" and acc is not None and lat is not None:
+        acc, lat = m.get(acc_key), m.get(lat_key)
+        if c["status"] == "ok" and _finite(acc) and _finite(lat):
             size = next((v for k, v in m.items() if k.endswith("size_on_disk")), None)
             points[f"#{c['id']}"] = {"accuracy": acc, "latency_ms": {"p50": lat}, "size_mb": size,
                                      "pareto": c.get("pareto", False)}
     return points
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _search_chart(search: dict) -> str:
+    _, _, stat = _search_axes(search)
+    ranked = ", ".join(m["metric"] for m in search["ranked_metrics"]) or "none"
+    return _chart(_search_points(search), stat,
+                  f"Filled: on the Pareto frontier of the ranked metrics ({ranked}): no other candidate is at least "
+                  "as good on every one and better on one.")
 
 
 def _search_section(search: dict) -> str:
@@ -364,13 +388,16 @@ def place_labels(marks: list[Mark], frame: tuple) -> None:
 
 def chart_layout(models: dict) -> tuple[list[Mark], Axis, Axis]:
     """Where every marker, label and tick goes: pure geometry, so tests can check that nothing hides anything."""
-    points = {role: (m["accuracy"], m["latency_ms"]["p50"]) for role, m in models.items() if "accuracy" in m}
+    points = {role: (m["accuracy"], m["latency_ms"]["p50"]) for role, m in models.items()
+              if _finite(m.get("accuracy")) and _finite((m.get("latency_ms") or {}).get("p50"))}
     front = pareto_front(points)
     if any("pareto" in m for m in models.values()):  # search candidates: the frontier over every ranked metric
         front = {role for role, m in models.items() if m.get("pareto")}
     largest = max((models[r].get("size_mb") or 0 for r in points), default=0)
     marks = [Mark(role, acc, lat, _radius(models[role].get("size_mb"), largest), role in front)
              for role, (acc, lat) in points.items()]
+    if not marks:
+        return [], None, None
     margin = max(m.radius for m in marks) + GAP + 2  # the outermost markers stay clear of the axes
     x_axis = _axis([m.latency for m in marks], FRAME[0], FRAME[2], margin, 6, None)
     y_axis = _axis([m.accuracy for m in marks], FRAME[3], FRAME[1], margin, 5, 1.0)
@@ -380,19 +407,20 @@ def chart_layout(models: dict) -> tuple[list[Mark], Axis, Axis]:
     return marks, x_axis, y_axis
 
 
-def _chart(models: dict) -> str:
-    if not any("accuracy" in m for m in models.values()):
-        return "<p>No accuracy was measured, so there is no accuracy/latency chart.</p>"
+def _chart(models: dict, stat: str = "p50",
+           caption: str = "Filled: on the Pareto frontier (no other model is both more accurate and faster).") -> str:
+    """The accuracy/latency chart; `stat` names the latency statistic plotted (p50 unless a search ranks another)."""
     marks, x_axis, y_axis = chart_layout(models)
+    if not marks:
+        return "<p>No accuracy and latency were measured together, so there is no accuracy/latency chart.</p>"
     svg = (f"<svg id='chart' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' role='img' "
-           f"font-family='sans-serif'>{_grid(x_axis, y_axis)}{_markers(marks)}{_labels(marks)}</svg>")
+           f"font-family='sans-serif'>{_grid(x_axis, y_axis, stat)}{_markers(marks, stat)}{_labels(marks)}</svg>")
     sized = " Marker area: size on disk." if any(m.get("size_mb") for m in models.values()) else ""
-    return ("<h2>Accuracy vs latency</h2>" + svg + _chart_key(marks) +
-            "<p>Filled: on the Pareto frontier (no other model is both more accurate and faster)."
-            f"{sized} Hover a marker for its numbers.</p>")
+    return ("<h2>Accuracy vs latency</h2>" + svg + _chart_key(marks, stat) +
+            f"<p>{html.escape(caption)}{sized} Hover a marker for its numbers.</p>")
 
 
-def _grid(x_axis: Axis, y_axis: Axis) -> str:
+def _grid(x_axis: Axis, y_axis: Axis, stat: str) -> str:
     left, top, right, bottom = FRAME
     parts = []
     for t in x_axis.ticks:
@@ -409,12 +437,12 @@ def _grid(x_axis: Axis, y_axis: Axis) -> str:
     parts.append(f"<line x1='{left}' y1='{bottom}' x2='{right}' y2='{bottom}' stroke='black'/>"
                  f"<line x1='{left}' y1='{top}' x2='{left}' y2='{bottom}' stroke='black'/>"
                  f"<text x='{(left + right) / 2}' y='{HEIGHT - 8}' text-anchor='middle' font-size='12'>"
-                 f"p50 latency (ms)</text><text x='14' y='{mid_y}' transform='rotate(-90 14 {mid_y})' "
+                 f"{html.escape(stat)} latency (ms)</text><text x='14' y='{mid_y}' transform='rotate(-90 14 {mid_y})' "
                  f"text-anchor='middle' font-size='12'>accuracy</text>")
     return "".join(parts)
 
 
-def _markers(marks: list[Mark]) -> str:
+def _markers(marks: list[Mark], stat: str) -> str:
     # Big markers first, so a small one is never buried under a big one. Multiply blending, where markers
     # overlap, lets the one beneath show through (as a translucent fill would), while a marker standing
     # alone keeps its exact colour: the caption's "filled" blue reads the same everywhere.
@@ -424,7 +452,7 @@ def _markers(marks: list[Mark]) -> str:
         parts.append(f"<circle id='point-{html.escape(m.name)}' fill='{fill}' cx='{m.x:.1f}' cy='{m.y:.1f}' "
                      f"r='{m.radius:.1f}' stroke='{PARETO_FILL}' stroke-width='1.5' "
                      f"style='mix-blend-mode:multiply'><title>{html.escape(m.name)}: accuracy {m.accuracy:.3f}, "
-                     f"p50 {m.latency:.2f} ms</title></circle>")
+                     f"{html.escape(stat)} {m.latency:.2f} ms</title></circle>")
     return "".join(parts)
 
 
@@ -435,10 +463,10 @@ def _labels(marks: list[Mark]) -> str:
                            f"{html.escape(m.text)}</text>" for m in marks if m.box is not None)
 
 
-def _chart_key(marks: list[Mark]) -> str:
+def _chart_key(marks: list[Mark], stat: str) -> str:
     """The names that did not fit beside their markers, under the letter that stands for each."""
     keyed = sorted((m for m in marks if m.key), key=lambda m: m.key)
     if not keyed:
         return ""
     rows = [[m.key if m.box else "- (no room)", m.name, f"{m.accuracy:.3f}", f"{m.latency:.2f}"] for m in keyed]
-    return _table(["mark", "model", "accuracy", "p50 ms"], rows, "chart-key")
+    return _table(["mark", "model", "accuracy", f"{stat} ms"], rows, "chart-key")

@@ -387,6 +387,7 @@ class Search:
             "failed": sum(c["status"] != "ok" for c in self.candidates),
             "seconds": round(time.perf_counter() - self.started, 3),
             "ranked_metrics": [{"metric": k, "higher_is_better": h} for k, h in self.objective.ranked],
+            "chart_axes": chart_axes(self.objective.evaluator),
             "goals": [text for _, _, text in self.objective.bounds.values()],
             "goal_metrics": list(self.objective.bounds),
             "baseline": baseline,
@@ -395,6 +396,17 @@ class Search:
             "pareto": sorted(front),
             "candidates": self.candidates,
         }
+
+
+def chart_axes(evaluator) -> dict:
+    """The sub-metrics the report's chart plots, chosen by metric type: the accuracy score, and a latency
+    statistic (p50 first, else the first one the evaluator names)."""
+    accuracy = next((f"{m.name}-{s.name}" for m in evaluator.metrics if m.type == "accuracy"
+                     for s in m.sub_types if s.name == "accuracy_score"), None)
+    latency = [(m, s) for m in evaluator.metrics if m.type == "latency" for s in m.sub_types]
+    chosen = next((ms for ms in latency if ms[1].name == "p50"), latency[0] if latency else None)
+    return {"accuracy": accuracy, "latency": f"{chosen[0].name}-{chosen[1].name}" if chosen else None,
+            "latency_stat": chosen[1].name if chosen else "p50"}
 
 
 def run_search(session):

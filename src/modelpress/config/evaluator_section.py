@@ -59,7 +59,20 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
                 c.add(f"{where}.user_config.user_script", f"file not found: {script}",
                       "Paths are relative to the config file's folder.")
             metric.user_config.user_script = script
+    _check_priorities(evaluator, path, c)
     return evaluator
+
+
+def _check_priorities(evaluator, path: str, c: Collector) -> None:
+    """Two ranked sub-metrics with one priority are ordered by name, which the config did not ask for."""
+    seen: dict[int, str] = {}
+    for metric in evaluator.metrics:
+        for sub in metric.sub_types:
+            key = f"{metric.name}-{sub.name}"
+            if sub.priority > 0 and sub.priority in seen:
+                c.warn(f"{path}: {seen[sub.priority]} and {key} both have priority {sub.priority}; the search ranks "
+                       "them by name. Give each ranked sub-metric its own priority (1 first, 2 second, ...).")
+            seen.setdefault(sub.priority, key)
 
 
 def _check_metric(metric: Metric, where: str, c: Collector) -> None:

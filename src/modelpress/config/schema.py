@@ -229,7 +229,14 @@ class Goal(Strict):
     """What a candidate must reach on one sub-metric, absolute or against the baseline model."""
 
     type: GoalType = Field(description="threshold (absolute), or a change relative to the baseline model.")
-    value: float = Field(ge=0, description="The threshold, or the allowed change (points, or percent for percent-*).")
+    value: float = Field(description="The threshold (any number), or the allowed change, 0 or more (points, or "
+                                     "percent for percent-*).")
+
+    @model_validator(mode="after")
+    def _change_not_negative(self) -> "Goal":
+        if self.type != "threshold" and self.value < 0:
+            raise ValueError(f"a {self.type} goal's value is a change and must be 0 or more, not {self.value:g}")
+        return self
 
 
 class SubMetric(Strict):
