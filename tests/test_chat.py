@@ -208,3 +208,35 @@ def test_a_template_with_a_closing_marker_learns_and_reads_the_answer_up_to_it()
     [ex] = render(config, _rows({"phrase": "We won!", "tone": "joy"}))
     assert ex.prompt == "<|user|>\nWe won!<|end|>\n<|assistant|>\n"
     assert (ex.completion, ex.target, ex.stop) == ("joy", "joy<|end|>", "<|end|>")
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"phrase": "We won!", "tone": None}, "column 'tone' is missing or null"),  # once trained as the text "None"
+    ({"phrase": 4.0, "tone": "joy"}, "column 'phrase' is float"),
+    ({"phrase": "We won!", "tone": "  "}, "the assistant turn, the answer to learn and to measure, is empty"),
+    ({"phrase": "We won!"}, "chat_columns names column 'tone', which the row lacks"),
+])
+def test_chat_columns_take_text_only_and_an_answer(row, message):
+    config = _config(chat_columns={"user": "Tone of: {phrase}", "assistant": "{tone}"})
+    with pytest.raises(DataError, match=message) as err:
+        render(config, _rows(row), ChatFormat(CHATML))
+    assert str(err.value).startswith("f row 1: ")
+
+
+def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_it_is():
+    """Row B trains the answer "joy" to "We won!" as its first assistant turn: with row A (that question alone)
+    held out, B trained on A's answer. Both now land on one side, whatever the seed."""
+    from modelpress.data import split_examples
+
+    won = [{"role": "user", "content": "We won!"}, {"role": "assistant", "content": "joy"}]
+    rows = [{"messages": won}, {"messages": won + [{"role": "user", "content": "Why?"},
+                                                   {"role": "assistant", "content": "the final"}]}]
+    rows += [{"messages": [{"role": "user", "content": f"phrase {i}"}, {"role": "assistant", "content": "fear"}]}
+             for i in range(8)]
+    examples = render(_config(), _rows(*rows), ChatFormat(CHATML))
+    for seed in range(12):
+        train, held = split_examples(examples, 0.3, seed)
+        sides = [any(ex is examples[i] for ex in held) for i in (0, 1)]
+        assert sides[0] == sides[1], seed
+        assert len(train) + len(held) == len(examples)
+        assert not {ex.prompt for ex in train} & {ex.prompt for ex in held}

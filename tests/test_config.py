@@ -107,6 +107,8 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(worksp
     (lambda r: r.update(evaluators={"e": {"metrics": [{"name": "l", "type": "latency", "sub_types": [
         {"name": "p50", "goal": {"type": "max-degradation", "value": -1}}]}]}}), "a max-degradation goal's value is a change and must be 0 or more"),
     (lambda r: r.update(inputmodel={}), "unknown key 'inputmodel'. Did you mean 'input_model'?"),
+    (lambda r: r["data_configs"][0]["pre_process_data_config"]["params"].update(
+        corpus_strategy="join-sliding-window", stride=4096), "stride: 4096 is more than max_seq_len (2048)"),
     (lambda r: r["passes"]["lora"]["config"].update(class_weight="balanced"),
      "class_weight weighs the classes of a text-classification model"),
 ])

@@ -166,3 +166,43 @@ def test_quantizer_calibration_leaves_out_the_eval_split(tiny_model, tmp_path):
     assert len(calibration) + sum(ex.prompt in held for ex in plan.examples("tone")) == len(plan.examples("tone"))
     plain = DataPlan(normalize(tone_workflow(tiny_model, {}), base_dir=tmp_path), tmp_path / "cache2")
     assert plain.calibration_examples("tone") == plain.examples("tone")  # no split: every row
+
+
+def test_escaped_braces_after_the_answer_field_keep_the_prompt_answer_split(tmp_path):
+    """`string.Formatter` cuts literal text at every `{{`: the text after the answer came back in pieces."""
+    from modelpress.config.templates import completion_split
+
+    template = 'Input: {phrase}\nOutput: {{"tone": "{tone}"}}\n<|end|>'
+    assert completion_split(template) == ("tone", '"}\n<|end|>')
+    config = _config(_jsonl(tmp_path, [{"phrase": "We won!", "tone": "joy"}]), text_template=template)
+    [ex] = render(config, load_rows(config))
+    assert ex.prompt == 'Input: We won!\nOutput: {"tone": "' and ex.completion == "joy"
+    assert ex.prompt + ex.target == template.format(phrase="We won!", tone="joy")
+    assert config.answer_column == "tone"
+
+
+def test_an_empty_answer_is_refused_not_learnt(tmp_path):
+    config = _config(_jsonl(tmp_path, [{"phrase": "a", "tone": "joy"}, {"phrase": "b", "tone": ""}]))
+    with pytest.raises(DataError, match="row 2: column 'tone', the answer the template ends with, is empty"):
+        render(config, load_rows(config))
+    labels = _config(_jsonl(tmp_path, [{"phrase": "a", "tone": " "}], "labels.json"), label_col="tone",
+                     text_template="{phrase}")
+    with pytest.raises(DataError, match="label column 'tone' is ' '"):
+        render(labels, load_rows(labels))
+
+
+def test_a_csv_is_read_as_text_as_it_is_written(tmp_path):
+    """pandas' guesses once made a rating column int ("store it as a string"), a label column with an empty
+    cell float ("1.0"), and the phrases "NA" or "null" missing."""
+    path = tmp_path / "rows.csv"
+    path.write_text("phrase,rating,tone\nNA,007,joy\nnull,5,fear\n,1,sadness\n", encoding="utf-8")
+    rows = [row for _, row in load_rows(_config(path, "csv"))]
+    assert rows == [{"phrase": "NA", "rating": "007", "tone": "joy"}, {"phrase": "null", "rating": "5", "tone": "fear"},
+                    {"phrase": "", "rating": "1", "tone": "sadness"}]
+    rated = _config(path, "csv", text_template="{phrase} ({rating})\n{tone}")
+    assert [ex.prompt for ex in render(rated, load_rows(rated))] == ["NA (007)\n", "null (5)\n", " (1)\n"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("phrase,label\na,1\nb,\n", encoding="utf-8")
+    config = _config(labels, "csv", text_template="{phrase}", label_col="label")
+    with pytest.raises(DataError, match="row 2: label column 'label' is ''"):
+        render(config, load_rows(config))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelpress.config.templates import field_text, role_template, template_fields
 from modelpress.errors import DataError
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -108,19 +109,14 @@ def messages_of(row: dict, where: str, message_col: str, chat_columns: dict[str,
     return messages
 
 
-def role_template(spec: str) -> str:
-    """A `chat_columns` value as a text template: a bare column name means that column's value."""
-    return spec if "{" in spec else "{" + spec + "}"
-
-
 def _fill(spec: str, row: dict, where: str) -> str:
     """A role's content: a column's value, or a template over the columns."""
-    try:
-        text = role_template(spec).format_map(row)
-    except KeyError as err:
-        raise DataError(f"{where}: chat_columns names column {err.args[0]!r}, which the row lacks "
-                        f"(columns: {sorted(row)})") from None
-    return text
+    template = role_template(spec)
+    missing = [f for f in template_fields(template) if f not in row]
+    if missing:
+        raise DataError(f"{where}: chat_columns names column {missing[0]!r}, which the row lacks "
+                        f"(columns: {sorted(row)})")
+    return template.format_map({f: field_text(row, f, where) for f in template_fields(template)})
 
 
 def _message_column(value, where: str, column: str) -> list[dict]:

@@ -15,7 +15,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelpress.config.templates import completion_split, template_parts
+from modelpress.config.templates import completion_split, field_text, template_parts
 from modelpress.config.schema import DataConfig
 from modelpress.errors import DataError
 
@@ -106,6 +106,12 @@ def _load_table(config: DataConfig, path: Path, hub: bool, cache_dir: Path | Non
     if hub:
         return datasets.load_dataset(str(path), config.subset, data_dir=config.data_dir, split=config.split,
                                      data_files=[str(f) for f in config.data_files] or None, cache_dir=cache)
+    if config.format == "csv":  # a CSV holds text: no numbers guessed from it, no "NA" or "null" read as missing
+        import pandas as pd
+
+        features = datasets.Features({name: datasets.Value("string") for name in pd.read_csv(path, nrows=0).columns})
+        return datasets.load_dataset("csv", data_files=[str(path)], split=config.split, cache_dir=cache,
+                                     features=features, keep_default_na=False)
     return datasets.load_dataset(config.format, data_files=[str(path)], split=config.split, cache_dir=cache)
 
 
@@ -139,15 +145,14 @@ def render(config: DataConfig, rows: list[tuple[str, dict]], chat=None) -> list[
     examples = []
     for where, row in rows:
         for field in fields:
-            value = row.get(field)
-            if value is None:
-                raise DataError(f"{where}: column {field!r} is missing or null. Fix or remove the row.")
-            if not isinstance(value, str):
-                raise DataError(f"{where}: column {field!r} is {type(value).__name__} ({value!r}), "
-                                "not text. Store it as a string.")
-        if config.label_col and (row.get(config.label_col) is None or isinstance(row[config.label_col], (dict, list))):
-            raise DataError(f"{where}: label column {config.label_col!r} is {row.get(config.label_col)!r}; "
+            field_text(row, field, where)
+        label = row.get(config.label_col) if config.label_col else None
+        if config.label_col and (label is None or isinstance(label, (dict, list)) or not str(label).strip()):
+            raise DataError(f"{where}: label column {config.label_col!r} is {label!r}; "
                             "every row needs a label (text or a number). Fix or remove the row.")
+        if completion and not row[completion[0]].strip():
+            raise DataError(f"{where}: column {completion[0]!r}, the answer the template ends with, is empty, so "
+                            "there is nothing to learn or measure. Fix or remove the row.")
         examples.append(_render_row(config, row, completion, where))
     return examples
 
@@ -181,6 +186,9 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
                         "answer to learn or measure. Check that the row's answer is not empty.")
     head = tuple(pieces[:last])
     answer = messages[-1]["content"]
+    if not answer.strip():
+        raise DataError(f"{where}: the assistant turn, the answer to learn and to measure, is empty. "
+                        "Fix or remove the row.")
     return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head)
 
 
@@ -203,21 +211,56 @@ def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | Non
 def split_examples(examples: list[Example], size: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Hold out `size` (a fraction below 1, or a count) of the distinct prompts for evaluation.
 
-    Rows that share a prompt always land on the same side, so no eval phrase is ever trained on.
+    Rows that share a prompt always land on the same side, so no eval phrase is ever trained on; so do
+    conversations one of which trains an answer to the other's prompt (an earlier assistant turn of a longer
+    conversation that opens the same way). The eval side keeps one row per distinct prompt.
     """
-    groups: dict[str, list[Example]] = {}
-    for ex in examples:
-        groups.setdefault(ex.prompt or ex.completion, []).append(ex)
+    groups = _prompt_groups(examples)
     keys = list(groups)
     random.Random(seed).shuffle(keys)
     count = int(round(size * len(keys))) if size < 1 else int(size)
     if not 0 < count < len(keys):
         raise DataError(f"eval_dataset_size {size} leaves no rows on one side ({len(keys)} distinct rows). "
                         "Use a fraction between 0 and 1 or a smaller count.")
-    held = set(keys[:count])
-    train = [ex for ex in examples if (ex.prompt or ex.completion) not in held]
-    evaluation = [groups[k][0] for k in keys[:count]]
+    held = {id(ex) for k in keys[:count] for ex in groups[k]}
+    train = [ex for ex in examples if id(ex) not in held]
+    evaluation = []
+    for k in keys[:count]:
+        distinct: dict[str, Example] = {}
+        for ex in groups[k]:
+            distinct.setdefault(_key(ex), ex)
+        evaluation += distinct.values()
     return train, evaluation
+
+
+def _key(ex: Example) -> str:
+    return ex.prompt or ex.completion
+
+
+def _prompt_groups(examples: list[Example]) -> dict[str, list[Example]]:
+    """Examples grouped by prompt, and groups joined where one trains an answer to another's prompt (a chat
+    prompt's earlier assistant turn); each group keyed by its first prompt, groups in the order the rows come."""
+    first = {}
+    for i, ex in enumerate(examples):
+        first.setdefault(_key(ex), i)
+    parent = {key: key for key in first}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = key = parent[parent[key]]
+        return key
+
+    for ex in examples:
+        text = ""
+        for piece, trained in ex.turns:
+            if trained and text in parent:  # an earlier answer, given to a prompt that is another row's
+                a, b = sorted((root(_key(ex)), root(text)), key=first.get)
+                parent[b] = a
+            text += piece
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(root(_key(ex)), []).append(ex)
+    return groups
 
 
 def tokenize(examples: list[Example], tokenizer, config: DataConfig) -> list[tuple[list[int], list[int]]]:

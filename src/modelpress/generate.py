@@ -47,8 +47,8 @@ def chat_prompt_for(chat: dict, text: str) -> str:
     """The chat template's prompt for one user message, as the model was trained: its system prompt and the
     user turn's template (`chat_columns`) with `text` in its fields. Other turns that the columns fill from
     a row (a per-row system persona) have no value here and are left out."""
-    from modelpress.chat import ChatFormat, role_template
-    from modelpress.config.templates import template_fields
+    from modelpress.chat import ChatFormat
+    from modelpress.config.templates import role_template, template_fields
 
     columns = chat.get("columns") or {}
     spec = role_template(columns["user"]) if "user" in columns else "{text}"

@@ -7,7 +7,6 @@ passes, that a search's choices split the data alike, and that outputs stay out 
 
 from __future__ import annotations
 
-from modelpress.chat import role_template
 from modelpress.config.collector import Collector, did_you_mean
 from modelpress.config.schema import (
     DataConfig,
@@ -20,7 +19,7 @@ from modelpress.config.schema import (
     SystemConfig,
     eval_data_name,
 )
-from modelpress.config.templates import template_fields
+from modelpress.config.templates import role_template, template_fields
 from modelpress.models import MODEL_CARD
 from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, data_refs
 from modelpress.redact import TOKEN_IN_CONFIG, is_secret_key
@@ -191,6 +190,9 @@ def _check_chat(name: str, config: DataConfig, c: Collector) -> None:
 def _check_template(name: str, config: DataConfig, c: Collector) -> None:
     if config.strategy == "join-sliding-window" and not config.stride:
         c.add(f"data_configs[{name}].stride", "join-sliding-window needs a stride", "Set stride, e.g. max_seq_len // 2.")
+    elif config.strategy == "join-sliding-window" and config.stride > config.max_seq_len:
+        c.add(f"data_configs[{name}].stride", f"{config.stride} is more than max_seq_len ({config.max_seq_len}), so "
+              "the tokens between two windows would never be trained on", "Set stride to at most max_seq_len.")
     if config.chat:
         _check_chat(name, config, c)
         return

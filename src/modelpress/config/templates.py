@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import string
 
+from modelpress.errors import DataError
+
 
 def template_fields(template: str) -> list[str]:
     """Names of the `{fields}` in a text template, in order."""
@@ -11,11 +13,35 @@ def template_fields(template: str) -> list[str]:
 
 
 def template_parts(template: str) -> list[tuple]:
-    """`string.Formatter().parse` of the template, without a trailing whitespace-only literal."""
-    parts = list(string.Formatter().parse(template))
-    if parts and parts[-1][1] is None and not parts[-1][0].strip():
-        parts = parts[:-1]
+    """`string.Formatter().parse` of the template, each field with all the literal text before it (the parser
+    cuts literal text at every escaped `{{` or `}}`), and the text after the last field as one literal part,
+    left out when it is only whitespace."""
+    parts, pending = [], ""
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            pending += literal
+        else:
+            parts.append((pending + literal, field, spec, conversion))
+            pending = ""
+    if pending.strip():
+        parts.append((pending, None, None, None))
     return parts
+
+
+def role_template(spec: str) -> str:
+    """A chat data config's `chat_columns` value as a text template: a bare column name means that column's value."""
+    return spec if "{" in spec else "{" + spec + "}"
+
+
+def field_text(row: dict, field: str, where: str) -> str:
+    """The row's text in column `field`; a missing, null or non-text value is a DataError naming the row."""
+    value = row.get(field)
+    if value is None:
+        raise DataError(f"{where}: column {field!r} is missing or null. Fix or remove the row.")
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {field!r} is {type(value).__name__} ({value!r}), not text. "
+                        "Store it as a string.")
+    return value
 
 
 def completion_split(template: str | None) -> tuple[str, str] | None:
