@@ -53,7 +53,12 @@ smollm2: setup $(SMOLLM2)
 test: setup $(SMOLLM2)
 	$(BIN)/python -m pytest -q --durations=15
 
-bench: setup $(SMOLLM2)
+OLIVE := /tmp/olive-peer/venv/bin/olive
+
+$(OLIVE):
+	bash benchmarks/setup_olive.sh /tmp/olive-peer/venv
+
+bench: setup $(SMOLLM2) $(OLIVE)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/seed_vs_olive.py --rounds 3
 	$(BIN)/python benchmarks/checkpointing.py

@@ -6,7 +6,7 @@ The workflow is the seed's (LoRA -> merge -> int4 ModelBuilder) written in Olive
 schema (`examples/phi3-tone/olive-0.13-config.json`): both tools run the very same file,
 on the same tiny Phi-3 and the same tokens (join to 2048-token sequences, 10 optimizer
 steps of 4 sequences = 81,920 training tokens). Olive is installed by
-`shared/peer/setup_olive.sh` into its own venv; without it only modelpress rows are printed.
+`benchmarks/setup_olive.sh` into its own venv; without it only modelpress rows are printed.
 
 Rows:
 - Olive 0.13, the config as written (it asks for eager attention);
@@ -284,7 +284,7 @@ def main() -> int:
         rows.append(("Olive 0.13 (config as written)", run_olive(olive_bin, model, work, args.steps)))
         rows.append((OLIVE_SDPA, run_olive(olive_bin, model, work, args.steps, eager=False)))
     else:
-        print(f"Olive not found at {olive_bin}: run shared/peer/setup_olive.sh to compare.\n")
+        print(f"Olive not found at {olive_bin}: run benchmarks/setup_olive.sh to compare.\n")
     rows.append((SEED_ROW, run_modelpress(model, work, "seed", args.steps)))
     rows.append(("modelpress (config as written, + evaluation)", run_modelpress(model, work, "mp", args.steps)))
     rows.append(("modelpress (same work as Olive: no evaluation)",

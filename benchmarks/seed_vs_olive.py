@@ -47,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     olive_bin = Path(args.olive_venv) / "bin" / "olive"
     if not olive_bin.exists():
-        print(f"Olive not found at {olive_bin}: run shared/peer/setup_olive.sh first.")
+        print(f"Olive not found at {olive_bin}: run benchmarks/setup_olive.sh first.")
         return 1
     root = Path(tempfile.mkdtemp(prefix="modelpress-seed-olive-"))
     model = root / "tiny-phi3"

@@ -191,3 +191,18 @@ def test_verbose_shows_the_traceback_for_runtime_errors(workspace, capsys):
     (workspace / "broken-config.json").write_text(json.dumps(raw))
     assert main(["--verbose", "run", "--config", str(workspace / "broken-config.json"), "--no-progress"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_comes_with_verbose(workspace, capsys, monkeypatch):
+    """An error no check foresaw (a library's, or a modelpress bug) ends like every other: one line, exit 1."""
+    import modelpress.cli as cli
+
+    def boom(args):
+        raise RuntimeError("a library failed in a way nobody checked for")
+
+    monkeypatch.setattr(cli, "cmd_validate", boom)
+    assert main(["validate", str(workspace / "seed-config.json")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: RuntimeError: a library failed") and "--verbose" in err
+    assert main(["--verbose", "validate", str(workspace / "seed-config.json")]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -417,3 +417,58 @@ def test_perplexity_of_no_scored_token_is_unknown_not_infinite():
     assert perplexity(math.log(4.0)) == pytest.approx(4.0)
     assert perplexity(60.0) == math.inf
     assert math.isnan(perplexity(math.nan))
+
+
+def test_the_input_models_task_keys_its_passes_and_evaluations(tiny_model, tmp_path):
+    """A LoRA pass trains a classifier head or a causal LM by the task: switching it must not reuse the other's."""
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+    from modelpress.engine import _pass_key, evaluation_key
+
+    config = load_config(write_config(tmp_path / "w.json", tone_workflow(
+        tiny_model, {"lora": {"type": "LoRA", "train_data_config": "tone"}})))
+    classify = config.model_copy(update={"input_model": config.input_model.model_copy(
+        update={"task": "text-classification"})})
+    plan, ref = DataPlan(config, tmp_path), ModelRef("hf", tiny_model, id="input")
+    assert _pass_key(config, config.passes[0], ref, plan, "cpu") != _pass_key(classify, config.passes[0], ref, plan, "cpu")
+    assert (evaluation_key(SimpleNamespace(config=config, plan=plan), "eval", ref)
+            != evaluation_key(SimpleNamespace(config=classify, plan=plan), "eval", ref))
+
+
+def test_a_cached_adapter_is_given_the_base_the_pass_was_given_now(tmp_path):
+    """The key holds the base's content, not its folder: a hit after the model moved must not name the old folder
+    (which may hold other weights by then)."""
+    cache = PassCache(tmp_path)
+    cache.prepare()
+    with cache.write("k") as out:
+        (out / "adapter").mkdir()
+        (out / "adapter" / "adapter_model.safetensors").write_text("w")
+        ModelRef("hf-adapter", out, id="k", base=tmp_path / "then").save(out)
+        cache.commit_meta(out, {}, passthrough=False)
+    now = ModelRef("hf", tmp_path / "now", id="base-content")
+    assert cache.lookup("k", now).base == tmp_path / "now"
+    stacked = ModelRef("hf-adapter", tmp_path / "first-adapter", id="a", base=tmp_path / "now-base")
+    assert cache.lookup("k", stacked).base == tmp_path / "now-base"
+    assert cache.intact("k")
+    (cache.passes / "k" / "model" / "adapter" / "adapter_model.safetensors").write_text("truncated")
+    assert not cache.intact("k")
+
+
+def test_an_unchanged_output_model_prompted_otherwise_gets_its_card_rewritten(tiny_model, tmp_path):
+    """`generate` and `evaluate` read the card: a run that changes only the prompt recipe must update it."""
+    from modelpress.config import load_config
+    from modelpress.engine import write_outputs
+    from modelpress.fsutil import read_json
+
+    config = load_config(write_config(tmp_path / "w.json", tone_workflow(
+        tiny_model, {"builder": {"type": "ModelBuilder"}}, output_dir=str(tmp_path / "out"))))
+    model = tmp_path / "entry"
+    model.mkdir()
+    (model / "model.onnx").write_text("graph")
+    final = ModelRef("onnx-genai", model, id="same-model", task={"task": "text-generation"})
+    write_outputs(config, final, {"text_template": "A: {x}\n{y}"}, [], {})
+    card = tmp_path / "out" / "model" / "modelpress_model.json"
+    copied_at = (tmp_path / "out" / "model" / "model.onnx").stat().st_mtime_ns
+    write_outputs(config, final, {"text_template": "B: {x}\n{y}"}, [], {})
+    assert read_json(card)["task"]["text_template"] == "B: {x}\n{y}"
+    assert (tmp_path / "out" / "model" / "model.onnx").stat().st_mtime_ns == copied_at  # not copied again

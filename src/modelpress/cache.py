@@ -9,6 +9,7 @@ last, lists every file with its size, and an entry whose files do not match is n
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -23,6 +24,7 @@ from typing import Any
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, read_json
 from modelpress.models import ModelRef
+from modelpress.passes.spec_base import HF_ADAPTER
 
 log = logging.getLogger("modelpress")
 CACHE_VERSION = 2  # bump when a pass gives different output for the same inputs
@@ -119,19 +121,32 @@ class PassCache:
         probe.unlink()
 
     def lookup(self, key: str, input_ref: ModelRef) -> ModelRef | None:
-        """The cached output for `key`, or None when absent or not intact."""
+        """The cached output for `key`, or None when absent or not intact. An adapter's base is the model the
+        pass was given now (the key holds that model's content, not the folder it was read from then)."""
+        meta = self._intact_meta(key)
+        if meta is None:
+            return None
+        if meta.get("passthrough"):
+            return input_ref
+        ref = ModelRef.load(self.passes / key / "model")
+        if ref.kind == HF_ADAPTER:
+            ref = dataclasses.replace(ref, base=input_ref.base if input_ref.kind == HF_ADAPTER else input_ref.path)
+        return ref
+
+    def intact(self, key: str) -> bool:
+        """Whether the entry `key` is here, whole."""
+        return self._intact_meta(key) is not None
+
+    def _intact_meta(self, key: str) -> dict | None:
         entry = self.passes / key
         try:
             meta = read_json(entry / "entry.json")
         except (OSError, ValueError):
             return None
-        if meta.get("passthrough"):
-            return input_ref
-        model_dir = entry / "model"
-        if manifest(model_dir) != meta.get("files"):
+        if not meta.get("passthrough") and manifest(entry / "model") != meta.get("files"):
             log.warning("cache entry %s is damaged (files differ from its manifest): running the pass again", key)
             return None
-        return ModelRef.load(model_dir)
+        return meta
 
     @contextmanager
     def write(self, key: str) -> Iterator[Path]:

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
                   "permissions (--verbose shows where it was met).", file=sys.stderr)
             return EXIT_FAILURE
         if not is_disk_full(err):
-            raise
+            return _unexpected(err, args.verbose)
         if args.verbose:
             log.exception("details")
         print(f"error: the disk is full (or a size limit was hit) while writing {err.filename or 'output'}: "
@@ -69,6 +69,16 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         print("\ninterrupted. Finished passes are cached and training keeps its last checkpoint: "
               "run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:  # a library's error, or a modelpress bug: one line, the traceback on request
+        return _unexpected(err, args.verbose)
+
+
+def _unexpected(err: BaseException, verbose: bool) -> int:
+    if verbose:
+        log.exception("details")
+    print(f"error: {type(err).__name__}: {err}\n(unexpected: run again with --verbose for the traceback, and "
+          "report it with that output)", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ This is the one place where the stages are composed; read `run_workflow` top to 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -270,7 +271,8 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     params = key_params(p.params)
     if local and params.get("torch_dtype") == IF_NATIVE:
         params["torch_dtype"] = native_training_dtype()
-    loading = config.input_model.model_dump(mode="json", exclude={"model_path", "task"})
+    # the task too: a LoRA pass trains a classifier head or a causal LM from it
+    loading = config.input_model.model_dump(mode="json", exclude={"model_path"})
     return cache_key("pass", __version__, ref.id, p.type, spec.origin, params, data,
                      ep if spec.keys_execution_provider() else None, loading)
 
@@ -301,7 +303,7 @@ def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
     config, plan = session.config, session.plan
     data = {name: plan.fingerprint(name) for name in config.data_configs}
     split = [plan.split_params(p.params) for p in config.passes if p.trains]
-    return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, *parts)
+    return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, config.input_model.task, *parts)
 
 
 def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float | None) -> dict:
@@ -369,14 +371,17 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
     texts[REPORT] = build_html(metrics, history, resolved)
     target = out / "model"
     card = target / MODEL_CARD
-    current = read_json(card).get("id") if card.is_file() else None
+    current = read_json(card) if card.is_file() else {}
     if final is None:
-        if current:
-            log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target, current[:12])
-    elif current != final.id:  # an unchanged final model is not copied again
+        if current.get("id"):
+            log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target,
+                        current["id"][:12])
+    elif current.get("id") != final.id:
         with atomic_dir(target) as tmp:
             shutil.copytree(final.path, tmp, dirs_exist_ok=True)
             ModelRef(final.kind, tmp, final.id, final.base, {**final.task, **task}).save(tmp)
+    elif current.get("task") != json.loads(json_text({**final.task, **task})):  # prompted otherwise: its card only
+        ModelRef(final.kind, target, final.id, final.base, {**final.task, **task}).save(target)
     for name, text in texts.items():
         atomic_write_text(out / name, text)
     if final is not None and final.kind == HF_ADAPTER:

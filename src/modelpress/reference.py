@@ -20,8 +20,11 @@ from modelpress.config.schema import (
     Goal,
     InputModelConfig,
     Metric,
+    RaySystemConfig,
     SearchConfig,
     SubMetric,
+    SystemConfig,
+    TaskResources,
 )
 from modelpress.passes.catalog import CATALOG, TrainingArgs
 from modelpress.passes.spec_base import is_output_neutral
@@ -33,6 +36,10 @@ SECTIONS = [
     ("evaluation (modelpress)", EvaluationConfig, ""),
     ("engine keys (top level or in `engine`)", EngineConfig,
      "`execution_providers` and `log_severity_level` (0-4) map onto `execution_provider` and `log_level`."),
+    ("systems.NAME", SystemConfig, "Olive's `accelerators[].execution_providers` give `execution_provider`; "
+     "`host` (passes) and `target` (evaluations) name a system."),
+    ("systems.NAME, type Ray (keys beside `type`, or in Olive's `config`)", RaySystemConfig, ""),
+    ("systems.NAME.pass_resources.PASS", TaskResources, ""),
     ("search_strategy (top level or in `engine`)", SearchConfig,
      "`false` turns search off, `true` takes these defaults. Olive 0.5's `search_algorithm` (exhaustive, random, "
      "tpe) and `search_algorithm_config.num_samples` map onto `sampler` and `max_samples`. A pass parameter is "

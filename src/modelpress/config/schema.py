@@ -184,8 +184,9 @@ class RaySystemConfig(TaskResources):
     timeout: float | None = Field(None, gt=0, description="Seconds one task may run before it is cancelled and "
                                   "counted as failed (default: no limit).")
     storage: str | None = Field(
-        None, description="Where tasks write pass outputs: a path every node sees (NFS, a mounted bucket), or an "
-        "fsspec URL (s3://, gs://, abfs://, file://). Default: the cache_dir, which suits a one-machine cluster.")
+        None, description="Where tasks write pass outputs: a path every node sees on a POSIX filesystem (NFS; not "
+        "a bucket mounted through FUSE, which lacks atomic renames and shared locks), or an fsspec URL (s3://, "
+        "gs://, abfs://, file://). Default: the cache_dir, which suits a one-machine cluster.")
     env_vars: dict[str, str] = Field(
         default_factory=dict, description="Environment variables set in every task's worker process; values are "
         "not saved in config.resolved.json.")
@@ -196,7 +197,8 @@ class SystemConfig(Strict):
 
     type: Literal["LocalSystem", "Ray"] = Field("LocalSystem", description="LocalSystem (this machine) or Ray.")
     execution_provider: ExecutionProvider | None = Field(None, description="From the system's accelerators.")
-    ray: RaySystemConfig | None = Field(None, description="type Ray: the cluster and how tasks run on it.")
+    ray: RaySystemConfig | None = Field(None, description="type Ray: the cluster and how tasks run on it, from the "
+                                        "keys written beside `type` (next section); not a key of its own.")
 
 
 class EngineConfig(Strict):

@@ -111,7 +111,7 @@ class UrlStorage:
         """Download an entry into `cache` (atomically); the caller's `lookup` then checks its manifest."""
         import json
 
-        if (cache.passes / key / ENTRY).is_file():
+        if cache.intact(key):  # a damaged local copy is replaced, or every later lookup would miss it again
             return
         remote = self._remote(kind, key)
         meta = json.loads(self.fs.cat_file(f"{remote}/{ENTRY}"))
