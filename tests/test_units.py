@@ -472,3 +472,23 @@ def test_an_unchanged_output_model_prompted_otherwise_gets_its_card_rewritten(ti
     write_outputs(config, final, {"text_template": "B: {x}\n{y}"}, [], {})
     assert read_json(card)["task"]["text_template"] == "B: {x}\n{y}"
     assert (tmp_path / "out" / "model" / "model.onnx").stat().st_mtime_ns == copied_at  # not copied again
+
+
+def test_resume_skips_a_checkpoint_whose_trainer_state_was_cut_short(tmp_path):
+    from modelpress.passes.lora import CHECKPOINT_FILES, latest_checkpoint
+
+    def checkpoint(step: int, state: str) -> Path:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in CHECKPOINT_FILES:
+            (folder / name).write_text("x")
+        (folder / "trainer_state.json").write_text(state)
+        return folder
+
+    good = checkpoint(10, '{"global_step": 10}')
+    assert latest_checkpoint(tmp_path) == good
+    checkpoint(20, '{"global_st')  # killed while transformers wrote it
+    checkpoint(30, "")  # a power loss before the data reached the disk
+    assert latest_checkpoint(tmp_path) == good
+    (good / "optimizer.pt").write_text("")
+    assert latest_checkpoint(tmp_path) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -194,12 +195,22 @@ CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapt
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete `checkpoint-N` folder (a half-written one is skipped)."""
+    """The newest complete `checkpoint-N` folder: every file there and not empty, its trainer state readable
+    (transformers writes that last, unsynced, so a kill or power loss can leave it empty or cut)."""
     if not folder.is_dir():
         return None
-    complete = [p for p in folder.glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and all((p / f).is_file() for f in CHECKPOINT_FILES)]
+    complete = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and _whole(p)]
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _whole(checkpoint: Path) -> bool:
+    try:
+        if not all((checkpoint / f).stat().st_size > 0 for f in CHECKPOINT_FILES):
+            return False
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _prepare_4bit(model, gradient_checkpointing: bool):
