@@ -157,3 +157,9 @@ def test_a_builder_on_an_unmerged_adapter_is_valid_and_says_what_it_builds(tmp_p
     warnings = load_config(tmp_path / "c.json").warnings
     assert any("passes.m: ModelBuilder gets an unmerged adapter from 'l'" in w and "MergeAdapterWeights" in w
                for w in warnings), warnings
+
+
+def test_an_input_model_dtype_modelpress_does_not_read_is_warned_about():
+    config = load_config(CONFIGS / "model-builder-options.json")
+    assert any(w.startswith("input_model.load_kwargs.torch_dtype: 'float16' is accepted and not used")
+               for w in config.warnings)

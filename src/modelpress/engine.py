@@ -271,8 +271,8 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     params = key_params(p.params)
     if local and params.get("torch_dtype") == IF_NATIVE:
         params["torch_dtype"] = native_training_dtype()
-    # the task too: a LoRA pass trains a classifier head or a causal LM from it
-    loading = config.input_model.model_dump(mode="json", exclude={"model_path"})
+    # the task too: a LoRA pass trains a classifier head or a causal LM from it (torch_dtype is read by nothing)
+    loading = config.input_model.model_dump(mode="json", exclude={"model_path", "torch_dtype"})
     return cache_key("pass", __version__, ref.id, p.type, spec.origin, params, data,
                      ep if spec.keys_execution_provider() else None, loading)
 

@@ -33,7 +33,8 @@ class InputModelConfig(Strict):
         "(an encoder with a classifier head over `label_col`).",
     )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype to load the weights in."
+        "float32", description="Accepted for Olive's load_kwargs and not used (a warning says so): the input model "
+        "is read in float32; a LoRA pass's own torch_dtype sets the training base's dtype."
     )
     trust_remote_code: bool = Field(False, description="Run Python code shipped in the model folder.")
     attn_implementation: Literal["eager", "sdpa"] | None = Field(

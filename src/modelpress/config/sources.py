@@ -89,6 +89,11 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
         c.add(f"{where}.model_path", "required key is missing",
               "Set it to a Hugging Face model folder, a Hub id (org/name) or a .gguf file.")
         return None
+    dtype = load_kwargs.get("torch_dtype", load_kwargs.get("dtype", "float32"))
+    if dtype not in ("float32", "auto"):
+        c.warn(f"{where}.load_kwargs.torch_dtype: {dtype!r} is accepted and not used: modelpress reads the input "
+               "model in float32 to measure and merge it. A LoRA/QLoRA pass trains on the base dtype its own "
+               "torch_dtype names, and ModelBuilder's precision sets the exported model's.")
     return {"model_path": model_path, "task": task,
             "trust_remote_code": load_kwargs.get("trust_remote_code", False),
             "attn_implementation": load_kwargs.get("attn_implementation"),
