@@ -380,8 +380,10 @@ def test_clean_cache_empties_only_a_folder_modelpress_made(tmp_path):
     cache = PassCache(tmp_path / "cache")
     cache.prepare()
     (cache.passes / "old-entry").mkdir()
+    (cache.work / ("ab" * 16) / "trainer" / "checkpoint-5").mkdir(parents=True)  # an interrupted training's
+    (cache.work / "notes").mkdir()
     cache.prepare(clean=True)
-    assert list(cache.passes.iterdir()) == []
+    assert list(cache.passes.iterdir()) == [] and [p.name for p in cache.work.iterdir()] == ["notes"]
 
 
 def test_a_run_that_trains_nothing_prompts_each_eval_set_as_its_own_data_config_says(tiny_model, tmp_path):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,6 +114,9 @@ class PassCache:
                                       "remove them yourself.")
             shutil.rmtree(self.passes, ignore_errors=True)
             shutil.rmtree(self.evals, ignore_errors=True)
+            for scratch in self.work.glob("*"):  # training checkpoints too, so nothing is resumed: by key name only
+                if re.fullmatch(r"[0-9a-f]{32}", scratch.name):
+                    shutil.rmtree(scratch, ignore_errors=True)
         for folder in (self.passes, self.evals, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
         (self.root / CACHE_MARKER).touch()
