@@ -494,3 +494,28 @@ def test_resume_skips_a_checkpoint_whose_trainer_state_was_cut_short(tmp_path):
     assert latest_checkpoint(tmp_path) == good
     (good / "optimizer.pt").write_text("")
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_the_completion_loss_scores_the_token_training_put_after_the_answer(tiny_model):
+    from transformers import AutoTokenizer
+
+    from modelpress.answer_ends import Ends
+    from modelpress.data import Example
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    class Plain(Ends):
+        end_ids, eos_id = set(), tokenizer.eos_token_id
+
+        def _ids(self, prompt, add_bos):
+            return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+        def _plain_ids(self, text):
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    runner = Plain()
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    closed = Example("Tone:\n", "joy", "f row 1", target="joy\n###\n")  # trained: joy, then the newline
+    assert closed.stop == "###" and runner._pair(closed, False)[1] == runner._plain_ids("joy") + newline[:1]
+    open_ended = Example("Tone:\n", "joy", "f row 2")
+    assert runner._pair(open_ended, False)[1] == runner._plain_ids("joy") + [tokenizer.eos_token_id]

@@ -34,8 +34,7 @@ class Ends:
     Generation ends at the end-of-sequence ids (the tokenizer's and those of the model's generation
     config: Phi-3 and Llama 3 end a turn with a token that is not the tokenizer's `eos_token`) and at an
     example's stop text when that is one token. The loss scores the completion and its closing token:
-    that one-token stop when the example has one (what training taught after the answer), else the
-    end of sequence.
+    the first token training put after the answer (the closing text as written), else the end of sequence.
     """
 
     end_ids: set[int]
@@ -58,10 +57,14 @@ class Ends:
         self.end_ids |= {t for t in map(self._stop_token, texts) if t is not None}
 
     def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
-        """(prompt ids, completion ids and the token that closes it): what the completion loss scores."""
-        stop = self._stop_token(ex.stop)
-        return scored_split(self._ids(ex.prompt, add_bos),
-                            self._plain_ids(ex.completion) + [self.eos_id if stop is None else stop])
+        """(prompt ids, completion ids and the token that closes it): what the completion loss scores. The closing
+        token is the first one training put after the answer (a template's `\n###` begins with the newline), or
+        the end of sequence when nothing closes the answer."""
+        memo = self.__dict__.setdefault("_closing_memo", {})
+        if ex.closing not in memo:
+            memo[ex.closing] = self._plain_ids(ex.closing)[:1] if ex.closing else []
+        closing = memo[ex.closing]
+        return scored_split(self._ids(ex.prompt, add_bos), self._plain_ids(ex.completion) + (closing or [self.eos_id]))
 
 
 def eos_ids(tokenizer, generation_config) -> set[int]:

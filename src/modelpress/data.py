@@ -40,10 +40,15 @@ class Example:
     turns: tuple[tuple[str, bool], ...] = ()
 
     @property
+    def closing(self) -> str:
+        """The text trained on after the completion, as written (a chat turn's end marker and newline)."""
+        target = self.target or ""
+        return target[len(self.completion):] if target.startswith(self.completion) else ""
+
+    @property
     def stop(self) -> str:
         """The text that closes an answer (evaluation reads a generated answer up to it)."""
-        target = self.target or ""
-        return target[len(self.completion):].strip() if target.startswith(self.completion) else ""
+        return self.closing.strip()
 
 
 FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -295,7 +295,8 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # 5: the result keeps the wrong answers; a Ray target's evaluation computes on the threads its task reserved.
 # 6: a wrong answer keeps its prompt's own text; what every prompt of the eval set shares is kept once;
 #    a run that trains nothing prompts as its evaluation data config says (BOS, template).
-MEASUREMENT = 6
+# 7: the completion loss scores the first token training put after the answer (the closing text as written).
+MEASUREMENT = 7
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
