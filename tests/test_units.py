@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -519,3 +520,32 @@ def test_the_completion_loss_scores_the_token_training_put_after_the_answer(tiny
     assert closed.stop == "###" and runner._pair(closed, False)[1] == runner._plain_ids("joy") + newline[:1]
     open_ended = Example("Tone:\n", "joy", "f row 2")
     assert runner._pair(open_ended, False)[1] == runner._plain_ids("joy") + [tokenizer.eos_token_id]
+
+
+def test_a_folder_moved_away_by_a_killed_replace_comes_back(tmp_path, monkeypatch):
+    """kill -9 between atomic_dir's two renames leaves the earlier output under a hidden name: the next write
+    to the same place puts it back first, so a failed write still leaves it whole. A copy moved away in the
+    last minute may be a live process's, between its renames, and is left alone."""
+    import time
+
+    import modelpress.fsutil as fsutil
+
+    target = tmp_path / "model"
+    hidden = tmp_path / ".model.old-1234abcd"
+    hidden.mkdir()
+    (hidden / "weights").write_text("earlier run")
+    with atomic_dir(target) as tmp:  # the leftover is seconds old here: not touched
+        (tmp / "weights").write_text("new")
+    assert hidden.is_dir() and (target / "weights").read_text() == "new"
+    shutil.rmtree(target)
+    later = time.time() + 120  # two minutes after the kill
+    monkeypatch.setattr(fsutil.time, "time", lambda: later)
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("this write fails too")
+    assert (target / "weights").read_text() == "earlier run" and not hidden.exists()
+    (tmp_path / ".model.old-5678abcd").mkdir()  # a stale copy beside a whole target is removed
+    monkeypatch.setattr(fsutil.time, "time", lambda: later + 120)
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["model"]

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; outputs are ordinary folders
     try:
@@ -53,6 +55,19 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _recover(target: Path) -> None:
+    """Mend what a process killed between atomic_dir's two renames left: the moved-away folder goes back where
+    `target` is missing (the earlier output is not lost); older moved-away copies are removed. A copy moved in
+    the last minute may be another live process's, between its renames, and is left to it."""
+    settled = time.time() - 60
+    olds = sorted((p for p in target.parent.glob(f".{target.name}.old-*") if p.stat().st_ctime < settled),
+                  key=lambda p: p.stat().st_ctime)
+    if olds and not target.exists():
+        os.rename(olds.pop(), target)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
