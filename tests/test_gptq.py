@@ -228,3 +228,33 @@ def test_models_whose_tokens_depend_on_the_batch_calibrate_one_row_at_a_time():
     assert not pads_safely(SimpleNamespace(rope_parameters={"rope_type": "longrope"}))  # Phi-3 128k
     assert not pads_safely(SimpleNamespace(rope_scaling={"type": "dynamic"}))
     assert not pads_safely(SimpleNamespace(num_local_experts=16))  # Phi-3.5-MoE, Mixtral
+
+
+def test_gptq_on_a_tied_head_leaves_the_embedding_table_alone():
+    """SmolLM2, Qwen2.5 and Llama 3.2 share one tensor between embeddings and head: GPTQ wrote the quantized
+    head into it, so the lookups read 4-bit values fitted to the head's inputs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from modelpress.passes.catalog import CATALOG
+    from modelpress.passes.gptq_layers import quantize_layers
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)).eval()
+    table = model.get_input_embeddings().weight.detach().clone()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    params = CATALOG["Gptq"].params.model_validate({"group_size": 32, "lm_head": True})
+    rows = [torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    packed = quantize_layers(model, rows, {"lm_head": Grid(bits=4, group_size=32)}, params)
+    assert "lm_head" in packed
+    assert torch.equal(model.get_input_embeddings().weight, table)
+    assert not torch.equal(model.get_output_embeddings().weight, table)  # the head itself holds its quantized values
+
+
+def test_the_heads_calibration_inputs_go_through_the_models_final_norm():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from modelpress.passes.gptq_layers import final_norm
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
+    assert final_norm(gpt2) is gpt2.transformer.ln_f  # not model.model.norm, which GPT-2 has not

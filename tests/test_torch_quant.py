@@ -4,6 +4,7 @@ genai builder makes of it, and the layer choices of the mixed-precision rules.""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,14 @@ from modelpress.quantized import Grid, dequantize, quant_config, rtn
 def test_k_quant_layers_follow_llama_cpp_rule():
     # the first and last eighth, and every third layer from the first eighth on (i - n/8) % 3 == 2
     assert k_quant_layers(32) == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
-    assert k_quant_layers(4) == [0, 2]
+    assert k_quant_layers(30) == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]  # SmolLM2-135M
+    assert k_quant_layers(4) == [2, 3]
+
+    def use_more_bits(i: int, n: int) -> bool:  # llama.cpp's lambda, with C++'s int division and remainder
+        return i < n // 8 or i >= 7 * n // 8 or int(math.fmod(i - n // 8, 3)) == 2
+
+    for n in range(1, 81):
+        assert k_quant_layers(n) == [i for i in range(n) if use_more_bits(i, n)], n
 
 
 def test_promote_stops_once_the_low_bit_share_is_at_most_ratio():
@@ -87,11 +95,19 @@ def test_mixed_precision_gptq_rtn_model_builder_gives_a_genai_model_with_the_sam
     work, proc = chain_run
     rtn_out = _step_output(work, "r")
     config = quant_config(rtn_out)
-    # k_quant_mixed on 4 layers: layers 0 and 2 keep 8 bits in qkv and down; Rtn adds the head and embeddings
+    # k_quant_mixed on 4 layers: layers 2 and 3 keep 8 bits in qkv and down (llama.cpp's rule, in integer
+    # division); Rtn adds the head and embeddings
     assert config["bits"] == 4 and config["group_size"] == 32 and config["lm_head"] and config["embeds"]
     assert {n for n, o in config["overrides"].items() if o.get("bits") == 8} == {
-        "lm_head", "model.embed_tokens", "model.layers.0.self_attn.qkv_proj", "model.layers.0.mlp.down_proj",
-        "model.layers.2.self_attn.qkv_proj", "model.layers.2.mlp.down_proj"}
+        "lm_head", "model.embed_tokens", "model.layers.2.self_attn.qkv_proj", "model.layers.2.mlp.down_proj",
+        "model.layers.3.self_attn.qkv_proj", "model.layers.3.mlp.down_proj"}
+    from safetensors import safe_open
+
+    with safe_open(str(rtn_out / "model.safetensors"), "pt") as stored:
+        names = set(stored.keys())
+    quantized = {n.removesuffix(".qweight") for n in names if n.endswith(".qweight")}
+    assert "model.layers.0.self_attn.qkv_proj" in quantized  # quantized by Gptq, kept by Rtn
+    assert not {f"{m}.weight" for m in quantized} & names  # stored once, packed: no float copy beside it
     genai = work / "models" / "quantized" / "model"
     assert json.loads((genai / "genai_config.json").read_text())["search"]["max_length"] == 256
     ids = list(range(5, 45))

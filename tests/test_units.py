@@ -549,3 +549,24 @@ def test_a_folder_moved_away_by_a_killed_replace_comes_back(tmp_path, monkeypatc
     with atomic_dir(target) as tmp:
         (tmp / "weights").write_text("new")
     assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_calibrating_on_the_rows_the_evaluation_measures_is_warned_about(tiny_model, tmp_path):
+    from modelpress.config import load_config
+
+    def warnings(passes: dict, **top) -> list[str]:
+        raw = tone_workflow(tiny_model, passes, **top)
+        raw["data_configs"].append({**raw["data_configs"][0], "name": "other"})
+        return [w for w in load_config(write_config(tmp_path / "w.json", raw)).warnings if "calibrates on" in w]
+
+    gptq = {"type": "Gptq", "data_config": "tone"}
+    held_out = {"lora": {"type": "LoRA", "train_data_config": "tone", "eval_dataset_size": 0.2},
+                "merge": {"type": "MergeAdapterWeights"}, "gptq": gptq}
+    assert warnings(held_out) == []  # the eval split is left out of calibration
+    assert warnings({"gptq": gptq}) == ["passes.gptq.data_config: Gptq calibrates on 'tone', which the evaluation "
+                                        "also measures, so the accuracy reported flatters the quantized model. Give "
+                                        "calibration rows of its own (another data config, or the training data with "
+                                        "an eval split held out)."]
+    assert len(warnings(held_out, evaluation={"extra_data_configs": ["other"]})) == 0
+    assert len(warnings({**held_out, "gptq": {"type": "Gptq", "data_config": "other"}},
+                        evaluation={"extra_data_configs": ["other"]})) == 1

@@ -295,7 +295,9 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # 5: the result keeps the wrong answers; a Ray target's evaluation computes on the threads its task reserved.
 # 6: a wrong answer keeps its prompt's own text; what every prompt of the eval set shares is kept once;
 #    a run that trains nothing prompts as its evaluation data config says (BOS, template).
-# 7: the completion loss scores the first token training put after the answer (the closing text as written).
+# 7: the completion loss scores the first token training put after the answer (the closing text as written);
+#    PyTorch answers are plain greedy whatever generation_config.json asks; genai stops at every end id and
+#    counts the end token, as the other runners do.
 MEASUREMENT = 7
 
 

@@ -211,7 +211,7 @@ class TorchRunner(HfTokenizedRunner):
         self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
             out, width = generate_with_prefix(self.model, rows, shared, self.pad, max_new_tokens=max_new_tokens,
-                                              do_sample=False, eos_token_id=sorted(self.end_ids))
+                                              eos_token_id=sorted(self.end_ids), **GREEDY)
         return self._answers(out, width)
 
     def _answers(self, out, width: int) -> list[tuple[str, int]]:
@@ -233,7 +233,7 @@ class TorchRunner(HfTokenizedRunner):
         self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
             out, width, logits = generate_scored(self.model, rows, tails, shared, self.pad, max_new_tokens=max_new_tokens,
-                                                 do_sample=False, eos_token_id=sorted(self.end_ids))
+                                                 eos_token_id=sorted(self.end_ids), **GREEDY)
         logits = logits.float().numpy()
         total = sum(nll(row, head, tail, offset=len(head) - 1) for row, (head, tail) in zip(logits, pairs))
         return self._answers(out, width), total, sum(len(t) for t in tails)
@@ -263,6 +263,11 @@ class TorchRunner(HfTokenizedRunner):
 
 # onnxruntime-genai 0.18 refuses larger batches: "batch_size (64) must be in [1, 32]".
 GENAI_MAX_BATCH = 32
+
+# Plain greedy decoding, as the ONNX runners do it: transformers fills every setting not passed from the model's
+# generation_config.json, which may ask for a repetition penalty (Qwen2.5), n-gram blocking or beams.
+GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+          "min_new_tokens": 0, "min_length": 0}
 
 
 class GenaiRunner(Ends, Runner):
@@ -315,12 +320,17 @@ class GenaiRunner(Ends, Runner):
                 for answer in self._generate_rows([rows[i] for i in chunk], max_new_tokens)]
 
     def _generate_rows(self, rows: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
-        return [self._answer(new) for new in self.generate_ids(rows, max_new_tokens)]
+        return [self._answer(new, max_new_tokens) for new in self._generate(rows, max_new_tokens)[0]]
 
-    def _answer(self, new: list[int]) -> tuple[str, int]:
+    def _answer(self, new: list[int], max_new_tokens: int) -> tuple[str, int]:
+        """The answer's text, and the tokens generated for it counted as the other runners count them: with the
+        end token. genai leaves the end-of-sequence token that stopped a sequence out of it."""
         import numpy as np
 
-        return self.tokenizer.decode(np.array(new, dtype=np.int32)), len(new)
+        tokens, count = until_eos(new, self.end_ids)
+        if len(tokens) == len(new) and len(new) < max_new_tokens:
+            count = len(new) + 1
+        return self.tokenizer.decode(np.array(tokens, dtype=np.int32)), count
 
     def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """The greedy new tokens of each row (up to its end of sequence), generated as one batch."""
@@ -344,12 +354,16 @@ class GenaiRunner(Ends, Runner):
             generator.set_active_adapter(self._adapters, "active")
         generator.append_tokens(ids)
         steps = []
-        while not generator.is_done():
+        ends, ended = np.array(sorted(self.end_ids)), np.zeros(len(rows), dtype=bool)
+        while not generator.is_done() and not ended.all():
             # only before a step: asked for once generation is done, genai 0.18 runs the model again and
             # generates on past max_length
             if keep_logits:
                 steps.append(np.array(generator.get_logits(), dtype=np.float32).reshape(len(rows), -1))
             generator.generate_next_token()
+            # genai stops a row at its own end-of-sequence ids; an answer's stop token (a chat turn's end) also
+            # ends it, as it ends a PyTorch model's, so no time is spent (and timed) past it
+            ended |= np.isin(np.asarray(generator.get_next_tokens()), ends)
         # Each row's new tokens start after the padded width, whatever its own prompt length.
         new = [[int(t) for t in generator.get_sequence(i)][width:] for i in range(len(rows))]
         return new, np.stack(steps) if steps else None
@@ -367,7 +381,7 @@ class GenaiRunner(Ends, Runner):
         for chunk in self._chunks(rows):
             news, steps = self._generate([rows[i] for i in chunk], max_new_tokens, keep_logits=True)
             for j, (i, new) in enumerate(zip(chunk, news)):
-                answers[i] = self._answer(until_eos(new, self.end_ids)[0])
+                answers[i] = self._answer(new, max_new_tokens)
                 tail = pairs[i][1]
                 # the logits at step k saw the prompt and new[:k], so the tail scores from them when the answer
                 # began with the tail's tokens before its last (which need not have been generated)

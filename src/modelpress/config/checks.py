@@ -18,6 +18,7 @@ from modelpress.config.schema import (
     SearchConfig,
     SystemConfig,
     eval_data_name,
+    training_pass,
 )
 from modelpress.config.templates import role_template, template_fields
 from modelpress.models import MODEL_CARD
@@ -66,10 +67,29 @@ def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: Search
         _check_pass_ref(name, passes, f"evaluation.evaluate_passes[{i}]", "", c)
     if evaluation.label_column:
         _check_label_column(data, passes, evaluation, c)
+    _check_calibration_data(data, passes, evaluation, c)
     if (search.enabled or evaluator is not None) and (evaluation.evaluate_passes or evaluation.extra_data_configs):
         c.add("evaluation", "evaluate_passes and extra_data_configs are for a run without a search or evaluator",
               "A search measures each candidate with the evaluator's metrics: add a metric with that data_config "
               "there, or drop these keys.")
+
+
+def _check_calibration_data(data, passes, evaluation: EvaluationConfig, c: Collector) -> None:
+    """A quantizer calibrated on the rows the evaluation then measures is flattered by it. Calibrating on the
+    training data config is fine where the training pass holds out an eval split of it (that split is left out
+    of calibration: `DataPlan.calibration_examples`)."""
+    measured = {eval_data_name(evaluation, passes, data), *evaluation.extra_data_configs}
+    trained = training_pass(passes)
+    split_off = (trained.params.train_data_config if trained is not None and not evaluation.data_config
+                 and not trained.params.eval_data_config and trained.params.eval_dataset_size else None)
+    for p in passes:
+        if p.trains:
+            continue
+        names = {getattr(option.params, "data_config", None) for option in p.choices()} - {None, split_off}
+        for name in sorted(names & measured):
+            c.warn(f"passes.{p.name}.data_config: {p.type} calibrates on {name!r}, which the evaluation also "
+                   "measures, so the accuracy reported flatters the quantized model. Give calibration rows of its "
+                   "own (another data config, or the training data with an eval split held out).")
 
 
 def _check_label_column(data, passes, evaluation: EvaluationConfig, c: Collector) -> None:

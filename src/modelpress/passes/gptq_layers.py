@@ -180,11 +180,31 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
     head = model.get_output_embeddings()
     head_name = module_name(model, head)
     if head_name in plan:
-        norm = getattr(getattr(model, "model", model), "norm", None)
+        norm = final_norm(model)
+        if head.weight is model.get_input_embeddings().weight:  # tied: the head's GPTQ must not rewrite the table
+            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
         hessian = Hessian(head.in_features)
         with torch.no_grad():
             for (args, kwargs), mask in zip(inputs, masks):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                hessian.add((norm(hidden) if norm is not None else hidden).float()[mask])
+                hessian.add(norm(hidden).float()[mask])
         packed.update(_quantize_group({head_name: head}, hessian, plan[head_name], params))
     return packed
+
+
+FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")  # Llama-likes, GPT-2/Falcon, OPT/NeoX, ...
+
+
+def final_norm(model):
+    """The norm between the last decoder layer and the LM head, which the head's calibration inputs pass through."""
+    import torch
+
+    base = getattr(model, "base_model", model)
+    for owner in (base, getattr(base, "decoder", None)):
+        for name in FINAL_NORMS:
+            module = getattr(owner, name, None) if owner is not None else None
+            if isinstance(module, torch.nn.Module):
+                return module
+    raise ModelpressError(f"Gptq lm_head: no final norm found in {type(model).__name__} (looked for "
+                          f"{', '.join(FINAL_NORMS)}), so the head's calibration inputs are unknown. Quantize the "
+                          "head with Rtn instead (lm_head: true there, false here).")

@@ -23,8 +23,9 @@ MLP_OUTPUTS = re.compile(r"\.(down_proj|fc2|dense_4h_to_h|w2)$")
 
 
 def k_quant_layers(count: int) -> list[int]:
-    """The layers llama.cpp keeps at more bits: the first and last eighth, and every third between."""
-    return [i for i in range(count) if i < count / 8 or i >= 7 * count / 8 or (i - count // 8) % 3 == 2]
+    """The layers llama.cpp keeps at more bits: the first and last eighth, and every third between (its
+    `use_more_bits`, in C++ integer division)."""
+    return [i for i in range(count) if i < count // 8 or i >= 7 * count // 8 or (i - count // 8) % 3 == 2]
 
 
 def choose(ctx, model, tokenizer, params) -> tuple[dict, dict[str, dict]]:

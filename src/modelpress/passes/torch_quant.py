@@ -140,15 +140,16 @@ def save_quantized(model, tokenizer, packed: dict[str, dict], config: dict, out:
 
     dtype = getattr(model.config, "dtype", None)
     state = {}
+    stored = {**(keep or {}), **packed}  # modules written as qweight/scales/qzeros, without their float weight
     for name, tensor in model.state_dict().items():
         module = name.rsplit(".", 1)[0]
-        if module in packed and name.endswith(".weight"):
+        if module in stored and name.endswith(".weight"):
             continue
         tensor = tensor.detach()
         if dtype is not None and str(dtype) in ("torch.float16", "torch.bfloat16") and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[name] = tensor.clone().contiguous()
-    for module, parts in {**(keep or {}), **packed}.items():
+    for module, parts in stored.items():
         state.update({f"{module}.{part}": parts[part].contiguous() for part in PARTS})
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
