@@ -296,8 +296,8 @@ def test_genai_batches_chat_prompts_that_hold_its_pad_token(eos_model, tone_exam
     runner = GenaiRunner(folder)
     assert runner.pad != end and all(end in runner._ids(ex.prompt, True) for ex in chat)
     sizes = []
-    generate_ids = runner.generate_ids
-    runner.generate_ids = lambda rows, new: sizes.append(len(rows)) or generate_ids(rows, new)
+    generate = runner._generate
+    runner._generate = lambda rows, new, keep_logits=False: sizes.append(len(rows)) or generate(rows, new, keep_logits)
     alone, batched = _answers_batched_and_alone(runner, chat)
     assert max(sizes) == 16, f"the chat prompts ran in batches of at most {max(sizes)}"
     assert batched == alone
