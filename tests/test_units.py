@@ -519,7 +519,9 @@ def test_the_completion_loss_scores_the_token_training_put_after_the_answer(tiny
     closed = Example("Tone:\n", "joy", "f row 1", target="joy\n###\n")  # trained: joy, then the newline
     assert closed.stop == "###" and runner._pair(closed, False)[1] == runner._plain_ids("joy") + newline[:1]
     open_ended = Example("Tone:\n", "joy", "f row 2")
-    assert runner._pair(open_ended, False)[1] == runner._plain_ids("joy") + [tokenizer.eos_token_id]
+    # nothing closes it: the end of sequence training appends with special tokens, and nothing without them
+    assert runner._pair(open_ended, True)[1] == runner._plain_ids("joy") + [tokenizer.eos_token_id]
+    assert runner._pair(open_ended, False)[1] == runner._plain_ids("joy")
 
 
 def test_a_folder_moved_away_by_a_killed_replace_comes_back(tmp_path, monkeypatch):

@@ -58,13 +58,14 @@ class Ends:
 
     def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
         """(prompt ids, completion ids and the token that closes it): what the completion loss scores. The closing
-        token is the first one training put after the answer (a template's `\n###` begins with the newline), or
-        the end of sequence when nothing closes the answer."""
+        token is the first one training put after the answer (a template's `\n###` begins with the newline), or,
+        when nothing closes the answer, the end of sequence that training appends with special tokens (`add_bos`
+        is the data config's add_special_tokens); without them, the answer alone."""
         memo = self.__dict__.setdefault("_closing_memo", {})
         if ex.closing not in memo:
             memo[ex.closing] = self._plain_ids(ex.closing)[:1] if ex.closing else []
-        closing = memo[ex.closing]
-        return scored_split(self._ids(ex.prompt, add_bos), self._plain_ids(ex.completion) + (closing or [self.eos_id]))
+        closing = memo[ex.closing] or ([self.eos_id] if add_bos and self.eos_id is not None else [])
+        return scored_split(self._ids(ex.prompt, add_bos), self._plain_ids(ex.completion) + closing)
 
 
 def eos_ids(tokenizer, generation_config) -> set[int]:

@@ -297,7 +297,7 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 #    a run that trains nothing prompts as its evaluation data config says (BOS, template).
 # 7: the completion loss scores the first token training put after the answer (the closing text as written);
 #    PyTorch answers are plain greedy whatever generation_config.json asks; genai stops at every end id and
-#    counts the end token, as the other runners do.
+#    counts the end token, as the other runners do; without special tokens no end of sequence is scored.
 MEASUREMENT = 7
 
 
