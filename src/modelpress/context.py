@@ -131,8 +131,7 @@ class DataPlan:
         """Rows of data config `name` for calibrating a quantizer: a training pass's held-out eval split
         on it is left out, so the accuracy measured on that split stays on rows no pass has seen."""
         for p in self.config.passes:
-            if (p.trains and p.params.train_data_config == name and not p.params.eval_data_config
-                    and p.params.eval_dataset_size):
+            if p.splits_off == name:
                 return self.training_examples(p.params)[0]
         return self.examples(name)
 

@@ -379,12 +379,14 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
         if current.get("id"):
             log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target,
                         current["id"][:12])
-    elif current.get("id") != final.id:
-        with atomic_dir(target) as tmp:
-            shutil.copytree(final.path, tmp, dirs_exist_ok=True)
-            ModelRef(final.kind, tmp, final.id, final.base, {**final.task, **task}).save(tmp)
-    elif current.get("task") != json.loads(json_text({**final.task, **task})):  # prompted otherwise: its card only
-        ModelRef(final.kind, target, final.id, final.base, {**final.task, **task}).save(target)
+    else:
+        prompted = {**final.task, **task}
+        if current.get("id") != final.id:
+            with atomic_dir(target) as tmp:
+                shutil.copytree(final.path, tmp, dirs_exist_ok=True)
+                ModelRef(final.kind, tmp, final.id, final.base, prompted).save(tmp)
+        elif current.get("task") != json.loads(json_text(prompted)):  # the same model prompted otherwise: its card
+            ModelRef(final.kind, target, final.id, final.base, prompted).save(target)
     for name, text in texts.items():
         atomic_write_text(out / name, text)
     if final is not None and final.kind == HF_ADAPTER:

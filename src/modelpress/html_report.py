@@ -161,10 +161,9 @@ def _search_axes(search: dict) -> tuple[str | None, str | None, str]:
     return acc, ("latency-p50" if "latency-p50" in keys else None), "p50"
 
 
-def _search_points(search: dict) -> dict:
+def _search_points(search: dict, acc_key: str | None, lat_key: str | None) -> dict:
     """Candidates as chart points: {label: {"accuracy", "latency_ms", "size_mb", "pareto"}}; a candidate whose
     accuracy or latency was not measured, or is not a finite number, is left out."""
-    acc_key, lat_key, _ = _search_axes(search)
     points = {}
     for c in search["candidates"]:
         m = c["metrics"]
@@ -181,9 +180,9 @@ def _finite(value) -> bool:
 
 
 def _search_chart(search: dict) -> str:
-    _, _, stat = _search_axes(search)
+    acc_key, lat_key, stat = _search_axes(search)
     ranked = ", ".join(m["metric"] for m in search["ranked_metrics"]) or "none"
-    return _chart(_search_points(search), stat,
+    return _chart(_search_points(search, acc_key, lat_key), stat,
                   f"Filled: on the Pareto frontier of the ranked metrics ({ranked}): no other candidate is at least "
                   "as good on every one and better on one.")
 

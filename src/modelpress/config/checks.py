@@ -80,8 +80,7 @@ def _check_calibration_data(data, passes, evaluation: EvaluationConfig, c: Colle
     of calibration: `DataPlan.calibration_examples`)."""
     measured = {eval_data_name(evaluation, passes, data), *evaluation.extra_data_configs}
     trained = training_pass(passes)
-    split_off = (trained.params.train_data_config if trained is not None and not evaluation.data_config
-                 and not trained.params.eval_data_config and trained.params.eval_dataset_size else None)
+    split_off = trained.splits_off if trained is not None and not evaluation.data_config else None
     for p in passes:
         if p.trains:
             continue

@@ -367,6 +367,14 @@ class PassConfig(Strict):
         """A fine-tuning step: its train_data_config defines the task's data and the eval split."""
         return CATALOG[self.type].trains()
 
+    @property
+    def splits_off(self) -> str | None:
+        """The data config a fine-tuning step holds an eval split out of (eval_dataset_size, no eval_data_config);
+        None for any other step."""
+        if self.trains and not self.params.eval_data_config and self.params.eval_dataset_size:
+            return self.params.train_data_config
+        return None
+
     def choices(self) -> list["PassConfig"]:
         """Every concrete config of this step: alternatives x the product of searched values."""
         import itertools
