@@ -4,6 +4,7 @@ latency timed at batch 1 on a stated sample."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -482,7 +483,9 @@ def test_a_trained_classifier_reads_its_inputs_as_training_made_them(bert_folder
 
 def test_pytorch_answers_are_plain_greedy_whatever_the_generation_config_asks(tiny_model, tone_examples, tmp_path):
     """transformers fills every generate() setting not passed from generation_config.json: a repetition penalty
-    or n-gram blocking there (Qwen2.5 ships one) changed PyTorch's answers, which the ONNX runners never apply."""
+    or n-gram blocking there (Qwen2.5 ships one) changed PyTorch's answers, which the ONNX runners never apply.
+    Clearing the minimum length warns nothing (passing min_length and min_new_tokens both printed a warning a
+    batch)."""
     from modelpress.runners import TorchRunner
 
     folder = tmp_path / "penalised"
@@ -491,5 +494,13 @@ def test_pytorch_answers_are_plain_greedy_whatever_the_generation_config_asks(ti
     config.update(repetition_penalty=5.0, no_repeat_ngram_size=1, min_new_tokens=6)
     (folder / "generation_config.json").write_text(json.dumps(config))
     prompts = [ex.prompt for ex in tone_examples[:8]]
-    plain = TorchRunner(ModelRef(HF, tiny_model, id="plain")).generate_batch(prompts, True, MAX_NEW)
-    assert TorchRunner(ModelRef(HF, folder, id="penalised")).generate_batch(prompts, True, MAX_NEW) == plain
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # transformers' logger does not propagate
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        plain = TorchRunner(ModelRef(HF, tiny_model, id="plain")).generate_batch(prompts, True, MAX_NEW)
+        assert TorchRunner(ModelRef(HF, folder, id="penalised")).generate_batch(prompts, True, MAX_NEW) == plain
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [line for line in said if "seem to have been set" in line]

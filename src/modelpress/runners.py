@@ -265,9 +265,10 @@ class TorchRunner(HfTokenizedRunner):
 GENAI_MAX_BATCH = 32
 
 # Plain greedy decoding, as the ONNX runners do it: transformers fills every setting not passed from the model's
-# generation_config.json, which may ask for a repetition penalty (Qwen2.5), n-gram blocking or beams.
+# generation_config.json, which may ask for a repetition penalty (Qwen2.5), n-gram blocking or beams. A minimum
+# length is cleared as min_length 0 with no min_new_tokens: passing both warns on every call.
 GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-          "min_new_tokens": 0, "min_length": 0}
+          "min_new_tokens": None, "min_length": 0}
 
 
 class GenaiRunner(Ends, Runner):
