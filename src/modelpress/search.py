@@ -44,6 +44,34 @@ def goal_bound(goal: Goal, baseline: float | None, higher: bool) -> float:
     return baseline + sign * step if goal.type == "percent-min-improvement" else baseline - sign * step
 
 
+SHUFFLED_MAX = 100_000  # spaces up to this size are listed and shuffled; larger ones are drawn without listing
+
+
+def draw_order(sizes: list[int], seed: int | None):
+    """Every combination of choice indexes (one per size) once, in a random order fixed by `seed`, lazily:
+    a search space of many parameters can hold more combinations than memory, while its budget measures few."""
+    import itertools
+
+    rng = random.Random(seed)
+    total = math.prod(sizes)
+    if total <= SHUFFLED_MAX:
+        order = list(itertools.product(*(range(n) for n in sizes)))
+        rng.shuffle(order)
+        yield from order
+        return
+    seen: set[int] = set()
+    while len(seen) < total:
+        number = rng.randrange(total)
+        if number in seen:
+            continue
+        seen.add(number)
+        indexes = []
+        for n in reversed(sizes):  # the last slot varies fastest, as in itertools.product
+            number, index = divmod(number, n)
+            indexes.append(index)
+        yield tuple(reversed(indexes))
+
+
 class GoalError(ModelpressError):
     """A goal that cannot be resolved against the measured baseline."""
 
@@ -292,14 +320,13 @@ class Search:
             return self._tpe(free, sizes, combo)
         import itertools
 
-        order = list(itertools.product(*(range(n) for n in sizes)))
-        if sampler == "random":
-            random.Random(self.settings.seed).shuffle(order)
+        order = draw_order(sizes, self.settings.seed) if sampler == "random" else itertools.product(
+            *(range(n) for n in sizes))
         records: list[dict] = []
-        position = 0
-        while position < len(order) and self.budget_left():
-            batch = [combo(indexes) for indexes in order[position: position + self._batch_size()]]
-            position += len(batch)
+        while self.budget_left():
+            batch = [combo(indexes) for indexes in itertools.islice(order, self._batch_size())]
+            if not batch:
+                break
             outcomes = self._run_many(batch)
             for c in batch:
                 if not self.budget_left():
