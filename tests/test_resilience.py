@@ -202,3 +202,32 @@ def test_two_different_models_never_share_a_cache_entry(tiny_model, tmp_path):
     history = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
     assert history[0]["cache"] == "miss"
     assert len([p for p in (tmp_path / "cache" / "passes").iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_a_checkpoint_holds_its_batch_order_before_transformers_marks_it_complete(tmp_path):
+    """The order file is written before the Trainer's own files: trainer_state.json, written last, is what makes
+    a checkpoint count as complete (and older ones are rotated away right after), so a kill between the two can
+    no longer leave a complete-looking checkpoint that resumes in another order."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from modelpress.passes.batch_order import ORDER_FILE, ResumableOrder
+
+    seen: list[bool] = []
+
+    class Trainer:
+        def _save_checkpoint(self, model, trial):
+            folder = tmp_path / "checkpoint-7"
+            seen.append((folder / ORDER_FILE).is_file())
+            folder.mkdir(exist_ok=True)
+            (folder / "trainer_state.json").write_text("{}")
+
+    class Resumable(ResumableOrder, Trainer):
+        pass
+
+    trainer = Resumable()
+    trainer.args, trainer.state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=7)
+    trainer._order = SimpleNamespace(drawn_from=torch.get_rng_state(), epoch=1)
+    trainer._save_checkpoint(None, None)
+    assert seen == [True]

@@ -30,7 +30,8 @@ class ResumableOrder:
         return self._order
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # written before transformers' files: its trainer_state.json, written last, marks a checkpoint complete
+        # (lora.latest_checkpoint), and older checkpoints are rotated away right after it
         order = getattr(self, "_order", None)
         if order is not None and order.drawn_from is not None:
             from safetensors.torch import save_file
@@ -38,7 +39,9 @@ class ResumableOrder:
             import torch
 
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
             save_file({"rng_state": order.drawn_from, "epoch": torch.tensor([order.epoch])}, str(folder / ORDER_FILE))
+        super()._save_checkpoint(model, trial)
 
 
 class RecordedOrder:
