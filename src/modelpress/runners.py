@@ -20,6 +20,7 @@ from modelpress.genai_folder import free_pad_id, loss_session_options, open_mode
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
+from modelpress.passes.losses import native_forward
 from modelpress.prompt_cache import (common_prefix, generate_scored, generate_with_prefix, logits_from,
                                      right_mask, right_pad)
 from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, tail_nll
@@ -199,6 +200,7 @@ class TorchRunner(HfTokenizedRunner):
         self.end_ids = eos_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         self.shared_prefix_tokens = 0  # prompt tokens not recomputed thanks to a batch's common prefix
+        self.prefix_ok = native_forward(self.model)  # a remote-code forward may not take the prompt cache
 
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
         """Greedy answers; a common prompt prefix (a chat template's system prompt) runs once (prompt_cache)."""
@@ -207,7 +209,7 @@ class TorchRunner(HfTokenizedRunner):
     def _generate_rows(self, rows: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
         import torch
 
-        shared = common_prefix(rows)
+        shared = common_prefix(rows) if self.prefix_ok else 0
         self.shared_prefix_tokens += shared * (len(rows) - 1)
         with torch.inference_mode():
             out, width = generate_with_prefix(self.model, rows, shared, self.pad, max_new_tokens=max_new_tokens,
@@ -222,12 +224,14 @@ class TorchRunner(HfTokenizedRunner):
                         ) -> tuple[list[tuple[str, int]], float, int]:
         """`generate_batch` of the examples' prompts, plus the summed -log p of their completions (and end of
         sequence) and the count of scored tokens, from one pass over the prompts (prompt_cache.generate_scored).
-        Prompts of one token, or completions whose logits would pass the loss budget, take the two passes."""
+        Prompts of one token, completions whose logits would pass the loss budget, or a model whose forward is
+        not transformers' own (trust_remote_code) take the two passes."""
         import torch
 
         pairs = [self._pair(ex, add_bos) for ex in examples]
         rows, tails = [head for head, _ in pairs], [tail for _, tail in pairs]
-        if min(len(r) for r in rows) < 2 or len(rows) * (1 + max(len(t) for t in tails)) > self._loss_tokens():
+        if (not self.prefix_ok or min(len(r) for r in rows) < 2
+                or len(rows) * (1 + max(len(t) for t in tails)) > self._loss_tokens()):
             return (self._generate_rows(rows, max_new_tokens), *self._loss_sums(pairs, LOSS_BATCH))
         shared = common_prefix([r[:-1] for r in rows])
         self.shared_prefix_tokens += shared * (len(rows) - 1)
@@ -253,7 +257,7 @@ class TorchRunner(HfTokenizedRunner):
         import torch
 
         def logits_of(rows: list[list[int]], most: int):
-            shared = common_prefix(rows, most)
+            shared = common_prefix(rows, most) if self.prefix_ok else 0
             self.shared_prefix_tokens += shared * (len(rows) - 1)
             with torch.inference_mode():
                 return logits_from(self.model, rows, shared, most, self.pad).float().numpy(), most

@@ -60,6 +60,13 @@ class AnswerCollator:
         return out
 
 
+def native_forward(model) -> bool:
+    """Whether the model's forward is transformers' own (it takes `cache=` and `logits_to_keep`, which the
+    shared-prefix paths pass): a trust_remote_code model's may name them otherwise, or take and drop them."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(inner).__module__.startswith("transformers.models.")
+
+
 def slices_logits(model) -> bool:
     """Whether the model's forward takes a boolean `logits_to_keep` mask (transformers' slice_logits_to_keep)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model

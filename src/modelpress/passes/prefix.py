@@ -11,10 +11,13 @@ the prefix's share of the step's compute is gone.
 The prefix stops before the position that predicts the batch's first trained label, so every
 trained position stays in the suffix, and it is used only where repeating one computation for
 every row is exact: no dropout anywhere in the model, no gradient checkpointing (transformers
-turns the cache off under it) and one process (DDP expects one forward per backward).
+turns the cache off under it), one process (DDP expects one forward per backward) and a model whose
+forward is transformers' own (a trust_remote_code one may not take the cache).
 """
 
 from __future__ import annotations
+
+from modelpress.passes.losses import native_forward
 
 IGNORE = -100
 MIN_PREFIX = 8  # a shorter common head saves less than the extra forward call costs
@@ -48,7 +51,8 @@ def prefix_sharing_applies(model, lora_dropout: float, gradient_checkpointing: b
                 and isinstance(v, (int, float)) and not isinstance(v, bool)] if config is not None else []
     # the prefix's call and the rest's would rotate differently from one plain forward under length-dependent rope
     return (lora_dropout == 0 and not any(dropouts) and not gradient_checkpointing and processes == 1
-            and getattr(config, "is_encoder_decoder", False) is False and not length_dependent_rope(config))
+            and getattr(config, "is_encoder_decoder", False) is False and not length_dependent_rope(config)
+            and native_forward(model))
 
 
 def length_dependent_rope(config) -> bool:
