@@ -120,3 +120,33 @@ def test_mixed_precision_gptq_rtn_model_builder_gives_a_genai_model_with_the_sam
     assert np.abs(original - expected).max() > 1e-2  # and they are quantized: not the float model
     assert "embeddings are quantized" in proc.stderr + (work / "models" / "quantized" / "run_history.json").read_text()
     assert "GPTQ on" in (work / "models" / "quantized" / "run_history.json").read_text()
+
+
+def test_rtn_keeps_a_bfloat16_inputs_float_tensors_in_bfloat16(tiny_model, tmp_path):
+    """The passes quantize a float32 copy of the input; the tensors they leave unquantized (embeddings, norms) are
+    written in the input's own dtype, not float32 (twice the size), and config.json says which."""
+    from types import SimpleNamespace
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from modelpress.passes.quant_specs import RtnParams
+    from modelpress.passes.torch_quant import run_rtn
+
+    sizes = {}
+    for dtype in ("float32", "bfloat16"):
+        source = tmp_path / dtype
+        AutoModelForCausalLM.from_pretrained(tiny_model, dtype=getattr(torch, dtype)).save_pretrained(source)
+        for f in Path(tiny_model).glob("tokenizer*"):
+            (source / f.name).write_bytes(f.read_bytes())
+        ctx = SimpleNamespace(model=SimpleNamespace(path=source, task={}), out=tmp_path / f"rtn-{dtype}", notes=[],
+                              input_model=SimpleNamespace(trust_remote_code=False))
+        run_rtn(ctx, RtnParams())
+        with safe_open(str(ctx.out / "model.safetensors"), "pt") as f:
+            floats = {f.get_tensor(k).dtype for k in f.keys() if not k.endswith(("qweight", "qzeros", "scales"))}
+        assert floats == {getattr(torch, dtype)}
+        assert json.loads((ctx.out / "config.json").read_text())["dtype"] == dtype
+        sizes[dtype] = (ctx.out / "model.safetensors").stat().st_size
+        logits = load_causal_lm(ctx.out)(input_ids=torch.tensor([[1, 5, 9, 2]])).logits
+        assert logits.shape[-1] == 1048 and torch.isfinite(logits).all()
+    assert sizes["bfloat16"] < 0.8 * sizes["float32"]

@@ -8,6 +8,7 @@ SelectiveMixedPrecision writes no weights: it copies its input and adds `mixed_p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -134,11 +135,25 @@ def _wikitext() -> list[str]:
 
 # --- writing the checkpoint -------------------------------------------------------------------------
 
-def save_quantized(model, tokenizer, packed: dict[str, dict], config: dict, out: Path, keep: dict | None = None):
-    """Write the model with each module in `packed` stored as qweight/scales/qzeros (see modelpress.quantized)."""
+def stored_dtype(folder: Path):
+    """torch.float16 or torch.bfloat16 when the folder's config.json says its weights are stored so; else None.
+    The passes quantize a float32 copy, whose config then says float32."""
+    import torch
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = str(config.get("dtype") or config.get("torch_dtype") or "")
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name.removeprefix("torch."))
+
+
+def save_quantized(model, tokenizer, packed: dict[str, dict], config: dict, out: Path, keep: dict | None = None,
+                   dtype=None):
+    """Write the model with each module in `packed` stored as qweight/scales/qzeros (see modelpress.quantized);
+    its other float tensors in `dtype` (the input's: float16 or bfloat16), else as they are."""
     from safetensors.torch import save_file
 
-    dtype = getattr(model.config, "dtype", None)
     state = {}
     stored = {**(keep or {}), **packed}  # modules written as qweight/scales/qzeros, without their float weight
     for name, tensor in model.state_dict().items():
@@ -146,7 +161,7 @@ def save_quantized(model, tokenizer, packed: dict[str, dict], config: dict, out:
         if module in stored and name.endswith(".weight"):
             continue
         tensor = tensor.detach()
-        if dtype is not None and str(dtype) in ("torch.float16", "torch.bfloat16") and tensor.is_floating_point():
+        if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[name] = tensor.clone().contiguous()
     for module, parts in stored.items():
@@ -157,6 +172,8 @@ def save_quantized(model, tokenizer, packed: dict[str, dict], config: dict, out:
     if config.get("lm_head") and getattr(model_config, "tie_word_embeddings", False):
         model_config.tie_word_embeddings = False  # the head is stored quantized, the embeddings are not
     model_config.quantization_config = config
+    if dtype is not None:
+        model_config.dtype = dtype  # what its float tensors are stored in
     model_config.save_pretrained(str(out))
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(str(out))
@@ -218,7 +235,7 @@ def _finish(ctx: PassContext, model, tokenizer, packed: dict, config: dict, done
     config = _merged_config(done_config, {**config, "_grids": {n: plan[n] for n in packed}})
     config.pop("_grids", None)
     with torch.no_grad():
-        save_quantized(model, tokenizer, packed, config, ctx.out, keep=done)
+        save_quantized(model, tokenizer, packed, config, ctx.out, keep=done, dtype=stored_dtype(ctx.model.path))
     bits = sorted({plan[n].bits for n in packed})
     ctx.notes.append(f"{what}: {len(packed)} modules at {'/'.join(map(str, bits))} bits"
                      + (f", {len(done)} already quantized kept" if done else ""))
