@@ -69,6 +69,20 @@ def test_kld_gain_is_the_first_order_change_of_the_divergence(tiny_model):
     assert gains[target] == pytest.approx(-slope, rel=0.05, abs=1e-7)
 
 
+def test_kld_gradient_scores_and_budgets_the_decoder_linears_only(tiny_model):
+    """The LM head is quantized only when the quantizer is asked to: the selection neither scores it nor counts
+    its weights in `ratio` (they would buy nothing when it stays float), and the student keeps it float."""
+    from modelpress.passes.torch_quant import decoder_linears
+
+    model = load_causal_lm(tiny_model).eval()
+    rows = [torch.tensor([list(range(3 + i, 40 + i))]) for i in range(2)]
+    names = set(decoder_linears(model))
+    gains, sizes = kld_gains(model, rows, Grid(4, 32, False), Grid(8, 32, False), names)
+    everything, _ = kld_gains(model, rows, Grid(4, 32, False), Grid(8, 32, False))
+    assert set(gains) == set(sizes) == names and "lm_head" in everything and "lm_head" not in gains
+    assert gains != {n: everything[n] for n in names}  # a float head changes what the other layers' gains are
+
+
 @pytest.fixture(scope="module")
 def chain_run(tmp_path_factory, tiny_model):
     """tests/olive_configs/quantization-chain.json run as written, the model id served from a local cache."""

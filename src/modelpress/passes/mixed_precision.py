@@ -4,8 +4,8 @@
 - `k_quant_down`: the LM head and the MLP down projection of the first and last eighth of the
   layers and of every third layer between (the rule llama.cpp's Q4_K_M applies to ffn_down).
 - `k_quant_mixed`: those, and the attention input projections (q, k, v) of the same layers.
-- `kld_gradient` (after mlx-lm's dynamic quantization): every linear layer is rounded to the
-  low grid; on calibration rows the gradient g of KL(original || low-bit) with respect to each
+- `kld_gradient` (after mlx-lm's dynamic quantization): every linear layer of the decoder is rounded
+  to the low grid (the LM head, quantized only when the quantizer is asked to, keeps `high_bits`); on calibration rows the gradient g of KL(original || low-bit) with respect to each
   weight gives, to first order, what moving that layer to the high grid would change:
   g . (W_high - W_low). Units (a layer, or the q/k/v of one attention block, which the ONNX
   builder fuses and so must share precision) are promoted from the largest expected gain per
@@ -51,12 +51,14 @@ def choose(ctx, model, tokenizer, params) -> tuple[dict, dict[str, dict]]:
         from modelpress.passes.torch_quant import calibration_rows
 
         rows = calibration_rows(ctx, params.data_config, params.calibration_samples, params.max_seq_len, tokenizer)
-        gains, sizes = kld_gains(model, rows, low, high_grid)
+        # the decoder's linears, which every quantizer after this quantizes: the LM head is quantized only when
+        # asked (lm_head: true), so it is neither scored nor counted in the ratio, and keeps high_bits as in k_quant
+        gains, sizes = kld_gains(model, rows, low, high_grid, set(decoder_linears(model)))
         units = _units(list(gains))
         chosen = promote(units, {u: sum(gains[n] for n in u) for u in units},
                          {u: sum(sizes[n] for n in u) for u in units}, params.ratio)
         overrides = {name: {"bits": params.high_bits, "group_size": params.group_size, "symmetric": params.sym}
-                     for unit in chosen for name in unit}
+                     for unit in chosen + [(lm_head,)] for name in unit}
         default = {"bits": params.bits, "group_size": params.group_size, "symmetric": params.sym}
     if getattr(model.config, "tie_word_embeddings", False) and lm_head in overrides:
         overrides[module_name(model, model.get_input_embeddings())] = dict(overrides[lm_head])
@@ -88,10 +90,12 @@ def promote(units: list[tuple], gains: dict, sizes: dict, ratio: float) -> list[
     return chosen
 
 
-def kld_gains(model, rows: list, low: Grid, high: Grid) -> tuple[dict[str, float], dict[str, int]]:
-    """{linear: -g . (W_high - W_low) averaged over calibration rows}, and each linear's size.
+def kld_gains(model, rows: list, low: Grid, high: Grid, names: set[str] | None = None
+              ) -> tuple[dict[str, float], dict[str, int]]:
+    """{linear: -g . (W_high - W_low) averaged over calibration rows}, and each linear's size, for the
+    linears in `names` (default: every one).
 
-    g is the gradient of KL(model || model with every linear on the low grid) at the low-grid
+    g is the gradient of KL(model || model with those linears on the low grid) at the low-grid
     weights, so a gain is the first-order drop of that divergence when one linear moves to the
     high grid.
     """
@@ -101,7 +105,8 @@ def kld_gains(model, rows: list, low: Grid, high: Grid) -> tuple[dict[str, float
 
     student = copy.deepcopy(model)
     student.requires_grad_(False)
-    linears = {name: m for name, m in student.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = {name: m for name, m in student.named_modules()
+               if isinstance(m, torch.nn.Linear) and (names is None or name in names)}
     toward_high = {}
     with torch.no_grad():
         for name, module in linears.items():
