@@ -4,7 +4,6 @@ genai builder makes of it, and the layer choices of the mixed-precision rules.""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,17 @@ from modelpress.passes.mixed_precision import k_quant_layers, kld_gains, promote
 from modelpress.quantized import Grid, dequantize, quant_config, rtn
 
 
-def test_k_quant_layers_follow_llama_cpp_rule():
-    # the first and last eighth, and every third layer from the first eighth on (i - n/8) % 3 == 2
+def test_k_quant_layers_follow_olives_rule():
+    # the first and last eighth, and every third layer from the first eighth on (i - n//8) % 3 == 2
     assert k_quant_layers(32) == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
-    assert k_quant_layers(30) == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]  # SmolLM2-135M
-    assert k_quant_layers(4) == [2, 3]
+    assert k_quant_layers(30) == [0, 1, 2, 3, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]  # SmolLM2-135M
+    assert k_quant_layers(4) == [0, 2]
 
-    def use_more_bits(i: int, n: int) -> bool:  # llama.cpp's lambda, with C++'s int division and remainder
-        return i < n // 8 or i >= 7 * n // 8 or int(math.fmod(i - n // 8, 3)) == 2
+    def olive(i: int, n: int) -> bool:  # olive/passes/pytorch/selective_mixed_precision.py, Olive 0.13
+        return i < n / 8 or i >= 7 * n / 8 or ((i - n // 8) % 3 == 2)
 
     for n in range(1, 81):
-        assert k_quant_layers(n) == [i for i in range(n) if use_more_bits(i, n)], n
+        assert k_quant_layers(n) == [i for i in range(n) if olive(i, n)], n
 
 
 def test_promote_stops_once_the_low_bit_share_is_at_most_ratio():
