@@ -108,18 +108,18 @@ def test_mixed_precision_gptq_rtn_model_builder_gives_a_genai_model_with_the_sam
     work, proc = chain_run
     rtn_out = _step_output(work, "r")
     config = quant_config(rtn_out)
-    # k_quant_mixed on 4 layers: layers 2 and 3 keep 8 bits in qkv and down (llama.cpp's rule, in integer
-    # division); Rtn adds the head and embeddings
+    # k_quant_mixed on 4 layers: layers 0 and 2 keep 8 bits in qkv and down (Olive's rule: 0 < 4/8, and
+    # (2 - 0) % 3 == 2; 3 is not >= 7*4/8); Rtn adds the head and embeddings
     assert config["bits"] == 4 and config["group_size"] == 32 and config["lm_head"] and config["embeds"]
     assert {n for n, o in config["overrides"].items() if o.get("bits") == 8} == {
         "lm_head", "model.embed_tokens", "model.layers.2.self_attn.qkv_proj", "model.layers.2.mlp.down_proj",
-        "model.layers.3.self_attn.qkv_proj", "model.layers.3.mlp.down_proj"}
+        "model.layers.0.self_attn.qkv_proj", "model.layers.0.mlp.down_proj"}
     from safetensors import safe_open
 
     with safe_open(str(rtn_out / "model.safetensors"), "pt") as stored:
         names = set(stored.keys())
     quantized = {n.removesuffix(".qweight") for n in names if n.endswith(".qweight")}
-    assert "model.layers.0.self_attn.qkv_proj" in quantized  # quantized by Gptq, kept by Rtn
+    assert "model.layers.1.self_attn.qkv_proj" in quantized  # quantized by Gptq, kept by Rtn
     assert not {f"{m}.weight" for m in quantized} & names  # stored once, packed: no float copy beside it
     genai = work / "models" / "quantized" / "model"
     assert json.loads((genai / "genai_config.json").read_text())["search"]["max_length"] == 256
