@@ -408,3 +408,21 @@ def test_plain_onnx_passes_refuse_a_genai_folder(tmp_path):
     ref = ModelRef(ONNX_GENAI, tmp_path, id="", task={"task": "text-generation"})
     with pytest.raises(ModelpressError, match="plain ONNX models"):
         _run(run_dynamic, OnnxDynamicQuantizationParams(), ref, tmp_path / "q")
+
+
+def test_int8_quantizers_write_nothing_into_their_input_folder(bert_onnx, calibration_data, tmp_path, monkeypatch):
+    """onnxruntime writes a shape-inferred copy beside the model file it quantizes: that is a folder of the pass's
+    own, never the input (the previous step's cache entry)."""
+    import onnx
+
+    written: list[Path] = []
+    infer = onnx.shape_inference.infer_shapes_path
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path",
+                        lambda src, out=None, *a, **k: (written.append(Path(out or src)), infer(src, out, *a, **k))[1])
+    before = sorted(p.name for p in bert_onnx.path.iterdir())
+    _run(run_dynamic, OnnxDynamicQuantizationParams(), bert_onnx, tmp_path / "d" / "model")
+    ctx = _ctx(bert_onnx, tmp_path / "s" / "model", "text-classification", calibration_data)
+    run_static(ctx, OnnxStaticQuantizationParams(data_config="calib", calibration_samples=4))
+    assert written and all(p.parent != bert_onnx.path for p in written)
+    assert sorted(p.name for p in bert_onnx.path.iterdir()) == before
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["model"]  # the private copy is gone

@@ -166,6 +166,26 @@ def _quant_kwargs(params: OnnxDynamicQuantizationParams, src_folder: Path) -> di
             "extra_options": params.extra_options.to_dict()}
 
 
+@contextlib.contextmanager
+def _own_copy(ctx: PassContext, src: Path):
+    """The input model's files copied into a folder of this pass's own, removed after: onnxruntime's quantizers
+    write a shape-inferred copy beside the model file they are given, which must not land in the previous
+    step's cache entry (it would look damaged, and two runs sharing the cache would clash). Copied, not linked:
+    onnx refuses external data with several hard links."""
+    import shutil
+
+    folder = ctx.out.parent / f"{ctx.out.name}.quant-input"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, folder / f.name)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_dynamic(ctx: PassContext, params: OnnxDynamicQuantizationParams) -> ModelRef:
     """int8 weights; activation scales computed at run time (DynamicQuantizeLinear + MatMulInteger)."""
     _quiet_quantizer_logs()
@@ -173,8 +193,8 @@ def run_dynamic(ctx: PassContext, params: OnnxDynamicQuantizationParams) -> Mode
 
     src = _plain_onnx(ctx, "OnnxDynamicQuantization")
     copy_model_folder(src, ctx.out)
-    with _quiet_ort():
-        quantize_dynamic(src / MODEL_FILE, ctx.out / MODEL_FILE, **_quant_kwargs(params, src))
+    with _quiet_ort(), _own_copy(ctx, src) as own:
+        quantize_dynamic(own / MODEL_FILE, ctx.out / MODEL_FILE, **_quant_kwargs(params, src))
     ctx.notes.append(f"dynamic int8 ({params.weight_type} weights{', per channel' if params.per_channel else ''}): "
                      f"{_mib(model_bytes(src))} -> {_mib(model_bytes(ctx.out))}")
     return _output(ctx)
@@ -188,8 +208,8 @@ def run_static(ctx: PassContext, params: OnnxStaticQuantizationParams) -> ModelR
     src = _plain_onnx(ctx, "OnnxStaticQuantization")
     feeds = calibration_feeds(ctx, params)
     copy_model_folder(src, ctx.out)
-    with _quiet_ort():
-        quantize_static(src / MODEL_FILE, ctx.out / MODEL_FILE, _FeedReader(feeds),
+    with _quiet_ort(), _own_copy(ctx, src) as own:
+        quantize_static(own / MODEL_FILE, ctx.out / MODEL_FILE, _FeedReader(feeds),
                         quant_format=QuantFormat[params.quant_format],
                         activation_type=QuantType[params.activation_type],
                         calibrate_method=CalibrationMethod[params.calibrate_method], **_quant_kwargs(params, src))
