@@ -115,6 +115,7 @@ class RaySystem:
         if input_ref.id not in self._uploaded:
             self.storage.upload_input(input_ref.path, input_ref.id)
             self._uploaded.add(input_ref.id)
+        self.storage.share(session.cache, ref)  # a pass that ran on the driver: its output, for the nodes
         return {"raw": config.raw, "base_dir": str(config.base_dir), "storage": str(self.storage),
                 "input_folder": str(input_ref.path), "input_id": input_ref.id, "ref": ref_to_json(ref),
                 "hub_revisions": session.plan.hub_revisions(),

@@ -76,7 +76,7 @@ def run_pass_task(job: dict) -> dict:
     spec = job["pass"]
     p = PassConfig(name=spec["name"], type=spec["type"], params=CATALOG[spec["type"]].params.model_validate(
         spec["params"]))
-    ref = local_ref(storage, ref_from_json(job["ref"]), input_folder, job["input_id"])
+    ref = local_ref(storage, ref_from_json(job["ref"]), Path(job["input_folder"]), job["input_id"])
     cache = storage.task_cache(config.engine.cache_dir)
     _, row = run_pass_here(config, p, job["key"], ref, plan, job["ep"], cache, False)
     storage.publish(cache, job["key"])
@@ -94,7 +94,7 @@ def measure_task(job: dict) -> dict:
 
     started = time.time()
     config, plan, storage, input_folder = _setup(job)
-    ref = local_ref(storage, ref_from_json(job["ref"]), input_folder, job["input_id"])
+    ref = local_ref(storage, ref_from_json(job["ref"]), Path(job["input_folder"]), job["input_id"])
     eval_set = plan.eval_set(job["data_config"])
     torch.manual_seed(0)  # as the driver does for an untrained classifier head
     with PeakRSS() as memory:

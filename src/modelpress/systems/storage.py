@@ -46,6 +46,9 @@ class SharedPath:
     def publish(self, cache: PassCache, key: str) -> None:
         """Nothing to do: the task wrote the entry in place."""
 
+    def share(self, cache: PassCache, ref: ModelRef) -> None:
+        """Nothing to do: the driver's pass outputs are on the shared path too."""
+
     def fetch(self, cache: PassCache, key: str) -> None:
         """Nothing to do: the driver reads the entry in place."""
 
@@ -62,6 +65,7 @@ class UrlStorage:
         self.url = url.rstrip("/")
         self.fs, self.base = fsspec.core.url_to_fs(self.url)
         self.node_dir = Path(tempfile.gettempdir()) / "modelpress-ray" / hashlib.sha256(url.encode()).hexdigest()[:12]
+        self._shared: set[str] = set()  # driver entries known to be in the storage
 
     def __str__(self) -> str:
         return self.url
@@ -107,6 +111,15 @@ class UrlStorage:
         if not self._has("passes", key):
             self._upload(cache.passes / key, "passes", key)
 
+    def share(self, cache: PassCache, ref: ModelRef) -> None:
+        """Upload the driver's cache entries that `ref` reads (its folder, an adapter's base), when a pass ran on
+        the driver: a task on a node that does not see the driver's disk fetches them from the storage."""
+        for folder in (ref.path, ref.base):
+            key = entry_key(folder, cache)
+            if key is not None and key not in self._shared and cache.intact(key):
+                self.publish(cache, key)
+                self._shared.add(key)
+
     def fetch(self, cache: PassCache, key: str, kind: str = "passes") -> None:
         """Download an entry into `cache` (atomically); the caller's `lookup` then checks its manifest."""
         import json
@@ -132,11 +145,23 @@ class UrlStorage:
         return cache.passes / model_id / "model"
 
 
+def entry_key(folder: Path | None, cache: PassCache) -> str | None:
+    """The key of the cache entry `folder` is the model of (`<cache>/passes/<key>/model`), else None."""
+    if folder is None or Path(folder).name != "model" or Path(folder).parent.parent != cache.passes:
+        return None
+    return Path(folder).parent.name
+
+
 def local_ref(storage, ref: ModelRef, input_folder: Path, input_id: str) -> ModelRef:
-    """`ref` with its folders on this node: fetched from the storage when this node does not see them."""
+    """`ref` with its folders on this node: fetched from the storage when this node does not see them.
+    `input_folder` is the input model's folder as the driver names it; an adapter's base is either that
+    model or a pass output (`.../passes/<key>/model`)."""
     kind = "models" if ref.id == input_id else "passes"
     path = storage.local_folder(ref.path, ref.id, kind)
     base = ref.base
-    if base is not None and not Path(base).exists() and Path(base) == Path(input_folder):
-        base = storage.local_folder(input_folder, input_id, "models")
+    if base is not None and not Path(base).exists():
+        if Path(base) == Path(input_folder):
+            base = storage.local_folder(input_folder, input_id, "models")
+        elif Path(base).name == "model":
+            base = storage.local_folder(base, Path(base).parent.name, "passes")
     return ModelRef(ref.kind, path, ref.id, base, ref.task)

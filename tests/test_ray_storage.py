@@ -1,0 +1,46 @@
+"""An fsspec storage between the driver and nodes that do not see its disk (no cluster needed: a node is a
+folder the driver's paths are not in)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from modelpress.cache import PassCache
+from modelpress.models import ModelRef
+from modelpress.passes.catalog import HF, HF_ADAPTER
+
+pytest.importorskip("fsspec")
+
+
+def _entry(cache: PassCache, key: str, kind: str, text: str, base=None) -> ModelRef:
+    with cache.write(key) as model:
+        (model / "weights.bin").write_text(text)
+        ModelRef(kind, model, key, base, {"task": "text-generation"}).save(model)
+        cache.commit_meta(model, {"pass": key}, passthrough=False)
+    return ModelRef.load(cache.passes / key / "model")
+
+
+def test_outputs_made_on_the_driver_reach_a_node_that_does_not_see_its_disk(tmp_path):
+    """A pass that ran on the driver (merge before a LoRA on the cluster, say): the task on a node must fetch its
+    output, and an adapter's base that is such an output, from the storage."""
+    from modelpress.systems.storage import UrlStorage, local_ref
+
+    driver = PassCache(tmp_path / "driver-cache")
+    driver.prepare()
+    merged = _entry(driver, "a" * 32, HF, "merged weights")
+    adapter = _entry(driver, "b" * 32, HF_ADAPTER, "adapter weights", base=merged.path)
+    storage = UrlStorage(f"file://{tmp_path / 'bucket'}")
+    storage.share(driver, adapter)
+    assert {p.name for p in (tmp_path / "bucket" / "passes").iterdir()} == {"a" * 32, "b" * 32}
+
+    shutil.move(tmp_path / "driver-cache", tmp_path / "elsewhere")  # the node sees none of the driver's paths
+    node = UrlStorage(f"file://{tmp_path / 'bucket'}")
+    node.node_dir = tmp_path / "node"
+    here = local_ref(node, adapter, tmp_path / "input-model", "c" * 32)
+    assert here.path == tmp_path / "node" / "passes" / ("b" * 32) / "model"
+    assert here.base == tmp_path / "node" / "passes" / ("a" * 32) / "model"
+    assert (here.path / "weights.bin").read_text() == "adapter weights"
+    assert (here.base / "weights.bin").read_text() == "merged weights"
+
