@@ -79,3 +79,15 @@ def test_the_seed_style_aml_system_can_be_a_ray_system(tmp_path):
     raw["host"] = raw["target"] = "aml"
     config = normalize(raw, tmp_path)
     assert config.systems["aml"].ray.max_concurrency == 3 and config.engine.target == "aml"
+
+
+def test_data_parallel_training_on_a_url_storage_is_refused_before_anything_runs(tmp_path):
+    raw = _raw(tmp_path, {"storage": f"file://{tmp_path / 'bucket'}"})
+    raw["passes"]["lora"]["num_workers"] = 2
+    assert "passes.lora.num_workers: data-parallel training on Ray system 'cluster' needs a storage path" in \
+        _problems(tmp_path, raw)
+    raw["passes"]["lora"]["host"] = "here"  # on this machine: its local Ray cluster sees this disk
+    normalize(raw, tmp_path)
+    raw = _raw(tmp_path, {"storage": str(tmp_path / "shared")})
+    raw["passes"]["lora"]["num_workers"] = 2
+    normalize(raw, tmp_path)

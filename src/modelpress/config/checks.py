@@ -276,13 +276,22 @@ def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: Eva
               "The baseline must be the same for every candidate: fix the values of the passes up to it.")
 
 
-def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], c: Collector) -> None:
-    """A pass's own `host` names a defined system; a Ray system's `pass_resources` name passes."""
+def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host: str | None, c: Collector) -> None:
+    """A pass's own `host` names a defined system; a Ray system's `pass_resources` name passes; data-parallel
+    training runs on a Ray system only where its workers can read the model and write checkpoints (a path)."""
     for p in passes:
         if p.host is not None and p.host not in systems:
             c.add(f"passes.{p.name}.host", f"no system named {p.host!r} is defined",
                   did_you_mean(p.host, systems) or f"Define it under `systems`, or name one of: "
                   f"{', '.join(systems) or 'none defined'}.")
+            continue
+        system = systems.get(p.host or host)
+        storage = system.ray.storage if system is not None and system.ray is not None else None
+        if storage and "://" in storage and any(getattr(o.params, "num_workers", 1) > 1 for o in p.choices()):
+            c.add(f"passes.{p.name}.num_workers", f"data-parallel training on Ray system {p.host or host!r} needs "
+                  f"a storage path every node mounts; its storage is a URL ({storage}), from which Ray Train's "
+                  "workers on other nodes can read neither the model nor shared checkpoints",
+                  "Set the system's storage to a shared path (NFS, a mounted bucket), or num_workers to 1.")
     names = [p.name for p in passes]
     for system_name, system in systems.items():
         for name in system.ray.pass_resources if system.ray else ():

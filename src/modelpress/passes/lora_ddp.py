@@ -57,15 +57,21 @@ def train_data_parallel(ctx, params, quantization_config, train_here) -> ModelRe
 
     started_here = not ray.is_initialized()
     if started_here:  # not on a Ray system: a local cluster for the training, stopped after it
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, object_store_memory=100 * 2**20)
+        # address "local": a new cluster even where RAY_ADDRESS names one (a KubeRay pod sets it)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
+                 object_store_memory=100 * 2**20)
     use_gpu = torch.cuda.is_available()
+    from modelpress.runtime import compute_threads
+
+    threads = max(1, compute_threads() // params.num_workers)  # the cores this process may use, shared out
     work = Path(ctx.work_dir or ctx.out / "work") / "ray-train"
     work.mkdir(parents=True, exist_ok=True)
-    log.info("training data-parallel on %d workers (%s)", params.num_workers, "nccl" if use_gpu else "gloo")
+    log.info("training data-parallel on %d workers (%s), %d thread(s) each", params.num_workers,
+             "nccl" if use_gpu else "gloo", threads)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"ctx": ctx, "params": params, "quantization": quantization_config,
-                           "train": train_here, "threads": 1},
+                           "train": train_here, "threads": threads},
         scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=use_gpu),
         run_config=RunConfig(name="lora", storage_path=str(work)),
     )
