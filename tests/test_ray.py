@@ -179,6 +179,7 @@ def test_ctrl_c_on_the_driver_cancels_the_tasks_and_keeps_finished_passes(cluste
     driver.send_signal(signal.SIGINT)
     out, _ = driver.communicate(timeout=60)
     assert driver.returncode == 130, out
+    assert "cancelled the pass second on Ray system ray" in out  # by the driver, not only by ray.shutdown
     first = [p for p in (tmp_path / "cache" / "passes").iterdir() if (p / "entry.json").is_file()]
     assert len(first) == 1 and json.loads((first[0] / "entry.json").read_text())["pass"] == "first"
     _wait_for(lambda: not _alive(worker), timeout=30, what="the cancelled task's worker is still running")

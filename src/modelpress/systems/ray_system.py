@@ -64,7 +64,7 @@ class RaySystem:
         started = time.perf_counter()
         try:
             ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as err:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as err:
             raise _error(
                 f"systems.{self.name}.address: cannot connect to the Ray cluster at {self.config.address}: {err}",
                 "Start it first (`ray start --head` on the head node), check host:port, and set the same "
@@ -167,8 +167,21 @@ class RaySystem:
                 f"{what}: its worker process or node died {self.config.max_retries + 1} time(s) on the Ray "
                 f"cluster ({type(err).__name__})", f"Raise systems.{self.name}.max_retries, or look for what kills "
                 "the workers (out of memory: give the pass more `memory`).") from None
+        except rx.OutOfMemoryError:
+            raise _error(
+                f"{what}: Ray's memory monitor killed its worker {self.config.max_retries + 1} time(s) (the node "
+                "ran low on memory)", f"Give the pass more memory (systems.{self.name}.pass_resources.<pass>.memory, "
+                "which keeps other tasks off its node), or run fewer tasks at once (max_concurrency).") from None
         except rx.TaskCancelledError:
             raise KeyboardInterrupt from None
+        except rx.RayError as err:  # the environment could not be set up, the task can never be scheduled, ...
+            raise _error(f"{what} could not run on Ray system {self.name!r}: {type(err).__name__}: {err}",
+                         f"Check the cluster (`ray status`) and systems.{self.name}.") from None
+        except BaseException as err:  # Ctrl-C while waiting: the task must not run on without the driver
+            ray.cancel(handle, force=True)
+            if isinstance(err, KeyboardInterrupt):
+                log.warning("cancelled the %s on Ray system %s", what, self.name)
+            raise
         finally:
             with self._guard:
                 self.in_flight.discard(handle)
