@@ -91,3 +91,24 @@ def test_data_parallel_training_on_a_url_storage_is_refused_before_anything_runs
     raw = _raw(tmp_path, {"storage": str(tmp_path / "shared")})
     raw["passes"]["lora"]["num_workers"] = 2
     normalize(raw, tmp_path)
+
+
+@pytest.mark.parametrize("where, expected", [("engine", 3), ("passes", 3), ("one pass here", 1), ("target", 1)])
+def test_candidates_run_at_once_only_when_every_pass_runs_on_the_cluster(tmp_path, where, expected):
+    from types import SimpleNamespace
+
+    from modelpress.engine import Session
+
+    raw = _raw(tmp_path, {"max_concurrency": 3}, target="cluster" if where == "target" else None)
+    raw.pop("host")
+    if where == "engine":
+        raw["host"] = "cluster"
+    elif where in ("passes", "one pass here"):
+        for p in raw["passes"].values():
+            p["host"] = "cluster"
+        if where == "one pass here":
+            raw["passes"]["merge"]["host"] = "here"
+    config = normalize(raw, tmp_path)
+    system = SimpleNamespace(name="cluster", config=config.systems["cluster"].ray)  # as connected
+    session = Session(config, None, None, "cpu", None, systems={"cluster": system})
+    assert session.concurrency() == expected

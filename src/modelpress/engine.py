@@ -119,9 +119,12 @@ class Session:
         return self.systems.get(self.config.engine.target)
 
     def concurrency(self) -> int:
-        """Search candidates run at once: the host cluster's max_concurrency, or one here."""
-        host = self.systems.get(self.config.engine.host)
-        return host.config.max_concurrency if host else 1
+        """Search candidates run at once: the max_concurrency of the run's Ray system when every pass runs on it
+        (named by the engine's host or by each pass's own), else one: passes on this machine run one at a time."""
+        system = next(iter(self.systems.values()), None)
+        if system is None or any(self.host(p) is not system for p in self.config.passes):
+            return 1
+        return system.config.max_concurrency
 
     def cancel(self) -> None:
         for system in self.systems.values():
