@@ -386,6 +386,18 @@ def test_clean_cache_empties_only_a_folder_modelpress_made(tmp_path):
     cache.prepare(clean=True)
     assert list(cache.passes.iterdir()) == [] and [p.name for p in cache.work.iterdir()] == ["notes"]
 
+    # a Ray system's shared storage: judged by its own marker, not by the local cache_dir's
+    storage = tmp_path / "shared"
+    (storage / "passes" / "someone-elses").mkdir(parents=True)
+    with pytest.raises(ModelpressError, match="shared holds a passes/ folder that is not a modelpress cache"):
+        PassCache(tmp_path / "cache", shared=storage).prepare(clean=True)
+    assert (storage / "passes" / "someone-elses").is_dir()
+    (storage / "passes" / "someone-elses").rmdir()
+    PassCache(tmp_path / "cache", shared=storage).prepare()  # marks the storage as a modelpress cache's
+    (storage / "passes" / "entry").mkdir()
+    PassCache(tmp_path / "cache", shared=storage).prepare(clean=True)
+    assert list((storage / "passes").iterdir()) == []
+
 
 def test_a_run_that_trains_nothing_prompts_each_eval_set_as_its_own_data_config_says(tiny_model, tmp_path):
     """A chat eval set writes its own BOS through the template; a text calibration set beside it asks for one."""

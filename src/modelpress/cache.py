@@ -106,12 +106,14 @@ class PassCache:
             yield
 
     def prepare(self, clean: bool = False) -> None:
+        outputs = self.passes.parent  # the cache_dir, or a Ray system's shared storage
         if clean:  # only a folder modelpress made is emptied (its marker, or locks/ as every run leaves it)
-            ours = (self.root / CACHE_MARKER).is_file() or (self.root / "locks").is_dir() or self.locks.is_dir()
-            if not ours and any(f.is_dir() and any(f.iterdir()) for f in (self.passes, self.evals)):
-                raise ModelpressError(f"clean_cache: {self.root} holds passes/ or evals/ folders that are not a "
-                                      "modelpress cache, so they are not deleted. Choose another cache_dir, or "
-                                      "remove them yourself.")
+            for root, folder in ((outputs, self.passes), (self.root, self.evals)):
+                ours = (root / CACHE_MARKER).is_file() or (root / "locks").is_dir()
+                if not ours and folder.is_dir() and any(folder.iterdir()):
+                    raise ModelpressError(f"clean_cache: {root} holds a {folder.name}/ folder that is not a "
+                                          "modelpress cache's, so it is not deleted. Choose another cache_dir (or "
+                                          "Ray storage), or remove it yourself.")
             shutil.rmtree(self.passes, ignore_errors=True)
             shutil.rmtree(self.evals, ignore_errors=True)
             for scratch in self.work.glob("*"):  # training checkpoints too, so nothing is resumed: by key name only
@@ -119,7 +121,8 @@ class PassCache:
                     shutil.rmtree(scratch, ignore_errors=True)
         for folder in (self.passes, self.evals, self.locks):
             folder.mkdir(parents=True, exist_ok=True)
-        (self.root / CACHE_MARKER).touch()
+        for root in {self.root, outputs}:
+            (root / CACHE_MARKER).touch()
         probe = self.root / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()

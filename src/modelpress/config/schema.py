@@ -209,7 +209,9 @@ class EngineConfig(Strict):
     output_dir: Path = Field(Path("modelpress-output"), description="Final model, metrics and history.")
     execution_provider: ExecutionProvider = Field("cpu", description="Execution provider of the target.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Logging level.")
-    clean_cache: bool = Field(False, description="Empty the cache before running.")
+    clean_cache: bool = Field(False, description="Empty the cache before running: with a Ray system whose "
+                              "storage is a shared path, its pass outputs and checkpoints there too (so no other "
+                              "run may share that storage meanwhile); a URL storage is left as it is.")
     host: str | None = Field(None, description="The system passes run on (a name in `systems`); default: here.")
     target: str | None = Field(None, description="The system evaluations run on; default: here.")
 
