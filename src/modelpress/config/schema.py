@@ -182,8 +182,9 @@ class RaySystemConfig(TaskResources):
     max_retries: int = Field(
         3, ge=0, description="Times a task is re-run when its worker process or node dies; an error the pass "
         "raises is final.")
-    timeout: float | None = Field(None, gt=0, description="Seconds one task may run before it is cancelled and "
-                                  "counted as failed (default: no limit).")
+    timeout: float | None = Field(None, gt=0, description="Seconds from a task's submission (its wait for "
+                                  "resources and any retries included) before it is cancelled and counted as "
+                                  "failed (default: no limit).")
     storage: str | None = Field(
         None, description="Where tasks write pass outputs: a path every node sees on a POSIX filesystem (NFS; not "
         "a bucket mounted through FUSE, which lacks atomic renames and shared locks), or an fsspec URL (s3://, "
