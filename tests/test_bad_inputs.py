@@ -92,7 +92,7 @@ CASES = [
          "user_config": {"user_script": "nope.py", "evaluate_func": "f"}}]}}), "file not found"),
     ("goal-baseline", lambda r, w: r.update(search_strategy=True, evaluators={"e": {"baseline": "merged", "metrics": [
         {"name": "a", "type": "accuracy", "sub_types": [{"name": "accuracy_score"}]}]}}), "Did you mean 'merge'?"),
-    ("plugin-script", lambda r, w: _lora(r).update(user_script="missing_pass.py"), "file not found"),
+    ("plugin-script", lambda r, w: _lora(r).update(type="MyPass", user_script="missing_pass.py"), "file not found"),
     ("log-level", lambda r, w: r.update(log_severity_level=9), "log_severity_level"),
     ("missing-model", lambda r, w: r["input_model"].update(model_path="models/none"), "model folder not found"),
     ("model-without-weights", lambda r, w: r["input_model"].update(model_path=_model_copy(w, "*.safetensors")),

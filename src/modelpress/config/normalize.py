@@ -158,6 +158,12 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
         if spec.get("type") not in CATALOG:
             load_entry_points()
         return True
+    typ = spec.get("type")
+    builtin = pass_type(typ) if isinstance(typ, str) else None
+    if builtin is not None and CATALOG[builtin].origin == "built-in":  # the script is not run
+        c.add(f"{path}.user_script", f"the built-in pass {builtin} runs no user script (Olive's recipes name one "
+              "for a data loader)", "Remove user_script; a pass that calibrates reads a data config (data_config).")
+        return False
     file = resolve_path(script, base_dir) if isinstance(script, str) else None
     if file is None or not file.is_file():
         c.add(f"{path}.user_script", f"file not found: {file or script!r}",

@@ -55,6 +55,10 @@ def load_entry_points() -> None:
         except Exception as err:  # a broken plugin must not break the passes that do not use it
             log.warning("cannot load the modelpress pass plugin %s = %s: %s", ep.name, ep.value, err)
             continue
+        if spec.name in CATALOG:  # registered under its class's `name`, which may differ from the entry point's
+            log.warning("the modelpress pass plugin %s = %s is not loaded: its pass name %r is the %s pass's",
+                        ep.name, ep.value, spec.name, CATALOG[spec.name].origin)
+            continue
         CATALOG[spec.name] = spec
 
 
