@@ -166,6 +166,22 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
     assert "valid" in validated and ("search: 3 candidates" in validated) == searched
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["quantize", *MINILM_DATA], "--label-col: --label-col is for --task text-classification"),
+    (["optimize", "--task", "text-classification", "--search", *MINILM_DATA[:4]],
+     "--label-col: --search compares accuracy, which needs the class of each row"),
+    (["optimize", "--task", "text-classification", "--search", "--precision", "int8", *MINILM_DATA],
+     "--precision: --search tries int4 and int8 itself"),
+    (["optimize", "--task", "text-classification", "--search", "--max-accuracy-drop", "2", *MINILM_DATA],
+     "--max-accuracy-drop: 2 is not a share of accuracy"),
+    (["export", "--precision", "fp16"], "--precision (passes.builder.precision): fp16 cannot run on the cpu"),
+    (["finetune", *MINILM_DATA[:4], "--eval-fraction", "0"], "--eval-fraction (passes.lora.eval_dataset_size)"),
+])
+def test_a_shortcut_mistake_names_the_flag(tmp_path, tiny_model, args, expected):
+    proc = run_cli(*args, "--model", str(tiny_model), check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+
+
 def test_a_classifier_text_comes_from_template_or_text_col_not_both(tmp_path, tiny_model):
     proc = run_cli("quantize", "--task", "text-classification", *MINILM_DATA, "--text-col", "phrase",
                    "--model", str(tiny_model), "--dry-run", check=False, cwd=tmp_path)

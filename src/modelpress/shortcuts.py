@@ -56,10 +56,13 @@ def add_shortcuts(sub) -> None:
     p = sub.add_parser("optimize", help="choose the passes for a target device and precision (builds a config)")
     _target_args(p)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--precision", choices=("int4", "int8", "fp16", "fp32"), default="int4")
+    p.add_argument("--precision", choices=("int4", "int8", "fp16", "fp32"), default=None,
+                   help="default: int4 (not with --search, which tries int4 and int8 itself)")
     p.add_argument("--search", action="store_true",
                    help="search int4 and int8 variants under --max-accuracy-drop (needs --data)")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.02, help="goal for --search (accuracy points)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.02,
+                   help="goal for --search: how far accuracy (0 to 1) may fall below the baseline's; 0.02 is two "
+                        "points")
     _common(p)
     p.set_defaults(handler=cmd_optimize)
 
@@ -116,6 +119,13 @@ def _eval_data(args) -> list:
 
     if args.template and args.text_col:
         raise _usage("--text-col", "the text comes from --template or from --text-col, not both", "Pass one of them.")
+    if args.task == "text-generation" and (args.label_col or args.text_col):
+        flag = "--label-col" if args.label_col else "--text-col"
+        raise _usage(flag, f"{flag} is for --task text-classification; a text-generation model is measured on the "
+                     "answer its --template's last field holds", f"Drop {flag}, or pass --task text-classification.")
+    if args.task == "text-classification" and not args.label_col and getattr(args, "search", False):
+        raise _usage("--label-col", "--search compares accuracy, which needs the class of each row",
+                     "Pass --label-col with the column holding it.")
     pre = {"text_template": args.template, "text_cols": args.text_col, "max_seq_len": 256}
     if args.label_col:
         pre["label_col"] = args.label_col
@@ -157,6 +167,12 @@ def optimize_config(args) -> dict:
     ep = "cuda" if args.device == "gpu" else "cpu"
     if args.search and not data:
         raise _usage("--search", "compares accuracy on data", "Pass --data (and --template or --label-col).")
+    if args.search and args.precision is not None:
+        raise _usage("--precision", "--search tries int4 and int8 itself", "Drop --precision, or --search.")
+    if not 0 <= args.max_accuracy_drop < 1:
+        raise _usage("--max-accuracy-drop", f"{args.max_accuracy_drop:g} is not a share of accuracy (0 to 1)",
+                     "Give a fraction: 0.02 lets accuracy fall two points.")
+    args.precision = args.precision or "int4"
     if args.task == "text-generation":
         precisions = ["int4", "int8"] if args.search else [args.precision]
         if ep == "cpu" and "fp16" in precisions:
@@ -233,12 +249,35 @@ def _run(args, config: dict) -> int:
         validated = normalize(config, base_dir=Path.cwd())
     except ConfigError as err:
         if not args.dry_run:
-            raise
+            raise ConfigError([_as_flags(p) for p in err.problems]) from None
         print(f"error: the config above does not validate yet: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
         return 0
     return run_config(validated, show_progress=wants_bars(args.progress), own_process=args.own_process)
+
+
+# The config keys the shortcuts write, and the flag that sets each: a problem found in the config names the flag.
+FLAGS = {
+    "passes.builder.precision": "--precision", "passes.builder.execution_provider": "--execution-provider",
+    "passes.builder.block_size": "--block-size", "passes.quantize": "--method", "passes.lora.type": "--method",
+    "passes.lora.eval_dataset_size": "--eval-fraction", "passes.lora.target_modules": "--target-modules",
+    "passes.lora.training_args.max_steps": "--max-steps", "passes.lora.training_args.learning_rate":
+    "--learning-rate", "passes.lora.training_args.per_device_train_batch_size": "--batch-size",
+    "data_configs[train].text_template": "--template", "data_configs[train].max_seq_len": "--max-seq-len",
+    "data_configs[train].loss_on": "--loss-on", "data_configs[train]": "--data/--template",
+    "data_configs[data].text_template": "--template", "data_configs[data].text_cols": "--text-col",
+    "data_configs[data].label_col": "--label-col", "data_configs[data]": "--data/--template/--text-col",
+    "input_model": "--model", "output_dir": "--output-dir", "cache_dir": "--cache-dir",
+}
+
+
+def _as_flags(problem: Problem) -> Problem:
+    """The problem with the flag that set its key named first (the longest key that the path starts with)."""
+    keys = [k for k in FLAGS if problem.path == k or problem.path.startswith((f"{k}.", f"{k}["))]
+    if not keys:
+        return problem
+    return Problem(f"{FLAGS[max(keys, key=len)]} ({problem.path})", problem.message, problem.hint)
 
 
 def cmd_finetune(args) -> int:

@@ -32,6 +32,7 @@ def check_workflow(model: InputModelConfig, data: dict[str, DataConfig], passes:
     """Every check that needs more than one section; each problem goes to `c` with its key path."""
     _check_steps(model, data, passes, engine, c)
     _check_evaluation(data, passes, evaluation, search, evaluator, c)
+    _check_eval_task(model, data, passes, evaluation, c)
     _check_search(passes, search, evaluator, data, c)
     _check_output_dirs(model, engine, c)
 
@@ -72,6 +73,24 @@ def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: Search
         c.add("evaluation", "evaluate_passes and extra_data_configs are for a run without a search or evaluator",
               "A search measures each candidate with the evaluator's metrics: add a metric with that data_config "
               "there, or drop these keys.")
+
+
+def _check_eval_task(model: InputModelConfig, data, passes, evaluation: EvaluationConfig, c: Collector) -> None:
+    """The data the evaluation reads suits the model's task, as a training pass's data must (a generative model's
+    prompt rendered with label_col would end with its answer; a classifier's rows without one measure no accuracy).
+    A config a training pass reads is checked there already."""
+    if not evaluation.enabled:
+        return
+    trained = {p.params.train_data_config for p in passes if p.trains}
+    for name in dict.fromkeys([eval_data_name(evaluation, passes, data), *evaluation.extra_data_configs]):
+        config = data.get(name)
+        if config is None or name in trained:
+            continue
+        if model.task == "text-generation" and config.label_col:
+            _check_task_data(model.task, config, "evaluation", c)
+        elif model.task == "text-classification" and not config.label_col:
+            c.warn(f"data_configs[{name}]: the evaluation of this text-classification model reads it, and it names "
+                   "no label column (label_col), so no accuracy is measured.")
 
 
 def _check_calibration_data(data, passes, evaluation: EvaluationConfig, c: Collector) -> None:
