@@ -252,3 +252,16 @@ def test_the_evaluation_reads_one_data_config_chosen_by_one_rule(workspace):
     assert eval_data_name(named, config.passes, config.data_configs) == "held_out"
     assert eval_data_name(config.evaluation, config.passes[1:], {"b": 1, "a": 2}) == "b"
     assert eval_data_name(config.evaluation, [], {}) is None
+
+
+def test_the_evaluation_data_must_suit_the_task_when_nothing_trains_on_it(tmp_path, tiny_model):
+    """Training data is checked against the task by its pass; a run that only quantizes evaluates on data no pass
+    checked: with label_col a text-generation prompt would already end with its answer."""
+    from conftest import tone_workflow
+
+    raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder"}})
+    raw["data_configs"][0]["pre_process_data_config"]["label_col"] = "tone"
+    with pytest.raises(ConfigError, match=r"data_configs\[tone\].label_col: label_col is for text-classification"):
+        normalize(raw, tmp_path)
+    raw["evaluation"] = {"enabled": False}
+    normalize(raw, tmp_path)
