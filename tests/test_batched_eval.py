@@ -504,3 +504,13 @@ def test_pytorch_answers_are_plain_greedy_whatever_the_generation_config_asks(ti
     finally:
         logging.getLogger("transformers").removeHandler(handler)
     assert not [line for line in said if "seem to have been set" in line]
+
+
+def test_genai_ids_for_more_rows_than_genai_takes_at_once(eos_model, tone_examples, tmp_path):
+    """lm-eval's generate_until hands the runner its own batch size; genai 0.18 refuses more than 32 rows."""
+    from modelpress.runners import GENAI_MAX_BATCH, GenaiRunner
+
+    runner = GenaiRunner(_builder_output(eos_model, tmp_path / "fp32", "fp32"))
+    rows = [runner._ids(ex.prompt, True) for ex in tone_examples[:GENAI_MAX_BATCH + 8]]
+    got = runner.generate_ids(rows, 4)
+    assert len(got) == len(rows) and got[GENAI_MAX_BATCH:] == runner.generate_ids(rows[GENAI_MAX_BATCH:], 4)

@@ -117,3 +117,21 @@ def test_olive_lm_evaluator_config_measures_the_input_and_the_int4_model(tiny_mo
         assert text.count(f'"{key}"') >= 2, key  # the input (HF) model and the int4 genai model
     assert "Running loglikelihood requests" not in proc.stderr  # lm-eval's bars stay off in a log
     assert "tone_choice-acc" in (work / "models" / "lm-eval" / "report.html").read_text()
+
+
+def test_the_evaluators_device_is_where_the_model_runs(tiny_model):
+    """HFLM runs a model object where it is: the device must be applied to the model, and one this machine lacks
+    is a clear error."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from modelpress.errors import ModelpressError
+    from modelpress.lmeval import make_lm
+
+    ref = ModelRef(HF, tiny_model, id="base", task={"task": "text-generation"})
+    lm = make_lm(ref, SimpleNamespace(batch_size=2, max_length=64, device="cpu"))
+    assert lm.model.device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelpressError, match="device 'cuda' cannot run the model here"):
+            make_lm(ref, SimpleNamespace(batch_size=2, max_length=64, device="cuda"))

@@ -107,8 +107,14 @@ def make_lm(ref: ModelRef, settings, trust_remote_code: bool = False):
     from lm_eval.models.huggingface import HFLM
 
     model, tokenizer = load_for_inference(ref, trust_remote_code)
+    device = settings.device or "cpu"
+    try:  # HFLM runs a model object where it is, whatever its `device` says
+        model = model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ModelpressError(f"the LMEvaluator's device {device!r} cannot run the model here: {err}. Set the "
+                              "evaluator's device to one this machine has (cpu, or cuda with a GPU).") from None
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
-                max_length=settings.max_length, device=settings.device or "cpu")
+                max_length=settings.max_length, device=device)
 
 
 @functools.cache

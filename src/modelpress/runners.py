@@ -338,9 +338,10 @@ class GenaiRunner(Ends, Runner):
         return self.tokenizer.decode(np.array(tokens, dtype=np.int32)), count
 
     def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """The greedy new tokens of each row (up to its end of sequence), generated as one batch."""
+        """The greedy new tokens of each row (up to its end of sequence), in the batches genai takes (`_chunks`)."""
         # A sequence generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
-        return [until_eos(new, self.end_ids)[0] for new in self._generate(rows, max_new_tokens)[0]]
+        return [until_eos(new, self.end_ids)[0] for chunk in self._chunks(rows)
+                for new in self._generate([rows[i] for i in chunk], max_new_tokens)[0]]
 
     def _generate(self, rows: list[list[int]], max_new_tokens: int, keep_logits: bool = False):
         """Each row's greedy new tokens as generated (past its end of sequence, while other rows go on), and with
