@@ -240,3 +240,26 @@ def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_i
         assert sides[0] == sides[1], seed
         assert len(train) + len(held) == len(examples)
         assert not {ex.prompt for ex in train} & {ex.prompt for ex in held}
+
+
+def test_generate_on_a_folder_without_a_recipe_uses_the_tokenizers_own_chat_template(tiny_model, tmp_path):
+    """`export` evaluates nothing, so its card records no prompt recipe: an instruct model still gets its own chat
+    format; a model without a chat template gets the text as it is."""
+    import json
+
+    from modelpress.generate import _own_chat_card, prompt_and_stop
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in tiny_model.glob("tokenizer*"):
+        shutil.copy(f, plain / f.name)
+    assert _own_chat_card(plain, {}) == {} and prompt_and_stop({}, "hello") == ("hello", "")
+    instruct = tmp_path / "instruct"
+    shutil.copytree(plain, instruct)
+    config = json.loads((instruct / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (instruct / "tokenizer_config.json").write_text(json.dumps(config))
+    card = _own_chat_card(instruct, {"id": "x"})
+    assert card["id"] == "x"
+    assert prompt_and_stop(card, "hello") == ("<|user|>hello<|end|><|assistant|>", "<|end|>")

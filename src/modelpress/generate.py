@@ -6,6 +6,7 @@ cookbook's app used `compute_logits`, which onnxruntime-genai removed in 0.6.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from modelpress.fsutil import read_json
 from modelpress.genai_folder import open_model, trained_bos
 from modelpress.models import MODEL_CARD
 from modelpress.onnx_adapters import adapter_file, genai_adapters
+
+log = logging.getLogger("modelpress")
 
 
 def prompt_for(card: dict, text: str) -> str:
@@ -68,6 +71,27 @@ def chat_stop(chat: dict) -> str:
     return turn[len(answer):].strip() if turn.startswith(answer) else ""
 
 
+def _has_recipe(card: dict) -> bool:
+    task = card.get("task") or {}
+    return bool(task.get("chat") or task.get("text_template"))
+
+
+def _own_chat_card(model_dir: Path, card: dict) -> dict:
+    """A card that records no prompt recipe (`export` evaluates nothing): the prompt goes through the tokenizer's own
+    chat template, as an instruct model expects, and says so; without one the text is sent as it is."""
+    from modelpress.chat import ChatFormat
+    from modelpress.errors import DataError
+
+    try:
+        chat = ChatFormat.from_model(model_dir).to_json()
+    except (DataError, OSError, ValueError):
+        log.info("the model records no prompt recipe and its tokenizer no chat template: the prompt is sent as it is")
+        return card
+    log.info("the model records no prompt recipe: the prompt goes through its tokenizer's chat template as a user "
+             "turn (--raw sends it as it is)")
+    return {**card, "task": {**(card.get("task") or {}), "chat": chat}}
+
+
 def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = False,
              adapter: Path | None = None, use_adapter: bool = True) -> Iterator[str]:
     """Yield decoded pieces of the model's greedy continuation of `text`.
@@ -83,6 +107,8 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
 
     og.disable_telemetry_events()
     card = read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
+    if not raw and not _has_recipe(card):
+        card = _own_chat_card(model_dir, card)
     prompt, stop = (text, "") if raw else prompt_and_stop(card, text)
     model = open_model(og, model_dir)
     tokenizer = og.Tokenizer(model)
