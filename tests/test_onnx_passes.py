@@ -426,3 +426,19 @@ def test_int8_quantizers_write_nothing_into_their_input_folder(bert_onnx, calibr
     assert written and all(p.parent != bert_onnx.path for p in written)
     assert sorted(p.name for p in bert_onnx.path.iterdir()) == before
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["model"]  # the private copy is gone
+
+
+def test_float16_takes_olives_include_lists_and_defaults(phi_onnx, tmp_path):
+    """Olive's keys as Olive reads them: float16 graph edges by default, and an include list converts only
+    what it names (every other operator type stays float32)."""
+    import onnx
+
+    assert OnnxFloatToFloat16Params().keep_io_types is False
+    with pytest.raises(ValueError, match="op_include_list and op_block_list exclude each other"):
+        OnnxFloatToFloat16Params(op_include_list=["MatMul"], op_block_list=["Add"])
+    out = _run(run_float16, OnnxFloatToFloat16Params(op_include_list=["MatMul"], keep_io_types=True), phi_onnx,
+               tmp_path / "h")
+    graph = onnx.load(str(out.path / MODEL_FILE), load_external_data=False).graph
+    half = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    matmul_weights = {name for n in graph.node if n.op_type == "MatMul" for name in n.input}
+    assert half and half <= matmul_weights  # only MatMul weights became float16

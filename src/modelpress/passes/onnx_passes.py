@@ -329,15 +329,22 @@ def run_transformers_optimization(ctx: PassContext, params: OrtTransformersOptim
 def run_float16(ctx: PassContext, params: OnnxFloatToFloat16Params) -> ModelRef:
     """float16 weights and compute; ops in op_block_list (onnxruntime's default list) stay float32."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel as OrtOnnxModel
 
     src = _plain_onnx(ctx, "OnnxFloatToFloat16")
+    model = OrtOnnxModel(onnx.load(str(src / MODEL_FILE)))
+    op_block, node_block = params.op_block_list, params.node_block_list
+    if params.op_include_list is not None:  # as Olive: every other operator type kept in float32
+        op_block = sorted({n.op_type for n in model.nodes()} - set(params.op_include_list))
+    if params.node_include_list is not None:
+        node_block = [n.name for n in model.nodes() if n.name not in params.node_include_list]
     with _quiet_ort():
-        converted = convert_float_to_float16(onnx.load(str(src / MODEL_FILE)), keep_io_types=params.keep_io_types,
-                                             op_block_list=params.op_block_list,
-                                             node_block_list=params.node_block_list)
+        model.convert_float_to_float16(
+            keep_io_types=params.keep_io_types, op_block_list=op_block, node_block_list=node_block,
+            min_positive_val=params.min_positive_val, max_finite_val=params.max_finite_val,
+            use_symbolic_shape_infer=params.use_symbolic_shape_infer)
     copy_model_folder(src, ctx.out)
-    save_onnx(converted, ctx.out, uses_external_file(src))
+    save_onnx(model.model, ctx.out, uses_external_file(src))
     try:  # fail here, not at evaluation, when onnxruntime has no float16 kernel for an op
         drift = logit_drift(src, ctx.out, "the float16 model")
     except ModelpressError as err:

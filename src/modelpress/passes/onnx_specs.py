@@ -185,10 +185,27 @@ class OrtTransformersOptimizationParams(Strict):
 class OnnxFloatToFloat16Params(Strict):
     """Convert float32 weights and compute to float16 (onnxruntime.transformers.float16)."""
 
-    keep_io_types: bool = Field(True, description="Keep float32 graph inputs and outputs (Cast at the edges).")
+    keep_io_types: bool | list[str] = Field(
+        False, description="Keep float32 graph inputs and outputs (Cast at the edges): true for all, or their names. "
+        "Default false, as Olive: float16 logits.")
     op_block_list: list[str] | None = Field(
         None, description="Operator types kept in float32; default: onnxruntime's list of ops without fp16 kernels.")
+    op_include_list: list[str] | None = Field(
+        None, description="Operator types converted, every other kept in float32 (instead of op_block_list).")
     node_block_list: list[str] | None = Field(None, description="Node names kept in float32.")
+    node_include_list: list[str] | None = Field(
+        None, description="Node names converted, every other kept in float32 (instead of node_block_list).")
+    min_positive_val: float = Field(1e-7, gt=0, description="Constants smaller in size are clipped up to this.")
+    max_finite_val: float = Field(1e4, gt=0, description="Constants larger in size are clipped down to this.")
+    use_symbolic_shape_infer: bool = Field(
+        True, description="onnxruntime's symbolic shape inference (else onnx's) to find the types at the edges.")
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> "OnnxFloatToFloat16Params":
+        for kind in ("op", "node"):
+            if getattr(self, f"{kind}_include_list") is not None and getattr(self, f"{kind}_block_list") is not None:
+                raise ValueError(f"{kind}_include_list and {kind}_block_list exclude each other: give one")
+        return self
 
 
 class OrtSessionParamsTuningParams(Strict):
