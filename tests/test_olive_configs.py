@@ -94,6 +94,14 @@ def test_model_builder_options_reach_the_builder_in_its_own_spelling():
     assert not any(o.startswith("config_only") for o in options)
 
 
+def test_a_builder_parameter_in_extra_options_wins_over_the_same_beside_it_as_in_olive():
+    from modelpress.passes.catalog import ModelBuilderParams
+
+    both = {"precision": "int4", "int4_block_size": 32, "extra_options": {"int4_block_size": 128}}
+    assert ModelBuilderParams.model_validate(both).block_size == 128  # Olive: extra_args.update(extra_options)
+    assert ModelBuilderParams.model_validate({**both, "extra_options": {}}).block_size == 32
+
+
 def test_static_quantization_reads_olive_type_names_and_excluded_op_types(tmp_path):
     from modelpress.passes.onnx_passes import _quant_kwargs
 

@@ -222,14 +222,17 @@ class ModelBuilderParams(Strict):
     @model_validator(mode="before")
     @classmethod
     def _lift_named_extra_options(cls, data):
-        """Olive lets `extra_options` carry the pass's own parameters (int4_accuracy_level...): set them."""
+        """Olive lets `extra_options` carry the pass's own parameters (int4_accuracy_level...): set them; as in
+        Olive, a value there wins over the same parameter given beside it."""
         if not isinstance(data, dict) or not isinstance(data.get("extra_options"), dict):
             return data
         names = {alias: name for name, info in cls.model_fields.items()
                  for alias in (name, *getattr(info.validation_alias, "choices", ()))}
         extra, data = dict(data["extra_options"]), dict(data)
         for key in [k for k in extra if k in names and k != "extra_options"]:
-            data.setdefault(key, extra.pop(key))
+            for alias in [a for a, name in names.items() if name == names[key]]:
+                data.pop(alias, None)  # the parameter under any of its names
+            data[key] = extra.pop(key)
         data["extra_options"] = extra
         return data
 
