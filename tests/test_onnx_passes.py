@@ -442,3 +442,32 @@ def test_float16_takes_olives_include_lists_and_defaults(phi_onnx, tmp_path):
     half = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     matmul_weights = {name for n in graph.node if n.op_type == "MatMul" for name in n.input}
     assert half and half <= matmul_weights  # only MatMul weights became float16
+
+
+def test_int8_quantizers_preprocess_as_olive_and_go_on_without_it_when_it_fails(bert_onnx, tmp_path, monkeypatch):
+    import onnxruntime.quantization.preprocess as preprocess
+
+    calls: list[Path] = []
+    real = preprocess.quant_pre_process
+    monkeypatch.setattr(preprocess, "quant_pre_process", lambda src, out, **kw: (calls.append(Path(src)),
+                                                                                 real(src, out, **kw))[1])
+    ctx = _ctx(bert_onnx, tmp_path / "a" / "model", "text-classification")
+    run_dynamic(ctx, OnnxDynamicQuantizationParams())
+    assert len(calls) == 1 and calls[0].parent != bert_onnx.path
+    assert not any("quant_pre_process" in n for n in ctx.notes)
+    run_dynamic(_ctx(bert_onnx, tmp_path / "b" / "model", "text-classification"),
+                OnnxDynamicQuantizationParams(quant_preprocess=False))
+    assert len(calls) == 1
+
+    def broken(src, out, **kw):
+        raise RuntimeError("symbolic shape inference failed")
+
+    monkeypatch.setattr(preprocess, "quant_pre_process", broken)
+    ctx = _ctx(bert_onnx, tmp_path / "c" / "model", "text-classification")
+    out = run_dynamic(ctx, OnnxDynamicQuantizationParams())
+    assert any("quant_pre_process failed (RuntimeError" in n for n in ctx.notes)
+    assert op_counts(out.path / MODEL_FILE).get("MatMulInteger", 0) > 0
+
+
+def test_dynamic_quantization_reads_olives_precision_key():
+    assert OnnxDynamicQuantizationParams.model_validate({"precision": "uint8"}).weight_type == "QUInt8"

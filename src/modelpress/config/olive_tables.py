@@ -43,7 +43,6 @@ INERT_PASS_KEYS: dict[str, dict[str, str]] = {
         "use_gpu": "fusions are the same for CPU and CUDA; the execution provider comes from the system",
     },
     "onnxstaticquantization": {
-        "quant_preprocess": "onnxruntime's quant_pre_process (shape inference) runs before every quantization",
         "calibration_providers": "calibration runs on the CPU execution provider",
     },
 }

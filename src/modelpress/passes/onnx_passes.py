@@ -186,6 +186,22 @@ def _own_copy(ctx: PassContext, src: Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _preprocessed(ctx: PassContext, params: OnnxDynamicQuantizationParams, own: Path, src: Path) -> Path:
+    """The model file to quantize: onnxruntime's quant_pre_process of the pass's own copy when `quant_preprocess`
+    (Olive's default), else the copy; a preprocessing that fails leaves the copy, with a note, as in Olive."""
+    if not params.quant_preprocess:
+        return own / MODEL_FILE
+    from onnxruntime.quantization.preprocess import quant_pre_process
+
+    out = own / "preprocessed.onnx"
+    try:
+        quant_pre_process(own / MODEL_FILE, out, auto_merge=True, save_as_external_data=uses_external_file(src))
+        return out
+    except Exception as err:  # noqa: BLE001  (any failure of the optional step: quantize the model as it is)
+        ctx.notes.append(f"quant_pre_process failed ({type(err).__name__}: {err}); quantized without it")
+        return own / MODEL_FILE
+
+
 def run_dynamic(ctx: PassContext, params: OnnxDynamicQuantizationParams) -> ModelRef:
     """int8 weights; activation scales computed at run time (DynamicQuantizeLinear + MatMulInteger)."""
     _quiet_quantizer_logs()
@@ -194,7 +210,7 @@ def run_dynamic(ctx: PassContext, params: OnnxDynamicQuantizationParams) -> Mode
     src = _plain_onnx(ctx, "OnnxDynamicQuantization")
     copy_model_folder(src, ctx.out)
     with _quiet_ort(), _own_copy(ctx, src) as own:
-        quantize_dynamic(own / MODEL_FILE, ctx.out / MODEL_FILE, **_quant_kwargs(params, src))
+        quantize_dynamic(_preprocessed(ctx, params, own, src), ctx.out / MODEL_FILE, **_quant_kwargs(params, src))
     ctx.notes.append(f"dynamic int8 ({params.weight_type} weights{', per channel' if params.per_channel else ''}): "
                      f"{_mib(model_bytes(src))} -> {_mib(model_bytes(ctx.out))}")
     return _output(ctx)
@@ -209,7 +225,7 @@ def run_static(ctx: PassContext, params: OnnxStaticQuantizationParams) -> ModelR
     feeds = calibration_feeds(ctx, params)
     copy_model_folder(src, ctx.out)
     with _quiet_ort(), _own_copy(ctx, src) as own:
-        quantize_static(own / MODEL_FILE, ctx.out / MODEL_FILE, _FeedReader(feeds),
+        quantize_static(_preprocessed(ctx, params, own, src), ctx.out / MODEL_FILE, _FeedReader(feeds),
                         quant_format=QuantFormat[params.quant_format],
                         activation_type=QuantType[params.activation_type],
                         calibrate_method=CalibrationMethod[params.calibrate_method], **_quant_kwargs(params, src))

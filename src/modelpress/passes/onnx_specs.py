@@ -84,6 +84,23 @@ class StaticExtraOptions(QuantExtraOptions):
 class OnnxDynamicQuantizationParams(Strict):
     """int8 weights with activations quantized at run time (onnxruntime quantize_dynamic); no data needed."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _olive_type_names(cls, data):
+        """Olive 0.13 writes types as int8/uint16... and the weight type as `precision`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "precision" in data and "weight_type" not in data:
+            data["weight_type"] = data.pop("precision")
+        for key in ("weight_type", "activation_type"):
+            if isinstance(data.get(key), str):
+                data[key] = OLIVE_QUANT_TYPES.get(data[key].lower(), data[key])
+        return data
+
+    quant_preprocess: bool = Field(
+        True, description="Run onnxruntime's quant_pre_process (symbolic shape inference and graph optimization) "
+        "on the model first, as Olive does; if it fails, the model is quantized as it is, with a note.")
     weight_type: QuantType = searchable("QInt8", "QUInt8", default="QInt8", description="int8 type of the weights.")
     per_channel: bool = searchable(False, True, default=False, description="One scale per output channel.")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI (avoids saturation).")
@@ -98,20 +115,6 @@ class OnnxDynamicQuantizationParams(Strict):
 
 class OnnxStaticQuantizationParams(OnnxDynamicQuantizationParams):
     """int8 weights and activations with ranges calibrated on the workflow's data (quantize_static)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _olive_type_names(cls, data):
-        """Olive 0.13 writes types as int8/uint16... and the weight type as `precision`."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if "precision" in data and "weight_type" not in data:
-            data["weight_type"] = data.pop("precision")
-        for key in ("weight_type", "activation_type"):
-            if isinstance(data.get(key), str):
-                data[key] = OLIVE_QUANT_TYPES.get(data[key].lower(), data[key])
-        return data
 
     weight_type: StaticQuantType = searchable("QInt8", "QUInt8", default="QInt8", description=(
         "Type of the weights (Olive: `precision`, int8/uint8/int16/uint16); 16-bit types need quant_format QDQ."))
