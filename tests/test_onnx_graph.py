@@ -164,7 +164,24 @@ def test_olive_graph_pass_config_runs_as_written(tiny_model, tmp_path):
     ops = _ops(ModelRef("onnx", final, id="x"))
     assert ops.get("GatherBlockQuantized") == 1 and ops.get("MatMulNBits", 0) >= 4 * 3 + 1  # every weight, the head too
     assert output_dims(final / "model.onnx")["logits"][0] == 1
+    import onnx
+
+    nbits = [n for n in onnx.load(str(final / "model.onnx"), load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in nbits}
+    assert [name for name, b in bits.items() if b == 8] == [next(n.name for n in nbits if "node_linear_16" in n.name)]
     notes = json.dumps(json.loads((work / "models" / "graph" / "run_history.json").read_text())["steps"])
     assert "TieWordEmbeddings: skipped (the head's weight is not the transposed embedding table)" in notes
     ids = np.array([list(range(5, 21))], dtype=np.int64)
     assert np.isfinite(OnnxModel(final).logits(ids, np.ones_like(ids))).all()
+
+
+def test_k_quant_names_a_node_the_model_lacks(genai_fp32, tmp_path):
+    """A per-node setting for a name the graph does not have was silently dropped (a recipe's /lm_head/MatMul on a
+    graph whose nodes are named otherwise)."""
+    from modelpress.errors import ModelpressError
+
+    with pytest.raises(ModelpressError, match=r"customized_weight_config names '/lm_head/MatMul', which is not a "
+                                              r"weight MatMul node of the model \(it has"):
+        _run(genai_fp32, tmp_path / "k", "OnnxKQuantQuantization", bits=4, block_size=32,
+             customized_weight_config={"/lm_head/MatMul": {"bits": 8}})

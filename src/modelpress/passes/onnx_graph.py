@@ -40,6 +40,13 @@ def run_kquant(ctx: PassContext, params: OnnxKQuantQuantizationParams) -> ModelR
     graph = onnx.load(str(ctx.model.path / _decoder_file(ctx.model)), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     nodes = {n.name: {"bits": params.bits} for n in graph.node if n.op_type == "MatMul" and set(n.input) & weights}
+    unknown = [name for name in params.customized_weight_config or {} if name not in nodes]
+    if unknown:
+        raise ModelpressError(
+            f"OnnxKQuantQuantization: customized_weight_config names {', '.join(map(repr, unknown[:3]))}, which "
+            f"{'is not a' if len(unknown) == 1 else 'are not'} weight MatMul node of the model (it has "
+            f"{len(nodes)}, such as {', '.join(map(repr, list(nodes)[-3:]))}). Use the node names the exported "
+            "graph has (Netron, or onnx.load(...).graph.node).")
     for name, override in (params.customized_weight_config or {}).items():
         nodes.setdefault(name, {"bits": params.bits}).update(override)
     algo = KQuantWeightOnlyQuantConfig(customized_weight_config=nodes)
