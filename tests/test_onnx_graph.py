@@ -177,11 +177,11 @@ def test_olive_graph_pass_config_runs_as_written(tiny_model, tmp_path):
 
 
 def test_k_quant_names_a_node_the_model_lacks(genai_fp32, tmp_path):
-    """A per-node setting for a name the graph does not have was silently dropped (a recipe's /lm_head/MatMul on a
-    graph whose nodes are named otherwise)."""
+    """A per-node setting for a name the graph does not have was silently dropped (a recipe's genai-builder name
+    /lm_head/MatMul on a dynamo export, whose nodes are named node_linear_N)."""
     from modelpress.errors import ModelpressError
 
-    with pytest.raises(ModelpressError, match=r"customized_weight_config names '/lm_head/MatMul', which is not a "
-                                              r"weight MatMul node of the model \(it has"):
+    with pytest.raises(ModelpressError, match=r"customized_weight_config names '/model/layers.9/mlp/up_proj/MatMul'"
+                                              r", which is not a weight MatMul node of the model \(it has"):
         _run(genai_fp32, tmp_path / "k", "OnnxKQuantQuantization", bits=4, block_size=32,
-             customized_weight_config={"/lm_head/MatMul": {"bits": 8}})
+             customized_weight_config={"/lm_head/MatMul": {"bits": 8}, "/model/layers.9/mlp/up_proj/MatMul": {}})
