@@ -121,6 +121,27 @@ def test_peephole_optimizer_keeps_the_logits(genai_fp32, tmp_path):
     np.testing.assert_allclose(_logits(cleaned), _logits(genai_fp32), atol=1e-4)
 
 
+def test_peephole_without_onnxscript_optimize_runs_no_optimizer(tmp_path):
+    """Each step is on its own switch: the reshape fusion (on by default) no longer runs onnxscript's optimizer,
+    so a constant the optimizer would fold stays unless onnxscript_optimize is on."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelpress.onnx_model import save_onnx
+
+    two = [numpy_helper.from_array(np.full((4,), v, dtype=np.float32), n) for n, v in (("a", 1.0), ("b", 2.0))]
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], two)
+    src = tmp_path / "src"
+    src.mkdir()
+    save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), src)
+    ref = ModelRef("onnx", src, id="s", task={"task": "text-generation"})
+    for switch, nodes in ((False, 2), (True, 1)):
+        out = _run(ref, tmp_path / str(switch), "OnnxPeepholeOptimizer", onnxscript_optimize=switch)
+        assert len(onnx.load(str(out.path / "model.onnx")).graph.node) == nodes
+
+
 def test_dynamic_to_fixed_shape_fixes_the_batch_and_keeps_the_logits(genai_fp32, tmp_path):
     from modelpress.passes.onnx_graph import output_dims
 

@@ -99,30 +99,28 @@ def run_dynamic_to_fixed(ctx: PassContext, params: DynamicToFixedShapeParams) ->
 
 
 def run_peephole(ctx: PassContext, params: OnnxPeepholeOptimizerParams) -> ModelRef:
-    """onnxscript's optimizer (constant folding, dead code, cast and reshape chains) and an opset fix."""
-    import onnx
+    """onnxscript's optimizer, reshape and cast chains, an opset fix: each on its switch (`passes.peephole`)."""
+    from modelpress.passes import peephole
 
     model, model_file = _load(ctx)
     before = len(model.graph.node)
     if params.onnxoptimizer_optimize:
         log.warning("OnnxPeepholeOptimizer: onnxoptimizer_optimize is not used (modelpress does not depend on the "
                     "onnxoptimizer package); onnxscript's optimizer does the same folding")
-    if params.onnxscript_optimize or params.fuse_reshape_operations or params.cast_chain_elimination:
-        import onnx_ir
-        import onnxscript.optimizer
-
-        ir_model = onnx_ir.from_proto(model)
-        with _quiet_ort():
-            onnxscript.optimizer.optimize(ir_model, onnx_shape_inference=False)  # genai graphs use ORT-only ops
-        model = onnx_ir.to_proto(ir_model)
+    fused = 0
+    with _quiet_ort():
+        if params.onnxscript_optimize:
+            model = peephole.onnxscript_optimize(model)
+        if params.fuse_reshape_operations:
+            model, fused = peephole.fuse_reshapes(model)
+        if params.cast_chain_elimination:
+            model = peephole.eliminate_cast_chains(model)
     if params.fix_com_microsoft_opset:
-        uses = any(n.domain == "com.microsoft" for n in model.graph.node)
-        imports = {o.domain: o for o in model.opset_import}
-        if uses and "com.microsoft" not in imports:
-            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        peephole.fix_com_microsoft_opset(model)
     _save(ctx, model, model_file)
     _check_runs(ctx, model_file, "OnnxPeepholeOptimizer")
-    ctx.notes.append(f"peephole: {before} -> {len(model.graph.node)} nodes")
+    ctx.notes.append(f"peephole: {before} -> {len(model.graph.node)} nodes"
+                     + (f" ({fused} Reshape chain(s) fused)" if fused else ""))
     return _output(ctx, ctx.model.kind)
 
 

@@ -256,13 +256,14 @@ class DynamicToFixedShapeParams(Strict):
 class OnnxPeepholeOptimizerParams(Strict):
     """Clean the graph up with onnxscript's optimizer: constant folding, dead nodes, cast and reshape chains."""
 
-    onnxscript_optimize: bool = Field(True, description="Run onnxscript's optimizer.")
-    fuse_reshape_operations: bool = Field(True, description="Collapse Reshape chains (part of onnxscript's "
-                                          "optimizer: runs it).")
-    cast_chain_elimination: bool = Field(True, description="Collapse Cast chains (part of onnxscript's "
-                                         "optimizer: runs it).")
-    fix_com_microsoft_opset: bool = Field(True, description="Add the com.microsoft opset import when the graph "
-                                          "uses its operators and lacks it.")
+    onnxscript_optimize: bool = Field(True, description="Run onnxscript's optimizer (constant folding, dead code, "
+                                      "its rewrites).")
+    fuse_reshape_operations: bool = Field(True, description="Bypass a Reshape whose only consumer is a Reshape to "
+                                          "[-1].")
+    cast_chain_elimination: bool = Field(False, description="Cast(Cast(x)) back to x's own type becomes x (as in "
+                                         "Olive: the middle type's rounding is dropped too).")
+    fix_com_microsoft_opset: bool = Field(False, description="Add the com.microsoft opset import where the graph or "
+                                          "a function uses its operators and lacks it.")
     onnxoptimizer_optimize: bool = Field(False, description="Olive's onnxoptimizer run; modelpress does not use "
                                          "the onnxoptimizer package and warns when this is true.")
 
