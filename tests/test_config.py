@@ -265,3 +265,14 @@ def test_the_evaluation_data_must_suit_the_task_when_nothing_trains_on_it(tmp_pa
         normalize(raw, tmp_path)
     raw["evaluation"] = {"enabled": False}
     normalize(raw, tmp_path)
+
+
+def test_a_fixed_shape_model_is_not_evaluated_on_prompts_of_varying_length(tmp_path, tiny_model):
+    from conftest import tone_workflow
+
+    raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder"}, "fix": {
+        "type": "DynamicToFixedShape", "dim_param": ["batch_size"], "dim_value": [1]}})
+    with pytest.raises(ConfigError, match="passes.fix: DynamicToFixedShape gives a model of fixed input shapes"):
+        normalize(raw, tmp_path)
+    raw["evaluation"] = {"enabled": False}
+    normalize(raw, tmp_path)

@@ -81,6 +81,12 @@ def _check_eval_task(model: InputModelConfig, data, passes, evaluation: Evaluati
     A config a training pass reads is checked there already."""
     if not evaluation.enabled:
         return
+    fixed = next((p for p in passes if p.type == "DynamicToFixedShape"), None)
+    if fixed is not None and eval_data_name(evaluation, passes, data) is not None:
+        c.add(f"passes.{fixed.name}", "DynamicToFixedShape gives a model of fixed input shapes, and the evaluation "
+              "runs prompts of varying length in batches, which such a model refuses",
+              "Set evaluation.enabled to false for this run (measure the model before this step in another run), "
+              "or leave the shapes dynamic.")
     trained = {p.params.train_data_config for p in passes if p.trains}
     for name in dict.fromkeys([eval_data_name(evaluation, passes, data), *evaluation.extra_data_configs]):
         config = data.get(name)
