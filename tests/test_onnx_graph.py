@@ -206,3 +206,28 @@ def test_k_quant_names_a_node_the_model_lacks(genai_fp32, tmp_path):
                                               r", which is not a weight MatMul node of the model \(it has"):
         _run(genai_fp32, tmp_path / "k", "OnnxKQuantQuantization", bits=4, block_size=32,
              customized_weight_config={"/lm_head/MatMul": {"bits": 8}, "/model/layers.9/mlp/up_proj/MatMul": {}})
+
+
+def test_renamed_genai_inputs_and_outputs_are_renamed_in_genai_config_too(genai_fp32, tmp_path):
+    """onnxruntime-genai feeds the graph by the names genai_config.json maps: they follow the renames, and the
+    renamed model generates as before. Surgeon names match in any case, as in Olive."""
+    import json
+
+    from modelpress.runners import GenaiRunner
+
+    renamed = _run(genai_fp32, tmp_path / "r", "GraphSurgeries", surgeries=[
+        {"surgeon": "renameinputs", "old_names": ["input_ids"], "new_names": ["tokens"]},
+        {"surgeon": "RenameOutputs", "old_names": ["logits"], "new_names": ["scores"]}])
+    decoder = json.loads((renamed.path / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["inputs"]["input_ids"] == "tokens" and decoder["outputs"]["logits"] == "scores"
+    graph = onnx.load(str(renamed.path / "model.onnx"), load_external_data=False).graph
+    assert "tokens" in {i.name for i in graph.input} and "scores" in {o.name for o in graph.output}
+    rows = [list(IDS[:8]), list(IDS[3:12])]
+    assert GenaiRunner(renamed.path).generate_ids(rows, 5) == GenaiRunner(genai_fp32.path).generate_ids(rows, 5)
+
+
+def test_a_rename_without_its_names_is_a_config_error():
+    from modelpress.passes.onnx_specs import GraphSurgeriesParams
+
+    with pytest.raises(ValueError, match=r"surgeries\[0\]: RenameInputs needs old_names"):
+        GraphSurgeriesParams(surgeries=[{"surgeon": "RenameInputs", "new_names": ["x"]}])

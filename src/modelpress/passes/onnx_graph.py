@@ -135,6 +135,14 @@ def run_graph_surgeries(ctx: PassContext, params: GraphSurgeriesParams) -> Model
         model, note = SURGEONS[surgery["surgeon"]](model, **options)
         done.append(f"{surgery['surgeon']}: {note}")
     _save(ctx, model, model_file)
+    genai_config = ctx.out / "genai_config.json"
+    if genai_config.is_file():
+        from modelpress.fsutil import atomic_write_json, read_json
+        from modelpress.passes.surgeons import rename_in_genai_config
+
+        config = read_json(genai_config)
+        if rename_in_genai_config(config, params.surgeries):
+            atomic_write_json(genai_config, config)
     _check_runs(ctx, model_file, "GraphSurgeries")
     ctx.notes.append("; ".join(done) + f" ({_mib(model_bytes(ctx.model.path, model_file))} -> "
                      f"{_mib(model_bytes(ctx.out, model_file))})")

@@ -278,14 +278,19 @@ class GraphSurgeriesParams(Strict):
     def _known(self) -> "GraphSurgeriesParams":
         from modelpress.passes.surgeons import SURGEON_OPTIONS
 
+        canonical = {name.lower(): name for name in SURGEON_OPTIONS}
         for i, surgery in enumerate(self.surgeries):
-            name = surgery.get("surgeon")
-            if name not in SURGEON_OPTIONS:
-                raise ValueError(f"surgeries[{i}]: no surgeon {name!r} in modelpress; it has "
+            name = canonical.get(str(surgery.get("surgeon")).lower())  # Olive matches surgeon names in lower case
+            if name is None:
+                raise ValueError(f"surgeries[{i}]: no surgeon {surgery.get('surgeon')!r} in modelpress; it has "
                                  f"{', '.join(SURGEON_OPTIONS)}")
+            surgery["surgeon"] = name
             extra = set(surgery) - {"surgeon", *SURGEON_OPTIONS[name]}
             if extra:
                 raise ValueError(f"surgeries[{i}]: {name} takes no {', '.join(sorted(extra))}")
+            missing = [k for k in SURGEON_OPTIONS[name] if k not in surgery]
+            if missing:
+                raise ValueError(f"surgeries[{i}]: {name} needs {', '.join(missing)}")
         return self
 
 

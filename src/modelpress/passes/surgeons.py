@@ -119,13 +119,37 @@ def _renamer(kind: str) -> Callable:
         mapping = dict(zip(old_names, new_names))
         for value in values:
             value.name = mapping.get(value.name, value.name)
-        for node in model.graph.node:
-            for i, name in enumerate(node.input):
-                node.input[i] = mapping.get(name, name)
-            for i, name in enumerate(node.output):
-                node.output[i] = mapping.get(name, name)
+        _rename_uses(model.graph, mapping)
         return model, ", ".join(f"{a} -> {b}" for a, b in mapping.items())
     return rename
+
+
+def _rename_uses(graph, mapping: dict[str, str]) -> None:
+    """Every node's inputs and outputs renamed, inside If/Loop/Scan bodies too (they read outer names)."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = mapping.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = mapping.get(name, name)
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                _rename_uses(body, mapping)
+
+
+def rename_in_genai_config(config: dict, surgeries: list[dict]) -> bool:
+    """genai_config.json's decoder input/output maps follow the graph's renamed inputs and outputs; whether any
+    changed (onnxruntime-genai feeds the graph by the names this map gives)."""
+    decoder = config.get("model", {}).get("decoder", {})
+    changed = False
+    for surgery in surgeries:
+        section = {"RenameInputs": "inputs", "RenameOutputs": "outputs"}.get(surgery["surgeon"])
+        if section is None or section not in decoder:
+            continue
+        mapping = dict(zip(surgery["old_names"], surgery["new_names"]))
+        for key, name in decoder[section].items():
+            if name in mapping:
+                decoder[section][key], changed = mapping[name], True
+    return changed
 
 
 SURGEONS: dict[str, Callable] = {
