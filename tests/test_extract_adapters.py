@@ -191,3 +191,18 @@ def test_olive_lora_adapter_recipe_runs_as_written(tiny_model, tmp_path):
     assert runs["own"].returncode == 0 and runs["none"].returncode == 0, runs["own"].stderr[-2000:]
     assert runs["missing"].returncode != 0 and "--adapter nope.onnx_adapter: no such file" in runs["missing"].stderr
 
+
+
+@pytest.mark.parametrize("pass_type, options", [("OnnxBlockWiseRtnQuantization", {"block_size": 32}),
+                                                ("OnnxKQuantQuantization", {"bits": 4, "block_size": 32})])
+def test_quantizing_after_extract_adapters_keeps_the_adapter_inputs(built, tmp_path, pass_type, options):
+    """The adapter weights are graph inputs whose initializers are only defaults: a quantizer that folded them in
+    as constants cut the inputs off, so no other adapter could be served."""
+    _, _, extracted, _ = built
+    quantized = _run(extracted, tmp_path / "q", pass_type, **options)
+    graph = onnx.load(str(quantized.path / "model.onnx"), load_external_data=False).graph
+    assert sum(".lora_" in i.name for i in graph.input) == 4 * 7 * 2
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) >= 4 * 7  # the base weights are quantized
+    with_adapter = GenaiRunner(quantized.path).logits(IDS)
+    without = GenaiRunner(quantized.path, use_adapter=False).logits(IDS)
+    assert np.abs(with_adapter - without).max() > 0.01 * np.abs(without).max()  # the adapter still acts

@@ -38,7 +38,7 @@ def run_kquant(ctx: PassContext, params: OnnxKQuantQuantizationParams) -> ModelR
     import onnx
 
     graph = onnx.load(str(ctx.model.path / _decoder_file(ctx.model)), load_external_data=False).graph
-    weights = {t.name for t in graph.initializer}
+    weights = {t.name for t in graph.initializer} - {i.name for i in graph.input}  # a fed input is no weight
     nodes = {n.name: {"bits": params.bits} for n in graph.node if n.op_type == "MatMul" and set(n.input) & weights}
     unknown = [name for name in params.customized_weight_config or {} if name not in nodes]
     if unknown:

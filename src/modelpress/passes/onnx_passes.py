@@ -105,7 +105,12 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, *
     model_file = _decoder_file(ctx.model)
     src = ctx.model.path / model_file
     before = op_counts(src).get("MatMul", 0)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), nodes_to_exclude=list(params.nodes_to_exclude),
+    model = onnx.load(str(src))
+    fed = _fed_weights(model)
+    if fed:
+        ctx.notes.append(f"{len(fed)} MatMul nodes whose weight is a graph input (ExtractAdapters' adapter weights) "
+                         "stay float")
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=[*params.nodes_to_exclude, *fed],
                                      algo_config=algo, **quantizer_options)
     with _quiet_ort(), warnings.catch_warnings():
         # HQQ hands torch a read-only numpy view of each weight; it only reads it.
@@ -120,6 +125,14 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, *
     ctx.notes.append(f"{label}: {done} of {before} MatMul nodes -> MatMulNBits; "
                      f"{_mib(model_bytes(ctx.model.path, model_file))} -> {_mib(model_bytes(ctx.out, model_file))}")
     return _output(ctx, ctx.model.kind)
+
+
+def _fed_weights(model) -> list[str]:
+    """MatMul nodes whose second input is a graph input: a weight fed at run time (an adapter's, after
+    ExtractAdapters), whose initializer is only its default. onnxruntime's quantizers would fold it in as a
+    constant and cut the input off."""
+    inputs = {i.name for i in model.graph.input}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inputs]
 
 
 def _decoder_file(ref: ModelRef) -> str:
