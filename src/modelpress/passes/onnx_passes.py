@@ -84,9 +84,11 @@ def run_rtn(ctx: PassContext, params: OnnxBlockWiseRtnQuantizationParams) -> Mod
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
     algo = DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.is_symmetric,
-                                        accuracy_level=params.accuracy_level)
+                                        accuracy_level=params.accuracy_level, bits=params.bits,
+                                        op_types_to_quantize=tuple(params.op_types_to_quantize),
+                                        quant_axes=(("MatMul", 0), ("Gather", 1)))
     kind = "symmetric" if params.is_symmetric else "asymmetric"
-    return _weight_only(ctx, params, algo, f"RTN int4 ({kind}, block {params.block_size})")
+    return _weight_only(ctx, params, algo, f"RTN int{params.bits} ({kind}, block {params.block_size})")
 
 
 def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
@@ -111,18 +113,20 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, *
         ctx.notes.append(f"{len(fed)} MatMul nodes whose weight is a graph input (ExtractAdapters' adapter weights) "
                          "stay float")
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=[*params.nodes_to_exclude, *fed],
-                                     algo_config=algo, **quantizer_options)
+                                     nodes_to_include=params.nodes_to_include, algo_config=algo, **quantizer_options)
     with _quiet_ort(), warnings.catch_warnings():
         # HQQ hands torch a read-only numpy view of each weight; it only reads it.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         quantizer.process()
     done = sum(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node)
+    tables = sum(n.op_type == "GatherBlockQuantized" for n in quantizer.model.model.graph.node)
     if done == 0:
         raise ModelpressError(f"{label}: no MatMul in {src} was quantized (it has {before} MatMul nodes; only those "
                               "with a constant 2-D weight qualify). Check nodes_to_exclude.")
     copy_model_folder(ctx.model.path, ctx.out, model_file)
     save_onnx(quantizer.model.model, ctx.out, uses_external_file(ctx.model.path, model_file), model_file)
-    ctx.notes.append(f"{label}: {done} of {before} MatMul nodes -> MatMulNBits; "
+    ctx.notes.append(f"{label}: {done} of {before} MatMul nodes -> MatMulNBits"
+                     + (f", {tables} embedding Gather(s) -> GatherBlockQuantized" if tables else "") + "; "
                      f"{_mib(model_bytes(ctx.model.path, model_file))} -> {_mib(model_bytes(ctx.out, model_file))}")
     return _output(ctx, ctx.model.kind)
 

@@ -42,16 +42,23 @@ class WeightOnlyParams(Strict):
     """What the int4 weight-only quantizers share: every MatMul with a constant 2-D weight, but these."""
 
     nodes_to_exclude: list[str] = Field(default_factory=list, description="Names of MatMul nodes to keep in float.")
+    nodes_to_include: list[str] | None = Field(None, description="Quantize only these nodes (default: every one).")
 
 
 class OnnxBlockWiseRtnQuantizationParams(WeightOnlyParams):
     """int4 weight-only quantization by round-to-nearest per block (MatMulNBits), no data needed."""
 
+    bits: Literal[4, 8] = searchable(4, 8, default=4, description="Bits per weight.")
     block_size: BlockSize = searchable(32, 128, default=128, description="Weights per quantization block (along K).")
+    axis: Literal[0] = Field(0, description="Olive's key: MatMul weights are blocked along K (axis 0), embedding "
+                             "tables along their last axis, as GatherBlockQuantized requires.")
     is_symmetric: bool = searchable(True, False, default=True,
                                     description="Symmetric (signed, no zero point) or asymmetric blocks.")
     accuracy_level: AccuracyLevel | None = Field(
         None, description="MatMulNBits compute accuracy level (0-4, 4 = int8 compute on CPU); default: unset.")
+    op_types_to_quantize: list[Literal["MatMul", "Gather"]] = Field(
+        ["MatMul", "Gather"], min_length=1, description="MatMul weights (MatMulNBits) and, as in Olive, embedding "
+        "tables read by Gather (GatherBlockQuantized); [\"MatMul\"] keeps the embeddings float.")
 
 
 class OnnxHqqQuantizationParams(WeightOnlyParams):
