@@ -135,3 +135,13 @@ def test_the_evaluators_device_is_where_the_model_runs(tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(ModelpressError, match="device 'cuda' cannot run the model here"):
             make_lm(ref, SimpleNamespace(batch_size=2, max_length=64, device="cuda"))
+
+
+def test_a_filtered_metric_is_also_found_under_the_bare_name_olive_reports():
+    from modelpress.lmeval import metric_values
+
+    results = {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.3, "exact_match_stderr,strict-match": 0.01,
+                         "exact_match,flexible-extract": 0.5},
+               "tone": {"acc,none": 0.7, "acc_stderr,none": 0.02}}
+    assert metric_values(results) == {"gsm8k-exact_match_strict_match": 0.3, "gsm8k-exact_match_flexible_extract": 0.5,
+                                      "gsm8k-exact_match": 0.3, "tone-acc": 0.7}  # Olive: the last filter, sorted

@@ -87,12 +87,22 @@ def run_tasks(ref: ModelRef, tasks: list, settings, trust_remote_code: bool = Fa
     finally:
         if git_hash is not None:
             lm_eval.evaluator.get_git_commit_hash = git_hash
+    return metric_values(out["results"])
+
+
+def metric_values(results: dict) -> dict[str, float]:
+    """lm-eval's results as {"task-metric": value}. A filtered metric keeps its filter ("gsm8k-exact_match_strict_
+    match"), and its bare name ("gsm8k-exact_match") holds what Olive reports under it: the last filter's value in
+    sorted order, so a goal written for Olive finds its metric."""
     values = {}
-    for task, metrics in sorted(out["results"].items()):
-        for name, value in metrics.items():
+    for task, metrics in sorted(results.items()):
+        for name, value in sorted(metrics.items()):
             if name in ("alias", "sample_len") or "_stderr" in name or not isinstance(value, (int, float)):
                 continue
             values[metric_key(task, name)] = float(value)
+            bare = metric_key(task, name.partition(",")[0])
+            if bare not in values or "," in name and f"{name.partition(',')[0]},none" not in metrics:
+                values[bare] = float(value)
     return values
 
 
