@@ -276,3 +276,17 @@ def test_a_fixed_shape_model_is_not_evaluated_on_prompts_of_varying_length(tmp_p
         normalize(raw, tmp_path)
     raw["evaluation"] = {"enabled": False}
     normalize(raw, tmp_path)
+
+
+def test_a_null_data_seed_splits_by_the_runs_seed_as_transformers_shuffles(tmp_path, tiny_model):
+    from conftest import tone_workflow
+    from modelpress.context import DataPlan
+
+    def held_out(**args) -> list[str]:
+        raw = tone_workflow(tiny_model, {"lora": {"type": "LoRA", "train_data_config": "tone", "eval_dataset_size": 0.2,
+                                                  "target_modules": ["qkv_proj"], "training_args": args}})
+        config = normalize(raw, tmp_path)
+        return [ex.prompt for ex in DataPlan(config, tmp_path / "cache").training_examples(config.passes[0].params)[1]]
+
+    assert held_out(data_seed=None, seed=7) == held_out(data_seed=7, seed=0)
+    assert held_out(data_seed=None, seed=7) != held_out(data_seed=None, seed=8)

@@ -28,7 +28,8 @@ from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
 log = logging.getLogger("modelpress")
-CACHE_VERSION = 2  # bump when a pass gives different output for the same inputs
+CACHE_VERSION = 3  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
+# layer rule, kld_gradient's head, Rtn/Gptq's float dtype, the eval split of data_seed null)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 

@@ -36,6 +36,7 @@ class EvalSet:
     data_config: str | None = None  # the data config the examples were rendered from
 
 
+
 class DataPlan:
     """Reads, renders and splits each data config once per run, on first use."""
 
@@ -115,7 +116,7 @@ class DataPlan:
         """What `training_examples` splits by: part of the key of every evaluation on the eval split."""
         args = getattr(params, "training_args", None)  # a plugin's training params may have none
         return {"train": params.train_data_config, "eval": getattr(params, "eval_data_config", None),
-                "size": getattr(params, "eval_dataset_size", None), "seed": getattr(args, "data_seed", None)}
+                "size": getattr(params, "eval_dataset_size", None), "seed": getattr(args, "split_seed", None)}
 
     def training_examples(self, params: LoRAParams) -> tuple[list[Example], list[Example]]:
         """(train, eval) examples for a training pass, honouring eval_data_config or eval_dataset_size."""
@@ -123,8 +124,7 @@ class DataPlan:
         if params.eval_data_config:
             return examples, self.examples(params.eval_data_config)
         if params.eval_dataset_size:
-            seed = params.training_args.data_seed
-            return split_examples(examples, params.eval_dataset_size, 0 if seed is None else seed)
+            return split_examples(examples, params.eval_dataset_size, params.training_args.split_seed)
         return examples, []
 
     def calibration_examples(self, name: str) -> list[Example]:

@@ -176,7 +176,7 @@ SPLIT_PARAMS = ("train_data_config", "eval_data_config", "eval_dataset_size")  #
 def _check_same_split(p: PassConfig, choices: list[PassConfig], c: Collector) -> None:
     """Every choice of a training step must hold out the same rows: the candidates are all scored on them."""
     def split(option: PassConfig) -> tuple:
-        return (*(getattr(option.params, k, None) for k in SPLIT_PARAMS), option.params.training_args.data_seed)
+        return (*(getattr(option.params, k, None) for k in SPLIT_PARAMS), option.params.training_args.split_seed)
 
     if len({split(option) for option in choices}) > 1:
         c.add(f"passes.{p.name}", "the search choices of this training step split the data differently "

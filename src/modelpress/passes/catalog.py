@@ -20,7 +20,8 @@ class TrainingArgs(Strict):
     """The subset of Hugging Face `TrainingArguments` that modelpress honours."""
 
     seed: int = Field(0, description="Seed for model init and dropout.")
-    data_seed: int | None = Field(42, description="Seed for data shuffling and the eval split.")
+    data_seed: int | None = Field(42, description="Seed for data shuffling and the eval split (null: `seed`, as "
+                                  "transformers does).")
     per_device_train_batch_size: int = Field(1, gt=0, description="Training batch size.")
     per_device_eval_batch_size: int = Field(1, gt=0, description="Evaluation batch size.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Batches per optimizer step.")
@@ -63,6 +64,12 @@ class TrainingArgs(Strict):
         if value == 0 or value < -1:
             raise ValueError("max_steps must be a positive number of steps, or -1 to train by epochs")
         return value
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the eval split: data_seed, or the run's seed where it is null (transformers shuffles the
+        training data so too)."""
+        return self.data_seed if self.data_seed is not None else self.seed
 
     @model_validator(mode="after")
     def _eval_steps_resolved(self) -> "TrainingArgs":
