@@ -455,7 +455,7 @@ def test_int8_quantizers_preprocess_as_olive_and_go_on_without_it_when_it_fails(
                                                                                  real(src, out, **kw))[1])
     ctx = _ctx(bert_onnx, tmp_path / "a" / "model", "text-classification")
     run_dynamic(ctx, OnnxDynamicQuantizationParams())
-    assert len(calls) == 1 and calls[0].parent != bert_onnx.path
+    assert calls == [bert_onnx.path / MODEL_FILE]  # read in place: it writes only its output, in the pass's folder
     assert not any("quant_pre_process" in n for n in ctx.notes)
     run_dynamic(_ctx(bert_onnx, tmp_path / "b" / "model", "text-classification"),
                 OnnxDynamicQuantizationParams(quant_preprocess=False))
@@ -485,5 +485,21 @@ def test_rtn_quantizes_the_embedding_table_too_by_default_as_olive_does(phi_onnx
     ids, mask = phi_batch
     fp32, int4 = OnnxModel(phi_onnx.path).logits(ids, mask), OnnxModel(both.path).logits(ids, mask)
     assert _cosine(fp32, int4, mask) >= 0.7  # the random tiny model, every weight at 4 bits
-    eight = _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32, bits=8), phi_onnx, tmp_path / "8")
+    ctx = _ctx(phi_onnx, tmp_path / "8", "text-generation")
+    eight = run_rtn(ctx, OnnxBlockWiseRtnQuantizationParams(block_size=32, bits=8))
     assert _cosine(fp32, OnnxModel(eight.path).logits(ids, mask), mask) > 0.99
+    assert "GatherBlockQuantized" not in op_counts(eight.path / MODEL_FILE)
+    assert any("embedding tables stay float at 8 bits" in n for n in ctx.notes)
+
+
+def test_rtn_quantizes_only_the_nodes_it_is_given(phi_onnx, tmp_path):
+    """onnxruntime's own nodes_to_include adds to its operator types; Olive's key (and modelpress's) restricts."""
+    import onnx
+
+    graph = onnx.load(str(phi_onnx.path / MODEL_FILE), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    out = _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32, nodes_to_include=matmuls[:2]), phi_onnx,
+               tmp_path / "q")
+    ops = op_counts(out.path / MODEL_FILE)
+    assert ops.get("MatMulNBits") == 2 and "GatherBlockQuantized" not in ops

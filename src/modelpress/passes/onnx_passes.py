@@ -83,10 +83,17 @@ def run_rtn(ctx: PassContext, params: OnnxBlockWiseRtnQuantizationParams) -> Mod
     _quiet_quantizer_logs()
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
+    op_types = tuple(params.op_types_to_quantize)
+    if params.bits == 8 and "Gather" in op_types:  # onnxruntime 1.32 quantizes Gather at 4 bits only
+        op_types = tuple(t for t in op_types if t != "Gather")
+        ctx.notes.append("embedding tables stay float at 8 bits (onnxruntime's GatherBlockQuantized quantizer "
+                         "takes 4 bits only)")
+        if not op_types:
+            raise ModelpressError("OnnxBlockWiseRtnQuantization: bits 8 quantizes MatMul weights only, and "
+                                  "op_types_to_quantize names Gather alone. Add \"MatMul\", or use bits 4.")
     algo = DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.is_symmetric,
                                         accuracy_level=params.accuracy_level, bits=params.bits,
-                                        op_types_to_quantize=tuple(params.op_types_to_quantize),
-                                        quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                        op_types_to_quantize=op_types, quant_axes=(("MatMul", 0), ("Gather", 1)))
     kind = "symmetric" if params.is_symmetric else "asymmetric"
     return _weight_only(ctx, params, algo, f"RTN int{params.bits} ({kind}, block {params.block_size})")
 
@@ -112,8 +119,11 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, *
     if fed:
         ctx.notes.append(f"{len(fed)} MatMul nodes whose weight is a graph input (ExtractAdapters' adapter weights) "
                          "stay float")
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=[*params.nodes_to_exclude, *fed],
-                                     nodes_to_include=params.nodes_to_include, algo_config=algo, **quantizer_options)
+    skip = [*params.nodes_to_exclude, *fed]
+    if params.nodes_to_include is not None:  # onnxruntime adds these to its op types; Olive quantizes only these
+        skip += [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather")
+                 and n.name not in params.nodes_to_include]
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=skip, algo_config=algo, **quantizer_options)
     with _quiet_ort(), warnings.catch_warnings():
         # HQQ hands torch a read-only numpy view of each weight; it only reads it.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -184,39 +194,43 @@ def _quant_kwargs(params: OnnxDynamicQuantizationParams, src_folder: Path) -> di
 
 
 @contextlib.contextmanager
-def _own_copy(ctx: PassContext, src: Path):
-    """The input model's files copied into a folder of this pass's own, removed after: onnxruntime's quantizers
-    write a shape-inferred copy beside the model file they are given, which must not land in the previous
-    step's cache entry (it would look damaged, and two runs sharing the cache would clash). Copied, not linked:
-    onnx refuses external data with several hard links."""
+def _own_folder(ctx: PassContext):
+    """A folder of this pass's own for the model file it quantizes, removed after: onnxruntime's quantizers write a
+    shape-inferred copy beside the file they are given, which must not land in the previous step's cache entry
+    (it would look damaged, and two runs sharing the cache would clash)."""
     import shutil
 
     folder = ctx.out.parent / f"{ctx.out.name}.quant-input"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     try:
-        for f in src.iterdir():
-            if f.is_file():
-                shutil.copyfile(f, folder / f.name)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _preprocessed(ctx: PassContext, params: OnnxDynamicQuantizationParams, own: Path, src: Path) -> Path:
-    """The model file to quantize: onnxruntime's quant_pre_process of the pass's own copy when `quant_preprocess`
-    (Olive's default), else the copy; a preprocessing that fails leaves the copy, with a note, as in Olive."""
-    if not params.quant_preprocess:
-        return own / MODEL_FILE
-    from onnxruntime.quantization.preprocess import quant_pre_process
+def _prepared(ctx: PassContext, params: OnnxDynamicQuantizationParams, own: Path, src: Path) -> Path:
+    """The model file to quantize, in the pass's own folder: onnxruntime's quant_pre_process of the input when
+    `quant_preprocess` (Olive's default; it only reads the input), else a copy of the input's files (copied, not
+    linked: onnx refuses external data with several hard links). A preprocessing that fails falls back to the copy,
+    with a note, as in Olive."""
+    import shutil
 
-    out = own / "preprocessed.onnx"
-    try:
-        quant_pre_process(own / MODEL_FILE, out, auto_merge=True, save_as_external_data=uses_external_file(src))
-        return out
-    except Exception as err:  # noqa: BLE001  (any failure of the optional step: quantize the model as it is)
-        ctx.notes.append(f"quant_pre_process failed ({type(err).__name__}: {err}); quantized without it")
-        return own / MODEL_FILE
+    if params.quant_preprocess:
+        from onnxruntime.quantization.preprocess import quant_pre_process
+
+        out = own / "preprocessed.onnx"
+        try:
+            quant_pre_process(src / MODEL_FILE, out, auto_merge=True, save_as_external_data=uses_external_file(src))
+            return out
+        except Exception as err:  # noqa: BLE001  (any failure of the optional step: quantize the model as it is)
+            ctx.notes.append(f"quant_pre_process failed ({type(err).__name__}: {err}); quantized without it")
+            for leftover in own.iterdir():
+                leftover.unlink()
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, own / f.name)
+    return own / MODEL_FILE
 
 
 def run_dynamic(ctx: PassContext, params: OnnxDynamicQuantizationParams) -> ModelRef:
@@ -226,8 +240,8 @@ def run_dynamic(ctx: PassContext, params: OnnxDynamicQuantizationParams) -> Mode
 
     src = _plain_onnx(ctx, "OnnxDynamicQuantization")
     copy_model_folder(src, ctx.out)
-    with _quiet_ort(), _own_copy(ctx, src) as own:
-        quantize_dynamic(_preprocessed(ctx, params, own, src), ctx.out / MODEL_FILE, **_quant_kwargs(params, src))
+    with _quiet_ort(), _own_folder(ctx) as own:
+        quantize_dynamic(_prepared(ctx, params, own, src), ctx.out / MODEL_FILE, **_quant_kwargs(params, src))
     ctx.notes.append(f"dynamic int8 ({params.weight_type} weights{', per channel' if params.per_channel else ''}): "
                      f"{_mib(model_bytes(src))} -> {_mib(model_bytes(ctx.out))}")
     return _output(ctx)
@@ -241,8 +255,8 @@ def run_static(ctx: PassContext, params: OnnxStaticQuantizationParams) -> ModelR
     src = _plain_onnx(ctx, "OnnxStaticQuantization")
     feeds = calibration_feeds(ctx, params)
     copy_model_folder(src, ctx.out)
-    with _quiet_ort(), _own_copy(ctx, src) as own:
-        quantize_static(_preprocessed(ctx, params, own, src), ctx.out / MODEL_FILE, _FeedReader(feeds),
+    with _quiet_ort(), _own_folder(ctx) as own:
+        quantize_static(_prepared(ctx, params, own, src), ctx.out / MODEL_FILE, _FeedReader(feeds),
                         quant_format=QuantFormat[params.quant_format],
                         activation_type=QuantType[params.activation_type],
                         calibrate_method=CalibrationMethod[params.calibrate_method], **_quant_kwargs(params, src))
@@ -367,9 +381,9 @@ def run_float16(ctx: PassContext, params: OnnxFloatToFloat16Params) -> ModelRef:
     src = _plain_onnx(ctx, "OnnxFloatToFloat16")
     model = OrtOnnxModel(onnx.load(str(src / MODEL_FILE)))
     op_block, node_block = params.op_block_list, params.node_block_list
-    if params.op_include_list is not None:  # as Olive: every other operator type kept in float32
+    if params.op_include_list:  # as Olive (an empty list means none given): every other type kept in float32
         op_block = sorted({n.op_type for n in model.nodes()} - set(params.op_include_list))
-    if params.node_include_list is not None:
+    if params.node_include_list:
         node_block = [n.name for n in model.nodes() if n.name not in params.node_include_list]
     with _quiet_ort():
         model.convert_float_to_float16(

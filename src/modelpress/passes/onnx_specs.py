@@ -42,13 +42,15 @@ class WeightOnlyParams(Strict):
     """What the int4 weight-only quantizers share: every MatMul with a constant 2-D weight, but these."""
 
     nodes_to_exclude: list[str] = Field(default_factory=list, description="Names of MatMul nodes to keep in float.")
-    nodes_to_include: list[str] | None = Field(None, description="Quantize only these nodes (default: every one).")
+    nodes_to_include: list[str] | None = Field(None, description="Quantize only these nodes (default: every one); "
+                                               "nodes_to_exclude still wins.")
 
 
 class OnnxBlockWiseRtnQuantizationParams(WeightOnlyParams):
     """int4 weight-only quantization by round-to-nearest per block (MatMulNBits), no data needed."""
 
-    bits: Literal[4, 8] = searchable(4, 8, default=4, description="Bits per weight.")
+    bits: Literal[4, 8] = searchable(4, 8, default=4, description="Bits per weight (embedding tables: 4 only; at 8 "
+                                     "they stay float, with a note).")
     block_size: BlockSize = searchable(32, 128, default=128, description="Weights per quantization block (along K).")
     axis: Literal[0] = Field(0, description="Olive's key: MatMul weights are blocked along K (axis 0), embedding "
                              "tables along their last axis, as GatherBlockQuantized requires.")
@@ -213,7 +215,7 @@ class OnnxFloatToFloat16Params(Strict):
     @model_validator(mode="after")
     def _exclusive(self) -> "OnnxFloatToFloat16Params":
         for kind in ("op", "node"):
-            if getattr(self, f"{kind}_include_list") is not None and getattr(self, f"{kind}_block_list") is not None:
+            if getattr(self, f"{kind}_include_list") and getattr(self, f"{kind}_block_list") is not None:
                 raise ValueError(f"{kind}_include_list and {kind}_block_list exclude each other: give one")
         return self
 
