@@ -135,6 +135,8 @@ def test_the_evaluators_device_is_where_the_model_runs(tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(ModelpressError, match="device 'cuda' cannot run the model here"):
             make_lm(ref, SimpleNamespace(batch_size=2, max_length=64, device="cuda"))
+        # Olive's spelling: "gpu" is CUDA where there is one, else the CPU (as Olive falls back)
+        assert make_lm(ref, SimpleNamespace(batch_size=2, max_length=64, device="gpu")).model.device.type == "cpu"
 
 
 def test_a_filtered_metric_is_also_found_under_the_bare_name_olive_reports():

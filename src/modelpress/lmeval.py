@@ -117,7 +117,7 @@ def make_lm(ref: ModelRef, settings, trust_remote_code: bool = False):
     from lm_eval.models.huggingface import HFLM
 
     model, tokenizer = load_for_inference(ref, trust_remote_code)
-    device = settings.device or "cpu"
+    device = torch_device(settings.device)
     try:  # HFLM runs a model object where it is, whatever its `device` says
         model = model.to(device)
     except (RuntimeError, AssertionError, ValueError) as err:
@@ -125,6 +125,21 @@ def make_lm(ref: ModelRef, settings, trust_remote_code: bool = False):
                               "evaluator's device to one this machine has (cpu, or cuda with a GPU).") from None
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
                 max_length=settings.max_length, device=device)
+
+
+def torch_device(device: str | None) -> str:
+    """The torch device an LMEvaluator's `device` names: Olive's "gpu" is CUDA where torch has it and, as in Olive,
+    the CPU (with a warning) where it does not; none is the CPU; anything else as written."""
+    if device in (None, "cpu"):
+        return "cpu"
+    if device == "gpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        log.warning("LMEvaluator: device 'gpu', and torch sees no CUDA GPU here: lm-eval runs on the CPU")
+        return "cpu"
+    return device
 
 
 @functools.cache

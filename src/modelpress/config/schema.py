@@ -311,7 +311,8 @@ class EvaluatorConfig(Strict):
     num_fewshot: int | None = Field(None, ge=0, description="lm-eval: few-shot examples; default: the task's.")
     bootstrap_iters: int = Field(100000, ge=0, description="lm-eval: bootstrap samples for standard errors "
                                  "(0 skips them).")
-    device: str | None = Field(None, description="lm-eval, Hugging Face models: torch device (default cpu).")
+    device: str | None = Field(None, description="lm-eval, Hugging Face models: torch device (default cpu; Olive's "
+                               "'gpu' is cuda where torch has it, else the CPU with a warning).")
     model_class: Literal["hf", "ort", "ortgenai"] | None = Field(
         None, description="Olive's; accepted: modelpress picks lm-eval's model by the kind of model measured.")
     provider_options: dict | None = Field(
