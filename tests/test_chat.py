@@ -263,3 +263,8 @@ def test_generate_on_a_folder_without_a_recipe_uses_the_tokenizers_own_chat_temp
     card = _own_chat_card(instruct, {"id": "x"})
     assert card["id"] == "x"
     assert prompt_and_stop(card, "hello") == ("<|user|>hello<|end|><|assistant|>", "<|end|>")
+    from modelpress.generate import _has_recipe
+
+    # a model trained on plain text columns records that recipe: its tokenizer's chat template is not used
+    assert _has_recipe({"task": {"task": "text-generation", "text_cols": ["text"], "data_config": "d"}})
+    assert not _has_recipe({"task": {"task": "text-generation"}}) and not _has_recipe({})

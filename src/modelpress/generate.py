@@ -72,8 +72,9 @@ def chat_stop(chat: dict) -> str:
 
 
 def _has_recipe(card: dict) -> bool:
-    task = card.get("task") or {}
-    return bool(task.get("chat") or task.get("text_template"))
+    """Whether the card records how the model's prompts were built: anything beyond its task's name (a template,
+    a chat format, text columns read as they are, the data config)."""
+    return bool(set(card.get("task") or {}) - {"task"})
 
 
 def _own_chat_card(model_dir: Path, card: dict) -> dict:
