@@ -84,9 +84,15 @@ def test_the_seed_style_aml_system_can_be_a_ray_system(tmp_path):
 def test_data_parallel_training_on_a_url_storage_is_refused_before_anything_runs(tmp_path):
     raw = _raw(tmp_path, {"storage": f"file://{tmp_path / 'bucket'}"})
     raw["passes"]["lora"]["num_workers"] = 2
-    assert "passes.lora.num_workers: data-parallel training on Ray system 'cluster' needs a storage path" in \
+    assert "passes.lora.num_workers: data-parallel training on a Ray system needs a storage path" in \
         _problems(tmp_path, raw)
-    raw["passes"]["lora"]["host"] = "here"  # on this machine: its local Ray cluster sees this disk
+    target_only = {**raw, "target": "cluster"}
+    target_only.pop("host")  # the cluster only evaluates: the training's workers still go to it
+    assert "passes.lora.num_workers" in _problems(tmp_path, target_only)
+    raw["passes"]["lora"]["host"] = "here"  # run here, its workers still go to the cluster the run connected to
+    assert "passes.lora.num_workers" in _problems(tmp_path, raw)
+    raw["passes"]["lora"].pop("host")
+    raw.pop("host")  # no Ray system in the run: the training starts a local cluster, which sees this disk
     normalize(raw, tmp_path)
     raw = _raw(tmp_path, {"storage": str(tmp_path / "shared")})
     raw["passes"]["lora"]["num_workers"] = 2

@@ -32,7 +32,7 @@ def check_workflow(model: InputModelConfig, data: dict[str, DataConfig], passes:
     """Every check that needs more than one section; each problem goes to `c` with its key path."""
     _check_steps(model, data, passes, engine, c)
     _check_evaluation(data, passes, evaluation, search, evaluator, c)
-    _check_eval_task(model, data, passes, evaluation, c)
+    _check_eval_task(model, data, passes, evaluation, evaluator, c)
     _check_search(passes, search, evaluator, data, c)
     _check_output_dirs(model, engine, c)
 
@@ -75,18 +75,20 @@ def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: Search
               "there, or drop these keys.")
 
 
-def _check_eval_task(model: InputModelConfig, data, passes, evaluation: EvaluationConfig, c: Collector) -> None:
+def _check_eval_task(model: InputModelConfig, data, passes, evaluation: EvaluationConfig,
+                     evaluator: EvaluatorConfig | None, c: Collector) -> None:
     """The data the evaluation reads suits the model's task, as a training pass's data must (a generative model's
     prompt rendered with label_col would end with its answer; a classifier's rows without one measure no accuracy).
-    A config a training pass reads is checked there already."""
-    if not evaluation.enabled:
-        return
+    A config a training pass reads is checked there already. With an evaluator, its metrics measure instead."""
+    measured = evaluator is not None or (evaluation.enabled and eval_data_name(evaluation, passes, data) is not None)
     fixed = next((p for p in passes if p.type == "DynamicToFixedShape"), None)
-    if fixed is not None and eval_data_name(evaluation, passes, data) is not None:
-        c.add(f"passes.{fixed.name}", "DynamicToFixedShape gives a model of fixed input shapes, and the evaluation "
-              "runs prompts of varying length in batches, which such a model refuses",
-              "Set evaluation.enabled to false for this run (measure the model before this step in another run), "
-              "or leave the shapes dynamic.")
+    if fixed is not None and measured:
+        c.add(f"passes.{fixed.name}", "DynamicToFixedShape gives a model of fixed input shapes, and modelpress "
+              "measures models on prompts of varying length in batches, which such a model refuses",
+              "Leave the evaluator out and set evaluation.enabled to false for this run (measure the model before "
+              "this step in another run), or leave the shapes dynamic.")
+    if evaluator is not None or not evaluation.enabled:
+        return
     trained = {p.params.train_data_config for p in passes if p.trains}
     for name in dict.fromkeys([eval_data_name(evaluation, passes, data), *evaluation.extra_data_configs]):
         config = data.get(name)
@@ -301,9 +303,11 @@ def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: Eva
               "The baseline must be the same for every candidate: fix the values of the passes up to it.")
 
 
-def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host: str | None, c: Collector) -> None:
+def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host: str | None, target: str | None,
+                c: Collector) -> None:
     """A pass's own `host` names a defined system; a Ray system's `pass_resources` name passes; data-parallel
     training runs on a Ray system only where its workers can read the model and write checkpoints (a path)."""
+    used = {host, target, *(p.host for p in passes)}
     for p in passes:
         if p.host is not None and p.host not in systems:
             c.add(f"passes.{p.name}.host", f"no system named {p.host!r} is defined",
@@ -311,9 +315,11 @@ def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host
                   f"{', '.join(systems) or 'none defined'}.")
             continue
         system = systems.get(p.host or host)
+        if system is None or system.ray is None:  # data-parallel training goes to the run's Ray system, if any
+            system = next((s for name, s in systems.items() if s.ray is not None and name in used), None)
         storage = system.ray.storage if system is not None and system.ray is not None else None
         if storage and "://" in storage and any(getattr(o.params, "num_workers", 1) > 1 for o in p.choices()):
-            c.add(f"passes.{p.name}.num_workers", f"data-parallel training on Ray system {p.host or host!r} needs "
+            c.add(f"passes.{p.name}.num_workers", f"data-parallel training on a Ray system needs "
                   f"a storage path every node mounts; its storage is a URL ({storage}), from which Ray Train's "
                   "workers on other nodes can read neither the model nor shared checkpoints",
                   "Set the system's storage to a shared path (NFS, a mounted bucket), or num_workers to 1.")

@@ -63,7 +63,8 @@ def train_data_parallel(ctx, params, quantization_config, train_here) -> ModelRe
     use_gpu = torch.cuda.is_available()
     from modelpress.runtime import compute_threads
 
-    threads = max(1, compute_threads() // params.num_workers)  # the cores this process may use, shared out
+    # a local cluster's workers share this process's cores; a Ray system's reserve one CPU each on their nodes
+    threads = max(1, compute_threads() // params.num_workers) if started_here else 1
     work = Path(ctx.work_dir or ctx.out / "work") / "ray-train"
     work.mkdir(parents=True, exist_ok=True)
     log.info("training data-parallel on %d workers (%s), %d thread(s) each", params.num_workers,

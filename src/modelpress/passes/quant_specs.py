@@ -85,8 +85,9 @@ class SelectiveMixedPrecisionParams(Strict):
     high_bits: Bits = Field(8, description="Bits of the chosen layers.")
     group_size: int = Field(128, description="kld_gradient: group size of both grids.")
     sym: bool = Field(False, description="kld_gradient: symmetric grids.")
-    ratio: float | None = Field(None, gt=0, lt=1, description="kld_gradient: fraction of the weights that stay at "
-                                "`bits` (required for kld_gradient).")
+    ratio: float | None = Field(None, gt=0, lt=1, description="kld_gradient: fraction of the decoder's linear "
+                                "weights that stay at `bits` (required for kld_gradient). The LM head is outside it "
+                                "and keeps high_bits, as in the k_quant rules (Olive counts it in).")
     data_config: str | None = Field(None, description="kld_gradient: calibration data config; default wikitext-2.")
     calibration_samples: int = Field(32, gt=0, description="kld_gradient: calibration rows used.")
     max_seq_len: int = Field(512, gt=0, description="kld_gradient: tokens per calibration row at most.")

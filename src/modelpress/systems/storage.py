@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
 from pathlib import Path
 
 from modelpress.cache import PassCache, manifest
@@ -66,6 +67,7 @@ class UrlStorage:
         self.fs, self.base = fsspec.core.url_to_fs(self.url)
         self.node_dir = Path(tempfile.gettempdir()) / "modelpress-ray" / hashlib.sha256(url.encode()).hexdigest()[:12]
         self._shared: set[str] = set()  # driver entries known to be in the storage
+        self._sharing = threading.Lock()
 
     def __str__(self) -> str:
         return self.url
@@ -116,9 +118,10 @@ class UrlStorage:
         the driver: a task on a node that does not see the driver's disk fetches them from the storage."""
         for folder in (ref.path, ref.base):
             key = entry_key(folder, cache)
-            if key is not None and key not in self._shared and cache.intact(key):
-                self.publish(cache, key)
-                self._shared.add(key)
+            with self._sharing:  # search candidates run in threads: one upload per entry
+                if key is not None and key not in self._shared and cache.intact(key):
+                    self.publish(cache, key)
+                    self._shared.add(key)
 
     def fetch(self, cache: PassCache, key: str, kind: str = "passes") -> None:
         """Download an entry into `cache` (atomically); the caller's `lookup` then checks its manifest."""
