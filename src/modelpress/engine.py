@@ -304,12 +304,17 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 MEASUREMENT = 7
 
 
-def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts) -> str:
-    """Cache key of one measurement of `ref`: the model, the data bytes, the split and `parts`."""
+def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True) -> str:
+    """Cache key of one measurement of `ref`: the model, the data bytes, the split, the data config the evaluation
+    reads by default (the first one, in a run that trains nothing: named, since the order of configs is not in
+    the fingerprints) and `parts`; `with_data` false for a measurement that reads none of the workflow's data."""
     config, plan = session.config, session.plan
-    data = {name: plan.fingerprint(name) for name in config.data_configs}
-    split = [plan.split_params(p.params) for p in config.passes if p.trains]
-    return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, config.input_model.task, *parts)
+    data, split, default = None, None, None
+    if with_data:
+        data = {name: plan.fingerprint(name) for name in config.data_configs}
+        split = [plan.split_params(p.params) for p in config.passes if p.trains]
+        default = eval_data_name(config.evaluation, config.passes, config.data_configs)
+    return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, default, config.input_model.task, *parts)
 
 
 def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float | None) -> dict:

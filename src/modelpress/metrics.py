@@ -87,14 +87,23 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
     tasks = list(evaluator.tasks) + [m.name for m in evaluator.metrics if m.type == "lm_eval" and m.name not in named]
     settings = evaluator.model_dump(mode="json", exclude={"name", "type", "metrics", "baseline", "tasks"})
     local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
-    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lm_eval_version = version("lm-eval")
+    except PackageNotFoundError:  # run_tasks says what to install
+        lm_eval_version = None
+    # lm-eval reads its own tasks' data, not the workflow's: a training-data edit does not re-run it, an lm-eval
+    # upgrade (its tasks' YAML) does
+    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local, lm_eval_version, with_data=False)
     started = time.perf_counter()
     values = session.cache.read_eval(key)
     hit = values is not None
     if not hit:
         log.info("lm-eval: %s on the %s model (%s)", ", ".join(map(_task_name, tasks)), role, ref.kind)
-        values = run_tasks(ref, tasks, evaluator, session.config.input_model.trust_remote_code,
-                           session.show_progress)
+        with session.local_lock:  # this machine measures one model at a time (parallel search candidates)
+            values = run_tasks(ref, tasks, evaluator, session.config.input_model.trust_remote_code,
+                               session.show_progress)
         session.cache.write_eval(key, values)
     history.append(record_step(f"lm-eval {', '.join(map(_task_name, tasks))} ({role})", key, hit,
                                time.perf_counter() - started,
@@ -105,6 +114,24 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
         raise ModelpressError(f"lm-eval reported no {', '.join(sorted(missing))}; it reported "
                               f"{', '.join(sorted(values)) or 'nothing'}")
     return values
+
+
+def _custom_values(metric: Metric, result, where: str) -> dict[str, float]:
+    """{"metric-sub": value} from what a custom function returned: a number (one sub-metric) or a mapping."""
+    names = [sub.name for sub in metric.sub_types]
+    if not isinstance(result, dict):
+        if len(names) != 1:
+            raise ModelpressError(f"{where} returned one value, and the metric has {len(names)} sub_types "
+                                  f"({', '.join(names)}). Return a mapping of each sub_type's name to its value.")
+        result = {names[0]: result}
+    missing = [n for n in names if n not in result]
+    if missing:
+        raise ModelpressError(f"{where} returned {', '.join(map(repr, result)) or 'no keys'}, not "
+                              f"{', '.join(map(repr, missing))}. Return a value for every sub_type.")
+    try:
+        return {f"{metric.name}-{n}": float(result[n]) for n in names}
+    except (TypeError, ValueError) as err:
+        raise ModelpressError(f"{where} returned a value that is not a number ({err}). Return numbers.") from None
 
 
 def _task_name(task) -> str:
@@ -129,14 +156,16 @@ def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dic
     values = session.cache.read_eval(key)
     hit = values is not None
     if not hit:
+        where = f"metric {metric.name!r} ({user.user_script}, {user.evaluate_func})"
         function = getattr(module, user.evaluate_func, None)
         if function is None:
-            raise ValueError(f"{user.user_script} has no function {user.evaluate_func!r}")
+            raise ModelpressError(f"{where}: the script has no function {user.evaluate_func!r}. Set "
+                                  "user_config.evaluate_func to one of its functions.")
         eval_set = session.plan.eval_set(metric.data_config)
-        result = function(str(ref.path), ref.kind, eval_set.examples if eval_set else [], **user.evaluate_func_kwargs)
-        if not isinstance(result, dict):
-            result = {metric.sub_types[0].name: result}
-        values = {f"{metric.name}-{sub.name}": float(result[sub.name]) for sub in metric.sub_types}
+        with session.local_lock:  # this machine measures one model at a time (parallel search candidates)
+            result = function(str(ref.path), ref.kind, eval_set.examples if eval_set else [],
+                              **user.evaluate_func_kwargs)
+        values = _custom_values(metric, result, where)
         session.cache.write_eval(key, values)
     history.append(record_step(f"metric {metric.name} ({role})", key, hit, time.perf_counter() - started, None))
     return values

@@ -1,0 +1,46 @@
+"""What a measurement's cache key holds, and what a custom metric's function must return."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tone_workflow
+from modelpress.config.normalize import normalize
+from modelpress.errors import ModelpressError
+
+
+def _key(tmp_path, tiny_model, first: str) -> str:
+    from modelpress.context import DataPlan
+    from modelpress.engine import Session, evaluation_key
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF
+
+    raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder"}})
+    tone = raw["data_configs"][0]
+    other = {**tone, "name": "other", "pre_process_data_config": {"text_template": "Q: {phrase}\nA: {tone}"}}
+    raw["data_configs"] = [tone, other] if first == "tone" else [other, tone]
+    config = normalize(raw, tmp_path)
+    session = Session(config, None, DataPlan(config, tmp_path / "cache"), "cpu", None)
+    return evaluation_key(session, "eval", ModelRef(HF, tiny_model, id="m"))
+
+
+def test_a_run_that_trains_nothing_keys_its_evaluation_by_the_data_config_it_reads(tmp_path, tiny_model):
+    """With nothing trained, the evaluation reads the first data config: swapping the configs' order changes what
+    is measured, and so the key (the fingerprints alone are a mapping, whose order the key does not keep)."""
+    assert _key(tmp_path, tiny_model, "tone") != _key(tmp_path, tiny_model, "other")
+
+
+def test_a_custom_metric_that_returns_the_wrong_keys_names_them():
+    from modelpress.config.schema import Metric
+    from modelpress.metrics import _custom_values
+
+    metric = Metric.model_validate({"name": "c", "type": "custom", "sub_types": [
+        {"name": "x", "higher_is_better": True}, {"name": "y", "higher_is_better": True}],
+        "user_config": {"user_script": "m.py", "evaluate_func": "f"}})
+    assert _custom_values(metric, {"x": 1, "y": 2.5}, "w") == {"c-x": 1.0, "c-y": 2.5}
+    with pytest.raises(ModelpressError, match="w returned 'x', not 'y'. Return a value for every sub_type"):
+        _custom_values(metric, {"x": 1}, "w")
+    with pytest.raises(ModelpressError, match="returned one value, and the metric has 2 sub_types"):
+        _custom_values(metric, 3.0, "w")
+    with pytest.raises(ModelpressError, match="not a number"):
+        _custom_values(metric, {"x": None, "y": 1}, "w")
