@@ -91,7 +91,7 @@ def test_intermediate_steps_and_extra_data_are_measured_when_asked(demo_run, tmp
     extra = metrics["extra_data"]["other"]
     assert list(extra) == ["input", "merge", "final"] and all(m["examples"] == 48 for m in extra.values())
     assert "on all 48 rows of data config 'other'" in proc.stdout
-    assert "data config other</h3>" in (tmp_path / "out" / "report.html").read_text()
+    assert "On all 48 rows of data config &#x27;other&#x27;</h3>" in (tmp_path / "out" / "report.html").read_text()
     bad = {**config, "evaluation": {**config["evaluation"], "evaluate_passes": ["merged"]}}
     proc = run_cli("validate", str(write_config(tmp_path / "bad.json", bad)), check=False)
     assert proc.returncode != 0 and "evaluation.evaluate_passes[0]" in proc.stderr and "merge" in proc.stderr

@@ -44,3 +44,20 @@ def test_a_custom_metric_that_returns_the_wrong_keys_names_them():
         _custom_values(metric, 3.0, "w")
     with pytest.raises(ModelpressError, match="not a number"):
         _custom_values(metric, {"x": None, "y": 1}, "w")
+
+
+def test_an_extra_data_config_says_how_many_of_its_rows_were_measured(tmp_path, tiny_model):
+    from modelpress.context import DataPlan
+    from modelpress.report import extra_data_rows
+
+    raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder"}})
+    raw["evaluation"] = {"max_examples": 5}
+    config = normalize(raw, tmp_path)
+    eval_set = DataPlan(config, tmp_path / "cache").eval_set("tone")
+    assert len(eval_set.examples) == 5
+    assert eval_set.description.startswith("the first 5 of ") and "distinct prompts of data config 'tone'" in \
+        eval_set.description
+    metrics = {"extra_data": {"tone": {"final": {"examples": 5, "eval_data": eval_set.description}}}}
+    assert extra_data_rows(metrics)[0][0] == eval_set.description
+    whole = {"extra_data": {"x": {"final": {"examples": 72, "eval_data": "all rows of data config 'x'"}}}}
+    assert extra_data_rows(whole)[0][0] == "all 72 rows of data config 'x'"

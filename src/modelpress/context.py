@@ -176,7 +176,11 @@ class DataPlan:
         limit = self.config.evaluation.max_examples
         config = self.data_config(name)
         label = self.config.evaluation.label_column or config.answer_column
-        return EvalSet(unique[:limit] if limit else unique, description, label, name)
+        kept = unique[:limit] if limit else unique
+        if len(kept) < len(examples):  # what was measured, said as it is: distinct prompts, the first N
+            cut = f"the first {len(kept)} of " if len(kept) < len(unique) else ""
+            description = description.replace("all rows of", f"{cut}{len(unique)} distinct prompts of", 1)
+        return EvalSet(kept, description, label, name)
 
 
 @dataclass

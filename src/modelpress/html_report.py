@@ -66,8 +66,8 @@ def build_html(metrics: dict, steps: list[dict], config: dict) -> str:
         "<h1>modelpress run report</h1>",
         _search_section(search) if search else "",
         _models_table(models),
-        *(f"<h3>On all {count} rows of data config {html.escape(name)}</h3>" + _table(EXTRA_HEADERS, rows, "extra-data")
-          for name, count, rows in extra_data_rows(metrics)),
+        *(f"<h3>On {html.escape(what)}</h3>" + _table(EXTRA_HEADERS, rows, "extra-data")
+          for what, rows in extra_data_rows(metrics)),
         _confusion_section(metrics),
         _misses_section(metrics),
         _search_chart(search) if search else _chart(models),

@@ -37,24 +37,27 @@ def summary_table(history: list[dict], metrics: dict) -> str:
     if first.get("latency_examples") is not None:  # metrics written before latency was sampled have none
         note += f"\nlatency, tok/s: one example at a time, on {first['latency_examples']} of them"
     table = _table(["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"], rows)
-    extra = "".join(f"\n\non all {count} rows of data config {name!r}:\n" + _table(EXTRA_HEADERS, rows)
-                    for name, count, rows in extra_data_rows(metrics))
+    extra = "".join(f"\n\non {what}:\n" + _table(EXTRA_HEADERS, rows) for what, rows in extra_data_rows(metrics))
     return f"{steps}\n\n{table}{note}{extra}"
 
 
 EXTRA_HEADERS = ["model", "kind", "accuracy", "answered with a label", "loss"]
 
 
-def extra_data_rows(metrics: dict) -> list[tuple[str, int, list[list[str]]]]:
-    """Per extra data config (evaluation.extra_data_configs): its name, row count and one row per model."""
+def extra_data_rows(metrics: dict) -> list[tuple[str, list[list[str]]]]:
+    """Per extra data config (evaluation.extra_data_configs): what was measured ("all 72 rows of data config 'x'",
+    or the first N distinct prompts under max_examples) and one row per model."""
     out = []
     for name, by_role in metrics.get("extra_data", {}).items():
         measured = {role: m for role, m in by_role.items() if m}
         rows = [[role, m.get("model_kind", "?"), _num(m.get("accuracy"), ".3f"),
                  _num(m.get("answered_with_a_label"), ".3f"), _num(m.get("completion_loss"), ".3f")]
                 for role, m in measured.items()]
-        count = next(iter(measured.values()))["examples"] if measured else 0
-        out.append((name, count, rows))
+        first = next(iter(measured.values()), {})
+        what = first.get("eval_data") or f"data config {name!r}"
+        if what.startswith("all rows of"):
+            what = what.replace("all rows of", f"all {first.get('examples', 0)} rows of", 1)
+        out.append((what, rows))
     return out
 
 
