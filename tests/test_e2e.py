@@ -227,9 +227,11 @@ def test_evaluate_on_a_new_file_reproduces_the_run_metrics(demo_run, tmp_path):
     rows = [{"phrase": ex.prompt[len(head):-len(tail)], "tone": ex.completion}
             for ex in DataPlan(config, tmp_path).eval_set().examples]
     data = tmp_path / "held-out.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data.write_text("\n".join(json.dumps(r) for r in rows + rows[:3]) + "\n")  # a repeated row counts once, as in a run
     model = demo_run / "runs" / "demo" / "model"
-    result = json.loads(run_cli("evaluate", str(model), "--data", str(data), "--max-new-tokens", "6", "--json").stdout)
+    # the answer length the run measured with comes from the model card
+    result = json.loads(run_cli("evaluate", str(model), "--data", str(data), "--json").stdout)
+    assert result["max_new_tokens"] == config.evaluation.max_new_tokens and result["rows"] == len(rows) + 3
     expected = _json(demo_run / "runs" / "demo" / "metrics.json")["models"]["final"]
     assert result["examples"] == expected["examples"] == len(rows)
     assert result["accuracy"] == expected["accuracy"]  # greedy decoding: the same answers

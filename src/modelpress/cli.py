@@ -114,8 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, nargs="+", help="JSON, JSONL, CSV or Parquet files")
     p.add_argument("--template", type=template_text,
                    help="text template (default: the one saved beside the model); \\n and \\t are a newline and a tab")
-    p.add_argument("--max-new-tokens", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int,
+                   help="answer length (default: the one the run measured the model with, else 8)")
     p.add_argument("--max-examples", type=positive_int)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the Python code a Hugging Face model folder ships (only for a model you trust)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (no bars unless --progress)")
     add_progress_flag(p)
     p.set_defaults(handler=cmd_evaluate)
@@ -250,7 +253,8 @@ def cmd_evaluate(args) -> int:
 
         quiet_library_bars()
     result = evaluate_folder(Path(args.model_dir), [Path(p) for p in args.data], args.template,
-                             args.max_new_tokens, args.max_examples, show_progress=bars)
+                             args.max_new_tokens, args.max_examples, show_progress=bars,
+                             trust_remote_code=args.trust_remote_code)
     print(result_json(result) if args.json else format_result(result))
     return 0
 

@@ -388,7 +388,8 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
             log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target,
                         current["id"][:12])
     else:
-        prompted = {**final.task, **task}
+        # how it was prompted, and the answer length the run measured it with (`modelpress evaluate`'s default)
+        prompted = {**final.task, **task, "max_new_tokens": config.evaluation.max_new_tokens}
         if current.get("id") != final.id:
             with atomic_dir(target) as tmp:
                 shutil.copytree(final.path, tmp, dirs_exist_ok=True)

@@ -19,9 +19,11 @@ from modelpress.models import MODEL_CARD, ModelRef
 from modelpress.report import confusion_text, misses_text
 
 def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | None = None,
-                    max_new_tokens: int = 8, max_examples: int | None = None, show_progress: bool = True,
-                    batch_size: int = BATCH_SIZE, latency_samples: int = LATENCY_SAMPLES) -> dict:
-    """Metrics of the model in `model_dir` on every row of `data_files` (batching and latency sample as in a run)."""
+                    max_new_tokens: int | None = None, max_examples: int | None = None, show_progress: bool = True,
+                    batch_size: int = BATCH_SIZE, latency_samples: int = LATENCY_SAMPLES,
+                    trust_remote_code: bool = False) -> dict:
+    """Metrics of the model in `model_dir` on the distinct prompts of `data_files`, as a run measures them (one row
+    per prompt, batching and latency sample alike, the answer length the run used unless given)."""
     if not (model_dir / MODEL_CARD).is_file():
         raise ModelpressError(f"{model_dir} has no {MODEL_CARD}: point evaluate at the 'model' folder of a "
                               "modelpress run (or the folder of one of its cache entries)")
@@ -41,19 +43,27 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     config = DataConfig(name="evaluate", data_files=data_files, format=fmt, text_cols=task.get("text_cols"),
                         label_col=label_col, add_special_tokens=task.get("add_bos", False), **chat_fields)
     chat_format = ChatFormat.from_card(chat) if chat else None
-    examples = render(config, load_rows(config), chat_format)[:max_examples]
+    rows = render(config, load_rows(config), chat_format)
+    first: dict = {}
+    for ex in rows:  # a run measures each distinct prompt once
+        first.setdefault(ex.prompt or ex.completion, ex)
+    examples = list(first.values())[:max_examples]
     label = label_col or completion_field(template) or ("assistant" if chat else None)
+    max_new_tokens = max_new_tokens or task.get("max_new_tokens") or 8
     result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,
-                      show_progress=show_progress, batch_size=batch_size, latency_samples=latency_samples)
+                      show_progress=show_progress, trust_remote_code=trust_remote_code, batch_size=batch_size,
+                      latency_samples=latency_samples)
     result.update({"model": str(model_dir), "model_kind": ref.kind, "data": [str(p) for p in data_files],
-                   "label_column": label})
+                   "label_column": label, "rows": len(rows), "max_new_tokens": max_new_tokens})
     return result
 
 
 def format_result(result: dict) -> str:
     """A short human-readable report of `evaluate_folder`'s result."""
+    distinct = "" if result.get("rows", result["examples"]) == result["examples"] else \
+        f" (the distinct prompts of {result['rows']} rows)"
     lines = [f"{result['model']} ({result['model_kind']}) on {result['examples']} rows of "
-             f"{', '.join(result['data'])}"]
+             f"{', '.join(result['data'])}{distinct}"]
     if "accuracy" in result:
         lines.append(f"accuracy          {result['accuracy']:.3f}  (majority class {result['majority_baseline']:.3f})")
         lines += [f"  recall {label:<10} {value:.3f}" for label, value in result["per_class_recall"].items()]

@@ -109,7 +109,8 @@ def load_causal_lm(folder: Path, dtype: str = "float32", trust_remote_code: bool
     except ValueError as err:
         if "trust_remote_code" in str(err) and not trust_remote_code:
             raise ModelpressError(f"{folder} ships its own Python code, which modelpress runs only when asked: "
-                                  "if you trust it, set trust_remote_code: true in input_model's load_kwargs") from None
+                                  "if you trust it, set trust_remote_code: true in input_model's load_kwargs (modelpress "
+                                  "evaluate: --trust-remote-code)") from None
         raise
 
 
