@@ -61,3 +61,25 @@ def test_an_extra_data_config_says_how_many_of_its_rows_were_measured(tmp_path, 
     assert extra_data_rows(metrics)[0][0] == eval_set.description
     whole = {"extra_data": {"x": {"final": {"examples": 72, "eval_data": "all rows of data config 'x'"}}}}
     assert extra_data_rows(whole)[0][0] == "all 72 rows of data config 'x'"
+
+
+def test_the_loss_scores_the_closing_token_training_saw_with_a_sentencepiece_style_tokenizer():
+    """A SentencePiece tokenizer encodes a text alone with a leading word marker: "\\n###" alone starts with it, and
+    "joy\\n###" (what training tokenizes) has none after "joy". The loss scores what training put there."""
+    from modelpress.answer_ends import Ends
+    from modelpress.data import Example
+
+    marker = 1
+
+    class Toy(Ends):
+        end_ids, eos_id = {2}, 2
+
+        def _plain_ids(self, text):  # a character per token, and the word marker a text alone starts with
+            return [marker] + [ord(c) for c in text]
+
+        def _ids(self, prompt, add_bos):
+            return self._plain_ids(prompt)
+
+    ex = Example("Text: hi\nTone: ", "joy", "row 0", target="joy\n###")
+    prompt, scored = Toy()._pair(ex, add_bos=False)
+    assert scored == [marker, ord("j"), ord("o"), ord("y"), ord("\n")]  # not the marker "\n###" alone starts with

@@ -61,11 +61,22 @@ class Ends:
         token is the first one training put after the answer (a template's `\n###` begins with the newline), or,
         when nothing closes the answer, the end of sequence that training appends with special tokens (`add_bos`
         is the data config's add_special_tokens); without them, the answer alone."""
+        answer = self._plain_ids(ex.completion)
         memo = self.__dict__.setdefault("_closing_memo", {})
-        if ex.closing not in memo:
-            memo[ex.closing] = self._plain_ids(ex.closing)[:1] if ex.closing else []
-        closing = memo[ex.closing] or ([self.eos_id] if add_bos and self.eos_id is not None else [])
-        return scored_split(self._ids(ex.prompt, add_bos), self._plain_ids(ex.completion) + closing)
+        if (ex.completion, ex.closing) not in memo:
+            memo[ex.completion, ex.closing] = self._closing(ex, answer)
+        closing = memo[ex.completion, ex.closing] or ([self.eos_id] if add_bos and self.eos_id is not None else [])
+        return scored_split(self._ids(ex.prompt, add_bos), answer + closing)
+
+    def _closing(self, ex: Example, answer: list[int]) -> list[int]:
+        """The first token after the answer as training tokenizes the two (answer and closing text in one string): a
+        SentencePiece tokenizer encodes a text alone with a leading word marker that the joined string lacks."""
+        if not ex.closing:
+            return []
+        joined = self._plain_ids(ex.completion + ex.closing)
+        if joined[:len(answer)] == answer and len(joined) > len(answer):
+            return joined[len(answer):len(answer) + 1]
+        return self._plain_ids(ex.closing)[:1]  # the answer's own tokens merge into the closing text
 
 
 def eos_ids(tokenizer, generation_config) -> set[int]:

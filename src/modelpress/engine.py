@@ -301,7 +301,8 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # 7: the completion loss scores the first token training put after the answer (the closing text as written);
 #    PyTorch answers are plain greedy whatever generation_config.json asks; genai stops at every end id and
 #    counts the end token, as the other runners do; without special tokens no end of sequence is scored.
-MEASUREMENT = 7
+# 8: that closing token is read from the answer and closing text tokenized together, as training does.
+MEASUREMENT = 8
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True) -> str:
