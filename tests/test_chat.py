@@ -268,3 +268,5 @@ def test_generate_on_a_folder_without_a_recipe_uses_the_tokenizers_own_chat_temp
     # a model trained on plain text columns records that recipe: its tokenizer's chat template is not used
     assert _has_recipe({"task": {"task": "text-generation", "text_cols": ["text"], "data_config": "d"}})
     assert not _has_recipe({"task": {"task": "text-generation"}}) and not _has_recipe({})
+    # what an export run's output card holds (write_outputs adds the answer length): still no recipe
+    assert not _has_recipe({"task": {"task": "text-generation", "max_new_tokens": 8}})

@@ -265,6 +265,13 @@ def test_the_evaluation_data_must_suit_the_task_when_nothing_trains_on_it(tmp_pa
         normalize(raw, tmp_path)
     raw["evaluation"] = {"enabled": False}
     normalize(raw, tmp_path)
+    # an evaluator's accuracy metric reads the same default data: refused the same way
+    raw["evaluators"] = {"e": {"metrics": [{"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy_score"}]}]}}
+    raw["evaluator"] = "e"
+    with pytest.raises(ConfigError, match=r"data_configs\[tone\].label_col: label_col is for text-classification"):
+        normalize(raw, tmp_path)
+    raw["evaluators"]["e"]["metrics"] = [{"name": "size", "type": "size_on_disk", "sub_types": [{"name": "size_on_disk"}]}]
+    normalize(raw, tmp_path)  # a size-only evaluator runs no model on any data
 
 
 def test_a_fixed_shape_model_is_not_evaluated_on_prompts_of_varying_length(tmp_path, tiny_model):

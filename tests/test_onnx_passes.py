@@ -503,3 +503,6 @@ def test_rtn_quantizes_only_the_nodes_it_is_given(phi_onnx, tmp_path):
                tmp_path / "q")
     ops = op_counts(out.path / MODEL_FILE)
     assert ops.get("MatMulNBits") == 2 and "GatherBlockQuantized" not in ops
+    everything = _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32, nodes_to_include=[]), phi_onnx,
+                      tmp_path / "all")  # an empty list restricts nothing, as in Olive
+    assert op_counts(everything.path / MODEL_FILE).get("MatMulNBits", 0) >= len(matmuls)

@@ -84,7 +84,7 @@ def test_the_seed_style_aml_system_can_be_a_ray_system(tmp_path):
 def test_data_parallel_training_on_a_url_storage_is_refused_before_anything_runs(tmp_path):
     raw = _raw(tmp_path, {"storage": f"file://{tmp_path / 'bucket'}"})
     raw["passes"]["lora"]["num_workers"] = 2
-    assert "passes.lora.num_workers: data-parallel training on a Ray system needs a storage path" in \
+    assert "passes.lora.num_workers: data-parallel training on Ray system 'cluster' needs a storage path" in \
         _problems(tmp_path, raw)
     target_only = {**raw, "target": "cluster"}
     target_only.pop("host")  # the cluster only evaluates: the training's workers still go to it

@@ -28,8 +28,9 @@ from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
 log = logging.getLogger("modelpress")
-CACHE_VERSION = 3  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
-# layer rule, kld_gradient's head, Rtn/Gptq's float dtype, the eval split of data_seed null)
+CACHE_VERSION = 4  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
+# layer rule, kld_gradient's head, Rtn/Gptq's float dtype, the eval split of data_seed null; 4: the same day,
+# nodes_to_include restricting the weight-only quantizers, an empty float16 include list meaning none)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 

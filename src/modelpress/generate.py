@@ -71,10 +71,14 @@ def chat_stop(chat: dict) -> str:
     return turn[len(answer):].strip() if turn.startswith(answer) else ""
 
 
+RECIPE_KEYS = ("chat", "text_template", "text_cols", "data_config")  # a card's keys that say how prompts were built
+
+
 def _has_recipe(card: dict) -> bool:
-    """Whether the card records how the model's prompts were built: anything beyond its task's name (a template,
-    a chat format, text columns read as they are, the data config)."""
-    return bool(set(card.get("task") or {}) - {"task"})
+    """Whether the card records how the model's prompts were built (a template, a chat format, text columns read as
+    they are, the data config); its task's name, labels and answer length say nothing of it."""
+    task = card.get("task") or {}
+    return any(task.get(key) for key in RECIPE_KEYS)
 
 
 def _own_chat_card(model_dir: Path, card: dict) -> dict:

@@ -85,7 +85,10 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
 
     named = evaluator.task_names()
     tasks = list(evaluator.tasks) + [m.name for m in evaluator.metrics if m.type == "lm_eval" and m.name not in named]
+    from modelpress.lmeval import torch_device
+
     settings = evaluator.model_dump(mode="json", exclude={"name", "type", "metrics", "baseline", "tasks"})
+    settings["device"] = torch_device(evaluator.device)  # where it ran: Olive's "gpu" is the CPU without CUDA
     local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
     from importlib.metadata import PackageNotFoundError, version
 

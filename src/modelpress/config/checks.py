@@ -75,22 +75,31 @@ def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: Search
               "there, or drop these keys.")
 
 
+MODEL_RUNNING_METRICS = ("accuracy", "perplexity", "latency", "throughput", "lm_eval")  # size and custom run none
+
+
 def _check_eval_task(model: InputModelConfig, data, passes, evaluation: EvaluationConfig,
                      evaluator: EvaluatorConfig | None, c: Collector) -> None:
     """The data the evaluation reads suits the model's task, as a training pass's data must (a generative model's
     prompt rendered with label_col would end with its answer; a classifier's rows without one measure no accuracy).
-    A config a training pass reads is checked there already. With an evaluator, its metrics measure instead."""
-    measured = evaluator is not None or (evaluation.enabled and eval_data_name(evaluation, passes, data) is not None)
+    A config a training pass reads is checked there already. With an evaluator, the configs its model-running
+    metrics read (a metric's own data_config, else the evaluation's)."""
+    default = eval_data_name(evaluation, passes, data)
+    if evaluator is not None:
+        runs = [m for m in evaluator.metrics if m.type in MODEL_RUNNING_METRICS]
+        names = [m.data_config or default for m in runs if m.type != "lm_eval"]
+        measured = any(m.type == "lm_eval" or m.data_config or default for m in runs)
+    else:
+        names = [default, *evaluation.extra_data_configs] if evaluation.enabled else []
+        measured = evaluation.enabled and default is not None
     fixed = next((p for p in passes if p.type == "DynamicToFixedShape"), None)
     if fixed is not None and measured:
         c.add(f"passes.{fixed.name}", "DynamicToFixedShape gives a model of fixed input shapes, and modelpress "
               "measures models on prompts of varying length in batches, which such a model refuses",
               "Leave the evaluator out and set evaluation.enabled to false for this run (measure the model before "
               "this step in another run), or leave the shapes dynamic.")
-    if evaluator is not None or not evaluation.enabled:
-        return
     trained = {p.params.train_data_config for p in passes if p.trains}
-    for name in dict.fromkeys([eval_data_name(evaluation, passes, data), *evaluation.extra_data_configs]):
+    for name in dict.fromkeys(names):
         config = data.get(name)
         if config is None or name in trained:
             continue
@@ -314,15 +323,15 @@ def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host
                   did_you_mean(p.host, systems) or f"Define it under `systems`, or name one of: "
                   f"{', '.join(systems) or 'none defined'}.")
             continue
-        system = systems.get(p.host or host)
-        if system is None or system.ray is None:  # data-parallel training goes to the run's Ray system, if any
-            system = next((s for name, s in systems.items() if s.ray is not None and name in used), None)
-        storage = system.ray.storage if system is not None and system.ray is not None else None
+        name = p.host or host
+        if name not in systems or systems[name].ray is None:  # data-parallel training goes to the run's Ray system
+            name = next((n for n, s in systems.items() if s.ray is not None and n in used), None)
+        storage = systems[name].ray.storage if name is not None else None
         if storage and "://" in storage and any(getattr(o.params, "num_workers", 1) > 1 for o in p.choices()):
-            c.add(f"passes.{p.name}.num_workers", f"data-parallel training on a Ray system needs "
+            c.add(f"passes.{p.name}.num_workers", f"data-parallel training on Ray system {name!r} needs "
                   f"a storage path every node mounts; its storage is a URL ({storage}), from which Ray Train's "
                   "workers on other nodes can read neither the model nor shared checkpoints",
-                  "Set the system's storage to a shared path (NFS, a mounted bucket), or num_workers to 1.")
+                  f"Set systems.{name}.storage to a shared path (NFS, a mounted bucket), or num_workers to 1.")
     names = [p.name for p in passes]
     for system_name, system in systems.items():
         for name in system.ray.pass_resources if system.ray else ():

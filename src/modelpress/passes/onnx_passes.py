@@ -120,7 +120,7 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, *
         ctx.notes.append(f"{len(fed)} MatMul nodes whose weight is a graph input (ExtractAdapters' adapter weights) "
                          "stay float")
     skip = [*params.nodes_to_exclude, *fed]
-    if params.nodes_to_include is not None:  # onnxruntime adds these to its op types; Olive quantizes only these
+    if params.nodes_to_include:  # onnxruntime adds these to its op types; Olive quantizes only these (empty: all)
         skip += [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather")
                  and n.name not in params.nodes_to_include]
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=skip, algo_config=algo, **quantizer_options)
@@ -131,8 +131,9 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, *
     done = sum(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node)
     tables = sum(n.op_type == "GatherBlockQuantized" for n in quantizer.model.model.graph.node)
     if done == 0:
+        keys = "nodes_to_include and nodes_to_exclude" if params.nodes_to_include else "nodes_to_exclude"
         raise ModelpressError(f"{label}: no MatMul in {src} was quantized (it has {before} MatMul nodes; only those "
-                              "with a constant 2-D weight qualify). Check nodes_to_exclude.")
+                              f"with a constant 2-D weight qualify). Check {keys}.")
     copy_model_folder(ctx.model.path, ctx.out, model_file)
     save_onnx(quantizer.model.model, ctx.out, uses_external_file(ctx.model.path, model_file), model_file)
     ctx.notes.append(f"{label}: {done} of {before} MatMul nodes -> MatMulNBits"
