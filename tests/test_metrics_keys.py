@@ -83,3 +83,23 @@ def test_the_loss_scores_the_closing_token_training_saw_with_a_sentencepiece_sty
     ex = Example("Text: hi\nTone: ", "joy", "row 0", target="joy\n###")
     prompt, scored = Toy()._pair(ex, add_bos=False)
     assert scored == [marker, ord("j"), ord("o"), ord("y"), ord("\n")]  # not the marker "\n###" alone starts with
+
+
+def test_a_measurement_that_names_its_data_config_is_keyed_without_the_default(tmp_path, tiny_model):
+    """Reordering the data configs changes what the default evaluation reads, not what a named one reads."""
+    from modelpress.context import DataPlan
+    from modelpress.engine import Session, evaluation_key
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF
+
+    keys = []
+    for first in ("tone", "other"):
+        raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder"}})
+        tone = raw["data_configs"][0]
+        other = {**tone, "name": "other", "pre_process_data_config": {"text_template": "Q: {phrase}\nA: {tone}"}}
+        raw["data_configs"] = [tone, other] if first == "tone" else [other, tone]
+        config = normalize(raw, tmp_path)
+        session = Session(config, None, DataPlan(config, tmp_path / "cache"), "cpu", None)
+        keys.append(evaluation_key(session, "eval", ModelRef(HF, tiny_model, id="m"), "other",
+                                   reads_default=False))
+    assert keys[0] == keys[1]

@@ -305,16 +305,19 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 MEASUREMENT = 8
 
 
-def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True) -> str:
+def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True,
+                   reads_default: bool = True) -> str:
     """Cache key of one measurement of `ref`: the model, the data bytes, the split, the data config the evaluation
-    reads by default (the first one, in a run that trains nothing: named, since the order of configs is not in
-    the fingerprints) and `parts`; `with_data` false for a measurement that reads none of the workflow's data."""
+    reads by default when it reads that one (the first one, in a run that trains nothing: named, since the order
+    of configs is not in the fingerprints) and `parts`; `with_data` false for a measurement that reads none of the
+    workflow's data."""
     config, plan = session.config, session.plan
     data, split, default = None, None, None
     if with_data:
         data = {name: plan.fingerprint(name) for name in config.data_configs}
         split = [plan.split_params(p.params) for p in config.passes if p.trains]
-        default = eval_data_name(config.evaluation, config.passes, config.data_configs)
+        if reads_default:
+            default = eval_data_name(config.evaluation, config.passes, config.data_configs)
     return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, default, config.input_model.task, *parts)
 
 
@@ -329,7 +332,8 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
     target = session.target()
     # a Ray target times on the threads its task reserves (runtime.limit_threads), not on this machine's cores
     timed_on = {"ray_threads": target.threads(None)} if target is not None else None
-    key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config, timed_on)
+    key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config, timed_on,
+                         reads_default=data_config is None)
     cached = cache.read_eval(key)
     hit = cached is not None
     started = time.perf_counter()
