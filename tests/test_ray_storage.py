@@ -44,3 +44,20 @@ def test_outputs_made_on_the_driver_reach_a_node_that_does_not_see_its_disk(tmp_
     assert (here.path / "weights.bin").read_text() == "adapter weights"
     assert (here.base / "weights.bin").read_text() == "merged weights"
 
+
+
+def test_a_node_whose_copy_of_the_input_differs_from_the_drivers_fetches_the_drivers(tmp_path):
+    """The same path on a node may hold another copy (a partial Hub snapshot, an older folder): the storage's list
+    of files decides, not the path's existence."""
+    from modelpress.systems.storage import UrlStorage
+
+    driver = tmp_path / "model"
+    driver.mkdir()
+    (driver / "weights.bin").write_text("the driver's weights")
+    storage = UrlStorage(f"file://{tmp_path / 'bucket'}")
+    storage.upload_input(driver, "d" * 32)
+    assert storage.local_folder(driver, "d" * 32, "models") == driver  # the same files: used in place
+    (driver / "weights.bin").write_text("a node's other copy")  # same path, other content
+    storage.node_dir = tmp_path / "node"
+    fetched = storage.local_folder(driver, "d" * 32, "models")
+    assert fetched != driver and (fetched / "weights.bin").read_text() == "the driver's weights"

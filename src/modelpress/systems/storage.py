@@ -139,13 +139,28 @@ class UrlStorage:
                 self.fs.get_file(f"{remote}/model/{name}", str(target))
             atomic_write_json(tmp / ENTRY, meta)
 
+    def _same_files(self, folder: Path, kind: str, key: str) -> bool:
+        """Whether `folder` holds the files (names and sizes) of the storage's entry; true where it has none."""
+        listed = _listed_files(self.fs, f"{self._remote(kind, key)}/{ENTRY}")
+        return listed is None or manifest(folder) == listed
+
     def local_folder(self, path: Path, model_id: str, kind: str = "passes") -> Path:
-        """`path` when this node sees it; otherwise the entry `model_id` fetched into this node's cache."""
-        if Path(path).exists():
+        """`path` when this node sees it with the files the storage's entry lists (a node's own copy of a Hub
+        snapshot may differ from the driver's); otherwise the entry `model_id` fetched into this node's cache."""
+        if Path(path).is_dir() and self._same_files(Path(path), kind, model_id):
             return Path(path)
         cache = PassCache(self.node_dir)
         self.fetch(cache, model_id, kind)
         return cache.passes / model_id / "model"
+
+
+def _listed_files(fs, entry: str) -> dict | None:
+    import json
+
+    try:
+        return json.loads(fs.cat_file(entry)).get("files")
+    except FileNotFoundError:
+        return None
 
 
 def entry_key(folder: Path | None, cache: PassCache) -> str | None:
