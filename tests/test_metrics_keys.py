@@ -103,3 +103,29 @@ def test_a_measurement_that_names_its_data_config_is_keyed_without_the_default(t
         keys.append(evaluation_key(session, "eval", ModelRef(HF, tiny_model, id="m"), "other",
                                    reads_default=False))
     assert keys[0] == keys[1]
+
+
+def test_a_decoder_classifier_without_a_config_pad_token_reads_each_rows_last_real_token(tiny_model, tmp_path):
+    """A decoder's classification head reads the token before the first padding, found by config.pad_token_id: a
+    base that names none (Llama 3, Mistral) failed on batches (or read padding); it is the tokenizer's pad now."""
+    import json
+    import shutil
+
+    import torch
+
+    from modelpress.models import load_classifier, load_tokenizer
+
+    folder = tmp_path / "no-pad"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["pad_token_id"] = None
+    (folder / "config.json").write_text(json.dumps(config))
+    model = load_classifier(folder, ["a", "b", "c"]).eval()
+    pad = load_tokenizer(folder).pad_token_id
+    assert model.config.pad_token_id == pad is not None
+    short, long = [5, 9, 12], [5, 9, 12, 40, 41, 42]
+    batch = torch.tensor([short + [pad] * 3, long])
+    with torch.no_grad():
+        together = model(input_ids=batch, attention_mask=(batch != pad).long()).logits
+        alone = model(input_ids=torch.tensor([short])).logits
+    assert torch.allclose(together[0], alone[0], atol=1e-5)

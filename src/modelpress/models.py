@@ -142,7 +142,13 @@ def load_classifier(folder: Path, labels: list[str] | None = None, dtype: str = 
     if labels:
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)})
-    return AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+    # a decoder's head reads the last token before the first padding, found by config.pad_token_id: that must be
+    # the id batches are padded with (load_tokenizer's: a missing pad token is the end of sequence)
+    pad = load_tokenizer(folder, trust_remote_code).pad_token_id
+    if pad is not None and model.config.pad_token_id != pad:
+        model.config.pad_token_id = pad
+    return model
 
 
 def load_hf_model(folder: Path, task: str, labels: list[str] | None = None, dtype: str = "float32",

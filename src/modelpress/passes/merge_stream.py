@@ -35,12 +35,32 @@ def why_not_streamed(adapter: Path, base: Path) -> str | None:
     from safetensors import safe_open
 
     with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:  # reads the header only
-        other = [key for key in f.keys() if not key.endswith((".lora_A.weight", ".lora_B.weight"))]
+        keys = list(f.keys())
+    other = [key for key in keys if not key.endswith((".lora_A.weight", ".lora_B.weight"))]
     if other:  # an embedding's lora_embedding_A/B, a trained head: not a linear layer's W + s * B @ A
         return f"adapter tensor {other[0]}"
     if not ((base / "model.safetensors").is_file() or (base / "model.safetensors.index.json").is_file()):
         return "the base has no safetensors checkpoint"
+    base_config = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
+    if base_config.get("auto_map"):  # the base's own Python files, which peft's save_pretrained carries along
+        return "the base ships its own model code (auto_map)"
+    from modelpress.passes.builder_memory import Checkpoint
+
+    stored = set(Checkpoint(base).weight_map)
+    missing = [k for k in adapted_weights(keys) if k not in stored]
+    if missing:  # a tied head stored only as the embeddings, a key spelt otherwise: peft merges by module
+        return f"the base checkpoint stores no {missing[0]}"
     return None
+
+
+def adapted_weights(keys) -> list[str]:
+    """The base weight names an adapter's lora_A tensors adapt."""
+    out = []
+    for key in keys:
+        if key.endswith(".lora_A.weight"):
+            module = key[len(PREFIX):-len(".lora_A.weight")] if key.startswith(PREFIX) else key[:-len(".lora_A.weight")]
+            out.append(module + ".weight")
+    return out
 
 
 def merge_streamed(adapter: Path, base: Path, out: Path) -> int:
@@ -58,8 +78,8 @@ def merge_streamed(adapter: Path, base: Path, out: Path) -> int:
     deltas = {}
     for key in lora:
         if key.endswith(".lora_A.weight"):
-            module = key[len(PREFIX):-len(".lora_A.weight")] if key.startswith(PREFIX) else key[:-len(".lora_A.weight")]
-            deltas[module + ".weight"] = (lora[key], lora[key.replace(".lora_A.", ".lora_B.")])
+            [weight] = adapted_weights([key])
+            deltas[weight] = (lora[key], lora[key.replace(".lora_A.", ".lora_B.")])
     checkpoint = Checkpoint(base)
     missing = set(deltas) - set(checkpoint.weight_map)
     if missing:
