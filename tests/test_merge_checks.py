@@ -39,3 +39,15 @@ def test_a_base_with_its_own_model_code_goes_to_peft(tmp_path):
     config = {"model_type": "custom", "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}
     why = why_not_streamed(*_pair(tmp_path, "model.layers.0.q_proj", ["model.layers.0.q_proj.weight"], config))
     assert why == "the base ships its own model code (auto_map)"
+
+
+def test_qlora_computes_in_torch_dtype_unless_told_otherwise_as_olive_does():
+    from modelpress.passes.catalog import QLoRAParams
+    from modelpress.passes.lora import bnb_config
+
+    def compute(**params):
+        return bnb_config(QLoRAParams(train_data_config="d", **params)).bnb_4bit_compute_dtype
+
+    assert compute() == torch.float32
+    assert compute(torch_dtype="bfloat16") == torch.bfloat16  # was float32 whatever torch_dtype said
+    assert compute(torch_dtype="bfloat16", compute_dtype="float32") == torch.float32

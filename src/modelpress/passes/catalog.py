@@ -140,7 +140,8 @@ class QLoRAParams(LoRAParams):
 
     double_quant: bool = Field(False, description="Quantize the quantization constants too.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
-    compute_dtype: TorchDtype = Field("float32", description="Dtype of the 4-bit matmul compute.")
+    compute_dtype: TorchDtype | None = Field(None, description="Dtype of the 4-bit matmul compute; default: "
+                                             "torch_dtype's (as in Olive).")
 
 
 class DoRAParams(LoRAParams):

@@ -29,17 +29,22 @@ def run_qlora(ctx: PassContext, params: QLoRAParams) -> ModelRef:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise MissingDependencyError("bitsandbytes", "qlora", "The QLoRA pass") from None
+    return _train(ctx, params, quantization_config=bnb_config(params))
+
+
+def bnb_config(params: QLoRAParams):
+    """bitsandbytes' 4-bit settings; the compute dtype is torch_dtype's unless given, as in Olive."""
     from transformers import BitsAndBytesConfig
 
     from modelpress.models import torch_dtype
 
-    config = BitsAndBytesConfig(
+    compute = params.compute_dtype or params.torch_dtype
+    return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=params.quant_type,
         bnb_4bit_use_double_quant=params.double_quant,
-        bnb_4bit_compute_dtype=torch_dtype(params.compute_dtype),
+        bnb_4bit_compute_dtype=torch_dtype(native_training_dtype() if compute == IF_NATIVE else compute),
     )
-    return _train(ctx, params, quantization_config=config)
 
 
 def _train(ctx: PassContext, params: LoRAParams, quantization_config) -> ModelRef:
