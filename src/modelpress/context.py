@@ -12,6 +12,7 @@ from modelpress.data import (
     Example,
     classification_features,
     data_fingerprint,
+    distinct,
     label_set,
     load_rows,
     pack,
@@ -34,7 +35,6 @@ class EvalSet:
     description: str
     label_column: str | None
     data_config: str | None = None  # the data config the examples were rendered from
-
 
 
 class DataPlan:
@@ -169,10 +169,7 @@ class DataPlan:
         return self._eval_set(self.examples(name), f"the TRAINING rows of pass {trained.name!r}", name)
 
     def _eval_set(self, examples: list[Example], description: str, name: str) -> EvalSet:
-        first: dict[str, Example] = {}
-        for ex in examples:
-            first.setdefault(ex.prompt or ex.completion, ex)
-        unique = list(first.values())
+        unique = distinct(examples)
         limit = self.config.evaluation.max_examples
         config = self.data_config(name)
         label = self.config.evaluation.label_column or config.answer_column

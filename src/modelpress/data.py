@@ -229,17 +229,20 @@ def split_examples(examples: list[Example], size: float, seed: int) -> tuple[lis
                         "Use a fraction between 0 and 1 or a smaller count.")
     held = {id(ex) for k in keys[:count] for ex in groups[k]}
     train = [ex for ex in examples if id(ex) not in held]
-    evaluation = []
-    for k in keys[:count]:
-        distinct: dict[str, Example] = {}
-        for ex in groups[k]:
-            distinct.setdefault(_key(ex), ex)
-        evaluation += distinct.values()
+    evaluation = [ex for k in keys[:count] for ex in distinct(groups[k])]
     return train, evaluation
 
 
 def _key(ex: Example) -> str:
     return ex.prompt or ex.completion
+
+
+def distinct(examples: list[Example]) -> list[Example]:
+    """One row per distinct prompt (the first), in order: what an evaluation measures."""
+    first: dict[str, Example] = {}
+    for ex in examples:
+        first.setdefault(_key(ex), ex)
+    return list(first.values())
 
 
 def _prompt_groups(examples: list[Example]) -> dict[str, list[Example]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from modelpress.chat import ChatFormat
 from modelpress.config.templates import completion_field
 from modelpress.config.schema import DataConfig
-from modelpress.data import format_of, load_rows, render
+from modelpress.data import distinct, format_of, load_rows, render
 from modelpress.errors import ModelpressError
 from modelpress.evaluate import BATCH_SIZE, LATENCY_SAMPLES, evaluate
 from modelpress.models import MODEL_CARD, ModelRef
@@ -44,10 +44,7 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
                         label_col=label_col, add_special_tokens=task.get("add_bos", False), **chat_fields)
     chat_format = ChatFormat.from_card(chat) if chat else None
     rows = render(config, load_rows(config), chat_format)
-    first: dict = {}
-    for ex in rows:  # a run measures each distinct prompt once
-        first.setdefault(ex.prompt or ex.completion, ex)
-    examples = list(first.values())[:max_examples]
+    examples = distinct(rows)[:max_examples]  # a run measures each distinct prompt once
     label = label_col or completion_field(template) or ("assistant" if chat else None)
     max_new_tokens = max_new_tokens or task.get("max_new_tokens") or 8
     result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,

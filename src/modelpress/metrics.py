@@ -81,24 +81,16 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
     """Every lm_eval metric's task run once through lm-evaluation-harness; cached like an evaluation."""
     from modelpress.engine import evaluation_key, record_step
     from modelpress.cache import content_id
-    from modelpress.lmeval import run_tasks
+    from modelpress.lmeval import lm_eval_version, run_tasks, torch_device
 
     named = evaluator.task_names()
     tasks = list(evaluator.tasks) + [m.name for m in evaluator.metrics if m.type == "lm_eval" and m.name not in named]
-    from modelpress.lmeval import torch_device
-
     settings = evaluator.model_dump(mode="json", exclude={"name", "type", "metrics", "baseline", "tasks"})
     settings["device"] = torch_device(evaluator.device)  # where it ran: Olive's "gpu" is the CPU without CUDA
     local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        lm_eval_version = version("lm-eval")
-    except PackageNotFoundError:  # run_tasks says what to install
-        lm_eval_version = None
     # lm-eval reads its own tasks' data, not the workflow's: a training-data edit does not re-run it, an lm-eval
     # upgrade (its tasks' YAML) does
-    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local, lm_eval_version, with_data=False)
+    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local, lm_eval_version(), with_data=False)
     started = time.perf_counter()
     values = session.cache.read_eval(key)
     hit = values is not None

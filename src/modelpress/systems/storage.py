@@ -176,10 +176,9 @@ def local_ref(storage, ref: ModelRef, input_folder: Path, input_id: str) -> Mode
     model or a pass output (`.../passes/<key>/model`)."""
     kind = "models" if ref.id == input_id else "passes"
     path = storage.local_folder(ref.path, ref.id, kind)
-    base = ref.base
-    if base is not None and not Path(base).exists():
-        if Path(base) == Path(input_folder):
-            base = storage.local_folder(input_folder, input_id, "models")
-        elif Path(base).name == "model":
-            base = storage.local_folder(base, Path(base).parent.name, "passes")
+    base = ref.base  # local_folder keeps a folder this node holds as the storage lists it, else fetches it
+    if base is not None and Path(base) == Path(input_folder):
+        base = storage.local_folder(input_folder, input_id, "models")
+    elif base is not None and Path(base).name == "model":
+        base = storage.local_folder(base, Path(base).parent.name, "passes")
     return ModelRef(ref.kind, path, ref.id, base, ref.task)
