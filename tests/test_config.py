@@ -59,6 +59,17 @@ def test_seed_lora_with_double_quant_warns_that_it_applies_to_qlora(workspace):
     assert any("double_quant" in w and "QLoRA" in w for w in config.warnings)
 
 
+@pytest.mark.parametrize("typ", ["DoRA", "LoHa", "LoKr", "QLoRA"])
+def test_qlora_only_keys_warn_on_every_full_precision_adapter(workspace, typ):
+    raw = _seed(workspace)
+    raw["passes"]["lora"]["type"] = typ
+    warned = [w for w in normalize(raw, base_dir=workspace).warnings if "double_quant" in w]
+    if typ == "QLoRA":  # there the key means what it says
+        assert not warned
+    else:
+        assert len(warned) == 1 and f"this {typ} pass" in warned[0], warned
+
+
 def test_seed_trust_remote_code_is_honoured_and_off_by_default(workspace):
     assert load_config(workspace / "seed-config.json").input_model.trust_remote_code is True
     assert load_config(workspace / "demo.json").input_model.trust_remote_code is False

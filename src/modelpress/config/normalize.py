@@ -33,7 +33,7 @@ from modelpress.config.olive_tables import (
 from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
 from modelpress.config.sources import input_model, resolve_path
 from modelpress.errors import ConfigError, Problem
-from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoRAParams
+from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoRAParams, QLoRAParams
 
 TOP_KEYS = ("$schema", "input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
             *ENGINE_KEYS)
@@ -293,15 +293,15 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
     space = _validated_space(params_model, flat, space, where, c)
     if space is None:
         return None
-    if typ == "LoRA":
-        _warn_4bit_options(params, path, c)
+    if isinstance(params, LoRAParams) and not isinstance(params, QLoRAParams):
+        _warn_4bit_options(params, typ, path, c)
     return PassConfig(name=name, type=typ, params=params, search_space=space, host=host)
 
 
-def _warn_4bit_options(params: LoRAParams, path: str, c: Collector) -> None:
+def _warn_4bit_options(params: LoRAParams, typ: str, path: str, c: Collector) -> None:
     used = [k for k in ("double_quant", "quant_type", "compute_dtype") if getattr(params, k) is not None]
     if used:
         one = len(used) == 1
-        c.warn(f"{path}: {', '.join(used)} {'applies' if one else 'apply'} to 4-bit QLoRA only; this LoRA pass "
+        c.warn(f"{path}: {', '.join(used)} {'applies' if one else 'apply'} to 4-bit QLoRA only; this {typ} pass "
                f"trains the full-precision base and ignores {'it' if one else 'them'} (use type 'QLoRA' to train on "
                "a 4-bit base).")
