@@ -73,3 +73,29 @@ def test_every_trained_weight_is_float32_over_a_bfloat16_base(tiny_model, tmp_pa
     out.loss.backward()
     assert out.logits.dtype == torch.float32
     assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in model.parameters() if w.requires_grad)
+
+
+@pytest.mark.parametrize("modules", [["embed_tokens"], ["o_proj"], ["lm_head"]])
+def test_a_module_trained_in_full_inside_a_bfloat16_base_hands_on_bfloat16(tiny_model, tmp_path, modules):
+    """modules_to_save inside the network (the embeddings, a projection) trains in float32 but gives the next layer,
+    whose weights are bfloat16, bfloat16 activations (float32 ones made its matmul fail); the LM head keeps float32."""
+    import torch
+
+    from modelpress.config.schema import InputModelConfig
+    from modelpress.context import PassContext
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF, LoRAParams
+    from modelpress.passes.lora import _peft_model
+
+    ctx = PassContext(ModelRef(HF, tiny_model, id="m"), tmp_path, InputModelConfig(model_path=tiny_model), "cpu",
+                      data=None, show_progress=False)
+    params = LoRAParams(r=4, target_modules=["qkv_proj"], torch_dtype="bfloat16", train_data_config="tone",
+                        modules_to_save=modules)
+    model = _peft_model(ctx, params, None, None)
+    trained = {name: weight.dtype for name, weight in model.named_parameters() if weight.requires_grad}
+    assert any(f"{modules[0]}.modules_to_save" in name for name in trained), trained
+    assert set(trained.values()) == {torch.float32}, trained
+    out = model(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]]))
+    out.loss.backward()
+    assert out.logits.dtype == (torch.float32 if modules == ["lm_head"] else torch.bfloat16)
+    assert all(w.grad is not None for w in model.parameters() if w.requires_grad)

@@ -104,19 +104,39 @@ def _sequences(ctx: PassContext, params: LoRAParams, tokenizer,
 def _trained_in_float32(model):
     """peft keeps LoRA layers in float32 over a bfloat16 base, but not the copies of whole modules it trains
     (a classifier's head, modules_to_save), where AdamW's small late updates would round away: those become
-    float32 too, and take their inputs in float32."""
+    float32 too and take their inputs in float32. A head hands its float32 logits on; a module inside the
+    network (embed_tokens, an o_proj) hands the next layer its activations back in the base's dtype."""
     import torch
 
     def to_float32(_module, args):
         return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
-    for module in model.modules():
+    def back_to(dtype):
+        def hook(_module, _args, output):
+            return output.to(dtype) if torch.is_tensor(output) and output.is_floating_point() else output
+        return hook
+
+    heads = _head_names(model)
+    for name, module in model.named_modules():
         own = [w for w in module.parameters(recurse=False) if w.requires_grad and w.dtype != torch.float32]
+        if not own:
+            continue
+        base_dtype = own[0].dtype
         for weight in own:
             weight.data = weight.data.float()
-        if own:
-            module.register_forward_pre_hook(to_float32)
+        module.register_forward_pre_hook(to_float32)
+        if not any(f".{head}." in f".{name}." for head in heads):
+            module.register_forward_hook(back_to(base_dtype))
     return model
+
+
+def _head_names(model) -> set[str]:
+    """Names of the modules whose output is the model's: the LM head, a classifier's score/classifier."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    output = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    names = {"score", "classifier"}  # transformers' sequence-classification heads, which peft trains in full
+    names.update(n for n, m in base.named_modules() if output is not None and m is output)
+    return {n for n in names if n}
 
 
 def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, labels: list[str] | None):
