@@ -59,6 +59,18 @@ def test_seed_lora_with_double_quant_warns_that_it_applies_to_qlora(workspace):
     assert any("double_quant" in w and "QLoRA" in w for w in config.warnings)
 
 
+def test_fp16_is_asked_through_torch_dtype_and_not_beside_bf16(workspace):
+    raw = _seed(workspace)
+    raw["passes"]["lora"]["config"]["training_args"]["fp16"] = True
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("passes.lora.config.training_args") and "torch_dtype" in problem, problem
+    raw = _seed(workspace)
+    raw["passes"]["lora"]["config"]["torch_dtype"] = "float16"
+    raw["passes"]["lora"]["config"]["training_args"]["bf16"] = True
+    [problem] = _problems(raw, workspace)
+    assert "passes.lora" in problem and "choose one" in problem, problem
+
+
 @pytest.mark.parametrize("typ", ["DoRA", "LoHa", "LoKr", "QLoRA"])
 def test_qlora_only_keys_warn_on_every_full_precision_adapter(workspace, typ):
     raw = _seed(workspace)

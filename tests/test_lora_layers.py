@@ -99,3 +99,21 @@ def test_a_module_trained_in_full_inside_a_bfloat16_base_hands_on_bfloat16(tiny_
     out.loss.backward()
     assert out.logits.dtype == (torch.float32 if modules == ["lm_head"] else torch.bfloat16)
     assert all(w.grad is not None for w in model.parameters() if w.requires_grad)
+
+
+@pytest.mark.e2e
+def test_float16_trains_a_float32_base_under_fp16_autocast_as_in_olive(tiny_model, tmp_path):
+    """Olive's torch_dtype float16 is fp16 mixed precision over a float32 base (a float16 base trains unstably);
+    where float16 is emulated (a CPU without AMX-FP16) the run says it is slow."""
+    from modelpress.models import native_float16
+
+    lora = {"type": "LoRA", "train_data_config": "tone", "r": 4, "target_modules": ["qkv_proj"],
+            "torch_dtype": "float16", "training_args": {"max_steps": 2, "per_device_train_batch_size": 2}}
+    config = tone_workflow(tiny_model, {"lora": lora}, evaluation={"enabled": False},
+                           output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--no-progress", "--config",
+                           str(write_config(tmp_path / "workflow.json", config))], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    log = json.loads(next((tmp_path / "cache").glob("passes/*/model/training_log.json")).read_text())
+    assert (log["base_dtype"], log["autocast"]) == ("float32", "float16")
+    assert ("which this machine emulates" in proc.stderr) is not native_float16()

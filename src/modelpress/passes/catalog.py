@@ -58,6 +58,14 @@ class TrainingArgs(Strict):
         0.1, gt=0, description="Checkpoint every N steps, or every fraction of the run when below 1."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fp16_key(cls, data):
+        if isinstance(data, dict) and "fp16" in data:  # Olive drops it with a warning: torch_dtype says it
+            raise ValueError("training_args.fp16 is set through the pass's torch_dtype: 'float16' trains a float32 "
+                             "base under fp16 mixed precision, as in Olive; remove fp16 from training_args")
+        return data
+
     @field_validator("max_steps")
     @classmethod
     def _steps_positive_or_unset(cls, value: int) -> int:
@@ -115,7 +123,9 @@ class LoRAParams(Strict):
     torch_dtype: TrainingDtype = Field(
         "float32", description="Dtype of the frozen base weights while training (adapters stay float32). "
         "'bfloat16-if-native': bfloat16 on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, float32 elsewhere "
-        "(CPUs without them emulate bfloat16, several times slower); the choice is in training_log.json.")
+        "(CPUs without them emulate bfloat16, several times slower); the choice is in training_log.json. "
+        "'float16', as in Olive: a float32 base trained under fp16 mixed precision (a float16 base trains "
+        "unstably); CPUs without AMX-FP16 emulate float16, about 20x slower than float32.")
     class_weight: Literal["balanced"] | None = Field(
         None, description="text-classification: 'balanced' weights each class's loss by n_rows / (n_classes * "
                           "n_rows_of_class), so a rare class counts as much as a common one.")
@@ -133,6 +143,13 @@ class LoRAParams(Strict):
     def _all_linear(cls, value):
         """["all-linear"] (a command line's list of one) is peft's "all-linear", not a module of that name."""
         return "all-linear" if value == ["all-linear"] else value
+
+    @model_validator(mode="after")
+    def _one_mixed_precision(self) -> "LoRAParams":
+        if self.torch_dtype == "float16" and self.training_args.bf16:
+            raise ValueError("torch_dtype 'float16' trains under fp16 mixed precision and training_args.bf16 under "
+                             "bfloat16: choose one (torch_dtype 'bfloat16-if-native' for bfloat16)")
+        return self
 
 
 class QLoRAParams(LoRAParams):

@@ -12,7 +12,7 @@ from modelpress.context import PassContext
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.fsutil import atomic_write_json
 from modelpress.models import (ADAPTER_DIR, IF_NATIVE, ModelRef, load_causal_lm, load_classifier, load_tokenizer,
-                               native_training_dtype)
+                               native_float16, native_training_dtype)
 from modelpress.passes.catalog import HF_ADAPTER, LoRAParams, QLoRAParams
 
 log = logging.getLogger("modelpress")
@@ -148,6 +148,12 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
     if dtype == IF_NATIVE:
         dtype = native_training_dtype()
         log.info("torch_dtype %s: training on a %s base on this machine", IF_NATIVE, dtype)
+    elif dtype == "float16":  # as in Olive: a float16 base trains unstably; fp16 autocast over float32 (_trainer)
+        dtype = "float32"
+        if not native_float16():
+            log.warning("torch_dtype float16: training under fp16 mixed precision, which this machine emulates "
+                        "(no CUDA GPU, no AMX-FP16), about 20x slower than float32; torch_dtype "
+                        "'bfloat16-if-native' or 'float32' train at this machine's speed")
     if labels is not None:
         model = load_classifier(ctx.model.path, labels, dtype, ctx.input_model.trust_remote_code)
     else:
@@ -300,6 +306,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         train_sampling_strategy="group_by_length" if ta.group_by_length else "random",
         adam_beta1=ta.adam_beta1, adam_beta2=ta.adam_beta2, adam_epsilon=ta.adam_epsilon,
         weight_decay=ta.weight_decay, max_grad_norm=ta.max_grad_norm, bf16=ta.bf16,
+        fp16=params.torch_dtype == "float16",
         # transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio)
         warmup_steps=ta.warmup_steps or ta.warmup_ratio, lr_scheduler_type=ta.lr_scheduler_type,
         report_to=[], disable_tqdm=not ctx.show_progress,
@@ -367,6 +374,7 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         "train_seconds": round(seconds, 3),
         "train_loss": result.training_loss,
         "base_dtype": base_dtype,
+        "autocast": {"fp16": "float16", "bf16": "bfloat16"}.get(str(trainer.accelerator.mixed_precision)),
         "shared_prompt_prefix": getattr(trainer, "shares_prompt_prefix", False),
         "final_eval": final_eval,
         "train_sequences": n_train,
