@@ -226,6 +226,31 @@ def test_renamed_genai_inputs_and_outputs_are_renamed_in_genai_config_too(genai_
     assert GenaiRunner(renamed.path).generate_ids(rows, 5) == GenaiRunner(genai_fp32.path).generate_ids(rows, 5)
 
 
+def test_renamed_key_value_inputs_rewrite_genai_configs_layer_template(genai_fp32, tmp_path):
+    """genai names each layer's cache input from one template ("past_key_values.%d.key"): renaming every layer's
+    input the same way rewrites the template, and the model generates as before; renaming some layers only
+    is an error that says why."""
+    import json
+
+    from modelpress.errors import ModelpressError
+    from modelpress.runners import GenaiRunner
+
+    decoder = json.loads((genai_fp32.path / "genai_config.json").read_text())["model"]["decoder"]
+    template, layers = decoder["inputs"]["past_key_names"], decoder["num_hidden_layers"]
+    old = [template % i for i in range(layers)]
+    renamed = _run(genai_fp32, tmp_path / "r", "GraphSurgeries", surgeries=[
+        {"surgeon": "RenameInputs", "old_names": old, "new_names": [f"cache_k_{i}_in" for i in range(layers)]}])
+    decoder = json.loads((renamed.path / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["inputs"]["past_key_names"] == "cache_k_%d_in"
+    assert decoder["inputs"]["past_value_names"] == "past_key_values.%d.value"  # not renamed
+    rows = [list(IDS[:8]), list(IDS[3:12])]
+    assert GenaiRunner(renamed.path).generate_ids(rows, 5) == GenaiRunner(genai_fp32.path).generate_ids(rows, 5)
+    with pytest.raises(ModelpressError, match=r"RenameInputs: onnxruntime-genai names the 'past_key_values.%d.key' "
+                                              r"inputs of all \d+ layers with one template"):
+        _run(genai_fp32, tmp_path / "p", "GraphSurgeries", surgeries=[
+            {"surgeon": "RenameInputs", "old_names": old[:1], "new_names": ["first_key"]}])
+
+
 def test_a_rename_without_its_names_is_a_config_error():
     from modelpress.passes.onnx_specs import GraphSurgeriesParams
 

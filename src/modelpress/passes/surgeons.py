@@ -138,8 +138,11 @@ def _rename_uses(graph, mapping: dict[str, str]) -> None:
 
 def rename_in_genai_config(config: dict, surgeries: list[dict]) -> bool:
     """genai_config.json's decoder input/output maps follow the graph's renamed inputs and outputs; whether any
-    changed (onnxruntime-genai feeds the graph by the names this map gives)."""
+    changed (onnxruntime-genai feeds the graph by the names this map gives). A per-layer name template
+    ("past_key_values.%d.key") becomes the template every renamed layer's name fits; a rename that no one
+    template expresses (some layers only, or each its own way) is an error: genai could not name them."""
     decoder = config.get("model", {}).get("decoder", {})
+    layers = decoder.get("num_hidden_layers")
     changed = False
     for surgery in surgeries:
         section = {"RenameInputs": "inputs", "RenameOutputs": "outputs"}.get(surgery["surgeon"])
@@ -147,9 +150,28 @@ def rename_in_genai_config(config: dict, surgeries: list[dict]) -> bool:
             continue
         mapping = dict(zip(surgery["old_names"], surgery["new_names"]))
         for key, name in decoder[section].items():
-            if name in mapping:
-                decoder[section][key], changed = mapping[name], True
+            new = _renamed_template(name, mapping, layers, surgery["surgeon"]) if "%d" in name else mapping.get(name)
+            if new is not None:
+                decoder[section][key], changed = new, True
     return changed
+
+
+def _renamed_template(template: str, mapping: dict[str, str], layers: int | None, surgeon: str) -> str | None:
+    names = [template % i for i in range(layers or 0)]
+    renamed = [mapping[n] for n in names if n in mapping]
+    if not renamed:
+        return None
+    if len(renamed) == len(names):
+        first = renamed[0]  # layer 0's new name, with one of its "0"s standing for the layer
+        for at in [i for i in range(len(first)) if first.startswith("0", i)]:
+            candidate = first[:at].replace("%", "%%") + "%d" + first[at + 1:].replace("%", "%%")
+            if all(candidate % i == new for i, new in enumerate(renamed)):
+                return candidate
+    raise ModelpressError(
+        f"{surgeon}: onnxruntime-genai names the {template!r} {'inputs' if surgeon == 'RenameInputs' else 'outputs'} "
+        f"of all {layers} layers with one template, and these new names ({', '.join(renamed[:3])}"
+        f"{', ...' if len(renamed) > 3 else ''}) fit none: rename every layer's the same way, its index where "
+        f"{template!r} has %d")
 
 
 SURGEONS: dict[str, Callable] = {
