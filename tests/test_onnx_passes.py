@@ -488,8 +488,44 @@ def test_rtn_quantizes_the_embedding_table_too_by_default_as_olive_does(phi_onnx
     ctx = _ctx(phi_onnx, tmp_path / "8", "text-generation")
     eight = run_rtn(ctx, OnnxBlockWiseRtnQuantizationParams(block_size=32, bits=8))
     assert _cosine(fp32, OnnxModel(eight.path).logits(ids, mask), mask) > 0.99
-    assert "GatherBlockQuantized" not in op_counts(eight.path / MODEL_FILE)
-    assert any("embedding tables stay float at 8 bits" in n for n in ctx.notes)
+    assert op_counts(eight.path / MODEL_FILE).get("GatherBlockQuantized") == 1  # 8-bit tables too, as in Olive
+    assert any("1 embedding Gather(s) -> GatherBlockQuantized" in n for n in ctx.notes)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rtn_8_bit_embeddings_compute_what_the_float_model_does_on_the_dequantized_table(
+        phi_onnx, phi_batch, tmp_path, symmetric):
+    """onnxruntime's quantizer takes 4-bit Gathers only; modelpress writes the 8-bit GatherBlockQuantized itself
+    (symmetric: codes shifted by 128 and no zero points, which the operator defaults to 128)."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    out = _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=16, bits=8, is_symmetric=symmetric,
+                                                           op_types_to_quantize=["Gather"]), phi_onnx, tmp_path / "q")
+    ops = op_counts(out.path / MODEL_FILE)
+    assert ops.get("GatherBlockQuantized") == 1 and "MatMulNBits" not in ops  # Gather alone, as asked
+    inits = {t.name: t for t in onnx.load(str(out.path / MODEL_FILE)).graph.initializer}
+    [name] = [n.removesuffix("_q8") for n in inits if n.endswith("_q8")]
+    codes = numpy_helper.to_array(inits[f"{name}_q8"]).astype(np.float32)
+    scales = numpy_helper.to_array(inits[f"{name}_scales"])
+    zeros = numpy_helper.to_array(inits[f"{name}_zero_points"]).astype(np.float32) if not symmetric else 128.0
+    assert (f"{name}_zero_points" in inits) is not symmetric
+    rows, width = codes.shape
+    table = ((codes.reshape(rows, -1, 16) - (zeros if symmetric else zeros[..., None])) * scales[..., None])
+    fake = tmp_path / "fake"
+    shutil.copytree(phi_onnx.path, fake)
+    model = onnx.load(str(fake / MODEL_FILE))
+    original = next(t for t in model.graph.initializer if t.name == name)
+    before = numpy_helper.to_array(original)
+    # half a step, but a full one for the value the symmetric range clips (+128 steps does not fit in int8)
+    step = np.abs(scales).repeat(16, axis=1) * (1 if symmetric else 0.5)
+    assert np.all(np.abs(table.reshape(rows, width) - before) <= step + 1e-6)
+    original.CopyFrom(numpy_helper.from_array(table.reshape(rows, width).astype(np.float32), name))
+    onnx.save(model, str(fake / MODEL_FILE))
+    ids, mask = phi_batch
+    np.testing.assert_allclose(OnnxModel(out.path).logits(ids, mask), OnnxModel(fake).logits(ids, mask), atol=1e-4)
 
 
 def test_rtn_quantizes_only_the_nodes_it_is_given(phi_onnx, tmp_path):

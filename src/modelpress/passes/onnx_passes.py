@@ -83,19 +83,21 @@ def run_rtn(ctx: PassContext, params: OnnxBlockWiseRtnQuantizationParams) -> Mod
     _quiet_quantizer_logs()
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
-    op_types = tuple(params.op_types_to_quantize)
-    if params.bits == 8 and "Gather" in op_types:  # onnxruntime 1.32 quantizes Gather at 4 bits only
+    op_types, post = tuple(params.op_types_to_quantize), None
+    if params.bits == 8 and "Gather" in op_types:  # onnxruntime 1.32 quantizes Gather at 4 bits only: here, as Olive
+        from modelpress.passes.surgeons import int8_gathers, quantize_gathers_int8
+
         op_types = tuple(t for t in op_types if t != "Gather")
-        ctx.notes.append("embedding tables stay float at 8 bits (onnxruntime's GatherBlockQuantized quantizer "
-                         "takes 4 bits only)")
-        if not op_types:
-            raise ModelpressError("OnnxBlockWiseRtnQuantization: bits 8 quantizes MatMul weights only, and "
-                                  "op_types_to_quantize names Gather alone. Add \"MatMul\", or use bits 4.")
+
+        def post(model, skip):
+            return quantize_gathers_int8(model, int8_gathers(model, skip), params.block_size, params.is_symmetric)
     algo = DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.is_symmetric,
                                         accuracy_level=params.accuracy_level, bits=params.bits,
-                                        op_types_to_quantize=op_types, quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                        op_types_to_quantize=op_types or ("MatMul",),
+                                        quant_axes=(("MatMul", 0), ("Gather", 1)))
     kind = "symmetric" if params.is_symmetric else "asymmetric"
-    return _weight_only(ctx, params, algo, f"RTN int{params.bits} ({kind}, block {params.block_size})")
+    return _weight_only(ctx, params, algo, f"RTN int{params.bits} ({kind}, block {params.block_size})", post,
+                        matmuls="MatMul" in op_types)
 
 
 def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
@@ -107,7 +109,10 @@ def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
     return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})")
 
 
-def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, **quantizer_options) -> ModelRef:
+def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, post=None, matmuls: bool = True,
+                 **quantizer_options) -> ModelRef:
+    """`post(model, skip)` quantizes what onnxruntime's quantizer does not (8-bit embedding tables); `matmuls`
+    false: the MatMul nodes stay float (op_types_to_quantize names Gather alone)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -123,19 +128,23 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, *
     if params.nodes_to_include:  # onnxruntime adds these to its op types; Olive quantizes only these (empty: all)
         skip += [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather")
                  and n.name not in params.nodes_to_include]
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=skip, algo_config=algo, **quantizer_options)
-    with _quiet_ort(), warnings.catch_warnings():
-        # HQQ hands torch a read-only numpy view of each weight; it only reads it.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        quantizer.process()
-    done = sum(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node)
-    tables = sum(n.op_type == "GatherBlockQuantized" for n in quantizer.model.model.graph.node)
-    if done == 0:
+    if matmuls:
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=skip, algo_config=algo, **quantizer_options)
+        with _quiet_ort(), warnings.catch_warnings():
+            # HQQ hands torch a read-only numpy view of each weight; it only reads it.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            quantizer.process()
+        model = quantizer.model.model
+    if post is not None:
+        post(model, set(skip))
+    done = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    tables = sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
+    if done == 0 and matmuls:
         keys = "nodes_to_include and nodes_to_exclude" if params.nodes_to_include else "nodes_to_exclude"
         raise ModelpressError(f"{label}: no MatMul in {src} was quantized (it has {before} MatMul nodes; only those "
                               f"with a constant 2-D weight qualify). Check {keys}.")
     copy_model_folder(ctx.model.path, ctx.out, model_file)
-    save_onnx(quantizer.model.model, ctx.out, uses_external_file(ctx.model.path, model_file), model_file)
+    save_onnx(model, ctx.out, uses_external_file(ctx.model.path, model_file), model_file)
     ctx.notes.append(f"{label}: {done} of {before} MatMul nodes -> MatMulNBits"
                      + (f", {tables} embedding Gather(s) -> GatherBlockQuantized" if tables else "") + "; "
                      f"{_mib(model_bytes(ctx.model.path, model_file))} -> {_mib(model_bytes(ctx.out, model_file))}")

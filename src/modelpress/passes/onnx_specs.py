@@ -49,8 +49,8 @@ class WeightOnlyParams(Strict):
 class OnnxBlockWiseRtnQuantizationParams(WeightOnlyParams):
     """int4 weight-only quantization by round-to-nearest per block (MatMulNBits), no data needed."""
 
-    bits: Literal[4, 8] = searchable(4, 8, default=4, description="Bits per weight (embedding tables: 4 only; at 8 "
-                                     "they stay float, with a note).")
+    bits: Literal[4, 8] = searchable(4, 8, default=4, description="Bits per weight, embedding tables included (at 8 "
+                                     "bits modelpress writes their GatherBlockQuantized, as Olive does).")
     block_size: BlockSize = searchable(32, 128, default=128, description="Weights per quantization block (along K).")
     axis: Literal[0] = Field(0, description="Olive's key: MatMul weights are blocked along K (axis 0), embedding "
                              "tables along their last axis, as GatherBlockQuantized requires.")

@@ -71,40 +71,81 @@ def tie_word_embeddings(model) -> tuple[object, str]:
 
 
 def quantize_embedding_int8(model) -> tuple[object, str]:
-    import numpy as np
-    from onnx import helper, numpy_helper
-
     gather, table = _embedding_gather(model)
     if gather is None:
         return model, "skipped (no float Gather on input_ids)"
-    tensor = _initializers(model)[table]
-    embed = numpy_helper.to_array(tensor)
-    if embed.dtype not in (np.float32, np.float16) or embed.shape[1] % BLOCK:
+    embed = _initializers(model)[table]
+    if embed.data_type not in FLOAT_TYPES or len(embed.dims) != 2 or embed.dims[1] % BLOCK:
         return model, f"skipped (needs a float table whose hidden size is a multiple of {BLOCK})"
-    vocab, hidden = embed.shape
-    blocks = embed.astype(np.float32).reshape(vocab, hidden // BLOCK, BLOCK)
-    lo = np.minimum(blocks.min(axis=-1), 0.0)
-    hi = np.maximum(blocks.max(axis=-1), 0.0)
-    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
-    zero = np.clip(np.round(-lo / scale), 0, 255)
-    codes = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 255).astype(np.uint8)
-    names = {"data": f"{table}_q8", "scales": f"{table}_scales", "zeros": f"{table}_zero_points"}
-    model.graph.initializer.extend([
-        numpy_helper.from_array(codes.reshape(vocab, hidden), names["data"]),
-        numpy_helper.from_array(scale.astype(embed.dtype), names["scales"]),
-        numpy_helper.from_array(zero.astype(np.uint8), names["zeros"]),
-    ])
-    node = helper.make_node("GatherBlockQuantized", [names["data"], gather.input[1], names["scales"], names["zeros"]],
-                            list(gather.output), name=f"{gather.name or 'embed'}_q8", domain="com.microsoft",
-                            bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1)
-    position = list(model.graph.node).index(gather)
-    model.graph.node.remove(gather)
-    model.graph.node.insert(position, node)
-    if not any(table in n.input for n in model.graph.node):
-        model.graph.initializer.remove(tensor)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+    quantize_gathers_int8(model, [gather], BLOCK, symmetric=False)
+    return model, f"embedding {embed.dims[0]}x{embed.dims[1]} -> int8 blocks of {BLOCK}"
+
+
+FLOAT_TYPES = (1, 10)  # onnx TensorProto FLOAT, FLOAT16
+
+
+def int8_gathers(model, skip: set[str]) -> list:
+    """Gather nodes over a constant float table of rank 2 (embeddings), not named in `skip`."""
+    inits = _initializers(model)
+    return [n for n in model.graph.node if n.op_type == "Gather" and n.name not in skip and n.input[0] in inits
+            and inits[n.input[0]].data_type in FLOAT_TYPES and len(inits[n.input[0]].dims) == 2]
+
+
+def quantize_gathers_int8(model, gathers: list, block: int, symmetric: bool) -> int:
+    """Each Gather becomes GatherBlockQuantized over its table at 8 bits, in blocks of `block` values along the
+    last axis (a shorter last block where the row does not divide). Asymmetric: uint8 codes with zero points;
+    symmetric, as onnxruntime and Olive store it: the block's largest-magnitude value maps to -128, the codes
+    shifted by 128 and no zero points (the operator's default). A table two Gathers read is quantized once."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits, done = _initializers(model), {}
+    for gather in gathers:
+        table = gather.input[0]
+        if table not in done:
+            embed = numpy_helper.to_array(inits[table])
+            codes, scale, zero = _block_int8(embed.astype(np.float32), block, symmetric)
+            names = [f"{table}_q8", f"{table}_scales"] + ([] if symmetric else [f"{table}_zero_points"])
+            arrays = [codes, scale.astype(embed.dtype)] + ([] if symmetric else [zero])
+            model.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, names))
+            done[table] = names
+        data, scales, *zeros = done[table]
+        axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)
+        node = helper.make_node("GatherBlockQuantized", [data, gather.input[1], scales, *zeros], list(gather.output),
+                                name=f"{gather.name or 'embed'}_q8", domain="com.microsoft", bits=8,
+                                block_size=block, gather_axis=axis, quantize_axis=1)
+        position = list(model.graph.node).index(gather)
+        model.graph.node.remove(gather)
+        model.graph.node.insert(position, node)
+    for table in done:
+        if not any(table in n.input for n in model.graph.node):
+            model.graph.initializer.remove(inits[table])
+    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return model, f"embedding {vocab}x{hidden} -> int8 blocks of {BLOCK}"
+    return len(gathers)
+
+
+def _block_int8(table, block: int, symmetric: bool):
+    """(uint8 codes shaped like `table`, scales (rows, blocks), uint8 zero points or None)."""
+    import numpy as np
+
+    rows, width = table.shape
+    n = -(-width // block)
+    blocks = np.pad(table, ((0, 0), (0, n * block - width))).reshape(rows, n, block)  # zeros change no min/max
+    if symmetric:
+        hi, lo = blocks.max(axis=-1), blocks.min(axis=-1)
+        scale = np.where(np.abs(hi) > np.abs(lo), hi, lo) / -128.0
+        q = np.where(scale[..., None] == 0, 0, blocks / np.where(scale == 0, 1, scale)[..., None])
+        codes = (np.clip(np.round(q), -128, 127) + 128).astype(np.uint8)
+        zero = None
+    else:
+        lo = np.minimum(blocks.min(axis=-1), 0.0)
+        hi = np.maximum(blocks.max(axis=-1), 0.0)
+        scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+        zero = np.clip(np.round(-lo / scale), 0, 255)
+        codes = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 255).astype(np.uint8)
+        zero = zero.astype(np.uint8)
+    return codes.reshape(rows, n * block)[:, :width], scale.astype(np.float32), zero
 
 
 def _renamer(kind: str) -> Callable:
