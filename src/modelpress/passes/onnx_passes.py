@@ -88,9 +88,8 @@ def run_rtn(ctx: PassContext, params: OnnxBlockWiseRtnQuantizationParams) -> Mod
         from modelpress.passes.surgeons import int8_gathers, quantize_gathers_int8
 
         op_types = tuple(t for t in op_types if t != "Gather")
-
-        def post(model, skip):
-            return quantize_gathers_int8(model, int8_gathers(model, skip), params.block_size, params.is_symmetric)
+        post = lambda model, skip: quantize_gathers_int8(  # noqa: E731
+            model, int8_gathers(model, skip), params.block_size, params.is_symmetric)
     algo = DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.is_symmetric,
                                         accuracy_level=params.accuracy_level, bits=params.bits,
                                         op_types_to_quantize=op_types or ("MatMul",),
