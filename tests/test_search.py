@@ -496,3 +496,48 @@ def test_two_ranked_sub_metrics_with_one_priority_are_warned_about(tmp_path):
     c = Collector()
     _check_priorities(evaluator, "evaluators.e", c)
     assert any("acc-accuracy_score and lat-p50 both have priority 1" in w for w in c.warnings)
+
+
+@pytest.mark.e2e
+def test_a_size_goal_needs_no_data_and_secrets_stay_out_of_metrics(tiny_model, tmp_path):
+    """size_on_disk reads the files: a workflow without data is measured (it read None and missed every goal);
+    Olive's sub-type 'bytes' is in bytes; a token among a pass's options stays out of metrics.json's candidates;
+    a run whose every candidate fails exits 1 (a failure), not 3 (goals missed)."""
+    evaluator = {"metrics": [{"name": "size", "type": "size_on_disk", "sub_types": [
+        {"name": "bytes", "goal": {"type": "threshold", "value": 2e9}}, {"name": "size_on_disk"}]}]}
+    builder = {"type": "ModelBuilder", "precision": "int4", "extra_options": {"hf_auth": "hf_SECRETabcdefghij1234567"}}
+    raw = {"input_model": {"type": "HfModel", "model_path": str(tiny_model)}, "passes": {"builder": builder},
+           "evaluators": {"e": evaluator}, "evaluator": "e",
+           "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}
+    proc = run_cli("run", "--no-progress", "--config", str(write_config(tmp_path / "c.json", raw)))
+    search = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
+    [candidate] = search["candidates"]
+    files = sum((f.stat().st_size for f in (tmp_path / "out" / "model").rglob("*") if f.is_file()))
+    assert candidate["goals_met"] and candidate["metrics"]["size-bytes"] > 0
+    assert abs(candidate["metrics"]["size-bytes"] - files) < 0.05 * files  # the card aside, the model's files
+    assert candidate["metrics"]["size-size_on_disk"] == pytest.approx(candidate["metrics"]["size-bytes"] / 2**20)
+    for f in (tmp_path / "out").rglob("*.json"):
+        assert "SECRET" not in f.read_text(), f
+    assert "SECRET" not in proc.stdout + proc.stderr
+    raw["passes"]["rename"] = {"type": "GraphSurgeries",  # fails when it runs: the graph has no such input
+                               "surgeries": [{"surgeon": "RenameInputs", "old_names": ["nope"], "new_names": ["x"]}]}
+    failed = run_cli("run", "--no-progress", "--config", str(write_config(tmp_path / "c.json", raw)), check=False)
+    assert failed.returncode == 1 and "no candidate was measured (1 of 1 failed; the first:" in failed.stderr, \
+        failed.stderr
+
+
+@pytest.mark.e2e
+def test_evaluation_enabled_false_keeps_a_search_to_its_evaluator(tiny_model, tmp_path):
+    """With evaluation.enabled false the search measures what its evaluator names and no more: no generation
+    evaluation of the input and best models on the eval data."""
+    evaluator = {"metrics": [{"name": "size", "type": "size_on_disk", "sub_types": [{"name": "size_on_disk"}]}]}
+    raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder", "precision": "int4"}},
+                        evaluators={"e": evaluator}, evaluator="e", evaluation={"enabled": False, "max_examples": 8},
+                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"))
+    run_cli("run", "--no-progress", "--config", str(write_config(tmp_path / "c.json", raw)))
+    steps = [s["pass"] for s in json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]]
+    assert steps == ["builder"], steps
+    raw["evaluation"]["enabled"] = True
+    run_cli("run", "--no-progress", "--config", str(write_config(tmp_path / "c.json", raw)))
+    steps = [s["pass"] for s in json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]]
+    assert any(s.startswith("evaluate") for s in steps), steps

@@ -200,6 +200,11 @@ def run_config(config, show_progress: bool = True, own_process: bool = False) ->
     print(f"\n{'final model' if met else 'model (NOT updated)'}: {result.output_dir / 'model'}")
     print(f"metrics:     {result.output_dir / 'metrics.json'}")
     print(f"report:      {result.output_dir / 'report.html'}")
+    if search and search["best"] is None and search["closest"] is None:  # nothing measured: a failure, not a miss
+        errors = [c["error"] for c in search["candidates"] if c.get("error")]
+        print(f"error: no candidate was measured ({len(errors)} of {search['evaluated']} failed"
+              + (f"; the first: {errors[0]}" if errors else "") + ")", file=sys.stderr)
+        return EXIT_FAILURE
     return 0 if met else GOALS_NOT_MET
 
 

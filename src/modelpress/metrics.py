@@ -31,7 +31,7 @@ _MEASURED = {  # where each built-in sub-metric lives in the evaluation result
     ("accuracy", "accuracy_score"): ("accuracy",), ("accuracy", "f1_score"): ("f1",),
     ("accuracy", "precision"): ("precision",), ("accuracy", "recall"): ("recall",),
     ("perplexity", "perplexity"): ("perplexity",), ("perplexity", "loss"): ("completion_loss",),
-    ("throughput", "avg"): ("throughput",), ("size_on_disk", "size_on_disk"): ("size_mb",),
+    ("throughput", "avg"): ("throughput",),
     **{("latency", k): ("latency_ms", "mean" if k == "avg" else k) for k in SUB_METRICS["latency"]},
 }
 
@@ -68,6 +68,13 @@ def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str,
             values.update(_custom(session, metric, ref, role, history))
             continue
         if metric.type == "lm_eval":
+            continue
+        if metric.type == "size_on_disk":  # the files alone: nothing runs, no data needed
+            from modelpress.evaluate import model_size_bytes
+
+            size = model_size_bytes(ref)
+            values.update({f"{metric.name}-{sub.name}": size if sub.name == "bytes" else size / 2**20
+                           for sub in metric.sub_types})
             continue
         if metric.data_config not in measured_on:
             measured_on[metric.data_config] = session.measure(ref, role, history, metric.data_config) or {}

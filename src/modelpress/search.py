@@ -21,6 +21,7 @@ from modelpress.config.schema import EvaluatorConfig, Goal, PassConfig
 from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.metrics import default_evaluator, higher_is_better, metric_values
 from modelpress.models import ModelRef
+from modelpress.redact import redact
 
 log = logging.getLogger("modelpress")
 
@@ -215,7 +216,7 @@ class Search:
         outcome = outcome or self._execute(combo, number)
         passes = [self.choices[i][j] for i, j in enumerate(combo)]
         record = {"id": number, "choice": self._choice(combo),
-                  "passes": [{"name": p.name, "type": p.type, "params": p.params.model_dump(mode="json")}
+                  "passes": [{"name": p.name, "type": p.type, "params": redact(p.params.model_dump(mode="json"))}
                              for p in passes]}
         if "error" in outcome:
             record.update(status="failed", error=outcome["error"], metrics={}, goals_met=False, violations={})
@@ -447,10 +448,10 @@ def run_search(session):
     search.run(baseline)
     result = search.summary(baseline)
     final = search.refs.get(result["best"] or result["closest"])
-    models = {}
-    if session.config.evaluation.evaluate_input_model or baseline["model"] == "input":
+    models, evaluation = {}, session.config.evaluation
+    if evaluation.enabled and (evaluation.evaluate_input_model or baseline["model"] == "input"):
         models["input"] = session.measure(session.input_ref, "input", search.history)
-    if result["best"]:
+    if evaluation.enabled and result["best"]:
         models["best"] = session.measure(final, "best", search.history)
     metrics = {"models": {k: v for k, v in models.items() if v}, "search": result}
     write_outputs(session.config, final if result["best"] else None, session.task_card(), search.history, metrics)

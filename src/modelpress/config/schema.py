@@ -227,7 +227,7 @@ SUB_METRICS: dict[str, dict[str, bool]] = {
     "perplexity": {"perplexity": False, "loss": False},
     "latency": {"avg": False, "p50": False, "p90": False, "p95": False, "p99": False, "min": False, "max": False},
     "throughput": {"avg": True, "min": True, "max": True, "p50": True},
-    "size_on_disk": {"size_on_disk": False},
+    "size_on_disk": {"size_on_disk": False, "bytes": False},  # MiB; Olive's sub-type "bytes" in bytes
 }
 
 
