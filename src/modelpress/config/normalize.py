@@ -155,7 +155,7 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
 
     script = spec.get("user_script")
     if script is None:
-        if spec.get("type") not in CATALOG:
+        if isinstance(spec.get("type"), str) and spec["type"] not in CATALOG:
             load_entry_points()
         return True
     typ = spec.get("type")
@@ -282,6 +282,10 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
         _refuse_pass(spec.get("type"), path, c)
         return None
     host = spec.get("host")
+    if host is not None and not isinstance(host, str):
+        c.add(f"{path}.host", f"found {type(host).__name__} {host!r}: host names a system",
+              "Define the system under `systems` (a name, then its type and settings) and give its name here.")
+        host = None
     flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script", "host")}, "config", path)
     flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
