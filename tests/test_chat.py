@@ -270,3 +270,35 @@ def test_generate_on_a_folder_without_a_recipe_uses_the_tokenizers_own_chat_temp
     assert not _has_recipe({"task": {"task": "text-generation"}}) and not _has_recipe({})
     # what an export run's output card holds (write_outputs adds the answer length): still no recipe
     assert not _has_recipe({"task": {"task": "text-generation", "max_new_tokens": 8}})
+
+
+# Phi-3-mini's template: an EOS token closes a conversation that no generation prompt follows
+PHI3 = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+
+def test_a_template_that_closes_the_conversation_with_eos_still_trains_every_assistant_turn():
+    chat = ChatFormat(PHI3, {"eos_token": "<|endoftext|>"})
+    messages = [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
+                {"role": "user", "content": "U2"}, {"role": "assistant", "content": "A2"}]
+    pieces = chat.pieces(messages)
+    assert "".join(text for text, _ in pieces) == chat.render(messages)
+    assert [text for text, trained in pieces if trained] == ["A1<|end|>\n", "A2<|end|>\n<|endoftext|>"]
+    assert pieces[0] == ("<|user|>\nU1<|end|>\n<|assistant|>\n", False)
+
+
+def test_loss_on_all_needs_only_the_last_turn_cut_out():
+    """A template that rewrites earlier turns (as reasoning models' do: an earlier answer loses its <think> part)
+    cannot locate them for a completion loss, which says to use loss_on: all; with loss_on: all the row renders."""
+    rewriting = ("{% for m in messages %}{% set c = m['content'] %}"
+                 "{% if m['role'] == 'assistant' and not loop.last %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+                 "{{ m['role'] ~ ': ' ~ c ~ '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}"
+                 "{% endif %}")
+    rows = _rows({"messages": [{"role": "user", "content": "hi"},
+                               {"role": "assistant", "content": "<think>greet</think>yo"},
+                               {"role": "user", "content": "tone?"}, {"role": "assistant", "content": "joy"}]})
+    with pytest.raises(DataError, match="loss_on: all"):
+        render(_config(), rows, ChatFormat(rewriting))
+    [ex] = render(_config(loss_on="all"), rows, ChatFormat(rewriting))
+    assert ex.completion == "joy" and ex.target == "joy\n"
+    assert ex.prompt == "user: hi\nassistant: yo\nuser: tone?\nassistant: "

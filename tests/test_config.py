@@ -71,6 +71,20 @@ def test_fp16_is_asked_through_torch_dtype_and_not_beside_bf16(workspace):
     assert "passes.lora" in problem and "choose one" in problem, problem
 
 
+def test_add_special_tokens_is_ignored_with_a_warning_for_chat_data(workspace):
+    """A chat template writes the model's own BOS and end-of-turn tokens; Olive ignores add_special_tokens there,
+    and so does modelpress (true doubled the BOS), saying so."""
+    raw = _seed(workspace)
+    pre = raw["data_configs"][0]["pre_process_data_config"]["params"]
+    for key in ("text_cols", "text_template", "corpus_strategy", "dataset_type"):
+        pre.pop(key)
+    pre.update(chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+               chat_columns={"user": "{phrase}", "assistant": "{tone}"}, add_special_tokens=True)
+    config = normalize(raw, base_dir=workspace)
+    assert config.data_configs["dataset_default_train"].add_special_tokens is False
+    assert any("add_special_tokens" in w and "ignored for chat data" in w for w in config.warnings)
+
+
 @pytest.mark.parametrize("typ", ["DoRA", "LoHa", "LoKr", "QLoRA"])
 def test_qlora_only_keys_warn_on_every_full_precision_adapter(workspace, typ):
     raw = _seed(workspace)

@@ -75,15 +75,15 @@ class ChatFormat:
                             "template in chat_template.") from None
         return rendered[0]
 
-    def pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:
-        """The whole rendering cut into (text, is_assistant_turn) pieces, in order."""
+    def pieces(self, messages: list[dict], earlier_turns: bool = True) -> list[tuple[str, bool]]:
+        """The whole rendering cut into (text, is_assistant_turn) pieces, in order; with `earlier_turns` false
+        only the last assistant turn is cut out (loss_on: all needs no other)."""
         full = self.render(messages)
         out, pos = [], 0
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
+        turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+        for i in turns if earlier_turns else turns[-1:]:
             before = self.render(messages[:i], add_generation_prompt=True)
-            upto = self.render(messages[: i + 1])
+            upto = self._without_closing(self.render(messages[: i + 1]), full)
             if not (full.startswith(upto) and upto.startswith(before) and len(before) >= pos):
                 raise DataError("the chat template does not render a conversation as a growing prefix (it rewrites "
                                 "earlier turns), so the assistant turns cannot be located for the loss. Use "
@@ -92,6 +92,15 @@ class ChatFormat:
             pos = len(upto)
         out.append((full[pos:], False))
         return [(text, trained) for text, trained in out if text]
+
+    def _without_closing(self, upto: str, full: str) -> str:
+        """A conversation cut after an earlier assistant turn, less the EOS token some templates (Phi-3's) write
+        at a conversation's end only, when no generation prompt follows."""
+        eos = self.special_tokens.get("eos_token")
+        if eos and not full.startswith(upto) and upto.endswith(eos) and full.endswith(eos) \
+                and full.startswith(upto[:-len(eos)]):
+            return upto[:-len(eos)]
+        return upto
 
 
 def messages_of(row: dict, where: str, message_col: str, chat_columns: dict[str, str] | None,

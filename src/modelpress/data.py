@@ -182,7 +182,7 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
 
     messages = messages_of(row, where, config.message_col, config.chat_columns, config.system_prompt)
     try:
-        pieces = chat.pieces(messages)
+        pieces = chat.pieces(messages, earlier_turns=config.loss_on != "all")
     except DataError as err:
         raise DataError(f"{where}: {err}") from None
     last = max((i for i, (_, trained) in enumerate(pieces) if trained), default=None)

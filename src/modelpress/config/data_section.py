@@ -61,7 +61,13 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConf
     def where(key: str) -> str:
         return pre_path if key in pre else (load_path if key in load_fields else path)
 
-    return c.validate(DataConfig, data, path, where)
+    config = c.validate(DataConfig, data, path, where)
+    if config is not None and config.chat and config.add_special_tokens:
+        # the template writes the model's own BOS and end-of-turn tokens: another pair would double them
+        c.warn(f"{pre_path}.add_special_tokens: a chat template writes the model's own special tokens, so "
+               "true is ignored for chat data (as in Olive); remove the key")
+        config.add_special_tokens = False
+    return config
 
 
 def _sections(raw: dict, path: str, c: Collector) -> dict[str, tuple[dict, str]]:
