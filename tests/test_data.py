@@ -168,6 +168,22 @@ def test_quantizer_calibration_leaves_out_the_eval_split(tiny_model, tmp_path):
     assert plain.calibration_examples("tone") == plain.examples("tone")  # no split: every row
 
 
+def test_an_evaluation_that_names_the_training_data_reads_its_eval_split(tiny_model, tmp_path):
+    """evaluation.data_config naming the data a pass trains on (with eval_dataset_size) measured every row, the
+    trained ones included; it reads the held-out split, as the default does."""
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.context import DataPlan
+
+    lora = {"type": "LoRA", "train_data_config": "tone", "eval_dataset_size": 0.2}
+    default = DataPlan(normalize(tone_workflow(tiny_model, {"lora": lora}), base_dir=tmp_path), tmp_path / "c1")
+    named = DataPlan(normalize(tone_workflow(tiny_model, {"lora": lora}, evaluation={"data_config": "tone"}),
+                               base_dir=tmp_path), tmp_path / "c2")
+    assert [e.prompt for e in named.eval_set().examples] == [e.prompt for e in default.eval_set().examples]
+    assert named.eval_set().description == "the eval split of pass 'lora'"
+    assert len(named.eval_set().examples) < len(named.examples("tone")) / 2
+
+
 def test_escaped_braces_after_the_answer_field_keep_the_prompt_answer_split(tmp_path):
     """`string.Formatter` cuts literal text at every `{{`: the text after the answer came back in pieces."""
     from modelpress.config.templates import completion_split

@@ -159,13 +159,17 @@ class DataPlan:
         trained = training_pass(config.passes)
         if name is None:
             return None
-        if data_config or config.evaluation.data_config or trained is None:
+        explicit = data_config or config.evaluation.data_config
+        if trained is None or (explicit and name != trained.params.train_data_config):
             return self._eval_set(self.examples(name), f"all rows of data config {name!r}", name)
-        _, held_out = self.training_examples(trained.params)
+        # the training data, named or by default: its held-out rows, never the rows it trained on
+        named_train = explicit and trained.params.eval_data_config  # its eval data is another config
+        held_out = [] if named_train else self.training_examples(trained.params)[1]
         if held_out:
             return self._eval_set(held_out, f"the eval split of pass {trained.name!r}", name)
-        log.warning("pass %r has no eval split (set eval_dataset_size or eval_data_config): "
-                    "the evaluation uses its training rows, which measures memorisation", trained.name)
+        why = (f"the evaluation names data config {name!r}, which pass {trained.name!r} trains on" if named_train
+               else f"pass {trained.name!r} has no eval split (set eval_dataset_size or eval_data_config)")
+        log.warning("%s: the evaluation uses its training rows, which measures memorisation", why)
         return self._eval_set(self.examples(name), f"the TRAINING rows of pass {trained.name!r}", name)
 
     def _eval_set(self, examples: list[Example], description: str, name: str) -> EvalSet:

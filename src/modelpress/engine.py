@@ -302,7 +302,8 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 #    PyTorch answers are plain greedy whatever generation_config.json asks; genai stops at every end id and
 #    counts the end token, as the other runners do; without special tokens no end of sequence is scored.
 # 8: that closing token is read from the answer and closing text tokenized together, as training does.
-MEASUREMENT = 8
+# 9: an evaluation that names the training pass's own data config reads its eval split, not every row.
+MEASUREMENT = 9
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True,
