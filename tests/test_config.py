@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -334,3 +335,50 @@ def test_a_null_data_seed_splits_by_the_runs_seed_as_transformers_shuffles(tmp_p
 
     assert held_out(data_seed=None, seed=7) == held_out(data_seed=7, seed=0)
     assert held_out(data_seed=None, seed=7) != held_out(data_seed=None, seed=8)
+
+
+def _tone_load(workspace, **load) -> tuple:
+    """The seed config with its data config's load section replaced; (config or None, problems)."""
+    raw = _seed(workspace)
+    raw["data_configs"][0]["load_dataset_config"]["params"] = {"data_name": "json", **load}
+    try:
+        return normalize(raw, base_dir=workspace), []
+    except ConfigError as err:
+        return None, [str(p) for p in err.problems]
+
+
+def test_local_data_files_are_found_as_datasets_finds_them(workspace):
+    """data_dir prefixes data_files (or gives every file of the format), patterns expand, and a split -> files
+    mapping reads the split's files: each was refused or, for data_dir, silently not applied."""
+    data = workspace / "rows"  # the workspace's data/ is the example's own folder
+    (data / "more").mkdir(parents=True)
+    shutil.copy(workspace / "data" / "dataset-classification.json", data)
+    (data / "more" / "b.jsonl").write_text('{"phrase": "x", "tone": "joy"}\n')
+    whole = (data / "dataset-classification.json").resolve()
+
+    def files(**load):
+        config, problems = _tone_load(workspace, **load)
+        assert not problems, problems
+        return config.data_configs["dataset_default_train"].data_files
+
+    assert files(data_dir="rows", data_files="dataset-classification.json") == [whole]
+    assert files(data_dir="rows/more") == [(data / "more" / "b.jsonl").resolve()]
+    assert files(data_files=["rows/*.json", "rows/**/*.jsonl"]) == [whole, (data / "more" / "b.jsonl").resolve()]
+    assert files(data_files={"train": "rows/dataset-classification.json", "test": "rows/more/b.jsonl"}) == [whole]
+    # each mistake is one problem (and the pass that trains on the data config it breaks says it is missing)
+    _, problems = _tone_load(workspace, data_files={"dev": "rows/more/b.jsonl"})
+    assert "data_files: names the splits 'dev', and split is 'train'. Set split to one of them." in problems[0]
+    _, problems = _tone_load(workspace, data_files="rows/*.csv")
+    assert "data_files[0]: no file matches 'rows/*.csv'" in problems[0] and len(problems) == 2, problems
+
+
+def test_a_datasets_loader_name_is_not_taken_for_a_hub_id_and_one_text_column_may_be_a_string(workspace):
+    raw = _seed(workspace)
+    raw["data_configs"][0]["load_dataset_config"]["params"]["data_name"] = "text"
+    problems = _problems(raw, workspace)
+    assert "data_name: datasets' 'text' loader is not supported" in problems[0] and len(problems) == 2, problems
+    raw = _seed(workspace)
+    pre = raw["data_configs"][0]["pre_process_data_config"]["params"]
+    pre.pop("text_template")
+    pre["text_cols"] = "phrase"
+    assert normalize(raw, base_dir=workspace).data_configs["dataset_default_train"].text_cols == ["phrase"]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 CONTAINER_KEYS = ("name", "type", "load_dataset_config", "pre_process_data_config", "dataloader_config",
                   "post_process_data_config", "user_script", "script_dir", "params_config")
 LOAD_KEYS = ("data_name", "data_files", "split", "subset", "revision", "data_dir")
+# datasets' packaged loaders other than the formats above: names, not Hub ids
+OTHER_BUILDERS = ("text", "arrow", "pandas", "sql", "spark", "generator", "webdataset", "xml", "imagefolder",
+                  "audiofolder", "videofolder", "pdffolder", "hdf5", "cache")
+EXTENSIONS = {"json": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",)}
 # component_kwargs sections of the cookbook's layout, and the Olive 0.13 section each one is
 COMPONENTS = {"load_dataset": "load_dataset_config", "pre_process_data": "pre_process_data_config",
               "post_process_data": "post_process_data_config", "dataloader": "dataloader_config"}
@@ -111,6 +116,10 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
         return None
     if isinstance(name, str) and name in FORMATS:
         return _local_files(load, FORMATS[name], path, base_dir, c)
+    if isinstance(name, str) and name in OTHER_BUILDERS:
+        c.add(f"{path}.data_name", f"datasets' {name!r} loader is not supported",
+              "Save the rows as json, jsonl, csv or parquet and set data_name to that format.")
+        return None
     if isinstance(name, str) and is_hub_id(name):
         return _hub_dataset(load, name, path, c)
     c.add(f"{path}.data_name", f"found {name!r}: neither a file format nor a Hub dataset id",
@@ -120,8 +129,15 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
 
 def _files(load: dict, path: str, c: Collector) -> list[str] | None:
     files = load.get("data_files")
-    if isinstance(files, dict):
-        c.add(f"{path}.data_files", f"data source {files.get('type', 'mapping')!r} is not supported; modelpress "
+    if isinstance(files, dict) and "type" not in files:  # split -> files, as datasets reads it: the split's
+        split = load.get("split") or "train"
+        if split not in files:
+            c.add(f"{path}.data_files", f"names the splits {', '.join(map(repr, files))}, and split is {split!r}",
+                  "Set split to one of them.")
+            return None
+        files = files[split]
+    elif isinstance(files, dict):
+        c.add(f"{path}.data_files", f"data source {files.get('type')!r} is not supported; modelpress "
               "reads local files and Hugging Face Hub datasets", "Download the data and list the file paths.")
         return None
     files = [] if files is None else [files] if isinstance(files, str) else files
@@ -132,17 +148,41 @@ def _files(load: dict, path: str, c: Collector) -> list[str] | None:
 
 
 def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) -> dict | None:
+    """The files, as datasets finds them: relative to data_dir when it is given (every file of the format
+    there when data_files is not), glob patterns expanded."""
     files = _files(load, path, c)
     if files is None:
         return None
+    data_dir = load.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        c.add(f"{path}.data_dir", f"must be a folder path, found {data_dir!r}")
+        return None
+    root = resolve_path(data_dir, base_dir) if data_dir else base_dir
+    if data_dir and not files:
+        files = sorted(str(f) for f in root.iterdir() if f.suffix in EXTENSIONS[fmt]) if root.is_dir() else []
+        if not files:
+            c.add(f"{path}.data_dir", f"holds no {'/'.join(EXTENSIONS[fmt])} file: {root}",
+                  "List the files in data_files, or check the folder.")
+            return None
     if not files:
         c.add(f"{path}.data_files", "required key is missing", "List the local data files.")
         return None
-    resolved = [resolve_path(f, base_dir) for f in files]
-    for i, file in enumerate(resolved):
-        if not file.is_file():
-            c.add(f"{path}.data_files[{i}]", f"file not found: {file}",
-                  "Paths are relative to the config file's folder.")
+    resolved, known = [], len(c.problems)
+    for i, file in enumerate(files):
+        if any(ch in file for ch in "*?["):
+            pattern = str(Path(file).expanduser() if Path(file).expanduser().is_absolute() else root / file)
+            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
+            if not matches:
+                c.add(f"{path}.data_files[{i}]", f"no file matches {file!r} in {root}",
+                      "Paths are relative to " + ("data_dir." if data_dir else "the config file's folder."))
+            resolved += [m.resolve() for m in matches]
+            continue
+        resolved.append(resolve_path(file, root))
+        if not resolved[-1].is_file():
+            c.add(f"{path}.data_files[{i}]", f"file not found: {resolved[-1]}",
+                  "Paths are relative to " + ("data_dir." if data_dir else "the config file's folder."))
+    if len(c.problems) > known and not resolved:
+        return None
     return {"data_files": resolved, "format": fmt, "split": load.get("split", "train")}
 
 

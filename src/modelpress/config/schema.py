@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from modelpress.config.templates import completion_field
 from modelpress.passes.catalog import CATALOG, Strict
@@ -108,6 +108,11 @@ class DataConfig(Strict):
         None, description="Chat data: a system message put first (default: none, so the template's own default).")
     max_samples: int | None = Field(None, gt=0, description="Use at most this many sequences.")
     dataset_type: Literal["corpus"] = Field("corpus", description="Olive 0.5 key; only 'corpus' exists.")
+
+    @field_validator("text_cols", mode="before")
+    @classmethod
+    def _one_column(cls, value):
+        return [value] if isinstance(value, str) else value  # Olive takes one column's name alone too
 
     @model_validator(mode="after")
     def _defaults(self) -> "DataConfig":
