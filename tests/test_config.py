@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, example_workspace, write_config
+from conftest import EXAMPLE, example_workspace
 from modelpress.config import load_config, normalize
 from modelpress.errors import ConfigError
 
