@@ -10,6 +10,7 @@ import pytest
 
 from conftest import TONE_DATA, tone_workflow, write_config
 from hub_cache import add_repo, folder_files, hub_env
+from modelpress.errors import DataError
 
 MODEL_ID = "acme/tiny-phi3"
 MAIN, OLD = "1" * 40, "2" * 40
@@ -340,5 +341,10 @@ def test_a_dataset_subset_is_fetched_as_its_card_names_it(hf_home, hub_cache, tm
         assert len(plan.examples("tone")) == rows
     assert dataset_files(repo, None, [], None, "big", fetch=False) == ["big/data.jsonl", "README.md", "tones/*.jsonl"]
     assert dataset_files(repo, None, [], None, "short", fetch=False) == ["short/*.jsonl", "README.md", "tones/*.jsonl"]
-    assert dataset_files(repo, None, [], None, "absent", fetch=False) is None  # not in the card: the whole repo
+    # a subset the card does not name is a mistake, said before anything is fetched (it fetched the whole repo)
+    with pytest.raises(DataError, match=r"subset 'tonez' is not one of the dataset's subsets \(tones, short, big\)"):
+        dataset_files(repo, None, [], None, "tonez", fetch=False)
+    raw["data_configs"][0]["load_dataset_config"]["subset"] = "tonez"
+    checked = _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home)
+    assert checked.returncode == 2 and "load_dataset_config.subset: subset 'tonez' is not one" in checked.stderr
     assert cached_snapshot(repo, None, "dataset") is None

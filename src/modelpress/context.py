@@ -58,8 +58,11 @@ class DataPlan:
         for name, config in self.config.data_configs.items():
             if config.hub_id and name not in self._hub:
                 key = f"data_configs.{name}.load_dataset_config.data_name"
-                files = dataset_files(config.hub_id, config.revision, config.data_files, config.data_dir,
-                                      config.subset, key)
+                try:
+                    files = dataset_files(config.hub_id, config.revision, config.data_files, config.data_dir,
+                                          config.subset, key)
+                except DataError as err:
+                    raise DataError(f"data_configs.{name}.load_dataset_config.subset: {err}") from None
                 self._hub[name] = snapshot(config.hub_id, config.revision, "dataset", files, key=key)
 
     def hub_revisions(self) -> dict[str, str]:

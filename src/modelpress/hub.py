@@ -74,6 +74,12 @@ def subset_patterns(snapshot: Path | None, subset: str) -> list[str] | None:
         return None
     configs = [c for c in (metadata_load(snapshot / CARD) or {}).get("configs") or [] if isinstance(c, dict)]
     entry = next((c for c in configs if c.get("config_name") == subset), None)
+    if entry is None and configs:  # a mistyped subset: not the whole repo (many GB) to learn it is wrong
+        from modelpress.errors import DataError
+
+        names = [str(c.get("config_name", "default")) for c in configs]
+        raise DataError(f"subset {subset!r} is not one of the dataset's subsets ({', '.join(names)}), as its "
+                        "card lists them. Set subset to one of them.")
     if entry is None:
         return None
     patterns = []

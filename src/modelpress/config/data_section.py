@@ -207,8 +207,14 @@ def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict
     """A note when the local cache holds the Hub dataset or it can be downloaded; an error when it can do neither."""
     from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
 
+    from modelpress.errors import DataError
+
     rev = f" at revision {revision!r}" if revision else ""
-    patterns = dataset_files(name, revision, files, load.get("data_dir"), load.get("subset"), fetch=False)
+    try:
+        patterns = dataset_files(name, revision, files, load.get("data_dir"), load.get("subset"), fetch=False)
+    except DataError as err:  # the cached card does not name the subset
+        c.add(f"{path}.subset", str(err))
+        return
     if cached_snapshot(name, revision, "dataset", patterns) is not None:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")
     elif offline():
