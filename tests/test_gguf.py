@@ -36,7 +36,8 @@ def _permute(w, n_head: int, n_head_kv: int):
 
 
 def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32") -> Path:
-    """Write `model` (LlamaForCausalLM) and `tokenizer` (byte-level BPE) as llama.cpp would, in F32 or F16."""
+    """Write `model` (LlamaForCausalLM) and `tokenizer` (byte-level BPE) as llama.cpp would, in F32, F16 or
+    Q8_0 (gguf's own quantizer)."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama-test")
@@ -50,7 +51,8 @@ def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32") -> P
     w.add_rope_freq_base(ROPE_THETA)
     w.add_layer_norm_rms_eps(RMS_EPS)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if float_type == "F32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+                     "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[float_type])
 
     # Tokenizer, as llama.cpp's `_set_vocab_gpt2`: tokens in id order, CONTROL for special ones, "a b" merges.
     vocab = tokenizer.get_vocab()
@@ -84,6 +86,10 @@ def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32") -> P
         elif ll.endswith("attn_k.weight"):
             data = _permute(data, cfg.num_attention_heads, cfg.num_key_value_heads)
         # llama.cpp keeps 1-D tensors (norms) in F32 whatever the file type
+        if float_type == "Q8_0" and data.ndim > 1:
+            w.add_tensor(ll, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            continue
         w.add_tensor(ll, data.astype("float16") if float_type == "F16" and data.ndim > 1 else data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -153,6 +159,28 @@ def test_gguf_file_converts_to_a_folder_with_the_source_logits_and_tokens(tmp_pa
         expected, got = _logits(source, ids), _logits(converted, ids)
         assert torch.allclose(got, expected, atol=ATOL, rtol=0), (text, (got - expected).abs().max().item())
     assert converted_tok.eos_token == tokenizer.eos_token and converted_tok.bos_token == tokenizer.bos_token
+
+
+def test_a_quantized_gguf_file_is_dequantized_whatever_kernels_the_machine_could_fetch(tmp_path, tokenizer,
+                                                                                       monkeypatch):
+    """Where a GGUF matmul kernel can be fetched, transformers keeps the layers packed unless asked for dense
+    weights; the conversion asks, so it never looks for a kernel, and the Q8_0 file's logits stay close."""
+    import transformers.quantizers.quantizer_gguf as quantizer
+    from transformers import AutoModelForCausalLM
+
+    from modelpress.gguf import write_hf_folder
+
+    def no_kernel_lookup():
+        raise AssertionError("the conversion asked for a GGUF matmul kernel")
+
+    monkeypatch.setattr(quantizer, "get_gguf_kernel", no_kernel_lookup)
+    source = _source_model(tokenizer, tie=False)
+    path = write_llama_gguf(source, tokenizer, tmp_path / "tiny-q8.gguf", "Q8_0")
+    write_hf_folder(path, tmp_path / "hf")
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ids = tokenizer(SENTENCES[0])["input_ids"]
+    expected, got = _logits(source, ids), _logits(converted, ids)
+    assert 0 < (got - expected).abs().max().item() < 0.05 * expected.abs().max().item()  # 8-bit blocks: close
 
 
 def test_gguf_is_converted_once_and_the_folder_reused(tmp_path, tokenizer, monkeypatch):

@@ -58,12 +58,18 @@ def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False)
         import gguf  # noqa: F401  transformers needs it to read the file
     except ImportError:
         raise MissingDependencyError("gguf", "gguf", "Loading a GGUF model") from None
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
+    # dense weights whatever the machine: where a GGUF matmul kernel can be fetched (the `kernels` package, a
+    # network, a GPU), transformers would otherwise keep the layers packed, which a plain model cannot load
+    dense = {"quantization_config": transformers.GgufConfig(dequantize=True)} \
+        if hasattr(transformers, "GgufConfig") else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code,
+                                                      **dense)
     except (ValueError, KeyError, RuntimeError) as err:
         raise ModelpressError(f"{gguf_path}: transformers cannot read this GGUF file ({type(err).__name__}: "
                               f"{str(err)[:300]}). transformers supports the GGUF architectures and quantization "
