@@ -161,22 +161,27 @@ def test_gguf_file_converts_to_a_folder_with_the_source_logits_and_tokens(tmp_pa
     assert converted_tok.eos_token == tokenizer.eos_token and converted_tok.bos_token == tokenizer.bos_token
 
 
-def test_a_quantized_gguf_file_is_dequantized_whatever_kernels_the_machine_could_fetch(tmp_path, tokenizer,
-                                                                                       monkeypatch):
-    """Where a GGUF matmul kernel can be fetched, transformers keeps the layers packed unless asked for dense
-    weights; the conversion asks, so it never looks for a kernel, and the Q8_0 file's logits stay close."""
-    import transformers.quantizers.quantizer_gguf as quantizer
+def test_a_quantized_gguf_file_converts_with_dense_weights_asked_for(tmp_path, tokenizer, monkeypatch):
+    """A Q8_0 file (gguf's own quantizer) converts with its logits close to the source. The conversion asks
+    transformers for dense weights: for the architectures its new GGUF path loads (Qwen3.5, LFM2), a machine
+    that can fetch a GGUF matmul kernel would otherwise get packed layers a plain model cannot load."""
+    import transformers.modeling_utils as modeling
     from transformers import AutoModelForCausalLM
 
     from modelpress.gguf import write_hf_folder
 
-    def no_kernel_lookup():
-        raise AssertionError("the conversion asked for a GGUF matmul kernel")
+    asked = []
+    original = modeling.get_hf_quantizer
 
-    monkeypatch.setattr(quantizer, "get_gguf_kernel", no_kernel_lookup)
+    def spy(config, quantization_config, *args, **kwargs):
+        asked.append(quantization_config)
+        return original(config, quantization_config, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "get_hf_quantizer", spy)
     source = _source_model(tokenizer, tie=False)
     path = write_llama_gguf(source, tokenizer, tmp_path / "tiny-q8.gguf", "Q8_0")
     write_hf_folder(path, tmp_path / "hf")
+    assert [getattr(q, "dequantize", None) for q in asked] == [True]
     converted = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     ids = tokenizer(SENTENCES[0])["input_ids"]
     expected, got = _logits(source, ids), _logits(converted, ids)

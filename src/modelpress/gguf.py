@@ -62,8 +62,9 @@ def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    # dense weights whatever the machine: where a GGUF matmul kernel can be fetched (the `kernels` package, a
-    # network, a GPU), transformers would otherwise keep the layers packed, which a plain model cannot load
+    # dense weights whatever the machine: for the architectures transformers' new GGUF path loads (Qwen3.5,
+    # LFM2), where a GGUF matmul kernel can be fetched (the `kernels` package and a network) it would otherwise
+    # keep the layers packed, which the plain model saved here cannot load
     dense = {"quantization_config": transformers.GgufConfig(dequantize=True)} \
         if hasattr(transformers, "GgufConfig") else {}
     try:
