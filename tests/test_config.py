@@ -382,3 +382,18 @@ def test_a_datasets_loader_name_is_not_taken_for_a_hub_id_and_one_text_column_ma
     pre.pop("text_template")
     pre["text_cols"] = "phrase"
     assert normalize(raw, base_dir=workspace).data_configs["dataset_default_train"].text_cols == ["phrase"]
+
+
+def test_olive_0_13_search_strategy_forms_and_inert_keys(workspace):
+    """Olive 0.13 nests the sampler's keys under sampler_config (or not), reads null limits as none, and has keys
+    that change nothing here: each is read or named in a warning, none refused or dropped silently."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw.update(workflow_id="run-1", output_name="tone", search_strategy={
+        "execution_order": "joint", "sampler": "random", "sampler_config": {"seed": 3, "max_samples": 4},
+        "max_iter": None, "max_time": None, "output_model_num": 2, "include_pass_params": False})
+    config = normalize(raw, base_dir=workspace)
+    search = config.search
+    assert (search.sampler, search.seed, search.max_samples, search.max_iter, search.max_time) == ("random", 3, 4, 0, 0)
+    for key in ("search_strategy.output_model_num", "search_strategy.include_pass_params", "workflow_id",
+                "output_name"):
+        assert any(w.startswith(f"{key}: accepted and not used") for w in config.warnings), (key, config.warnings)

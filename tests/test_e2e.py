@@ -54,6 +54,18 @@ def test_unchanged_rerun_reuses_every_pass_and_evaluation(demo_run):
     assert proc.stderr.count("reusing cached output") == 3
 
 
+def test_clean_evaluation_cache_measures_again_and_keeps_the_passes(demo_run, tmp_path):
+    """Olive's clean_evaluation_cache: every evaluation runs again, every pass output is reused."""
+    config = _json(demo_run / "demo.json")
+    config.update(clean_evaluation_cache=True, output_dir=str(tmp_path / "out"))
+    path = demo_run / "demo-clean-evals.json"
+    path.write_text(json.dumps(config))
+    proc = run_cli("run", "--config", str(path), "--no-progress")
+    history = _json(tmp_path / "out" / "run_history.json")["steps"]
+    assert [s["cache"] for s in history] == ["hit"] * 3 + ["miss"] * 2, history
+    assert "clean_evaluation_cache" not in proc.stderr  # read, not warned about as unused
+
+
 def test_generate_answers_with_a_tone_label(demo_run):
     proc = run_cli("generate", str(demo_run / "runs" / "demo" / "model"),
                    "--prompt", "I am so happy, this is the best day of my life!", "--max-new-tokens", "6")

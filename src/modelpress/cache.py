@@ -101,21 +101,29 @@ class PassCache:
         self.locks = outputs / "locks"
         self.work = outputs / "work"  # per-key scratch that survives a crash: training checkpoints
 
+    @staticmethod
+    def _check_ours(root: Path, folder: Path) -> None:
+        """Only a folder modelpress made is emptied (its marker, or locks/ as every run leaves it)."""
+        ours = (root / CACHE_MARKER).is_file() or (root / "locks").is_dir()
+        if not ours and folder.is_dir() and any(folder.iterdir()):
+            raise ModelpressError(f"clean_cache: {root} holds a {folder.name}/ folder that is not a modelpress "
+                                  "cache's, so it is not deleted. Choose another cache_dir (or Ray storage), or "
+                                  "remove it yourself.")
+
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Hold an exclusive file lock on `key`; a second run on the same cache waits here."""
         with file_lock(self.locks / f"{key}.lock", key[:12]):
             yield
 
-    def prepare(self, clean: bool = False) -> None:
+    def prepare(self, clean: bool = False, clean_evals: bool = False) -> None:
         outputs = self.passes.parent  # the cache_dir, or a Ray system's shared storage
-        if clean:  # only a folder modelpress made is emptied (its marker, or locks/ as every run leaves it)
+        if clean_evals and not clean:
+            self._check_ours(self.root, self.evals)
+            shutil.rmtree(self.evals, ignore_errors=True)
+        if clean:
             for root, folder in ((outputs, self.passes), (self.root, self.evals)):
-                ours = (root / CACHE_MARKER).is_file() or (root / "locks").is_dir()
-                if not ours and folder.is_dir() and any(folder.iterdir()):
-                    raise ModelpressError(f"clean_cache: {root} holds a {folder.name}/ folder that is not a "
-                                          "modelpress cache's, so it is not deleted. Choose another cache_dir (or "
-                                          "Ray storage), or remove it yourself.")
+                self._check_ours(root, folder)
             shutil.rmtree(self.passes, ignore_errors=True)
             shutil.rmtree(self.evals, ignore_errors=True)
             for scratch in self.work.glob("*"):  # training checkpoints too, so nothing is resumed: by key name only

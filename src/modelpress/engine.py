@@ -87,7 +87,7 @@ class Session:
         engine = config.engine
         ray = _ray_system(config)
         cache = ray.storage.cache(engine.cache_dir) if ray else PassCache(engine.cache_dir)
-        _prepare_folders(cache, engine.output_dir, engine.clean_cache)
+        _prepare_folders(cache, engine.output_dir, engine.clean_cache, engine.clean_evaluation_cache)
         ep = resolve_execution_provider(engine.execution_provider)
         folder = resolve_input_folder(config.input_model, engine.cache_dir)
         plan = DataPlan(config, engine.cache_dir, folder)
@@ -233,9 +233,9 @@ def _requests(config: WorkflowConfig, system) -> dict:
     return out
 
 
-def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool) -> None:
+def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool, clean_evals: bool = False) -> None:
     try:
-        cache.prepare(clean)
+        cache.prepare(clean, clean_evals)
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ModelpressError(f"cannot write to {err.filename or cache.root}: {err.strerror}. "

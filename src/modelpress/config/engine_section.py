@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
-from modelpress.config.olive_tables import INERT_ENGINE_KEYS, TARGETS, VENDOR_EPS
+from modelpress.config.olive_tables import INERT_ENGINE_KEYS, INERT_SEARCH_KEYS, TARGETS, VENDOR_EPS
 from modelpress.config.schema import EngineConfig, RaySystemConfig, SearchConfig, SystemConfig
 from modelpress.config.sources import resolve_path
 
 ENGINE_KEYS = (
     "log_severity_level", "host", "target", "search_strategy", "execution_providers",
-    "cache_dir", "output_dir", "evaluate_input_model", "clean_cache", "workflow_id", "output_name", "evaluator",
+    "cache_dir", "output_dir", "evaluate_input_model", "clean_cache", "clean_evaluation_cache", "evaluator",
     *INERT_ENGINE_KEYS,
 )
 EP_NAMES = {
@@ -138,7 +138,8 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
         elif name is not None:
             c.add(at(key), f"must name a system of `systems`, found {name!r}")
     ep = _engine_ep(raw, at, systems, c)
-    data.update(execution_provider=ep or "cpu", clean_cache=raw.get("clean_cache", False))
+    data.update(execution_provider=ep or "cpu", clean_cache=raw.get("clean_cache", False),
+                clean_evaluation_cache=raw.get("clean_evaluation_cache", False))
     for key in ("cache_dir", "output_dir"):
         if key in raw:
             data[key] = resolve_path(raw[key], base_dir)
@@ -179,6 +180,9 @@ def search_section(engine_raw: dict, engine_path: str, c: Collector) -> SearchCo
     if as_mapping(value, path, c) is None:
         return SearchConfig()
     data = dict(value)
+    nested = data.pop("sampler_config", None)  # Olive 0.13 takes the sampler's keys nested here or beside it
+    if nested is not None and as_mapping(nested, f"{path}.sampler_config", c) is not None:
+        data = {**nested, **data}
     algorithm = data.pop("search_algorithm", None)  # Olive 0.5: search_algorithm + search_algorithm_config
     legacy = data.pop("search_algorithm_config", None) or {}
     if algorithm is not None:
@@ -189,5 +193,11 @@ def search_section(engine_raw: dict, engine_path: str, c: Collector) -> SearchCo
             data.setdefault("seed", legacy["seed"])
     if isinstance(data.get("sampler"), str):
         data["sampler"] = SAMPLERS.get(data["sampler"], data["sampler"])
-    data.pop("output_model_num", None)
+    for key in ("max_iter", "max_time", "max_samples"):  # Olive's null: no limit
+        if key in data and data[key] is None:
+            data[key] = 0
+    for key, why in INERT_SEARCH_KEYS.items():
+        if key in data:
+            data.pop(key)
+            c.warn(f"{path}.{key}: accepted and not used: {why}.")
     return c.validate(SearchConfig, {"enabled": True, **data}, path) or SearchConfig()

@@ -17,8 +17,17 @@ INERT_ENGINE_KEYS: dict[str, str] = {
     "log_to_file": "modelpress logs to the terminal; redirect it to a file (progress bars then become plain lines)",
     "packaging_config": "the output folder is the package: the model, its card, metrics.json and report.html",
     "cache_config": "the cache is set by cache_dir alone",
-    "clean_evaluation_cache": "evaluations are not cached between runs",
     "enable_shared_cache": "there is no shared (cloud) cache; cache_dir is a local folder",
+    "workflow_id": "Olive names a run's cache folder with it; modelpress keys every cache entry by its content, "
+                   "so runs share one cache_dir safely",
+    "output_name": "the output model is output_dir/model, beside metrics.json and report.html",
+}
+
+# search_strategy keys of Olive 0.13 that change nothing here, with why.
+INERT_SEARCH_KEYS: dict[str, str] = {
+    "output_model_num": "the search keeps the one best model in output_dir/model; metrics.json holds every "
+                        "candidate with its pass settings and the Pareto front",
+    "include_pass_params": "metrics.json always holds every candidate's pass settings",
 }
 
 # Keys every ONNX pass of Olive takes about how weights are stored; modelpress always keeps them in

@@ -218,6 +218,8 @@ class EngineConfig(Strict):
     clean_cache: bool = Field(False, description="Empty the cache before running: with a Ray system whose "
                               "storage is a shared path, its pass outputs and checkpoints there too (so no other "
                               "run may share that storage meanwhile); a URL storage is left as it is.")
+    clean_evaluation_cache: bool = Field(False, description="Forget cached evaluation results before running, so "
+                                         "every model is measured again (pass outputs stay cached).")
     host: str | None = Field(None, description="The system passes run on (a name in `systems`); default: here.")
     target: str | None = Field(None, description="The system evaluations run on; default: here.")
 
