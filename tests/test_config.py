@@ -397,3 +397,17 @@ def test_olive_0_13_search_strategy_forms_and_inert_keys(workspace):
     for key in ("search_strategy.output_model_num", "search_strategy.include_pass_params", "workflow_id",
                 "output_name"):
         assert any(w.startswith(f"{key}: accepted and not used") for w in config.warnings), (key, config.warnings)
+
+
+def test_olive_metric_options_that_change_nothing_are_named(workspace):
+    raw = _seed(workspace)
+    raw["evaluators"] = {"e": {"metrics": [
+        {"name": "acc", "type": "accuracy", "backend": "torch_metrics", "user_config": {"batch_size": 8},
+         "sub_types": [{"name": "f1_score", "metric_config": {"average": "micro"}}]},
+        {"name": "lat", "type": "latency", "sub_types": [{"name": "avg", "higher_is_better": True}]}]}}
+    raw["engine"]["evaluator"] = "e"
+    warnings = "\n".join(normalize(raw, base_dir=workspace).warnings)
+    for said in ("metrics[0].sub_types[0].metric_config: accepted and not used: accuracy is over whole answers",
+                 "metrics[0].backend: accepted and not used", "metrics[0].user_config: batch_size accepted and not",
+                 "metrics[1].sub_types[0].higher_is_better: latency avg is ranked with lower as better"):
+        assert said in warnings, (said, warnings)

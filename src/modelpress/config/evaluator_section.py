@@ -106,6 +106,34 @@ def _check_metric(metric: Metric, where: str, c: Collector) -> None:
         if sub.name not in known:
             hint = did_you_mean(sub.name, known) or f"Allowed for {metric.type}: {', '.join(known)}."
             c.add(f"{where}.sub_types[{j}].name", f"{metric.type} has no sub-metric {sub.name!r}", hint)
+        elif sub.higher_is_better is not None and sub.higher_is_better != known[sub.name]:
+            c.warn(f"{where}.sub_types[{j}].higher_is_better: {metric.type} {sub.name} is ranked with "
+                   f"{'higher' if known[sub.name] else 'lower'} as better whatever this says")
+        if sub.metric_config:
+            c.warn(f"{where}.sub_types[{j}].metric_config: accepted and not used: "
+                   f"{METRIC_CONFIG_NOTES.get(metric.type, 'modelpress computes this sub-metric one way')}")
+    _warn_inert_inference_keys(metric, where, c)
+
+
+# What modelpress computes, for a sub-metric's Olive torchmetrics options it does not take.
+METRIC_CONFIG_NOTES = {
+    "accuracy": "accuracy is over whole answers, and f1_score, precision and recall are macro averages over the "
+                "gold classes (torchmetrics options such as average or num_classes do not apply)",
+    "latency": "latency is timed one example at a time, on evaluation.latency_samples examples",
+    "throughput": "throughput is examples per second at batch 1, from the latency timings",
+}
+
+
+def _warn_inert_inference_keys(metric: Metric, where: str, c: Collector) -> None:
+    """Olive's per-metric inference settings: modelpress runs every model its own way, so they are named."""
+    if metric.backend is not None:
+        c.warn(f"{where}.backend: accepted and not used: modelpress computes its metrics itself")
+    user = metric.user_config
+    used = [k for k in ("batch_size", "io_bind", "inference_settings") if user and getattr(user, k) is not None]
+    if used:
+        c.warn(f"{where}.user_config: {', '.join(used)} accepted and not used: modelpress batches answers by "
+               "evaluation.batch_size, times latency at batch 1, and runs each model with its own runtime's "
+               "settings")
 
 
 def evaluation_section(raw: dict, engine_raw: dict, c: Collector) -> EvaluationConfig:
