@@ -411,3 +411,20 @@ def test_olive_metric_options_that_change_nothing_are_named(workspace):
                  "metrics[0].backend: accepted and not used", "metrics[0].user_config: batch_size accepted and not",
                  "metrics[1].sub_types[0].higher_is_better: latency avg is ranked with lower as better"):
         assert said in warnings, (said, warnings)
+
+
+def test_one_accelerator_may_be_written_without_its_list(workspace):
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["systems"]["local_system"]["accelerators"] = "gpu"  # read as [gpu]; it made the run use the CPU
+    assert normalize(raw, base_dir=workspace).systems["local_system"].execution_provider == "cuda"
+    raw["systems"]["local_system"]["accelerators"] = 5
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("systems.local_system.accelerators: must be a list of accelerators"), problem
+
+
+def test_an_engine_key_given_twice_says_which_is_used(workspace):
+    raw = _seed(workspace)
+    raw["cache_dir"] = "elsewhere"
+    config = normalize(raw, base_dir=workspace)
+    assert config.engine.cache_dir.name == "cache"  # engine.cache_dir, as written in the seed
+    assert any(w.startswith("cache_dir is given at the top level and under engine") for w in config.warnings)

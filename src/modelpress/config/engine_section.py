@@ -85,7 +85,13 @@ def ray_system(flat: dict, where: str, base_dir: Path, c: Collector) -> RaySyste
 
 
 def _accelerator_ep(accelerators: Any, path: str, c: Collector) -> str | None:
-    if not isinstance(accelerators, list) or not accelerators:
+    if isinstance(accelerators, (str, dict)):  # one accelerator written without its list
+        accelerators = [accelerators]
+    if not isinstance(accelerators, list):
+        c.add(path, f"must be a list of accelerators, found {accelerators!r}",
+              'e.g. [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}].')
+        return None
+    if not accelerators:
         return None
     first = accelerators[0]
     if isinstance(first, str):
@@ -118,6 +124,9 @@ def engine_section(raw: dict, c: Collector) -> tuple[dict, str]:
     merged, path = top, ""
     if engine is not None and as_mapping(engine, "engine", c) is not None:
         c.unknown_keys(engine, ENGINE_KEYS, "engine")
+        for key in [k for k in top if k in engine and top[k] != engine[k]]:
+            c.warn(f"{key} is given at the top level and under engine, differently: engine.{key} is used "
+                   f"({engine[key]!r}, not {top[key]!r}); keep one")
         merged, path = {**top, **engine}, "engine"
     for key in [k for k in merged if k in INERT_ENGINE_KEYS]:
         c.warn(f"{key}: accepted and not used: {INERT_ENGINE_KEYS[key]}.")
