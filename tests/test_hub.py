@@ -279,6 +279,13 @@ def test_run_from_a_hub_id_keys_the_cache_by_snapshot_content_and_never_shows_th
     task = json.loads(entry.read_text())["task"]
     assert task["text_template"] == raw["data_configs"][0]["pre_process_data_config"]["text_template"]
     assert task["add_bos"] is True and task["data_config"] == "tone"
+    # pinned to the commit main points at: the same bytes, so every pass and evaluation is reused
+    raw["input_model"]["revision"] = MAIN
+    proc = subprocess.run([sys.executable, "-m", "modelpress", "run", "--config", str(write_config(config, raw)),
+                           "--no-progress"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    steps = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]
+    assert [s["cache"] for s in steps] == ["hit"] * len(steps), steps
 
 
 def test_a_hub_snapshot_is_keyed_by_the_files_modelpress_fetches_and_reads(tmp_path):

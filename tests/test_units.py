@@ -168,13 +168,17 @@ def test_confusion_table_has_a_column_for_every_label_and_one_for_other_answers(
 
 
 
-def _keys(tiny_model: Path, tmp_path: Path, passes: dict[str, dict], ep: str = "cpu", local: bool = True):
-    """The cache key of each pass in `passes` (run from the tiny model), and the run's eval-measurement key."""
+def _keys(tiny_model: Path, tmp_path: Path, passes: dict[str, dict], ep: str = "cpu", local: bool = True,
+          **model):
+    """The cache key of each pass in `passes` (run from the tiny model, with `model` keys added to input_model),
+    and the run's eval-measurement key."""
     from modelpress.config import load_config
     from modelpress.context import DataPlan
     from modelpress.engine import _pass_key, evaluation_key
 
-    config = load_config(write_config(tmp_path / "w.json", tone_workflow(tiny_model, passes)))
+    raw = tone_workflow(tiny_model, passes)
+    raw["input_model"].update(model)
+    config = load_config(write_config(tmp_path / "w.json", raw))
     plan = DataPlan(config, tmp_path)
     ref = ModelRef("hf", tiny_model, id="input")
     keys = [_pass_key(config, p, ref, plan, ep, local) for p in config.passes]
@@ -221,6 +225,16 @@ def test_the_execution_provider_keys_only_the_passes_that_read_it(tiny_model, tm
     cpu, _ = _keys(tiny_model, tmp_path, passes, ep="cpu")
     cuda, _ = _keys(tiny_model, tmp_path, passes, ep="cuda")
     assert cpu[:2] == cuda[:2] and cpu[2] != cuda[2]
+
+
+def test_the_attention_kernel_keys_only_training(tiny_model, tmp_path):
+    """Only training loads the model with the input's attn_implementation: an export or quantization after it
+    is reused when the setting changes (it re-ran every pass)."""
+    passes = {"lora": {"type": "LoRA", "train_data_config": "tone"}, "builder": {"type": "ModelBuilder"}}
+    (lora, builder), _ = _keys(tiny_model, tmp_path, passes)
+    (lora_eager, builder_eager), _ = _keys(tiny_model, tmp_path, passes,
+                                         load_kwargs={"attn_implementation": "eager"})
+    assert lora != lora_eager and builder == builder_eager
 
 
 def test_a_dtype_left_to_the_hardware_is_keyed_by_what_it_resolves_to_here(tiny_model, tmp_path):
