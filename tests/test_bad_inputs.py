@@ -47,6 +47,8 @@ CASES = [
     ("unknown-pass-type", lambda r, w: _lora(r).update(type="LoRAA"), "Did you mean 'LoRA'?"),
     ("olive-pass-not-here", lambda r, w: _lora(r).update(type="AutoAWQQuantizer"), "is not in modelpress"),
     ("unknown-pass-key", lambda r, w: _lora(r).update(lora_rank=8), "unknown key 'lora_rank'"),
+    ("one-key-under-two-names", lambda r, w: _pre(r).update(input_cols=["phrase"], text_cols=["phrase"]),
+     "'input_cols' is another name of a key also given (text_cols / input_cols). Give it once."),
     ("pass-type-a-list", lambda r, w: _lora(r).update(type=["LoRA"]), "passes.lora.type: must be a pass name"),
     ("inline-host", lambda r, w: _lora(r).update(host={"type": "LocalSystem"}), "passes.lora.host: found dict"),
     ("wrong-type", lambda r, w: _lora(r).update(r="sixteen"), "passes.lora.r"),

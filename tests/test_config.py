@@ -428,3 +428,16 @@ def test_an_engine_key_given_twice_says_which_is_used(workspace):
     config = normalize(raw, base_dir=workspace)
     assert config.engine.cache_dir.name == "cache"  # engine.cache_dir, as written in the seed
     assert any(w.startswith("cache_dir is given at the top level and under engine") for w in config.warnings)
+
+
+def test_two_text_columns_of_a_classifier_warn_that_they_are_not_a_sentence_pair(workspace):
+    raw = _seed(workspace)
+    pre = raw["data_configs"][0]["pre_process_data_config"]["params"]
+    for key in ("text_template", "text_cols", "corpus_strategy", "dataset_type"):
+        pre.pop(key)
+    pre.update(input_cols=["phrase", "phrase"], label_col="tone", strategy="line-by-line")
+    raw["input_model"]["config"]["hf_config"]["task"] = "text-classification"
+    raw["passes"] = {}
+    warnings = normalize(raw, base_dir=workspace).warnings
+    assert any("text_cols: a classifier's 2 text columns are joined by a space" in w and "{phrase} [SEP] {phrase}" in w
+               for w in warnings), warnings

@@ -118,6 +118,12 @@ def _problem_from(model: type[BaseModel], error: dict, loc: list[str], prefix: s
         for part in loc[:-1]:
             parent = _submodel(parent, part) if parent else None
         options = accepted_keys(parent) if parent else []
+        if loc[-1] in options:  # an alias beside its field's other name: pydantic read the other, refused this one
+            field = next(n for n, info in parent.model_fields.items() if n == loc[-1] or _aliases_of(info, loc[-1]))
+            names = [field, *[a for a in getattr(parent.model_fields[field].validation_alias, "choices", ())
+                              if isinstance(a, str) and a != field]]
+            return Problem(full, f"'{loc[-1]}' is another name of a key also given ({' / '.join(names)})",
+                           "Give it once.")
         hint = did_you_mean(loc[-1], options) or (
             f"Allowed keys: {', '.join(sorted(options))}." if options else None
         )
