@@ -191,6 +191,10 @@ def test_hub_model_and_dataset_ids_are_read_from_the_config(hub_cache, tmp_path)
     plan.resolve_hub_data()
     examples = plan.examples("tone")
     assert len(examples) == 1464 and examples[0].completion in {"joy", "fear", "sadness", "surprise"}
+    assert not any("split" in w for w in config.warnings)
+    del raw["data_configs"][0]["load_dataset_config"]["split"]  # Olive's default is another split: said
+    warnings = normalize(raw, base_dir=tmp_path).warnings
+    assert any("split: not given, so modelpress reads the 'train' split of 'acme/tones'" in w for w in warnings)
 
 
 def test_a_ray_worker_reads_the_driver_s_dataset_commit_and_needs_no_model_source_of_its_own(hub_cache, tmp_path):

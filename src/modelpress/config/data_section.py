@@ -202,6 +202,9 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
     if files is None or wrong:
         return None
     revision = load.get("revision")
+    if "split" not in load:  # a default that differs from Olive's could evaluate on training rows: said
+        c.warn(f"{path}.split: not given, so modelpress reads the 'train' split of {name!r} (Olive reads "
+               "'validation'); set split to the one meant")
     if c.sources_here:
         _say_if_cached(name, revision, files, load, path, c)
     return {"hub_id": name, "data_files": files, "revision": revision, "subset": load.get("subset"),
