@@ -223,9 +223,11 @@ def test_chat_columns_take_text_only_and_an_answer(row, message):
     assert str(err.value).startswith("f row 1: ")
 
 
-def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_it_is():
+@pytest.mark.parametrize("loss_on", ["completion", "all"])
+def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_it_is(loss_on):
     """Row B trains the answer "joy" to "We won!" as its first assistant turn: with row A (that question alone)
-    held out, B trained on A's answer. Both now land on one side, whatever the seed."""
+    held out, B trained on A's answer. Both now land on one side, whatever the seed and the loss (with loss_on
+    all, where only the last turn is cut out of the rendering, they fell apart)."""
     from modelpress.data import split_examples
 
     won = [{"role": "user", "content": "We won!"}, {"role": "assistant", "content": "joy"}]
@@ -233,7 +235,7 @@ def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_i
                                                    {"role": "assistant", "content": "the final"}]}]
     rows += [{"messages": [{"role": "user", "content": f"phrase {i}"}, {"role": "assistant", "content": "fear"}]}
              for i in range(8)]
-    examples = render(_config(), _rows(*rows), ChatFormat(CHATML))
+    examples = render(_config(loss_on=loss_on), _rows(*rows), ChatFormat(CHATML))
     for seed in range(12):
         train, held = split_examples(examples, 0.3, seed)
         sides = [any(ex is examples[i] for ex in held) for i in (0, 1)]

@@ -38,6 +38,7 @@ class Example:
     source: str  # "file row N", for error messages and reports
     target: str | None = None
     turns: tuple[tuple[str, bool], ...] = ()
+    history: tuple[tuple[str, str], ...] = ()  # a chat prompt's messages (role, content), the answer left out
 
     @property
     def closing(self) -> str:
@@ -194,7 +195,8 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     if not answer.strip():
         raise DataError(f"{where}: the assistant turn, the answer to learn and to measure, is empty. "
                         "Fix or remove the row.")
-    return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head)
+    return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head,
+                   history=tuple((m["role"], m["content"]) for m in messages[:-1]))
 
 
 def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | None, where: str) -> Example:
@@ -246,12 +248,17 @@ def distinct(examples: list[Example]) -> list[Example]:
 
 
 def _prompt_groups(examples: list[Example]) -> dict[str, list[Example]]:
-    """Examples grouped by prompt, and groups joined where one trains an answer to another's prompt (a chat
-    prompt's earlier assistant turn); each group keyed by its first prompt, groups in the order the rows come."""
+    """Examples grouped by prompt, and groups joined where one holds an answer to another's prompt (a chat
+    prompt's earlier assistant turn, which it trains on; found by the messages, so a template that rewrites
+    earlier turns changes nothing); each group keyed by its first prompt, groups in the order the rows come."""
     first = {}
     for i, ex in enumerate(examples):
         first.setdefault(_key(ex), i)
     parent = {key: key for key in first}
+    asked = {}  # a chat row's prompt messages -> its key
+    for ex in examples:
+        if ex.history:
+            asked.setdefault(ex.history, _key(ex))
 
     def root(key: str) -> str:
         while parent[key] != key:
@@ -259,12 +266,11 @@ def _prompt_groups(examples: list[Example]) -> dict[str, list[Example]]:
         return key
 
     for ex in examples:
-        text = ""
-        for piece, trained in ex.turns:
-            if trained and text in parent:  # an earlier answer, given to a prompt that is another row's
-                a, b = sorted((root(_key(ex)), root(text)), key=first.get)
+        for i, (role, _) in enumerate(ex.history):
+            other = asked.get(ex.history[:i]) if role == "assistant" else None
+            if other is not None:  # an earlier answer, given to a prompt that is another row's
+                a, b = sorted((root(_key(ex)), root(other)), key=first.get)
                 parent[b] = a
-            text += piece
     groups: dict[str, list[Example]] = {}
     for ex in examples:
         groups.setdefault(root(_key(ex)), []).append(ex)
