@@ -365,6 +365,13 @@ def test_local_data_files_are_found_as_datasets_finds_them(workspace):
     assert files(data_dir="rows/more") == [(data / "more" / "b.jsonl").resolve()]
     assert files(data_files=["rows/*.json", "rows/**/*.jsonl"]) == [whole, (data / "more" / "b.jsonl").resolve()]
     assert files(data_files={"train": "rows/dataset-classification.json", "test": "rows/more/b.jsonl"}) == [whole]
+    split_map = {"train": "rows/dataset-classification.json", "test": "rows/more/b.jsonl"}
+    config, _ = _tone_load(workspace, data_files=split_map, split="test")
+    test = config.data_configs["dataset_default_train"]
+    assert test.data_files == [(data / "more" / "b.jsonl").resolve()]
+    from modelpress.data import load_rows
+
+    assert [row["phrase"] for _, row in load_rows(test)] == ["x"]  # the test split's file, read
     # each mistake is one problem (and the pass that trains on the data config it breaks says it is missing)
     _, problems = _tone_load(workspace, data_files={"dev": "rows/more/b.jsonl"})
     assert "data_files: names the splits 'dev', and split is 'train'. Set split to one of them." in problems[0]

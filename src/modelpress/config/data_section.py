@@ -188,7 +188,9 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
                   "Paths are relative to " + ("data_dir." if data_dir else "the config file's folder."))
     if len(c.problems) > known and not resolved:
         return None
-    return {"data_files": resolved, "format": fmt, "split": load.get("split", "train")}
+    # a split -> files mapping is resolved to the split's files above: datasets names local files' rows "train"
+    split = "train" if isinstance(load.get("data_files"), dict) else load.get("split", "train")
+    return {"data_files": resolved, "format": fmt, "split": split}
 
 
 def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
