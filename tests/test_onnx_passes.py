@@ -492,6 +492,39 @@ def test_rtn_quantizes_the_embedding_table_too_by_default_as_olive_does(phi_onnx
     assert any("1 embedding Gather(s) -> GatherBlockQuantized" in n for n in ctx.notes)
 
 
+def test_rtn_of_embeddings_alone_quantizes_them_at_4_bits_and_refuses_to_quantize_nothing(phi_onnx, tmp_path):
+    four = _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32, op_types_to_quantize=["Gather"]),
+                phi_onnx, tmp_path / "4")
+    ops = op_counts(four.path / MODEL_FILE)
+    assert ops.get("GatherBlockQuantized") == 1 and "MatMulNBits" not in ops  # it wrote the float model unchanged
+    with pytest.raises(ModelpressError, match="no embedding Gather in .* was quantized"):
+        _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32, bits=8, op_types_to_quantize=["Gather"],
+                                                         nodes_to_exclude=_gather_names(phi_onnx)),
+             phi_onnx, tmp_path / "none")
+
+
+def _gather_names(ref) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(ref.path / MODEL_FILE), load_external_data=False).graph.node
+            if n.op_type == "Gather"]
+
+
+def test_an_8_bit_table_is_quantized_only_where_rows_are_looked_up():
+    """GatherBlockQuantized takes 8-bit data along axis 0 only: a Gather along another axis stays float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelpress.passes.surgeons import int8_gathers
+
+    table = numpy_helper.from_array(np.ones((4, 32), dtype=np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], name="rows", axis=0),
+             helper.make_node("Gather", ["table", "ids"], ["cols"], name="cols", axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("rows", "cols")],
+                              [table])
+    assert [n.name for n in int8_gathers(helper.make_model(graph), set())] == ["rows"]
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_rtn_8_bit_embeddings_compute_what_the_float_model_does_on_the_dequantized_table(
         phi_onnx, phi_batch, tmp_path, symmetric):

@@ -96,7 +96,7 @@ def run_rtn(ctx: PassContext, params: OnnxBlockWiseRtnQuantizationParams) -> Mod
                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
     kind = "symmetric" if params.is_symmetric else "asymmetric"
     return _weight_only(ctx, params, algo, f"RTN int{params.bits} ({kind}, block {params.block_size})", post,
-                        matmuls="MatMul" in op_types)
+                        run_quantizer=bool(op_types), matmuls="MatMul" in op_types)
 
 
 def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
@@ -108,10 +108,11 @@ def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
     return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})")
 
 
-def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, post=None, matmuls: bool = True,
-                 **quantizer_options) -> ModelRef:
-    """`post(model, skip)` quantizes what onnxruntime's quantizer does not (8-bit embedding tables); `matmuls`
-    false: the MatMul nodes stay float (op_types_to_quantize names Gather alone)."""
+def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, post=None, run_quantizer: bool = True,
+                 matmuls: bool = True, **quantizer_options) -> ModelRef:
+    """`post(model, skip)` quantizes what onnxruntime's quantizer does not (8-bit embedding tables), after it
+    (`run_quantizer` false: it has nothing to do); `matmuls` false: the MatMul nodes stay float
+    (op_types_to_quantize names Gather alone). Quantizing nothing at all is an error."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -127,7 +128,7 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, p
     if params.nodes_to_include:  # onnxruntime adds these to its op types; Olive quantizes only these (empty: all)
         skip += [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather")
                  and n.name not in params.nodes_to_include]
-    if matmuls:
+    if run_quantizer:
         quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=skip, algo_config=algo, **quantizer_options)
         with _quiet_ort(), warnings.catch_warnings():
             # HQQ hands torch a read-only numpy view of each weight; it only reads it.
@@ -138,10 +139,12 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, p
         post(model, set(skip))
     done = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     tables = sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
-    if done == 0 and matmuls:
+    if done == 0 and (matmuls or tables == 0):
         keys = "nodes_to_include and nodes_to_exclude" if params.nodes_to_include else "nodes_to_exclude"
-        raise ModelpressError(f"{label}: no MatMul in {src} was quantized (it has {before} MatMul nodes; only those "
-                              f"with a constant 2-D weight qualify). Check {keys}.")
+        what = f"no MatMul in {src} was quantized (it has {before} MatMul nodes; only those with a constant 2-D " \
+               "weight qualify)" if matmuls else f"no embedding Gather in {src} was quantized (only one over a " \
+               "constant 2-D float table qualifies)"
+        raise ModelpressError(f"{label}: {what}. Check {keys} and op_types_to_quantize.")
     copy_model_folder(ctx.model.path, ctx.out, model_file)
     save_onnx(model, ctx.out, uses_external_file(ctx.model.path, model_file), model_file)
     ctx.notes.append(f"{label}: {done} of {before} MatMul nodes -> MatMulNBits"

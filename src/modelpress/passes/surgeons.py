@@ -85,10 +85,12 @@ FLOAT_TYPES = (1, 10)  # onnx TensorProto FLOAT, FLOAT16
 
 
 def int8_gathers(model, skip: set[str]) -> list:
-    """Gather nodes over a constant float table of rank 2 (embeddings), not named in `skip`."""
+    """Gather nodes that look rows up (axis 0, which GatherBlockQuantized takes for 8-bit data) in a constant
+    float table of rank 2 (embeddings), not named in `skip`."""
     inits = _initializers(model)
     return [n for n in model.graph.node if n.op_type == "Gather" and n.name not in skip and n.input[0] in inits
-            and inits[n.input[0]].data_type in FLOAT_TYPES and len(inits[n.input[0]].dims) == 2]
+            and inits[n.input[0]].data_type in FLOAT_TYPES and len(inits[n.input[0]].dims) == 2
+            and next((a.i for a in n.attribute if a.name == "axis"), 0) == 0]
 
 
 def quantize_gathers_int8(model, gathers: list, block: int, symmetric: bool) -> int:
@@ -110,10 +112,9 @@ def quantize_gathers_int8(model, gathers: list, block: int, symmetric: bool) -> 
             model.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, names))
             done[table] = names
         data, scales, *zeros = done[table]
-        axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)
         node = helper.make_node("GatherBlockQuantized", [data, gather.input[1], scales, *zeros], list(gather.output),
                                 name=f"{gather.name or 'embed'}_q8", domain="com.microsoft", bits=8,
-                                block_size=block, gather_axis=axis, quantize_axis=1)
+                                block_size=block, gather_axis=0, quantize_axis=1)
         position = list(model.graph.node).index(gather)
         model.graph.node.remove(gather)
         model.graph.node.insert(position, node)
