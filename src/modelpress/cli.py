@@ -202,8 +202,9 @@ def run_config(config, show_progress: bool = True, own_process: bool = False) ->
     print(f"report:      {result.output_dir / 'report.html'}")
     if search and search["best"] is None and search["closest"] is None:  # nothing measured: a failure, not a miss
         errors = [c["error"] for c in search["candidates"] if c.get("error")]
-        print(f"error: no candidate was measured ({len(errors)} of {search['evaluated']} failed"
-              + (f"; the first: {errors[0]}" if errors else "") + ")", file=sys.stderr)
+        why = (f"{len(errors)} of {search['evaluated']} failed; the first: {errors[0]}" if errors else
+               "the search's budget (max_time, max_iter) ended before the first; raise it")
+        print(f"error: no candidate was measured ({why})", file=sys.stderr)
         return EXIT_FAILURE
     return 0 if met else GOALS_NOT_MET
 

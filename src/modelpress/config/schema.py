@@ -158,7 +158,8 @@ class EvaluationConfig(Strict):
         "merged model before quantization, to see what int4 costs); metrics.json holds each under its name.")
     extra_data_configs: list[str] = output_neutral(
         [], description="Also measure every evaluated model on all rows of these data configs "
-        "(for example phrases in another style); metrics.json holds them under 'extra_data'.")
+        "(for example phrases in another style; a training pass's own data config: its eval split); "
+        "metrics.json holds them under 'extra_data'.")
 
 
 class TaskResources(Strict):

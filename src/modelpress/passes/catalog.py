@@ -61,9 +61,11 @@ class TrainingArgs(Strict):
     @model_validator(mode="before")
     @classmethod
     def _no_fp16_key(cls, data):
-        if isinstance(data, dict) and "fp16" in data:  # Olive drops it with a warning: torch_dtype says it
+        if isinstance(data, dict) and data.get("fp16"):  # Olive drops it with a warning: torch_dtype says it
             raise ValueError("training_args.fp16 is set through the pass's torch_dtype: 'float16' trains a float32 "
                              "base under fp16 mixed precision, as in Olive; remove fp16 from training_args")
+        if isinstance(data, dict) and "fp16" in data:  # false: what not asking says
+            data = {k: v for k, v in data.items() if k != "fp16"}
         return data
 
     @field_validator("max_steps")
