@@ -481,6 +481,48 @@ def test_a_trained_classifier_reads_its_inputs_as_training_made_them(bert_folder
     assert trained._encode([text])["input_ids"][0] == untrained.tokenizer(text, add_special_tokens=False)["input_ids"][:6]
 
 
+def test_a_classifiers_two_text_columns_are_read_as_a_sentence_pair_everywhere(bert_folder, bert_onnx):
+    """Two text columns (Olive's input_cols, e.g. MRPC's sentence1 and sentence2) are encoded as the tokenizer's
+    pair, separator and segment ids included, as Olive does: in training features and by both classifier
+    runners, which agree with the model called on the tokenizer's own pair encoding."""
+    import numpy as np
+    import torch
+
+    from modelpress.config.schema import DataConfig
+    from modelpress.data import classification_features, render
+    from modelpress.models import load_classifier
+    from modelpress.runners import OnnxClassifierRunner, TorchClassifierRunner
+
+    config = DataConfig(name="pairs", data_files=["x.json"], format="json", text_cols=["a", "b"], label_col="y",
+                        add_special_tokens=True)
+    rows = [("r1", {"a": "we won the final", "b": "everyone cheered", "y": "positive"}),
+            ("r2", {"a": "the lights went out", "b": "then a scream", "y": "negative"})]
+    examples = render(config, rows)
+    torch_runner = TorchClassifierRunner(ModelRef(HF, bert_folder, id="b", task={"task": "text-classification"}))
+    tokenizer = torch_runner.tokenizer
+    pairs = tokenizer(["we won the final", "the lights went out"], ["everyone cheered", "then a scream"],
+                      padding=True)
+    assert pairs["token_type_ids"][0].count(1) > 1  # the second text is segment 1
+    features = classification_features(examples, tokenizer, config, ["negative", "neutral", "positive"])
+    assert [f["input_ids"] for f in features] == tokenizer(["we won the final", "the lights went out"],
+                                                           ["everyone cheered", "then a scream"])["input_ids"]
+    assert [f["token_type_ids"] for f in features] == tokenizer(
+        ["we won the final", "the lights went out"], ["everyone cheered", "then a scream"])["token_type_ids"]
+    with torch.inference_mode():
+        expected = load_classifier(bert_folder).eval()(
+            **{k: torch.tensor(v) for k, v in pairs.items()}).logits.numpy()
+    prompts = [ex.prompt for ex in examples]
+    np.testing.assert_allclose(torch_runner.class_logits_batch(prompts), expected, atol=1e-5)
+    onnx_runner = OnnxClassifierRunner(ModelRef(bert_onnx.kind, bert_onnx.path, id="o",
+                                                task={"task": "text-classification", "labels": ["negative",
+                                                                                                "neutral",
+                                                                                                "positive"]}))
+    np.testing.assert_allclose(onnx_runner.class_logits_batch(prompts), expected, atol=1e-4)
+    zero_segments = load_classifier(bert_folder).eval()(input_ids=torch.tensor(pairs["input_ids"]),
+                                                        attention_mask=torch.tensor(pairs["attention_mask"]))
+    assert not np.allclose(zero_segments.logits.detach().numpy(), expected, atol=1e-4)  # the segments count
+
+
 def test_pytorch_answers_are_plain_greedy_whatever_the_generation_config_asks(tiny_model, tone_examples, tmp_path):
     """transformers fills every generate() setting not passed from generation_config.json: a repetition penalty
     or n-gram blocking there (Qwen2.5 ships one) changed PyTorch's answers, which the ONNX runners never apply.

@@ -199,10 +199,15 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
                    history=tuple((m["role"], m["content"]) for m in messages[:-1]))
 
 
+# Between the two texts of a classifier's sentence pair in its prompt: tokenized as a pair (encode_texts)
+PAIR_SEP = " \u241e "  # a visible "SYMBOL FOR RECORD SEPARATOR", which text data does not hold
+
+
 def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | None, where: str) -> Example:
     if config.label_col:  # classification: the input text, and the label as the completion
-        text = config.text_template.format_map(row) if config.text_template else " ".join(
-            row[c] for c in config.text_cols)
+        cols = config.text_cols or []
+        text = config.text_template.format_map(row) if config.text_template else (
+            PAIR_SEP if len(cols) == 2 else " ").join(str(row[c]) for c in cols)
         return Example(text, str(row[config.label_col]), where)
     if not config.text_template:
         return Example("", " ".join(row[c] for c in config.text_cols), where)
@@ -390,10 +395,21 @@ def classification_features(examples: list[Example], tokenizer, config: DataConf
     if unknown:
         raise DataError(f"data config {config.name!r}: labels {unknown} do not occur in the training data "
                         f"(known: {labels}). Every eval label must also be a training label.")
-    encoded = tokenizer([ex.prompt for ex in examples], truncation=True, max_length=config.max_seq_len,
-                        add_special_tokens=config.add_special_tokens)["input_ids"]
-    return [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": index[ex.completion]}
-            for ids, ex in zip(encoded, examples)]
+    encoded = encode_texts(tokenizer, [ex.prompt for ex in examples], truncation=True,
+                           max_length=config.max_seq_len, add_special_tokens=config.add_special_tokens)
+    segments = encoded.get("token_type_ids")
+    return [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": index[ex.completion],
+             **({"token_type_ids": segments[i]} if segments is not None else {})}
+            for i, (ids, ex) in enumerate(zip(encoded["input_ids"], examples))]
+
+
+def encode_texts(tokenizer, texts: list[str], **options) -> dict:
+    """The tokenizer's encoding of a classifier's inputs: sentence pairs (two text columns, joined by PAIR_SEP
+    in the prompt) as pairs, with the separator and segment ids the tokenizer puts between them, as Olive does."""
+    if texts and all(PAIR_SEP in text for text in texts):
+        first, second = zip(*(text.split(PAIR_SEP, 1) for text in texts))
+        return tokenizer(list(first), list(second), **options)
+    return tokenizer(texts, **options)
 
 
 class Collator:
@@ -409,7 +425,8 @@ class Collator:
         out = {}
         if isinstance(batch[0]["labels"], int):  # classification: one class index per sequence
             out["labels"] = torch.tensor([item["labels"] for item in batch])
-        for key, fill in (("input_ids", self.pad_id), ("labels", IGNORE), ("attention_mask", 0)):
+        for key, fill in (("input_ids", self.pad_id), ("labels", IGNORE), ("attention_mask", 0),
+                          ("token_type_ids", 0)):
             if key in batch[0] and key not in out:
                 out[key] = torch.tensor([item[key] + [fill] * (width - len(item[key])) for item in batch])
         return out

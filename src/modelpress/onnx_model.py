@@ -120,11 +120,11 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0):
     return ids, mask
 
 
-def graph_feeds(inputs, input_ids, attention_mask=None) -> dict:
+def graph_feeds(inputs, input_ids, attention_mask=None, token_type_ids=None) -> dict:
     """The feed dict for a session's inputs (`session.get_inputs()`).
 
-    token_type_ids are zeros; a KV-cache graph gets an empty past (length 0), so one call scores
-    the whole sequence.
+    token_type_ids are zeros unless given (a sentence pair's segments); a KV-cache graph gets an empty past
+    (length 0), so one call scores the whole sequence.
     """
     import numpy as np
 
@@ -140,7 +140,8 @@ def graph_feeds(inputs, input_ids, attention_mask=None) -> dict:
         elif spec.name == "attention_mask":
             feeds[spec.name] = mask.astype(dtype)
         elif spec.name == "token_type_ids":
-            feeds[spec.name] = np.zeros_like(ids, dtype=dtype)
+            feeds[spec.name] = np.zeros_like(ids, dtype=dtype) if token_type_ids is None else \
+                np.asarray(token_type_ids).astype(dtype)
         elif spec.name.startswith("past_key_values"):
             heads, head_size = spec.shape[1], spec.shape[3]
             feeds[spec.name] = np.zeros((ids.shape[0], heads, 0, head_size), dtype=dtype)
@@ -188,11 +189,11 @@ class OnnxModel:
         self.session = load_session(self.folder, providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def logits(self, input_ids, attention_mask=None):
+    def logits(self, input_ids, attention_mask=None, token_type_ids=None):
         """float32 logits for a batch: ids as a 2-D array (or lists, right-padded when ragged)."""
         import numpy as np
 
-        feeds = graph_feeds(self.session.get_inputs(), input_ids, attention_mask)
+        feeds = graph_feeds(self.session.get_inputs(), input_ids, attention_mask, token_type_ids)
         return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)
 
 

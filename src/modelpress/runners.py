@@ -88,9 +88,11 @@ class ClassifierRunner(Runner):
     def _encode(self, texts: list[str]) -> dict:
         """Token ids and attention masks as training made them (its max_seq_len and special tokens; an
         untrained model: up to 512 tokens with them), padded to the longest text when there are several."""
+        from modelpress.data import encode_texts
+
         limit = self.encoding.get("max_seq_len") or min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
-        return self.tokenizer(texts, truncation=True, max_length=limit, padding=len(texts) > 1,
-                              add_special_tokens=self.encoding.get("add_special_tokens", True))
+        return encode_texts(self.tokenizer, texts, truncation=True, max_length=limit, padding=len(texts) > 1,
+                            add_special_tokens=self.encoding.get("add_special_tokens", True))
 
 
 class TorchClassifierRunner(ClassifierRunner):
@@ -103,9 +105,10 @@ class TorchClassifierRunner(ClassifierRunner):
         import torch
 
         encoded = self._encode(texts)
+        segments = {"token_type_ids": torch.tensor(encoded["token_type_ids"])} if "token_type_ids" in encoded else {}
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor(encoded["input_ids"]),
-                             attention_mask=torch.tensor(encoded["attention_mask"]))
+                             attention_mask=torch.tensor(encoded["attention_mask"]), **segments)
         return out.logits.float().numpy()
 
 
@@ -123,8 +126,10 @@ class OnnxClassifierRunner(ClassifierRunner):
         import numpy as np
 
         encoded = self._encode(texts)
+        segments = encoded.get("token_type_ids")
         return self.model.logits(np.array(encoded["input_ids"], dtype=np.int64),
-                                 np.array(encoded["attention_mask"], dtype=np.int64))
+                                 np.array(encoded["attention_mask"], dtype=np.int64),
+                                 None if segments is None else np.array(segments, dtype=np.int64))
 
 
 def _labels(ref: ModelRef, config) -> list[str]:

@@ -72,11 +72,10 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConf
         c.warn(f"{pre_path}.add_special_tokens: a chat template writes the model's own special tokens, so "
                "true is ignored for chat data (as in Olive); remove the key")
         config.add_special_tokens = False
-    if config is not None and config.label_col and not config.text_template and len(config.text_cols or []) > 1:
+    if config is not None and config.label_col and not config.text_template and len(config.text_cols or []) > 2:
         c.warn(f"{pre_path}.text_cols: a classifier's {len(config.text_cols)} text columns are joined by a space "
-               "into one text; Olive encodes two as a sentence pair (a separator token and segment ids), which "
-               "modelpress does not do yet, so accuracies differ from Olive's. A text_template can put a "
-               "separator between them, e.g. \"{" + config.text_cols[0] + "} [SEP] {" + config.text_cols[1] + "}\"")
+               "into one text (two are encoded as a sentence pair, as Olive does); a text_template can put "
+               "separators between them")
     return config
 
 

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from modelpress.context import PassContext
+from modelpress.data import encode_texts
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_json
 from modelpress.models import ModelRef, load_tokenizer
@@ -289,13 +290,19 @@ def calibration_feeds(ctx: PassContext, params: OnnxStaticQuantizationParams) ->
     texts = [ex.prompt if ctx.task == CLASSIFY else ex.prompt + ex.completion for ex in examples]
     tokenizer = load_tokenizer(ctx.model.path, ctx.input_model.trust_remote_code)
     specs = input_specs(ctx.model.path / MODEL_FILE)
-    rows = [ids for ids in tokenizer(texts, truncation=True, max_length=config.max_seq_len,
-                                     add_special_tokens=config.add_special_tokens)["input_ids"] if ids]
+    encoded = encode_texts(tokenizer, texts, truncation=True, max_length=config.max_seq_len,
+                           add_special_tokens=config.add_special_tokens)
+    kept = [i for i, ids in enumerate(encoded["input_ids"]) if ids]
+    rows = [encoded["input_ids"][i] for i in kept]
+    segments = [encoded["token_type_ids"][i] for i in kept] if "token_type_ids" in encoded else None
     if params.calibrate_method == "MinMax":
-        return [graph_feeds(specs, [ids]) for ids in rows]
+        return [graph_feeds(specs, [ids], None, None if segments is None else [segments[i]])
+                for i, ids in enumerate(rows)]
     # onnxruntime's histogram calibrators stack each tensor across rows: pad the rows to one length
     ids, mask = pad_batch(rows, tokenizer.pad_token_id or 0)
-    return [graph_feeds(specs, ids[i:i + 1], mask[i:i + 1]) for i in range(len(rows))]
+    segs = pad_batch(segments, 0)[0] if segments is not None else None
+    return [graph_feeds(specs, ids[i:i + 1], mask[i:i + 1], None if segs is None else segs[i:i + 1])
+            for i in range(len(rows))]
 
 
 class _FeedReader:
