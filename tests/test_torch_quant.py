@@ -163,3 +163,50 @@ def test_rtn_keeps_a_bfloat16_inputs_float_tensors_in_bfloat16(tiny_model, tmp_p
         logits = load_causal_lm(ctx.out)(input_ids=torch.tensor([[1, 5, 9, 2]])).logits
         assert logits.shape[-1] == 1048 and torch.isfinite(logits).all()
     assert sizes["bfloat16"] < 0.8 * sizes["float32"]
+
+
+def _rtn(source: Path, out: Path, **params):
+    from types import SimpleNamespace
+
+    from modelpress.passes.quant_specs import RtnParams
+    from modelpress.passes.torch_quant import run_rtn
+
+    ctx = SimpleNamespace(model=SimpleNamespace(path=source, task={}), out=out, notes=[],
+                          input_model=SimpleNamespace(trust_remote_code=False))
+    run_rtn(ctx, RtnParams(**params))
+    return out
+
+
+def test_the_mixed_precision_choice_travels_down_a_quantization_chain(tiny_model, tmp_path):
+    """SelectiveMixedPrecision's choice is read by every quantizer after it, as Olive's model attribute is: a Rtn
+    after a first quantizer still keeps the head at the chosen 8 bits (it came out 4-bit)."""
+    import shutil
+
+    source = tmp_path / "chosen"
+    shutil.copytree(tiny_model, source)
+    (source / "mixed_precision.json").write_text(json.dumps(
+        {"algorithm": "k_quant_last", "default": {"bits": 4}, "overrides": {"lm_head": {"bits": 8}}}))
+    first = _rtn(source, tmp_path / "first", bits=4, group_size=32)
+    assert (first / "mixed_precision.json").is_file()
+    second = _rtn(first, tmp_path / "second", bits=4, group_size=32, lm_head=True)
+    assert quant_config(second)["overrides"]["lm_head"]["bits"] == 8
+
+
+def test_quantized_embeddings_untie_a_tied_head_so_pytorch_reads_the_quantized_table(tiny_model, tmp_path):
+    """Olive unties when the head or the embeddings are quantized: with embeds alone the config said tied, and
+    PyTorch evaluated the float table copied from the head (the ONNX model read the quantized one)."""
+    from transformers import AutoModelForCausalLM
+
+    tied = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tied.config.tie_word_embeddings = True
+    tied.lm_head.weight = tied.model.embed_tokens.weight
+    source = tmp_path / "tied"
+    tied.save_pretrained(source)
+    for f in Path(tiny_model).glob("tokenizer*"):
+        (source / f.name).write_bytes(f.read_bytes())
+    out = _rtn(source, tmp_path / "q", bits=4, group_size=32, embeds=True)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    loaded = load_causal_lm(out)
+    original = tied.model.embed_tokens.weight.detach()
+    assert not torch.equal(loaded.model.embed_tokens.weight, original)  # the quantized table
+    assert torch.equal(loaded.lm_head.weight, original)  # the float head

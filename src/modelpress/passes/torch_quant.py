@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from modelpress.context import PassContext
@@ -169,8 +170,8 @@ def save_quantized(model, tokenizer, packed: dict[str, dict], config: dict, out:
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     model_config = model.config
-    if config.get("lm_head") and getattr(model_config, "tie_word_embeddings", False):
-        model_config.tie_word_embeddings = False  # the head is stored quantized, the embeddings are not
+    if (config.get("lm_head") or config.get("embeds")) and getattr(model_config, "tie_word_embeddings", False):
+        model_config.tie_word_embeddings = False  # one of the two is stored quantized, the other not (as Olive)
     model_config.quantization_config = config
     if dtype is not None:
         model_config.dtype = dtype  # what its float tensors are stored in
@@ -236,6 +237,9 @@ def _finish(ctx: PassContext, model, tokenizer, packed: dict, config: dict, done
     config.pop("_grids", None)
     with torch.no_grad():
         save_quantized(model, tokenizer, packed, config, ctx.out, keep=done, dtype=stored_dtype(ctx.model.path))
+    mixed = Path(ctx.model.path) / MIXED_PRECISION_FILE
+    if mixed.is_file():  # the choice travels down the chain, as Olive's model attribute does: a Rtn after Gptq
+        shutil.copy2(mixed, ctx.out / MIXED_PRECISION_FILE)
     bits = sorted({plan[n].bits for n in packed})
     ctx.notes.append(f"{what}: {len(packed)} modules at {'/'.join(map(str, bits))} bits"
                      + (f", {len(done)} already quantized kept" if done else ""))
