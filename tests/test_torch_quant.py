@@ -210,3 +210,47 @@ def test_quantized_embeddings_untie_a_tied_head_so_pytorch_reads_the_quantized_t
     original = tied.model.embed_tokens.weight.detach()
     assert not torch.equal(loaded.model.embed_tokens.weight, original)  # the quantized table
     assert torch.equal(loaded.lm_head.weight, original)  # the float head
+
+
+def test_group_sizes_are_those_matmulnbits_takes():
+    from modelpress.passes.quant_specs import GptqParams, ModuleOverride, RtnParams
+
+    for good in (-1, 16, 32, 128, 4096):
+        assert RtnParams(group_size=good).group_size == good
+    for bad in (0, 8, 48, 96, -2):
+        with pytest.raises(ValueError, match="power of two of at least 16"):
+            GptqParams(group_size=bad)
+    with pytest.raises(ValueError, match="power of two of at least 16"):
+        ModuleOverride(group_size=8)
+
+
+def test_the_builder_refuses_a_checkpoint_whose_row_blocks_matmulnbits_cannot_take(tmp_path):
+    """group_size -1 makes each whole row one block: 96 inputs is no block onnxruntime takes (the model failed to
+    load only at evaluation), 256 is."""
+    from safetensors.torch import save_file
+
+    from modelpress.quantized import blocks_the_builder_refuses
+
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "olive", "bits": 4, "group_size": -1, "symmetric": False, "overrides": {}}}))
+    save_file({"a.qweight": torch.zeros(8, 48, dtype=torch.uint8), "b.qweight": torch.zeros(8, 128, dtype=torch.uint8)},
+              str(tmp_path / "model.safetensors"))
+    assert blocks_the_builder_refuses(tmp_path) == ["a (blocks of 96)"]
+
+
+def test_an_olive_checkpoint_stored_without_symmetric_zero_points_reads_as_its_middle_level(tiny_model, tmp_path):
+    """Olive writes no qzeros for a symmetric module; modelpress wrote them, and failed on Olive's with a KeyError."""
+    from safetensors.torch import load_file, save_file
+
+    from modelpress.quantized import dequantized_state
+
+    out = _rtn(tiny_model, tmp_path / "sym", bits=4, group_size=32, sym=True)
+    expected = dequantized_state(out)
+    state = load_file(str(out / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if not k.endswith(".qzeros")}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    got = dequantized_state(out)
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    again = _rtn(out, tmp_path / "again", bits=4, group_size=32, sym=True, lm_head=True)  # Rtn keeps them
+    assert torch.equal(dequantized_state(again)["model.layers.0.self_attn.qkv_proj.weight"],
+                       expected["model.layers.0.self_attn.qkv_proj.weight"])

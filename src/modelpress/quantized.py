@@ -162,8 +162,43 @@ def dequantize_module(state: dict, config: dict, module: str):
     scales = state.pop(f"{module}.scales").float()
     qweight = state.pop(f"{module}.qweight")
     codes = unpack(qweight, grid.bits, qweight.shape[1] * 8 // grid.bits)
-    qzeros = state.pop(f"{module}.qzeros").reshape(qweight.shape[0], -1)  # see torch_quant.packed_parts
+    qzeros = state.pop(f"{module}.qzeros", None)
+    if qzeros is None:  # Olive writes none for a symmetric grid: the middle level
+        return dequantize(codes, scales, torch_full_like(scales, 2 ** (grid.bits - 1)), grid)
+    qzeros = qzeros.reshape(qweight.shape[0], -1)  # see torch_quant.packed_parts
     return dequantize(codes, scales, unpack(qzeros, grid.bits, scales.shape[1]), grid)
+
+
+def midpoint_zeros(scales, bits: int):
+    """The packed zero points of a symmetric grid (its middle level), for a module stored without them."""
+    return pack(torch_full_like(scales, 2 ** (bits - 1)), bits)
+
+
+def torch_full_like(tensor, value):
+    import torch
+
+    return torch.full(tuple(tensor.shape), value, dtype=torch.float32)
+
+
+def blocks_the_builder_refuses(folder: Path) -> list[str]:
+    """Modules whose block of weights (group_size, or the whole row for -1) onnxruntime's MatMulNBits cannot take:
+    a power of two of at least 16 only. Read from the safetensors headers."""
+    from safetensors import safe_open
+
+    config = quant_config(folder)
+    if not config:
+        return []
+    bad = []
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for name in [n for n in f.keys() if n.endswith(".qweight")]:
+                module = name.removesuffix(".qweight")
+                grid = grid_of(config, module)
+                block = grid.group_size if grid.group_size != -1 else \
+                    f.get_slice(name).get_shape()[1] * 8 // grid.bits
+                if block < 16 or block & (block - 1):
+                    bad.append(f"{module} (blocks of {block})")
+    return bad
 
 
 def with_float_embeddings(folder: Path, out: Path) -> bool:

@@ -22,7 +22,7 @@ from modelpress.config.schema import (
 )
 from modelpress.config.templates import role_template, template_fields
 from modelpress.models import MODEL_CARD
-from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, ONNX, data_refs
+from modelpress.passes.catalog import BUILDER_PRECISIONS, CATALOG, HF, HF_ADAPTER, HF_QUANTIZED, ONNX, data_refs
 from modelpress.redact import TOKEN_IN_CONFIG, is_secret_key
 
 
@@ -167,6 +167,10 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
         if p.params.precision not in BUILDER_PRECISIONS[ep]:
             c.add(f"passes.{p.name}.precision", f"{p.params.precision} cannot run on the {ep} execution provider",
                   f"Allowed on {ep}: {', '.join(BUILDER_PRECISIONS[ep])}.")
+        if kind == HF_QUANTIZED and p.params.precision not in ("int4", "int8"):
+            c.add(f"passes.{p.name}.precision", f"'{previous}' gives a quantized checkpoint, which the builder "
+                  f"writes as int4 or int8 MatMulNBits, not {p.params.precision}",
+                  "Set precision to int4 (or int8, to match the checkpoint's bits).")
         _check_builder_options(p, model, c)
 
 

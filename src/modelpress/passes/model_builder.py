@@ -12,8 +12,8 @@ from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.fsutil import read_json
 from modelpress.models import ADAPTER_DIR, ModelRef
 from modelpress.passes.builder_memory import bounded_builder
-from modelpress.passes.catalog import HF_ADAPTER, ONNX_GENAI, ModelBuilderParams
-from modelpress.quantized import with_float_embeddings
+from modelpress.passes.catalog import HF_ADAPTER, HF_QUANTIZED, ONNX_GENAI, ModelBuilderParams
+from modelpress.quantized import blocks_the_builder_refuses, with_float_embeddings
 
 log = logging.getLogger("modelpress")
 
@@ -96,6 +96,11 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
 
     ep = params.execution_provider or ctx.execution_provider
     source, extra = _source(ctx, params)
+    refused = blocks_the_builder_refuses(source) if ctx.model.kind == HF_QUANTIZED else []
+    if refused:
+        raise ModelpressError(f"{len(refused)} quantized modules have blocks onnxruntime's MatMulNBits cannot take "
+                              f"(a power of two of at least 16): {', '.join(refused[:3])}. Quantize them with such "
+                              "a group_size (group_size -1 makes a block of each whole row).")
     src = str(source)
     out = str(ctx.out)
     work = str(ctx.out.parent / f"{ctx.out.name}.builder-cache")

@@ -18,12 +18,25 @@ from modelpress.passes.spec_base import HF, HF_QUANTIZED, PassSpec, Strict, sear
 Bits = Literal[2, 4, 8]
 
 
+def check_group_size(value: int | None) -> None:
+    """-1 (one group per row) or a power of two of at least 16, as Olive's quantized layers and onnxruntime's
+    MatMulNBits (whose block size it becomes) take."""
+    if value is not None and value != -1 and (value < 16 or value & (value - 1)):
+        raise ValueError(f"group_size must be -1 (one group per row) or a power of two of at least 16 (16, 32, 64, "
+                         f"128, ...), as onnxruntime's MatMulNBits takes it; found {value}")
+
+
 class ModuleOverride(Strict):
     """Settings of one module that differ from the pass's own."""
 
     bits: Bits | None = None
     group_size: int | None = None
     symmetric: bool | None = None
+
+    @model_validator(mode="after")
+    def _group_size(self):
+        check_group_size(self.group_size)
+        return self
 
 
 class QuantizerParams(Strict):
@@ -40,8 +53,7 @@ class QuantizerParams(Strict):
 
     @model_validator(mode="after")
     def _group_size(self):
-        if self.group_size != -1 and self.group_size < 1:
-            raise ValueError("group_size must be -1 (one group per row) or a positive number of weights")
+        check_group_size(self.group_size)
         return self
 
 

@@ -210,7 +210,12 @@ def _already_quantized(folder: Path) -> tuple[dict, dict]:
     config = quant_config(folder)
     if config is None:
         return {}, {}
+    from modelpress.quantized import grid_of, midpoint_zeros
+
     state = load_state(folder)
+    for m in quantized_modules(state):  # an Olive checkpoint's symmetric modules have no zero points
+        if f"{m}.qzeros" not in state:
+            state[f"{m}.qzeros"] = midpoint_zeros(state[f"{m}.scales"], grid_of(config, m).bits)
     return {m: {part: state[f"{m}.{part}"] for part in PARTS} for m in quantized_modules(state)}, config
 
 
