@@ -181,7 +181,7 @@ def test_calibration_rows_in_padded_batches_give_the_hessians_of_one_row_at_a_ti
         batches = gptq_layers.batched(rows)
         masks = [mask for _, mask in batches]
         prefix, layers = decoder_layers(model)
-        inputs = gptq_layers._first_layer_inputs(model, layers[0], batches)
+        inputs = gptq_layers._first_layer_inputs(model, layers, batches)[None]
         found = []
         for index, layer in enumerate(layers):
             linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -258,3 +258,53 @@ def test_the_heads_calibration_inputs_go_through_the_models_final_norm():
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
     assert final_norm(gpt2) is gpt2.transformer.ln_f  # not model.model.norm, which GPT-2 has not
+
+
+def test_each_kind_of_layer_is_calibrated_with_its_own_mask_and_rotary_tables(monkeypatch):
+    """Gemma 3 mixes sliding- and full-attention layers, each given its kind's mask and rotary tables: GPTQ ran
+    every layer on the first layer's (a full layer got the sliding window and the local rotary base)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from modelpress.passes import gptq_layers
+    from modelpress.passes.quant_specs import GptqParams
+    from modelpress.passes.torch_quant import decoder_layers
+    from modelpress.quantized import Grid
+
+    kinds = ["sliding_attention", "full_attention", "sliding_attention"]
+    config = Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=4,
+                              layer_types=kinds, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    ids = torch.randint(3, 128, (1, 12))
+    prefix, layers = decoder_layers(model)
+    real: list[dict] = []
+    hooks = [layer.register_forward_pre_hook(lambda m, a, kw: real.append(kw), with_kwargs=True) for layer in layers]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    seen: list[dict] = []
+    original = gptq_layers._layer_hessians
+
+    def recording(layer, linears, inputs, masks=None):
+        seen.append(inputs[0][1])
+        return original(layer, linears, inputs, masks)
+
+    monkeypatch.setattr(gptq_layers, "_layer_hessians", recording)
+    plan = {f"{prefix}.{i}.{n}": Grid(bits=4, group_size=32) for i, layer in enumerate(layers)
+            for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+    gptq_layers.quantize_layers(model, [ids], plan, GptqParams(group_size=32))
+
+    def same(a, b) -> bool:
+        if torch.is_tensor(a) or torch.is_tensor(b):
+            return torch.is_tensor(a) and torch.is_tensor(b) and torch.equal(a, b)
+        if isinstance(a, (tuple, list)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    assert len(seen) == 3
+    for index in range(3):
+        for key in ("position_embeddings", "attention_mask"):
+            assert same(seen[index].get(key), real[index].get(key)), (index, key)
+    assert not same(real[0]["position_embeddings"], real[1]["position_embeddings"])  # the kinds differ

@@ -65,16 +65,26 @@ def batched(rows: list, budget: int | None = None) -> list[tuple]:
     return padded
 
 
-def _first_layer_inputs(model, layer, batches: list[tuple]) -> list[tuple[tuple, dict]]:
+def _first_layer_inputs(model, layers, batches: list[tuple], kinds: list | None = None) -> dict:
+    """{layer kind: the (args, kwargs) each batch hands the first layer of that kind}, from the model run up to
+    the last such layer. One kind (None) unless the model mixes layer kinds (config.layer_types: sliding and
+    full attention in Gemma 2/3, Cohere 2...), whose layers get their kind's mask and rotary tables."""
     import torch
 
-    captured = []
+    kinds = kinds or [None] * len(layers)
+    first = {kind: kinds.index(kind) for kind in dict.fromkeys(kinds)}
+    last = max(first.values())
+    captured: dict = {kind: [] for kind in first}
 
-    def grab(_module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _Captured
+    def grab(kind, stop):
+        def hook(_module, args, kwargs):
+            captured[kind].append((args, kwargs))
+            if stop:
+                raise _Captured
+        return hook
 
-    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    handles = [layers[index].register_forward_pre_hook(grab(kind, index == last), with_kwargs=True)
+               for kind, index in first.items()]
     try:
         with torch.no_grad():
             for ids, _mask in batches:
@@ -83,12 +93,23 @@ def _first_layer_inputs(model, layer, batches: list[tuple]) -> list[tuple[tuple,
                 except _Captured:
                     pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return captured
+
+
+def layer_kinds(config, n: int) -> list | None:
+    """Each decoder layer's kind when the model mixes kinds that take different inputs, else None."""
+    kinds = getattr(config, "layer_types", None)
+    return list(kinds) if isinstance(kinds, (list, tuple)) and len(kinds) == n and len(set(kinds)) > 1 else None
 
 
 def _hidden(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def _hidden_of(args: tuple, kwargs: dict):
+    return args[0] if args else kwargs["hidden_states"]
 
 
 def _with_hidden(args: tuple, kwargs: dict, hidden) -> tuple[tuple, dict]:
@@ -164,9 +185,13 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
     prefix, layers = decoder_layers(model)
     batches = batched(rows, None if pads_safely(model.config) else 1)
     masks = [mask for _ids, mask in batches]
-    inputs = _first_layer_inputs(model, layers[0], batches)
+    kinds = layer_kinds(model.config, len(layers))
+    by_kind = _first_layer_inputs(model, layers, batches, kinds)
+    inputs = by_kind[kinds[0] if kinds else None]
     packed: dict[str, dict] = {}
     for index, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer", disable=not show_progress)):
+        if kinds:  # this layer's own mask and rotary tables, with the hidden states the layers before it gave
+            inputs = [_with_hidden(*own, _hidden_of(*now)) for own, now in zip(by_kind[kinds[index]], inputs)]
         linears = {f"{prefix}.{index}.{name}": m for name, m in layer.named_modules()
                    if isinstance(m, torch.nn.Linear) and f"{prefix}.{index}.{name}" in plan}
         hessians = _layer_hessians(layer, linears, inputs, masks)
@@ -186,8 +211,7 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
         hessian = Hessian(head.in_features)
         with torch.no_grad():
             for (args, kwargs), mask in zip(inputs, masks):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                hessian.add(norm(hidden).float()[mask])
+                hessian.add(norm(_hidden_of(args, kwargs)).float()[mask])
         packed.update(_quantize_group({head_name: head}, hessian, plan[head_name], params))
     return packed
 
