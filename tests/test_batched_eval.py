@@ -556,3 +556,23 @@ def test_genai_ids_for_more_rows_than_genai_takes_at_once(eos_model, tone_exampl
     rows = [runner._ids(ex.prompt, True) for ex in tone_examples[:GENAI_MAX_BATCH + 8]]
     got = runner.generate_ids(rows, 4)
     assert len(got) == len(rows) and got[GENAI_MAX_BATCH:] == runner.generate_ids(rows[GENAI_MAX_BATCH:], 4)
+
+
+def test_genai_rows_near_the_context_length_generate_to_it_and_longer_ones_are_one_clear_error(eos_model, tmp_path):
+    """A prompt close to context_length generates up to it (it asked genai for max_length past the context and
+    failed); one that fills the context, or a scored row longer than it, is an error naming the limit (onnxruntime
+    failed inside the batch)."""
+    from modelpress.errors import ModelpressError
+    from modelpress.runners import GenaiRunner
+
+    runner = GenaiRunner(_builder_output(eos_model, tmp_path / "fp32", "fp32"))
+    context = runner.context
+    assert context and context <= 4096
+    near = [[5 + i % 20 for i in range(context - 3)]]
+    [new] = runner.generate_ids(near, 8)
+    assert len(new) <= 3
+    with pytest.raises(ModelpressError, match=f"prompt of {context} tokens does not fit the model's context of "
+                                              f"{context} tokens"):
+        runner.generate_ids([[5] * context], 4)
+    with pytest.raises(ModelpressError, match="prompt and completion of"):
+        runner.logits_batch([[5] * (context + 1)])

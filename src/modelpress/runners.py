@@ -297,7 +297,9 @@ class GenaiRunner(Ends, Runner):
         self.og = og
         self.folder = Path(folder)
         self.pad = free_pad_id(self.folder)
-        self._vocab = json.loads((self.folder / "genai_config.json").read_text())["model"].get("vocab_size")
+        genai_model = json.loads((self.folder / "genai_config.json").read_text())["model"]
+        self._vocab = genai_model.get("vocab_size")
+        self.context = genai_model.get("context_length")
         self.model = open_model(og, self.folder, {"pad_token_id": self.pad})
         self.prepack = prepack
         self._scratch = tempfile.TemporaryDirectory(prefix="modelpress-adapter-")
@@ -317,6 +319,16 @@ class GenaiRunner(Ends, Runner):
 
     def _plain_ids(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)] if text else []
+
+    def _fits(self, rows: list[list[int]], what: str, room: int) -> None:
+        """Every row leaves `room` tokens in the model's context (genai_config.json's context_length): a longer
+        one fails inside onnxruntime-genai, and with it the whole batch."""
+        longest = max((len(row) for row in rows), default=0)
+        if self.context and longest + room > self.context:
+            raise ModelpressError(f"a {what} of {longest} tokens does not fit the model's context of {self.context} "
+                                  f"tokens (context_length in {self.folder / 'genai_config.json'}), with "
+                                  f"{room} more to generate: shorten the longest eval rows, or build the model "
+                                  "with a longer context")
 
     def _chunks(self, rows: list[list[int]]) -> list[range]:
         """Index ranges genai takes as one batch: up to GENAI_MAX_BATCH, or one at a time when a prompt holds
@@ -355,11 +367,12 @@ class GenaiRunner(Ends, Runner):
 
         ids = np.array(right_pad(rows, self.pad), dtype=np.int32)
         width = ids.shape[1]
+        self._fits(rows, "prompt", 1)
         params = self.og.GeneratorParams(self.model)
         # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
         # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
-        params.set_search_options(max_length=width + max_new_tokens, do_sample=False, random_seed=0,
-                                  batch_size=len(rows))
+        length = width + max_new_tokens if not self.context else min(width + max_new_tokens, self.context)
+        params.set_search_options(max_length=length, do_sample=False, random_seed=0, batch_size=len(rows))
         generator = self.og.Generator(self.model, params)
         if self._adapters is not None:
             generator.set_active_adapter(self._adapters, "active")
@@ -423,6 +436,7 @@ class GenaiRunner(Ends, Runner):
         a row's logits past its own length are meaningless)."""
         import numpy as np
 
+        self._fits(rows, "prompt and completion", 0)
         session = self._load_session()
         feeds = {spec.name: _feed(spec, right_pad(rows, self.pad), right_mask(rows), self._kv_shape)
                  for spec in session.get_inputs() if spec.name not in self._adapter_feeds}
