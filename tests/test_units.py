@@ -598,3 +598,38 @@ def test_calibrating_on_the_rows_the_evaluation_measures_is_warned_about(tiny_mo
     assert len(warnings(held_out, evaluation={"extra_data_configs": ["other"]})) == 0
     assert len(warnings({**held_out, "gptq": {"type": "Gptq", "data_config": "other"}},
                         evaluation={"extra_data_configs": ["other"]})) == 1
+
+
+def test_evaluate_json_is_strict_json_when_a_value_is_not_finite():
+    from modelpress.measure import result_json
+
+    text = result_json({"accuracy": 0.5, "completion_loss": float("nan"), "perplexity": float("inf"),
+                        "latency_ms": {"p50": 1.0}, "per_class": [float("nan"), 1.0]})
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    data = json.loads(text, parse_constant=refuse)  # NaN/Infinity would be refused: JavaScript's parser does
+    assert data["completion_loss"] is None and data["perplexity"] is None and data["per_class"] == [None, 1.0]
+
+
+def test_generate_says_when_the_trained_template_has_several_input_fields(caplog):
+    from modelpress.generate import prompt_and_stop
+
+    card = {"task": {"text_template": "Context: {context}\nQ: {question}\nA: {answer}\n###"}}
+    with caplog.at_level("WARNING", logger="modelpress"):
+        assert prompt_and_stop(card, "hi") == ("hi", "")
+    assert "2 input fields (context, question)" in caplog.text
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly():
+    """`modelpress generate ... | head -c 20`: the reader's leaving is not an unexpected error of modelpress."""
+    import subprocess
+    import sys
+
+    code = ("import modelpress.cli as c, sys\n"
+            "def gone(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "c.cmd_validate = gone\nsys.exit(c.main(['validate', 'x.json']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "unexpected" not in proc.stderr and "Exception ignored" not in proc.stderr, \
+        proc.stderr

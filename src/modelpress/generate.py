@@ -39,6 +39,10 @@ def prompt_and_stop(card: dict, text: str) -> tuple[str, str]:
     split = completion_split(template)
     inputs = [f for f in template_fields(template or "") if split and f != split[0]]
     if not split or len(set(inputs)) != 1:
+        if template and len(set(inputs)) > 1:  # which field would the text fill?
+            log.warning("the model was trained on a template with %d input fields (%s); the text is sent as it is, "
+                        "not in that template: write the whole prompt (--raw says so)", len(set(inputs)),
+                        ", ".join(sorted(set(inputs))))
         return text, ""
     parts = template_parts(template)
     last = max(i for i, part in enumerate(parts) if part[1] == split[0])

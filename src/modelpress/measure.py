@@ -7,6 +7,7 @@ each row into the same prompt the model was trained on; the template's last fiel
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from modelpress.chat import ChatFormat
@@ -78,4 +79,15 @@ def format_result(result: dict) -> str:
 
 
 def result_json(result: dict) -> str:
-    return json.dumps(result, indent=2)
+    """The result as strict JSON: a value that is not a finite number (a loss over no scored token) is null."""
+    return json.dumps(_finite(result), indent=2, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
