@@ -576,3 +576,41 @@ def test_genai_rows_near_the_context_length_generate_to_it_and_longer_ones_are_o
         runner.generate_ids([[5] * context], 4)
     with pytest.raises(ModelpressError, match="prompt and completion of"):
         runner.logits_batch([[5] * (context + 1)])
+
+
+def test_genai_reads_a_prompt_that_ends_with_its_pad_id_and_batches_one_that_holds_it(eos_model, tmp_path):
+    """onnxruntime-genai 0.18 drops a pad id that ends a row, even at batch 1, and reads one inside a prompt as a
+    token (measured). A prompt ending with it runs on a handle that pads otherwise, in the caller's order; a
+    prompt holding it inside still runs in a batch (it ran alone)."""
+    import numpy as np
+
+    from modelpress.runners import GenaiRunner
+
+    runner = GenaiRunner(_builder_output(eos_model, tmp_path / "fp32", "fp32"))
+    pad = runner.pad
+    rows = [[5, 6, 7, 8], [5, 6, 7, pad], [5, pad, 7, 8], [9, 10, 11, pad]]
+    expected = [int(np.argmax(runner.logits_batch([row])[0][-1])) for row in rows]  # onnxruntime, no padding
+    sizes = []
+    generate = runner._generate
+    runner._generate = lambda r, new, keep_logits=False: sizes.append(len(r)) or generate(r, new, keep_logits)
+    got = runner.generate_ids(rows, 1)
+    assert [new[0] if new else None for new in got] == expected
+    assert sorted(sizes) == [2, 2]  # the two ending with the pad id together, the others together
+
+
+def test_generate_reads_a_raw_prompt_that_ends_with_the_pad_token(eos_model, tmp_path):
+    import numpy as np
+
+    from modelpress.generate import generate
+    from modelpress.runners import GenaiRunner
+
+    folder = _builder_output(eos_model, tmp_path / "fp32", "fp32")
+    pad = json.loads((folder / "genai_config.json").read_text())["model"]["pad_token_id"]
+    text = next(t["content"] for t in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+                if t["id"] == pad)
+    runner = GenaiRunner(folder)
+    ids = runner._plain_ids("we won " + text)
+    assert ids[-1] == pad
+    first = int(np.argmax(runner.logits_batch([ids])[0][-1]))
+    assert "".join(generate(folder, "we won " + text, max_new_tokens=1, raw=True)) == \
+        runner.tokenizer.decode(np.array([first], dtype=np.int32))

@@ -84,12 +84,11 @@ def loss_session_options(folder: Path, prepack: bool = True):
 def free_pad_id(folder: Path) -> int:
     """The id genai pads batches with: the model's own pad id, unless the chat template writes that token.
 
-    onnxruntime-genai finds a batch's padding by its id (attention mask = ids != pad), so a pad id
-    that occurs in prompts would mask real tokens, and such prompts must run one at a time. Chat
-    models often pad with their turn-end token (SmolLM2: <|im_end|>), which every chat prompt holds.
-    Then the highest-numbered special token inside the vocabulary that the template does not write
-    (nor bos/eos) is used. A user's text could still spell it out, which a tokenizer may turn into
-    that id: `generate_batch` checks every batch and runs such prompts alone.
+    onnxruntime-genai 0.18 takes pad ids at the end of a row for padding, even at batch 1 (measured: a pad id
+    inside a prompt is read as a token, one that ends it is dropped), so a prompt must not end with the pad
+    id. Chat models often pad with their turn-end token (SmolLM2: <|im_end|>), which chat prompts hold; then
+    the highest-numbered special token inside the vocabulary that the template does not write (nor bos/eos)
+    is used. A prompt that still ends with it runs on a model handle that pads with `other_pad_id`.
     """
     model = json.loads((folder / "genai_config.json").read_text())["model"]
     eos = model.get("eos_token_id", [])
@@ -119,3 +118,8 @@ def _template_text(folder: Path) -> str:
             value = json.loads((folder / name).read_text()).get(key)
             texts.append(json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
     return "\n".join(texts)
+
+
+def other_pad_id(pad: int) -> int:
+    """Another id to pad with, for rows whose last token is `pad` (which genai would take for padding)."""
+    return pad - 1 if pad > 0 else pad + 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
-from modelpress.genai_folder import open_model, trained_bos
+from modelpress.genai_folder import open_model, other_pad_id, trained_bos
 from modelpress.models import MODEL_CARD
 from modelpress.onnx_adapters import adapter_file, genai_adapters
 
@@ -125,7 +125,11 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     bos = trained_bos(model_dir, lambda piece: list(tokenizer.encode(piece)), tokenizer.bos_token_id)
     if (card.get("task") or {}).get("add_bos") and bos is not None:
         ids = [bos] + ids
-    context = (read_json(model_dir / "genai_config.json").get("model") or {}).get("context_length")
+    genai_model = read_json(model_dir / "genai_config.json").get("model") or {}
+    pad = genai_model.get("pad_token_id")
+    if ids and isinstance(pad, int) and ids[-1] == pad:  # genai would drop it as padding: pad with another id
+        model = open_model(og, model_dir, {"pad_token_id": other_pad_id(pad)})
+    context = genai_model.get("context_length")
     if context and len(ids) >= context:
         raise ModelpressError(f"the prompt is {len(ids)} tokens and the model reads at most {context}: shorten it.")
     if context and len(ids) + max_new_tokens > context:

@@ -16,7 +16,7 @@ from pathlib import Path
 from modelpress.answer_ends import Ends, eos_ids, generation_config_of, named_eos, until_eos
 from modelpress.data import Example
 from modelpress.errors import ModelpressError
-from modelpress.genai_folder import free_pad_id, loss_session_options, open_model, trained_bos
+from modelpress.genai_folder import free_pad_id, loss_session_options, open_model, other_pad_id, trained_bos
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
@@ -312,6 +312,7 @@ class GenaiRunner(Ends, Runner):
         self.end_ids = set(self.tokenizer.eos_token_ids)
         self.eos_id = named_eos(self.folder, self._plain_ids, self.end_ids)
         self._session = None
+        self._other = None  # (model, adapters, pad id) for rows that end with the pad id, opened when needed
         self.rescored_rows = 0  # generate_scored's rows whose completion loss took a second pass
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
@@ -321,25 +322,38 @@ class GenaiRunner(Ends, Runner):
         return [int(t) for t in self.tokenizer.encode(text)] if text else []
 
     def _fits(self, rows: list[list[int]], what: str, room: int) -> None:
-        """Every row leaves `room` tokens in the model's context (genai_config.json's context_length): a longer
-        one fails inside onnxruntime-genai, and with it the whole batch."""
+        """Every row leaves `room` tokens in the context (a longer one fails inside genai, with its batch)."""
         longest = max((len(row) for row in rows), default=0)
         if self.context and longest + room > self.context:
             raise ModelpressError(f"a {what} of {longest} tokens does not fit the model's context of {self.context} "
-                                  f"tokens (context_length in {self.folder / 'genai_config.json'}), with "
-                                  f"{room} more to generate: shorten the longest eval rows, or build the model "
-                                  "with a longer context")
+                                  f"tokens (context_length in {self.folder / 'genai_config.json'}), with {room} more"
+                                  f" to generate: shorten the longest eval rows, or build a model of a longer context")
 
-    def _chunks(self, rows: list[list[int]]) -> list[range]:
-        """Index ranges genai takes as one batch: up to GENAI_MAX_BATCH, or one at a time when a prompt holds
-        the pad id (genai would mask that token as padding)."""
-        size = 1 if any(self.pad in row for row in rows) else GENAI_MAX_BATCH
-        return [range(start, min(start + size, len(rows))) for start in range(0, len(rows), size)]
+    def _chunks(self, rows: list[list[int]]) -> list[list[int]]:
+        """Row indices genai takes as one batch (up to GENAI_MAX_BATCH); rows ending with the pad id, which genai
+        would take for padding, in batches of their own (`_handle`). A pad id inside a prompt is a token."""
+        ending = [bool(row) and row[-1] == self.pad for row in rows]
+        plain, ends = [i for i, e in enumerate(ending) if not e], [i for i, e in enumerate(ending) if e]
+        return [group[start:start + GENAI_MAX_BATCH] for group in (plain, ends)
+                for start in range(0, len(group), GENAI_MAX_BATCH)]
+
+    def _handle(self, rows: list[list[int]]) -> tuple:
+        """(og.Model, adapters, pad id) for `rows`: for rows ending with the pad id, a handle padding otherwise."""
+        if not any(row and row[-1] == self.pad for row in rows):
+            return self.model, self._adapters, self.pad
+        if self._other is None:
+            pad = other_pad_id(self.pad)
+            model = open_model(self.og, self.folder, {"pad_token_id": pad})
+            self._other = (model, genai_adapters(self.og, model, self.adapter, Path(self._scratch.name)), pad)
+        return self._other
 
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
         rows = [self._ids(p, add_bos) for p in prompts]
-        return [answer for chunk in self._chunks(rows)
-                for answer in self._generate_rows([rows[i] for i in chunk], max_new_tokens)]
+        answers: list = [None] * len(rows)
+        for chunk in self._chunks(rows):
+            for i, answer in zip(chunk, self._generate_rows([rows[i] for i in chunk], max_new_tokens)):
+                answers[i] = answer
+        return answers
 
     def _generate_rows(self, rows: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
         return [self._answer(new, max_new_tokens) for new in self._generate(rows, max_new_tokens)[0]]
@@ -357,25 +371,29 @@ class GenaiRunner(Ends, Runner):
     def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """The greedy new tokens of each row (up to its end of sequence), in the batches genai takes (`_chunks`)."""
         # A sequence generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
-        return [until_eos(new, self.end_ids)[0] for chunk in self._chunks(rows)
-                for new in self._generate([rows[i] for i in chunk], max_new_tokens)[0]]
+        out: list = [None] * len(rows)
+        for chunk in self._chunks(rows):
+            for i, new in zip(chunk, self._generate([rows[i] for i in chunk], max_new_tokens)[0]):
+                out[i] = until_eos(new, self.end_ids)[0]
+        return out
 
     def _generate(self, rows: list[list[int]], max_new_tokens: int, keep_logits: bool = False):
         """Each row's greedy new tokens as generated (past its end of sequence, while other rows go on), and with
         `keep_logits` the logits each step chose from: an array (steps, rows, vocabulary)."""
         import numpy as np
 
-        ids = np.array(right_pad(rows, self.pad), dtype=np.int32)
+        model, adapters, pad = self._handle(rows)
+        ids = np.array(right_pad(rows, pad), dtype=np.int32)
         width = ids.shape[1]
         self._fits(rows, "prompt", 1)
-        params = self.og.GeneratorParams(self.model)
+        params = self.og.GeneratorParams(model)
         # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
         # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
         length = width + max_new_tokens if not self.context else min(width + max_new_tokens, self.context)
         params.set_search_options(max_length=length, do_sample=False, random_seed=0, batch_size=len(rows))
-        generator = self.og.Generator(self.model, params)
-        if self._adapters is not None:
-            generator.set_active_adapter(self._adapters, "active")
+        generator = self.og.Generator(model, params)
+        if adapters is not None:
+            generator.set_active_adapter(adapters, "active")
         generator.append_tokens(ids)
         steps = []
         ends, ended = np.array(sorted(self.end_ids)), np.zeros(len(rows), dtype=bool)
