@@ -571,6 +571,10 @@ def test_genai_rows_near_the_context_length_generate_to_it_and_longer_ones_are_o
     near = [[5 + i % 20 for i in range(context - 3)]]
     [new] = runner.generate_ids(near, 8)
     assert len(new) <= 3
+    short = [5, 6, 7, 8, 9]
+    alone = runner.generate_ids([short], 8)
+    together = runner.generate_ids([short, near[0]], 8)  # the long row runs alone: the short answer is not cut
+    assert together[0] == alone[0] and together[1] == new
     with pytest.raises(ModelpressError, match=f"prompt of {context} tokens does not fit the model's context of "
                                               f"{context} tokens"):
         runner.generate_ids([[5] * context], 4)
@@ -596,6 +600,9 @@ def test_genai_reads_a_prompt_that_ends_with_its_pad_id_and_batches_one_that_hol
     got = runner.generate_ids(rows, 1)
     assert [new[0] if new else None for new in got] == expected
     assert sorted(sizes) == [2, 2]  # the two ending with the pad id together, the others together
+    for row in rows:  # and the logits genai chose from are onnxruntime's, not only their argmax
+        _, steps = runner._generate([row], 1, keep_logits=True)
+        np.testing.assert_allclose(steps[0][0], runner.logits_batch([row])[0][-1], atol=1e-4)
 
 
 def test_generate_reads_a_raw_prompt_that_ends_with_the_pad_token(eos_model, tmp_path):

@@ -324,6 +324,32 @@ def test_static_qdq_calibrates_on_the_data_config(bert_onnx, bert_batch, calibra
 
 
 @pytest.mark.parametrize("method", ["MinMax", "Entropy"])
+def test_static_quantization_calibrates_a_sentence_pair_with_its_segments(method, bert_onnx, bert_folder, tmp_path):
+    """Two text columns are a pair for the calibration rows too: the feeds carry the tokenizer's segment ids."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = [{"a": f"the {w} car", "b": f"it was {v}", "label": LABELS[i % 3]}
+            for i, (w, v) in enumerate((w, v) for w in ("old", "new", "red") for v in ("great", "awful"))]
+    (folder / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    raw = {"input_model": {"type": "HfModel", "model_path": str(bert_folder), "task": "text-classification"},
+           "data_configs": [{"name": "pairs", "load_dataset_config": {"data_name": "json", "data_files": ["pairs.jsonl"]},
+                             "pre_process_data_config": {"input_cols": ["a", "b"], "label_col": "label",
+                                                         "max_seq_len": 16}}],
+           "passes": {}, "engine": {"output_dir": str(folder / "out"), "cache_dir": str(folder / "cache")}}
+    plan = DataPlan(normalize(raw, base_dir=folder), folder / "cache")
+    ctx = _ctx(bert_onnx, tmp_path / "q", "text-classification", plan)
+    feeds = calibration_feeds(ctx, OnnxStaticQuantizationParams(data_config="pairs", calibrate_method=method,
+                                                                calibration_samples=6))
+    tokenizer = AutoTokenizer.from_pretrained(bert_folder)
+    first = tokenizer(rows[0]["a"], rows[0]["b"])
+    assert feeds[0]["input_ids"][0].tolist()[:len(first["input_ids"])] == first["input_ids"]
+    assert feeds[0]["token_type_ids"][0].tolist()[:len(first["input_ids"])] == first["token_type_ids"]
+    assert 1 in first["token_type_ids"]
+
+
+@pytest.mark.parametrize("method", ["MinMax", "Entropy"])
 def test_static_quantization_of_a_causal_lm_calibrates_on_prompt_and_completion(method, phi_onnx, phi_batch,
                                                                                 tiny_model, tmp_path):
     plan = DataPlan(normalize(tone_workflow(tiny_model, {}), base_dir=tmp_path), tmp_path / "cache")

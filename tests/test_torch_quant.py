@@ -217,9 +217,13 @@ def test_group_sizes_are_those_matmulnbits_takes():
 
     for good in (-1, 16, 32, 128, 4096):
         assert RtnParams(group_size=good).group_size == good
+    from modelpress.passes.quant_specs import SelectiveMixedPrecisionParams
+
     for bad in (0, 8, 48, 96, -2):
         with pytest.raises(ValueError, match="power of two of at least 16"):
             GptqParams(group_size=bad)
+        with pytest.raises(ValueError, match="power of two of at least 16"):
+            SelectiveMixedPrecisionParams(algorithm="kld_gradient", group_size=bad)
     with pytest.raises(ValueError, match="power of two of at least 16"):
         ModuleOverride(group_size=8)
 
@@ -233,7 +237,8 @@ def test_the_builder_refuses_a_checkpoint_whose_row_blocks_matmulnbits_cannot_ta
 
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
         "quant_method": "olive", "bits": 4, "group_size": -1, "symmetric": False, "overrides": {}}}))
-    save_file({"a.qweight": torch.zeros(8, 48, dtype=torch.uint8), "b.qweight": torch.zeros(8, 128, dtype=torch.uint8)},
+    save_file({"a.qweight": torch.zeros(8, 48, dtype=torch.uint8), "b.qweight": torch.zeros(8, 128, dtype=torch.uint8),
+               "model.embed_tokens.qweight": torch.zeros(8, 288, dtype=torch.uint8)},  # given to it as float
               str(tmp_path / "model.safetensors"))
     assert blocks_the_builder_refuses(tmp_path) == ["a (blocks of 96)"]
 
@@ -251,6 +256,9 @@ def test_an_olive_checkpoint_stored_without_symmetric_zero_points_reads_as_its_m
               metadata={"format": "pt"})
     got = dequantized_state(out)
     assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    shapes = {k: v.shape for k, v in state.items() if k.endswith(".qzeros")}
     again = _rtn(out, tmp_path / "again", bits=4, group_size=32, sym=True, lm_head=True)  # Rtn keeps them
     assert torch.equal(dequantized_state(again)["model.layers.0.self_attn.qkv_proj.weight"],
                        expected["model.layers.0.self_attn.qkv_proj.weight"])
+    kept = load_file(str(again / "model.safetensors"))  # written back in the layout the builder splits right
+    assert {k: kept[k].shape for k in shapes} == shapes

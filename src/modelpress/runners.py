@@ -1,8 +1,8 @@
 """What evaluation runs a model with: greedy generation (one prompt or a batch) and completion loss.
 
 One runner per kind of model: PyTorch (HF folder, or base + adapter), onnxruntime-genai, plain
-ONNX causal LM, and classifiers. A batch gives each prompt the same greedy tokens as running it
-alone: PyTorch pads on the left (with an attention mask, so the new tokens follow every prompt
+ONNX causal LM, and classifiers (`modelpress.classifier_runners`). A batch gives each prompt the
+same greedy tokens as running it alone: PyTorch pads on the left (with an attention mask, so the new tokens follow every prompt
 directly); onnxruntime-genai pads on the right, the only padding its GroupQueryAttention reads
 correctly (measured: left-padded batches changed 14 of 16 generations of the tiny Phi-3).
 """
@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from modelpress.answer_ends import Ends, eos_ids, generation_config_of, named_eos, until_eos
+from modelpress.classifier_runners import OnnxClassifierRunner, TorchClassifierRunner
 from modelpress.data import Example
 from modelpress.errors import ModelpressError
 from modelpress.genai_folder import free_pad_id, loss_session_options, open_model, other_pad_id, trained_bos
@@ -23,6 +24,7 @@ from modelpress.passes.catalog import ONNX, ONNX_GENAI
 from modelpress.passes.losses import native_forward
 from modelpress.prompt_cache import (common_prefix, generate_scored, generate_with_prefix, logits_from,
                                      right_mask, right_pad)
+from modelpress.runner_base import Runner
 from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, tail_nll
 
 
@@ -34,111 +36,6 @@ def make_runner(ref: ModelRef, trust_remote_code: bool = False):
     if ref.kind == ONNX:
         return OnnxClassifierRunner(ref) if classify else OnnxCausalRunner(ref)
     return TorchClassifierRunner(ref, trust_remote_code) if classify else TorchRunner(ref, trust_remote_code)
-
-
-class Runner:
-    """Greedy generation: `generate_batch` for accuracy, `generate` (batch 1) for latency."""
-
-    def add_stops(self, texts: set[str]) -> None:
-        """Texts that close an answer (a chat turn's end marker): generation ends at those that are one token."""
-
-    def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
-        """(answer text, tokens generated) for each prompt."""
-        raise NotImplementedError
-
-    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
-        return self.generate_batch([prompt], add_bos, max_new_tokens)[0]
-
-
-class ClassifierRunner(Runner):
-    """A classifier 'generates' its predicted label; its loss is the cross-entropy of the true label."""
-
-    labels: list[str]
-
-    def class_logits_batch(self, texts: list[str]):
-        """float32 logits, one row per text."""
-        raise NotImplementedError
-
-    def class_logits(self, text: str):
-        return self.class_logits_batch([text])[0]
-
-    def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
-        if self.tokenizer.pad_token_id is None:  # nothing to pad a batch with: one text at a time
-            rows = [self.class_logits(p) for p in prompts]
-        else:
-            rows = self.class_logits_batch(prompts)
-        return [(self.labels[int(row.argmax())], 0) for row in rows]
-
-    def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
-        import numpy as np
-
-        index = {label: i for i, label in enumerate(self.labels)}
-        total, count = 0.0, 0
-        for ex in examples:
-            if ex.completion not in index:
-                continue
-            row = self.class_logits(ex.prompt).astype(np.float64)
-            row = row - row.max()
-            total += float(np.log(np.exp(row).sum()) - row[index[ex.completion]])
-            count += 1
-        return total / count if count else float("nan")
-
-    encoding: dict  # the model card's task: the max_seq_len and add_special_tokens it was trained with
-
-    def _encode(self, texts: list[str]) -> dict:
-        """Token ids and attention masks as training made them (its max_seq_len and special tokens; an
-        untrained model: up to 512 tokens with them), padded to the longest text when there are several."""
-        from modelpress.data import encode_texts
-
-        limit = self.encoding.get("max_seq_len") or min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
-        return encode_texts(self.tokenizer, texts, truncation=True, max_length=limit, padding=len(texts) > 1,
-                            add_special_tokens=self.encoding.get("add_special_tokens", True))
-
-
-class TorchClassifierRunner(ClassifierRunner):
-    def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
-        self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
-        self.labels = _labels(ref, self.model.config)
-        self.encoding = ref.task
-
-    def class_logits_batch(self, texts: list[str]):
-        import torch
-
-        encoded = self._encode(texts)
-        segments = {"token_type_ids": torch.tensor(encoded["token_type_ids"])} if "token_type_ids" in encoded else {}
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor(encoded["input_ids"]),
-                             attention_mask=torch.tensor(encoded["attention_mask"]), **segments)
-        return out.logits.float().numpy()
-
-
-class OnnxClassifierRunner(ClassifierRunner):
-    def __init__(self, ref: ModelRef):
-        from modelpress.models import load_tokenizer
-        from modelpress.onnx_model import OnnxModel
-
-        self.model = OnnxModel(ref.path)
-        self.tokenizer = load_tokenizer(ref.path)
-        self.labels = _labels(ref, None)
-        self.encoding = ref.task
-
-    def class_logits_batch(self, texts: list[str]):
-        import numpy as np
-
-        encoded = self._encode(texts)
-        segments = encoded.get("token_type_ids")
-        return self.model.logits(np.array(encoded["input_ids"], dtype=np.int64),
-                                 np.array(encoded["attention_mask"], dtype=np.int64),
-                                 None if segments is None else np.array(segments, dtype=np.int64))
-
-
-def _labels(ref: ModelRef, config) -> list[str]:
-    labels = ref.task.get("labels")
-    if labels:
-        return list(labels)
-    if config is not None and getattr(config, "id2label", None):
-        return [config.id2label[i] for i in sorted(config.id2label)]
-    raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card)")
 
 
 class HfTokenizedRunner(Ends, Runner):
@@ -312,7 +209,6 @@ class GenaiRunner(Ends, Runner):
         self.end_ids = set(self.tokenizer.eos_token_ids)
         self.eos_id = named_eos(self.folder, self._plain_ids, self.end_ids)
         self._session = None
-        self._other = None  # (model, adapters, pad id) for rows that end with the pad id, opened when needed
         self.rescored_rows = 0  # generate_scored's rows whose completion loss took a second pass
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
@@ -329,34 +225,42 @@ class GenaiRunner(Ends, Runner):
                                   f"tokens (context_length in {self.folder / 'genai_config.json'}), with {room} more"
                                   f" to generate: shorten the longest eval rows, or build a model of a longer context")
 
-    def _chunks(self, rows: list[list[int]]) -> list[list[int]]:
+    def _chunks(self, rows: list[list[int]], max_new_tokens: int = 0) -> list[list[int]]:
         """Row indices genai takes as one batch (up to GENAI_MAX_BATCH); rows ending with the pad id, which genai
-        would take for padding, in batches of their own (`_handle`). A pad id inside a prompt is a token."""
+        would take for padding, in batches of their own (`_handle`). A pad id inside a prompt is a token. A row
+        whose answer would run past the context runs alone: the context cuts its answer, not its batch's."""
         ending = [bool(row) and row[-1] == self.pad for row in rows]
-        plain, ends = [i for i, e in enumerate(ending) if not e], [i for i, e in enumerate(ending) if e]
+        long = [bool(self.context) and len(row) + max_new_tokens > self.context for row in rows]
+        plain = [i for i in range(len(rows)) if not ending[i] and not long[i]]
+        ends = [i for i in range(len(rows)) if ending[i] and not long[i]]
         return [group[start:start + GENAI_MAX_BATCH] for group in (plain, ends)
-                for start in range(0, len(group), GENAI_MAX_BATCH)]
+                for start in range(0, len(group), GENAI_MAX_BATCH)] + [[i] for i in range(len(rows)) if long[i]]
+
+    def _room(self, rows: list[list[int]], max_new_tokens: int) -> int:
+        """The new tokens a batch of `rows` may generate: max_new_tokens, or what the context leaves."""
+        width = max((len(row) for row in rows), default=0)
+        return max_new_tokens if not self.context else min(max_new_tokens, self.context - width)
 
     def _handle(self, rows: list[list[int]]) -> tuple:
-        """(og.Model, adapters, pad id) for `rows`: for rows ending with the pad id, a handle padding otherwise."""
+        """(og.Model, adapters, pad id) for `rows`: for rows ending with the pad id, a handle padding otherwise,
+        opened for them and let go after (`_chunks` puts them together, after the rest)."""
         if not any(row and row[-1] == self.pad for row in rows):
             return self.model, self._adapters, self.pad
-        if self._other is None:
-            pad = other_pad_id(self.pad)
-            model = open_model(self.og, self.folder, {"pad_token_id": pad})
-            self._other = (model, genai_adapters(self.og, model, self.adapter, Path(self._scratch.name)), pad)
-        return self._other
+        pad = other_pad_id(self.pad)
+        model = open_model(self.og, self.folder, {"pad_token_id": pad})
+        return model, genai_adapters(self.og, model, self.adapter, Path(self._scratch.name)), pad
 
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
         rows = [self._ids(p, add_bos) for p in prompts]
         answers: list = [None] * len(rows)
-        for chunk in self._chunks(rows):
+        for chunk in self._chunks(rows, max_new_tokens):
             for i, answer in zip(chunk, self._generate_rows([rows[i] for i in chunk], max_new_tokens)):
                 answers[i] = answer
         return answers
 
     def _generate_rows(self, rows: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
-        return [self._answer(new, max_new_tokens) for new in self._generate(rows, max_new_tokens)[0]]
+        room = self._room(rows, max_new_tokens)
+        return [self._answer(new, room) for new in self._generate(rows, max_new_tokens)[0]]
 
     def _answer(self, new: list[int], max_new_tokens: int) -> tuple[str, int]:
         """The answer's text, and the tokens generated for it counted as the other runners count them: with the
@@ -372,7 +276,7 @@ class GenaiRunner(Ends, Runner):
         """The greedy new tokens of each row (up to its end of sequence), in the batches genai takes (`_chunks`)."""
         # A sequence generated alone ends without its end-of-sequence token, so it is not counted in a batch either.
         out: list = [None] * len(rows)
-        for chunk in self._chunks(rows):
+        for chunk in self._chunks(rows, max_new_tokens):
             for i, new in zip(chunk, self._generate([rows[i] for i in chunk], max_new_tokens)[0]):
                 out[i] = until_eos(new, self.end_ids)[0]
         return out
@@ -389,8 +293,8 @@ class GenaiRunner(Ends, Runner):
         params = self.og.GeneratorParams(model)
         # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
         # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
-        length = width + max_new_tokens if not self.context else min(width + max_new_tokens, self.context)
-        params.set_search_options(max_length=length, do_sample=False, random_seed=0, batch_size=len(rows))
+        params.set_search_options(max_length=width + self._room(rows, max_new_tokens), do_sample=False,
+                                  random_seed=0, batch_size=len(rows))
         generator = self.og.Generator(model, params)
         if adapters is not None:
             generator.set_active_adapter(adapters, "active")
@@ -420,10 +324,11 @@ class GenaiRunner(Ends, Runner):
         pairs = [self._pair(ex, add_bos) for ex in examples]
         rows = [head for head, _ in pairs]
         answers, total, rest = [None] * len(rows), 0.0, []
-        for chunk in self._chunks(rows):
+        for chunk in self._chunks(rows, max_new_tokens):
             news, steps = self._generate([rows[i] for i in chunk], max_new_tokens, keep_logits=True)
+            room = self._room([rows[i] for i in chunk], max_new_tokens)
             for j, (i, new) in enumerate(zip(chunk, news)):
-                answers[i] = self._answer(new, max_new_tokens)
+                answers[i] = self._answer(new, room)
                 tail = pairs[i][1]
                 # the logits at step k saw the prompt and new[:k], so the tail scores from them when the answer
                 # began with the tail's tokens before its last (which need not have been generated)

@@ -73,7 +73,8 @@ class DataConfig(Strict):
     text_template: str | None = Field(None, description="Python format string over column names.")
     text_cols: list[str] | None = Field(
         None, validation_alias=AliasChoices("text_cols", "input_cols"),
-        description="Columns joined by a space when no template.",
+        description="Columns joined by a space when no template (a classifier's two: a sentence pair, as in "
+        "Olive).",
     )
     label_col: str | None = Field(
         None, description="text-classification: the column with the class label; the template or text_cols "

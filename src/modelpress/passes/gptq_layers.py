@@ -188,6 +188,9 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
     kinds = layer_kinds(model.config, len(layers))
     by_kind = _first_layer_inputs(model, layers, batches, kinds)
     inputs = by_kind[kinds[0] if kinds else None]
+    # a kind's later layers reuse its mask and rotary tables, not its first layer's hidden states: let them go
+    by_kind = {kind: [_with_hidden(*own, None) for own in captured] for kind, captured in by_kind.items()} \
+        if kinds else {}
     packed: dict[str, dict] = {}
     for index, layer in enumerate(tqdm(layers, desc="GPTQ", unit="layer", disable=not show_progress)):
         if kinds:  # this layer's own mask and rotary tables, with the hidden states the layers before it gave

@@ -105,6 +105,11 @@ class SelectiveMixedPrecisionParams(Strict):
     max_seq_len: int = Field(512, gt=0, description="kld_gradient: tokens per calibration row at most.")
 
     @model_validator(mode="after")
+    def _group_size_takes(self):
+        check_group_size(self.group_size)
+        return self
+
+    @model_validator(mode="after")
     def _ratio_for_scores(self):
         if self.algorithm == "kld_gradient" and self.ratio is None:
             raise ValueError("kld_gradient needs ratio: the fraction of weights that stay at `bits` (e.g. 0.65)")

@@ -188,15 +188,18 @@ FUSED = ("qkv_proj", "gate_up_proj", "query_key_value", "dense_h_to_4h")
 def packed_parts(codes, scales, zeros, grid: Grid, name: str = "") -> dict:
     import torch
 
-    qzeros = pack(zeros, grid.bits)
-    if name.rsplit(".", 1)[-1] in FUSED and grid.bits < 8:
-        # onnxruntime-genai 0.18's builder splits a fused module's Olive-format zero points at
-        # rows // (8 // bits) instead of rows (loaders/base.py), then flattens each part. Storing
-        # them as (rows / (8 // bits), groups * (8 // bits)) gives each part exactly its own bytes;
-        # modelpress.quantized reads either shape.
-        per_byte = 8 // grid.bits
-        qzeros = qzeros.reshape(qzeros.shape[0] // per_byte, -1)
+    qzeros = stored_zeros(pack(zeros, grid.bits), name, grid.bits)
     return {"qweight": pack(codes, grid.bits), "scales": scales.to(torch.float32), "qzeros": qzeros}
+
+
+def stored_zeros(qzeros, name: str, bits: int):
+    """Packed zero points (rows, ...) in the shape they are stored in. onnxruntime-genai 0.18's builder splits a
+    fused module's Olive-format zero points at rows // (8 // bits) instead of rows (loaders/base.py), then
+    flattens each part: storing them as (rows / (8 // bits), groups * (8 // bits)) gives each part exactly its
+    own bytes; modelpress.quantized reads either shape."""
+    if name.rsplit(".", 1)[-1] in FUSED and bits < 8:
+        return qzeros.reshape(qzeros.shape[0] // (8 // bits), -1)
+    return qzeros
 
 
 def _load(ctx: PassContext):
@@ -215,7 +218,8 @@ def _already_quantized(folder: Path) -> tuple[dict, dict]:
     state = load_state(folder)
     for m in quantized_modules(state):  # an Olive checkpoint's symmetric modules have no zero points
         if f"{m}.qzeros" not in state:
-            state[f"{m}.qzeros"] = midpoint_zeros(state[f"{m}.scales"], grid_of(config, m).bits)
+            bits = grid_of(config, m).bits
+            state[f"{m}.qzeros"] = stored_zeros(midpoint_zeros(state[f"{m}.scales"], bits), m, bits)
     return {m: {part: state[f"{m}.{part}"] for part in PARTS} for m in quantized_modules(state)}, config
 
 
