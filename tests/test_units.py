@@ -633,3 +633,24 @@ def test_a_closed_output_pipe_ends_the_command_quietly():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and "unexpected" not in proc.stderr and "Exception ignored" not in proc.stderr, \
         proc.stderr
+
+
+def test_transformers_checkpoint_ordering_note_is_not_shown():
+    """Two checkpoints saved within a second (a fast run) made transformers print that mtime may not be reliable."""
+    import logging
+    from types import SimpleNamespace
+
+    from modelpress.cli import _setup_logging
+
+    _setup_logging(SimpleNamespace(verbose=False, quiet=False))
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.trainer_utils")
+    logger.addHandler(handler)
+    try:
+        logger.warning("mtime may not be reliable on this filesystem, falling back to numerical ordering")
+        logger.warning("something else")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["something else"]
