@@ -6,8 +6,6 @@ each row into the same prompt the model was trained on; the template's last fiel
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from modelpress.chat import ChatFormat
@@ -80,14 +78,6 @@ def format_result(result: dict) -> str:
 
 def result_json(result: dict) -> str:
     """The result as strict JSON: a value that is not a finite number (a loss over no scored token) is null."""
-    return json.dumps(_finite(result), indent=2, allow_nan=False)
+    from modelpress.fsutil import json_text
 
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json_text(result).rstrip("\n")
