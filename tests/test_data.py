@@ -124,6 +124,16 @@ def test_join_packs_rows_into_full_windows_and_drops_the_remainder():
     assert "attention_mask" not in features[0]
 
 
+def test_join_puts_the_joiner_after_each_rows_eos_as_olive_does():
+    """Olive joins "{bos} row {eos} {joiner} {bos} row {eos} ..." when special tokens are added (the joiner was
+    left out then)."""
+    config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                        strategy="join", max_seq_len=6, add_special_tokens=True, use_attention_mask=False)
+    features = pack(tokenize(EXAMPLES * 2, FakeTokenizer(), config), config, [ord("|")], pad_id=0)
+    stream = [c for f in features for c in f["input_ids"]]
+    assert stream[:12] == [1, ord("a"), ord("b"), ord("X"), 2, ord("|"), 1, ord("c"), ord("d"), ord("Y"), 2, ord("|")]
+
+
 def test_packing_says_what_it_leaves_out(caplog):
     join = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
                       strategy="join", max_seq_len=4, add_special_tokens=False)

@@ -33,7 +33,7 @@ CACHE_VERSION = 5  # bump when a pass gives different output for the same inputs
 # nodes_to_include restricting the weight-only quantizers, an empty float16 include list meaning none; 5: the
 # next session, 8-bit RTN quantizing embedding tables, torch_dtype float16 as fp16 autocast over a float32 base,
 # chat data ignoring add_special_tokens and tokenizing a loss_on-all prompt whole, a classifier's two text
-# columns read as a sentence pair)
+# columns read as a sentence pair, the joiner between joined rows with special tokens too)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 
