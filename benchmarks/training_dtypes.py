@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/training_dtypes.py [--tokens 512] [--rounds 4]
 
-A forward and backward of a 2 x `tokens` batch through the tiny Phi-3 (`modelpress create-tiny-model`) with
+A forward and backward (no optimizer step) of a 2 x `tokens` batch through the tiny Phi-3 (`modelpress create-tiny-model`) with
 LoRA (r 8 on qkv_proj and o_proj; the adapters float32), for each way a base can train:
 - float32;
 - float16 weights (what `torch_dtype: float16` loaded before 2026-12-06);
 - float32 weights under fp16 autocast (Olive's meaning of float16, and modelpress's since);
 - bfloat16 weights (`bfloat16-if-native` where the CPU multiplies bfloat16 natively).
-It prints the fastest of `rounds` steps (the first, warm-up, left out) for each, and the ratio to float32,
+It prints the fastest of `rounds` - 1 passes (the first, warm-up, left out) for each, and the ratio to float32,
 side by side in one run. Both float16 rows are emulated on CPUs without AMX-FP16 or a GPU.
 """
 
@@ -53,6 +53,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (the first is a warm-up, left out)")
     warnings.filterwarnings("ignore", category=FutureWarning)  # peft reads transformers' deprecated alias
     import torch
 
@@ -65,7 +67,7 @@ def main() -> int:
         results = [(name, *step_seconds(folder, dtype, autocast, args.tokens, args.rounds))
                    for name, dtype, autocast in rows]
     base = results[0][1]
-    print(f"{'base':<30} {'s per step':>10} {'x float32':>10} {'loss':>8}")
+    print(f"{'base':<30} {'s per pass':>10} {'x float32':>10} {'loss':>8}")
     for name, seconds, loss in results:
         print(f"{name:<30} {seconds:>10.3f} {seconds / base:>10.2f} {loss:>8.4f}")
     return 0

@@ -643,6 +643,8 @@ def test_transformers_checkpoint_ordering_note_is_not_shown():
     from modelpress.cli import _setup_logging
 
     _setup_logging(SimpleNamespace(verbose=False, quiet=False))
+    _setup_logging(SimpleNamespace(verbose=False, quiet=False))  # in-process calls add it once
+    assert len(logging.getLogger("transformers.trainer_utils").filters) == 1
     seen = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())

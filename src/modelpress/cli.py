@@ -167,9 +167,14 @@ def _setup_logging(args) -> None:
     # bitsandbytes warns on import that it cannot fetch CPU kernels from a hub; modelpress never
     # fetches from a hub, and the built-in kernels are used instead, so the warning is only noise.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    # transformers orders checkpoints by number when two were saved within a second (a fast run): not news
-    logging.getLogger("transformers.trainer_utils").addFilter(
-        lambda record: "mtime may not be reliable" not in record.getMessage())
+    checkpoints = logging.getLogger("transformers.trainer_utils")
+    if _no_mtime_note not in checkpoints.filters:
+        checkpoints.addFilter(_no_mtime_note)
+
+
+def _no_mtime_note(record) -> bool:
+    """transformers orders checkpoints by number when two were saved within a second (a fast run): not news."""
+    return "mtime may not be reliable" not in record.getMessage()
 
 
 def cmd_run(args) -> int:

@@ -338,7 +338,7 @@ def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joine
                         config.name, len(items) - len(learnt), len(items), config.max_seq_len)
         items = learnt
     else:
-        ids, labels = _join(sequences, joiner, config.loss_on)  # after each row's EOS too, as Olive joins
+        ids, labels = _join(sequences, joiner, config.loss_on)  # after each row's EOS too, in Olive's order
         step = config.stride if config.strategy == "join-sliding-window" else config.max_seq_len
         items = _windows(ids, labels, config.max_seq_len, step)
         left = max(len(ids) - config.max_seq_len, 0) % step  # windows start every `step` tokens from 0

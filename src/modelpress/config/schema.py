@@ -91,7 +91,7 @@ class DataConfig(Strict):
     )
     stride: int | None = Field(None, gt=0, description="Window step for join-sliding-window.")
     joiner: str = Field("\n\n", description="Text between rows when joining (after a row's EOS when special "
-                        "tokens are added), as Olive joins them.")
+                        "tokens are added), in Olive's order (README: known limits).")
     pad_to_max_len: bool = Field(True, description="Pad line-by-line sequences to max_seq_len.")
     use_attention_mask: bool = Field(True, description="Feed an attention mask to the model.")
     add_special_tokens: bool = Field(True, description="Add BOS/EOS around each row.")
