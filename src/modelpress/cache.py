@@ -121,14 +121,13 @@ class PassCache:
 
     def prepare(self, clean: bool = False, clean_evals: bool = False) -> None:
         outputs = self.passes.parent  # the cache_dir, or a Ray system's shared storage
-        if clean_evals and not clean:
-            self._check_ours(self.root, self.evals)
-            shutil.rmtree(self.evals, ignore_errors=True)
+        emptied = [(outputs, self.passes)] if clean else []
+        emptied += [(self.root, self.evals)] if clean or clean_evals else []
+        for root, folder in emptied:
+            self._check_ours(root, folder)
+        for _, folder in emptied:
+            shutil.rmtree(folder, ignore_errors=True)
         if clean:
-            for root, folder in ((outputs, self.passes), (self.root, self.evals)):
-                self._check_ours(root, folder)
-            shutil.rmtree(self.passes, ignore_errors=True)
-            shutil.rmtree(self.evals, ignore_errors=True)
             for scratch in self.work.glob("*"):  # training checkpoints too, so nothing is resumed: by key name only
                 if re.fullmatch(r"[0-9a-f]{32}", scratch.name):
                     shutil.rmtree(scratch, ignore_errors=True)

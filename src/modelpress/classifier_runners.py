@@ -3,7 +3,7 @@ PyTorch and plain ONNX, reading their inputs as training made them (a sentence p
 
 from __future__ import annotations
 
-from modelpress.data import Example
+from modelpress.data import Example, encode_texts
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.runner_base import Runner
 
@@ -46,8 +46,6 @@ class ClassifierRunner(Runner):
     def _encode(self, texts: list[str]) -> dict:
         """Token ids and attention masks as training made them (its max_seq_len and special tokens; an
         untrained model: up to 512 tokens with them), padded to the longest text when there are several."""
-        from modelpress.data import encode_texts
-
         limit = self.encoding.get("max_seq_len") or min(getattr(self.tokenizer, "model_max_length", 512) or 512, 512)
         return encode_texts(self.tokenizer, texts, truncation=True, max_length=limit, padding=len(texts) > 1,
                             add_special_tokens=self.encoding.get("add_special_tokens", True))

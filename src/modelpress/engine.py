@@ -277,9 +277,10 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     # the task too: a LoRA pass trains a classifier head or a causal LM from it (torch_dtype is read by nothing).
     # Where the model came from is not: ref.id is its content (a Hub snapshot's, a GGUF file's), so pinning the
     # revision a branch already points at reuses every pass; the attention kernel only changes what training does
-    loading = config.input_model.model_dump(mode="json", exclude={"model_path", "torch_dtype", "hub_id", "revision",
-                                                                  "gguf_file", *(() if p.trains else
-                                                                                 ("attn_implementation",))})
+    unread = {"model_path", "torch_dtype", "hub_id", "revision", "gguf_file"}
+    if not p.trains:
+        unread.add("attn_implementation")
+    loading = config.input_model.model_dump(mode="json", exclude=unread)
     return cache_key("pass", __version__, ref.id, p.type, spec.origin, params, data,
                      ep if spec.keys_execution_provider() else None, loading)
 

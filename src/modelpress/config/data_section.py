@@ -172,19 +172,18 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
         c.add(f"{path}.data_files", "required key is missing", "List the local data files.")
         return None
     resolved, known = [], len(c.problems)
+    relative_to = "Paths are relative to " + ("data_dir." if data_dir else "the config file's folder.")
     for i, file in enumerate(files):
         if any(ch in file for ch in "*?["):
-            pattern = str(Path(file).expanduser() if Path(file).expanduser().is_absolute() else root / file)
+            pattern = str(resolve_path(file, root))
             matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
             if not matches:
-                c.add(f"{path}.data_files[{i}]", f"no file matches {file!r} in {root}",
-                      "Paths are relative to " + ("data_dir." if data_dir else "the config file's folder."))
+                c.add(f"{path}.data_files[{i}]", f"no file matches {file!r} in {root}", relative_to)
             resolved += [m.resolve() for m in matches]
             continue
         resolved.append(resolve_path(file, root))
         if not resolved[-1].is_file():
-            c.add(f"{path}.data_files[{i}]", f"file not found: {resolved[-1]}",
-                  "Paths are relative to " + ("data_dir." if data_dir else "the config file's folder."))
+            c.add(f"{path}.data_files[{i}]", f"file not found: {resolved[-1]}", relative_to)
     if len(c.problems) > known and not resolved:
         return None
     # a split -> files mapping is resolved to the split's files above: datasets names local files' rows "train"
@@ -214,9 +213,8 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
 
 def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict, path: str, c: Collector) -> None:
     """A note when the local cache holds the Hub dataset or it can be downloaded; an error when it can do neither."""
-    from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
-
     from modelpress.errors import DataError
+    from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
 
     rev = f" at revision {revision!r}" if revision else ""
     try:

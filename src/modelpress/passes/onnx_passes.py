@@ -93,11 +93,11 @@ def run_rtn(ctx: PassContext, params: OnnxBlockWiseRtnQuantizationParams) -> Mod
             model, int8_gathers(model, skip), params.block_size, params.is_symmetric)
     algo = DefaultWeightOnlyQuantConfig(block_size=params.block_size, is_symmetric=params.is_symmetric,
                                         accuracy_level=params.accuracy_level, bits=params.bits,
-                                        op_types_to_quantize=op_types or ("MatMul",),
-                                        quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                        op_types_to_quantize=op_types,
+                                        quant_axes=(("MatMul", 0), ("Gather", 1))) if op_types else None
     kind = "symmetric" if params.is_symmetric else "asymmetric"
     return _weight_only(ctx, params, algo, f"RTN int{params.bits} ({kind}, block {params.block_size})", post,
-                        run_quantizer=bool(op_types), matmuls="MatMul" in op_types)
+                        matmuls="MatMul" in op_types)
 
 
 def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
@@ -109,10 +109,10 @@ def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
     return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})")
 
 
-def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, post=None, run_quantizer: bool = True,
-                 matmuls: bool = True, **quantizer_options) -> ModelRef:
-    """`post(model, skip)` quantizes what onnxruntime's quantizer does not (8-bit embedding tables), after it
-    (`run_quantizer` false: it has nothing to do); `matmuls` false: the MatMul nodes stay float
+def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, post=None, matmuls: bool = True,
+                 **quantizer_options) -> ModelRef:
+    """onnxruntime's quantizer with `algo` (None: it has nothing to do), then `post(model, skip)` for what it
+    does not quantize (8-bit embedding tables); `matmuls` false: the MatMul nodes stay float
     (op_types_to_quantize names Gather alone). Quantizing nothing at all is an error."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -129,7 +129,7 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, p
     if params.nodes_to_include:  # onnxruntime adds these to its op types; Olive quantizes only these (empty: all)
         skip += [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather")
                  and n.name not in params.nodes_to_include]
-    if run_quantizer:
+    if algo is not None:
         quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=skip, algo_config=algo, **quantizer_options)
         with _quiet_ort(), warnings.catch_warnings():
             # HQQ hands torch a read-only numpy view of each weight; it only reads it.
