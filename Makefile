@@ -8,11 +8,14 @@ TINY := $(EXAMPLE)/models/tiny-phi3
 
 .PHONY: setup demo search search-ray minilm smollm2 test bench bench-scale clean
 
-# torch is installed first and pinned to the CPU wheel on disk; a bare `pip install torch`
-# (or a dependency asking for it) would pull a multi-GB CUDA build.
+# torch is installed first and pinned: from pip's own sources (here, the CPU wheel on disk that pip's
+# find-links names), or from TORCH_INDEX. Where pip's sources are PyPI alone, a bare `pip install torch`
+# pulls a multi-GB CUDA build: `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the
+# CPU build instead.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[qlora,test]"
 	touch $(STAMP)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/smollm2_settings.py --lr 2e-4 --steps 150 [--seed 0] [--system-prompt TEXT]
                                                     [--dropout 0.1] [--neftune 5] [--top-layers 10] [--rank 16]
-                                                    [--targets q_proj,v_proj] [--balanced]
+                                                    [--targets q_proj,v_proj] [--balanced] [--full]
 
 A plain PyTorch + peft loop (not modelpress), so settings can be tried without touching the example:
 LoRA r 16 / alpha 32 on all seven projections, batch 16, AdamW at a constant learning rate, the loss
@@ -60,19 +60,21 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated projections to adapt")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the frozen base's dtype")
     parser.add_argument("--balanced", action="store_true", help="draw each row's class uniformly (oversample rare tones)")
+    parser.add_argument("--full", action="store_true", help="train every weight (float32, no adapter) instead of LoRA")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="mp-smollm2-") as tmp:
         folder = converted_model(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype),
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32 if args.full else getattr(torch, args.dtype),
                                                      attn_implementation="eager")
     n_layers = model.config.num_hidden_layers
     layers = list(range(n_layers - args.top_layers, n_layers)) if args.top_layers else None
-    model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=args.dropout,
-                                             target_modules=args.targets.split(","), layers_to_transform=layers,
-                                             task_type="CAUSAL_LM"))  # peft keeps the adapters in float32
+    if not args.full:
+        model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=args.dropout,
+                                                 target_modules=args.targets.split(","), layers_to_transform=layers,
+                                                 task_type="CAUSAL_LM"))  # peft keeps the adapters in float32
     if args.neftune:
         def noise(module, _inputs, out):
             if not module.training:
@@ -118,7 +120,7 @@ def main() -> int:
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
     train_s = time.perf_counter() - started
-    model = model.merge_and_unload().float().eval()
+    model = (model if args.full else model.merge_and_unload()).float().eval()
 
     def answers(rows: list[dict]) -> list[str]:
         tokenizer.padding_side = "left"
@@ -143,7 +145,7 @@ def main() -> int:
                 if not s.startswith(r["tone"]):
                     print(f"  miss: {r['tone']:<8} answered {s!r:<12} {r['phrase']}")
     print(f"lr {args.lr:g}, {args.steps} steps, seed {args.seed}, dropout {args.dropout:g}, neftune {args.neftune:g}, "
-          f"top layers {args.top_layers or 'all'}, rank {args.rank}, targets {args.targets}, balanced {args.balanced}, "
+          f"top layers {args.top_layers or 'all'}, {'full fine-tuning' if args.full else f'rank {args.rank}'}, targets {args.targets}, balanced {args.balanced}, "
           f"{train_s / args.steps:.2f} s/step, "
           f"system prompt {args.system_prompt!r}: held-out {scores['held-out']:.3f} ({len(held_out)}), "
           f"other style {scores['other-style']:.3f} ({len(other)})")

@@ -82,7 +82,7 @@ CASES = [
     ("token-in-builder-options", lambda r, w: r["passes"]["builder"].update(extra_options={"hf_token": "hf_" + "x" * 30}),
      "passes.builder.extra_options.hf_token: an access token does not belong in a config file"),
     ("remote-code-through-builder", lambda r, w: r["passes"]["builder"].update(extra_options={"hf_remote": True}),
-     "input_model.trust_remote_code is off"),
+     "input_model.trust_remote_code is off. Set input_model.load_kwargs.trust_remote_code: true"),
     ("token-in-an-error-message", lambda r, w: r.update(systems={"r": {"type": "Ray", "config": {
         "env_vars": ["HF_TOKEN=hf_" + "x" * 30]}}}), "found a list (not shown: it may hold a secret)"),
     ("not-a-data-source", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="a b"),
@@ -188,10 +188,17 @@ def test_malformed_config_files(tmp_path, capsys, text, expected):
 
 def test_missing_config_file(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "nope.json")]) == 2
-    assert "config file not found" in capsys.readouterr().err
+    assert "config file not found. Check the config file's path." in capsys.readouterr().err
     (tmp_path / "demo.json").write_text("{}")
     assert main(["validate", str(tmp_path)]) == 2
     assert "is a folder, not a config file. Name the file in it: demo.json" in capsys.readouterr().err
+
+
+def test_the_pass_list_shows_every_default(capsys):
+    assert main(["passes"]) == 0
+    listing = capsys.readouterr().out
+    assert "Undefined" not in listing and "training_args: Trainer settings. (each key at its own default)" in listing
+    assert "nodes_to_exclude" in listing and "(default [])" in listing
 
 
 def test_verbose_shows_the_traceback_for_runtime_errors(workspace, capsys):

@@ -46,6 +46,13 @@ def test_seed_and_olive_013_configs_normalise_to_the_same_workflow(workspace):
     assert s_data.max_seq_len == o_data.max_seq_len == 2048
     assert s_data.strategy == o_data.strategy == "join"
     assert seed.passes[2].params.precision == olive.passes[2].params.precision == "int4"
+    # Olive's dataloader_config (batch_size 1) has no meaning here, and says so
+    assert any(n.startswith("data_configs[0].dataloader_config: accepted and not used") for n in olive.notes)
+    # keys the Olive configs leave out whose Olive default differs from modelpress's are named (Olive's in brackets)
+    defaults = next(n for n in seed.notes if n.startswith("passes.lora: left out of this Olive config"))
+    assert "torch_dtype float32 (Olive: bfloat16)" in defaults and "lr_scheduler_type linear (Olive: constant)" in defaults
+    assert " r 16" not in defaults and "alpha" not in defaults  # the seed sets lora_r and lora_alpha
+    assert not any("left out of this Olive config" in n for n in load_config(workspace / "demo.json").notes)
 
 
 def test_relative_paths_resolve_against_the_config_folder(workspace):
@@ -95,6 +102,24 @@ def test_qlora_only_keys_warn_on_every_full_precision_adapter(workspace, typ):
         assert not warned
     else:
         assert len(warned) == 1 and f"this {typ} pass" in warned[0], warned
+
+
+@pytest.mark.parametrize("typ", ["LoHa", "LoKr"])
+def test_loha_and_lokr_take_olives_rank_and_module_dropout_not_lora_dropout(workspace, typ):
+    from modelpress.passes.lora import adapter_config
+
+    raw = _seed(workspace)  # lora_dropout 0.1
+    raw["passes"]["lora"]["type"] = typ
+    config = normalize(raw, base_dir=workspace)
+    assert any(w.startswith(f"passes.lora.lora_dropout: a {typ} adapter has no LoRA dropout") for w in config.warnings)
+    peft = adapter_config(config.passes[0].params, "CAUSAL_LM")
+    assert (peft.rank_dropout, peft.module_dropout) == (0.0, 0.0)  # Olive's defaults
+    raw["passes"]["lora"]["config"].update(rank_dropout=0.2, module_dropout=0.1)
+    del raw["passes"]["lora"]["config"]["lora_dropout"]
+    config = normalize(raw, base_dir=workspace)
+    assert not any("lora_dropout" in w for w in config.warnings)
+    peft = adapter_config(config.passes[0].params, "CAUSAL_LM")
+    assert (peft.rank_dropout, peft.module_dropout) == (0.2, 0.1)
 
 
 def test_seed_trust_remote_code_is_honoured_and_off_by_default(workspace):
@@ -241,6 +266,19 @@ def test_search_space_from_lists_declared_values_and_alternatives(workspace):
     assert [c.params.precision for c in builder.choices()] == ["int4", "int8", "fp32"]
     lora["target_modules"] = ["qkv_proj", "o_proj"]  # a plain list for a list param: one value, not a search
     assert normalize(raw, base_dir=workspace).passes[0].search_space == {"r": [4, 8]}
+
+
+@pytest.mark.parametrize("pass_type, param, olive_values", [
+    ("LoRA", "r", [16, 32, 64]),  # olive/passes/pytorch/lora.py
+    ("ModelBuilder", "block_size", [32, 64, 128]),  # olive/passes/onnx/model_builder.py
+    ("ModelBuilder", "algo_config", ["default", "rtn", "k_quant_mixed", "k_quant_last"]),
+    ("OnnxStaticQuantization", "calibrate_method", ["MinMax", "Entropy", "Percentile"]),  # .../quantization.py
+])
+def test_searchable_values_are_olive_013s_search_defaults(pass_type, param, olive_values):
+    """"SEARCHABLE_VALUES" in an Olive config tries the candidates Olive would."""
+    from modelpress.passes.catalog import CATALOG
+
+    assert CATALOG[pass_type].search_space()[param] == olive_values
 
 
 def test_olive_013_evaluator_with_its_inference_settings_validates(workspace):

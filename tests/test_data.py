@@ -194,6 +194,18 @@ def test_an_evaluation_that_names_the_training_data_reads_its_eval_split(tiny_mo
     assert len(named.eval_set().examples) < len(named.examples("tone")) / 2
 
 
+def test_an_evaluation_reads_at_most_its_data_configs_max_samples_rows_as_olive_does(tiny_model, tmp_path):
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.context import DataPlan
+
+    raw = tone_workflow(tiny_model, {})
+    raw["data_configs"][0]["pre_process_data_config"]["max_samples"] = 7
+    assert len(DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c1").eval_set().examples) == 7
+    raw["evaluation"] = {"max_examples": 5}  # the smaller of the two
+    assert len(DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c2").eval_set().examples) == 5
+
+
 def test_escaped_braces_after_the_answer_field_keep_the_prompt_answer_split(tmp_path):
     """`string.Formatter` cuts literal text at every `{{`: the text after the answer came back in pieces."""
     from modelpress.config.templates import completion_split

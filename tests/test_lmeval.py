@@ -119,6 +119,19 @@ def test_olive_lm_evaluator_config_measures_the_input_and_the_int4_model(tiny_mo
     assert "tone_choice-acc" in (work / "models" / "lm-eval" / "report.html").read_text()
 
 
+def test_size_on_disk_among_an_lm_evaluators_tasks_is_the_models_size_as_in_olive(tiny_model, tmp_path):
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+
+    raw = tone_workflow(tiny_model, {}, evaluators={"lm": {"type": "LMEvaluator", "tasks": ["arc_easy",
+                                                                                           "size_on_disk"]}},
+                        evaluator="lm")
+    evaluator = normalize(raw, tmp_path).evaluator
+    assert evaluator.tasks == ["arc_easy"]
+    assert [(m.name, m.type, [s.name for s in m.sub_types]) for m in evaluator.metrics] == [
+        ("size_on_disk", "size_on_disk", ["bytes"]), ("arc_easy", "lm_eval", [])]
+
+
 def test_the_evaluators_device_is_where_the_model_runs(tiny_model):
     """HFLM runs a model object where it is: the device must be applied to the model, and one this machine lacks
     is a clear error."""

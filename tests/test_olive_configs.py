@@ -141,19 +141,47 @@ def test_a_vendor_execution_provider_is_refused_with_its_hardware():
 
 
 def test_olive_sub_metric_names_and_throughput_statistics():
+    from modelpress.evaluate import latency_report
     from modelpress.metrics import _measured
 
     raw = _config("model-builder-options.json")
     raw["evaluators"] = {"e": {"metrics": [
         {"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy", "priority": 1}, {"name": "f1"}]},
-        {"name": "tp", "type": "throughput", "sub_types": [{"name": "avg"}, {"name": "max"}, {"name": "min"}]}]}}
+        {"name": "tp", "type": "throughput", "sub_types": [{"name": "avg"}, {"name": "max"}, {"name": "min"},
+                                                           {"name": "p90"}, {"name": "p999"}]},
+        {"name": "lat", "type": "latency", "sub_types": [{"name": "p75"}, {"name": "p999"}]}]}}
     config = normalize(raw, base_dir=CONFIGS)
     assert [s.name for s in config.evaluator.metrics[0].sub_types] == ["accuracy_score", "f1_score"]
-    result = {"throughput": 9.0, "latency_ms": {"min": 50.0, "max": 200.0, "p50": 100.0}}
+    result = {"throughput": 9.0, "latency_ms": latency_report([0.001 * ms for ms in range(50, 201)])}
     assert _measured(result, "throughput", "max") == pytest.approx(20.0)
     assert _measured(result, "throughput", "min") == pytest.approx(5.0)
-    assert _measured(result, "throughput", "p50") == pytest.approx(10.0)
+    assert _measured(result, "throughput", "p50") == pytest.approx(1000 / 125)
     assert _measured(result, "throughput", "avg") == 9.0
+    # Olive's percentiles: a latency's as measured, a throughput's (examples/s) from latency's mirror percentile
+    assert _measured(result, "latency", "p75") == pytest.approx(162.5)
+    assert _measured(result, "latency", "p999") == pytest.approx(199.85)
+    assert _measured(result, "throughput", "p90") == pytest.approx(1000 / 65)
+    assert _measured(result, "throughput", "p999") == pytest.approx(1000 / 50.15)
+
+
+def test_olive_accuracy_sub_types_modelpress_does_not_compute_say_what_to_use_instead():
+    raw = _config("model-builder-options.json")
+    raw["evaluators"] = {"e": {"metrics": [{"name": "acc", "type": "accuracy", "sub_types": [
+        {"name": "perplexity"}, {"name": "auroc"}]}]}}
+    with pytest.raises(ConfigError) as err:
+        normalize(raw, base_dir=CONFIGS)
+    first, second = err.value.problems
+    assert first.path.endswith("sub_types[0].name") and '"type": "perplexity"' in first.hint
+    assert second.path.endswith("sub_types[1].name") and "custom metric" in second.hint
+
+
+def test_olive_session_tuning_numbers_read_as_onnxruntime_enum_names():
+    from modelpress.passes.onnx_specs import OrtSessionParamsTuningParams
+
+    params = OrtSessionParamsTuningParams(opt_level_list=[99, 3, 1], execution_mode_list=0)
+    assert params.opt_level_list == ["all", "layout", "basic"] and params.execution_mode_list == ["sequential"]
+    with pytest.raises(ValueError, match="opt_level_list"):
+        OrtSessionParamsTuningParams(opt_level_list=[7])
 
 
 def test_a_builder_on_an_unmerged_adapter_is_valid_and_says_what_it_builds(tmp_path):

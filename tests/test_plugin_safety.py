@@ -34,7 +34,33 @@ def test_an_installed_plugin_whose_pass_name_is_a_built_ins_is_not_loaded(tmp_pa
     point = importlib.metadata.EntryPoint(name="innocent", value="shadow_pkg:Shadow", group=plugins.ENTRY_POINT_GROUP)
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: [point] if group == plugins.ENTRY_POINT_GROUP else [])
-    monkeypatch.setattr(plugins, "_scanned_entry_points", False)
+    monkeypatch.setattr(plugins, "_scanned_entry_points", set())
     built_in = CATALOG["LoRA"]
     plugins.load_entry_points()
     assert CATALOG["LoRA"] is built_in and "shadow_pkg" in sys.modules  # loaded, looked at, not registered
+
+
+def test_a_pass_type_no_plugin_declares_imports_no_installed_plugin(tmp_path, tiny_model, monkeypatch):
+    """A mistyped pass type is an error that imports nothing: only the package whose entry point a config names
+    is loaded."""
+    import importlib.metadata
+    import sys
+
+    import modelpress.passes.plugins as plugins
+    from modelpress.passes.catalog import CATALOG
+
+    for module, cls in (("pkg_one", "PassOne"), ("pkg_two", "PassTwo")):
+        (tmp_path / f"{module}.py").write_text(f"from modelpress.plugin import Pass\n\nclass {cls}(Pass):\n"
+                                               "    summary = 'a test pass'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [importlib.metadata.EntryPoint(name=n, value=v, group=plugins.ENTRY_POINT_GROUP)
+              for n, v in (("PassOne", "pkg_one:PassOne"), ("PassTwo", "pkg_two:PassTwo"))]
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: points if group == plugins.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins, "_scanned_entry_points", set())
+    with pytest.raises(ConfigError, match="PassOn"):
+        normalize(tone_workflow(tiny_model, {"q": {"type": "PassOn"}}), tmp_path)
+    assert "pkg_one" not in sys.modules and "pkg_two" not in sys.modules
+    plugins.load_entry_points("passone")  # a config's type, in any case: that package alone
+    assert "pkg_one" in sys.modules and "pkg_two" not in sys.modules and "PassOne" in CATALOG
+    CATALOG.pop("PassOne")

@@ -488,7 +488,7 @@ def test_a_threshold_may_be_negative_and_a_relative_goal_may_not():
 def test_two_ranked_sub_metrics_with_one_priority_are_warned_about(tmp_path):
     from modelpress.config.collector import Collector
     from modelpress.config.evaluator_section import _check_priorities
-    from modelpress.config.schema import EvaluatorConfig
+    from modelpress.config.schema import EvaluatorConfig, Goal
 
     evaluator = EvaluatorConfig.model_validate({"metrics": [
         {"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy_score", "priority": 1}]},
@@ -496,6 +496,12 @@ def test_two_ranked_sub_metrics_with_one_priority_are_warned_about(tmp_path):
     c = Collector()
     _check_priorities(evaluator, "evaluators.e", c)
     assert any("acc-accuracy_score and lat-p50 both have priority 1" in w for w in c.warnings)
+    assert not any("goal" in w for w in c.warnings)
+    evaluator.metrics[1].sub_types[1].goal = Goal(type="threshold", value=50)  # on an unranked sub-metric
+    c = Collector()
+    _check_priorities(evaluator, "evaluators.e", c)
+    assert any(w.startswith("evaluators.e.metrics[1].sub_types[1].goal: lat-p90 has no priority, and Olive ignores")
+               for w in c.warnings)
 
 
 @pytest.mark.e2e

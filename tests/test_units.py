@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -346,20 +347,36 @@ def test_passes_that_calibrate_on_wikitext_are_known_before_the_run_goes_offline
 
 def test_secrets_are_redacted_wherever_they_sit_in_what_modelpress_writes(tiny_model, tmp_path):
     from modelpress.config import load_config
-    from modelpress.redact import SHOWN, redact
+    from modelpress.redact import SHOWN, RedactingFormatter, redact
 
     token = "hf_" + "A1b2" * 8
     assert redact({"hf_token": token, "use_auth_token": True, "bos_token": "<s>", "args": [f"--token={token}"],
                    "nested": {"password": "pw", "max_new_tokens": 8}}) == {
         "hf_token": SHOWN, "use_auth_token": True, "bos_token": "<s>", "args": [f"--token={SHOWN}"],
         "nested": {"password": SHOWN, "max_new_tokens": 8}}
+    # keys read as words, and secret-shaped values inside any text
+    hidden = redact({"AZURE_OPENAI_API_KEY": "az1", "openai_api_key": "sk1", "apiKey": "k", "sas_token": "sv",
+                     "account_key": "ak", "headers": {"Authorization": "Bearer abcdefghijkl"},
+                     "label_key": "tone", "pad_token": "<pad>", "max_new_tokens": 4, "sort_key": "len",
+                     "storage": "sftp://alice:P4ssw0rd@nas/mp", "url": "https://a.blob/c?sv=1&sig=abc%2F&se=2",
+                     "cmd": "curl -H 'Authorization: Bearer sk-" + "x" * 24 + "'"})
+    assert [k for k, v in hidden.items() if v == SHOWN] == ["AZURE_OPENAI_API_KEY", "openai_api_key", "apiKey",
+                                                           "sas_token", "account_key"]
+    assert hidden["headers"] == {"Authorization": SHOWN} and hidden["label_key"] == "tone"
+    assert (hidden["pad_token"], hidden["max_new_tokens"], hidden["sort_key"]) == ("<pad>", 4, "len")
+    assert hidden["storage"] == f"sftp://alice:{SHOWN}@nas/mp"
+    assert hidden["url"] == f"https://a.blob/c?sv=1&sig={SHOWN}&se=2"
+    assert "x" * 24 not in hidden["cmd"]
+    record = logging.LogRecord("modelpress", logging.INFO, __file__, 1, "output under %s", ("ftp://bob:pw9@h/x",), None)
+    assert RedactingFormatter("%(message)s").format(record) == f"output under ftp://bob:{SHOWN}@h/x"
     metric = {"name": "c", "type": "custom", "sub_types": [{"name": "x", "higher_is_better": True}],
               "user_config": {"user_script": str(tmp_path / "m.py"), "evaluate_func": "f",
-                              "evaluate_func_kwargs": {"api_key": "sk-123", "note": f"uses {token}"}}}
+                              "evaluate_func_kwargs": {"api_key": "sk-123", "note": f"uses {token}",
+                                                       "azure_openai_api_key": "az-secret-1"}}}
     (tmp_path / "m.py").write_text("def f(model, data, **kwargs):\n    return {'x': 1.0}\n")
     raw = tone_workflow(tiny_model, {}, evaluators={"e": {"metrics": [metric]}}, evaluator="e")
     resolved = json.dumps(load_config(write_config(tmp_path / "w.json", raw)).resolved())
-    assert token not in resolved and "sk-123" not in resolved and SHOWN in resolved
+    assert token not in resolved and "sk-123" not in resolved and "az-secret-1" not in resolved and SHOWN in resolved
 
 
 def test_a_report_that_fails_to_render_leaves_the_earlier_outputs_whole(tiny_model, tmp_path, monkeypatch):
@@ -382,6 +399,37 @@ def test_a_report_that_fails_to_render_leaves_the_earlier_outputs_whole(tiny_mod
         engine.write_outputs(config, ModelRef("hf", tiny_model, id="new"), {}, [], {"models": {}})
     assert json.loads((out / "model" / MODEL_CARD).read_text())["id"] == "earlier"
     assert json.loads((out / "metrics.json").read_text()) == {"earlier": True}
+
+
+def test_a_full_disk_while_writing_the_outputs_leaves_the_earlier_model_and_files_together(tiny_model, tmp_path,
+                                                                                          monkeypatch):
+    """The model folder and every file are written beside their places before any is renamed: a disk that fills up
+    on the last file leaves the earlier run's model with the earlier run's metrics, and no temporary file."""
+    import errno
+    import tempfile
+
+    import modelpress.engine as engine
+    from modelpress.config import load_config
+    from modelpress.models import MODEL_CARD, ModelRef
+
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / MODEL_CARD).write_text(json.dumps({"kind": "hf", "id": "earlier"}))
+    (out / "metrics.json").write_text('{"earlier": true}')
+    config = load_config(write_config(tmp_path / "w.json", tone_workflow(tiny_model, {}, output_dir=str(out))))
+    mkstemp = tempfile.mkstemp
+
+    def full(*args, prefix=None, **kwargs):
+        if prefix and prefix.startswith(f".{engine.REPORT}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mkstemp(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(OSError):
+        engine.write_outputs(config, ModelRef("hf", tiny_model, id="new"), {}, [], {"models": {}})
+    assert json.loads((out / "model" / MODEL_CARD).read_text())["id"] == "earlier"
+    assert json.loads((out / "metrics.json").read_text()) == {"earlier": True}
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model"]
 
 
 def test_clean_cache_empties_only_a_folder_modelpress_made(tmp_path):

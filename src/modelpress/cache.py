@@ -28,12 +28,13 @@ from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
 log = logging.getLogger("modelpress")
-CACHE_VERSION = 6  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
+CACHE_VERSION = 7  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
 # layer rule, kld_gradient's head, Rtn/Gptq's float dtype, the eval split of data_seed null; 4: the same day,
 # nodes_to_include restricting the weight-only quantizers, an empty float16 include list meaning none; 5: the
 # next session, 8-bit RTN quantizing embedding tables, torch_dtype float16 as fp16 autocast over a float32 base,
 # chat data ignoring add_special_tokens and tokenizing a loss_on-all prompt whole, a classifier's two text
-# columns read as a sentence pair; 6: the joiner between joined rows with special tokens too)
+# columns read as a sentence pair; 6: the joiner between joined rows with special tokens too; 7: LoHa and LoKr
+# train with Olive's rank_dropout and module_dropout, 0 by default, instead of lora_dropout)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from modelpress.cli_args import positive_int, template_text
+from modelpress.redact import RedactingFormatter, redact_text
 
 log = logging.getLogger("modelpress")
 
@@ -44,12 +45,12 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
     try:
         return args.handler(args) or 0
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(f"{err}")
         return EXIT_CONFIG
     except ModelpressError as err:
         if args.verbose:
             log.exception("details")
-        print(f"error: {err}", file=sys.stderr)
+        _error(f"{err}")
         return EXIT_FAILURE
     except BrokenPipeError:  # the reader went away (`| head`): not an error of this command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
@@ -58,16 +59,16 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         from modelpress.errors import is_disk_full
 
         if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)) and not args.verbose:
-            print(f"error: {err.strerror or err}: {err.filename or 'a path modelpress was given'}. Check the path and its "
-                  "permissions (--verbose shows where it was met).", file=sys.stderr)
+            _error(f"{err.strerror or err}: {err.filename or 'a path modelpress was given'}. Check the path and its "
+                   "permissions (--verbose shows where it was met).")
             return EXIT_FAILURE
         if not is_disk_full(err):
             return _unexpected(err, args.verbose)
         if args.verbose:
             log.exception("details")
-        print(f"error: the disk is full (or a size limit was hit) while writing {err.filename or 'output'}: "
-              f"{err.strerror}. Free space or choose another cache_dir/output_dir, then run again: "
-              "finished passes are cached and nothing half-written is kept.", file=sys.stderr)
+        _error(f"the disk is full (or a size limit was hit) while writing {err.filename or 'output'}: "
+               f"{err.strerror}. Free space or choose another cache_dir/output_dir, then run again: "
+               "finished passes are cached and nothing half-written is kept.")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("\ninterrupted. Finished passes are cached and training keeps its last checkpoint: "
@@ -77,11 +78,15 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         return _unexpected(err, args.verbose)
 
 
+def _error(text: str) -> None:
+    print(redact_text(f"error: {text}"), file=sys.stderr)
+
+
 def _unexpected(err: BaseException, verbose: bool) -> int:
     if verbose:
         log.exception("details")
-    print(f"error: {type(err).__name__}: {err}\n(unexpected: run again with --verbose for the traceback, and "
-          "report it with that output)", file=sys.stderr)
+    _error(f"{type(err).__name__}: {err}\n(unexpected: run again with --verbose for the traceback, and "
+           "report it with that output)")
     return EXIT_FAILURE
 
 
@@ -160,7 +165,7 @@ def wants_bars(choice: bool | None) -> bool:
 def _setup_logging(args) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[modelpress] %(message)s"))
+    handler.setFormatter(RedactingFormatter("[modelpress] %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -216,7 +221,7 @@ def run_config(config, show_progress: bool = True, own_process: bool = False) ->
         errors = [c["error"] for c in search["candidates"] if c.get("error")]
         why = (f"{len(errors)} of {search['evaluated']} failed; the first: {errors[0]}" if errors else
                "the search's budget (max_time, max_iter) ended before the first; raise it")
-        print(f"error: no candidate was measured ({why})", file=sys.stderr)
+        _error(f"no candidate was measured ({why})")
         return EXIT_FAILURE
     return 0 if met else GOALS_NOT_MET
 
@@ -226,9 +231,9 @@ def cmd_validate(args) -> int:
 
     config = load_config(args.config)
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(redact_text(f"warning: {warning}"), file=sys.stderr)
     for note in config.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(redact_text(f"note: {note}"), file=sys.stderr)
     if args.print:
         print(json.dumps(config.resolved(), indent=2))
     def step(p) -> str:
@@ -312,10 +317,18 @@ def cmd_passes(args) -> int:
         print(f"{spec.name}: {spec.summary}; {' or '.join(spec.accepts)} -> {spec.produces}{extra}{origin}")
         searchable = spec.search_space()
         for name, info in spec.params.model_fields.items():
-            default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=False)!r}"
+            default = "required" if info.is_required() else _default_of(info)
             search = f"; search: {searchable[name]}" if name in searchable else ""
             print(f"    {name}: {info.description or ''} ({default}{search})")
     return 0
+
+
+def _default_of(info) -> str:
+    """A parameter's default as `modelpress passes` shows it: a nested settings block by its own defaults."""
+    from pydantic import BaseModel
+
+    value = info.get_default(call_default_factory=True)
+    return "each key at its own default" if isinstance(value, BaseModel) else f"default {value!r}"
 
 
 if __name__ == "__main__":

@@ -177,8 +177,9 @@ class DataPlan:
 
     def _eval_set(self, examples: list[Example], description: str, name: str) -> EvalSet:
         unique = distinct(examples)
-        limit = self.config.evaluation.max_examples
         config = self.data_config(name)
+        # evaluation.max_examples, and the data config's own max_samples as Olive's metric data configs read it
+        limit = min((n for n in (self.config.evaluation.max_examples, config.max_samples) if n), default=0)
         label = self.config.evaluation.label_column or config.answer_column
         kept = unique[:limit] if limit else unique
         if len(kept) < len(examples):  # what was measured, said as it is: distinct prompts, the first N

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -19,7 +20,7 @@ from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import atomic_dir, atomic_write_text, json_text, read_json
+from modelpress.fsutil import atomic_dir, json_text, read_json, stage_text
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
@@ -308,7 +309,8 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 #    counts the end token, as the other runners do; without special tokens no end of sequence is scored.
 # 8: that closing token is read from the answer and closing text tokenized together, as training does.
 # 9: an evaluation that names the training pass's own data config reads its eval split, not every row.
-MEASUREMENT = 9
+MEASUREMENT = 10  # bump when a measurement gives other results for the same inputs (10: latency p75/p999 and
+# the low percentiles throughput's come from)
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True,
@@ -383,31 +385,42 @@ def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
 def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, history: list[dict],
                   metrics: dict) -> None:
     """The output folder: the final model (unless a search found none that meets the goals), the resolved
-    config, the metrics, the run history and the HTML report; each file replaced atomically, and all of them
-    made before any is written, so that a failure to make one leaves the earlier run's set whole."""
+    config, the metrics, the run history and the HTML report. Every file is made and written beside its place
+    (a full disk or a failure to make one leaves the earlier run's set whole), then the model folder and the
+    files are renamed into place."""
     out = config.engine.output_dir
     resolved = config.resolved()
     files = {"config.resolved.json": resolved, "run_history.json": {"modelpress": __version__, "steps": history},
              "metrics.json": metrics}
     texts = {name: json_text(value) for name, value in files.items()}
     texts[REPORT] = build_html(metrics, history, resolved)
-    target = out / "model"
+    staged: dict[Path, Path] = {}
+    try:
+        for name, text in texts.items():
+            staged[out / name] = stage_text(out / name, text)
+        _write_model(out / "model", final, {**(final.task if final else {}), **task,
+                                            "max_new_tokens": config.evaluation.max_new_tokens})
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    if final is not None and final.kind == HF_ADAPTER:
+        log.info("the final model is an adapter; its base stays at %s", final.base)
+
+
+def _write_model(target: Path, final: ModelRef | None, prompted: dict) -> None:
+    """The output model folder, replaced whole; `prompted`: how it was prompted, and the answer length the run
+    measured it with (`modelpress evaluate`'s default)."""
     card = target / MODEL_CARD
     current = read_json(card) if card.is_file() else {}
     if final is None:
         if current.get("id"):
             log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target,
                         current["id"][:12])
-    else:
-        # how it was prompted, and the answer length the run measured it with (`modelpress evaluate`'s default)
-        prompted = {**final.task, **task, "max_new_tokens": config.evaluation.max_new_tokens}
-        if current.get("id") != final.id:
-            with atomic_dir(target) as tmp:
-                shutil.copytree(final.path, tmp, dirs_exist_ok=True)
-                ModelRef(final.kind, tmp, final.id, final.base, prompted).save(tmp)
-        elif current.get("task") != json.loads(json_text(prompted)):  # the same model prompted otherwise: its card
-            ModelRef(final.kind, target, final.id, final.base, prompted).save(target)
-    for name, text in texts.items():
-        atomic_write_text(out / name, text)
-    if final is not None and final.kind == HF_ADAPTER:
-        log.info("the final model is an adapter; its base stays at %s", final.base)
+    elif current.get("id") != final.id:
+        with atomic_dir(target) as tmp:
+            shutil.copytree(final.path, tmp, dirs_exist_ok=True)
+            ModelRef(final.kind, tmp, final.id, final.base, prompted).save(tmp)
+    elif current.get("task") != json.loads(json_text(prompted)):  # the same model prompted otherwise: its card
+        ModelRef(final.kind, target, final.id, final.base, prompted).save(target)

@@ -72,6 +72,12 @@ def _recover(target: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, fsync and rename."""
+    os.replace(stage_text(path, text), path)
+
+
+def stage_text(path: Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path` (fsync'd) and return it, for the caller to rename onto
+    `path` once every file of a set is written: the disk is used before anything is replaced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
@@ -81,10 +87,10 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; outputs are ordinary files
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
 
 
 def _umask() -> int:

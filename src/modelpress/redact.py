@@ -1,33 +1,83 @@
 """Secrets kept out of everything modelpress writes or prints: saved configs, the report, cache entries' metadata,
 error messages.
 
-A value is secret when its key names one (`token`, `hf_token`, `password`, `api_key`, ...) or when it has the
-shape of a Hugging Face access token (`hf_` and 20 or more letters and digits), wherever it sits.
+A value is secret when its key names one, or when it has the shape of one, wherever it sits:
+- keys: read as words (`AZURE_OPENAI_API_KEY`, `apiKey`, `sas-token` alike), a key is secret when a word says so
+  (`password`, `secret`, `credentials`, `authorization`, ...), when it ends in `token` after no special-token word
+  (`hf_token`, `sas_token`, but not `pad_token` or `max_new_tokens`), or when it ends in `key` after a word that
+  makes it a credential (`api_key`, `account_key`, but not `label_key`);
+- values: Hugging Face, OpenAI and GitHub tokens, AWS access key ids, `Bearer ...` headers, a URL's password
+  (`sftp://user:PASSWORD@host`) and a signed URL's `sig=` are replaced inside any text.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 # the keys under which Hugging Face libraries take an access token (load kwargs, builder options)
 HF_TOKEN_KEYS = ("token", "use_auth_token", "hf_token")
-SECRET_KEYS = frozenset({*HF_TOKEN_KEYS, "access_token", "auth_token", "api_key", "apikey", "password", "secret",
-                         "client_secret"})
-_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+# a word anywhere in a key that makes its value a secret
+SECRET_WORDS = frozenset({"password", "passwd", "pwd", "passphrase", "secret", "secrets", "credential",
+                          "credentials", "authorization", "apikey", "bearer", "sas", "cookie"})
+# ...token: a secret unless the word before names a vocabulary token (`pad_token`, `bos_token`, `chat_token`)
+VOCABULARY_TOKEN_WORDS = frozenset({"pad", "bos", "eos", "unk", "sep", "cls", "mask", "start", "end", "stop",
+                                    "image", "audio", "video", "boi", "eoi", "begin", "chat", "special", "decoder",
+                                    "additional", "joiner", "answer", "label", "new", "max", "min", "num", "first",
+                                    "last", "prompt", "turn", "system", "user", "assistant", "tool", "think"})
+# ...key: a secret only after one of these (`api_key`, `account_key`; `label_key` and `sort_key` are not)
+CREDENTIAL_KEY_WORDS = frozenset({"api", "access", "account", "secret", "private", "storage", "subscription",
+                                  "encryption", "client", "master", "shared", "primary", "secondary", "signing",
+                                  "service", "auth", "license", "ssh", "openai", "azure", "aws", "gcp", "wandb",
+                                  "hf", "hub", "huggingface"})
+_VALUE_SHAPES = (
+    (re.compile(r"hf_[A-Za-z0-9]{20,}"), None),  # Hugging Face
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), None),  # OpenAI and alike
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), None),  # GitHub
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), None),  # an AWS access key id
+    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}"), 1),  # an Authorization header
+    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(@)"), 1),  # a URL's password: keep the user
+    (re.compile(r"(?i)([?&]sig=)[^&\s]+"), 1),  # a signed (SAS) URL's signature
+)
 SHOWN = "(set, not shown)"
 # a config's token is refused where it is found: (the problem, how to fix it)
 TOKEN_IN_CONFIG = ("an access token does not belong in a config file (configs are saved next to outputs and shared)",
                    "Remove it; set HF_TOKEN or run `hf auth login` instead.")
 
 
+def _words(key: str) -> list[str]:
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", key)  # apiKey -> api Key
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+
 def is_secret_key(key: Any) -> bool:
-    return isinstance(key, str) and key.lower() in SECRET_KEYS
+    if not isinstance(key, str):
+        return False
+    words = _words(key)
+    if not words:
+        return False
+    if SECRET_WORDS.intersection(words):
+        return True
+    before = words[-2] if len(words) > 1 else ""
+    if words[-1] in ("token", "accesstoken", "authtoken"):
+        return before not in VOCABULARY_TOKEN_WORDS
+    return words[-1] == "key" and before in CREDENTIAL_KEY_WORDS
 
 
 def looks_secret(value: Any) -> bool:
-    """True when `value`, or text anywhere in it, has the shape of an access token."""
-    return bool(_TOKEN_SHAPE.search(repr(value)))
+    """True when `value`, or text anywhere in it, has the shape of an access token, a password or a signature."""
+    text = repr(value)
+    return any(shape.search(text) for shape, _ in _VALUE_SHAPES)
+
+
+def _hide_in(text: str) -> str:
+    for shape, keep in _VALUE_SHAPES:
+        if keep is None:
+            text = shape.sub(SHOWN, text)
+        else:  # keep the groups around the secret: `Bearer `, `sftp://user:` ... `@`, `&sig=`
+            text = shape.sub(lambda m: "".join((m.group(1), SHOWN, *m.groups()[1:])), text)
+    return text
 
 
 def redact(value: Any) -> Any:
@@ -38,5 +88,17 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     if isinstance(value, str) and looks_secret(value):
-        return _TOKEN_SHAPE.sub(SHOWN, value)
+        return _hide_in(value)
     return value
+
+
+def redact_text(text: str) -> str:
+    """A message or log line with every secret-shaped part hidden."""
+    return _hide_in(text) if looks_secret(text) else text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines, tracebacks included, with every secret-shaped part hidden (a URL's password, a token)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))

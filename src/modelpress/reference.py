@@ -8,6 +8,7 @@ A test checks that the committed file matches, so the reference never goes stale
 from __future__ import annotations
 
 import sys
+from pathlib import PurePath
 
 from pydantic import AliasChoices, BaseModel
 
@@ -29,13 +30,26 @@ from modelpress.config.schema import (
 from modelpress.passes.catalog import CATALOG, TrainingArgs
 from modelpress.passes.spec_base import is_output_neutral
 
+# internal fields that a config writes under another key: the reference shows the key a user writes
+WRITTEN_AS = {
+    InputModelConfig: {"hub_id": "model_path (a Hub id, org/name)", "torch_dtype": "load_kwargs.torch_dtype",
+                       "trust_remote_code": "load_kwargs.trust_remote_code",
+                       "attn_implementation": "load_kwargs.attn_implementation"},
+    DataConfig: {"format": "data_name (a file format)", "hub_id": "data_name (a Hub id, org/name)"},
+    EngineConfig: {"execution_provider": "execution_providers", "log_level": "log_severity_level"},
+}
+DEFAULT_AS = {EngineConfig: {"execution_provider": "`['CPUExecutionProvider']`", "log_level": "`1` (info)"}}
+
 SECTIONS = [
-    ("input_model", InputModelConfig, "Olive 0.13 `load_kwargs` keys map onto these; the seed's `hf_config` too."),
+    ("input_model", InputModelConfig, "Keys beside `type`; the seed's `hf_config` (`model_name`, "
+     "`model_loading_args`, `from_pretrained_args`) is accepted too."),
     ("data_configs[] (load_dataset_config + pre_process_data_config)", DataConfig,
-     "`data_name` maps to `format`; the seed's `params` nesting is accepted."),
+     "`data_name` through `data_dir` go in `load_dataset_config`, the rest in `pre_process_data_config`; the "
+     "seed's `params` nesting is accepted."),
     ("evaluation (modelpress)", EvaluationConfig, ""),
     ("engine keys (top level or in `engine`)", EngineConfig,
-     "`execution_providers` and `log_severity_level` (0-4) map onto `execution_provider` and `log_level`."),
+     "`execution_providers` takes Olive's names (CPUExecutionProvider, ...), or comes from the host system's "
+     "`accelerators`; `log_severity_level` is Olive's 0 (debug) to 4 (critical)."),
     ("systems.NAME", SystemConfig, "Olive's `accelerators[].execution_providers` give `execution_provider`; "
      "`host` (passes) and `target` (evaluations) name a system."),
     ("systems.NAME, type Ray (keys beside `type`, or in Olive's `config`)", RaySystemConfig, ""),
@@ -49,8 +63,8 @@ SECTIONS = [
     ("evaluators.NAME.metrics[]", Metric, ""),
     ("metrics[].sub_types[]", SubMetric,
      "Built-in sub-metrics: accuracy (accuracy_score, f1_score, precision, recall; macro over classes), perplexity "
-     "(perplexity, loss), latency (avg, p50, p90, p95, p99, min, max; ms per example), throughput (avg, min, max, p50; "
-     "examples per second at batch 1), size_on_disk (size_on_disk in MiB, bytes in bytes; from the files, nothing "
+     "(perplexity, loss), latency (avg, p50, p75, p90, p95, p99, p999, min, max; ms per example), throughput (avg, min, max, "
+     "p50, p75, p90, p95, p99, p999; examples per second at batch 1, each from latency's mirror percentile), size_on_disk (size_on_disk in MiB, bytes in bytes; from the files, nothing "
      "run)."),
     ("sub_types[].goal", Goal, "Relative goals compare with the evaluator's `baseline` model."),
     ("metrics[].user_config (custom metrics)", CustomMetricConfig, ""),
@@ -62,7 +76,7 @@ def _default(info) -> str:
         return "required"
     if info.default_factory is not None:
         return "see below" if isinstance(info.default_factory, type) else "default"
-    return f"`{info.default!r}`"
+    return f"`{str(info.default)!r}`" if isinstance(info.default, PurePath) else f"`{info.default!r}`"
 
 
 def _aliases(info) -> str:
@@ -74,9 +88,13 @@ def _aliases(info) -> str:
 
 def _fields(model: type[BaseModel]) -> list[str]:
     rows = ["| key | also accepted as | default | meaning |", "|---|---|---|---|"]
+    written = WRITTEN_AS.get(model, {})
     for name, info in model.model_fields.items():
         note = " Not part of the cache key: changing it reuses cached results." if is_output_neutral(info) else ""
-        rows.append(f"| `{name}` | {_aliases(info)} | {_default(info)} | {info.description or ''}{note} |")
+        key, _, what = written.get(name, name).partition(" ")
+        default = DEFAULT_AS.get(model, {}).get(name) or _default(info)
+        rows.append(f"| `{key}`{' ' + what if what else ''} | {_aliases(info)} | {default} | "
+                    f"{info.description or ''}{note} |")
     return rows
 
 
@@ -94,7 +112,8 @@ def reference() -> str:
         produces = "the same kind" if spec.produces == "same" else spec.produces
         out += [f"### {spec.name}", "", f"{(spec.params.__doc__ or spec.summary).strip()} Accepts "
                 f"{', '.join(spec.accepts)}; produces {produces}.{extra}", ""] + _fields(spec.params) + [""]
-    out += ["### training_args (LoRA, QLoRA)", ""] + _fields(TrainingArgs) + [""]
+    trained = ", ".join(spec.name for spec in CATALOG.values() if "training_args" in spec.params.model_fields)
+    out += [f"### training_args ({trained})", ""] + _fields(TrainingArgs) + [""]
     return "\n".join(out)
 
 

@@ -181,8 +181,8 @@ def _check_builder_options(p: PassConfig, model: InputModelConfig, c: Collector)
         c.add(f"passes.{p.name}.extra_options.{key}", *TOKEN_IN_CONFIG)
     if str(extra.get("hf_remote", False)).lower() not in ("false", "0", "none") and not model.trust_remote_code:
         c.add(f"passes.{p.name}.extra_options.hf_remote", "makes the builder run the model's own Python code, and "
-              "input_model.trust_remote_code is off", "Set input_model.trust_remote_code: true if you trust that "
-              "code, or remove hf_remote.")
+              "input_model.trust_remote_code is off", "Set input_model.load_kwargs.trust_remote_code: true if you "
+              "trust that code, or remove hf_remote.")
 
 
 SPLIT_PARAMS = ("train_data_config", "eval_data_config", "eval_dataset_size")  # and training_args.data_seed

@@ -48,6 +48,14 @@ def data_configs(raw: Any, base_dir: Path, c: Collector) -> dict[str, DataConfig
     return configs
 
 
+# Olive sections modelpress reads nothing from, and what sets the same thing here
+UNREAD_SECTIONS = {
+    "dataloader_config": "batches are set where they are used: training_args.per_device_train_batch_size, "
+                         "evaluation.batch_size, and a calibrating pass's own keys (calibration_samples)",
+    "post_process_data_config": "labels come from the template's last field or label_col, as the task needs",
+}
+
+
 def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConfig | None:
     c.unknown_keys(raw, CONTAINER_KEYS, path)
     if raw.get("type", "HuggingfaceContainer") != "HuggingfaceContainer":
@@ -57,6 +65,9 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConf
         c.add(f"{path}.user_script", "data user scripts are not supported yet",
               "Describe the data with data_files and text_template or chat_template instead.")
     sections = _sections(raw, path, c)
+    for key, instead in UNREAD_SECTIONS.items():
+        if sections[key][0]:
+            c.note(f"{sections[key][1]}: accepted and not used: {instead}.")
     (load, load_path), (pre, pre_path) = sections["load_dataset_config"], sections["pre_process_data_config"]
     load_fields = _load_fields(load, load_path, base_dir, c)
     if load_fields is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelpress.config.collector import Collector, as_mapping, did_you_mean
-from modelpress.config.olive_tables import SUB_METRIC_ALIASES, lm_eval_higher_is_better
-from modelpress.config.schema import SUB_METRICS, EvaluationConfig, EvaluatorConfig, Metric
+from modelpress.config.olive_tables import OLIVE_ONLY_SUB_METRICS, SUB_METRIC_ALIASES, lm_eval_higher_is_better
+from modelpress.config.schema import SUB_METRICS, EvaluationConfig, EvaluatorConfig, Metric, SubMetric
 from modelpress.config.sources import resolve_path
 
 
@@ -39,6 +39,9 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     evaluator = c.validate(EvaluatorConfig, {"name": name, **body}, path)
     if evaluator is None:
         return None
+    if "size_on_disk" in evaluator.task_names():  # Olive's LMEvaluator reads it as the model's size in bytes
+        evaluator.tasks = [t for t in evaluator.tasks if t != "size_on_disk"]
+        evaluator.metrics.append(Metric(name="size_on_disk", type="size_on_disk", sub_types=[SubMetric(name="bytes")]))
     named_tasks = {m.name for m in evaluator.metrics if m.type == "lm_eval"}
     evaluator.metrics += [Metric(name=task, type="lm_eval") for task in evaluator.task_names()
                           if task not in named_tasks]
@@ -64,11 +67,16 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
 
 
 def _check_priorities(evaluator, path: str, c: Collector) -> None:
-    """Two ranked sub-metrics with one priority are ordered by name, which the config did not ask for."""
+    """Two ranked sub-metrics with one priority are ordered by name, which the config did not ask for; a goal on
+    an unranked one is checked here and ignored by Olive."""
     seen: dict[int, str] = {}
-    for metric in evaluator.metrics:
-        for sub in metric.sub_types:
+    for i, metric in enumerate(evaluator.metrics):
+        for j, sub in enumerate(metric.sub_types):
             key = f"{metric.name}-{sub.name}"
+            if sub.goal is not None and sub.priority <= 0:
+                c.warn(f"{path}.metrics[{i}].sub_types[{j}].goal: {key} has no priority, and Olive ignores the goal "
+                       "of such a sub-metric; modelpress checks it. Give it a priority (1, 2, ...) to rank it too, or "
+                       "remove the goal to choose as Olive would.")
             if sub.priority > 0 and sub.priority in seen:
                 c.warn(f"{path}: {seen[sub.priority]} and {key} both have priority {sub.priority}; the search ranks "
                        "them by name. Give each ranked sub-metric its own priority (1 first, 2 second, ...).")
@@ -104,7 +112,9 @@ def _check_metric(metric: Metric, where: str, c: Collector) -> None:
             c.note(f"{where}.sub_types[{j}].name: Olive's {sub.name!r} is modelpress's {aliases[sub.name]!r}.")
             sub.name = aliases[sub.name]
         if sub.name not in known:
-            hint = did_you_mean(sub.name, known) or f"Allowed for {metric.type}: {', '.join(known)}."
+            instead = OLIVE_ONLY_SUB_METRICS.get(metric.type, {}).get(sub.name)
+            hint = (f"An Olive sub-type: {instead}." if instead else did_you_mean(sub.name, known)) or \
+                f"Allowed for {metric.type}: {', '.join(known)}."
             c.add(f"{where}.sub_types[{j}].name", f"{metric.type} has no sub-metric {sub.name!r}", hint)
         elif sub.higher_is_better is not None and sub.higher_is_better != known[sub.name]:
             c.warn(f"{where}.sub_types[{j}].higher_is_better: {metric.type} {sub.name} is ranked with "

@@ -24,6 +24,8 @@ from modelpress.config.engine_section import ENGINE_KEYS, engine, engine_section
 from modelpress.config.evaluator_section import evaluation_section, evaluator_section
 from modelpress.config.olive_tables import (
     EXTERNAL_DATA_KEYS,
+    OLIVE_TRAINING_ARGS_DEFAULTS,
+    OLIVE_TRAINING_DEFAULTS,
     INERT_PASS_KEYS,
     OLIVE_ONLY_PASSES,
     TARGETS,
@@ -33,7 +35,7 @@ from modelpress.config.olive_tables import (
 from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
 from modelpress.config.sources import input_model, resolve_path
 from modelpress.errors import ConfigError, Problem
-from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoRAParams, QLoRAParams
+from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoHaParams, LoRAParams, QLoRAParams
 
 TOP_KEYS = ("$schema", "input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
             *ENGINE_KEYS)
@@ -47,7 +49,7 @@ def read_config_file(path: str | Path) -> Any:
         raise ConfigError([Problem(str(path), "is a folder, not a config file",
                                    f"Name the file in it{': ' + ', '.join(configs[:5]) if configs else ''}.")])
     if not path.is_file():
-        raise ConfigError([Problem(str(path), "config file not found", "Check the path given to --config.")])
+        raise ConfigError([Problem(str(path), "config file not found", "Check the config file's path.")])
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -97,6 +99,9 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     data = data_configs(raw.get("data_configs", []), base_dir, c)
     search = search_section(engine_raw, engine_path, c)
     passes = _passes(raw.get("passes", {}), search, base_dir, c)
+    for p in passes or [] if style != "modelpress" else []:  # an Olive config, read with Olive's meaning in mind
+        if isinstance(p.params, LoRAParams):
+            _note_olive_defaults(p.params, p.type, f"passes.{p.name}", c)
     engine_config = engine(engine_raw, engine_path, systems, base_dir, c)
     evaluation = evaluation_section(raw, engine_raw, c)
     evaluator = evaluator_section(raw, engine_raw, base_dir, c)
@@ -156,7 +161,7 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
     script = spec.get("user_script")
     if script is None:
         if isinstance(spec.get("type"), str) and spec["type"] not in CATALOG:
-            load_entry_points()
+            load_entry_points(spec["type"])
         return True
     typ = spec.get("type")
     builtin = pass_type(typ) if isinstance(typ, str) else None
@@ -299,7 +304,26 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
         return None
     if isinstance(params, LoRAParams) and not isinstance(params, QLoRAParams):
         _warn_4bit_options(params, typ, path, c)
+    if isinstance(params, LoHaParams) and "lora_dropout" in params.model_fields_set:
+        c.warn(f"{path}.lora_dropout: a {typ} adapter has no LoRA dropout, and ignores it (as Olive does); its own "
+               "are rank_dropout and module_dropout")
     return PassConfig(name=name, type=typ, params=params, search_space=space, host=host)
+
+
+def _note_olive_defaults(params: LoRAParams, typ: str, path: str, c: Collector) -> None:
+    """An Olive config that leaves out a training key Olive gives another default: what it trains with here."""
+    args = params.training_args
+    left = [(k, getattr(params, k), v) for k, v in OLIVE_TRAINING_DEFAULTS.items() if k not in params.model_fields_set]
+    left += [(f"training_args.{k}", getattr(args, k), v) for k, v in OLIVE_TRAINING_ARGS_DEFAULTS.items()
+             if k not in args.model_fields_set]
+    if "eval_strategy" not in args.model_fields_set and (params.eval_dataset_size or params.eval_data_config):
+        left.append(("training_args.eval_strategy", args.eval_strategy, "steps"))
+    if isinstance(params, QLoRAParams) and "target_modules" not in params.model_fields_set:
+        left.append(("target_modules", "peft's default for the model", "every 4-bit linear layer"))
+    if left:
+        c.note(f"{path}: left out of this Olive config, these take modelpress's defaults, not Olive 0.13's: "
+               + ", ".join(f"{k} {here} (Olive: {olive})" for k, here, olive in left)
+               + f". Write them in the {typ} pass to train as Olive does.")
 
 
 def _warn_4bit_options(params: LoRAParams, typ: str, path: str, c: Collector) -> None:

@@ -133,12 +133,31 @@ OLIVE_ONLY_PASSES: dict[str, str] = {
     "GptqModel": "Gptq (torch-level GPTQ), then ModelBuilder",
 }
 
+# Defaults of the training passes that Olive 0.13 sets otherwise (olive/passes/pytorch/lora.py, its
+# HFTrainingArguments, transformers' TrainingArguments): an Olive config that leaves them out trains otherwise
+# here, and is told so. modelpress keeps its own for a CPU: one row a step and one epoch unless asked, no
+# recomputation, float32 unless the CPU computes bfloat16 natively (bfloat16-if-native).
+OLIVE_TRAINING_DEFAULTS: dict[str, object] = {"r": 64, "alpha": 16, "torch_dtype": "bfloat16"}
+OLIVE_TRAINING_ARGS_DEFAULTS: dict[str, object] = {
+    "per_device_train_batch_size": 8, "num_train_epochs": 3, "seed": 42, "lr_scheduler_type": "constant",
+    "warmup_ratio": 0.03, "gradient_checkpointing": True}
+
 # Sub-metric names Olive (torchmetrics) spells differently: metric type -> {Olive's name: modelpress's}.
 SUB_METRIC_ALIASES: dict[str, dict[str, str]] = {
     "accuracy": {"accuracy": "accuracy_score", "f1": "f1_score", "precision_score": "precision",
                  "recall_score": "recall"},
     "latency": {"mean": "avg"},
     "throughput": {"mean": "avg"},
+}
+
+# Olive's accuracy sub-types modelpress does not compute under accuracy: what to use instead.
+_BY_CUSTOM = "a custom metric (type custom, with user_config.user_script and evaluate_func) can compute it"
+OLIVE_ONLY_SUB_METRICS: dict[str, dict[str, str]] = {
+    "accuracy": {"perplexity": "modelpress measures it as its own metric: {\"type\": \"perplexity\", \"sub_types\": "
+                               "[{\"name\": \"perplexity\"}]}",
+                 "exact_match": "accuracy_score is already the share of answers that match the label exactly",
+                 **dict.fromkeys(("auroc", "wer", "rtfx", "relaxed_accuracy", "word_sort_ratio"),
+                                 f"modelpress does not compute it; {_BY_CUSTOM}")},
 }
 
 # lm-evaluation-harness metrics and whether a higher value is better, so that goals on them are

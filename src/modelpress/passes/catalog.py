@@ -97,7 +97,7 @@ TrainingDtype = Literal[TorchDtype, "bfloat16-if-native"]
 class LoRAParams(Strict):
     """LoRA fine-tuning (peft) on a Hugging Face causal LM."""
 
-    r: int = searchable(8, 16, 32, default=16, gt=0, validation_alias=AliasChoices("r", "lora_r"),
+    r: int = searchable(16, 32, 64, default=16, gt=0, validation_alias=AliasChoices("r", "lora_r"),
                         description="LoRA rank.")
     alpha: float = Field(
         32, gt=0, validation_alias=AliasChoices("alpha", "lora_alpha"), description="LoRA scaling alpha."
@@ -170,16 +170,20 @@ class DoRAParams(LoRAParams):
 
 
 class LoHaParams(LoRAParams):
-    """LoHa: a low-rank Hadamard-product adapter (peft); lora_dropout is its rank dropout."""
+    """LoHa: a low-rank Hadamard-product adapter (peft)."""
 
     adapter_type: ClassVar[str] = "loha"
     target_modules: list[str] | str = Field(
         "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but the output head)."
     )
+    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout over the adapter's rank dimension while "
+                                "training (peft's; lora_dropout does not apply to this adapter, as in Olive).")
+    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of leaving an adapted module out of "
+                                  "a training step (peft's).")
 
 
 class LoKrParams(LoHaParams):
-    """LoKr: a low-rank Kronecker-product adapter (peft); lora_dropout is its rank dropout."""
+    """LoKr: a low-rank Kronecker-product adapter (peft)."""
 
     adapter_type: ClassVar[str] = "lokr"
 
@@ -195,7 +199,7 @@ class ModelBuilderParams(Strict):
         "int4", "int8", default="fp32", description="Weight precision of the ONNX model."
     )
     block_size: Literal[16, 32, 64, 128, 256] = searchable(
-        32, 128, default=32,
+        32, 64, 128, default=32,
         validation_alias=AliasChoices("block_size", "int4_block_size"),
         description="Quantization block size (int4/int8).",
     )
@@ -211,7 +215,7 @@ class ModelBuilderParams(Strict):
     )
     algo_config: Literal["default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "k_quant_linear",
                          "rtn_last"] | None = searchable(
-        "default", "k_quant", "k_quant_last", "k_quant_mixed", default=None,
+        "default", "rtn", "k_quant_mixed", "k_quant_last", default=None,
         validation_alias=AliasChoices("algo_config", "int4_algo_config"),
         description="The builder's int4 weight algorithm: default/rtn (round to nearest), k_quant; the _last "
         "forms keep the last MatMul (the LM head) at int8, k_quant_mixed some layers too. Default: the builder's.",

@@ -211,10 +211,9 @@ def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None 
     common = {"r": params.r, "target_modules": params.target_modules, "modules_to_save": params.modules_to_save,
               "task_type": task_type, "layers_to_transform": layers}
     kind = getattr(params, "adapter_type", "lora")
-    if kind == "loha":
-        return LoHaConfig(alpha=params.alpha, rank_dropout=params.lora_dropout, **common)
-    if kind == "lokr":
-        return LoKrConfig(alpha=params.alpha, rank_dropout=params.lora_dropout, **common)
+    if kind in ("loha", "lokr"):
+        return (LoHaConfig if kind == "loha" else LoKrConfig)(
+            alpha=params.alpha, rank_dropout=params.rank_dropout, module_dropout=params.module_dropout, **common)
     return LoraConfig(lora_alpha=params.alpha, lora_dropout=params.lora_dropout, use_dora=kind == "dora", **common)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, model_validator
+from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
 from modelpress.passes.spec_base import HF, ONNX, ONNX_GENAI, SAME_KIND, PassSpec, Strict, searchable
 
@@ -20,14 +20,18 @@ AccuracyLevel = Literal[0, 1, 2, 3, 4]
 QuantType = Literal["QInt8", "QUInt8"]
 StaticQuantType = Literal["QInt8", "QUInt8", "QInt16", "QUInt16"]  # 16-bit types: QDQ format only
 OLIVE_QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8", "int16": "QInt16", "uint16": "QUInt16"}  # Olive 0.13's
-OptLevelName = Literal["disable", "basic", "extended", "all"]
+OptLevelName = Literal["disable", "basic", "extended", "layout", "all"]
 ExecutionModeName = Literal["sequential", "parallel"]
+# Olive's configs give onnxruntime's enum values (GraphOptimizationLevel, ExecutionMode) as numbers
+OLIVE_NUMBERS = {"opt_level_list": {0: "disable", 1: "basic", 2: "extended", 3: "layout", 99: "all"},
+                 "execution_mode_list": {0: "sequential", 1: "parallel"}}
 
 
 class OnnxConversionParams(Strict):
     """Export a Hugging Face model to ONNX with torch.onnx.export (the dynamo exporter)."""
 
-    target_opset: int = Field(18, ge=18, description="ONNX opset of the graph (the dynamo exporter needs 18 or more).")
+    target_opset: int = Field(18, ge=18, description="ONNX opset of the graph (the dynamo exporter needs 18 or more; "
+                              "Olive's default is 20).")
     use_kv_cache: bool = Field(
         False, description="text-generation only: add past_key_values.{i}.key/value inputs and present.{i}.key/value "
         "outputs for incremental decoding. An empty past (length 0) scores the whole sequence.",
@@ -146,7 +150,7 @@ class OnnxStaticQuantizationParams(OnnxDynamicQuantizationParams):
         "default keeps the attention-mask arithmetic (huge negative constants) in float: quantizing it with one "
         "int8 range per tensor wrecks a transformer's output (measured on the tiny Phi-3: cosine 0.29 vs 0.99).")
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = searchable(
-        "MinMax", "Percentile", default="MinMax", description="How activation ranges are chosen from calibration.")
+        "MinMax", "Entropy", "Percentile", default="MinMax", description="How activation ranges are chosen from calibration.")
     extra_options: StaticExtraOptions = Field(default_factory=StaticExtraOptions,
                                               description="onnxruntime quantizer extra options.")
 
@@ -234,6 +238,16 @@ class OrtSessionParamsTuningParams(Strict):
                                                description="graph_optimization_level candidates.")
     batch_size: int = Field(1, gt=0, description="Rows of the synthetic timing input.")
     sequence_length: int = Field(32, gt=0, description="Tokens per row of the synthetic timing input.")
+
+    @field_validator("opt_level_list", "execution_mode_list", mode="before")
+    @classmethod
+    def _olive_numbers(cls, value, info):
+        """Olive's numbers (opt_level_list [99], execution_mode_list [0]) read as the names they stand for."""
+        numbers = OLIVE_NUMBERS[info.field_name]
+        items = value if isinstance(value, list) else [value] if isinstance(value, int) else value
+        if not isinstance(items, list):
+            return value
+        return [numbers.get(v, v) if isinstance(v, int) and not isinstance(v, bool) else v for v in items]
     warmup_num: int = Field(3, ge=0, description="Untimed runs before timing each candidate.")
     repeat_test_num: int = Field(10, gt=0, description="Timed runs per candidate (the median is compared).")
     seed: int = Field(0, description="Seed of the random token ids.")

@@ -14,7 +14,7 @@ from modelpress.passes.catalog import CATALOG, PassSpec
 
 log = logging.getLogger("modelpress")
 ENTRY_POINT_GROUP = "modelpress.passes"
-_scanned_entry_points = False
+_scanned_entry_points: set[str | None] = set()  # the pass types looked up (None: all of them)
 
 
 class PluginError(ModelpressError):
@@ -37,16 +37,18 @@ def spec_of(cls, origin: str) -> PassSpec:
                     cls.produces, cls.needs_data, function=run, origin=f"{origin} (version {cls.version})")
 
 
-def load_entry_points() -> None:
-    """Register every pass that installed packages declare (once per process, on first need)."""
-    global _scanned_entry_points
-    if _scanned_entry_points:
+def load_entry_points(name: str | None = None) -> None:
+    """Register the pass that installed packages declare under the entry point `name` (a config's pass type, any
+    case), or every declared pass (`modelpress passes`); each looked up once per process. Only the package a config
+    names is imported: a mistyped type imports none."""
+    key = None if name is None else name.lower()
+    if None in _scanned_entry_points or key in _scanned_entry_points:
         return
-    _scanned_entry_points = True
+    _scanned_entry_points.add(key)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in CATALOG:
+        if ep.name in CATALOG or (key is not None and ep.name.lower() != key):
             continue
         try:
             cls = ep.load()

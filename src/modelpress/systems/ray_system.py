@@ -16,6 +16,7 @@ import time
 
 from modelpress.config.schema import RaySystemConfig, TaskResources
 from modelpress.errors import ModelpressError
+from modelpress.redact import is_secret_key
 from modelpress.systems.ray_tasks import measure_task, ref_to_json, run_pass_task
 from modelpress.systems.storage import open_storage
 
@@ -54,7 +55,9 @@ class RaySystem:
         env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **dict.fromkeys(QUIET_BARS_ENV, "1")}
         if THP_ENV in os.environ:  # the command's huge-page tensors, in the workers of a cluster it did not start
             env[THP_ENV] = os.environ[THP_ENV]
-        env.update(self.config.env_vars)
+        # a secret-named variable (HF_TOKEN, ..._KEY) is set by each task instead: Ray's runtime-env agent
+        # writes the whole runtime env, values included, to its log
+        env.update({k: v for k, v in self.config.env_vars.items() if not is_secret_key(k)})
         kwargs = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": True}
         if self.config.address is None:
             kwargs.update(include_dashboard=False, object_store_memory=100 * 2**20)
@@ -116,10 +119,11 @@ class RaySystem:
             self.storage.upload_input(input_ref.path, input_ref.id)
             self._uploaded.add(input_ref.id)
         self.storage.share(session.cache, ref)  # a pass that ran on the driver: its output, for the nodes
-        return {"raw": config.raw, "base_dir": str(config.base_dir), "storage": str(self.storage),
+        return {"raw": _env_values_left_out(config.raw), "base_dir": str(config.base_dir), "storage": str(self.storage),
                 "input_folder": str(input_ref.path), "input_id": input_ref.id, "ref": ref_to_json(ref),
                 "hub_revisions": session.plan.hub_revisions(),
-                "log_level": config.engine.log_level}
+                "log_level": config.engine.log_level,
+                "secret_env": {k: v for k, v in self.config.env_vars.items() if is_secret_key(k)}}
 
     def run_pass(self, session, p, key: str, ref):
         """Run pass `p` on the cluster; return (its output, its history row) once the driver has verified it."""
@@ -228,3 +232,14 @@ def _describe(amounts: dict) -> str:
     """"1 CPU, 2.0 GiB memory, 1 node_b": Ray counts memory in bytes."""
     return ", ".join(f"{v / 2**30:.1f} GiB {k}" if k == "memory" else f"{v:g} {k}" for k, v in amounts.items()) \
         or "nothing"
+
+
+def _env_values_left_out(raw):
+    """The config for a task: every system's env_vars values left out (the driver set them, or sends the secret
+    ones apart), so no token travels inside the config a task might print."""
+    if isinstance(raw, dict):
+        return {k: {name: "" for name in v} if k == "env_vars" and isinstance(v, dict) else _env_values_left_out(v)
+                for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_env_values_left_out(v) for v in raw]
+    return raw

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from modelpress.models import ModelRef
+from modelpress.redact import RedactingFormatter
 
 
 def ref_to_json(ref: ModelRef) -> dict:
@@ -35,10 +36,11 @@ def _setup(job: dict):
     logger = logging.getLogger("modelpress")
     if not logger.handlers:  # plain lines on the worker's stderr, which Ray forwards to the driver
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(job["log_level"])
         logger.propagate = False  # a library may have configured the root logger: one line each
+    os.environ.update(job.get("secret_env") or {})  # kept out of Ray's runtime env, whose agent logs it
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(name, "1")  # the driver resolved every Hub id before any task was sent
     if job.get("threads"):
