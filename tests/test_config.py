@@ -49,10 +49,16 @@ def test_seed_and_olive_013_configs_normalise_to_the_same_workflow(workspace):
     # Olive's dataloader_config (batch_size 1) has no meaning here, and says so
     assert any(n.startswith("data_configs[0].dataloader_config: accepted and not used") for n in olive.notes)
     # keys the Olive configs leave out whose Olive default differs from modelpress's are named (Olive's in brackets)
-    defaults = next(n for n in seed.notes if n.startswith("passes.lora: left out of this Olive config"))
+    defaults = next(n for n in seed.notes if n.startswith("passes.lora: keys left out take modelpress's defaults"))
     assert "torch_dtype float32 (Olive: bfloat16)" in defaults and "lr_scheduler_type linear (Olive: constant)" in defaults
     assert " r 16" not in defaults and "alpha" not in defaults  # the seed sets lora_r and lora_alpha
-    assert not any("left out of this Olive config" in n for n in load_config(workspace / "demo.json").notes)
+    raw = _seed(workspace)
+    del raw["passes"]["lora"]["config"]["training_args"]["num_train_epochs"]
+    notes = " ".join(normalize(raw, base_dir=workspace).notes)
+    assert "keys left out" in notes and "num_train_epochs" not in notes  # max_steps is set: epochs do not apply
+    del raw["passes"]["lora"]["config"]["training_args"]["max_steps"]
+    assert "num_train_epochs 1.0 (Olive: 3)" in " ".join(normalize(raw, base_dir=workspace).notes)
+    assert not any("keys left out" in n for n in load_config(workspace / "demo.json").notes)
 
 
 def test_relative_paths_resolve_against_the_config_folder(workspace):
@@ -114,12 +120,13 @@ def test_loha_and_lokr_take_olives_rank_and_module_dropout_not_lora_dropout(work
     assert any(w.startswith(f"passes.lora.lora_dropout: a {typ} adapter has no LoRA dropout") for w in config.warnings)
     peft = adapter_config(config.passes[0].params, "CAUSAL_LM")
     assert (peft.rank_dropout, peft.module_dropout) == (0.0, 0.0)  # Olive's defaults
+    assert config.passes[0].params.adapter_dropout == 0.0  # so the prompt prefix can be shared
     raw["passes"]["lora"]["config"].update(rank_dropout=0.2, module_dropout=0.1)
     del raw["passes"]["lora"]["config"]["lora_dropout"]
     config = normalize(raw, base_dir=workspace)
     assert not any("lora_dropout" in w for w in config.warnings)
     peft = adapter_config(config.passes[0].params, "CAUSAL_LM")
-    assert (peft.rank_dropout, peft.module_dropout) == (0.2, 0.1)
+    assert (peft.rank_dropout, peft.module_dropout) == (0.2, 0.1) and config.passes[0].params.adapter_dropout == 0.2
 
 
 def test_seed_trust_remote_code_is_honoured_and_off_by_default(workspace):

@@ -204,6 +204,11 @@ def test_an_evaluation_reads_at_most_its_data_configs_max_samples_rows_as_olive_
     assert len(DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c1").eval_set().examples) == 7
     raw["evaluation"] = {"max_examples": 5}  # the smaller of the two
     assert len(DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c2").eval_set().examples) == 5
+    # a training pass's eval split is not cut by the cap on its training sequences
+    raw = tone_workflow(tiny_model, {"lora": {"type": "LoRA", "train_data_config": "tone", "eval_dataset_size": 0.3}})
+    split = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c3").eval_set().examples
+    raw["data_configs"][0]["pre_process_data_config"]["max_samples"] = 4
+    assert DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c4").eval_set().examples == split
 
 
 def test_escaped_braces_after_the_answer_field_keep_the_prompt_answer_split(tmp_path):

@@ -40,27 +40,30 @@ def test_an_installed_plugin_whose_pass_name_is_a_built_ins_is_not_loaded(tmp_pa
     assert CATALOG["LoRA"] is built_in and "shadow_pkg" in sys.modules  # loaded, looked at, not registered
 
 
-def test_a_pass_type_no_plugin_declares_imports_no_installed_plugin(tmp_path, tiny_model, monkeypatch):
-    """A mistyped pass type is an error that imports nothing: only the package whose entry point a config names
-    is loaded."""
+def test_a_config_naming_one_installed_plugin_imports_that_package_alone(tmp_path, tiny_model, monkeypatch):
+    """The entry point named as the config's pass type (or pointing at a class of that name) is the only package
+    imported; a type no entry point is named after loads them all, since a pass's `name` may differ from both."""
     import importlib.metadata
     import sys
 
     import modelpress.passes.plugins as plugins
     from modelpress.passes.catalog import CATALOG
 
-    for module, cls in (("pkg_one", "PassOne"), ("pkg_two", "PassTwo")):
+    for module, cls, name in (("pkg_one", "PassOne", ""), ("pkg_two", "PassTwo", ""), ("pkg_three", "Impl", "Fancy")):
         (tmp_path / f"{module}.py").write_text(f"from modelpress.plugin import Pass\n\nclass {cls}(Pass):\n"
-                                               "    summary = 'a test pass'\n")
+                                               f"    summary = 'a test pass'\n    name = {name or cls!r}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     points = [importlib.metadata.EntryPoint(name=n, value=v, group=plugins.ENTRY_POINT_GROUP)
-              for n, v in (("PassOne", "pkg_one:PassOne"), ("PassTwo", "pkg_two:PassTwo"))]
+              for n, v in (("PassOne", "pkg_one:PassOne"), ("PassTwo", "pkg_two:PassTwo"), ("three", "pkg_three:Impl"))]
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group=None: points if group == plugins.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(plugins, "_scanned_entry_points", set())
-    with pytest.raises(ConfigError, match="PassOn"):
-        normalize(tone_workflow(tiny_model, {"q": {"type": "PassOn"}}), tmp_path)
-    assert "pkg_one" not in sys.modules and "pkg_two" not in sys.modules
-    plugins.load_entry_points("passone")  # a config's type, in any case: that package alone
+    monkeypatch.setattr(plugins, "_loaded_entry_points", set())
+    for name in ("PassOne", "PassTwo", "Fancy"):
+        monkeypatch.delitem(CATALOG, name, raising=False)
+    normalize(tone_workflow(tiny_model, {"q": {"type": "passone"}}), tmp_path)  # the type, in any case
     assert "pkg_one" in sys.modules and "pkg_two" not in sys.modules and "PassOne" in CATALOG
-    CATALOG.pop("PassOne")
+    normalize(tone_workflow(tiny_model, {"q": {"type": "Fancy"}}), tmp_path)  # named after neither: all are read
+    assert "pkg_two" in sys.modules and CATALOG["Fancy"].name == "Fancy"
+    for name in ("PassOne", "PassTwo", "Fancy"):
+        CATALOG.pop(name, None)

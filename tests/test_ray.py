@@ -46,7 +46,8 @@ class SlowCopy(Pass):
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         with open(params.marker, "a") as f:
             f.write(json.dumps({"pid": os.getpid(), "node": node, "token": os.environ.get("MP_TEST_TOKEN"),
-                                "plain": os.environ.get("MP_TEST_PLAIN")}) + "\\n")
+                                "plain": os.environ.get("MP_TEST_PLAIN"),
+                                "shaped": os.environ.get("MP_TEST_SHAPED")}) + "\\n")
         deadline = time.monotonic() + params.seconds
         while time.monotonic() < deadline:
             time.sleep(0.1)
@@ -229,15 +230,16 @@ def test_fsspec_storage_carries_outputs_between_nodes_and_the_driver_verifies_th
     from modelpress.systems.storage import UrlStorage, local_ref
 
     url = f"file://{tmp_path / 'bucket'}"
-    secret = "mp-secret-" + os.urandom(6).hex()
+    secret, shaped = "mp-secret-" + os.urandom(6).hex(), "hf_" + os.urandom(12).hex()
     result = _run(tmp_path, tiny_model, {"slow": _slow(tmp_path), "again": _slow(tmp_path, "again")},
                   {"address": cluster.address, "storage": url,
-                   "env_vars": {"MP_TEST_TOKEN": secret, "MP_TEST_PLAIN": "mp-plain-value"}})
-    # both variables reach the task; the secret-named one is never in Ray's logs (its runtime-env agent writes
-    # the env it is given, as the plain one shows)
-    assert {(a["token"], a["plain"]) for a in _attempts(tmp_path)} == {(secret, "mp-plain-value")}
+                   "env_vars": {"MP_TEST_TOKEN": secret, "MP_TEST_PLAIN": "mp-plain-value", "MP_TEST_SHAPED": shaped}})
+    # every variable reaches the task; the secret-named one and the token-shaped value are never in Ray's logs (its
+    # runtime-env agent writes the env it is given, as the plain one shows)
+    assert {(a["token"], a["plain"], a["shaped"]) for a in _attempts(tmp_path)} == {(secret, "mp-plain-value", shaped)}
     logs = [f.read_text(errors="replace") for f in cluster.tmp.rglob("*") if f.is_file() and f.suffix in (".log", ".err", ".out")]
-    assert any("mp-plain-value" in text for text in logs) and not any(secret in text for text in logs)
+    assert any("mp-plain-value" in text for text in logs)
+    assert not any(secret in text or shaped in text for text in logs)
     keys = [row["output_id"] for row in result.history]
     for key in keys:  # each entry uploaded with its manifest, and downloaded into the driver's own cache
         assert (tmp_path / "bucket" / "passes" / key / "entry.json").is_file()

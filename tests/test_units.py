@@ -347,7 +347,7 @@ def test_passes_that_calibrate_on_wikitext_are_known_before_the_run_goes_offline
 
 def test_secrets_are_redacted_wherever_they_sit_in_what_modelpress_writes(tiny_model, tmp_path):
     from modelpress.config import load_config
-    from modelpress.redact import SHOWN, RedactingFormatter, redact
+    from modelpress.redact import SHOWN, RedactingFormatter, is_secret_key, redact
 
     token = "hf_" + "A1b2" * 8
     assert redact({"hf_token": token, "use_auth_token": True, "bos_token": "<s>", "args": [f"--token={token}"],
@@ -362,6 +362,10 @@ def test_secrets_are_redacted_wherever_they_sit_in_what_modelpress_writes(tiny_m
                      "cmd": "curl -H 'Authorization: Bearer sk-" + "x" * 24 + "'"})
     assert [k for k, v in hidden.items() if v == SHOWN] == ["AZURE_OPENAI_API_KEY", "openai_api_key", "apiKey",
                                                            "sas_token", "account_key"]
+    assert all(is_secret_key(k) for k in ("HFToken", "APIToken", "AWSAccessKey", "OpenAIKey", "SECRETKEY", "DBPASSWORD",
+                                          "DB_PASS", "HF_AUTH", "AZURE_STORAGE_CONNECTION_STRING", "AWS_ACCESS_KEY_ID"))
+    assert not any(is_secret_key(k) for k in ("passes", "pass_resources", "include_pass_params", "QairtPipelinePass",
+                                              "eos_token_id", "token_type_ids", "kv_cache_key", "author"))
     assert hidden["headers"] == {"Authorization": SHOWN} and hidden["label_key"] == "tone"
     assert (hidden["pad_token"], hidden["max_new_tokens"], hidden["sort_key"]) == ("<pad>", 4, "len")
     assert hidden["storage"] == f"sftp://alice:{SHOWN}@nas/mp"

@@ -164,7 +164,7 @@ class DataPlan:
             return None
         explicit = data_config or config.evaluation.data_config
         if trained is None or (explicit and name != trained.params.train_data_config):
-            return self._eval_set(self.examples(name), f"all rows of data config {name!r}", name)
+            return self._eval_set(self.examples(name), f"all rows of data config {name!r}", name, whole=True)
         # the training data, named or by default: its held-out rows, never the rows it trained on
         named_train = explicit and trained.params.eval_data_config  # its eval data is another config
         held_out = [] if named_train else self.training_examples(trained.params)[1]
@@ -175,11 +175,13 @@ class DataPlan:
         log.warning("%s: the evaluation uses its training rows, which measures memorisation", why)
         return self._eval_set(self.examples(name), f"the TRAINING rows of pass {trained.name!r}", name)
 
-    def _eval_set(self, examples: list[Example], description: str, name: str) -> EvalSet:
+    def _eval_set(self, examples: list[Example], description: str, name: str, whole: bool = False) -> EvalSet:
+        """`whole`: the data config is read for evaluation alone, so its max_samples caps the rows (as Olive's
+        metric data configs read it); a training pass's split is not cut by the cap on its training sequences."""
         unique = distinct(examples)
         config = self.data_config(name)
-        # evaluation.max_examples, and the data config's own max_samples as Olive's metric data configs read it
-        limit = min((n for n in (self.config.evaluation.max_examples, config.max_samples) if n), default=0)
+        caps = (self.config.evaluation.max_examples, config.max_samples if whole else None)
+        limit = min((n for n in caps if n), default=0)
         label = self.config.evaluation.label_column or config.answer_column
         kept = unique[:limit] if limit else unique
         if len(kept) < len(examples):  # what was measured, said as it is: distinct prompts, the first N

@@ -2,10 +2,11 @@
 error messages.
 
 A value is secret when its key names one, or when it has the shape of one, wherever it sits:
-- keys: read as words (`AZURE_OPENAI_API_KEY`, `apiKey`, `sas-token` alike), a key is secret when a word says so
-  (`password`, `secret`, `credentials`, `authorization`, ...), when it ends in `token` after no special-token word
-  (`hf_token`, `sas_token`, but not `pad_token` or `max_new_tokens`), or when it ends in `key` after a word that
-  makes it a credential (`api_key`, `account_key`, but not `label_key`);
+- keys: read as words (`AZURE_OPENAI_API_KEY`, `apiKey`, `HFToken`, `sas-token` alike), a key is secret when a
+  word says so (`password`, `secret`, `credentials`, `authorization`, ...) or the words run together do
+  (`DBPASSWORD`, `CONNECTION_STRING`), when it ends in `token` after no special-token word (`hf_token`, `sas_token`,
+  but not `pad_token` or `max_new_tokens`), in `auth` or `_pass`, or in `key` (or `key_id`) after a word that makes
+  it a credential (`api_key`, `AWS_ACCESS_KEY_ID`, but not `label_key`);
 - values: Hugging Face, OpenAI and GitHub tokens, AWS access key ids, `Bearer ...` headers, a URL's password
   (`sftp://user:PASSWORD@host`) and a signed URL's `sig=` are replaced inside any text.
 """
@@ -21,6 +22,9 @@ HF_TOKEN_KEYS = ("token", "use_auth_token", "hf_token")
 # a word anywhere in a key that makes its value a secret
 SECRET_WORDS = frozenset({"password", "passwd", "pwd", "passphrase", "secret", "secrets", "credential",
                           "credentials", "authorization", "apikey", "bearer", "sas", "cookie"})
+# run together in one word (SECRETKEY, DBPASSWORD, AZURE_STORAGE_CONNECTION_STRING)
+SECRET_PARTS = ("password", "passwd", "secret", "credential", "apikey", "accesskey", "privatekey", "authtoken",
+                "accesstoken", "connectionstring")
 # ...token: a secret unless the word before names a vocabulary token (`pad_token`, `bos_token`, `chat_token`)
 VOCABULARY_TOKEN_WORDS = frozenset({"pad", "bos", "eos", "unk", "sep", "cls", "mask", "start", "end", "stop",
                                     "image", "audio", "video", "boi", "eoi", "begin", "chat", "special", "decoder",
@@ -30,7 +34,7 @@ VOCABULARY_TOKEN_WORDS = frozenset({"pad", "bos", "eos", "unk", "sep", "cls", "m
 CREDENTIAL_KEY_WORDS = frozenset({"api", "access", "account", "secret", "private", "storage", "subscription",
                                   "encryption", "client", "master", "shared", "primary", "secondary", "signing",
                                   "service", "auth", "license", "ssh", "openai", "azure", "aws", "gcp", "wandb",
-                                  "hf", "hub", "huggingface"})
+                                  "hf", "hub", "huggingface", "ai"})
 _VALUE_SHAPES = (
     (re.compile(r"hf_[A-Za-z0-9]{20,}"), None),  # Hugging Face
     (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), None),  # OpenAI and alike
@@ -47,7 +51,7 @@ TOKEN_IN_CONFIG = ("an access token does not belong in a config file (configs ar
 
 
 def _words(key: str) -> list[str]:
-    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", key)  # apiKey -> api Key
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", key)  # apiKey, HFToken -> HF Token
     return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
 
 
@@ -57,11 +61,15 @@ def is_secret_key(key: Any) -> bool:
     words = _words(key)
     if not words:
         return False
-    if SECRET_WORDS.intersection(words):
+    if SECRET_WORDS.intersection(words) or any(part in "".join(words) for part in SECRET_PARTS):
         return True
+    if words[-1] == "id" and len(words) > 2 and words[-2] == "key":  # AWS_ACCESS_KEY_ID
+        words = words[:-1]
     before = words[-2] if len(words) > 1 else ""
-    if words[-1] in ("token", "accesstoken", "authtoken"):
+    if words[-1] == "token":
         return before not in VOCABULARY_TOKEN_WORDS
+    if words[-1] == "auth" or re.search(r"(^|[_.-])pass$", key, re.IGNORECASE):  # HF_AUTH, DB_PASS
+        return True
     return words[-1] == "key" and before in CREDENTIAL_KEY_WORDS
 
 

@@ -40,7 +40,7 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     if evaluator is None:
         return None
     if "size_on_disk" in evaluator.task_names():  # Olive's LMEvaluator reads it as the model's size in bytes
-        evaluator.tasks = [t for t in evaluator.tasks if t != "size_on_disk"]
+        evaluator.tasks = [t for t, name in zip(evaluator.tasks, evaluator.task_names()) if name != "size_on_disk"]
         evaluator.metrics.append(Metric(name="size_on_disk", type="size_on_disk", sub_types=[SubMetric(name="bytes")]))
     named_tasks = {m.name for m in evaluator.metrics if m.type == "lm_eval"}
     evaluator.metrics += [Metric(name=task, type="lm_eval") for task in evaluator.task_names()

@@ -99,7 +99,7 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     data = data_configs(raw.get("data_configs", []), base_dir, c)
     search = search_section(engine_raw, engine_path, c)
     passes = _passes(raw.get("passes", {}), search, base_dir, c)
-    for p in passes or [] if style != "modelpress" else []:  # an Olive config, read with Olive's meaning in mind
+    for p in passes or [] if style != "modelpress" else []:  # Olive's schema, which an Olive user reads as Olive
         if isinstance(p.params, LoRAParams):
             _note_olive_defaults(p.params, p.type, f"passes.{p.name}", c)
     engine_config = engine(engine_raw, engine_path, systems, base_dir, c)
@@ -315,13 +315,13 @@ def _note_olive_defaults(params: LoRAParams, typ: str, path: str, c: Collector) 
     args = params.training_args
     left = [(k, getattr(params, k), v) for k, v in OLIVE_TRAINING_DEFAULTS.items() if k not in params.model_fields_set]
     left += [(f"training_args.{k}", getattr(args, k), v) for k, v in OLIVE_TRAINING_ARGS_DEFAULTS.items()
-             if k not in args.model_fields_set]
+             if k not in args.model_fields_set and not (k == "num_train_epochs" and args.max_steps > 0)]
     if "eval_strategy" not in args.model_fields_set and (params.eval_dataset_size or params.eval_data_config):
         left.append(("training_args.eval_strategy", args.eval_strategy, "steps"))
     if isinstance(params, QLoRAParams) and "target_modules" not in params.model_fields_set:
         left.append(("target_modules", "peft's default for the model", "every 4-bit linear layer"))
     if left:
-        c.note(f"{path}: left out of this Olive config, these take modelpress's defaults, not Olive 0.13's: "
+        c.note(f"{path}: keys left out take modelpress's defaults where Olive 0.13's differ: "
                + ", ".join(f"{k} {here} (Olive: {olive})" for k, here, olive in left)
                + f". Write them in the {typ} pass to train as Olive does.")
 

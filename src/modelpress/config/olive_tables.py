@@ -136,7 +136,7 @@ OLIVE_ONLY_PASSES: dict[str, str] = {
 # Defaults of the training passes that Olive 0.13 sets otherwise (olive/passes/pytorch/lora.py, its
 # HFTrainingArguments, transformers' TrainingArguments): an Olive config that leaves them out trains otherwise
 # here, and is told so. modelpress keeps its own for a CPU: one row a step and one epoch unless asked, no
-# recomputation, float32 unless the CPU computes bfloat16 natively (bfloat16-if-native).
+# recomputation, float32 (bfloat16-if-native on request: bfloat16 where the CPU computes it natively).
 OLIVE_TRAINING_DEFAULTS: dict[str, object] = {"r": 64, "alpha": 16, "torch_dtype": "bfloat16"}
 OLIVE_TRAINING_ARGS_DEFAULTS: dict[str, object] = {
     "per_device_train_batch_size": 8, "num_train_epochs": 3, "seed": 42, "lr_scheduler_type": "constant",

@@ -108,8 +108,9 @@ class DataConfig(Strict):
         "{\"user\": \"{phrase}\", \"assistant\": \"{tone}\"}.")
     system_prompt: str | None = Field(
         None, description="Chat data: a system message put first (default: none, so the template's own default).")
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many sequences for training, and "
-                                    "evaluate at most this many rows of this data config (as Olive does).")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many sequences for training; an "
+                                    "evaluation that reads this data config whole (not a training pass's eval "
+                                    "split) reads at most this many rows, as Olive's metric data configs do.")
     dataset_type: Literal["corpus"] = Field("corpus", description="Olive 0.5 key; only 'corpus' exists.")
 
     @field_validator("text_cols", mode="before")

@@ -120,8 +120,8 @@ class LoRAParams(Strict):
     share_prompt_prefix: bool = Field(
         True, description="Run the leading tokens that every row of a batch shares (a chat template's system "
         "prompt and turn header) once per batch and reuse their keys and values for every row: the same loss "
-        "and gradients with less compute. Applies to causal LMs when nothing in the model drops out (lora_dropout "
-        "0), without gradient_checkpointing, in one process; false turns it off.")
+        "and gradients with less compute. Applies to causal LMs when nothing in the model drops out (the adapter's dropout "
+        "0: lora_dropout, or LoHa's and LoKr's rank_dropout and module_dropout), without gradient_checkpointing, in one process; false turns it off.")
     torch_dtype: TrainingDtype = Field(
         "float32", description="Dtype of the frozen base weights while training (adapters stay float32). "
         "'bfloat16-if-native': bfloat16 on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, float32 elsewhere "
@@ -145,6 +145,11 @@ class LoRAParams(Strict):
     def _all_linear(cls, value):
         """["all-linear"] (a command line's list of one) is peft's "all-linear", not a module of that name."""
         return "all-linear" if value == ["all-linear"] else value
+
+    @property
+    def adapter_dropout(self) -> float:
+        """The adapter's own dropout while training (LoHa and LoKr override it)."""
+        return self.lora_dropout
 
     @model_validator(mode="after")
     def _one_mixed_precision(self) -> "LoRAParams":
@@ -180,6 +185,12 @@ class LoHaParams(LoRAParams):
                                 "training (peft's; lora_dropout does not apply to this adapter, as in Olive).")
     module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of leaving an adapted module out of "
                                   "a training step (peft's).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Not used by this adapter (nor by Olive's): its "
+                                "dropouts are rank_dropout and module_dropout; a warning says so when it is set.")
+
+    @property
+    def adapter_dropout(self) -> float:
+        return max(self.rank_dropout, self.module_dropout)
 
 
 class LoKrParams(LoHaParams):

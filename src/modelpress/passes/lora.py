@@ -319,7 +319,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         collate, loss = AnswerCollator(collate), answer_loss  # logits only where a label is trained
     trainer_class = Trainer
     if (ctx.task != "text-classification" and params.share_prompt_prefix
-            and prefix_sharing_applies(model, params.lora_dropout, ta.gradient_checkpointing, params.num_workers)):
+            and prefix_sharing_applies(model, params.adapter_dropout, ta.gradient_checkpointing, params.num_workers)):
         trainer_class = prefix_sharing_trainer()  # a batch's common prompt head runs once, not once per row
     if ta.group_by_length:  # its order must survive a resume (batch_order)
         trainer_class = type("LengthGroupedTrainer", (ResumableOrder, trainer_class), {})

@@ -15,6 +15,7 @@ from modelpress.passes.catalog import CATALOG, PassSpec
 log = logging.getLogger("modelpress")
 ENTRY_POINT_GROUP = "modelpress.passes"
 _scanned_entry_points: set[str | None] = set()  # the pass types looked up (None: all of them)
+_loaded_entry_points: set[str] = set()  # the entry points imported (module:attr)
 
 
 class PluginError(ModelpressError):
@@ -38,18 +39,23 @@ def spec_of(cls, origin: str) -> PassSpec:
 
 
 def load_entry_points(name: str | None = None) -> None:
-    """Register the pass that installed packages declare under the entry point `name` (a config's pass type, any
-    case), or every declared pass (`modelpress passes`); each looked up once per process. Only the package a config
-    names is imported: a mistyped type imports none."""
+    """Register the passes installed packages declare: for a config's pass type `name`, the entry point named so
+    or pointing at a class of that name (any case), so that a config naming one plugin imports that package alone;
+    every declared pass when none is (a plugin's pass `name` may differ from both) or when `name` is None
+    (`modelpress passes`). Each looked up once per process."""
+    from importlib.metadata import entry_points
+
     key = None if name is None else name.lower()
     if None in _scanned_entry_points or key in _scanned_entry_points:
         return
     _scanned_entry_points.add(key)
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in CATALOG or (key is not None and ep.name.lower() != key):
-            continue
+    declared = [ep for ep in entry_points(group=ENTRY_POINT_GROUP)
+                if ep.name not in CATALOG and ep.value not in _loaded_entry_points]
+    named = [ep for ep in declared if key in (ep.name.lower(), ep.value.rpartition(":")[2].rpartition(".")[2].lower())]
+    if key is None or not named:
+        _scanned_entry_points.add(None)
+    for ep in named or declared:
+        _loaded_entry_points.add(ep.value)
         try:
             cls = ep.load()
             package = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown package"

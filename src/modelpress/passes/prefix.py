@@ -44,13 +44,13 @@ def shared_prefix_length(input_ids, attention_mask, labels) -> int:
 LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}
 
 
-def prefix_sharing_applies(model, lora_dropout: float, gradient_checkpointing: bool, processes: int) -> bool:
+def prefix_sharing_applies(model, adapter_dropout: float, gradient_checkpointing: bool, processes: int) -> bool:
     """Whether running the common prefix once gives the same step as the plain forward (see the module)."""
     config = getattr(model, "config", None)
     dropouts = [v for k, v in vars(config).items() if ("dropout" in k or k.endswith("pdrop"))
                 and isinstance(v, (int, float)) and not isinstance(v, bool)] if config is not None else []
     # the prefix's call and the rest's would rotate differently from one plain forward under length-dependent rope
-    return (lora_dropout == 0 and not any(dropouts) and not gradient_checkpointing and processes == 1
+    return (adapter_dropout == 0 and not any(dropouts) and not gradient_checkpointing and processes == 1
             and getattr(config, "is_encoder_decoder", False) is False and not length_dependent_rope(config)
             and native_forward(model))
 

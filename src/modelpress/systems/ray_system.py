@@ -16,7 +16,7 @@ import time
 
 from modelpress.config.schema import RaySystemConfig, TaskResources
 from modelpress.errors import ModelpressError
-from modelpress.redact import is_secret_key
+from modelpress.redact import is_secret_key, looks_secret
 from modelpress.systems.ray_tasks import measure_task, ref_to_json, run_pass_task
 from modelpress.systems.storage import open_storage
 
@@ -57,7 +57,7 @@ class RaySystem:
             env[THP_ENV] = os.environ[THP_ENV]
         # a secret-named variable (HF_TOKEN, ..._KEY) is set by each task instead: Ray's runtime-env agent
         # writes the whole runtime env, values included, to its log
-        env.update({k: v for k, v in self.config.env_vars.items() if not is_secret_key(k)})
+        env.update({k: v for k, v in self.config.env_vars.items() if not _secret(k, v)})
         kwargs = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": True}
         if self.config.address is None:
             kwargs.update(include_dashboard=False, object_store_memory=100 * 2**20)
@@ -123,7 +123,7 @@ class RaySystem:
                 "input_folder": str(input_ref.path), "input_id": input_ref.id, "ref": ref_to_json(ref),
                 "hub_revisions": session.plan.hub_revisions(),
                 "log_level": config.engine.log_level,
-                "secret_env": {k: v for k, v in self.config.env_vars.items() if is_secret_key(k)}}
+                "secret_env": {k: v for k, v in self.config.env_vars.items() if _secret(k, v)}}
 
     def run_pass(self, session, p, key: str, ref):
         """Run pass `p` on the cluster; return (its output, its history row) once the driver has verified it."""
@@ -232,6 +232,11 @@ def _describe(amounts: dict) -> str:
     """"1 CPU, 2.0 GiB memory, 1 node_b": Ray counts memory in bytes."""
     return ", ".join(f"{v / 2**30:.1f} GiB {k}" if k == "memory" else f"{v:g} {k}" for k, v in amounts.items()) \
         or "nothing"
+
+
+def _secret(name: str, value: str) -> bool:
+    """An environment variable kept out of Ray's runtime env: its name says secret, or its value looks like one."""
+    return is_secret_key(name) or looks_secret(value)
 
 
 def _env_values_left_out(raw):
