@@ -85,6 +85,8 @@ CASES = [
      "input_model.trust_remote_code is off. Set input_model.load_kwargs.trust_remote_code: true"),
     ("token-in-an-error-message", lambda r, w: r.update(systems={"r": {"type": "Ray", "config": {
         "env_vars": ["HF_TOKEN=hf_" + "x" * 30]}}}), "found a list (not shown: it may hold a secret)"),
+    ("unbalanced-template-brace", lambda r, w: _pre(r).update(text_template="### Text: {phrase\n{tone}"),
+     "text_template: not a valid template (unexpected '{' in field name); write a literal brace as {{ or }}"),
     ("not-a-data-source", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="a b"),
      "neither a file format nor a Hub dataset id"),
     ("chat-without-assistant-turn", lambda r, w: _pre(r).update(text_template=None, chat_template=True,
@@ -192,6 +194,20 @@ def test_missing_config_file(tmp_path, capsys):
     (tmp_path / "demo.json").write_text("{}")
     assert main(["validate", str(tmp_path)]) == 2
     assert "is a folder, not a config file. Name the file in it: demo.json" in capsys.readouterr().err
+
+
+def test_create_tiny_model_never_replaces_a_folder_of_other_files(tmp_path, capsys):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    assert main(["create-tiny-model", "--out", str(tmp_path / "project")]) == 1
+    assert "the folder holds files and no model" in capsys.readouterr().err
+    assert (tmp_path / "project" / "notes.txt").read_text() == "mine"
+
+
+def test_a_report_from_a_run_history_of_another_shape_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "run_history.json").write_text("[]")
+    assert main(["report", str(tmp_path)]) == 1
+    assert "holds a list, not the mapping a run writes" in capsys.readouterr().err
 
 
 def test_the_pass_list_shows_every_default(capsys):

@@ -187,11 +187,27 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
     (["optimize", "--task", "text-classification", "--search", "--max-accuracy-drop", "2", *MINILM_DATA],
      "--max-accuracy-drop: 2 is not a share of accuracy"),
     (["export", "--precision", "fp16"], "--precision (passes.builder.precision): fp16 cannot run on the cpu"),
-    (["finetune", *MINILM_DATA[:4], "--eval-fraction", "0"], "--eval-fraction (passes.lora.eval_dataset_size)"),
+    (["finetune", *MINILM_DATA[:4], "--eval-fraction", "0"], "argument --eval-fraction: 0 is not between 0 and 1"),
+    (["finetune", *MINILM_DATA[:4], "--eval-fraction", "5"], "argument --eval-fraction: 5 is not between 0 and 1"),
+    (["finetune", *MINILM_DATA[:4], "--strategy", "join-sliding-window"],
+     "--stride (data_configs[train].stride): join-sliding-window needs a stride"),
+    (["finetune", "--data", "nope.json", "--template", "{a}"],
+     "--data (data_configs[0].load_dataset_config.data_files[0]): file not found"),
+    (["quantize", "--template", "{q}", "--label-col", "a"],
+     "--template: --template, --label-col describe the rows of --data, and no --data was given"),
 ])
 def test_a_shortcut_mistake_names_the_flag(tmp_path, tiny_model, args, expected):
     proc = run_cli(*args, "--model", str(tiny_model), check=False, cwd=tmp_path)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+
+
+def test_a_dry_run_prints_what_validate_warns_and_validate_print_keeps_stdout_json(tmp_path, tiny_model):
+    proc = run_cli("quantize", "--task", "text-classification", "--data", MINILM_DATA[1], "--text-col", "phrase",
+                   "tone", "phrase", "--label-col", "tone", "--model", str(tiny_model), "--dry-run", cwd=tmp_path)
+    assert "warning: data_configs[0].pre_process_data_config.text_cols: a classifier's 3 text columns" in proc.stderr
+    saved = write_config(tmp_path / "built.json", json.loads(proc.stdout))
+    printed = run_cli("validate", str(saved), "--print")
+    assert json.loads(printed.stdout)["passes"] and "valid" in printed.stderr
 
 
 def test_a_classifier_text_comes_from_template_or_text_col_not_both(tmp_path, tiny_model):

@@ -53,6 +53,63 @@ def test_ranking_violations_and_pareto_front():
     assert pareto(cands, objective) == {1, 2, 4}
 
 
+def test_a_value_at_its_bound_but_for_float_rounding_meets_the_goal():
+    objective = _objective({"acc": {"type": "max-degradation", "value": 0.1}})  # 0.8 - 0.1 = 0.7000000000000001
+    assert objective.violations({"acc-accuracy_score": 14 / 20, "lat-p50": 3}) == {}
+    assert set(objective.violations({"acc-accuracy_score": 0.6999, "lat-p50": 3})) == {"acc-accuracy_score"}
+
+
+def test_the_frontier_holds_the_best_and_closest_prefers_measured_goals():
+    from types import SimpleNamespace
+
+    from modelpress.search import Search
+
+    objective = _objective({"acc": {"type": "threshold", "value": 0.75}})
+    cands = [{"id": i, "status": "ok", "metrics": {"acc-accuracy_score": a, "lat-p50": lat}}
+             for i, (a, lat) in enumerate([(0.8, 10), (0.7, 5)], 1)]
+    for c in cands:
+        c["violations"] = objective.violations(c["metrics"])
+    assert pareto(cands, objective) == {1}  # 2 misses the goal: it does not push the best off the frontier
+    for c in cands:
+        c["violations"]["lat-p50"] = math.inf if c["id"] == 1 else 0.01  # 1 never measured a goal metric
+    search = SimpleNamespace(objective=objective)
+    assert Search._closest(search, cands)["id"] == 2
+
+
+def test_same_type_alternatives_are_told_apart_by_what_they_set(tiny_model, tmp_path):
+    from modelpress.config.normalize import normalize
+    from modelpress.search import describe
+
+    rtn = "OnnxBlockWiseRtnQuantization"
+    raw = tone_workflow(tiny_model, {"onnx": {"type": "OnnxConversion"},
+                                     "quant": [{"type": rtn, "block_size": 32}, {"type": rtn, "block_size": 128}]},
+                        search_strategy={"sampler": "sequential"})
+    slot = normalize(raw, tmp_path).passes[1]
+    assert [describe(choice, slot) for choice in slot.choices()] == [
+        f"quant: {rtn}, block_size=32", f"quant: {rtn}, block_size=128"]
+
+
+def test_one_unranked_sub_metric_ranks_and_two_metrics_of_one_name_are_refused(tiny_model, tmp_path):
+    from modelpress.config.normalize import normalize
+    from modelpress.errors import ConfigError
+
+    raw = tone_workflow(tiny_model, {}, evaluators={"e": {"metrics": [
+        {"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy_score"}]}]}}, evaluator="e")
+    assert normalize(raw, tmp_path).evaluator.metrics[0].sub_types[0].priority == 1  # as in Olive
+    raw["evaluators"]["e"]["metrics"].append({"name": "acc", "type": "latency", "sub_types": [{"name": "p50"}]})
+    with pytest.raises(ConfigError, match=r"evaluators.e.metrics\[1\].name: a second metric named 'acc'"):
+        normalize(raw, tmp_path)
+
+
+def test_olives_tpe_sampler_config_is_read(tiny_model, tmp_path):
+    from modelpress.config.normalize import normalize
+
+    raw = tone_workflow(tiny_model, {}, search_strategy={
+        "sampler": "tpe", "sampler_config": {"seed": 3, "multivariate": True, "group": True}})
+    search = normalize(raw, tmp_path).search
+    assert (search.sampler, search.seed, search.multivariate, search.group) == ("tpe", 3, True, True)
+
+
 # --- the Search class on a fake session: every sampler and order, without models -------------------
 
 class _FakeSession:
@@ -511,7 +568,7 @@ def test_a_size_goal_needs_no_data_and_secrets_stay_out_of_metrics(tiny_model, t
     a run whose every candidate fails exits 1 (a failure), not 3 (goals missed)."""
     evaluator = {"metrics": [{"name": "size", "type": "size_on_disk", "sub_types": [
         {"name": "bytes", "goal": {"type": "threshold", "value": 2e9}}, {"name": "size_on_disk"}]}]}
-    builder = {"type": "ModelBuilder", "precision": "int4", "extra_options": {"hf_auth": "hf_SECRETabcdefghij1234567"}}
+    builder = {"type": "ModelBuilder", "precision": "int4", "extra_options": {"comment": "hf_SECRETabcdefghij1234567"}}
     raw = {"input_model": {"type": "HfModel", "model_path": str(tiny_model)}, "passes": {"builder": builder},
            "evaluators": {"e": evaluator}, "evaluator": "e",
            "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}

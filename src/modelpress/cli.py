@@ -242,12 +242,14 @@ def cmd_validate(args) -> int:
         return f"{p.name} ({types}{f', {count} choices' if count > 1 else ''})"
 
     passes = " -> ".join(step(p) for p in config.passes) or "no passes"
-    print(f"{args.config}: valid ({config.schema_style} schema): {passes}")
+    out = sys.stderr if args.print else sys.stdout  # with --print, stdout is the JSON alone
+    print(f"{args.config}: valid ({config.schema_style} schema): {passes}", file=out)
     if config.search.enabled:
         import math
 
         size = math.prod(len(p.choices()) for p in config.passes)
-        print(f"search: {size} candidates, sampler {config.search.sampler}, {config.search.execution_order}")
+        print(f"search: {size} candidates, sampler {config.search.sampler}, {config.search.execution_order}",
+              file=out)
     return 0
 
 
@@ -300,8 +302,14 @@ def cmd_create_tiny_model(args) -> int:
         quiet_library_bars()  # transformers' "Writing model shards" bar, in a log
     from modelpress.tiny import create_tiny_model
 
+    from modelpress.errors import ModelpressError
+
     corpus = [Path(p) for p in args.corpus] if args.corpus else None
-    out = create_tiny_model(Path(args.out), corpus, seed=args.seed)
+    target = Path(args.out).resolve()
+    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise ModelpressError(f"--out {args.out}: the folder holds files and no model, and would be replaced whole; "
+                              "name a new or empty folder")
+    out = create_tiny_model(target, corpus, seed=args.seed)
     print(f"tiny Phi-3 written to {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""argparse types the commands share: numbers above 0, and templates typed in a shell."""
+"""argparse types the commands share: numbers above 0, fractions, and templates typed in a shell."""
 
 from __future__ import annotations
 
@@ -14,6 +14,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1 (a share of the rows)")
     return value
 
 

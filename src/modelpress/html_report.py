@@ -54,6 +54,9 @@ def render_report(output_dir: Path) -> Path:
         except ValueError as err:  # a file cut short or edited by hand
             raise ModelpressError(f"{path} is not valid JSON ({err}); the report cannot be drawn from it. "
                                   "Run the workflow again to write it anew.") from None
+        if not isinstance(parts[name], dict):
+            raise ModelpressError(f"{path} holds a {type(parts[name]).__name__}, not the mapping a run writes; the "
+                                  "report cannot be drawn from it. Run the workflow again to write it anew.")
     return write_report(output_dir, parts["metrics.json"], parts["run_history.json"].get("steps", []),
                         parts["config.resolved.json"])
 

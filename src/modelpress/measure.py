@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelpress.chat import ChatFormat
-from modelpress.config.templates import completion_field
+from modelpress.config.templates import completion_field, template_problem
 from modelpress.config.schema import DataConfig
 from modelpress.data import distinct, format_of, load_rows, render
 from modelpress.errors import ModelpressError
@@ -33,6 +33,9 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     label_col = task.get("label_col")
     if not (template or chat) and not (label_col and task.get("text_cols")):
         raise ModelpressError(f"{model_dir} does not say which text template it was trained with: pass --template")
+    problem = template_problem(template) if template else None
+    if problem:
+        raise ModelpressError(f"--template: {problem}")
     fmt = format_of(data_files[0])
     if fmt is None:
         raise ModelpressError(f"{data_files[0]}: unknown data format; use .json, .jsonl, .csv or .parquet")

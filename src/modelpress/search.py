@@ -45,6 +45,7 @@ def goal_bound(goal: Goal, baseline: float | None, higher: bool) -> float:
     return baseline + sign * step if goal.type == "percent-min-improvement" else baseline - sign * step
 
 
+GOAL_TOLERANCE = 1e-9  # relative: a value that reaches its bound but for float rounding meets the goal
 SHUFFLED_MAX = 100_000  # spaces up to this size are listed and shuffled; larger ones are drawn without listing
 
 
@@ -119,7 +120,7 @@ class Objective:
                 out[key] = math.inf
                 continue
             gap = (bound - value) if higher else (value - bound)
-            if gap > 0:
+            if gap > GOAL_TOLERANCE * max(abs(bound), abs(value), 1.0):  # 0.8 - 0.1 is 0.7000000000000001
                 out[key] = gap / (abs(bound) or 1.0)
         return out
 
@@ -136,8 +137,11 @@ class Objective:
 
 
 def pareto(candidates: list[dict], objective: Objective) -> set[int]:
-    """Ids of the measured candidates that no other beats on every ranked metric."""
-    points = {c["id"]: objective.sort_key(c["metrics"]) for c in candidates if c["status"] == "ok"}
+    """Ids of the measured candidates that no other beats on every ranked metric: among those that meet the
+    goals when any does (as Olive does, so the best is on it), else among all."""
+    measured = [c for c in candidates if c["status"] == "ok"]
+    meeting = [c for c in measured if not c.get("violations")]
+    points = {c["id"]: objective.sort_key(c["metrics"]) for c in meeting or measured}
     front = set()
     for cid, p in points.items():
         if not any(all(a <= b for a, b in zip(q, p)) and q != p for other, q in points.items() if other != cid):
@@ -148,10 +152,13 @@ def pareto(candidates: list[dict], objective: Objective) -> set[int]:
 # --- candidates -------------------------------------------------------------------------------------
 
 def describe(choice: PassConfig, slot: PassConfig) -> str:
-    """What distinguishes this choice: its type when the step has alternatives, and its searched values."""
+    """What distinguishes this choice: its type when the step has alternatives, its searched values, and the
+    parameters its alternatives of the same type set otherwise."""
     parts = [choice.type] if slot.alternatives else []
     searched = set(slot.search_space) | {k for a in slot.alternatives for k in a.search_space}
     values = choice.params.model_dump(mode="json")
+    same_type = [a.params.model_dump(mode="json") for a in (slot, *slot.alternatives) if a.type == choice.type]
+    searched |= {k for k in values if any(other.get(k) != values[k] for other in same_type)}
     parts += [f"{k}={values[k]}" for k in sorted(searched) if k in values]
     return f"{slot.name}: {', '.join(parts)}" if parts else slot.name
 
@@ -342,7 +349,9 @@ class Search:
         directions = ["maximize" if higher else "minimize" for _, higher in self.objective.ranked] or ["minimize"]
 
         # a candidate that misses goals is infeasible (its constraint > 0): TPE models it apart
-        sampler = optuna.samplers.TPESampler(seed=self.settings.seed, n_startup_trials=min(4, math.prod(sizes)))
+        sampler = optuna.samplers.TPESampler(seed=self.settings.seed, n_startup_trials=min(4, math.prod(sizes)),
+                                             multivariate=self.settings.multivariate,
+                                             group=self.settings.group and self.settings.multivariate)
         study = optuna.create_study(directions=directions, sampler=sampler)
         total = math.prod(sizes)
         records: dict[int, dict] = {}  # candidate id -> record, for the combinations of this subspace
@@ -399,7 +408,9 @@ class Search:
 
     def _closest(self, candidates: list[dict]) -> dict | None:
         measured = [c for c in candidates if c["status"] == "ok"]
-        return min(measured, key=lambda c: (len(c["violations"]), sum(c["violations"].values()),
+        # a goal metric that was not measured is further from the goals than any measured shortfall
+        return min(measured, key=lambda c: (sum(math.isinf(v) for v in c["violations"].values()),
+                                            len(c["violations"]), sum(c["violations"].values()),
                                             self.objective.sort_key(c["metrics"]), c["id"]), default=None)
 
     def summary(self, baseline: dict) -> dict:

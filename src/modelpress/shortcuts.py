@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from modelpress.cli import add_progress_flag, run_config, wants_bars  # cli imports this module only inside a function
-from modelpress.cli_args import positive_int, template_text
+from modelpress.cli_args import fraction, positive_int, template_text
 from modelpress.errors import ConfigError, Problem
 
 
@@ -29,8 +29,10 @@ def add_shortcuts(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--max-seq-len", type=positive_int, default=256)
     p.add_argument("--strategy", choices=("line-by-line", "join", "join-sliding-window"), default="line-by-line")
+    p.add_argument("--stride", type=positive_int, help="join-sliding-window: tokens from one window to the next")
     p.add_argument("--loss-on", choices=("all", "completion"), default="completion")
-    p.add_argument("--eval-fraction", type=float, default=0.2)
+    p.add_argument("--eval-fraction", type=fraction, default=0.2,
+                   help="share of the distinct rows held out for the eval loss and the final evaluation (0 to 1)")
     p.add_argument("--merge", action="store_true", help="also merge the adapter into the base")
     _common(p)
     p.set_defaults(handler=cmd_finetune)
@@ -92,7 +94,8 @@ def finetune_config(args) -> dict:
                                     "split": "train"},
             "pre_process_data_config": {"text_template": args.template, "strategy": args.strategy,
                                         "max_seq_len": args.max_seq_len, "pad_to_max_len": False,
-                                        "loss_on": args.loss_on}}
+                                        "loss_on": args.loss_on,
+                                        **({"stride": args.stride} if args.stride else {})}}
     targets = "all-linear" if args.target_modules == ["all-linear"] else args.target_modules
     passes = {"lora": {"type": args.method, "train_data_config": "train", "eval_dataset_size": args.eval_fraction,
                        "target_modules": targets,
@@ -114,6 +117,12 @@ def export_config(args) -> dict:
 def _eval_data(args) -> list:
     """The --data files as a data config named 'data' (for evaluation and calibration)."""
     if not args.data:
+        given = [flag for flag, value in (("--template", args.template), ("--text-col", args.text_col),
+                                          ("--label-col", args.label_col)) if value]
+        if given:
+            raise _usage(given[0], f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} the rows of --data, "
+                         "and no --data was given", "Pass --data with the files to evaluate on, or drop "
+                         f"{', '.join(given)}.")
         return []
     from modelpress.data import format_of
 
@@ -247,6 +256,9 @@ def _run(args, config: dict) -> int:
         print(json.dumps(config, indent=2))
     try:
         validated = normalize(config, base_dir=Path.cwd())
+        if args.dry_run:  # what `validate` would say of the printed config (a run logs them itself)
+            for warning in validated.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
     except ConfigError as err:
         if not args.dry_run:
             raise ConfigError([_as_flags(p) for p in err.problems]) from None
@@ -265,9 +277,11 @@ FLAGS = {
     "passes.lora.training_args.max_steps": "--max-steps", "passes.lora.training_args.learning_rate":
     "--learning-rate", "passes.lora.training_args.per_device_train_batch_size": "--batch-size",
     "data_configs[train].text_template": "--template", "data_configs[train].max_seq_len": "--max-seq-len",
-    "data_configs[train].loss_on": "--loss-on", "data_configs[train]": "--data/--template",
+    "data_configs[train].loss_on": "--loss-on", "data_configs[train].stride": "--stride",
+    "data_configs[train]": "--data/--template", "data_configs[0]": "--data/--template",
     "data_configs[data].text_template": "--template", "data_configs[data].text_cols": "--text-col",
     "data_configs[data].label_col": "--label-col", "data_configs[data]": "--data/--template/--text-col",
+    "data_configs[0].load_dataset_config": "--data",
     "input_model": "--model", "output_dir": "--output-dir", "cache_dir": "--cache-dir",
 }
 

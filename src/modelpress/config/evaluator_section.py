@@ -62,13 +62,27 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
                 c.add(f"{where}.user_config.user_script", f"file not found: {script}",
                       "Paths are relative to the config file's folder.")
             metric.user_config.user_script = script
+    _check_names(evaluator, path, c)
     _check_priorities(evaluator, path, c)
     return evaluator
+
+
+def _check_names(evaluator, path: str, c: Collector) -> None:
+    """Each metric's results are stored by its name: two metrics of one name would overwrite each other."""
+    seen: set[str] = set()
+    for i, metric in enumerate(evaluator.metrics):
+        if metric.name in seen:
+            c.add(f"{path}.metrics[{i}].name", f"a second metric named {metric.name!r}",
+                  "Give each metric its own name (two latencies on two data configs: latency_a, latency_b).")
+        seen.add(metric.name)
 
 
 def _check_priorities(evaluator, path: str, c: Collector) -> None:
     """Two ranked sub-metrics with one priority are ordered by name, which the config did not ask for; a goal on
     an unranked one is checked here and ignored by Olive."""
+    subs = [sub for metric in evaluator.metrics for sub in metric.sub_types]
+    if len(subs) == 1 and subs[0].priority <= 0:  # one sub-metric: it ranks, as in Olive
+        subs[0].priority = 1
     seen: dict[int, str] = {}
     for i, metric in enumerate(evaluator.metrics):
         for j, sub in enumerate(metric.sub_types):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from modelpress.config.templates import completion_field
+from modelpress.config.templates import completion_field, role_template, template_problem
 from modelpress.passes.catalog import CATALOG, Strict
 from modelpress.passes.spec_base import output_neutral
 from modelpress.redact import SHOWN, redact
@@ -112,6 +112,23 @@ class DataConfig(Strict):
                                     "evaluation that reads this data config whole (not a training pass's eval "
                                     "split) reads at most this many rows, as Olive's metric data configs do.")
     dataset_type: Literal["corpus"] = Field("corpus", description="Olive 0.5 key; only 'corpus' exists.")
+
+    @field_validator("text_template")
+    @classmethod
+    def _renders(cls, value):
+        problem = template_problem(value) if isinstance(value, str) else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("chat_columns")
+    @classmethod
+    def _roles_render(cls, value):
+        for role, spec in (value or {}).items():
+            problem = template_problem(role_template(spec)) if isinstance(spec, str) else None
+            if problem:
+                raise ValueError(f"{role}: {problem}")
+        return value
 
     @field_validator("text_cols", mode="before")
     @classmethod
@@ -365,6 +382,10 @@ class SearchConfig(Strict):
     max_iter: int = Field(0, ge=0, description="Sampler draws at most, repeats and failures included (0: no limit).")
     max_time: float = Field(0, ge=0, description="Stop drawing new candidates after this many seconds (0: no limit).")
     seed: int = Field(0, description="Seed of the random and tpe samplers.")
+    multivariate: bool = Field(False, description="tpe: model the parameters jointly (optuna's multivariate TPE; "
+                               "Olive's default is true).")
+    group: bool = Field(False, description="tpe, with multivariate: model each group of parameters that appear "
+                        "together apart (optuna's group; Olive's default is true).")
     stop_when_goals_met: bool = Field(False, description="Stop at the first candidate that meets every goal.")
 
 

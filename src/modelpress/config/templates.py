@@ -7,6 +7,19 @@ import string
 from modelpress.errors import DataError
 
 
+def template_problem(template: str) -> str | None:
+    """Why `template` cannot render rows (an unbalanced brace, a field that is not a plain column name), or None."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        return f"not a valid template ({err}); write a literal brace as {{{{ or }}}}"
+    for _, field, spec, conversion in parts:
+        if field is not None and (not field.isidentifier() or spec or conversion):
+            return (f"template field {{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} "
+                    "must be a plain column name (no attributes, indexes or format specs)")
+    return None
+
+
 def template_fields(template: str) -> list[str]:
     """Names of the `{fields}` in a text template, in order."""
     return [field for _, field, _, _ in string.Formatter().parse(template) if field]
