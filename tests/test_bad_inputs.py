@@ -210,6 +210,20 @@ def test_a_report_from_a_run_history_of_another_shape_is_one_clear_error(tmp_pat
     assert "holds a list, not the mapping a run writes" in capsys.readouterr().err
 
 
+def test_ctrl_c_speaks_of_resuming_only_where_a_workflow_runs(monkeypatch, capsys):
+    import modelpress.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_validate", interrupted)
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    assert main(["validate", "w.json"]) == 130
+    assert capsys.readouterr().err == "\ninterrupted.\n"
+    assert main(["run", "--config", "w.json"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+
 def test_the_pass_list_shows_every_default(capsys):
     assert main(["passes"]) == 0
     listing = capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -209,6 +210,13 @@ def test_an_evaluation_reads_at_most_its_data_configs_max_samples_rows_as_olive_
     split = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c3").eval_set().examples
     raw["data_configs"][0]["pre_process_data_config"]["max_samples"] = 4
     assert DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c4").eval_set().examples == split
+    # a pass's eval_data_config is read as a data config of its own: its max_samples caps it
+    val = copy.deepcopy(raw["data_configs"][0])
+    val.update(name="val")
+    val["pre_process_data_config"]["max_samples"] = 6
+    raw["data_configs"].append(val)
+    raw["passes"]["lora"] = {"type": "LoRA", "train_data_config": "tone", "eval_data_config": "val"}
+    assert len(DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c5").eval_set().examples) == 6
 
 
 def test_escaped_braces_after_the_answer_field_keep_the_prompt_answer_split(tmp_path):
@@ -249,3 +257,15 @@ def test_a_csv_is_read_as_text_as_it_is_written(tmp_path):
     config = _config(labels, "csv", text_template="{phrase}", label_col="label")
     with pytest.raises(DataError, match="row 2: label column 'label' is ''"):
         render(config, load_rows(config))
+
+
+def test_chat_columns_may_name_any_column_and_an_unbalanced_brace_is_refused(tmp_path):
+    from pydantic import ValidationError
+
+    from modelpress.config.schema import DataConfig
+
+    common = {"name": "d", "data_files": [str(tmp_path / "x.json")], "chat_template": True}
+    ok = DataConfig(**common, chat_columns={"user": "Review Text", "assistant": "{user-label}"})
+    assert ok.chat_columns["user"] == "Review Text"  # rendered through format_map: any name is a key
+    with pytest.raises(ValidationError, match="user: not a valid template"):
+        DataConfig(**common, chat_columns={"user": "Q: {q", "assistant": "{label}"})

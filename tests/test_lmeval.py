@@ -130,6 +130,9 @@ def test_size_on_disk_among_an_lm_evaluators_tasks_is_the_models_size_as_in_oliv
     assert evaluator.tasks == ["arc_easy"]
     assert [(m.name, m.type, [s.name for s in m.sub_types]) for m in evaluator.metrics] == [
         ("size_on_disk", "size_on_disk", ["bytes"]), ("arc_easy", "lm_eval", [])]
+    assert evaluator.metrics[0].sub_types[0].priority == -1  # reported, not ranked: the tasks are the measure
+    raw["evaluators"]["lm"]["tasks"] = ["arc_easy", "arc_easy"]  # one task named twice: measured once
+    assert [m.name for m in normalize(raw, tmp_path).evaluator.metrics] == ["arc_easy"]
 
 
 def test_the_evaluators_device_is_where_the_model_runs(tiny_model):

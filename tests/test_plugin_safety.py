@@ -61,6 +61,8 @@ def test_a_config_naming_one_installed_plugin_imports_that_package_alone(tmp_pat
     monkeypatch.setattr(plugins, "_loaded_entry_points", set())
     for name in ("PassOne", "PassTwo", "Fancy"):
         monkeypatch.delitem(CATALOG, name, raising=False)
+    normalize(tone_workflow(tiny_model, {"q": {"type": "onnxconversion"}}), tmp_path)  # a built-in, in any case
+    assert "pkg_one" not in sys.modules and "pkg_two" not in sys.modules
     normalize(tone_workflow(tiny_model, {"q": {"type": "passone"}}), tmp_path)  # the type, in any case
     assert "pkg_one" in sys.modules and "pkg_two" not in sys.modules and "PassOne" in CATALOG
     normalize(tone_workflow(tiny_model, {"q": {"type": "Fancy"}}), tmp_path)  # named after neither: all are read

@@ -219,3 +219,12 @@ def test_metrics_json_is_standard_json_with_null_for_numbers_that_are_not_finite
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text) == {"perplexity": None, "throughput": None, "violations": {"a": None},
                                 "ok": [1.5, [2.0, None]]}
+
+
+def test_a_number_not_measured_shows_as_a_dash_in_the_run_and_in_the_re_rendered_report():
+    """A run's own tables got 'nan'/'inf' where `modelpress report`, reading metrics.json's nulls, showed '-'."""
+    from modelpress.html_report import _fmt
+    from modelpress.report import _num
+
+    for show in (_fmt, _num):
+        assert [show(v, ".4g") for v in (math.nan, math.inf, None, 0.5)] == ["-", "-", "-", "0.5"]

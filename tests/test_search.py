@@ -255,6 +255,19 @@ def test_a_relative_goal_on_a_baseline_without_a_finite_value_is_a_clear_error(b
         goal_bound(Goal(type="max-degradation", value=0.02), baseline, True)
 
 
+def test_a_percent_goal_on_a_zero_baseline_or_past_zero_is_refused(tiny_model, tmp_path):
+    from modelpress.config.normalize import normalize
+    from modelpress.errors import ConfigError
+    from modelpress.search import GoalError
+
+    with pytest.raises(GoalError, match="which is 0, so it asks for no change"):
+        goal_bound(Goal(type="percent-min-improvement", value=10), 0.0, True)
+    raw = tone_workflow(tiny_model, {}, evaluators={"e": {"metrics": [{"name": "lat", "type": "latency", "sub_types": [
+        {"name": "p50", "priority": 1, "goal": {"type": "percent-min-improvement", "value": 100}}]}]}}, evaluator="e")
+    with pytest.raises(ConfigError, match="latency p50 cannot improve by 100%"):
+        normalize(raw, tmp_path)
+
+
 def test_percent_goals_on_a_negative_baseline_point_the_right_way():
     # a custom metric of -10 where higher is better: 10% degradation allows down to -11, not -9
     assert goal_bound(Goal(type="percent-max-degradation", value=10), -10.0, True) == pytest.approx(-11.0)

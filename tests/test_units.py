@@ -365,6 +365,7 @@ def test_secrets_are_redacted_wherever_they_sit_in_what_modelpress_writes(tiny_m
     assert all(is_secret_key(k) for k in ("HFToken", "APIToken", "AWSAccessKey", "OpenAIKey", "SECRETKEY", "DBPASSWORD",
                                           "DB_PASS", "HF_AUTH", "AZURE_STORAGE_CONNECTION_STRING", "AWS_ACCESS_KEY_ID"))
     assert not any(is_secret_key(k) for k in ("passes", "pass_resources", "include_pass_params", "QairtPipelinePass",
+                                              "first_pass", "quant_pass",
                                               "eos_token_id", "token_type_ids", "kv_cache_key", "author"))
     assert hidden["headers"] == {"Authorization": SHOWN} and hidden["label_key"] == "tone"
     assert (hidden["pad_token"], hidden["max_new_tokens"], hidden["sort_key"]) == ("<pad>", 4, "len")

@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
                "finished passes are cached and nothing half-written is kept.")
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("\ninterrupted. Finished passes are cached and training keeps its last checkpoint: "
-              "run the same command again to resume.", file=sys.stderr)
+        resume = (" Finished passes are cached and training keeps its last checkpoint: run the same command again "
+                  "to resume.") if getattr(args, "runs_workflow", False) else ""
+        print(f"\ninterrupted.{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # a library's error, or a modelpress bug: one line, the traceback on request
         return _unexpected(err, args.verbose)
@@ -102,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a workflow config")
     p.add_argument("--config", "-c", required=True, help="workflow config (JSON or YAML)")
     add_progress_flag(p)
-    p.set_defaults(handler=cmd_run)
+    p.set_defaults(handler=cmd_run, runs_workflow=True)
 
     p = sub.add_parser("validate", help="check a config and report every problem at once")
     p.add_argument("config", help="workflow config (JSON or YAML)")

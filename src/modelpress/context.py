@@ -164,23 +164,24 @@ class DataPlan:
             return None
         explicit = data_config or config.evaluation.data_config
         if trained is None or (explicit and name != trained.params.train_data_config):
-            return self._eval_set(self.examples(name), f"all rows of data config {name!r}", name, whole=True)
+            return self._eval_set(self.examples(name), f"all rows of data config {name!r}", name)
         # the training data, named or by default: its held-out rows, never the rows it trained on
         named_train = explicit and trained.params.eval_data_config  # its eval data is another config
         held_out = [] if named_train else self.training_examples(trained.params)[1]
-        if held_out:
-            return self._eval_set(held_out, f"the eval split of pass {trained.name!r}", name)
+        if held_out:  # carved out of the training rows (eval_dataset_size), or an eval_data_config's rows
+            return self._eval_set(held_out, f"the eval split of pass {trained.name!r}", name,
+                                  capped=bool(trained.params.eval_data_config))
         why = (f"the evaluation names data config {name!r}, which pass {trained.name!r} trains on" if named_train
                else f"pass {trained.name!r} has no eval split (set eval_dataset_size or eval_data_config)")
         log.warning("%s: the evaluation uses its training rows, which measures memorisation", why)
         return self._eval_set(self.examples(name), f"the TRAINING rows of pass {trained.name!r}", name)
 
-    def _eval_set(self, examples: list[Example], description: str, name: str, whole: bool = False) -> EvalSet:
-        """`whole`: the data config is read for evaluation alone, so its max_samples caps the rows (as Olive's
-        metric data configs read it); a training pass's split is not cut by the cap on its training sequences."""
+    def _eval_set(self, examples: list[Example], description: str, name: str, capped: bool = True) -> EvalSet:
+        """The data config's max_samples caps the rows (as Olive's metric data configs read it), but for a split
+        carved out of a training pass's rows (`capped` false), which the cap on training sequences leaves whole."""
         unique = distinct(examples)
         config = self.data_config(name)
-        caps = (self.config.evaluation.max_examples, config.max_samples if whole else None)
+        caps = (self.config.evaluation.max_examples, config.max_samples if capped else None)
         limit = min((n for n in caps if n), default=0)
         label = self.config.evaluation.label_column or config.answer_column
         kept = unique[:limit] if limit else unique

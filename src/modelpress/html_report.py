@@ -128,7 +128,8 @@ def _evaluated_sets(metrics: dict) -> list[tuple[str, dict]]:
 
 
 def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """A number as the report shows it; not measured (None, NaN, infinite; null in metrics.json) is '-'."""
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
 def _table(headers: list[str], rows: list[list[str]], table_id: str) -> str:
@@ -187,7 +188,7 @@ def _search_chart(search: dict) -> str:
     ranked = ", ".join(m["metric"] for m in search["ranked_metrics"]) or "none"
     return _chart(_search_points(search, acc_key, lat_key), stat,
                   f"Filled: on the Pareto frontier of the ranked metrics ({ranked}): no other candidate is at least "
-                  "as good on every one and better on one.")
+                  "as good on every one and better on one, among those that meet the goals when any does.")
 
 
 def _search_section(search: dict) -> str:

@@ -5,7 +5,7 @@ A value is secret when its key names one, or when it has the shape of one, where
 - keys: read as words (`AZURE_OPENAI_API_KEY`, `apiKey`, `HFToken`, `sas-token` alike), a key is secret when a
   word says so (`password`, `secret`, `credentials`, `authorization`, ...) or the words run together do
   (`DBPASSWORD`, `CONNECTION_STRING`), when it ends in `token` after no special-token word (`hf_token`, `sas_token`,
-  but not `pad_token` or `max_new_tokens`), in `auth` or `_pass`, or in `key` (or `key_id`) after a word that makes
+  but not `pad_token` or `max_new_tokens`), in `auth` or `_PASS`, or in `key` (or `key_id`) after a word that makes
   it a credential (`api_key`, `AWS_ACCESS_KEY_ID`, but not `label_key`);
 - values: Hugging Face, OpenAI and GitHub tokens, AWS access key ids, `Bearer ...` headers, a URL's password
   (`sftp://user:PASSWORD@host`) and a signed URL's `sig=` are replaced inside any text.
@@ -68,8 +68,8 @@ def is_secret_key(key: Any) -> bool:
     before = words[-2] if len(words) > 1 else ""
     if words[-1] == "token":
         return before not in VOCABULARY_TOKEN_WORDS
-    if words[-1] == "auth" or re.search(r"(^|[_.-])pass$", key, re.IGNORECASE):  # HF_AUTH, DB_PASS
-        return True
+    if words[-1] == "auth" or re.search(r"(^|_)PASS$", key):  # HF_AUTH; DB_PASS (an environment variable's name,
+        return True  # in capitals: a pass named first_pass is a step of the workflow)
     return words[-1] == "key" and before in CREDENTIAL_KEY_WORDS
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 
@@ -13,7 +14,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    """Not measured (None, NaN, infinite; null in metrics.json) is '-', as the re-rendered report shows it."""
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
 
 
 def summary_table(history: list[dict], metrics: dict) -> str:

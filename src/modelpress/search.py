@@ -37,6 +37,9 @@ def goal_bound(goal: Goal, baseline: float | None, higher: bool) -> float:
                         f"measured {baseline}. Use a 'threshold' goal for this metric, or see in the run history "
                         f"why the baseline has no finite value.")
     sign = 1 if higher else -1
+    if goal.type.startswith("percent-") and baseline == 0:
+        raise GoalError(f"a {goal.type} goal is a percent of the baseline model's value, which is 0, so it asks "
+                        "for no change at all. Use min-improvement, max-degradation or a threshold for this metric.")
     if goal.type == "min-improvement":
         return baseline + sign * goal.value
     if goal.type == "max-degradation":
@@ -153,14 +156,25 @@ def pareto(candidates: list[dict], objective: Objective) -> set[int]:
 
 def describe(choice: PassConfig, slot: PassConfig) -> str:
     """What distinguishes this choice: its type when the step has alternatives, its searched values, and the
-    parameters its alternatives of the same type set otherwise."""
+    settings (nested ones by their dotted names) that the step's other choices of its type set otherwise."""
     parts = [choice.type] if slot.alternatives else []
     searched = set(slot.search_space) | {k for a in slot.alternatives for k in a.search_space}
-    values = choice.params.model_dump(mode="json")
-    same_type = [a.params.model_dump(mode="json") for a in (slot, *slot.alternatives) if a.type == choice.type]
+    values = _flat(choice.params.model_dump(mode="json"))
+    same_type = [_flat(c.params.model_dump(mode="json")) for c in slot.choices() if c.type == choice.type]
     searched |= {k for k in values if any(other.get(k) != values[k] for other in same_type)}
     parts += [f"{k}={values[k]}" for k in sorted(searched) if k in values]
     return f"{slot.name}: {', '.join(parts)}" if parts else slot.name
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """Nested settings as dotted keys (training_args.learning_rate), so a label names the one that differs."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 class Search:

@@ -84,6 +84,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=".modelpress-cache")
     p.add_argument("--dry-run", action="store_true", help="print the workflow config and stop")
     add_progress_flag(p)
+    p.set_defaults(runs_workflow=True)
 
 
 def finetune_config(args) -> dict:

@@ -247,6 +247,9 @@ def _check_chat(name: str, config: DataConfig, c: Collector) -> None:
 
 
 def _check_template(name: str, config: DataConfig, c: Collector) -> None:
+    if config.stride and config.strategy != "join-sliding-window":
+        c.warn(f"data_configs[{name}].stride: applies to strategy join-sliding-window only; with "
+               f"{config.strategy!r} it is not used")
     if config.strategy == "join-sliding-window" and not config.stride:
         c.add(f"data_configs[{name}].stride", "join-sliding-window needs a stride", "Set stride, e.g. max_seq_len // 2.")
     elif config.strategy == "join-sliding-window" and config.stride > config.max_seq_len:

@@ -39,12 +39,16 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     evaluator = c.validate(EvaluatorConfig, {"name": name, **body}, path)
     if evaluator is None:
         return None
+    _check_names(evaluator, path, c)  # the metrics the config wrote; those made from `tasks` below are unique
+    _one_sub_metric_ranks(evaluator)
+    written = {m.name for m in evaluator.metrics}
     if "size_on_disk" in evaluator.task_names():  # Olive's LMEvaluator reads it as the model's size in bytes
         evaluator.tasks = [t for t, name in zip(evaluator.tasks, evaluator.task_names()) if name != "size_on_disk"]
-        evaluator.metrics.append(Metric(name="size_on_disk", type="size_on_disk", sub_types=[SubMetric(name="bytes")]))
-    named_tasks = {m.name for m in evaluator.metrics if m.type == "lm_eval"}
-    evaluator.metrics += [Metric(name=task, type="lm_eval") for task in evaluator.task_names()
-                          if task not in named_tasks]
+        if "size_on_disk" not in written:
+            evaluator.metrics.append(Metric(name="size_on_disk", type="size_on_disk",
+                                            sub_types=[SubMetric(name="bytes")]))
+    evaluator.metrics += [Metric(name=task, type="lm_eval") for task in dict.fromkeys(evaluator.task_names())
+                          if task not in written]
     if evaluator.include_path is not None:
         evaluator.include_path = resolve_path(str(evaluator.include_path), base_dir)
         if not evaluator.include_path.is_dir():
@@ -62,9 +66,16 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
                 c.add(f"{where}.user_config.user_script", f"file not found: {script}",
                       "Paths are relative to the config file's folder.")
             metric.user_config.user_script = script
-    _check_names(evaluator, path, c)
     _check_priorities(evaluator, path, c)
     return evaluator
+
+
+def _one_sub_metric_ranks(evaluator) -> None:
+    """One metric with one sub-metric and no priority ranks first, as in Olive (where a task list adds none)."""
+    if len(evaluator.metrics) == 1 and not evaluator.tasks and len(evaluator.metrics[0].sub_types) == 1:
+        only = evaluator.metrics[0].sub_types[0]
+        if only.priority <= 0:
+            only.priority = 1
 
 
 def _check_names(evaluator, path: str, c: Collector) -> None:
@@ -80,9 +91,6 @@ def _check_names(evaluator, path: str, c: Collector) -> None:
 def _check_priorities(evaluator, path: str, c: Collector) -> None:
     """Two ranked sub-metrics with one priority are ordered by name, which the config did not ask for; a goal on
     an unranked one is checked here and ignored by Olive."""
-    subs = [sub for metric in evaluator.metrics for sub in metric.sub_types]
-    if len(subs) == 1 and subs[0].priority <= 0:  # one sub-metric: it ranks, as in Olive
-        subs[0].priority = 1
     seen: dict[int, str] = {}
     for i, metric in enumerate(evaluator.metrics):
         for j, sub in enumerate(metric.sub_types):
@@ -130,6 +138,10 @@ def _check_metric(metric: Metric, where: str, c: Collector) -> None:
             hint = (f"An Olive sub-type: {instead}." if instead else did_you_mean(sub.name, known)) or \
                 f"Allowed for {metric.type}: {', '.join(known)}."
             c.add(f"{where}.sub_types[{j}].name", f"{metric.type} has no sub-metric {sub.name!r}", hint)
+        elif sub.goal is not None and sub.goal.type == "percent-min-improvement" and sub.goal.value >= 100 \
+                and not known[sub.name]:
+            c.add(f"{where}.sub_types[{j}].goal.value", f"{metric.type} {sub.name} cannot improve by "
+                  f"{sub.goal.value:g}%: it would have to fall to 0 or below", "Give a percent below 100.")
         elif sub.higher_is_better is not None and sub.higher_is_better != known[sub.name]:
             c.warn(f"{where}.sub_types[{j}].higher_is_better: {metric.type} {sub.name} is ranked with "
                    f"{'higher' if known[sub.name] else 'lower'} as better whatever this says")

@@ -160,7 +160,7 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
 
     script = spec.get("user_script")
     if script is None:
-        if isinstance(spec.get("type"), str) and spec["type"] not in CATALOG:
+        if isinstance(spec.get("type"), str) and pass_type(spec["type"]) is None:  # "lora" is LoRA: none needed
             load_entry_points(spec["type"])
         return True
     typ = spec.get("type")

@@ -125,7 +125,7 @@ class DataConfig(Strict):
     @classmethod
     def _roles_render(cls, value):
         for role, spec in (value or {}).items():
-            problem = template_problem(role_template(spec)) if isinstance(spec, str) else None
+            problem = template_problem(role_template(spec), plain_names=False) if isinstance(spec, str) else None
             if problem:
                 raise ValueError(f"{role}: {problem}")
         return value

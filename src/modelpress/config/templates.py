@@ -7,13 +7,14 @@ import string
 from modelpress.errors import DataError
 
 
-def template_problem(template: str) -> str | None:
-    """Why `template` cannot render rows (an unbalanced brace, a field that is not a plain column name), or None."""
+def template_problem(template: str, plain_names: bool = True) -> str | None:
+    """Why `template` cannot render rows (an unbalanced brace; with `plain_names`, a field that is not a plain
+    column name: a chat column's template fills any column name, spaces included), or None."""
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as err:
         return f"not a valid template ({err}); write a literal brace as {{{{ or }}}}"
-    for _, field, spec, conversion in parts:
+    for _, field, spec, conversion in parts if plain_names else []:
         if field is not None and (not field.isidentifier() or spec or conversion):
             return (f"template field {{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} "
                     "must be a plain column name (no attributes, indexes or format specs)")
