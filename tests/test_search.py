@@ -57,6 +57,10 @@ def test_a_value_at_its_bound_but_for_float_rounding_meets_the_goal():
     objective = _objective({"acc": {"type": "max-degradation", "value": 0.1}})  # 0.8 - 0.1 = 0.7000000000000001
     assert objective.violations({"acc-accuracy_score": 14 / 20, "lat-p50": 3}) == {}
     assert set(objective.violations({"acc-accuracy_score": 0.6999, "lat-p50": 3})) == {"acc-accuracy_score"}
+    assert objective.violations({"acc-accuracy_score": -math.inf})["acc-accuracy_score"] > 0  # not met by the slack
+    latency = Objective.resolve(EvaluatorConfig.model_validate({"metrics": [{"name": "lat", "type": "latency",
+        "sub_types": [{"name": "p50", "priority": 1, "goal": {"type": "threshold", "value": 100}}]}]}), {})
+    assert latency.violations({"lat-p50": math.inf}) and not latency.violations({"lat-p50": 100.0})
 
 
 def test_the_frontier_holds_the_best_and_closest_prefers_measured_goals():

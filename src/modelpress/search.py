@@ -123,7 +123,9 @@ class Objective:
                 out[key] = math.inf
                 continue
             gap = (bound - value) if higher else (value - bound)
-            if gap > GOAL_TOLERANCE * max(abs(bound), abs(value), 1.0):  # 0.8 - 0.1 is 0.7000000000000001
+            # 0.8 - 0.1 is 0.7000000000000001: a finite value that far off its bound meets it
+            slack = GOAL_TOLERANCE * max(abs(bound), abs(value), 1.0) if math.isfinite(value) else 0.0
+            if gap > slack:
                 out[key] = gap / (abs(bound) or 1.0)
         return out
 
