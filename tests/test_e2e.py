@@ -193,6 +193,7 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
      "--stride (data_configs[train].stride): join-sliding-window needs a stride"),
     (["finetune", "--data", "nope.json", "--template", "{a}"],
      "--data (data_configs[0].load_dataset_config.data_files[0]): file not found"),
+    (["finetune", "--data", "notes.txt", "--template", "{a}"], "--data: notes.txt: not a data file modelpress reads"),
     (["quantize", "--template", "{q}", "--label-col", "a"],
      "--template: --template, --label-col describe the rows of --data, and no --data was given"),
 ])

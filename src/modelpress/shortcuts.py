@@ -88,10 +88,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def finetune_config(args) -> dict:
-    from modelpress.data import format_of  # imported here: `modelpress --help` must stay light
-
     data = {"name": "train", "type": "HuggingfaceContainer",
-            "load_dataset_config": {"data_name": format_of(args.data[0]) or "json", "data_files": _abs(args.data),
+            "load_dataset_config": {"data_name": _data_format(args.data), "data_files": _abs(args.data),
                                     "split": "train"},
             "pre_process_data_config": {"text_template": args.template, "strategy": args.strategy,
                                         "max_seq_len": args.max_seq_len, "pad_to_max_len": False,
@@ -125,8 +123,6 @@ def _eval_data(args) -> list:
                          "and no --data was given", "Pass --data with the files to evaluate on, or drop "
                          f"{', '.join(given)}.")
         return []
-    from modelpress.data import format_of
-
     if args.template and args.text_col:
         raise _usage("--text-col", "the text comes from --template or from --text-col, not both", "Pass one of them.")
     if args.task == "text-generation" and (args.label_col or args.text_col):
@@ -140,7 +136,7 @@ def _eval_data(args) -> list:
     if args.label_col:
         pre["label_col"] = args.label_col
     return [{"name": "data", "type": "HuggingfaceContainer",
-             "load_dataset_config": {"data_name": format_of(args.data[0]) or "json", "data_files": _abs(args.data)},
+             "load_dataset_config": {"data_name": _data_format(args.data), "data_files": _abs(args.data)},
              "pre_process_data_config": {k: v for k, v in pre.items() if v is not None}}]
 
 
@@ -241,6 +237,20 @@ def _abs(paths):
     if isinstance(paths, list):
         return [str(Path(p).resolve()) for p in paths]
     return str(Path(paths).resolve())
+
+
+def _data_format(files: list[str]) -> str:
+    """The datasets format of the --data files, which must share one."""
+    from modelpress.data import format_of  # imported here: `modelpress --help` must stay light
+
+    formats = {format_of(f) for f in files}
+    if None in formats:
+        raise _usage("--data", f"{next(f for f in files if format_of(f) is None)}: not a data file modelpress reads",
+                     "Give .json, .jsonl, .csv or .parquet files.")
+    if len(formats) > 1:
+        raise _usage("--data", f"the files are of {len(formats)} formats ({', '.join(sorted(formats))})",
+                     "Give files of one format.")
+    return formats.pop()
 
 
 def _usage(flag: str, message: str, hint: str) -> ConfigError:
