@@ -152,6 +152,42 @@ def test_dynamic_to_fixed_shape_fixes_the_batch_and_keeps_the_logits(genai_fp32,
         _run(genai_fp32, tmp_path / "f2", "DynamicToFixedShape", dim_param=["nope"], dim_value=[1])
 
 
+def test_a_builder_on_an_adapter_keeps_the_users_own_nodes_to_exclude(tmp_path):
+    """The adapter's MatMuls are excluded from int4 with the builder's nodes_to_exclude, which the user's own
+    extra_options.nodes_to_exclude was dropped by (the builder keeps a key's last value)."""
+    import json
+
+    from modelpress.passes.catalog import HF_ADAPTER, ModelBuilderParams
+    from modelpress.passes.model_builder import _source
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    (tmp_path / "m" / "adapter").mkdir(parents=True)
+    (tmp_path / "m" / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    ref = ModelRef(HF_ADAPTER, tmp_path / "m", id="a", base=tmp_path / "base")
+    params = ModelBuilderParams(precision="int4", extra_options={"nodes_to_exclude": "/lm_head/MatMul"})
+    _, extra = _source(_ctx(ref, tmp_path / "out"), params)
+    excluded = next(o for o in extra if o.startswith("nodes_to_exclude=")).split("=", 1)[1].split(",")
+    assert "/lm_head/MatMul" in excluded and any("lora_A" in n for n in excluded)
+
+
+def test_kquant_on_a_plain_onnx_graph_imports_the_com_microsoft_domain(tmp_path):
+    """onnxruntime's k-quant writes MatMulNBits without its domain's opset import (onnx's checker refuses that)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelpress.passes.catalog import ONNX
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
+    (tmp_path / "in").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "in" / "model.onnx"))
+    out = _run(ModelRef(ONNX, tmp_path / "in", id="toy"), tmp_path / "out", "OnnxKQuantQuantization", bits=4,
+               block_size=32)
+    onnx.checker.check_model(str(out.path / "model.onnx"))
+
+
 def test_kquant_int4_and_int8_quantize_every_matmul_and_int8_is_closer(genai_fp32, tmp_path):
     ref = _logits(genai_fp32)
     errors = {}
@@ -159,6 +195,8 @@ def test_kquant_int4_and_int8_quantize_every_matmul_and_int8_is_closer(genai_fp3
         out = _run(genai_fp32, tmp_path / f"k{bits}", "OnnxKQuantQuantization", bits=bits, block_size=32,
                    accuracy_level=0)
         assert _ops(out).get("MatMulNBits", 0) >= 4 * 3 and "MatMul" not in _ops(out)
+        imports = {o.domain for o in onnx.load(str(out.path / "model.onnx"), load_external_data=False).opset_import}
+        assert "com.microsoft" in imports  # MatMulNBits's domain is imported (onnx's checker asks for it)
         errors[bits] = np.abs(_logits(out) - ref).max()
     rtn = _run(genai_fp32, tmp_path / "rtn", "OnnxBlockWiseRtnQuantization", block_size=32, is_symmetric=False,
                accuracy_level=0)
@@ -256,3 +294,33 @@ def test_a_rename_without_its_names_is_a_config_error():
 
     with pytest.raises(ValueError, match=r"surgeries\[0\]: RenameInputs needs old_names"):
         GraphSurgeriesParams(surgeries=[{"surgeon": "RenameInputs", "new_names": ["x"]}])
+
+
+def test_surgeries_on_a_graph_whose_initializers_are_inputs_too_leave_no_required_input():
+    """Older exporters list each initializer among the graph inputs too (keep_initializers_as_inputs): removing
+    or renaming the initializer left that input behind as a required one."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelpress.passes.surgeons import SURGEONS
+
+    table = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["embed", "input_ids"], ["h"], name="embed_gather"),
+         helper.make_node("ReduceSum", ["h"], ["y"], keepdims=0)], "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 3]),
+         helper.make_tensor_value_info("embed", TensorProto.FLOAT, [16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(table, "embed")])
+    ids = np.array([[1, 2, 3]], dtype=np.int64)
+
+    def required(model) -> list[str]:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {"input_ids": ids})
+        return sorted(i.name for i in session.get_inputs())
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantized, _ = SURGEONS["QuantizeEmbeddingInt8"](onnx.ModelProto.FromString(model.SerializeToString()))
+    assert required(quantized) == ["input_ids"]
+    renamed, _ = SURGEONS["RenameInputs"](onnx.ModelProto.FromString(model.SerializeToString()), ["embed"], ["table"])
+    assert "table" in {i.name for i in renamed.graph.initializer}
+    required(renamed)  # runs with input_ids alone: the renamed input keeps its initializer as its default

@@ -46,6 +46,29 @@ def test_a_reshape_read_elsewhere_too_stays():
     assert peephole.fuse_reshapes(model)[1] == 0
 
 
+def test_what_an_if_branch_reads_is_neither_bypassed_nor_deleted():
+    """Consumers and dead nodes were counted in the main graph only: a Reshape read by an If branch was bypassed
+    and a node only the branches read was deleted, leaving a graph onnxruntime refuses."""
+    shape = numpy_helper.from_array(np.array([6, 4], dtype=np.int64), "shape")
+    flat = numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat")
+    cond = numpy_helper.from_array(np.array(True), "cond")
+
+    def branch(name: str, source: str):
+        return helper.make_graph([helper.make_node("Identity", [source], [f"{name}_out"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+
+    model = _model([helper.make_node("Reshape", ["x", "shape"], ["r"]),
+                    helper.make_node("Reshape", ["r", "flat"], ["f"]),
+                    helper.make_node("Mul", ["f", "f"], ["sq"]),
+                    helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "sq"),
+                                     else_branch=branch("else", "r"))], [shape, flat, cond])
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    expected = _run(model, x)
+    fused, count = peephole.fuse_reshapes(model)
+    assert count == 0 and len(fused.graph.node) == 4  # r is read by the else branch: the chain stays
+    np.testing.assert_array_equal(_run(fused, x), expected)
+
+
 def test_a_cast_round_trip_becomes_identity_and_a_narrowing_one_to_another_type_stays():
     trip = _model([helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
                    helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT)], [])

@@ -161,7 +161,8 @@ def _source(ctx: PassContext, params: ModelBuilderParams) -> tuple[Path, list[st
     extra = [f"adapter_path={adapter}"]
     if params.precision in ("int4", "int8"):  # the adapter stays float: it is small, and ExtractAdapters needs it so
         layers = int(read_json(Path(ctx.model.base) / "config.json").get("num_hidden_layers", 0))
-        names = [*(params.int4_nodes_to_exclude or []), *lora_matmul_names(layers)]
+        given = str(params.extra_options.get("nodes_to_exclude") or "")  # the builder's own key: kept too
+        names = [*(params.int4_nodes_to_exclude or []), *filter(None, given.split(",")), *lora_matmul_names(layers)]
         extra.append(f"nodes_to_exclude={','.join(names)}")
     return Path(ctx.model.base), extra
 

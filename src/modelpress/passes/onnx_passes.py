@@ -43,6 +43,7 @@ from modelpress.onnx_model import (
 )
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
 from modelpress.passes.model_builder import _quiet_quantizer_logs
+from modelpress.passes.peephole import fix_com_microsoft_opset
 from modelpress.passes.onnx_specs import (
     OnnxBlockWiseRtnQuantizationParams,
     OnnxDynamicQuantizationParams,
@@ -138,6 +139,7 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, p
         model = quantizer.model.model
     if post is not None:
         post(model, set(skip))
+    fix_com_microsoft_opset(model)  # onnxruntime's k-quant path writes MatMulNBits without the domain's import
     done = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     tables = sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
     if done == 0 and (matmuls or tables == 0):

@@ -32,6 +32,8 @@ def fuse_reshapes(model) -> tuple[object, int]:
     for node in graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
+    for name in read_in_subgraphs(graph):  # an If/Loop/Scan body reads it too: not its only consumer
+        consumers[name] = consumers.get(name, 0) + 1
     constants = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -54,12 +56,27 @@ def _without_dead_nodes(model):
     """The model without the nodes none of whose outputs is read (by a node or as a graph output)."""
     graph = model.graph
     while True:
-        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output} | \
+            read_in_subgraphs(graph)
         dead = [node for node in graph.node if not any(out in read for out in node.output)]
         if not dead:
             return model
         for node in dead:
             graph.node.remove(node)
+
+
+def read_in_subgraphs(graph) -> set[str]:
+    """Names the bodies of the graph's If, Loop and Scan nodes read (at any depth), the outer graph's included."""
+    from onnx import AttributeProto
+
+    read: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                read |= {name for inner in body.node for name in inner.input} | {o.name for o in body.output}
+                read |= read_in_subgraphs(body)
+    return read
 
 
 def eliminate_cast_chains(model):

@@ -66,7 +66,7 @@ def tie_word_embeddings(model) -> tuple[object, str]:
     for offset, node in enumerate(nodes):
         model.graph.node.insert(position + offset, node)
     if not any(head.input[1] in n.input for n in model.graph.node):
-        model.graph.initializer.remove(inits[head.input[1]])
+        _drop_initializer(model.graph, inits[head.input[1]])
     return model, f"the head reads the {vocab}x{hidden} embedding table"
 
 
@@ -120,7 +120,7 @@ def quantize_gathers_int8(model, gathers: list, block: int, symmetric: bool) -> 
         model.graph.node.insert(position, node)
     for table in done:
         if not any(table in n.input for n in model.graph.node):
-            model.graph.initializer.remove(inits[table])
+            _drop_initializer(model.graph, inits[table])
     if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(gathers)
@@ -161,9 +161,19 @@ def _renamer(kind: str) -> Callable:
         mapping = dict(zip(old_names, new_names))
         for value in values:
             value.name = mapping.get(value.name, value.name)
+        for init in model.graph.initializer:  # an initializer that is also an input (older exporters) goes with it
+            init.name = mapping.get(init.name, init.name) if kind == "Inputs" else init.name
         _rename_uses(model.graph, mapping)
         return model, ", ".join(f"{a} -> {b}" for a, b in mapping.items())
     return rename
+
+
+def _drop_initializer(graph, init) -> None:
+    """Remove an initializer no node reads any more, and the graph input of its name that older exporters
+    (keep_initializers_as_inputs) declare beside it: left alone, that input becomes a required one."""
+    graph.initializer.remove(init)
+    for value in [v for v in graph.input if v.name == init.name]:
+        graph.input.remove(value)
 
 
 def _rename_uses(graph, mapping: dict[str, str]) -> None:
