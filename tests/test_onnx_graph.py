@@ -262,6 +262,9 @@ def test_renamed_genai_inputs_and_outputs_are_renamed_in_genai_config_too(genai_
     assert "tokens" in {i.name for i in graph.input} and "scores" in {o.name for o in graph.output}
     rows = [list(IDS[:8]), list(IDS[3:12])]
     assert GenaiRunner(renamed.path).generate_ids(rows, 5) == GenaiRunner(genai_fp32.path).generate_ids(rows, 5)
+    # the completion loss's full pass feeds the graph by the same map (it fed and read the default names)
+    np.testing.assert_allclose(GenaiRunner(renamed.path).logits_batch(rows),
+                               GenaiRunner(genai_fp32.path).logits_batch(rows), atol=1e-5)
 
 
 def test_renamed_key_value_inputs_rewrite_genai_configs_layer_template(genai_fp32, tmp_path):
@@ -283,6 +286,8 @@ def test_renamed_key_value_inputs_rewrite_genai_configs_layer_template(genai_fp3
     assert decoder["inputs"]["past_value_names"] == "past_key_values.%d.value"  # not renamed
     rows = [list(IDS[:8]), list(IDS[3:12])]
     assert GenaiRunner(renamed.path).generate_ids(rows, 5) == GenaiRunner(genai_fp32.path).generate_ids(rows, 5)
+    np.testing.assert_allclose(GenaiRunner(renamed.path).logits_batch(rows),  # renamed cache inputs, fed empty
+                               GenaiRunner(genai_fp32.path).logits_batch(rows), atol=1e-5)
     with pytest.raises(ModelpressError, match=r"RenameInputs: onnxruntime-genai names the 'past_key_values.%d.key' "
                                               r"inputs of all \d+ layers with one template"):
         _run(genai_fp32, tmp_path / "p", "GraphSurgeries", surgeries=[

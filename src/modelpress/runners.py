@@ -361,10 +361,11 @@ class GenaiRunner(Ends, Runner):
 
         self._fits(rows, "prompt and completion", 0)
         session = self._load_session()
-        feeds = {spec.name: _feed(spec, right_pad(rows, self.pad), right_mask(rows), self._kv_shape)
+        feeds = {spec.name: _feed(spec, self._roles(spec.name), right_pad(rows, self.pad), right_mask(rows),
+                                  self._kv_shape)
                  for spec in session.get_inputs() if spec.name not in self._adapter_feeds}
         feeds.update(self._adapter_feeds)
-        out = session.run(["logits"], feeds)[0]
+        out = session.run([self._logits_name], feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
     def _load_session(self):
@@ -374,6 +375,8 @@ class GenaiRunner(Ends, Runner):
             decoder = json.loads((self.folder / "genai_config.json").read_text())["model"]["decoder"]
             filename = decoder["filename"]
             self._kv_shape = (decoder["num_key_value_heads"], decoder["head_size"])
+            self._roles = graph_roles(decoder.get("inputs") or {})  # the graph's names, as GraphSurgeries renamed them
+            self._logits_name = (decoder.get("outputs") or {}).get("logits", "logits")
             options = loss_session_options(self.folder, self.prepack)
             self._session = ort.InferenceSession(str(self.folder / filename), options,
                                                  providers=["CPUExecutionProvider"])
@@ -386,18 +389,33 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int32)": "int32"}
 
 
-def _feed(spec, rows: list[list[int]], mask: list[list[int]], kv_shape: tuple[int, int]):
+def graph_roles(inputs: dict):
+    """genai_config.json's decoder `inputs` (role -> graph name, `%d` for a layer) as graph name -> role."""
+    import re
+
+    plain = {name: role for role, name in inputs.items() if isinstance(name, str) and "%d" not in name}
+    layered = [re.compile(re.escape(name).replace("%d", r"\d+") + "$") for name in inputs.values()
+               if isinstance(name, str) and "%d" in name]
+
+    def role(name: str) -> str:
+        if name in plain:
+            return plain[name]
+        return "past_key_values" if any(p.match(name) for p in layered) else name
+    return role
+
+
+def _feed(spec, role: str, rows: list[list[int]], mask: list[list[int]], kv_shape: tuple[int, int]):
     import numpy as np
 
     batch, width = len(rows), len(rows[0])
     dtype = _ORT_TYPES.get(spec.type, "float32")
-    if spec.name == "input_ids":
+    if role == "input_ids":
         return np.array(rows, dtype=dtype)
-    if spec.name == "attention_mask":
+    if role == "attention_mask":
         return np.array(mask, dtype=dtype)
-    if spec.name == "position_ids":
+    if role == "position_ids":
         return np.broadcast_to(np.arange(width, dtype=dtype), (batch, width)).copy()
-    if spec.name.startswith("past_key_values"):
+    if role.startswith("past_key_values"):
         return np.zeros((batch, kv_shape[0], 0, kv_shape[1]), dtype=dtype)
     if ".lora_" in spec.name:
         raise ModelpressError(f"the model needs an adapter for its input {spec.name!r} (ExtractAdapters with "
