@@ -87,6 +87,8 @@ CASES = [
         "env_vars": ["HF_TOKEN=hf_" + "x" * 30]}}}), "found a list (not shown: it may hold a secret)"),
     ("unbalanced-template-brace", lambda r, w: _pre(r).update(text_template="### Text: {phrase\n{tone}"),
      "text_template: not a valid template (unexpected '{' in field name); write a literal brace as {{ or }}"),
+    ("template-field-with-an-attribute", lambda r, w: _pre(r).update(text_template="{phrase.upper}\n{tone}"),
+     "text_template: template field {phrase.upper} must be a plain column name"),
     ("not-a-data-source", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="a b"),
      "neither a file format nor a Hub dataset id"),
     ("chat-without-assistant-turn", lambda r, w: _pre(r).update(text_template=None, chat_template=True,

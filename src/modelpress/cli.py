@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
     try:
         return args.handler(args) or 0
     except ConfigError as err:
-        _error(f"{err}")
+        print_error(f"{err}")
         return EXIT_CONFIG
     except ModelpressError as err:
         if args.verbose:
             log.exception("details")
-        _error(f"{err}")
+        print_error(f"{err}")
         return EXIT_FAILURE
     except BrokenPipeError:  # the reader went away (`| head`): not an error of this command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
@@ -59,16 +59,16 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         from modelpress.errors import is_disk_full
 
         if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)) and not args.verbose:
-            _error(f"{err.strerror or err}: {err.filename or 'a path modelpress was given'}. Check the path and its "
-                   "permissions (--verbose shows where it was met).")
+            print_error(f"{err.strerror or err}: {err.filename or 'a path modelpress was given'}. Check the path and "
+                        "its permissions (--verbose shows where it was met).")
             return EXIT_FAILURE
         if not is_disk_full(err):
             return _unexpected(err, args.verbose)
         if args.verbose:
             log.exception("details")
-        _error(f"the disk is full (or a size limit was hit) while writing {err.filename or 'output'}: "
-               f"{err.strerror}. Free space or choose another cache_dir/output_dir, then run again: "
-               "finished passes are cached and nothing half-written is kept.")
+        print_error(f"the disk is full (or a size limit was hit) while writing {err.filename or 'output'}: "
+                    f"{err.strerror}. Free space or choose another cache_dir/output_dir, then run again: "
+                    "finished passes are cached and nothing half-written is kept.")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         resume = (" Finished passes are cached and training keeps its last checkpoint: run the same command again "
@@ -79,15 +79,23 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         return _unexpected(err, args.verbose)
 
 
-def _error(text: str) -> None:
+def print_error(text: str) -> None:
     print(redact_text(f"error: {text}"), file=sys.stderr)
+
+
+def print_findings(config, notes: bool = True) -> None:
+    """A validated config's warnings (and notes) on stderr, as `validate` shows them."""
+    for warning in config.warnings:
+        print(redact_text(f"warning: {warning}"), file=sys.stderr)
+    for note in config.notes if notes else []:
+        print(redact_text(f"note: {note}"), file=sys.stderr)
 
 
 def _unexpected(err: BaseException, verbose: bool) -> int:
     if verbose:
         log.exception("details")
-    _error(f"{type(err).__name__}: {err}\n(unexpected: run again with --verbose for the traceback, and "
-           "report it with that output)")
+    print_error(f"{type(err).__name__}: {err}\n(unexpected: run again with --verbose for the traceback, and "
+                "report it with that output)")
     return EXIT_FAILURE
 
 
@@ -222,7 +230,7 @@ def run_config(config, show_progress: bool = True, own_process: bool = False) ->
         errors = [c["error"] for c in search["candidates"] if c.get("error")]
         why = (f"{len(errors)} of {search['evaluated']} failed; the first: {errors[0]}" if errors else
                "the search's budget (max_time, max_iter) ended before the first; raise it")
-        _error(f"no candidate was measured ({why})")
+        print_error(f"no candidate was measured ({why})")
         return EXIT_FAILURE
     return 0 if met else GOALS_NOT_MET
 
@@ -231,10 +239,7 @@ def cmd_validate(args) -> int:
     from modelpress.config import load_config
 
     config = load_config(args.config)
-    for warning in config.warnings:
-        print(redact_text(f"warning: {warning}"), file=sys.stderr)
-    for note in config.notes:
-        print(redact_text(f"note: {note}"), file=sys.stderr)
+    print_findings(config)
     if args.print:
         print(json.dumps(config.resolved(), indent=2))
     def step(p) -> str:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelpress.config.templates import completion_split, field_text, template_parts
+from modelpress.config.templates import completion_split, field_text, template_fields, template_parts
 from modelpress.config.schema import DataConfig
 from modelpress.errors import DataError
 
@@ -164,17 +163,8 @@ def render(config: DataConfig, rows: list[tuple[str, dict]], chat=None) -> list[
 
 
 def _fields(config: DataConfig) -> list[str]:
-    if config.text_template:
-        fields = []
-        for _, field, spec, conv in string.Formatter().parse(config.text_template):
-            if field is None:
-                continue
-            if not field.isidentifier() or spec or conv:
-                raise DataError(f"data config {config.name!r}: template field {{{field}}} must be a plain "
-                                "column name (no attributes, indexes or format specs)")
-            fields.append(field)
-        return fields
-    return list(config.text_cols or [])
+    # DataConfig refuses a template whose fields are not plain column names (templates.template_problem)
+    return template_fields(config.text_template) if config.text_template else list(config.text_cols or [])
 
 
 def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:

@@ -79,7 +79,8 @@ def looks_secret(value: Any) -> bool:
     return any(shape.search(text) for shape, _ in _VALUE_SHAPES)
 
 
-def _hide_in(text: str) -> str:
+def redact_text(text: str) -> str:
+    """A message, log line or value with every secret-shaped part hidden."""
     for shape, keep in _VALUE_SHAPES:
         if keep is None:
             text = shape.sub(SHOWN, text)
@@ -95,14 +96,7 @@ def redact(value: Any) -> Any:
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
-    if isinstance(value, str) and looks_secret(value):
-        return _hide_in(value)
-    return value
-
-
-def redact_text(text: str) -> str:
-    """A message or log line with every secret-shaped part hidden."""
-    return _hide_in(text) if looks_secret(text) else text
+    return redact_text(value) if isinstance(value, str) else value
 
 
 class RedactingFormatter(logging.Formatter):

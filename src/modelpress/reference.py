@@ -63,8 +63,9 @@ SECTIONS = [
     ("evaluators.NAME.metrics[]", Metric, ""),
     ("metrics[].sub_types[]", SubMetric,
      "Built-in sub-metrics: accuracy (accuracy_score, f1_score, precision, recall; macro over classes), perplexity "
-     "(perplexity, loss), latency (avg, p50, p75, p90, p95, p99, p999, min, max; ms per example), throughput (avg, min, max, "
-     "p50, p75, p90, p95, p99, p999; examples per second at batch 1, each from latency's mirror percentile), size_on_disk (size_on_disk in MiB, bytes in bytes; from the files, nothing "
+     "(perplexity, loss), latency (avg, p50, p75, p90, p95, p99, p999, min, max; ms per example), throughput "
+     "(avg, min, max, p50, p75, p90, p95, p99, p999; examples per second at batch 1, each from latency's mirror "
+     "percentile), size_on_disk (size_on_disk in MiB, bytes in bytes; from the files, nothing "
      "run)."),
     ("sub_types[].goal", Goal, "Relative goals compare with the evaluator's `baseline` model."),
     ("metrics[].user_config (custom metrics)", CustomMetricConfig, ""),

@@ -156,16 +156,25 @@ def pareto(candidates: list[dict], objective: Objective) -> set[int]:
 
 # --- candidates -------------------------------------------------------------------------------------
 
-def describe(choice: PassConfig, slot: PassConfig) -> str:
+def describe(choice: PassConfig, slot: PassConfig, varying: dict[str, set[str]] | None = None) -> str:
     """What distinguishes this choice: its type when the step has alternatives, its searched values, and the
-    settings (nested ones by their dotted names) that the step's other choices of its type set otherwise."""
+    settings (nested ones by their dotted names) that the step's other choices of its type set otherwise;
+    `varying`: `varying_settings(slot)`, made once for a step's many candidates."""
     parts = [choice.type] if slot.alternatives else []
     searched = set(slot.search_space) | {k for a in slot.alternatives for k in a.search_space}
     values = _flat(choice.params.model_dump(mode="json"))
-    same_type = [_flat(c.params.model_dump(mode="json")) for c in slot.choices() if c.type == choice.type]
-    searched |= {k for k in values if any(other.get(k) != values[k] for other in same_type)}
+    searched |= (varying if varying is not None else varying_settings(slot)).get(choice.type, set())
     parts += [f"{k}={values[k]}" for k in sorted(searched) if k in values]
     return f"{slot.name}: {', '.join(parts)}" if parts else slot.name
+
+
+def varying_settings(slot: PassConfig) -> dict[str, set[str]]:
+    """For each pass type among the step's choices, the settings (dotted names) its choices do not all share."""
+    by_type: dict[str, list[dict]] = {}
+    for c in slot.choices():
+        by_type.setdefault(c.type, []).append(_flat(c.params.model_dump(mode="json")))
+    return {typ: {k for k in set().union(*flats) if any(f.get(k) != flats[0].get(k) for f in flats[1:])}
+            for typ, flats in by_type.items()}
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -188,6 +197,7 @@ class Search:
         self.settings = self.config.search
         self.slots = self.config.passes
         self.choices = [slot.choices() for slot in self.slots]
+        self.varying = [varying_settings(slot) for slot in self.slots]  # what labels each step's choices
         self.history: list[dict] = []
         self.candidates: list[dict] = []
         self.by_combo: dict[tuple, dict] = {}
@@ -258,7 +268,8 @@ class Search:
 
     def _choice(self, combo: tuple[int, ...]) -> list[str]:
         passes = [self.choices[i][j] for i, j in enumerate(combo)]
-        return [describe(p, s) for p, s in zip(passes, self.slots) if len(s.choices()) > 1] or \
+        return [describe(p, s, varying) for p, s, options, varying in zip(passes, self.slots, self.choices,
+                                                                          self.varying) if len(options) > 1] or \
             ["(the one configuration)"]
 
     def _execute(self, combo: tuple[int, ...], number: int) -> dict:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from modelpress.cli import add_progress_flag, run_config, wants_bars  # cli imports this module only inside a function
+# cli imports this module only inside a function
+from modelpress.cli import add_progress_flag, print_error, print_findings, run_config, wants_bars
 from modelpress.cli_args import fraction, positive_int, template_text
 from modelpress.errors import ConfigError, Problem
 
@@ -267,13 +267,12 @@ def _run(args, config: dict) -> int:
         print(json.dumps(config, indent=2))
     try:
         validated = normalize(config, base_dir=Path.cwd())
-        if args.dry_run:  # what `validate` would say of the printed config (a run logs them itself)
-            for warning in validated.warnings:
-                print(f"warning: {warning}", file=sys.stderr)
+        if args.dry_run:  # what `validate` would warn of in the printed config (a run logs them itself)
+            print_findings(validated, notes=False)
     except ConfigError as err:
         if not args.dry_run:
             raise ConfigError([_as_flags(p) for p in err.problems]) from None
-        print(f"error: the config above does not validate yet: {err}", file=sys.stderr)
+        print_error(f"the config above does not validate yet: {err}")
         return 2
     if args.dry_run:
         return 0

@@ -120,8 +120,9 @@ class LoRAParams(Strict):
     share_prompt_prefix: bool = Field(
         True, description="Run the leading tokens that every row of a batch shares (a chat template's system "
         "prompt and turn header) once per batch and reuse their keys and values for every row: the same loss "
-        "and gradients with less compute. Applies to causal LMs when nothing in the model drops out (the adapter's dropout "
-        "0: lora_dropout, or LoHa's and LoKr's rank_dropout and module_dropout), without gradient_checkpointing, in one process; false turns it off.")
+        "and gradients with less compute. Applies to causal LMs when nothing in the model drops out (the adapter's "
+        "dropout 0: lora_dropout, or LoHa's and LoKr's rank_dropout and module_dropout), without "
+        "gradient_checkpointing, in one process; false turns it off.")
     torch_dtype: TrainingDtype = Field(
         "float32", description="Dtype of the frozen base weights while training (adapters stay float32). "
         "'bfloat16-if-native': bfloat16 on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, float32 elsewhere "

@@ -150,7 +150,8 @@ class OnnxStaticQuantizationParams(OnnxDynamicQuantizationParams):
         "default keeps the attention-mask arithmetic (huge negative constants) in float: quantizing it with one "
         "int8 range per tensor wrecks a transformer's output (measured on the tiny Phi-3: cosine 0.29 vs 0.99).")
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = searchable(
-        "MinMax", "Entropy", "Percentile", default="MinMax", description="How activation ranges are chosen from calibration.")
+        "MinMax", "Entropy", "Percentile", default="MinMax",
+        description="How activation ranges are chosen from calibration.")
     extra_options: StaticExtraOptions = Field(default_factory=StaticExtraOptions,
                                               description="onnxruntime quantizer extra options.")
 

@@ -38,6 +38,9 @@ class RaySystem:
         self._guard = threading.Lock()
         self._uploaded: set[str] = set()
         self._remote: dict = {}
+        # env vars whose name or value looks secret: each task sets them, since Ray's runtime-env agent writes
+        # the whole runtime env, values included, to its log
+        self._secret_env = {k: v for k, v in config.env_vars.items() if is_secret_key(k) or looks_secret(v)}
 
     # --- connecting -------------------------------------------------------------------------------
 
@@ -55,9 +58,7 @@ class RaySystem:
         env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **dict.fromkeys(QUIET_BARS_ENV, "1")}
         if THP_ENV in os.environ:  # the command's huge-page tensors, in the workers of a cluster it did not start
             env[THP_ENV] = os.environ[THP_ENV]
-        # a secret-named variable (HF_TOKEN, ..._KEY) is set by each task instead: Ray's runtime-env agent
-        # writes the whole runtime env, values included, to its log
-        env.update({k: v for k, v in self.config.env_vars.items() if not _secret(k, v)})
+        env.update({k: v for k, v in self.config.env_vars.items() if k not in self._secret_env})
         kwargs = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": True}
         if self.config.address is None:
             kwargs.update(include_dashboard=False, object_store_memory=100 * 2**20)
@@ -123,7 +124,7 @@ class RaySystem:
                 "input_folder": str(input_ref.path), "input_id": input_ref.id, "ref": ref_to_json(ref),
                 "hub_revisions": session.plan.hub_revisions(),
                 "log_level": config.engine.log_level,
-                "secret_env": {k: v for k, v in self.config.env_vars.items() if _secret(k, v)}}
+                "secret_env": self._secret_env}
 
     def run_pass(self, session, p, key: str, ref):
         """Run pass `p` on the cluster; return (its output, its history row) once the driver has verified it."""
@@ -232,11 +233,6 @@ def _describe(amounts: dict) -> str:
     """"1 CPU, 2.0 GiB memory, 1 node_b": Ray counts memory in bytes."""
     return ", ".join(f"{v / 2**30:.1f} GiB {k}" if k == "memory" else f"{v:g} {k}" for k, v in amounts.items()) \
         or "nothing"
-
-
-def _secret(name: str, value: str) -> bool:
-    """An environment variable kept out of Ray's runtime env: its name says secret, or its value looks like one."""
-    return is_secret_key(name) or looks_secret(value)
 
 
 def _env_values_left_out(raw):
