@@ -675,6 +675,35 @@ def test_generate_says_when_the_trained_template_has_several_input_fields(caplog
     assert "2 input fields (context, question)" in caplog.text
 
 
+@pytest.mark.parametrize("argv, verbose, quiet", [
+    (["-v", "validate", "c.json"], True, False),
+    (["validate", "c.json", "-v"], True, False),
+    (["run", "-c", "c.json", "--quiet"], False, True),
+    (["-q", "finetune", "--model", "m", "--data", "d.json", "--template", "{a}"], False, True),
+    (["finetune", "--model", "m", "--data", "d.json", "--template", "{a}"], False, False),
+])
+def test_verbose_and_quiet_go_before_or_after_the_command(argv, verbose, quiet):
+    from modelpress.cli import _parser
+
+    args = _parser().parse_args(argv)
+    assert (args.verbose, args.quiet) == (verbose, quiet)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["finetune", "--model", "m", "--data", "d.json", "--template", "{a}", "--output-dir", ""], "--output-dir"),
+    (["finetune", "--model", "m", "--data", "d.json", "--template", "{a}", "--target-modules", " "],
+     "--target-modules"),
+    (["export", "--model", "", "--cache-dir", "c"], "--model"),
+    (["create-tiny-model", "--out", ""], "--out"),
+])
+def test_an_empty_name_or_folder_is_refused_by_its_flag(argv, flag, capsys):
+    from modelpress.cli import _parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(argv)
+    assert exit_info.value.code == 2 and f"argument {flag}: is empty" in capsys.readouterr().err
+
+
 def test_a_closed_output_pipe_ends_the_command_quietly():
     """`modelpress generate ... | head -c 20`: the reader's leaving is not an unexpected error of modelpress."""
     import subprocess

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from modelpress.cli_args import positive_int, template_text
+from modelpress.cli_args import non_empty, positive_int, template_text
 from modelpress.redact import RedactingFormatter, redact_text
 
 log = logging.getLogger("modelpress")
@@ -104,8 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="modelpress",
         description="Fine-tune, merge, quantize and measure a small language model from one config file.",
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks")
-    parser.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
+    _add_log_flags(parser, default=False)
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a workflow config")
@@ -146,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("create-tiny-model", help="write a deterministic tiny Phi-3 (the stand-in for Phi-3-mini)")
-    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--out", required=True, type=non_empty, help="folder to write")
     p.add_argument("--corpus", nargs="*", help="text files to train the tokenizer on (default: built-in)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_create_tiny_model)
@@ -157,7 +156,16 @@ def _parser() -> argparse.ArgumentParser:
     from modelpress.shortcuts import add_shortcuts
 
     add_shortcuts(sub)
+    for command in sub.choices.values():  # `modelpress run -v ...` as well as `modelpress -v run ...`
+        _add_log_flags(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_log_flags(parser: argparse.ArgumentParser, default) -> None:
+    """--verbose and --quiet; on a command with SUPPRESS as default, so a flag before the command holds."""
+    parser.add_argument("--verbose", "-v", action="store_true", default=default,
+                        help="debug logging and tracebacks")
+    parser.add_argument("--quiet", "-q", action="store_true", default=default, help="warnings and errors only")
 
 
 def add_progress_flag(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""argparse types the commands share: numbers above 0, fractions, and templates typed in a shell."""
+"""argparse types the commands share: numbers above 0, fractions, non-empty names, and templates typed in a shell."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not above 0")
     return value
+
+
+def non_empty(text: str) -> str:
+    """An argparse type: a name or path that is not blank (an empty path would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a name or a path")
+    return text
 
 
 def fraction(text: str) -> float:

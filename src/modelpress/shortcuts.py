@@ -11,17 +11,17 @@ from pathlib import Path
 
 # cli imports this module only inside a function
 from modelpress.cli import add_progress_flag, print_error, print_findings, run_config, wants_bars
-from modelpress.cli_args import fraction, positive_int, template_text
+from modelpress.cli_args import fraction, non_empty, positive_int, template_text
 from modelpress.errors import ConfigError, Problem
 
 
 def add_shortcuts(sub) -> None:
     p = sub.add_parser("finetune", help="LoRA/QLoRA fine-tune a model folder on a data file (builds a config)")
-    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p.add_argument("--model", required=True, type=non_empty, help="Hugging Face model folder")
     p.add_argument("--data", required=True, nargs="+", help="JSON, JSONL, CSV or Parquet files")
     p.add_argument("--template", required=True, type=template_text,
                    help="text template, e.g. '### Text: {phrase}\\n### Tone:\\n{tone}' (\\n and \\t are a newline and a tab)")
-    p.add_argument("--target-modules", nargs="+", default=["all-linear"],
+    p.add_argument("--target-modules", nargs="+", type=non_empty, default=["all-linear"],
                    help="module names to adapt (default: all-linear, every linear layer but the output head)")
     p.add_argument("--method", choices=("LoRA", "QLoRA"), default="LoRA")
     p.add_argument("--max-steps", type=positive_int, default=300)
@@ -38,7 +38,7 @@ def add_shortcuts(sub) -> None:
     p.set_defaults(handler=cmd_finetune)
 
     p = sub.add_parser("export", help="convert a Hugging Face folder to an onnxruntime-genai folder (builds a config)")
-    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p.add_argument("--model", required=True, type=non_empty, help="Hugging Face model folder")
     p.add_argument("--precision", choices=("int4", "int8", "fp16", "bf16", "fp32"), default="int4")
     p.add_argument("--execution-provider", choices=("cpu", "cuda", "dml"), default="cpu")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32)
@@ -70,7 +70,7 @@ def add_shortcuts(sub) -> None:
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p.add_argument("--model", required=True, type=non_empty, help="Hugging Face model folder")
     p.add_argument("--task", choices=("text-generation", "text-classification"), default="text-generation")
     p.add_argument("--data", nargs="+", help="data files to evaluate on (and to calibrate static quantization)")
     p.add_argument("--template", type=template_text, help="text template over the data's columns (\\n: a newline)")
@@ -80,8 +80,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", default="modelpress-output")
-    p.add_argument("--cache-dir", default=".modelpress-cache")
+    p.add_argument("--output-dir", type=non_empty, default="modelpress-output")
+    p.add_argument("--cache-dir", type=non_empty, default=".modelpress-cache")
     p.add_argument("--dry-run", action="store_true", help="print the workflow config and stop")
     add_progress_flag(p)
     p.set_defaults(runs_workflow=True)
