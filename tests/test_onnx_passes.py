@@ -200,7 +200,7 @@ def test_bad_params_are_config_errors():
 # --- weight-only int4 -------------------------------------------------------------------------
 
 INT4 = [(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32)),
-        (run_hqq, OnnxHqqQuantizationParams(block_size=32))]
+        (run_hqq, OnnxHqqQuantizationParams(block_size=32, accuracy_level=4))]
 
 
 def test_int4_causal_lm_is_smaller_and_close_to_fp32(phi_onnx, phi_batch, tmp_path):
@@ -227,6 +227,15 @@ def test_int4_classifier_agrees_with_fp32(run, params, bert_onnx, bert_batch, tm
     assert model_bytes(out.path) < model_bytes(bert_onnx.path)
     assert _agreement(fp32, int4, mask) >= AGREEMENT
     assert out.task == CLASSIFY
+    assert _accuracy_levels(out.path) == {params.accuracy_level}  # written on every MatMulNBits, or on none
+
+
+def _accuracy_levels(folder: Path) -> set:
+    import onnx
+
+    nodes = onnx.load(str(folder / MODEL_FILE), load_external_data=False).graph.node
+    return {next((a.i for a in n.attribute if a.name == "accuracy_level"), None) for n in nodes
+            if n.op_type == "MatMulNBits"}
 
 
 def test_rtn_keeps_excluded_nodes_in_float(bert_onnx, tmp_path):

@@ -107,7 +107,17 @@ def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
     algo = HQQWeightOnlyQuantConfig(block_size=params.block_size, bits=4)
-    return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})")
+    level = params.accuracy_level  # onnxruntime's HQQ writes none; Olive's sets it on the nodes it makes
+
+    def post(model, skip):
+        import onnx
+
+        for node in model.graph.node:
+            if level and node.op_type == "MatMulNBits" and node.name.endswith("_Q4") \
+                    and not any(a.name == "accuracy_level" for a in node.attribute):
+                node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
+
+    return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})", post)
 
 
 def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, post=None, matmuls: bool = True,

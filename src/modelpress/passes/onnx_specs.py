@@ -71,6 +71,11 @@ class OnnxHqqQuantizationParams(WeightOnlyParams):
     """int4 weight-only quantization with Half-Quadratic Quantization (HQQ), no data needed."""
 
     block_size: BlockSize = searchable(32, 128, default=128, description="Weights per quantization block (along K).")
+    axis: Literal[0] = Field(0, description="Olive's key: weights are blocked along K (axis 0), the one axis "
+                             "MatMulNBits and Olive's HQQ take.")
+    accuracy_level: AccuracyLevel | None = Field(
+        None, description="MatMulNBits compute accuracy level written on each node HQQ makes (0-4, 4 = int8 compute "
+        "on CPU), as Olive writes it; default: unset.")
 
 
 class QuantExtraOptions(Strict):
