@@ -181,6 +181,9 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(worksp
         corpus_strategy="join-sliding-window", stride=4096), "stride: 4096 is more than max_seq_len (2048)"),
     (lambda r: r["passes"]["lora"]["config"].update(class_weight="balanced"),
      "class_weight weighs the classes of a text-classification model"),
+    (lambda r: r["passes"].update(kq={"type": "OnnxKQuantQuantization", "config": {
+        "customized_weight_config": {"/lm_head/MatMul": {"bits": 8, "block_size": 64}}}}),
+     "passes.kq.config.customized_weight_config./lm_head/MatMul.block_size: unknown key 'block_size'"),
 ])
 def test_unsupported_or_wrong_settings_fail_validation_with_the_fix(workspace, mutate, expected):
     raw = _seed(workspace)

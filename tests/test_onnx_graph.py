@@ -246,6 +246,17 @@ def test_k_quant_names_a_node_the_model_lacks(genai_fp32, tmp_path):
              customized_weight_config={"/lm_head/MatMul": {"bits": 8}, "/model/layers.9/mlp/up_proj/MatMul": {}})
 
 
+def test_k_quant_per_node_settings_reach_the_quantizer(genai_fp32, tmp_path):
+    """Per-node bits and group_size reach onnxruntime (an unknown key is refused: tests/test_config.py)."""
+    out = _run(genai_fp32, tmp_path / "k", "OnnxKQuantQuantization", bits=4, block_size=32,
+               customized_weight_config={"/lm_head/MatMul": {"bits": 8, "group_size": 64}})
+    nodes = [n for n in onnx.load(str(out.path / "model.onnx"), load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    settings = {(n.name.startswith("/lm_head/"),) + tuple(next(a.i for a in n.attribute if a.name == key)
+                                                           for key in ("bits", "block_size")) for n in nodes}
+    assert settings == {(True, 8, 64), (False, 4, 32)}
+
+
 def test_renamed_genai_inputs_and_outputs_are_renamed_in_genai_config_too(genai_fp32, tmp_path):
     """onnxruntime-genai feeds the graph by the names genai_config.json maps: they follow the renames, and the
     renamed model generates as before. Surgeon names match in any case, as in Olive."""

@@ -48,7 +48,7 @@ def run_kquant(ctx: PassContext, params: OnnxKQuantQuantizationParams) -> ModelR
             f"{len(nodes)}, such as {', '.join(map(repr, list(nodes)[-3:]))}). Use the node names the exported "
             "graph has (Netron, or onnx.load(...).graph.node).")
     for name, override in (params.customized_weight_config or {}).items():
-        nodes.setdefault(name, {"bits": params.bits}).update(override)
+        nodes.setdefault(name, {"bits": params.bits}).update(override.model_dump(exclude_none=True))
     algo = KQuantWeightOnlyQuantConfig(customized_weight_config=nodes)
     return _weight_only(ctx, params, algo, f"k-quant int{params.bits} (block {params.block_size})",
                         bits=params.bits, block_size=params.block_size, accuracy_level=params.accuracy_level)

@@ -259,14 +259,23 @@ class OrtSessionParamsTuningParams(Strict):
     seed: int = Field(0, description="Seed of the random token ids.")
 
 
+class KQuantNodeSettings(Strict):
+    """One node's overrides in k-quant's customized_weight_config: the keys onnxruntime reads (any other was ignored)."""
+
+    bits: Literal[4, 8] | None = Field(None, description="Bits for this node's weight.")
+    group_size: BlockSize | None = Field(None, description="Weights per block for this node.")
+    scheme: Literal["sym", "asym"] | None = Field(None, description="Symmetric or asymmetric blocks for this node.")
+
+
 class OnnxKQuantQuantizationParams(WeightOnlyParams):
     """Weight-only k-quant quantization (onnxruntime's MatMulNBits quantizer, k_quant algorithm), no data needed."""
 
     bits: Literal[4, 8] = searchable(4, 8, default=4, description="Bits per weight.")
     block_size: BlockSize = searchable(32, 128, default=32, description="Weights per quantization block (along K).")
     accuracy_level: AccuracyLevel | None = Field(None, description="MatMulNBits compute accuracy level (0-4).")
-    customized_weight_config: dict[str, dict[str, int]] | None = Field(
-        None, description="Per-node settings by MatMul node name, e.g. {\"/lm_head/MatMul\": {\"bits\": 8}}.")
+    customized_weight_config: dict[str, KQuantNodeSettings] | None = Field(
+        None, description="Per-node settings by MatMul node name (bits, group_size, scheme), e.g. "
+        "{\"/lm_head/MatMul\": {\"bits\": 8}}.")
 
 
 class DynamicToFixedShapeParams(Strict):
