@@ -76,7 +76,7 @@ CASES = [
     ("hub-dataset-revision-number", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(
         data_name="acme/tone", revision=20240101), "revision: must be a string, found int 20240101"),
     ("hub-model-not-cached", lambda r, w: r["input_model"].update(model_path="acme/no-such-model"),
-     "`hf download acme/no-such-model`"),
+     "`hf download acme/no-such-model --include \"*.json\" \"model*.safetensors\""),
     ("token-in-config", lambda r, w: r["input_model"].update(load_kwargs={"token": "hf_secret"}),
      "an access token does not belong in a config file"),
     ("token-in-builder-options", lambda r, w: r["passes"]["builder"].update(extra_options={"hf_token": "hf_" + "x" * 30}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,13 +118,39 @@ def test_a_partial_snapshot_offline_is_an_error_naming_what_it_lacks(hub_cache, 
     (shard / "config.json").write_text("{}")
     (shard / "model.safetensors.index.json").write_text(json.dumps(index))
     (shard / "model-00001-of-00002.safetensors").write_bytes(b"")
+    (shard / "tokenizer.json").write_text("{}")
     assert missing_model_files(None)(shard) == ["model-00002-of-00002.safetensors"]
     assert missing_model_files("m.gguf")(shard) == ["m.gguf"]
     only_consolidated = tmp_path / "mistral-like"  # another tool's snapshot: weights transformers does not load
     only_consolidated.mkdir()
     (only_consolidated / "config.json").write_text("{}")
     (only_consolidated / "consolidated.safetensors").write_bytes(b"")
+    (only_consolidated / "tokenizer.model").write_bytes(b"")
     assert missing_model_files(None)(only_consolidated) == ["model*.safetensors"]
+
+
+def test_a_snapshot_without_its_tokenizer_or_its_remote_code_is_partial(hub_cache, tiny_model, tmp_path):
+    """Loading the model alone (transformers' from_pretrained) caches config and weights but no tokenizer; with
+    trust_remote_code the modules config.json's auto_map names are needed too. The fetch hint names the files."""
+    from modelpress.errors import ModelpressError
+    from modelpress.hub import missing_model_files, model_patterns, snapshot
+
+    files = {k: v for k, v in folder_files(tiny_model).items() if not k.startswith("tokenizer")}
+    add_repo(hub_cache, "acme/no-tokenizer", files, "5" * 40)
+    with pytest.raises(ModelpressError, match=r"without a tokenizer \(tokenizer.json or tokenizer.model or vocab.json\)"
+                       r".*hf download acme/no-tokenizer --include \"\*.json\" \"model\*.safetensors\""):
+        snapshot("acme/no-tokenizer", None, "model", model_patterns(False, None), missing_model_files(None))
+    coded = dict(folder_files(tiny_model))
+    config = json.loads(coded["config.json"])
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+                          "AutoTokenizer": ["other/repo--tokenization_y.YTokenizer", None]}
+    coded["config.json"] = json.dumps(config).encode()
+    coded["configuration_x.py"] = b"# the config class"
+    add_repo(hub_cache, "acme/remote-code", coded, "6" * 40)
+    folder = hub_cache / "models--acme--remote-code" / "snapshots" / ("6" * 40)
+    assert missing_model_files(None, trust_remote_code=True)(folder) == ["modeling_x.py"]
+    assert missing_model_files(None)(folder) == []  # without trust_remote_code no module is read
+    assert model_patterns(True, "m.Q4.gguf") == ["*.json", "*.jinja", "m.Q4.gguf", "*.py"]  # not the repo's weights
 
 
 def test_a_download_without_safetensors_weights_is_one_clear_error(hub_cache, tmp_path, monkeypatch):
@@ -137,6 +164,7 @@ def test_a_download_without_safetensors_weights_is_one_clear_error(hub_cache, tm
     fetched = tmp_path / "snapshot"
     fetched.mkdir()
     (fetched / "config.json").write_text("{}")
+    (fetched / "tokenizer.json").write_text("{}")
     (fetched / "pytorch_model.bin").write_bytes(b"pickled")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online: the repo is not cached, so it is fetched
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -160,6 +188,21 @@ def test_names_the_hub_refuses_are_read_as_local_paths(hub_cache, tmp_path, name
         normalize(raw, base_dir=tmp_path)
 
 
+def test_revision_with_a_local_path_warns_and_a_hub_gguf_path_names_its_two_keys(hub_cache, tiny_model, tmp_path):
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": str(tiny_model), "load_kwargs": {"revision": OLD}}
+    warnings = normalize(raw, base_dir=tmp_path).warnings
+    assert any(w.startswith("input_model.revision: '" + OLD + "' pins a Hub revision") and "ignored" in w
+               for w in warnings), warnings
+    raw["input_model"] = {"type": "HfModel", "model_path": "acme/tiny-gguf/tiny.Q4_0.gguf"}
+    with pytest.raises(ConfigError, match=r"input_model.model_path: no local file acme/tiny-gguf/tiny.Q4_0.gguf.*"
+                                          r"model_path 'acme/tiny-gguf' and gguf_file 'tiny.Q4_0.gguf'"):
+        normalize(raw, base_dir=tmp_path)
+
+
 def test_a_run_is_offline_until_its_session_closes(monkeypatch):
     import os
 
@@ -170,10 +213,15 @@ def test_a_run_is_offline_until_its_session_closes(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delitem(sys.modules, "datasets.config", raising=False)
     restore = go_offline()
     assert is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    # datasets imported while offline reads the switches as on; closing the session turns them off there too
+    late = SimpleNamespace(HF_HUB_OFFLINE=True, HF_DATASETS_OFFLINE=True)
+    monkeypatch.setitem(sys.modules, "datasets.config", late)
     restore()
     assert not is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "0" and "HF_DATASETS_OFFLINE" not in os.environ
+    assert late.HF_HUB_OFFLINE is False and late.HF_DATASETS_OFFLINE is False
 
 
 def test_hub_model_and_dataset_ids_are_read_from_the_config(hub_cache, tmp_path):
@@ -306,6 +354,12 @@ def test_a_hub_snapshot_is_keyed_by_the_files_modelpress_fetches_and_reads(tmp_p
         (tmp_path / extra).parent.mkdir(exist_ok=True)
         (tmp_path / extra).write_bytes(b"added later")
     assert content_id(tmp_path, only=read) == before != content_id(tmp_path)
+    # a local folder: `hf download --local-dir` rewrites timestamps under .cache/ on every check, a clone has .git/
+    everything = content_id(tmp_path)
+    for hidden in (".cache/huggingface/download/model.safetensors.metadata", ".git/index", ".DS_Store"):
+        (tmp_path / hidden).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / hidden).write_text("1733400000.123")
+    assert content_id(tmp_path) == everything
     (tmp_path / "model.safetensors").write_bytes(b"other weights")
     assert content_id(tmp_path, only=read) != before
 

@@ -14,7 +14,7 @@ from conftest import tone_workflow, write_config
 
 from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.evaluate import accuracy_report, normalise_label, percentile
-from modelpress.fsutil import atomic_dir
+from modelpress.fsutil import atomic_dir, remove_leftovers
 from modelpress.generate import prompt_for
 from modelpress.models import ModelRef
 
@@ -47,6 +47,22 @@ def test_cache_key_depends_on_every_part():
     assert base == cache_key("pass", "id1", "LoRA", {"r": 16})
     assert base != cache_key("pass", "id2", "LoRA", {"r": 16})
     assert base != cache_key("pass", "id1", "LoRA", {"r": 8})
+
+
+def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    """A writer killed inside atomic_dir (SIGKILL, the OOM killer) leaves its temporary folder: the next writer of
+    the same target, holding its lock, removes it (a GGUF conversion's is the size of the dequantized model)."""
+    target = tmp_path / "gguf-abc"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            kept = tmp.with_name(tmp.name.replace(".tmp-", ".tmp-killed-"))
+            shutil.copytree(tmp, kept)  # what a kill (no cleanup) would have left
+            raise KeyboardInterrupt
+    (tmp_path / "gguf-abcd").mkdir()  # another target's folder and a finished one stay
+    (tmp_path / ".gguf-abcd.tmp-x").mkdir()
+    remove_leftovers(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gguf-abcd.tmp-x", "gguf-abcd"]
 
 
 def test_atomic_dir_leaves_the_old_folder_on_failure(tmp_path):

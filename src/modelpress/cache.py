@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, read_json
+from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, read_json, remove_leftovers
 from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
@@ -64,8 +64,9 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
     folder = Path(folder).resolve()
     memo = _read_memo(memo_path)
     entries = []
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and (
-        only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and _read_by_loaders(
+        p.relative_to(folder)) and (only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern)
+                                                       for pattern in only)))
     for path in files:
         stat = path.stat()
         memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -75,6 +76,12 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
     if memo_path:
         atomic_write_json(memo_path, memo)
     return cache_key("folder", entries)
+
+
+def _read_by_loaders(relative: Path) -> bool:
+    """Not under a hidden folder or hidden: `hf download --local-dir` keeps download metadata with timestamps in
+    .cache/huggingface, a clone keeps .git; no loader reads them, and hashing them re-keyed unchanged models."""
+    return not any(part.startswith(".") for part in relative.parts)
 
 
 def _read_memo(memo_path: Path | None) -> dict:
@@ -174,8 +181,7 @@ class PassCache:
 
         Call it holding `lock(key)`: leftovers of a killed writer of the same key are removed first.
         """
-        for stale in self.passes.glob(f".{key}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_leftovers(self.passes / key)
         with atomic_dir(self.passes / key) as tmp:
             model_dir = tmp / "model"
             model_dir.mkdir()

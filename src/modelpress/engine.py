@@ -98,8 +98,12 @@ class Session:
         online = go_offline()  # every Hub id is resolved to a local folder by now: nothing later may reach a hub
         model = config.input_model  # a Hub snapshot is keyed by the files modelpress fetches and reads
         read = model_patterns(model.trust_remote_code, None) if model.hub_id and not model.gguf_file else None
-        ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json", read),
-                       task={"task": config.input_model.task})
+        try:
+            ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json", read),
+                           task={"task": config.input_model.task})
+        except BaseException:
+            online()
+            raise
         session = cls(config, cache, plan, ep, ref, show_progress, online=online)
         if ray is not None:
             try:

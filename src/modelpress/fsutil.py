@@ -57,6 +57,13 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
+def remove_leftovers(target: Path) -> None:
+    """Remove the temporary folders a killed `atomic_dir` writer of `target` left beside it. Call it holding the
+    lock its writers take, so no live writer's folder goes."""
+    for stale in Path(target).parent.glob(f".{Path(target).name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _recover(target: Path) -> None:
     """Mend what a process killed between atomic_dir's two renames left: the moved-away folder goes back where
     `target` is missing (the earlier output is not lost); older moved-away copies are removed. A copy moved in

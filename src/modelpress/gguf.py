@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from modelpress.errors import MissingDependencyError, ModelpressError
-from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock
+from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, remove_leftovers
 
 log = logging.getLogger("modelpress")
 SOURCE_NOTE = "modelpress_gguf_source.json"
@@ -34,6 +34,7 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
         if (target / SOURCE_NOTE).is_file():
             return target
         log.info("converting %s to a Hugging Face folder (dequantized, once; cached in %s)", gguf_path.name, target)
+        remove_leftovers(target)  # a killed conversion's half-written folder (the size of the dequantized model)
         with atomic_dir(target) as tmp:
             write_hf_folder(gguf_path, tmp, trust_remote_code)
             atomic_write_json(tmp / SOURCE_NOTE, {"gguf_file": str(gguf_path), "content_id": file_id,

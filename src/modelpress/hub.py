@@ -45,9 +45,16 @@ def is_hub_id(value: str) -> bool:
     return True
 
 
+# A tokenizer's files, one of which a model folder needs (tokenizer.model: SentencePiece; vocab.json: BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def model_patterns(trust_remote_code: bool, gguf_file: str | None) -> list[str]:
-    """The files of a model repo that modelpress downloads, and asks the cache for."""
-    return MODEL_FILES + (["*.py"] if trust_remote_code else []) + ([gguf_file] if gguf_file else [])
+    """The files of a model repo that modelpress downloads, and asks the cache for: for a GGUF file, that file
+    and the small config files beside it (the GGUF file holds the weights and the tokenizer, and a repo's other
+    quantizations or safetensors weights are not read)."""
+    code = ["*.py"] if trust_remote_code else []
+    return ["*.json", "*.jinja", gguf_file, *code] if gguf_file else MODEL_FILES + code
 
 
 CARD = "README.md"  # a dataset's card; its YAML `configs` names each subset's files
@@ -114,9 +121,10 @@ def dataset_files(repo_id: str, revision: str | None, data_files: list, data_dir
     return subset_patterns(card, subset)
 
 
-def missing_model_files(gguf_file: str | None) -> Callable[[Path], list[str]]:
-    """A check of a model snapshot: the files it lacks that loading needs (the GGUF file, or the config and
-    every safetensors shard its index names). A cache filled by another tool may hold only some files."""
+def missing_model_files(gguf_file: str | None, trust_remote_code: bool = False) -> Callable[[Path], list[str]]:
+    """A check of a model snapshot: the files it lacks that loading needs (the GGUF file, or the config, every
+    safetensors shard its index names and a tokenizer; with trust_remote_code, the modules its auto_map names).
+    A cache filled by another tool (a single-file download, transformers' own loading) may hold only some."""
     def missing(folder: Path) -> list[str]:
         if gguf_file:
             return [] if (folder / gguf_file).is_file() else [gguf_file]
@@ -127,8 +135,20 @@ def missing_model_files(gguf_file: str | None) -> Callable[[Path], list[str]]:
             lacking += [shard for shard in shards if not (folder / shard).is_file()]
         elif not any(folder.glob("model*.safetensors")):  # the names transformers loads (MODEL_FILES)
             lacking.append("model*.safetensors")
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            lacking.append(f"a tokenizer ({' or '.join(TOKENIZER_FILES)})")
+        if trust_remote_code and not lacking:
+            lacking += [f for f in remote_code_files(folder / "config.json") if not (folder / f).is_file()]
         return lacking
     return missing
+
+
+def remote_code_files(config_file: Path) -> list[str]:
+    """The Python files a model's config.json maps its classes to (`auto_map`, this repo's own modules)."""
+    auto_map = json.loads(config_file.read_text(encoding="utf-8")).get("auto_map") or {}
+    refs = [r for value in auto_map.values() for r in (value if isinstance(value, list) else [value])
+            if isinstance(r, str) and "--" not in r]  # "other/repo--module.Class" lives in another repo
+    return sorted({r.rsplit(".", 1)[0] + ".py" for r in refs if "." in r})
 
 
 def cache_root() -> Path:
@@ -167,13 +187,10 @@ def go_offline() -> Callable[[], None]:
     """Until the returned function is called, nothing in this process may reach a hub: HF_HUB_OFFLINE and
     HF_DATASETS_OFFLINE are set, and the constants that huggingface_hub and datasets read from them once,
     when first imported. The returned function puts back what was there."""
-    env = {name: os.environ.get(name) for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    constants = [(module, name) for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
-                                                      ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")))
-                 if module in sys.modules for name in names if hasattr(sys.modules[module], name)]
-    before = [(module, name, getattr(sys.modules[module], name)) for module, name in constants]
+    env = {name: os.environ.get(name) for name in _OFFLINE_SWITCHES[1][1]}
+    before = [(module, name, getattr(sys.modules[module], name)) for module, name in _offline_constants()]
     os.environ.update({name: "1" for name in env})
-    for module, name in constants:
+    for module, name, _ in before:
         setattr(sys.modules[module], name, True)
 
     def restore() -> None:
@@ -182,16 +199,39 @@ def go_offline() -> Callable[[], None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        for module, name, value in before:
-            setattr(sys.modules[module], name, value)
+        saved = {(module, name): value for module, name, value in before}
+        for module, name in _offline_constants():  # a library first imported meanwhile read the switches as on
+            setattr(sys.modules[module], name, saved.get((module, name), _switch_read_from_env(module)))
     return restore
 
 
-def fetch_hint(repo_id: str, revision: str | None, repo_type: str) -> str:
-    """How to put a repo into the local cache."""
+# The modules that read the offline switches once, when imported, and the constants they keep them in.
+_OFFLINE_SWITCHES = (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                     ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")))
+
+
+def _switch_read_from_env(module: str) -> bool:
+    """What the module computes from the environment when imported (huggingface_hub 2.x, datasets 4.x)."""
+    def true(value: str | None) -> bool:
+        return (value or "").upper() in {"1", "ON", "YES", "TRUE"}
+
+    hub = true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+    own = os.environ.get("HF_DATASETS_OFFLINE") if module == "datasets.config" else None
+    return hub if own is None else true(own)
+
+
+def _offline_constants() -> list[tuple[str, str]]:
+    return [(module, name) for module, names in _OFFLINE_SWITCHES
+            if module in sys.modules for name in names if hasattr(sys.modules[module], name)]
+
+
+def fetch_hint(repo_id: str, revision: str | None, repo_type: str, patterns: list[str] | None = None) -> str:
+    """How to put a repo into the local cache: the files modelpress reads (`patterns`), not the whole repo,
+    which may hold many GGUF quantizations or pickled copies of the weights."""
     kind = f" --repo-type {repo_type}" if repo_type != "model" else ""
     rev = f" --revision {revision}" if revision else ""
-    return (f"On a machine with network run `hf download {repo_id}{kind}{rev}` and copy its cache folder "
+    files = " --include " + " ".join(f'"{p}"' for p in patterns) if patterns else ""
+    return (f"On a machine with network run `hf download {repo_id}{kind}{rev}{files}` and copy its cache folder "
             f"({cache_root()}) here, or unset HF_HUB_OFFLINE so modelpress can download it")
 
 
@@ -213,7 +253,7 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
         held = (f"is in the local Hugging Face cache ({local}) without {', '.join(lacking)}" if lacking else
                 f"is not in the local Hugging Face cache ({cache_root()})")
         raise ModelpressError(f"{where}{what} {held} and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
-                              f"{fetch_hint(repo_id, revision, repo_type)}.")
+                              f"{fetch_hint(repo_id, revision, repo_type, allow_patterns)}.")
     folder = _download(repo_id, revision, repo_type, allow_patterns, what, where)
     lacking = missing(folder) if missing is not None else []
     if lacking:
@@ -237,4 +277,4 @@ def _download(repo_id: str, revision: str | None, repo_type: str, allow_patterns
         raise ModelpressError(f"{where}cannot download {what}: {type(err).__name__}: {first}. It was read as a "
                               "Hugging Face Hub id because no local path of that name exists; check the id and "
                               "revision, or the path if you meant a local one. For a gated or private repo set "
-                              f"HF_TOKEN or run `hf auth login`. {fetch_hint(repo_id, revision, repo_type)}.") from None
+                              f"HF_TOKEN or run `hf auth login`. {fetch_hint(repo_id, revision, repo_type, allow_patterns)}.") from None

@@ -20,7 +20,7 @@ def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
     """
     if model.hub_id:
         folder = snapshot(model.hub_id, model.revision, "model", model_patterns(model.trust_remote_code, model.gguf_file),
-                          missing_model_files(model.gguf_file), key="input_model.model_path")
+                          missing_model_files(model.gguf_file, model.trust_remote_code), key="input_model.model_path")
     else:
         folder = Path(model.model_path)
     if not model.gguf_file:

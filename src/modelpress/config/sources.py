@@ -16,6 +16,7 @@ from typing import Any
 from modelpress.config.collector import Collector, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
 from modelpress.config.schema import InputModelConfig
+from modelpress.hub import TOKENIZER_FILES
 from modelpress.redact import HF_TOKEN_KEYS, TOKEN_IN_CONFIG
 
 PACKAGE_PREFIX = "package:"
@@ -55,6 +56,10 @@ def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | No
     if source is None:
         return None
     model = c.validate(InputModelConfig, {**fields, **source}, where)
+    if model and model.revision and model.model_path is not None:
+        c.warn(f"{where}.revision: {model.revision!r} pins a Hub revision, and model_path names a local path "
+               f"({model.model_path}), which has none: it is ignored. Name the model by its Hub id (org/name) to pin "
+               "it, or remove revision.")
     if model:
         if c.sources_here:
             _check_source(model, f"{where}.model_path", c)
@@ -120,7 +125,13 @@ def _source(value: Any, fields: dict, base_dir: Path, path: str, c: Collector) -
         folder = _package_path(value, path, c)
         return None if folder is None else _local(folder, fields)
     local = resolve_path(value, base_dir)
-    first = Path(value).parts[0] if Path(value).parts else value
+    parts = Path(value).parts
+    if value.lower().endswith(".gguf") and not local.exists() and len(parts) == 3 and is_hub_id("/".join(parts[:2])):
+        c.add(path, f"no local file {value}",
+              f"A GGUF file in a Hub repo is named by the repo and the file: model_path {'/'.join(parts[:2])!r} and "
+              f"gguf_file {parts[2]!r}.")
+        return None
+    first = parts[0] if parts else value
     if local.exists() or Path(value).is_absolute() or value.startswith(".") or (base_dir / first).is_dir() \
             or not is_hub_id(value):
         return _local(local, fields)
@@ -168,16 +179,17 @@ def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
 
     rev = f" at revision {model.revision!r}" if model.revision else ""
     what = f"Hub model {model.hub_id!r}{rev}"
-    folder = cached_snapshot(model.hub_id, model.revision, "model",
-                             model_patterns(model.trust_remote_code, model.gguf_file))
-    lacking = missing_model_files(model.gguf_file)(folder) if folder is not None else []
+    patterns = model_patterns(model.trust_remote_code, model.gguf_file)
+    folder = cached_snapshot(model.hub_id, model.revision, "model", patterns)
+    lacking = missing_model_files(model.gguf_file, model.trust_remote_code)(folder) if folder is not None else []
     if folder is not None and not lacking:
         c.note(f"{path}: {what} is in the local Hugging Face cache ({folder}); it is used without any network "
                "access.")
     elif offline():
         held = (f"is in the local Hugging Face cache without {', '.join(lacking)}" if lacking else
                 "is not in the local Hugging Face cache")
-        c.add(path, f"{what} {held} and HF_HUB_OFFLINE is set", fetch_hint(model.hub_id, model.revision, "model") + ".")
+        c.add(path, f"{what} {held} and HF_HUB_OFFLINE is set",
+              fetch_hint(model.hub_id, model.revision, "model", patterns) + ".")
     else:
         held = f"lacks {', '.join(lacking)} in" if lacking else "is not in"
         c.note(f"{path}: {what} {held} the local Hugging Face cache; `modelpress run` will download it (no local "
@@ -196,5 +208,5 @@ def check_model_folder(folder: Path, path: str, c: Collector) -> None:
     weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
     if not weights:
         c.add(path, f"{folder} has no weights (*.safetensors or *.bin)", "Save the model with save_pretrained.")
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         c.add(path, f"{folder} has no tokenizer files", "Save the tokenizer into the folder with save_pretrained.")
