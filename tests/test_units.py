@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import tone_workflow, write_config
+from conftest import TONE_DATA, tone_workflow, write_config
 
 from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.evaluate import accuracy_report, normalise_label, percentile
@@ -216,6 +216,33 @@ def test_a_run_that_trains_nothing_saves_the_prompt_recipe_of_the_data_it_evalua
               "label_col": None, "text_cols": None}
     assert card({"builder": {"type": "ModelBuilder", "precision": "int4"}}) == recipe
     assert card({"lora": {"type": "LoRA", "train_data_config": "tone"}, "builder": {"type": "ModelBuilder"}}) == recipe
+
+
+def test_a_calibrated_pass_is_keyed_by_its_calibration_data(tiny_model, tmp_path):
+    """Gptq and SelectiveMixedPrecision read the rows their data_config names: editing them must re-run the pass
+    (their keys ignored the data, so an edit reused the model quantized on the old rows)."""
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+    from modelpress.engine import _pass_key
+
+    data = tmp_path / "tone.jsonl"
+    shutil.copy(TONE_DATA, data)
+    passes = {"smp": {"type": "SelectiveMixedPrecision", "algorithm": "kld_gradient", "ratio": 0.5,
+                      "data_config": "tone"},
+              "gptq": {"type": "Gptq", "data_config": "tone"},
+              "rtn": {"type": "Rtn"}}
+
+    def keys() -> list[str]:
+        raw = tone_workflow(tiny_model, passes)
+        raw["data_configs"][0]["load_dataset_config"]["data_files"] = [str(data)]
+        config = load_config(write_config(tmp_path / "w.json", raw))
+        plan = DataPlan(config, tmp_path / "cache")
+        return [_pass_key(config, p, ModelRef("hf", tiny_model, id="input"), plan, "cpu") for p in config.passes]
+
+    before = keys()
+    data.write_text(data.read_text() + '{"phrase": "a new row", "tone": "joy"}\n')
+    after = keys()
+    assert [b != a for b, a in zip(before, after)] == [True, True, False]  # Rtn reads no data
 
 
 def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_model, tmp_path):

@@ -120,9 +120,9 @@ _ENTRY = "modelpress.passes.torch_quant:"
 
 QUANT_SPECS: tuple[PassSpec, ...] = (
     PassSpec("SelectiveMixedPrecision", "choose the layers that keep more bits (k-quant rules or KL gradients)",
-             SelectiveMixedPrecisionParams, _ENTRY + "run_mixed_precision", (HF,), HF, False),
+             SelectiveMixedPrecisionParams, _ENTRY + "run_mixed_precision", (HF,), HF, True),
     PassSpec("Gptq", "GPTQ weight quantization of a Hugging Face model (calibrated)", GptqParams,
-             _ENTRY + "run_gptq", (HF,), HF_QUANTIZED, False),
+             _ENTRY + "run_gptq", (HF,), HF_QUANTIZED, True),
     PassSpec("Rtn", "round-to-nearest weight quantization of a Hugging Face model", RtnParams,
              _ENTRY + "run_rtn", (HF, HF_QUANTIZED), HF_QUANTIZED, False),
 )
