@@ -34,6 +34,26 @@ def test_cookbook_file_is_json_lines_named_json_and_reads_in_full():
     assert examples[0].completion == "joy"
 
 
+def test_a_file_rewritten_with_its_old_mtime_is_read_anew(tmp_path):
+    """cp -p, rsync -a and tar keep a file's mtime; datasets keys its Arrow copy by path and mtime, so the old rows
+    came back from the cache while the fingerprint (and so every cache key) said the data had changed."""
+    import os
+
+    from modelpress.cache import content_id
+
+    path = _jsonl(tmp_path, [{"phrase": "old words", "tone": "joy"}])
+    config, cache = _config(path), tmp_path / "cache" / "datasets"
+    assert load_rows(config, cache)[0][1]["phrase"] == "old words"
+    before = os.stat(path)
+    memo = tmp_path / "content-ids.json"
+    first = content_id(path, memo)
+    _jsonl(tmp_path, [{"phrase": "new words", "tone": "joy"}])  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    assert load_rows(config, cache)[0][1]["phrase"] == "new words"
+    assert content_id(path, memo) != first  # the remembered hash is not reused for the rewritten file
+
+
 def test_csv_and_parquet_read_like_json(tmp_path):
     import pandas as pd
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, read_json, remove_leftovers
+from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, file_sha256, read_json, remove_leftovers
 from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
@@ -45,14 +45,6 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | None = None) -> str:
     """A hash of a folder's (or one file's) file names and contents; with `only`, of the files whose path in the
     folder matches one of those patterns (as huggingface_hub's allow_patterns match: a Hub snapshot keyed by
@@ -69,8 +61,9 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
                                                        for pattern in only)))
     for path in files:
         stat = path.stat()
-        memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-        sha = memo.get(memo_key) or _file_sha(path)
+        # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still gets a new ctime
+        memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
+        sha = memo.get(memo_key) or file_sha256(path)
         memo[memo_key] = sha
         entries.append((path.name if path == folder else str(path.relative_to(folder)), stat.st_size, sha))
     if memo_path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from modelpress.config.templates import completion_split, field_text, template_fields, template_parts
 from modelpress.config.schema import DataConfig
 from modelpress.errors import DataError
+from modelpress.fsutil import file_sha256
 
 IGNORE = -100  # label id the loss skips
 log = logging.getLogger("modelpress")
@@ -70,9 +71,7 @@ def data_fingerprint(config: DataConfig, hub_folder: Path | None = None, chat: d
         digest.update(Path(hub_folder).name.encode())
         return digest.hexdigest()
     for path in config.data_files:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()
 
 
@@ -107,7 +106,9 @@ def _load_table(config: DataConfig, path: Path, hub: bool, cache_dir: Path | Non
     """One file through its datasets builder, or a Hub dataset's snapshot folder as datasets reads the Hub."""
     import datasets
 
-    cache = str(cache_dir) if cache_dir else None
+    # datasets keys a local file's Arrow copy by its path and mtime, so a file rewritten with its mtime kept (cp -p,
+    # rsync -a, tar) was read as it was before: the copy goes under the file's content hash instead
+    cache = str(cache_dir if hub else cache_dir / file_sha256(path)[:16]) if cache_dir else None
     if hub:
         return datasets.load_dataset(str(path), config.subset, data_dir=config.data_dir, split=config.split,
                                      data_files=[str(f) for f in config.data_files] or None, cache_dir=cache)
