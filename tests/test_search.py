@@ -578,6 +578,24 @@ def test_two_ranked_sub_metrics_with_one_priority_are_warned_about(tmp_path):
                for w in c.warnings)
 
 
+def test_a_goal_on_a_throughput_percentile_says_it_is_not_olive_s_number():
+    """Olive 0.13's throughput p90 is 1000 / latency p90 (its 10th percentile); modelpress's is the 90th."""
+    from modelpress.config.collector import Collector
+    from modelpress.config.evaluator_section import _check_metric
+    from modelpress.config.schema import Metric
+
+    def warnings(sub: dict) -> list[str]:
+        c = Collector()
+        _check_metric(Metric.model_validate({"name": "tp", "type": "throughput", "sub_types": [sub]}), "m", c)
+        return c.warnings
+
+    [warning] = warnings({"name": "p90", "priority": 1, "goal": {"type": "threshold", "value": 100}})
+    assert warning.startswith("m.sub_types[0]: throughput p90 here is the 90th percentile of examples/s (1000 / "
+                              "latency's 10th); Olive 0.13 reports 1000 / latency's p90")
+    assert "(1000 / latency's 0.1th)" in warnings({"name": "p999", "priority": 1})[0]
+    assert warnings({"name": "p90"}) == warnings({"name": "avg", "priority": 1}) == []  # unranked, or Olive's own
+
+
 @pytest.mark.e2e
 def test_a_size_goal_needs_no_data_and_secrets_stay_out_of_metrics(tiny_model, tmp_path):
     """size_on_disk reads the files: a workflow without data is measured (it read None and missed every goal);

@@ -145,6 +145,13 @@ def _check_metric(metric: Metric, where: str, c: Collector) -> None:
         elif sub.higher_is_better is not None and sub.higher_is_better != known[sub.name]:
             c.warn(f"{where}.sub_types[{j}].higher_is_better: {metric.type} {sub.name} is ranked with "
                    f"{'higher' if known[sub.name] else 'lower'} as better whatever this says")
+        if metric.type == "throughput" and sub.name in known and sub.name.startswith("p") and sub.name != "p50" \
+                and (sub.goal is not None or sub.priority > 0):
+            q = 99.9 if sub.name == "p999" else float(sub.name[1:])
+            c.warn(f"{where}.sub_types[{j}]: throughput {sub.name} here is the {q:g}th percentile of examples/s (1000 "
+                   f"/ latency's {100 - q:.3g}th); Olive 0.13 reports 1000 / latency's {sub.name} under this name (its "
+                   f"{100 - q:.3g}th), so a goal set from Olive's numbers is compared with another one. For the same "
+                   f"number, set the goal on latency {sub.name} (ms).")
         if sub.metric_config:
             c.warn(f"{where}.sub_types[{j}].metric_config: accepted and not used: "
                    f"{METRIC_CONFIG_NOTES.get(metric.type, 'modelpress computes this sub-metric one way')}")
