@@ -72,6 +72,9 @@ class EchoRunner:
     def completion_loss(self, examples, add_bos):
         return 1.0
 
+    def token_count(self, text):
+        return len(text.split())  # a word a token
+
 
 def test_evaluate_cuts_answers_at_the_stop_text_and_times_a_stated_sample(monkeypatch, tmp_path):
     runner = EchoRunner()
@@ -87,6 +90,24 @@ def test_evaluate_cuts_answers_at_the_stop_text_and_times_a_stated_sample(monkey
     assert result["latency_examples"] == 5 and result["examples"] == 30
     assert runner.calls[:4] == [8, 8, 8, 6]  # accuracy in batches, then latency one at a time
     assert set(runner.calls[4:]) == {1} and len(runner.calls[4:]) == 5 + 2  # 2 untimed warm-up answers
+    assert (result["latency_warmup"], result["max_new_tokens"], result["mean_new_tokens"]) == (2, MAX_NEW, 3)
+    assert result["labels_over_max_new_tokens"] == 0
+
+
+def test_a_label_of_several_lines_or_over_max_new_tokens_is_not_half_matched(monkeypatch, tmp_path, caplog):
+    """A two-line label matched by its first line alone counted wrong answers right; a label longer than an answer
+    may be can never be matched, which is counted and said."""
+    runner = EchoRunner()  # answers with the prompt's text
+    monkeypatch.setattr("modelpress.evaluate.make_runner", lambda ref, trust: runner)
+    long_label = " ".join(["word"] * (MAX_NEW + 1))
+    examples = [Example(prompt, label, where, target=label + "<|end|>") for prompt, label, where in (
+        ("ok\nyes", "ok\nyes", "right"), ("ok\nno", "ok\nyes", "half right"), (long_label, long_label, "too long"))]
+    with caplog.at_level("WARNING", logger="modelpress"):
+        result = evaluate(ModelRef(HF, tmp_path, id="x"), examples, False, MAX_NEW, with_accuracy=True,
+                          show_progress=False, latency_samples=2)
+    assert result["misses_total"] == 1 and result["misses"][0]["source"] == "half right"
+    assert result["labels_over_max_new_tokens"] == 1
+    assert f"1 of 3 rows have a label longer than max_new_tokens ({MAX_NEW})" in caplog.text
 
 
 def test_evaluate_without_labels_answers_only_the_examples_it_shows(monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ and runs only the others a second time.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import statistics
@@ -29,6 +30,7 @@ from modelpress.passes.catalog import HF_ADAPTER
 from modelpress.runners import GenaiRunner, OnnxCausalRunner, TorchRunner, make_runner  # noqa: F401
 from modelpress.scoring import mean
 
+log = logging.getLogger("modelpress")
 WARMUP = 2  # untimed generations before latency is measured
 SAMPLES = 5  # answers shown in the result beside their prompts and labels
 MISSES_KEPT = 200  # wrong answers kept in a result, in the order of the eval set
@@ -38,10 +40,19 @@ BATCH_SIZE = EvaluationConfig.model_fields["batch_size"].default
 LATENCY_SAMPLES = EvaluationConfig.model_fields["latency_samples"].default
 
 
-def normalise_label(text: str) -> str:
-    """The comparable form of a label or a generated answer: first line, trimmed, lower case."""
-    stripped = text.strip()
-    return stripped.splitlines()[0].strip().lower() if stripped else ""
+def normalise_label(text: str, lines: int = 1) -> str:
+    """The comparable form of a label or a generated answer: its first `lines` lines, each trimmed, lower case
+    (a model goes on after its answer, often with the template's next row)."""
+    kept = [line.strip().lower() for line in text.strip().splitlines()[:lines]]
+    return "\n".join(kept)
+
+
+def comparable(labels: list[str], answers: list[str]) -> tuple[list[str], list[str]]:
+    """Labels and answers as accuracy compares them: an answer is cut to as many lines as its label has, so a
+    two-line label is not matched by its first line alone."""
+    counts = [max(1, len(label.strip().splitlines())) for label in labels]
+    return ([normalise_label(x, n) for x, n in zip(labels, counts)],
+            [normalise_label(x, n) for x, n in zip(answers, counts)])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,8 +72,7 @@ def accuracy_report(labels: list[str], predictions: list[str]) -> dict:
     """Accuracy, macro precision/recall/F1 over the gold classes, per-class recall, the confusion counts
     (expected label -> answer -> rows; an answer that is no expected label counts as OTHER_ANSWER),
     majority baseline."""
-    gold = [normalise_label(x) for x in labels]
-    pred = [normalise_label(x) for x in predictions]
+    gold, pred = comparable(labels, predictions)
     hits = [g == p for g, p in zip(gold, pred)]
     counts = Counter(gold)
     predicted = Counter(pred)
@@ -131,6 +141,9 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     result = {
         "examples": len(examples),
         "latency_examples": len(timed),
+        "latency_warmup": min(WARMUP, len(timed)),  # untimed answers before the timed ones
+        "max_new_tokens": max_new_tokens,
+        "mean_new_tokens": new_tokens / len(timed) if timed else None,  # latency counts until the answer ends
         "batch_size": batch_size,
         "completion_loss": loss,
         "latency_ms": latency_report(seconds),
@@ -144,7 +157,22 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     if with_accuracy:
         result.update(accuracy_report([ex.completion for ex in examples], outputs))
         result.update(missed(examples, outputs))
+        result["labels_over_max_new_tokens"] = labels_over_budget(runner, examples, max_new_tokens)
     return result
+
+
+def labels_over_budget(runner, examples: list[Example], max_new_tokens: int) -> int:
+    """How many rows' labels take more tokens than an answer may have: they can never be answered right, so
+    they are counted and warned about (raise evaluation.max_new_tokens)."""
+    sizes = {label: runner.token_count(label) for label in {ex.completion for ex in examples}}
+    over = {label: n for label, n in sizes.items() if n is not None and n > max_new_tokens}
+    if over:
+        longest = max(over, key=over.get)
+        log.warning("%d of %d rows have a label longer than max_new_tokens (%d), such as %r (%d tokens): they "
+                    "cannot be answered in full, so accuracy counts them wrong. Raise evaluation.max_new_tokens "
+                    "(`--max-new-tokens` for `modelpress evaluate`).", sum(ex.completion in over for ex in examples),
+                    len(examples), max_new_tokens, _tail(longest, 60), over[longest])
+    return sum(ex.completion in over for ex in examples)
 
 
 def perplexity(loss: float) -> float:
@@ -158,9 +186,10 @@ def missed(examples: list[Example], outputs: list[str]) -> dict:
     that a user can read what the model gets wrong. The text every prompt of the eval set starts and ends
     with (a chat template's system prompt and turn markers) is kept once, as `misses_prompt`."""
     head, tail = shared_ends([ex.prompt for ex in examples])
+    gold, pred = comparable([ex.completion for ex in examples], outputs)
     wrong = [{"source": ex.source, "prompt": _tail(ex.prompt[len(head):len(ex.prompt) - len(tail)], MISS_PROMPT_CHARS),
               "label": ex.completion, "output": out}
-             for ex, out in zip(examples, outputs) if normalise_label(out) != normalise_label(ex.completion)]
+             for ex, out, g, p in zip(examples, outputs, gold, pred) if g != p]
     return {"misses_total": len(wrong), "misses_prompt": {"head": head, "tail": tail}, "misses": wrong[:MISSES_KEPT]}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_text, read_json
-from modelpress.report import EXTRA_HEADERS, confusion_table, extra_data_rows, miss_rows
+from modelpress.report import EXTRA_HEADERS, answer_lengths, confusion_table, extra_data_rows, miss_rows
 
 REPORT = "report.html"
 WIDTH, HEIGHT = 640, 400
@@ -149,7 +149,8 @@ def _models_table(models: dict) -> str:
     if first.get("majority_baseline") is not None:
         note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
     if first.get("latency_examples") is not None:
-        note += f". Latency and tok/s: one example at a time, on {first['latency_examples']} of them."
+        note += (f". Latency and tok/s: one example at a time, on {first['latency_examples']} of them"
+                 f"{html.escape(answer_lengths(models))}.")
     headers = ["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"]
     return "<h2>Models</h2>" + _table(headers, rows, "models") + note + "</p>"
 

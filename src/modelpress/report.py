@@ -6,6 +6,18 @@ import math
 import os
 
 
+def answer_lengths(models: dict) -> str:
+    """What a latency figure times: answers of up to max_new_tokens, each until it ends (so a model that answers in
+    fewer tokens is faster for that alone): the tokens a timed answer had on average, per model."""
+    means = [(role, m["mean_new_tokens"]) for role, m in models.items() if m.get("mean_new_tokens") is not None]
+    if not means:  # metrics written before these were kept
+        return ""
+    first = next(iter(models.values()))
+    return (f" (after {first.get('latency_warmup', 0)} untimed; each until its answer ends, at most "
+            f"{first.get('max_new_tokens')} new tokens; tokens per timed answer: "
+            + ", ".join(f"{role} {mean:.1f}" for role, mean in means) + ")")
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
@@ -38,6 +50,7 @@ def summary_table(history: list[dict], metrics: dict) -> str:
         note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
     if first.get("latency_examples") is not None:  # metrics written before latency was sampled have none
         note += f"\nlatency, tok/s: one example at a time, on {first['latency_examples']} of them"
+        note += answer_lengths(models)
     table = _table(["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"], rows)
     extra = "".join(f"\n\non {what}:\n" + _table(EXTRA_HEADERS, rows) for what, rows in extra_data_rows(metrics))
     return f"{steps}\n\n{table}{note}{extra}"

@@ -6,6 +6,10 @@ from __future__ import annotations
 class Runner:
     """Greedy generation: `generate_batch` for accuracy, `generate` (batch 1) for latency."""
 
+    def token_count(self, text: str) -> int | None:
+        """Tokens `text` takes in this model's vocabulary (None: the runner does not generate text)."""
+        return None
+
     def add_stops(self, texts: set[str]) -> None:
         """Texts that close an answer (a chat turn's end marker): generation ends at those that are one token."""
 

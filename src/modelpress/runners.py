@@ -48,6 +48,9 @@ class HfTokenizedRunner(Ends, Runner):
     def _plain_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def token_count(self, text: str) -> int:
+        return len(self._plain_ids(text))
+
 
 class OnnxCausalRunner(HfTokenizedRunner):
     """Greedy generation from a plain ONNX causal LM with no KV cache (the whole sequence each step).
@@ -216,6 +219,9 @@ class GenaiRunner(Ends, Runner):
 
     def _plain_ids(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)] if text else []
+
+    def token_count(self, text: str) -> int:
+        return len(self._plain_ids(text))
 
     def _fits(self, rows: list[list[int]], what: str, room: int) -> None:
         """Every row leaves `room` tokens in the context (a longer one fails inside genai, with its batch)."""
