@@ -49,6 +49,24 @@ def test_cache_key_depends_on_every_part():
     assert base != cache_key("pass", "id1", "LoRA", {"r": 8})
 
 
+def test_the_output_card_follows_a_base_model_that_moved(tmp_path):
+    """An adapter's base moved (same content, so the same model id): the output card named the old folder, where
+    `generate` then found nothing or another model."""
+    import json
+
+    from modelpress.engine import _write_model
+    from modelpress.models import MODEL_CARD
+
+    final = tmp_path / "final"
+    final.mkdir()
+    (final / "adapter_model.safetensors").write_bytes(b"adapter")
+    task = {"task": "text-generation"}
+    _write_model(tmp_path / "out", ModelRef("hf-adapter", final, "same-id", tmp_path / "old-base"), task)
+    _write_model(tmp_path / "out", ModelRef("hf-adapter", final, "same-id", tmp_path / "new-base"), task)
+    card = json.loads((tmp_path / "out" / MODEL_CARD).read_text())
+    assert card["base"] == str(tmp_path / "new-base") and card["id"] == "same-id"
+
+
 def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
     """A writer killed inside atomic_dir (SIGKILL, the OOM killer) leaves its temporary folder: the next writer of
     the same target, holding its lock, removes it (a GGUF conversion's is the size of the dequantized model)."""

@@ -426,5 +426,6 @@ def _write_model(target: Path, final: ModelRef | None, prompted: dict) -> None:
         with atomic_dir(target) as tmp:
             shutil.copytree(final.path, tmp, dirs_exist_ok=True)
             ModelRef(final.kind, tmp, final.id, final.base, prompted).save(tmp)
-    elif current.get("task") != json.loads(json_text(prompted)):  # the same model prompted otherwise: its card
+    elif current.get("task") != json.loads(json_text(prompted)) or current.get("base") != (
+            str(final.base) if final.base else None):  # the same model prompted otherwise, or its base moved
         ModelRef(final.kind, target, final.id, final.base, prompted).save(target)
