@@ -179,6 +179,37 @@ def test_generate_builds_the_prompt_the_model_was_trained_on(tokenizer):
     assert prompt.count("We won!") == 1 and prompt.endswith(user_turn) and ex.prompt.endswith(user_turn)
 
 
+# Qwen3's way with the last answer: an empty think block before it, which the generation prompt (enable_thinking
+# unset) leaves out; and Llama 3's and Gemma's: the content trimmed.
+THINKING = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+            "{% if message['role'] == 'assistant' and loop.last %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+            "{{ message['content'] + '<|im_end|>\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+TRIMMING = ("{% for message in messages %}{{ '<|start|>' + message['role'] + '\n\n' + message['content'] | trim "
+            "+ '<|eot|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start|>assistant\n\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("template, lead, stop", [(THINKING, "<think>\n\n</think>\n\n", "<|im_end|>"),
+                                                 (TRIMMING, "", "<|eot|>")])
+def test_a_template_that_opens_or_trims_the_answer_trains_and_prompts_as_it_renders(tokenizer, template, lead, stop):
+    """The text a template opens an answer with belongs to the prompt (the model is asked after it, as generate
+    asks it), and the answer is compared as the template writes it: the stop was lost and every answer read as
+    wrong (Qwen3's '<think>'), or a trimmed newline was scored as trained."""
+    from modelpress.generate import prompt_and_stop
+
+    columns = {"user": "{q}", "assistant": "{a}"}
+    [ex] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "positive\n"}), ChatFormat(template))
+    assert ex.prompt.endswith("assistant\n" + ("\n" if template == TRIMMING else "") + lead)
+    assert (ex.completion, ex.stop) == ("positive", stop) and ex.target == "positive" + ex.closing
+    [(ids, labels)] = tokenize([ex], tokenizer, _config(chat_columns=columns))
+    assert _trained_text(tokenizer, ids, labels).startswith("positive")  # the think block is prompt, not answer
+    card = {"task": {"chat": {"template": template, "special_tokens": {}, "columns": columns}}}
+    assert prompt_and_stop(card, "hi") == (ex.prompt, ex.stop)
+    rewriting = template.replace("message['content']", "message['content'] | upper")
+    with pytest.raises(DataError, match=r"f row 1: the chat template rewrites the answer .*'positive'"):
+        render(_config(chat_columns=columns), _rows({"q": "hi", "a": "positive"}), ChatFormat(rewriting))
+
+
 def test_generate_builds_a_text_templates_prompt_and_stop_as_evaluation_does():
     from modelpress.generate import prompt_and_stop
 

@@ -103,6 +103,17 @@ class ChatFormat:
         return upto
 
 
+def split_turn(turn: str, content: str) -> tuple[str, str, str] | None:
+    """(lead, answer, closing) of an assistant turn as a template rendered it: what it writes before the content
+    (Qwen3's empty think block, which its generation prompt leaves out), the content as written (Llama 3's and
+    Gemma's templates trim it) and what closes the turn; None when the content is not in the turn at all."""
+    answer = content.strip()
+    at = 0 if turn.startswith(answer) else turn.find(answer)
+    if not answer or at < 0:
+        return None
+    return turn[:at], answer, turn[at + len(answer):]
+
+
 def messages_of(row: dict, where: str, message_col: str, chat_columns: dict[str, str] | None,
                 system_prompt: str | None) -> list[dict]:
     """The conversation a row holds, as role/content messages."""

@@ -170,7 +170,7 @@ def _fields(config: DataConfig) -> list[str]:
 
 def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     """A conversation: the prompt is everything up to the last assistant turn, whose content is the completion."""
-    from modelpress.chat import messages_of
+    from modelpress.chat import messages_of, split_turn
 
     messages = messages_of(row, where, config.message_col, config.chat_columns, config.system_prompt)
     try:
@@ -181,12 +181,18 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     if last is None:
         raise DataError(f"{where}: the chat template renders no text for the assistant turn, so there is no "
                         "answer to learn or measure. Check that the row's answer is not empty.")
-    head = tuple(pieces[:last])
     answer = messages[-1]["content"]
     if not answer.strip():
         raise DataError(f"{where}: the assistant turn, the answer to learn and to measure, is empty. "
                         "Fix or remove the row.")
-    return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head,
+    split = split_turn(pieces[last][0], answer)
+    if split is None:
+        raise DataError(f"{where}: the chat template rewrites the answer (the assistant turn it renders does not "
+                        f"hold {answer.strip()[:60]!r}), so it can be neither trained on as written nor measured. "
+                        "Use a template that writes an assistant turn's content as given.")
+    lead, completion, closing = split  # text the template opens the answer with goes to the prompt, as generation
+    head = tuple(pieces[:last]) + (((lead, False),) if lead else ())  # reads it (chat_prompt_for adds it too)
+    return Example("".join(text for text, _ in head), completion, where, target=completion + closing, turns=head,
                    history=tuple((m["role"], m["content"]) for m in messages[:-1]))
 
 

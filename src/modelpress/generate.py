@@ -61,18 +61,27 @@ def chat_prompt_for(chat: dict, text: str) -> str:
     spec = role_template(columns["user"]) if "user" in columns else "{text}"
     user = spec.format_map({f: text for f in template_fields(spec)})
     messages = [{"role": "system", "content": chat["system_prompt"]}] if chat.get("system_prompt") is not None else []
-    return ChatFormat.from_card(chat).render([*messages, {"role": "user", "content": user}], add_generation_prompt=True)
+    rendered = ChatFormat.from_card(chat).render([*messages, {"role": "user", "content": user}],
+                                                 add_generation_prompt=True)
+    return rendered + _answer_turn_ends(chat)[0]
 
 
 def chat_stop(chat: dict) -> str:
     """The text a chat template writes after an assistant turn's content (its end-of-turn marker), as
     `data.Example.stop` reads it from a trained row."""
-    from modelpress.chat import ChatFormat
+    return _answer_turn_ends(chat)[1]
+
+
+def _answer_turn_ends(chat: dict) -> tuple[str, str]:
+    """(what the template writes at the start of an answer, after its generation prompt, such as Qwen3's empty
+    think block; the end-of-turn marker after the answer), read from a probe conversation as `data._chat_example`
+    reads them from each row."""
+    from modelpress.chat import ChatFormat, split_turn
 
     answer = "modelpress"
     pieces = ChatFormat.from_card(chat).pieces([{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}])
-    turn = next((text for text, trained in pieces if trained), "")
-    return turn[len(answer):].strip() if turn.startswith(answer) else ""
+    split = split_turn(next((text for text, trained in pieces if trained), ""), answer)
+    return ("", "") if split is None else (split[0], split[2].strip())
 
 
 RECIPE_KEYS = ("chat", "text_template", "text_cols", "data_config")  # a card's keys that say how prompts were built
