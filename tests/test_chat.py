@@ -210,6 +210,17 @@ def test_a_template_that_opens_or_trims_the_answer_trains_and_prompts_as_it_rend
         render(_config(chat_columns=columns), _rows({"q": "hi", "a": "positive"}), ChatFormat(rewriting))
 
 
+def test_a_template_that_writes_today_s_date_writes_one_fixed_day():
+    """Llama 3's system header holds strftime_now's date: rows rendered on one day differed from the prompts
+    evaluated or generated on the next, under one data fingerprint."""
+    dated = ("{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+             "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = 'unset' %}{%- endif %}"
+             "{%- endif %}Today Date: {{ date_string }} ({{ strftime_now('%A %-d %B %y, %m') }})\n"
+             "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+    text = ChatFormat(dated).render([{"role": "user", "content": "hi"}])
+    assert text == "Today Date: 26 Jul 2024 (Friday 26 July 24, 07)\nuser: hi\n"
+
+
 def test_generate_builds_a_text_templates_prompt_and_stop_as_evaluation_does():
     from modelpress.generate import prompt_and_stop
 

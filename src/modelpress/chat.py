@@ -25,6 +25,15 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
+# A template's `strftime_now` (Llama 3's "Today Date: ..." system header) renders one fixed day, Llama 3's own
+# fallback, instead of the day it runs: prompts trained on one day are then the prompts evaluated and generated on
+# another, and the cached data's fingerprint holds. A macro of that name, put before the template, shadows the
+# renderer's function (transformers passes no callable into a template).
+FIXED_DATE = ('{%- macro strftime_now(format) -%}{{ format | replace("%-d", "26") | replace("%d", "26") '
+              '| replace("%b", "Jul") | replace("%B", "July") | replace("%Y", "2024") | replace("%y", "24") '
+              '| replace("%m", "07") | replace("%A", "Friday") | replace("%a", "Fri") }}{%- endmacro -%}')
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """A chat template and the special tokens it may name (`bos_token`, `eos_token`, ...)."""
@@ -66,8 +75,9 @@ class ChatFormat:
         from jinja2.exceptions import TemplateError
         from transformers.utils.chat_template_utils import render_jinja_template
 
+        template = FIXED_DATE + self.template if "strftime_now" in self.template else self.template
         try:
-            rendered, _ = render_jinja_template([messages], chat_template=self.template,
+            rendered, _ = render_jinja_template([messages], chat_template=template,
                                                 add_generation_prompt=add_generation_prompt, **self.special_tokens)
         except TemplateError as err:  # a syntax error, or the template's own raise_exception (roles, order)
             raise DataError(f"the chat template cannot render this conversation: {err}. Change the rows (or "
