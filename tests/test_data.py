@@ -54,6 +54,26 @@ def test_a_file_rewritten_with_its_old_mtime_is_read_anew(tmp_path):
     assert content_id(path, memo) != first  # the remembered hash is not reused for the rewritten file
 
 
+def test_the_data_fingerprint_is_what_the_rows_are_made_of_not_where_they_sit(tmp_path):
+    """Keys held the absolute data path and the config's name: a moved or copied project re-ran every pass."""
+    from modelpress.data import data_fingerprint
+    from modelpress.passes.spec_base import PassSpec, Strict
+
+    rows = [{"phrase": "we won", "tone": "joy"}]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    here, there = _jsonl(tmp_path / "a", rows), _jsonl(tmp_path / "b", rows, name="copy.json")
+    assert data_fingerprint(_config(here)) == data_fingerprint(
+        DataConfig(name="renamed", data_files=[there], format="json", text_template=TEMPLATE))
+    assert data_fingerprint(_config(here)) != data_fingerprint(_config(here, text_template="{phrase} -> {tone}"))
+    _jsonl(tmp_path / "b", [{"phrase": "we lost", "tone": "sadness"}], name="copy.json")
+    assert data_fingerprint(_config(here)) != data_fingerprint(_config(there))
+    # a plugin script is keyed by its content too
+    spec = lambda where: PassSpec("P", "", Strict, "m:f", ("hf",), "hf", False,  # noqa: E731
+                                  origin=f"script {where}/p.py (sha256 ab12) (version 1)")
+    assert spec("/home/a").origin_key() == spec("/srv/b c").origin_key() == "script (sha256 ab12) (version 1)"
+
+
 def test_csv_and_parquet_read_like_json(tmp_path):
     import pandas as pd
 

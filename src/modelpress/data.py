@@ -65,9 +65,11 @@ def data_fingerprint(config: DataConfig, hub_folder: Path | None = None, chat: d
 
     A Hub dataset is named by its snapshot folder, which is its commit hash.
     """
-    digest = hashlib.sha256(config.model_dump_json().encode())
+    # what the rows are made of, not where the config or its files sit: a moved or copied project reuses its cache
+    local = hub_folder is None
+    digest = hashlib.sha256(config.model_dump_json(exclude={"name", "data_files"} if local else {"name"}).encode())
     digest.update(repr(sorted((chat or {}).items())).encode())
-    if hub_folder is not None:
+    if not local:
         digest.update(Path(hub_folder).name.encode())
         return digest.hexdigest()
     for path in config.data_files:

@@ -286,7 +286,7 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     if not p.trains:
         unread.add("attn_implementation")
     loading = config.input_model.model_dump(mode="json", exclude=unread)
-    return cache_key("pass", __version__, ref.id, p.type, spec.origin, params, data,
+    return cache_key("pass", __version__, ref.id, p.type, spec.origin_key(), params, data,
                      ep if spec.keys_execution_provider() else None, loading)
 
 

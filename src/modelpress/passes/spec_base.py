@@ -4,6 +4,7 @@ fields and `PassSpec`. The catalog and the ONNX and quantization spec modules al
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +85,11 @@ class PassSpec:
         """Whether the execution provider belongs in this pass's cache key: it does for the passes that read it,
         and for plugins, whose code modelpress cannot see."""
         return self.reads_execution_provider or self.origin != "built-in"
+
+    def origin_key(self) -> str:
+        """The origin as a cache key holds it: a plugin script by its content (sha256), not by where it sits, so a
+        moved or copied project reuses its cache."""
+        return re.sub(r"^script .+ \(sha256 ", "script (sha256 ", self.origin)
 
     def runner(self) -> Callable:
         """The callable `(ctx, params) -> ModelRef` that runs this pass."""
