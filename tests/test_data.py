@@ -190,6 +190,25 @@ def test_packing_says_what_it_leaves_out(caplog):
     features = pack(tokenize(long, FakeTokenizer(), lines), lines, [], pad_id=0)
     assert [f["input_ids"][1:3] for f in features] == [[ord("a"), ord("b")]] and len(features) == 1
     assert "1 of 2 rows have nothing to learn in their first 6 tokens" in caplog.text
+    assert "longer than max_seq_len" not in caplog.text  # the left-out row is said once
+    # a row cut inside its answer keeps some of it: said, not silent
+    cut = [Example("abcd", "XYZ", ""), Example("ab", "Y", "")]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="modelpress"):
+        features = pack(tokenize(cut, FakeTokenizer(), lines), lines, [], pad_id=0)  # BOS abcd X | YZ EOS cut
+    assert len(features) == 2 and "1 of 2 rows are longer than max_seq_len (6) and lose the end" in caplog.text
+
+
+def test_padding_is_not_counted_as_training_tokens_and_an_eval_split_is_not_capped():
+    from modelpress.data import real_tokens
+
+    config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
+                        strategy="line-by-line", max_seq_len=8, pad_to_max_len=True, use_attention_mask=False,
+                        max_samples=1)
+    sequences = tokenize(EXAMPLES, FakeTokenizer(), config)
+    [feature] = pack(sequences, config, [], pad_id=0)
+    assert len(feature["input_ids"]) == 8 and real_tokens(feature, 0) == 5  # BOS a b X EOS, then 3 pads
+    assert len(pack(sequences, config, [], pad_id=0, capped=False)) == 2  # max_samples caps training rows only
 
 
 def test_sliding_window_masks_the_overlap_so_each_token_is_learned_once():

@@ -149,14 +149,16 @@ class DataPlan:
         """The class labels a classifier trained by this pass predicts (from its training rows)."""
         return label_set(self.training_examples(params)[0])
 
-    def features(self, examples: list[Example], name: str, tokenizer, labels: list[str] | None = None) -> list[dict]:
-        """Training sequences for `examples` under data config `name`'s strategy."""
+    def features(self, examples: list[Example], name: str, tokenizer, labels: list[str] | None = None,
+                 capped: bool = True) -> list[dict]:
+        """Training sequences for `examples` under data config `name`'s strategy; `capped` false: max_samples does
+        not apply (a training pass's eval split, carved from rows max_samples already counts)."""
         config = self.data_config(name)
         if labels is not None:
             return classification_features(examples, tokenizer, config, labels)
         joiner = tokenizer(config.joiner, add_special_tokens=False)["input_ids"] if config.joiner else []
         sequences = tokenize(examples, tokenizer, config)
-        features = pack(sequences, config, joiner, tokenizer.pad_token_id)
+        features = pack(sequences, config, joiner, tokenizer.pad_token_id, capped)
         if not features:
             raise DataError(f"data config {name!r} gives no training sequences (too few tokens for "
                             f"max_seq_len {config.max_seq_len} with strategy {config.strategy!r})")

@@ -322,7 +322,7 @@ def _heads(examples: list[Example], tokenizer, loss_on: str) -> tuple[list[list[
 
 
 def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joiner: list[int],
-         pad_id: int) -> list[dict]:
+         pad_id: int, capped: bool = True) -> list[dict]:
     """Turn tokenized examples into training sequences by the config's strategy.
 
     line-by-line keeps each row's first max_seq_len tokens and leaves out, with a warning, rows that
@@ -335,6 +335,13 @@ def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joine
             log.warning("data config %r: %d of %d rows have nothing to learn in their first %d tokens (the "
                         "prompt fills them) and are left out; raise max_seq_len or shorten the prompts",
                         config.name, len(items) - len(learnt), len(items), config.max_seq_len)
+        end = config.max_seq_len
+        cut = sum(any(label != IGNORE for label in labels[:end]) and any(label != IGNORE for label in labels[end:])
+                  for _, labels in sequences)
+        if cut:
+            log.warning("data config %r: %d of %d rows are longer than max_seq_len (%d) and lose the end of what "
+                        "they teach (the answer's last tokens, its end marker); raise max_seq_len or shorten the "
+                        "prompts", config.name, cut, len(items), end)
         items = learnt
     else:
         ids, labels = _join(sequences, joiner, config.loss_on)  # after each row's EOS too, in Olive's order
@@ -345,7 +352,7 @@ def pack(sequences: list[tuple[list[int], list[int]]], config: DataConfig, joine
             (log.warning if left > len(ids) // 10 else log.info)(
                 "data config %r: the last %d of %d tokens fill no whole %d-token window and are left out",
                 config.name, left, len(ids), config.max_seq_len)
-    if config.max_samples:
+    if config.max_samples and capped:  # not a training pass's eval split, which max_samples leaves whole
         items = items[: config.max_samples]
     return [_features(ids, labels, config, pad_id) for ids, labels in items]
 
@@ -380,6 +387,17 @@ def _features(ids: list[int], labels: list[int], config: DataConfig, pad_id: int
     if config.use_attention_mask:
         features["attention_mask"] = [1] * length + [0] * pad
     return features
+
+
+def real_tokens(feature: dict, pad_id: int | None) -> int:
+    """A training sequence's tokens less the padding `pad_to_max_len` added (trailing pad ids nothing learns)."""
+    ids, labels = feature["input_ids"], feature["labels"]
+    if "attention_mask" in feature:
+        return sum(feature["attention_mask"])
+    n = len(ids)
+    while n and ids[n - 1] == pad_id and labels[n - 1] == IGNORE:
+        n -= 1
+    return n
 
 
 def label_set(examples: list[Example]) -> list[str]:

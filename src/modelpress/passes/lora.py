@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from modelpress.context import PassContext
+from modelpress.data import real_tokens
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.fsutil import atomic_write_json
 from modelpress.models import (ADAPTER_DIR, IF_NATIVE, ModelRef, load_causal_lm, load_classifier, load_tokenizer,
@@ -76,7 +77,7 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     seconds = time.perf_counter() - started
     final_eval = _final_eval(trainer) if evals else {}
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
-    tokens = sum(len(f["input_ids"]) for f in train)
+    tokens = sum(real_tokens(f, tokenizer.pad_token_id) for f in train)
     base_dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock,
                base_dtype)
@@ -98,7 +99,8 @@ def _sequences(ctx: PassContext, params: LoRAParams, tokenizer,
     train_examples, eval_examples = ctx.data.training_examples(params)
     train = ctx.data.features(train_examples, params.train_data_config, tokenizer, labels)
     eval_name = params.eval_data_config or params.train_data_config
-    return train, ctx.data.features(eval_examples, eval_name, tokenizer, labels) if eval_examples else None
+    capped = bool(params.eval_data_config)  # an eval data config of its own is read as any evaluation reads it
+    return train, ctx.data.features(eval_examples, eval_name, tokenizer, labels, capped) if eval_examples else None
 
 
 def _trained_in_float32(model):
