@@ -569,6 +569,23 @@ def test_pytorch_answers_are_plain_greedy_whatever_the_generation_config_asks(ti
     assert not [line for line in said if "seem to have been set" in line]
 
 
+@pytest.mark.e2e
+def test_genai_answers_are_plain_greedy_whatever_genai_config_asks(tiny_model, tone_examples, tmp_path):
+    """onnxruntime-genai fills the search options not passed from genai_config.json's "search" section: a
+    repetition penalty or n-gram blocking there changed the answers evaluation scores."""
+    from modelpress.runners import GenaiRunner
+
+    plain = _builder_output(tiny_model, tmp_path / "fp32", "fp32")
+    folder = tmp_path / "penalised"
+    shutil.copytree(plain, folder)
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["search"].update(repetition_penalty=5.0, no_repeat_ngram_size=1, min_length=40)
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    prompts = [ex.prompt for ex in tone_examples[:8]]
+    assert GenaiRunner(folder).generate_batch(prompts, True, MAX_NEW) == \
+        GenaiRunner(plain).generate_batch(prompts, True, MAX_NEW)
+
+
 def test_genai_ids_for_more_rows_than_genai_takes_at_once(eos_model, tone_examples, tmp_path):
     """lm-eval's generate_until hands the runner its own batch size; genai 0.18 refuses more than 32 rows."""
     from modelpress.runners import GENAI_MAX_BATCH, GenaiRunner

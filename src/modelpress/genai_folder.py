@@ -11,6 +11,11 @@ from pathlib import Path
 
 from modelpress.runtime import capped_threads, compute_threads
 
+# Plain greedy decoding (as runners.GREEDY for transformers): onnxruntime-genai fills every search option not set
+# from genai_config.json's "search" section, which may ask for a repetition penalty, n-gram blocking or beams.
+GENAI_GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                "min_length": 0}
+
 
 def open_model(og, folder: Path, model_overlay: dict | None = None):
     """`og.Model` of the folder, on every core this process may use (unless its config names a thread

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
-from modelpress.genai_folder import open_model, other_pad_id, trained_bos
+from modelpress.genai_folder import GENAI_GREEDY, open_model, other_pad_id, trained_bos
 from modelpress.models import MODEL_CARD
 from modelpress.onnx_adapters import adapter_file, genai_adapters
 
@@ -146,7 +146,7 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     params = og.GeneratorParams(model)
     # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
     # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
-    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False, random_seed=0)
+    params.set_search_options(max_length=len(ids) + max_new_tokens, random_seed=0, **GENAI_GREEDY)
     generator = og.Generator(model, params)
     scratch = tempfile.TemporaryDirectory(prefix="modelpress-adapter-")
     adapters = genai_adapters(og, model, (adapter or adapter_file(model_dir)) if use_adapter else None,

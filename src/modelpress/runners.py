@@ -17,7 +17,8 @@ from modelpress.answer_ends import Ends, eos_ids, generation_config_of, named_eo
 from modelpress.classifier_runners import OnnxClassifierRunner, TorchClassifierRunner
 from modelpress.data import Example
 from modelpress.errors import ModelpressError
-from modelpress.genai_folder import free_pad_id, loss_session_options, open_model, other_pad_id, trained_bos
+from modelpress.genai_folder import (GENAI_GREEDY, free_pad_id, loss_session_options, open_model, other_pad_id,
+                                     trained_bos)
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
@@ -299,8 +300,8 @@ class GenaiRunner(Ends, Runner):
         params = self.og.GeneratorParams(model)
         # A fixed random_seed: greedy decoding ignores it, but without one onnxruntime-genai seeds
         # from std::random_device on every Generator, which costs 12-15 ms on hosts where RDSEED traps.
-        params.set_search_options(max_length=width + self._room(rows, max_new_tokens), do_sample=False,
-                                  random_seed=0, batch_size=len(rows))
+        params.set_search_options(max_length=width + self._room(rows, max_new_tokens), random_seed=0,
+                                  batch_size=len(rows), **GENAI_GREEDY)
         generator = self.og.Generator(model, params)
         if adapters is not None:
             generator.set_active_adapter(adapters, "active")
