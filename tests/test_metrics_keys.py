@@ -60,6 +60,12 @@ def test_an_extra_data_config_says_how_many_of_its_rows_were_measured(tmp_path, 
         eval_set.description
     metrics = {"extra_data": {"tone": {"final": {"examples": 5, "eval_data": eval_set.description}}}}
     assert extra_data_rows(metrics)[0][0] == eval_set.description
+    # a training pass's eval split capped by evaluation.max_examples says it measured its first rows
+    raw = tone_workflow(tiny_model, {"lora": {"type": "LoRA", "train_data_config": "tone", "eval_dataset_size": 0.2}})
+    raw["evaluation"] = {"max_examples": 5}
+    split = DataPlan(normalize(raw, tmp_path), tmp_path / "cache").eval_set()
+    assert len(split.examples) == 5 and split.description.startswith("the eval split of pass 'lora' (the first 5 of "
+                                                                      "its ") and "distinct prompts)" in split.description
     whole = {"extra_data": {"x": {"final": {"examples": 72, "eval_data": "all rows of data config 'x'"}}}}
     assert extra_data_rows(whole)[0][0] == "all 72 rows of data config 'x'"
 

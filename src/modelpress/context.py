@@ -196,7 +196,10 @@ class DataPlan:
         kept = unique[:limit] if limit else unique
         if len(kept) < len(examples):  # what was measured, said as it is: distinct prompts, the first N
             cut = f"the first {len(kept)} of " if len(kept) < len(unique) else ""
-            description = description.replace("all rows of", f"{cut}{len(unique)} distinct prompts of", 1)
+            if "all rows of" in description:
+                description = description.replace("all rows of", f"{cut}{len(unique)} distinct prompts of", 1)
+            elif cut:  # a split: its first N prompts were measured, not the whole of it
+                description += f" ({cut}its {len(unique)} distinct prompts)"
         return EvalSet(kept, description, label, name)
 
 
