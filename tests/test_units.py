@@ -236,6 +236,24 @@ def test_a_run_that_trains_nothing_saves_the_prompt_recipe_of_the_data_it_evalua
     assert card({"lora": {"type": "LoRA", "train_data_config": "tone"}, "builder": {"type": "ModelBuilder"}}) == recipe
 
 
+def test_timings_are_cached_per_machine(tiny_model, tmp_path, monkeypatch):
+    """A cache shared between machines (or moved) handed one machine's latencies to another, and a latency goal
+    compared a baseline timed on one with a candidate timed on the other."""
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+    from modelpress.engine import _measure_cached
+
+    config = load_config(write_config(tmp_path / "w.json", tone_workflow(tiny_model, {})))
+    asked: list[str] = []
+    cache = SimpleNamespace(read_eval=lambda key: asked.append(key) or {"latency_ms": {}})
+    session = SimpleNamespace(config=config, plan=DataPlan(config, tmp_path), cache=cache, target=lambda: None)
+    ref = ModelRef("hf", tiny_model, id="input")
+    for cpu in ("AMD EPYC", "AMD EPYC", "Intel Xeon"):
+        monkeypatch.setattr("modelpress.engine.timing_host", lambda cpu=cpu: {"cpu": cpu, "threads": 2})
+        _measure_cached(session, ref, "input", [], None)
+    assert asked[0] == asked[1] != asked[2]
+
+
 def test_a_calibrated_pass_is_keyed_by_its_calibration_data(tiny_model, tmp_path):
     """Gptq and SelectiveMixedPrecision read the rows their data_config names: editing them must re-run the pass
     (their keys ignored the data, so an edit reused the model quantized on the old rows)."""

@@ -27,6 +27,7 @@ from modelpress.inputs import resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 from modelpress.passes.spec_base import key_params
+from modelpress.runtime import timing_host
 from modelpress.passes.torch_quant import fetch_default_calibration, uses_default_calibration
 from modelpress.steps import PeakRSS, record, run_pass_here
 
@@ -343,7 +344,7 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
     config, plan, cache = session.config, session.plan, session.cache
     target = session.target()
     # a Ray target times on the threads its task reserves (runtime.limit_threads), not on this machine's cores
-    timed_on = {"ray_threads": target.threads(None)} if target is not None else None
+    timed_on = {"ray_threads": target.threads(None)} if target is not None else timing_host()
     key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config, timed_on,
                          reads_default=data_config is None)
     cached = cache.read_eval(key)

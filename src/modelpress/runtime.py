@@ -112,3 +112,18 @@ def compute_threads() -> int:
     if _thread_limit:
         return _thread_limit
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def timing_host() -> dict:
+    """What a latency figure depends on beside the model: the CPU's model name and the threads it computes on.
+    An evaluation's cache key holds it, so a cache shared between machines or moved to another does not hand one
+    machine's timings to another."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return {"cpu": name or platform.processor() or platform.machine(), "threads": compute_threads()}
