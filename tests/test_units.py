@@ -516,6 +516,28 @@ def test_a_full_disk_while_writing_the_outputs_leaves_the_earlier_model_and_file
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model"]
 
 
+def test_clean_cache_refuses_to_empty_a_cache_another_run_is_using(tmp_path):
+    """Emptying the cache under a running pass deleted its half-written entry, which it then committed without
+    its files; a run holds the cache in use, and cleaning needs it alone."""
+    from modelpress.errors import ModelpressError
+
+    running = PassCache(tmp_path / "cache")
+    running.prepare()
+    (running.passes / "entry").mkdir()
+    with pytest.raises(ModelpressError, match="clean_cache: another run is using the cache .* Run again when it ends"):
+        PassCache(tmp_path / "cache").prepare(clean=True)
+    assert (running.passes / "entry").is_dir()
+    other = PassCache(tmp_path / "cache")
+    other.prepare()  # runs that do not clean share the cache
+    running.release()
+    other.release()
+    cleaning = PassCache(tmp_path / "cache")
+    cleaning.prepare(clean=True)
+    assert not (running.passes / "entry").exists()
+    PassCache(tmp_path / "cache").prepare()  # once emptied, the cleaning run shares the cache with others
+    cleaning.release()
+
+
 def test_clean_cache_empties_only_a_folder_modelpress_made(tmp_path):
     from modelpress.errors import ModelpressError
 

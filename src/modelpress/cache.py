@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, file_sha256, read_json, remove_leftovers
+from modelpress.fsutil import (atomic_dir, atomic_write_json, file_lock, file_sha256, hold_in_use, read_json,
+                               remove_leftovers)
 from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
@@ -37,6 +38,7 @@ CACHE_VERSION = 7  # bump when a pass gives different output for the same inputs
 # train with Olive's rank_dropout and module_dropout, 0 by default, instead of lora_dropout)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
+IN_USE_LOCK = "in-use.lock"  # shared by every run on the cache, taken alone to empty it
 
 
 def cache_key(*parts: Any) -> str:
@@ -121,11 +123,17 @@ class PassCache:
             yield
 
     def prepare(self, clean: bool = False, clean_evals: bool = False) -> None:
+        """Make the folders, emptying the pass (`clean`) or evaluation (`clean_evals`) cache first, and hold the
+        cache in use until `release`: a run shares it with other runs, and emptying it needs it alone (another
+        run's half-written entry would lose its files and be committed without them)."""
         outputs = self.passes.parent  # the cache_dir, or a Ray system's shared storage
         emptied = [(outputs, self.passes)] if clean else []
         emptied += [(self.root, self.evals)] if clean or clean_evals else []
         for root, folder in emptied:
             self._check_ours(root, folder)
+        self.release()
+        self._in_use = hold_in_use(self.locks / IN_USE_LOCK, alone=bool(emptied), what="clean_cache" if clean else
+                                   "clean_evaluation_cache")
         for _, folder in emptied:
             shutil.rmtree(folder, ignore_errors=True)
         if clean:
@@ -139,6 +147,12 @@ class PassCache:
         probe = self.root / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
+
+    def release(self) -> None:
+        """Stop holding the cache in use (`prepare`)."""
+        handle, self._in_use = getattr(self, "_in_use", None), None
+        if handle is not None:
+            handle.close()
 
     def lookup(self, key: str, input_ref: ModelRef) -> ModelRef | None:
         """The cached output for `key`, or None when absent or not intact. An adapter's base is the model the

@@ -90,6 +90,15 @@ class Session:
         ray = _ray_system(config)
         cache = ray.storage.cache(engine.cache_dir) if ray else PassCache(engine.cache_dir)
         _prepare_folders(cache, engine.output_dir, engine.clean_cache, engine.clean_evaluation_cache)
+        try:  # the run holds the cache in use (see PassCache.prepare) until it closes
+            return cls._open(config, cache, ray, show_progress)
+        except BaseException:
+            cache.release()
+            raise
+
+    @classmethod
+    def _open(cls, config: WorkflowConfig, cache: PassCache, ray, show_progress: bool) -> "Session":
+        engine = config.engine
         ep = resolve_execution_provider(engine.execution_provider)
         folder = resolve_input_folder(config.input_model, engine.cache_dir)
         plan = DataPlan(config, engine.cache_dir, folder)
@@ -141,6 +150,7 @@ class Session:
             system.close()
         if self.online is not None:
             self.online()
+        self.cache.release()
 
     def run_chain(self, passes: list[PassConfig], history: list[dict],
                   steps: dict[str, ModelRef] | None = None) -> ModelRef:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modelpress.errors import ModelpressError
+
 log = logging.getLogger("modelpress")
 
 
@@ -153,6 +155,26 @@ def copy_dir_atomic(source: Path, target: Path) -> None:
     """Copy the folder `source` to `target`, replacing it atomically."""
     with atomic_dir(target) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
+
+
+def hold_in_use(path: Path, alone: bool, what: str):
+    """A shared lock on `path` (many holders), or with `alone` an exclusive one taken at once, then shared; an
+    error naming `what` when another holder has it. Returns the open file: the lock lasts until it is closed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        if alone:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ModelpressError(f"{what}: another run is using the cache {path.parent.parent}, and emptying it "
+                                      f"would delete what that run is writing. Run again when it ends, or set "
+                                      f"{what} to false.") from None
+        fcntl.flock(handle, fcntl.LOCK_SH)  # an exclusive lock becomes shared: other runs may start
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 @contextmanager
