@@ -286,6 +286,24 @@ def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_i
         assert not {ex.prompt for ex in train} & {ex.prompt for ex in held}
 
 
+def test_the_eval_split_keeps_rows_that_ask_the_same_together():
+    """Rows asking one thing under another system prompt, or written with other case, spacing or Unicode form,
+    fell on both sides: the model was measured on what it had trained on."""
+    from modelpress.data import split_examples
+
+    def asks(system: str, text: str) -> dict:
+        return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},
+                             {"role": "assistant", "content": "joy"}]}
+
+    same = [asks("Be brief.", "We won the café cup!"), asks("Be kind.", "we  WON the cafe\u0301 cup!")]
+    others = [asks("Be brief.", f"phrase {i}") for i in range(8)]
+    examples = render(_config(), _rows(*same, *others), ChatFormat(CHATML))
+    for seed in range(12):
+        train, held = split_examples(examples, 0.3, seed)
+        sides = [any(ex is examples[i] for ex in held) for i in (0, 1)]
+        assert sides[0] == sides[1], seed
+
+
 def test_generate_on_a_folder_without_a_recipe_uses_the_tokenizers_own_chat_template(tiny_model, tmp_path):
     """`export` evaluates nothing, so its card records no prompt recipe: an instruct model still gets its own chat
     format; a model without a chat template gets the text as it is."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,6 +244,14 @@ def _key(ex: Example) -> str:
     return ex.prompt or ex.completion
 
 
+def _asked(ex: Example) -> str:
+    """What a row asks, as a reader would tell two rows apart: its user turns (not a per-row system prompt) or its
+    prompt, in Unicode NFC, case-folded, with its whitespace collapsed; rows that ask the same stay together."""
+    users = [text for role, text in ex.history if role == "user"]
+    text = "\n".join(users) if users else _key(ex)
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
 def distinct(examples: list[Example]) -> list[Example]:
     """One row per distinct prompt (the first), in order: what an evaluation measures."""
     first: dict[str, Example] = {}
@@ -269,12 +278,17 @@ def _prompt_groups(examples: list[Example]) -> dict[str, list[Example]]:
             parent[key] = key = parent[parent[key]]
         return key
 
+    def join(one: str, other: str) -> None:
+        a, b = sorted((root(one), root(other)), key=first.get)
+        parent[b] = a
+
+    said: dict[str, str] = {}  # what a row asks, written loosely -> the first row's key
     for ex in examples:
         for i, (role, _) in enumerate(ex.history):
             other = asked.get(ex.history[:i]) if role == "assistant" else None
             if other is not None:  # an earlier answer, given to a prompt that is another row's
-                a, b = sorted((root(_key(ex)), root(other)), key=first.get)
-                parent[b] = a
+                join(_key(ex), other)
+        join(_key(ex), said.setdefault(_asked(ex), _key(ex)))
     groups: dict[str, list[Example]] = {}
     for ex in examples:
         groups.setdefault(root(_key(ex)), []).append(ex)
