@@ -658,20 +658,31 @@ def test_an_unchanged_output_model_prompted_otherwise_gets_its_card_rewritten(ti
 
 
 def test_resume_skips_a_checkpoint_whose_trainer_state_was_cut_short(tmp_path):
-    from modelpress.passes.lora import CHECKPOINT_FILES, latest_checkpoint
+    """A kill or power loss leaves a checkpoint's files cut short (transformers writes them without fsync):
+    resuming from it failed on every rerun, so only one whose every file is whole is resumed from."""
+    import torch
+    from safetensors.torch import save_file
+
+    from modelpress.passes.lora import latest_checkpoint
 
     def checkpoint(step: int, state: str) -> Path:
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        for name in CHECKPOINT_FILES:
-            (folder / name).write_text("x")
+        torch.save({"state": {0: torch.ones(64)}}, folder / "optimizer.pt")
+        torch.save({"last_epoch": step}, folder / "scheduler.pt")
+        save_file({"lora_A": torch.ones(8, 64)}, str(folder / "adapter_model.safetensors"))
         (folder / "trainer_state.json").write_text(state)
         return folder
+
+    def cut(path: Path, keep: int) -> None:
+        path.write_bytes(path.read_bytes()[:keep])
 
     good = checkpoint(10, '{"global_step": 10}')
     assert latest_checkpoint(tmp_path) == good
     checkpoint(20, '{"global_st')  # killed while transformers wrote it
     checkpoint(30, "")  # a power loss before the data reached the disk
+    cut(checkpoint(40, '{"global_step": 40}') / "adapter_model.safetensors", 200)  # weights cut short
+    cut(checkpoint(50, '{"global_step": 50}') / "optimizer.pt", 300)  # the optimizer's zip cut short
     assert latest_checkpoint(tmp_path) == good
     (good / "optimizer.pt").write_text("")
     assert latest_checkpoint(tmp_path) is None

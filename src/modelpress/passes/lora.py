@@ -236,13 +236,32 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def _whole(checkpoint: Path) -> bool:
+    """Every file there, and each as long as its own index says: a safetensors header's last tensor end, a
+    torch.save zip's central directory (which comes last); a power loss can cut a file written without fsync."""
+    import zipfile
+
     try:
         if not all((checkpoint / f).stat().st_size > 0 for f in CHECKPOINT_FILES):
             return False
         json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        for name in CHECKPOINT_FILES:
+            if name.endswith(".pt"):
+                with zipfile.ZipFile(checkpoint / name):
+                    pass
+            elif name.endswith(".safetensors") and not _safetensors_whole(checkpoint / name):
+                return False
         return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, zipfile.BadZipFile):
         return False
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """A safetensors file's size is its 8-byte header length, the header and the data its last tensor ends at."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+    ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
+    return path.stat().st_size == 8 + size + max(ends, default=0)
 
 
 def _prepare_4bit(model, gradient_checkpointing: bool):
