@@ -92,6 +92,24 @@ def test_evaluate_cuts_answers_at_the_stop_text_and_times_a_stated_sample(monkey
     assert set(runner.calls[4:]) == {1} and len(runner.calls[4:]) == 5 + 2  # 2 untimed warm-up answers
     assert (result["latency_warmup"], result["max_new_tokens"], result["mean_new_tokens"]) == (2, MAX_NEW, 3)
     assert result["labels_over_max_new_tokens"] == 0
+    assert result["batch1_agreement"] == {"compared": 5, "same": 5}
+
+
+def test_answers_at_batch_1_that_differ_from_the_batched_ones_are_counted_and_said(monkeypatch, tmp_path, caplog):
+    class Drifting(EchoRunner):  # as int4 kernels may round at batch 1 against a batch
+        def generate(self, prompt, add_bos, max_new_tokens):
+            return ("sadness<|end|>", 1) if prompt == "row 3" else super().generate(prompt, add_bos, max_new_tokens)
+
+    monkeypatch.setattr("modelpress.evaluate.make_runner", lambda ref, trust: Drifting())
+    examples = [Example(f"row {i}", "joy", f"row {i}", target="joy<|end|>") for i in range(8)]
+    with caplog.at_level("WARNING", logger="modelpress"):
+        result = evaluate(ModelRef(HF, tmp_path, id="x"), examples, False, MAX_NEW, with_accuracy=True,
+                          show_progress=False, latency_samples=4)  # times rows 0, 2, 4, 6
+    assert result["batch1_agreement"] == {"compared": 4, "same": 4}
+    result = evaluate(ModelRef(HF, tmp_path, id="x"), examples, False, MAX_NEW, with_accuracy=True,
+                      show_progress=False, latency_samples=8)
+    assert result["batch1_agreement"] == {"compared": 8, "same": 7}
+    assert "1 of the 8 answers timed at batch 1 differ from the batched answers" in caplog.text
 
 
 def test_a_label_of_several_lines_or_over_max_new_tokens_is_not_half_matched(monkeypatch, tmp_path, caplog):

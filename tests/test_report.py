@@ -228,3 +228,15 @@ def test_a_number_not_measured_shows_as_a_dash_in_the_run_and_in_the_re_rendered
 
     for show in (_fmt, _num):
         assert [show(v, ".4g") for v in (math.nan, math.inf, None, 0.5)] == ["-", "-", "-", "0.5"]
+
+
+def test_the_report_says_what_latency_timed_and_where_answers_alone_differ():
+    from modelpress.report import answer_lengths
+
+    timed = {"latency_warmup": 2, "max_new_tokens": 8}
+    models = {"input": {**timed, "mean_new_tokens": 8.0, "batch1_agreement": {"compared": 64, "same": 64}},
+              "final": {**timed, "mean_new_tokens": 2.0, "batch1_agreement": {"compared": 64, "same": 61}}}
+    assert answer_lengths(models) == (" (after 2 untimed; each until its answer ends, at most 8 new tokens; tokens per "
+                                      "timed answer: input 8.0, final 2.0); answers alone that differ from the "
+                                      "batched ones accuracy counts: final 3 of 64")
+    assert answer_lengths({"final": {"examples": 5}}) == ""  # metrics written before these were kept

@@ -135,8 +135,9 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
         loss = runner.completion_loss(examples, add_bos)
     outputs = [cut_at_stop(text, ex.stop) for ex, text in zip(examples, outputs)]
-    timed = latency_sample(prompted, latency_samples)
-    seconds, new_tokens = time_one_at_a_time(runner, timed, add_bos, max_new_tokens)
+    picks = latency_picks(len(prompted), latency_samples)
+    timed = [prompted[i] for i in picks]
+    seconds, new_tokens, alone = time_one_at_a_time(runner, timed, add_bos, max_new_tokens)
     total = sum(seconds)
     result = {
         "examples": len(examples),
@@ -158,6 +159,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         result.update(accuracy_report([ex.completion for ex in examples], outputs))
         result.update(missed(examples, outputs))
         result["labels_over_max_new_tokens"] = labels_over_budget(runner, examples, max_new_tokens)
+        result["batch1_agreement"] = batch1_agreement(examples, outputs, picks, alone)
     return result
 
 
@@ -267,22 +269,40 @@ def _in_batches(examples: list[Example], batch_size: int, show_progress: bool, l
     return outputs, mean(total, count)
 
 
-def latency_sample(examples: list[Example], n: int) -> list[Example]:
-    """`n` examples spread evenly over `examples` (all of them when there are no more), so that
+def latency_picks(total: int, n: int) -> list[int]:
+    """The indices of `n` examples spread evenly over `total` (all of them when there are no more), so that
     the timed prompts have the lengths of the whole set."""
-    if len(examples) <= n:
-        return list(examples)
-    return [examples[i * len(examples) // n] for i in range(n)]
+    return list(range(total)) if total <= n else [i * total // n for i in range(n)]
 
 
-def time_one_at_a_time(runner, examples: list[Example], add_bos: bool, max_new_tokens: int) -> tuple[list[float], int]:
-    """Seconds to answer each example alone (batch 1), after WARMUP untimed answers; and the tokens generated."""
+def latency_sample(examples: list[Example], n: int) -> list[Example]:
+    """The examples `latency_picks` chooses."""
+    return [examples[i] for i in latency_picks(len(examples), n)]
+
+
+def time_one_at_a_time(runner, examples: list[Example], add_bos: bool,
+                       max_new_tokens: int) -> tuple[list[float], int, list[str]]:
+    """Seconds to answer each example alone (batch 1), after WARMUP untimed answers; the tokens generated; and
+    the answers."""
     for ex in examples[:WARMUP]:
         runner.generate(ex.prompt, add_bos, max_new_tokens)
-    seconds, new_tokens = [], 0
+    seconds, new_tokens, answers = [], 0, []
     for ex in examples:
         started = time.perf_counter()
-        _, count = runner.generate(ex.prompt, add_bos, max_new_tokens)
+        text, count = runner.generate(ex.prompt, add_bos, max_new_tokens)
         seconds.append(time.perf_counter() - started)
         new_tokens += count
-    return seconds, new_tokens
+        answers.append(text)
+    return seconds, new_tokens, answers
+
+
+def batch1_agreement(examples: list[Example], batched: list[str], picks: list[int], alone: list[str]) -> dict:
+    """How many of the timed answers (batch 1) equal the batched answers accuracy scored for the same rows. Kernels
+    may round otherwise at another batch shape (onnxruntime's int4 ones do, without AVX-512), so the batched
+    answers can differ from what a deployed model answers alone: said, not assumed."""
+    same = sum(cut_at_stop(text, examples[i].stop) == batched[i] for i, text in zip(picks, alone))
+    if same < len(picks):
+        log.warning("%d of the %d answers timed at batch 1 differ from the batched answers accuracy counts (the "
+                    "kernels round otherwise at other batch shapes); set evaluation.batch_size 1 to score answers "
+                    "as a model gives them alone", len(picks) - same, len(picks))
+    return {"compared": len(picks), "same": same}

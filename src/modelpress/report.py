@@ -13,9 +13,14 @@ def answer_lengths(models: dict) -> str:
     if not means:  # metrics written before these were kept
         return ""
     first = next(iter(models.values()))
+    apart = [f"{role} {m['batch1_agreement']['compared'] - m['batch1_agreement']['same']} of "
+             f"{m['batch1_agreement']['compared']}" for role, m in models.items()
+             if m.get("batch1_agreement") and m["batch1_agreement"]["same"] < m["batch1_agreement"]["compared"]]
     return (f" (after {first.get('latency_warmup', 0)} untimed; each until its answer ends, at most "
             f"{first.get('max_new_tokens')} new tokens; tokens per timed answer: "
-            + ", ".join(f"{role} {mean:.1f}" for role, mean in means) + ")")
+            + ", ".join(f"{role} {mean:.1f}" for role, mean in means) + ")"
+            + ("; answers alone that differ from the batched ones accuracy counts: " + ", ".join(apart)
+               if apart else ""))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
