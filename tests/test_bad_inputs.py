@@ -127,7 +127,7 @@ CASES = [
      "names column(s) ['text']"),
     ("null-value", lambda r, w: _set_data(r, w, '{"phrase": "a", "tone": "joy"}\n{"phrase": null, "tone": "joy"}\n'),
      "bad.json row 2: column 'phrase' is missing or null"),
-    ("non-text-value", lambda r, w: _set_data(r, w, '{"phrase": "a", "tone": 7}\n'), "column 'tone' is int"),
+    ("non-text-value", lambda r, w: _set_data(r, w, '{"phrase": "a", "tone": [7]}\n'), "column 'tone' is list"),
     ("non-utf8", lambda r, w: _set_data(r, w, '{"phrase": "caf\xe9", "tone": "joy"}\n'.encode("latin-1")), "UTF-8"),
     ("labels-missing-from-eval-set", lambda r, w: (
         r["data_configs"].append({"name": "eval", "load_dataset_config": {"data_name": "json", "data_files": [

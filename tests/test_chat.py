@@ -254,7 +254,7 @@ def test_a_template_with_a_closing_marker_learns_and_reads_the_answer_up_to_it()
 
 @pytest.mark.parametrize("row, message", [
     ({"phrase": "We won!", "tone": None}, "column 'tone' is missing or null"),  # once trained as the text "None"
-    ({"phrase": 4.0, "tone": "joy"}, "column 'phrase' is float"),
+    ({"phrase": {"text": "We won!"}, "tone": "joy"}, "column 'phrase' is dict"),
     ({"phrase": "We won!", "tone": "  "}, "the assistant turn, the answer to learn and to measure, is empty"),
     ({"phrase": "We won!"}, "chat_columns names column 'tone', which the row lacks"),
 ])

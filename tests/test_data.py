@@ -74,6 +74,14 @@ def test_the_data_fingerprint_is_what_the_rows_are_made_of_not_where_they_sit(tm
     assert spec("/home/a").origin_key() == spec("/srv/b c").origin_key() == "script (sha256 ab12) (version 1)"
 
 
+def test_a_number_in_a_template_field_is_written_as_its_text(tmp_path):
+    """A rating or a year in JSON or Parquet is a number: Olive's str.format writes it; it was refused."""
+    path = _jsonl(tmp_path, [{"year": 1999, "score": 0.5, "stars": 4}, {"year": 2024, "score": 2.5, "stars": 2}])
+    config = _config(path, text_template="{year}, scored {score}: {stars}")
+    assert [(e.prompt, e.completion) for e in render(config, load_rows(config))] == [
+        ("1999, scored 0.5: ", "4"), ("2024, scored 2.5: ", "2")]  # a column's type is datasets' (one per column)
+
+
 def test_csv_and_parquet_read_like_json(tmp_path):
     import pandas as pd
 
@@ -88,7 +96,8 @@ def test_csv_and_parquet_read_like_json(tmp_path):
 @pytest.mark.parametrize("rows, message", [
     ([{"phrase": "ok", "tone": "joy"}, {"phrase": None, "tone": "joy"}], "row 2: column 'phrase' is missing or null"),
     ([{"phrase": "ok", "tone": "joy"}, {"tone": "joy"}], "row 2: column 'phrase' is missing or null"),
-    ([{"phrase": "ok", "tone": 3}], "row 1: column 'tone' is int"),
+    ([{"phrase": "ok", "tone": [3]}], "row 1: column 'tone' is list ([3]), not text or a number"),
+    ([{"phrase": "ok", "tone": True}], "row 1: column 'tone' is bool"),
     ([{"text": "ok", "tone": "joy"}], "names column(s) ['phrase'] that the data lacks"),
 ])
 def test_bad_rows_name_the_file_and_row(tmp_path, rows, message):

@@ -153,8 +153,7 @@ def render(config: DataConfig, rows: list[tuple[str, dict]], chat=None) -> list[
                         f"lacks ({rows[0][0].rsplit(' row', 1)[0]}); columns: {sorted(columns)}")
     examples = []
     for where, row in rows:
-        for field in fields:
-            field_text(row, field, where)
+        row = {**row, **{field: field_text(row, field, where) for field in fields}}  # a number read as its text
         label = row.get(config.label_col) if config.label_col else None
         if config.label_col and (label is None or isinstance(label, (dict, list)) or not str(label).strip()):
             raise DataError(f"{where}: label column {config.label_col!r} is {label!r}; "

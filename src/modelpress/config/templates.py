@@ -48,12 +48,15 @@ def role_template(spec: str) -> str:
 
 
 def field_text(row: dict, field: str, where: str) -> str:
-    """The row's text in column `field`; a missing, null or non-text value is a DataError naming the row."""
+    """The row's text in column `field`, a number written as Python writes it (as Olive's str.format does: a
+    rating, a year); a missing or null value, or a list, mapping or true/false, is a DataError naming the row."""
     value = row.get(field)
     if value is None:
         raise DataError(f"{where}: column {field!r} is missing or null. Fix or remove the row.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     if not isinstance(value, str):
-        raise DataError(f"{where}: column {field!r} is {type(value).__name__} ({value!r}), not text. "
+        raise DataError(f"{where}: column {field!r} is {type(value).__name__} ({value!r}), not text or a number. "
                         "Store it as a string.")
     return value
 
