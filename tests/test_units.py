@@ -538,6 +538,37 @@ def test_clean_cache_refuses_to_empty_a_cache_another_run_is_using(tmp_path):
     cleaning.release()
 
 
+def test_no_run_takes_the_cache_while_clean_cache_empties_it(tmp_path, monkeypatch):
+    """The emptying holds the cache alone until it is done: a run let in meanwhile read or wrote entries the
+    deletion was removing."""
+    import fcntl
+
+    from modelpress.cache import IN_USE_LOCK
+
+    cache = PassCache(tmp_path / "cache")
+    cache.prepare()
+    (cache.passes / "entry").mkdir()
+    cache.release()
+    seen, real = [], shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        with open(cache.locks / IN_USE_LOCK, "a+") as other:  # another run starting now
+            try:
+                fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                seen.append("let in")
+            except BlockingIOError:
+                seen.append("kept out")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    cleaning = PassCache(tmp_path / "cache")
+    cleaning.prepare(clean=True)
+    assert seen and set(seen) == {"kept out"}
+    monkeypatch.setattr(shutil, "rmtree", real)
+    PassCache(tmp_path / "cache").prepare()  # shared once emptied
+    cleaning.release()
+
+
 def test_clean_cache_empties_only_a_folder_modelpress_made(tmp_path):
     from modelpress.errors import ModelpressError
 

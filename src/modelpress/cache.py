@@ -24,7 +24,7 @@ from typing import Any
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import (atomic_dir, atomic_write_json, file_lock, file_sha256, hold_in_use, read_json,
-                               remove_leftovers)
+                               remove_leftovers, share)
 from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
@@ -134,19 +134,24 @@ class PassCache:
         self.release()
         self._in_use = hold_in_use(self.locks / IN_USE_LOCK, alone=bool(emptied), what="clean_cache" if clean else
                                    "clean_evaluation_cache")
-        for _, folder in emptied:
-            shutil.rmtree(folder, ignore_errors=True)
-        if clean:
-            for scratch in self.work.glob("*"):  # training checkpoints too, so nothing is resumed: by key name only
-                if re.fullmatch(r"[0-9a-f]{32}", scratch.name):
-                    shutil.rmtree(scratch, ignore_errors=True)
-        for folder in (self.passes, self.evals, self.locks):
-            folder.mkdir(parents=True, exist_ok=True)
-        for root in {self.root, outputs}:
-            (root / CACHE_MARKER).touch()
-        probe = self.root / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        try:
+            for _, folder in emptied:
+                shutil.rmtree(folder, ignore_errors=True)
+            if clean:
+                for scratch in self.work.glob("*"):  # training checkpoints too, so nothing resumes: by key name only
+                    if re.fullmatch(r"[0-9a-f]{32}", scratch.name):
+                        shutil.rmtree(scratch, ignore_errors=True)
+            for folder in (self.passes, self.evals, self.locks):
+                folder.mkdir(parents=True, exist_ok=True)
+            for root in {self.root, outputs}:
+                (root / CACHE_MARKER).touch()
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+            share(self._in_use)  # emptied (held alone until now): other runs may use it
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         """Stop holding the cache in use (`prepare`)."""

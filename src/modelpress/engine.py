@@ -89,8 +89,8 @@ class Session:
         engine = config.engine
         ray = _ray_system(config)
         cache = ray.storage.cache(engine.cache_dir) if ray else PassCache(engine.cache_dir)
-        _prepare_folders(cache, engine.output_dir, engine.clean_cache, engine.clean_evaluation_cache)
         try:  # the run holds the cache in use (see PassCache.prepare) until it closes
+            _prepare_folders(cache, engine.output_dir, engine.clean_cache, engine.clean_evaluation_cache)
             return cls._open(config, cache, ray, show_progress)
         except BaseException:
             cache.release()
@@ -146,11 +146,13 @@ class Session:
             system.cancel_all()
 
     def close(self) -> None:
-        for system in self.systems.values():
-            system.close()
-        if self.online is not None:
-            self.online()
-        self.cache.release()
+        try:
+            for system in self.systems.values():
+                system.close()
+        finally:
+            if self.online is not None:
+                self.online()
+            self.cache.release()
 
     def run_chain(self, passes: list[PassConfig], history: list[dict],
                   steps: dict[str, ModelRef] | None = None) -> ModelRef:

@@ -158,8 +158,9 @@ def copy_dir_atomic(source: Path, target: Path) -> None:
 
 
 def hold_in_use(path: Path, alone: bool, what: str):
-    """A shared lock on `path` (many holders), or with `alone` an exclusive one taken at once, then shared; an
-    error naming `what` when another holder has it. Returns the open file: the lock lasts until it is closed."""
+    """A shared lock on `path` (many holders; waits while one holds it alone), or with `alone` an exclusive one,
+    taken at once or an error naming `what`; `share` turns that into a shared one. Returns the open file: the
+    lock lasts until it is closed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")
     try:
@@ -170,11 +171,21 @@ def hold_in_use(path: Path, alone: bool, what: str):
                 raise ModelpressError(f"{what}: another run is using the cache {path.parent.parent}, and emptying it "
                                       f"would delete what that run is writing. Run again when it ends, or set "
                                       f"{what} to false.") from None
-        fcntl.flock(handle, fcntl.LOCK_SH)  # an exclusive lock becomes shared: other runs may start
+        else:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another run is emptying the cache %s (clean_cache); waiting for it", path.parent.parent)
+                fcntl.flock(handle, fcntl.LOCK_SH)
     except BaseException:
         handle.close()
         raise
     return handle
+
+
+def share(handle) -> None:
+    """An exclusive `hold_in_use` lock becomes a shared one: other runs may start."""
+    fcntl.flock(handle, fcntl.LOCK_SH)
 
 
 @contextmanager
