@@ -205,9 +205,13 @@ def test_a_template_that_opens_or_trims_the_answer_trains_and_prompts_as_it_rend
     assert _trained_text(tokenizer, ids, labels).startswith("positive")  # the think block is prompt, not answer
     card = {"task": {"chat": {"template": template, "special_tokens": {}, "columns": columns}}}
     assert prompt_and_stop(card, "hi") == (ex.prompt, ex.stop)
+    # a short answer is looked for after the lead, not inside it ("k" is in "<think>")
+    [short] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "k"}), ChatFormat(template))
+    assert (short.prompt, short.completion, short.stop) == (ex.prompt, "k", stop)
+    # a template that rewrites the answer (Qwen3 moves a think block out of it): trained as it renders it
     rewriting = template.replace("message['content']", "message['content'] | upper")
-    with pytest.raises(DataError, match=r"f row 1: the chat template rewrites the answer .*'positive'"):
-        render(_config(chat_columns=columns), _rows({"q": "hi", "a": "positive"}), ChatFormat(rewriting))
+    [kept] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "positive"}), ChatFormat(rewriting))
+    assert kept.completion == "positive" and kept.target.startswith(lead + "POSITIVE")
 
 
 def test_a_template_that_writes_today_s_date_writes_one_fixed_day():
@@ -287,21 +291,25 @@ def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_i
 
 
 def test_the_eval_split_keeps_rows_that_ask_the_same_together():
-    """Rows asking one thing under another system prompt, or written with other case, spacing or Unicode form,
-    fell on both sides: the model was measured on what it had trained on."""
+    """Rows asking one thing written with other case, spacing or Unicode form fell on both sides: the model was
+    measured on what it had trained on. The system turn counts (it may hold the row's input); answers do not."""
     from modelpress.data import split_examples
 
     def asks(system: str, text: str) -> dict:
         return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},
                              {"role": "assistant", "content": "joy"}]}
 
-    same = [asks("Be brief.", "We won the café cup!"), asks("Be kind.", "we  WON the cafe\u0301 cup!")]
+    same = [asks("Be brief.", "We won the café cup!"), asks("be  BRIEF.", "we  WON the cafe\u0301 cup!")]
     others = [asks("Be brief.", f"phrase {i}") for i in range(8)]
     examples = render(_config(), _rows(*same, *others), ChatFormat(CHATML))
     for seed in range(12):
         train, held = split_examples(examples, 0.3, seed)
         sides = [any(ex is examples[i] for ex in held) for i in (0, 1)]
         assert sides[0] == sides[1], seed
+    # the input in the system turn, one instruction for all: ten rows, not one group
+    inputs = render(_config(), _rows(*[asks(f"phrase {i}", "What tone?") for i in range(10)]), ChatFormat(CHATML))
+    train, held = split_examples(inputs, 0.3, 0)
+    assert (len(train), len(held)) == (7, 3)
 
 
 def test_generate_on_a_folder_without_a_recipe_uses_the_tokenizers_own_chat_template(tiny_model, tmp_path):

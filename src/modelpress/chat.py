@@ -14,6 +14,7 @@ itself, found by rendering the conversation one turn at a time.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,11 @@ class ChatFormat:
         out.append((full[pos:], False))
         return [(text, trained) for text, trained in out if text]
 
+    def turn_ends(self) -> tuple[str, str]:
+        """(what the template writes at the start of an answer, after its generation prompt; what it writes after
+        the answer), read from a probe conversation."""
+        return _turn_ends(self.template, tuple(sorted(self.special_tokens.items())))
+
     def _without_closing(self, upto: str, full: str) -> str:
         """A conversation cut after an earlier assistant turn, less the EOS token some templates (Phi-3's) write
         at a conversation's end only, when no generation prompt follows."""
@@ -113,15 +119,30 @@ class ChatFormat:
         return upto
 
 
-def split_turn(turn: str, content: str) -> tuple[str, str, str] | None:
+PROBE_ANSWER = "modelpress"  # an answer no template writes itself
+
+
+@functools.lru_cache(maxsize=16)
+def _turn_ends(template: str, special_tokens: tuple) -> tuple[str, str]:
+    chat = ChatFormat(template, dict(special_tokens))
+    try:
+        pieces = chat.pieces([{"role": "user", "content": "x"}, {"role": "assistant", "content": PROBE_ANSWER}])
+    except DataError:  # a template that refuses this conversation: nothing written around an answer is known
+        return "", ""
+    turn = next((text for text, trained in pieces if trained), "")
+    at = turn.find(PROBE_ANSWER)
+    return ("", "") if at < 0 else (turn[:at], turn[at + len(PROBE_ANSWER):])
+
+
+def split_turn(turn: str, content: str, lead: str = "") -> tuple[str, str, str] | None:
     """(lead, answer, closing) of an assistant turn as a template rendered it: what it writes before the content
-    (Qwen3's empty think block, which its generation prompt leaves out), the content as written (Llama 3's and
-    Gemma's templates trim it) and what closes the turn; None when the content is not in the turn at all."""
+    (Qwen3's empty think block, which its generation prompt leaves out; `lead`, read from a probe conversation
+    by `ChatFormat.turn_ends`, so that a short answer is not found inside it), the content as written (Llama 3's
+    and Gemma's templates trim it) and what closes the turn; None when the content is not where it should be."""
     answer = content.strip()
-    at = 0 if turn.startswith(answer) else turn.find(answer)
-    if not answer or at < 0:
+    if not answer or not turn.startswith(lead) or not turn[len(lead):].startswith(answer):
         return None
-    return turn[:at], answer, turn[at + len(answer):]
+    return lead, answer, turn[len(lead) + len(answer):]
 
 
 def messages_of(row: dict, where: str, message_col: str, chat_columns: dict[str, str] | None,

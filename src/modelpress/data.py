@@ -187,15 +187,16 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     if not answer.strip():
         raise DataError(f"{where}: the assistant turn, the answer to learn and to measure, is empty. "
                         "Fix or remove the row.")
-    split = split_turn(pieces[last][0], answer)
-    if split is None:
-        raise DataError(f"{where}: the chat template rewrites the answer (the assistant turn it renders does not "
-                        f"hold {answer.strip()[:60]!r}), so it can be neither trained on as written nor measured. "
-                        "Use a template that writes an assistant turn's content as given.")
+    history = tuple((m["role"], m["content"]) for m in messages[:-1])
+    split = split_turn(pieces[last][0], answer, chat.turn_ends()[0])
+    if split is None:  # the template rewrites this answer (Qwen3 moves a think block out of it): trained as
+        head = tuple(pieces[:last])  # rendered, and compared with the row's own answer
+        return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head,
+                       history=history)
     lead, completion, closing = split  # text the template opens the answer with goes to the prompt, as generation
     head = tuple(pieces[:last]) + (((lead, False),) if lead else ())  # reads it (chat_prompt_for adds it too)
     return Example("".join(text for text, _ in head), completion, where, target=completion + closing, turns=head,
-                   history=tuple((m["role"], m["content"]) for m in messages[:-1]))
+                   history=history)
 
 
 # Between the two texts of a classifier's sentence pair in its prompt: tokenized as a pair (encode_texts)
@@ -244,10 +245,11 @@ def _key(ex: Example) -> str:
 
 
 def _asked(ex: Example) -> str:
-    """What a row asks, as a reader would tell two rows apart: its user turns (not a per-row system prompt) or its
-    prompt, in Unicode NFC, case-folded, with its whitespace collapsed; rows that ask the same stay together."""
-    users = [text for role, text in ex.history if role == "user"]
-    text = "\n".join(users) if users else _key(ex)
+    """What a row asks, as a reader would tell two rows apart: its messages but the answers (a system turn may
+    hold the input), or its prompt, in Unicode NFC, case-folded, with its whitespace collapsed; rows that ask the
+    same stay together."""
+    said = [f"{role}: {text}" for role, text in ex.history if role != "assistant"]
+    text = "\n".join(said) if said else _key(ex)
     return " ".join(unicodedata.normalize("NFC", text).casefold().split())
 
 

@@ -74,14 +74,11 @@ def chat_stop(chat: dict) -> str:
 
 def _answer_turn_ends(chat: dict) -> tuple[str, str]:
     """(what the template writes at the start of an answer, after its generation prompt, such as Qwen3's empty
-    think block; the end-of-turn marker after the answer), read from a probe conversation as `data._chat_example`
-    reads them from each row."""
-    from modelpress.chat import ChatFormat, split_turn
+    think block; the end-of-turn marker after the answer), as `data._chat_example` reads them."""
+    from modelpress.chat import ChatFormat
 
-    answer = "modelpress"
-    pieces = ChatFormat.from_card(chat).pieces([{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}])
-    split = split_turn(next((text for text, trained in pieces if trained), ""), answer)
-    return ("", "") if split is None else (split[0], split[2].strip())
+    lead, closing = ChatFormat.from_card(chat).turn_ends()
+    return lead, closing.strip()
 
 
 RECIPE_KEYS = ("chat", "text_template", "text_cols", "data_config")  # a card's keys that say how prompts were built
