@@ -137,7 +137,8 @@ def test_a_snapshot_without_its_tokenizer_or_its_remote_code_is_partial(hub_cach
 
     files = {k: v for k, v in folder_files(tiny_model).items() if not k.startswith("tokenizer")}
     add_repo(hub_cache, "acme/no-tokenizer", files, "5" * 40)
-    with pytest.raises(ModelpressError, match=r"without a tokenizer \(tokenizer.json or tokenizer.model or vocab.json\)"
+    with pytest.raises(ModelpressError, match=r"without a tokenizer \(tokenizer.json or vocab.json or vocab.txt or "
+                       r"\*.model or \*.tiktoken\)"
                        r".*hf download acme/no-tokenizer --include \"\*.json\" \"model\*.safetensors\""):
         snapshot("acme/no-tokenizer", None, "model", model_patterns(False, None), missing_model_files(None))
     coded = dict(folder_files(tiny_model))
@@ -150,6 +151,13 @@ def test_a_snapshot_without_its_tokenizer_or_its_remote_code_is_partial(hub_cach
     folder = hub_cache / "models--acme--remote-code" / "snapshots" / ("6" * 40)
     assert missing_model_files(None, trust_remote_code=True)(folder) == ["modeling_x.py"]
     assert missing_model_files(None)(folder) == []  # without trust_remote_code no module is read
+    for only in ("vocab.txt", "spiece.model", "cl100k.tiktoken"):  # BERT's WordPiece, T5's SentencePiece, tiktoken
+        other = tmp_path / only.replace(".", "-")
+        other.mkdir()
+        (other / "config.json").write_text("{}")
+        (other / "model.safetensors").write_bytes(b"")
+        (other / only).write_text("x")
+        assert missing_model_files(None)(other) == [], only
     assert model_patterns(True, "m.Q4.gguf") == ["*.json", "*.jinja", "m.Q4.gguf", "*.py"]  # not the repo's weights
 
 
@@ -355,11 +363,12 @@ def test_a_hub_snapshot_is_keyed_by_the_files_modelpress_fetches_and_reads(tmp_p
         (tmp_path / extra).write_bytes(b"added later")
     assert content_id(tmp_path, only=read) == before != content_id(tmp_path)
     # a local folder: `hf download --local-dir` rewrites timestamps under .cache/ on every check, a clone has .git/
-    everything = content_id(tmp_path)
+    everything = content_id(tmp_path, model=True)
     for hidden in (".cache/huggingface/download/model.safetensors.metadata", ".git/index", ".DS_Store"):
         (tmp_path / hidden).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / hidden).write_text("1733400000.123")
-    assert content_id(tmp_path) == everything
+    assert content_id(tmp_path, model=True) == everything
+    assert content_id(tmp_path) != content_id(tmp_path, model=True)  # other folders (lm-eval tasks) count them
     (tmp_path / "model.safetensors").write_bytes(b"other weights")
     assert content_id(tmp_path, only=read) != before
 

@@ -47,7 +47,8 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | None = None) -> str:
+def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | None = None,
+               model: bool = False) -> str:
     """A hash of a folder's (or one file's) file names and contents; with `only`, of the files whose path in the
     folder matches one of those patterns (as huggingface_hub's allow_patterns match: a Hub snapshot keyed by
     the files modelpress reads, so files another tool adds later change nothing).
@@ -58,9 +59,9 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
     folder = Path(folder).resolve()
     memo = _read_memo(memo_path)
     entries = []
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and _read_by_loaders(
-        p.relative_to(folder)) and (only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern)
-                                                       for pattern in only)))
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and (
+        not model or _read_by_loaders(p.relative_to(folder))) and (only is None or any(
+            fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
     for path in files:
         stat = path.stat()
         # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still gets a new ctime
@@ -74,8 +75,9 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
 
 
 def _read_by_loaders(relative: Path) -> bool:
-    """Not under a hidden folder or hidden: `hf download --local-dir` keeps download metadata with timestamps in
-    .cache/huggingface, a clone keeps .git; no loader reads them, and hashing them re-keyed unchanged models."""
+    """A model folder's file that is not under a hidden folder or hidden: `hf download --local-dir` keeps download
+    metadata with timestamps in .cache/huggingface, a clone keeps .git; no model loader reads them, and hashing
+    them re-keyed unchanged models (other folders, such as lm-eval's task folders, are hashed whole)."""
     return not any(part.startswith(".") for part in relative.parts)
 
 

@@ -109,7 +109,7 @@ class Session:
         model = config.input_model  # a Hub snapshot is keyed by the files modelpress fetches and reads
         read = model_patterns(model.trust_remote_code, None) if model.hub_id and not model.gguf_file else None
         try:
-            ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json", read),
+            ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json", read, model=True),
                            task={"task": config.input_model.task})
         except BaseException:
             online()

@@ -45,8 +45,14 @@ def is_hub_id(value: str) -> bool:
     return True
 
 
-# A tokenizer's files, one of which a model folder needs (tokenizer.model: SentencePiece; vocab.json: BPE).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+# A tokenizer's files, one of which a model folder needs: a fast tokenizer's JSON, BPE's vocab.json, WordPiece's
+# vocab.txt (BERT), a SentencePiece model (tokenizer.model, spiece.model, sentencepiece.bpe.model), tiktoken ranks.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "*.model", "*.tiktoken")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether `folder` holds a tokenizer's files (TOKENIZER_FILES)."""
+    return any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES)
 
 
 def model_patterns(trust_remote_code: bool, gguf_file: str | None) -> list[str]:
@@ -135,7 +141,7 @@ def missing_model_files(gguf_file: str | None, trust_remote_code: bool = False) 
             lacking += [shard for shard in shards if not (folder / shard).is_file()]
         elif not any(folder.glob("model*.safetensors")):  # the names transformers loads (MODEL_FILES)
             lacking.append("model*.safetensors")
-        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        if not has_tokenizer(folder):
             lacking.append(f"a tokenizer ({' or '.join(TOKENIZER_FILES)})")
         if trust_remote_code and not lacking:
             lacking += [f for f in remote_code_files(folder / "config.json") if not (folder / f).is_file()]
@@ -277,4 +283,5 @@ def _download(repo_id: str, revision: str | None, repo_type: str, allow_patterns
         raise ModelpressError(f"{where}cannot download {what}: {type(err).__name__}: {first}. It was read as a "
                               "Hugging Face Hub id because no local path of that name exists; check the id and "
                               "revision, or the path if you meant a local one. For a gated or private repo set "
-                              f"HF_TOKEN or run `hf auth login`. {fetch_hint(repo_id, revision, repo_type, allow_patterns)}.") from None
+                              "HF_TOKEN or run `hf auth login`. "
+                              f"{fetch_hint(repo_id, revision, repo_type, allow_patterns)}.") from None

@@ -19,7 +19,8 @@ def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
     `cache_root/inputs`, keyed by the file's content.
     """
     if model.hub_id:
-        folder = snapshot(model.hub_id, model.revision, "model", model_patterns(model.trust_remote_code, model.gguf_file),
+        folder = snapshot(model.hub_id, model.revision, "model",
+                          model_patterns(model.trust_remote_code, model.gguf_file),
                           missing_model_files(model.gguf_file, model.trust_remote_code), key="input_model.model_path")
     else:
         folder = Path(model.model_path)

@@ -16,7 +16,7 @@ from typing import Any
 from modelpress.config.collector import Collector, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
 from modelpress.config.schema import InputModelConfig
-from modelpress.hub import TOKENIZER_FILES
+from modelpress.hub import has_tokenizer
 from modelpress.redact import HF_TOKEN_KEYS, TOKEN_IN_CONFIG
 
 PACKAGE_PREFIX = "package:"
@@ -208,5 +208,5 @@ def check_model_folder(folder: Path, path: str, c: Collector) -> None:
     weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
     if not weights:
         c.add(path, f"{folder} has no weights (*.safetensors or *.bin)", "Save the model with save_pretrained.")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(folder):
         c.add(path, f"{folder} has no tokenizer files", "Save the tokenizer into the folder with save_pretrained.")
