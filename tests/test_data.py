@@ -52,11 +52,13 @@ def test_a_file_rewritten_with_its_old_mtime_is_read_anew(tmp_path):
     assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
     assert load_rows(config, cache)[0][1]["phrase"] == "new words"
     assert content_id(path, memo) != first  # the remembered hash is not reused for the rewritten file
+    [place] = cache.iterdir()
+    assert len(list(place.iterdir())) == 1  # the Arrow copy of the old content is removed, not kept beside
 
 
 def test_the_data_fingerprint_is_what_the_rows_are_made_of_not_where_they_sit(tmp_path):
     """Keys held the absolute data path and the config's name: a moved or copied project re-ran every pass."""
-    from modelpress.data import data_fingerprint
+    from modelpress.data_files import data_fingerprint
     from modelpress.passes.spec_base import PassSpec, Strict
 
     rows = [{"phrase": "we won", "tone": "joy"}]

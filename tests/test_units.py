@@ -714,6 +714,9 @@ def test_resume_skips_a_checkpoint_whose_trainer_state_was_cut_short(tmp_path):
     checkpoint(30, "")  # a power loss before the data reached the disk
     cut(checkpoint(40, '{"global_step": 40}') / "adapter_model.safetensors", 200)  # weights cut short
     cut(checkpoint(50, '{"global_step": 50}') / "optimizer.pt", 300)  # the optimizer's zip cut short
+    torch.save({"cpu": torch.get_rng_state()}, checkpoint(60, '{"global_step": 60}') / "rng_state.pth")
+    cut(tmp_path / "checkpoint-60" / "rng_state.pth", 100)  # the random states Trainer loads too
+    (checkpoint(70, '{"global_step": 70}') / "adapter_model.safetensors").write_bytes(b"\xff" * 16)  # garbled
     assert latest_checkpoint(tmp_path) == good
     (good / "optimizer.pt").write_text("")
     assert latest_checkpoint(tmp_path) is None

@@ -11,7 +11,6 @@ from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfi
 from modelpress.data import (
     Example,
     classification_features,
-    data_fingerprint,
     distinct,
     label_set,
     load_rows,
@@ -20,6 +19,7 @@ from modelpress.data import (
     split_examples,
     tokenize,
 )
+from modelpress.data_files import data_fingerprint
 from modelpress.errors import DataError
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import LoRAParams

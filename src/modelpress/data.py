@@ -8,7 +8,6 @@ The pure functions here (render, split, pack) are what the tests call directly.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import unicodedata
@@ -18,7 +17,7 @@ from pathlib import Path
 from modelpress.config.templates import completion_split, field_text, template_fields, template_parts
 from modelpress.config.schema import DataConfig
 from modelpress.errors import DataError
-from modelpress.fsutil import file_sha256
+from modelpress.data_files import arrow_folder
 
 IGNORE = -100  # label id the loss skips
 log = logging.getLogger("modelpress")
@@ -61,23 +60,6 @@ def format_of(path: Path | str) -> str | None:
     return FORMATS.get(Path(path).suffix.lower())
 
 
-def data_fingerprint(config: DataConfig, hub_folder: Path | None = None, chat: dict | None = None) -> str:
-    """A hash of the data config, its chat template and the bytes of its files: changes whenever the data does.
-
-    A Hub dataset is named by its snapshot folder, which is its commit hash.
-    """
-    # what the rows are made of, not where the config or its files sit: a moved or copied project reuses its cache
-    local = hub_folder is None
-    digest = hashlib.sha256(config.model_dump_json(exclude={"name", "data_files"} if local else {"name"}).encode())
-    digest.update(repr(sorted((chat or {}).items())).encode())
-    if not local:
-        digest.update(Path(hub_folder).name.encode())
-        return digest.hexdigest()
-    for path in config.data_files:
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
-
-
 def load_rows(config: DataConfig, cache_dir: Path | None = None,
               hub_folder: Path | None = None) -> list[tuple[str, dict]]:
     """Read every row of every file (or of a Hub dataset's snapshot); (where, row) pairs. Errors name the file."""
@@ -111,7 +93,7 @@ def _load_table(config: DataConfig, path: Path, hub: bool, cache_dir: Path | Non
 
     # datasets keys a local file's Arrow copy by its path and mtime, so a file rewritten with its mtime kept (cp -p,
     # rsync -a, tar) was read as it was before: the copy goes under the file's content hash instead
-    cache = str(cache_dir if hub else cache_dir / file_sha256(path)[:16]) if cache_dir else None
+    cache = str(cache_dir if hub else arrow_folder(cache_dir, path)) if cache_dir else None
     if hub:
         return datasets.load_dataset(str(path), config.subset, data_dir=config.data_dir, split=config.split,
                                      data_files=[str(f) for f in config.data_files] or None, cache_dir=cache)

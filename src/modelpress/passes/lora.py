@@ -244,24 +244,24 @@ def _whole(checkpoint: Path) -> bool:
         if not all((checkpoint / f).stat().st_size > 0 for f in CHECKPOINT_FILES):
             return False
         json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-        for name in CHECKPOINT_FILES:
-            if name.endswith(".pt"):
-                with zipfile.ZipFile(checkpoint / name):
-                    pass
-            elif name.endswith(".safetensors") and not _safetensors_whole(checkpoint / name):
-                return False
-        return True
-    except (OSError, ValueError, zipfile.BadZipFile):
+        for saved in [*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]:  # the rng states and scaler too
+            with zipfile.ZipFile(saved):
+                pass
+        return all(_safetensors_whole(f) for f in checkpoint.glob("*.safetensors"))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
         return False
 
 
 def _safetensors_whole(path: Path) -> bool:
     """A safetensors file's size is its 8-byte header length, the header and the data its last tensor ends at."""
+    total = path.stat().st_size
     with open(path, "rb") as handle:
         size = int.from_bytes(handle.read(8), "little")
+        if size > total - 8:  # a cut or garbled length: not a header to read
+            return False
         header = json.loads(handle.read(size))
     ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
-    return path.stat().st_size == 8 + size + max(ends, default=0)
+    return total == 8 + size + max(ends, default=0)
 
 
 def _prepare_4bit(model, gradient_checkpointing: bool):
