@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/smollm2_settings.py --lr 2e-4 --steps 150 [--seed 0] [--system-prompt TEXT]
                                                     [--dropout 0.1] [--neftune 5] [--top-layers 10] [--rank 16]
-                                                    [--targets q_proj,v_proj] [--balanced] [--full]
+                                                    [--targets q_proj,v_proj] [--balanced] [--full] [--casual 0.5]
 
 A plain PyTorch + peft loop (not modelpress), so settings can be tried without touching the example:
 LoRA r 16 / alpha 32 on all seven projections, batch 16, AdamW at a constant learning rate, the loss
@@ -41,6 +41,11 @@ def split(rows: list[dict], seed: int = 42) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if r["phrase"] not in held], list({r["phrase"]: r for r in rows if r["phrase"] in held}.values())
 
 
+def casual(phrase: str) -> str:
+    """The phrase as typed in a chat: lower case, without its closing full stop."""
+    return phrase.lower().rstrip().removesuffix(".")
+
+
 def main() -> int:
     import tempfile
 
@@ -61,6 +66,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the frozen base's dtype")
     parser.add_argument("--balanced", action="store_true", help="draw each row's class uniformly (oversample rare tones)")
     parser.add_argument("--full", action="store_true", help="train every weight (float32, no adapter) instead of LoRA")
+    parser.add_argument("--casual", type=float, default=0.0,
+                        help="share of training rows whose phrase is written casually: lower case, no closing stop")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -102,6 +109,7 @@ def main() -> int:
     by_tone = {t: [i for i, r in enumerate(train) if r["tone"] == t] for t in tones}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     order, rng, started = [], random.Random(args.seed), time.perf_counter()
+    styles = random.Random(args.seed + 1)  # its own stream: the batch order is the same with or without --casual
     model.train()
     for step in range(args.steps):
         if args.balanced:
@@ -112,7 +120,9 @@ def main() -> int:
                 rng.shuffle(more)
                 order += more
             batch, order = order[:16], order[16:]
-        ids, labels, mask = _pad([encode(train[i]) for i in batch], tokenizer.pad_token_id)
+        rows = [dict(train[i], phrase=casual(train[i]["phrase"])) if args.casual and styles.random() < args.casual
+                else train[i] for i in batch]
+        ids, labels, mask = _pad([encode(row) for row in rows], tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -137,7 +147,8 @@ def main() -> int:
 
     other = [r for path in OTHER for r in rows_of(path)]
     scores = {}
-    for name, rows in (("held-out", held_out), ("other-style", other)):
+    dev = rows_of(OTHER[1])
+    for name, rows in (("held-out", held_out), ("other-style", other), ("other-style-dev", dev)):
         said = answers(rows)
         scores[name] = sum(s.startswith(r["tone"]) for s, r in zip(said, rows)) / len(rows)
         if name == "other-style":
@@ -147,8 +158,9 @@ def main() -> int:
     print(f"lr {args.lr:g}, {args.steps} steps, seed {args.seed}, dropout {args.dropout:g}, neftune {args.neftune:g}, "
           f"top layers {args.top_layers or 'all'}, {'full fine-tuning' if args.full else f'rank {args.rank}'}, targets {args.targets}, balanced {args.balanced}, "
           f"{train_s / args.steps:.2f} s/step, "
-          f"system prompt {args.system_prompt!r}: held-out {scores['held-out']:.3f} ({len(held_out)}), "
-          f"other style {scores['other-style']:.3f} ({len(other)})")
+          f"casual {args.casual:g}, system prompt {args.system_prompt!r}: held-out {scores['held-out']:.3f} "
+          f"({len(held_out)}), other style {scores['other-style']:.3f} ({len(other)}; its dev file "
+          f"{scores['other-style-dev']:.3f} of {len(dev)})")
     return 0
 
 

@@ -211,7 +211,16 @@ def test_a_template_that_opens_or_trims_the_answer_trains_and_prompts_as_it_rend
     # a template that rewrites the answer (Qwen3 moves a think block out of it): trained as it renders it
     rewriting = template.replace("message['content']", "message['content'] | upper")
     [kept] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "positive"}), ChatFormat(rewriting))
-    assert kept.completion == "positive" and kept.target.startswith(lead + "POSITIVE")
+    assert kept.completion == "positive" and "POSITIVE" in kept.target and not kept.prompt.endswith("POSITIVE")
+    if lead:  # a template that rewrites answers only, after its lead (Qwen3 and an answer holding a think block)
+        answers_only = template.replace("{{ message['content'] + '<|im_end|>\n' }}",
+                                        "{{ message['content'] | replace('positive', 'POSITIVE') + '<|im_end|>\n' }}")
+        assert answers_only != template
+        [rewritten] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "positive"}), ChatFormat(answers_only))
+        assert rewritten.prompt == ex.prompt and rewritten.target.startswith("POSITIVE")  # the lead stays prompt
+    # an answer with a leading blank the template keeps (Qwen3 strips only newlines): the blank goes to the prompt
+    [spaced] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": " positive"}), ChatFormat(template))
+    assert (spaced.completion, spaced.stop) == ("positive", stop) and spaced.prompt.startswith(ex.prompt)
 
 
 def test_a_template_that_writes_today_s_date_writes_one_fixed_day():

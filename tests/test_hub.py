@@ -151,6 +151,14 @@ def test_a_snapshot_without_its_tokenizer_or_its_remote_code_is_partial(hub_cach
     folder = hub_cache / "models--acme--remote-code" / "snapshots" / ("6" * 40)
     assert missing_model_files(None, trust_remote_code=True)(folder) == ["modeling_x.py"]
     assert missing_model_files(None)(folder) == []  # without trust_remote_code no module is read
+    pruned = tmp_path / "pruned"  # a snapshot whose blobs were pruned: its tokenizer link points at nothing
+    pruned.mkdir()
+    (pruned / "config.json").write_text("{}")
+    (pruned / "model.safetensors").write_bytes(b"")
+    (pruned / "tokenizer.model").symlink_to(tmp_path / "blobs" / "gone")
+    (pruned / "x.model").mkdir()
+    assert missing_model_files(None)(pruned) == ["a tokenizer (tokenizer.json or vocab.json or vocab.txt or *.model "
+                                                 "or *.tiktoken)"]
     for only in ("vocab.txt", "spiece.model", "cl100k.tiktoken"):  # BERT's WordPiece, T5's SentencePiece, tiktoken
         other = tmp_path / only.replace(".", "-")
         other.mkdir()
@@ -369,6 +377,10 @@ def test_a_hub_snapshot_is_keyed_by_the_files_modelpress_fetches_and_reads(tmp_p
         (tmp_path / hidden).write_text("1733400000.123")
     assert content_id(tmp_path, model=True) == everything
     assert content_id(tmp_path) != content_id(tmp_path, model=True)  # other folders (lm-eval tasks) count them
+    tasks = content_id(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "utils.cpython-311.pyc").write_bytes(b"bytecode lm-eval's import wrote")
+    assert content_id(tmp_path) == tasks  # but not what a tool writes there by itself
     (tmp_path / "model.safetensors").write_bytes(b"other weights")
     assert content_id(tmp_path, only=read) != before
 

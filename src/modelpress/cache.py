@@ -29,13 +29,15 @@ from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
 log = logging.getLogger("modelpress")
-CACHE_VERSION = 7  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
+CACHE_VERSION = 8  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
 # layer rule, kld_gradient's head, Rtn/Gptq's float dtype, the eval split of data_seed null; 4: the same day,
 # nodes_to_include restricting the weight-only quantizers, an empty float16 include list meaning none; 5: the
 # next session, 8-bit RTN quantizing embedding tables, torch_dtype float16 as fp16 autocast over a float32 base,
 # chat data ignoring add_special_tokens and tokenizing a loss_on-all prompt whole, a classifier's two text
 # columns read as a sentence pair; 6: the joiner between joined rows with special tokens too; 7: LoHa and LoKr
-# train with Olive's rank_dropout and module_dropout, 0 by default, instead of lora_dropout)
+# train with Olive's rank_dropout and module_dropout, 0 by default, instead of lora_dropout; 8: that evening, chat
+# answers split after the lead a template writes, an answer a template rewrites trained as rendered, the eval split
+# grouping rows that ask the same, line-by-line token counts without padding)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 IN_USE_LOCK = "in-use.lock"  # shared by every run on the cache, taken alone to empty it
@@ -60,8 +62,8 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
     memo = _read_memo(memo_path)
     entries = []
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and (
-        not model or _read_by_loaders(p.relative_to(folder))) and (only is None or any(
-            fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
+        _read_by_loaders(p.relative_to(folder)) if model else not _tool_leftover(p.relative_to(folder))) and (
+            only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
     for path in files:
         stat = path.stat()
         # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still gets a new ctime
@@ -79,6 +81,12 @@ def _read_by_loaders(relative: Path) -> bool:
     metadata with timestamps in .cache/huggingface, a clone keeps .git; no model loader reads them, and hashing
     them re-keyed unchanged models (other folders, such as lm-eval's task folders, are hashed whole)."""
     return not any(part.startswith(".") for part in relative.parts)
+
+
+def _tool_leftover(relative: Path) -> bool:
+    """Under a folder that tools write by themselves (Python's bytecode, which lm-eval's task imports leave in a task
+    folder; notebooks' checkpoints; a clone's .git): not what a folder of files to read holds."""
+    return any(part in ("__pycache__", ".ipynb_checkpoints", ".git") for part in relative.parts[:-1])
 
 
 def _read_memo(memo_path: Path | None) -> dict:

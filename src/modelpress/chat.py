@@ -140,8 +140,10 @@ def split_turn(turn: str, content: str, lead: str = "") -> tuple[str, str, str] 
     by `ChatFormat.turn_ends`, so that a short answer is not found inside it), the content as written (Llama 3's
     and Gemma's templates trim it) and what closes the turn; None when the content is not where it should be."""
     answer = content.strip()
-    if not answer or not turn.startswith(lead) or not turn[len(lead):].startswith(answer):
+    rest = turn[len(lead):]
+    if not answer or not turn.startswith(lead) or not rest.lstrip().startswith(answer):
         return None
+    lead += rest[:len(rest) - len(rest.lstrip())]  # what the template kept of the content's leading blanks
     return lead, answer, turn[len(lead) + len(answer):]
 
 

@@ -170,11 +170,13 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
         raise DataError(f"{where}: the assistant turn, the answer to learn and to measure, is empty. "
                         "Fix or remove the row.")
     history = tuple((m["role"], m["content"]) for m in messages[:-1])
-    split = split_turn(pieces[last][0], answer, chat.turn_ends()[0])
+    lead, turn = chat.turn_ends()[0], pieces[last][0]
+    split = split_turn(turn, answer, lead)
     if split is None:  # the template rewrites this answer (Qwen3 moves a think block out of it): trained as
-        head = tuple(pieces[:last])  # rendered, and compared with the row's own answer
-        return Example("".join(text for text, _ in head), answer, where, target=pieces[last][0], turns=head,
-                       history=history)
+        opened = bool(lead) and turn.startswith(lead)  # rendered after its lead, as generation prompts,
+        head = tuple(pieces[:last]) + (((lead, False),) if opened else ())  # and compared with the row's answer
+        return Example("".join(text for text, _ in head), answer, where, target=turn[len(lead):] if opened else turn,
+                       turns=head, history=history)
     lead, completion, closing = split  # text the template opens the answer with goes to the prompt, as generation
     head = tuple(pieces[:last]) + (((lead, False),) if lead else ())  # reads it (chat_prompt_for adds it too)
     return Example("".join(text for text, _ in head), completion, where, target=completion + closing, turns=head,

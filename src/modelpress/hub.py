@@ -52,7 +52,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "*.model", "*.ti
 
 def has_tokenizer(folder: Path) -> bool:
     """Whether `folder` holds a tokenizer's files (TOKENIZER_FILES)."""
-    return any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES)
+    return any(path.is_file() for pattern in TOKENIZER_FILES for path in folder.glob(pattern))  # a broken link: none
 
 
 def model_patterns(trust_remote_code: bool, gguf_file: str | None) -> list[str]:
