@@ -267,24 +267,37 @@ def table(rows: list[tuple[str, dict]], tokens: int) -> str:
     return "\n".join(out)
 
 
+def add_olive_venv(parser: argparse.ArgumentParser) -> None:
+    """`--olive-venv`: where `benchmarks/setup_olive.sh` installed Olive 0.13 (default: OLIVE_VENV or /tmp)."""
+    parser.add_argument("--olive-venv", default=os.environ.get("OLIVE_VENV", "/tmp/olive-peer/venv"))
+
+
+def olive_binary(args, needed: bool = True) -> Path | None:
+    """The `olive` command of `--olive-venv`; when it is missing, None after saying how to install it (`needed`:
+    the script cannot run without it)."""
+    olive_bin = Path(args.olive_venv) / "bin" / "olive"
+    if olive_bin.exists():
+        return olive_bin
+    print(f"Olive not found at {olive_bin}: run benchmarks/setup_olive.sh " + ("first." if needed else "to compare.\n"))
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--olive-venv", default=os.environ.get("OLIVE_VENV", "/tmp/olive-peer/venv"))
+    add_olive_venv(parser)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--search-steps", type=int, default=300, help="LoRA steps in the search benchmark")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
-    olive_bin = Path(args.olive_venv) / "bin" / "olive"
+    olive_bin = olive_binary(args, needed=False)
     work = Path(tempfile.mkdtemp(prefix="modelpress-bench-"))
     model = work / "tiny-phi3"
     subprocess.run([*MODELPRESS, "create-tiny-model", "--out", str(model)], check=True, capture_output=True)
     tokens = args.steps * SEQ_LEN * BATCH * ACCUM
     rows = []
-    if olive_bin.exists():
+    if olive_bin is not None:
         rows.append(("Olive 0.13 (config as written)", run_olive(olive_bin, model, work, args.steps)))
         rows.append((OLIVE_SDPA, run_olive(olive_bin, model, work, args.steps, eager=False)))
-    else:
-        print(f"Olive not found at {olive_bin}: run benchmarks/setup_olive.sh to compare.\n")
     rows.append((SEED_ROW, run_modelpress(model, work, "seed", args.steps)))
     rows.append(("modelpress (config as written, + evaluation)", run_modelpress(model, work, "mp", args.steps)))
     rows.append(("modelpress (same work as Olive: no evaluation)",
@@ -310,7 +323,7 @@ def main() -> int:
     print(f"\nevaluation answers, demo eval split (examples/phi3-tone/demo.json, LoRA 600 steps), one at a time "
           f"against batched (PyTorch on {batching['torch_threads']} threads):\n" + eval_batching_table(batching))
     helps = {"modelpress --help": help_time([*MODELPRESS, "--help"], work)}
-    if olive_bin.exists():
+    if olive_bin is not None:
         helps["olive --help"] = help_time([str(olive_bin), "--help"], work)
     print("\n" + "\n".join(f"{name}: {seconds:.2f} s" for name, seconds in helps.items()))
     if rows[0][0].startswith("Olive"):

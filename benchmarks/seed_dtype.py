@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (EXAMPLE, MODELPRESS, lora_seconds_modelpress, lora_seconds_olive, measure,  # noqa: E402
-                 seed_workflow, workflow)
+from run import (EXAMPLE, MODELPRESS, add_olive_venv, lora_seconds_modelpress, lora_seconds_olive,  # noqa: E402
+                 measure, olive_binary, seed_workflow, workflow)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--olive-venv", default=os.environ.get("OLIVE_VENV", "/tmp/olive-peer/venv"))
+    add_olive_venv(parser)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    olive_bin = Path(args.olive_venv) / "bin" / "olive"
-    if not olive_bin.exists():
-        print(f"Olive not found at {olive_bin}: run benchmarks/setup_olive.sh first.")
+    olive_bin = olive_binary(args)
+    if olive_bin is None:
         return 1
     root = Path(tempfile.mkdtemp(prefix="modelpress-seed-dtype-"))
     model = (EXAMPLE / "models" / "tiny-phi3").resolve()

@@ -18,7 +18,6 @@ Olive / modelpress of each round, their median, and in how many rounds it reache
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import MODELPRESS, measure, seed_workflow, workflow  # noqa: E402  (a sibling script)
+from run import (MODELPRESS, add_olive_venv, measure, olive_binary, seed_workflow,  # noqa: E402  (a sibling script)
+                 workflow)
 
 OLIVE, OLIVE_SDPA, SEED = "Olive 0.13 (as written, eager)", "Olive 0.13 (without the eager line)", "modelpress (seed config)"
 
@@ -43,11 +43,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--olive-venv", default=os.environ.get("OLIVE_VENV", "/tmp/olive-peer/venv"))
+    add_olive_venv(parser)
     args = parser.parse_args()
-    olive_bin = Path(args.olive_venv) / "bin" / "olive"
-    if not olive_bin.exists():
-        print(f"Olive not found at {olive_bin}: run benchmarks/setup_olive.sh first.")
+    olive_bin = olive_binary(args)
+    if olive_bin is None:
         return 1
     root = Path(tempfile.mkdtemp(prefix="modelpress-seed-olive-"))
     model = root / "tiny-phi3"
