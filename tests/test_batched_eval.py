@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelpress.data import Example
-from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_sample, predict
+from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_picks, predict
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
 from modelpress.prompt_cache import left_pad, right_pad
@@ -47,9 +47,8 @@ def test_batches_cover_every_example_once_shortest_prompts_first():
 
 
 def test_latency_sample_spreads_over_the_examples():
-    examples = [Example(str(i), "joy", f"row {i}") for i in range(10)]
-    assert [ex.prompt for ex in latency_sample(examples, 4)] == ["0", "2", "5", "7"]
-    assert latency_sample(examples, 64) == examples
+    assert latency_picks(10, 4) == [0, 2, 5, 7]
+    assert latency_picks(10, 64) == list(range(10))
 
 
 class EchoRunner:

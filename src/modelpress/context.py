@@ -46,7 +46,6 @@ class DataPlan:
         self.model_folder = model_folder or config.input_model.model_path  # whose chat template chat data uses
         self._examples: dict[str, list[Example]] = {}
         self._hub: dict[str, Path] = {}
-        self._fingerprints: dict[tuple, str] = {}
         self._chat: dict[str, ChatFormat] = {}
 
     def data_config(self, name: str) -> DataConfig:
@@ -100,14 +99,10 @@ class DataPlan:
         return self._chat[name]
 
     def fingerprint(self, name: str) -> str:
-        """The data config's fingerprint (`data.data_fingerprint`), hashed once per run: every pass key and
-        evaluation key asks for it."""
-        known = (name, self._hub.get(name))
-        if known not in self._fingerprints:
-            chat = self.chat_format(name)
-            self._fingerprints[known] = data_fingerprint(self.data_config(name), self._hub.get(name),
-                                                         chat.to_json() if chat else None)
-        return self._fingerprints[known]
+        """The data config's fingerprint (`data_files.data_fingerprint`, which hashes each file once per process:
+        every pass key and evaluation key asks for it)."""
+        chat = self.chat_format(name)
+        return data_fingerprint(self.data_config(name), self._hub.get(name), chat.to_json() if chat else None)
 
     def examples(self, name: str) -> list[Example]:
         if name not in self._examples:

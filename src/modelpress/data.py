@@ -169,18 +169,16 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     if not answer.strip():
         raise DataError(f"{where}: the assistant turn, the answer to learn and to measure, is empty. "
                         "Fix or remove the row.")
-    history = tuple((m["role"], m["content"]) for m in messages[:-1])
     lead, turn = chat.turn_ends()[0], pieces[last][0]
     split = split_turn(turn, answer, lead)
-    if split is None:  # the template rewrites this answer (Qwen3 moves a think block out of it): trained as
-        opened = bool(lead) and turn.startswith(lead)  # rendered after its lead, as generation prompts,
-        head = tuple(pieces[:last]) + (((lead, False),) if opened else ())  # and compared with the row's answer
-        return Example("".join(text for text, _ in head), answer, where, target=turn[len(lead):] if opened else turn,
-                       turns=head, history=history)
-    lead, completion, closing = split  # text the template opens the answer with goes to the prompt, as generation
-    head = tuple(pieces[:last]) + (((lead, False),) if lead else ())  # reads it (chat_prompt_for adds it too)
-    return Example("".join(text for text, _ in head), completion, where, target=completion + closing, turns=head,
-                   history=history)
+    if split is not None:
+        lead, completion, _ = split
+    else:  # the template rewrites this answer (Qwen3 moves a think block out of it): trained as rendered, after
+        lead, completion = (lead if turn.startswith(lead) else ""), answer  # its lead, and compared with the row's
+    # text the template opens the answer with goes to the prompt, as generation reads it (chat_prompt_for adds it)
+    head = tuple(pieces[:last]) + (((lead, False),) if lead else ())
+    return Example("".join(text for text, _ in head), completion, where, target=turn[len(lead):], turns=head,
+                   history=tuple((m["role"], m["content"]) for m in messages[:-1]))
 
 
 # Between the two texts of a classifier's sentence pair in its prompt: tokenized as a pair (encode_texts)

@@ -27,8 +27,8 @@ from modelpress.inputs import resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 from modelpress.passes.spec_base import key_params
-from modelpress.runtime import timing_host
 from modelpress.passes.torch_quant import fetch_default_calibration, uses_default_calibration
+from modelpress.runtime import timing_host
 from modelpress.steps import PeakRSS, record, run_pass_here
 
 log = logging.getLogger("modelpress")

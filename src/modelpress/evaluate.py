@@ -168,13 +168,14 @@ def labels_over_budget(runner, examples: list[Example], max_new_tokens: int) -> 
     they are counted and warned about (raise evaluation.max_new_tokens)."""
     sizes = {label: runner.token_count(label) for label in {ex.completion for ex in examples}}
     over = {label: n for label, n in sizes.items() if n is not None and n > max_new_tokens}
+    rows = sum(ex.completion in over for ex in examples)
     if over:
         longest = max(over, key=over.get)
         log.warning("%d of %d rows have a label longer than max_new_tokens (%d), such as %r (%d tokens): they "
                     "cannot be answered in full, so accuracy counts them wrong. Raise evaluation.max_new_tokens "
-                    "(`--max-new-tokens` for `modelpress evaluate`).", sum(ex.completion in over for ex in examples),
-                    len(examples), max_new_tokens, _tail(longest, 60), over[longest])
-    return sum(ex.completion in over for ex in examples)
+                    "(`--max-new-tokens` for `modelpress evaluate`).", rows, len(examples), max_new_tokens,
+                    _tail(longest, 60), over[longest])
+    return rows
 
 
 def perplexity(loss: float) -> float:
@@ -273,11 +274,6 @@ def latency_picks(total: int, n: int) -> list[int]:
     """The indices of `n` examples spread evenly over `total` (all of them when there are no more), so that
     the timed prompts have the lengths of the whole set."""
     return list(range(total)) if total <= n else [i * total // n for i in range(n)]
-
-
-def latency_sample(examples: list[Example], n: int) -> list[Example]:
-    """The examples `latency_picks` chooses."""
-    return [examples[i] for i in latency_picks(len(examples), n)]
 
 
 def time_one_at_a_time(runner, examples: list[Example], add_bos: bool,

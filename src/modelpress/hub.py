@@ -193,7 +193,7 @@ def go_offline() -> Callable[[], None]:
     """Until the returned function is called, nothing in this process may reach a hub: HF_HUB_OFFLINE and
     HF_DATASETS_OFFLINE are set, and the constants that huggingface_hub and datasets read from them once,
     when first imported. The returned function puts back what was there."""
-    env = {name: os.environ.get(name) for name in _OFFLINE_SWITCHES[1][1]}
+    env = {name: os.environ.get(name) for name in OFFLINE_ENV}
     before = [(module, name, getattr(sys.modules[module], name)) for module, name in _offline_constants()]
     os.environ.update({name: "1" for name in env})
     for module, name, _ in before:
@@ -211,6 +211,7 @@ def go_offline() -> Callable[[], None]:
     return restore
 
 
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # the switches a run sets while it is offline
 # The modules that read the offline switches once, when imported, and the constants they keep them in.
 _OFFLINE_SWITCHES = (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
                      ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")))

@@ -9,6 +9,7 @@ count changes the order of PyTorch's sums, and so is the same for every task of 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -118,6 +119,12 @@ def timing_host() -> dict:
     """What a latency figure depends on beside the model: the CPU's model name and the threads it computes on.
     An evaluation's cache key holds it, so a cache shared between machines or moved to another does not hand one
     machine's timings to another."""
+    return {"cpu": _cpu_name(), "threads": compute_threads()}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    """The CPU's model name, read once per process."""
     name = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
@@ -126,4 +133,4 @@ def timing_host() -> dict:
         pass
     import platform
 
-    return {"cpu": name or platform.processor() or platform.machine(), "threads": compute_threads()}
+    return name or platform.processor() or platform.machine()

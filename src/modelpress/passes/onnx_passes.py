@@ -113,11 +113,11 @@ def run_hqq(ctx: PassContext, params: OnnxHqqQuantizationParams) -> ModelRef:
         import onnx
 
         for node in model.graph.node:
-            if level and node.op_type == "MatMulNBits" and node.name.endswith("_Q4") \
+            if node.op_type == "MatMulNBits" and node.name.endswith("_Q4") \
                     and not any(a.name == "accuracy_level" for a in node.attribute):
                 node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
 
-    return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})", post)
+    return _weight_only(ctx, params, algo, f"HQQ int4 (block {params.block_size})", post if level else None)
 
 
 def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, post=None, matmuls: bool = True,
