@@ -281,6 +281,32 @@ def test_a_calibrated_pass_is_keyed_by_its_calibration_data(tiny_model, tmp_path
     assert [b != a for b, a in zip(before, after)] == [True, True, False]  # Rtn reads no data
 
 
+def test_a_library_upgrade_re_runs_the_passes_and_measurements_it_may_change(tiny_model, tmp_path, monkeypatch):
+    """A cached result was reused whatever library made it: a LoRA trained by another peft, an int4 model built by
+    another onnxruntime-genai builder, a latency timed under another torch. The keys now hold the versions of the
+    libraries of each pass's input and output kinds, and an evaluation's of the model's kind."""
+    import modelpress.engine
+
+    installed = modelpress.engine.library_versions
+    passes = {"lora": {"type": "LoRA", "train_data_config": "tone"},
+              "merge": {"type": "MergeAdapterWeights"},
+              "rtn": {"type": "Rtn"},
+              "builder": {"type": "ModelBuilder", "precision": "int4"}}
+    before = _keys(tiny_model, tmp_path, passes)
+
+    def upgraded(name: str):
+        monkeypatch.setattr(modelpress.engine, "library_versions",
+                            lambda names: {**installed(names), **({name: "99.0"} if name in names else {})})
+        return _keys(tiny_model, tmp_path, passes)
+
+    changed = {name: [a != b for a, b in zip(before[0], upgraded(name)[0])] + [before[1] != upgraded(name)[1]]
+               for name in ("peft", "accelerate", "onnxruntime-genai", "torch", "numpy")}
+    # columns: LoRA, merge, Rtn, ModelBuilder (each keyed from the hf input model here), the hf model's evaluation
+    assert changed == {"peft": [True, False, False, False, False], "accelerate": [True, False, False, False, False],
+                       "onnxruntime-genai": [False, False, False, True, False],
+                       "torch": [True, True, True, True, True], "numpy": [False, False, False, False, False]}
+
+
 def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_model, tmp_path):
     def key(**training_args):
         (lora,), measured = _keys(tiny_model, tmp_path, {"lora": {"type": "LoRA", "train_data_config": "tone",

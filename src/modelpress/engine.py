@@ -26,9 +26,9 @@ from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
-from modelpress.passes.spec_base import key_params
+from modelpress.passes.spec_base import KIND_LIBRARIES, key_params
 from modelpress.passes.torch_quant import fetch_default_calibration, uses_default_calibration
-from modelpress.runtime import timing_host
+from modelpress.runtime import library_versions, timing_host
 from modelpress.steps import PeakRSS, record, run_pass_here
 
 log = logging.getLogger("modelpress")
@@ -300,7 +300,7 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
         unread.add("attn_implementation")
     loading = config.input_model.model_dump(mode="json", exclude=unread)
     return cache_key("pass", __version__, ref.id, p.type, spec.origin_key(), params, data,
-                     ep if spec.keys_execution_provider() else None, loading)
+                     ep if spec.keys_execution_provider() else None, loading, library_versions(spec.libraries(ref.kind)))
 
 
 def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
@@ -343,7 +343,8 @@ def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data
         split = [plan.split_params(p.params) for p in config.passes if p.trains]
         if reads_default:
             default = eval_data_name(config.evaluation, config.passes, config.data_configs)
-    return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, default, config.input_model.task, *parts)
+    return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, default, config.input_model.task,
+                     library_versions(KIND_LIBRARIES.get(ref.kind, ())), *parts)
 
 
 def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float | None) -> dict:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, remove_leftovers
+from modelpress.runtime import library_version
 
 log = logging.getLogger("modelpress")
 SOURCE_NOTE = "modelpress_gguf_source.json"
@@ -44,13 +44,8 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
 
 def _converter_versions() -> str:
     """The versions of the libraries whose code turns a GGUF file into the folder."""
-    found = []
-    for name in ("transformers", "gguf", "torch"):
-        try:
-            found.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            found.append(f"{name} missing")
-    return ", ".join(found)
+    versions = {name: library_version(name) for name in ("transformers", "gguf", "torch")}
+    return ", ".join(f"{name} missing" if found == "missing" else f"{name}=={found}" for name, found in versions.items())
 
 
 def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False) -> None:

@@ -127,16 +127,6 @@ def make_lm(ref: ModelRef, settings, trust_remote_code: bool = False):
                 max_length=settings.max_length, device=device)
 
 
-def lm_eval_version() -> str | None:
-    """The installed lm-eval's version (None when it is not installed: `run_tasks` says what to install)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lm-eval")
-    except PackageNotFoundError:
-        return None
-
-
 def torch_device(device: str | None) -> str:
     """The torch device an LMEvaluator's `device` names: Olive's "gpu" is CUDA where torch has it and, as in Olive,
     the CPU (with a warning) where it does not; none is the CPU; anything else as written."""

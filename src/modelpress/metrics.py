@@ -10,6 +10,7 @@ from modelpress.config.olive_tables import lm_eval_higher_is_better
 from modelpress.config.schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
 from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef
+from modelpress.runtime import library_version
 
 log = logging.getLogger("modelpress")
 
@@ -90,7 +91,7 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
     """Every lm_eval metric's task run once through lm-evaluation-harness; cached like an evaluation."""
     from modelpress.engine import evaluation_key, record_step
     from modelpress.cache import content_id
-    from modelpress.lmeval import lm_eval_version, run_tasks, torch_device
+    from modelpress.lmeval import run_tasks, torch_device
 
     named = evaluator.task_names()
     tasks = list(evaluator.tasks) + [m.name for m in evaluator.metrics if m.type == "lm_eval" and m.name not in named]
@@ -99,7 +100,8 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
     local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
     # lm-eval reads its own tasks' data, not the workflow's: a training-data edit does not re-run it, an lm-eval
     # upgrade (its tasks' YAML) does
-    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local, lm_eval_version(), with_data=False)
+    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local, library_version("lm-eval"),
+                         with_data=False)
     started = time.perf_counter()
     values = session.cache.read_eval(key)
     hit = values is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
 _thread_limit: int | None = None  # set by `limit_threads`: a Ray task's CPUs
@@ -134,3 +135,17 @@ def _cpu_name() -> str:
     import platform
 
     return name or platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def library_version(distribution: str) -> str:
+    """The installed version of a distribution ("missing" when it is not installed), read once per process."""
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def library_versions(distributions) -> dict[str, str]:
+    """name -> installed version: what a cache key holds of the libraries a result was computed with."""
+    return {name: library_version(name) for name in sorted(set(distributions))}

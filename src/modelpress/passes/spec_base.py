@@ -17,6 +17,19 @@ ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
 ONNX = "onnx"  # a plain ONNX model folder: model.onnx (+ external data), tokenizer, config.json
 HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with weight-only quantized linears (modelpress.quantized)
 
+# The libraries whose code reads or writes each kind of model. A pass's cache key holds the versions of those of
+# its input and output kinds (and `accelerate` for a training pass, its optional package if it has one), an
+# evaluation's those of the model's kind: an upgrade re-runs what it may change, and nothing else.
+_TORCH = ("torch", "transformers", "tokenizers", "safetensors")
+_ONNX = ("onnx", "onnx-ir", "onnxscript", "onnxruntime")
+KIND_LIBRARIES = {
+    HF: _TORCH,
+    HF_ADAPTER: (*_TORCH, "peft"),
+    HF_QUANTIZED: _TORCH,
+    ONNX: (*_ONNX, "transformers", "tokenizers"),  # its prompts are tokenized by transformers
+    ONNX_GENAI: (*_ONNX, "onnxruntime-genai"),  # genai tokenizes itself
+}
+
 SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
 DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config
 SEARCH = "search"  # json_schema_extra key: the values search tries when a param says SEARCHABLE_VALUES
@@ -100,6 +113,15 @@ class PassSpec:
 
     def output_kind(self, input_kind: str) -> str:
         return input_kind if self.produces == SAME_KIND else self.produces
+
+    def libraries(self, input_kind: str) -> tuple[str, ...]:
+        """The distributions whose versions this pass's output may depend on, run on a model of `input_kind`."""
+        names = {*KIND_LIBRARIES.get(input_kind, ()), *KIND_LIBRARIES.get(self.output_kind(input_kind), ())}
+        if self.trains():
+            names.add("accelerate")  # transformers' Trainer runs on it
+        if self.optional_package:
+            names.add(self.optional_package[0])
+        return tuple(sorted(names))
 
     def trains(self) -> bool:
         """A fine-tuning pass: its train_data_config defines the task's data and the eval split."""
