@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, run_cli, tone_workflow, write_config
 from test_report_browser import CHROMIUM, FLAGS, PARETO_BLUE
 from modelpress.config.schema import EvaluatorConfig, Goal
-from modelpress.search import Objective, goal_bound, pareto
+from modelpress.goals import Objective, goal_bound, pareto
 
 
 @pytest.mark.parametrize("goal,baseline,higher,bound", [
@@ -253,7 +253,7 @@ def test_candidates_run_in_parallel_give_the_sequential_search_result(search):
 
 @pytest.mark.parametrize("baseline", [float("nan"), float("inf"), None])
 def test_a_relative_goal_on_a_baseline_without_a_finite_value_is_a_clear_error(baseline):
-    from modelpress.search import GoalError
+    from modelpress.goals import GoalError
 
     with pytest.raises(GoalError, match="relative to the baseline"):
         goal_bound(Goal(type="max-degradation", value=0.02), baseline, True)
@@ -262,7 +262,7 @@ def test_a_relative_goal_on_a_baseline_without_a_finite_value_is_a_clear_error(b
 def test_a_percent_goal_on_a_zero_baseline_or_past_zero_is_refused(tiny_model, tmp_path):
     from modelpress.config.normalize import normalize
     from modelpress.errors import ConfigError
-    from modelpress.search import GoalError
+    from modelpress.goals import GoalError
 
     with pytest.raises(GoalError, match="which is 0, so it asks for no change"):
         goal_bound(Goal(type="percent-min-improvement", value=10), 0.0, True)

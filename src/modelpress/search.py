@@ -15,40 +15,17 @@ import math
 import random
 import time
 import traceback
-from dataclasses import dataclass, field
 
-from modelpress.config.schema import EvaluatorConfig, Goal, PassConfig
-from modelpress.errors import ModelpressError, is_disk_full
-from modelpress.metrics import default_evaluator, higher_is_better, metric_values
+from modelpress.config.schema import PassConfig
+from modelpress.errors import is_disk_full
+from modelpress.goals import Objective, missing, pareto
+from modelpress.metrics import default_evaluator, metric_values
 from modelpress.models import ModelRef
 from modelpress.redact import redact
 
 log = logging.getLogger("modelpress")
 
 
-# --- goals and ranking ------------------------------------------------------------------------------
-
-def goal_bound(goal: Goal, baseline: float | None, higher: bool) -> float:
-    """The value a candidate must reach (at least when higher is better, at most otherwise)."""
-    if goal.type == "threshold":
-        return goal.value
-    if _missing(baseline) or math.isinf(baseline):
-        raise GoalError(f"a {goal.type} goal is relative to the baseline model's value, and the baseline "
-                        f"measured {baseline}. Use a 'threshold' goal for this metric, or see in the run history "
-                        f"why the baseline has no finite value.")
-    sign = 1 if higher else -1
-    if goal.type.startswith("percent-") and baseline == 0:
-        raise GoalError(f"a {goal.type} goal is a percent of the baseline model's value, which is 0, so it asks "
-                        "for no change at all. Use min-improvement, max-degradation or a threshold for this metric.")
-    if goal.type == "min-improvement":
-        return baseline + sign * goal.value
-    if goal.type == "max-degradation":
-        return baseline - sign * goal.value
-    step = abs(baseline) * goal.value / 100  # a percent of the baseline's size, so negative baselines work too
-    return baseline + sign * step if goal.type == "percent-min-improvement" else baseline - sign * step
-
-
-GOAL_TOLERANCE = 1e-9  # relative: a value that reaches its bound but for float rounding meets the goal
 SHUFFLED_MAX = 100_000  # spaces up to this size are listed and shuffled; larger ones are drawn without listing
 
 
@@ -77,84 +54,7 @@ def draw_order(sizes: list[int], seed: int | None):
         yield tuple(reversed(indexes))
 
 
-class GoalError(ModelpressError):
-    """A goal that cannot be resolved against the measured baseline."""
-
-
-def _missing(value) -> bool:
-    """A metric that has no usable value: not measured, or NaN."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-@dataclass
-class Objective:
-    """The evaluator's ranked metrics and resolved goals."""
-
-    evaluator: EvaluatorConfig
-    baseline: dict = field(default_factory=dict)
-    ranked: list[tuple[str, bool]] = field(default_factory=list)  # (key, higher is better) by priority
-    bounds: dict[str, tuple[float, bool, str]] = field(default_factory=dict)  # key -> (bound, higher, text)
-
-    @classmethod
-    def resolve(cls, evaluator: EvaluatorConfig, baseline: dict) -> "Objective":
-        subs = [(m, s) for m in evaluator.metrics for s in m.sub_types]
-        ranked = sorted(((s.priority, f"{m.name}-{s.name}", higher_is_better(m, s)) for m, s in subs
-                         if s.priority > 0))
-        bounds = {}
-        for m, s in subs:
-            if s.goal is None:
-                continue
-            key, higher = f"{m.name}-{s.name}", higher_is_better(m, s)
-            try:
-                bound = goal_bound(s.goal, baseline.get(key), higher)
-            except GoalError as err:
-                raise GoalError(f"evaluators.{evaluator.name}, metric {m.name}, sub-metric {s.name}: {err}") from None
-            bounds[key] = (bound, higher, f"{key} {'>=' if higher else '<='} {bound:.4g} ({s.goal.type} "
-                                          f"{s.goal.value:g}" + (f" from {baseline[key]:.4g})"
-                                                                  if s.goal.type != "threshold" else ")"))
-        return cls(evaluator, baseline, [(k, h) for _, k, h in ranked], bounds)
-
-    def violations(self, values: dict) -> dict[str, float]:
-        """Goals a candidate misses, with the relative shortfall of each."""
-        out = {}
-        for key, (bound, higher, _) in self.bounds.items():
-            value = values.get(key)
-            if _missing(value):
-                out[key] = math.inf
-                continue
-            gap = (bound - value) if higher else (value - bound)
-            # 0.8 - 0.1 is 0.7000000000000001: a finite value that far off its bound meets it
-            slack = GOAL_TOLERANCE * max(abs(bound), abs(value), 1.0) if math.isfinite(value) else 0.0
-            if gap > slack:
-                out[key] = gap / (abs(bound) or 1.0)
-        return out
-
-    def sort_key(self, values: dict) -> tuple:
-        """Smaller is better: each ranked metric in priority order, oriented."""
-        key = []
-        for name, higher in self.ranked:
-            value = values.get(name)
-            if _missing(value):
-                key.append(math.inf)
-            else:
-                key.append(-value if higher else value)
-        return tuple(key)
-
-
-def pareto(candidates: list[dict], objective: Objective) -> set[int]:
-    """Ids of the measured candidates that no other beats on every ranked metric: among those that meet the
-    goals when any does (as Olive does, so the best is on it), else among all."""
-    measured = [c for c in candidates if c["status"] == "ok"]
-    meeting = [c for c in measured if not c.get("violations")]
-    points = {c["id"]: objective.sort_key(c["metrics"]) for c in meeting or measured}
-    front = set()
-    for cid, p in points.items():
-        if not any(all(a <= b for a, b in zip(q, p)) and q != p for other, q in points.items() if other != cid):
-            front.add(cid)
-    return front
-
-
-# --- candidates -------------------------------------------------------------------------------------
+# --- candidates ---------------------------------------------------------------------------------------
 
 def describe(choice: PassConfig, slot: PassConfig, varying: dict[str, set[str]] | None = None) -> str:
     """What distinguishes this choice: its type when the step has alternatives, its searched values, and the
@@ -405,7 +305,7 @@ class Search:
 
         records[record["id"]] = record
         values = [record["metrics"].get(k) for k, _ in self.objective.ranked] or [0.0]
-        if record["status"] != "ok" or any(_missing(v) for v in values):
+        if record["status"] != "ok" or any(missing(v) for v in values):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         trial.set_constraint("goals", sum(min(v, 1e6) for v in record["violations"].values()))
