@@ -119,7 +119,7 @@ def test_olives_tpe_sampler_config_is_read(tiny_model, tmp_path):
 class _FakeSession:
     """Runs no model: a chain's 'model' is its tuple of block sizes, and `score` gives its metrics."""
 
-    def __init__(self, slots, search: dict, score, parallel: int = 1):
+    def __init__(self, slots, search: dict, score, parallel: int = 1, delay: float | None = None):
         from types import SimpleNamespace
 
         from modelpress.config.schema import SearchConfig
@@ -132,6 +132,7 @@ class _FakeSession:
         self.input_ref = "input"
         self.score, self.runs, self.parallel = score, [], parallel
         self.running, self.most_at_once = 0, 0
+        self.delay = (0.02 if parallel > 1 else 0) if delay is None else delay  # a batch's threads overlap
 
     def concurrency(self) -> int:
         return self.parallel
@@ -150,7 +151,7 @@ class _FakeSession:
             self.runs.append(combo)
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
-        time.sleep(0.02 if self.parallel > 1 else 0)  # long enough for the batch's threads to overlap
+        time.sleep(self.delay)
         self.running -= 1
         return ModelRef("onnx", Path("/nonexistent"), id=str(combo), task={"combo": combo})
 
@@ -172,10 +173,10 @@ def _slots(*sizes):
             for i, n in enumerate(sizes)]
 
 
-def _search(slots, search, score, parallel: int = 1):
+def _search(slots, search, score, parallel: int = 1, delay: float | None = None):
     from modelpress.search import Search
 
-    session = _FakeSession(slots, search, score, parallel)
+    session = _FakeSession(slots, search, score, parallel, delay)
     engine = Search(session)
     engine.run({"metrics": {}})
     return engine, session
@@ -246,9 +247,27 @@ def test_candidates_run_in_parallel_give_the_sequential_search_result(search):
         # tpe asks a batch before it is told, so its later proposals may differ from a sequential run's;
         # on this space both find the best candidate
         assert parallel._best(parallel.candidates)["choice"] == sequential._best(sequential.candidates)["choice"]
+    elif search.get("stop_when_goals_met"):  # the first batch's candidates all ran: all are recorded
+        assert _summary(parallel)[:len(sequential.candidates)] == _summary(sequential)
+        assert len(parallel.candidates) == 3
     elif search.get("sampler") != "tpe":
         assert _summary(parallel) == _summary(sequential)
     assert 1 < session.most_at_once <= 3
+
+
+@pytest.mark.parametrize("search", [{"max_time": 0.25}, {"stop_when_goals_met": True},
+                                    {"sampler": "tpe", "max_time": 0.25}])
+def test_candidates_that_ran_together_are_all_recorded_when_the_budget_runs_out_among_them(search):
+    """A batch ran at once was recorded one by one until the budget said stop: past max_time every candidate that
+    had run was dropped with its history ("no candidate was evaluated"), and with stop_when_goals_met the batch-
+    mates of the first to meet the goals were dropped though one of them ranked first."""
+    engine, session = _search(_slots(3, 3), search, lambda combo: (0.5 + 0.1 * _index(combo)[0], 1.0), parallel=3,
+                              delay=0.5)
+    # one batch ran (tpe's random start may propose one combination twice in it); every run is a candidate
+    assert 1 < len(session.runs) <= 3 and len(engine.candidates) == len(session.runs)
+    assert all(c["status"] == "ok" for c in engine.candidates)
+    assert max(c["metrics"]["acc-accuracy_score"] for c in engine.candidates) == pytest.approx(
+        engine._best(engine.candidates)["metrics"]["acc-accuracy_score"])
 
 
 @pytest.mark.parametrize("baseline", [float("nan"), float("inf"), None])

@@ -264,8 +264,8 @@ class Search:
                 break
             outcomes = self._run_many(batch)
             for c in batch:
-                if not self.budget_left():
-                    break
+                if c not in outcomes and not self.budget_left():  # a candidate that ran is recorded whatever
+                    break  # the budget says now: its batch-mate may rank first, and its time is spent
                 records.append(self.evaluate(c, outcomes.get(c)))
         return records
 
@@ -294,7 +294,7 @@ class Search:
                                              for slot, n in zip(free, sizes)])))
             outcomes = self._run_many([c for _, c in trials])
             for trial, c in trials:
-                if not self.budget_left():
+                if c not in outcomes and not self.budget_left():
                     break
                 self._tell(study, trial, self.evaluate(c, outcomes.get(c)), records)
         return list(records.values())
