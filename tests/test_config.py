@@ -497,3 +497,19 @@ def test_a_classifiers_text_columns_beyond_a_pair_warn_that_they_are_joined(work
     pre["input_cols"] = ["phrase", "phrase", "tone"]
     warnings = normalize(raw, base_dir=workspace).warnings
     assert any("text_cols: a classifier's 3 text columns are joined by a space" in w for w in warnings), warnings
+
+
+def test_searched_values_that_do_not_go_together_are_left_out_of_the_search(workspace):
+    """Each searched value was validated with the other searched keys at their first value, and the combinations
+    were made without validation: a QInt16 weight with QOperator reached the search and failed there. They are
+    left out, as Olive prunes an invalid search point, with a warning that names one."""
+    raw = _seed(workspace)
+    raw["passes"] = {"conv": {"type": "OnnxConversion"},
+                     "q": {"type": "OnnxStaticQuantization", "data_config": "dataset_default_train",
+                           "weight_type": ["QInt8", "QInt16"], "quant_format": ["QDQ", "QOperator"]}}
+    raw["engine"]["search_strategy"] = {"execution_order": "joint", "sampler": "sequential"}
+    config = normalize(raw, base_dir=workspace)
+    choices = [(c.params.weight_type, c.params.quant_format) for c in config.passes[1].choices()]
+    assert choices == [("QInt8", "QDQ"), ("QInt8", "QOperator"), ("QInt16", "QDQ")]
+    assert any("1 of 4 combinations" in w and "weight_type='QInt16', quant_format='QOperator'" in w and "QDQ" in w
+               for w in config.warnings), config.warnings

@@ -32,6 +32,7 @@ from modelpress.config.olive_tables import (
     VALUE_FALLBACKS,
     VENDOR_PASSES,
 )
+from modelpress.config.searched import searched_params
 from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
 from modelpress.config.sources import input_model, resolve_path
 from modelpress.errors import ConfigError, Problem
@@ -302,6 +303,12 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
     space = _validated_space(params_model, flat, space, where, c)
     if space is None:
         return None
+    good, refused = searched_params(params, space)
+    if refused:
+        shown = ", ".join(f"{k}={v!r}" for k, v in refused[0][0].items())
+        total = len(good) + len(refused)  # the first combination is `params`, valid: some always remain
+        c.warn(f"{where}: {len(refused)} of {total} combinations of the searched values do not go together and are "
+               f"left out of the search, as Olive prunes them (for one, {shown}: {refused[0][1]})")
     if isinstance(params, LoRAParams) and not isinstance(params, QLoRAParams):
         _warn_4bit_options(params, typ, path, c)
     if isinstance(params, LoHaParams) and "lora_dropout" in params.model_fields_set:

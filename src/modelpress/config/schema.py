@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
+from modelpress.config.searched import searched_params
 from modelpress.config.templates import completion_field, role_template, template_problem
 from modelpress.passes.catalog import CATALOG, Strict
 from modelpress.passes.spec_base import output_neutral
@@ -417,16 +418,11 @@ class PassConfig(Strict):
         return None
 
     def choices(self) -> list["PassConfig"]:
-        """Every concrete config of this step: alternatives x the product of searched values."""
-        import itertools
-
-        out = []
-        for option in [self, *self.alternatives]:
-            names = list(option.search_space)
-            for values in itertools.product(*(option.search_space[n] for n in names)):
-                params = option.params.model_copy(update=dict(zip(names, values)))
-                out.append(PassConfig(name=option.name, type=option.type, params=params, host=self.host))
-        return out
+        """Every concrete config of this step: alternatives x the product of searched values, less the combinations
+        whose values do not go together (Olive prunes them too; `searched_params` says which)."""
+        return [PassConfig(name=option.name, type=option.type, params=params, host=self.host)
+                for option in [self, *self.alternatives] for params in searched_params(option.params,
+                                                                                     option.search_space)[0]]
 
 
 def training_pass(passes: list[PassConfig]) -> PassConfig | None:
