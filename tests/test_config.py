@@ -513,3 +513,26 @@ def test_searched_values_that_do_not_go_together_are_left_out_of_the_search(work
     assert choices == [("QInt8", "QDQ"), ("QInt8", "QOperator"), ("QInt16", "QDQ")]
     assert any("1 of 4 combinations" in w and "weight_type='QInt16', quant_format='QOperator'" in w and "QDQ" in w
                for w in config.warnings), config.warnings
+
+
+@pytest.mark.parametrize("task, style, use_kv_cache, expected", [
+    (None, "olive-0.13", None, True),  # Olive's default task is text-generation-with-past
+    ("text-generation-with-past", "olive-0.13", None, True),
+    ("text-generation", "olive-0.13", None, False),
+    ("text-generation-with-past", "olive-0.13", False, False),  # the pass's own setting wins
+    (None, "modelpress", None, False),
+    ("text-generation-with-past", "modelpress", None, True)])
+def test_olive_with_past_task_exports_a_kv_cache(workspace, task, style, use_kv_cache, expected):
+    """Olive's default HfModel task, text-generation-with-past, was refused when written ("did you mean
+    text-generation?") and, left out, exported a graph without the KV cache Olive's OnnxConversion gives it."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["input_model"].pop("task", None)
+    if task:
+        raw["input_model"]["task"] = task
+    raw["passes"] = {"conv": {"type": "OnnxConversion", **({} if use_kv_cache is None else
+                                                          {"use_kv_cache": use_kv_cache})}}
+    if style == "modelpress":
+        raw["evaluation"] = {}
+    config = normalize(raw, base_dir=workspace)
+    assert config.schema_style == style and config.input_model.task == "text-generation"
+    assert config.passes[0].params.use_kv_cache is expected

@@ -34,7 +34,7 @@ from modelpress.config.olive_tables import (
 )
 from modelpress.config.searched import searched_params
 from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
-from modelpress.config.sources import input_model, resolve_path
+from modelpress.config.sources import input_model, kv_cache_asked, resolve_path
 from modelpress.errors import ConfigError, Problem
 from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoHaParams, LoRAParams, QLoRAParams
 
@@ -103,6 +103,8 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     for p in passes or [] if style != "modelpress" else []:  # Olive's schema, which an Olive user reads as Olive
         if isinstance(p.params, LoRAParams):
             _note_olive_defaults(p.params, p.type, f"passes.{p.name}", c)
+    if kv_cache_asked(raw.get("input_model"), style):
+        _export_kv_cache(passes or [], c)
     engine_config = engine(engine_raw, engine_path, systems, base_dir, c)
     evaluation = evaluation_section(raw, engine_raw, c)
     evaluator = evaluator_section(raw, engine_raw, base_dir, c)
@@ -115,6 +117,18 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
                           passes=passes, evaluation=evaluation, evaluator=evaluator, search=search,
                           engine=engine_config, systems=systems, raw=raw, base_dir=base_dir, warnings=c.warnings,
                           notes=c.notes)
+
+
+def _export_kv_cache(passes: list[PassConfig], c: Collector) -> None:
+    """OnnxConversion exports a KV cache where the input model's task asks for one (Olive's "-with-past", its default
+    task), unless the pass sets use_kv_cache itself."""
+    for p in passes:
+        for option in [p, *p.alternatives]:
+            if option.type == "OnnxConversion" and "use_kv_cache" not in option.params.model_fields_set | set(
+                    option.search_space):
+                option.params.use_kv_cache = True
+                c.note(f"passes.{p.name}.use_kv_cache: true, as the input model's task asks (text-generation-with-past, "
+                       "Olive's default); set it to false for a graph without past key/values")
 
 
 def _detect_style(raw: dict) -> str:

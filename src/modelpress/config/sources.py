@@ -81,6 +81,8 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
             load_kwargs.update(src)
     model_path = flat.pop("model_path", None) or hf.pop("model_name", None)
     task = flat.pop("task", None) or hf.pop("task", None) or "text-generation"
+    if isinstance(task, str):  # Olive's "-with-past": the exported graph takes a KV cache (see `kv_cache_asked`)
+        task = task.removesuffix("-with-past")
     if flat.pop("model_file_format", None) not in (None, "PyTorch.SafeTensors"):
         c.add(f"{where}.model_file_format", "only Hugging Face models are supported",
               "Remove model_file_format and point model_path at the folder, Hub id or GGUF file.")
@@ -210,3 +212,16 @@ def check_model_folder(folder: Path, path: str, c: Collector) -> None:
         c.add(path, f"{folder} has no weights (*.safetensors or *.bin)", "Save the model with save_pretrained.")
     if not has_tokenizer(folder):
         c.add(path, f"{folder} has no tokenizer files", "Save the tokenizer into the folder with save_pretrained.")
+
+
+def kv_cache_asked(raw_model, style: str) -> bool:
+    """Whether the input model's task asks an exported graph with a KV cache, as Olive reads it: a task that ends in
+    "-with-past", or (in Olive's schemas) no task at all, Olive's default being "text-generation-with-past"."""
+    if not isinstance(raw_model, dict):
+        return False
+    inner = raw_model.get("config") if isinstance(raw_model.get("config"), dict) else raw_model
+    hf = inner.get("hf_config") if isinstance(inner.get("hf_config"), dict) else {}
+    task = inner.get("task") or hf.get("task")
+    if task is None:
+        return style != "modelpress"
+    return isinstance(task, str) and task.endswith("-with-past")

@@ -34,7 +34,8 @@ class OnnxConversionParams(Strict):
                               "Olive's default is 20).")
     use_kv_cache: bool = Field(
         False, description="text-generation only: add past_key_values.{i}.key/value inputs and present.{i}.key/value "
-        "outputs for incremental decoding. An empty past (length 0) scores the whole sequence.",
+        "outputs for incremental decoding. An empty past (length 0) scores the whole sequence. Left out, true when "
+        "the input model's task is Olive's text-generation-with-past (its default task in Olive's schemas).",
     )
     save_as_external_data: bool = Field(
         True, description="Keep the weights in model.onnx.data beside model.onnx (needed above 2 GB); false writes "
