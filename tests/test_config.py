@@ -536,3 +536,19 @@ def test_olive_with_past_task_exports_a_kv_cache(workspace, task, style, use_kv_
     config = normalize(raw, base_dir=workspace)
     assert config.schema_style == style and config.input_model.task == "text-generation"
     assert config.passes[0].params.use_kv_cache is expected
+
+
+def test_olive_cache_config_block_sets_the_cache(workspace):
+    """Olive reads cache_dir, clean_cache and clean_evaluation_cache from `cache_config` when it is given; it was
+    accepted and not used, so the run wrote to another cache and cleaned nothing."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw.pop("cache_dir", None)
+    raw["cache_config"] = {"cache_dir": ["my-cache", "https://account.blob.core.windows.net/c"], "clean_cache": True,
+                           "enable_shared_cache": True}
+    config = normalize(raw, base_dir=workspace)
+    assert config.engine.cache_dir == (workspace / "my-cache").resolve() and config.engine.clean_cache
+    assert any("shared cache URL is not used" in w for w in config.warnings)
+    assert any("cache_config.enable_shared_cache: accepted and not used" in w for w in config.warnings)
+    raw["cache_config"] = {"cache_dri": "x"}
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("cache_config.cache_dri") and "cache_dir" in problem, problem

@@ -14,8 +14,10 @@ from modelpress.config.sources import resolve_path
 ENGINE_KEYS = (
     "log_severity_level", "host", "target", "search_strategy", "execution_providers",
     "cache_dir", "output_dir", "evaluate_input_model", "clean_cache", "clean_evaluation_cache", "evaluator",
-    *INERT_ENGINE_KEYS,
+    "cache_config", *INERT_ENGINE_KEYS,
 )
+CACHE_CONFIG_KEYS = ("cache_dir", "clean_cache", "clean_evaluation_cache")  # Olive's CacheConfig keys read here
+SHARED_CACHE_KEYS = ("account_name", "container_name", "enable_shared_cache", "update_shared_cache")
 EP_NAMES = {
     "CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml",
     "cpu": "cpu", "cuda": "cuda", "dml": "dml",
@@ -130,7 +132,30 @@ def engine_section(raw: dict, c: Collector) -> tuple[dict, str]:
         merged, path = {**top, **engine}, "engine"
     for key in [k for k in merged if k in INERT_ENGINE_KEYS]:
         c.warn(f"{key}: accepted and not used: {INERT_ENGINE_KEYS[key]}.")
+    if "cache_config" in merged:
+        merged = _lift_cache_config(merged, f"{path}.cache_config" if path else "cache_config", c)
     return merged, path
+
+
+def _lift_cache_config(merged: dict, where: str, c: Collector) -> dict:
+    """Olive's `cache_config` block: its cache_dir, clean_cache and clean_evaluation_cache take the place of the
+    engine keys of those names (Olive reads the block instead of them); its shared-cache keys are not used."""
+    cache = merged.pop("cache_config")
+    if as_mapping(cache, where, c) is None:
+        return merged
+    c.unknown_keys(cache, (*CACHE_CONFIG_KEYS, *SHARED_CACHE_KEYS), where)
+    for key in [k for k in SHARED_CACHE_KEYS if cache.get(k)]:
+        c.warn(f"{where}.{key}: accepted and not used: there is no shared (cloud) cache; cache_dir is a local folder.")
+    lifted = {k: cache[k] for k in CACHE_CONFIG_KEYS if k in cache}
+    if isinstance(lifted.get("cache_dir"), list):  # Olive: a local folder and, maybe, a shared cache URL
+        local = [d for d in lifted["cache_dir"] if isinstance(d, str) and "://" not in d]
+        if len(local) != len(lifted["cache_dir"]):
+            c.warn(f"{where}.cache_dir: the shared cache URL is not used; cache_dir is a local folder.")
+        lifted["cache_dir"] = local[0] if local else ".modelpress-cache"
+    for key in [k for k in lifted if k in merged and merged[k] != lifted[k]]:
+        c.warn(f"{key} is given beside cache_config.{key}, differently: cache_config's is used ({lifted[key]!r}), "
+               "as in Olive; keep one")
+    return {**merged, **lifted}
 
 
 def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) -> EngineConfig | None:

@@ -16,7 +16,6 @@ INERT_ENGINE_KEYS: dict[str, str] = {
     "ort_py_log_severity_level": "onnxruntime logs only warnings and errors here; use --verbose for more",
     "log_to_file": "modelpress logs to the terminal; redirect it to a file (progress bars then become plain lines)",
     "packaging_config": "the output folder is the package: the model, its card, metrics.json and report.html",
-    "cache_config": "the cache is set by cache_dir alone",
     "enable_shared_cache": "there is no shared (cloud) cache; cache_dir is a local folder",
     "workflow_id": "Olive names a run's cache folder with it; modelpress keys every cache entry by its content, "
                    "so runs share one cache_dir safely",
