@@ -552,3 +552,16 @@ def test_olive_cache_config_block_sets_the_cache(workspace):
     raw["cache_config"] = {"cache_dri": "x"}
     [problem] = _problems(raw, workspace)
     assert problem.startswith("cache_config.cache_dri") and "cache_dir" in problem, problem
+
+
+@pytest.mark.parametrize("section, typ", [("load_dataset_config", "dummy_dataset"),
+                                          ("pre_process_data_config", "ner_huggingface_preprocess")])
+def test_an_olive_data_component_modelpress_does_not_read_is_refused(workspace, section, typ):
+    """The type of a data section was dropped, so a dummy dataset or NER pre-processing ran as plain text rows."""
+    raw = _seed(workspace)
+    raw["data_configs"][0][section]["type"] = typ
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith(f"data_configs[0].{section}.type") and typ in problem, problem
+    raw["data_configs"][0][section]["type"] = ("huggingface_dataset" if section == "load_dataset_config"
+                                               else "text_generation_huggingface_pre_process")
+    normalize(raw, base_dir=workspace)

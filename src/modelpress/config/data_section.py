@@ -111,10 +111,27 @@ def _sections(raw: dict, path: str, c: Collector) -> dict[str, tuple[dict, str]]
     return out
 
 
+# Olive's component types (by section) whose keys modelpress reads as Olive does; another type (a dummy dataset,
+# NER or audio pre-processing) would be read as plain text rows, so it is refused. None: any type (not read here).
+COMPONENT_TYPES = {
+    "load_dataset_config": ("huggingface_dataset",),
+    "pre_process_data_config": ("huggingface_pre_process", "text_generation_huggingface_pre_process",
+                                "pre_process"),
+    "dataloader_config": None,
+    "post_process_data_config": None,
+}
+
+
 def _section(raw: dict, key: str, path: str, c: Collector) -> tuple[dict, str]:
     section = raw.get(key) or {}
     if as_mapping(section, f"{path}.{key}", c) is None:
         return {}, f"{path}.{key}"
+    typ = section.get("type")
+    allowed = COMPONENT_TYPES[key]
+    if typ is not None and allowed is not None and str(typ).lower() not in allowed:
+        c.add(f"{path}.{key}.type", f"Olive's {typ!r} component is not supported: modelpress reads rows with "
+              "datasets and renders them from text or chat templates",
+              f"Use {' or '.join(allowed)}, or leave type out.")
     flat, where = unwrap(dict(section), "params", f"{path}.{key}")
     flat.pop("type", None)
     return flat, where
