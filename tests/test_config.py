@@ -565,3 +565,20 @@ def test_an_olive_data_component_modelpress_does_not_read_is_refused(workspace, 
     raw["data_configs"][0][section]["type"] = ("huggingface_dataset" if section == "load_dataset_config"
                                                else "text_generation_huggingface_pre_process")
     normalize(raw, base_dir=workspace)
+
+
+def test_a_metric_that_runs_the_model_needs_data_to_run_it_on(workspace):
+    """An evaluator whose latency or accuracy metric had no data passed validation; the run then failed at the goal
+    ('the baseline measured None ... see in the run history why') or ranked candidates on nothing."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["passes"] = {"builder": {"type": "ModelBuilder", "precision": "int4"}}
+    raw.pop("data_configs")
+    raw["evaluators"] = {"e": {"metrics": [
+        {"name": "size", "type": "size_on_disk", "sub_types": [{"name": "bytes"}]},
+        {"name": "lat", "type": "latency", "sub_types": [{"name": "avg", "goal": {"type": "max-degradation",
+                                                                                   "value": 5}}]}]}}
+    raw["evaluator"] = "e"
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("evaluator.metrics[1]") and "'lat'" in problem and "data_configs" in problem, problem
+    raw["evaluators"]["e"]["metrics"].pop(1)
+    normalize(raw, base_dir=workspace)  # size reads no data
