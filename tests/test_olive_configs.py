@@ -140,11 +140,18 @@ def test_a_vendor_execution_provider_is_refused_with_its_hardware():
     assert VENDOR_EPS["QNNExecutionProvider"] in problem.message and TARGETS in problem.hint
 
 
+def _with_data(raw: dict) -> dict:
+    """`raw` with the tone rows as its data: a metric that runs the model needs rows to run it on."""
+    data = _config("lora-adapters.json")["data_configs"]
+    data[0]["load_dataset_config"]["data_files"] = str(CONFIGS / "lm_eval_tasks" / "tone.jsonl")
+    return {**raw, "data_configs": data}
+
+
 def test_olive_sub_metric_names_and_throughput_statistics():
     from modelpress.evaluate import latency_report
     from modelpress.metrics import _measured
 
-    raw = _config("model-builder-options.json")
+    raw = _with_data(_config("model-builder-options.json"))
     raw["evaluators"] = {"e": {"metrics": [
         {"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy", "priority": 1}, {"name": "f1"}]},
         {"name": "tp", "type": "throughput", "sub_types": [{"name": "avg"}, {"name": "max"}, {"name": "min"},
@@ -165,7 +172,7 @@ def test_olive_sub_metric_names_and_throughput_statistics():
 
 
 def test_olive_accuracy_sub_types_modelpress_does_not_compute_say_what_to_use_instead():
-    raw = _config("model-builder-options.json")
+    raw = _with_data(_config("model-builder-options.json"))
     raw["evaluators"] = {"e": {"metrics": [{"name": "acc", "type": "accuracy", "sub_types": [
         {"name": "perplexity"}, {"name": "auroc"}]}]}}
     with pytest.raises(ConfigError) as err:
