@@ -196,6 +196,10 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
     (["finetune", "--data", "notes.txt", "--template", "{a}"], "--data: notes.txt: not a data file modelpress reads"),
     (["quantize", "--template", "{q}", "--label-col", "a"],
      "--template: --template, --label-col describe the rows of --data, and no --data was given"),
+    # flags that were accepted and dropped
+    (["optimize", "--max-accuracy-drop", "0.05"], "--max-accuracy-drop: is the goal of --search, and there is no search"),
+    (["quantize", "--task", "text-classification", "--method", "dynamic", "--block-size", "64"],
+     "--block-size: int8 quantization (dynamic or static) has no blocks"),
 ])
 def test_a_shortcut_mistake_names_the_flag(tmp_path, tiny_model, args, expected):
     proc = run_cli(*args, "--model", str(tiny_model), check=False, cwd=tmp_path)

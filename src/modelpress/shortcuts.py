@@ -51,7 +51,8 @@ def add_shortcuts(sub) -> None:
                    help="default: int8 for --method dynamic/static, else int4")
     p.add_argument("--method", choices=("auto", "rtn", "hqq", "dynamic", "static"), default="auto",
                    help="auto: the genai builder for text-generation; RTN (int4) or dynamic (int8) for classifiers")
-    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32)
+    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
+                   help="int4: weights per quantization block (default 32)")
     _common(p)
     p.set_defaults(handler=cmd_quantize)
 
@@ -62,9 +63,9 @@ def add_shortcuts(sub) -> None:
                    help="default: int4 (not with --search, which tries int4 and int8 itself)")
     p.add_argument("--search", action="store_true",
                    help="search int4 and int8 variants under --max-accuracy-drop (needs --data)")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.02,
-                   help="goal for --search: how far accuracy (0 to 1) may fall below the baseline's; 0.02 is two "
-                        "points")
+    p.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="goal for --search: how far accuracy (0 to 1) may fall below the baseline's (default 0.02, "
+                        "two points)")
     _common(p)
     p.set_defaults(handler=cmd_optimize)
 
@@ -159,6 +160,10 @@ def quantize_config(args) -> dict:
     data = _eval_data(args)
     if args.precision is None:
         args.precision = "int8" if args.method in ("dynamic", "static") else "int4"
+    if args.block_size is not None and args.precision == "int8":
+        raise _usage("--block-size", "int8 quantization (dynamic or static) has no blocks",
+                     "Drop --block-size, or quantize to int4 (--method rtn or hqq).")
+    args.block_size = args.block_size or 32
     if args.task == "text-generation" and args.method in ("auto",):
         passes = {"builder": {"type": "ModelBuilder", "precision": args.precision, "block_size": args.block_size}}
     else:
@@ -175,6 +180,10 @@ def optimize_config(args) -> dict:
         raise _usage("--search", "compares accuracy on data", "Pass --data (and --template or --label-col).")
     if args.search and args.precision is not None:
         raise _usage("--precision", "--search tries int4 and int8 itself", "Drop --precision, or --search.")
+    if args.max_accuracy_drop is not None and not args.search:
+        raise _usage("--max-accuracy-drop", "is the goal of --search, and there is no search",
+                     "Add --search (int4 and int8 tried under that goal), or drop --max-accuracy-drop.")
+    args.max_accuracy_drop = 0.02 if args.max_accuracy_drop is None else args.max_accuracy_drop
     if not 0 <= args.max_accuracy_drop < 1:
         raise _usage("--max-accuracy-drop", f"{args.max_accuracy_drop:g} is not a share of accuracy (0 to 1)",
                      "Give a fraction: 0.02 lets accuracy fall two points.")
