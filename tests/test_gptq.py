@@ -308,3 +308,26 @@ def test_each_kind_of_layer_is_calibrated_with_its_own_mask_and_rotary_tables(mo
         for key in ("position_embeddings", "attention_mask"):
             assert same(seen[index].get(key), real[index].get(key)), (index, key)
     assert not same(real[0]["position_embeddings"], real[1]["position_embeddings"])  # the kinds differ
+
+
+def _reference_symmetric_qparams(w, bits):
+    """The GPTQ reference code's symmetric grid (Quantizer.find_params with sym=True), written out: the range
+    [-max|w|, max|w|] over 2^bits - 1 steps, zero point (maxq + 1) / 2."""
+    maxq = 2**bits - 1
+    xmin = torch.minimum(w.min(1).values, torch.zeros(w.shape[0]))
+    xmax = torch.maximum(w.max(1).values, torch.zeros(w.shape[0]))
+    xmax = torch.maximum(xmin.abs(), xmax)
+    xmin = torch.where(xmin < 0, -xmax, xmin)
+    scale = (xmax - xmin) / maxq
+    return scale, torch.full_like(scale, (maxq + 1) / 2)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_symmetric_grid_is_the_gptq_reference_codes(bits):
+    """modelpress's symmetric grid was max|w| / (2^(bits-1) - 1): its lowest code unused, 12% more 4-bit error."""
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(5))
+    scale, zero = Grid(bits, 32, True).qparams(w)
+    expected = _reference_symmetric_qparams(w, bits)
+    assert torch.allclose(scale, expected[0]) and torch.equal(zero, expected[1])
+    codes = rtn(w, Grid(bits, 32, True))[0]
+    assert codes.min() == 0 or bits == 8  # the whole grid is used

@@ -45,17 +45,18 @@ class Grid:
     def qparams(self, w):
         """(scale, zero) per row of `w` (out, k): the range of the row, 0 included.
 
-        Symmetric grids put zero at the middle level and map the largest magnitude to the
-        last positive level (scale = max|w| / (2^(bits-1) - 1)), so no weight is clipped.
+        Symmetric grids put zero at the middle level 2^(bits-1) and spread the range [-max|w|, max|w|] over all
+        2^bits - 1 steps (scale = 2 max|w| / (2^bits - 1)), as the GPTQ reference code (and Olive) does: the largest
+        positive weight lands half a step past the top code and is clipped to it, and in exchange the grid is finer
+        than max|w| / (2^(bits-1) - 1), which leaves the lowest code unused (4-bit RTN: 12% more squared error).
         """
         import torch
 
         lo = torch.clamp(w.min(dim=1).values, max=0)
         hi = torch.clamp(w.max(dim=1).values, min=0)
         if self.symmetric:
-            half = 2 ** (self.bits - 1)
-            scale = torch.maximum(-lo, hi) / (half - 1)
-            zero = torch.full_like(scale, half)
+            scale = 2 * torch.maximum(-lo, hi) / self.maxq
+            zero = torch.full_like(scale, 2 ** (self.bits - 1))
         else:
             scale = (hi - lo) / self.maxq
             zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale)))
