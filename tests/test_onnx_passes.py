@@ -538,6 +538,17 @@ def test_rtn_of_embeddings_alone_quantizes_them_at_4_bits_and_refuses_to_quantiz
              phi_onnx, tmp_path / "none")
 
 
+def test_a_quantizer_on_a_quantized_model_says_it_quantized_nothing(phi_onnx, tmp_path):
+    """The count of MatMulNBits included those the input had: RTN on an int4 model quantized nothing, succeeded and
+    noted '1 of 0 MatMul nodes -> MatMulNBits'."""
+    int4 = _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32, op_types_to_quantize=["MatMul"]),
+                phi_onnx, tmp_path / "int4")
+    assert op_counts(int4.path / MODEL_FILE).get("MatMulNBits", 0) > 0
+    with pytest.raises(ModelpressError, match="MatMulNBits already: a quantized model is not quantized again"):
+        _run(run_rtn, OnnxBlockWiseRtnQuantizationParams(block_size=32, bits=8, op_types_to_quantize=["MatMul"]),
+             int4, tmp_path / "again")
+
+
 def _gather_names(ref) -> list[str]:
     import onnx
 

@@ -130,7 +130,9 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, p
 
     model_file = _decoder_file(ctx.model)
     src = ctx.model.path / model_file
-    before = op_counts(src).get("MatMul", 0)
+    counts = op_counts(src)
+    before = counts.get("MatMul", 0)
+    had = {op: counts.get(op, 0) for op in ("MatMulNBits", "GatherBlockQuantized")}  # quantized already: not done here
     model = onnx.load(str(src))
     fed = _fed_weights(model)
     if fed:
@@ -150,13 +152,15 @@ def _weight_only(ctx: PassContext, params: WeightOnlyParams, algo, label: str, p
     if post is not None:
         post(model, set(skip))
     fix_com_microsoft_opset(model)  # onnxruntime's k-quant path writes MatMulNBits without the domain's import
-    done = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
-    tables = sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
+    done = sum(n.op_type == "MatMulNBits" for n in model.graph.node) - had["MatMulNBits"]
+    tables = sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node) - had["GatherBlockQuantized"]
     if done == 0 and (matmuls or tables == 0):
         keys = "nodes_to_include and nodes_to_exclude" if params.nodes_to_include else "nodes_to_exclude"
+        quantized = f"; {had['MatMulNBits']} are MatMulNBits already: a quantized model is not quantized again" \
+            if had["MatMulNBits"] else ""
         what = f"no MatMul in {src} was quantized (it has {before} MatMul nodes; only those with a constant 2-D " \
-               "weight qualify)" if matmuls else f"no embedding Gather in {src} was quantized (only one over a " \
-               "constant 2-D float table qualifies)"
+               f"weight qualify{quantized})" if matmuls else f"no embedding Gather in {src} was quantized (only " \
+               "one over a constant 2-D float table qualifies)"
         raise ModelpressError(f"{label}: {what}. Check {keys} and op_types_to_quantize.")
     copy_model_folder(ctx.model.path, ctx.out, model_file)
     save_onnx(model, ctx.out, uses_external_file(ctx.model.path, model_file), model_file)
