@@ -391,7 +391,9 @@ def run_transformers_optimization(ctx: PassContext, params: OrtTransformersOptim
             hidden_size=params.hidden_size or config.get("hidden_size", 0),
             opt_level=params.opt_level if fuse else (params.opt_level or 1),
             optimization_options=_fusion_options(params, model_type) if fuse else None,
-            use_gpu=ctx.execution_provider != "cpu", only_onnxruntime=not fuse)
+            use_gpu=ctx.execution_provider != "cpu", only_onnxruntime=not fuse,
+            # named, as Olive does: without it onnxruntime looks for CUDA alone, and under DirectML skips its step
+            provider=None if ctx.execution_provider == "cpu" else ctx.execution_provider)
         if params.float16:
             optimized.convert_float_to_float16(**_float16_options(params))
     copy_model_folder(src, ctx.out)
