@@ -262,3 +262,24 @@ def test_an_olive_checkpoint_stored_without_symmetric_zero_points_reads_as_its_m
                        expected["model.layers.0.self_attn.qkv_proj.weight"])
     kept = load_file(str(again / "model.safetensors"))  # written back in the layout the builder splits right
     assert {k: kept[k].shape for k in shapes} == shapes
+
+
+def test_an_override_on_one_of_q_k_v_quantizes_the_three_alike(tmp_path):
+    """onnxruntime-genai packs a layer's q/k/v into one MatMul and refuses members of different bits: an override
+    on q_proj alone made a checkpoint the builder failed on. They share the most precise grid, as in Olive."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from modelpress.passes.quant_specs import RtnParams
+    from modelpress.passes.torch_quant import quant_plan
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    params = RtnParams(bits=4, group_size=32, overrides={"model.layers.0.self_attn.q_proj": {"bits": 8},
+                                                         "model.layers.1.self_attn.v_proj": {"group_size": 16}})
+    plan, config = quant_plan(model, params, tmp_path)
+    grids = {name.removeprefix("model.layers."): (g.bits, g.group_size) for name, g in plan.items()
+             if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    assert grids == {"0.self_attn.q_proj": (8, 32), "0.self_attn.k_proj": (8, 32), "0.self_attn.v_proj": (8, 32),
+                     "0.self_attn.o_proj": (4, 32), "1.self_attn.q_proj": (4, 16), "1.self_attn.k_proj": (4, 16),
+                     "1.self_attn.v_proj": (4, 16), "1.self_attn.o_proj": (4, 32)}
+    assert config["overrides"]["model.layers.0.self_attn.k_proj"] == {"bits": 8}

@@ -79,13 +79,33 @@ def quant_plan(model, params: QuantizerParams, folder: Path) -> tuple[dict[str, 
         targets.append(embeds)
     config = {"quant_method": QUANT_METHOD, **default, "lm_head": params.lm_head,
               "embeds": bool(getattr(params, "embeds", False)), "overrides": {}}
-    plan = {}
-    for name in targets:
-        grid = Grid(**{**default, **overrides.get(name, {})})
-        plan[name] = grid
+    plan = _shared_qkv({name: Grid(**{**default, **overrides.get(name, {})}) for name in targets})
+    for name, grid in plan.items():
         if grid != Grid(**default):
             config["overrides"][name] = {k: v for k, v in vars(grid).items() if v != default[k]}
     return plan, config
+
+
+QKV = ("q_proj", "k_proj", "v_proj")  # a layer's attention inputs, which onnxruntime-genai packs into one MatMul
+
+
+def _shared_qkv(plan: dict[str, Grid]) -> dict[str, Grid]:
+    """Each layer's q/k/v projections on one grid, the most precise among theirs (more bits, then smaller groups),
+    as Olive's normalize_qkv_quant_config promotes them: the genai builder packs them into one MatMul and refuses
+    members of different bits."""
+    groups: dict[str, list[str]] = {}
+    for name in plan:
+        parent, _, leaf = name.rpartition(".")
+        if leaf in QKV:
+            groups.setdefault(parent, []).append(name)
+    for parent, names in groups.items():
+        grids = {plan[n] for n in names}
+        if len(names) > 1 and len(grids) > 1:
+            shared = max(grids, key=lambda g: (g.bits, 2 if g.group_size > 0 else 1, -g.group_size))
+            log.info("%s: q/k/v quantized alike, as %d-bit groups of %d (onnxruntime-genai packs them into one "
+                     "MatMul)", parent, shared.bits, shared.group_size)
+            plan.update({n: shared for n in names})
+    return plan
 
 
 # --- calibration data ---------------------------------------------------------------------------------
