@@ -307,6 +307,23 @@ def test_a_library_upgrade_re_runs_the_passes_and_measurements_it_may_change(tin
                        "torch": [True, True, True, True, True], "numpy": [False, False, False, False, False]}
 
 
+def test_a_builder_asked_for_a_gpu_this_machine_lacks_builds_and_is_keyed_for_the_cpu(tiny_model, tmp_path):
+    """ModelBuilder's own execution_provider skipped the fallback the engine's gets: on a CPU-only host it built a
+    CUDA genai folder modelpress could not run there, under a key that said cuda."""
+    import onnxruntime
+
+    from modelpress.runtime import resolve_execution_provider
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    assert resolve_execution_provider("cuda") == "cpu"
+    cuda, _ = _keys(tiny_model, tmp_path, {"b": {"type": "ModelBuilder", "precision": "int4",
+                                                 "execution_provider": "cuda"}})
+    cpu, _ = _keys(tiny_model, tmp_path, {"b": {"type": "ModelBuilder", "precision": "int4",
+                                                "execution_provider": "cpu"}})
+    assert cuda == cpu
+
+
 def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_model, tmp_path):
     def key(**training_args):
         (lora,), measured = _keys(tiny_model, tmp_path, {"lora": {"type": "LoRA", "train_data_config": "tone",

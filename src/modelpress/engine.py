@@ -28,7 +28,7 @@ from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_d
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 from modelpress.passes.spec_base import KIND_LIBRARIES, key_params
 from modelpress.passes.torch_quant import fetch_default_calibration, uses_default_calibration
-from modelpress.runtime import library_versions, timing_host
+from modelpress.runtime import library_versions, resolve_execution_provider, timing_host
 from modelpress.steps import PeakRSS, record, run_pass_here
 
 log = logging.getLogger("modelpress")
@@ -260,23 +260,6 @@ def _prepare_folders(cache: PassCache, output_dir: Path, clean: bool, clean_eval
                               "Choose a writable cache_dir and output_dir.") from None
 
 
-def resolve_execution_provider(requested: str) -> str:
-    """The requested EP if both onnxruntime and onnxruntime-genai here can run it; otherwise CPU."""
-    if requested == "cpu":
-        return "cpu"
-    import onnxruntime as ort
-    import onnxruntime_genai as og
-
-    wanted = {"cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}[requested]
-    genai_has = {"cuda": og.is_cuda_available, "dml": og.is_dml_available}[requested]()
-    if wanted in ort.get_available_providers() and genai_has:
-        return requested
-    log.warning("%s is not available on this machine (onnxruntime has %s; onnxruntime-genai %s): "
-                "building and running for the CPU instead", wanted, ", ".join(ort.get_available_providers()),
-                "has it" if genai_has else "lacks it")
-    return "cpu"
-
-
 def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPlan, ep: str, local: bool = True
               ) -> str:
     """What a pass's output depends on: its input, its type and params (not those that change only its log or
@@ -292,6 +275,8 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     params = key_params(p.params)
     if local and params.get("torch_dtype") == IF_NATIVE:
         params["torch_dtype"] = native_training_dtype()
+    if local and params.get("execution_provider"):  # ModelBuilder's own: the one it builds for here
+        params["execution_provider"] = resolve_execution_provider(params["execution_provider"])
     # the task too: a LoRA pass trains a classifier head or a causal LM from it (torch_dtype is read by nothing).
     # Where the model came from is not: ref.id is its content (a Hub snapshot's, a GGUF file's), so pinning the
     # revision a branch already points at reuses every pass; the attention kernel only changes what training does

@@ -1,4 +1,5 @@
-"""Process-wide settings that modelpress applies when it runs as the `modelpress` command.
+"""Process-wide settings that modelpress applies when it runs as the `modelpress` command, and what this machine
+runs on (its CPU, the library versions a result is keyed by, the execution providers it has).
 
 They change how memory is obtained and which libraries are loaded, never what is computed, and
 they apply only to the command's own process: a program that imports modelpress as a library keeps
@@ -10,10 +11,12 @@ count changes the order of PyTorch's sums, and so is the same for every task of 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+log = logging.getLogger("modelpress")
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
 _thread_limit: int | None = None  # set by `limit_threads`: a Ray task's CPUs
 
@@ -149,3 +152,21 @@ def library_version(distribution: str) -> str:
 def library_versions(distributions) -> dict[str, str]:
     """name -> installed version: what a cache key holds of the libraries a result was computed with."""
     return {name: library_version(name) for name in sorted(set(distributions))}
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_execution_provider(requested: str) -> str:
+    """The requested EP if both onnxruntime and onnxruntime-genai here can run it; otherwise CPU (said once)."""
+    if requested == "cpu":
+        return "cpu"
+    import onnxruntime as ort
+    import onnxruntime_genai as og
+
+    wanted = {"cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}[requested]
+    genai_has = {"cuda": og.is_cuda_available, "dml": og.is_dml_available}[requested]()
+    if wanted in ort.get_available_providers() and genai_has:
+        return requested
+    log.warning("%s is not available on this machine (onnxruntime has %s; onnxruntime-genai %s): "
+                "building and running for the CPU instead", wanted, ", ".join(ort.get_available_providers()),
+                "has it" if genai_has else "lacks it")
+    return "cpu"

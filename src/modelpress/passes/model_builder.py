@@ -14,6 +14,7 @@ from modelpress.models import ADAPTER_DIR, ModelRef
 from modelpress.passes.builder_memory import bounded_builder
 from modelpress.passes.catalog import HF_ADAPTER, HF_QUANTIZED, ONNX_GENAI, ModelBuilderParams
 from modelpress.quantized import blocks_the_builder_refuses, with_float_embeddings
+from modelpress.runtime import resolve_execution_provider
 
 log = logging.getLogger("modelpress")
 
@@ -94,7 +95,8 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
 
     _quiet_quantizer_logs()
 
-    ep = params.execution_provider or ctx.execution_provider
+    # the engine's provider was resolved at the start (no GPU: the CPU, with a warning); the pass's own is here
+    ep = resolve_execution_provider(params.execution_provider) if params.execution_provider else ctx.execution_provider
     source, extra = _source(ctx, params)
     refused = blocks_the_builder_refuses(source) if ctx.model.kind == HF_QUANTIZED else []
     if refused:
