@@ -582,3 +582,18 @@ def test_a_metric_that_runs_the_model_needs_data_to_run_it_on(workspace):
     assert problem.startswith("evaluator.metrics[1]") and "'lat'" in problem and "data_configs" in problem, problem
     raw["evaluators"]["e"]["metrics"].pop(1)
     normalize(raw, base_dir=workspace)  # size reads no data
+
+
+def test_olive_onnx_conversion_merge_keys(workspace):
+    """Olive's LoRA -> OnnxConversion(merge_adapter_weights: true) recipe got an unknown-key error without the fix;
+    optimize, past_key_value_name and parallel_jobs were unknown keys too."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["passes"] = {"lora": raw["passes"]["lora"], "conv": {"type": "OnnxConversion", "merge_adapter_weights": True,
+                                                             "optimize": True, "parallel_jobs": 2}}
+    problems = _problems(raw, workspace)
+    assert any(p.startswith("passes.conv.merge_adapter_weights") and "MergeAdapterWeights pass before" in p
+               for p in problems), problems
+    raw["passes"]["conv"]["merge_adapter_weights"] = False
+    raw["passes"] = {"conv": raw["passes"]["conv"]}
+    config = normalize(raw, base_dir=workspace)
+    assert any("passes.conv.optimize: accepted and not used" in w for w in config.warnings)

@@ -24,16 +24,17 @@ from modelpress.config.engine_section import ENGINE_KEYS, engine, engine_section
 from modelpress.config.evaluator_section import evaluation_section, evaluator_section
 from modelpress.config.olive_tables import (
     EXTERNAL_DATA_KEYS,
-    OLIVE_TRAINING_ARGS_DEFAULTS,
-    OLIVE_TRAINING_DEFAULTS,
     INERT_PASS_KEYS,
     OLIVE_ONLY_PASSES,
+    OLIVE_TRAINING_ARGS_DEFAULTS,
+    OLIVE_TRAINING_DEFAULTS,
+    SEPARATE_STEP_KEYS,
     TARGETS,
     VALUE_FALLBACKS,
     VENDOR_PASSES,
 )
-from modelpress.config.searched import searched_params
 from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
+from modelpress.config.searched import searched_params
 from modelpress.config.sources import input_model, kv_cache_asked, resolve_path
 from modelpress.errors import ConfigError, Problem
 from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoHaParams, LoRAParams, QLoRAParams
@@ -286,6 +287,9 @@ def _drop_inert(flat: dict, typ: str, where: str, c: Collector) -> dict:
     for key in [k for k in flat if k in inert and k not in CATALOG[typ].params.model_fields]:
         c.warn(f"{where}.{key}: accepted and not used: {inert[key]}.")
         flat.pop(key)
+    for key, fix in SEPARATE_STEP_KEYS.get(typ.lower(), {}).items():
+        if key in flat and flat.pop(key):
+            c.add(f"{where}.{key}", "is a pass of its own in modelpress", f"{fix}.")
     for key, (values, replacement, why) in VALUE_FALLBACKS.get(typ.lower(), {}).items():
         if flat.get(key) in values:
             c.warn(f"{where}.{key}: {flat[key]!r} is read as {replacement!r}: {why}.")

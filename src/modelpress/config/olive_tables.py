@@ -46,12 +46,25 @@ INERT_PASS_KEYS: dict[str, dict[str, str]] = {
         "torch_dtype": "the export runs in float32 on CPU; convert afterwards with OnnxFloatToFloat16",
         "device": "the export runs on the CPU",
         "dynamic": "batch and sequence axes are always dynamic",
+        "optimize": "torch's dynamo exporter always folds constants and removes redundancies (its optimize=True); "
+                    "OnnxPeepholeOptimizer does more",
+        "past_key_value_name": "the KV cache inputs are named past_key_values.{i}.key/value (use_kv_cache)",
+        "parallel_jobs": "the export runs in one process",
     },
     "orttransformersoptimization": {
         "use_gpu": "fusions are the same for CPU and CUDA; the execution provider comes from the system",
     },
     "onnxstaticquantization": {
         "calibration_providers": "calibration runs on the CPU execution provider",
+    },
+}
+
+# Keys of a pass that ask for a step modelpress runs as a pass of its own: a true value is refused with the fix,
+# a false one (Olive's default) is dropped. pass type (lower case) -> key -> the fix.
+SEPARATE_STEP_KEYS: dict[str, dict[str, str]] = {
+    "onnxconversion": {
+        "merge_adapter_weights": "Put a MergeAdapterWeights pass before OnnxConversion (it merges the LoRA "
+                                 "adapter into its base), and leave merge_adapter_weights out",
     },
 }
 
