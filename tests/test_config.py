@@ -597,3 +597,18 @@ def test_olive_onnx_conversion_merge_keys(workspace):
     raw["passes"] = {"conv": raw["passes"]["conv"]}
     config = normalize(raw, base_dir=workspace)
     assert any("passes.conv.optimize: accepted and not used" in w for w in config.warnings)
+
+
+def test_olive_precision_and_symmetric_keys_of_the_onnx_quantizers(workspace):
+    """Olive 0.13's `precision` could not be searched (its list reached weight_type unread: an error on a key the
+    user never wrote), and its activation_symmetric/weight_symmetric keys were unknown."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["passes"] = {"conv": {"type": "OnnxConversion"},
+                     "q": {"type": "OnnxDynamicQuantization", "precision": ["int8", "uint8"],
+                           "weight_symmetric": True, "activation_symmetric": None}}
+    raw["search_strategy"] = {"execution_order": "joint", "sampler": "sequential"}
+    config = normalize(raw, base_dir=workspace)
+    choices = config.passes[1].choices()
+    assert [c.params.weight_type for c in choices] == ["QInt8", "QUInt8"]
+    assert all(c.params.extra_options.WeightSymmetric is True and c.params.extra_options.ActivationSymmetric is None
+               for c in choices)

@@ -28,6 +28,7 @@ from modelpress.config.olive_tables import (
     OLIVE_ONLY_PASSES,
     OLIVE_TRAINING_ARGS_DEFAULTS,
     OLIVE_TRAINING_DEFAULTS,
+    RENAMED_PASS_KEYS,
     SEPARATE_STEP_KEYS,
     TARGETS,
     VALUE_FALLBACKS,
@@ -287,6 +288,9 @@ def _drop_inert(flat: dict, typ: str, where: str, c: Collector) -> dict:
     for key in [k for k in flat if k in inert and k not in CATALOG[typ].params.model_fields]:
         c.warn(f"{where}.{key}: accepted and not used: {inert[key]}.")
         flat.pop(key)
+    for key, name in RENAMED_PASS_KEYS.get(typ.lower(), {}).items():
+        if key in flat and name not in flat:
+            flat[name] = flat.pop(key)
     for key, fix in SEPARATE_STEP_KEYS.get(typ.lower(), {}).items():
         if key in flat and flat.pop(key):
             c.add(f"{where}.{key}", "is a pass of its own in modelpress", f"{fix}.")

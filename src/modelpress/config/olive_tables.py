@@ -59,6 +59,13 @@ INERT_PASS_KEYS: dict[str, dict[str, str]] = {
     },
 }
 
+# Olive's names of a pass key modelpress calls otherwise, renamed before search values are read (so a list of them is
+# searched): pass type (lower case) -> Olive's key -> modelpress's.
+RENAMED_PASS_KEYS: dict[str, dict[str, str]] = {
+    "onnxdynamicquantization": {"precision": "weight_type"},
+    "onnxstaticquantization": {"precision": "weight_type"},
+}
+
 # Keys of a pass that ask for a step modelpress runs as a pass of its own: a true value is refused with the fix,
 # a false one (Olive's default) is dropped. pass type (lower case) -> key -> the fix.
 SEPARATE_STEP_KEYS: dict[str, dict[str, str]] = {

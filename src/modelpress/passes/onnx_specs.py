@@ -112,6 +112,13 @@ class OnnxDynamicQuantizationParams(Strict):
         data = dict(data)
         if "precision" in data and "weight_type" not in data:
             data["weight_type"] = data.pop("precision")
+        for key, option in (("activation_symmetric", "ActivationSymmetric"), ("weight_symmetric", "WeightSymmetric")):
+            if key in data:  # Olive's pass keys for two extra options (None: onnxruntime's default)
+                value = data.pop(key)
+                extra = dict(data.get("extra_options") or {})
+                if value is not None:
+                    extra.setdefault(option, value)
+                data["extra_options"] = extra
         for key in ("weight_type", "activation_type"):
             if isinstance(data.get(key), str):
                 data[key] = OLIVE_QUANT_TYPES.get(data[key].lower(), data[key])
