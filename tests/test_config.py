@@ -612,3 +612,22 @@ def test_olive_precision_and_symmetric_keys_of_the_onnx_quantizers(workspace):
     assert [c.params.weight_type for c in choices] == ["QInt8", "QUInt8"]
     assert all(c.params.extra_options.WeightSymmetric is True and c.params.extra_options.ActivationSymmetric is None
                for c in choices)
+
+
+def test_olive_finetune_training_keys(workspace):
+    """`olive finetune` passes any TrainingArguments key it is given and writes QLoRA's save_quant_config false: these
+    were unknown keys ('did you mean eval_data_config?')."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    lora = raw["passes"]["lora"]
+    lora["training_args"] = {"extra_args": {"warmup_steps": 3}, "report_to": "none", "output_dir": "out",
+                             "save_total_limit": 2, "optim": "adamw_torch", "max_steps": 5}
+    config = normalize(raw, base_dir=workspace)
+    args = config.passes[0].params.training_args
+    assert args.warmup_steps == 3 and args.max_steps == 5
+    assert any("training_args.report_to: accepted and not used" in w for w in config.warnings)
+    lora["training_args"] = {"optim": "sgd"}
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("passes.lora.training_args.optim") and "AdamW" in problem, problem
+    lora["training_args"] = {}
+    lora.update(type="QLoRA", save_quant_config=False)
+    assert any("save_quant_config: accepted and not used" in w for w in normalize(raw, base_dir=workspace).warnings)

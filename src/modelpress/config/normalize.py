@@ -25,6 +25,7 @@ from modelpress.config.evaluator_section import evaluation_section, evaluator_se
 from modelpress.config.olive_tables import (
     EXTERNAL_DATA_KEYS,
     INERT_PASS_KEYS,
+    INERT_TRAINING_KEYS,
     OLIVE_ONLY_PASSES,
     OLIVE_TRAINING_ARGS_DEFAULTS,
     OLIVE_TRAINING_DEFAULTS,
@@ -288,6 +289,8 @@ def _drop_inert(flat: dict, typ: str, where: str, c: Collector) -> dict:
     for key in [k for k in flat if k in inert and k not in CATALOG[typ].params.model_fields]:
         c.warn(f"{where}.{key}: accepted and not used: {inert[key]}.")
         flat.pop(key)
+    if isinstance(flat.get("training_args"), dict):
+        flat["training_args"] = _training_args(dict(flat["training_args"]), f"{where}.training_args", c)
     for key, name in RENAMED_PASS_KEYS.get(typ.lower(), {}).items():
         if key in flat and name not in flat:
             flat[name] = flat.pop(key)
@@ -299,6 +302,25 @@ def _drop_inert(flat: dict, typ: str, where: str, c: Collector) -> dict:
             c.warn(f"{where}.{key}: {flat[key]!r} is read as {replacement!r}: {why}.")
             flat[key] = replacement
     return flat
+
+
+def _training_args(args: dict, where: str, c: Collector) -> dict:
+    """Olive's training_args: its nested extra_args read as training_args, and TrainingArguments keys that change
+    nothing here taken out with a warning."""
+    extra = args.pop("extra_args", None)
+    if isinstance(extra, dict):
+        args = {**extra, **args}
+    elif extra is not None:
+        c.add(f"{where}.extra_args", f"must be a mapping of TrainingArguments keys, found {type(extra).__name__}")
+    for key in [k for k in args if k in INERT_TRAINING_KEYS]:
+        c.warn(f"{where}.{key}: accepted and not used: {INERT_TRAINING_KEYS[key]}.")
+        args.pop(key)
+    if args.get("optim") in ("adamw_torch", "adamw_torch_fused"):  # what modelpress trains with
+        args.pop("optim")
+    elif "optim" in args:
+        c.add(f"{where}.optim", f"found {args.pop('optim')!r}: modelpress trains with torch's AdamW",
+              "Remove optim (or write adamw_torch); adam_beta1, adam_beta2, adam_epsilon and weight_decay set it.")
+    return args
 
 
 def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> PassConfig | None:

@@ -57,6 +57,23 @@ INERT_PASS_KEYS: dict[str, dict[str, str]] = {
     "onnxstaticquantization": {
         "calibration_providers": "calibration runs on the CPU execution provider",
     },
+    "qlora": {
+        "save_quant_config": "the adapter is saved without bitsandbytes' quantization config (what `olive finetune` "
+                             "asks with false); MergeAdapterWeights merges it into the full-precision base",
+    },
+}
+
+# transformers TrainingArguments that an Olive training pass passes through and that change nothing here, with why
+# (`olive finetune` writes any it is given); `extra_args` (Olive's nested extra arguments) is read as training_args.
+INERT_TRAINING_KEYS: dict[str, str] = {
+    "output_dir": "checkpoints go to the pass's folder in cache_dir, where a rerun resumes from them",
+    "overwrite_output_dir": "checkpoints go to the pass's folder in cache_dir, where a rerun resumes from them",
+    "save_total_limit": "the pass keeps its latest checkpoint alone",
+    "report_to": "the training log goes to modelpress's log and the pass's training_log.json",
+    "logging_dir": "the training log goes to modelpress's log and the pass's training_log.json",
+    "disable_tqdm": "modelpress draws its own progress, on a terminal only",
+    "run_name": "the pass is named by its key in the config",
+    "remove_unused_columns": "modelpress hands the Trainer tokenized rows alone",
 }
 
 # Olive's names of a pass key modelpress calls otherwise, renamed before search values are read (so a list of them is
