@@ -631,3 +631,18 @@ def test_olive_finetune_training_keys(workspace):
     lora["training_args"] = {}
     lora.update(type="QLoRA", save_quant_config=False)
     assert any("save_quant_config: accepted and not used" in w for w in normalize(raw, base_dir=workspace).warnings)
+
+
+def test_an_olive_search_stops_and_samples_as_olive_says(workspace):
+    """Olive ignores stop_when_goals_met, max_iter and max_time unless the search is joint; modelpress applied them to
+    an Olive config's pass-by-pass search, which then stopped after its first step. Olive's tpe defaults differ."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["search_strategy"] = {"execution_order": "pass-by-pass", "sampler": "tpe", "stop_when_goals_met": True,
+                              "max_iter": 5, "seed": 3}
+    config = normalize(raw, base_dir=workspace)
+    assert not config.search.stop_when_goals_met and config.search.max_iter == 0 and config.search.seed == 3
+    assert any("apply to a joint search only" in w for w in config.warnings)
+    assert any("multivariate False (Olive: True)" in n and "seed" not in n.split("differ:")[1] for n in config.notes)
+    raw["search_strategy"]["execution_order"] = "joint"
+    config = normalize(raw, base_dir=workspace)
+    assert config.search.stop_when_goals_met and config.search.max_iter == 5
