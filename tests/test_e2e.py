@@ -273,3 +273,14 @@ def test_evaluate_on_a_new_file_reproduces_the_run_metrics(demo_run, tmp_path):
     assert sum(sum(row.values()) for row in result["confusion"].values()) == len(rows)
     text = run_cli("evaluate", str(model), "--data", str(data), "--max-examples", "10").stdout
     assert "accuracy" in text and "recall joy" in text and "on 10 rows" in text and "expected \\ answered" in text
+    # the batch size and latency sample too: evaluate used its own defaults whatever the run measured with
+    card = _json(model / "modelpress_model.json")
+    assert {k: card["task"][k] for k in ("batch_size", "latency_samples")} == {"batch_size": 32, "latency_samples": 64}
+    import shutil
+
+    other = tmp_path / "model"
+    shutil.copytree(model, other)
+    card["task"].update(batch_size=4, latency_samples=3)
+    (other / "modelpress_model.json").write_text(json.dumps(card))
+    result = json.loads(run_cli("evaluate", str(other), "--data", str(data), "--json").stdout)
+    assert result["batch_size"] == 4 and result["latency_examples"] == 3

@@ -385,6 +385,9 @@ def _with_labels(session: Session, ref: ModelRef) -> ModelRef:
     return ModelRef(ref.kind, ref.path, ref.id, ref.base, {**ref.task, "labels": session.plan.labels(trained.params)})
 
 
+MEASURED_WITH = {"max_new_tokens", "batch_size", "latency_samples"}  # kept in the output card: `evaluate`'s defaults
+
+
 def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, history: list[dict],
                   metrics: dict) -> None:
     """The output folder: the final model (unless a search found none that meets the goals), the resolved
@@ -402,7 +405,7 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
         for name, text in texts.items():
             staged[out / name] = stage_text(out / name, text)
         _write_model(out / "model", final, {**(final.task if final else {}), **task,
-                                            "max_new_tokens": config.evaluation.max_new_tokens})
+                                            **config.evaluation.model_dump(include=MEASURED_WITH)})
         for path, tmp in staged.items():
             os.replace(tmp, path)
     finally:
@@ -413,8 +416,8 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
 
 
 def _write_model(target: Path, final: ModelRef | None, prompted: dict) -> None:
-    """The output model folder, replaced whole; `prompted`: how it was prompted, and the answer length the run
-    measured it with (`modelpress evaluate`'s default)."""
+    """The output model folder, replaced whole; `prompted`: how it was prompted, and the answer length, batch size
+    and latency sample the run measured it with (`modelpress evaluate`'s defaults)."""
     card = target / MODEL_CARD
     current = read_json(card) if card.is_file() else {}
     if final is None:

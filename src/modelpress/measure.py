@@ -19,10 +19,10 @@ from modelpress.report import confusion_text, misses_text
 
 def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | None = None,
                     max_new_tokens: int | None = None, max_examples: int | None = None, show_progress: bool = True,
-                    batch_size: int = BATCH_SIZE, latency_samples: int = LATENCY_SAMPLES,
+                    batch_size: int | None = None, latency_samples: int | None = None,
                     trust_remote_code: bool = False) -> dict:
-    """Metrics of the model in `model_dir` on the distinct prompts of `data_files`, as a run measures them (one row
-    per prompt, batching and latency sample alike, the answer length the run used unless given)."""
+    """Metrics of the model in `model_dir` on the distinct prompts of `data_files`, as the run that made it measured
+    (one row per prompt; its answer length, batch size and latency sample, which its card keeps, unless given)."""
     if not (model_dir / MODEL_CARD).is_file():
         raise ModelpressError(f"{model_dir} has no {MODEL_CARD}: point evaluate at the 'model' folder of a "
                               "modelpress run (or the folder of one of its cache entries)")
@@ -49,6 +49,8 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     examples = distinct(rows)[:max_examples]  # a run measures each distinct prompt once
     label = label_col or completion_field(template) or ("assistant" if chat else None)
     max_new_tokens = max_new_tokens or task.get("max_new_tokens") or 8
+    batch_size = batch_size or task.get("batch_size") or BATCH_SIZE
+    latency_samples = latency_samples or task.get("latency_samples") or LATENCY_SAMPLES
     result = evaluate(ref, examples, config.add_special_tokens, max_new_tokens, with_accuracy=label is not None,
                       show_progress=show_progress, trust_remote_code=trust_remote_code, batch_size=batch_size,
                       latency_samples=latency_samples)
