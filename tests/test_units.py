@@ -927,3 +927,26 @@ def test_transformers_checkpoint_ordering_note_is_not_shown():
     finally:
         logger.removeHandler(handler)
     assert seen == ["something else"]
+
+
+def test_a_ctrl_c_while_the_output_set_is_renamed_waits_for_the_last_rename():
+    """Ctrl-C between renaming the new model into place and renaming its metrics left a new model beside the last
+    run's metrics and report. The interrupt now waits for the block, then stops the run; a second stops it at once."""
+    import os
+    import signal
+
+    from modelpress.fsutil import finish_before_interrupt
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with finish_before_interrupt("the output folder"):
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("model")
+            done.append("metrics")
+    assert done == ["model", "metrics"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        with finish_before_interrupt("the output folder"):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C stops at once
+            done.append("never")
+    assert "never" not in done

@@ -20,7 +20,7 @@ from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import atomic_dir, json_text, read_json, stage_text
+from modelpress.fsutil import atomic_dir, finish_before_interrupt, json_text, read_json, stage_text
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
@@ -393,7 +393,7 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
     """The output folder: the final model (unless a search found none that meets the goals), the resolved
     config, the metrics, the run history and the HTML report. Every file is made and written beside its place
     (a full disk or a failure to make one leaves the earlier run's set whole), then the model folder and the
-    files are renamed into place."""
+    files are renamed into place, a Ctrl-C meanwhile waiting for the last rename (no new model beside old metrics)."""
     out = config.engine.output_dir
     resolved = config.resolved()
     files = {"config.resolved.json": resolved, "run_history.json": {"modelpress": __version__, "steps": history},
@@ -404,10 +404,11 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
     try:
         for name, text in texts.items():
             staged[out / name] = stage_text(out / name, text)
-        _write_model(out / "model", final, {**(final.task if final else {}), **task,
-                                            **config.evaluation.model_dump(include=MEASURED_WITH)})
-        for path, tmp in staged.items():
-            os.replace(tmp, path)
+        with finish_before_interrupt("the output folder"):  # the model and its metrics change together
+            _write_model(out / "model", final, {**(final.task if final else {}), **task,
+                                                **config.evaluation.model_dump(include=MEASURED_WITH)})
+            for path, tmp in staged.items():
+                os.replace(tmp, path)
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)

@@ -10,7 +10,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -58,6 +60,30 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def finish_before_interrupt(what: str) -> Iterator[None]:
+    """A Ctrl-C inside waits for the block to end, then stops the run (a second one stops it at once): `what` is
+    written whole or not at all, never half. Outside the main thread, signals cannot be caught: a plain block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked: list[int] = []
+
+    def later(signum, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        log.warning("interrupted: finishing %s first (Ctrl-C again stops at once)", what)
+
+    previous = signal.signal(signal.SIGINT, later)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if asked:
+        raise KeyboardInterrupt
 
 
 def file_sha256(path: Path) -> str:
