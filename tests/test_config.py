@@ -646,3 +646,17 @@ def test_an_olive_search_stops_and_samples_as_olive_says(workspace):
     raw["search_strategy"]["execution_order"] = "joint"
     config = normalize(raw, base_dir=workspace)
     assert config.search.stop_when_goals_met and config.search.max_iter == 5
+
+
+def test_a_mistyped_key_inside_a_list_or_mapping_gets_its_hint_and_a_bracketed_path(workspace):
+    """An unknown key under a list (sub_types[0]) or a mapping (overrides.lm_head) got no 'did you mean' and a path
+    written evaluators.e.metrics.0.sub_types.0.priorty."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["evaluators"] = {"e": {"metrics": [{"name": "lat", "type": "latency",
+                                            "sub_types": [{"name": "avg", "priorty": 1}]}]}}
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("evaluators.e.metrics[0].sub_types[0].priorty") and "Did you mean 'priority'" in problem
+    raw.pop("evaluators")
+    raw["passes"]["rtn"] = {"type": "Rtn", "overrides": {"lm_head": {"bitz": 8}}}
+    problem = next(p for p in _problems(raw, workspace) if "bitz" in p)
+    assert "overrides.lm_head.bitz" in problem and "Did you mean 'bits'" in problem, problem

@@ -47,7 +47,11 @@ def _aliases_of(info, key: str) -> bool:
 def _model_in(annotation) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, dict):  # the model of a list's items, or of a mapping's values
+        args = typing.get_args(annotation)
+        return _model_in(args[-1]) if args else None
+    if isinstance(annotation, types.UnionType) or origin is typing.Union:
         for arg in typing.get_args(annotation):
             found = _model_in(arg)
             if found:
@@ -107,8 +111,16 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _dotted(prefix: str, loc: list[str]) -> str:
+    """The path of an error as a config writes it: keys dotted, list positions in brackets (metrics[0].name)."""
+    out = prefix
+    for part in loc:
+        out = f"{out}[{part}]" if part.isdigit() and out else _join(out, part)
+    return out
+
+
 def _problem_from(model: type[BaseModel], error: dict, loc: list[str], prefix: str) -> Problem:
-    full = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+    full = _dotted(prefix, loc)
     kind = error["type"]
     found = error.get("input")
     if "env_vars" in loc or any(is_secret_key(part) for part in loc) or looks_secret(found):
@@ -116,7 +128,9 @@ def _problem_from(model: type[BaseModel], error: dict, loc: list[str], prefix: s
     if kind == "extra_forbidden":
         parent = model
         for part in loc[:-1]:
-            parent = _submodel(parent, part) if parent else None
+            # a list position or a mapping's key (overrides.lm_head) keeps the field's item model
+            if parent is not None and part in accepted_keys(parent):
+                parent = _submodel(parent, part)
         options = accepted_keys(parent) if parent else []
         if loc[-1] in options:  # an alias beside its field's other name: pydantic read the other, refused this one
             field = next(n for n, info in parent.model_fields.items() if n == loc[-1] or _aliases_of(info, loc[-1]))
