@@ -660,3 +660,11 @@ def test_a_mistyped_key_inside_a_list_or_mapping_gets_its_hint_and_a_bracketed_p
     raw["passes"]["rtn"] = {"type": "Rtn", "overrides": {"lm_head": {"bitz": 8}}}
     problem = next(p for p in _problems(raw, workspace) if "bitz" in p)
     assert "overrides.lm_head.bitz" in problem and "Did you mean 'bits'" in problem, problem
+
+
+def test_an_olive_input_adapter_says_what_to_do_with_it(workspace):
+    """Olive's HfModel adapter_path got "unknown key; did you mean 'model_path'?", a wrong fix."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["input_model"]["adapter_path"] = "adapters/tone"
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("input_model.adapter_path") and "merge_and_unload" in problem, problem

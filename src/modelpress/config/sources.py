@@ -92,6 +92,11 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
     for key in [k for k in flat if k in INERT_MODEL_KEYS]:
         c.warn(f"{where}.{key}: accepted and not used: {INERT_MODEL_KEYS[key]}.")
         flat.pop(key)
+    if flat.get("adapter_path") is not None:  # Olive's HfModel: a base and a LoRA adapter beside it
+        flat.pop("adapter_path")
+        c.add(f"{where}.adapter_path", "an input model with an adapter beside it is not read here",
+              "Merge the adapter into its base first (peft's merge_and_unload, then save_pretrained) and give that "
+              "folder as model_path; or give the base as model_path and train the adapter in this workflow.")
     c.unknown_keys(flat, ("model_path", "task", "load_kwargs", "revision", "gguf_file"), where)
     c.unknown_keys(hf, ("model_name", "task", "model_loading_args", "from_pretrained_args"), hf_path)
     c.unknown_keys(load_kwargs, LOAD_KWARGS, f"{where}.load_kwargs")
