@@ -668,3 +668,19 @@ def test_an_olive_input_adapter_says_what_to_do_with_it(workspace):
     raw["input_model"]["adapter_path"] = "adapters/tone"
     [problem] = _problems(raw, workspace)
     assert problem.startswith("input_model.adapter_path") and "merge_and_unload" in problem, problem
+
+
+def test_an_olive_custom_metric_written_flat_reads_its_script(workspace, tmp_path):
+    """Olive gathers a metric's user_config keys written beside type into user_config; modelpress refused them."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    script = tmp_path / "metric.py"
+    script.write_text("def score(model_dir, model_kind, examples, **kwargs):\n    return 1.0\n")
+    raw["evaluators"] = {"e": {"metrics": [{"name": "mine", "type": "custom", "user_script": str(script),
+                                            "evaluate_func": "score",
+                                            "sub_types": [{"name": "score", "higher_is_better": True}]}]}}
+    config = normalize(raw, base_dir=workspace)
+    user = config.evaluator.metrics[0].user_config
+    assert user.user_script == script and user.evaluate_func == "score"
+    raw["evaluators"]["e"]["metrics"][0]["metric_func"] = "score"
+    [problem] = _problems(raw, workspace)
+    assert "metric_func" in problem and "evaluate_func(model_dir, model_kind, examples" in problem, problem

@@ -12,7 +12,7 @@ import pytest
 from conftest import TONE_DATA
 from hub_cache import OLIVE_CONFIGS as CONFIGS
 from hub_cache import olive_workspace, run_offline
-from modelpress.config.schema import EvaluatorConfig
+from modelpress.config.evaluator_schema import EvaluatorConfig
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF, ModelBuilderParams
 

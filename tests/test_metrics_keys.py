@@ -32,7 +32,7 @@ def test_a_run_that_trains_nothing_keys_its_evaluation_by_the_data_config_it_rea
 
 
 def test_a_custom_metric_that_returns_the_wrong_keys_names_them():
-    from modelpress.config.schema import Metric
+    from modelpress.config.evaluator_schema import Metric
     from modelpress.metrics import _custom_values
 
     metric = Metric.model_validate({"name": "c", "type": "custom", "sub_types": [

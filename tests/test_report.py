@@ -181,7 +181,7 @@ def _search(candidates: list[dict], chart_axes: dict | None, ranked=("acc-accura
 
 def test_search_chart_plots_the_latency_metric_by_its_type_not_by_a_name_ending():
     """Throughput's `avg` (examples/s) once stood on the axis labelled p50 latency."""
-    from modelpress.config.schema import EvaluatorConfig
+    from modelpress.config.evaluator_schema import EvaluatorConfig
     from modelpress.search import chart_axes
 
     evaluator = EvaluatorConfig.model_validate({"metrics": [

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, run_cli, tone_workflow, write_config
 from test_report_browser import CHROMIUM, FLAGS, PARETO_BLUE
-from modelpress.config.schema import EvaluatorConfig, Goal
+from modelpress.config.evaluator_schema import EvaluatorConfig, Goal
 from modelpress.goals import Objective, goal_bound, pareto
 
 
@@ -570,7 +570,7 @@ def test_a_script_cannot_replace_a_built_in_pass(tmp_path):
 def test_a_threshold_may_be_negative_and_a_relative_goal_may_not():
     from pydantic import ValidationError
 
-    from modelpress.config.schema import Goal
+    from modelpress.config.evaluator_schema import Goal
 
     assert Goal(type="threshold", value=-5).value == -5  # a reward or log-likelihood metric
     for kind in ("min-improvement", "max-degradation", "percent-min-improvement", "percent-max-degradation"):
@@ -581,7 +581,7 @@ def test_a_threshold_may_be_negative_and_a_relative_goal_may_not():
 def test_two_ranked_sub_metrics_with_one_priority_are_warned_about(tmp_path):
     from modelpress.config.collector import Collector
     from modelpress.config.evaluator_section import _check_priorities
-    from modelpress.config.schema import EvaluatorConfig, Goal
+    from modelpress.config.evaluator_schema import EvaluatorConfig, Goal
 
     evaluator = EvaluatorConfig.model_validate({"metrics": [
         {"name": "acc", "type": "accuracy", "sub_types": [{"name": "accuracy_score", "priority": 1}]},
@@ -601,7 +601,7 @@ def test_a_goal_on_a_throughput_percentile_says_it_is_not_olive_s_number():
     """Olive 0.13's throughput p90 is 1000 / latency p90 (its 10th percentile); modelpress's is the 90th."""
     from modelpress.config.collector import Collector
     from modelpress.config.evaluator_section import _check_metric
-    from modelpress.config.schema import Metric
+    from modelpress.config.evaluator_schema import Metric
 
     def warnings(sub: dict) -> list[str]:
         c = Collector()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from modelpress.config.schema import EvaluatorConfig, Goal
+from modelpress.config.evaluator_schema import EvaluatorConfig, Goal
 from modelpress.errors import ModelpressError
 from modelpress.metrics import higher_is_better
 

@@ -7,7 +7,7 @@ import logging
 import time
 
 from modelpress.config.olive_tables import lm_eval_higher_is_better
-from modelpress.config.schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
+from modelpress.config.evaluator_schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
 from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef
 from modelpress.runtime import library_version

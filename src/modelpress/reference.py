@@ -12,18 +12,14 @@ from pathlib import PurePath
 
 from pydantic import AliasChoices, BaseModel
 
+from modelpress.config.evaluator_schema import CustomMetricConfig, EvaluatorConfig, Goal, Metric, SubMetric
 from modelpress.config.schema import (
-    CustomMetricConfig,
     DataConfig,
     EngineConfig,
     EvaluationConfig,
-    EvaluatorConfig,
-    Goal,
     InputModelConfig,
-    Metric,
     RaySystemConfig,
     SearchConfig,
-    SubMetric,
     SystemConfig,
     TaskResources,
 )

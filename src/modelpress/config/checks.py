@@ -8,11 +8,11 @@ passes, that a search's choices split the data alike, and that outputs stay out 
 from __future__ import annotations
 
 from modelpress.config.collector import Collector, did_you_mean
+from modelpress.config.evaluator_schema import EvaluatorConfig
 from modelpress.config.schema import (
     DataConfig,
     EngineConfig,
     EvaluationConfig,
-    EvaluatorConfig,
     InputModelConfig,
     PassConfig,
     SearchConfig,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from modelpress.config.collector import Collector, as_mapping, did_you_mean
 from modelpress.config.olive_tables import OLIVE_ONLY_SUB_METRICS, SUB_METRIC_ALIASES, lm_eval_higher_is_better
-from modelpress.config.schema import SUB_METRICS, EvaluationConfig, EvaluatorConfig, Metric, SubMetric
+from modelpress.config.evaluator_schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
+from modelpress.config.schema import EvaluationConfig
 from modelpress.config.sources import resolve_path
 
 
