@@ -340,3 +340,21 @@ def test_surgeries_on_a_graph_whose_initializers_are_inputs_too_leave_no_require
     renamed, _ = SURGEONS["RenameInputs"](onnx.ModelProto.FromString(model.SerializeToString()), ["embed"], ["table"])
     assert "table" in {i.name for i in renamed.graph.initializer}
     required(renamed)  # runs with input_ids alone: the renamed input keeps its initializer as its default
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_a_float16_table_is_coded_with_the_scales_it_stores(symmetric):
+    """The codes of a float16 table were computed with float32 scales and the scales then stored rounded to float16:
+    reading back was off by more than half a step (0.57 of one, measured by a review). Each value now reads back
+    within half a step of the scale as stored."""
+    from modelpress.passes.surgeons import _block_int8
+
+    table = (np.random.default_rng(0).standard_normal((64, 96)) * 0.05).astype(np.float16)
+    codes, scale, zero = _block_int8(table.astype(np.float32), 32, symmetric, table.dtype)
+    assert np.array_equal(scale, scale.astype(np.float16).astype(np.float32))  # what the model stores
+    steps = np.repeat(scale, 32, axis=1)
+    offset = 128 if symmetric else np.repeat(zero, 32, axis=1).astype(np.float32)
+    back = (codes.astype(np.float32) - offset) * steps
+    # symmetric: a value of the other sign as large as the block's extreme lands past code 255 (onnxruntime's and
+    # Olive's scheme clips it by up to one step)
+    assert (np.abs(back - table.astype(np.float32)) / np.abs(steps)).max() <= (1.0 if symmetric else 0.5) + 1e-3

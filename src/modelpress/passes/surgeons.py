@@ -106,7 +106,7 @@ def quantize_gathers_int8(model, gathers: list, block: int, symmetric: bool) -> 
         table = gather.input[0]
         if table not in done:
             embed = numpy_helper.to_array(inits[table])
-            codes, scale, zero = _block_int8(embed.astype(np.float32), block, symmetric)
+            codes, scale, zero = _block_int8(embed.astype(np.float32), block, symmetric, embed.dtype)
             names = [f"{table}_q8", f"{table}_scales"] + ([] if symmetric else [f"{table}_zero_points"])
             arrays = [codes, scale.astype(embed.dtype)] + ([] if symmetric else [zero])
             model.graph.initializer.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, names))
@@ -126,8 +126,9 @@ def quantize_gathers_int8(model, gathers: list, block: int, symmetric: bool) -> 
     return len(gathers)
 
 
-def _block_int8(table, block: int, symmetric: bool):
-    """(uint8 codes shaped like `table`, scales (rows, blocks), uint8 zero points or None)."""
+def _block_int8(table, block: int, symmetric: bool, scale_dtype="float32"):
+    """(uint8 codes shaped like `table`, scales (rows, blocks), uint8 zero points or None). The codes are computed
+    with each scale as `scale_dtype` stores it (a float16 table keeps float16 scales), not the float32 before."""
     import numpy as np
 
     rows, width = table.shape
@@ -135,18 +136,30 @@ def _block_int8(table, block: int, symmetric: bool):
     blocks = np.pad(table, ((0, 0), (0, n * block - width))).reshape(rows, n, block)  # zeros change no min/max
     if symmetric:
         hi, lo = blocks.max(axis=-1), blocks.min(axis=-1)
-        scale = np.where(np.abs(hi) > np.abs(lo), hi, lo) / -128.0
+        scale = _as_stored(np.where(np.abs(hi) > np.abs(lo), hi, lo) / -128.0, scale_dtype)
         q = np.where(scale[..., None] == 0, 0, blocks / np.where(scale == 0, 1, scale)[..., None])
         codes = (np.clip(np.round(q), -128, 127) + 128).astype(np.uint8)
         zero = None
     else:
         lo = np.minimum(blocks.min(axis=-1), 0.0)
         hi = np.maximum(blocks.max(axis=-1), 0.0)
-        scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+        scale = _as_stored(np.where(hi > lo, (hi - lo) / 255.0, 1.0), scale_dtype)
+        scale = np.where(scale > 0, scale, 1.0)  # a range too small for a float16 scale: its values are ~0
         zero = np.clip(np.round(-lo / scale), 0, 255)
         codes = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 255).astype(np.uint8)
         zero = zero.astype(np.uint8)
     return codes.reshape(rows, n * block)[:, :width], scale.astype(np.float32), zero
+
+
+def _as_stored(scale, dtype):
+    """`scale` (float32) as `dtype` stores it, rounded away from zero where rounding would shrink it (a smaller step
+    would push the block's extreme value past the last code), back in float32."""
+    import numpy as np
+
+    stored = scale.astype(dtype)
+    short = np.abs(stored.astype(np.float32)) < np.abs(scale)
+    away = np.nextafter(stored, np.copysign(np.array(np.inf, dtype=stored.dtype), stored))
+    return np.where(short, away, stored).astype(np.float32)
 
 
 def _renamer(kind: str) -> Callable:
