@@ -513,6 +513,14 @@ def test_searched_values_that_do_not_go_together_are_left_out_of_the_search(work
     assert choices == [("QInt8", "QDQ"), ("QInt8", "QOperator"), ("QInt16", "QDQ")]
     assert any("1 of 4 combinations" in w and "weight_type='QInt16', quant_format='QOperator'" in w and "QDQ" in w
                for w in config.warnings), config.warnings
+    # in the other order the first values do not go together: each value still has a combination it goes with
+    raw["passes"]["q"].update(weight_type=["QInt16", "QInt8"], quant_format=["QOperator", "QDQ"])
+    config = normalize(raw, base_dir=workspace)
+    choices = [(c.params.weight_type, c.params.quant_format) for c in config.passes[1].choices()]
+    assert choices == [("QInt16", "QDQ"), ("QInt8", "QOperator"), ("QInt8", "QDQ")]
+    raw["passes"]["q"].update(weight_type=["QInt16"], quant_format=["QOperator"])  # no combination: the error
+    [problem] = _problems(raw, workspace)
+    assert "need quant_format 'QDQ'" in problem, problem
 
 
 @pytest.mark.parametrize("task, style, use_kv_cache, expected", [
@@ -668,6 +676,8 @@ def test_an_olive_input_adapter_says_what_to_do_with_it(workspace):
     raw["input_model"]["adapter_path"] = "adapters/tone"
     [problem] = _problems(raw, workspace)
     assert problem.startswith("input_model.adapter_path") and "merge_and_unload" in problem, problem
+    raw["input_model"]["adapter_path"] = None  # as a config Olive writes out says "no adapter"
+    normalize(raw, base_dir=workspace)
 
 
 def test_an_olive_custom_metric_written_flat_reads_its_script(workspace, tmp_path):

@@ -54,15 +54,17 @@ def test_the_output_card_follows_a_base_model_that_moved(tmp_path):
     `generate` then found nothing or another model."""
     import json
 
-    from modelpress.engine import _write_model
+    from modelpress.engine import _stage_model
     from modelpress.models import MODEL_CARD
 
     final = tmp_path / "final"
     final.mkdir()
     (final / "adapter_model.safetensors").write_bytes(b"adapter")
     task = {"task": "text-generation"}
-    _write_model(tmp_path / "out", ModelRef("hf-adapter", final, "same-id", tmp_path / "old-base"), task)
-    _write_model(tmp_path / "out", ModelRef("hf-adapter", final, "same-id", tmp_path / "new-base"), task)
+    for base in ("old-base", "new-base"):
+        staged, commit = _stage_model(tmp_path / "out", ModelRef("hf-adapter", final, "same-id", tmp_path / base), task)
+        assert (staged is not None) == (base == "old-base") and not (tmp_path / "out" / "new").exists()
+        commit()
     card = json.loads((tmp_path / "out" / MODEL_CARD).read_text())
     assert card["base"] == str(tmp_path / "new-base") and card["id"] == "same-id"
 
@@ -300,10 +302,10 @@ def test_a_library_upgrade_re_runs_the_passes_and_measurements_it_may_change(tin
         return _keys(tiny_model, tmp_path, passes)
 
     changed = {name: [a != b for a, b in zip(before[0], upgraded(name)[0])] + [before[1] != upgraded(name)[1]]
-               for name in ("peft", "accelerate", "onnxruntime-genai", "torch", "numpy")}
+               for name in ("peft", "accelerate", "onnxruntime_genai", "torch", "numpy")}
     # columns: LoRA, merge, Rtn, ModelBuilder (each keyed from the hf input model here), the hf model's evaluation
     assert changed == {"peft": [True, False, False, False, False], "accelerate": [True, False, False, False, False],
-                       "onnxruntime-genai": [False, False, False, True, False],
+                       "onnxruntime_genai": [False, False, False, True, False],
                        "torch": [True, True, True, True, True], "numpy": [False, False, False, False, False]}
 
 
@@ -937,16 +939,32 @@ def test_a_ctrl_c_while_the_output_set_is_renamed_waits_for_the_last_rename():
 
     from modelpress.fsutil import finish_before_interrupt
 
-    done = []
+    done, before = [], signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         with finish_before_interrupt("the output folder"):
             os.kill(os.getpid(), signal.SIGINT)
             done.append("model")
             done.append("metrics")
-    assert done == ["model", "metrics"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert done == ["model", "metrics"] and signal.getsignal(signal.SIGINT) is before
     with pytest.raises(KeyboardInterrupt):
         with finish_before_interrupt("the output folder"):
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C stops at once
             done.append("never")
     assert "never" not in done
+
+
+def test_a_library_installed_by_another_distribution_is_keyed_by_it(monkeypatch):
+    """Versions were looked up by distribution name: onnxruntime from onnxruntime-gpu (or genai from
+    onnxruntime-genai-cuda) read 'missing', so upgrading it on a GPU host changed no key."""
+    import modelpress.runtime as runtime
+
+    runtime.library_version.cache_clear()
+    monkeypatch.setattr(runtime, "_distributions", lambda: {"onnxruntime": ["torch"], "peft": ["peft"]})
+    try:
+        torch_version = runtime.version("torch")
+        assert runtime.library_version("onnxruntime") == f"torch {torch_version}"  # a stand-in for onnxruntime-gpu
+        assert runtime.library_version("peft") == runtime.version("peft")
+        assert runtime.library_version("not_installed_anywhere") == "missing"
+    finally:
+        runtime.library_version.cache_clear()

@@ -20,7 +20,7 @@ from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import atomic_dir, finish_before_interrupt, json_text, read_json, stage_text
+from modelpress.fsutil import commit_dir, finish_before_interrupt, json_text, read_json, stage_dir, stage_text
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
@@ -401,24 +401,29 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
     texts = {name: json_text(value) for name, value in files.items()}
     texts[REPORT] = build_html(metrics, history, resolved)
     staged: dict[Path, Path] = {}
+    model_tmp = None
     try:
         for name, text in texts.items():
             staged[out / name] = stage_text(out / name, text)
+        model_tmp, commit = _stage_model(out / "model", final, {**(final.task if final else {}), **task,
+                                                               **config.evaluation.model_dump(include=MEASURED_WITH)})
         with finish_before_interrupt("the output folder"):  # the model and its metrics change together
-            _write_model(out / "model", final, {**(final.task if final else {}), **task,
-                                                **config.evaluation.model_dump(include=MEASURED_WITH)})
+            commit()
             for path, tmp in staged.items():
                 os.replace(tmp, path)
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
+        if model_tmp is not None:  # staged and not committed (committed, it is gone)
+            shutil.rmtree(model_tmp, ignore_errors=True)
     if final is not None and final.kind == HF_ADAPTER:
         log.info("the final model is an adapter; its base stays at %s", final.base)
 
 
-def _write_model(target: Path, final: ModelRef | None, prompted: dict) -> None:
-    """The output model folder, replaced whole; `prompted`: how it was prompted, and the answer length, batch size
-    and latency sample the run measured it with (`modelpress evaluate`'s defaults)."""
+def _stage_model(target: Path, final: ModelRef | None, prompted: dict) -> tuple[Path | None, Callable[[], None]]:
+    """The output model folder made beside `target` (a copy, which may take long), and what puts it in place (a
+    rename); `prompted`: how it was prompted, and the answer length, batch size and latency sample the run measured
+    it with (`modelpress evaluate`'s defaults). The same model only prompted otherwise gets its card rewritten."""
     card = target / MODEL_CARD
     current = read_json(card) if card.is_file() else {}
     if final is None:
@@ -426,9 +431,15 @@ def _write_model(target: Path, final: ModelRef | None, prompted: dict) -> None:
             log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target,
                         current["id"][:12])
     elif current.get("id") != final.id:
-        with atomic_dir(target) as tmp:
+        tmp = stage_dir(target)
+        try:
             shutil.copytree(final.path, tmp, dirs_exist_ok=True)
             ModelRef(final.kind, tmp, final.id, final.base, prompted).save(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return tmp, lambda: commit_dir(tmp, target)
     elif current.get("task") != json.loads(json_text(prompted)) or current.get("base") != (
             str(final.base) if final.base else None):  # the same model prompted otherwise, or its base moved
-        ModelRef(final.kind, target, final.id, final.base, prompted).save(target)
+        return None, lambda: ModelRef(final.kind, target, final.id, final.base, prompted).save(target)
+    return None, lambda: None

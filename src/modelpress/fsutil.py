@@ -38,28 +38,40 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
     On any error (or Ctrl-C) the temporary folder is removed and `target` is left as it was.
     """
+    tmp = stage_dir(target)
+    try:
+        yield tmp
+        commit_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def stage_dir(target: Path) -> Path:
+    """A new temporary folder beside `target`, to fill and then `commit_dir` (or remove)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; outputs are ordinary folders
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(target, old)
-            try:
-                os.rename(tmp, target)
-            except BaseException:  # Ctrl-C or an error between the two renames: the old folder goes back
-                os.rename(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
+    return tmp
+
+
+def commit_dir(tmp: Path, target: Path) -> None:
+    """Replace `target` by the staged folder `tmp`: two renames, the old folder put back if the second fails."""
+    target = Path(target)
+    _fsync_tree(tmp)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+        try:
             os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:  # Ctrl-C or an error between the two renames: the old folder goes back
+            os.rename(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)
 
 
 @contextmanager

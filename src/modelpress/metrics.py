@@ -100,7 +100,7 @@ def _lm_eval(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str, hist
     local = content_id(evaluator.include_path) if evaluator.include_path else None  # the local tasks' YAML and data
     # lm-eval reads its own tasks' data, not the workflow's: a training-data edit does not re-run it, an lm-eval
     # upgrade (its tasks' YAML) does
-    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local, library_version("lm-eval"),
+    key = evaluation_key(session, "lm-eval", ref, tasks, settings, local, library_version("lm_eval"),
                          with_data=False)
     started = time.perf_counter()
     values = session.cache.read_eval(key)

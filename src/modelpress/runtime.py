@@ -141,17 +141,34 @@ def _cpu_name() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def library_version(distribution: str) -> str:
-    """The installed version of a distribution ("missing" when it is not installed), read once per process."""
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
+def library_version(package: str) -> str:
+    """The installed version of an importable package, read once per process: its version where a distribution of
+    its own name installs it, else each distribution that does with its version (onnxruntime from
+    onnxruntime-gpu: "onnxruntime-gpu 1.20.1"), "missing" where none does."""
+    names = _distributions().get(package) or [package]
+    found = []
+    for name in dict.fromkeys(names):
+        try:
+            found.append((name, version(name)))
+        except PackageNotFoundError:
+            continue
+    if not found:
         return "missing"
+    if len(found) == 1 and found[0][0].replace("-", "_").lower() == package.lower():
+        return found[0][1]
+    return ", ".join(f"{name} {ver}" for name, ver in sorted(found))
 
 
-def library_versions(distributions) -> dict[str, str]:
-    """name -> installed version: what a cache key holds of the libraries a result was computed with."""
-    return {name: library_version(name) for name in sorted(set(distributions))}
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
+def library_versions(packages) -> dict[str, str]:
+    """import name -> installed version: what a cache key holds of the libraries a result was computed with."""
+    return {name: library_version(name) for name in sorted(set(packages))}
 
 
 @functools.lru_cache(maxsize=None)

@@ -265,7 +265,7 @@ class Search:
             outcomes = self._run_many(batch)
             for c in batch:
                 if c not in outcomes and not self.budget_left():  # a candidate that ran is recorded whatever
-                    break  # the budget says now: its batch-mate may rank first, and its time is spent
+                    continue  # the budget says now: it may rank first, and its time is spent
                 records.append(self.evaluate(c, outcomes.get(c)))
         return records
 
@@ -295,7 +295,7 @@ class Search:
             outcomes = self._run_many([c for _, c in trials])
             for trial, c in trials:
                 if c not in outcomes and not self.budget_left():
-                    break
+                    continue
                 self._tell(study, trial, self.evaluate(c, outcomes.get(c)), records)
         return list(records.values())
 

@@ -52,7 +52,7 @@ def add_shortcuts(sub) -> None:
     p.add_argument("--method", choices=("auto", "rtn", "hqq", "dynamic", "static"), default="auto",
                    help="auto: the genai builder for text-generation; RTN (int4) or dynamic (int8) for classifiers")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
-                   help="int4: weights per quantization block (default 32)")
+                   help="weights per quantization block (default 32); not with --method dynamic or static")
     _common(p)
     p.set_defaults(handler=cmd_quantize)
 
@@ -160,8 +160,8 @@ def quantize_config(args) -> dict:
     data = _eval_data(args)
     if args.precision is None:
         args.precision = "int8" if args.method in ("dynamic", "static") else "int4"
-    if args.block_size is not None and args.precision == "int8":
-        raise _usage("--block-size", "int8 quantization (dynamic or static) has no blocks",
+    if args.block_size is not None and args.method in ("dynamic", "static"):
+        raise _usage("--block-size", f"{args.method} int8 quantization has no blocks",
                      "Drop --block-size, or quantize to int4 (--method rtn or hqq).")
     args.block_size = args.block_size or 32
     if args.task == "text-generation" and args.method in ("auto",):

@@ -266,19 +266,37 @@ def _split_search(flat: dict, params_model, spec, where: str, c: Collector) -> t
 
 
 def _validated_space(params_model, fixed: dict, space: dict[str, list], where: str, c: Collector) -> dict | None:
-    """Each searched value validated on its own (so an error names the value); coerced values returned."""
+    """Each searched value validated with some combination of the other searched keys' values that it goes with
+    (an error names the value when it goes with none); coerced values returned. Which combinations go together is
+    `searched_params`' to say."""
     out = {}
     for name, values in space.items():
         good = []
         for i, value in enumerate(values):
-            trial = c.validate(params_model, {**fixed, **{k: v[0] for k, v in space.items()}, name: value},
-                               f"{where}.{name}[{i}]", lambda _key, i=i: f"{where}.{name}[{i}]")
+            trial = _first_valid(params_model, fixed, {**space, name: [value]})
+            if trial is None:  # with no combination: the error of the first, naming this value
+                trial = c.validate(params_model, {**fixed, **{k: v[0] for k, v in space.items()}, name: value},
+                                   f"{where}.{name}[{i}]", lambda _key, i=i: f"{where}.{name}[{i}]")
             if trial is not None:
                 good.append(getattr(trial, name))
         if len(good) != len(values):
             return None
         out[name] = good
     return out
+
+
+def _first_valid(params_model, fixed: dict, space: dict[str, list]):
+    """The params of the first combination of `space`'s values that validates with `fixed`, or None."""
+    import itertools
+
+    from pydantic import ValidationError
+
+    for values in itertools.product(*space.values()):
+        try:
+            return params_model.model_validate({**fixed, **dict(zip(space, values))})
+        except ValidationError:
+            continue
+    return None
 
 
 def pass_type(typ: str) -> str | None:
@@ -365,8 +383,9 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
     flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)
-    first = {**flat, **{k: v[0] for k, v in space.items()}}
-    params = c.validate(params_model, first, where)
+    # the step's params: the first combination of searched values that goes together (else the first's errors)
+    params = _first_valid(params_model, flat, space) if space else None
+    params = params or c.validate(params_model, {**flat, **{k: v[0] for k, v in space.items()}}, where)
     if params is None:
         return None
     space = _validated_space(params_model, flat, space, where, c)

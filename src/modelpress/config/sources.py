@@ -92,8 +92,7 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
     for key in [k for k in flat if k in INERT_MODEL_KEYS]:
         c.warn(f"{where}.{key}: accepted and not used: {INERT_MODEL_KEYS[key]}.")
         flat.pop(key)
-    if flat.get("adapter_path") is not None:  # Olive's HfModel: a base and a LoRA adapter beside it
-        flat.pop("adapter_path")
+    if "adapter_path" in flat and flat.pop("adapter_path") is not None:  # Olive's HfModel: a base and an adapter
         c.add(f"{where}.adapter_path", "an input model with an adapter beside it is not read here",
               "Merge the adapter into its base first (peft's merge_and_unload, then save_pretrained) and give that "
               "folder as model_path; or give the base as model_path and train the adapter in this workflow.")

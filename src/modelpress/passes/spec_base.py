@@ -20,14 +20,15 @@ HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with weight-only quantize
 # The libraries whose code reads or writes each kind of model. A pass's cache key holds the versions of those of
 # its input and output kinds (and `accelerate` for a training pass, its optional package if it has one), an
 # evaluation's those of the model's kind: an upgrade re-runs what it may change, and nothing else.
+# By import name: a GPU build (onnxruntime-gpu, onnxruntime-genai-cuda) is keyed by the distribution installing it.
 _TORCH = ("torch", "transformers", "tokenizers", "safetensors")
-_ONNX = ("onnx", "onnx-ir", "onnxscript", "onnxruntime")
+_ONNX = ("onnx", "onnx_ir", "onnxscript", "onnxruntime")
 KIND_LIBRARIES = {
     HF: _TORCH,
     HF_ADAPTER: (*_TORCH, "peft"),
     HF_QUANTIZED: _TORCH,
     ONNX: (*_ONNX, "transformers", "tokenizers"),  # its prompts are tokenized by transformers
-    ONNX_GENAI: (*_ONNX, "onnxruntime-genai"),  # genai tokenizes itself
+    ONNX_GENAI: (*_ONNX, "onnxruntime_genai"),  # genai tokenizes itself
 }
 
 SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind

@@ -99,9 +99,8 @@ def _shared_qkv(plan: dict[str, Grid]) -> dict[str, Grid]:
         if leaf in QKV:
             groups.setdefault(parent, []).append(name)
     for parent, names in groups.items():
-        grids = {plan[n] for n in names}
-        if len(names) > 1 and len(grids) > 1:
-            shared = max(grids, key=lambda g: (g.bits, 2 if g.group_size > 0 else 1, -g.group_size))
+        if len(names) > 1 and len({plan[n] for n in names}) > 1:  # ties go to the first of q, k, v, as in Olive
+            shared = max((plan[n] for n in names), key=lambda g: (g.bits, 2 if g.group_size > 0 else 1, -g.group_size))
             log.info("%s: q/k/v quantized alike, as %d-bit groups of %d (onnxruntime-genai packs them into one "
                      "MatMul)", parent, shared.bits, shared.group_size)
             plan.update({n: shared for n in names})
