@@ -77,9 +77,10 @@ def commit_dir(tmp: Path, target: Path) -> None:
 @contextmanager
 def finish_before_interrupt(what: str) -> Iterator[None]:
     """A Ctrl-C inside waits for the block to end, then stops the run (a second one stops it at once): `what` is
-    written whole or not at all, never half. Outside the main thread, signals cannot be caught: a plain block."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    written whole or not at all, never half. Outside the main thread (signals cannot be caught there) or where
+    SIGINT is ignored, a plain block."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield  # a process told to ignore Ctrl-C (nohup, a background job) keeps ignoring it
         return
     asked: list[int] = []
 
