@@ -200,7 +200,9 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
     # flags that were accepted and dropped
     (["optimize", "--max-accuracy-drop", "0.05"], "--max-accuracy-drop: is the goal of --search, and there is no search"),
     (["quantize", "--task", "text-classification", "--method", "dynamic", "--block-size", "64"],
-     "--block-size: dynamic int8 quantization has no blocks"),
+     "--block-size: int8 quantization of an ONNX model (dynamic or static) has no blocks"),
+    (["quantize", "--task", "text-classification", "--precision", "int8", "--block-size", "64"],  # auto: dynamic
+     "--block-size: int8 quantization of an ONNX model (dynamic or static) has no blocks"),
 ])
 def test_a_shortcut_mistake_names_the_flag(tmp_path, tiny_model, args, expected):
     proc = run_cli(*args, "--model", str(tiny_model), check=False, cwd=tmp_path)

@@ -63,7 +63,11 @@ def test_the_output_card_follows_a_base_model_that_moved(tmp_path):
     task = {"task": "text-generation"}
     for base in ("old-base", "new-base"):
         staged, commit = _stage_model(tmp_path / "out", ModelRef("hf-adapter", final, "same-id", tmp_path / base), task)
-        assert (staged is not None) == (base == "old-base") and not (tmp_path / "out" / "new").exists()
+        assert (staged is not None) == (base == "old-base")
+        if base == "old-base":  # staged beside it: nothing at the output until the commit
+            assert not (tmp_path / "out").exists()
+        else:  # the card is rewritten by the commit, not before
+            assert json.loads((tmp_path / "out" / MODEL_CARD).read_text())["base"] == str(tmp_path / "old-base")
         commit()
     card = json.loads((tmp_path / "out" / MODEL_CARD).read_text())
     assert card["base"] == str(tmp_path / "new-base") and card["id"] == "same-id"
@@ -978,3 +982,49 @@ def test_a_library_installed_by_another_distribution_is_keyed_by_it(monkeypatch)
         assert runtime.library_version("not_installed_anywhere") == "missing"
     finally:
         runtime.library_version.cache_clear()
+
+
+def test_a_failed_model_copy_leaves_the_earlier_output_set_and_no_staged_folder(tiny_model, tmp_path, monkeypatch):
+    """The output model is copied into a folder beside it before anything is renamed; a copy that fails (a full disk,
+    Ctrl-C) removes that folder and leaves the earlier run's model and metrics as they were. A metrics file that
+    cannot be renamed once the new model is in place puts the earlier model back (it stayed beside old metrics)."""
+    import shutil
+
+    import modelpress.engine as engine
+    from modelpress.config import load_config
+
+    config = load_config(write_config(tmp_path / "w.json", {**tone_workflow(tiny_model, {}),
+                                                            "output_dir": str(tmp_path / "out")}))
+    first = ModelRef("hf", tiny_model, id="first", task={"task": "text-generation"})
+    engine.write_outputs(config, first, {}, [], {"run": "first"})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+
+    def full_disk(src, dst, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.shutil, "copytree", full_disk)  # shutil's own: engine.shutil is the module
+    second = ModelRef("hf", tiny_model, id="second", task={"task": "text-generation"})
+    with pytest.raises(OSError):
+        engine.write_outputs(config, second, {}, [], {"run": "second"})
+    monkeypatch.undo()
+    assert shutil.copytree is not full_disk
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert after == before and json.loads((tmp_path / "out" / "model" / "modelpress_model.json").read_text())["id"] == "first"
+    assert not list((tmp_path / "out").glob(".model.tmp-*")) and not list((tmp_path / "out").glob(".model.old-*"))
+    # a file rename that fails once the new model is in place puts the earlier model back
+    import os
+
+    replace = os.replace
+
+    def refuse(src, dst):
+        if Path(dst).name == "metrics.json":
+            raise OSError(5, "Input/output error")
+        replace(src, dst)
+
+    monkeypatch.setattr(engine.os, "replace", refuse)
+    with pytest.raises(OSError):
+        engine.write_outputs(config, second, {}, [], {"run": "second"})
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert after == before and json.loads((tmp_path / "out" / "model" / "modelpress_model.json").read_text())["id"] == "first"
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]

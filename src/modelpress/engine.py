@@ -20,7 +20,8 @@ from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import commit_dir, finish_before_interrupt, json_text, read_json, stage_dir, stage_text
+from modelpress.fsutil import (commit_dir, finish_before_interrupt, json_text, read_json, restore_dir, stage_dir,
+                               stage_text, sync_tree)
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
@@ -401,29 +402,39 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
     texts = {name: json_text(value) for name, value in files.items()}
     texts[REPORT] = build_html(metrics, history, resolved)
     staged: dict[Path, Path] = {}
-    model_tmp = None
+    model_tmp = old_model = None
     try:
         for name, text in texts.items():
             staged[out / name] = stage_text(out / name, text)
         model_tmp, commit = _stage_model(out / "model", final, {**(final.task if final else {}), **task,
                                                                **config.evaluation.model_dump(include=MEASURED_WITH)})
         with finish_before_interrupt("the output folder"):  # the model and its metrics change together
-            commit()
-            for path, tmp in staged.items():
-                os.replace(tmp, path)
+            old_model = commit()
+            try:
+                for path, tmp in staged.items():
+                    os.replace(tmp, path)
+            except BaseException:
+                if old_model is not None:  # the files stay the earlier run's: so does the model
+                    restore_dir(old_model, out / "model")
+                    old_model = None
+                raise
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
         if model_tmp is not None:  # staged and not committed (committed, it is gone)
             shutil.rmtree(model_tmp, ignore_errors=True)
+        if old_model is not None:  # the earlier run's model, replaced with its set
+            shutil.rmtree(old_model, ignore_errors=True)
     if final is not None and final.kind == HF_ADAPTER:
         log.info("the final model is an adapter; its base stays at %s", final.base)
 
 
-def _stage_model(target: Path, final: ModelRef | None, prompted: dict) -> tuple[Path | None, Callable[[], None]]:
+def _stage_model(target: Path, final: ModelRef | None, prompted: dict
+                 ) -> tuple[Path | None, Callable[[], Path | None]]:
     """The output model folder made beside `target` (a copy, which may take long), and what puts it in place (a
-    rename); `prompted`: how it was prompted, and the answer length, batch size and latency sample the run measured
-    it with (`modelpress evaluate`'s defaults). The same model only prompted otherwise gets its card rewritten."""
+    rename, returning the earlier folder moved aside, if any); `prompted`: how it was prompted, and the answer
+    length, batch size and latency sample the run measured it with (`modelpress evaluate`'s defaults). The same
+    model only prompted otherwise gets its card rewritten."""
     card = target / MODEL_CARD
     current = read_json(card) if card.is_file() else {}
     if final is None:
@@ -435,11 +446,15 @@ def _stage_model(target: Path, final: ModelRef | None, prompted: dict) -> tuple[
         try:
             shutil.copytree(final.path, tmp, dirs_exist_ok=True)
             ModelRef(final.kind, tmp, final.id, final.base, prompted).save(tmp)
+            sync_tree(tmp)  # on disk before the renames
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return tmp, lambda: commit_dir(tmp, target)
     elif current.get("task") != json.loads(json_text(prompted)) or current.get("base") != (
             str(final.base) if final.base else None):  # the same model prompted otherwise, or its base moved
-        return None, lambda: ModelRef(final.kind, target, final.id, final.base, prompted).save(target)
+        def rewrite_card() -> None:
+            ModelRef(final.kind, target, final.id, final.base, prompted).save(target)
+
+        return None, rewrite_card
     return None, lambda: None

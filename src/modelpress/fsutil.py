@@ -25,7 +25,7 @@ from modelpress.errors import ModelpressError
 log = logging.getLogger("modelpress")
 
 
-def _fsync_tree(root: Path) -> None:
+def sync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             with open(path, "rb") as handle:
@@ -41,10 +41,13 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = stage_dir(target)
     try:
         yield tmp
-        commit_dir(tmp, target)
+        sync_tree(tmp)
+        old = commit_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def stage_dir(target: Path) -> Path:
@@ -57,21 +60,29 @@ def stage_dir(target: Path) -> Path:
     return tmp
 
 
-def commit_dir(tmp: Path, target: Path) -> None:
-    """Replace `target` by the staged folder `tmp`: two renames, the old folder put back if the second fails."""
+def commit_dir(tmp: Path, target: Path) -> Path | None:
+    """Replace `target` by the staged (and synced) folder `tmp`: two renames, the old folder put back if the second
+    fails. Returns the old folder, moved aside, for the caller to remove once the rest of its set is in place."""
     target = Path(target)
-    _fsync_tree(tmp)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:  # Ctrl-C or an error between the two renames: the old folder goes back
-            os.rename(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+    if not target.exists():
         os.rename(tmp, target)
+        return None
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:  # Ctrl-C or an error between the two renames: the old folder goes back
+        os.rename(old, target)
+        raise
+    return old
+
+
+def restore_dir(old: Path, target: Path) -> None:
+    """Put the folder `commit_dir` moved aside back at `target` (the set it belongs to could not be completed)."""
+    discard = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    os.rename(target, discard)
+    os.rename(old, target)
+    shutil.rmtree(discard, ignore_errors=True)
 
 
 @contextmanager

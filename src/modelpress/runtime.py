@@ -145,18 +145,30 @@ def library_version(package: str) -> str:
     """The installed version of an importable package, read once per process: its version where a distribution of
     its own name installs it, else each distribution that does with its version (onnxruntime from
     onnxruntime-gpu: "onnxruntime-gpu 1.20.1"), "missing" where none does."""
-    names = _distributions().get(package) or [package]
+    found = _readable(_distributions().get(package) or []) or _readable([package])  # its own name when none is
+    if not found:
+        return "missing"
+    if len(found) == 1 and _canonical(found[0][0]) == _canonical(package):
+        return found[0][1]
+    return ", ".join(f"{name} {ver}" for name, ver in sorted(found))
+
+
+def _readable(names) -> list[tuple[str, str]]:
+    """(name, version) of each of the distributions `names` whose version can be read."""
     found = []
     for name in dict.fromkeys(names):
         try:
             found.append((name, version(name)))
         except PackageNotFoundError:
             continue
-    if not found:
-        return "missing"
-    if len(found) == 1 and found[0][0].replace("-", "_").lower() == package.lower():
-        return found[0][1]
-    return ", ".join(f"{name} {ver}" for name, ver in sorted(found))
+    return found
+
+
+def _canonical(name: str) -> str:
+    """A distribution or package name as PEP 503 compares them (runs of -, _ and . alike, case ignored)."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @functools.lru_cache(maxsize=1)

@@ -160,11 +160,12 @@ def quantize_config(args) -> dict:
     data = _eval_data(args)
     if args.precision is None:
         args.precision = "int8" if args.method in ("dynamic", "static") else "int4"
-    if args.block_size is not None and args.method in ("dynamic", "static"):
-        raise _usage("--block-size", f"{args.method} int8 quantization has no blocks",
+    builder = args.task == "text-generation" and args.method == "auto"  # the genai builder, whose int8 has blocks
+    if args.block_size is not None and not builder and args.precision == "int8":
+        raise _usage("--block-size", "int8 quantization of an ONNX model (dynamic or static) has no blocks",
                      "Drop --block-size, or quantize to int4 (--method rtn or hqq).")
     args.block_size = args.block_size or 32
-    if args.task == "text-generation" and args.method in ("auto",):
+    if builder:
         passes = {"builder": {"type": "ModelBuilder", "precision": args.precision, "block_size": args.block_size}}
     else:
         passes = {"conversion": {"type": "OnnxConversion"},

@@ -10,9 +10,9 @@ from modelpress.passes.spec_base import Strict
 
 
 def searched_params(params: Strict, space: dict[str, list]) -> tuple[list[Strict], list[tuple[dict, str]]]:
-    """`params` with each combination of the searched values, each validated whole (a value is validated alone
-    when the config is read, with the other searched keys at their first value); and the combinations refused,
-    each with the first reason."""
+    """`params` with each combination of the searched values, each validated whole (when the config is read each
+    value is checked to go with some combination of the others); and the combinations refused, each with the first
+    reason."""
     if len(space) < 2:  # one searched key: each value was validated when the config was read
         names = list(space)
         return [params.model_copy(update={names[0]: v}) for v in space[names[0]]] if names else [params], []
