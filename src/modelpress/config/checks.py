@@ -88,8 +88,8 @@ def _check_eval_task(model: InputModelConfig, data, passes, evaluation: Evaluati
     if evaluator is not None:
         runs = [m for m in evaluator.metrics if m.type in MODEL_RUNNING_METRICS]
         names = [m.data_config or default for m in runs if m.type != "lm_eval"]
-        for i, m in enumerate(evaluator.metrics):
-            if m in runs and m.type != "lm_eval" and not (m.data_config or default):
+        for i, m in enumerate(evaluator.metrics):  # lm_eval reads its own tasks' data
+            if m.type in MODEL_RUNNING_METRICS and m.type != "lm_eval" and not (m.data_config or default):
                 c.add(f"evaluator.metrics[{i}]", f"the {m.type} metric {m.name!r} runs the model on data rows, and "
                       "the workflow has none to give it (no data_configs)",
                       "Add a data config with the rows to measure on (data_configs), or leave this metric out.")

@@ -138,7 +138,6 @@ class EvaluatorConfig(Strict):
         "(the same for every candidate) is the reference, e.g. the fp32 ONNX conversion.",
     )
 
-
     @model_validator(mode="after")
     def _what_to_measure(self) -> "EvaluatorConfig":
         if self.type == "LMEvaluator" and not self.tasks:

@@ -116,7 +116,8 @@ class PassSpec:
         return input_kind if self.produces == SAME_KIND else self.produces
 
     def libraries(self, input_kind: str) -> tuple[str, ...]:
-        """The distributions whose versions this pass's output may depend on, run on a model of `input_kind`."""
+        """The libraries (import names) whose versions this pass's output may depend on, run on a model of
+        `input_kind`."""
         names = {*KIND_LIBRARIES.get(input_kind, ()), *KIND_LIBRARIES.get(self.output_kind(input_kind), ())}
         if self.trains():
             names.add("accelerate")  # transformers' Trainer runs on it
