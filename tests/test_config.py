@@ -694,3 +694,18 @@ def test_an_olive_custom_metric_written_flat_reads_its_script(workspace, tmp_pat
     raw["evaluators"]["e"]["metrics"][0]["metric_func"] = "score"
     [problem] = _problems(raw, workspace)
     assert "metric_func" in problem and "evaluate_func(model_dir, model_kind, examples" in problem, problem
+
+
+def test_a_system_written_in_place_of_engines_target_is_read(workspace):
+    """Olive lets engine.target (or host) be the system itself; olive-recipes' builtin CUDA recipes write it so. It
+    was refused ("must name a system of `systems`")."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw.pop("target", None)
+    raw["engine"] = {**raw.get("engine", {}), "target": {
+        "type": "LocalSystem", "accelerators": [{"device": "gpu", "execution_providers": ["CUDAExecutionProvider"]}]}}
+    config = normalize(raw, base_dir=workspace)
+    assert config.engine.execution_provider == "cuda"
+    assert config.systems[config.engine.target].execution_provider == "cuda"
+    raw["engine"]["target"] = {"type": "AzureML"}
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("engine.target.type: system type 'AzureML' is not supported"), problem

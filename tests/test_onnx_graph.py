@@ -360,3 +360,23 @@ def test_a_float16_table_is_coded_with_the_scales_it_stores(symmetric):
         inside = (table.astype(np.float32) / steps > -128.5) & (table.astype(np.float32) / steps < 127.5)
         error = error[inside]
     assert error.max() <= 0.5 + 1e-3
+
+
+def test_olive_recipes_int4_then_shared_int8_table_keeps_one_table_in_a_genai_model(tied_model, genai_fp32, tmp_path):
+    """olive-recipes' Qwen3.5 CPU chain: ModelBuilder int4, QuantizeEmbeddingInt8, ShareEmbeddingLmHead. The genai
+    model's head is now 8-bit, so its logits come closer to the float model's than the int4 model's, and the file
+    holds the table once."""
+    from modelpress.onnx_model import model_bytes
+
+    int4 = _build(tied_model, tmp_path / "int4", precision="int4")
+    shared = _run(int4, tmp_path / "shared", "GraphSurgeries",
+                  surgeries=[{"surgeon": "QuantizeEmbeddingInt8"}, {"surgeon": "ShareEmbeddingLmHead"}])
+    graph = onnx.load(str(shared.path / "model.onnx"), load_external_data=False).graph
+    head = next(n for n in graph.node if "logits" in n.output)
+    assert head.op_type == "MatMulNBits" and next(a.i for a in head.attribute if a.name == "bits") == 8
+    assert next(n for n in graph.node if head.input[1] in n.output).op_type == "Reshape"
+    reference, before, after = _logits(genai_fp32), _logits(int4), _logits(shared)
+    assert np.abs(after - reference).mean() < np.abs(before - reference).mean()
+    assert np.corrcoef(before.ravel(), after.ravel())[0, 1] > 0.99
+    vocab, hidden = next(t.dims for t in graph.initializer if t.name.endswith("_q8"))
+    assert model_bytes(shared.path) < model_bytes(int4.path) - vocab * hidden // 2  # the int4 head's codes went

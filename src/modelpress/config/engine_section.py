@@ -31,32 +31,36 @@ def systems_section(raw: Any, base_dir: Path, c: Collector) -> dict[str, SystemC
         return {}
     systems = {}
     for name, spec in raw.items():
-        path = f"systems.{name}"
-        if as_mapping(spec, path, c) is None:
-            continue
-        flat, where = unwrap(dict(spec), "config", path)
-        typ = flat.pop("type", None)
-        if typ == "PythonEnvironment":
-            c.warn(f"{path}: a PythonEnvironment system runs here in modelpress's own Python environment "
-                   "(python_environment_path, environment_variables and prepend_to_path are not used).")
-            for key in PYTHON_ENVIRONMENT_KEYS:
-                flat.pop(key, None)
-        elif typ not in ("LocalSystem", "Ray"):
-            hint = ("Olive's AzureML system is gone from Olive itself; run the workflow on a Ray cluster with "
-                    "type 'Ray' (README: Several machines), or here with type 'LocalSystem'.")
-            c.add(f"{path}.type", f"system type {typ!r} is not supported", hint)
-            continue
-        if flat.pop("hf_token", None) is not None:
-            c.note(f"{where}.hf_token: a Hub token is always read from HF_TOKEN or the Hugging Face login.")
-        ep = _accelerator_ep(flat.pop("accelerators", None) or [], f"{where}.accelerators", c)
-        if typ == "Ray":
-            ray = ray_system(flat, where, base_dir, c)
-            if ray is not None:
-                systems[name] = SystemConfig(type="Ray", execution_provider=ep, ray=ray)
-            continue
-        c.unknown_keys(flat, (), where)
-        systems[name] = SystemConfig(execution_provider=ep)
+        system = one_system(spec, f"systems.{name}", base_dir, c)
+        if system is not None:
+            systems[name] = system
     return systems
+
+
+def one_system(spec: Any, path: str, base_dir: Path, c: Collector) -> SystemConfig | None:
+    """One system's settings, named in `systems` or written where engine.host/target name one (as Olive allows)."""
+    if as_mapping(spec, path, c) is None:
+        return None
+    flat, where = unwrap(dict(spec), "config", path)
+    typ = flat.pop("type", None)
+    if typ == "PythonEnvironment":
+        c.warn(f"{path}: a PythonEnvironment system runs here in modelpress's own Python environment "
+               "(python_environment_path, environment_variables and prepend_to_path are not used).")
+        for key in PYTHON_ENVIRONMENT_KEYS:
+            flat.pop(key, None)
+    elif typ not in ("LocalSystem", "Ray"):
+        hint = ("Olive's AzureML system is gone from Olive itself; run the workflow on a Ray cluster with "
+                "type 'Ray' (README: Several machines), or here with type 'LocalSystem'.")
+        c.add(f"{path}.type", f"system type {typ!r} is not supported", hint)
+        return None
+    if flat.pop("hf_token", None) is not None:
+        c.note(f"{where}.hf_token: a Hub token is always read from HF_TOKEN or the Hugging Face login.")
+    ep = _accelerator_ep(flat.pop("accelerators", None) or [], f"{where}.accelerators", c)
+    if typ == "Ray":
+        ray = ray_system(flat, where, base_dir, c)
+        return None if ray is None else SystemConfig(type="Ray", execution_provider=ep, ray=ray)
+    c.unknown_keys(flat, (), where)
+    return SystemConfig(execution_provider=ep)
 
 
 def ray_system(flat: dict, where: str, base_dir: Path, c: Collector) -> RaySystemConfig | None:
@@ -165,13 +169,19 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
     data = {}
     for key in ("host", "target"):
         name = raw.get(key)
+        if isinstance(name, dict):  # the system written in place, as Olive allows: kept under a name of its own
+            system = one_system(name, at(key), base_dir, c)
+            name = next(n for n in (key, f"{key} (inline)", f"engine.{key}") if n not in systems)
+            if system is None:
+                continue
+            systems[name] = system
         if isinstance(name, str) and name not in systems:
             c.warn(f"{at(key)}: no system named {name!r} is defined; the workflow runs on this machine.")
         elif isinstance(name, str):
             data[key] = name
         elif name is not None:
-            c.add(at(key), f"must name a system of `systems`, found {name!r}")
-    ep = _engine_ep(raw, at, systems, c)
+            c.add(at(key), f"must name a system of `systems` or be one (a mapping with its type), found {name!r}")
+    ep = _engine_ep(raw, at, [data.get("target"), data.get("host")], systems, c)
     data.update(execution_provider=ep or "cpu", clean_cache=raw.get("clean_cache", False),
                 clean_evaluation_cache=raw.get("clean_evaluation_cache", False))
     for key in ("cache_dir", "output_dir"):
@@ -187,14 +197,13 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
     return c.validate(EngineConfig, data, path)
 
 
-def _engine_ep(raw: dict, at, systems: dict, c: Collector) -> str | None:
+def _engine_ep(raw: dict, at, names: list, systems: dict, c: Collector) -> str | None:
     eps = raw.get("execution_providers")
     if eps is not None:
         if not isinstance(eps, list) or not eps:
             c.add(at("execution_providers"), f"must be a non-empty list, found {eps!r}")
             return None
         return _ep_name(eps[0], at("execution_providers[0]"), c)
-    names = [raw.get(key) for key in ("target", "host")]
     return next((systems[n].execution_provider for n in names
                  if isinstance(n, str) and n in systems and systems[n].execution_provider), None)
 

@@ -62,6 +62,15 @@ INERT_PASS_KEYS: dict[str, dict[str, str]] = {
                              "asks with false); MergeAdapterWeights merges it into the full-precision base",
     },
 }
+# Earlier Olive training passes' loading keys (olive-recipes' Llama-3.2 QLoRA recipe writes device_map).
+_TRAINING_LOAD_KEYS = {
+    "device_map": "the model is trained on one device, the pass's execution provider's (a CUDA GPU or the CPU); "
+                  "it is not split across GPUs",
+    "allow_tf32": "training runs in the pass's torch_dtype; TF32 matrix products are torch's default choice",
+    "ephemeral_gpu_offload": "nothing is offloaded: the model is trained on one device",
+}
+for _training in ("lora", "qlora", "dora", "loha", "lokr"):
+    INERT_PASS_KEYS[_training] = {**INERT_PASS_KEYS.get(_training, {}), **_TRAINING_LOAD_KEYS}
 
 # transformers TrainingArguments that an Olive training pass passes through and that change nothing here, with why
 # (`olive finetune` writes any it is given); `extra_args` (Olive's nested extra arguments) is read as training_args.

@@ -318,7 +318,8 @@ class GraphSurgeriesParams(Strict):
     """Named graph surgeries, applied in order (see modelpress.passes.surgeons)."""
 
     surgeries: list[dict] = Field(min_length=1, description="[{\"surgeon\": NAME, ...options}]; surgeons: "
-                                  "TieWordEmbeddings, QuantizeEmbeddingInt8, RenameInputs, RenameOutputs.")
+                                  "TieWordEmbeddings, QuantizeEmbeddingInt8, ShareEmbeddingLmHead, RenameInputs, "
+                                  "RenameOutputs.")
 
     @model_validator(mode="after")
     def _known(self) -> "GraphSurgeriesParams":

@@ -3,9 +3,14 @@
 Each surgeon takes a ModelProto (weights loaded) and returns the changed model and a note.
 - `TieWordEmbeddings`: when the LM head's weight is the transposed embedding table, the head
   reads the embedding table (Gemm with transB) instead of its own copy; the file shrinks by one
-  vocab x hidden matrix and the logits do not change.
+  vocab x hidden matrix and the logits do not change. Quantized, when an 8-bit MatMulNBits head
+  holds the same codes, scales and zero points as a GatherBlockQuantized embedding, the head
+  reads the embedding's (the same logits).
 - `QuantizeEmbeddingInt8`: the embedding lookup becomes GatherBlockQuantized over int8 blocks of
   32 values along the hidden axis (asymmetric, uint8 with zero points).
+- `ShareEmbeddingLmHead` (after QuantizeEmbeddingInt8, for a model whose head is its embedding
+  table): the head becomes an 8-bit MatMulNBits over the int8 embedding's codes, so the file holds
+  one table. Unlike Olive's, it first checks that the head (dequantized) is the embedding table.
 - `RenameInputs` / `RenameOutputs`: rename graph inputs or outputs.
 """
 
@@ -37,10 +42,19 @@ def tie_word_embeddings(model) -> tuple[object, str]:
     from onnx import helper, numpy_helper
 
     gather, table = _embedding_gather(model)
-    head = next((n for n in model.graph.node if "logits" in n.output), None)
+    head = _logits_head(model)
+    quantized = _quantized_embedding(model)
+    if quantized is not None and head is not None and head.op_type == "MatMulNBits":
+        why = "the head already reads the embedding table" if _reads_table(model, head, quantized) \
+            else _tied_quantized(model, quantized, head)
+        if why:
+            return model, f"skipped ({why})"
+        _head_reads_embedding(model, head, quantized)
+        return model, "the 8-bit head reads the int8 embedding table's codes, scales and zero points"
     inits = _initializers(model)
     if gather is None or head is None or head.op_type != "MatMul" or head.input[1] not in inits:
-        return model, "skipped (needs a float Gather embedding and a float MatMul head producing logits)"
+        return model, "skipped (needs a float Gather embedding and a float MatMul head producing logits, or an " \
+                      "int8 GatherBlockQuantized one and an 8-bit MatMulNBits head)"
     embed = numpy_helper.to_array(inits[table])
     weight = numpy_helper.to_array(inits[head.input[1]])
     if weight.shape != embed.T.shape or not np.array_equal(weight, embed.T):
@@ -68,6 +82,162 @@ def tie_word_embeddings(model) -> tuple[object, str]:
     if not any(head.input[1] in n.input for n in model.graph.node):
         _drop_initializer(model.graph, inits[head.input[1]])
     return model, f"the head reads the {vocab}x{hidden} embedding table"
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _logits_head(model):
+    return next((n for n in model.graph.node if "logits" in n.output), None)
+
+
+def _quantized_embedding(model):
+    """The GatherBlockQuantized node that looks rows of an int8 table up with the input ids (gather axis 0,
+    blocks along the hidden axis), or None."""
+    inits = _initializers(model)
+    ids = next((i.name for i in model.graph.input if i.name == "input_ids"), None)
+    for node in model.graph.node:
+        if node.op_type == "GatherBlockQuantized" and len(node.input) > 2 and node.input[1] == ids \
+                and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
+            attrs = _attrs(node)
+            if attrs.get("bits", 4) == 8 and attrs.get("gather_axis", 0) == 0 and attrs.get("quantize_axis", 1) == 1:
+                return node
+    return None
+
+
+def _reads_table(model, head, gather) -> bool:
+    """Whether `head` already reads `gather`'s table (through the Reshape `_head_reads_embedding` adds)."""
+    return len(head.input) > 1 and any(n.op_type == "Reshape" and n.input[0] == gather.input[0]
+                                       and head.input[1] in n.output for n in model.graph.node)
+
+
+def _tied_quantized(model, gather, head) -> str | None:
+    """Why the 8-bit MatMulNBits `head` cannot read `gather`'s table as its own (None when its codes, scales and
+    zero points are the table's, byte for byte)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits, attrs, block = _initializers(model), _attrs(head), _attrs(gather)["block_size"]
+    if attrs.get("bits") != 8 or attrs.get("block_size") != block:
+        return f"the head is not 8-bit in blocks of {block} as the embedding is"
+    ours, theirs = list(head.input[1:4]), list(gather.input[:1]) + list(gather.input[2:4])
+    if len(ours) != len(theirs) or any(name not in inits for name in ours + theirs) or len(head.input) > 4:
+        return "the head's and the embedding's quantized inputs differ in kind"
+    for mine, its in zip(ours, theirs):
+        if not np.array_equal(numpy_helper.to_array(inits[mine]).ravel(), numpy_helper.to_array(inits[its]).ravel()):
+            return "the head's codes, scales or zero points are not the embedding's"
+    return None
+
+
+def _head_reads_embedding(model, head, gather) -> None:
+    """Replace `head` with an 8-bit MatMulNBits over the int8 embedding's codes (reshaped to the blocks
+    MatMulNBits reads), scales and zero points; the head's own weights go."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = _initializers(model)
+    table, block = gather.input[0], _attrs(gather)["block_size"]
+    vocab, hidden = inits[table].dims
+    name = head.name or "lm_head"
+    shape = numpy_helper.from_array(np.array([vocab, hidden // block, block], dtype=np.int64), f"{name}_tied_shape")
+    model.graph.initializer.append(shape)
+    reshape = helper.make_node("Reshape", [table, shape.name], [f"{name}_tied_codes"], name=f"{name}_tied_reshape")
+    extra = {k: v for k, v in _attrs(head).items() if k == "accuracy_level"}
+    new = helper.make_node("MatMulNBits", [head.input[0], reshape.output[0], *gather.input[2:4]], list(head.output),
+                           name=f"{name}_tied", domain="com.microsoft", bits=8, block_size=block, K=hidden, N=vocab,
+                           **extra)
+    position = list(model.graph.node).index(head)
+    model.graph.node.remove(head)
+    model.graph.node.insert(position, reshape)
+    model.graph.node.insert(position + 1, new)
+    for weight in head.input[1:]:
+        if weight in inits and not any(weight in n.input for n in model.graph.node):
+            _drop_initializer(model.graph, inits[weight])
+
+
+def _head_rows(model, head, rows):
+    """Rows `rows` of the head's weight as (len(rows), hidden) float32, dequantized from a MatMulNBits head (uint8
+    zero points or none, no g_idx or bias) or read from a float MatMul's; None for any other head."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = _initializers(model)
+    if head.op_type == "MatMul" and head.input[1] in inits:
+        return numpy_helper.to_array(inits[head.input[1]])[:, rows].T.astype(np.float32)
+    if head.op_type != "MatMulNBits" or len(head.input) > 4 or any(n not in inits for n in head.input[1:]):
+        return None
+    attrs = _attrs(head)
+    bits, block, width, vocab = attrs["bits"], attrs["block_size"], attrs["K"], attrs["N"]
+    codes = _unpacked(numpy_helper.to_array(inits[head.input[1]]).reshape(vocab, -1)[rows], bits)
+    blocks = codes.shape[1] // block
+    scales = numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, blocks)[rows].astype(np.float32)
+    if len(head.input) > 3:
+        zeros = numpy_helper.to_array(inits[head.input[3]])
+        if zeros.dtype != np.uint8:
+            return None
+        zeros = _unpacked(zeros.reshape(vocab, -1)[rows], bits)[:, :blocks]
+    else:
+        zeros = np.full(scales.shape, 2 ** (bits - 1), dtype=np.float32)
+    values = (codes.reshape(len(rows), blocks, block) - zeros[..., None]) * scales[..., None]
+    return values.reshape(len(rows), -1)[:, :width]
+
+
+def _unpacked(packed, bits: int):
+    """uint8 rows holding 8 // bits values a byte, first value in the low bits, as float32 values."""
+    import numpy as np
+
+    parts = [(packed >> (bits * i)) & (2**bits - 1) for i in range(8 // bits)]
+    return np.stack(parts, axis=-1).reshape(packed.shape[0], -1).astype(np.float32)
+
+
+def _embedding_rows(model, gather, rows):
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits, block = _initializers(model), _attrs(gather)["block_size"]
+    codes = numpy_helper.to_array(inits[gather.input[0]])[rows].astype(np.float32)
+    scales = numpy_helper.to_array(inits[gather.input[2]])[rows].astype(np.float32)
+    zeros = (numpy_helper.to_array(inits[gather.input[3]])[rows].astype(np.float32) if len(gather.input) > 3
+             else np.full(scales.shape, 128.0, dtype=np.float32))
+    step = np.repeat(scales, block, axis=1)[:, :codes.shape[1]]
+    return (codes - np.repeat(zeros, block, axis=1)[:, :codes.shape[1]]) * step
+
+
+TIED_AT = 0.5  # ShareEmbeddingLmHead: largest relative distance between head and table it takes as one matrix
+SAMPLED_ROWS = 4096  # rows of the vocabulary compared (spread over it), to keep the check cheap on big vocabularies
+
+
+def share_embedding_lm_head(model) -> tuple[object, str]:
+    import numpy as np
+
+    gather, head = _quantized_embedding(model), _logits_head(model)
+    if gather is None or head is None:
+        return model, "skipped (needs QuantizeEmbeddingInt8's int8 GatherBlockQuantized embedding and a head " \
+                      "producing logits)"
+    table = _initializers(model)[gather.input[0]]
+    vocab, hidden = table.dims
+    block = _attrs(gather)["block_size"]
+    if hidden % block:
+        return model, f"skipped (MatMulNBits reads whole blocks; the hidden size {hidden} is not a multiple of {block})"
+    if _reads_table(model, head, gather):
+        return model, "skipped (the head already reads the embedding table)"
+    rows = np.unique(np.linspace(0, vocab - 1, min(vocab, SAMPLED_ROWS)).astype(np.int64))
+    weight = _head_rows(model, head, rows)
+    if weight is None or weight.shape != (len(rows), hidden):
+        return model, f"skipped (the head, a {head.op_type}, is not a float MatMul or a MatMulNBits over the " \
+                      f"{vocab}x{hidden} table's shape)"
+    embed = _embedding_rows(model, gather, rows)
+    distance = float(np.linalg.norm(weight - embed) / max(np.linalg.norm(embed), 1e-12))
+    if distance > TIED_AT:
+        return model, f"skipped (the head is not the embedding table: they differ by {distance:.2f} of its norm; " \
+                      "the model does not tie its word embeddings)"
+    before = _attrs(head).get("bits", "float")
+    _head_reads_embedding(model, head, gather)
+    return model, f"the head ({before}-bit) reads the int8 embedding table (they differed by {distance:.3f} of " \
+                  "its norm)"
 
 
 def quantize_embedding_int8(model) -> tuple[object, str]:
@@ -242,11 +412,13 @@ def _renamed_template(template: str, mapping: dict[str, str], layers: int | None
 SURGEONS: dict[str, Callable] = {
     "TieWordEmbeddings": tie_word_embeddings,
     "QuantizeEmbeddingInt8": quantize_embedding_int8,
+    "ShareEmbeddingLmHead": share_embedding_lm_head,
     "RenameInputs": _renamer("Inputs"),
     "RenameOutputs": _renamer("Outputs"),
 }
 # The options each surgeon takes (checked when the config is read).
 SURGEON_OPTIONS: dict[str, tuple[str, ...]] = {
-    "TieWordEmbeddings": (), "QuantizeEmbeddingInt8": (), "RenameInputs": ("old_names", "new_names"),
+    "TieWordEmbeddings": (), "QuantizeEmbeddingInt8": (), "ShareEmbeddingLmHead": (),
+    "RenameInputs": ("old_names", "new_names"),
     "RenameOutputs": ("old_names", "new_names"),
 }
