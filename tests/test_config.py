@@ -639,6 +639,10 @@ def test_olive_finetune_training_keys(workspace):
     lora["training_args"] = {}
     lora.update(type="QLoRA", save_quant_config=False)
     assert any("save_quant_config: accepted and not used" in w for w in normalize(raw, base_dir=workspace).warnings)
+    lora.update(type="LoRA", device_map="current_device")  # earlier Olive training passes; olive-recipes' QLoRA
+    del lora["save_quant_config"]
+    assert any("device_map: accepted and not used: the model is trained on one device" in w
+               for w in normalize(raw, base_dir=workspace).warnings)
 
 
 def test_an_olive_search_stops_and_samples_as_olive_says(workspace):
