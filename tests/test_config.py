@@ -713,3 +713,16 @@ def test_a_system_written_in_place_of_engines_target_is_read(workspace):
     raw["engine"]["target"] = {"type": "AzureML"}
     [problem] = _problems(raw, workspace)
     assert problem.startswith("engine.target.type: system type 'AzureML' is not supported"), problem
+
+
+def test_an_olive_data_config_without_template_or_columns_reads_the_text_column(workspace):
+    """Olive's text-generation pre-processing reads the column `text` when nothing else names the text
+    (TextGenParams.text_cols defaults to "text"); olive-recipes' Llama-3.2 LoRA-family recipes rely on it. In
+    modelpress's own schema the data config still has to say."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    del raw["data_configs"][0]["pre_process_data_config"]["text_template"]
+    config = normalize(raw, base_dir=workspace)
+    assert config.data_configs["dataset_default_train"].text_cols == ["text"]
+    assert any("each row's 'text' column is the text, as in Olive" in n for n in config.notes)
+    raw["evaluation"] = {}  # modelpress's own schema
+    assert any("neither text_template nor text_cols is set" in p for p in _problems(raw, workspace))

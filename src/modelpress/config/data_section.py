@@ -17,6 +17,8 @@ from modelpress.config.collector import Collector, as_mapping, unwrap
 from modelpress.config.schema import DataConfig
 from modelpress.config.sources import resolve_path
 
+# keys by which a data config says where its text comes from; with none, an Olive config reads the column `text`
+OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "chat_columns", "label_col")
 FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 CONTAINER_KEYS = ("name", "type", "load_dataset_config", "pre_process_data_config", "dataloader_config",
                   "post_process_data_config", "user_script", "script_dir", "params_config")
@@ -30,8 +32,9 @@ COMPONENTS = {"load_dataset": "load_dataset_config", "pre_process_data": "pre_pr
               "post_process_data": "post_process_data_config", "dataloader": "dataloader_config"}
 
 
-def data_configs(raw: Any, base_dir: Path, c: Collector) -> dict[str, DataConfig]:
-    """Every data config by name; problems are collected with the key path the user wrote."""
+def data_configs(raw: Any, base_dir: Path, c: Collector, olive: bool = False) -> dict[str, DataConfig]:
+    """Every data config by name; problems are collected with the key path the user wrote. In an Olive config
+    (`olive`), rows with neither a template nor text columns are read from the column `text`, as Olive does."""
     if not isinstance(raw, list):
         c.add("data_configs", f"must be a list of data configs, found {type(raw).__name__}")
         return {}
@@ -40,7 +43,7 @@ def data_configs(raw: Any, base_dir: Path, c: Collector) -> dict[str, DataConfig
         path = f"data_configs[{i}]"
         if as_mapping(item, path, c) is None:
             continue
-        config = _data_config(item, path, base_dir, c)
+        config = _data_config(item, path, base_dir, c, olive)
         if config and config.name in configs:
             c.add(f"{path}.name", f"duplicate data config name {config.name!r}", "Give each data config its own name.")
         elif config:
@@ -56,7 +59,7 @@ UNREAD_SECTIONS = {
 }
 
 
-def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConfig | None:
+def _data_config(raw: dict, path: str, base_dir: Path, c: Collector, olive: bool = False) -> DataConfig | None:
     c.unknown_keys(raw, CONTAINER_KEYS, path)
     if raw.get("type", "HuggingfaceContainer") != "HuggingfaceContainer":
         c.add(f"{path}.type", f"data container {raw['type']!r} is not supported",
@@ -73,6 +76,10 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector) -> DataConf
     if load_fields is None:
         return None
     data = {**pre, **load_fields, "name": raw.get("name")}
+    if olive and not any(data.get(k) for k in OWN_TEXT_KEYS):
+        data["text_cols"] = ["text"]  # Olive's text-generation default (its TextGenParams.text_cols)
+        c.note(f"{path}: no text_template, text_cols or chat template: each row's 'text' column is the text, as "
+               "in Olive")
 
     def where(key: str) -> str:
         return pre_path if key in pre else (load_path if key in load_fields else path)

@@ -100,7 +100,7 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     engine_raw, engine_path = engine_section(raw, c)
     systems = systems_section(raw.get("systems"), base_dir, c)
     model = input_model(raw.get("input_model"), base_dir, c)
-    data = data_configs(raw.get("data_configs", []), base_dir, c)
+    data = data_configs(raw.get("data_configs", []), base_dir, c, olive=style != "modelpress")
     search = search_section(engine_raw, engine_path, c)
     if style != "modelpress" and search.enabled:  # Olive's schema: its search behaves as Olive's does
         search = _olive_search(search, engine_path, c)
