@@ -726,3 +726,24 @@ def test_an_olive_data_config_without_template_or_columns_reads_the_text_column(
     assert any("each row's 'text' column is the text, as in Olive" in n for n in config.notes)
     raw["evaluation"] = {}  # modelpress's own schema
     assert any("neither text_template nor text_cols is set" in p for p in _problems(raw, workspace))
+
+
+def test_each_learning_rate_schedule_takes_the_settings_its_transformers_function_takes():
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    from modelpress.passes.catalog import SCHEDULE_SETTINGS, TrainingArgs
+
+    for name, settings in SCHEDULE_SETTINGS.items():
+        function = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]
+        taken = set(inspect.signature(function).parameters) - {"optimizer", "num_warmup_steps", "num_training_steps",
+                                                                "last_epoch"}
+        assert set(settings) == taken, name
+    assert TrainingArgs(lr_scheduler_type="cosine_with_restarts", lr_scheduler_kwargs={"num_cycles": 2},
+                        save_strategy="epoch").lr_scheduler_kwargs == {"num_cycles": 2}
+    with pytest.raises(ValueError, match="'polynomial' takes lr_end, power, not num_cycles"):
+        TrainingArgs(lr_scheduler_type="polynomial", lr_scheduler_kwargs={"num_cycles": 2})
+    with pytest.raises(ValueError, match="needs lr_scheduler_kwargs min_lr or min_lr_rate"):
+        TrainingArgs(lr_scheduler_type="cosine_with_min_lr")

@@ -231,3 +231,35 @@ def test_a_checkpoint_holds_its_batch_order_before_transformers_marks_it_complet
     trainer._order = SimpleNamespace(drawn_from=torch.get_rng_state(), epoch=1)
     trainer._save_checkpoint(None, None)
     assert seen == [True]
+
+
+def test_epoch_checkpoints_and_a_restarting_schedule_reach_the_trainer(tiny_model, tmp_path):
+    """save_strategy 'epoch' and lr_scheduler_type 'cosine_with_restarts' (Olive configs write both) were refused.
+    The first checkpoint is now the first epoch's end, and the logged learning rates are transformers' own
+    schedule for these settings, restarts included."""
+    import torch
+    from transformers import get_scheduler
+
+    config = _config(tiny_model, tmp_path, "e", steps=20)
+    args = config["passes"]["lora"]["training_args"]
+    args.update(save_strategy="epoch", lr_scheduler_type="cosine_with_restarts", lr_scheduler_kwargs={"num_cycles": 2},
+                logging_steps=1)
+    config["data_configs"][0]["pre_process_data_config"]["max_samples"] = 80  # 10 steps an epoch
+    proc = _start(write_config(tmp_path / "e.json", config))
+    _wait_for_checkpoint(tmp_path / "e", proc)
+    assert [p.name for p in (tmp_path / "e").glob("work/*/trainer/checkpoint-*")] == ["checkpoint-10"]
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    (log,) = (tmp_path / "e").glob("passes/*/model/training_log.json")
+    history = json.loads(log.read_text())["log_history"]
+    logged = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=args["learning_rate"])
+    schedule = get_scheduler("cosine_with_restarts", optimizer, num_warmup_steps=0, num_training_steps=20,
+                             scheduler_specific_kwargs={"num_cycles": 2})
+    expected = []
+    for _ in range(20):
+        expected.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert len(logged) == 20 and logged == pytest.approx(expected)
+    assert logged[10] > logged[9]  # the restart

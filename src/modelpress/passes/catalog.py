@@ -16,6 +16,15 @@ from modelpress.passes.quant_specs import QUANT_SPECS
 from modelpress.passes.spec_base import (DATA_PARAMS, HF, HF_ADAPTER, HF_QUANTIZED, ONNX, ONNX_GENAI,  # noqa: F401
                                          SAME_KIND, SEARCH, PassSpec, Strict, output_neutral, searchable)
 
+# Each learning-rate schedule and the settings its transformers function takes beyond the optimizer and step counts
+# (tests/test_config.py checks this table against transformers' own signatures).
+SCHEDULE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "linear": (), "cosine": ("num_cycles",), "constant": (), "constant_with_warmup": (),
+    "cosine_with_restarts": ("num_cycles",), "polynomial": ("lr_end", "power"), "inverse_sqrt": ("timescale",),
+    "cosine_with_min_lr": ("num_cycles", "min_lr", "min_lr_rate"),
+}
+
+
 class TrainingArgs(Strict):
     """The subset of Hugging Face `TrainingArguments` that modelpress honours."""
 
@@ -48,12 +57,15 @@ class TrainingArgs(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps for LR warmup.")
     warmup_steps: int = Field(0, ge=0, description="LR warmup steps (overrides warmup_ratio).")
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        "linear", description="Learning-rate schedule."
-    )
-    save_strategy: Literal["steps", "no"] = output_neutral(
-        "steps", description="Save resumable checkpoints while training ('no' turns them off)."
-    )
+    lr_scheduler_type: Literal[tuple(SCHEDULE_SETTINGS)] = Field(  # type: ignore[valid-type]
+        "linear", description=f"Learning-rate schedule (transformers' get_scheduler): {', '.join(SCHEDULE_SETTINGS)}.")
+    lr_scheduler_kwargs: dict[str, float | int] = Field(
+        default_factory=dict, description="The schedule's own settings, as transformers takes them: num_cycles "
+        "(cosine_with_restarts), lr_end and power (polynomial), timescale (inverse_sqrt), min_lr or min_lr_rate "
+        "(cosine_with_min_lr, which needs one).")
+    save_strategy: Literal["steps", "epoch", "no"] = output_neutral(
+        "steps", description="Save resumable checkpoints while training: every save_steps, at each epoch's end "
+        "('epoch'), or not ('no').")
     save_steps: float = output_neutral(
         0.1, gt=0, description="Checkpoint every N steps, or every fraction of the run when below 1."
     )
@@ -67,6 +79,18 @@ class TrainingArgs(Strict):
         if isinstance(data, dict) and "fp16" in data:  # false: what not asking says
             data = {k: v for k, v in data.items() if k != "fp16"}
         return data
+
+    @model_validator(mode="after")
+    def _schedule_settings(self) -> "TrainingArgs":
+        taken = SCHEDULE_SETTINGS[self.lr_scheduler_type]
+        extra = sorted(set(self.lr_scheduler_kwargs) - set(taken))
+        if extra:
+            raise ValueError(f"lr_scheduler_kwargs: {self.lr_scheduler_type!r} takes "
+                             f"{', '.join(taken) or 'no settings'}, not {', '.join(extra)}")
+        if self.lr_scheduler_type == "cosine_with_min_lr" and not {"min_lr", "min_lr_rate"} & set(
+                self.lr_scheduler_kwargs):
+            raise ValueError("lr_scheduler_type 'cosine_with_min_lr' needs lr_scheduler_kwargs min_lr or min_lr_rate")
+        return self
 
     @field_validator("max_steps")
     @classmethod

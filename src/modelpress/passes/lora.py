@@ -329,6 +329,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         fp16=params.torch_dtype == "float16",
         # transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio)
         warmup_steps=ta.warmup_steps or ta.warmup_ratio, lr_scheduler_type=ta.lr_scheduler_type,
+        lr_scheduler_kwargs=dict(ta.lr_scheduler_kwargs),
         report_to=[], disable_tqdm=not ctx.show_progress,
         remove_unused_columns=False, dataloader_pin_memory=False,
         use_cpu=not _cuda_available(),  # train where the fastest device is; the EP is the inference target
