@@ -747,3 +747,30 @@ def test_each_learning_rate_schedule_takes_the_settings_its_transformers_functio
         TrainingArgs(lr_scheduler_type="polynomial", lr_scheduler_kwargs={"num_cycles": 2})
     with pytest.raises(ValueError, match="needs lr_scheduler_kwargs min_lr or min_lr_rate"):
         TrainingArgs(lr_scheduler_type="cosine_with_min_lr")
+
+
+def test_an_olive_custom_metric_script_imports_from_its_script_dir(workspace, tmp_path):
+    """Olive puts a metric's script_dir on sys.path for the modules its script imports; the key was refused, and
+    run_kwargs (onnxruntime run options) too."""
+    from modelpress.passes.plugins import load_user_module
+
+    helpers = tmp_path / "helpers"
+    helpers.mkdir()
+    (helpers / "tone_helper_mp_test.py").write_text("VALUE = 0.75\n")
+    script = tmp_path / "metric_with_helper.py"
+    script.write_text("from tone_helper_mp_test import VALUE\n\ndef score(model_dir, model_kind, examples, **kw):\n"
+                      "    return VALUE\n")
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    metric = {"name": "mine", "type": "custom", "sub_types": [{"name": "score", "higher_is_better": True}],
+              "user_config": {"user_script": str(script), "evaluate_func": "score", "script_dir": str(helpers),
+                              "run_kwargs": {"x": 1}}}
+    raw["evaluators"] = {"e": {"metrics": [metric]}}
+    config = normalize(raw, base_dir=workspace)
+    user = config.evaluator.metrics[0].user_config
+    assert user.script_dir == helpers
+    assert any("run_kwargs accepted and not used" in w for w in config.warnings)
+    module, _ = load_user_module(user.user_script, "modelpress_metric", user.script_dir)
+    assert module.score(None, None, []) == 0.75
+    metric["user_config"]["script_dir"] = "no-such-folder"
+    [problem] = _problems(raw, workspace)
+    assert problem.startswith("evaluators.e.metrics[0].user_config.script_dir: folder not found"), problem

@@ -69,3 +69,22 @@ def test_a_config_naming_one_installed_plugin_imports_that_package_alone(tmp_pat
     assert "pkg_two" in sys.modules and CATALOG["Fancy"].name == "Fancy"
     for name in ("PassOne", "PassTwo", "Fancy"):
         CATALOG.pop(name, None)
+
+
+def test_a_plugin_scripts_script_dir_is_where_its_imports_come_from(tmp_path, tiny_model):
+    """Olive's `script_dir` beside user_script: the folder of the modules the script imports. It was an unknown key
+    of the pass; a missing folder is an error naming the key."""
+    helpers = tmp_path / "lib"
+    helpers.mkdir()
+    (helpers / "plugin_helper_mp_test.py").write_text("PASS_NAME = 'HelperNamedPass'\n")
+    (tmp_path / "helper_pass.py").write_text(
+        "from plugin_helper_mp_test import PASS_NAME\nfrom modelpress.plugin import HF, ModelRef, Pass, Strict\n\n"
+        "class P(Strict):\n    pass\n\nclass HelperNamedPass(Pass):\n    Params = P\n    accepts = (HF,)\n"
+        "    produces = HF\n    name = PASS_NAME\n\n    def run(self, ctx, params) -> ModelRef:\n"
+        "        return ctx.model\n")
+    raw = tone_workflow(tiny_model, {"h": {"type": "HelperNamedPass", "user_script": "helper_pass.py",
+                                           "script_dir": "lib"}})
+    assert normalize(raw, tmp_path).passes[0].type == "HelperNamedPass"
+    raw["passes"]["h"]["script_dir"] = "nowhere"
+    with pytest.raises(ConfigError, match="passes.h.script_dir: folder not found"):
+        normalize(raw, tmp_path)

@@ -154,7 +154,7 @@ def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dic
     from modelpress.passes.plugins import load_user_module
 
     user = metric.user_config
-    module, digest = load_user_module(user.user_script, "modelpress_metric")
+    module, digest = load_user_module(user.user_script, "modelpress_metric", user.script_dir)
     chosen = session.config.evaluation.model_dump(include={"data_config", "max_examples", "label_column"})  # eval_set's
     key = evaluation_key(session, "custom-metric", ref, digest, user.evaluate_func, user.evaluate_func_kwargs,
                          metric.data_config, [sub.name for sub in metric.sub_types], chosen,

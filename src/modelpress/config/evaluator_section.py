@@ -67,6 +67,12 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
                 c.add(f"{where}.user_config.user_script", f"file not found: {script}",
                       "Paths are relative to the config file's folder.")
             metric.user_config.user_script = script
+        if metric.user_config is not None and metric.user_config.script_dir is not None:
+            folder = resolve_path(str(metric.user_config.script_dir), base_dir)
+            if not folder.is_dir():
+                c.add(f"{where}.user_config.script_dir", f"folder not found: {folder}",
+                      "Give the folder of the modules the script imports, relative to the config file's folder.")
+            metric.user_config.script_dir = folder
     _check_priorities(evaluator, path, c)
     return evaluator
 
@@ -127,6 +133,7 @@ def _check_metric(metric: Metric, where: str, c: Collector) -> None:
             if sub.higher_is_better is None:
                 c.add(f"{where}.sub_types[{j}].higher_is_better", "required for a custom metric",
                       "Set it to true or false.")
+        _warn_inert_inference_keys(metric, where, c)
         return
     known = SUB_METRICS[metric.type]
     aliases = SUB_METRIC_ALIASES.get(metric.type, {})
@@ -173,7 +180,8 @@ def _warn_inert_inference_keys(metric: Metric, where: str, c: Collector) -> None
     if metric.backend is not None:
         c.warn(f"{where}.backend: accepted and not used: modelpress computes its metrics itself")
     user = metric.user_config
-    used = [k for k in ("batch_size", "io_bind", "inference_settings") if user and getattr(user, k) is not None]
+    used = [k for k in ("batch_size", "io_bind", "inference_settings", "run_kwargs")
+            if user and getattr(user, k) is not None]
     if used:
         c.warn(f"{where}.user_config: {', '.join(used)} accepted and not used: modelpress batches answers by "
                "evaluation.batch_size, times latency at batch 1, and runs each model with its own runtime's "

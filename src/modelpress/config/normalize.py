@@ -217,8 +217,14 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
         c.add(f"{path}.user_script", f"file not found: {file or script!r}",
               "Give the path of the Python file that defines the pass (relative to the config file).")
         return False
+    folder = spec.get("script_dir")
+    folder = resolve_path(folder, base_dir) if isinstance(folder, str) else None
+    if "script_dir" in spec and (folder is None or not folder.is_dir()):
+        c.add(f"{path}.script_dir", f"folder not found: {folder or spec['script_dir']!r}",
+              "Give the folder of the modules the script imports (relative to the config file), or remove it.")
+        return False
     try:
-        names = load_script(file)
+        names = load_script(file, folder)
     except PluginError as err:
         c.add(f"{path}.user_script", str(err), "Fix the script: it must define a subclass of modelpress.plugin.Pass.")
         return False
@@ -379,7 +385,8 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
         c.add(f"{path}.host", f"found {type(host).__name__} {host!r}: host names a system",
               "Define the system under `systems` (a name, then its type and settings) and give its name here.")
         host = None
-    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script", "host")}, "config", path)
+    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script", "script_dir", "host")},
+                         "config", path)
     flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)

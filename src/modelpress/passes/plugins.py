@@ -70,8 +70,12 @@ def load_entry_points(name: str | None = None) -> None:
         CATALOG[spec.name] = spec
 
 
-def load_user_module(path: Path, prefix: str):
-    """Run a user's script once per process and content (edited, it runs again); (module, sha256 prefix)."""
+def load_user_module(path: Path, prefix: str, script_dir: Path | None = None):
+    """Run a user's script once per process and content (edited, it runs again); (module, sha256 prefix).
+    `script_dir` (Olive's, for the modules the script imports) goes first on sys.path, and stays there: the
+    script's functions may import from it when they are called."""
+    if script_dir is not None and str(Path(script_dir).resolve()) not in sys.path:
+        sys.path.insert(0, str(Path(script_dir).resolve()))
     path = Path(path).resolve()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     module_name = f"{prefix}_{digest}"
@@ -88,12 +92,12 @@ def load_user_module(path: Path, prefix: str):
     return module, digest
 
 
-def load_script(path: Path) -> list[str]:
+def load_script(path: Path, script_dir: Path | None = None) -> list[str]:
     """Run the script a config names and register its `Pass` subclasses; returns their names."""
     from modelpress.plugin import Pass
 
     path = Path(path).resolve()
-    module, digest = load_user_module(path, "modelpress_user_pass")
+    module, digest = load_user_module(path, "modelpress_user_pass", script_dir)
     module_name = module.__name__
     names = []
     for _, cls in inspect.getmembers(module, inspect.isclass):
