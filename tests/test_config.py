@@ -745,8 +745,11 @@ def test_each_learning_rate_schedule_takes_the_settings_its_transformers_functio
                         save_strategy="epoch").lr_scheduler_kwargs == {"num_cycles": 2}
     with pytest.raises(ValueError, match="'polynomial' takes lr_end, power, not num_cycles"):
         TrainingArgs(lr_scheduler_type="polynomial", lr_scheduler_kwargs={"num_cycles": 2})
-    with pytest.raises(ValueError, match="needs lr_scheduler_kwargs min_lr or min_lr_rate"):
-        TrainingArgs(lr_scheduler_type="cosine_with_min_lr")
+    for kwargs in ({}, {"min_lr": 1e-5, "min_lr_rate": 0.1}):  # transformers takes exactly one
+        with pytest.raises(ValueError, match="needs one of lr_scheduler_kwargs min_lr and min_lr_rate"):
+            TrainingArgs(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs=kwargs)
+    with pytest.raises(ValueError, match=r"lr_end \(0.001\) must be below learning_rate \(0.0002\)"):
+        TrainingArgs(lr_scheduler_type="polynomial", lr_scheduler_kwargs={"lr_end": 1e-3})
 
 
 def test_an_olive_custom_metric_script_imports_from_its_script_dir(workspace, tmp_path):

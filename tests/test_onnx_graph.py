@@ -369,6 +369,7 @@ def test_olive_recipes_int4_then_shared_int8_table_keeps_one_table_in_a_genai_mo
     from modelpress.onnx_model import model_bytes
 
     int4 = _build(tied_model, tmp_path / "int4", precision="int4")
+    embedded = _run(int4, tmp_path / "embedded", "GraphSurgeries", surgeries=[{"surgeon": "QuantizeEmbeddingInt8"}])
     shared = _run(int4, tmp_path / "shared", "GraphSurgeries",
                   surgeries=[{"surgeon": "QuantizeEmbeddingInt8"}, {"surgeon": "ShareEmbeddingLmHead"}])
     graph = onnx.load(str(shared.path / "model.onnx"), load_external_data=False).graph
@@ -379,4 +380,7 @@ def test_olive_recipes_int4_then_shared_int8_table_keeps_one_table_in_a_genai_mo
     assert np.abs(after - reference).mean() < np.abs(before - reference).mean()
     assert np.corrcoef(before.ravel(), after.ravel())[0, 1] > 0.99
     vocab, hidden = next(t.dims for t in graph.initializer if t.name.endswith("_q8"))
-    assert model_bytes(shared.path) < model_bytes(int4.path) - vocab * hidden // 2  # the int4 head's codes went
+    assert model_bytes(shared.path) < model_bytes(embedded.path) - vocab * hidden // 2  # the int4 head's codes went
+    old_head = next(n for n in onnx.load(str(int4.path / "model.onnx"), load_external_data=False).graph.node
+                    if "logits" in n.output)
+    assert not set(old_head.input[1:]) & {t.name for t in graph.initializer}

@@ -82,9 +82,21 @@ def test_a_plugin_scripts_script_dir_is_where_its_imports_come_from(tmp_path, ti
         "class P(Strict):\n    pass\n\nclass HelperNamedPass(Pass):\n    Params = P\n    accepts = (HF,)\n"
         "    produces = HF\n    name = PASS_NAME\n\n    def run(self, ctx, params) -> ModelRef:\n"
         "        return ctx.model\n")
+    import sys
+
+    from modelpress.passes.catalog import CATALOG
+
     raw = tone_workflow(tiny_model, {"h": {"type": "HelperNamedPass", "user_script": "helper_pass.py",
                                            "script_dir": "lib"}})
-    assert normalize(raw, tmp_path).passes[0].type == "HelperNamedPass"
-    raw["passes"]["h"]["script_dir"] = "nowhere"
-    with pytest.raises(ConfigError, match="passes.h.script_dir: folder not found"):
-        normalize(raw, tmp_path)
+    try:
+        assert normalize(raw, tmp_path).passes[0].type == "HelperNamedPass"
+        raw["passes"]["h"]["script_dir"] = "nowhere"
+        with pytest.raises(ConfigError, match="passes.h.script_dir: folder not found"):
+            normalize(raw, tmp_path)
+        raw["passes"]["h"] = {"type": "OnnxDynamicQuantization", "script_dir": "lib"}  # no script: not Olive's key
+        with pytest.raises(ConfigError, match="passes.h.script_dir: unknown key"):
+            normalize(raw, tmp_path)
+    finally:
+        CATALOG.pop("HelperNamedPass", None)
+        if str(helpers.resolve()) in sys.path:
+            sys.path.remove(str(helpers.resolve()))

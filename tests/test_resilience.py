@@ -243,7 +243,7 @@ def test_epoch_checkpoints_and_a_restarting_schedule_reach_the_trainer(tiny_mode
     config = _config(tiny_model, tmp_path, "e", steps=20)
     args = config["passes"]["lora"]["training_args"]
     args.update(save_strategy="epoch", lr_scheduler_type="cosine_with_restarts", lr_scheduler_kwargs={"num_cycles": 2},
-                logging_steps=1)
+                logging_steps=1, save_steps=3)  # saved by steps, the first checkpoint would be checkpoint-3
     config["data_configs"][0]["pre_process_data_config"]["max_samples"] = 80  # 10 steps an epoch
     proc = _start(write_config(tmp_path / "e.json", config))
     _wait_for_checkpoint(tmp_path / "e", proc)

@@ -451,14 +451,19 @@ def test_plugin_pass_from_a_script_is_searched_and_a_failing_candidate_is_skippe
     script = tmp_path / "modelpress_fake_quantize.py"
     shutil.copy(ROOT / "examples" / "custom-pass" / "modelpress_fake_quantize.py", script)
     fake = {"type": "FakeQuantize", "user_script": script.name, "bits": [8, 3], "group_size": [64, 48]}
+    (tmp_path / "metric_lib").mkdir()
+    (tmp_path / "metric_lib" / "metric_helpers_mp.py").write_text(  # imported from script_dir, as in Olive
+        "from pathlib import Path\n\ndef count(model_dir, suffix):\n"
+        "    return len(list(Path(model_dir).glob('*' + suffix)))\n")
     (tmp_path / "metric.py").write_text(
-        "from pathlib import Path\n\n"
+        "from pathlib import Path\n\nfrom metric_helpers_mp import count\n\n"
         "def weight_files(model_dir, model_kind, examples, suffix):\n"
         "    with open(Path(__file__).with_name('calls.txt'), 'a') as calls:\n"
         "        calls.write(model_dir + '\\n')\n"
-        "    return {'files': len(list(Path(model_dir).glob('*' + suffix))), 'rows': len(examples)}\n")
+        "    return {'files': count(model_dir, suffix), 'rows': len(examples)}\n")
     custom = {"name": "custom", "type": "custom", "user_config": {
-        "user_script": "metric.py", "evaluate_func": "weight_files", "evaluate_func_kwargs": {"suffix": ".safetensors"}},
+        "user_script": "metric.py", "evaluate_func": "weight_files", "evaluate_func_kwargs": {"suffix": ".safetensors"},
+        "script_dir": "metric_lib"},
         "sub_types": [{"name": "files", "higher_is_better": False}, {"name": "rows", "higher_is_better": True}]}
     evaluator = {"metrics": [*EVALUATOR["metrics"], custom]}
     raw = tone_workflow(tiny_model, {"lora": LORA, "merge": {"type": "MergeAdapterWeights"}, "fake": fake},

@@ -26,11 +26,11 @@ def _float_model(head_weight: np.ndarray, table: np.ndarray) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _ort_quantized_head(model: onnx.ModelProto, bits: int) -> onnx.ModelProto:
+def _ort_quantized_head(model: onnx.ModelProto, bits: int, symmetric: bool = False) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, bits=bits)
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=False, algo_config=config)
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, bits=bits)
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=symmetric, algo_config=config)
     quantizer.process()
     return quantizer.model.model
 
@@ -160,3 +160,32 @@ def test_onnxruntimes_8bit_head_and_quantize_embedding_int8_write_the_same_bytes
     assert notes[0] == "the 8-bit head reads the int8 embedding table's codes, scales and zero points", notes
     np.testing.assert_array_equal(_logits(tied), _logits(embedded))
     assert _weights(tied) < _weights(embedded) - VOCAB * HIDDEN
+
+
+def test_share_reads_a_symmetric_head_without_zero_points_and_a_float_head(table):
+    """Heads whose zero point is MatMulNBits' default (onnxruntime's symmetric quantizer writes none) are dequantized
+    with it, and a float head is compared as it is: both are the table, so both are shared; a symmetric int8 table
+    (no zero points: GatherBlockQuantized's default) is read with its own default."""
+    from modelpress.passes.surgeons import _embedding_gather, quantize_gathers_int8
+
+    symmetric = _ort_quantized_head(_float_model(table.T.copy(), table), 4, symmetric=True)
+    assert len(_head(symmetric).input) == 3  # no zero points
+    _, notes = _apply(symmetric, "QuantizeEmbeddingInt8", "ShareEmbeddingLmHead")
+    assert notes[1].startswith("the head (4-bit) reads the int8 embedding table"), notes
+    float_head = _float_model(table.T.copy(), table)
+    quantize_gathers_int8(float_head, [_embedding_gather(float_head)[0]], 32, symmetric=True)
+    shared, [note] = _apply(float_head, "ShareEmbeddingLmHead")
+    assert note.startswith("the head (float) reads the int8 embedding table"), note
+    codes, scales, _ = _block_int8(table, 32, True)
+    dequantized = ((codes.reshape(VOCAB, -1, 32).astype(np.float32) - 128) * scales[..., None]).reshape(VOCAB, HIDDEN)
+    np.testing.assert_allclose(_logits(shared), _logits(_float_model(dequantized.T.copy(), dequantized)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_share_leaves_a_head_over_another_vocabulary(table):
+    """A head whose vocabulary is not the table's (a resized head) is left with a note, not an indexing error."""
+    head = (np.random.default_rng(2).standard_normal((HIDDEN, VOCAB - 8)) * 0.05).astype(np.float32)
+    model = _float_model(head, table)
+    model.graph.output[0].type.tensor_type.shape.dim[2].dim_value = VOCAB - 8
+    _, notes = _apply(model, "QuantizeEmbeddingInt8", "ShareEmbeddingLmHead")
+    assert notes[1].startswith("skipped (the head, a MatMul, is not"), notes

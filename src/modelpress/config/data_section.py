@@ -18,7 +18,8 @@ from modelpress.config.schema import DataConfig
 from modelpress.config.sources import resolve_path
 
 # keys by which a data config says where its text comes from; with none, an Olive config reads the column `text`
-OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "chat_columns", "label_col")
+OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "chat_columns", "label_col",
+                 "text_formatting_func")
 FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 CONTAINER_KEYS = ("name", "type", "load_dataset_config", "pre_process_data_config", "dataloader_config",
                   "post_process_data_config", "user_script", "script_dir", "params_config")
@@ -76,7 +77,7 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector, olive: bool
     if load_fields is None:
         return None
     data = {**pre, **load_fields, "name": raw.get("name")}
-    if olive and not any(data.get(k) for k in OWN_TEXT_KEYS):
+    if olive and not any(k in data for k in OWN_TEXT_KEYS):
         data["text_cols"] = ["text"]  # Olive's text-generation default (its TextGenParams.text_cols)
         c.note(f"{path}: no text_template, text_cols or chat template: each row's 'text' column is the text, as "
                "in Olive")

@@ -171,7 +171,8 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
         name = raw.get(key)
         if isinstance(name, dict):  # the system written in place, as Olive allows: kept under a name of its own
             system = one_system(name, at(key), base_dir, c)
-            name = next(n for n in (key, f"{key} (inline)", f"engine.{key}") if n not in systems)
+            name = next(n for n in (key, *(f"{key} (inline {i})" for i in range(1, len(systems) + 2)))
+                        if n not in systems)
             if system is None:
                 continue
             systems[name] = system

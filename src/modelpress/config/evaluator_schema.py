@@ -61,7 +61,7 @@ class CustomMetricConfig(Strict):
         None, description="custom metrics: `f(model_dir, model_kind, examples, **kwargs) -> value or dict`."
     )
     evaluate_func_kwargs: dict = Field(default_factory=dict, description="Extra keyword arguments.")
-    script_dir: Path | None = Field(None, description="custom metrics: a folder put first on sys.path for the "
+    script_dir: Path | None = Field(None, description="custom metrics: a folder added to sys.path for the "
                                     "modules the script imports (Olive's); its files are not part of the cache key.")
     run_kwargs: dict | None = Field(None, description="Olive's inference run options; accepted and not used.")
     batch_size: int | None = Field(None, description="Olive's; accepted and not used (modelpress measures at batch 1).")

@@ -385,8 +385,8 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
         c.add(f"{path}.host", f"found {type(host).__name__} {host!r}: host names a system",
               "Define the system under `systems` (a name, then its type and settings) and give its name here.")
         host = None
-    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "user_script", "script_dir", "host")},
-                         "config", path)
+    scripted = ("user_script", "script_dir") if "user_script" in spec else ("user_script",)
+    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "host", *scripted)}, "config", path)
     flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)

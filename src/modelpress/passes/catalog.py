@@ -87,9 +87,14 @@ class TrainingArgs(Strict):
         if extra:
             raise ValueError(f"lr_scheduler_kwargs: {self.lr_scheduler_type!r} takes "
                              f"{', '.join(taken) or 'no settings'}, not {', '.join(extra)}")
-        if self.lr_scheduler_type == "cosine_with_min_lr" and not {"min_lr", "min_lr_rate"} & set(
-                self.lr_scheduler_kwargs):
-            raise ValueError("lr_scheduler_type 'cosine_with_min_lr' needs lr_scheduler_kwargs min_lr or min_lr_rate")
+        given = set(self.lr_scheduler_kwargs)
+        if self.lr_scheduler_type == "cosine_with_min_lr" and len({"min_lr", "min_lr_rate"} & given) != 1:
+            raise ValueError("lr_scheduler_type 'cosine_with_min_lr' needs one of lr_scheduler_kwargs min_lr and "
+                             "min_lr_rate")
+        if self.lr_scheduler_type == "polynomial" and self.lr_scheduler_kwargs.get("lr_end", 1e-7) >= \
+                self.learning_rate:
+            raise ValueError(f"lr_scheduler_kwargs.lr_end ({self.lr_scheduler_kwargs.get('lr_end', 1e-7):g}) must "
+                             f"be below learning_rate ({self.learning_rate:g}): the polynomial schedule decays to it")
         return self
 
     @field_validator("max_steps")

@@ -72,10 +72,10 @@ def load_entry_points(name: str | None = None) -> None:
 
 def load_user_module(path: Path, prefix: str, script_dir: Path | None = None):
     """Run a user's script once per process and content (edited, it runs again); (module, sha256 prefix).
-    `script_dir` (Olive's, for the modules the script imports) goes first on sys.path, and stays there: the
-    script's functions may import from it when they are called."""
+    `script_dir` (Olive's, for the modules the script imports) is added to sys.path, last so that none of its
+    files shadows an installed library, and stays there: the script's functions may import from it when called."""
     if script_dir is not None and str(Path(script_dir).resolve()) not in sys.path:
-        sys.path.insert(0, str(Path(script_dir).resolve()))
+        sys.path.append(str(Path(script_dir).resolve()))
     path = Path(path).resolve()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     module_name = f"{prefix}_{digest}"

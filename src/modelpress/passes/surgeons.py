@@ -79,15 +79,21 @@ def tie_word_embeddings(model) -> tuple[object, str]:
     model.graph.node.remove(head)
     for offset, node in enumerate(nodes):
         model.graph.node.insert(position + offset, node)
-    if not any(head.input[1] in n.input for n in model.graph.node):
+    if not _still_read(model.graph, head.input[1]):
         _drop_initializer(model.graph, inits[head.input[1]])
     return model, f"the head reads the {vocab}x{hidden} embedding table"
+
+
+# onnxruntime's defaults for the attributes these surgeons read, where a node leaves them out
+ATTRIBUTE_DEFAULTS = {"GatherBlockQuantized": {"bits": 4, "block_size": 128, "gather_axis": 0, "quantize_axis": 1},
+                      "MatMulNBits": {"bits": 4, "accuracy_level": 0}}
 
 
 def _attrs(node) -> dict:
     from onnx import helper
 
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {**ATTRIBUTE_DEFAULTS.get(node.op_type, {}),
+            **{a.name: helper.get_attribute_value(a) for a in node.attribute}}
 
 
 def _logits_head(model):
@@ -103,7 +109,7 @@ def _quantized_embedding(model):
         if node.op_type == "GatherBlockQuantized" and len(node.input) > 2 and node.input[1] == ids \
                 and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
             attrs = _attrs(node)
-            if attrs.get("bits", 4) == 8 and attrs.get("gather_axis", 0) == 0 and attrs.get("quantize_axis", 1) == 1:
+            if attrs["bits"] == 8 and attrs["gather_axis"] == 0 and attrs["quantize_axis"] in (1, -1):
                 return node
     return None
 
@@ -127,7 +133,8 @@ def _tied_quantized(model, gather, head) -> str | None:
     if len(ours) != len(theirs) or any(name not in inits for name in ours + theirs) or len(head.input) > 4:
         return "the head's and the embedding's quantized inputs differ in kind"
     for mine, its in zip(ours, theirs):
-        if not np.array_equal(numpy_helper.to_array(inits[mine]).ravel(), numpy_helper.to_array(inits[its]).ravel()):
+        if inits[mine].data_type != inits[its].data_type or not np.array_equal(
+                numpy_helper.to_array(inits[mine]).ravel(), numpy_helper.to_array(inits[its]).ravel()):
             return "the head's codes, scales or zero points are not the embedding's"
     return None
 
@@ -154,23 +161,29 @@ def _head_reads_embedding(model, head, gather) -> None:
     model.graph.node.insert(position, reshape)
     model.graph.node.insert(position + 1, new)
     for weight in head.input[1:]:
-        if weight in inits and not any(weight in n.input for n in model.graph.node):
+        if weight in inits and not _still_read(model.graph, weight):
             _drop_initializer(model.graph, inits[weight])
 
 
-def _head_rows(model, head, rows):
+def _head_rows(model, head, rows, vocab: int, hidden: int):
     """Rows `rows` of the head's weight as (len(rows), hidden) float32, dequantized from a MatMulNBits head (uint8
-    zero points or none, no g_idx or bias) or read from a float MatMul's; None for any other head."""
+    zero points or none, no g_idx or bias) or read from a float MatMul's; None for any other head, or one whose
+    weight is not vocab x hidden."""
     import numpy as np
     from onnx import numpy_helper
 
     inits = _initializers(model)
     if head.op_type == "MatMul" and head.input[1] in inits:
-        return numpy_helper.to_array(inits[head.input[1]])[:, rows].T.astype(np.float32)
+        weight = inits[head.input[1]]
+        if tuple(weight.dims) != (hidden, vocab):
+            return None
+        return numpy_helper.to_array(weight)[:, rows].T.astype(np.float32)
     if head.op_type != "MatMulNBits" or len(head.input) > 4 or any(n not in inits for n in head.input[1:]):
         return None
     attrs = _attrs(head)
-    bits, block, width, vocab = attrs["bits"], attrs["block_size"], attrs["K"], attrs["N"]
+    bits, block, width = attrs["bits"], attrs["block_size"], attrs["K"]
+    if (attrs["N"], width) != (vocab, hidden) or bits not in (2, 4, 8):
+        return None
     codes = _unpacked(numpy_helper.to_array(inits[head.input[1]]).reshape(vocab, -1)[rows], bits)
     blocks = codes.shape[1] // block
     scales = numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, blocks)[rows].astype(np.float32)
@@ -206,7 +219,9 @@ def _embedding_rows(model, gather, rows):
     return (codes - np.repeat(zeros, block, axis=1)[:, :codes.shape[1]]) * step
 
 
-TIED_AT = 0.5  # ShareEmbeddingLmHead: largest relative distance between head and table it takes as one matrix
+# ShareEmbeddingLmHead: the largest distance between head and table, relative to the table's norm, taken as one
+# matrix quantized twice (a 4-bit head of a tied model is about 0.1 away; an untied head about 1.4)
+TIED_AT = 0.25
 SAMPLED_ROWS = 4096  # rows of the vocabulary compared (spread over it), to keep the check cheap on big vocabularies
 
 
@@ -225,18 +240,22 @@ def share_embedding_lm_head(model) -> tuple[object, str]:
     if _reads_table(model, head, gather):
         return model, "skipped (the head already reads the embedding table)"
     rows = np.unique(np.linspace(0, vocab - 1, min(vocab, SAMPLED_ROWS)).astype(np.int64))
-    weight = _head_rows(model, head, rows)
-    if weight is None or weight.shape != (len(rows), hidden):
-        return model, f"skipped (the head, a {head.op_type}, is not a float MatMul or a MatMulNBits over the " \
-                      f"{vocab}x{hidden} table's shape)"
+    weight = _head_rows(model, head, rows, vocab, hidden)
+    if weight is None:
+        return model, f"skipped (the head, a {head.op_type}, is not a float MatMul or a MatMulNBits (2, 4 or 8 " \
+                      f"bits, uint8 or no zero points) over the {vocab}x{hidden} table's shape)"
+    inits = _initializers(model)
+    head_dtype = inits[head.input[2] if head.op_type == "MatMulNBits" else head.input[1]].data_type
+    if inits[gather.input[2]].data_type != head_dtype:
+        return model, "skipped (the table's scales and the head's activations differ in type)"
     embed = _embedding_rows(model, gather, rows)
     distance = float(np.linalg.norm(weight - embed) / max(np.linalg.norm(embed), 1e-12))
     if distance > TIED_AT:
         return model, f"skipped (the head is not the embedding table: they differ by {distance:.2f} of its norm; " \
                       "the model does not tie its word embeddings)"
-    before = _attrs(head).get("bits", "float")
+    before = f"{_attrs(head)['bits']}-bit" if head.op_type == "MatMulNBits" else "float"
     _head_reads_embedding(model, head, gather)
-    return model, f"the head ({before}-bit) reads the int8 embedding table (they differed by {distance:.3f} of " \
+    return model, f"the head ({before}) reads the int8 embedding table (they differed by {distance:.3f} of " \
                   "its norm)"
 
 
@@ -289,7 +308,7 @@ def quantize_gathers_int8(model, gathers: list, block: int, symmetric: bool) -> 
         model.graph.node.remove(gather)
         model.graph.node.insert(position, node)
     for table in done:
-        if not any(table in n.input for n in model.graph.node):
+        if not _still_read(model.graph, table):
             _drop_initializer(model.graph, inits[table])
     if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -349,6 +368,20 @@ def _renamer(kind: str) -> Callable:
         _rename_uses(model.graph, mapping)
         return model, ", ".join(f"{a} -> {b}" for a, b in mapping.items())
     return rename
+
+
+def _still_read(graph, name: str) -> bool:
+    """Whether a node (inside If/Loop/Scan bodies too) reads `name`, or the graph outputs it."""
+    if any(o.name == name for o in graph.output):
+        return True
+    for node in graph.node:
+        if name in node.input:
+            return True
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+            if any(_still_read(body, name) for body in bodies):
+                return True
+    return False
 
 
 def _drop_initializer(graph, init) -> None:
