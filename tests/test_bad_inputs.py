@@ -63,7 +63,7 @@ CASES = [
     ("dropout-above-one", lambda r, w: _lora(r).update(lora_dropout=1.5), "lora_dropout"),
     ("bad-block-size", lambda r, w: r["passes"]["builder"].update(block_size=48), "block_size"),
     ("precision-ep", lambda r, w: r["passes"]["builder"].update(precision="fp16"), "cannot run on the cpu"),
-    ("missing-merge", lambda r, w: (r["passes"].pop("merge"), r["passes"].update(builder={"type": "OnnxConversion"})),
+    ("missing-merge", lambda r, w: (r["passes"].pop("merge"), r["passes"].update(builder={"type": "Rtn"})),
      "Add a MergeAdapterWeights pass"),
     ("missing-data-ref", lambda r, w: _lora(r).update(train_data_config="tones"), "Did you mean 'tone'?"),
     ("unknown-ep", lambda r, w: r.update(systems={"local": {"type": "LocalSystem", "accelerators": [

@@ -165,7 +165,7 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_suggestions(worksp
      "model source 'azureml_registry_model' is not supported"),
     (lambda r: r["passes"]["lora"]["config"].update(train_data_config="dataset_default_trian"),
      "Did you mean 'dataset_default_train'?"),
-    (lambda r: (r["passes"].pop("merge_adapter_weights"), r["passes"].update(builder={"type": "OnnxConversion"})),
+    (lambda r: (r["passes"].pop("merge_adapter_weights"), r["passes"].update(builder={"type": "Rtn"})),
      "Add a MergeAdapterWeights pass before it"),
     (lambda r: r["engine"].update(output_dir="models/tiny-phi3/out"), "inside the input model folder"),
     (lambda r: r["data_configs"][0]["load_dataset_config"]["params"].update(data_files="data/nope.json"),
@@ -593,18 +593,16 @@ def test_a_metric_that_runs_the_model_needs_data_to_run_it_on(workspace):
 
 
 def test_olive_onnx_conversion_merge_keys(workspace):
-    """Olive's LoRA -> OnnxConversion(merge_adapter_weights: true) recipe got an unknown-key error without the fix;
-    optimize, past_key_value_name and parallel_jobs were unknown keys too."""
+    """Olive's LoRA -> OnnxConversion recipes (merge_adapter_weights true or left out) were refused ("add a
+    MergeAdapterWeights pass"); optimize, past_key_value_name and parallel_jobs were unknown keys too."""
     raw = json.loads((workspace / "olive-0.13-config.json").read_text())
     raw["passes"] = {"lora": raw["passes"]["lora"], "conv": {"type": "OnnxConversion", "merge_adapter_weights": True,
                                                              "optimize": True, "parallel_jobs": 2}}
-    problems = _problems(raw, workspace)
-    assert any(p.startswith("passes.conv.merge_adapter_weights") and "MergeAdapterWeights pass before" in p
-               for p in problems), problems
-    raw["passes"]["conv"]["merge_adapter_weights"] = False
-    raw["passes"] = {"conv": raw["passes"]["conv"]}
     config = normalize(raw, base_dir=workspace)
+    assert config.passes[1].params.merge_adapter_weights is True
     assert any("passes.conv.optimize: accepted and not used" in w for w in config.warnings)
+    del raw["passes"]["conv"]["merge_adapter_weights"]
+    assert normalize(raw, base_dir=workspace).passes[1].params.merge_adapter_weights is False
 
 
 def test_olive_precision_and_symmetric_keys_of_the_onnx_quantizers(workspace):

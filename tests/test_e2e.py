@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, example_workspace, run_cli, write_config
+from conftest import ROOT, example_workspace, run_cli, tone_workflow, write_config
 
 pytestmark = pytest.mark.e2e
 LABELS = {"joy", "fear", "sadness", "surprise"}
@@ -287,3 +287,24 @@ def test_evaluate_on_a_new_file_reproduces_the_run_metrics(demo_run, tmp_path):
     (other / "modelpress_model.json").write_text(json.dumps(card))
     result = json.loads(run_cli("evaluate", str(other), "--data", str(data), "--json").stdout)
     assert result["batch_size"] == 4 and result["latency_examples"] == 3
+
+
+def test_olive_recipes_fine_tune_then_export_path_runs_in_genai_with_the_adapters_answers(tmp_path, tiny_model):
+    """olive-recipes' Llama-3.2 LoRA-family recipes: LoRA -> OnnxConversion (the adapter as its own nodes, with a KV
+    cache) -> OrtTransformersOptimization -> ModelBuilder metadata_only. Both ends were refused; the genai model now
+    gives the adapter's answers and loss on the eval split."""
+    lora = {"type": "LoRA", "train_data_config": "tone", "r": 4, "target_modules": ["qkv_proj"],
+            "eval_dataset_size": 0.2, "training_args": {"max_steps": 8, "per_device_train_batch_size": 8,
+                                                        "learning_rate": 0.002}}
+    passes = {"lora": lora, "conv": {"type": "OnnxConversion", "use_kv_cache": True},
+              "opt": {"type": "OrtTransformersOptimization", "model_type": "gpt2", "opt_level": 0},
+              "mb": {"type": "ModelBuilder", "metadata_only": True}}
+    raw = tone_workflow(tiny_model, passes, evaluation={"evaluate_passes": ["lora"], "max_examples": 40},
+                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"))
+    run_cli("run", "--config", str(write_config(tmp_path / "w.json", raw)), "--no-progress")
+    models = _json(tmp_path / "out" / "metrics.json")["models"]
+    adapter, final = models["lora"], models["final"]
+    assert adapter["model_kind"] == "hf-adapter" and final["model_kind"] == "onnx-genai"
+    assert final["examples"] == adapter["examples"] == 40
+    assert final["accuracy"] == adapter["accuracy"]
+    assert final["completion_loss"] == pytest.approx(adapter["completion_loss"], rel=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -384,3 +385,77 @@ def test_olive_recipes_int4_then_shared_int8_table_keeps_one_table_in_a_genai_mo
     old_head = next(n for n in onnx.load(str(int4.path / "model.onnx"), load_external_data=False).graph.node
                     if "logits" in n.output)
     assert not set(old_head.input[1:]) & {t.name for t in graph.initializer}
+
+
+def test_metadata_only_makes_a_genai_folder_of_an_exported_model_with_its_kv_cache(tiny_model, tmp_path):
+    """Olive's OnnxConversion (use_kv_cache) -> ModelBuilder metadata_only: the exported graph, copied as it is, runs
+    in onnxruntime-genai with the config the builder writes (its position_ids input left out: the export takes
+    none), and gives the PyTorch model's logits and greedy answer. Before, metadata_only on a Hugging Face model
+    wrote a folder with no model in it, and on an ONNX model was refused."""
+    import torch
+
+    from modelpress.config.normalize import normalize
+    from modelpress.errors import ConfigError
+    from modelpress.models import load_causal_lm
+    from modelpress.runners import GenaiRunner
+
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "genai").mkdir()
+    exported = _run(ModelRef(HF, tiny_model, id="m"), tmp_path / "onnx", "OnnxConversion", use_kv_cache=True)
+    genai = _run(exported, tmp_path / "genai", "ModelBuilder", metadata_only=True)
+    assert genai.kind == "onnx-genai" and (genai.path / "genai_config.json").is_file()
+    config = json.loads((genai.path / "genai_config.json").read_text())
+    assert "position_ids" not in config["model"]["decoder"]["inputs"]
+    with torch.no_grad():
+        expected = load_causal_lm(tiny_model)(torch.tensor([IDS])).logits[0].numpy()
+    runner = GenaiRunner(genai.path)
+    np.testing.assert_allclose(runner.logits(IDS), expected, atol=1e-4)
+    with torch.no_grad():  # eight greedy steps through the KV cache, against PyTorch's (no end of sequence here)
+        greedy = load_causal_lm(tiny_model).generate(torch.tensor([IDS]), max_new_tokens=8, do_sample=False,
+                                                     eos_token_id=None)[0, len(IDS):].tolist()
+    generated = runner.generate_ids([IDS], 8)[0]
+    assert generated == greedy
+    from conftest import tone_workflow
+
+    raw = tone_workflow(tiny_model, {"mb": {"type": "ModelBuilder", "metadata_only": True}})
+    with pytest.raises(ConfigError, match="passes.mb.metadata_only: writes genai_config.json for an ONNX model"):
+        normalize(raw, tmp_path)
+
+
+def test_an_adapter_exports_beside_its_base_or_merged_with_the_peft_models_logits(tiny_model, tmp_path):
+    """Olive's LoRA -> OnnxConversion: the adapter's layers are nodes of their own (or, merge_adapter_weights true,
+    folded into the weights), and the graph computes what the PEFT model does. It was refused."""
+    import onnxruntime as ort
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from modelpress.models import ADAPTER_DIR, load_causal_lm
+    from modelpress.passes.catalog import HF_ADAPTER
+
+    torch.manual_seed(0)
+    peft = get_peft_model(load_causal_lm(tiny_model), LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj"],
+                                                                  init_lora_weights=False))
+    folder = tmp_path / "adapter-model"
+    peft.save_pretrained(str(folder / ADAPTER_DIR))
+    ids = np.array([IDS], dtype=np.int64)
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(load_causal_lm(tiny_model), str(folder / ADAPTER_DIR)).eval()
+        expected = adapted(torch.tensor(ids)).logits[0].numpy()
+        plain = load_causal_lm(tiny_model)(torch.tensor(ids)).logits[0].numpy()
+    assert np.abs(expected - plain).max() > 1e-2  # the adapter changes the model
+
+    def export(name: str, ref: ModelRef, **params) -> tuple[np.ndarray, int]:
+        (tmp_path / name).mkdir()
+        out = _run(ref, tmp_path / name, "OnnxConversion", **params)
+        session = ort.InferenceSession(str(out.path / "model.onnx"), providers=["CPUExecutionProvider"])
+        logits = session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+        return logits, _ops(out)["MatMul"]
+
+    adapter = ModelRef(HF_ADAPTER, folder, id="a", base=tiny_model)
+    _, base_matmuls = export("base", ModelRef(HF, tiny_model, id="m"))
+    unmerged, unmerged_matmuls = export("unmerged", adapter)
+    merged, merged_matmuls = export("merged", adapter, merge_adapter_weights=True)
+    np.testing.assert_allclose(unmerged, expected, atol=1e-4)
+    np.testing.assert_allclose(merged, expected, atol=1e-4)
+    layers = load_causal_lm(tiny_model).config.num_hidden_layers
+    assert (merged_matmuls, unmerged_matmuls) == (base_matmuls, base_matmuls + 2 * layers)  # lora_A and lora_B

@@ -211,6 +211,12 @@ KIND_HINTS = {
 
 
 def _check_kind(p: PassConfig, spec, kind: str, previous: str, c: Collector) -> None:
+    if p.type == "ModelBuilder" and p.params.metadata_only:  # Olive's: the genai config of an exported model
+        if kind != ONNX:
+            c.add(f"passes.{p.name}.metadata_only", f"writes genai_config.json for an ONNX model, and '{previous}' "
+                  f"gives {kind}", "Export the model first (OnnxConversion with use_kv_cache: true), or remove "
+                  "metadata_only to build the whole model from this one.")
+        return
     if kind in spec.accepts:
         return
     if kind == HF_ADAPTER and HF in spec.accepts:

@@ -30,7 +30,6 @@ from modelpress.config.olive_tables import (
     OLIVE_TRAINING_ARGS_DEFAULTS,
     OLIVE_TRAINING_DEFAULTS,
     RENAMED_PASS_KEYS,
-    SEPARATE_STEP_KEYS,
     TARGETS,
     VALUE_FALLBACKS,
     VENDOR_PASSES,
@@ -343,9 +342,6 @@ def _drop_inert(flat: dict, typ: str, where: str, c: Collector) -> dict:
     for key, name in RENAMED_PASS_KEYS.get(typ.lower(), {}).items():
         if key in flat and name not in flat:
             flat[name] = flat.pop(key)
-    for key, fix in SEPARATE_STEP_KEYS.get(typ.lower(), {}).items():
-        if key in flat and flat.pop(key):
-            c.add(f"{where}.{key}", "is a pass of its own in modelpress", f"{fix}.")
     for key, (values, replacement, why) in VALUE_FALLBACKS.get(typ.lower(), {}).items():
         if flat.get(key) in values:
             c.warn(f"{where}.{key}: {flat[key]!r} is read as {replacement!r}: {why}.")

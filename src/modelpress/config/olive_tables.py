@@ -92,14 +92,6 @@ RENAMED_PASS_KEYS: dict[str, dict[str, str]] = {
     "onnxstaticquantization": {"precision": "weight_type"},
 }
 
-# Keys of a pass that ask for a step modelpress runs as a pass of its own: a true value is refused with the fix,
-# a false one (Olive's default) is dropped. pass type (lower case) -> key -> the fix.
-SEPARATE_STEP_KEYS: dict[str, dict[str, str]] = {
-    "onnxconversion": {
-        "merge_adapter_weights": "Put a MergeAdapterWeights pass before OnnxConversion (it merges the LoRA "
-                                 "adapter into its base), and leave merge_adapter_weights out",
-    },
-}
 
 # Values of a pass key that cannot be honoured here, read as another value with a warning:
 # pass type (lower case) -> key -> (values, what they are read as, why).

@@ -278,7 +278,9 @@ class ModelBuilderParams(Strict):
     enable_cuda_graph: bool | None = Field(
         None, description="CUDA EP: let onnxruntime-genai capture CUDA graphs (written to genai_config.json).")
     metadata_only: bool = Field(
-        False, description="Write only genai_config.json and the tokenizer files (the builder's config_only).")
+        False, description="On an ONNX model exported with its KV cache (OnnxConversion use_kv_cache, optimized or "
+        "quantized since): copy it as it is and write only genai_config.json and the tokenizer files (the builder's "
+        "config_only), so onnxruntime-genai runs it.")
     bounded_memory: bool = Field(
         True, description="int4/int8: feed the builder one layer at a time from the checkpoint and quantize each "
         "MatMul as it is made (same output; peak memory about one layer plus the int4 model instead of the whole "

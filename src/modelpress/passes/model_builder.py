@@ -97,6 +97,10 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
 
     # the engine's provider was resolved at the start (no GPU: the CPU, with a warning); the pass's own is here
     ep = resolve_execution_provider(params.execution_provider) if params.execution_provider else ctx.execution_provider
+    if params.metadata_only:  # an exported ONNX model: only its genai config and tokenizer are written
+        from modelpress.passes.builder_metadata import build_metadata
+
+        return build_metadata(ctx, params.precision, ep, [_option(k, v) for k, v in params.extra_options.items()])
     source, extra = _source(ctx, params)
     refused = blocks_the_builder_refuses(source) if ctx.model.kind == HF_QUANTIZED else []
     if refused:

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from modelpress.context import PassContext
 from modelpress.errors import ModelpressError, is_disk_full
-from modelpress.models import ModelRef, load_hf_model, load_tokenizer
+from modelpress.models import ADAPTER_DIR, ModelRef, load_hf_model, load_tokenizer
 from modelpress.onnx_model import MODEL_FILE, model_bytes
 from modelpress.passes.onnx_passes import GENERATE, _mib, _output
 from modelpress.passes.onnx_specs import OnnxConversionParams
+from modelpress.passes.spec_base import HF_ADAPTER
 
 
 def run_conversion(ctx: PassContext, params: OnnxConversionParams) -> ModelRef:
@@ -26,8 +27,11 @@ def run_conversion(ctx: PassContext, params: OnnxConversionParams) -> ModelRef:
         raise ModelpressError(f"use_kv_cache applies to text-generation models; this model is {task}. "
                               "Set use_kv_cache to false.")
     trust = ctx.input_model.trust_remote_code
-    model = load_hf_model(ctx.model.path, task, ctx.model.task.get("labels"), "float32", trust).eval()
-    tokenizer = load_tokenizer(ctx.model.path, trust)
+    folder = ctx.model.base if ctx.model.kind == HF_ADAPTER else ctx.model.path
+    model = load_hf_model(folder, task, ctx.model.task.get("labels"), "float32", trust).eval()
+    tokenizer = load_tokenizer(folder, trust)
+    if ctx.model.kind == HF_ADAPTER:
+        model = _with_adapter(ctx, model, params.merge_adapter_weights)
     plan = _export_plan(model, tokenizer, task, params.use_kv_cache)
     try:
         _export(plan, params, ctx.out / MODEL_FILE)
@@ -45,6 +49,21 @@ def run_conversion(ctx: PassContext, params: OnnxConversionParams) -> ModelRef:
     ctx.notes.append(f"exported {task} model to ONNX opset {params.target_opset}"
                      f"{' with KV cache' if params.use_kv_cache else ''} ({_mib(model_bytes(ctx.out))})")
     return _output(ctx)
+
+
+def _with_adapter(ctx: PassContext, base, merge: bool):
+    """The base with its adapter: merged into the weights, or (as Olive exports it) as layers of their own that the
+    graph computes beside the base weights."""
+    from peft import PeftModel
+
+    adapter = PeftModel.from_pretrained(base, str(Path(ctx.model.path) / ADAPTER_DIR)).eval()
+    kind = adapter.peft_config["default"].peft_type.value
+    if merge:
+        ctx.notes.append(f"the {kind} adapter merged into its base before the export")
+        return adapter.merge_and_unload()
+    ctx.notes.append(f"the {kind} adapter exported as nodes of its own beside the base weights (merge_adapter_weights "
+                     "false, as in Olive)")
+    return adapter.get_base_model()
 
 
 def _export_plan(model, tokenizer, task: str, use_kv_cache: bool) -> dict:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeInt, field_validator, model_validator
 
-from modelpress.passes.spec_base import HF, ONNX, ONNX_GENAI, SAME_KIND, PassSpec, Strict, searchable
+from modelpress.passes.spec_base import HF, HF_ADAPTER, ONNX, ONNX_GENAI, SAME_KIND, PassSpec, Strict, searchable
 
 BlockSize = Literal[16, 32, 64, 128, 256]
 AccuracyLevel = Literal[0, 1, 2, 3, 4]
@@ -41,6 +41,9 @@ class OnnxConversionParams(Strict):
         True, description="Keep the weights in model.onnx.data beside model.onnx (needed above 2 GB); false writes "
         "one self-contained model.onnx.",
     )
+    merge_adapter_weights: bool = Field(
+        False, description="An adapter input (base + LoRA, LoKr, ...): false exports the adapter's layers as their "
+        "own nodes beside the base weights, as Olive does; true merges the adapter into its base first.")
 
 
 class WeightOnlyParams(Strict):
@@ -374,7 +377,8 @@ _GRAPH = "modelpress.passes.onnx_graph:"
 
 ONNX_SPECS: tuple[PassSpec, ...] = (
     PassSpec("OnnxConversion", "export a Hugging Face model to ONNX (torch dynamo exporter)",
-             OnnxConversionParams, "modelpress.passes.onnx_conversion:run_conversion", (HF,), ONNX, False),
+             OnnxConversionParams, "modelpress.passes.onnx_conversion:run_conversion", (HF, HF_ADAPTER), ONNX,
+             False),
     PassSpec("OnnxBlockWiseRtnQuantization", "int4 weight-only round-to-nearest quantization (MatMulNBits)",
              OnnxBlockWiseRtnQuantizationParams, _ENTRY + "run_rtn", (ONNX, ONNX_GENAI), SAME_KIND, False),
     PassSpec("OnnxHqqQuantization", "int4 weight-only HQQ quantization (MatMulNBits)",
