@@ -202,8 +202,16 @@ def test_create_tiny_model_never_replaces_a_folder_of_other_files(tmp_path, caps
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "notes.txt").write_text("mine")
     assert main(["create-tiny-model", "--out", str(tmp_path / "project")]) == 1
-    assert "the folder holds files and no model" in capsys.readouterr().err
+    assert "the folder holds files that create-tiny-model did not write" in capsys.readouterr().err
     assert (tmp_path / "project" / "notes.txt").read_text() == "mine"
+    # a model of the user's own (a config.json) was replaced whole: weights, checkpoints, everything (a review)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    (tmp_path / "mine" / "model.safetensors").write_text("weights")
+    assert main(["create-tiny-model", "--out", str(tmp_path / "mine")]) == 1
+    assert (tmp_path / "mine" / "model.safetensors").read_text() == "weights"
+    assert main(["create-tiny-model", "--out", str(tmp_path / "t"), "--corpus", str(tmp_path / "none.txt")]) == 1
+    assert "--corpus: file not found" in capsys.readouterr().err
 
 
 def test_a_report_from_a_run_history_of_another_shape_is_one_clear_error(tmp_path, capsys):
@@ -254,3 +262,24 @@ def test_an_unexpected_error_is_one_line_and_the_traceback_comes_with_verbose(wo
     assert "Traceback" not in err and err.startswith("error: RuntimeError: a library failed") and "--verbose" in err
     assert main(["--verbose", "validate", str(workspace / "seed-config.json")]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_flag_mistakes_of_evaluate_and_generate_exit_2_naming_the_flag(tmp_path, capsys):
+    """They exited 1, as a failed run does (a review); the README gives 2 to a mistake in what was asked."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "modelpress_model.json").write_text(json.dumps({"kind": "hf", "path": ".", "id": "x", "base": None,
+                                                             "task": {}}))
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"phrase": "hi", "tone": "joy"}\n')
+    cases = [
+        (["evaluate", str(model), "--data", str(data)], "--template: "),
+        (["evaluate", str(model), "--data", str(data), "--template", "{phrase"], "--template: "),
+        (["evaluate", str(model), "--data", str(tmp_path / "rows.txt"), "--template", "{phrase} {tone}"],
+         "--data: "),
+        (["generate", str(model), "--prompt", "hi", "--adapter", str(tmp_path / "nope.onnx_adapter")], "--adapter: "),
+        (["generate", str(model), "--prompt", "  "], "--prompt: the prompt is empty"),
+    ]
+    for argv, said in cases:
+        assert main(argv) == 2, argv
+        assert said in capsys.readouterr().err, argv

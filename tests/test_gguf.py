@@ -251,3 +251,33 @@ def test_missing_gguf_file_is_a_config_error(tmp_path):
     raw["input_model"] = {"type": "HfModel", "model_path": str(tmp_path / "absent.gguf")}
     with pytest.raises(ConfigError, match="GGUF file not found"):
         normalize(raw, base_dir=tmp_path)
+
+
+def test_a_gguf_file_converts_from_its_own_metadata_whatever_lies_beside_it(tmp_path, tokenizer):
+    """transformers prefers a tokenizer.json or generation_config.json in the GGUF's folder to the file's own
+    metadata (a review: another model's files in a shared downloads folder went into the conversion)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from modelpress.gguf import write_hf_folder
+
+    path = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "tiny.gguf")
+    (tmp_path / "tokenizer.json").write_text('{"not": "this model\'s tokenizer"}')
+    GenerationConfig(eos_token_id=4242, bos_token_id=4241).save_pretrained(tmp_path)
+    out = tmp_path / "hf"
+    write_hf_folder(path, out)
+    converted = AutoTokenizer.from_pretrained(out)
+    assert converted(SENTENCES[0])["input_ids"] == tokenizer(SENTENCES[0])["input_ids"]
+    assert GenerationConfig.from_pretrained(out).eos_token_id == tokenizer.eos_token_id
+
+
+def test_a_truncated_gguf_file_is_one_clear_error(tmp_path, tokenizer):
+    from modelpress.errors import ModelpressError
+    from modelpress.gguf import write_hf_folder
+
+    path = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "tiny.gguf")
+    data = path.read_bytes()
+    for length in (40, 300, len(data) // 2):  # in the header, in the metadata, in the tensors
+        cut = tmp_path / f"cut-{length}.gguf"
+        cut.write_bytes(data[:length])
+        with pytest.raises(ModelpressError, match="cannot read this GGUF file .* download it again"):
+            write_hf_folder(cut, tmp_path / f"out-{length}")

@@ -1028,3 +1028,38 @@ def test_a_failed_model_copy_leaves_the_earlier_output_set_and_no_staged_folder(
     after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
     assert after == before and json.loads((tmp_path / "out" / "model" / "modelpress_model.json").read_text())["id"] == "first"
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_writers_temporary_copies_are_removed_and_a_live_ones_kept(tmp_path):
+    """A run killed (SIGKILL, the OOM killer) while it copied the output model left `.model.tmp-*` (a whole model)
+    and `.metrics.json.tmp-*` in the output folder for good (a review). They name their writer, so the next run
+    removes those whose process is gone, and leaves a live writer's alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from modelpress.fsutil import remove_dead_writers, stage_dir, stage_text
+
+    mine = stage_dir(tmp_path / "model")
+    text = stage_text(tmp_path / "metrics.json", "{}")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = socket.gethostname()
+    (tmp_path / f".model.tmp-{host}-{dead}-abc123").mkdir()
+    (tmp_path / f".metrics.json.tmp-{host}-{dead}-x_9").write_text("{}")
+    (tmp_path / f".model.tmp-elsewhere-{dead}-abc123").mkdir()  # another host's: its pid means nothing here
+    removed = remove_dead_writers(tmp_path)
+    assert sorted(removed) == sorted([f".model.tmp-{host}-{dead}-abc123", f".metrics.json.tmp-{host}-{dead}-x_9"])
+    assert mine.is_dir() and text.is_file() and (tmp_path / f".model.tmp-elsewhere-{dead}-abc123").is_dir()
+
+
+def test_a_damaged_json_file_is_one_error_naming_it(tmp_path):
+    from modelpress.errors import DamagedFileError
+    from modelpress.fsutil import read_json
+    from modelpress.models import ModelRef
+
+    (tmp_path / "modelpress_model.json").write_text('{"kind": "hf", "pa')
+    with pytest.raises(DamagedFileError, match=r"modelpress_model.json: not readable JSON .* cut short"):
+        ModelRef.load(tmp_path)
+    with pytest.raises(ValueError):  # callers that treat a bad file as absent still catch it
+        read_json(tmp_path / "modelpress_model.json")

@@ -268,14 +268,16 @@ def cmd_validate(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from modelpress.errors import ModelpressError
+    from modelpress.errors import ConfigError, Problem
     from modelpress.generate import generate
 
     none = args.adapter is not None and args.adapter.lower() == "none"
     adapter = Path(args.adapter) if args.adapter and not none else None
     if adapter is not None and not adapter.is_file():
-        raise ModelpressError(f"--adapter {adapter}: no such file. Give an adapter_weights.* file that "
-                              "ExtractAdapters wrote, or 'none'.")
+        raise ConfigError([Problem("--adapter", f"{adapter}: no such file",
+                                   "Give an adapter_weights.* file that ExtractAdapters wrote, or 'none'.")])
+    if not args.prompt.strip() and not args.raw:
+        raise ConfigError([Problem("--prompt", "the prompt is empty", "Give the text to answer.")])
     for piece in generate(Path(args.model_dir), args.prompt, args.max_new_tokens, raw=args.raw,
                           adapter=adapter, use_adapter=not none):
         print(piece, end="", flush=True)
@@ -314,15 +316,20 @@ def cmd_create_tiny_model(args) -> int:
         from modelpress.runtime import quiet_library_bars
 
         quiet_library_bars()  # transformers' "Writing model shards" bar, in a log
-    from modelpress.tiny import create_tiny_model
-
     from modelpress.errors import ModelpressError
+    from modelpress.tiny import create_tiny_model, is_tiny_model
 
     corpus = [Path(p) for p in args.corpus] if args.corpus else None
     target = Path(args.out).resolve()
-    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
-        raise ModelpressError(f"--out {args.out}: the folder holds files and no model, and would be replaced whole; "
-                              "name a new or empty folder")
+    if target.exists() and not target.is_dir():
+        raise ModelpressError(f"--out {args.out}: a file of that name exists; name a new or empty folder")
+    if target.is_dir() and any(target.iterdir()) and not is_tiny_model(target):
+        raise ModelpressError(f"--out {args.out}: the folder holds files that create-tiny-model did not write (a "
+                              "model of your own would be replaced whole); name a new or empty folder")
+    missing = [str(p) for p in corpus or [] if not p.is_file()]
+    if missing:
+        raise ModelpressError(f"--corpus: file not found: {', '.join(missing)}; give text files to build the "
+                              "tokenizer's vocabulary from, or leave --corpus out for the built-in one")
     out = create_tiny_model(target, corpus, seed=args.seed)
     print(f"tiny Phi-3 written to {out}")
     return 0

@@ -20,8 +20,8 @@ from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.context import DataPlan
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import (commit_dir, finish_before_interrupt, json_text, read_json, restore_dir, stage_dir,
-                               stage_text, sync_tree)
+from modelpress.fsutil import (commit_dir, finish_before_interrupt, json_text, read_json, remove_dead_writers,
+                               restore_dir, stage_dir, stage_text, sync_tree)
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import resolve_input_folder
@@ -403,6 +403,8 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
     texts[REPORT] = build_html(metrics, history, resolved)
     staged: dict[Path, Path] = {}
     model_tmp = old_model = None
+    for name in remove_dead_writers(out):
+        log.info("removed %s from %s: a killed run's unfinished copy", name, out)
     try:
         for name, text in texts.items():
             staged[out / name] = stage_text(out / name, text)
@@ -436,7 +438,10 @@ def _stage_model(target: Path, final: ModelRef | None, prompted: dict
     length, batch size and latency sample the run measured it with (`modelpress evaluate`'s defaults). The same
     model only prompted otherwise gets its card rewritten."""
     card = target / MODEL_CARD
-    current = read_json(card) if card.is_file() else {}
+    try:
+        current = read_json(card) if card.is_file() else {}
+    except ValueError:  # a damaged card: the folder is replaced whole
+        current = {}
     if final is None:
         if current.get("id"):
             log.warning("%s was not replaced: it still holds the model of an earlier run (%s)", target,

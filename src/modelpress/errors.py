@@ -42,6 +42,11 @@ class ConfigError(ModelpressError):
         super().__init__("\n".join(lines))
 
 
+class DamagedFileError(ModelpressError, ValueError):
+    """A file modelpress wrote (or reads) that is not what it should be: unreadable JSON. A ValueError too, so a
+    caller that treats a bad file as absent (a cache entry) still does."""
+
+
 class DataError(ModelpressError):
     """The data cannot be read or does not fit the template."""
 

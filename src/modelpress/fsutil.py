@@ -9,8 +9,10 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -55,7 +57,7 @@ def stage_dir(target: Path) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_writer()}-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; outputs are ordinary folders
     return tmp
 
@@ -149,7 +151,7 @@ def stage_text(path: Path, text: str) -> Path:
     `path` once every file of a set is written: the disk is used before anything is replaced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_writer()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -160,6 +162,38 @@ def stage_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+def _writer() -> str:
+    """This process, as its temporary files name it (host and pid), so a later run can tell a dead writer's."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
+
+
+def remove_dead_writers(folder: Path) -> list[str]:
+    """Remove the temporary files and folders that writers on this host left in `folder` when they were killed
+    (SIGKILL, the OOM killer) before they could clean up: those whose process is gone. A live writer's stay."""
+    removed = []
+    host = socket.gethostname()
+    for entry in Path(folder).glob(".*.tmp-*") if Path(folder).is_dir() else []:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:
@@ -190,7 +224,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON in `path`; a file that does not parse (cut short, edited by hand) is a DamagedFileError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        from modelpress.errors import DamagedFileError
+
+        raise DamagedFileError(f"{path}: not readable JSON ({err}); the file is damaged or was cut short: restore it, "
+                               "or run the step that writes it again") from err
 
 
 def dir_size(path: Path) -> int:

@@ -114,6 +114,9 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     A folder with an adapter file (ExtractAdapters) generates with it active; `adapter` names another
     adapter file for the same model, and `use_adapter=False` runs the base model.
     """
+    if not model_dir.is_dir():
+        raise ModelpressError(f"{model_dir}: no such folder. Point generate at the 'model' folder of a run that "
+                              "ends with ModelBuilder.")
     if not (model_dir / "genai_config.json").is_file():
         raise ModelpressError(f"{model_dir} is not an onnxruntime-genai folder (no genai_config.json). "
                               "Point generate at the 'model' folder of a run that ends with ModelBuilder.")
@@ -131,6 +134,8 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     bos = trained_bos(model_dir, lambda piece: list(tokenizer.encode(piece)), tokenizer.bos_token_id)
     if (card.get("task") or {}).get("add_bos") and bos is not None:
         ids = [bos] + ids
+    if not ids:
+        raise ModelpressError("the prompt is empty (no tokens): give --prompt text to answer")
     genai_model = read_json(model_dir / "genai_config.json").get("model") or {}
     pad = genai_model.get("pad_token_id")
     if ids and isinstance(pad, int) and ids[-1] == pad:  # genai would drop it as padding: pad with another id

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
+import tempfile
 from pathlib import Path
 
 from modelpress.errors import MissingDependencyError, ModelpressError
@@ -57,20 +59,28 @@ def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False)
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, name = str(gguf_path.parent), gguf_path.name
+    name = gguf_path.name
     # dense weights whatever the machine: for the architectures transformers' new GGUF path loads (Qwen3.5,
     # LFM2), where a GGUF matmul kernel can be fetched (the `kernels` package and a network) it would otherwise
     # keep the layers packed, which the plain model saved here cannot load
     dense = {"quantization_config": transformers.GgufConfig(dequantize=True)} \
         if hasattr(transformers, "GgufConfig") else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code,
-                                                      **dense)
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise ModelpressError(f"{gguf_path}: transformers cannot read this GGUF file ({type(err).__name__}: "
-                              f"{str(err)[:300]}). transformers supports the GGUF architectures and quantization "
-                              "types listed in its GGUF documentation.") from None
+    # read from a folder holding the GGUF file alone: transformers prefers a tokenizer.json, config.json or
+    # generation_config.json beside the file to the file's own metadata (another model's, in a shared folder)
+    with tempfile.TemporaryDirectory(prefix="modelpress-gguf-") as alone:
+        (Path(alone) / name).symlink_to(gguf_path.resolve())
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=name, trust_remote_code=trust_remote_code)
+            loaded = AutoModelForCausalLM.from_pretrained(alone, gguf_file=name, trust_remote_code=trust_remote_code,
+                                                          **dense)
+        except ImportError as err:
+            raise ModelpressError(f"{gguf_path}: reading it needs a newer gguf package ({err}); pip install -U "
+                                  "gguf") from None
+        except (ValueError, KeyError, RuntimeError, IndexError, OSError, EOFError, struct.error) as err:
+            raise ModelpressError(f"{gguf_path}: transformers cannot read this GGUF file ({type(err).__name__}: "
+                                  f"{str(err)[:300]}). A file cut short by an interrupted download reads so: "
+                                  "download it again. transformers supports the GGUF architectures and "
+                                  "quantization types listed in its GGUF documentation.") from None
     plain = _without_gguf_quantization(loaded)
     plain.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))

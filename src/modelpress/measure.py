@@ -12,7 +12,7 @@ from modelpress.chat import ChatFormat
 from modelpress.config.templates import completion_field, template_problem
 from modelpress.config.schema import DataConfig
 from modelpress.data import distinct, format_of, load_rows, render
-from modelpress.errors import ModelpressError
+from modelpress.errors import ConfigError, ModelpressError, Problem
 from modelpress.evaluate import BATCH_SIZE, LATENCY_SAMPLES, evaluate
 from modelpress.models import MODEL_CARD, ModelRef
 from modelpress.report import confusion_text, misses_text
@@ -32,13 +32,18 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     template = template or task.get("text_template")
     label_col = task.get("label_col")
     if not (template or chat) and not (label_col and task.get("text_cols")):
-        raise ModelpressError(f"{model_dir} does not say which text template it was trained with: pass --template")
+        raise ConfigError([Problem("--template", f"{model_dir} does not say which text template it was trained with",
+                                   "Pass --template, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'.")])
     problem = template_problem(template) if template else None
     if problem:
-        raise ModelpressError(f"--template: {problem}")
-    fmt = format_of(data_files[0])
-    if fmt is None:
-        raise ModelpressError(f"{data_files[0]}: unknown data format; use .json, .jsonl, .csv or .parquet")
+        raise ConfigError([Problem("--template", problem)])
+    formats = {path: format_of(path) for path in data_files}
+    unknown = [str(path) for path, fmt in formats.items() if fmt is None]
+    if unknown or len(set(formats.values())) > 1:
+        raise ConfigError([Problem("--data", f"{', '.join(unknown)}: unknown data format" if unknown else
+                                   f"files of different formats ({', '.join(sorted(set(formats.values())))})",
+                                   "Give .json, .jsonl, .csv or .parquet files, all of one format.")])
+    fmt = formats[data_files[0]]
     chat_fields = {"chat_template": chat["template"], "chat_columns": chat.get("columns"),
                    "message_col": chat.get("message_col") or "messages",
                    "system_prompt": chat.get("system_prompt")} if chat else {"text_template": template}

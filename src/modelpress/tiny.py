@@ -104,9 +104,18 @@ def _pin_tokenizer_class(folder: Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
 
 
+CARD_TITLE = "# Tiny Phi-3 (made by `modelpress create-tiny-model`)"
+
+
+def is_tiny_model(folder: Path) -> bool:
+    """Whether `folder` is one create-tiny-model wrote (its model card says so), which it may replace."""
+    card = Path(folder) / "MODEL_CARD.md"
+    return card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith(CARD_TITLE)
+
+
 def _card(shape: TinyShape, seed: int) -> str:
     return (
-        "# Tiny Phi-3 (made by `modelpress create-tiny-model`)\n\n"
+        f"{CARD_TITLE}\n\n"
         "A randomly initialised Phi3ForCausalLM with Phi-3's module names, used as an offline\n"
         f"stand-in for Phi-3-mini. Seed {seed}; shape: {shape}.\n"
         "It knows no language until fine-tuned.\n"
