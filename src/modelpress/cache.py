@@ -66,15 +66,30 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
         _read_by_loaders(p.relative_to(folder)) if model else not _tool_leftover(p.relative_to(folder))) and (
             only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
     for path in files:
-        stat = path.stat()
-        # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still gets a new ctime
-        memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
-        sha = memo.get(memo_key) or file_sha256(path)
-        memo[memo_key] = sha
-        entries.append((path.name if path == folder else str(path.relative_to(folder)), stat.st_size, sha))
+        sha = _remembered_sha(path, memo)
+        entries.append((path.name if path == folder else str(path.relative_to(folder)), path.stat().st_size, sha))
     if memo_path:
         atomic_write_json(memo_path, memo)
     return cache_key("folder", entries)
+
+
+def file_sha(path: Path, memo_path: Path | None = None) -> str:
+    """The SHA-256 of one file's bytes, remembered in `memo_path` as content_id remembers it (no modelpress
+    version in it: for what must survive a CACHE_VERSION bump, a GGUF file's conversion)."""
+    memo = _read_memo(memo_path)
+    sha = _remembered_sha(Path(path).resolve(), memo)
+    if memo_path:
+        atomic_write_json(memo_path, memo)
+    return sha
+
+
+def _remembered_sha(path: Path, memo: dict) -> str:
+    stat = path.stat()
+    # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still gets a new ctime
+    memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
+    sha = memo.get(memo_key) or file_sha256(path)
+    memo[memo_key] = sha
+    return sha
 
 
 def _read_by_loaders(relative: Path) -> bool:
@@ -138,7 +153,7 @@ class PassCache:
         cache in use until `release`: a run shares it with other runs, and emptying it needs it alone (another
         run's half-written entry would lose its files and be committed without them)."""
         outputs = self.passes.parent  # the cache_dir, or a Ray system's shared storage
-        emptied = [(outputs, self.passes)] if clean else []
+        emptied = [(outputs, self.passes), (self.root, self.root / "inputs")] if clean else []  # inputs: GGUF
         emptied += [(self.root, self.evals)] if clean or clean_evals else []
         for root, folder in emptied:
             self._check_ours(root, folder)

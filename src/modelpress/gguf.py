@@ -20,17 +20,20 @@ from modelpress.runtime import library_version
 
 log = logging.getLogger("modelpress")
 SOURCE_NOTE = "modelpress_gguf_source.json"
+CONVERSION_VERSION = 1  # bump when write_hf_folder writes another folder for the same file and libraries
 
 
 def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remote_code: bool = False) -> Path:
-    """The Hugging Face folder made from `gguf_path` (content id `file_id`), converting it on first use.
+    """The Hugging Face folder made from `gguf_path` (`file_id`: the SHA-256 of its bytes), converting it on first
+    use.
 
-    The folder is keyed by the file's content and the versions of the libraries that convert it, so an
-    upgrade that changes the dequantization converts again. Two runs on one cache convert it once: the
-    second waits on a lock and finds the folder done.
+    The folder is keyed by the file's content, the versions of the libraries that convert it (an upgrade that
+    changes the dequantization converts again) and CONVERSION_VERSION, not by the cache's CACHE_VERSION, which
+    passes bump: their changes need no new conversion. Two runs on one cache convert it once: the second waits on
+    a lock and finds the folder done. clean_cache removes the conversions too.
     """
     converter = _converter_versions()
-    key = hashlib.sha256(f"{file_id} {converter}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{CONVERSION_VERSION} {file_id} {converter}".encode()).hexdigest()[:16]
     target = cache_root / "inputs" / f"gguf-{key}"
     with file_lock(cache_root / "locks" / f"gguf-{key}.lock", f"the conversion of {gguf_path.name}"):
         if (target / SOURCE_NOTE).is_file():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelpress.cache import content_id
+from modelpress.cache import file_sha
 from modelpress.config.schema import InputModelConfig
 from modelpress.errors import ModelpressError
 from modelpress.gguf import converted_folder
@@ -29,5 +29,5 @@ def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
     gguf_path = folder / model.gguf_file
     if not gguf_path.is_file():
         raise ModelpressError(f"GGUF file not found: {gguf_path}. Check model_path and gguf_file.")
-    file_id = content_id(gguf_path, cache_root / "content-ids.json")
-    return converted_folder(gguf_path, cache_root, file_id, model.trust_remote_code)
+    return converted_folder(gguf_path, cache_root, file_sha(gguf_path, cache_root / "content-ids.json"),
+                            model.trust_remote_code)
