@@ -185,9 +185,18 @@ def test_a_download_without_safetensors_weights_is_one_clear_error(hub_cache, tm
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online: the repo is not cached, so it is fetched
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(hub, "_download", lambda *args: fetched)  # stands in for the network only
+    monkeypatch.setattr(hub, "_repo_files", lambda *args: ["config.json", "tokenizer.json", "pytorch_model.bin"])
     with pytest.raises(ModelpressError, match=r"input_model.model_path: model 'acme/bin-only' was downloaded .* "
                        r"lacks model\*\.safetensors\. The repo has no safetensors weights: modelpress never loads pickled"):
         hub.snapshot("acme/bin-only", None, "model", hub.model_patterns(False, None), hub.missing_model_files(None),
+                     key="input_model.model_path")
+    # a GGUF repo named without gguf_file: the advice was about safetensors; it names the GGUF files (a review)
+    (fetched / "pytorch_model.bin").unlink()
+    (fetched / "config.json").unlink()
+    monkeypatch.setattr(hub, "_repo_files", lambda *args: ["README.md", "m-Q4_K_M.gguf", "m-Q8_0.gguf"])
+    with pytest.raises(ModelpressError, match=r"The repo holds GGUF files \(m-Q4_K_M.gguf, m-Q8_0.gguf\): name one "
+                       r"with input_model gguf_file"):
+        hub.snapshot("acme/m-GGUF", None, "model", hub.model_patterns(False, None), hub.missing_model_files(None),
                      key="input_model.model_path")
 
 

@@ -264,11 +264,32 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
     folder = _download(repo_id, revision, repo_type, allow_patterns, what, where)
     lacking = missing(folder) if missing is not None else []
     if lacking:
-        why = (" The repo has no safetensors weights: modelpress never loads pickled *.bin weights, which can run "
-               "code when read. Pick a revision or a repo that ships safetensors, or convert the weights."
-               if "model*.safetensors" in lacking else " Check the repo's files and the revision.")
+        why = _what_the_repo_is(repo_id, revision, repo_type) or (
+            " The repo has no safetensors weights: modelpress never loads pickled *.bin weights, which can run "
+            "code when read. Pick a revision or a repo that ships safetensors, or convert the weights."
+            if "model*.safetensors" in lacking else " Check the repo's files and the revision.")
         raise ModelpressError(f"{where}{what} was downloaded ({folder}) but lacks {', '.join(lacking)}.{why}")
     return folder
+
+
+def _what_the_repo_is(repo_id: str, revision: str | None, repo_type: str) -> str | None:
+    """Online, when a repo lacks a model's files: what it holds instead, said as the fix (GGUF files: name one as
+    gguf_file; a PEFT adapter: name its base). None when it cannot be told."""
+    if repo_type != "model":
+        return None
+    try:
+        files = _repo_files(repo_id, revision)
+    except Exception:  # noqa: BLE001  the listing only improves the message
+        return None
+    ggufs = sorted(f for f in files if f.endswith(".gguf"))
+    if ggufs:
+        shown = ", ".join(ggufs[:4]) + (f" and {len(ggufs) - 4} more" if len(ggufs) > 4 else "")
+        return (f" The repo holds GGUF files ({shown}): name one with input_model gguf_file (model_path stays "
+                f"{repo_id!r}), and modelpress fetches and converts that file alone.")
+    if "adapter_config.json" in files:
+        return (" The repo is a PEFT adapter, not a model: give its base model as model_path, and merge the adapter "
+                "into it first (peft's merge_and_unload) or train one in this workflow.")
+    return None
 
 
 def _download(repo_id: str, revision: str | None, repo_type: str, allow_patterns: list[str] | None,
@@ -286,3 +307,10 @@ def _download(repo_id: str, revision: str | None, repo_type: str, allow_patterns
                               "revision, or the path if you meant a local one. For a gated or private repo set "
                               "HF_TOKEN or run `hf auth login`. "
                               f"{fetch_hint(repo_id, revision, repo_type, allow_patterns)}.") from None
+
+
+def _repo_files(repo_id: str, revision: str | None) -> list[str]:
+    """The repo's file list, from the Hub (one request)."""
+    from huggingface_hub import list_repo_files
+
+    return list_repo_files(repo_id, revision=revision)
