@@ -94,6 +94,24 @@ def test_a_repo_downloaded_with_file_patterns_is_found_in_the_cache(hub_cache, t
     assert "'acme/listed-tones' is in the local Hugging Face cache" in notes
 
 
+def test_a_snapshot_huggingface_hub_calls_incomplete_is_used_when_it_holds_what_modelpress_reads(hub_cache,
+                                                                                                  tiny_model, tmp_path):
+    """`hf download org/name config.json model.safetensors tokenizer.json ...` leaves out files the patterns match
+    (merges.txt, vocab.json); huggingface_hub then calls the snapshot incomplete, and modelpress said the model was
+    not in the cache at all (a review). It now judges by the files it reads."""
+    from modelpress.config import normalize
+    from modelpress.hub import model_patterns, snapshot
+
+    add_repo(hub_cache, "acme/hand-fetched", folder_files(tiny_model), "4" * 40,
+             not_fetched={"merges.txt": b"#version: 0.2", "vocab.json": b"{}"})
+    folder = snapshot("acme/hand-fetched", None, "model", model_patterns(False, None),
+                      lambda f: [] if (f / "model.safetensors").is_file() else ["model.safetensors"])
+    assert folder.name == "4" * 40
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": "acme/hand-fetched"}
+    assert "'acme/hand-fetched' is in the local Hugging Face cache" in " ".join(normalize(raw, base_dir=tmp_path).notes)
+
+
 def test_a_partial_snapshot_offline_is_an_error_naming_what_it_lacks(hub_cache, tiny_model, tmp_path):
     from modelpress.config import normalize
     from modelpress.errors import ConfigError

@@ -165,7 +165,7 @@ def cache_root() -> Path:
 
 
 def cached_snapshot(repo_id: str, revision: str | None, repo_type: str = "model",
-                    allow_patterns: list[str] | None = None) -> Path | None:
+                    allow_patterns: list[str] | None = None, judged: bool = False) -> Path | None:
     """The local snapshot folder of `repo_id` at `revision`, or None; never touches the network.
 
     `allow_patterns` must be those the repo was (or would be) downloaded with: huggingface_hub
@@ -178,8 +178,11 @@ def cached_snapshot(repo_id: str, revision: str | None, repo_type: str = "model"
     try:
         return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True,
                                       allow_patterns=allow_patterns))
-    except (LocalEntryNotFoundError, FileNotFoundError):
-        return None
+    except (LocalEntryNotFoundError, FileNotFoundError) as err:
+        # huggingface_hub's "incomplete" counts every file of the patterns the repo lists (merges.txt beside a
+        # tokenizer.json); with `judged`, the caller checks the files it reads itself (missing_model_files)
+        folder = getattr(err, "snapshot_path", None)
+        return Path(folder) if judged and folder and Path(folder).is_dir() else None
 
 
 def offline() -> bool:
@@ -249,7 +252,7 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
     `missing` names the files a cached snapshot lacks that are needed (a partial cache left by another
     tool): they are downloaded, or offline, reported. `key` is the config key that named the repo.
     """
-    local = cached_snapshot(repo_id, revision, repo_type, allow_patterns)
+    local = cached_snapshot(repo_id, revision, repo_type, allow_patterns, judged=missing is not None)
     what = f"{'dataset' if repo_type == 'dataset' else 'model'} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     where = f"{key}: " if key else ""
     lacking = missing(local) if local is not None and missing is not None else []
