@@ -369,6 +369,11 @@ def test_run_from_a_hub_id_keys_the_cache_by_snapshot_content_and_never_shows_th
     assert "hf_NotARealTokenButSecret123" not in written
     resolved = json.loads((tmp_path / "out" / "config.resolved.json").read_text())
     assert resolved["input_model"]["hub_id"] == MODEL_ID
+    # the commit the cache's main pointed at is recorded: the config says only "main" (or nothing)
+    source = json.loads((tmp_path / "out" / "run_history.json").read_text())["input_model"]
+    assert (source["hub_id"], source["commit"], source["revision"]) == (MODEL_ID, MAIN, None)
+    assert source["content_id"] == metrics["models"]["input"]["model_id"]
+    assert f"input model: {MODEL_ID} at commit {MAIN}" in proc.stderr
     # the adapter's cache entry says how it was prompted, so `modelpress evaluate` can be pointed at it
     [entry] = [card for card in (tmp_path / "cache" / "passes").glob("*/model/modelpress_model.json")]
     task = json.loads(entry.read_text())["task"]

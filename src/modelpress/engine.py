@@ -24,7 +24,7 @@ from modelpress.fsutil import (commit_dir, finish_before_interrupt, json_text, r
                                restore_dir, stage_dir, stage_text, sync_tree)
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
-from modelpress.inputs import resolve_input_folder
+from modelpress.inputs import describe_input, resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 from modelpress.passes.spec_base import KIND_LIBRARIES, key_params
@@ -61,7 +61,7 @@ def run_workflow(config: WorkflowConfig, show_progress: bool = True) -> RunResul
         steps: dict[str, ModelRef] = {}
         ref = session.run_chain(config.passes, history, steps)
         metrics = session.evaluate_run(ref, steps, history)
-        write_outputs(config, ref, session.task_card(), history, metrics)
+        write_outputs(config, ref, session.task_card(), history, metrics, session.source)
         return RunResult(config.engine.output_dir, ref, history, metrics)
     except KeyboardInterrupt:
         session.cancel()  # tasks in flight on a cluster stop; finished passes stay in the cache
@@ -84,6 +84,7 @@ class Session:
     systems: dict = field(default_factory=dict)  # name -> a connected RaySystem
     local_lock: threading.RLock = field(default_factory=threading.RLock)  # this machine runs one step at a time
     online: Callable[[], None] | None = None  # puts back the Hub settings in force before the run
+    source: dict = field(default_factory=dict)  # what was read as the input model (run_history.json)
 
     @classmethod
     def start(cls, config: WorkflowConfig, show_progress: bool = True) -> "Session":
@@ -115,7 +116,11 @@ class Session:
         except BaseException:
             online()
             raise
-        session = cls(config, cache, plan, ep, ref, show_progress, online=online)
+        source = describe_input(model, folder, ref.id)
+        if source.get("commit"):
+            log.info("input model: %s at commit %s%s", model.hub_id, source["commit"],
+                     f" (revision {model.revision!r})" if model.revision else "")
+        session = cls(config, cache, plan, ep, ref, show_progress, online=online, source=source)
         if ray is not None:
             try:
                 ray.connect(_requests(config, ray))
@@ -390,14 +395,15 @@ MEASURED_WITH = {"max_new_tokens", "batch_size", "latency_samples"}  # kept in t
 
 
 def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, history: list[dict],
-                  metrics: dict) -> None:
+                  metrics: dict, source: dict | None = None) -> None:
     """The output folder: the final model (unless a search found none that meets the goals), the resolved
     config, the metrics, the run history and the HTML report. Every file is made and written beside its place
     (a full disk or a failure to make one leaves the earlier run's set whole), then the model folder and the
     files are renamed into place, a Ctrl-C meanwhile waiting for the last rename (no new model beside old metrics)."""
     out = config.engine.output_dir
     resolved = config.resolved()
-    files = {"config.resolved.json": resolved, "run_history.json": {"modelpress": __version__, "steps": history},
+    files = {"config.resolved.json": resolved,
+             "run_history.json": {"modelpress": __version__, "input_model": source or {}, "steps": history},
              "metrics.json": metrics}
     texts = {name: json_text(value) for name, value in files.items()}
     texts[REPORT] = build_html(metrics, history, resolved)

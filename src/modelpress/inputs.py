@@ -31,3 +31,23 @@ def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
         raise ModelpressError(f"GGUF file not found: {gguf_path}. Check model_path and gguf_file.")
     return converted_folder(gguf_path, cache_root, file_sha(gguf_path, cache_root / "content-ids.json"),
                             model.trust_remote_code)
+
+
+def describe_input(model, folder: Path, content: str) -> dict:
+    """What the run read as its input model, for run_history.json: where it came from, and for a Hub id the commit
+    its snapshot is (a branch or tag resolves to whichever commit the cache holds, which the config does not say)."""
+    described = {"content_id": content, "folder": str(folder)}
+    if model.hub_id:
+        described.update(hub_id=model.hub_id, revision=model.revision,
+                         commit=_snapshot_commit(folder) if not model.gguf_file else None)
+    else:
+        described["model_path"] = str(model.model_path)
+    if model.gguf_file:
+        described.update(gguf_file=model.gguf_file)
+    return described
+
+
+def _snapshot_commit(folder: Path) -> str | None:
+    """The commit hash a Hugging Face cache snapshot folder is named by, or None for another folder."""
+    name = Path(folder).name
+    return name if Path(folder).parent.name == "snapshots" and len(name) == 40 else None

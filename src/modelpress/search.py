@@ -392,5 +392,6 @@ def run_search(session):
     if evaluation.enabled and result["best"]:
         models["best"] = session.measure(final, "best", search.history)
     metrics = {"models": {k: v for k, v in models.items() if v}, "search": result}
-    write_outputs(session.config, final if result["best"] else None, session.task_card(), search.history, metrics)
+    write_outputs(session.config, final if result["best"] else None, session.task_card(), search.history, metrics,
+                  session.source)
     return RunResult(session.config.engine.output_dir, final, search.history, metrics)
