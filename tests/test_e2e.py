@@ -203,6 +203,7 @@ def test_quantize_and_optimize_build_configs_that_validate(tmp_path, tiny_model,
      "--block-size: int8 quantization of an ONNX model (dynamic or static) has no blocks"),
     (["quantize", "--task", "text-classification", "--precision", "int8", "--block-size", "64"],  # auto: dynamic
      "--block-size: int8 quantization of an ONNX model (dynamic or static) has no blocks"),
+    (["export", "--precision", "fp32", "--block-size", "128"], "--block-size: fp32 weights have no quantization blocks"),
 ])
 def test_a_shortcut_mistake_names_the_flag(tmp_path, tiny_model, args, expected):
     proc = run_cli(*args, "--model", str(tiny_model), check=False, cwd=tmp_path)

@@ -41,7 +41,8 @@ def add_shortcuts(sub) -> None:
     p.add_argument("--model", required=True, type=non_empty, help="Hugging Face model folder")
     p.add_argument("--precision", choices=("int4", "int8", "fp16", "bf16", "fp32"), default="int4")
     p.add_argument("--execution-provider", choices=("cpu", "cuda", "dml"), default="cpu")
-    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32)
+    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=None,
+                   help="int4/int8 quantization block (default 32)")
     _common(p)
     p.set_defaults(handler=cmd_export)
 
@@ -107,7 +108,10 @@ def finetune_config(args) -> dict:
 
 
 def export_config(args) -> dict:
-    passes = {"builder": {"type": "ModelBuilder", "precision": args.precision, "block_size": args.block_size,
+    if args.block_size is not None and args.precision not in ("int4", "int8"):
+        raise _usage("--block-size", f"{args.precision} weights have no quantization blocks",
+                     "Drop --block-size, or export int4 or int8.")
+    passes = {"builder": {"type": "ModelBuilder", "precision": args.precision, "block_size": args.block_size or 32,
                           "execution_provider": args.execution_provider}}
     config = _workflow(args, passes, [])
     config["evaluation"] = {"enabled": False}

