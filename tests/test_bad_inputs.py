@@ -292,3 +292,22 @@ def test_flag_mistakes_of_evaluate_and_generate_exit_2_naming_the_flag(tmp_path,
     for argv, said in cases:
         assert main(argv) == 2, argv
         assert said in capsys.readouterr().err, argv
+
+
+def test_damaged_files_a_run_reads_are_named(tmp_path, capsys):
+    """A damaged shard index in a model snapshot and a hand-edited metrics.json were errors with no file name
+    ("JSONDecodeError", "KeyError: 'latency_ms' (unexpected)"); each now names what to do (reviews)."""
+    from modelpress.errors import DamagedFileError
+    from modelpress.hub import missing_model_files
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": ')
+    with pytest.raises(DamagedFileError, match="model.safetensors.index.json: not readable JSON"):
+        missing_model_files(None)(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run_history.json").write_text(json.dumps({"steps": [{"pass": "x"}]}))
+    (out / "metrics.json").write_text(json.dumps({"models": {"final": {"accuracy": 0.5}}}))
+    code = main(["report", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "unexpected" not in err, err

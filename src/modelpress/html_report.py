@@ -57,8 +57,13 @@ def render_report(output_dir: Path) -> Path:
         if not isinstance(parts[name], dict):
             raise ModelpressError(f"{path} holds a {type(parts[name]).__name__}, not the mapping a run writes; the "
                                   "report cannot be drawn from it. Run the workflow again to write it anew.")
-    return write_report(output_dir, parts["metrics.json"], parts["run_history.json"].get("steps", []),
-                        parts["config.resolved.json"])
+    try:
+        return write_report(output_dir, parts["metrics.json"], parts["run_history.json"].get("steps", []),
+                            parts["config.resolved.json"])
+    except (KeyError, TypeError, AttributeError) as err:  # a file of an older or hand-edited shape
+        raise ModelpressError(f"{output_dir}: the run's JSON files lack what the report draws ({type(err).__name__}: "
+                              f"{err}); they were edited or written by another version. Run the workflow again to "
+                              "write them anew.") from None
 
 
 def build_html(metrics: dict, steps: list[dict], config: dict) -> str:

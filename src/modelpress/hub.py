@@ -8,7 +8,6 @@ modelpress never sees, logs or saves the token.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelpress.errors import ModelpressError
+from modelpress.fsutil import read_json
 
 log = logging.getLogger("modelpress")
 
@@ -137,7 +137,7 @@ def missing_model_files(gguf_file: str | None, trust_remote_code: bool = False) 
         lacking = [] if (folder / "config.json").is_file() else ["config.json"]
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
             lacking += [shard for shard in shards if not (folder / shard).is_file()]
         elif not any(folder.glob("model*.safetensors")):  # the names transformers loads (MODEL_FILES)
             lacking.append("model*.safetensors")
@@ -151,7 +151,7 @@ def missing_model_files(gguf_file: str | None, trust_remote_code: bool = False) 
 
 def remote_code_files(config_file: Path) -> list[str]:
     """The Python files a model's config.json maps its classes to (`auto_map`, this repo's own modules)."""
-    auto_map = json.loads(config_file.read_text(encoding="utf-8")).get("auto_map") or {}
+    auto_map = read_json(config_file).get("auto_map") or {}
     refs = [r for value in auto_map.values() for r in (value if isinstance(value, list) else [value])
             if isinstance(r, str) and "--" not in r]  # "other/repo--module.Class" lives in another repo
     return sorted({r.rsplit(".", 1)[0] + ".py" for r in refs if "." in r})
