@@ -417,8 +417,25 @@ def test_metadata_only_makes_a_genai_folder_of_an_exported_model_with_its_kv_cac
     assert generated == greedy
     from conftest import tone_workflow
 
+    from modelpress.errors import ModelpressError
+
     raw = tone_workflow(tiny_model, {"mb": {"type": "ModelBuilder", "metadata_only": True}})
     with pytest.raises(ConfigError, match="passes.mb.metadata_only: writes genai_config.json for an ONNX model"):
+        normalize(raw, tmp_path)
+    # a graph input genai would not feed (renamed): an error naming it, not a config that leaves it out (a review)
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "genai2").mkdir()
+    renamed = _run(exported, tmp_path / "renamed", "GraphSurgeries",
+                   surgeries=[{"surgeon": "RenameInputs", "old_names": ["attention_mask"], "new_names": ["mask"]}])
+    with pytest.raises(ModelpressError, match="the graph takes mask, which onnxruntime-genai would not feed"):
+        _run(renamed, tmp_path / "genai2", "ModelBuilder", metadata_only=True)
+    # ExtractAdapters after a torch export finds no builder-written LoRA MatMuls: refused when the config is read
+    lora = {"type": "LoRA", "train_data_config": "tone", "target_modules": ["qkv_proj"]}
+    raw = tone_workflow(tiny_model, {"lora": lora, "c": {"type": "OnnxConversion", "use_kv_cache": True},
+                                     "mb": {"type": "ModelBuilder", "metadata_only": True},
+                                     "e": {"type": "ExtractAdapters"}})
+    with pytest.raises(ConfigError, match="passes.e: ExtractAdapters reads the LoRA MatMuls the genai builder "
+                                          "writes, and 'c' exported the model with torch"):
         normalize(raw, tmp_path)
 
 

@@ -1044,13 +1044,19 @@ def test_a_killed_writers_temporary_copies_are_removed_and_a_live_ones_kept(tmp_
     text = stage_text(tmp_path / "metrics.json", "{}")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    host = socket.gethostname()
-    (tmp_path / f".model.tmp-{host}-{dead}-abc123").mkdir()
-    (tmp_path / f".metrics.json.tmp-{host}-{dead}-x_9").write_text("{}")
-    (tmp_path / f".model.tmp-elsewhere-{dead}-abc123").mkdir()  # another host's: its pid means nothing here
+    import os
+
+    host, ns = socket.gethostname(), os.stat("/proc/self/ns/pid").st_ino
+    (tmp_path / f".model.tmp-{host}-{ns}-{dead}-abc123").mkdir()
+    (tmp_path / f".metrics.json.tmp-{host}-{ns}-{dead}-x_9").write_text("{}")
+    kept = [f".model.tmp-elsewhere-{ns}-{dead}-abc123",  # another host's: its pid means nothing here
+            f".model.tmp-{host}-{ns + 1}-{dead}-abc123"]  # another pid namespace's (a container): nor here
+    for name in kept:
+        (tmp_path / name).mkdir()
     removed = remove_dead_writers(tmp_path)
-    assert sorted(removed) == sorted([f".model.tmp-{host}-{dead}-abc123", f".metrics.json.tmp-{host}-{dead}-x_9"])
-    assert mine.is_dir() and text.is_file() and (tmp_path / f".model.tmp-elsewhere-{dead}-abc123").is_dir()
+    assert sorted(removed) == sorted([f".model.tmp-{host}-{ns}-{dead}-abc123",
+                                      f".metrics.json.tmp-{host}-{ns}-{dead}-x_9"])
+    assert mine.is_dir() and text.is_file() and all((tmp_path / name).is_dir() for name in kept)
 
 
 def test_a_damaged_json_file_is_one_error_naming_it(tmp_path):

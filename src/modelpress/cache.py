@@ -153,7 +153,7 @@ class PassCache:
         cache in use until `release`: a run shares it with other runs, and emptying it needs it alone (another
         run's half-written entry would lose its files and be committed without them)."""
         outputs = self.passes.parent  # the cache_dir, or a Ray system's shared storage
-        emptied = [(outputs, self.passes), (self.root, self.root / "inputs")] if clean else []  # inputs: GGUF
+        emptied = [(outputs, self.passes)] if clean else []
         emptied += [(self.root, self.evals)] if clean or clean_evals else []
         for root, folder in emptied:
             self._check_ours(root, folder)

@@ -81,7 +81,7 @@ def commit_dir(tmp: Path, target: Path) -> Path | None:
 
 def restore_dir(old: Path, target: Path) -> None:
     """Put the folder `commit_dir` moved aside back at `target` (the set it belongs to could not be completed)."""
-    discard = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    discard = target.with_name(f".{target.name}.tmp-{_writer()}-{uuid.uuid4().hex[:8]}")
     os.rename(target, discard)
     os.rename(old, target)
     shutil.rmtree(discard, ignore_errors=True)
@@ -165,21 +165,30 @@ def stage_text(path: Path, text: str) -> Path:
 
 
 def _writer() -> str:
-    """This process, as its temporary files name it (host and pid), so a later run can tell a dead writer's."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """This process, as its temporary files name it (host, pid namespace and pid), so a later run can tell a dead
+    writer's: a pid means something only in its namespace (containers sharing a host name have their own)."""
+    return f"{socket.gethostname()}-{_pid_namespace()}-{os.getpid()}"
 
 
-_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+$")
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<host>.+)-(?P<ns>\d+)-(?P<pid>\d+)-[a-z0-9_]+$")
 
 
 def remove_dead_writers(folder: Path) -> list[str]:
-    """Remove the temporary files and folders that writers on this host left in `folder` when they were killed
-    (SIGKILL, the OOM killer) before they could clean up: those whose process is gone. A live writer's stay."""
+    """Remove the temporary files and folders that writers on this host, in this pid namespace, left in `folder`
+    when they were killed (SIGKILL, the OOM killer) before they could clean up: those whose process is gone. A
+    live writer's stay, and so does any another host or container wrote (its pids cannot be checked here)."""
     removed = []
-    host = socket.gethostname()
+    host, namespace = socket.gethostname(), str(_pid_namespace())
     for entry in Path(folder).glob(".*.tmp-*") if Path(folder).is_dir() else []:
         match = _TEMPORARY.match(entry.name)
-        if match is None or match["host"] != host or _alive(int(match["pid"])):
+        if match is None or (match["host"], match["ns"]) != (host, namespace) or _alive(int(match["pid"])):
             continue
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         removed.append(entry.name)

@@ -30,7 +30,8 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
     The folder is keyed by the file's content, the versions of the libraries that convert it (an upgrade that
     changes the dequantization converts again) and CONVERSION_VERSION, not by the cache's CACHE_VERSION, which
     passes bump: their changes need no new conversion. Two runs on one cache convert it once: the second waits on
-    a lock and finds the folder done. clean_cache removes the conversions too.
+    a lock and finds the folder done. clean_cache leaves conversions alone: an earlier run's final adapter may
+    name one as its base.
     """
     converter = _converter_versions()
     key = hashlib.sha256(f"{CONVERSION_VERSION} {file_id} {converter}".encode()).hexdigest()[:16]
@@ -71,7 +72,10 @@ def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False)
     # read from a folder holding the GGUF file alone: transformers prefers a tokenizer.json, config.json or
     # generation_config.json beside the file to the file's own metadata (another model's, in a shared folder)
     with tempfile.TemporaryDirectory(prefix="modelpress-gguf-") as alone:
-        (Path(alone) / name).symlink_to(gguf_path.resolve())
+        try:
+            (Path(alone) / name).symlink_to(gguf_path.resolve())
+        except OSError:  # a temporary folder that takes no links: the file's own folder (its neighbours may count)
+            alone, name = str(gguf_path.parent), gguf_path.name
         try:
             tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=name, trust_remote_code=trust_remote_code)
             loaded = AutoModelForCausalLM.from_pretrained(alone, gguf_file=name, trust_remote_code=trust_remote_code,

@@ -252,7 +252,9 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
     `missing` names the files a cached snapshot lacks that are needed (a partial cache left by another
     tool): they are downloaded, or offline, reported. `key` is the config key that named the repo.
     """
-    local = cached_snapshot(repo_id, revision, repo_type, allow_patterns, judged=missing is not None)
+    # offline, a snapshot huggingface_hub calls incomplete is judged by the files modelpress reads; online, the
+    # download fetches what it lacks (tokenizer_config.json, a chat template: files the check does not ask for)
+    local = cached_snapshot(repo_id, revision, repo_type, allow_patterns, judged=missing is not None and offline())
     what = f"{'dataset' if repo_type == 'dataset' else 'model'} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     where = f"{key}: " if key else ""
     lacking = missing(local) if local is not None and missing is not None else []
@@ -280,10 +282,15 @@ def _what_the_repo_is(repo_id: str, revision: str | None, repo_type: str) -> str
     gguf_file; a PEFT adapter: name its base). None when it cannot be told."""
     if repo_type != "model":
         return None
-    try:
-        files = _repo_files(repo_id, revision)
-    except Exception:  # noqa: BLE001  the listing only improves the message
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:  # at most 10 s: the listing only improves the message, and huggingface_hub's client has no timeout
+        files = pool.submit(_repo_files, repo_id, revision).result(timeout=10)
+    except Exception:  # noqa: BLE001
         return None
+    finally:
+        pool.shutdown(wait=False)
     ggufs = sorted(f for f in files if f.endswith(".gguf"))
     if ggufs:
         shown = ", ".join(ggufs[:4]) + (f" and {len(ggufs) - 4} more" if len(ggufs) > 4 else "")

@@ -41,6 +41,7 @@ def _check_steps(model, data, passes, engine, c: Collector) -> None:
     for name, config in data.items():
         _check_template(name, config, c)
     kind, previous = HF, "input_model"
+    exported_by_torch = None  # the OnnxConversion the current model comes from, if any
     for p in passes:
         choices = p.choices()  # the step as written, its alternatives and every searched value
         for option in choices:
@@ -56,6 +57,16 @@ def _check_steps(model, data, passes, engine, c: Collector) -> None:
             c.warn(f"passes.{p.name}: ModelBuilder gets an unmerged adapter from '{previous}', so the LoRA is built "
                    "as extra MatMuls beside each weight (what ExtractAdapters turns into a swappable adapter). "
                    "For one merged model, put MergeAdapterWeights before ModelBuilder.")
+        if p.type == "ExtractAdapters" and exported_by_torch:
+            c.add(f"passes.{p.name}", f"ExtractAdapters reads the LoRA MatMuls the genai builder writes, and "
+                  f"'{exported_by_torch}' exported the model with torch, whose adapter weights it does not find",
+                  "Build the genai model with ModelBuilder from the adapter (LoRA -> ModelBuilder -> "
+                  "ExtractAdapters), or merge the adapter (OnnxConversion merge_adapter_weights: true) and drop "
+                  "ExtractAdapters.")
+        if p.type == "OnnxConversion":
+            exported_by_torch = p.name
+        elif p.type == "ModelBuilder" and not getattr(p.params, "metadata_only", False):
+            exported_by_torch = None
         kind, previous = CATALOG[p.type].output_kind(kind), p.name
 
 

@@ -194,7 +194,7 @@ def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
     rev = f" at revision {model.revision!r}" if model.revision else ""
     what = f"Hub model {model.hub_id!r}{rev}"
     patterns = model_patterns(model.trust_remote_code, model.gguf_file)
-    folder = cached_snapshot(model.hub_id, model.revision, "model", patterns, judged=True)
+    folder = cached_snapshot(model.hub_id, model.revision, "model", patterns, judged=offline())
     lacking = missing_model_files(model.gguf_file, model.trust_remote_code)(folder) if folder is not None else []
     if folder is not None and not lacking:
         c.note(f"{path}: {what} is in the local Hugging Face cache ({folder}); it is used without any network "

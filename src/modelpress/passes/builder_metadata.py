@@ -32,7 +32,8 @@ def graph_io(model_path: Path) -> tuple[set[str], set[str], int]:
             logits.type.tensor_type.elem_type if logits is not None else 0)
 
 
-def build_metadata(ctx: PassContext, precision: str, ep: str, options: list[str]) -> ModelRef:
+def build_metadata(ctx: PassContext, precision: str, ep: str, options: list[str], search: dict | None = None
+                   ) -> ModelRef:
     """Copy the ONNX model into the output and write the genai config and tokenizer beside it."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
@@ -57,7 +58,7 @@ def build_metadata(ctx: PassContext, precision: str, ep: str, options: list[str]
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
             parsed = parse_extra_options(source.name, str(source), str(ctx.out), io_precision, ep, str(work),
-                                         [*options, "config_only=true", f"filename={MODEL_FILE}"])
+                                         [*options, "config_only=true", f"filename={MODEL_FILE}"], search=search)
             create_model(source.name, str(source), str(ctx.out), io_precision, ep, str(work), **parsed)
     except Exception as err:
         raise ModelpressError(f"the genai model builder could not write the config for {source} "
@@ -66,6 +67,12 @@ def build_metadata(ctx: PassContext, precision: str, ep: str, options: list[str]
         shutil.rmtree(work, ignore_errors=True)
     (ctx.out / "builder.log").write_text(captured.getvalue(), encoding="utf-8")
     dropped = fit_decoder_inputs(ctx.out / "genai_config.json", inputs)
+    unfed = sorted(inputs - config_input_names(read_json(ctx.out / "genai_config.json")))
+    if unfed:
+        raise ModelpressError(f"ModelBuilder metadata_only: the graph takes {', '.join(unfed[:4])}, which "
+                              "onnxruntime-genai would not feed (its config names the inputs the builder writes: "
+                              "input_ids, attention_mask, past_key_values.N.key/value). Keep those names (no "
+                              "RenameInputs before this pass), or build the model with ModelBuilder.")
     ctx.notes.append("genai_config.json and the tokenizer written for the ONNX model as it is (metadata_only)"
                      + (f"; inputs the graph lacks left out: {', '.join(dropped)}" if dropped else ""))
     return ModelRef(ONNX_GENAI, ctx.out, id="")
@@ -83,3 +90,13 @@ def fit_decoder_inputs(config_path: Path, graph_inputs: set[str]) -> list[str]:
     if dropped:
         atomic_write_json(config_path, config)
     return dropped
+
+
+def config_input_names(config: dict) -> set[str]:
+    """Every input name genai_config.json's decoder feeds, its per-layer templates written out."""
+    decoder = config["model"]["decoder"]
+    layers = int(decoder.get("num_hidden_layers", 0))
+    names = set()
+    for name in decoder.get("inputs", {}).values():
+        names |= {name % i for i in range(layers)} if "%d" in name else {name}
+    return names

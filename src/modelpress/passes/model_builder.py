@@ -100,7 +100,7 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     if params.metadata_only:  # an exported ONNX model: only its genai config and tokenizer are written
         from modelpress.passes.builder_metadata import build_metadata
 
-        return build_metadata(ctx, params.precision, ep, [_option(k, v) for k, v in params.extra_options.items()])
+        return build_metadata(ctx, params.precision, ep, builder_options(params), params.search)
     source, extra = _source(ctx, params)
     refused = blocks_the_builder_refuses(source) if ctx.model.kind == HF_QUANTIZED else []
     if refused:

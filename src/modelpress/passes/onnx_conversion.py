@@ -62,7 +62,8 @@ def _with_adapter(ctx: PassContext, base, merge: bool):
         ctx.notes.append(f"the {kind} adapter merged into its base before the export")
         return adapter.merge_and_unload()
     ctx.notes.append(f"the {kind} adapter exported as nodes of its own beside the base weights (merge_adapter_weights "
-                     "false, as in Olive)")
+                     "false, as in Olive)" + ("" if kind == "LORA" else f"; a {kind} adapter so left rebuilds its "
+                     "full-size weight change at every forward: merge_adapter_weights true folds it in once"))
     return adapter.get_base_model()
 
 
