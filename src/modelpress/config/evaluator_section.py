@@ -61,20 +61,22 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     for i, metric in enumerate(evaluator.metrics):
         where = f"{path}.metrics[{i}]"
         _check_metric(metric, where, c)
-        if metric.user_config is not None and metric.user_config.user_script is not None:
-            script = resolve_path(str(metric.user_config.user_script), base_dir)
-            if not script.is_file():
-                c.add(f"{where}.user_config.user_script", f"file not found: {script}",
-                      "Paths are relative to the config file's folder.")
-            metric.user_config.user_script = script
-        if metric.user_config is not None and metric.user_config.script_dir is not None:
-            folder = resolve_path(str(metric.user_config.script_dir), base_dir)
-            if not folder.is_dir():
-                c.add(f"{where}.user_config.script_dir", f"folder not found: {folder}",
-                      "Give the folder of the modules the script imports, relative to the config file's folder.")
-            metric.user_config.script_dir = folder
+        for key, what, hint in SCRIPT_PATHS:
+            value = getattr(metric.user_config, key, None)
+            if value is None:
+                continue
+            resolved = resolve_path(str(value), base_dir)
+            if not (resolved.is_file() if what == "file" else resolved.is_dir()):
+                c.add(f"{where}.user_config.{key}", f"{what} not found: {resolved}", hint)
+            setattr(metric.user_config, key, resolved)
     _check_priorities(evaluator, path, c)
     return evaluator
+
+
+# a custom metric's paths, resolved against the config's folder: key, what it names, how to fix a missing one
+SCRIPT_PATHS = (("user_script", "file", "Paths are relative to the config file's folder."),
+                ("script_dir", "folder", "Give the folder of the modules the script imports, relative to the config "
+                 "file's folder."))
 
 
 def _one_sub_metric_ranks(evaluator) -> None:
