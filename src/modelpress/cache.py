@@ -66,8 +66,9 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
         _read_by_loaders(p.relative_to(folder)) if model else not _tool_leftover(p.relative_to(folder))) and (
             only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
     for path in files:
-        sha = _remembered_sha(path, memo)
-        entries.append((path.name if path == folder else str(path.relative_to(folder)), path.stat().st_size, sha))
+        stat = path.stat()
+        entries.append((path.name if path == folder else str(path.relative_to(folder)), stat.st_size,
+                        _remembered_sha(path, memo, stat)))
     if memo_path:
         atomic_write_json(memo_path, memo)
     return cache_key("folder", entries)
@@ -77,14 +78,14 @@ def file_sha(path: Path, memo_path: Path | None = None) -> str:
     """The SHA-256 of one file's bytes, remembered in `memo_path` as content_id remembers it (no modelpress
     version in it: for what must survive a CACHE_VERSION bump, a GGUF file's conversion)."""
     memo = _read_memo(memo_path)
-    sha = _remembered_sha(Path(path).resolve(), memo)
+    path = Path(path).resolve()
+    sha = _remembered_sha(path, memo, path.stat())
     if memo_path:
         atomic_write_json(memo_path, memo)
     return sha
 
 
-def _remembered_sha(path: Path, memo: dict) -> str:
-    stat = path.stat()
+def _remembered_sha(path: Path, memo: dict, stat: os.stat_result) -> str:
     # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still gets a new ctime
     memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
     sha = memo.get(memo_key) or file_sha256(path)

@@ -1,4 +1,5 @@
-"""argparse types the commands share: numbers above 0, fractions, non-empty names, and templates typed in a shell."""
+"""argparse types the commands share: numbers above 0, fractions, non-empty names, and templates typed in a shell;
+and the one format of a command's --data files."""
 
 from __future__ import annotations
 
@@ -39,3 +40,18 @@ def template_text(text: str) -> str:
     """A template typed in a shell: \\n and \\t as a newline and a tab, and \\\\ as one backslash, as a config file's
     JSON string reads them; any other backslash is kept as typed."""
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def data_format(files: list) -> str:
+    """The datasets format of the --data files, which must share one (a usage error, exit 2, otherwise)."""
+    from modelpress.data import format_of  # imported here: `modelpress --help` must stay light
+    from modelpress.errors import ConfigError, Problem
+
+    formats = {format_of(f) for f in files}
+    if None in formats:
+        raise ConfigError([Problem("--data", f"{next(f for f in files if format_of(f) is None)}: not a data file "
+                                   "modelpress reads", "Give .json, .jsonl, .csv or .parquet files.")])
+    if len(formats) > 1:
+        raise ConfigError([Problem("--data", f"the files are of {len(formats)} formats ({', '.join(sorted(formats))})",
+                                   "Give files of one format.")])
+    return formats.pop()

@@ -38,16 +38,12 @@ def describe_input(model, folder: Path, content: str) -> dict:
     its snapshot is (a branch or tag resolves to whichever commit the cache holds, which the config does not say)."""
     described = {"content_id": content, "folder": str(folder)}
     if model.hub_id:
+        # a Hub model's folder is its snapshot, named by the commit (a GGUF's is the conversion's)
         described.update(hub_id=model.hub_id, revision=model.revision,
-                         commit=_snapshot_commit(folder) if not model.gguf_file else None)
+                         commit=None if model.gguf_file else Path(folder).name)
     else:
         described["model_path"] = str(model.model_path)
     if model.gguf_file:
         described.update(gguf_file=model.gguf_file)
     return described
 
-
-def _snapshot_commit(folder: Path) -> str | None:
-    """The commit hash a Hugging Face cache snapshot folder is named by, or None for another folder."""
-    name = Path(folder).name
-    return name if Path(folder).parent.name == "snapshots" and len(name) == 40 else None

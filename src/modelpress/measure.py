@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelpress.chat import ChatFormat
+from modelpress.cli_args import data_format
 from modelpress.config.templates import completion_field, template_problem
 from modelpress.config.schema import DataConfig
-from modelpress.data import distinct, format_of, load_rows, render
+from modelpress.data import distinct, load_rows, render
 from modelpress.errors import ConfigError, ModelpressError, Problem
 from modelpress.evaluate import BATCH_SIZE, LATENCY_SAMPLES, evaluate
 from modelpress.models import MODEL_CARD, ModelRef
@@ -37,13 +38,7 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
     problem = template_problem(template) if template else None
     if problem:
         raise ConfigError([Problem("--template", problem)])
-    formats = {path: format_of(path) for path in data_files}
-    unknown = [str(path) for path, fmt in formats.items() if fmt is None]
-    if unknown or len(set(formats.values())) > 1:
-        raise ConfigError([Problem("--data", f"{', '.join(unknown)}: unknown data format" if unknown else
-                                   f"files of different formats ({', '.join(sorted(set(formats.values())))})",
-                                   "Give .json, .jsonl, .csv or .parquet files, all of one format.")])
-    fmt = formats[data_files[0]]
+    fmt = data_format(data_files)
     chat_fields = {"chat_template": chat["template"], "chat_columns": chat.get("columns"),
                    "message_col": chat.get("message_col") or "messages",
                    "system_prompt": chat.get("system_prompt")} if chat else {"text_template": template}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # cli imports this module only inside a function
 from modelpress.cli import add_progress_flag, print_error, print_findings, run_config, wants_bars
-from modelpress.cli_args import fraction, non_empty, positive_int, template_text
+from modelpress.cli_args import data_format, fraction, non_empty, positive_int, template_text
 from modelpress.errors import ConfigError, Problem
 
 
@@ -91,7 +91,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def finetune_config(args) -> dict:
     data = {"name": "train", "type": "HuggingfaceContainer",
-            "load_dataset_config": {"data_name": _data_format(args.data), "data_files": _abs(args.data),
+            "load_dataset_config": {"data_name": data_format(args.data), "data_files": _abs(args.data),
                                     "split": "train"},
             "pre_process_data_config": {"text_template": args.template, "strategy": args.strategy,
                                         "max_seq_len": args.max_seq_len, "pad_to_max_len": False,
@@ -141,7 +141,7 @@ def _eval_data(args) -> list:
     if args.label_col:
         pre["label_col"] = args.label_col
     return [{"name": "data", "type": "HuggingfaceContainer",
-             "load_dataset_config": {"data_name": _data_format(args.data), "data_files": _abs(args.data)},
+             "load_dataset_config": {"data_name": data_format(args.data), "data_files": _abs(args.data)},
              "pre_process_data_config": {k: v for k, v in pre.items() if v is not None}}]
 
 
@@ -251,20 +251,6 @@ def _abs(paths):
     if isinstance(paths, list):
         return [str(Path(p).resolve()) for p in paths]
     return str(Path(paths).resolve())
-
-
-def _data_format(files: list[str]) -> str:
-    """The datasets format of the --data files, which must share one."""
-    from modelpress.data import format_of  # imported here: `modelpress --help` must stay light
-
-    formats = {format_of(f) for f in files}
-    if None in formats:
-        raise _usage("--data", f"{next(f for f in files if format_of(f) is None)}: not a data file modelpress reads",
-                     "Give .json, .jsonl, .csv or .parquet files.")
-    if len(formats) > 1:
-        raise _usage("--data", f"the files are of {len(formats)} formats ({', '.join(sorted(formats))})",
-                     "Give files of one format.")
-    return formats.pop()
 
 
 def _usage(flag: str, message: str, hint: str) -> ConfigError:

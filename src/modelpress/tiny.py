@@ -92,7 +92,7 @@ def create_tiny_model(out: Path, corpus_files: list[Path] | None = None, seed: i
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _pin_tokenizer_class(tmp)
-        (tmp / "MODEL_CARD.md").write_text(_card(shape, seed), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(_card(shape, seed), encoding="utf-8")
     return Path(out)
 
 
@@ -104,12 +104,13 @@ def _pin_tokenizer_class(folder: Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
 
 
+CARD_FILE = "MODEL_CARD.md"
 CARD_TITLE = "# Tiny Phi-3 (made by `modelpress create-tiny-model`)"
 
 
 def is_tiny_model(folder: Path) -> bool:
     """Whether `folder` is one create-tiny-model wrote (its model card says so), which it may replace."""
-    card = Path(folder) / "MODEL_CARD.md"
+    card = Path(folder) / CARD_FILE
     return card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith(CARD_TITLE)
 
 

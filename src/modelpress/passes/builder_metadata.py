@@ -66,8 +66,8 @@ def build_metadata(ctx: PassContext, precision: str, ep: str, options: list[str]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (ctx.out / "builder.log").write_text(captured.getvalue(), encoding="utf-8")
-    dropped = fit_decoder_inputs(ctx.out / "genai_config.json", inputs)
-    unfed = sorted(inputs - config_input_names(read_json(ctx.out / "genai_config.json")))
+    dropped, config = fit_decoder_inputs(ctx.out / "genai_config.json", inputs)
+    unfed = sorted(inputs - config_input_names(config))
     if unfed:
         raise ModelpressError(f"ModelBuilder metadata_only: the graph takes {', '.join(unfed[:4])}, which "
                               "onnxruntime-genai would not feed (its config names the inputs the builder writes: "
@@ -78,9 +78,9 @@ def build_metadata(ctx: PassContext, precision: str, ep: str, options: list[str]
     return ModelRef(ONNX_GENAI, ctx.out, id="")
 
 
-def fit_decoder_inputs(config_path: Path, graph_inputs: set[str]) -> list[str]:
-    """Remove from genai_config.json's decoder inputs those the graph does not take; returns their keys. A per-layer
-    name template is checked on layer 0."""
+def fit_decoder_inputs(config_path: Path, graph_inputs: set[str]) -> tuple[list[str], dict]:
+    """Remove from genai_config.json's decoder inputs those the graph does not take; returns their keys and the
+    config as written. A per-layer name template is checked on layer 0."""
     config = read_json(config_path)
     decoder = config["model"]["decoder"]
     dropped = [key for key, name in decoder.get("inputs", {}).items()
@@ -89,7 +89,7 @@ def fit_decoder_inputs(config_path: Path, graph_inputs: set[str]) -> list[str]:
         del decoder["inputs"][key]
     if dropped:
         atomic_write_json(config_path, config)
-    return dropped
+    return dropped, config
 
 
 def config_input_names(config: dict) -> set[str]:

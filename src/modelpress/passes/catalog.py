@@ -82,19 +82,18 @@ class TrainingArgs(Strict):
 
     @model_validator(mode="after")
     def _schedule_settings(self) -> "TrainingArgs":
-        taken = SCHEDULE_SETTINGS[self.lr_scheduler_type]
-        extra = sorted(set(self.lr_scheduler_kwargs) - set(taken))
+        taken, given = SCHEDULE_SETTINGS[self.lr_scheduler_type], set(self.lr_scheduler_kwargs)
+        extra = sorted(given - set(taken))
         if extra:
             raise ValueError(f"lr_scheduler_kwargs: {self.lr_scheduler_type!r} takes "
                              f"{', '.join(taken) or 'no settings'}, not {', '.join(extra)}")
-        given = set(self.lr_scheduler_kwargs)
         if self.lr_scheduler_type == "cosine_with_min_lr" and len({"min_lr", "min_lr_rate"} & given) != 1:
             raise ValueError("lr_scheduler_type 'cosine_with_min_lr' needs one of lr_scheduler_kwargs min_lr and "
                              "min_lr_rate")
-        if self.lr_scheduler_type == "polynomial" and self.lr_scheduler_kwargs.get("lr_end", 1e-7) >= \
-                self.learning_rate:
-            raise ValueError(f"lr_scheduler_kwargs.lr_end ({self.lr_scheduler_kwargs.get('lr_end', 1e-7):g}) must "
-                             f"be below learning_rate ({self.learning_rate:g}): the polynomial schedule decays to it")
+        lr_end = self.lr_scheduler_kwargs.get("lr_end", 1e-7)  # transformers' default
+        if self.lr_scheduler_type == "polynomial" and lr_end >= self.learning_rate:
+            raise ValueError(f"lr_scheduler_kwargs.lr_end ({lr_end:g}) must be below learning_rate "
+                             f"({self.learning_rate:g}): the polynomial schedule decays to it")
         return self
 
     @field_validator("max_steps")
