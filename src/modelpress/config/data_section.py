@@ -15,7 +15,7 @@ from typing import Any
 
 from modelpress.config.collector import Collector, as_mapping, unwrap
 from modelpress.config.schema import DataConfig
-from modelpress.config.sources import resolve_path
+from modelpress.config.paths import resolve_path
 
 # keys by which a data config says where its text comes from; with none, an Olive config reads the column `text`
 OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "chat_columns", "label_col",

@@ -9,7 +9,7 @@ from typing import Any
 from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
 from modelpress.config.olive_tables import INERT_ENGINE_KEYS, INERT_SEARCH_KEYS, TARGETS, VENDOR_EPS
 from modelpress.config.schema import EngineConfig, RaySystemConfig, SearchConfig, SystemConfig
-from modelpress.config.sources import resolve_path
+from modelpress.config.paths import resolve_path
 
 ENGINE_KEYS = (
     "log_severity_level", "host", "target", "search_strategy", "execution_providers",

