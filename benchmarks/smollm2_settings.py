@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/smollm2_settings.py --lr 2e-4 --steps 150 [--seed 0] [--system-prompt TEXT]
                                                     [--dropout 0.1] [--neftune 5] [--top-layers 10] [--rank 16]
                                                     [--targets q_proj,v_proj] [--balanced] [--full] [--casual 0.5]
+                                                    [--scales 0.5,0.75,1]
 
 A plain PyTorch + peft loop (not modelpress), so settings can be tried without touching the example:
 LoRA r 16 / alpha 32 on all seven projections, batch 16, AdamW at a constant learning rate, the loss
@@ -68,6 +69,9 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="train every weight (float32, no adapter) instead of LoRA")
     parser.add_argument("--casual", type=float, default=0.0,
                         help="share of training rows whose phrase is written casually: lower case, no closing stop")
+    parser.add_argument("--scales", default="1",
+                        help="comma-separated factors on the adapter's weight change, each measured (WiSE-FT: "
+                             "Wortsman et al. 2022 interpolate between the base and the fine-tuned weights)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -130,7 +134,11 @@ def main() -> int:
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
     train_s = time.perf_counter() - started
-    model = (model if args.full else model.merge_and_unload()).float().eval()
+    model = model.float().eval()
+    scales = [float(x) for x in args.scales.split(",")]
+    if args.full and scales != [1.0]:
+        parser.error("--scales needs LoRA (it scales the adapter's weight change)")
+    lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
 
     def answers(rows: list[dict]) -> list[str]:
         tokenizer.padding_side = "left"
@@ -146,21 +154,30 @@ def main() -> int:
         return out
 
     other = [r for path in OTHER for r in rows_of(path)]
-    scores = {}
     dev = rows_of(OTHER[1])
-    for name, rows in (("held-out", held_out), ("other-style", other), ("other-style-dev", dev)):
-        said = answers(rows)
-        scores[name] = sum(s.startswith(r["tone"]) for s, r in zip(said, rows)) / len(rows)
-        if name == "other-style":
-            for s, r in zip(said, rows):
-                if not s.startswith(r["tone"]):
-                    print(f"  miss: {r['tone']:<8} answered {s!r:<12} {r['phrase']}")
-    print(f"lr {args.lr:g}, {args.steps} steps, seed {args.seed}, dropout {args.dropout:g}, neftune {args.neftune:g}, "
-          f"top layers {args.top_layers or 'all'}, {'full fine-tuning' if args.full else f'rank {args.rank}'}, targets {args.targets}, balanced {args.balanced}, "
-          f"{train_s / args.steps:.2f} s/step, "
-          f"casual {args.casual:g}, system prompt {args.system_prompt!r}: held-out {scores['held-out']:.3f} "
-          f"({len(held_out)}), other style {scores['other-style']:.3f} ({len(other)}; its dev file "
-          f"{scores['other-style-dev']:.3f} of {len(dev)})")
+    for scale in scales:
+        if lora_b:  # W + scale * B A: the adapter's B scaled, merged, measured, unmerged
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in lora_b:
+                        p.copy_(lora_b[n] * scale)
+            model.merge_adapter()
+        scores = {}
+        for name, rows in (("held-out", held_out), ("other-style", other), ("other-style-dev", dev)):
+            said = answers(rows)
+            scores[name] = sum(s.startswith(r["tone"]) for s, r in zip(said, rows)) / len(rows)
+            if name == "other-style":
+                for s, r in zip(said, rows):
+                    if not s.startswith(r["tone"]):
+                        print(f"  miss: {r['tone']:<8} answered {s!r:<12} {r['phrase']}")
+        if lora_b:
+            model.unmerge_adapter()
+        print(f"lr {args.lr:g}, {args.steps} steps, seed {args.seed}, dropout {args.dropout:g}, neftune {args.neftune:g}, "
+              f"top layers {args.top_layers or 'all'}, {'full fine-tuning' if args.full else f'rank {args.rank}'}, "
+              f"targets {args.targets}, balanced {args.balanced}, {train_s / args.steps:.2f} s/step, "
+              f"casual {args.casual:g}, system prompt {args.system_prompt!r}, adapter scale {scale:g}: held-out "
+              f"{scores['held-out']:.3f} ({len(held_out)}), other style {scores['other-style']:.3f} ({len(other)}; "
+              f"its dev file {scores['other-style-dev']:.3f} of {len(dev)})", flush=True)
     return 0
 
 
