@@ -61,3 +61,44 @@ def test_a_node_whose_copy_of_the_input_differs_from_the_drivers_fetches_the_dri
     storage.node_dir = tmp_path / "node"
     fetched = storage.local_folder(driver, "d" * 32, "models")
     assert fetched != driver and (fetched / "weights.bin").read_text() == "the driver's weights"
+
+
+def test_tasks_on_one_node_fetching_one_entry_download_it_once(tmp_path):
+    """Two tasks on a node needing the same entry at once: the second waits for the first's copy instead of
+    downloading again and replacing the folder the first is already reading."""
+    import threading
+    import time
+
+    from modelpress.systems.storage import UrlStorage
+
+    driver = tmp_path / "model"
+    driver.mkdir()
+    (driver / "weights.bin").write_text("weights")
+    UrlStorage(f"file://{tmp_path / 'bucket'}").upload_input(driver, "e" * 32)
+    shutil.rmtree(driver)
+    node = UrlStorage(f"file://{tmp_path / 'bucket'}")
+    node.node_dir = tmp_path / "node"
+    downloads, get_file = [], node.fs.get_file
+
+    def slow_get_file(remote, local, **kwargs):  # the real copy, slowed so that the two tasks overlap
+        downloads.append(remote)
+        time.sleep(0.3)
+        return get_file(remote, local, **kwargs)
+
+    node.fs.get_file = slow_get_file
+    folders, errors = [], []
+
+    def task():
+        try:
+            folders.append(node.local_folder(driver, "e" * 32, "models"))
+        except Exception as err:  # a thread's error would otherwise pass unseen
+            errors.append(err)
+
+    threads = [threading.Thread(target=task) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(downloads) == 1, downloads
+    assert folders[0] == folders[1] and (folders[0] / "weights.bin").read_text() == "weights"
