@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TONE_DATA
 from modelpress.config.schema import DataConfig
-from modelpress.data import IGNORE, Example, load_rows, pack, render, split_examples, tokenize
+from modelpress.data import IGNORE, Example, distinct, load_rows, pack, render, split_examples, tokenize
 from modelpress.errors import DataError
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
@@ -128,6 +128,20 @@ def test_eval_split_never_puts_a_phrase_on_both_sides():
     assert not {e.prompt for e in train} & {e.prompt for e in held}
     assert len(held) == round(0.2 * len({e.prompt for e in examples}))
     assert split_examples(examples, 0.2, seed=42) == (train, held)  # deterministic
+
+
+def test_rows_whose_prompt_is_only_the_templates_text_are_told_apart_by_their_text(tmp_path):
+    """`### Text: {text}`: every row's prompt is the template's literal text, so the prompt cannot tell rows apart
+    (the split saw one distinct row and refused any eval_dataset_size); their text does, and a repeated text
+    stays on one side."""
+    rows = [{"text": f"line number {i}"} for i in range(10)] + [{"text": "line number 3"}]
+    config = _config(_jsonl(tmp_path, rows), text_template="### Text: {text}")
+    examples = render(config, load_rows(config))
+    assert {e.prompt for e in examples} == {"### Text: "}
+    train, held = split_examples(examples, 0.2, seed=0)
+    assert len(held) == 2 and {e.completion for e in train + held} == {r["text"] for r in rows}
+    assert not {e.completion for e in train} & {e.completion for e in held}
+    assert len(distinct(examples)) == 10
 
 
 def test_eval_split_that_leaves_nothing_is_an_error():

@@ -39,6 +39,7 @@ class Example:
     target: str | None = None
     turns: tuple[tuple[str, bool], ...] = ()
     history: tuple[tuple[str, str], ...] = ()  # a chat prompt's messages (role, content), the answer left out
+    fixed_prompt: bool = False  # the prompt is the template's own text, alike in every row ("### Text: {text}")
 
     @property
     def closing(self) -> str:
@@ -199,7 +200,8 @@ def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | Non
     parts = template_parts(config.text_template)
     last = max(i for i, part in enumerate(parts) if part[1] == field)
     head = "".join(lit + (row[f] if f else "") for lit, f, _, _ in parts[:last]) + parts[last][0]
-    return Example(head, row[field], where, target=row[field] + closing if closing else None)
+    return Example(head, row[field], where, target=row[field] + closing if closing else None,
+                   fixed_prompt=not any(f for _, f, _, _ in parts[:last]))
 
 
 def split_examples(examples: list[Example], size: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -223,7 +225,8 @@ def split_examples(examples: list[Example], size: float, seed: int) -> tuple[lis
 
 
 def _key(ex: Example) -> str:
-    return ex.prompt or ex.completion
+    """What tells a row apart: its prompt, or its text where the prompt holds none of it."""
+    return f"{ex.prompt}{ex.completion}" if ex.fixed_prompt else ex.prompt or ex.completion
 
 
 def _asked(ex: Example) -> str:
