@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from modelpress.html_report import (FRAME, axis_range, box_hits_circle, boxes_overlap, build_html, chart_layout,
-                                    line_points, nice_ticks, pareto_front, render_report)
+from modelpress.chart_layout import (FRAME, axis_range, box_hits_circle, boxes_overlap, chart_layout, line_points,
+                                     nice_ticks, pareto_front)
+from modelpress.html_report import build_html, render_report
 
 METRICS = {"models": {
     "input": {"model_kind": "hf", "accuracy": 0.0, "completion_loss": 8.1, "latency_ms": {"p50": 17.2, "p90": 20.7},
