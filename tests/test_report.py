@@ -94,6 +94,9 @@ def _assert_nothing_hidden(marks):
                 for x, y in line_points(a.leader) if a.leader else []:
                     assert math.hypot(x - other.x, y - other.y) >= other.radius, (a.name, other.name)
     assert all(m.box is not None or m.key for m in marks)  # every model is named on the chart or in its key
+    for i, a in enumerate(marks):  # no marker drawn on another's spot (big ones are drawn first, small ones over)
+        for b in marks[i + 1:]:
+            assert math.hypot(a.x - b.x, a.y - b.y) >= 4, (a.name, b.name)
 
 
 @pytest.mark.parametrize("candidates", [README_SEARCH, FIVE_TO_SIX_MS], ids=["readme-search", "5-6ms"])
@@ -130,16 +133,56 @@ def test_nice_ticks_are_round_and_inside_the_range(lo, hi, target, ticks, decima
     assert nice_ticks(lo, hi, target) == (ticks, decimals)
 
 
-def test_markers_that_share_a_spot_fall_back_to_lettered_labels_and_a_key():
+def test_markers_that_share_a_spot_are_set_on_a_ring_and_each_is_named():
     models = {f"evaluate model {i}": {"accuracy": 0.5, "latency_ms": {"p50": 3.0, "p90": 3.0}, "size_mb": 1.0 + i}
               for i in range(8)}
     marks, _, _ = chart_layout(models)
     _assert_nothing_hidden(marks)
+    for i, a in enumerate(marks):
+        assert all(math.hypot(a.x - b.x, a.y - b.y) >= a.radius + b.radius for b in marks[i + 1:])
+
+
+def test_crowded_markers_fall_back_to_lettered_labels_and_a_key():
+    models = {f"evaluate model {i}": {"accuracy": 0.5 + 0.004 * i, "latency_ms": {"p50": 3.0 + 0.01 * i, "p90": 3.0},
+                                      "size_mb": 1.0 + i} for i in range(30)}
+    marks, _, _ = chart_layout(models)
+    _assert_nothing_hidden(marks)
     keyed = [m for m in marks if m.key]
-    assert keyed  # eight long names cannot all sit around one spot
+    assert keyed  # thirty long names cannot all sit along one short line
     page = build_html({"models": models}, [], {})
     key = page.split("id='chart-key'")[1].split("</table>")[0]
     assert all(m.name in key for m in keyed)
+
+
+def test_models_of_equal_accuracy_and_latency_get_markers_of_their_own():
+    """A model measured twice, or two steps that change nothing: one marker used to cover the other whole."""
+    models = {name: {"accuracy": 0.8, "latency_ms": {"p50": 12.0, "p90": 13.0}, "size_mb": 100.0}
+              for name in ("merged", "final")}
+    models["input"] = {"accuracy": 0.2, "latency_ms": {"p50": 30.0, "p90": 31.0}, "size_mb": 400.0}
+    marks, _, _ = chart_layout(models)
+    a, b = (m for m in marks if m.name in ("merged", "final"))
+    assert math.hypot(a.x - b.x, a.y - b.y) >= a.radius + b.radius
+    _assert_nothing_hidden(marks)
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 1.0, 0.5])
+def test_one_accuracy_gets_a_window_inside_what_accuracy_can_be(accuracy):
+    """Every model at accuracy 0 (an untrained base and a failed final) drew an axis from -1 to 1."""
+    models = {name: {"accuracy": accuracy, "latency_ms": {"p50": lat, "p90": lat}} for name, lat in
+              (("input", 30.0), ("final", 10.0))}
+    marks, _, y_axis = chart_layout(models)
+    assert -0.1 < y_axis.lo <= accuracy <= y_axis.hi < 1.1
+    assert all(0 <= t <= 1 for t in y_axis.ticks) and len(y_axis.ticks) >= 2
+    assert all(FRAME[1] < m.y < FRAME[3] for m in marks)
+
+
+def test_report_numbers_from_a_shared_run_folder_are_escaped():
+    """`modelpress report DIR` renders whatever metrics.json a folder holds: its counts are text on the page."""
+    metrics = json.loads(json.dumps(METRICS))
+    metrics["models"]["final"].update(examples="<script>x</script>", latency_examples="<img src=y>")
+    metrics["models"]["input"].update(examples="<script>x</script>", latency_examples="<img src=y>")
+    page = build_html(metrics, STEPS, {})
+    assert "<script>x" not in page and "<img src=y>" not in page and "&lt;script&gt;x" in page
 
 
 def test_small_markers_are_drawn_over_big_ones():

@@ -81,7 +81,8 @@ def nice_ticks(lo: float, hi: float, target: int) -> tuple[list[float], int]:
     return ticks, max(0, -power + (1 if mult == 2.5 else 0))  # 0.25 needs two decimals, 25 none
 
 
-def axis_range(values: list[float], length: float, margin: float) -> tuple[float, float]:
+def axis_range(values: list[float], length: float, margin: float,
+               ceiling: float | None = None) -> tuple[float, float]:
     """The data range that puts the smallest and largest value `margin` pixels inside an axis `length` long.
 
     Zero joins the data when the data come close to it (the smallest value is within a quarter of the spread),
@@ -91,16 +92,18 @@ def axis_range(values: list[float], length: float, margin: float) -> tuple[float
     low, high = min(values), max(values)
     if 0 <= low <= 0.25 * (high - low):
         low = 0.0
-    if high - low < 1e-12:  # one value (or equal ones): a small window around it
+    if high - low < 1e-12:  # one value (or equal ones): a small window around it, inside what the metric can take
         half = abs(high) * 0.05 or 1.0
-        return low - half, high + half
+        low, high = max(low - half, 0.0) if low >= 0 else low - half, high + half
+        if ceiling is not None and low < ceiling < high:
+            high = ceiling
     per_pixel = (high - low) / (length - 2 * margin)
     return low - margin * per_pixel, high + margin * per_pixel
 
 
 def _axis(values: list[float], start: float, end: float, margin: float, target: int,
           ceiling: float | None) -> Axis:
-    lo, hi = axis_range(values, abs(end - start), margin)
+    lo, hi = axis_range(values, abs(end - start), margin, ceiling)
     ticks, decimals = nice_ticks(lo, hi, target)
     # the margin may reach past what the metric can take: no tick for a latency below 0 or an accuracy above 1
     ticks = [t for t in ticks if t >= 0 and (ceiling is None or t <= ceiling)]
@@ -108,7 +111,8 @@ def _axis(values: list[float], start: float, end: float, margin: float, target: 
 
 
 def _radius(size: float | None, largest: float | None) -> float:
-    """Marker radius: area grows with size on disk; without sizes every marker is the same middling one."""
+    """Marker radius: grows with the square root of the size on disk, from R_MIN towards R_MAX for the largest
+    model; without sizes every marker is the same middling one."""
     if not size or not largest:
         return 7.0
     return R_MIN + (R_MAX - R_MIN) * math.sqrt(size / largest)
@@ -200,6 +204,31 @@ def place_labels(marks: list[Mark], frame: tuple) -> None:
         lines += [mark.leader] if mark.leader else []
 
 
+def spread_coincident(marks: list[Mark], apart: float = 4.0) -> None:
+    """Markers drawn at one spot (models of equal accuracy and latency, say a model measured twice) are set on a
+    ring around it, far enough apart that none covers another, and kept inside the plot; hovering one still
+    gives its exact numbers."""
+    groups: list[list[Mark]] = []
+    for mark in marks:
+        near = next((g for g in groups if abs(g[0].x - mark.x) < apart and abs(g[0].y - mark.y) < apart), None)
+        if near is None:
+            groups.append([mark])
+        else:
+            near.append(mark)
+    for group in (g for g in groups if len(g) > 1):
+        x, y = group[0].x, group[0].y
+        reach = (max(m.radius for m in group) + 1) / math.sin(math.pi / len(group))  # neighbours' centres 2r apart
+        for k, mark in enumerate(group):
+            angle = math.pi * (1 + 2 * k / len(group))  # the first to the left, then round
+            mark.x, mark.y = x + reach * math.cos(angle), y - reach * math.sin(angle)
+        for axis, (low, high) in (("x", (FRAME[0], FRAME[2])), ("y", (FRAME[1], FRAME[3]))):  # the ring moved inside
+            under = max(low + m.radius - getattr(m, axis) for m in group)
+            over = max(getattr(m, axis) + m.radius - high for m in group)
+            shift = under if under > 0 else -over if over > 0 else 0.0
+            for mark in group:
+                setattr(mark, axis, getattr(mark, axis) + shift)
+
+
 def chart_layout(models: dict) -> tuple[list[Mark], Axis, Axis]:
     """Where every marker, label and tick goes: pure geometry, so tests can check that nothing hides anything."""
     points = {role: (m["accuracy"], m["latency_ms"]["p50"]) for role, m in models.items()
@@ -217,5 +246,6 @@ def chart_layout(models: dict) -> tuple[list[Mark], Axis, Axis]:
     y_axis = _axis([m.accuracy for m in marks], FRAME[3], FRAME[1], margin, 5, 1.0)
     for m in marks:
         m.x, m.y = x_axis.px(m.latency), y_axis.px(m.accuracy)
+    spread_coincident(marks)
     place_labels(marks, FRAME)
     return marks, x_axis, y_axis

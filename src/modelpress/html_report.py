@@ -84,7 +84,8 @@ def _confusion_section(metrics: dict) -> str:
     """Each evaluated model's answers by expected label, on the eval data and on each extra data config."""
     found = [(role + where, table) for where, by_role in _evaluated_sets(metrics) for role, result in by_role.items()
              if result and (table := confusion_table(result))]
-    tables = [f"<h3>{html.escape(name)}</h3>" + _table(*table, f"confusion-{i}") for i, (name, table) in enumerate(found)]
+    tables = [f"<h3>{html.escape(name)}</h3>" + _table(*table, f"confusion-{i}")
+              for i, (name, table) in enumerate(found)]
     return "<h2>Answers by expected label</h2>" + "".join(tables) if tables else ""
 
 
@@ -135,11 +136,13 @@ def _models_table(models: dict) -> str:
     rows = [[role, m.get("model_kind", ""), _fmt(m.get("accuracy"), ".3f"), _fmt(m.get("completion_loss"), ".3f"),
              _fmt(m["latency_ms"]["p50"], ".1f"), _fmt(m["latency_ms"]["p90"], ".1f"),
              _fmt(m.get("tokens_per_second"), ".0f"), _fmt(m.get("size_mb"), ".1f")] for role, m in models.items()]
-    note = f"<p>Evaluated on {first.get('examples')} examples: {html.escape(str(first.get('eval_data', '')))}"
+    note = (f"<p>Evaluated on {html.escape(str(first.get('examples')))} examples: "
+            f"{html.escape(str(first.get('eval_data', '')))}")
     if first.get("majority_baseline") is not None:
         note += f" (majority-class accuracy {first['majority_baseline']:.3f})"
     if first.get("latency_examples") is not None:
-        note += (f". Latency and tok/s: one example at a time, on {first['latency_examples']} of them"
+        note += (f". Latency and tok/s: one example at a time, on {html.escape(str(first['latency_examples']))} "
+                 "of them"
                  f"{html.escape(answer_lengths(models))}.")
     headers = ["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"]
     return "<h2>Models</h2>" + _table(headers, rows, "models") + note + "</p>"
@@ -189,35 +192,38 @@ def _search_section(search: dict) -> str:
         else:
             goals = "yes" if c["goals_met"] else "no: " + ", ".join(c["violations"])
         mark = ("best " if c.get("best") else "") + ("pareto" if c.get("pareto") else "")
-        rows.append([f"#{c['id']}", "; ".join(c["choice"]), *values, goals, mark.strip(), _fmt(c.get("seconds"), ".1f")])
+        rows.append([f"#{c['id']}", "; ".join(c["choice"]), *values, goals, mark.strip(),
+                     _fmt(c.get("seconds"), ".1f")])
     if search["best"]:
-        verdict = f"<p id='verdict'>Best: candidate #{search['best']}, which meets every goal.</p>"
+        verdict = f"<p id='verdict'>Best: candidate #{html.escape(str(search['best']))}, which meets every goal.</p>"
     elif search["closest"]:
         verdict = (f"<p id='verdict' style='color:#b00'><b>No candidate meets the goals.</b> Closest: candidate "
-                   f"#{search['closest']}. The output model was not replaced.</p>")
+                   f"#{html.escape(str(search['closest']))}. The output model was not replaced.</p>")
     elif search["evaluated"]:
         verdict = "<p id='verdict' style='color:#b00'><b>Every candidate failed.</b></p>"
     else:
         verdict = ("<p id='verdict' style='color:#b00'><b>No candidate was evaluated</b>: the search budget ran "
                    "out first.</p>")
     goals = "".join(f"<li>{html.escape(g)}</li>" for g in search["goals"]) or "<li>none</li>"
-    return (f"<h2>Search</h2><p>{search['evaluated']} of {search['space_size']} candidates, sampler "
+    counts = {k: html.escape(str(search[k])) for k in ("evaluated", "space_size", "failed")}
+    return (f"<h2>Search</h2><p>{counts['evaluated']} of {counts['space_size']} candidates, sampler "
             f"{html.escape(search['sampler'])}, {html.escape(search['execution_order'])}, "
-            f"{search['seconds']:.1f} s, {search['failed']} failed. Ranked by "
+            f"{_fmt(search['seconds'], '.1f')} s, {counts['failed']} failed. Ranked by "
             f"{html.escape(', '.join(keys[:len(search['ranked_metrics'])]) or 'nothing')}.</p>"
             f"<p>Goals:</p><ul id='goals'>{goals}</ul>{verdict}"
             + _table(["#", "choices", *keys, "meets goals", "", "seconds"], rows, "candidates"))
 
 
 def _chart(models: dict, stat: str = "p50",
-           caption: str = "Filled: on the Pareto frontier (no other model is both more accurate and faster).") -> str:
+           caption: str = "Filled: on the Pareto frontier (no other model is at least as accurate and as fast, and "
+                           "better on one).") -> str:
     """The accuracy/latency chart; `stat` names the latency statistic plotted (p50 unless a search ranks another)."""
     marks, x_axis, y_axis = chart_layout(models)
     if not marks:
         return "<p>No accuracy and latency were measured together, so there is no accuracy/latency chart.</p>"
     svg = (f"<svg id='chart' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' role='img' "
            f"font-family='sans-serif'>{_grid(x_axis, y_axis, stat)}{_markers(marks, stat)}{_labels(marks)}</svg>")
-    sized = " Marker area: size on disk." if any(m.get("size_mb") for m in models.values()) else ""
+    sized = " Larger markers: larger on disk." if any(m.get("size_mb") for m in models.values()) else ""
     return ("<h2>Accuracy vs latency</h2>" + svg + _chart_key(marks, stat) +
             f"<p>{html.escape(caption)}{sized} Hover a marker for its numbers.</p>")
 
