@@ -93,6 +93,15 @@ def test_a_multi_turn_prompt_is_tokenized_as_inference_reads_it(tokenizer):
     assert learnt.strip() == "the end"  # the earlier answer, with the space its first token carries
 
 
+def test_a_file_mixing_role_content_and_sharegpt_turns_reads_both(tokenizer):
+    """`datasets` reads such a file with all four keys in every turn, the other pair null."""
+    row = {"messages": [{"role": None, "content": None, "from": "human", "value": "We won!"},
+                        {"role": "assistant", "content": "joy", "from": None, "value": None}]}
+    [ex] = render(_config(), _rows(row), ChatFormat(CHATML))
+    assert ex.prompt.endswith("<|im_start|>user\nWe won!<|im_end|>\n<|im_start|>assistant\n")
+    assert ex.completion == "joy"
+
+
 def test_sharegpt_turns_and_a_system_prompt(tokenizer):
     config = _config(system_prompt="Name the tone.")
     row = {"messages": [{"from": "human", "value": "We won!"}, {"from": "gpt", "value": "joy"}]}
@@ -105,6 +114,11 @@ def test_sharegpt_turns_and_a_system_prompt(tokenizer):
     ({"messages": [{"role": "user", "content": "Hi"}]}, "must end with an assistant turn"),
     ({"messages": "not a list"}, "must hold a non-empty list of messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "needs a role"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "joy", "weight": 0},
+                   {"role": "user", "content": "Again"}, {"role": "assistant", "content": "joy"}]},
+     r"messages\[1\] asks not to be trained on \(weight: 0\)"),  # Axolotl's switch, not read: refused, not ignored
+    ({"messages": [{"role": "user", "content": "Hi", "train": False}, {"role": "assistant", "content": "joy"}]},
+     r"messages\[0\] asks not to be trained on \(train: false\)"),
 ])
 def test_bad_conversations_name_the_row(row, message):
     with pytest.raises(DataError, match=message) as err:
@@ -145,6 +159,9 @@ def test_a_tokenizer_with_several_named_templates_uses_the_default_or_the_one_na
     assert ChatFormat.from_model(folder).template == CHATML
     assert ChatFormat.from_model(folder, "tool_use").template == STRICT
     assert ChatFormat.from_model(folder, "{{ 'own' }}").template == "{{ 'own' }}"  # a template string is used as given
+    with pytest.raises(DataError, match=r"chat_template 'chatml' is neither a Jinja template .* named templates "
+                                        r"\(default, tool_use\)"):  # Axolotl's name for a template: not Jinja
+        ChatFormat.from_model(folder, "chatml")
     with pytest.raises(DataError, match="several chat templates \\(rag, tool_use\\)"):
         ChatFormat.from_model(saved({"tool_use": STRICT, "rag": CHATML}, "b"))
 

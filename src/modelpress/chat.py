@@ -56,6 +56,11 @@ class ChatFormat:
                 raise DataError(f"{folder}: the tokenizer has several chat templates ({', '.join(sorted(own))}) "
                                 "and none is called 'default'. Name one in chat_template.")
             own = own.get("default")
+        if template and "{{" not in template and "{%" not in template:  # "chatml", "default": a name, not Jinja
+            names = ", ".join(sorted(tokenizer.chat_template)) if isinstance(tokenizer.chat_template, dict) else ""
+            raise DataError(f"chat_template {template!r} is neither a Jinja template (it has no {{{{ or {{%) nor "
+                            f"one of this tokenizer's named templates ({names or 'it has none'}). Give the template "
+                            "itself, or true for the model's own.")
         chosen = template or own
         if not chosen:
             raise DataError(f"{folder}: the tokenizer has no chat template, and the data config asks for the "
@@ -180,10 +185,16 @@ def _message_column(value, where: str, column: str) -> list[dict]:
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
             raise DataError(f"{where}: {column}[{i}] must be a mapping with role and content")
-        role = turn.get("role", SHAREGPT_ROLES.get(str(turn.get("from", "")).lower()))
-        content = turn.get("content", turn.get("value"))
+        # a file that mixes role/content turns with ShareGPT's from/value ones reads as both keys, one null
+        role = turn.get("role") or SHAREGPT_ROLES.get(str(turn.get("from") or "").lower())
+        content = turn["content"] if turn.get("content") is not None else turn.get("value")
         if role not in ("system", "user", "assistant", "tool") or not isinstance(content, str):
-            raise DataError(f"{where}: {column}[{i}] needs a role (system, user, assistant) and text content, "
-                            f"found {turn!r}"[:300])
+            raise DataError(f"{where}: {column}[{i}] needs a role (system, user, assistant or tool) and text "
+                            f"content, found {turn!r}"[:300])
+        if turn.get("weight", 1) == 0 or turn.get("train", True) is False:  # Axolotl's per-turn switch
+            asked = "weight: 0" if turn.get("weight", 1) == 0 else "train: false"
+            raise DataError(f"{where}: {column}[{i}] asks not to be trained on ({asked}), "
+                            "which modelpress does not read: it trains every assistant turn (loss_on: completion) "
+                            "or every token (loss_on: all). Remove the key, or the turn.")
         messages.append({"role": role, "content": content})
     return messages

@@ -14,10 +14,14 @@ def template_problem(template: str, plain_names: bool = True) -> str | None:
         parts = list(string.Formatter().parse(template))
     except ValueError as err:
         return f"not a valid template ({err}); write a literal brace as {{{{ or }}}}"
-    for _, field, spec, conversion in parts if plain_names else []:
-        if field is not None and (not field.isidentifier() or spec or conversion):
-            return (f"template field {{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}} "
-                    "must be a plain column name (no attributes, indexes or format specs)")
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        written = f"{{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+        if not field.strip() or field.isdigit():
+            return f"template field {written} has no column name; name the column it reads, as in {{phrase}}"
+        if (not field.isidentifier() if plain_names else any(c in field for c in ".[")) or spec or conversion:
+            return f"template field {written} must be a plain column name (no attributes, indexes or format specs)"
     return None
 
 
