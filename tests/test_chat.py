@@ -177,6 +177,24 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
         render(_config(), _rows({"messages": turns}), ChatFormat(rewriting))
 
 
+def test_generate_sends_new_text_with_the_system_message_every_row_opened_with(tokenizer):
+    """A messages column whose rows carry their own (shared) system message: the card records it, so generate's
+    prompt is the training prompt; the template would otherwise put its own default system prompt there."""
+    from modelpress.chat import system_prompt_of
+    from modelpress.generate import chat_prompt_for
+
+    rows = [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": phrase},
+                          {"role": "assistant", "content": "joy"}]} for phrase in ("We won!", "Yay")]
+    examples = render(_config(), _rows(*rows), ChatFormat(CHATML))
+    system, other = system_prompt_of([ex.history for ex in examples], None)
+    assert (system, other) == ("Be terse.", 0)
+    chat = {"template": CHATML, "special_tokens": {}, "columns": None, "system_prompt": system}
+    assert chat_prompt_for(chat, "We won!") == examples[0].prompt
+    assert system_prompt_of([ex.history for ex in examples], "Name the tone.") == ("Name the tone.", 2)  # overridden
+    mixed = examples + render(_config(), _rows({"messages": rows[0]["messages"][1:]}), ChatFormat(CHATML))
+    assert system_prompt_of([ex.history for ex in mixed], None) == (None, 2)
+
+
 def test_generate_builds_the_prompt_the_model_was_trained_on(tokenizer):
     from modelpress.generate import prompt_and_stop, prompt_for
 

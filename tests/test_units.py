@@ -242,6 +242,26 @@ def test_a_run_that_trains_nothing_saves_the_prompt_recipe_of_the_data_it_evalua
     assert card({"lora": {"type": "LoRA", "train_data_config": "tone"}, "builder": {"type": "ModelBuilder"}}) == recipe
 
 
+def test_the_card_records_the_system_message_every_chat_row_opens_with(tiny_model, tmp_path):
+    """Rows of a messages column that carry their own system message: generate and evaluate must send new text
+    with it (the card held system_prompt null, and a template with a default system prompt used that instead)."""
+    from modelpress.config import load_config
+    from modelpress.context import DataPlan
+
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [{"role": "system", "content": "Be terse."},
+                                                     {"role": "user", "content": f"phrase {i}"},
+                                                     {"role": "assistant", "content": "joy"}]}) + "\n"
+                            for i in range(4)))
+    raw = tone_workflow(tiny_model, {})
+    raw["data_configs"][0] = {"name": "tone", "load_dataset_config": {"data_name": "json", "data_files": [str(rows)]},
+                              "pre_process_data_config": {"chat_template": "{% for m in messages %}{{ m['role'] }}: "
+                                                          "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt "
+                                                          "%}assistant: {% endif %}", "strategy": "line-by-line"}}
+    config = load_config(write_config(tmp_path / "w.json", raw))
+    assert DataPlan(config, tmp_path).prompt_recipe("tone")["chat"]["system_prompt"] == "Be terse."
+
+
 def test_timings_are_cached_per_machine(tiny_model, tmp_path, monkeypatch):
     """A cache shared between machines (or moved) handed one machine's latencies to another, and a latency goal
     compared a baseline timed on one with a candidate timed on the other."""

@@ -198,3 +198,13 @@ def _message_column(value, where: str, column: str) -> list[dict]:
                             "or every token (loss_on: all). Remove the key, or the turn.")
         messages.append({"role": role, "content": content})
     return messages
+
+
+def system_prompt_of(histories: list[tuple], system_prompt: str | None) -> tuple[str | None, int]:
+    """The system prompt a new user message is sent with, as the rows were trained (`system_prompt`, or the system
+    message every row opens with), and how many rows opened with another one (which a single prompt cannot
+    reproduce). `histories` are the rows' messages before the answer, as (role, content) pairs."""
+    opened = [h[0][1] if h and h[0][0] == "system" else None for h in histories]
+    if system_prompt is None and opened and len(set(opened)) == 1:
+        return opened[0], 0
+    return system_prompt, sum(1 for said in opened if said != system_prompt)

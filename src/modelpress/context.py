@@ -83,8 +83,16 @@ class DataPlan:
                   "label_col": data.label_col, "text_cols": data.text_cols}
         chat = self.chat_format(name)
         if chat:
+            from modelpress.chat import system_prompt_of
+
+            examples = self.examples(name)
+            system, other = system_prompt_of([ex.history for ex in examples], data.system_prompt)
+            if other:
+                log.warning("data config %r: %d of %d rows open with another system message than the one generate and "
+                            "evaluate send new text with (%s); give every row the same one, or set system_prompt",
+                            name, other, len(examples), "none" if system is None else f"system_prompt {system!r}")
             recipe["chat"] = {**chat.to_json(), "columns": data.chat_columns, "message_col": data.message_col,
-                              "system_prompt": data.system_prompt}
+                              "system_prompt": system}
         return recipe
 
     def chat_format(self, name: str) -> ChatFormat | None:
