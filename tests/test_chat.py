@@ -195,6 +195,16 @@ def test_generate_sends_new_text_with_the_system_message_every_row_opened_with(t
     assert system_prompt_of([ex.history for ex in mixed], None) == (None, 2)
 
 
+def test_generate_sends_the_text_as_it_is_when_the_user_turn_had_two_columns(caplog):
+    from modelpress.generate import chat_prompt_for
+
+    chat = {"template": CHATML, "special_tokens": {}, "columns": {"user": "{phrase} ({context})", "assistant": "tone"}}
+    with caplog.at_level("WARNING", logger="modelpress"):
+        prompt = chat_prompt_for(chat, "We won!")
+    assert "<|im_start|>user\nWe won!<|im_end|>" in prompt  # not "We won! (We won!)"
+    assert "built from 2 columns (context, phrase)" in caplog.text
+
+
 def test_generate_builds_the_prompt_the_model_was_trained_on(tokenizer):
     from modelpress.generate import prompt_and_stop, prompt_for
 

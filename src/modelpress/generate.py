@@ -59,6 +59,11 @@ def chat_prompt_for(chat: dict, text: str) -> str:
 
     columns = chat.get("columns") or {}
     spec = role_template(columns["user"]) if "user" in columns else "{text}"
+    fields = sorted(set(template_fields(spec)))
+    if len(fields) > 1:  # which field would the text fill?
+        log.warning("the model's user turns were built from %d columns (%s); the text is sent as the user turn as it "
+                    "is, not in that template: write the whole user message", len(fields), ", ".join(fields))
+        spec = "{text}"
     user = spec.format_map({f: text for f in template_fields(spec)})
     messages = [{"role": "system", "content": chat["system_prompt"]}] if chat.get("system_prompt") is not None else []
     rendered = ChatFormat.from_card(chat).render([*messages, {"role": "user", "content": user}],
