@@ -166,15 +166,34 @@ def test_a_tokenizer_with_several_named_templates_uses_the_default_or_the_one_na
         ChatFormat.from_model(saved({"tool_use": STRICT, "rag": CHATML}, "b"))
 
 
-def test_a_template_that_rewrites_earlier_turns_is_refused():
-    # drops every assistant turn but the last: the rendering does not grow turn by turn
-    rewriting = ("{% for m in messages %}{% if m['role'] != 'assistant' or loop.last %}"
-                 "{{ m['role'] }}: {{ m['content'] }}\n{% endif %}{% endfor %}"
-                 "{% if add_generation_prompt %}assistant: {% endif %}")
+THINK_DROPPING = ("{% for m in messages %}{% set c = m['content'] %}{% if m['role'] == 'assistant' and not loop.last %}"
+                  "{% set c = c.split('</think>')[-1] %}{% endif %}{{ m['role'] }}: {{ c }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}assistant: {% endif %}")  # as Qwen3's template treats earlier turns
+
+
+def test_a_template_that_rewrites_earlier_turns_trains_the_last_turn_only(tokenizer, caplog):
+    """Qwen3 and DeepSeek-R1 drop an earlier answer's think block: that answer cannot be located, so the
+    conversation trains its last answer only (it was refused, and the hint, loss_on: all, trained every token)."""
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    config = _config()
+    with caplog.at_level("WARNING", logger="modelpress"):
+        examples = render(config, _rows({"messages": turns}, {"messages": turns}), ChatFormat(THINK_DROPPING))
+    assert caplog.text.count("only the last assistant turn is trained") == 1
+    ex = examples[0]
+    assert ex.prompt == "user: a\nassistant: b\nuser: c\nassistant: " and ex.completion == "d"
+    assert not any(trained for _, trained in ex.turns)
+    [(ids, labels)] = tokenize([ex], tokenizer, config)
+    assert _trained_text(tokenizer, ids, labels).strip() == "d"
+
+
+def test_a_template_whose_last_turn_cannot_be_located_is_refused():
+    counting = ("{{ messages | length }}\n{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant: {% endif %}")  # its first line changes with every turn
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
              {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
-    with pytest.raises(DataError, match="growing prefix"):
-        render(_config(), _rows({"messages": turns}), ChatFormat(rewriting))
+    with pytest.raises(DataError, match="growing prefix.*Give a template that renders turns one after another"):
+        render(_config(), _rows({"messages": turns}), ChatFormat(counting))
 
 
 def test_generate_sends_new_text_with_the_system_message_every_row_opened_with(tokenizer):
@@ -412,8 +431,8 @@ def test_a_template_that_closes_the_conversation_with_eos_still_trains_every_ass
 
 
 def test_loss_on_all_needs_only_the_last_turn_cut_out():
-    """A template that rewrites earlier turns (as reasoning models' do: an earlier answer loses its <think> part)
-    cannot locate them for a completion loss, which says to use loss_on: all; with loss_on: all the row renders."""
+    """A template that rewrites earlier turns (as reasoning models' do: an earlier answer loses its <think> part):
+    with loss_on: all the row renders with only its last answer cut out, as with a completion loss."""
     rewriting = ("{% for m in messages %}{% set c = m['content'] %}"
                  "{% if m['role'] == 'assistant' and not loop.last %}{% set c = c.split('</think>')[-1] %}{% endif %}"
                  "{{ m['role'] ~ ': ' ~ c ~ '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}"
@@ -421,8 +440,7 @@ def test_loss_on_all_needs_only_the_last_turn_cut_out():
     rows = _rows({"messages": [{"role": "user", "content": "hi"},
                                {"role": "assistant", "content": "<think>greet</think>yo"},
                                {"role": "user", "content": "tone?"}, {"role": "assistant", "content": "joy"}]})
-    with pytest.raises(DataError, match="loss_on: all"):
-        render(_config(), rows, ChatFormat(rewriting))
+    assert render(_config(), rows, ChatFormat(rewriting))[0].prompt == "user: hi\nassistant: yo\nuser: tone?\nassistant: "
     [ex] = render(_config(loss_on="all"), rows, ChatFormat(rewriting))
     assert ex.completion == "joy" and ex.target == "joy\n"
     assert ex.prompt == "user: hi\nassistant: yo\nuser: tone?\nassistant: "

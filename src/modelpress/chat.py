@@ -15,11 +15,15 @@ itself, found by rendering the conversation one turn at a time.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelpress.config.templates import field_text, role_template, template_fields
 from modelpress.errors import DataError
+
+log = logging.getLogger("modelpress")
+_LAST_TURN_ONLY: set[str] = set()  # templates already warned of: only their conversations' last turn is trained
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "model": "assistant"}
@@ -93,7 +97,24 @@ class ChatFormat:
 
     def pieces(self, messages: list[dict], earlier_turns: bool = True) -> list[tuple[str, bool]]:
         """The whole rendering cut into (text, is_assistant_turn) pieces, in order; with `earlier_turns` false
-        only the last assistant turn is cut out (loss_on: all needs no other)."""
+        only the last assistant turn is cut out (loss_on: all needs no other). A template that renders earlier
+        assistant turns otherwise than as the last turn (Qwen3 and DeepSeek-R1 drop their think blocks) leaves
+        them where they cannot be told apart: only the last turn is trained then, as those models' own recipes
+        do, and a warning says so once."""
+        try:
+            return self._pieces(messages, earlier_turns)
+        except DataError:
+            if not earlier_turns or sum(m["role"] == "assistant" for m in messages) < 2:
+                raise
+        pieces = self._pieces(messages, earlier_turns=False)
+        if self.template not in _LAST_TURN_ONLY:
+            _LAST_TURN_ONLY.add(self.template)
+            log.warning("the chat template renders earlier assistant turns otherwise than the last (it rewrites "
+                        "them, as Qwen3's drops think blocks): in such conversations only the last assistant turn "
+                        "is trained, the earlier ones are read as context")
+        return pieces
+
+    def _pieces(self, messages: list[dict], earlier_turns: bool) -> list[tuple[str, bool]]:
         full = self.render(messages)
         out, pos = [], 0
         turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
@@ -102,8 +123,8 @@ class ChatFormat:
             upto = self._without_closing(self.render(messages[: i + 1]), full)
             if not (full.startswith(upto) and upto.startswith(before) and len(before) >= pos):
                 raise DataError("the chat template does not render a conversation as a growing prefix (it rewrites "
-                                "earlier turns), so the assistant turns cannot be located for the loss. Use "
-                                "loss_on: all, or a template that renders turns incrementally.")
+                                "earlier turns), so the answer cannot be located for the loss. Give a template "
+                                "that renders turns one after another in chat_template.")
             out += [(full[pos:len(before)], False), (upto[len(before):], True)]
             pos = len(upto)
         out.append((full[pos:], False))
