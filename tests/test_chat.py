@@ -440,7 +440,8 @@ def test_loss_on_all_needs_only_the_last_turn_cut_out():
     rows = _rows({"messages": [{"role": "user", "content": "hi"},
                                {"role": "assistant", "content": "<think>greet</think>yo"},
                                {"role": "user", "content": "tone?"}, {"role": "assistant", "content": "joy"}]})
-    assert render(_config(), rows, ChatFormat(rewriting))[0].prompt == "user: hi\nassistant: yo\nuser: tone?\nassistant: "
+    [completion_only] = render(_config(), rows, ChatFormat(rewriting))
+    assert completion_only.prompt == "user: hi\nassistant: yo\nuser: tone?\nassistant: "
     [ex] = render(_config(loss_on="all"), rows, ChatFormat(rewriting))
     assert ex.completion == "joy" and ex.target == "joy\n"
     assert ex.prompt == "user: hi\nassistant: yo\nuser: tone?\nassistant: "
