@@ -1089,3 +1089,17 @@ def test_a_damaged_json_file_is_one_error_naming_it(tmp_path):
         ModelRef.load(tmp_path)
     with pytest.raises(ValueError):  # callers that treat a bad file as absent still catch it
         read_json(tmp_path / "modelpress_model.json")
+
+
+def test_evaluate_says_how_many_of_the_distinct_prompts_it_measured():
+    """`evaluate --max-examples 10` on 500 rows of 400 distinct prompts measured the first 10, not every one."""
+    from modelpress.measure import format_result
+
+    base = {"model": "m", "model_kind": "hf", "data": ["d.jsonl"], "completion_loss": 1.0, "throughput": 2.0,
+            "latency_ms": {"p50": 1.0, "p90": 2.0}, "latency_examples": 10}
+    first = format_result({**base, "examples": 10, "rows": 500, "distinct_rows": 400}).splitlines()[0]
+    assert first == "m (hf) on 10 rows of d.jsonl (the first 10 of 400 distinct prompts in 500 rows)"
+    every = format_result({**base, "examples": 400, "rows": 500, "distinct_rows": 400}).splitlines()[0]
+    assert every == "m (hf) on 400 rows of d.jsonl (the distinct prompts of 500 rows)"
+    alone = format_result({**base, "examples": 7, "rows": 7, "distinct_rows": 7}).splitlines()[0]
+    assert alone == "m (hf) on 7 rows of d.jsonl"

@@ -46,7 +46,8 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
                         label_col=label_col, add_special_tokens=task.get("add_bos", False), **chat_fields)
     chat_format = ChatFormat.from_card(chat) if chat else None
     rows = render(config, load_rows(config), chat_format)
-    examples = distinct(rows)[:max_examples]  # a run measures each distinct prompt once
+    unique = distinct(rows)  # a run measures each distinct prompt once
+    examples = unique[:max_examples]
     label = label_col or completion_field(template) or ("assistant" if chat else None)
     max_new_tokens = max_new_tokens or task.get("max_new_tokens") or 8
     batch_size = batch_size or task.get("batch_size") or BATCH_SIZE
@@ -55,14 +56,17 @@ def evaluate_folder(model_dir: Path, data_files: list[Path], template: str | Non
                       show_progress=show_progress, trust_remote_code=trust_remote_code, batch_size=batch_size,
                       latency_samples=latency_samples)
     result.update({"model": str(model_dir), "model_kind": ref.kind, "data": [str(p) for p in data_files],
-                   "label_column": label, "rows": len(rows), "max_new_tokens": max_new_tokens})
+                   "label_column": label, "rows": len(rows), "distinct_rows": len(unique),
+                   "max_new_tokens": max_new_tokens})
     return result
 
 
 def format_result(result: dict) -> str:
     """A short human-readable report of `evaluate_folder`'s result."""
-    distinct = "" if result.get("rows", result["examples"]) == result["examples"] else \
-        f" (the distinct prompts of {result['rows']} rows)"
+    rows, unique = result.get("rows", result["examples"]), result.get("distinct_rows", result["examples"])
+    distinct = "" if rows == unique else f" (the distinct prompts of {rows} rows)"
+    if unique > result["examples"]:  # --max-examples
+        distinct = f" (the first {result['examples']} of {unique} distinct prompts in {rows} rows)"
     lines = [f"{result['model']} ({result['model_kind']}) on {result['examples']} rows of "
              f"{', '.join(result['data'])}{distinct}"]
     if "accuracy" in result:
