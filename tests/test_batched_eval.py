@@ -676,3 +676,17 @@ def test_generate_reads_a_raw_prompt_that_ends_with_the_pad_token(eos_model, tmp
     first = int(np.argmax(runner.logits_batch([ids])[0][-1]))
     assert "".join(generate(folder, "we won " + text, max_new_tokens=1, raw=True)) == \
         runner.tokenizer.decode(np.array([first], dtype=np.int32))
+
+
+def test_a_classifiers_loss_reads_labels_as_accuracy_does(bert_folder):
+    """Data labelled "Positive " against a card's "positive": accuracy matched them and the loss skipped every row
+    (NaN)."""
+    from modelpress.data import Example
+    from modelpress.runners import TorchClassifierRunner
+
+    runner = TorchClassifierRunner(ModelRef(HF, bert_folder, id="b", task={
+        "task": "text-classification", "labels": ["negative", "neutral", "positive"]}))
+    texts = ["what a lovely day", "this is awful"]
+    plain = runner.completion_loss([Example(t, label, "") for t, label in zip(texts, ["positive", "negative"])], True)
+    written = runner.completion_loss([Example(t, label, "") for t, label in zip(texts, ["Positive ", "NEGATIVE"])], True)
+    assert plain == pytest.approx(written) and plain > 0

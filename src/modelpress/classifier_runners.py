@@ -30,14 +30,17 @@ class ClassifierRunner(Runner):
     def completion_loss(self, examples: list[Example], add_bos: bool) -> float:
         import numpy as np
 
-        index = {label: i for i, label in enumerate(self.labels)}
+        from modelpress.evaluate import normalise_label
+
+        # labels compared as accuracy compares them: "Positive" in the data is the card's "positive"
+        index = {normalise_label(label): i for i, label in enumerate(self.labels)}
         total, count = 0.0, 0
         for ex in examples:
-            if ex.completion not in index:
+            if normalise_label(ex.completion) not in index:  # not one of the model's classes: no loss to take
                 continue
             row = self.class_logits(ex.prompt).astype(np.float64)
             row = row - row.max()
-            total += float(np.log(np.exp(row).sum()) - row[index[ex.completion]])
+            total += float(np.log(np.exp(row).sum()) - row[index[normalise_label(ex.completion)]])
             count += 1
         return total / count if count else float("nan")
 
