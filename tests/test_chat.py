@@ -214,6 +214,15 @@ def test_generate_sends_new_text_with_the_system_message_every_row_opened_with(t
     assert system_prompt_of([ex.history for ex in mixed], None) == (None, 2)
 
 
+def test_blanks_before_an_answer_do_not_end_the_training_prompt(tokenizer):
+    from modelpress.generate import chat_prompt_for
+
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  yo"}]}
+    [ex] = render(_config(), _rows(row), ChatFormat(CHATML))
+    assert ex.prompt == chat_prompt_for({"template": CHATML, "special_tokens": {}}, "hi")
+    assert ex.completion == "yo" and ex.target == "yo<|im_end|>\n"
+
+
 def test_generate_sends_the_text_as_it_is_when_the_user_turn_had_two_columns(caplog):
     from modelpress.generate import chat_prompt_for
 

@@ -29,7 +29,7 @@ from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
 log = logging.getLogger("modelpress")
-CACHE_VERSION = 9  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
+CACHE_VERSION = 10  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
 # layer rule, kld_gradient's head, Rtn/Gptq's float dtype, the eval split of data_seed null; 4: the same day,
 # nodes_to_include restricting the weight-only quantizers, an empty float16 include list meaning none; 5: the
 # next session, 8-bit RTN quantizing embedding tables, torch_dtype float16 as fp16 autocast over a float32 base,
@@ -38,7 +38,9 @@ CACHE_VERSION = 9  # bump when a pass gives different output for the same inputs
 # train with Olive's rank_dropout and module_dropout, 0 by default, instead of lora_dropout; 8: that evening, chat
 # answers split after the lead a template writes, an answer a template rewrites trained as rendered, the eval split
 # grouping rows that ask the same, line-by-line token counts without padding; 9: 2026-12-06 night, symmetric grids
-# of Gptq, Rtn and SelectiveMixedPrecision as the GPTQ reference code spreads them)
+# of Gptq, Rtn and SelectiveMixedPrecision as the GPTQ reference code spreads them; 10: 2026-12-06 late night, rows
+# of a template whose prompt holds no row text told apart by their text, a chat answer's leading blanks left out of
+# its prompt, the system message every chat row opens with recorded on the card)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 IN_USE_LOCK = "in-use.lock"  # shared by every run on the cache, taken alone to empty it

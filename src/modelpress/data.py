@@ -158,6 +158,9 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     from modelpress.chat import messages_of, split_turn
 
     messages = messages_of(row, where, config.message_col, config.chat_columns, config.system_prompt)
+    # blanks before the answer are the row's, not the template's: left in, they would end the training prompt,
+    # which generation (the template's own prompt) never does
+    messages[-1] = {**messages[-1], "content": messages[-1]["content"].lstrip()}
     try:
         pieces = chat.pieces(messages, earlier_turns=config.loss_on != "all")
     except DataError as err:
