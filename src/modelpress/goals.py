@@ -3,12 +3,15 @@ by, and the Pareto front over them. `modelpress.search` applies them to the cand
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 from modelpress.config.evaluator_schema import EvaluatorConfig, Goal
 from modelpress.errors import ModelpressError
 from modelpress.metrics import higher_is_better
+
+log = logging.getLogger("modelpress")
 
 
 def goal_bound(goal: Goal, baseline: float | None, higher: bool) -> float:
@@ -20,9 +23,10 @@ def goal_bound(goal: Goal, baseline: float | None, higher: bool) -> float:
                         f"measured {baseline}. Use a 'threshold' goal for this metric, or see in the run history "
                         f"why the baseline has no finite value.")
     sign = 1 if higher else -1
-    if goal.type.startswith("percent-") and baseline == 0:
-        raise GoalError(f"a {goal.type} goal is a percent of the baseline model's value, which is 0, so it asks "
-                        "for no change at all. Use min-improvement, max-degradation or a threshold for this metric.")
+    if goal.type.startswith("percent-") and baseline == 0:  # as in Olive: a percent of 0 is 0, the bound is 0
+        log.warning("a %s goal is a percent of the baseline model's value, which is 0: a candidate must only not be "
+                    "worse than 0. Use min-improvement, max-degradation or a threshold to ask for more.", goal.type)
+        return 0.0
     if goal.type == "min-improvement":
         return baseline + sign * goal.value
     if goal.type == "max-degradation":
