@@ -673,3 +673,28 @@ def test_evaluation_enabled_false_keeps_a_search_to_its_evaluator(tiny_model, tm
     run_cli("run", "--no-progress", "--config", str(write_config(tmp_path / "c.json", raw)))
     steps = [s["pass"] for s in json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]]
     assert any(s.startswith("evaluate") for s in steps), steps
+
+
+@pytest.mark.e2e
+def test_a_failed_step_that_candidates_share_runs_once(tmp_path, tiny_model):
+    """Candidates that differ only after a failing step: it failed once per candidate (an hour of training each,
+    in a search after a LoRA that runs out of memory); now the later ones are told of the first failure."""
+    (tmp_path / "boom.py").write_text(
+        "from pathlib import Path\n\nfrom modelpress.plugin import HF, Pass, Strict\n\n\n"
+        "class Boom(Pass):\n    Params = Strict\n    accepts = (HF,)\n    produces = HF\n    version = '1'\n\n"
+        "    def run(self, ctx, params):\n"
+        "        with open(Path(__file__).with_name('calls.txt'), 'a') as calls:\n"
+        "            calls.write('boom\\n')\n"
+        "        raise RuntimeError('out of memory, say')\n")
+    evaluator = {"metrics": [{"name": "size", "type": "size_on_disk", "sub_types": [{"name": "size_on_disk",
+                                                                                    "priority": 1}]}]}
+    raw = tone_workflow(tiny_model, {"boom": {"type": "Boom", "user_script": "boom.py"},
+                                     "rtn": {"type": "Rtn", "bits": [4, 8]}},
+                        evaluators={"e": evaluator}, evaluator="e", search_strategy={"sampler": "sequential"},
+                        cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "out"))
+    proc = run_cli("run", "--config", str(write_config(tmp_path / "w.json", raw)), "--no-progress", check=False)
+    assert proc.returncode != 0
+    assert (tmp_path / "calls.txt").read_text().splitlines() == ["boom"]
+    errors = [c["error"] for c in json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]["candidates"]]
+    assert len(errors) == 2 and "out of memory, say" in errors[0]
+    assert "failed earlier in this run on the same input and settings: RuntimeError: out of memory, say" in errors[1]

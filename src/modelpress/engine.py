@@ -19,7 +19,7 @@ from modelpress import __version__
 from modelpress.cache import PassCache, cache_key, content_id
 from modelpress.config.schema import PassConfig, WorkflowConfig, eval_data_name, training_pass
 from modelpress.context import DataPlan
-from modelpress.errors import ModelpressError
+from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.fsutil import (commit_dir, finish_before_interrupt, json_text, read_json, remove_dead_writers,
                                restore_dir, stage_dir, stage_text, sync_tree)
 from modelpress.html_report import REPORT, build_html
@@ -85,6 +85,7 @@ class Session:
     local_lock: threading.RLock = field(default_factory=threading.RLock)  # this machine runs one step at a time
     online: Callable[[], None] | None = None  # puts back the Hub settings in force before the run
     source: dict = field(default_factory=dict)  # what was read as the input model (run_history.json)
+    failed: dict = field(default_factory=dict)  # pass key -> its error: a search's candidates sharing it skip it
 
     @classmethod
     def start(cls, config: WorkflowConfig, show_progress: bool = True) -> "Session":
@@ -176,6 +177,9 @@ class Session:
         # trained on this machine: not on a Ray host, nor data-parallel on a Ray cluster this run connected to
         local = self.host(p) is None and not (getattr(p.params, "num_workers", 1) > 1 and self.systems)
         key = _pass_key(config, p, ref, plan, self.ep, local=local)
+        if key in self.failed:  # the same pass on the same input, failed before in this run: not run again
+            raise ModelpressError(f"pass {p.name} ({p.type}) failed earlier in this run on the same input and "
+                                  f"settings: {self.failed[key]}")
         started = time.perf_counter()
         cached = cache.lookup(key, ref)
         if cached is None:
@@ -185,18 +189,28 @@ class Session:
             with cache.lock(key):
                 cached = cache.lookup(key, ref)  # another run may have made it while we waited
                 if cached is None:
-                    host = self.host(p)
-                    if host is not None:
-                        ref, row = host.run_pass(self, p, key, ref)
-                    else:
-                        with self.local_lock:
-                            ref, row = run_pass_here(config, p, key, ref, plan, self.ep, cache, self.show_progress)
+                    if key in self.failed:  # a candidate run beside this one failed it meanwhile
+                        raise ModelpressError(f"pass {p.name} ({p.type}) failed earlier in this run on the same "
+                                              f"input and settings: {self.failed[key]}")
+                    try:
+                        ref, row = self._run_uncached(p, key, ref)
+                    except Exception as err:
+                        if not is_disk_full(err):
+                            self.failed[key] = f"{type(err).__name__}: {err}"
+                        raise
                     history.append(row)
                     return ref
         (log.debug if self.config.search.enabled else log.info)(
             "pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
         history.append(record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
         return cached
+
+    def _run_uncached(self, p: PassConfig, key: str, ref: ModelRef) -> tuple[ModelRef, dict]:
+        host = self.host(p)
+        if host is not None:
+            return host.run_pass(self, p, key, ref)
+        with self.local_lock:
+            return run_pass_here(self.config, p, key, ref, self.plan, self.ep, self.cache, self.show_progress)
 
     def task_card(self) -> dict:
         return _task_card(self.config, self.plan)
