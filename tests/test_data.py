@@ -9,7 +9,8 @@ import pytest
 
 from conftest import TONE_DATA
 from modelpress.config.schema import DataConfig
-from modelpress.data import IGNORE, Example, distinct, load_rows, pack, render, split_examples, tokenize
+from modelpress.data import (IGNORE, Example, distinct, label_set, load_rows, pack, render, split_examples,
+                             tokenize)
 from modelpress.errors import DataError
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
@@ -353,3 +354,23 @@ def test_chat_columns_may_name_any_column_and_an_unbalanced_brace_is_refused(tmp
     assert ok.chat_columns["user"] == "Review Text"  # rendered through format_map: any name is a key
     with pytest.raises(ValidationError, match="user: not a valid template"):
         DataConfig(**common, chat_columns={"user": "Q: {q", "assistant": "{label}"})
+
+
+def test_max_samples_caps_a_classifiers_training_rows_as_it_caps_a_language_models(bert_folder, tmp_path):
+    """A text classifier's features took every row: max_samples was read on the causal-LM path only."""
+    from transformers import AutoTokenizer
+
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.context import DataPlan
+
+    raw = tone_workflow(bert_folder, {})
+    raw["input_model"]["task"] = "text-classification"
+    raw["data_configs"][0]["pre_process_data_config"] = {"text_cols": ["phrase"], "label_col": "tone",
+                                                         "max_samples": 9}
+    plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "c")
+    examples = plan.examples("tone")
+    tokenizer = AutoTokenizer.from_pretrained(bert_folder)
+    labels = label_set(examples)
+    assert len(plan.features(examples, "tone", tokenizer, labels)) == 9
+    assert len(plan.features(examples, "tone", tokenizer, labels, capped=False)) == len(examples) > 9

@@ -158,7 +158,8 @@ class DataPlan:
         not apply (a training pass's eval split, carved from rows max_samples already counts)."""
         config = self.data_config(name)
         if labels is not None:
-            return classification_features(examples, tokenizer, config, labels)
+            features = classification_features(examples, tokenizer, config, labels)
+            return features[: config.max_samples] if config.max_samples and capped else features
         joiner = tokenizer(config.joiner, add_special_tokens=False)["input_ids"] if config.joiner else []
         sequences = tokenize(examples, tokenizer, config)
         features = pack(sequences, config, joiner, tokenizer.pad_token_id, capped)
