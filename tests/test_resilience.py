@@ -75,6 +75,9 @@ def test_interrupted_training_resumes_from_its_checkpoint_with_the_same_result(h
         assert abs(expected[name] - got[name]).max() < 1e-5, name
     assert not list((tmp_path / "b").glob("work/*"))  # checkpoints are removed once the entry exists
     assert not list((tmp_path / "b" / "passes").glob(".*"))  # the killed writer's leftovers are gone
+    # the rate is of the steps this call trained, over the time it took (it counted the steps before the resume)
+    (log,) = [json.loads(p.read_text()) for p in (tmp_path / "b").glob("passes/*/model/training_log.json")]
+    assert log["training_tokens_per_second"] * log["train_seconds"] < 0.99 * log["approx_training_tokens"]
 
 
 def test_logging_and_checkpoint_steps_leave_the_adapter_alone_so_changing_them_trains_nothing(tiny_model, tmp_path,

@@ -81,8 +81,9 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     base_dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock,
                base_dtype)
-    ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s; "
-                     f"train loss {result.training_loss:.4f}"
+    ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s"
+                     + (f"; train loss {result.training_loss:.4f}" if clock.steps else
+                        " (every step before the resume: none left to train)")
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
     # the prompt recipe travels with the adapter and every model made from it (cache entries included)
     task = {**ctx.model.task, **ctx.data.prompt_recipe(params.train_data_config), "task": ctx.task,
@@ -340,8 +341,10 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
     elif ctx.task != "text-classification" and slices_logits(model):
         collate, loss = AnswerCollator(collate), answer_loss  # logits only where a label is trained
     trainer_class = Trainer
-    if (ctx.task != "text-classification" and params.share_prompt_prefix
-            and prefix_sharing_applies(model, params.adapter_dropout, ta.gradient_checkpointing, params.num_workers)):
+    shares = bool(ctx.task != "text-classification" and params.share_prompt_prefix
+                  and prefix_sharing_applies(model, params.adapter_dropout, ta.gradient_checkpointing,
+                                             params.num_workers))
+    if shares:
         trainer_class = prefix_sharing_trainer()  # a batch's common prompt head runs once, not once per row
     if ta.group_by_length:  # its order must survive a resume (batch_order)
         trainer_class = type("LengthGroupedTrainer", (ResumableOrder, trainer_class), {})
@@ -349,7 +352,7 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
                             data_collator=collate, compute_loss_func=loss)
     # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
     use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
-    trainer.shares_prompt_prefix = trainer_class is not Trainer
+    trainer.shares_prompt_prefix = shares
     return trainer
 
 
@@ -385,15 +388,17 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
     state = trainer.state
     steps = result.global_step
     args = trainer.args
-    # real (unpadded) tokens in an optimizer step: its sequences times the mean training sequence length
+    # real (unpadded) tokens in an optimizer step: its sequences (on every data-parallel worker) times the mean
+    # training sequence length
     tokens_per_step = tokens_per_epoch / max(n_train, 1) * args.per_device_train_batch_size \
-        * args.gradient_accumulation_steps
+        * args.gradient_accumulation_steps * max(getattr(args, "world_size", 1) or 1, 1)
     tokens_seen = tokens_per_step * steps
+    trained_now = clock.steps if clock else steps  # after a resume: the steps of this call, which `seconds` times
     steady = clock.steady_seconds_per_step() if clock else None
     atomic_write_json(out / "training_log.json", {
         "steps": steps,
         "train_seconds": round(seconds, 3),
-        "train_loss": result.training_loss,
+        "train_loss": result.training_loss if trained_now else None,
         "base_dtype": base_dtype,
         "autocast": {"fp16": "float16", "bf16": "bfloat16"}.get(str(trainer.accelerator.mixed_precision)),
         "shared_prompt_prefix": getattr(trainer, "shares_prompt_prefix", False),
@@ -401,7 +406,8 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         "train_sequences": n_train,
         "eval_sequences": n_eval,
         "approx_training_tokens": int(tokens_seen),
-        "training_tokens_per_second": round(tokens_seen / seconds, 1) if seconds else None,
+        "training_tokens_per_second": round(tokens_per_step * trained_now / seconds, 1) if seconds and trained_now
+        else None,
         # after the first step: what a longer run of the same settings approaches
         "steady_seconds_per_step": round(steady, 4) if steady else None,
         "steady_training_tokens_per_second":
