@@ -52,6 +52,10 @@ def test_seed_and_olive_013_configs_normalise_to_the_same_workflow(workspace):
     defaults = next(n for n in seed.notes if n.startswith("passes.lora: keys left out take modelpress's defaults"))
     assert "torch_dtype float32 (Olive: bfloat16)" in defaults and "lr_scheduler_type linear (Olive: constant)" in defaults
     assert " r 16" not in defaults and "alpha" not in defaults  # the seed sets lora_r and lora_alpha
+    assert "warmup_ratio" not in defaults  # Olive's 0.03 does nothing under its constant schedule
+    # what the seed asks for that does nothing: group_by_length over 2048-token join windows
+    assert any("group_by_length: every training sequence of data config 'dataset_default_train' is max_seq_len "
+               "tokens long (strategy join)" in w for w in seed.warnings)
     raw = _seed(workspace)
     del raw["passes"]["lora"]["config"]["training_args"]["num_train_epochs"]
     notes = " ".join(normalize(raw, base_dir=workspace).notes)
@@ -775,3 +779,19 @@ def test_an_olive_custom_metric_script_imports_from_its_script_dir(workspace, tm
     metric["user_config"]["script_dir"] = "no-such-folder"
     [problem] = _problems(raw, workspace)
     assert problem.startswith("evaluators.e.metrics[0].user_config.script_dir: folder not found"), problem
+
+
+def test_warmup_under_a_constant_schedule_is_named_as_doing_nothing(tiny_model, tmp_path):
+    """transformers' constant schedule reads no warmup: a config asking for both got no warmup without a word."""
+    from conftest import tone_workflow
+
+    def warnings(args: dict) -> str:
+        lora = {"type": "LoRA", "train_data_config": "tone", "training_args": args}
+        return " ".join(normalize(tone_workflow(tiny_model, {"lora": lora}), base_dir=tmp_path).warnings)
+
+    assert "warmup has no effect under lr_scheduler_type 'constant'" in warnings(
+        {"lr_scheduler_type": "constant", "warmup_ratio": 0.1})
+    assert "warmup has no effect" not in warnings({"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 3})
+    assert "warmup has no effect" not in warnings({"lr_scheduler_type": "constant"})
+    # line-by-line without padding to max_seq_len (tone_workflow's data) has lengths to group by
+    assert "group_by_length" not in warnings({"group_by_length": True})

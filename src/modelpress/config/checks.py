@@ -168,6 +168,7 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
     spec = CATALOG[p.type]
     if spec.trains():
         _check_task_data(model.task, data.get(p.params.train_data_config), f"passes.{p.name}", c)
+        _check_training_args(p, model, data.get(p.params.train_data_config), c)
         if getattr(p.params, "class_weight", None) and model.task != "text-classification":
             c.add(f"passes.{p.name}.class_weight", "class_weight weighs the classes of a text-classification "
                   "model, and this model generates text", "Remove class_weight, or set input_model.task to "
@@ -188,6 +189,24 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
                   f"writes as int4 or int8 MatMulNBits, not {p.params.precision}",
                   "Set precision to int4 (or int8, to match the checkpoint's bits).")
         _check_builder_options(p, model, c)
+
+
+def _check_training_args(p: PassConfig, model: InputModelConfig, train: DataConfig | None, c: Collector) -> None:
+    """Training settings that the config asks for and that do nothing here (as in transformers and Olive)."""
+    args, where = p.params.training_args, f"passes.{p.name}.training_args"
+    notes = []
+    if args.lr_scheduler_type == "constant" and (args.warmup_steps or args.warmup_ratio):
+        notes.append(f"{where}: warmup has no effect under lr_scheduler_type 'constant' (transformers' constant "
+                     "schedule reads none, in Olive too); use 'constant_with_warmup' to warm up")
+    padded = train is not None and (train.strategy != "line-by-line" or train.pad_to_max_len)
+    if args.group_by_length and model.task != "text-classification" and padded:
+        notes.append(f"{where}.group_by_length: every training sequence of data config {train.name!r} is "
+                     f"max_seq_len tokens long (strategy {train.strategy}"
+                     + (", pad_to_max_len" if train.strategy == "line-by-line" else "")
+                     + "), so there is nothing to group; with line-by-line and pad_to_max_len false it saves padding")
+    for note in notes:
+        if note not in c.warnings:  # each choice of a searched step is checked
+            c.warn(note)
 
 
 def _check_builder_options(p: PassConfig, model: InputModelConfig, c: Collector) -> None:

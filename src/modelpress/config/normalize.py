@@ -406,8 +406,11 @@ def _note_olive_defaults(params: LoRAParams, typ: str, path: str, c: Collector) 
     """An Olive config that leaves out a training key Olive gives another default: what it trains with here."""
     args = params.training_args
     left = [(k, getattr(params, k), v) for k, v in OLIVE_TRAINING_DEFAULTS.items() if k not in params.model_fields_set]
+    olive_schedule = args.lr_scheduler_type if "lr_scheduler_type" in args.model_fields_set else \
+        OLIVE_TRAINING_ARGS_DEFAULTS["lr_scheduler_type"]
     left += [(f"training_args.{k}", getattr(args, k), v) for k, v in OLIVE_TRAINING_ARGS_DEFAULTS.items()
-             if k not in args.model_fields_set and not (k == "num_train_epochs" and args.max_steps > 0)]
+             if k not in args.model_fields_set and not (k == "num_train_epochs" and args.max_steps > 0)
+             and not (k == "warmup_ratio" and olive_schedule == "constant")]  # Olive's constant reads no warmup
     if "eval_strategy" not in args.model_fields_set and (params.eval_dataset_size or params.eval_data_config):
         left.append(("training_args.eval_strategy", args.eval_strategy, "steps"))
     if isinstance(params, QLoRAParams) and "target_modules" not in params.model_fields_set:
