@@ -280,6 +280,10 @@ def test_search_space_from_lists_declared_values_and_alternatives(workspace):
     assert [c.params.precision for c in builder.choices()] == ["int4", "int8", "fp32"]
     lora["target_modules"] = ["qkv_proj", "o_proj"]  # a plain list for a list param: one value, not a search
     assert normalize(raw, base_dir=workspace).passes[0].search_space == {"r": [4, 8]}
+    lora["r"], lora["alpha"] = [8, 4, 8], [16, 16.0]  # repeats, once coerced: one candidate each, with a word
+    config = normalize(raw, base_dir=workspace)
+    assert config.passes[0].search_space == {"r": [8, 4], "alpha": [16.0]} and len(config.passes[0].choices()) == 2
+    assert "passes.lora.r: 1 repeated value(s) left out; each value is one candidate: [8, 4]" in config.warnings
 
 
 @pytest.mark.parametrize("pass_type, param, olive_values", [

@@ -280,7 +280,11 @@ def _validated_space(params_model, fixed: dict, space: dict[str, list], where: s
                 good.append(getattr(trial, name))
         if len(good) != len(values):
             return None
-        out[name] = good
+        unique = [v for i, v in enumerate(good) if v not in good[:i]]  # 16 and 16.0 alike, once coerced
+        if len(unique) < len(good):
+            c.warn(f"{where}.{name}: {len(good) - len(unique)} repeated value(s) left out; each value is one "
+                   f"candidate: {unique}")
+        out[name] = unique
     return out
 
 
