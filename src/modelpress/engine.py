@@ -436,7 +436,9 @@ def write_outputs(config: WorkflowConfig, final: ModelRef | None, task: dict, hi
                 for path, tmp in staged.items():
                     os.replace(tmp, path)
             except BaseException:
-                if old_model is not None:  # the files stay the earlier run's: so does the model
+                # a rename within one folder failing: the earlier model goes back (files renamed before the
+                # failing one are this run's already; they are not moved back)
+                if old_model is not None:
                     restore_dir(old_model, out / "model")
                     old_model = None
                 raise
