@@ -317,3 +317,16 @@ def test_damaged_files_a_run_reads_are_named(tmp_path, capsys):
     code = main(["report", str(out)])
     err = capsys.readouterr().err
     assert code == 1 and "unexpected" not in err, err
+
+
+def test_a_nul_character_anywhere_in_a_config_is_one_config_error(tmp_path):
+    """JSON may hold "\\u0000"; a path holding one crashed the loader with Python's ValueError (found by fuzzing)."""
+    from modelpress.config.normalize import normalize
+    from modelpress.errors import ConfigError
+
+    for raw, where in (({"cache_dir": "runs\x00"}, "cache_dir"),
+                       ({"passes": {"a": {"type": "Lo\x00RA"}}}, "passes.a.type"),
+                       ({"data_configs": [{"name": "d"}, {"n\x00": 1}]}, "data_configs[1].n\\u0000")):
+        with pytest.raises(ConfigError, match="NUL character") as err:
+            normalize(raw, tmp_path)
+        assert err.value.problems[0].path == where

@@ -69,6 +69,21 @@ def read_config_file(path: str | Path) -> Any:
                           ) from None
 
 
+def _nul_character(value: Any, where: str) -> str | None:
+    """Where the first key or text value holding a NUL character is, or None."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        at = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return at.replace("\x00", "\\u0000")
+        found = _nul_character(item, at)
+        if found is not None:
+            return found
+    return None
+
+
 def _parse_yaml(text: str, path: Path) -> Any:
     import yaml
 
@@ -95,6 +110,10 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     if not isinstance(raw, dict):
         raise ConfigError([Problem("", f"the config must be a mapping of sections, found {type(raw).__name__}")],
                           str(source) if source else None)
+    nul = _nul_character(raw, "")
+    if nul is not None:  # no path, name or option holds one; the file system refuses it
+        raise ConfigError([Problem(nul, "holds a NUL character (\\u0000), which no path, name or option can hold",
+                                   "Remove it.")], str(source) if source else None)
     style = _detect_style(raw)
     c.unknown_keys(raw, TOP_KEYS, "")
     engine_raw, engine_path = engine_section(raw, c)
