@@ -117,3 +117,41 @@ def test_float16_trains_a_float32_base_under_fp16_autocast_as_in_olive(tiny_mode
     log = json.loads(next((tmp_path / "cache").glob("passes/*/model/training_log.json")).read_text())
     assert (log["base_dtype"], log["autocast"]) == ("float32", "float16")
     assert ("which this machine emulates" in proc.stderr) is not native_float16()
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha"])
+def test_training_a_tied_embedding_keeps_the_tie_and_the_merged_model_is_the_one_trained(tmp_path, kind):
+    """modules_to_save: [embed_tokens] on a model whose head shares the embedding (SmolLM2): LoRA trains them as one
+    matrix (peft's ensure_weight_tying), so the merged model keeps the tie it was brought with; it came out untied,
+    its head the untrained table, and peft warned. LoHa, which peft cannot tie, trains the input table alone.
+    Either way the merged model answers as the trained one did."""
+    import torch
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from modelpress.passes.lora import _adapts_tied_embedding, adapter_config
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
+    params = SimpleNamespace(r=4, alpha=8, lora_dropout=0.0, rank_dropout=0.0, module_dropout=0.0,
+                             target_modules=["q_proj"], modules_to_save=["embed_tokens"], adapter_type=kind)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    tied = _adapts_tied_embedding(base, params)
+    assert tied and not _adapts_tied_embedding(base, SimpleNamespace(**{**vars(params), "modules_to_save": None}))
+    model = get_peft_model(base, adapter_config(params, "CAUSAL_LM", None, tied))
+    with torch.no_grad():  # what training does to the trainable copy of the table
+        for name, weight in model.named_parameters():
+            if weight.requires_grad and "embed_tokens" in name:
+                weight.add_(0.5 * torch.randn_like(weight))
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    expected = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path / "adapter")
+    # as MergeAdapterWeights merges an adapter with modules_to_save (peft's path)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                       tmp_path / "adapter").merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+    assert reloaded.config.tie_word_embeddings is (kind == "lora")

@@ -171,7 +171,7 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
         with warnings.catch_warnings():  # peft reads transformers' deprecated alias: noise, not the user's
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
             model = get_peft_model(model, adapter_config(params, "SEQ_CLS" if labels is not None else "CAUSAL_LM",
-                                                         layers))
+                                                         layers, _adapts_tied_embedding(model, params)))
         return _trained_in_float32(model)
     except ValueError as err:
         if params.target_modules is None and "target_modules" in str(err):
@@ -207,8 +207,12 @@ def decoder_layers(indices: list[int] | None, model_config) -> list[int] | None:
     return sorted({i % n for i in indices})
 
 
-def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None = None):
-    """The peft config for this pass's adapter type (LoRA, DoRA, LoHa or LoKr)."""
+def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None = None, tied: bool = False):
+    """The peft config for this pass's adapter type (LoRA, DoRA, LoHa or LoKr); `tied`: it trains an embedding
+    that the model's head shares, and under LoRA and DoRA the two stay one matrix (peft's ensure_weight_tying), so
+    the merged model keeps the tie it was brought with. (Untied, the trained table is the input embedding only:
+    the head keeps the untrained one and the merged model comes out untied, as LoHa and LoKr, which peft cannot
+    tie, still train it.)"""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     common = {"r": params.r, "target_modules": params.target_modules, "modules_to_save": params.modules_to_save,
@@ -217,7 +221,20 @@ def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None 
     if kind in ("loha", "lokr"):
         return (LoHaConfig if kind == "loha" else LoKrConfig)(
             alpha=params.alpha, rank_dropout=params.rank_dropout, module_dropout=params.module_dropout, **common)
-    return LoraConfig(lora_alpha=params.alpha, lora_dropout=params.lora_dropout, use_dora=kind == "dora", **common)
+    return LoraConfig(lora_alpha=params.alpha, lora_dropout=params.lora_dropout, use_dora=kind == "dora",
+                      **({"ensure_weight_tying": True} if tied else {}), **common)
+
+
+def _adapts_tied_embedding(model, params: LoRAParams) -> bool:
+    """Whether the adapter trains (modules_to_save) or adapts (target_modules) an embedding or head that the model
+    ties to the other."""
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return False
+    targets = params.target_modules if isinstance(params.target_modules, list) else []
+    names = {name.split(".")[-1] for name in [*(params.modules_to_save or []), *targets]}
+    return bool(names & {*EMBEDDING_LAYER_NAMES, "lm_head"})
 
 
 def _trainer_dir(ctx: PassContext) -> Path:
