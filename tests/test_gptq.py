@@ -91,6 +91,22 @@ def test_packing_round_trips_with_the_first_value_in_the_low_bits(bits):
         assert packed[0, 0] == values[0, 0] + 16 * values[0, 1]
 
 
+def test_widths_that_do_not_pack_into_whole_bytes_are_refused():
+    """3 bits packed two values a byte (8 // 3), not MatMulNBits' layout, and 6 inputs at 2 bits read back as 8:
+    a checkpoint made elsewhere with either loaded into the wrong shape."""
+    from modelpress.quantized import grid_of
+
+    with pytest.raises(ValueError, match="3-bit values do not pack"):
+        pack(torch.tensor([[5, 6, 7]]), 3)
+    with pytest.raises(ValueError, match="3-bit values do not pack"):
+        unpack(torch.zeros((1, 2), dtype=torch.uint8), 3, 4)
+    with pytest.raises(ValueError, match="m: 3-bit weights"):
+        grid_of({"bits": 3, "group_size": 128, "symmetric": False}, "m")
+    with pytest.raises(ValueError, match="6 inputs at 2 bits do not fill whole bytes"):
+        Grid(2, -1, False).check("m", 6)
+    Grid(2, -1, False).check("m", 8)
+
+
 def test_round_to_nearest_error_is_at_most_half_a_step():
     for grid in (Grid(4, 32, True), Grid(4, 32, False), Grid(8, -1, False)):
         weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(5))

@@ -283,3 +283,23 @@ def test_an_override_on_one_of_q_k_v_quantizes_the_three_alike(tmp_path):
                      "0.self_attn.o_proj": (4, 32), "1.self_attn.q_proj": (4, 16), "1.self_attn.k_proj": (4, 16),
                      "1.self_attn.v_proj": (4, 16), "1.self_attn.o_proj": (4, 32)}
     assert config["overrides"]["model.layers.0.self_attn.k_proj"] == {"bits": 8}
+
+
+def test_an_override_naming_a_module_the_pass_leaves_alone_is_an_error(tmp_path):
+    """`{"lm_head": {"bits": 8}}` under lm_head false, or a typo: the setting did nothing, without a word."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from modelpress.errors import ModelpressError
+    from modelpress.passes.quant_specs import RtnParams
+    from modelpress.passes.torch_quant import quant_plan
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(ModelpressError, match="'lm_head' is not among the 7 modules this pass quantizes. Set "
+                                              "lm_head: true"):
+        quant_plan(model, RtnParams(overrides={"lm_head": {"bits": 8}}), tmp_path)
+    with pytest.raises(ModelpressError, match="'model.layers.0.mlp.dwon_proj' is not among .* full names, such as "
+                                              "'model.layers.0.self_attn.q_proj'"):
+        quant_plan(model, RtnParams(overrides={"model.layers.0.mlp.dwon_proj": {"bits": 8}}), tmp_path)
+    plan, _ = quant_plan(model, RtnParams(lm_head=True, overrides={"lm_head": {"bits": 8}}), tmp_path)
+    assert plan["lm_head"].bits == 8

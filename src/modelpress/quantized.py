@@ -41,14 +41,21 @@ class Grid:
         if self.group_size != -1 and in_features % self.group_size:
             raise ValueError(f"{name}: {in_features} inputs do not split into groups of {self.group_size}; "
                              "choose a group_size that divides it (or -1 for one group per row)")
+        if in_features * self.bits % 8:  # packed rows are whole bytes, read back as bytes * 8 // bits inputs
+            raise ValueError(f"{name}: {in_features} inputs at {self.bits} bits do not fill whole bytes, which the "
+                             "checkpoint format (and onnxruntime's MatMulNBits) packs rows into; leave this module "
+                             "out or quantize it at 8 bits")
 
     def qparams(self, w):
         """(scale, zero) per row of `w` (out, k): the range of the row, 0 included.
 
         Symmetric grids put zero at the middle level 2^(bits-1) and spread the range [-max|w|, max|w|] over all
-        2^bits - 1 steps (scale = 2 max|w| / (2^bits - 1)), as the GPTQ reference code (and Olive) does: the largest
-        positive weight lands half a step past the top code and is clipped to it, and in exchange the grid is finer
-        than max|w| / (2^(bits-1) - 1), which leaves the lowest code unused (4-bit RTN: 12% more squared error).
+        2^bits - 1 steps (scale = 2 max|w| / (2^bits - 1)), as the GPTQ reference code (and Olive) does for a row
+        or group holding a negative weight: the largest positive weight lands half a step past the top code and is
+        clipped to it, and in exchange the grid is finer than max|w| / (2^(bits-1) - 1), which leaves the lowest
+        code unused (4-bit RTN: 12% more squared error). A group of only non-negative weights gets the same grid
+        here; the reference keeps its minimum at 0 there (scale max / (2^bits - 1)) and clips its upper half, so
+        such groups' codes differ from Olive's.
         """
         import torch
 
@@ -101,6 +108,8 @@ def pack(values, bits: int):
     """Unsigned values (rows, n) into uint8 (rows, ceil(n * bits / 8)), first value in the low bits."""
     import torch
 
+    if bits not in PACKED_BITS:
+        raise ValueError(f"{bits}-bit values do not pack into whole bytes; 2, 4 or 8 do")
     per_byte = 8 // bits
     values = values.to(torch.uint8)
     pad = (-values.shape[1]) % per_byte
@@ -117,6 +126,8 @@ def unpack(packed, bits: int, n: int):
     """The inverse of `pack`: (rows, n) unsigned values as float32."""
     import torch
 
+    if bits not in PACKED_BITS:
+        raise ValueError(f"{bits}-bit values do not pack into whole bytes; 2, 4 or 8 do")
     per_byte = 8 // bits
     mask = 2**bits - 1
     parts = [(packed >> (bits * i)) & mask for i in range(per_byte)]
@@ -135,8 +146,14 @@ def quant_config(folder: Path) -> dict | None:
 def grid_of(config: dict, module: str) -> Grid:
     """The grid of one module: the checkpoint's defaults with the module's overrides."""
     override = (config.get("overrides") or {}).get(module) or {}
-    return Grid(bits=override.get("bits", config["bits"]), group_size=override.get("group_size", config["group_size"]),
+    bits = override.get("bits", config["bits"])
+    if bits not in PACKED_BITS:  # a checkpoint made elsewhere: 3 bits do not pack into whole bytes this way
+        raise ValueError(f"{module}: {bits}-bit weights; this checkpoint format (and MatMulNBits) packs 2, 4 or 8")
+    return Grid(bits=bits, group_size=override.get("group_size", config["group_size"]),
                 symmetric=override.get("symmetric", config["symmetric"]))
+
+
+PACKED_BITS = (2, 4, 8)  # the widths that pack whole values into a byte, low bits first
 
 
 EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings")

@@ -24,9 +24,10 @@ MLP_OUTPUTS = re.compile(r"\.(down_proj|fc2|dense_4h_to_h|w2)$")
 
 def k_quant_layers(count: int) -> list[int]:
     """The layers llama.cpp's Q4_K_M keeps at more bits (its `use_more_bits`): the first and last eighth, and every
-    third between, with the eighths compared as fractions, as Olive's SelectiveMixedPrecision and the genai
-    builder's k_quant_mixed do (llama.cpp divides in integers, which differs for some counts not a multiple of 8:
-    at 30 layers Olive's rule also takes layer 3)."""
+    third between, with the eighths compared as fractions and the thirds counted from count // 8, as Olive's
+    SelectiveMixedPrecision does (llama.cpp divides in integers, which differs for some counts not a multiple of
+    8: at 30 layers Olive's rule also takes layer 3; onnxruntime-genai 0.18's k_quant_mixed counts the thirds from
+    round(count / 8), which picks other middle layers at 22, 28 or 30 layers)."""
     return [i for i in range(count) if i < count / 8 or i >= 7 * count / 8 or (i - count // 8) % 3 == 2]
 
 

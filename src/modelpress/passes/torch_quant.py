@@ -77,6 +77,14 @@ def quant_plan(model, params: QuantizerParams, folder: Path) -> tuple[dict[str, 
         targets.append(lm_head)
     if getattr(params, "embeds", False):
         targets.append(embeds)
+    unknown = [name for name in params.overrides or {} if name not in targets]
+    if unknown:  # a typo, or a module this pass leaves alone: the setting would do nothing
+        hint = (" Set lm_head: true to quantize the head." if lm_head in unknown and not params.lm_head else
+                f" Name modules by their full names, such as {targets[0]!r}." if targets else "")
+        raise ModelpressError(f"overrides: {', '.join(repr(n) for n in unknown[:3])}"
+                              f"{f' and {len(unknown) - 3} more' if len(unknown) > 3 else ''} "
+                              f"{'is' if len(unknown) == 1 else 'are'} not among the {len(targets)} modules this pass "
+                              f"quantizes.{hint}")
     config = {"quant_method": QUANT_METHOD, **default, "lm_head": params.lm_head,
               "embeds": bool(getattr(params, "embeds", False)), "overrides": {}}
     plan = _shared_qkv({name: Grid(**{**default, **overrides.get(name, {})}) for name in targets})
@@ -301,6 +309,12 @@ def run_gptq(ctx: PassContext, params: GptqParams) -> ModelRef:
     plan, config = quant_plan(model, params, ctx.model.path)
     for name, grid in plan.items():
         grid.check(name, dict(model.named_modules())[name].weight.shape[1])
+    grouped = [name for name, grid in plan.items() if grid.group_size != -1]
+    if params.desc_act and grouped:  # act order with groups would need g_idx, which the builder does not read
+        ctx.notes.append(f"desc_act applies to modules quantized in one group per row: {len(grouped)} of "
+                         f"{len(plan)} are grouped (overrides or SelectiveMixedPrecision), such as {grouped[0]}, "
+                         "and are quantized in column order")
+        log.warning("Gptq: %s", ctx.notes[-1])
     rows = calibration_rows(ctx, params.data_config, params.calibration_samples, params.max_seq_len, tokenizer)
     if not rows:
         raise ModelpressError("Gptq: the calibration data gave no token rows; name a data config with text.")
