@@ -626,6 +626,10 @@ def test_olive_precision_and_symmetric_keys_of_the_onnx_quantizers(workspace):
     assert [c.params.weight_type for c in choices] == ["QInt8", "QUInt8"]
     assert all(c.params.extra_options.WeightSymmetric is True and c.params.extra_options.ActivationSymmetric is None
                for c in choices)
+    # the pass key wins over the same option written in extra_options, as in Olive (which warns)
+    raw["passes"]["q"] = {"type": "OnnxDynamicQuantization", "weight_symmetric": False,
+                          "extra_options": {"WeightSymmetric": True}}
+    assert normalize(raw, base_dir=workspace).passes[1].params.extra_options.WeightSymmetric is False
 
 
 def test_olive_finetune_training_keys(workspace):

@@ -94,6 +94,19 @@ def test_model_builder_options_reach_the_builder_in_its_own_spelling():
     assert not any(o.startswith("config_only") for o in options)
 
 
+def test_nodes_the_builder_keeps_in_float_are_one_list_from_both_places():
+    """int4_nodes_to_exclude beside extra_options' nodes_to_exclude became two options, and the builder keeps only
+    the last: the LM head named in the first was quantized."""
+    from modelpress.passes.catalog import ModelBuilderParams
+    from modelpress.passes.model_builder import builder_options
+
+    params = ModelBuilderParams.model_validate({
+        "precision": "int4", "int4_nodes_to_exclude": ["/lm_head/MatMul"],
+        "extra_options": {"nodes_to_exclude": "/model/embed_tokens/Gather,/lm_head/MatMul"}})
+    options = [o for o in builder_options(params) if o.startswith("nodes_to_exclude=")]
+    assert options == ["nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather"]
+
+
 def test_a_builder_parameter_in_extra_options_wins_over_the_same_beside_it_as_in_olive():
     from modelpress.passes.catalog import ModelBuilderParams
 

@@ -45,12 +45,16 @@ def builder_options(params: ModelBuilderParams) -> list[str]:
             options.append(f"accuracy_level={params.accuracy_level}")
         if params.algo_config is not None:
             options.append(f"algo_config={params.algo_config}")
+    extra = dict(params.extra_options)
     for name, (key, joiner) in BUILDER_KEYS.items():
         value = getattr(params, name)
         if value is None or (value is False and name == "metadata_only"):
             continue
+        if joiner and key in extra:  # the same builder option in extra_options too: one list of both (the builder
+            given = [v for v in str(extra.pop(key)).split(joiner) if v]  # keeps only the last of two)
+            value = [*value, *(v for v in given if v not in value)]
         options.append(_option(key, joiner.join(value) if joiner else value))
-    options += [_option(key, value) for key, value in params.extra_options.items()]
+    options += [_option(key, value) for key, value in extra.items()]
     return options
 
 

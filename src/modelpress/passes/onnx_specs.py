@@ -119,8 +119,8 @@ class OnnxDynamicQuantizationParams(Strict):
             if key in data:  # Olive's pass keys for two extra options (None: onnxruntime's default)
                 value = data.pop(key)
                 extra = dict(data.get("extra_options") or {})
-                if value is not None:
-                    extra.setdefault(option, value)
+                if value is not None:  # the pass key wins over extra_options, as in Olive
+                    extra[option] = value
                 data["extra_options"] = extra
         for key in ("weight_type", "activation_type"):
             if isinstance(data.get(key), str):
@@ -135,7 +135,9 @@ class OnnxDynamicQuantizationParams(Strict):
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI (avoids saturation).")
     op_types_to_quantize: list[str] | None = Field(
         None, description="Operator types to quantize, e.g. ['MatMul']; default: every type onnxruntime supports.")
-    op_types_to_exclude: list[str] | None = Field(None, description="Operator types to leave in float.")
+    op_types_to_exclude: list[str] | None = Field(None, description="Operator types to leave in float: taken out "
+                                                  "of op_types_to_quantize (every supported type where that is null; "
+                                                  "Olive's static pass starts from every type even when it is not).")
     nodes_to_quantize: list[str] | None = Field(None, description="Quantize only these nodes.")
     nodes_to_exclude: list[str] = Field(default_factory=list, description="Nodes to keep in float.")
     extra_options: QuantExtraOptions = Field(default_factory=QuantExtraOptions,
