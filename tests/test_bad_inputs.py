@@ -330,3 +330,12 @@ def test_a_nul_character_anywhere_in_a_config_is_one_config_error(tmp_path):
         with pytest.raises(ConfigError, match="NUL character") as err:
             normalize(raw, tmp_path)
         assert err.value.problems[0].path == where
+
+
+def test_a_path_under_the_home_of_a_user_who_does_not_exist_is_a_config_error(tmp_path):
+    """`~nosuchuser/cache`: Python's expanduser raised RuntimeError out of the loader (found by fuzzing)."""
+    from modelpress.config.normalize import normalize
+    from modelpress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="names the home folder of a user this machine does not have"):
+        normalize({"cache_dir": "~nosuchuser0/cache"}, tmp_path)

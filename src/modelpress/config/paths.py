@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.config.collector import Collector
+from modelpress.errors import ConfigError, Problem
 
 # a user script's paths (a plugin pass's, a custom metric's): key, what it must be, how to fix a missing one
 SCRIPT_PATHS = (("user_script", "file", "Give the path of the Python file, relative to the config file's folder."),
@@ -18,7 +19,11 @@ def resolve_path(value: Any, base_dir: Path) -> Any:
     """A path relative to the config file's folder made absolute; other values unchanged."""
     if not isinstance(value, (str, Path)):
         return value
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have
+        raise ConfigError([Problem(str(value), "names the home folder of a user this machine does not have",
+                                   "Write the path in full, or relative to the config file's folder.")]) from None
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
