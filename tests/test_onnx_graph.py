@@ -476,3 +476,26 @@ def test_an_adapter_exports_beside_its_base_or_merged_with_the_peft_models_logit
     np.testing.assert_allclose(merged, expected, atol=1e-4)
     layers = load_causal_lm(tiny_model).config.num_hidden_layers
     assert (merged_matmuls, unmerged_matmuls) == (base_matmuls, base_matmuls + 2 * layers)  # lora_A and lora_B
+
+
+def test_renaming_an_adapter_input_renames_its_weights_in_the_adapter_file(tmp_path):
+    """After ExtractAdapters the adapter file is keyed by graph input names: RenameInputs renamed the input and
+    left the file's key, which then fed no input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelpress.onnx_adapters import read_adapter, write_adapter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    weight = "model.layers.0.attn.qkv_proj.lora_A.MatMul.weight"
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", weight], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+                               helper.make_tensor_value_info(weight, TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src / "model.onnx"))
+    write_adapter({weight: np.eye(2, dtype=np.float32)}, src / "adapter_weights.npz")
+    out = _run(ModelRef("onnx", src, id="a"), tmp_path / "out", "GraphSurgeries",
+               surgeries=[{"surgeon": "RenameInputs", "old_names": [weight], "new_names": ["lora_a_0"]}])
+    assert [i.name for i in onnx.load(str(out.path / "model.onnx")).graph.input] == ["x", "lora_a_0"]
+    assert list(read_adapter(out.path / "adapter_weights.npz")) == ["lora_a_0"]

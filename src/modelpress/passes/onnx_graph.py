@@ -136,6 +136,7 @@ def run_graph_surgeries(ctx: PassContext, params: GraphSurgeriesParams) -> Model
         model, note = SURGEONS[surgery["surgeon"]](model, **options)
         done.append(f"{surgery['surgeon']}: {note}")
     _save(ctx, model, model_file)
+    _rename_adapter_weights(ctx.out, params.surgeries)
     genai_config = ctx.out / "genai_config.json"
     if genai_config.is_file():
         from modelpress.fsutil import atomic_write_json, read_json
@@ -148,6 +149,23 @@ def run_graph_surgeries(ctx: PassContext, params: GraphSurgeriesParams) -> Model
     ctx.notes.append("; ".join(done) + f" ({_mib(model_bytes(ctx.model.path, model_file))} -> "
                      f"{_mib(model_bytes(ctx.out, model_file))})")
     return _output(ctx, ctx.model.kind)
+
+
+def _rename_adapter_weights(folder: Path, surgeries: list[dict]) -> None:
+    """RenameInputs of inputs that ExtractAdapters made: the folder's adapter file is keyed by the graph's input
+    names, so its keys are renamed with them (onnxruntime would feed the old names to no input)."""
+    from modelpress.onnx_adapters import adapter_file, read_adapter, write_adapter
+
+    path = adapter_file(folder)
+    renames = [dict(zip(s["old_names"], s["new_names"])) for s in surgeries if s["surgeon"] == "RenameInputs"]
+    if path is None or not renames:
+        return
+    values = read_adapter(path)
+    keys = list(values)
+    for mapping in renames:  # in the order the surgeries ran
+        keys = [mapping.get(key, key) for key in keys]
+    if keys != list(values):
+        write_adapter(dict(zip(keys, values.values())), path)
 
 
 def output_dims(model_path: Path) -> dict:
