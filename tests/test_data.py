@@ -374,3 +374,59 @@ def test_max_samples_caps_a_classifiers_training_rows_as_it_caps_a_language_mode
     labels = label_set(examples)
     assert len(plan.features(examples, "tone", tokenizer, labels)) == 9
     assert len(plan.features(examples, "tone", tokenizer, labels, capped=False)) == len(examples) > 9
+
+
+def _plan_rows(tmp_path, model, load: dict) -> list[str]:
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.context import DataPlan
+
+    raw = tone_workflow(model, {})
+    raw["data_configs"][0]["load_dataset_config"] = load
+    raw["data_configs"][0]["pre_process_data_config"] = {"text_template": "{phrase}"}
+    plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "cache")
+    return [ex.completion for ex in plan.examples("tone")]
+
+
+def test_a_data_dir_is_read_by_split_as_datasets_reads_it(tmp_path, tiny_model):
+    """data_dir with train/validation/test files and no data_files: every file was read as 'train' (test rows
+    trained on), and split 'validation' was refused."""
+    from modelpress.errors import ConfigError
+
+    def rows(**load):
+        return sorted(_plan_rows(tmp_path, tiny_model, {"data_name": "json", **load}))
+
+    folder = tmp_path / "dd"
+    (folder / "more").mkdir(parents=True)
+    for name, phrase in (("train.jsonl", "t1"), ("more/train-2.jsonl", "t2"), ("validation.jsonl", "v1"),
+                         ("test.jsonl", "x1")):
+        _jsonl(folder, [{"phrase": phrase}], name)
+    assert rows(data_dir="dd", split="train") == ["t1", "t2"]
+    assert rows(data_dir="dd", split="validation") == ["v1"]
+    assert rows(data_name="dd", split="test") == ["x1"]  # a local folder as data_name (it was taken for a Hub id)
+    with pytest.raises(ConfigError, match=r"holds files of the split\(s\) 'train', 'validation', 'test', not 'dev'"):
+        rows(data_dir="dd", split="dev")
+
+
+def test_a_split_slice_takes_its_part_of_all_the_files_at_once(tmp_path, tiny_model):
+    """split 'train[:2]' over two files gave two rows of each, as if each file were the split."""
+    def rows(files, split):
+        return _plan_rows(tmp_path, tiny_model, {"data_name": "json", "data_files": files, "split": split})
+
+    for name, phrases in (("a.jsonl", ["a1", "a2", "a3"]), ("b.jsonl", ["b1", "b2", "b3"])):
+        _jsonl(tmp_path, [{"phrase": p} for p in phrases], name)
+    files = ["a.jsonl", "b.jsonl"]
+    assert rows(files, "train[:2]") == ["a1", "a2"]
+    assert rows(files, "train[:50%]") == ["a1", "a2", "a3"]
+    assert rows(files, "train[4:]") == ["b2", "b3"]
+    assert rows({"train": ["a.jsonl"], "validation": ["b.jsonl"]}, "validation[1:]") == ["b2", "b3"]
+
+
+def test_a_row_that_does_not_parse_is_named_with_the_parsers_own_message(tmp_path, tiny_model):
+    from modelpress.errors import DataError
+
+    (tmp_path / "bad.jsonl").write_text('{"phrase": "a"}\n{"phrase": "b"}\n{"phrase" "c"}\n')
+    with pytest.raises(DataError) as err:
+        _plan_rows(tmp_path, tiny_model, {"data_name": "json", "data_files": ["bad.jsonl"]})
+    assert "An error occurred while generating the dataset" not in str(err.value), err.value
+    assert "bad.jsonl" in str(err.value)

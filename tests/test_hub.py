@@ -466,3 +466,45 @@ def test_a_dataset_subset_is_fetched_as_its_card_names_it(hf_home, hub_cache, tm
     checked = _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home)
     assert checked.returncode == 2 and "load_dataset_config.subset: subset 'tonez' is not one" in checked.stderr
     assert cached_snapshot(repo, None, "dataset") is None
+
+
+def test_a_hub_dataset_given_by_split_reads_the_split_asked_for(hub_cache, tmp_path):
+    """data_files as {split: files} with split 'validation': the split's files were passed on as a list, which
+    datasets calls 'train', and reading them failed with "Unknown split 'validation'"."""
+    from modelpress.config import normalize
+    from modelpress.context import DataPlan
+
+    rows = TONE_DATA.read_bytes().splitlines(keepends=True)
+    add_repo(hub_cache, "acme/by-split", {"tr.jsonl": b"".join(rows[:30]), "va.jsonl": b"".join(rows[30:42])},
+             "8" * 40, repo_type="dataset")
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": MODEL_ID}
+    raw["data_configs"][0]["load_dataset_config"] = {
+        "data_name": "acme/by-split", "data_files": {"train": "tr.jsonl", "validation": "va.jsonl"},
+        "split": "validation[:10]"}
+    plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "cache")
+    plan.resolve_hub_data()
+    assert len(plan.examples("tone")) == 10
+
+
+def test_a_double_star_pattern_fetches_what_datasets_reads():
+    """`data/**/*.parquet` matches data/a.parquet in datasets, not in the download filter: those rows were never
+    downloaded, and a cache filled otherwise later gave other rows under the same key."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from modelpress.hub import dataset_patterns
+
+    patterns = dataset_patterns(["data/**/*.parquet"], None)
+    fetched = set(filter_repo_objects(["data/a.parquet", "data/sub/b.parquet", "other/c.parquet", "README.md"],
+                                      allow_patterns=patterns))
+    assert fetched == {"data/a.parquet", "data/sub/b.parquet", "README.md"}
+
+
+def test_a_hub_datasets_fingerprint_is_its_commit_however_the_revision_is_written(tmp_path):
+    from modelpress.config.schema import DataConfig
+    from modelpress.data_files import data_fingerprint
+
+    snapshot = tmp_path / ("9" * 40)
+    prints = {data_fingerprint(DataConfig(name="d", hub_id="acme/x", revision=rev, text_template="{a}"), snapshot)
+              for rev in (None, "main", "9" * 40)}
+    assert len(prints) == 1

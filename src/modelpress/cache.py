@@ -41,7 +41,8 @@ CACHE_VERSION = 10  # bump when a pass gives different output for the same input
 # of Gptq, Rtn and SelectiveMixedPrecision as the GPTQ reference code spreads them; 10: 2026-12-06 late night, rows
 # of a template whose prompt holds no row text told apart by their text, a chat answer's leading blanks left out of
 # its prompt, the system message every chat row opens with recorded on the card, max_samples capping a
-# classifier's training rows, LoRA keeping a tied embedding tied to its head)
+# classifier's training rows, LoRA keeping a tied embedding tied to its head, a
+# data_dir read by split, a split's slice taken over all its files)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 IN_USE_LOCK = "in-use.lock"  # shared by every run on the cache, taken alone to empty it

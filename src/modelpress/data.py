@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelpress.config.templates import completion_split, field_text, template_fields, template_parts
-from modelpress.config.schema import DataConfig
+from modelpress.config.schema import DataConfig, split_name
 from modelpress.errors import DataError
 from modelpress.data_files import arrow_folder
 
@@ -69,20 +69,27 @@ def load_rows(config: DataConfig, cache_dir: Path | None = None,
     datasets.disable_progress_bars()
     rows = []
     sources = [hub_folder] if hub_folder is not None else config.data_files
+    name, cut = split_name(config.split)
+    if hub_folder is None and name != "train":
+        raise DataError(f"data config {config.name!r}: no split {config.split!r}; local files have only 'train' "
+                        "(name the split's files in data_files, or give data_files by split). Set split to 'train'.")
     for path in sources:
         try:
             table = _load_table(config, path, hub_folder is not None, cache_dir)
             rows += [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
         except ValueError as err:
-            if "split" in str(err).lower() and "unknown" in str(err).lower():
-                if hub_folder is not None:  # datasets names the splits the Hub dataset has
-                    raise DataError(f"Hub dataset {config.hub_id!r}: {str(err).strip()} Set split to one of "
-                                    "them.") from None
-                raise DataError(f"{path}: no split {config.split!r}; local files have only 'train'. "
-                                "Set split to 'train'.") from None
+            if "split" in str(err).lower() and "unknown" in str(err).lower() and hub_folder is not None:
+                # datasets names the splits the Hub dataset has
+                raise DataError(f"Hub dataset {config.hub_id!r}: {str(err).strip()} Set split to one of "
+                                "them.") from None
             raise DataError(_unreadable(path, config.format, err, hub_folder is None)) from None
         except Exception as err:  # datasets and pyarrow wrap parser errors in many types
             raise DataError(_unreadable(path, config.format, err, hub_folder is None)) from None
+    if hub_folder is None and cut:  # a slice of all the files together, as datasets takes it from one split
+        import datasets
+
+        (part,) = datasets.ReadInstruction.from_spec(config.split).to_absolute({"train": len(rows)})
+        rows = rows[part.from_:part.to]
     if not rows:
         raise DataError(f"data config {config.name!r}: the files hold no rows ({', '.join(map(str, config.data_files))})")
     return rows
@@ -102,9 +109,9 @@ def _load_table(config: DataConfig, path: Path, hub: bool, cache_dir: Path | Non
         import pandas as pd
 
         features = datasets.Features({name: datasets.Value("string") for name in pd.read_csv(path, nrows=0).columns})
-        return datasets.load_dataset("csv", data_files=[str(path)], split=config.split, cache_dir=cache,
+        return datasets.load_dataset("csv", data_files=[str(path)], split="train", cache_dir=cache,
                                      features=features, keep_default_na=False)
-    return datasets.load_dataset(config.format, data_files=[str(path)], split=config.split, cache_dir=cache)
+    return datasets.load_dataset(config.format, data_files=[str(path)], split="train", cache_dir=cache)
 
 
 def _unreadable(path: Path, fmt: str, err: Exception, local: bool = True) -> str:
@@ -116,6 +123,8 @@ def _unreadable(path: Path, fmt: str, err: Exception, local: bool = True) -> str
             return f"{path} is a folder; name the data files in it."
         if path.stat().st_size < 1 << 16 and not path.read_bytes().strip():
             return f"{path} is empty: it holds no rows."
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__  # datasets wraps the parser's message ("... in row 2") in its own
     text = str(err).strip()
     detail = text.splitlines()[0][:300] if text else "no details"
     if isinstance(err, UnicodeDecodeError):

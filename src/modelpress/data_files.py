@@ -20,7 +20,10 @@ def data_fingerprint(config: DataConfig, hub_folder: Path | None = None, chat: d
     """
     # what the rows are made of, not where the config or its files sit: a moved or copied project reuses its cache
     local = hub_folder is None
-    digest = hashlib.sha256(config.model_dump_json(exclude={"name", "data_files"} if local else {"name"}).encode())
+    # a Hub dataset's revision is read as the commit it names (the snapshot folder below): "main" and that commit's
+    # hash give one fingerprint
+    digest = hashlib.sha256(config.model_dump_json(exclude={"name", "data_files"} if local else {"name", "revision"})
+                            .encode())
     digest.update(repr(sorted((chat or {}).items())).encode())
     if not local:
         digest.update(Path(hub_folder).name.encode())

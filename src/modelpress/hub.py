@@ -70,8 +70,9 @@ def dataset_patterns(data_files: list, data_dir: str | None) -> list[str] | None
     """The files of a dataset repo to fetch: the named data files (or the data_dir) and the dataset card,
     which may name its subsets; None (the whole repo) when neither is given."""
     prefix = f"{data_dir.strip('/')}/" if data_dir else ""
-    if data_files:
-        return [prefix + str(f) for f in data_files] + [CARD]
+    if data_files:  # datasets' ** also matches no folder at all, the download filter's needs one: both asked
+        named = [prefix + str(f) for f in data_files]
+        return [*named, *(f.replace("**/", "") for f in named if "**/" in f), CARD]
     return [f"{prefix}*", CARD] if data_dir else None
 
 

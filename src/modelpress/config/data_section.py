@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.config.collector import Collector, as_mapping, unwrap
-from modelpress.config.schema import DataConfig
+from modelpress.config.schema import DataConfig, split_name
 from modelpress.config.paths import resolve_path
 
 # keys by which a data config says where its text comes from; with none, an Olive config reads the column `text`
@@ -160,6 +160,9 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
         c.add(f"{path}.data_name", f"datasets' {name!r} loader is not supported",
               "Save the rows as json, jsonl, csv or parquet and set data_name to that format.")
         return None
+    folder = resolve_path(name, base_dir) if isinstance(name, str) else None
+    if folder is not None and folder.is_dir():  # a local dataset folder, which datasets (and Olive) read first
+        return _local_folder(load, folder, path, base_dir, c)
     if isinstance(name, str) and is_hub_id(name):
         return _hub_dataset(load, name, path, c)
     c.add(f"{path}.data_name", f"found {name!r}: neither a file format nor a Hub dataset id",
@@ -170,10 +173,10 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
 def _files(load: dict, path: str, c: Collector) -> list[str] | None:
     files = load.get("data_files")
     if isinstance(files, dict) and "type" not in files:  # split -> files, as datasets reads it: the split's
-        split = load.get("split") or "train"
+        split = split_name(load.get("split"))[0]
         if split not in files:
-            c.add(f"{path}.data_files", f"names the splits {', '.join(map(repr, files))}, and split is {split!r}",
-                  "Set split to one of them.")
+            c.add(f"{path}.data_files", f"names the splits {', '.join(map(repr, files))}, and split is "
+                  f"{load.get('split') or 'train'!r}", "Set split to one of them.")
             return None
         files = files[split]
     elif isinstance(files, dict):
@@ -198,12 +201,19 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
         c.add(f"{path}.data_dir", f"must be a folder path, found {data_dir!r}")
         return None
     root = resolve_path(data_dir, base_dir) if data_dir else base_dir
-    if data_dir and not files:
-        files = sorted(str(f) for f in root.iterdir() if f.suffix in EXTENSIONS[fmt]) if root.is_dir() else []
-        if not files:
+    by_split = False
+    if data_dir and not files:  # the split's files, found as datasets (and so Olive) finds them by their names
+        found = _split_files(root, fmt)
+        name = split_name(load.get("split"))[0]
+        if not found:
             c.add(f"{path}.data_dir", f"holds no {'/'.join(EXTENSIONS[fmt])} file: {root}",
                   "List the files in data_files, or check the folder.")
             return None
+        if name not in found:
+            c.add(f"{path}.split", f"{root} holds files of the split(s) {', '.join(map(repr, found))}, not {name!r} "
+                  "(datasets tells them by name: train*, validation*, test*)", "Set split to one of them.")
+            return None
+        files, by_split = found[name], True
     if not files:
         c.add(f"{path}.data_files", "required key is missing", "List the local data files.")
         return None
@@ -222,9 +232,39 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
             c.add(f"{path}.data_files[{i}]", f"file not found: {resolved[-1]}", relative_to)
     if len(c.problems) > known and not resolved:
         return None
-    # a split -> files mapping is resolved to the split's files above: datasets names local files' rows "train"
-    split = "train" if isinstance(load.get("data_files"), dict) else load.get("split", "train")
+    # a split -> files mapping (or a data_dir's split) is resolved to the split's files above: datasets names those
+    # files' rows "train"; a slice (train[:50%]) applies to all of them at once
+    name, cut = split_name(load.get("split"))
+    split = "train" + cut if isinstance(load.get("data_files"), dict) or by_split else load.get("split", "train")
     return {"data_files": resolved, "format": fmt, "split": split}
+
+
+def _local_folder(load: dict, folder: Path, path: str, base_dir: Path, c: Collector) -> dict | None:
+    """data_name naming a local folder of data files: read as datasets reads one, its format from its files."""
+    data_dir = load.get("data_dir")
+    root = folder / data_dir if isinstance(data_dir, str) else folder
+    formats = [fmt for fmt in EXTENSIONS if _split_files(root, fmt)]
+    if len(formats) != 1:
+        c.add(f"{path}.data_name", f"the folder {root} holds {'no' if not formats else ' and '.join(formats)} "
+              "data files", "Name a folder of json/jsonl, csv or parquet files, or set data_name to the format "
+              "and list data_files.")
+        return None
+    return _local_files({**load, "data_dir": str(root)}, formats[0], path, base_dir, c)
+
+
+def _split_files(root: Path, fmt: str) -> dict[str, list[str]]:
+    """{split: its files of this format} in a folder (subfolders too), as datasets assigns them by name."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    if not root.is_dir():
+        return {}
+    try:
+        found = DataFilesDict.from_patterns(get_data_patterns(str(root)), str(root))
+    except Exception:  # datasets' EmptyDatasetError: nothing in the folder
+        return {}
+    out = {str(split): sorted(f for f in files if Path(f).suffix.lower() in EXTENSIONS[fmt])
+           for split, files in found.items()}
+    return {split: files for split, files in out.items() if files}
 
 
 def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
@@ -243,8 +283,11 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
                "'validation'); set split to the one meant")
     if c.sources_here:
         _say_if_cached(name, revision, files, load, path, c)
+    split = load.get("split", "train")
+    if isinstance(load.get("data_files"), dict):  # the split's files, which datasets reads as its "train"
+        split = "train" + split_name(split)[1]
     return {"hub_id": name, "data_files": files, "revision": revision, "subset": load.get("subset"),
-            "data_dir": load.get("data_dir"), "split": load.get("split", "train")}
+            "data_dir": load.get("data_dir"), "split": split}
 
 
 def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict, path: str, c: Collector) -> None:

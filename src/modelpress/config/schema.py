@@ -364,3 +364,10 @@ def _pass_json(p: PassConfig) -> dict:
     if p.alternatives:
         out["alternatives"] = [_pass_json(a) for a in p.alternatives]
     return out
+
+
+def split_name(split: str | None) -> tuple[str, str]:
+    """(the split's name, the slice after it): "train[:50%]" -> ("train", "[:50%]"), as datasets reads a split."""
+    split = split or "train"
+    name = split.partition("[")[0]
+    return name, split[len(name):]
