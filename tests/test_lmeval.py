@@ -71,6 +71,26 @@ def test_genai_answers_loglikelihood_and_generate_requests_as_lm_evals_hflm_does
     assert genai.loglikelihood_rolling(rolling)[0] == pytest.approx(hf.loglikelihood_rolling(rolling)[0], abs=1e-3)
 
 
+def test_a_genai_prompt_is_cut_to_its_latest_tokens_and_a_budget_past_max_length_is_refused(tiny_model, genai_fp32):
+    """max_gen_toks past max_length emptied the prompt (the slice -(max_length - steps) turned positive): the
+    model answered from its BOS alone, scored without a word. lm-eval's HFLM refuses it too."""
+    from lm_eval.models.huggingface import HFLM
+
+    from modelpress.errors import ModelpressError
+    from modelpress.lmeval import genai_lm_class
+    from modelpress.models import load_for_inference
+
+    model, tokenizer = load_for_inference(ModelRef(HF, tiny_model, id="base"))
+    hf = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu", max_length=24)
+    genai = genai_lm_class()(genai_fp32.path, batch_size=2, max_length=24)
+    long = [("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen",
+             {"until": ["\n"], "max_gen_toks": 6})]
+    assert genai.generate_until(_instances("generate_until", long)) == hf.generate_until(
+        _instances("generate_until", long))  # both keep the prompt's last 18 tokens
+    with pytest.raises(ModelpressError, match="asks for up to 30 new tokens, which leaves no room for its prompt"):
+        genai.generate_until(_instances("generate_until", [("Once upon a time", {"max_gen_toks": 30})]))
+
+
 def test_local_tasks_run_on_an_hf_model_and_a_genai_model_alike(tiny_model, genai_fp32, tmp_path):
     from modelpress.lmeval import run_tasks
 

@@ -108,3 +108,27 @@ def test_the_command_turns_on_huge_page_tensors_unless_the_user_chose():
     # a program that uses modelpress as a library keeps its own settings
     library = _python(f"import os, modelpress.cli; print(os.environ.get({THP_ENV!r}))")
     assert library.stdout.strip() == "None", library.stderr
+
+
+def test_plain_tqdm_bars_are_off_where_the_library_bars_are_quieted(monkeypatch, capsys):
+    """transformers' GGUF conversion draws a plain tqdm bar with no switch: it went into a log file as raw
+    redraws. Inside tqdm_off it is off where quiet_library_bars ran, and as it was elsewhere."""
+    import io
+
+    import tqdm
+
+    from modelpress import runtime
+
+    def drawn() -> str:
+        out = io.StringIO()
+        for _ in tqdm.tqdm(range(3), file=out, desc="Converting"):
+            pass
+        return out.getvalue()
+
+    monkeypatch.setattr(runtime, "_library_bars_off", True)
+    with runtime.tqdm_off():
+        assert drawn() == ""
+    assert "Converting" in drawn()  # tqdm is as it was afterwards
+    monkeypatch.setattr(runtime, "_library_bars_off", False)
+    with runtime.tqdm_off():
+        assert "Converting" in drawn()

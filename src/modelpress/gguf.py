@@ -16,7 +16,7 @@ from pathlib import Path
 
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, file_lock, remove_leftovers
-from modelpress.runtime import library_version
+from modelpress.runtime import library_version, tqdm_off
 
 log = logging.getLogger("modelpress")
 SOURCE_NOTE = "modelpress_gguf_source.json"
@@ -77,9 +77,10 @@ def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False)
         except OSError:  # a temporary folder that takes no links: the file's own folder (its neighbours may count)
             alone, name = str(gguf_path.parent), gguf_path.name
         try:
-            tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=name, trust_remote_code=trust_remote_code)
-            loaded = AutoModelForCausalLM.from_pretrained(alone, gguf_file=name, trust_remote_code=trust_remote_code,
-                                                          **dense)
+            with tqdm_off():  # transformers' "Converting and de-quantizing GGUF tensors" bar takes no switch
+                tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=name, trust_remote_code=trust_remote_code)
+                loaded = AutoModelForCausalLM.from_pretrained(alone, gguf_file=name,
+                                                              trust_remote_code=trust_remote_code, **dense)
         except ImportError as err:
             raise ModelpressError(f"{gguf_path}: reading it needs a newer gguf package ({err}); pip install -U "
                                   "gguf") from None

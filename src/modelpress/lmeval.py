@@ -13,7 +13,6 @@ point at local files; nothing here needs the network.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.models import ModelRef, load_for_inference, load_tokenizer
 from modelpress.passes.catalog import ONNX, ONNX_GENAI
+from modelpress.runtime import tqdm_off
 
 log = logging.getLogger("modelpress")
 
@@ -38,20 +38,6 @@ def metric_key(task: str, name: str) -> str:
     metric, _, flt = name.partition(",")
     suffix = "" if flt in ("", "none") else "_" + re.sub(r"\W+", "_", flt)
     return f"{task}-{metric}{suffix}"
-
-
-@contextlib.contextmanager
-def _tqdm_off(off: bool):
-    """Every tqdm bar made inside defaults to off; tqdm is as it was afterwards."""
-    import tqdm.std
-
-    original = tqdm.std.tqdm.__init__
-    if off:
-        tqdm.std.tqdm.__init__ = functools.partialmethod(original, disable=True)
-    try:
-        yield
-    finally:
-        tqdm.std.tqdm.__init__ = original
 
 
 def run_tasks(ref: ModelRef, tasks: list, settings, trust_remote_code: bool = False,
@@ -80,10 +66,10 @@ def run_tasks(ref: ModelRef, tasks: list, settings, trust_remote_code: bool = Fa
     # "fatal: not a git repository" outside one; that commit says nothing about the model
     lm_eval.evaluator.get_git_commit_hash = lambda: None
     try:
-        with _tqdm_off(not show_progress):  # lm-eval's request-building bars take no switch either
+        with tqdm_off(not show_progress):  # lm-eval's request-building bars take no switch either
             out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=settings.limit,
                                   num_fewshot=settings.num_fewshot, bootstrap_iters=settings.bootstrap_iters,
-                                  batch_size=settings.batch_size, log_samples=False, verbosity="ERROR")
+                                  batch_size=settings.batch_size, log_samples=False, verbosity=None)
     finally:
         if git_hash is not None:
             lm_eval.evaluator.get_git_commit_hash = git_hash
@@ -137,9 +123,14 @@ def torch_device(device: str | None) -> str:
 
         if torch.cuda.is_available():
             return "cuda"
-        log.warning("LMEvaluator: device 'gpu', and torch sees no CUDA GPU here: lm-eval runs on the CPU")
+        _warn_once("LMEvaluator: device 'gpu', and torch sees no CUDA GPU here: lm-eval runs on the CPU")
         return "cpu"
     return device
+
+
+@functools.cache
+def _warn_once(message: str) -> None:  # the device is read for the cache key and again for the run
+    log.warning(message)
 
 
 @functools.cache
@@ -218,8 +209,12 @@ def genai_lm_class():
                     groups.setdefault(steps, []).append((i, context, until))
                 answers = [""] * len(chunk)
                 for steps, items in groups.items():
-                    rows = [self.tok_encode(context)[-(self.max_length - steps):] or [self.prefix_token_id]
-                            for _, context, _ in items]
+                    room = self.max_length - steps  # the context's most recent tokens that leave room for the answer
+                    if room <= 0:  # as lm-eval's own HFLM refuses it: the prompt would be cut to nothing
+                        raise ModelpressError(f"lm-eval task asks for up to {steps} new tokens, which leaves no "
+                                              f"room for its prompt in the evaluator's max_length {self.max_length}; "
+                                              "raise max_length (or the task's max_gen_toks below it)")
+                    rows = [self.tok_encode(context)[-room:] or [self.prefix_token_id] for _, context, _ in items]
                     for (i, _, until), new in zip(items, self.runner.generate_ids(rows, steps)):
                         text = self.hf_tokenizer.decode(new, skip_special_tokens=True)
                         for stop in until:

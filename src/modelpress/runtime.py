@@ -10,6 +10,7 @@ count changes the order of PyTorch's sums, and so is the same for every task of 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -67,6 +68,25 @@ def uses_bitsandbytes(config) -> bool:
 QUIET_BARS_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
 
 
+_library_bars_off = False  # set by quiet_library_bars: bars are not wanted in this process
+
+
+@contextlib.contextmanager
+def tqdm_off(off: bool | None = None):
+    """Every tqdm bar made inside defaults to off (`off` None: where `quiet_library_bars` ran), for libraries that
+    draw plain tqdm bars with no switch (lm-eval's evaluator, transformers' GGUF conversion); tqdm is as it was
+    afterwards."""
+    import tqdm.std
+
+    original = tqdm.std.tqdm.__init__
+    if _library_bars_off if off is None else off:
+        tqdm.std.tqdm.__init__ = functools.partialmethod(original, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = original
+
+
 def quiet_library_bars() -> None:
     """Stop the Hugging Face libraries' own bars (loading weights, writing shards, downloads, datasets).
 
@@ -74,6 +94,8 @@ def quiet_library_bars() -> None:
     datasets read when imported, so nothing heavy is imported here: a fully cached run stays free of
     torch. A library imported already is switched off directly.
     """
+    global _library_bars_off
+    _library_bars_off = True
     for name in QUIET_BARS_ENV:
         os.environ.setdefault(name, "1")
     if "huggingface_hub" in sys.modules:

@@ -15,6 +15,7 @@ import math
 import random
 import time
 import traceback
+import warnings
 
 from modelpress.config.schema import PassConfig
 from modelpress.errors import is_disk_full
@@ -276,9 +277,11 @@ class Search:
         directions = ["maximize" if higher else "minimize" for _, higher in self.objective.ranked] or ["minimize"]
 
         # a candidate that misses goals is infeasible (its constraint > 0): TPE models it apart
-        sampler = optuna.samplers.TPESampler(seed=self.settings.seed, n_startup_trials=min(4, math.prod(sizes)),
-                                             multivariate=self.settings.multivariate,
-                                             group=self.settings.group and self.settings.multivariate)
+        with warnings.catch_warnings():  # optuna calls multivariate and group experimental: Olive's defaults
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=self.settings.seed, n_startup_trials=min(4, math.prod(sizes)),
+                                                 multivariate=self.settings.multivariate,
+                                                 group=self.settings.group and self.settings.multivariate)
         study = optuna.create_study(directions=directions, sampler=sampler)
         total = math.prod(sizes)
         records: dict[int, dict] = {}  # candidate id -> record, for the combinations of this subspace

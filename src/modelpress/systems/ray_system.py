@@ -123,7 +123,7 @@ class RaySystem:
         return {"raw": _env_values_left_out(config.raw), "base_dir": str(config.base_dir), "storage": str(self.storage),
                 "input_folder": str(input_ref.path), "input_id": input_ref.id, "ref": ref_to_json(ref),
                 "hub_revisions": session.plan.hub_revisions(),
-                "log_level": config.engine.log_level,
+                "log_level": logging.getLevelName(log.getEffectiveLevel()),  # the driver's, --quiet or --verbose too
                 "secret_env": self._secret_env}
 
     def run_pass(self, session, p, key: str, ref):
