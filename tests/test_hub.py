@@ -508,3 +508,20 @@ def test_a_hub_datasets_fingerprint_is_its_commit_however_the_revision_is_writte
     prints = {data_fingerprint(DataConfig(name="d", hub_id="acme/x", revision=rev, text_template="{a}"), snapshot)
               for rev in (None, "main", "9" * 40)}
     assert len(prints) == 1
+
+
+def test_a_hub_dataset_that_does_not_parse_says_so_without_a_format_it_never_had(hub_cache, tmp_path):
+    from modelpress.config import normalize
+    from modelpress.context import DataPlan
+    from modelpress.errors import DataError
+
+    add_repo(hub_cache, "acme/broken", {"data/train.jsonl": b'{"phrase": "a", "tone": "joy"}\n{"phrase" "b"}\n'},
+             "a" * 40, repo_type="dataset")
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": MODEL_ID}
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": "acme/broken", "split": "train"}
+    plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "cache")
+    plan.resolve_hub_data()
+    with pytest.raises(DataError, match="datasets cannot read this Hub dataset's files") as err:
+        plan.examples("tone")
+    assert "as None" not in str(err.value)

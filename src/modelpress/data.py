@@ -129,6 +129,8 @@ def _unreadable(path: Path, fmt: str, err: Exception, local: bool = True) -> str
     detail = text.splitlines()[0][:300] if text else "no details"
     if isinstance(err, UnicodeDecodeError):
         detail = "the file is not UTF-8 text"
+    if not local:  # a Hub dataset's snapshot: datasets chose the format from its files
+        return f"{path}: datasets cannot read this Hub dataset's files ({detail})."
     return f"{path}: cannot read as {fmt} ({detail}). Check the file's format and save it as UTF-8."
 
 
