@@ -129,20 +129,15 @@ class UrlStorage:
 
         if cache.intact(key):  # a damaged local copy is replaced, or every later lookup would miss it again
             return
-        # Tasks on one node that need one entry (search candidates reading the input model) share the node's cache:
-        # one downloads, the others wait and use its copy, which a second download would replace under them.
-        with cache.lock(key):
-            if cache.intact(key):
-                return
-            remote = self._remote(kind, key)
-            meta = json.loads(self.fs.cat_file(f"{remote}/{ENTRY}"))
-            cache.passes.mkdir(parents=True, exist_ok=True)
-            with atomic_dir(cache.passes / key) as tmp:
-                for name in meta.get("files", {}):
-                    target = tmp / "model" / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self.fs.get_file(f"{remote}/model/{name}", str(target))
-                atomic_write_json(tmp / ENTRY, meta)
+        remote = self._remote(kind, key)
+        meta = json.loads(self.fs.cat_file(f"{remote}/{ENTRY}"))
+        cache.passes.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(cache.passes / key) as tmp:
+            for name in meta.get("files", {}):
+                target = tmp / "model" / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(f"{remote}/model/{name}", str(target))
+            atomic_write_json(tmp / ENTRY, meta)
 
     def _same_files(self, folder: Path, kind: str, key: str) -> bool:
         """Whether `folder` holds the files (names and sizes) of the storage's entry; true where it has none."""
@@ -155,7 +150,11 @@ class UrlStorage:
         if Path(path).is_dir() and self._same_files(Path(path), kind, model_id):
             return Path(path)
         cache = PassCache(self.node_dir)
-        self.fetch(cache, model_id, kind)
+        # Tasks on one node that need one entry (search candidates reading the input model) share the node's cache:
+        # one downloads, the others wait and use its copy, which a second download would replace under them. (The
+        # driver fetches a task's output under the run's own lock on that key: not taken again here.)
+        with cache.lock(model_id):
+            self.fetch(cache, model_id, kind)
         return cache.passes / model_id / "model"
 
 
