@@ -177,9 +177,7 @@ class Session:
         # trained on this machine: not on a Ray host, nor data-parallel on a Ray cluster this run connected to
         local = self.host(p) is None and not (getattr(p.params, "num_workers", 1) > 1 and self.systems)
         key = _pass_key(config, p, ref, plan, self.ep, local=local)
-        if key in self.failed:  # the same pass on the same input, failed before in this run: not run again
-            raise ModelpressError(f"pass {p.name} ({p.type}) failed earlier in this run on the same input and "
-                                  f"settings: {self.failed[key]}")
+        self._refuse_failed(p, key)  # the same pass on the same input, failed before in this run: not run again
         started = time.perf_counter()
         cached = cache.lookup(key, ref)
         if cached is None:
@@ -189,9 +187,7 @@ class Session:
             with cache.lock(key):
                 cached = cache.lookup(key, ref)  # another run may have made it while we waited
                 if cached is None:
-                    if key in self.failed:  # a candidate run beside this one failed it meanwhile
-                        raise ModelpressError(f"pass {p.name} ({p.type}) failed earlier in this run on the same "
-                                              f"input and settings: {self.failed[key]}")
+                    self._refuse_failed(p, key)  # a candidate run beside this one may have failed it meanwhile
                     try:
                         ref, row = self._run_uncached(p, key, ref)
                     except Exception as err:
@@ -204,6 +200,11 @@ class Session:
             "pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
         history.append(record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
         return cached
+
+    def _refuse_failed(self, p: PassConfig, key: str) -> None:
+        if key in self.failed:
+            raise ModelpressError(f"pass {p.name} ({p.type}) failed earlier in this run on the same input and "
+                                  f"settings: {self.failed[key]}")
 
     def _run_uncached(self, p: PassConfig, key: str, ref: ModelRef) -> tuple[ModelRef, dict]:
         host = self.host(p)

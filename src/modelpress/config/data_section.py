@@ -234,7 +234,7 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
         return None
     # a split -> files mapping (or a data_dir's split) is resolved to the split's files above: datasets names those
     # files' rows "train"; a slice (train[:50%]) applies to all of them at once
-    name, cut = split_name(load.get("split"))
+    cut = split_name(load.get("split"))[1]
     split = "train" + cut if isinstance(load.get("data_files"), dict) or by_split else load.get("split", "train")
     return {"data_files": resolved, "format": fmt, "split": split}
 
@@ -243,7 +243,8 @@ def _local_folder(load: dict, folder: Path, path: str, base_dir: Path, c: Collec
     """data_name naming a local folder of data files: read as datasets reads one, its format from its files."""
     data_dir = load.get("data_dir")
     root = folder / data_dir if isinstance(data_dir, str) else folder
-    formats = [fmt for fmt in EXTENSIONS if _split_files(root, fmt)]
+    found = _files_by_split(root)  # listed once for the three formats
+    formats = [fmt for fmt in EXTENSIONS if _of_format(found, fmt)]
     if len(formats) != 1:
         c.add(f"{path}.data_name", f"the folder {root} holds {'no' if not formats else ' and '.join(formats)} "
               "data files", "Name a folder of json/jsonl, csv or parquet files, or set data_name to the format "
@@ -254,6 +255,11 @@ def _local_folder(load: dict, folder: Path, path: str, base_dir: Path, c: Collec
 
 def _split_files(root: Path, fmt: str) -> dict[str, list[str]]:
     """{split: its files of this format} in a folder (subfolders too), as datasets assigns them by name."""
+    return _of_format(_files_by_split(root), fmt)
+
+
+def _files_by_split(root: Path) -> dict[str, list[str]]:
+    """{split: its files} in a folder (subfolders too), as datasets assigns them by name."""
     from datasets.data_files import DataFilesDict, get_data_patterns
 
     if not root.is_dir():
@@ -262,7 +268,11 @@ def _split_files(root: Path, fmt: str) -> dict[str, list[str]]:
         found = DataFilesDict.from_patterns(get_data_patterns(str(root)), str(root))
     except Exception:  # datasets' EmptyDatasetError: nothing in the folder
         return {}
-    out = {str(split): sorted(f for f in files if Path(f).suffix.lower() in EXTENSIONS[fmt])
+    return {str(split): list(files) for split, files in found.items()}
+
+
+def _of_format(found: dict[str, list[str]], fmt: str) -> dict[str, list[str]]:
+    out = {split: sorted(f for f in files if Path(f).suffix.lower() in EXTENSIONS[fmt])
            for split, files in found.items()}
     return {split: files for split, files in out.items() if files}
 
