@@ -13,6 +13,7 @@ from conftest import TONE_DATA
 from hub_cache import OLIVE_CONFIGS as CONFIGS
 from hub_cache import olive_workspace, run_offline
 from modelpress.config.evaluator_schema import EvaluatorConfig
+from modelpress.errors import ConfigError
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF, ModelBuilderParams
 
@@ -153,6 +154,20 @@ def test_size_on_disk_among_an_lm_evaluators_tasks_is_the_models_size_as_in_oliv
     assert evaluator.metrics[0].sub_types[0].priority == -1  # reported, not ranked: the tasks are the measure
     raw["evaluators"]["lm"]["tasks"] = ["arc_easy", "arc_easy"]  # one task named twice: measured once
     assert [m.name for m in normalize(raw, tmp_path).evaluator.metrics] == ["arc_easy"]
+
+
+def test_an_lm_evaluator_after_a_plain_onnx_export_is_refused_by_validate(tiny_model, tmp_path):
+    """lm-eval runs Hugging Face and genai models: a workflow ending in OnnxConversion is told so before any run."""
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+
+    raw = tone_workflow(tiny_model, {"export": {"type": "OnnxConversion"}},
+                        evaluators={"lm": {"type": "LMEvaluator", "tasks": ["arc_easy"]}}, evaluator="lm")
+    with pytest.raises(ConfigError, match=r"evaluator.metrics\[0\]: the lm_eval metric 'arc_easy' .* the last step "
+                       "'export' gives a plain ONNX model"):
+        normalize(raw, tmp_path)
+    raw["passes"] = {"export": {"type": "ModelBuilder", "precision": "int4"}}
+    normalize(raw, tmp_path)
 
 
 def test_the_evaluators_device_is_where_the_model_runs(tiny_model):

@@ -30,14 +30,16 @@ def check_workflow(model: InputModelConfig, data: dict[str, DataConfig], passes:
                    engine: EngineConfig, evaluation: EvaluationConfig, search: SearchConfig,
                    evaluator: EvaluatorConfig | None, c: Collector) -> None:
     """Every check that needs more than one section; each problem goes to `c` with its key path."""
-    _check_steps(model, data, passes, engine, c)
+    final_kind = _check_steps(model, data, passes, engine, c)
+    _check_lm_eval_kind(evaluator, final_kind, passes, c)
     _check_evaluation(data, passes, evaluation, search, evaluator, c)
     _check_eval_task(model, data, passes, evaluation, evaluator, c)
     _check_search(passes, search, evaluator, data, c)
     _check_output_dirs(model, engine, c)
 
 
-def _check_steps(model, data, passes, engine, c: Collector) -> None:
+def _check_steps(model, data, passes, engine, c: Collector) -> str:
+    """Each step's choices against the model the step before gives; returns the kind of the last step's model."""
     for name, config in data.items():
         _check_template(name, config, c)
     kind, previous = HF, "input_model"
@@ -68,6 +70,20 @@ def _check_steps(model, data, passes, engine, c: Collector) -> None:
         elif p.type == "ModelBuilder" and not getattr(p.params, "metadata_only", False):
             exported_by_torch = None
         kind, previous = CATALOG[p.type].output_kind(kind), p.name
+    return kind
+
+
+def _check_lm_eval_kind(evaluator: EvaluatorConfig | None, kind: str, passes: list[PassConfig],
+                        c: Collector) -> None:
+    """lm-eval runs Hugging Face and onnxruntime-genai models, and the evaluator measures the last step's."""
+    if evaluator is None or kind != ONNX or not passes:
+        return
+    for i, m in enumerate(evaluator.metrics):
+        if m.type == "lm_eval":
+            c.add(f"evaluator.metrics[{i}]", f"the lm_eval metric {m.name!r} runs Hugging Face and onnxruntime-genai "
+                  f"models, and the last step '{passes[-1].name}' gives a plain ONNX model",
+                  "Build the model with ModelBuilder (onnxruntime-genai) instead of OnnxConversion, or measure the "
+                  "model before OnnxConversion in another run.")
 
 
 def _check_evaluation(data, passes, evaluation: EvaluationConfig, search: SearchConfig,
