@@ -342,6 +342,23 @@ def test_a_csv_is_read_as_text_as_it_is_written(tmp_path):
     config = _config(labels, "csv", text_template="{phrase}", label_col="label")
     with pytest.raises(DataError, match="row 2: label column 'label' is ''"):
         render(config, load_rows(config))
+    header_only = tmp_path / "none-yet.csv"
+    header_only.write_text("phrase,label\n", encoding="utf-8")  # a table of no rows beside one with rows
+    both = _config(path, "csv", text_template="{phrase}\n{tone}")
+    both.data_files.append(header_only)
+    assert len(load_rows(both)) == 3
+    with pytest.raises(DataError, match="the files hold no rows"):
+        load_rows(_config(header_only, "csv", text_template="{phrase}\n{label}"))
+
+
+def test_a_label_written_1_in_one_file_and_1_0_in_another_is_one_class(tmp_path):
+    """datasets reads each file's types apart: a file of whole labels gives 1, one with 1.0 gives the float."""
+    whole = _jsonl(tmp_path, [{"phrase": "a", "label": 1}, {"phrase": "b", "label": 0}], "whole.json")
+    floats = tmp_path / "floats.json"
+    floats.write_text('{"phrase": "c", "label": 1.0}\n{"phrase": "d", "label": 0.5}\n', encoding="utf-8")
+    config = DataConfig(name="d", data_files=[whole, floats], format="json", text_template="{phrase}",
+                        label_col="label")
+    assert label_set(render(config, load_rows(config))) == ["0", "0.5", "1"]
 
 
 def test_chat_columns_may_name_any_column_and_an_unbalanced_brace_is_refused(tmp_path):

@@ -108,7 +108,10 @@ def _load_table(config: DataConfig, path: Path, hub: bool, cache_dir: Path | Non
     if config.format == "csv":  # a CSV holds text: no numbers guessed from it, no "NA" or "null" read as missing
         import pandas as pd
 
-        features = datasets.Features({name: datasets.Value("string") for name in pd.read_csv(path, nrows=0).columns})
+        head = pd.read_csv(path, nrows=1)
+        if head.empty:  # a header and no rows: a table of none (datasets finds no data in it and raises)
+            return []
+        features = datasets.Features({name: datasets.Value("string") for name in head.columns})
         return datasets.load_dataset("csv", data_files=[str(path)], split="train", cache_dir=cache,
                                      features=features, keep_default_na=False)
     return datasets.load_dataset(config.format, data_files=[str(path)], split="train", cache_dir=cache)
@@ -200,12 +203,17 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
 PAIR_SEP = " \u241e "  # a visible "SYMBOL FOR RECORD SEPARATOR", which text data does not hold
 
 
+def label_text(value) -> str:
+    """A class label as text; a whole number read as a float in one file (1.0) is the same class as 1 in another."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | None, where: str) -> Example:
     if config.label_col:  # classification: the input text, and the label as the completion
         cols = config.text_cols or []
         text = config.text_template.format_map(row) if config.text_template else (
             PAIR_SEP if len(cols) == 2 else " ").join(str(row[c]) for c in cols)
-        return Example(text, str(row[config.label_col]), where)
+        return Example(text, label_text(row[config.label_col]), where)
     if not config.text_template:
         return Example("", " ".join(row[c] for c in config.text_cols), where)
     if completion is None:
