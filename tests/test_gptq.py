@@ -267,6 +267,29 @@ def test_gptq_on_a_tied_head_leaves_the_embedding_table_alone():
     assert not torch.equal(model.get_output_embeddings().weight, table)  # the head itself holds its quantized values
 
 
+def test_a_module_no_calibration_token_reaches_is_rounded_to_nearest(caplog):
+    """An expert the router never picks for the calibration rows has no Hessian (it raised KeyError): it is
+    rounded to nearest, and the others are quantized as before."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from modelpress.passes.gptq_layers import quantize_layers
+    from modelpress.passes.quant_specs import GptqParams
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=4)).eval()
+    model.model.layers[0].mlp.idle_expert = torch.nn.Linear(64, 64, bias=False)  # in the layer, never run
+    idle = model.model.layers[0].mlp.idle_expert.weight.detach().clone()
+    grid = Grid(bits=4, group_size=32)
+    plan = {"model.layers.0.mlp.idle_expert": grid, "model.layers.0.mlp.down_proj": grid}
+    rows = [torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with caplog.at_level("WARNING", logger="modelpress"):
+        packed = quantize_layers(model, rows, plan, GptqParams(group_size=32))
+    assert set(packed) == set(plan)
+    assert torch.equal(model.model.layers[0].mlp.idle_expert.weight, dequantize(*rtn(idle, grid), grid))
+    assert "1 module(s) saw no calibration token (model.layers.0.mlp.idle_expert)" in caplog.text
+
+
 def test_the_heads_calibration_inputs_go_through_the_models_final_norm():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -16,10 +16,15 @@ factorization and one pass over the columns.
 
 from __future__ import annotations
 
+import logging
+
 from modelpress.errors import ModelpressError
 from modelpress.passes.gptq import Hessian, gptq
 from modelpress.passes.quant_specs import GptqParams
 from modelpress.quantized import Grid, dequantize
+
+
+log = logging.getLogger("modelpress")
 
 
 class _Captured(Exception):
@@ -198,6 +203,7 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
         linears = {f"{prefix}.{index}.{name}": m for name, m in layer.named_modules()
                    if isinstance(m, torch.nn.Linear) and f"{prefix}.{index}.{name}" in plan}
         hessians = _layer_hessians(layer, linears, inputs, masks)
+        _unseen_round_to_nearest(linears, hessians)
         groups: dict[tuple, dict] = {}  # one Hessian and one grid: quantized together
         for name, module in linears.items():
             groups.setdefault((hessians[name], plan[name]), {})[name] = module
@@ -217,6 +223,21 @@ def quantize_layers(model, rows: list, plan: dict[str, Grid], params: GptqParams
                 hessian.add(norm(_hidden_of(args, kwargs)).float()[mask])
         packed.update(_quantize_group({head_name: head}, hessian, plan[head_name], params))
     return packed
+
+
+def _unseen_round_to_nearest(linears: dict, hessians: dict) -> None:
+    """A module no calibration token reached (an expert the router never chose) has no Hessian: it gets the
+    identity, under which GPTQ is round-to-nearest, as GPTQ tools fall back for such experts."""
+    import torch
+
+    unseen = [name for name in linears if name not in hessians]
+    if unseen:
+        log.warning("Gptq: %d module(s) saw no calibration token (%s%s) and are rounded to nearest; more or "
+                    "longer calibration rows reach more of them", len(unseen), ", ".join(unseen[:3]),
+                    ", ..." if len(unseen) > 3 else "")
+    for name in unseen:
+        hessians[name] = Hessian(linears[name].in_features)
+        hessians[name].h = torch.eye(linears[name].in_features)
 
 
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")  # Llama-likes, GPT-2/Falcon, OPT/NeoX, ...
