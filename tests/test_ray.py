@@ -281,7 +281,18 @@ def _losses(tmp_path: Path, tiny_model: Path, name: str, workers: int, batch: in
     return [h["loss"] for h in log["log_history"] if "loss" in h], result.history[0]
 
 
-def test_lora_on_two_ddp_workers_matches_one_worker_with_the_same_global_batch(cluster, tmp_path, tiny_model):
+def _worker_lines(cluster, text: str) -> set[tuple[str, str]]:
+    """The lines holding `text` in the cluster's worker output files (what Ray forwards to the driver)."""
+    return {(path.name, line) for path in cluster.tmp.glob("session_*/logs/worker-*")
+            for line in path.read_text(errors="replace").splitlines() if text in line}
+
+
+def test_lora_on_two_ddp_workers_matches_one_worker_with_the_same_global_batch(cluster, tmp_path, tiny_model,
+                                                                               monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("modelpress"), "level", logging.INFO)  # as `modelpress run` logs
+    before = _worker_lines(cluster, "training: step 4/4")
     # the pass's own task only waits for its two training workers: it asks for no CPU
     ddp, row = _losses(tmp_path, tiny_model, "ddp", 2, 4,
                        {"address": cluster.address, "pass_resources": {"lora": {"num_cpus": 0}}})
@@ -291,6 +302,9 @@ def test_lora_on_two_ddp_workers_matches_one_worker_with_the_same_global_batch(c
     assert ddp == pytest.approx(single, rel=1e-5)  # 2 x 4 rows per step: the same rows as one process's 8
     assert ddp != pytest.approx(alone, rel=1e-3)  # and not what one worker's 4 rows give
     assert any("data-parallel on 2 workers (DDP, gloo)" in note for note in row["notes"])
+    # rank 0's step lines are in its output, which Ray forwards to the driver: as modelpress logs them, not bare
+    [(_, line)] = _worker_lines(cluster, "training: step 4/4") - before
+    assert line.startswith("INFO training: step 4/4")  # through modelpress's redacting handler, at the driver's level
 
 
 @pytest.mark.e2e

@@ -106,6 +106,21 @@ def quiet_library_bars() -> None:
         sys.modules["datasets"].disable_progress_bars()
 
 
+def worker_logging(level: str | int) -> None:
+    """In a worker process (a Ray task, a data-parallel rank), modelpress's lines go to its stderr, which Ray
+    forwards to the driver, plain and with secrets hidden, at the driver's level."""
+    from modelpress.redact import RedactingFormatter
+
+    logger = logging.getLogger("modelpress")
+    if logger.handlers:  # the process set its own up (a worker reused for a later task)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # a library may have configured the root logger: one line each
+
+
 def limit_threads(count: int) -> None:
     """Compute on `count` threads in this process: PyTorch's, and onnxruntime's and onnxruntime-genai's where
     a model's own settings leave the count open.

@@ -31,7 +31,10 @@ def _worker_loop(config: dict) -> None:
     import ray.train
     import torch
 
+    from modelpress.runtime import worker_logging
+
     ctx, params = config["ctx"], config["params"]
+    worker_logging(config["log_level"])  # rank 0's step lines reach the driver (the Trainer logs on rank 0 only)
     torch.set_num_threads(config["threads"])
     rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory(prefix="modelpress-ddp-") as tmp:
@@ -72,7 +75,8 @@ def train_data_parallel(ctx, params, quantization_config, train_here) -> ModelRe
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"ctx": ctx, "params": params, "quantization": quantization_config,
-                           "train": train_here, "threads": threads},
+                           "train": train_here, "threads": threads,
+                           "log_level": logging.getLevelName(log.getEffectiveLevel())},
         scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=use_gpu),
         run_config=RunConfig(name="lora", storage_path=str(work)),
     )

@@ -7,14 +7,12 @@ config again, as any modelpress run does, so a plugin script runs only because t
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 from modelpress.models import ModelRef
-from modelpress.redact import RedactingFormatter
+from modelpress.runtime import worker_logging
 
 
 def ref_to_json(ref: ModelRef) -> dict:
@@ -33,13 +31,7 @@ def _setup(job: dict):
     from modelpress.context import DataPlan
     from modelpress.systems.storage import open_storage
 
-    logger = logging.getLogger("modelpress")
-    if not logger.handlers:  # plain lines on the worker's stderr, which Ray forwards to the driver
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(RedactingFormatter("%(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(job["log_level"])
-        logger.propagate = False  # a library may have configured the root logger: one line each
+    worker_logging(job["log_level"])
     os.environ.update(job.get("secret_env") or {})  # kept out of Ray's runtime env, whose agent logs it
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(name, "1")  # the driver resolved every Hub id before any task was sent
