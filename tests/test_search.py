@@ -224,6 +224,16 @@ def test_a_failed_candidate_is_recorded_and_the_search_goes_on():
     assert statuses == ["ok", "failed", "ok"] and "does not fit" in engine.candidates[1]["error"]
 
 
+def test_a_failed_candidates_error_is_saved_with_its_secrets_hidden():
+    """The error goes to metrics.json, the report and the search table: a token in it was written as it was."""
+    token = "hf_" + "Q7r" * 10
+
+    def score(combo):
+        raise RuntimeError(f"401 Client Error for url: https://hub.example/x?token={token}")
+    engine, _ = _search(_slots(1), {}, score)
+    assert token not in engine.candidates[0]["error"] and "401 Client Error" in engine.candidates[0]["error"]
+
+
 def _summary(engine) -> list:
     return [(c["id"], c["choice"], c["status"], c.get("metrics"), c["goals_met"]) for c in engine.candidates]
 

@@ -532,6 +532,39 @@ def test_secrets_are_redacted_wherever_they_sit_in_what_modelpress_writes(tiny_m
     assert token not in resolved and "sk-123" not in resolved and "az-secret-1" not in resolved and SHOWN in resolved
 
 
+def test_tokens_in_a_urls_query_and_passwords_holding_an_at_sign_are_hidden():
+    from modelpress.redact import SHOWN, redact_text
+
+    assert redact_text("https://h/x?token=abc123&y=1") == f"https://h/x?token={SHOWN}&y=1"
+    assert redact_text("https://b.s3.amazonaws.com/k?X-Amz-Signature=ab12&X-Amz-Date=1") == \
+        f"https://b.s3.amazonaws.com/k?X-Amz-Signature={SHOWN}&X-Amz-Date=1"
+    assert redact_text("https://u:p@ss@host/x") == f"https://u:{SHOWN}@host/x"  # the whole password
+    assert redact_text("/cfg/https:/alice:s3cr3t@h/x") == f"/cfg/https:/alice:{SHOWN}@h/x"  # a URL folded into a path
+    assert redact_text("AccountName=a;AccountKey=zz9==;EndpointSuffix=x") == \
+        f"AccountName=a;AccountKey={SHOWN};EndpointSuffix=x"
+    assert redact_text("Authorization: Basic dXNlcjpwYXNz") == f"Authorization: Basic {SHOWN}"
+    for plain in ("the basic idea", "https://host:8080/x?a=1&monkey=2", "ssh://git@github.com/x", "key=value"):
+        assert redact_text(plain) == plain
+
+
+def test_a_url_where_a_local_path_belongs_is_one_error_per_key_with_its_password_hidden(tiny_model, tmp_path):
+    """Path folded `https://alice:pw@host` into `https:/alice:pw@host`, which the URL rule missed: the password was
+    in the error and in the saved config (output_dir, cache_dir passed as local folders)."""
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+
+    raw = tone_workflow(tiny_model, {}, output_dir="s3://AKIAXXXX:mysecretvalue123@bucket/out",
+                        cache_dir="~nosuchuser9/cache")
+    raw["data_configs"][0]["load_dataset_config"]["data_files"] = "https://alice:s3cr3tpassw0rd@data.example/t.jsonl"
+    with pytest.raises(ConfigError) as info:
+        normalize(raw, tmp_path)
+    text = "\n".join(map(str, info.value.problems))
+    assert "s3cr3tpassw0rd" not in text and "mysecretvalue123" not in text
+    assert "output_dir: s3://AKIAXXXX:(set, not shown)@bucket/out is a URL, and this key takes a local path" in text
+    assert "load_dataset_config.data_files[0]: https://alice:(set, not shown)@data.example/t.jsonl is a URL" in text
+    assert "cache_dir: ~nosuchuser9/cache names the home folder of a user this machine does not have" in text
+
+
 def test_a_report_that_fails_to_render_leaves_the_earlier_outputs_whole(tiny_model, tmp_path, monkeypatch):
     """Every output file is made before any is written: no new model beside an old report and old metrics."""
     import modelpress.engine as engine

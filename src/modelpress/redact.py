@@ -7,8 +7,10 @@ A value is secret when its key names one, or when it has the shape of one, where
   (`DBPASSWORD`, `CONNECTION_STRING`), when it ends in `token` after no special-token word (`hf_token`, `sas_token`,
   but not `pad_token` or `max_new_tokens`), in `auth` or `_PASS`, or in `key` (or `key_id`) after a word that makes
   it a credential (`api_key`, `AWS_ACCESS_KEY_ID`, but not `label_key`);
-- values: Hugging Face, OpenAI and GitHub tokens, AWS access key ids, `Bearer ...` headers, a URL's password
-  (`sftp://user:PASSWORD@host`) and a signed URL's `sig=` are replaced inside any text.
+- values: Hugging Face, OpenAI and GitHub tokens, AWS access key ids, `Bearer ...` and Basic Authorization headers,
+  a URL's password (`sftp://user:PASSWORD@host`), a signature or token in a URL's query (`sig=`,
+  `X-Amz-Signature=`, `token=`, `api_key=`) and an Azure connection string's `AccountKey=` are replaced inside any
+  text.
 """
 
 from __future__ import annotations
@@ -41,8 +43,14 @@ _VALUE_SHAPES = (
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), None),  # GitHub
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), None),  # an AWS access key id
     (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}"), 1),  # an Authorization header
-    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(@)"), 1),  # a URL's password: keep the user
-    (re.compile(r"(?i)([?&]sig=)[^&\s]+"), 1),  # a signed (SAS) URL's signature
+    # a URL's password, up to the last @ of the host part (a password may hold one); `:/` too, as a URL folded
+    # into a path reads: keep the user
+    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*:/{1,2}[^/\s:@]*:)[^/\s]+(@)"), 1),
+    # a URL's signature or token in its query: SAS, S3 and GCS signed URLs, ?token=, ?api_key=
+    (re.compile(r"(?i)([?&;](?:sig|signature|x-amz-signature|x-amz-security-token|x-goog-signature|token|"
+                r"access_token|api_key|apikey|key|code)=)[^&;\s]+"), 1),
+    (re.compile(r"(?i)(\baccountkey=)[^;\s]+"), 1),  # an Azure storage connection string's key
+    (re.compile(r"(?i)(\bauthorization:\s*basic\s+)[A-Za-z0-9+/=]+"), 1),  # a Basic Authorization header
 )
 SHOWN = "(set, not shown)"
 # a config's token is refused where it is found: (the problem, how to fix it)

@@ -22,7 +22,7 @@ from modelpress.errors import is_disk_full
 from modelpress.goals import Objective, missing, pareto
 from modelpress.metrics import default_evaluator, metric_values
 from modelpress.models import ModelRef
-from modelpress.redact import redact
+from modelpress.redact import SHOWN, is_secret_key, redact, redact_text
 
 log = logging.getLogger("modelpress")
 
@@ -65,7 +65,8 @@ def describe(choice: PassConfig, slot: PassConfig, varying: dict[str, set[str]] 
     searched = set(slot.search_space) | {k for a in slot.alternatives for k in a.search_space}
     values = _flat(choice.params.model_dump(mode="json"))
     searched |= (varying if varying is not None else varying_settings(slot)).get(choice.type, set())
-    parts += [f"{k}={values[k]}" for k in sorted(searched) if k in values]
+    parts += [f"{k}={SHOWN if is_secret_key(k.rsplit('.', 1)[-1]) else redact_text(str(values[k]))}"
+              for k in sorted(searched) if k in values]
     return f"{slot.name}: {', '.join(parts)}" if parts else slot.name
 
 
@@ -191,7 +192,7 @@ class Search:
                 raise
             log.warning("candidate %d failed: %s: %s", number, type(err).__name__, err)
             log.debug("%s", traceback.format_exc())
-            outcome["error"] = f"{type(err).__name__}: {err}"
+            outcome["error"] = redact_text(f"{type(err).__name__}: {err}")  # saved in metrics.json and the report
         return {**outcome, "seconds": round(time.perf_counter() - started, 3), "started": round(wall, 3),
                 "ended": round(time.time(), 3)}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from modelpress.config.collector import Collector, as_mapping, unwrap
 from modelpress.config.schema import DataConfig, split_name
-from modelpress.config.paths import resolve_path
+from modelpress.config.paths import local_path
 
 # keys by which a data config says where its text comes from; with none, an Olive config reads the column `text`
 OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "chat_columns", "label_col",
@@ -160,7 +160,9 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
         c.add(f"{path}.data_name", f"datasets' {name!r} loader is not supported",
               "Save the rows as json, jsonl, csv or parquet and set data_name to that format.")
         return None
-    folder = resolve_path(name, base_dir) if isinstance(name, str) else None
+    folder = local_path(name, base_dir, f"{path}.data_name", c) if isinstance(name, str) else None
+    if isinstance(name, str) and folder is None:  # a URL, or an unknown ~user: said
+        return None
     if folder is not None and folder.is_dir():  # a local dataset folder, which datasets (and Olive) read first
         return _local_folder(load, folder, path, base_dir, c)
     if isinstance(name, str) and is_hub_id(name):
@@ -200,7 +202,9 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
     if data_dir is not None and not isinstance(data_dir, str):
         c.add(f"{path}.data_dir", f"must be a folder path, found {data_dir!r}")
         return None
-    root = resolve_path(data_dir, base_dir) if data_dir else base_dir
+    root = local_path(data_dir, base_dir, f"{path}.data_dir", c) if data_dir else base_dir
+    if root is None:
+        return None
     by_split = False
     if data_dir and not files:  # the split's files, found as datasets (and so Olive) finds them by their names
         found = _split_files(root, fmt)
@@ -221,13 +225,19 @@ def _local_files(load: dict, fmt: str, path: str, base_dir: Path, c: Collector) 
     relative_to = "Paths are relative to " + ("data_dir." if data_dir else "the config file's folder.")
     for i, file in enumerate(files):
         if any(ch in file for ch in "*?["):
-            pattern = str(resolve_path(file, root))
+            pattern = local_path(file, root, f"{path}.data_files[{i}]", c)
+            if pattern is None:
+                continue
+            pattern = str(pattern)
             matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
             if not matches:
                 c.add(f"{path}.data_files[{i}]", f"no file matches {file!r} in {root}", relative_to)
             resolved += [m.resolve() for m in matches]
             continue
-        resolved.append(resolve_path(file, root))
+        local = local_path(file, root, f"{path}.data_files[{i}]", c)
+        if local is None:
+            continue
+        resolved.append(local)
         if not resolved[-1].is_file():
             c.add(f"{path}.data_files[{i}]", f"file not found: {resolved[-1]}", relative_to)
     if len(c.problems) > known and not resolved:

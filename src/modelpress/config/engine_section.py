@@ -9,7 +9,7 @@ from typing import Any
 from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
 from modelpress.config.olive_tables import INERT_ENGINE_KEYS, INERT_SEARCH_KEYS, TARGETS, VENDOR_EPS
 from modelpress.config.schema import EngineConfig, RaySystemConfig, SearchConfig, SystemConfig
-from modelpress.config.paths import resolve_path
+from modelpress.config.paths import local_path
 
 ENGINE_KEYS = (
     "log_severity_level", "host", "target", "search_strategy", "execution_providers",
@@ -86,7 +86,9 @@ def ray_system(flat: dict, where: str, base_dir: Path, c: Collector) -> RaySyste
             c.add(f"{where}.storage", f"fsspec knows no protocol {protocol!r}",
                   "Use a path every node sees, or a URL such as s3://bucket/prefix or file:///shared/dir.")
     elif storage:
-        ray = ray.model_copy(update={"storage": str(resolve_path(storage, base_dir))})
+        folder = local_path(storage, base_dir, f"{where}.storage", c)
+        if folder is not None:
+            ray = ray.model_copy(update={"storage": str(folder)})
     return ray
 
 
@@ -187,7 +189,7 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
                 clean_evaluation_cache=raw.get("clean_evaluation_cache", False))
     for key in ("cache_dir", "output_dir"):
         if key in raw:
-            data[key] = resolve_path(raw[key], base_dir)
+            data[key] = local_path(raw[key], base_dir, at(key), c)
         else:
             data[key] = base_dir / EngineConfig.model_fields[key].default
     level = raw.get("log_severity_level", 1)

@@ -8,7 +8,7 @@ from modelpress.config.collector import Collector, as_mapping, did_you_mean
 from modelpress.config.olive_tables import OLIVE_ONLY_SUB_METRICS, SUB_METRIC_ALIASES, lm_eval_higher_is_better
 from modelpress.config.evaluator_schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
 from modelpress.config.schema import EvaluationConfig
-from modelpress.config.paths import SCRIPT_PATHS, resolve_path, script_paths
+from modelpress.config.paths import SCRIPT_PATHS, local_path, script_paths
 
 
 def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector) -> EvaluatorConfig | None:
@@ -51,8 +51,8 @@ def evaluator_section(raw: dict, engine_raw: dict, base_dir: Path, c: Collector)
     evaluator.metrics += [Metric(name=task, type="lm_eval") for task in dict.fromkeys(evaluator.task_names())
                           if task not in written]
     if evaluator.include_path is not None:
-        evaluator.include_path = resolve_path(str(evaluator.include_path), base_dir)
-        if not evaluator.include_path.is_dir():
+        evaluator.include_path = local_path(str(evaluator.include_path), base_dir, f"{path}.include_path", c)
+        if evaluator.include_path is not None and not evaluator.include_path.is_dir():
             c.add(f"{path}.include_path", f"folder not found: {evaluator.include_path}",
                   "Give the folder of lm-eval task YAML files, relative to the config file.")
     if evaluator.model_class or evaluator.provider_options:

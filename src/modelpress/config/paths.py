@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from modelpress.config.collector import Collector
 from modelpress.errors import ConfigError, Problem
+from modelpress.redact import redact_text
 
 # a user script's paths (a plugin pass's, a custom metric's): key, what it must be, how to fix a missing one
 SCRIPT_PATHS = (("user_script", "file", "Give the path of the Python file, relative to the config file's folder."),
@@ -15,16 +17,35 @@ SCRIPT_PATHS = (("user_script", "file", "Give the path of the Python file, relat
                  "file's folder, or remove it."))
 
 
-def resolve_path(value: Any, base_dir: Path) -> Any:
-    """A path relative to the config file's folder made absolute; other values unchanged."""
+URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # s3://, https://, sftp://user:password@host
+
+
+def resolve_path(value: Any, base_dir: Path, key: str = "") -> Any:
+    """A path relative to the config file's folder made absolute; other values unchanged. A URL, which this key
+    does not read (Path would fold its `//` and carry any password in it into messages and saved configs), and
+    the home folder of an unknown user are a ConfigError under `key`."""
     if not isinstance(value, (str, Path)):
         return value
+    if isinstance(value, str) and URL.match(value):
+        raise ConfigError([Problem(key or redact_text(value), f"{redact_text(value)} is a URL, and this key takes a "
+                                   "local path", "Copy the files to a local folder (or a shared one) and give its "
+                                   "path; only a Ray system's storage takes a URL.")])
     try:
         path = Path(value).expanduser()
     except RuntimeError:  # ~name of a user this machine does not have
-        raise ConfigError([Problem(str(value), "names the home folder of a user this machine does not have",
-                                   "Write the path in full, or relative to the config file's folder.")]) from None
+        raise ConfigError([Problem(key or str(value), f"{value} names the home folder of a user this machine does "
+                                   "not have", "Write the path in full, or relative to the config file's "
+                                   "folder.")]) from None
     return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def local_path(value: Any, base_dir: Path, key: str, c: Collector) -> Any:
+    """resolve_path, with its problem reported to `c` (so every other problem is found too); None then."""
+    try:
+        return resolve_path(value, base_dir, key)
+    except ConfigError as err:
+        c.problems.extend(err.problems)
+        return None
 
 
 def script_paths(spec: Mapping, base_dir: Path, where: str, c: Collector) -> dict[str, Path] | None:
@@ -33,11 +54,14 @@ def script_paths(spec: Mapping, base_dir: Path, where: str, c: Collector) -> dic
     found: dict[str, Path] = {}
     for key, kind, hint in SCRIPT_PATHS:
         value = spec.get(key)
-        if value is None and key not in spec:
+        if value is None:  # not given (Olive writes script_dir: null)
             continue
-        path = resolve_path(str(value), base_dir) if isinstance(value, (str, Path)) else None
-        if path is None or not (path.is_file() if kind == "file" else path.is_dir()):
-            c.add(f"{where}.{key}", f"{kind} not found: {path or value!r}", hint)
-        else:
+        if not isinstance(value, (str, Path)):
+            c.add(f"{where}.{key}", f"must be a path, found {value!r}", hint)
+            continue
+        path = local_path(str(value), base_dir, f"{where}.{key}", c)
+        if path is not None and not (path.is_file() if kind == "file" else path.is_dir()):
+            c.add(f"{where}.{key}", f"{kind} not found: {path}", hint)
+        elif path is not None:
             found[key] = path
-    return found if len(found) == sum(key in spec for key, _, _ in SCRIPT_PATHS) else None
+    return found if len(found) == sum(spec.get(key) is not None for key, _, _ in SCRIPT_PATHS) else None

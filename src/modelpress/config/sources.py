@@ -15,7 +15,7 @@ from typing import Any
 
 from modelpress.config.collector import Collector, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
-from modelpress.config.paths import resolve_path
+from modelpress.config.paths import local_path
 from modelpress.config.schema import InputModelConfig
 from modelpress.hub import has_tokenizer
 from modelpress.redact import HF_TOKEN_KEYS, TOKEN_IN_CONFIG
@@ -123,7 +123,9 @@ def _source(value: Any, fields: dict, base_dir: Path, path: str, c: Collector) -
     if value.startswith(PACKAGE_PREFIX):
         folder = _package_path(value, path, c)
         return None if folder is None else _local(folder, fields)
-    local = resolve_path(value, base_dir)
+    local = local_path(value, base_dir, path, c)
+    if local is None:
+        return None
     parts = Path(value).parts
     if value.lower().endswith(".gguf") and not local.exists() and len(parts) == 3 and is_hub_id("/".join(parts[:2])):
         c.add(path, f"no local file {value}",
