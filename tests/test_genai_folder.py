@@ -109,3 +109,24 @@ def test_a_prompt_starts_with_the_bos_the_tokenizer_names_not_the_one_genai_copi
     config.write_text(json.dumps({"eos_token": "<|endoftext|>"}))  # transformers 4 kept it in another file
     (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": {"content": "<s>"}}))
     assert trained_bos(folder, encode, 1) == 7
+
+
+def test_a_genai_folder_that_names_a_native_library_is_refused_before_onnxruntime_genai_opens_it(tmp_path):
+    """onnxruntime-genai loads a session's custom_ops_library: a downloaded folder could run its own code through
+    `generate` or `evaluate`, which modelpress never does unasked."""
+    import pytest
+
+    from modelpress.errors import ModelpressError
+    from modelpress.genai_folder import open_model
+
+    folder = _genai_folder(tmp_path / "a", 2, "")
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["decoder"] = {"session_options": {"custom_ops_library": "libops.so", "provider_options": []}}
+    (folder / "genai_config.json").write_text(json.dumps(config))
+
+    class NeverOpened:
+        def Config(self, path):  # noqa: N802 (onnxruntime-genai's name)
+            raise AssertionError("the folder was handed to onnxruntime-genai")
+
+    with pytest.raises(ModelpressError, match=r"names a native library to load \(custom_ops_library: libops.so\)"):
+        open_model(NeverOpened(), folder)

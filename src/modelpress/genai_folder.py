@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from modelpress.errors import ModelpressError
 from modelpress.runtime import capped_threads, compute_threads
 
 # Plain greedy decoding (as runners.GREEDY for transformers): onnxruntime-genai fills every search option not set
@@ -19,12 +20,31 @@ GENAI_GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "
 
 def open_model(og, folder: Path, model_overlay: dict | None = None):
     """`og.Model` of the folder, on every core this process may use (unless its config names a thread
-    count), with `model_overlay` merged into the config's "model" section."""
+    count), with `model_overlay` merged into the config's "model" section. A folder whose config loads a native
+    library (a session's custom_ops_library) is refused: that is code from the folder, which modelpress never runs
+    unasked (and its builder never writes one)."""
+    library = _custom_ops_library(json.loads((folder / "genai_config.json").read_text()))
+    if library is not None:
+        raise ModelpressError(f"{folder / 'genai_config.json'} names a native library to load "
+                              f"(custom_ops_library: {library}), code from the model folder that modelpress does "
+                              "not run. If you built the library and trust it, run the model with onnxruntime-genai "
+                              "directly; to use the folder here, remove the key.")
     config = og.Config(str(folder))
     overlay = {**genai_threads(folder), **(model_overlay or {})}
     if overlay:
         config.overlay(json.dumps({"model": overlay}))
     return og.Model(config)
+
+
+def _custom_ops_library(node):
+    """The first custom_ops_library named anywhere in a genai config (every session_options), or None."""
+    if isinstance(node, dict):
+        if node.get("custom_ops_library"):
+            return node["custom_ops_library"]
+        node = list(node.values())
+    if isinstance(node, list):
+        return next((found for item in node if (found := _custom_ops_library(item)) is not None), None)
+    return None
 
 
 def genai_threads(folder: Path) -> dict:
