@@ -55,6 +55,13 @@ def test_a_file_rewritten_with_its_old_mtime_is_read_anew(tmp_path):
     assert content_id(path, memo) != first  # the remembered hash is not reused for the rewritten file
     [place] = cache.iterdir()
     assert len(list(place.iterdir())) == 1  # the Arrow copy of the old content is removed, not kept beside
+    # without a cache folder (`modelpress evaluate`), as datasets' own cache is not used
+    _jsonl(tmp_path, [{"phrase": "old words", "tone": "joy"}])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_rows(config)[0][1]["phrase"] == "old words"
+    _jsonl(tmp_path, [{"phrase": "new words", "tone": "joy"}])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_rows(config)[0][1]["phrase"] == "new words"
 
 
 def test_the_data_fingerprint_is_what_the_rows_are_made_of_not_where_they_sit(tmp_path):

@@ -63,7 +63,14 @@ def format_of(path: Path | str) -> str | None:
 
 def load_rows(config: DataConfig, cache_dir: Path | None = None,
               hub_folder: Path | None = None) -> list[tuple[str, dict]]:
-    """Read every row of every file (or of a Hub dataset's snapshot); (where, row) pairs. Errors name the file."""
+    """Read every row of every file (or of a Hub dataset's snapshot); (where, row) pairs. Errors name the file.
+    Without a cache_dir (`modelpress evaluate`), datasets' Arrow copies go to a folder of their own, removed after:
+    its default cache keys a local file's copy by path and mtime, and so read a rewritten file as it was."""
+    if cache_dir is None and hub_folder is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="modelpress-rows-") as scratch:
+            return load_rows(config, Path(scratch))
     import datasets
 
     datasets.disable_progress_bars()
