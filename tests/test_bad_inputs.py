@@ -276,7 +276,18 @@ def test_an_unexpected_error_is_one_line_and_the_traceback_comes_with_verbose(wo
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: RuntimeError: a library failed") and "--verbose" in err
     assert main(["--verbose", "validate", str(workspace / "seed-config.json")]) == 1
-    assert "Traceback" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "run again with --verbose" not in err  # it was run with it
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/srv/models/out")
+
+    monkeypatch.setattr(cli, "cmd_validate", denied)
+    for flags in ([], ["--verbose"]):  # a path's permissions, not a modelpress bug, with or without --verbose
+        assert main([*flags, "validate", str(workspace / "seed-config.json")]) == 1
+        err = capsys.readouterr().err
+        assert "Permission denied: /srv/models/out. Check the path and its permissions" in err, err
+        assert "unexpected" not in err and ("Traceback" in err) == bool(flags)
 
 
 def test_flag_mistakes_of_evaluate_and_generate_exit_2_naming_the_flag(tmp_path, capsys):

@@ -58,9 +58,11 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
     except OSError as err:
         from modelpress.errors import is_disk_full
 
-        if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)) and not args.verbose:
+        if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)):
+            if args.verbose:
+                log.exception("details")
             print_error(f"{err.strerror or err}: {err.filename or 'a path modelpress was given'}. Check the path and "
-                        "its permissions (--verbose shows where it was met).")
+                        f"its permissions{'' if args.verbose else ' (--verbose shows where it was met)'}.")
             return EXIT_FAILURE
         if not is_disk_full(err):
             return _unexpected(err, args.verbose)
@@ -94,8 +96,8 @@ def print_findings(config, notes: bool = True) -> None:
 def _unexpected(err: BaseException, verbose: bool) -> int:
     if verbose:
         log.exception("details")
-    print_error(f"{type(err).__name__}: {err}\n(unexpected: run again with --verbose for the traceback, and "
-                "report it with that output)")
+    again = "the traceback is above; report it" if verbose else "run again with --verbose for the traceback, and report it"
+    print_error(f"{type(err).__name__}: {err}\n(unexpected: {again} with that output)")
     return EXIT_FAILURE
 
 
