@@ -25,7 +25,7 @@ BUILD = {"type": "ModelBuilder", "precision": "int4", "block_size": 32}
 METHODS = {  # name -> the passes after merge
     "int4 RTN (builder default)": {"builder": dict(BUILD, algo_config="default")},
     "int4 k_quant (builder)": {"builder": dict(BUILD, algo_config="k_quant")},
-    "int4 k_quant_last (builder; the example's)": {"builder": dict(BUILD, algo_config="k_quant_last")},
+    "int4 k_quant_last (builder; the example's until 2026-12-04)": {"builder": dict(BUILD, algo_config="k_quant_last")},
     "int4 k_quant_mixed (builder)": {"builder": dict(BUILD, algo_config="k_quant_mixed")},
     "int4 GPTQ g32, head 8-bit RTN": {"gptq": GPTQ, "head": HEAD8, "builder": dict(BUILD)},
     "int4 GPTQ g32, head 8-bit RTN, int8 embeddings": {

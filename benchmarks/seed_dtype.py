@@ -8,7 +8,9 @@ a bfloat16 one (its default); `examples/phi3-tone/olive-0.13-config.json` writes
 compares the same work. This runs each side once with float32 and once with bfloat16 (modelpress: torch_dtype
 "bfloat16" added to the seed's config; Olive: the file without its torch_dtype line, eager attention as written),
 from empty caches, one after the other, and prints the wall times, the LoRA pass's seconds, peak memory, and the
-ratio Olive / modelpress per dtype. Needs Olive (`benchmarks/setup_olive.sh`).
+ratio Olive / modelpress per dtype. modelpress's LoRA seconds are its run history's LoRA step, imports and model
+load included; Olive's are its log's pass time. Needs Olive (`benchmarks/setup_olive.sh`) and the tiny Phi-3 that
+`make demo` writes (examples/phi3-tone/models/tiny-phi3); `make bench` runs neither this script nor `make demo`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def main() -> int:
         return 1
     root = Path(tempfile.mkdtemp(prefix="modelpress-seed-dtype-"))
     model = (EXAMPLE / "models" / "tiny-phi3").resolve()
+    if not (model / "config.json").is_file():
+        print(f"{model} not found: run `make demo` first (it writes the tiny Phi-3).")
+        return 1
     rows = []
     for dtype in ("float32", "bfloat16"):
         work = root / dtype

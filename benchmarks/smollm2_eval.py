@@ -12,6 +12,8 @@ PyTorch model (answers and loss): two passes, or one pass over the prompts for b
 (`TorchRunner.generate_scored`), at batch 16 and at 32 (evaluation's default since 2026-12-06). When `make smollm2` has left its int4 model (runs/output/model), the
 same two rows follow for it in onnxruntime-genai: answers then loss, or the loss of the rows answered as
 expected taken from the generation's logits (`GenaiRunner.generate_scored`), at batch 16 and 32. Needs `make smollm2`'s install.
+`make bench` installs it but does not run `make smollm2`: on a fresh machine run `make smollm2` first, or the genai
+rows are left out.
 """
 
 from __future__ import annotations
