@@ -556,6 +556,10 @@ def test_a_classifiers_two_text_columns_are_read_as_a_sentence_pair_everywhere(b
                                                                                                 "neutral",
                                                                                                 "positive"]}))
     np.testing.assert_allclose(onnx_runner.class_logits_batch(prompts), expected, atol=1e-4)
+    # a classifier brought fine-tuned (no training pass, so no labels on the card): the names its conversion kept
+    unlabelled = OnnxClassifierRunner(ModelRef(bert_onnx.kind, bert_onnx.path, id="o",
+                                               task={"task": "text-classification"}))
+    assert unlabelled.labels == torch_runner.labels == ["negative", "neutral", "positive"]
     zero_segments = load_classifier(bert_folder).eval()(input_ids=torch.tensor(pairs["input_ids"]),
                                                         attention_mask=torch.tensor(pairs["attention_mask"]))
     assert not np.allclose(zero_segments.logits.detach().numpy(), expected, atol=1e-4)  # the segments count
@@ -678,7 +682,7 @@ def test_generate_reads_a_raw_prompt_that_ends_with_the_pad_token(eos_model, tmp
         runner.tokenizer.decode(np.array([first], dtype=np.int32))
 
 
-def test_a_classifiers_loss_reads_labels_as_accuracy_does(bert_folder):
+def test_a_classifiers_loss_reads_labels_as_accuracy_does(bert_folder, caplog):
     """Data labelled "Positive " against a card's "positive": accuracy matched them and the loss skipped every row
     (NaN)."""
     from modelpress.data import Example
@@ -690,3 +694,6 @@ def test_a_classifiers_loss_reads_labels_as_accuracy_does(bert_folder):
     plain = runner.completion_loss([Example(t, label, "") for t, label in zip(texts, ["positive", "negative"])], True)
     written = runner.completion_loss([Example(t, label, "") for t, label in zip(texts, ["Positive ", "NEGATIVE"])], True)
     assert plain == pytest.approx(written) and plain > 0
+    assert "does not have" not in caplog.text
+    mixed = runner.completion_loss([Example(t, label, "") for t, label in zip(texts, ["positive", "sarcasm"])], True)
+    assert mixed > 0 and "1 of 2 rows have a label this classifier does not have (sarcasm)" in caplog.text

@@ -332,6 +332,10 @@ def test_an_empty_answer_is_refused_not_learnt(tmp_path):
                      text_template="{phrase}")
     with pytest.raises(DataError, match="label column 'tone' is ' '"):
         render(labels, load_rows(labels))
+    empty_text = _config(_jsonl(tmp_path, [{"phrase": " ", "tone": "joy"}], "texts.json"), label_col="tone",
+                         text_template="{phrase}")
+    with pytest.raises(DataError, match=r"row 1: the text to classify \(phrase\) is empty"):
+        render(empty_text, load_rows(empty_text))  # a classifier's evaluation read the label in its place
 
 
 def test_a_csv_is_read_as_text_as_it_is_written(tmp_path):

@@ -198,6 +198,20 @@ def test_bfloat16_if_native_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch
     assert torch_dtype("bfloat16-if-native") is getattr(torch, expected)
 
 
+def test_a_classifiers_macro_means_count_the_classes_it_predicted_that_the_rows_lack_as_scikit_learn_does():
+    """Gold joy/joy/sadness/sadness, predicted joy/fear/sadness/sadness: the false positive into fear (a class of
+    the model, none in these rows) counted nowhere, so precision was 1.0 and F1 0.833."""
+    gold, pred = ["joy", "joy", "sadness", "sadness"], ["joy", "fear", "sadness", "sadness"]
+    report = accuracy_report(gold, pred, ["fear", "joy", "sadness", "surprise"])
+    # sklearn.metrics.precision_recall_fscore_support(gold, pred, average="macro", zero_division=0)
+    assert report["precision"] == pytest.approx(2 / 3) and report["recall"] == pytest.approx(0.5)
+    assert report["f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert report["confusion"]["joy"] == {"fear": 1, "joy": 1} and report["answered_with_a_label"] == 1.0
+    assert set(report["per_class_recall"]) == {"joy", "sadness"}
+    generative = accuracy_report(gold, pred)  # free text is no class: the gold classes alone, as before
+    assert generative["precision"] == 1.0 and generative["confusion"]["joy"] == {"(other answer)": 1, "joy": 1}
+
+
 def test_confusion_table_has_a_column_for_every_label_and_one_for_other_answers():
     from modelpress.report import confusion_table, confusion_text
 

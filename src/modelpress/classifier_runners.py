@@ -3,9 +3,14 @@ PyTorch and plain ONNX, reading their inputs as training made them (a sentence p
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 from modelpress.data import Example, encode_texts
 from modelpress.models import ModelRef, load_for_inference
 from modelpress.runner_base import Runner
+
+log = logging.getLogger("modelpress")
 
 
 class ClassifierRunner(Runner):
@@ -35,6 +40,11 @@ class ClassifierRunner(Runner):
         # labels compared as accuracy compares them: "Positive" in the data is the card's "positive"
         index = {normalise_label(label): i for i, label in enumerate(self.labels)}
         total, count = 0.0, 0
+        unknown = sorted({ex.completion for ex in examples if normalise_label(ex.completion) not in index})
+        if unknown:  # accuracy counts these rows wrong; the loss can only leave them out
+            log.warning("%d of %d rows have a label this classifier does not have (%s); their loss is left out of "
+                        "the mean", sum(normalise_label(ex.completion) not in index for ex in examples),
+                        len(examples), ", ".join(unknown[:5]))
         for ex in examples:
             if normalise_label(ex.completion) not in index:  # not one of the model's classes: no loss to take
                 continue
@@ -92,9 +102,18 @@ class OnnxClassifierRunner(ClassifierRunner):
 
 
 def _labels(ref: ModelRef, config) -> list[str]:
+    """The class names in head order: the card's (a run that trained the head), else the model config's id2label
+    (a classifier brought fine-tuned; for an ONNX model, the config.json its conversion kept)."""
     labels = ref.task.get("labels")
     if labels:
         return list(labels)
+    if config is None and (ref.path / "config.json").is_file():
+        import json
+
+        config = SimpleNamespace(id2label={int(k): v for k, v in
+                                           (json.loads((ref.path / "config.json").read_text()).get("id2label")
+                                            or {}).items()})
     if config is not None and getattr(config, "id2label", None):
         return [config.id2label[i] for i in sorted(config.id2label)]
-    raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card)")
+    raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card, no id2label "
+                     "in its config.json)")

@@ -68,30 +68,35 @@ def percentile(values: list[float], q: float) -> float:
 OTHER_ANSWER = "(other answer)"  # the confusion counts' column for answers that are no expected label
 
 
-def accuracy_report(labels: list[str], predictions: list[str]) -> dict:
-    """Accuracy, macro precision/recall/F1 over the gold classes, per-class recall, the confusion counts
-    (expected label -> answer -> rows; an answer that is no expected label counts as OTHER_ANSWER),
-    majority baseline."""
+def accuracy_report(labels: list[str], predictions: list[str], classes: list[str] | None = None) -> dict:
+    """Accuracy, macro precision/recall/F1, per-class recall, the confusion counts (expected label -> answer ->
+    rows), majority baseline. The macro means run over the gold classes and, for a classifier (its `classes`),
+    over the classes it predicted that the rows lack, as scikit-learn averages over the labels of both sides: a
+    false positive into such a class lowers precision. A generative model's answer that is no expected label
+    counts as OTHER_ANSWER (its free text is no class)."""
     gold, pred = comparable(labels, predictions)
     hits = [g == p for g, p in zip(gold, pred)]
     counts = Counter(gold)
     predicted = Counter(pred)
-    recall = {label: sum(h for g, h in zip(gold, hits) if g == label) / n for label, n in sorted(counts.items())}
+    known = {normalise_label(c) for c in classes or ()}
+    averaged = sorted(set(counts) | {p for p in predicted if p in known})
+    recall = {label: sum(h for g, h in zip(gold, hits) if g == label) / counts[label] if counts[label] else 0.0
+              for label in averaged}
     precision = {label: sum(h for p, h in zip(pred, hits) if p == label) / predicted[label] if predicted[label] else 0.0
-                 for label in sorted(counts)}
+                 for label in averaged}
     f1 = {label: 2 * precision[label] * recall[label] / (precision[label] + recall[label])
-          if precision[label] + recall[label] else 0.0 for label in sorted(counts)}
+          if precision[label] + recall[label] else 0.0 for label in averaged}
     nan = float("nan")
     return {
         "accuracy": sum(hits) / len(hits) if hits else nan,
         "precision": statistics.fmean(precision.values()) if precision else nan,
         "recall": statistics.fmean(recall.values()) if recall else nan,
         "f1": statistics.fmean(f1.values()) if f1 else nan,
-        "per_class_recall": recall,
-        "confusion": {label: dict(sorted(Counter(p if p in counts else OTHER_ANSWER for g, p in zip(gold, pred)
+        "per_class_recall": {label: recall[label] for label in sorted(counts)},
+        "confusion": {label: dict(sorted(Counter(p if p in averaged else OTHER_ANSWER for g, p in zip(gold, pred)
                                                  if g == label).items())) for label in sorted(counts)},
         "majority_baseline": max(counts.values()) / len(gold) if gold else nan,
-        "answered_with_a_label": sum(p in counts for p in pred) / len(pred) if pred else nan,
+        "answered_with_a_label": sum(p in counts or p in known for p in pred) / len(pred) if pred else nan,
     }
 
 
@@ -156,7 +161,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     }
     result["perplexity"] = perplexity(result["completion_loss"])
     if with_accuracy:
-        result.update(accuracy_report([ex.completion for ex in examples], outputs))
+        result.update(accuracy_report([ex.completion for ex in examples], outputs, getattr(runner, "labels", None)))
         result.update(missed(examples, outputs))
         result["labels_over_max_new_tokens"] = labels_over_budget(runner, examples, max_new_tokens)
         result["batch1_agreement"] = batch1_agreement(examples, outputs, picks, alone)
