@@ -281,6 +281,25 @@ def _losses(tmp_path: Path, tiny_model: Path, name: str, workers: int, batch: in
     return [h["loss"] for h in log["log_history"] if "loss" in h], result.history[0]
 
 
+def test_a_system_without_an_address_starts_its_own_cluster_where_ray_address_names_another(cluster, tmp_path,
+                                                                                             monkeypatch):
+    """No address means a local cluster for the run (README); Ray took RAY_ADDRESS (a KubeRay pod sets it) or the
+    cluster a `ray start` on this machine recorded, and refused object_store_memory there."""
+    import ray
+
+    from modelpress.config.schema import RaySystemConfig
+    from modelpress.systems.ray_system import RaySystem
+
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    system = RaySystem("local", RaySystemConfig(), tmp_path / "cache")
+    try:
+        system.connect({})
+        assert system.started_cluster
+        assert len([n for n in ray.nodes() if n.get("Alive")]) == 1  # not the module's two-node cluster
+    finally:
+        system.close()
+
+
 def _worker_lines(cluster, text: str) -> set[tuple[str, str]]:
     """The lines holding `text` in the cluster's worker output files (what Ray forwards to the driver)."""
     return {(path.name, line) for path in cluster.tmp.glob("session_*/logs/worker-*")

@@ -60,8 +60,9 @@ class RaySystem:
             env[THP_ENV] = os.environ[THP_ENV]
         env.update({k: v for k, v in self.config.env_vars.items() if k not in self._secret_env})
         kwargs = {"runtime_env": {"env_vars": env}, "logging_level": logging.WARNING, "log_to_driver": True}
-        if self.config.address is None:
-            kwargs.update(include_dashboard=False, object_store_memory=100 * 2**20)
+        if self.config.address is None:  # "local": a new cluster even where RAY_ADDRESS or a `ray start` on this
+            # machine names one (Ray connected to that, and refused object_store_memory there)
+            kwargs.update(address="local", include_dashboard=False, object_store_memory=100 * 2**20)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         else:
             kwargs["address"] = self.config.address
