@@ -364,6 +364,23 @@ def test_a_builder_asked_for_a_gpu_this_machine_lacks_builds_and_is_keyed_for_th
     assert cuda == cpu
 
 
+def test_on_a_ray_node_a_gpu_the_node_lacks_is_an_error_not_a_cpu_build(monkeypatch):
+    """On a Ray host the driver keys the builder by the provider asked for: a node without it built for the CPU
+    and cached that under the cuda key, which a later run on a CUDA machine took as its model."""
+    import onnxruntime
+
+    import modelpress.runtime as runtime
+    from modelpress.errors import ModelpressError
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(runtime, "_on_cluster_node", False)
+    runtime.on_cluster_node()
+    with pytest.raises(ModelpressError, match="asks for CUDAExecutionProvider, which this Ray node lacks"):
+        runtime.resolve_execution_provider("cuda")
+    assert runtime.resolve_execution_provider("cpu") == "cpu"
+
+
 def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_model, tmp_path):
     def key(**training_args):
         (lora,), measured = _keys(tiny_model, tmp_path, {"lora": {"type": "LoRA", "train_data_config": "tone",

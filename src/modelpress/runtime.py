@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 log = logging.getLogger("modelpress")
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
 _thread_limit: int | None = None  # set by `limit_threads`: a Ray task's CPUs
+_on_cluster_node = False  # set by `on_cluster_node`: this process runs Ray tasks for a driver
 
 
 def tune_allocator() -> None:
@@ -119,6 +120,14 @@ def worker_logging(level: str | int) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # a library may have configured the root logger: one line each
+
+
+def on_cluster_node() -> None:
+    """Mark this process as one that runs Ray tasks: a pass's own execution provider that the node cannot run is
+    an error there, not the CPU fallback a local run takes (the driver keyed the pass by what it asked for)."""
+    global _on_cluster_node
+    _on_cluster_node = True
+    resolve_execution_provider.cache_clear()  # no fallback answered before
 
 
 def limit_threads(count: int) -> None:
@@ -232,6 +241,13 @@ def resolve_execution_provider(requested: str) -> str:
     genai_has = {"cuda": og.is_cuda_available, "dml": og.is_dml_available}[requested]()
     if wanted in ort.get_available_providers() and genai_has:
         return requested
+    if _on_cluster_node:  # the driver keyed the output by the request: a CPU build would be cached as its model
+        from modelpress.errors import ModelpressError
+
+        raise ModelpressError(f"the pass asks for {wanted}, which this Ray node lacks (onnxruntime has "
+                              f"{', '.join(ort.get_available_providers())}; onnxruntime-genai "
+                              f"{'has it' if genai_has else 'lacks it'}). Give the pass num_gpus in the Ray "
+                              "system's pass_resources so that Ray places it on a GPU node.")
     log.warning("%s is not available on this machine (onnxruntime has %s; onnxruntime-genai %s): "
                 "building and running for the CPU instead", wanted, ", ".join(ort.get_available_providers()),
                 "has it" if genai_has else "lacks it")

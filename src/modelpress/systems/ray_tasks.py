@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from modelpress.models import ModelRef
-from modelpress.runtime import worker_logging
+from modelpress.runtime import on_cluster_node, worker_logging
 
 
 def ref_to_json(ref: ModelRef) -> dict:
@@ -32,6 +32,7 @@ def _setup(job: dict):
     from modelpress.systems.storage import open_storage
 
     worker_logging(job["log_level"])
+    on_cluster_node()
     os.environ.update(job.get("secret_env") or {})  # kept out of Ray's runtime env, whose agent logs it
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(name, "1")  # the driver resolved every Hub id before any task was sent
