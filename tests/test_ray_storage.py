@@ -47,8 +47,8 @@ def test_outputs_made_on_the_driver_reach_a_node_that_does_not_see_its_disk(tmp_
 
 
 def test_a_node_whose_copy_of_the_input_differs_from_the_drivers_fetches_the_drivers(tmp_path):
-    """The same path on a node may hold another copy (a partial Hub snapshot, an older folder): the storage's list
-    of files decides, not the path's existence."""
+    """The same path on a node may hold another copy (a partial Hub snapshot, an older folder, another fine-tune
+    whose files have the same sizes): the storage's list of files and their contents decide, not the path."""
     from modelpress.systems.storage import UrlStorage
 
     driver = tmp_path / "model"
@@ -57,10 +57,13 @@ def test_a_node_whose_copy_of_the_input_differs_from_the_drivers_fetches_the_dri
     storage = UrlStorage(f"file://{tmp_path / 'bucket'}")
     storage.upload_input(driver, "d" * 32)
     assert storage.local_folder(driver, "d" * 32, "models") == driver  # the same files: used in place
-    (driver / "weights.bin").write_text("a node's other copy")  # same path, other content
+    (driver / "weights.bin").write_text("the node's weights!!")  # same path and size, other content
     storage.node_dir = tmp_path / "node"
     fetched = storage.local_folder(driver, "d" * 32, "models")
     assert fetched != driver and (fetched / "weights.bin").read_text() == "the driver's weights"
+    (driver / "weights.bin").write_text("a node's other copy")  # another size
+    shutil.rmtree(tmp_path / "node")
+    assert storage.local_folder(driver, "d" * 32, "models") != driver
 
 
 def test_tasks_on_one_node_fetching_one_entry_download_it_once(tmp_path):

@@ -65,7 +65,7 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
     read once, not on every run.
     """
     folder = Path(folder).resolve()
-    memo = _read_memo(memo_path)
+    memo = read_memo(memo_path)
     entries = []
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and (
         _read_by_loaders(p.relative_to(folder)) if model else not _tool_leftover(p.relative_to(folder))) and (
@@ -73,7 +73,7 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
     for path in files:
         stat = path.stat()
         entries.append((path.name if path == folder else str(path.relative_to(folder)), stat.st_size,
-                        _remembered_sha(path, memo, stat)))
+                        remembered_sha(path, memo, stat)))
     if memo_path:
         atomic_write_json(memo_path, memo)
     return cache_key("folder", entries)
@@ -82,15 +82,15 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
 def file_sha(path: Path, memo_path: Path | None = None) -> str:
     """The SHA-256 of one file's bytes, remembered in `memo_path` as content_id remembers it (no modelpress
     version in it: for what must survive a CACHE_VERSION bump, a GGUF file's conversion)."""
-    memo = _read_memo(memo_path)
+    memo = read_memo(memo_path)
     path = Path(path).resolve()
-    sha = _remembered_sha(path, memo, path.stat())
+    sha = remembered_sha(path, memo, path.stat())
     if memo_path:
         atomic_write_json(memo_path, memo)
     return sha
 
 
-def _remembered_sha(path: Path, memo: dict, stat: os.stat_result) -> str:
+def remembered_sha(path: Path, memo: dict, stat: os.stat_result) -> str:
     # ctime and inode too: a copy that keeps size and mtime (cp -p, rsync -a, tar) still gets a new ctime
     memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
     sha = memo.get(memo_key) or file_sha256(path)
@@ -111,7 +111,7 @@ def _tool_leftover(relative: Path) -> bool:
     return any(part in ("__pycache__", ".ipynb_checkpoints", ".git") for part in relative.parts[:-1])
 
 
-def _read_memo(memo_path: Path | None) -> dict:
+def read_memo(memo_path: Path | None) -> dict:
     if memo_path and memo_path.is_file():
         try:
             return read_json(memo_path)

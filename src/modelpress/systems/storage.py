@@ -14,8 +14,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from modelpress.cache import PassCache, manifest
-from modelpress.fsutil import atomic_dir, atomic_write_json
+from modelpress.cache import PassCache, manifest, read_memo, remembered_sha
+from modelpress.fsutil import atomic_dir, atomic_write_json, file_sha256
 from modelpress.models import ModelRef
 
 ENTRY = "entry.json"
@@ -100,7 +100,9 @@ class UrlStorage:
         if self._has("models", model_id):
             return
         with tempfile.TemporaryDirectory() as tmp:
-            atomic_write_json(Path(tmp) / ENTRY, {"files": manifest(Path(folder)), "source": str(folder)})
+            files = manifest(Path(folder))
+            atomic_write_json(Path(tmp) / ENTRY, {"files": files, "source": str(folder),
+                                                  "sha256": {name: file_sha256(Path(folder) / name) for name in files}})
             remote = self._remote("models", model_id)
             for name in manifest(Path(folder)):
                 target = f"{remote}/model/{name}"
@@ -140,9 +142,22 @@ class UrlStorage:
             atomic_write_json(tmp / ENTRY, meta)
 
     def _same_files(self, folder: Path, kind: str, key: str) -> bool:
-        """Whether `folder` holds the files (names and sizes) of the storage's entry; true where it has none."""
-        listed = _listed_files(self.fs, f"{self._remote(kind, key)}/{ENTRY}")
-        return listed is None or manifest(folder) == listed
+        """Whether `folder` holds the files of the storage's entry (true where it has none): names and sizes, and
+        for an input model the contents too (a node's own copy at the driver's path, say another fine-tune of the
+        same architecture, has the same sizes). File hashes are remembered on the node by path, size and times."""
+        meta = _entry_meta(self.fs, f"{self._remote(kind, key)}/{ENTRY}")
+        if meta is None:
+            return True
+        if manifest(folder) != meta.get("files"):
+            return False
+        if kind != "models":
+            return True
+        memo_path = self.node_dir / "content-ids.json"
+        memo = read_memo(memo_path)
+        hashes = {name: remembered_sha(folder / name, memo, (folder / name).stat()) for name in meta["files"]}
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(memo_path, memo)
+        return hashes == meta.get("sha256")  # an entry uploaded before hashes were kept: fetched
 
     def local_folder(self, path: Path, model_id: str, kind: str = "passes") -> Path:
         """`path` when this node sees it with the files the storage's entry lists (a node's own copy of a Hub
@@ -158,11 +173,11 @@ class UrlStorage:
         return cache.passes / model_id / "model"
 
 
-def _listed_files(fs, entry: str) -> dict | None:
+def _entry_meta(fs, entry: str) -> dict | None:
     import json
 
     try:
-        return json.loads(fs.cat_file(entry)).get("files")
+        return json.loads(fs.cat_file(entry))
     except FileNotFoundError:
         return None
 
