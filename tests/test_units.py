@@ -507,6 +507,23 @@ def test_shortcut_commands_keep_a_hub_id_or_package_path_and_make_local_paths_ab
     (tmp_path / "org" / "local").mkdir(parents=True)  # a folder that looks like an id is the folder
     assert _model_path("org/local") == str(tmp_path / "org" / "local")
     assert _model_path("models/none.gguf") == str(tmp_path / "models" / "none.gguf")  # not an id: the path
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # `--output-dir=~/out`: the shell leaves that ~ alone
+    assert _model_path("~/models/phi3") == str(tmp_path / "home" / "models" / "phi3")
+
+
+def test_shortcut_flag_mistakes_are_named_once_by_their_flag(tmp_path, tiny_model, capsys):
+    """A bad --template also gave 'passes.lora.train_data_config: no data config named train', which no flag sets;
+    all-linear listed with module names reached peft as one module's name, matching none."""
+    from conftest import TONE_DATA
+    from modelpress.cli import main
+
+    base = ["finetune", "--data", str(TONE_DATA), "--model", str(tiny_model), "--output-dir", str(tmp_path / "o")]
+    assert main([*base, "--template", "{phrase} {tone"]) == 2
+    err = capsys.readouterr().err
+    assert "--data/--template (data_configs[0]" in err and "no data config named" not in err, err
+    assert main([*base, "--template", "{phrase} {tone}", "--target-modules", "all-linear", "q_proj"]) == 2
+    assert "--target-modules: all-linear names every linear layer and cannot be listed with others" in \
+        capsys.readouterr().err
 
 
 def test_passes_that_calibrate_on_wikitext_are_known_before_the_run_goes_offline(tiny_model, tmp_path):

@@ -97,6 +97,9 @@ def finetune_config(args) -> dict:
                                         "max_seq_len": args.max_seq_len, "pad_to_max_len": False,
                                         "loss_on": args.loss_on,
                                         **({"stride": args.stride} if args.stride else {})}}
+    if "all-linear" in args.target_modules and len(args.target_modules) > 1:  # peft reads it as one module's name
+        raise _usage("--target-modules", f"all-linear names every linear layer and cannot be listed with others "
+                     f"({' '.join(args.target_modules)})", "Give all-linear alone, or the module names alone.")
     targets = "all-linear" if args.target_modules == ["all-linear"] else args.target_modules
     passes = {"lora": {"type": args.method, "train_data_config": "train", "eval_dataset_size": args.eval_fraction,
                        "target_modules": targets,
@@ -248,9 +251,9 @@ def _model_path(value: str) -> str:
 
 def _abs(paths):
     """Absolute paths, so a printed (--dry-run) config runs from any folder."""
-    if isinstance(paths, list):
-        return [str(Path(p).resolve()) for p in paths]
-    return str(Path(paths).resolve())
+    if isinstance(paths, list):  # `--data=~/x`: the shell leaves a ~ after = as it is
+        return [str(Path(p).expanduser().resolve()) for p in paths]
+    return str(Path(paths).expanduser().resolve())
 
 
 def _usage(flag: str, message: str, hint: str) -> ConfigError:

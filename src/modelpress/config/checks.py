@@ -324,7 +324,7 @@ def _check_template(name: str, config: DataConfig, c: Collector) -> None:
 
 
 def _check_data_ref(name: str | None, data: dict, path: str, c: Collector) -> None:
-    if name is not None and name not in data:
+    if name is not None and name not in data and name not in c.failed_data:  # a refused one is reported already
         hint = did_you_mean(name, data) or (f"Defined: {', '.join(data)}." if data else "Define it in data_configs.")
         c.add(path, f"no data config named {name!r}", hint)
 

@@ -69,6 +69,7 @@ class Collector:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.notes: list[str] = []  # facts worth telling, not problems
+        self.failed_data: set[str] = set()  # data configs given but refused (their problems said): not "missing"
 
     def add(self, path: str, message: str, hint: str | None = None) -> None:
         problem = Problem(path, message, hint)

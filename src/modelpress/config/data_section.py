@@ -45,6 +45,8 @@ def data_configs(raw: Any, base_dir: Path, c: Collector, olive: bool = False) ->
         if as_mapping(item, path, c) is None:
             continue
         config = _data_config(item, path, base_dir, c, olive)
+        if config is None and isinstance(item.get("name"), str):
+            c.failed_data.add(item["name"])
         if config and config.name in configs:
             c.add(f"{path}.name", f"duplicate data config name {config.name!r}", "Give each data config its own name.")
         elif config:
