@@ -432,7 +432,7 @@ def test_local_data_files_are_found_as_datasets_finds_them(workspace):
     _, problems = _tone_load(workspace, data_files={"dev": "rows/more/b.jsonl"})
     assert "data_files: names the splits 'dev', and split is 'train'. Set split to one of them." in problems[0]
     _, problems = _tone_load(workspace, data_files="rows/*.csv")
-    assert "data_files[0]: no file matches 'rows/*.csv'" in problems[0] and len(problems) == 1, problems  # not also 'no config named'
+    assert "data_files[0]: no file matches 'rows/*.csv'" in problems[0] and len(problems) == 1, problems
 
 
 def test_a_datasets_loader_name_is_not_taken_for_a_hub_id_and_one_text_column_may_be_a_string(workspace):
