@@ -682,6 +682,20 @@ def test_generate_reads_a_raw_prompt_that_ends_with_the_pad_token(eos_model, tmp
         runner.tokenizer.decode(np.array([first], dtype=np.int32))
 
 
+def test_a_classifiers_rows_are_cut_to_the_tokenizers_length_whatever_max_seq_len_says(bert_folder):
+    """max_seq_len defaults to 1024 and BERT has 512 positions: a long review overran the position table in
+    training, calibration and evaluation."""
+    from modelpress.data import encode_texts
+    from modelpress.runners import TorchClassifierRunner
+
+    runner = TorchClassifierRunner(ModelRef(HF, bert_folder, id="b", task={
+        "task": "text-classification", "max_seq_len": 1024, "add_special_tokens": True}))
+    runner.tokenizer.model_max_length = 96  # the tiny BERT has 128 positions
+    long = " ".join(["cheering"] * 300)
+    assert len(encode_texts(runner.tokenizer, [long], truncation=True, max_length=1024)["input_ids"][0]) == 96
+    assert runner.class_logits_batch([long, "short"]).shape == (2, 3)
+
+
 def test_a_classifiers_loss_reads_labels_as_accuracy_does(bert_folder, caplog):
     """Data labelled "Positive " against a card's "positive": accuracy matched them and the loss skipped every row
     (NaN)."""

@@ -43,7 +43,7 @@ CACHE_VERSION = 11  # bump when a pass gives different output for the same input
 # its prompt, the system message every chat row opens with recorded on the card, max_samples capping a
 # classifier's training rows, LoRA keeping a tied embedding tied to its head, a
 # data_dir read by split, a split's slice taken over all its files; 11: 2026-12-07, a whole-number class label read
-# as a float (1.0) named as the integer)
+# as a float (1.0) named as the integer, a classifier's rows cut to the tokenizer's model_max_length)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 IN_USE_LOCK = "in-use.lock"  # shared by every run on the cache, taken alone to empty it

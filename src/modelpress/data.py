@@ -453,7 +453,12 @@ def classification_features(examples: list[Example], tokenizer, config: DataConf
 
 def encode_texts(tokenizer, texts: list[str], **options) -> dict:
     """The tokenizer's encoding of a classifier's inputs: sentence pairs (two text columns, joined by PAIR_SEP
-    in the prompt) as pairs, with the separator and segment ids the tokenizer puts between them, as Olive does."""
+    in the prompt) as pairs, with the separator and segment ids the tokenizer puts between them, as Olive does.
+    A max_length past the tokenizer's model_max_length (BERT's 512 positions; max_seq_len defaults to 1024) is
+    cut to it, as Olive's preprocessing takes the tokenizer's: a longer row overran the position table."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if options.get("max_length") and isinstance(limit, int) and limit < 1 << 20:  # unknown: a huge number
+        options["max_length"] = min(options["max_length"], limit)
     if texts and all(PAIR_SEP in text for text in texts):
         first, second = zip(*(text.split(PAIR_SEP, 1) for text in texts))
         return tokenizer(list(first), list(second), **options)
