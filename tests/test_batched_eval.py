@@ -682,6 +682,25 @@ def test_generate_reads_a_raw_prompt_that_ends_with_the_pad_token(eos_model, tmp
         runner.tokenizer.decode(np.array([first], dtype=np.int32))
 
 
+def test_a_classifier_brought_fine_tuned_keeps_its_head_for_its_classes_and_gets_a_new_one_for_others(
+        bert_folder, caplog):
+    """Its trained head was relabelled in the data's sorted order (its classes scrambled), and a head of another
+    size stopped the load (transformers asks for ignore_mismatched_sizes)."""
+    import torch
+
+    from modelpress.models import load_classifier
+
+    ids = torch.tensor([[101, 2057, 2180, 102]])
+    with torch.inference_mode():
+        own = load_classifier(bert_folder)(input_ids=ids).logits[0]  # negative, neutral, positive
+        model = load_classifier(bert_folder, ["Positive", "negative", "neutral"])
+        assert torch.allclose(model(input_ids=ids).logits[0], own[[2, 0, 1]])
+        assert model.config.id2label == {0: "Positive", 1: "negative", 2: "neutral"}
+        other = load_classifier(bert_folder, ["fear", "joy", "sadness", "surprise"])
+        assert other(input_ids=ids).logits.shape == (1, 4)
+    assert "its head classifies negative, neutral, positive; the data's labels are fear, joy" in caplog.text
+
+
 def test_a_classifiers_rows_are_cut_to_the_tokenizers_length_whatever_max_seq_len_says(bert_folder):
     """max_seq_len defaults to 1024 and BERT has 512 positions: a long review overran the position table in
     training, calibration and evaluation."""

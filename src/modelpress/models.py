@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_json, read_json
 from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX, ONNX_GENAI
+
+log = logging.getLogger("modelpress")
 
 MODEL_CARD = "modelpress_model.json"
 ADAPTER_DIR = "adapter"
@@ -148,16 +151,57 @@ def load_classifier(folder: Path, labels: list[str] | None = None, dtype: str = 
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
-    if labels:
+    own = _trained_labels(folder) if labels else None
+    if labels and own is not None and sorted(map(_plain, own)) == sorted(map(_plain, labels)):
+        # a classifier brought fine-tuned on these classes: its head, its rows put in the order of `labels`
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+        _reorder_head(model, [[_plain(x) for x in own].index(_plain(label)) for label in labels], folder)
+        model.config.id2label, model.config.label2id = dict(enumerate(labels)), {x: i for i, x in enumerate(labels)}
+    elif labels:
+        if own is not None:
+            log.warning("%s: its head classifies %s; the data's labels are %s, so a new head is trained", folder,
+                        ", ".join(own), ", ".join(labels))
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                      label2id={label: i for i, label in enumerate(labels)})
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+                      label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
     # a decoder's head reads the last token before the first padding, found by config.pad_token_id: that must be
     # the id batches are padded with (load_tokenizer's: a missing pad token is the end of sequence)
     pad = load_tokenizer(folder, trust_remote_code).pad_token_id
     if pad is not None and model.config.pad_token_id != pad:
         model.config.pad_token_id = pad
     return model
+
+
+def _plain(label) -> str:
+    return str(label).strip().lower()
+
+
+def _trained_labels(folder: Path) -> list[str] | None:
+    """The class names a checkpoint's config gives its head, in head order; None for none or transformers'
+    placeholders (LABEL_0, ...), which a checkpoint saved without names (or without a head) has."""
+    config = read_json(Path(folder) / "config.json") if (Path(folder) / "config.json").is_file() else {}
+    names = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    ordered = [str(names[i]) for i in sorted(names)]
+    if not ordered or all(name == f"LABEL_{i}" for i, name in enumerate(ordered)):
+        return None
+    return ordered
+
+
+def _reorder_head(model, order: list[int], folder: Path) -> None:
+    """Put the rows of the classifier's output layer (the last linear layer with one row per class: BERT's
+    classifier, RoBERTa's classifier.out_proj, a decoder's score) in `order`."""
+    import torch
+
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(order)]
+    if not heads:
+        raise ModelpressError(f"{folder}: cannot find the classifier's output layer to order its classes as the "
+                              "data's labels; give the data's labels in the order of the checkpoint's id2label")
+    with torch.no_grad():
+        heads[-1].weight.copy_(heads[-1].weight[order])
+        if heads[-1].bias is not None:
+            heads[-1].bias.copy_(heads[-1].bias[order])
 
 
 def load_hf_model(folder: Path, task: str, labels: list[str] | None = None, dtype: str = "float32",
