@@ -560,6 +560,15 @@ def test_a_classifiers_two_text_columns_are_read_as_a_sentence_pair_everywhere(b
     unlabelled = OnnxClassifierRunner(ModelRef(bert_onnx.kind, bert_onnx.path, id="o",
                                                task={"task": "text-classification"}))
     assert unlabelled.labels == torch_runner.labels == ["negative", "neutral", "positive"]
+    saved = (bert_onnx.path / "config.json").read_text()
+    config = json.loads(saved)
+    config["id2label"] = {str(i): f"LABEL_{i}" for i in range(3)}  # saved without names: GLUE's 0/1/2 labels
+    try:
+        (bert_onnx.path / "config.json").write_text(json.dumps(config))
+        assert OnnxClassifierRunner(ModelRef(bert_onnx.kind, bert_onnx.path, id="o", task={
+            "task": "text-classification"})).labels == ["0", "1", "2"]
+    finally:
+        (bert_onnx.path / "config.json").write_text(saved)
     zero_segments = load_classifier(bert_folder).eval()(input_ids=torch.tensor(pairs["input_ids"]),
                                                         attention_mask=torch.tensor(pairs["attention_mask"]))
     assert not np.allclose(zero_segments.logits.detach().numpy(), expected, atol=1e-4)  # the segments count

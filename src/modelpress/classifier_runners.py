@@ -114,6 +114,9 @@ def _labels(ref: ModelRef, config) -> list[str]:
                                            (json.loads((ref.path / "config.json").read_text()).get("id2label")
                                             or {}).items()})
     if config is not None and getattr(config, "id2label", None):
-        return [config.id2label[i] for i in sorted(config.id2label)]
+        names = [str(config.id2label[i]) for i in sorted(config.id2label)]
+        # transformers' placeholders (a checkpoint saved without names): class i is the label i, as Olive compares
+        # the argmax with an integer label column (GLUE's 0/1)
+        return [str(i) for i in range(len(names))] if names == [f"LABEL_{i}" for i in range(len(names))] else names
     raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card, no id2label "
                      "in its config.json)")
