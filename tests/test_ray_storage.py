@@ -66,6 +66,22 @@ def test_a_node_whose_copy_of_the_input_differs_from_the_drivers_fetches_the_dri
     assert storage.local_folder(driver, "d" * 32, "models") != driver
 
 
+def test_a_node_refuses_an_entry_whose_objects_the_storage_lost_or_cut(tmp_path):
+    """The node's copy was used as downloaded; only the driver's lookup checked an entry against its list."""
+    from modelpress.errors import ModelpressError
+    from modelpress.systems.storage import UrlStorage
+
+    driver = tmp_path / "model"
+    driver.mkdir()
+    (driver / "weights.bin").write_text("the driver's weights")
+    storage = UrlStorage(f"file://{tmp_path / 'bucket'}")
+    storage.upload_input(driver, "f" * 32)
+    (tmp_path / "bucket" / "models" / ("f" * 32) / "model" / "weights.bin").write_text("cut")
+    storage.node_dir = tmp_path / "node"
+    with pytest.raises(ModelpressError, match="do not match the entry's list"):
+        storage.local_folder(tmp_path / "elsewhere", "f" * 32, "models")
+
+
 def test_tasks_on_one_node_fetching_one_entry_download_it_once(tmp_path):
     """Two tasks on a node needing the same entry at once: the second waits for the first's copy instead of
     downloading again and replacing the folder the first is already reading."""

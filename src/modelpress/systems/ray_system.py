@@ -36,6 +36,7 @@ class RaySystem:
         self.started_cluster = False
         self.in_flight: set = set()
         self._guard = threading.Lock()
+        self._uploading = threading.Lock()  # apart from _guard: Ctrl-C's cancel_all must not wait for an upload
         self._uploaded: set[str] = set()
         self._remote: dict = {}
         # env vars whose name or value looks secret: each task sets them, since Ray's runtime-env agent writes
@@ -117,9 +118,10 @@ class RaySystem:
             raise _error("a Ray system runs a config read from a file or a parsed mapping",
                                   "Load the workflow with modelpress.config.load_config or normalize.")
         input_ref = session.input_ref
-        if input_ref.id not in self._uploaded:
-            self.storage.upload_input(input_ref.path, input_ref.id)
-            self._uploaded.add(input_ref.id)
+        with self._uploading:  # search candidates build their jobs in threads: one upload of a multi-GB input
+            if input_ref.id not in self._uploaded:
+                self.storage.upload_input(input_ref.path, input_ref.id)
+                self._uploaded.add(input_ref.id)
         self.storage.share(session.cache, ref)  # a pass that ran on the driver: its output, for the nodes
         return {"raw": _env_values_left_out(config.raw), "base_dir": str(config.base_dir), "storage": str(self.storage),
                 "input_folder": str(input_ref.path), "input_id": input_ref.id, "ref": ref_to_json(ref),

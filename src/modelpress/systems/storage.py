@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from modelpress.cache import PassCache, manifest, read_memo, remembered_sha
+from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_dir, atomic_write_json, file_sha256
 from modelpress.models import ModelRef
 
@@ -170,6 +171,10 @@ class UrlStorage:
         # driver fetches a task's output under the run's own lock on that key: not taken again here.)
         with cache.lock(model_id):
             self.fetch(cache, model_id, kind)
+            if not cache.intact(model_id):  # a download cut short, or objects the storage lost
+                raise ModelpressError(f"{self.url}/{kind}/{model_id}: the files downloaded to this node do not "
+                                      "match the entry's list; check the storage (an object deleted or being "
+                                      "written), then run again")
         return cache.passes / model_id / "model"
 
 
