@@ -466,11 +466,12 @@ def test_olive_metric_options_that_change_nothing_are_named(workspace):
     raw = _seed(workspace)
     raw["evaluators"] = {"e": {"metrics": [
         {"name": "acc", "type": "accuracy", "backend": "torch_metrics", "user_config": {"batch_size": 8},
-         "sub_types": [{"name": "f1_score", "metric_config": {"average": "micro"}}]},
+         "sub_types": [{"name": "f1_score", "metric_config": {"average": "micro", "num_classes": 4}}]},
         {"name": "lat", "type": "latency", "sub_types": [{"name": "avg", "higher_is_better": True}]}]}}
     raw["engine"]["evaluator"] = "e"
     warnings = "\n".join(normalize(raw, base_dir=workspace).warnings)
-    for said in ("metrics[0].sub_types[0].metric_config: accepted and not used: accuracy is over whole answers",
+    assert "average accepted" not in warnings and "num_classes accepted" in warnings  # average is computed
+    for said in ("metrics[0].sub_types[0].metric_config: num_classes accepted and not used: accuracy is over whole",
                  "metrics[0].backend: accepted and not used", "metrics[0].user_config: batch_size accepted and not",
                  "metrics[1].sub_types[0].higher_is_better: latency avg is ranked with lower as better"):
         assert said in warnings, (said, warnings)

@@ -212,6 +212,22 @@ def test_a_classifiers_macro_means_count_the_classes_it_predicted_that_the_rows_
     assert generative["precision"] == 1.0 and generative["confusion"]["joy"] == {"(other answer)": 1, "joy": 1}
 
 
+def test_olives_averaging_options_give_scikit_learns_numbers():
+    """metric_config average micro/weighted and task binary were accepted and ignored (always the macro mean)."""
+    from modelpress.metrics import _measured
+
+    report = accuracy_report(["joy", "joy", "joy", "sadness"], ["joy", "sadness", "joy", "sadness"])
+    # sklearn.metrics.precision_recall_fscore_support(gold, pred, average="weighted"): 0.875, 0.75, 0.7667
+    assert _measured(report, "accuracy", "precision", {"average": "weighted"}) == pytest.approx(0.875)
+    assert _measured(report, "accuracy", "recall", {"average": "weighted"}) == pytest.approx(0.75)
+    assert _measured(report, "accuracy", "f1_score", {"average": "weighted"}) == pytest.approx((3 * 0.8 + 2 / 3) / 4)
+    assert _measured(report, "accuracy", "f1_score", {"average": "micro"}) == 0.75
+    assert _measured(report, "accuracy", "f1_score", {"average": "macro"}) == report["f1"]
+    binary = accuracy_report(["1", "0", "1", "1"], ["1", "1", "0", "1"])  # the class 1: tp 2, fp 1, fn 1
+    assert _measured(binary, "accuracy", "f1_score", {"task": "binary"}) == pytest.approx(2 / 3)
+    assert _measured(report, "accuracy", "f1_score", {"task": "binary"}) == report["f1"]  # not 0/1: macro
+
+
 def test_confusion_table_has_a_column_for_every_label_and_one_for_other_answers():
     from modelpress.report import confusion_table, confusion_text
 

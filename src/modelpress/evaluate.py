@@ -87,11 +87,26 @@ def accuracy_report(labels: list[str], predictions: list[str], classes: list[str
     f1 = {label: 2 * precision[label] * recall[label] / (precision[label] + recall[label])
           if precision[label] + recall[label] else 0.0 for label in averaged}
     nan = float("nan")
+    accuracy = sum(hits) / len(hits) if hits else nan
+    weights = [counts[label] for label in averaged]
+
+    def weighted(scores: dict) -> float:
+        return sum(w * scores[label] for w, label in zip(weights, averaged)) / len(gold) if gold else nan
+
+    def of(label: str) -> dict:
+        return {"precision": precision.get(label, 0.0), "recall": recall.get(label, 0.0), "f1": f1.get(label, 0.0)}
+
     return {
-        "accuracy": sum(hits) / len(hits) if hits else nan,
+        "accuracy": accuracy,
         "precision": statistics.fmean(precision.values()) if precision else nan,
         "recall": statistics.fmean(recall.values()) if recall else nan,
         "f1": statistics.fmean(f1.values()) if f1 else nan,
+        # Olive's metric_config `average` and `task: binary` (torchmetrics' meanings): micro is the share of rows
+        # answered right, for each of the three; weighted weighs each class by its rows; binary is the class "1"
+        # of 0/1 labels
+        "averaged": {"micro": {"precision": accuracy, "recall": accuracy, "f1": accuracy},
+                     "weighted": {"precision": weighted(precision), "recall": weighted(recall), "f1": weighted(f1)},
+                     **({"binary": of("1")} if set(counts) <= {"0", "1"} else {})},
         "per_class_recall": {label: recall[label] for label in sorted(counts)},
         "confusion": {label: dict(sorted(Counter(p if p in averaged else OTHER_ANSWER for g, p in zip(gold, pred)
                                                  if g == label).items())) for label in sorted(counts)},

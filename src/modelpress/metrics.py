@@ -42,7 +42,14 @@ _THROUGHPUT_FROM_LATENCY = {"min": "max", "max": "min", "p50": "p50", "p75": "p2
                             "p99": "p1", "p999": "p01"}
 
 
-def _measured(result: dict, metric_type: str, sub: str):
+def _measured(result: dict, metric_type: str, sub: str, options: dict | None = None):
+    averaged = averaging(metric_type, sub, options or {})
+    if averaged is not None:  # f1_score, precision or recall averaged as the sub-metric's metric_config asks
+        found = (result.get("averaged") or {}).get(averaged)
+        if found is not None:
+            return found.get(_MEASURED[(metric_type, sub)][0])
+        log.warning("accuracy %s: task binary takes the class 1 of labels 0 and 1, and these labels are others: "
+                    "the macro mean is reported", sub)
     if metric_type == "throughput" and sub in _THROUGHPUT_FROM_LATENCY:
         ms = (result.get("latency_ms") or {}).get(_THROUGHPUT_FROM_LATENCY[sub])
         return 1000.0 / ms if ms else None
@@ -50,6 +57,16 @@ def _measured(result: dict, metric_type: str, sub: str):
     for part in _MEASURED[(metric_type, sub)]:
         value = value.get(part) if isinstance(value, dict) else None
     return value
+
+
+def averaging(metric_type: str, sub: str, options: dict) -> str | None:
+    """The averaging an accuracy sub-metric's Olive metric_config asks for other than the macro mean: "binary"
+    (task binary, where the labels are 0 and 1), "micro" or "weighted"; None for macro."""
+    if metric_type != "accuracy" or sub not in ("f1_score", "precision", "recall"):
+        return None
+    if options.get("task") == "binary":
+        return "binary"
+    return options.get("average") if options.get("average") in ("micro", "weighted") else None
 
 
 def higher_is_better(metric: Metric, sub: SubMetric) -> bool:
@@ -83,7 +100,7 @@ def metric_values(session, evaluator: EvaluatorConfig, ref: ModelRef, role: str,
             measured_on[metric.data_config] = session.measure(ref, role, history, metric.data_config) or {}
         measured = measured_on[metric.data_config]
         for sub in metric.sub_types:
-            values[f"{metric.name}-{sub.name}"] = _measured(measured, metric.type, sub.name)
+            values[f"{metric.name}-{sub.name}"] = _measured(measured, metric.type, sub.name, sub.metric_config)
     return values
 
 

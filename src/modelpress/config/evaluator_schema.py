@@ -49,7 +49,9 @@ class SubMetric(Strict):
     goal: Goal | None = Field(None, description="Constraint a candidate must meet.")
     higher_is_better: bool | None = Field(
         None, description="For custom metrics, and lm_eval metrics modelpress does not know; built-ins know it.")
-    metric_config: dict = Field(default_factory=dict, description="Olive's torchmetrics options; not used.")
+    metric_config: dict = Field(default_factory=dict, description="Olive's torchmetrics options: an accuracy "
+                                "f1_score, precision or recall takes average (micro, macro, weighted) and task "
+                                "(binary, multiclass); others are not used.")
 
 
 class CustomMetricConfig(Strict):

@@ -153,16 +153,27 @@ def _check_metric(metric: Metric, where: str, c: Collector) -> None:
                    f"/ latency's {100 - q:.3g}th); Olive 0.13 reports 1000 / latency's {sub.name} under this name (its "
                    f"{100 - q:.3g}th), so a goal set from Olive's numbers is compared with another one. For the same "
                    f"number, set the goal on latency {sub.name} (ms).")
-        if sub.metric_config:
-            c.warn(f"{where}.sub_types[{j}].metric_config: accepted and not used: "
+        unused = sorted(set(sub.metric_config) - _honoured(metric.type, sub.name, sub.metric_config))
+        if unused:
+            c.warn(f"{where}.sub_types[{j}].metric_config: {', '.join(unused)} accepted and not used: "
                    f"{METRIC_CONFIG_NOTES.get(metric.type, 'modelpress computes this sub-metric one way')}")
     _warn_inert_inference_keys(metric, where, c)
 
 
+def _honoured(metric_type: str, sub: str, options: dict) -> set[str]:
+    """The metric_config keys modelpress computes with: an accuracy f1_score/precision/recall's `average` (micro,
+    macro, weighted) and `task` (binary: the class 1 of 0/1 labels; multiclass)."""
+    if metric_type != "accuracy" or sub not in ("f1_score", "precision", "recall"):
+        return set()
+    return ({"average"} if options.get("average") in ("micro", "macro", "weighted") else set()) | \
+        ({"task"} if options.get("task") in ("binary", "multiclass") else set())
+
+
 # What modelpress computes, for a sub-metric's Olive torchmetrics options it does not take.
 METRIC_CONFIG_NOTES = {
-    "accuracy": "accuracy is over whole answers, and f1_score, precision and recall are macro averages over the "
-                "gold classes (torchmetrics options such as average or num_classes do not apply)",
+    "accuracy": "accuracy is over whole answers; f1_score, precision and recall take average micro, macro (the "
+                "default) or weighted and task binary (the class 1 of 0/1 labels) or multiclass, and no other "
+                "torchmetrics option",
     "latency": "latency is timed one example at a time, on evaluation.latency_samples examples",
     "throughput": "throughput is examples per second at batch 1, from the latency timings",
 }
