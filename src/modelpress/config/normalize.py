@@ -41,8 +41,8 @@ from modelpress.config.sources import input_model, kv_cache_asked
 from modelpress.errors import ConfigError, Problem
 from modelpress.passes.catalog import CATALOG, ONNX, ONNX_GENAI, LoHaParams, LoRAParams, QLoRAParams
 
-TOP_KEYS = ("$schema", "input_model", "systems", "data_configs", "passes", "engine", "evaluation", "evaluators", "evaluator",
-            *ENGINE_KEYS)
+TOP_KEYS = tuple(dict.fromkeys(("$schema", "input_model", "systems", "data_configs", "passes", "engine", "evaluation",
+                                 "evaluators", *ENGINE_KEYS)))  # an Olive 0.13 config's engine keys sit at the top
 
 
 def read_config_file(path: str | Path) -> Any:
