@@ -458,7 +458,8 @@ def test_a_dataset_subset_is_fetched_as_its_card_names_it(hf_home, hub_cache, tm
         plan.resolve_hub_data()
         assert len(plan.examples("tone")) == rows
     assert dataset_files(repo, None, [], None, "big", fetch=False) == ["big/data.jsonl", "README.md", "tones/*.jsonl"]
-    assert dataset_files(repo, None, [], None, "short", fetch=False) == ["short/*.jsonl", "README.md", "tones/*.jsonl"]
+    assert dataset_files(repo, None, [], None, "short", fetch=False) == ["short/**/*.jsonl", "short/*.jsonl",
+                                                                         "README.md", "tones/*.jsonl"]
     # a subset the card does not name is a mistake, said before anything is fetched (it fetched the whole repo)
     with pytest.raises(DataError, match=r"subset 'tonez' is not one of the dataset's subsets \(tones, short, big\)"):
         dataset_files(repo, None, [], None, "tonez", fetch=False)
@@ -466,6 +467,20 @@ def test_a_dataset_subset_is_fetched_as_its_card_names_it(hf_home, hub_cache, tm
     checked = _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home)
     assert checked.returncode == 2 and "load_dataset_config.subset: subset 'tonez' is not one" in checked.stderr
     assert cached_snapshot(repo, None, "dataset") is None
+
+
+def test_a_subsets_nested_files_are_asked_for_with_and_without_folders_between(tmp_path):
+    """A card's `data/**/train-*.parquet` was asked for as `data/train-*.parquet` alone, which huggingface_hub's
+    fnmatch filter does not match to data/2024/train-0.parquet: nested files were neither fetched nor required."""
+    from fnmatch import fnmatch
+
+    from modelpress.hub import subset_patterns
+
+    (tmp_path / "README.md").write_text("---\nconfigs:\n- config_name: years\n  data_files: data/**/train-*.parquet\n"
+                                        "---\n")
+    patterns = subset_patterns(tmp_path, "years")
+    for path in ("data/2024/train-0.parquet", "data/train-0.parquet"):
+        assert any(fnmatch(path, p) for p in patterns), (path, patterns)
 
 
 def test_a_hub_dataset_given_by_split_reads_the_split_asked_for(hub_cache, tmp_path):

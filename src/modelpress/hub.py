@@ -102,8 +102,8 @@ def subset_patterns(snapshot: Path | None, subset: str) -> list[str] | None:
         if named is None:
             return None
         # huggingface_hub matches with fnmatch, where * also crosses folders but "a/**/b" needs one folder
-        # between; datasets' "**" matches none too
-        patterns += [pattern.replace("**/", "") for pattern in named]
+        # between; datasets' "**" matches none too: dataset_patterns gives both forms
+        patterns += named
     return list(dict.fromkeys(patterns))
 
 
