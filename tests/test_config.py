@@ -435,6 +435,23 @@ def test_local_data_files_are_found_as_datasets_finds_them(workspace):
     assert "data_files[0]: no file matches 'rows/*.csv'" in problems[0] and len(problems) == 1, problems
 
 
+def test_a_local_file_or_a_mistyped_local_folder_as_data_name_is_not_taken_for_a_hub_id(tmp_path, tiny_model):
+    """validate noted that run would download them; the run then said they were read as Hub ids because no local
+    path of that name exists, which was false for the file."""
+    from conftest import tone_workflow
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tones.jsonl").write_text('{"phrase": "a", "tone": "joy"}\n')
+    raw = tone_workflow(tiny_model, {})
+    for name, said in (("data/tones.jsonl", "'data/tones.jsonl' is a local file, and data_name is a format or a "
+                                            "Hub dataset id. Set data_name to the file's format"),
+                       ("data/tone", "no local folder " + str(tmp_path / "data" / "tone") + ". It is read as a path "
+                                     "because a folder 'data' is beside the config")):
+        raw["data_configs"][0]["load_dataset_config"] = {"data_name": name, "split": "train"}
+        problems = _problems(raw, tmp_path)
+        assert any(said in p for p in problems), problems
+
+
 def test_a_datasets_loader_name_is_not_taken_for_a_hub_id_and_one_text_column_may_be_a_string(workspace):
     raw = _seed(workspace)
     raw["data_configs"][0]["load_dataset_config"]["params"]["data_name"] = "text"

@@ -167,6 +167,15 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
         return None
     if folder is not None and folder.is_dir():  # a local dataset folder, which datasets (and Olive) read first
         return _local_folder(load, folder, path, base_dir, c)
+    if folder is not None and folder.is_file():  # it was taken for a Hub id, and the run went to look for it
+        c.add(f"{path}.data_name", f"{name!r} is a local file, and data_name is a format or a Hub dataset id",
+              f"Set data_name to the file's format ({', '.join(FORMATS)}) and list the file in data_files.")
+        return None
+    first = Path(name).parts[0] if isinstance(name, str) and Path(name).parts else ""
+    if isinstance(name, str) and is_hub_id(name) and first and (base_dir / first).is_dir():
+        c.add(f"{path}.data_name", f"no local folder {folder}", f"It is read as a path because a folder {first!r} "
+              f"is beside the config; for the Hub dataset {name!r}, move or rename that folder.")
+        return None
     if isinstance(name, str) and is_hub_id(name):
         return _hub_dataset(load, name, path, c)
     c.add(f"{path}.data_name", f"found {name!r}: neither a file format nor a Hub dataset id",
