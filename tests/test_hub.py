@@ -469,6 +469,21 @@ def test_a_dataset_subset_is_fetched_as_its_card_names_it(hf_home, hub_cache, tm
     assert cached_snapshot(repo, None, "dataset") is None
 
 
+def test_hf_datasets_offline_alone_keeps_hub_datasets_offline_and_the_hint_names_their_files(hf_home, tmp_path):
+    """modelpress downloads datasets itself (huggingface_hub), which reads HF_HUB_OFFLINE alone: a user who set
+    datasets' own HF_DATASETS_OFFLINE got downloads; validate's hint fetched the whole repo."""
+    raw = tone_workflow(tmp_path, {})
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": "acme/not-here", "data_files": ["train.jsonl"],
+                                                     "split": "train"}
+    env = {**hub_env(hf_home), "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "1"}
+    checked = subprocess.run([sys.executable, "-m", "modelpress", "validate", str(write_config(tmp_path / "w.json",
+                              raw))], capture_output=True, text=True, env=env)
+    assert checked.returncode == 2, checked.stderr
+    assert "is not in the local Hugging Face cache and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set" in \
+        checked.stderr and '--include "train.jsonl" "README.md"' in checked.stderr, checked.stderr
+    assert "unset HF_DATASETS_OFFLINE" in checked.stderr
+
+
 def test_a_subsets_nested_files_are_asked_for_with_and_without_folders_between(tmp_path):
     """A card's `data/**/train-*.parquet` was asked for as `data/train-*.parquet` alone, which huggingface_hub's
     fnmatch filter does not match to data/2024/train-0.parquet: nested files were neither fetched nor required."""

@@ -186,11 +186,18 @@ def cached_snapshot(repo_id: str, revision: str | None, repo_type: str = "model"
         return Path(folder) if judged and folder and Path(folder).is_dir() else None
 
 
-def offline() -> bool:
-    """True when HF_HUB_OFFLINE forbids downloads."""
+def offline(repo_type: str = "model") -> bool:
+    """True when HF_HUB_OFFLINE forbids downloads (for a dataset, HF_DATASETS_OFFLINE too, as datasets reads it)."""
     from huggingface_hub import is_offline_mode
 
-    return is_offline_mode()
+    datasets_off = os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return is_offline_mode() or (repo_type == "dataset" and datasets_off)
+
+
+def _offline_variable(repo_type: str) -> str:
+    from huggingface_hub import is_offline_mode
+
+    return "HF_DATASETS_OFFLINE" if repo_type == "dataset" and not is_offline_mode() else "HF_HUB_OFFLINE"
 
 
 def go_offline() -> Callable[[], None]:
@@ -243,7 +250,7 @@ def fetch_hint(repo_id: str, revision: str | None, repo_type: str, patterns: lis
     rev = f" --revision {revision}" if revision else ""
     files = " --include " + " ".join(f'"{p}"' for p in patterns) if patterns else ""
     return (f"On a machine with network run `hf download {repo_id}{kind}{rev}{files}` and copy its cache folder "
-            f"({cache_root()}) here, or unset HF_HUB_OFFLINE so modelpress can download it")
+            f"({cache_root()}) here, or unset {_offline_variable(repo_type)} so modelpress can download it")
 
 
 def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow_patterns: list[str] | None = None,
@@ -255,17 +262,19 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
     """
     # offline, a snapshot huggingface_hub calls incomplete is judged by the files modelpress reads; online, the
     # download fetches what it lacks (tokenizer_config.json, a chat template: files the check does not ask for)
-    local = cached_snapshot(repo_id, revision, repo_type, allow_patterns, judged=missing is not None and offline())
+    local = cached_snapshot(repo_id, revision, repo_type, allow_patterns,
+                            judged=missing is not None and offline(repo_type))
     what = f"{'dataset' if repo_type == 'dataset' else 'model'} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     where = f"{key}: " if key else ""
     lacking = missing(local) if local is not None and missing is not None else []
     if local is not None and not lacking:
         log.info("%s: using the local Hugging Face cache (%s)", what, local)
         return local
-    if offline():
+    if offline(repo_type):
         held = (f"is in the local Hugging Face cache ({local}) without {', '.join(lacking)}" if lacking else
                 f"is not in the local Hugging Face cache ({cache_root()})")
-        raise ModelpressError(f"{where}{what} {held} and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
+        raise ModelpressError(f"{where}{what} {held} and {_offline_variable(repo_type)} is set, so it cannot be "
+                              "downloaded. "
                               f"{fetch_hint(repo_id, revision, repo_type, allow_patterns)}.")
     folder = _download(repo_id, revision, repo_type, allow_patterns, what, where)
     lacking = missing(folder) if missing is not None else []

@@ -334,9 +334,9 @@ def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict
         return
     if cached_snapshot(name, revision, "dataset", patterns) is not None:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")
-    elif offline():
+    elif offline("dataset"):
         c.add(f"{path}.data_name", f"Hub dataset {name!r}{rev} is not in the local Hugging Face cache and "
-              "HF_HUB_OFFLINE is set", fetch_hint(name, revision, "dataset") + ".")
+              "HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set", fetch_hint(name, revision, "dataset", patterns) + ".")
     else:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is not in the local Hugging Face cache; "
                "`modelpress run` will download it.")
