@@ -484,6 +484,30 @@ def test_hf_datasets_offline_alone_keeps_hub_datasets_offline_and_the_hint_names
     assert "unset HF_DATASETS_OFFLINE" in checked.stderr
 
 
+def test_a_dataset_snapshot_datasets_filled_in_part_is_not_taken_as_whole(hf_home, hub_cache, tmp_path):
+    """datasets' own downloads leave no list of the repo's files, so huggingface_hub calls any snapshot folder they
+    made complete: a subset never downloaded was read from it (datasets failed) and validate said it was cached."""
+    from modelpress.config import normalize
+    from modelpress.context import DataPlan
+    from modelpress.errors import ModelpressError
+
+    card = b"---\nconfigs:\n- config_name: en\n  data_files: en/*.jsonl\n- config_name: fr\n  data_files: fr/*.jsonl\n---\n"
+    add_repo(hub_cache, "acme/langs", {"README.md": card, "en/train.jsonl": SHORT_ROWS}, "6" * 40,
+             repo_type="dataset")  # no tree cache: as load_dataset("acme/langs", "en") leaves it
+    raw = {**tone_workflow(tmp_path, {}), "input_model": {"type": "HfModel", "model_path": MODEL_ID}}
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": "acme/langs", "subset": "fr", "split": "train"}
+    checked = _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home)
+    assert checked.returncode == 2 and "acme/langs' is in the local Hugging Face cache without fr/*.jsonl" in \
+        checked.stderr, checked.stderr
+    plan = DataPlan(normalize(raw, base_dir=tmp_path, sources_here=False), tmp_path / "cache")
+    with pytest.raises(ModelpressError, match="without fr/\\*.jsonl and HF_HUB_OFFLINE is set"):
+        plan.resolve_hub_data()
+    raw["data_configs"][0]["load_dataset_config"]["subset"] = "en"  # the subset that is there: read
+    plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "cache")
+    plan.resolve_hub_data()
+    assert len(plan.examples("tone")) == 2
+
+
 def test_a_subsets_nested_files_are_asked_for_with_and_without_folders_between(tmp_path):
     """A card's `data/**/train-*.parquet` was asked for as `data/train-*.parquet` alone, which huggingface_hub's
     fnmatch filter does not match to data/2024/train-0.parquet: nested files were neither fetched nor required."""

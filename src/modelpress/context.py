@@ -53,7 +53,7 @@ class DataPlan:
 
     def resolve_hub_data(self) -> None:
         """Resolve every Hub dataset to its local snapshot (from the cache, or downloaded when allowed)."""
-        from modelpress.hub import dataset_files, snapshot
+        from modelpress.hub import dataset_files, dataset_missing, snapshot
 
         for name, config in self.config.data_configs.items():
             if config.hub_id and name not in self._hub:
@@ -63,7 +63,8 @@ class DataPlan:
                                           config.subset, key)
                 except DataError as err:
                     raise DataError(f"data_configs.{name}.load_dataset_config.subset: {err}") from None
-                self._hub[name] = snapshot(config.hub_id, config.revision, "dataset", files, key=key)
+                self._hub[name] = snapshot(config.hub_id, config.revision, "dataset", files, dataset_missing(files),
+                                           key=key)
 
     def hub_revisions(self) -> dict[str, str]:
         """The commit each resolved Hub dataset was read at, by data config name."""

@@ -107,6 +107,27 @@ def subset_patterns(snapshot: Path | None, subset: str) -> list[str] | None:
     return list(dict.fromkeys(patterns))
 
 
+def dataset_missing(patterns: list[str] | None) -> Callable[[Path], list[str]] | None:
+    """The check a cached dataset snapshot must pass (see `snapshot`'s `missing`): each file named without a
+    wildcard is there, and each pattern (with or without its `**/`) matches a file. None for the whole repo.
+    datasets' own downloads (`load_dataset` of a Hub id) fill the same cache file by file and leave no list of
+    the repo's files, by which huggingface_hub would call such a snapshot incomplete."""
+    if patterns is None:
+        return None
+    groups: dict[str, list[str]] = {}
+    for pattern in patterns:
+        if pattern != CARD:  # a dataset needs no card
+            groups.setdefault(pattern.replace("**/", ""), []).append(pattern)
+
+    def missing(folder: Path) -> list[str]:
+        from fnmatch import fnmatch
+
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        return [group[0] for group in groups.values()
+                if not any(fnmatch(f, pattern) for pattern in group for f in files)]
+    return missing
+
+
 def _card_paths(files) -> list[str]:
     """A card's `data_files`: a path, a list of paths, or a list of {split, path} (path: one or a list)."""
     paths = []

@@ -324,7 +324,7 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
 def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict, path: str, c: Collector) -> None:
     """A note when the local cache holds the Hub dataset or it can be downloaded; an error when it can do neither."""
     from modelpress.errors import DataError
-    from modelpress.hub import cached_snapshot, dataset_files, fetch_hint, offline
+    from modelpress.hub import cached_snapshot, dataset_files, dataset_missing, fetch_hint, offline
 
     rev = f" at revision {revision!r}" if revision else ""
     try:
@@ -332,8 +332,14 @@ def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict
     except DataError as err:  # the cached card does not name the subset
         c.add(f"{path}.subset", str(err))
         return
-    if cached_snapshot(name, revision, "dataset", patterns) is not None:
+    local = cached_snapshot(name, revision, "dataset", patterns, judged=offline("dataset"))
+    lacking = (dataset_missing(patterns) or (lambda folder: []))(local) if local is not None else []
+    if local is not None and not lacking:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")
+    elif lacking and offline("dataset"):
+        c.add(f"{path}.data_name", f"Hub dataset {name!r}{rev} is in the local Hugging Face cache without "
+              f"{', '.join(lacking)}, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set",
+              fetch_hint(name, revision, "dataset", patterns) + ".")
     elif offline("dataset"):
         c.add(f"{path}.data_name", f"Hub dataset {name!r}{rev} is not in the local Hugging Face cache and "
               "HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set", fetch_hint(name, revision, "dataset", patterns) + ".")
