@@ -542,6 +542,27 @@ def test_shortcut_flag_mistakes_are_named_once_by_their_flag(tmp_path, tiny_mode
         capsys.readouterr().err
 
 
+def test_wikitext_in_the_hugging_face_cache_is_not_fetched_again(tmp_path, monkeypatch):
+    """Every online run that calibrated on Olive's default set asked the Hub for it again, cached or not."""
+    import datasets
+
+    from hub_cache import add_repo
+    from modelpress.passes.torch_quant import fetch_default_calibration
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+
+    def asked(*args, **kwargs):
+        raise AssertionError("the Hub was asked for wikitext")
+
+    monkeypatch.setattr(datasets, "load_dataset", asked)
+    with pytest.raises(Exception, match="asked for wikitext"):  # not cached: read (and so fetched) through datasets
+        fetch_default_calibration()
+    add_repo(tmp_path / "hf" / "hub", "Salesforce/wikitext", {"wikitext-2-raw-v1/train-00000-of-00001.parquet":
+                                                              b"rows"}, "7" * 40, repo_type="dataset")
+    fetch_default_calibration()
+
+
 def test_passes_that_calibrate_on_wikitext_are_known_before_the_run_goes_offline(tiny_model, tmp_path):
     """Olive's default calibration set is read while the run may still download it (engine, before go_offline)."""
     from modelpress.config import load_config
