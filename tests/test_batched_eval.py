@@ -707,7 +707,28 @@ def test_a_classifier_brought_fine_tuned_keeps_its_head_for_its_classes_and_gets
         assert model.config.id2label == {0: "Positive", 1: "negative", 2: "neutral"}
         other = load_classifier(bert_folder, ["fear", "joy", "sadness", "surprise"])
         assert other(input_ids=ids).logits.shape == (1, 4)
-    assert "its head classifies negative, neutral, positive; the data's labels are fear, joy" in caplog.text
+    assert "its head classifies negative, neutral, positive and the data's labels are fear, joy" in caplog.text
+
+
+def test_a_classifier_saved_without_class_names_keeps_its_head_for_integer_labels(tmp_path):
+    """LABEL_0 ... LABEL_11 against labels 0 ... 11, which sort as text (0, 1, 10, 11, 2, ...): row 10 of the head
+    became the class "2"."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from modelpress.models import load_classifier
+
+    torch.manual_seed(0)
+    folder = tmp_path / "twelve"
+    BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64, num_labels=12)
+                                  ).eval().save_pretrained(str(folder))
+    ids = torch.tensor([[1, 5, 9, 2]])
+    labels = sorted(str(i) for i in range(12))
+    with torch.inference_mode():
+        own = load_classifier(folder)(input_ids=ids).logits[0]
+        ordered = load_classifier(folder, labels)(input_ids=ids).logits[0]
+    assert torch.allclose(ordered, own[[int(label) for label in labels]])
 
 
 def test_a_classifiers_rows_are_cut_to_the_tokenizers_length_whatever_max_seq_len_says(bert_folder):

@@ -307,10 +307,8 @@ def _worker_lines(cluster, text: str) -> set[tuple[str, str]]:
 
 
 def test_lora_on_two_ddp_workers_matches_one_worker_with_the_same_global_batch(cluster, tmp_path, tiny_model,
-                                                                               monkeypatch):
-    import logging
-
-    monkeypatch.setattr(logging.getLogger("modelpress"), "level", logging.INFO)  # as `modelpress run` logs
+                                                                               caplog):
+    caplog.set_level("INFO", logger="modelpress")  # as `modelpress run` logs (restored after the test)
     before = _worker_lines(cluster, "training: step 4/4")
     # the pass's own task only waits for its two training workers: it asks for no CPU
     ddp, row = _losses(tmp_path, tiny_model, "ddp", 2, 4,

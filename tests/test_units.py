@@ -525,6 +525,11 @@ def test_shortcut_commands_keep_a_hub_id_or_package_path_and_make_local_paths_ab
     assert _model_path("models/none.gguf") == str(tmp_path / "models" / "none.gguf")  # not an id: the path
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # `--output-dir=~/out`: the shell leaves that ~ alone
     assert _model_path("~/models/phi3") == str(tmp_path / "home" / "models" / "phi3")
+    from modelpress.shortcuts import _abs
+
+    # left as given for the config check to name under its flag: a URL (a path would fold it into s3:/b/out, and
+    # the outputs went to a local folder named s3:) and an unknown ~user (expanduser raised)
+    assert _abs(["s3://b/out", "~nosuchuser9/x"]) == ["s3://b/out", "~nosuchuser9/x"]
 
 
 def test_shortcut_flag_mistakes_are_named_once_by_their_flag(tmp_path, tiny_model, capsys):
@@ -546,11 +551,9 @@ def test_wikitext_in_the_hugging_face_cache_is_not_fetched_again(tmp_path, monke
     """Every online run that calibrated on Olive's default set asked the Hub for it again, cached or not."""
     import datasets
 
-    from hub_cache import add_repo
     from modelpress.passes.torch_quant import fetch_default_calibration
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
 
     def asked(*args, **kwargs):
         raise AssertionError("the Hub was asked for wikitext")
@@ -558,8 +561,10 @@ def test_wikitext_in_the_hugging_face_cache_is_not_fetched_again(tmp_path, monke
     monkeypatch.setattr(datasets, "load_dataset", asked)
     with pytest.raises(Exception, match="asked for wikitext"):  # not cached: read (and so fetched) through datasets
         fetch_default_calibration()
-    add_repo(tmp_path / "hf" / "hub", "Salesforce/wikitext", {"wikitext-2-raw-v1/train-00000-of-00001.parquet":
-                                                              b"rows"}, "7" * 40, repo_type="dataset")
+    # what an offline load reads: datasets' prepared copy (a Hub-cache snapshot alone is not read offline)
+    prepared = tmp_path / "datasets" / "Salesforce___wikitext" / "wikitext-2-raw-v1" / "0.0.0" / "a1b2"
+    prepared.mkdir(parents=True)
+    (prepared / "dataset_info.json").write_text("{}")
     fetch_default_calibration()
 
 
@@ -648,6 +653,7 @@ def test_a_url_where_a_local_path_belongs_is_one_error_per_key_with_its_password
     assert "output_dir: s3://AKIAXXXX:(set, not shown)@bucket/out is a URL, and this key takes a local path" in text
     assert "load_dataset_config.data_files[0]: https://alice:(set, not shown)@data.example/t.jsonl is a URL" in text
     assert "cache_dir: ~nosuchuser9/cache names the home folder of a user this machine does not have" in text
+    assert sum("output_dir" in p.path for p in info.value.problems) == 1  # not also the schema's "not a path"
 
 
 def test_a_report_that_fails_to_render_leaves_the_earlier_outputs_whole(tiny_model, tmp_path, monkeypatch):

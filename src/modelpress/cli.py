@@ -96,7 +96,8 @@ def print_findings(config, notes: bool = True) -> None:
 def _unexpected(err: BaseException, verbose: bool) -> int:
     if verbose:
         log.exception("details")
-    again = "the traceback is above; report it" if verbose else "run again with --verbose for the traceback, and report it"
+    again = ("the traceback is above; report it" if verbose else
+             "run again with --verbose for the traceback, and report it")
     print_error(f"{type(err).__name__}: {err}\n(unexpected: {again} with that output)")
     return EXIT_FAILURE
 

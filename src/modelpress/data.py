@@ -165,9 +165,10 @@ def render(config: DataConfig, rows: list[tuple[str, dict]], chat=None) -> list[
         if completion and not row[completion[0]].strip():
             raise DataError(f"{where}: column {completion[0]!r}, the answer the template ends with, is empty, so "
                             "there is nothing to learn or measure. Fix or remove the row.")
-        if config.label_col and fields and not any(row[f].strip() for f in fields):  # evaluation read the label
+        example = _render_row(config, row, completion, where)
+        if config.label_col and not example.prompt.replace(PAIR_SEP, "").strip():  # evaluation read the label
             raise DataError(f"{where}: the text to classify ({', '.join(fields)}) is empty. Fix or remove the row.")
-        examples.append(_render_row(config, row, completion, where))
+        examples.append(example)
     return examples
 
 

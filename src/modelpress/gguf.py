@@ -43,10 +43,8 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
         remove_leftovers(target)  # a killed conversion's half-written folder (the size of the dequantized model)
         with atomic_dir(target) as tmp:
             write_hf_folder(gguf_path, tmp, trust_remote_code)
-            # the file's name, not its path: the note is part of the folder, so of the input model's key, which
-            # holds content, not where the file sat when it was converted
-            atomic_write_json(tmp / SOURCE_NOTE, {"gguf_file": gguf_path.name, "content_id": file_id,
-                                                  "converter": converter})
+            # no name or path: the note is part of the folder, so of the input model's key, which holds content
+            atomic_write_json(tmp / SOURCE_NOTE, {"content_id": file_id, "converter": converter})
     return target
 
 

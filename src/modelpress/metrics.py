@@ -48,8 +48,9 @@ def _measured(result: dict, metric_type: str, sub: str, options: dict | None = N
         found = (result.get("averaged") or {}).get(averaged)
         if found is not None:
             return found.get(_MEASURED[(metric_type, sub)][0])
-        log.warning("accuracy %s: task binary takes the class 1 of labels 0 and 1, and these labels are others: "
-                    "the macro mean is reported", sub)
+        if averaged == "binary" and result.get("averaged"):
+            log.warning("accuracy %s: task binary takes the class 1 of labels 0 and 1, and these labels are "
+                        "others: the macro mean is reported", sub)
     if metric_type == "throughput" and sub in _THROUGHPUT_FROM_LATENCY:
         ms = (result.get("latency_ms") or {}).get(_THROUGHPUT_FROM_LATENCY[sub])
         return 1000.0 / ms if ms else None

@@ -151,16 +151,16 @@ def load_classifier(folder: Path, labels: list[str] | None = None, dtype: str = 
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
-    own = _trained_labels(folder) if labels else None
+    own, placeholders = _trained_labels(folder) if labels else (None, False)
     if labels and own is not None and sorted(map(_plain, own)) == sorted(map(_plain, labels)):
         # a classifier brought fine-tuned on these classes: its head, its rows put in the order of `labels`
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
         _reorder_head(model, [[_plain(x) for x in own].index(_plain(label)) for label in labels], folder)
         model.config.id2label, model.config.label2id = dict(enumerate(labels)), {x: i for i, x in enumerate(labels)}
     elif labels:
-        if own is not None:
-            log.warning("%s: its head classifies %s; the data's labels are %s, so a new head is trained", folder,
-                        ", ".join(own), ", ".join(labels))
+        if own is not None and not placeholders:
+            log.warning("%s: its head classifies %s and the data's labels are %s: the head is trained on the "
+                        "data's labels (a new one where the count differs)", folder, ", ".join(own), ", ".join(labels))
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
@@ -178,15 +178,18 @@ def _plain(label) -> str:
     return str(label).strip().lower()
 
 
-def _trained_labels(folder: Path) -> list[str] | None:
-    """The class names a checkpoint's config gives its head, in head order; None for none or transformers'
-    placeholders (LABEL_0, ...), which a checkpoint saved without names (or without a head) has."""
+def _trained_labels(folder: Path) -> tuple[list[str] | None, bool]:
+    """The class names a checkpoint's config gives its head, in head order (None for none), and whether they are
+    transformers' placeholders (LABEL_0, ...: a checkpoint saved without names, or without a head), read as the
+    labels 0, 1, ... (as an integer label column names them)."""
     config = read_json(Path(folder) / "config.json") if (Path(folder) / "config.json").is_file() else {}
     names = {int(k): v for k, v in (config.get("id2label") or {}).items()}
     ordered = [str(names[i]) for i in sorted(names)]
-    if not ordered or all(name == f"LABEL_{i}" for i, name in enumerate(ordered)):
-        return None
-    return ordered
+    if not ordered:
+        return None, False
+    if all(name == f"LABEL_{i}" for i, name in enumerate(ordered)):
+        return [str(i) for i in range(len(ordered))], True
+    return ordered, False
 
 
 def _reorder_head(model, order: list[int], folder: Path) -> None:

@@ -247,7 +247,8 @@ def resolve_execution_provider(requested: str) -> str:
         raise ModelpressError(f"the pass asks for {wanted}, which this Ray node lacks (onnxruntime has "
                               f"{', '.join(ort.get_available_providers())}; onnxruntime-genai "
                               f"{'has it' if genai_has else 'lacks it'}). Give the pass num_gpus in the Ray "
-                              "system's pass_resources so that Ray places it on a GPU node.")
+                              "system's pass_resources so that Ray places it on a GPU node, or leave the pass's "
+                              "execution_provider out to build for the engine's.")
     log.warning("%s is not available on this machine (onnxruntime has %s; onnxruntime-genai %s): "
                 "building and running for the CPU instead", wanted, ", ".join(ort.get_available_providers()),
                 "has it" if genai_has else "lacks it")

@@ -251,9 +251,16 @@ def _model_path(value: str) -> str:
 
 def _abs(paths):
     """Absolute paths, so a printed (--dry-run) config runs from any folder."""
-    if isinstance(paths, list):  # `--data=~/x`: the shell leaves a ~ after = as it is
-        return [str(Path(p).expanduser().resolve()) for p in paths]
-    return str(Path(paths).expanduser().resolve())
+    if isinstance(paths, list):
+        return [_abs(p) for p in paths]
+    from modelpress.config.paths import URL
+
+    if URL.match(str(paths)):  # as given: the config check names it under its key (a folded URL read as a path)
+        return str(paths)
+    try:  # `--data=~/x`: the shell leaves a ~ after = as it is
+        return str(Path(paths).expanduser().resolve())
+    except RuntimeError:  # ~name of a user this machine does not have: as given, for the config check to name
+        return str(paths)
 
 
 def _usage(flag: str, message: str, hint: str) -> ConfigError:

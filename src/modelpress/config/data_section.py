@@ -332,7 +332,7 @@ def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict
     except DataError as err:  # the cached card does not name the subset
         c.add(f"{path}.subset", str(err))
         return
-    local = cached_snapshot(name, revision, "dataset", patterns, judged=offline("dataset"))
+    local = cached_snapshot(name, revision, "dataset", patterns, judged=offline("dataset") and patterns is not None)
     lacking = (dataset_missing(patterns) or (lambda folder: []))(local) if local is not None else []
     if local is not None and not lacking:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")

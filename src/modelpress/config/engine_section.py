@@ -189,7 +189,8 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
                 clean_evaluation_cache=raw.get("clean_evaluation_cache", False))
     for key in ("cache_dir", "output_dir"):
         if key in raw:
-            data[key] = local_path(raw[key], base_dir, at(key), c)
+            folder = local_path(raw[key], base_dir, at(key), c)
+            data[key] = folder if folder is not None else base_dir / EngineConfig.model_fields[key].default
         else:
             data[key] = base_dir / EngineConfig.model_fields[key].default
     level = raw.get("log_severity_level", 1)

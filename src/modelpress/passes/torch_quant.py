@@ -141,13 +141,14 @@ def uses_default_calibration(p) -> bool:
 
 def fetch_default_calibration() -> None:
     """Read wikitext-2 while the run may still reach the Hub (before `hub.go_offline`), so that the pass finds
-    it in the datasets cache; a first run on a machine with network would otherwise fail. Not when the Hugging
-    Face cache holds its subset already: datasets would ask the Hub for the repo's files on every run."""
-    from modelpress.hub import cached_snapshot
+    it in the datasets cache; a first run on a machine with network would otherwise fail. Not when datasets'
+    cache holds its prepared copy already (what an offline load reads): datasets would ask the Hub for the
+    repo's files on every run."""
+    import datasets.config
 
     name, subset, _ = WIKITEXT
-    folder = cached_snapshot(name, None, "dataset", judged=True)
-    if folder is not None and any((folder / subset).glob("train-*")):
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / name.replace("/", "___") / subset
+    if any(prepared.rglob("dataset_info.json")):
         return
     _wikitext()
 
