@@ -4,10 +4,9 @@ PyTorch and plain ONNX, reading their inputs as training made them (a sentence p
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 from modelpress.data import Example, encode_texts
-from modelpress.models import ModelRef, load_for_inference
+from modelpress.models import ModelRef, checkpoint_class_names, class_names, load_for_inference
 from modelpress.runner_base import Runner
 
 log = logging.getLogger("modelpress")
@@ -40,17 +39,17 @@ class ClassifierRunner(Runner):
         # labels compared as accuracy compares them: "Positive" in the data is the card's "positive"
         index = {normalise_label(label): i for i, label in enumerate(self.labels)}
         total, count = 0.0, 0
-        unknown = sorted({ex.completion for ex in examples if normalise_label(ex.completion) not in index})
+        classes = [index.get(normalise_label(ex.completion)) for ex in examples]
+        unknown = sorted({ex.completion for ex, k in zip(examples, classes) if k is None})
         if unknown:  # accuracy counts these rows wrong; the loss can only leave them out
             log.warning("%d of %d rows have a label this classifier does not have (%s); their loss is left out of "
-                        "the mean", sum(normalise_label(ex.completion) not in index for ex in examples),
-                        len(examples), ", ".join(unknown[:5]))
-        for ex in examples:
-            if normalise_label(ex.completion) not in index:  # not one of the model's classes: no loss to take
+                        "the mean", classes.count(None), len(examples), ", ".join(unknown[:5]))
+        for ex, k in zip(examples, classes):
+            if k is None:  # not one of the model's classes: no loss to take
                 continue
             row = self.class_logits(ex.prompt).astype(np.float64)
             row = row - row.max()
-            total += float(np.log(np.exp(row).sum()) - row[index[normalise_label(ex.completion)]])
+            total += float(np.log(np.exp(row).sum()) - row[k])
             count += 1
         return total / count if count else float("nan")
 
@@ -107,16 +106,11 @@ def _labels(ref: ModelRef, config) -> list[str]:
     labels = ref.task.get("labels")
     if labels:
         return list(labels)
-    if config is None and (ref.path / "config.json").is_file():
-        import json
-
-        config = SimpleNamespace(id2label={int(k): v for k, v in
-                                           (json.loads((ref.path / "config.json").read_text()).get("id2label")
-                                            or {}).items()})
-    if config is not None and getattr(config, "id2label", None):
-        names = [str(config.id2label[i]) for i in sorted(config.id2label)]
-        # transformers' placeholders (a checkpoint saved without names): class i is the label i, as Olive compares
-        # the argmax with an integer label column (GLUE's 0/1)
-        return [str(i) for i in range(len(names))] if names == [f"LABEL_{i}" for i in range(len(names))] else names
+    if config is None:
+        names, _ = checkpoint_class_names(ref.path)
+    else:
+        names, _ = class_names(getattr(config, "id2label", None))
+    if names:
+        return names
     raise ValueError(f"{ref.path}: a classifier without label names (no 'labels' in its model card, no id2label "
                      "in its config.json)")

@@ -7,7 +7,8 @@ import logging
 import time
 
 from modelpress.config.olive_tables import lm_eval_higher_is_better
-from modelpress.config.evaluator_schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
+from modelpress.config.evaluator_schema import (AVERAGED_SUB_METRICS, AVERAGES, SUB_METRICS, EvaluatorConfig, Metric,
+                                                SubMetric)
 from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef
 from modelpress.runtime import library_version
@@ -63,11 +64,12 @@ def _measured(result: dict, metric_type: str, sub: str, options: dict | None = N
 def averaging(metric_type: str, sub: str, options: dict) -> str | None:
     """The averaging an accuracy sub-metric's Olive metric_config asks for other than the macro mean: "binary"
     (task binary, where the labels are 0 and 1), "micro" or "weighted"; None for macro."""
-    if metric_type != "accuracy" or sub not in ("f1_score", "precision", "recall"):
+    if metric_type != "accuracy" or sub not in AVERAGED_SUB_METRICS:
         return None
     if options.get("task") == "binary":
         return "binary"
-    return options.get("average") if options.get("average") in ("micro", "weighted") else None
+    average = options.get("average")
+    return average if average in AVERAGES and average != "macro" else None
 
 
 def higher_is_better(metric: Metric, sub: SubMetric) -> bool:

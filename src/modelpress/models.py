@@ -151,7 +151,7 @@ def load_classifier(folder: Path, labels: list[str] | None = None, dtype: str = 
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
-    own, placeholders = _trained_labels(folder) if labels else (None, False)
+    own, placeholders = checkpoint_class_names(folder) if labels else (None, False)
     if labels and own is not None and sorted(map(_plain, own)) == sorted(map(_plain, labels)):
         # a classifier brought fine-tuned on these classes: its head, its rows put in the order of `labels`
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
@@ -178,12 +178,17 @@ def _plain(label) -> str:
     return str(label).strip().lower()
 
 
-def _trained_labels(folder: Path) -> tuple[list[str] | None, bool]:
-    """The class names a checkpoint's config gives its head, in head order (None for none), and whether they are
-    transformers' placeholders (LABEL_0, ...: a checkpoint saved without names, or without a head), read as the
-    labels 0, 1, ... (as an integer label column names them)."""
+def checkpoint_class_names(folder: Path) -> tuple[list[str] | None, bool]:
+    """`class_names` of a checkpoint folder's config.json."""
     config = read_json(Path(folder) / "config.json") if (Path(folder) / "config.json").is_file() else {}
-    names = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    return class_names(config.get("id2label"))
+
+
+def class_names(id2label: dict | None) -> tuple[list[str] | None, bool]:
+    """The class names a model config's id2label gives its head, in head order (None for none), and whether they
+    are transformers' placeholders (LABEL_0, ...: a checkpoint saved without names, or without a head), read as
+    the labels 0, 1, ... (as an integer label column names them, and Olive compares the argmax with it)."""
+    names = {int(k): v for k, v in (id2label or {}).items()}
     ordered = [str(names[i]) for i in sorted(names)]
     if not ordered:
         return None, False

@@ -15,7 +15,7 @@ from typing import Any
 
 from modelpress.config.collector import Collector, as_mapping, unwrap
 from modelpress.config.schema import DataConfig, split_name
-from modelpress.config.paths import local_path
+from modelpress.config.paths import local_path, shadowing_folder
 
 # keys by which a data config says where its text comes from; with none, an Olive config reads the column `text`
 OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "chat_columns", "label_col",
@@ -171,8 +171,8 @@ def _load_fields(load: dict, path: str, base_dir: Path, c: Collector) -> dict | 
         c.add(f"{path}.data_name", f"{name!r} is a local file, and data_name is a format or a Hub dataset id",
               f"Set data_name to the file's format ({', '.join(FORMATS)}) and list the file in data_files.")
         return None
-    first = Path(name).parts[0] if isinstance(name, str) and Path(name).parts else ""
-    if isinstance(name, str) and is_hub_id(name) and first and (base_dir / first).is_dir():
+    first = shadowing_folder(name, folder, base_dir) if folder is not None else None
+    if first is not None:
         c.add(f"{path}.data_name", f"no local folder {folder}", f"It is read as a path because a folder {first!r} "
               f"is beside the config; for the Hub dataset {name!r}, move or rename that folder.")
         return None
@@ -333,7 +333,8 @@ def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict
         c.add(f"{path}.subset", str(err))
         return
     local = cached_snapshot(name, revision, "dataset", patterns, judged=offline("dataset") and patterns is not None)
-    lacking = (dataset_missing(patterns) or (lambda folder: []))(local) if local is not None else []
+    check = dataset_missing(patterns)
+    lacking = check(local) if local is not None and check is not None else []
     if local is not None and not lacking:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")
     elif lacking and offline("dataset"):

@@ -188,11 +188,10 @@ def engine(raw: dict, path: str, systems: dict, base_dir: Path, c: Collector) ->
     data.update(execution_provider=ep or "cpu", clean_cache=raw.get("clean_cache", False),
                 clean_evaluation_cache=raw.get("clean_evaluation_cache", False))
     for key in ("cache_dir", "output_dir"):
-        if key in raw:
-            folder = local_path(raw[key], base_dir, at(key), c)
-            data[key] = folder if folder is not None else base_dir / EngineConfig.model_fields[key].default
-        else:
-            data[key] = base_dir / EngineConfig.model_fields[key].default
+        default = base_dir / EngineConfig.model_fields[key].default
+        folder = local_path(raw[key], base_dir, at(key), c) if key in raw else default
+        # a URL or an unknown ~user is said once (the default stands in); a null is left for the schema to refuse
+        data[key] = default if folder is None and raw.get(key) is not None else folder
     level = raw.get("log_severity_level", 1)
     if isinstance(level, int) and 0 <= level < len(LOG_LEVELS):
         data["log_level"] = LOG_LEVELS[level]

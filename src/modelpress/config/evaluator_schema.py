@@ -25,6 +25,12 @@ SUB_METRICS: dict[str, dict[str, bool]] = {
                    "p99": True, "p999": True},
     "size_on_disk": {"size_on_disk": False, "bytes": False},  # MiB; Olive's sub-type "bytes" in bytes
 }
+# The accuracy sub-metrics whose Olive metric_config options modelpress computes, and the values it takes:
+# `average` (macro, the default, or micro or weighted) and `task` (multiclass, the default, or binary: the class 1
+# of 0/1 labels)
+AVERAGED_SUB_METRICS = ("f1_score", "precision", "recall")
+AVERAGES = ("macro", "micro", "weighted")
+TASKS = ("multiclass", "binary")
 
 
 class Goal(Strict):

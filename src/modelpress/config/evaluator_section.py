@@ -6,7 +6,8 @@ from pathlib import Path
 
 from modelpress.config.collector import Collector, as_mapping, did_you_mean
 from modelpress.config.olive_tables import OLIVE_ONLY_SUB_METRICS, SUB_METRIC_ALIASES, lm_eval_higher_is_better
-from modelpress.config.evaluator_schema import SUB_METRICS, EvaluatorConfig, Metric, SubMetric
+from modelpress.config.evaluator_schema import (AVERAGED_SUB_METRICS, AVERAGES, SUB_METRICS, TASKS, EvaluatorConfig,
+                                                Metric, SubMetric)
 from modelpress.config.schema import EvaluationConfig
 from modelpress.config.paths import SCRIPT_PATHS, local_path, script_paths
 
@@ -163,10 +164,9 @@ def _check_metric(metric: Metric, where: str, c: Collector) -> None:
 def _honoured(metric_type: str, sub: str, options: dict) -> set[str]:
     """The metric_config keys modelpress computes with: an accuracy f1_score/precision/recall's `average` (micro,
     macro, weighted) and `task` (binary: the class 1 of 0/1 labels; multiclass)."""
-    if metric_type != "accuracy" or sub not in ("f1_score", "precision", "recall"):
+    if metric_type != "accuracy" or sub not in AVERAGED_SUB_METRICS:
         return set()
-    return ({"average"} if options.get("average") in ("micro", "macro", "weighted") else set()) | \
-        ({"task"} if options.get("task") in ("binary", "multiclass") else set())
+    return {key for key, allowed in (("average", AVERAGES), ("task", TASKS)) if options.get(key) in allowed}
 
 
 # What modelpress computes, for a sub-metric's Olive torchmetrics options it does not take.

@@ -39,6 +39,19 @@ def resolve_path(value: Any, base_dir: Path, key: str = "") -> Any:
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
+def shadowing_folder(value: str, local: Path, base_dir: Path) -> str | None:
+    """The folder beside the config that makes `value`, shaped as a Hub id (org/name) and naming no local path, a
+    local path all the same (its first part): model_path and data_name are read as paths then, and the Hub id
+    is not looked for. None when there is no such folder."""
+    from modelpress.hub import is_hub_id
+
+    first = Path(value).parts[0] if Path(value).parts else ""
+    if first and not local.exists() and is_hub_id(value) and not Path(value).is_absolute() \
+            and not value.startswith(".") and (base_dir / first).is_dir():
+        return first
+    return None
+
+
 def local_path(value: Any, base_dir: Path, key: str, c: Collector) -> Any:
     """resolve_path, with its problem reported to `c` (so every other problem is found too); None then."""
     try:

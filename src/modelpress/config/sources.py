@@ -15,7 +15,7 @@ from typing import Any
 
 from modelpress.config.collector import Collector, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
-from modelpress.config.paths import local_path
+from modelpress.config.paths import local_path, shadowing_folder
 from modelpress.config.schema import InputModelConfig
 from modelpress.hub import has_tokenizer
 from modelpress.redact import HF_TOKEN_KEYS, TOKEN_IN_CONFIG
@@ -132,9 +132,8 @@ def _source(value: Any, fields: dict, base_dir: Path, path: str, c: Collector) -
               f"A GGUF file in a Hub repo is named by the repo and the file: model_path {'/'.join(parts[:2])!r} and "
               f"gguf_file {parts[2]!r}.")
         return None
-    first = parts[0] if parts else value
-    if not local.exists() and is_hub_id(value) and not Path(value).is_absolute() and not value.startswith(".") \
-            and (base_dir / first).is_dir():
+    first = shadowing_folder(value, local, base_dir)
+    if first is not None:
         c.add(path, f"model folder not found: {local}", f"It is read as a path because a folder {first!r} is beside "
               f"the config; for the Hub model {value!r}, move or rename that folder, or give the path of a local copy.")
         return None

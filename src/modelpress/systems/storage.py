@@ -105,7 +105,7 @@ class UrlStorage:
             atomic_write_json(Path(tmp) / ENTRY, {"files": files, "source": str(folder),
                                                   "sha256": {name: file_sha256(Path(folder) / name) for name in files}})
             remote = self._remote("models", model_id)
-            for name in manifest(Path(folder)):
+            for name in files:
                 target = f"{remote}/model/{name}"
                 self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.put_file(str(Path(folder) / name), target)
