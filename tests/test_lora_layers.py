@@ -101,6 +101,40 @@ def test_a_module_trained_in_full_inside_a_bfloat16_base_hands_on_bfloat16(tiny_
     assert all(w.grad is not None for w in model.parameters() if w.requires_grad)
 
 
+@pytest.mark.parametrize("modules", [["embed_tokens"], ["lm_head"]])
+def test_a_tied_embedding_trained_in_full_inside_a_bfloat16_base_runs(tmp_path, modules):
+    """A model that ties its head to its embeddings (SmolLM2, Qwen2.5) trains both copies as one weight: the first
+    module cast it to float32 and the second, seeing float32, got no hooks, so bfloat16 hidden states met the
+    float32 head and the first forward raised."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from modelpress.config.schema import InputModelConfig
+    from modelpress.context import PassContext
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF, LoRAParams
+    from modelpress.passes.lora import _base_dtype, _peft_model
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tied"
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)) \
+        .save_pretrained(str(folder))
+    ctx = PassContext(ModelRef(HF, folder, id="m"), tmp_path, InputModelConfig(model_path=folder), "cpu",
+                      data=None, show_progress=False)
+    params = LoRAParams(r=4, target_modules=["q_proj"], torch_dtype="bfloat16", train_data_config="tone",
+                        modules_to_save=modules)
+    model = _peft_model(ctx, params, None, None)
+    out = model(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]]))
+    out.loss.backward()
+    assert out.logits.dtype == torch.float32  # the head is trained (tied), so it hands on float32
+    assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in model.parameters() if w.requires_grad)
+    assert {w.dtype for w in model.parameters() if not w.requires_grad} == {torch.bfloat16}
+    # training_log.json's base_dtype: the frozen base's, not the trained float32 embedding copy's
+    assert _base_dtype(model, None) == "bfloat16"
+    assert str(model.get_input_embeddings().weight.dtype) == "torch.float32"  # what it was read from
+
+
 @pytest.mark.e2e
 def test_float16_trains_a_float32_base_under_fp16_autocast_as_in_olive(tiny_model, tmp_path):
     """Olive's torch_dtype float16 is fp16 mixed precision over a float32 base (a float16 base trains unstably);

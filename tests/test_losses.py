@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -75,3 +77,33 @@ def test_a_model_without_the_mask_slicing_is_not_given_one():
     from modelpress.passes.losses import slices_logits
 
     assert not slices_logits(torch.nn.Linear(2, 2))
+
+
+def test_a_bert_classifiers_loss_is_the_same_accumulated_as_in_one_batch(bert_folder, tmp_path):
+    """BERT's forward takes **kwargs, so transformers treats its loss as divided by the rows of every accumulated
+    micro-batch and skips its own division; BERT's mean loss is per micro-batch, so with 2 steps of accumulation
+    the loss and gradients were twice those of one batch of the same rows."""
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.engine import run_workflow
+
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    model = tmp_path / "bert"  # the fixture's BERT, without dropout: the two runs draw no random numbers
+    config = BertConfig.from_pretrained(bert_folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification.from_pretrained(bert_folder, config=config).save_pretrained(str(model))
+    AutoTokenizer.from_pretrained(bert_folder).save_pretrained(str(model))
+    losses = []
+    for batch, steps in ((2, 1), (1, 2)):
+        lora = {"type": "LoRA", "train_data_config": "tone", "r": 4, "target_modules": ["query", "value"],
+                "lora_dropout": 0.0,
+                "training_args": {"max_steps": 1, "per_device_train_batch_size": batch, "group_by_length": False,
+                                  "gradient_accumulation_steps": steps, "learning_rate": 1e-3}}
+        raw = tone_workflow(model, {"lora": lora}, evaluation={"enabled": False},
+                            output_dir=str(tmp_path / f"out{steps}"), cache_dir=str(tmp_path / f"cache{steps}"))
+        raw["input_model"]["task"] = "text-classification"
+        raw["data_configs"][0]["pre_process_data_config"] = {"text_cols": ["phrase"], "label_col": "tone"}
+        run_workflow(normalize(raw, tmp_path), show_progress=False)
+        (log,) = (tmp_path / f"cache{steps}").glob("passes/*/model/training_log.json")
+        losses.append(json.loads(log.read_text())["train_loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[0] > 0.5  # four tones: about ln 4

@@ -41,6 +41,31 @@ def test_a_base_with_its_own_model_code_goes_to_peft(tmp_path):
     assert why == "the base ships its own model code (auto_map)"
 
 
+def test_a_quantized_base_goes_to_peft(tmp_path):
+    """An adapter on layers a quantizer left in float passed every check, and the streamed merge cast the base's
+    packed integer tensors (qweight, qzeros) to float32 while config.json still named their quantization."""
+    config = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}}
+    why = why_not_streamed(*_pair(tmp_path, "model.layers.0.q_proj", ["model.layers.0.q_proj.weight"], config))
+    assert why == "the base is quantized (quantization_config)"
+
+
+def test_the_streamed_merge_keeps_an_integer_buffer_as_stored(tmp_path):
+    """Every stored tensor was cast to float32, an int64 position_ids buffer (older BERT and GPT-2 checkpoints)
+    included."""
+    from safetensors.torch import load_file
+
+    from modelpress.passes.merge_stream import merge_streamed
+
+    adapter, base = _pair(tmp_path, "model.layers.0.q_proj", ["model.layers.0.q_proj.weight"])
+    weights = load_file(str(base / "model.safetensors"))
+    save_file({**weights, "model.position_ids": torch.arange(8)[None]}, str(base / "model.safetensors"))
+    assert merge_streamed(adapter, base, tmp_path / "merged") == 1
+    (shard,) = (tmp_path / "merged").glob("*.safetensors")
+    merged = load_file(str(shard))
+    assert merged["model.position_ids"].dtype == torch.int64 and merged["model.position_ids"].tolist() == [list(range(8))]
+    assert merged["model.layers.0.q_proj.weight"].dtype == torch.float32
+
+
 def test_qlora_computes_in_torch_dtype_unless_told_otherwise_as_olive_does():
     from modelpress.passes.catalog import QLoRAParams
     from modelpress.passes.lora import bnb_config

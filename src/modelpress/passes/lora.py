@@ -62,7 +62,11 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     labels = ctx.data.labels(params) if ctx.task == "text-classification" else None
     train, evals = _sequences(ctx, params, tokenizer, labels)
     model = _peft_model(ctx, params, quantization_config, labels)
-    weights = class_weights([f["labels"] for f in train], len(labels)) if labels and params.class_weight else None
+    weights = None
+    if labels:  # always modelpress's loss: transformers scales a model's own loss as if it divided by the rows of
+        # every accumulated micro-batch, which a BERT classifier's mean does not (k times the loss and gradients)
+        weights = class_weights([f["labels"] for f in train], len(labels)) if params.class_weight \
+            else [1.0] * len(labels)
     trainer = _trainer(ctx, params, model, tokenizer, train, evals, quantized=quantization_config is not None,
                        weights=weights)
     checkpoint = latest_checkpoint(_trainer_dir(ctx))
@@ -78,9 +82,8 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     final_eval = _final_eval(trainer) if evals else {}
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
     tokens = sum(real_tokens(f, tokenizer.pad_token_id) for f in train)
-    base_dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock,
-               base_dtype)
+               _base_dtype(model, quantization_config))
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s"
                      + (f"; train loss {result.training_loss:.4f}" if clock.steps else
                         " (every step before the resume: none left to train)")
@@ -92,6 +95,18 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
         data = ctx.data.data_config(params.train_data_config)
         task.update(max_seq_len=data.max_seq_len, add_special_tokens=data.add_special_tokens)
     return ModelRef(HF_ADAPTER, ctx.out, id="", base=Path(ctx.model.path), task=task)
+
+
+def _base_dtype(model, quantization_config) -> str | None:
+    """What the frozen base trained in: its 4-bit type under QLoRA, else the dtype of most of its frozen weights
+    (the input embeddings may be a float32 copy trained in full, or upcast for QLoRA)."""
+    if quantization_config is not None:
+        return f"4-bit {quantization_config.bnb_4bit_quant_type}"
+    sizes: dict = {}
+    for weight in model.parameters():
+        if not weight.requires_grad and weight.is_floating_point():
+            sizes[weight.dtype] = sizes.get(weight.dtype, 0) + weight.numel()
+    return str(max(sizes, key=sizes.get)).removeprefix("torch.") if sizes else None
 
 
 def _sequences(ctx: PassContext, params: LoRAParams, tokenizer,
@@ -120,11 +135,14 @@ def _trained_in_float32(model):
         return hook
 
     heads = _head_names(model)
+    # by weight, before any is cast: a tied model's trained embedding and head copies hold one weight, and both
+    # modules need the hooks (the second saw it float32 already and was left without them)
+    narrow = {id(w): w.dtype for w in model.parameters() if w.requires_grad and w.dtype != torch.float32}
     for name, module in model.named_modules():
-        own = [w for w in module.parameters(recurse=False) if w.requires_grad and w.dtype != torch.float32]
+        own = [w for w in module.parameters(recurse=False) if id(w) in narrow]
         if not own:
             continue
-        base_dtype = own[0].dtype
+        base_dtype = narrow[id(own[0])]
         for weight in own:
             weight.data = weight.data.float()
         module.register_forward_pre_hook(to_float32)
@@ -360,7 +378,9 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
     trainer_class = Trainer
     shares = bool(ctx.task != "text-classification" and params.share_prompt_prefix
                   and prefix_sharing_applies(model, params.adapter_dropout, ta.gradient_checkpointing,
-                                             params.num_workers))
+                                             # one process on several GPUs: the Trainer's DataParallel, whose
+                                             # scatter would hand every replica the whole batch's prefix cache
+                                             params.num_workers * max(args.n_gpu, 1)))
     if shares:
         trainer_class = prefix_sharing_trainer()  # a batch's common prompt head runs once, not once per row
     if ta.group_by_length:  # its order must survive a resume (batch_order)

@@ -44,6 +44,8 @@ def why_not_streamed(adapter: Path, base: Path) -> str | None:
     base_config = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
     if base_config.get("auto_map"):  # the base's own Python files, which peft's save_pretrained carries along
         return "the base ships its own model code (auto_map)"
+    if base_config.get("quantization_config"):  # packed integer tensors, which a float merge would cast
+        return "the base is quantized (quantization_config)"
     from modelpress.passes.builder_memory import Checkpoint
 
     stored = set(Checkpoint(base).weight_map)
@@ -102,13 +104,15 @@ def merge_streamed(adapter: Path, base: Path, out: Path) -> int:
         for name in sorted(names):
             # opened per tensor: the pages safetensors maps stay resident while its file is open
             with safe_open(str(base / file), "pt") as f:
-                tensor = f.get_tensor(name).to(torch.float32)
+                tensor = f.get_tensor(name)
+            if tensor.is_floating_point():  # an integer buffer (position ids) keeps its dtype, as peft's merge does
+                tensor = tensor.to(torch.float32)
             if name in deltas:
                 a, b = deltas[name]
                 tensor += (b.to(torch.float32) @ a.to(torch.float32)) * scaling
                 merged += 1
             current[name] = tensor.contiguous()
-            size += tensor.numel() * 4
+            size += tensor.numel() * tensor.element_size()
             if size >= SHARD_BYTES:
                 flush()
     flush()
