@@ -29,6 +29,19 @@ def test_cut_at_stop_keeps_the_answer_before_the_closing_text():
     assert cut_at_stop("joy", "<|end|>") == "joy"
 
 
+def test_a_label_that_holds_its_closing_text_is_read_whole():
+    """A template "A: {a}." with the label "3.5": the answer was cut at its first "." to "3" and counted wrong, and
+    "." ended generation inside the label."""
+    assert cut_at_stop("3.5.\nQ: next", ".", "3.5") == "3.5" and cut_at_stop("3.5", ".", "3.5") == "3.5"
+    assert cut_at_stop("3.25.", ".", "3.5") == "3" and cut_at_stop("3.", ".", "3.5") == "3"  # others: the first stop
+    assert cut_at_stop("3.5x.", ".", "3.5") == "3"  # the label, then other text: wrong, as for any other label
+    from modelpress.evaluate import generation_stops
+
+    rows = [Example("q", "3.5", "row 1", target="3.5."), Example("q", "4", "row 2", target="4."),
+            Example("q", "joy", "row 3", target="joy<|end|>")]
+    assert generation_stops(rows) == {"<|end|>"}  # "." would end an answer inside "3.5"
+
+
 def test_padding_puts_every_row_at_one_width_with_masks_off_on_padding():
     ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
     assert ids == [[5, 6, 7], [0, 0, 8]] and mask == [[1, 1, 1], [0, 0, 1]]
@@ -460,6 +473,25 @@ def test_answers_and_loss_from_one_prompt_pass_equal_two_passes(eos_model, tone_
     assert loss == pytest.approx(_plain_completion_loss(runner, examples), rel=1e-5)
 
 
+def test_a_generation_config_naming_a_cache_implementation_is_evaluated(tiny_model, tone_examples, tmp_path):
+    """generation_config.json asking for a "static" cache: the one-pass evaluation passes its own cache, which
+    transformers refuses beside a cache_implementation, so every accuracy evaluation raised."""
+    from modelpress.runners import TorchRunner
+
+    folder = tmp_path / "static"
+    shutil.copytree(tiny_model, folder)
+    generation = folder / "generation_config.json"
+    config = json.loads(generation.read_text()) if generation.is_file() else {}
+    generation.write_text(json.dumps({**config, "cache_implementation": "static"}))
+    runner = TorchRunner(ModelRef(HF, folder, id="static"))
+    assert runner.model.generation_config.cache_implementation == "static"
+    examples = [Example(SYSTEM + ex.prompt, ex.completion, ex.source) for ex in tone_examples[:4]]
+    answers, total, count = runner.generate_scored(examples, True, MAX_NEW)
+    plain = TorchRunner(ModelRef(HF, tiny_model, id="tiny"))
+    assert answers == plain.generate_batch([ex.prompt for ex in examples], True, MAX_NEW)
+    assert total / count == pytest.approx(plain.completion_loss(examples, True), rel=1e-5)
+
+
 def test_one_token_prompts_take_the_two_pass_path_with_the_same_results(eos_model, tone_examples):
     from modelpress.runners import TorchRunner
 
@@ -664,13 +696,18 @@ def test_genai_reads_a_prompt_that_ends_with_its_pad_id_and_batches_one_that_hol
     expected = [int(np.argmax(runner.logits_batch([row])[0][-1])) for row in rows]  # onnxruntime, no padding
     sizes = []
     generate = runner._generate
-    runner._generate = lambda r, new, keep_logits=False: sizes.append(len(r)) or generate(r, new, keep_logits)
+    runner._generate = lambda r, new, keep_logits=0: sizes.append(len(r)) or generate(r, new, keep_logits)
     got = runner.generate_ids(rows, 1)
     assert [new[0] if new else None for new in got] == expected
     assert sorted(sizes) == [2, 2]  # the two ending with the pad id together, the others together
+    # the handle that pads otherwise is opened once and kept (each batch-1 answer timed a model load)
+    other = runner._other_pad
+    assert other is not None and runner._handle([rows[1]]) is other and other[2] != pad
     for row in rows:  # and the logits genai chose from are onnxruntime's, not only their argmax
-        _, steps = runner._generate([row], 1, keep_logits=True)
+        _, steps = runner._generate([row], 1, keep_logits=1)
         np.testing.assert_allclose(steps[0][0], runner.logits_batch([row])[0][-1], atol=1e-4)
+    _, steps = generate([rows[0]], 4, keep_logits=2)  # only the steps a completion is scored over are kept
+    assert steps.shape[0] == 2
 
 
 def test_generate_reads_a_raw_prompt_that_ends_with_the_pad_token(eos_model, tmp_path):

@@ -145,7 +145,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     each generated alone, as a deployed model answers one request.
     """
     runner = make_runner(ref, trust_remote_code)
-    runner.add_stops({ex.stop for ex in examples if ex.stop})  # a chat turn's end marker ends the answer
+    runner.add_stops(generation_stops(examples))  # a chat turn's end marker ends the answer
     # plain text (no template, so no prompt): the model continues the text itself
     prompted = [ex if ex.prompt else dataclasses.replace(ex, prompt=ex.completion, completion="") for ex in examples]
     answered = prompted if with_accuracy else prompted[:SAMPLES]  # without labels, answers are only shown
@@ -154,7 +154,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
     else:
         outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
         loss = runner.completion_loss(examples, add_bos)
-    outputs = [cut_at_stop(text, ex.stop) for ex, text in zip(examples, outputs)]
+    outputs = [cut_at_stop(text, ex.stop, ex.completion) for ex, text in zip(examples, outputs)]
     picks = latency_picks(len(prompted), latency_samples)
     timed = [prompted[i] for i in picks]
     seconds, new_tokens, alone = time_one_at_a_time(runner, timed, add_bos, max_new_tokens)
@@ -247,9 +247,26 @@ def _tail(text: str, chars: int) -> str:
     return text if len(text) <= chars else "..." + text[-chars:]
 
 
-def cut_at_stop(text: str, stop: str) -> str:
-    """The answer up to the text that closes it (a chat turn's end marker); all of it when `stop` is empty."""
-    return text.split(stop, 1)[0] if stop else text
+def generation_stops(examples: list[Example]) -> set[str]:
+    """The stop texts that may end generation: not one that a label holds (a template's closing "." and a label
+    "3.5"), where the answer would end inside the label."""
+    stops = {ex.stop for ex in examples if ex.stop}
+    inside = {ex.stop for ex in examples if ex.stop and ex.stop in ex.completion}
+    if inside:
+        log.info("labels hold their closing text %s: answers are generated past it, and read up to it after the "
+                 "label", ", ".join(map(repr, sorted(inside))))
+    return stops - inside
+
+
+def cut_at_stop(text: str, stop: str, label: str | None = None) -> str:
+    """The answer up to the text that closes it (a chat turn's end marker); all of it when `stop` is empty. A label
+    that holds the stop itself ("3.5" closed by ".") is the answer when the text is that label, whole or closed:
+    what the first stop decides for any other label."""
+    if not stop:
+        return text
+    if label and stop in label and (text == label or text.startswith(label + stop)):
+        return label
+    return text.split(stop, 1)[0]
 
 
 def batches(examples: list[Example], size: int) -> list[list[int]]:
@@ -316,7 +333,8 @@ def batch1_agreement(examples: list[Example], batched: list[str], picks: list[in
     """How many of the timed answers (batch 1) equal the batched answers accuracy scored for the same rows. Kernels
     may round otherwise at another batch shape (onnxruntime's int4 ones do, without AVX-512), so the batched
     answers can differ from what a deployed model answers alone: said, not assumed."""
-    same = sum(cut_at_stop(text, examples[i].stop) == batched[i] for i, text in zip(picks, alone))
+    same = sum(cut_at_stop(text, examples[i].stop, examples[i].completion) == batched[i]
+               for i, text in zip(picks, alone))
     if same < len(picks):
         log.warning("%d of the %d answers timed at batch 1 differ from the batched answers accuracy counts (the "
                     "kernels round otherwise at other batch shapes); set evaluation.batch_size 1 to score answers "

@@ -176,9 +176,11 @@ GENAI_MAX_BATCH = 32
 
 # Plain greedy decoding, as the ONNX runners do it: transformers fills every setting not passed from the model's
 # generation_config.json, which may ask for a repetition penalty (Qwen2.5), n-gram blocking or beams. A minimum
-# length is cleared as min_length 0 with no min_new_tokens: passing both warns on every call.
+# length is cleared as min_length 0 with no min_new_tokens: passing both warns on every call. A cache_implementation
+# ("static", "offloaded") is cleared too: the shared-prefix paths pass their own cache, which transformers refuses
+# beside one.
 GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-          "min_new_tokens": None, "min_length": 0}
+          "min_new_tokens": None, "min_length": 0, "cache_implementation": None}
 
 
 class GenaiRunner(Ends, Runner):
@@ -208,6 +210,7 @@ class GenaiRunner(Ends, Runner):
         if self.adapter is not None:
             self.adapter = as_onnx_adapter(Path(self.adapter), Path(self._scratch.name))
         self._adapters = genai_adapters(og, self.model, self.adapter, Path(self._scratch.name))
+        self._other_pad = None  # `_handle`'s second model, for rows that end with the pad id
         self.tokenizer = og.Tokenizer(self.model)
         self.bos = trained_bos(self.folder, self._plain_ids, self.tokenizer.bos_token_id)
         self.end_ids = set(self.tokenizer.eos_token_ids)
@@ -249,13 +252,16 @@ class GenaiRunner(Ends, Runner):
         return max_new_tokens if not self.context else min(max_new_tokens, self.context - width)
 
     def _handle(self, rows: list[list[int]]) -> tuple:
-        """(og.Model, adapters, pad id) for `rows`: for rows ending with the pad id, a handle padding otherwise,
-        opened for them and let go after (`_chunks` puts them together, after the rest)."""
+        """(og.Model, adapters, pad id) for `rows`: for rows ending with the pad id, a handle padding otherwise
+        (`_chunks` puts them together, after the rest), opened the first time such rows come and kept, so that
+        an answer timed at batch 1 does not time a model load."""
         if not any(row and row[-1] == self.pad for row in rows):
             return self.model, self._adapters, self.pad
-        pad = other_pad_id(self.pad)
-        model = open_model(self.og, self.folder, {"pad_token_id": pad})
-        return model, genai_adapters(self.og, model, self.adapter, Path(self._scratch.name)), pad
+        if self._other_pad is None:
+            pad = other_pad_id(self.pad)
+            model = open_model(self.og, self.folder, {"pad_token_id": pad})
+            self._other_pad = model, genai_adapters(self.og, model, self.adapter, Path(self._scratch.name)), pad
+        return self._other_pad
 
     def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
         rows = [self._ids(p, add_bos) for p in prompts]
@@ -288,9 +294,10 @@ class GenaiRunner(Ends, Runner):
                 out[i] = until_eos(new, self.end_ids)[0]
         return out
 
-    def _generate(self, rows: list[list[int]], max_new_tokens: int, keep_logits: bool = False):
-        """Each row's greedy new tokens as generated (past its end of sequence, while other rows go on), and with
-        `keep_logits` the logits each step chose from: an array (steps, rows, vocabulary)."""
+    def _generate(self, rows: list[list[int]], max_new_tokens: int, keep_logits: int = 0):
+        """Each row's greedy new tokens as generated (past its end of sequence, while other rows go on), and the
+        logits the first `keep_logits` steps chose from: an array (steps, rows, vocabulary). Only the steps a
+        completion is scored over are kept (rows x vocabulary floats a step: 16 MB for Llama 3 at 32 rows)."""
         import numpy as np
 
         model, adapters, pad = self._handle(rows)
@@ -311,7 +318,7 @@ class GenaiRunner(Ends, Runner):
         while not generator.is_done() and not ended.all():
             # only before a step: asked for once generation is done, genai 0.18 runs the model again and
             # generates on past max_length
-            if keep_logits:
+            if len(steps) < keep_logits:
                 steps.append(np.array(generator.get_logits(), dtype=np.float32).reshape(len(rows), -1))
             generator.generate_next_token()
             # genai stops a row at its own end-of-sequence ids; an answer's stop token (a chat turn's end) also
@@ -332,7 +339,8 @@ class GenaiRunner(Ends, Runner):
         rows = [head for head, _ in pairs]
         answers, total, rest = [None] * len(rows), 0.0, []
         for chunk in self._chunks(rows, max_new_tokens):
-            news, steps = self._generate([rows[i] for i in chunk], max_new_tokens, keep_logits=True)
+            news, steps = self._generate([rows[i] for i in chunk], max_new_tokens,
+                                         keep_logits=max(len(pairs[i][1]) for i in chunk))
             room = self._room([rows[i] for i in chunk], max_new_tokens)
             for j, (i, new) in enumerate(zip(chunk, news)):
                 answers[i] = self._answer(new, room)
