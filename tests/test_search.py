@@ -509,6 +509,14 @@ def test_plugin_pass_from_a_script_is_searched_and_a_failing_candidate_is_skippe
     (tmp_path / "metric.py").write_text((tmp_path / "metric.py").read_text() + "# edited\n")
     run_cli("run", "--config", str(config), "--no-progress")
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 2 * len(calls)
+    # a renamed metric is measured under its new name (its values were read under the old one: every goal on it
+    # was "not measured")
+    custom["name"] = "renamed"
+    write_config(config, raw)
+    run_cli("run", "--config", str(config), "--no-progress")
+    search = json.loads((tmp_path / "out" / "metrics.json").read_text())["search"]
+    assert all(c["metrics"]["renamed-files"] == 1 and "custom-files" not in c["metrics"]
+               for c in search["candidates"] if c["status"] == "ok")
 
 
 @pytest.mark.e2e

@@ -154,6 +154,20 @@ def test_atomic_writes_make_ordinary_readable_files(tmp_path):
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~mask
 
 
+def test_a_models_size_leaves_out_what_no_loader_reads(tmp_path):
+    """A git clone of a Hub repo keeps a second copy of the weights under .git: its size on disk was counted twice,
+    against the content id, which leaves hidden folders out."""
+    from modelpress.evaluate import model_size_bytes
+    from modelpress.passes.catalog import HF
+
+    (tmp_path / "m" / ".git" / "lfs").mkdir(parents=True)
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"w" * 1000)
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "m" / ".git" / "lfs" / "object").write_bytes(b"w" * 1000)
+    (tmp_path / "m" / ".gitattributes").write_text("*.safetensors filter=lfs")
+    assert model_size_bytes(ModelRef(HF, tmp_path / "m", id="m")) == 1002
+
+
 def test_balanced_class_weights_make_every_class_weigh_the_same_in_total():
     from modelpress.passes.lora import class_weights
 

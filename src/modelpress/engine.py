@@ -372,7 +372,10 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
     if not hit:
         eval_set = plan.eval_set(data_config)
         if eval_set is None:
-            (log.debug if config.evaluator is not None else log.warning)("no data to evaluate on: metrics cover size only")
+            # a search (an evaluator) still compares sizes (metrics.metric_values); a plain run records nothing
+            (log.debug if config.evaluator is not None else log.warning)(
+                "no data to evaluate on: the models are not evaluated and metrics.json is empty (add a data config "
+                "for evaluation.data_config, or set evaluation.enabled false)")
             return None
         where = f" of {data_config}" if data_config else ""
         log.info("evaluating the %s model (%s) on %d examples%s", role.removesuffix(f" on {data_config}"), ref.kind,

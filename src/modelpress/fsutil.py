@@ -244,11 +244,13 @@ def read_json(path: Path) -> Any:
 
 
 def dir_size(path: Path) -> int:
-    """Total bytes of the files under `path`."""
+    """Total bytes of the files under `path`, but those hidden or under a hidden folder (a clone's .git, with a
+    second copy of the weights; `hf download`'s .cache), which no loader reads and no deployment carries."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in path.rglob("*")
+               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
 
 
 def copy_dir_atomic(source: Path, target: Path) -> None:

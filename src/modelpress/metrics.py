@@ -176,8 +176,9 @@ def _custom(session, metric: Metric, ref: ModelRef, role: str, history: list[dic
     user = metric.user_config
     module, digest = load_user_module(user.user_script, "modelpress_metric", user.script_dir)
     chosen = session.config.evaluation.model_dump(include={"data_config", "max_examples", "label_column"})  # eval_set's
+    # the metric's name too: the values are saved under it ("tone-score"), so a renamed metric must not read them
     key = evaluation_key(session, "custom-metric", ref, digest, user.evaluate_func, user.evaluate_func_kwargs,
-                         metric.data_config, [sub.name for sub in metric.sub_types], chosen,
+                         metric.data_config, [sub.name for sub in metric.sub_types], chosen, metric.name,
                          reads_default=metric.data_config is None)
     started = time.perf_counter()
     values = session.cache.read_eval(key)
