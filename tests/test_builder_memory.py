@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,28 @@ def test_bounded_export_of_a_bf16_llama_equals_the_builders(tied, tmp_path_facto
         assert stats == {"bounded": False, "why_not": "per-node overrides or quantized embeddings"}
     else:
         assert stats.get("bounded") is True and stats["streamed"] == 3 * 5 + 1, stats  # 5 MatMuls a layer, the head
+    _same_model(tmp_path / "plain", tmp_path / "bounded")
+
+
+def test_a_checkpoint_stored_in_another_dtype_than_its_config_says_builds_alike(tmp_path_factory, tmp_path):
+    """config.json says bfloat16 and the weights are stored in float32: the builder's from_pretrained casts them to
+    bfloat16 and the bounded path kept them float32, so the int4 codes differed."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    llama = _llama(tmp_path_factory, tied=False)
+    folder = tmp_path / "stored-float32"
+    shutil.copytree(llama, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    torch.manual_seed(5)  # float32 values that bfloat16 rounds
+    save_file({k: v.float() + 1e-4 * torch.randn(v.shape) for k, v in weights.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    _build(folder, tmp_path / "plain", "int4", [], bounded=False)
+    stats = _build(folder, tmp_path / "bounded", "int4", [], bounded=True)
+    assert stats.get("bounded") is True, stats
     _same_model(tmp_path / "plain", tmp_path / "bounded")
 
 

@@ -303,3 +303,46 @@ def test_an_override_naming_a_module_the_pass_leaves_alone_is_an_error(tmp_path)
         quant_plan(model, RtnParams(overrides={"model.layers.0.mlp.dwon_proj": {"bits": 8}}), tmp_path)
     plan, _ = quant_plan(model, RtnParams(lm_head=True, overrides={"lm_head": {"bits": 8}}), tmp_path)
     assert plan["lm_head"].bits == 8
+
+
+def test_weights_outside_linear_layers_are_refused_when_most_and_said_otherwise(tmp_path, caplog):
+    """transformers 5 keeps a mixture of experts' weights as fused 3-D parameters and GPT-2 its projections in
+    Conv1D: Gptq and Rtn quantized only the nn.Linear layers and wrote a checkpoint called quantized that was
+    mostly (GPT-2: all) float, without a word."""
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig,
+                              MixtralForCausalLM)
+
+    from modelpress.errors import ModelpressError
+    from modelpress.passes.quant_specs import RtnParams
+    from modelpress.passes.torch_quant import quant_plan
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=32,
+                                      bos_token_id=0, eos_token_id=0))
+    with pytest.raises(ModelpressError, match=r"GPT2LMHeadModel: 100% of its decoder layers' weights are not in "
+                                              r"nn.Linear layers \(transformer.h.0.attn.c_attn.weight"):
+        quant_plan(gpt2, RtnParams(), tmp_path)
+    moe = MixtralForCausalLM(MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4))
+    with pytest.raises(ModelpressError, match=r"MixtralForCausalLM: 89% .*experts.gate_up_proj.*OnnxConversion"):
+        quant_plan(moe, RtnParams(), tmp_path)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    with caplog.at_level("WARNING", logger="modelpress"):
+        plan, _ = quant_plan(llama, RtnParams(group_size=16), tmp_path)
+    assert len(plan) == 14 and "not in nn.Linear" not in caplog.text
+    llama.model.layers[0].register_parameter("table", torch.nn.Parameter(torch.zeros(4, 8)))  # a small one: said
+    with caplog.at_level("WARNING", logger="modelpress"):
+        plan, _ = quant_plan(llama, RtnParams(group_size=16), tmp_path)
+    assert len(plan) == 14 and "0% of its decoder layers' weights are not in nn.Linear layers (model.layers.0.table)" \
+        in caplog.text
+
+
+def test_a_group_size_that_does_not_divide_the_inputs_is_told_one_that_does_and_runs():
+    """SmolLM2's 576 inputs against the default 128: the advice was -1, a 576-wide block that MatMulNBits then
+    refused (it takes powers of two of at least 16)."""
+    with pytest.raises(ValueError, match="576 inputs do not split into groups of 128; choose a group_size that "
+                                         "divides it, such as 64 "):
+        Grid(4, 128).check("model.layers.0.self_attn.q_proj", 576)
+    with pytest.raises(ValueError, match=r"choose a group_size that divides it \(or -1 for one group per row\)"):
+        Grid(4, 128).check("x", 200)  # no power of two of at least 16 divides 200
+    Grid(4, 64).check("model.layers.0.self_attn.q_proj", 576)

@@ -39,8 +39,11 @@ class Grid:
 
     def check(self, name: str, in_features: int) -> None:
         if self.group_size != -1 and in_features % self.group_size:
+            fits = [g for g in (256, 128, 64, 32, 16) if in_features % g == 0]
+            hint = (f", such as {fits[0]} (onnxruntime's MatMulNBits takes powers of two of at least 16)" if fits
+                    else " (or -1 for one group per row)")
             raise ValueError(f"{name}: {in_features} inputs do not split into groups of {self.group_size}; "
-                             "choose a group_size that divides it (or -1 for one group per row)")
+                             f"choose a group_size that divides it{hint}")
         if in_features * self.bits % 8:  # packed rows are whole bytes, read back as bytes * 8 // bits inputs
             raise ValueError(f"{name}: {in_features} inputs at {self.bits} bits do not fill whole bytes, which the "
                              "checkpoint format (and onnxruntime's MatMulNBits) packs rows into; leave this module "

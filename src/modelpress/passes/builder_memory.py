@@ -186,8 +186,9 @@ def _materialize_own(module, name: str, checkpoint: Checkpoint) -> None:
     wanted = {local: prefix + local for local, p in module._parameters.items() if p is not None and p.is_meta}
     values = checkpoint.load(list(wanted.values()))
     for local, full in wanted.items():
-        if full in values:
-            module._parameters[local] = torch.nn.Parameter(values[full], requires_grad=False)
+        if full in values:  # in the model's dtype, as from_pretrained casts a checkpoint stored in another
+            dtype = module._parameters[local].dtype
+            module._parameters[local] = torch.nn.Parameter(values[full].to(dtype), requires_grad=False)
 
 
 def _materialize_all(module, name: str, checkpoint: Checkpoint) -> None:

@@ -110,7 +110,8 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     if refused:
         raise ModelpressError(f"{len(refused)} quantized modules have blocks onnxruntime's MatMulNBits cannot take "
                               f"(a power of two of at least 16): {', '.join(refused[:3])}. Quantize them with such "
-                              "a group_size (group_size -1 makes a block of each whole row).")
+                              "a group_size that divides their inputs (64 or 32 for most models; -1, one block a "
+                              "row, only where the rows' length is such a power).")
     src = str(source)
     out = str(ctx.out)
     work = str(ctx.out.parent / f"{ctx.out.name}.builder-cache")

@@ -44,11 +44,42 @@ def module_name(model, target) -> str:
 
 
 def decoder_linears(model) -> dict[str, object]:
+    """{name: nn.Linear} of the decoder layers (`uncovered` checks the weights held otherwise)."""
     import torch
 
     prefix, layers = decoder_layers(model)
     return {f"{prefix}.{i}.{name}": m for i, layer in enumerate(layers)
             for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def uncovered(model) -> None:
+    """Matrices in the decoder layers outside any nn.Linear stay float: transformers 5 keeps a mixture of experts'
+    weights as fused 3-D parameters (Mixtral, Qwen3-MoE), GPT-2 its projections in Conv1D. Refused when they are
+    most of the layers' weights (the checkpoint would be called quantized and be mostly float), said otherwise."""
+    import torch
+
+    prefix, layers = decoder_layers(model)
+    covered, other = 0, {}
+    for i, layer in enumerate(layers):
+        for name, module in layer.named_modules():
+            for key, weight in module.named_parameters(recurse=False):
+                if weight.dim() < 2:
+                    continue
+                if isinstance(module, torch.nn.Linear):
+                    covered += weight.numel()
+                else:
+                    other[f"{prefix}.{i}.{name}.{key}".replace("..", ".")] = weight.numel()
+    if not other:
+        return
+    share = sum(other.values()) / (covered + sum(other.values()))
+    names = ", ".join(list(other)[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+    what = (f"{type(model).__name__}: {share:.0%} of its decoder layers' weights are not in nn.Linear layers "
+            f"({names}), which this pass quantizes only")
+    if share >= 0.5:
+        raise ModelpressError(f"{what}: they would stay float in a checkpoint called quantized. Quantize this model "
+                              "in ONNX instead: OnnxConversion, then OnnxBlockWiseRtnQuantization (or ModelBuilder "
+                              "int4 where the builder knows the architecture).")
+    log.warning("%s: they stay float", what)
 
 
 # --- which grid each module gets ------------------------------------------------------------------
@@ -70,6 +101,7 @@ def quant_plan(model, params: QuantizerParams, folder: Path) -> tuple[dict[str, 
         overrides = {name: dict(value) for name, value in mixed.get("overrides", {}).items()}
     for name, override in (params.overrides or {}).items():
         overrides.setdefault(name, {}).update(override.model_dump(exclude_none=True))
+    uncovered(model)
     targets = list(decoder_linears(model))
     lm_head = module_name(model, model.get_output_embeddings())
     embeds = module_name(model, model.get_input_embeddings())
