@@ -62,7 +62,8 @@ def test_the_streamed_merge_keeps_an_integer_buffer_as_stored(tmp_path):
     assert merge_streamed(adapter, base, tmp_path / "merged") == 1
     (shard,) = (tmp_path / "merged").glob("*.safetensors")
     merged = load_file(str(shard))
-    assert merged["model.position_ids"].dtype == torch.int64 and merged["model.position_ids"].tolist() == [list(range(8))]
+    positions = merged["model.position_ids"]
+    assert positions.dtype == torch.int64 and positions.tolist() == [list(range(8))]
     assert merged["model.layers.0.q_proj.weight"].dtype == torch.float32
 
 
