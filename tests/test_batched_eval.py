@@ -42,6 +42,27 @@ def test_a_label_that_holds_its_closing_text_is_read_whole():
     assert generation_stops(rows) == {"<|end|>"}  # "." would end an answer inside "3.5"
 
 
+def test_a_stop_ends_generation_as_the_model_writes_it_after_an_answer():
+    """A SentencePiece tokenizer encodes "." alone as "▁.", which a model never writes right after "joy": generation
+    ran on to max_new_tokens, and latency timed tokens past the answer. The token "." becomes after a word ends it."""
+    from modelpress.answer_ends import Ends
+
+    vocab = {"▁.": 1, ".": 2, "▁a": 3, "▁joy": 4, "<|end|>": 5, "▁3": 6, "5": 7}
+
+    class SentencePieceLike(Ends):  # a word marker before the first piece, as Llama 2's and Phi-3's tokenizers
+        end_ids, eos_id = {0}, 0
+
+        def _plain_ids(self, text):
+            pieces = [p for p in text.replace("<|end|>", " <|end|> ").replace(".", " . ").split(" ") if p]
+            return [vocab[p if p in ("<|end|>", ".") and i else "▁" + p if p != "<|end|>" else p]
+                    for i, p in enumerate(pieces)]
+
+    ends = SentencePieceLike()
+    assert ends._plain_ids(".") == [1] and ends._plain_ids("joy.") == [4, 2]  # alone, and after a word
+    ends.add_stops({".", "<|end|>"})
+    assert ends.end_ids == {0, 1, 2, 5}
+
+
 def test_padding_puts_every_row_at_one_width_with_masks_off_on_padding():
     ids, mask = left_pad([[5, 6, 7], [8]], pad=0)
     assert ids == [[5, 6, 7], [0, 0, 8]] and mask == [[1, 1, 1], [0, 0, 1]]

@@ -46,15 +46,20 @@ class Ends:
     def _plain_ids(self, text: str) -> list[int]:
         raise NotImplementedError
 
-    def _stop_token(self, stop: str) -> int | None:
+    def _stop_tokens(self, stop: str) -> set[int]:
+        """The ids that end an answer at `stop`: the stop encoded alone when that is one token, and the one token it
+        becomes after a word (a SentencePiece tokenizer encodes "." alone as "▁.", and "a." as "▁a" + ".")."""
         memo = self.__dict__.setdefault("_stop_memo", {})
         if stop not in memo:
-            ids = self._plain_ids(stop) if stop else []
-            memo[stop] = ids[0] if len(ids) == 1 else None
+            alone = self._plain_ids(stop) if stop else []
+            word, after = self._plain_ids("a"), self._plain_ids("a" + stop) if stop else []
+            memo[stop] = ({alone[0]} if len(alone) == 1 else set()) | (
+                {after[-1]} if len(after) == len(word) + 1 and after[:len(word)] == word else set())
         return memo[stop]
 
     def add_stops(self, texts: set[str]) -> None:
-        self.end_ids |= {t for t in map(self._stop_token, texts) if t is not None}
+        for text in texts:
+            self.end_ids |= self._stop_tokens(text)
 
     def _pair(self, ex: Example, add_bos: bool) -> tuple[list[int], list[int]]:
         """(prompt ids, completion ids and the token that closes it): what the completion loss scores. The closing
