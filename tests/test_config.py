@@ -65,6 +65,26 @@ def test_seed_and_olive_013_configs_normalise_to_the_same_workflow(workspace):
     assert not any("keys left out" in n for n in load_config(workspace / "demo.json").notes)
 
 
+def test_a_key_given_nested_and_beside_it_takes_the_nested_value_as_olive_does(workspace):
+    """Olive's NestedConfig keeps the value inside `config`, `params`, `sampler_config` or `extra_args` and ignores
+    the one beside it with a warning; modelpress took the outer one, silently: another rank, seed, batch size."""
+    raw = _seed(workspace)
+    lora = raw["passes"]["lora"]
+    lora["lora_r"] = 8  # beside `config`, which says 64
+    lora["config"]["training_args"]["extra_args"] = {"per_device_train_batch_size": 2, "adam_beta1": 0.8}
+    raw["engine"]["search_strategy"] = {"execution_order": "joint", "sampler": "sequential", "seed": 5,
+                                        "sampler_config": {"seed": 7}}
+    config = normalize(raw, base_dir=workspace)
+    args = config.passes[0].params.training_args
+    assert config.passes[0].params.r == 64 and args.per_device_train_batch_size == 2 and args.adam_beta1 == 0.8
+    assert config.search.seed == 7
+    warned = " ".join(config.warnings)
+    assert "passes.lora.config: lora_r is given here and beside it; the value here is used" in warned
+    assert "training_args.extra_args: per_device_train_batch_size is given here and beside it" in warned
+    assert "search_strategy.sampler_config: seed is given here and beside it" in warned
+    assert "adam_beta1" not in warned  # given once: no warning
+
+
 def test_relative_paths_resolve_against_the_config_folder(workspace):
     config = load_config(workspace / "seed-config.json")
     assert config.input_model.model_path == (workspace / "models" / "tiny-phi3").resolve()

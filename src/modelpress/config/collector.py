@@ -161,13 +161,23 @@ def as_mapping(value: Any, path: str, c: Collector) -> dict | None:
     return None
 
 
-def unwrap(raw: dict, key: str, path: str) -> tuple[dict, str]:
+def unwrap(raw: dict, key: str, path: str, c: Collector) -> tuple[dict, str]:
     """Lift a nested `config`/`params` block (Olive 0.5 style) into its parent."""
     inner = raw.get(key)
     if isinstance(inner, dict):
         rest = {k: v for k, v in raw.items() if k != key}
-        return {**inner, **rest}, f"{path}.{key}"
+        return nested_wins(inner, rest, f"{path}.{key}", c), f"{path}.{key}"
     return raw, path
+
+
+def nested_wins(inner: dict, outer: dict, inner_path: str, c: Collector) -> dict:
+    """`outer` with `inner` written over it: a key given in both takes the nested value and the other is ignored
+    with a warning, as Olive's NestedConfig does (the outer one won here, so the run trained otherwise)."""
+    both = sorted(k for k in set(inner) & set(outer) if inner[k] != outer[k])
+    if both:
+        c.warn(f"{inner_path}: {', '.join(both)} {'is' if len(both) == 1 else 'are'} given here and beside it; the "
+               "value here is used and the other ignored, as in Olive.")
+    return {**outer, **inner}
 
 
 class _Hidden:

@@ -142,7 +142,7 @@ def _section(raw: dict, key: str, path: str, c: Collector) -> tuple[dict, str]:
         c.add(f"{path}.{key}.type", f"Olive's {typ!r} component is not supported: modelpress reads rows with "
               "datasets and renders them from text or chat templates",
               f"Use {' or '.join(allowed)}, or leave type out.")
-    flat, where = unwrap(dict(section), "params", f"{path}.{key}")
+    flat, where = unwrap(dict(section), "params", f"{path}.{key}", c)
     flat.pop("type", None)
     return flat, where
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
+from modelpress.config.collector import Collector, as_mapping, did_you_mean, nested_wins, unwrap
 from modelpress.config.olive_tables import INERT_ENGINE_KEYS, INERT_SEARCH_KEYS, TARGETS, VENDOR_EPS
 from modelpress.config.schema import EngineConfig, RaySystemConfig, SearchConfig, SystemConfig
 from modelpress.config.paths import local_path
@@ -41,7 +41,7 @@ def one_system(spec: Any, path: str, base_dir: Path, c: Collector) -> SystemConf
     """One system's settings, named in `systems` or written where engine.host/target name one (as Olive allows)."""
     if as_mapping(spec, path, c) is None:
         return None
-    flat, where = unwrap(dict(spec), "config", path)
+    flat, where = unwrap(dict(spec), "config", path, c)
     typ = flat.pop("type", None)
     if typ == "PythonEnvironment":
         c.warn(f"{path}: a PythonEnvironment system runs here in modelpress's own Python environment "
@@ -228,7 +228,7 @@ def search_section(engine_raw: dict, engine_path: str, c: Collector) -> SearchCo
     data = dict(value)
     nested = data.pop("sampler_config", None)  # Olive 0.13 takes the sampler's keys nested here or beside it
     if nested is not None and as_mapping(nested, f"{path}.sampler_config", c) is not None:
-        data = {**nested, **data}
+        data = nested_wins(nested, data, f"{path}.sampler_config", c)
     algorithm = data.pop("search_algorithm", None)  # Olive 0.5: search_algorithm + search_algorithm_config
     legacy = data.pop("search_algorithm_config", None) or {}
     if algorithm is not None:

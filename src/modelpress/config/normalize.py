@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import AliasChoices
 
 from modelpress.config.checks import check_hosts, check_workflow
-from modelpress.config.collector import Collector, as_mapping, did_you_mean, unwrap
+from modelpress.config.collector import Collector, as_mapping, did_you_mean, nested_wins, unwrap
 from modelpress.config.data_section import data_configs
 from modelpress.config.engine_section import ENGINE_KEYS, engine, engine_section, search_section, systems_section
 from modelpress.config.evaluator_section import evaluation_section, evaluator_section
@@ -371,7 +371,7 @@ def _training_args(args: dict, where: str, c: Collector) -> dict:
     nothing here taken out with a warning."""
     extra = args.pop("extra_args", None)
     if isinstance(extra, dict):
-        args = {**extra, **args}
+        args = nested_wins(extra, args, f"{where}.extra_args", c)
     elif extra is not None:
         c.add(f"{where}.extra_args", f"must be a mapping of TrainingArguments keys, found {type(extra).__name__}")
     for key in [k for k in args if k in INERT_TRAINING_KEYS]:
@@ -399,7 +399,8 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
               "Define the system under `systems` (a name, then its type and settings) and give its name here.")
         host = None
     scripted = ("user_script", "script_dir") if "user_script" in spec else ("user_script",)
-    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "host", *scripted)}, "config", path)
+    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "host", *scripted)}, "config", path,
+                         c)
     flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)

@@ -41,7 +41,7 @@ def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | No
         c.add(f"{path}.type", f"model type {typ!r} is not supported",
               "modelpress takes a Hugging Face model (a folder, a Hub id or a GGUF file): use type 'HfModel'.")
         return None
-    flat, where = unwrap({k: v for k, v in raw.items() if k != "type"}, "config", path)
+    flat, where = unwrap({k: v for k, v in raw.items() if k != "type"}, "config", path, c)
     fields = _fields(flat, where, c)
     if fields is None:
         return None
