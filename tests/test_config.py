@@ -85,6 +85,28 @@ def test_a_key_given_nested_and_beside_it_takes_the_nested_value_as_olive_does(w
     assert "adam_beta1" not in warned  # given once: no warning
 
 
+def test_olives_load_kwargs_defaults_and_spellings_are_read_and_errors_named_where_written(workspace):
+    """Olive's HfLoadKwargs defaults every key to null and passes keys it lacks through extra_args: nulls were
+    refused, extra_args and device_map were unknown keys, "torch.bfloat16" was refused, and errors named
+    input_model.torch_dtype, a key that cannot be written."""
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    raw["input_model"]["load_kwargs"] = {"trust_remote_code": None, "torch_dtype": "torch.bfloat16",
+                                         "device_map": "auto", "extra_args": {"attn_implementation": "sdpa"}}
+    config = normalize(raw, base_dir=workspace)
+    assert config.input_model.trust_remote_code is False and config.input_model.attn_implementation == "sdpa"
+    warned = " ".join(config.warnings)
+    assert "input_model.load_kwargs.device_map: accepted and not used" in warned
+    assert "input_model.load_kwargs.torch_dtype: 'bfloat16' is accepted and not used" in warned
+    raw["input_model"]["load_kwargs"] = {"trust_remote_code": "maybe", "attn_implementation": "flash"}
+    problems = " ".join(_problems(raw, workspace))
+    assert "input_model.load_kwargs.trust_remote_code" in problems
+    assert "input_model.load_kwargs.attn_implementation" in problems
+    seed = _seed(workspace)
+    seed["input_model"]["config"]["hf_config"]["model_loading_args"]["trust_remote_code"] = "maybe"
+    assert any(p.startswith("input_model.config.hf_config.model_loading_args.trust_remote_code")
+               for p in _problems(seed, workspace))
+
+
 def test_relative_paths_resolve_against_the_config_folder(workspace):
     config = load_config(workspace / "seed-config.json")
     assert config.input_model.model_path == (workspace / "models" / "tiny-phi3").resolve()

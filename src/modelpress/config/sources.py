@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modelpress.config.collector import Collector, unwrap
+from modelpress.config.collector import Collector, nested_wins, unwrap
 from modelpress.config.olive_tables import INERT_MODEL_KEYS
 from modelpress.config.paths import local_path, shadowing_folder
 from modelpress.config.schema import InputModelConfig
@@ -45,10 +45,14 @@ def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | No
     fields = _fields(flat, where, c)
     if fields is None:
         return None
+    kwargs_path = fields.pop("kwargs_path")
     source = _source(fields.pop("model_path"), fields, base_dir, f"{where}.model_path", c)
     if source is None:
         return None
-    model = c.validate(InputModelConfig, {**fields, **source}, where)
+    # a setting read from load_kwargs (or hf_config's model_loading_args) is reported where it was written
+    from_kwargs = {"trust_remote_code", "attn_implementation", "torch_dtype"}
+    model = c.validate(InputModelConfig, {**fields, **source}, where,
+                       lambda key: kwargs_path if key in from_kwargs else where)
     if model and model.revision and model.model_path is not None:
         c.warn(f"{where}.revision: {model.revision!r} pins a Hub revision, and model_path names a local path "
                f"({model.model_path}), which has none: it is ignored. Name the model by its Hub id (org/name) to pin "
@@ -67,11 +71,19 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
         c.add(hf_path, f"must be a mapping, found {type(hf).__name__}")
         return None
     hf = dict(hf)
-    load_kwargs = {}
+    load_kwargs, kwargs_path = {}, f"{where}.load_kwargs"
     for key in ("load_kwargs", "model_loading_args", "from_pretrained_args"):
         src = flat.pop(key, None) if key == "load_kwargs" else hf.pop(key, None)
-        if isinstance(src, dict):
-            load_kwargs.update(src)
+        if isinstance(src, dict):  # null is Olive's default for every key here (HfLoadKwargs): not given
+            load_kwargs.update({k: v for k, v in src.items() if v is not None})
+            kwargs_path = f"{where}.{key}" if key == "load_kwargs" else f"{hf_path}.{key}"
+    extra = load_kwargs.pop("extra_args", None)  # Olive's HfLoadKwargs passes the keys it lacks through extra_args
+    if isinstance(extra, dict):
+        load_kwargs = nested_wins({k: v for k, v in extra.items() if v is not None}, load_kwargs,
+                                  f"{kwargs_path}.extra_args", c)
+    for key in [k for k in ("device_map", "max_memory") if k in load_kwargs]:
+        c.warn(f"{kwargs_path}.{key}: accepted and not used: modelpress loads the model whole on one device.")
+        load_kwargs.pop(key)
     model_path = flat.pop("model_path", None) or hf.pop("model_name", None)
     task = flat.pop("task", None) or hf.pop("task", None) or "text-generation"
     if isinstance(task, str):  # Olive's "-with-past": the exported graph takes a KV cache (see `kv_cache_asked`)
@@ -91,20 +103,22 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
               "folder as model_path; or give the base as model_path and train the adapter in this workflow.")
     c.unknown_keys(flat, ("model_path", "task", "load_kwargs", "revision", "gguf_file"), where)
     c.unknown_keys(hf, ("model_name", "task", "model_loading_args", "from_pretrained_args"), hf_path)
-    c.unknown_keys(load_kwargs, LOAD_KWARGS, f"{where}.load_kwargs")
+    c.unknown_keys(load_kwargs, LOAD_KWARGS, kwargs_path)
     if model_path is None:
         c.add(f"{where}.model_path", "required key is missing",
               "Set it to a Hugging Face model folder, a Hub id (org/name) or a .gguf file.")
         return None
     dtype = load_kwargs.get("torch_dtype", load_kwargs.get("dtype", "float32"))
+    if isinstance(dtype, str):  # Olive's resolve_torch_dtype takes "torch.bfloat16" too
+        dtype = dtype.removeprefix("torch.")
     if dtype not in ("float32", "auto"):
-        c.warn(f"{where}.load_kwargs.torch_dtype: {dtype!r} is accepted and not used: modelpress reads the input "
+        c.warn(f"{kwargs_path}.torch_dtype: {dtype!r} is accepted and not used: modelpress reads the input "
                "model in float32 to measure and merge it. A LoRA/QLoRA pass trains on the base dtype its own "
                "torch_dtype names, and ModelBuilder's precision sets the exported model's.")
-    return {"model_path": model_path, "task": task,
+    return {"kwargs_path": kwargs_path, "model_path": model_path, "task": task,
             "trust_remote_code": load_kwargs.get("trust_remote_code", False),
             "attn_implementation": load_kwargs.get("attn_implementation"),
-            "torch_dtype": load_kwargs.get("torch_dtype", load_kwargs.get("dtype", "float32")),
+            "torch_dtype": dtype,
             "revision": flat.pop("revision", None) or load_kwargs.get("revision"),
             "gguf_file": flat.pop("gguf_file", None) or load_kwargs.get("gguf_file")}
 
