@@ -567,6 +567,28 @@ def test_a_classifiers_text_columns_beyond_a_pair_warn_that_they_are_joined(work
     assert any("text_cols: a classifier's 3 text columns are joined by a space" in w for w in warnings), warnings
 
 
+def test_olives_null_defaults_and_markers_leave_a_param_at_its_default(workspace):
+    """Olive writes null for a param left at its default (training_args, nodes_to_exclude, extra_options) and has a
+    DEFAULT_VALUE marker beside SEARCHABLE_VALUES, and serialises a search parameter as a Categorical: each was
+    refused ("Input should be a valid list", "unable to parse string as an integer")."""
+    raw = _seed(workspace)
+    raw["passes"] = {"lora": {"type": "LoRA", "train_data_config": "dataset_default_train", "training_args": None,
+                              "r": "DEFAULT_VALUE", "modules_to_save": None},
+                     "conv": {"type": "OnnxConversion"},
+                     "q": {"type": "OnnxDynamicQuantization", "nodes_to_exclude": None, "extra_options": None,
+                           "weight_type": {"olive_parameter_type": "SearchParameter", "type": "Categorical",
+                                           "support": ["QInt8", "QUInt8"]}}}
+    raw["engine"]["search_strategy"] = {"execution_order": "joint", "sampler": "sequential"}
+    config = normalize(raw, base_dir=workspace)
+    lora = config.passes[0].params
+    assert lora.r == 16 and lora.training_args.max_steps == type(lora.training_args)().max_steps
+    assert lora.modules_to_save is None
+    assert [c.params.weight_type for c in config.passes[2].choices()] == ["QInt8", "QUInt8"]
+    raw["passes"]["q"]["weight_type"] = {"olive_parameter_type": "SearchParameter", "type": "Conditional"}
+    assert any(p.startswith("passes.q.weight_type: Olive's 'Conditional' search parameter is not read")
+               for p in _problems(raw, workspace))
+
+
 def test_searched_values_that_do_not_go_together_are_left_out_of_the_search(workspace):
     """Each searched value was validated with the other searched keys at their first value, and the combinations
     were made without validation: a QInt16 weight with QOperator reached the search and failed there. They are

@@ -248,6 +248,11 @@ def _load_plugins(spec: dict, path: str, base_dir: Path, c: Collector) -> bool:
 
 
 SEARCHABLE_VALUES = "SEARCHABLE_VALUES"  # Olive's marker: search this param over its declared values
+DEFAULT_VALUE = "DEFAULT_VALUE"  # Olive's marker: the param's default
+
+
+def _takes_none(info) -> bool:
+    return info.default is None or type(None) in typing.get_args(info.annotation)
 
 
 def _split_search(flat: dict, params_model, spec, where: str, c: Collector) -> tuple[dict, dict[str, list]]:
@@ -266,6 +271,15 @@ def _split_search(flat: dict, params_model, spec, where: str, c: Collector) -> t
             fixed[key] = value
             continue
         takes_list = typing.get_origin(info.annotation) is list or "list[" in str(info.annotation)
+        if value == DEFAULT_VALUE or (value is None and not _takes_none(info)):
+            continue  # as in Olive, where null is the default of such params: the param's default
+        if isinstance(value, dict) and value.get("olive_parameter_type") == "SearchParameter":
+            if value.get("type") == "Categorical" and isinstance(value.get("support"), list) and value["support"]:
+                space[name] = value["support"]  # Olive's written-out Categorical: its values are searched
+            else:
+                c.add(f"{where}.{key}", f"Olive's {value.get('type')!r} search parameter is not read here",
+                      f"List the values to try, e.g. {key}: [a, b].")
+            continue
         if value == SEARCHABLE_VALUES:
             if name not in declared:
                 c.add(f"{where}.{key}", f"{spec.name}.{name} declares no search values",
