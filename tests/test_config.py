@@ -728,6 +728,9 @@ def test_olive_finetune_training_keys(workspace):
     lora["training_args"] = {"optim": "sgd"}
     [problem] = _problems(raw, workspace)
     assert problem.startswith("passes.lora.training_args.optim") and "AdamW" in problem, problem
+    lora["training_args"] = {"optim": "paged_adamw_32bit"}  # the default of Olive's QLoRA: the same update
+    assert any("training_args.optim: 'paged_adamw_32bit' is read as torch's AdamW" in w
+               for w in normalize(raw, base_dir=workspace).warnings)
     lora["training_args"] = {}
     lora.update(type="QLoRA", save_quant_config=False)
     assert any("save_quant_config: accepted and not used" in w for w in normalize(raw, base_dir=workspace).warnings)

@@ -393,6 +393,9 @@ def _training_args(args: dict, where: str, c: Collector) -> dict:
         args.pop(key)
     if args.get("optim") in ("adamw_torch", "adamw_torch_fused"):  # what modelpress trains with
         args.pop("optim")
+    elif args.get("optim") in ("paged_adamw_32bit", "adamw_hf"):  # QLoRA's default in Olive; the same update
+        c.warn(f"{where}.optim: {args.pop('optim')!r} is read as torch's AdamW: the same update with 32-bit state, "
+               "which is not paged to the CPU here.")
     elif "optim" in args:
         c.add(f"{where}.optim", f"found {args.pop('optim')!r}: modelpress trains with torch's AdamW",
               "Remove optim (or write adamw_torch); adam_beta1, adam_beta2, adam_epsilon and weight_decay set it.")
