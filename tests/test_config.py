@@ -175,6 +175,57 @@ def test_loha_and_lokr_take_olives_rank_and_module_dropout_not_lora_dropout(work
     assert (peft.rank_dropout, peft.module_dropout) == (0.2, 0.1) and config.passes[0].params.adapter_dropout == 0.2
 
 
+def test_loha_and_lokr_take_olives_other_peft_keys_to_peft(workspace):
+    """Olive's LoHa and LoKr pass exclude_modules, init_weights, rank_pattern, alpha_pattern, layers_pattern,
+    use_effective_conv2d (and LoKr's decompose_both, decompose_factor, rank_dropout_scale) to peft; they were unknown
+    keys here, even at their defaults."""
+    from modelpress.passes.lora import adapter_config
+
+    keys = {"exclude_modules": ["o_proj"], "init_weights": False, "rank_pattern": {"qkv_proj": 8},
+            "alpha_pattern": {"qkv_proj": 4}, "use_effective_conv2d": False}
+    lokr = {"decompose_both": True, "decompose_factor": 4, "rank_dropout_scale": True}
+    for typ, extra in (("LoHa", {}), ("LoKr", lokr)):
+        raw = _seed(workspace)
+        raw["passes"]["lora"]["type"] = typ
+        raw["passes"]["lora"]["config"].update(keys, **extra)
+        peft = adapter_config(normalize(raw, base_dir=workspace).passes[0].params, "CAUSAL_LM")
+        assert {k: getattr(peft, k) for k in [*keys, *extra]} == {**keys, **extra, "exclude_modules": {"o_proj"}}, typ
+    raw["passes"]["lora"]["type"] = "LoHa"  # LoKr's own keys are not LoHa's
+    assert any(p.startswith("passes.lora.config.decompose_both: unknown key") for p in _problems(raw, workspace))
+    for key in lokr:
+        del raw["passes"]["lora"]["config"][key]
+    raw["passes"]["lora"]["config"]["layers_pattern"] = "layers"  # peft refuses it without layers_to_transform
+    assert any("layers_pattern names the module list that layers_to_transform indexes" in p
+               for p in _problems(raw, workspace))
+
+
+def test_olive_data_and_pass_keys_are_read_or_said_to_change_nothing(workspace):
+    """Olive keys that were unknown here: load_dataset_config's col_filters (rows kept by column value) and
+    trust_remote_code, pre_process_data_config's model_name, padding_side and processing_batch_size, a pass's own
+    evaluator, training_args.resume_from_checkpoint."""
+    from modelpress.context import DataPlan
+
+    raw = json.loads((workspace / "olive-0.13-config.json").read_text())
+    data = raw["data_configs"][0]
+    data["load_dataset_config"].update(col_filters={"tone": "joy"}, trust_remote_code=True)
+    data["pre_process_data_config"].update(model_name="microsoft/Phi-3-mini-4k-instruct", padding_side="left",
+                                           processing_batch_size=64)
+    raw["passes"]["lora"]["evaluator"] = "common_evaluator"
+    raw["passes"]["lora"]["training_args"]["resume_from_checkpoint"] = True
+    config = normalize(raw, base_dir=workspace)
+    warned = " ".join(config.warnings)
+    for key in ("load_dataset_config.trust_remote_code", "pre_process_data_config.model_name",
+                "pre_process_data_config.padding_side", "pre_process_data_config.processing_batch_size",
+                "passes.lora.evaluator", "training_args.resume_from_checkpoint"):
+        assert f"{key}: accepted and not used" in warned, key
+    plan = DataPlan(config, workspace / "cache")
+    examples = plan.examples("dataset_default_train")
+    assert examples and {ex.completion for ex in examples} == {"joy"}
+    data["load_dataset_config"]["col_filters"] = {"mood": "joy"}
+    with pytest.raises(Exception, match="col_filters names 'mood', which .* lacks"):
+        DataPlan(normalize(raw, base_dir=workspace), workspace / "cache2").examples("dataset_default_train")
+
+
 def test_seed_trust_remote_code_is_honoured_and_off_by_default(workspace):
     assert load_config(workspace / "seed-config.json").input_model.trust_remote_code is True
     assert load_config(workspace / "demo.json").input_model.trust_remote_code is False

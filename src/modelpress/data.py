@@ -17,7 +17,7 @@ from pathlib import Path
 from modelpress.config.templates import completion_split, field_text, template_fields, template_parts
 from modelpress.config.schema import DataConfig, split_name
 from modelpress.errors import DataError
-from modelpress.data_files import arrow_folder
+from modelpress.data_files import arrow_folder, filtered_rows
 
 IGNORE = -100  # label id the loss skips
 log = logging.getLogger("modelpress")
@@ -97,6 +97,8 @@ def load_rows(config: DataConfig, cache_dir: Path | None = None,
 
         (part,) = datasets.ReadInstruction.from_spec(config.split).to_absolute({"train": len(rows)})
         rows = rows[part.from_:part.to]
+    if config.col_filters and rows:
+        rows = filtered_rows(config, rows)
     if not rows:
         raise DataError(f"data config {config.name!r}: the files hold no rows ({', '.join(map(str, config.data_files))})")
     return rows

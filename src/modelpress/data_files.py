@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from modelpress.config.schema import DataConfig
+from modelpress.errors import DataError
 from modelpress.fsutil import file_sha256
 
 
@@ -54,3 +55,15 @@ def arrow_folder(cache_dir: Path, path: Path) -> Path:
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def filtered_rows(config: DataConfig, rows: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The rows whose columns equal every col_filters value (Olive's load_dataset filter)."""
+    missing = [col for col in config.col_filters if col not in rows[0][1]]
+    if missing:
+        raise DataError(f"data config {config.name!r}: col_filters names {', '.join(map(repr, missing))}, which "
+                        f"{rows[0][0]} lacks (its columns: {', '.join(rows[0][1])})")
+    kept = [(where, row) for where, row in rows if all(row.get(c) == v for c, v in config.col_filters.items())]
+    if not kept:
+        raise DataError(f"data config {config.name!r}: no row has {config.col_filters} (col_filters)")
+    return kept

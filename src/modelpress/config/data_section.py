@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.config.collector import Collector, as_mapping, unwrap
+from modelpress.config.olive_tables import INERT_DATA_KEYS
 from modelpress.config.schema import DataConfig, split_name
 from modelpress.config.paths import local_path, shadowing_folder
 
@@ -23,7 +24,7 @@ OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "c
 FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 CONTAINER_KEYS = ("name", "type", "load_dataset_config", "pre_process_data_config", "dataloader_config",
                   "post_process_data_config", "user_script", "script_dir", "params_config")
-LOAD_KEYS = ("data_name", "data_files", "split", "subset", "revision", "data_dir")
+LOAD_KEYS = ("data_name", "data_files", "split", "subset", "revision", "data_dir", "col_filters")
 # datasets' packaged loaders other than the formats above: names, not Hub ids
 OTHER_BUILDERS = ("text", "arrow", "pandas", "sql", "spark", "generator", "webdataset", "xml", "imagefolder",
                   "audiofolder", "videofolder", "pdffolder", "hdf5", "cache")
@@ -74,10 +75,18 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector, olive: bool
     for key, instead in UNREAD_SECTIONS.items():
         if sections[key][0]:
             c.note(f"{sections[key][1]}: accepted and not used: {instead}.")
+    for section, keys in INERT_DATA_KEYS.items():
+        found, where = sections[section]
+        for key in [k for k in found if k in keys]:
+            if found[key] not in (None, False):
+                c.warn(f"{where}.{key}: accepted and not used: {keys[key]}.")
+            sections[section] = ({k: v for k, v in sections[section][0].items() if k != key}, where)
     (load, load_path), (pre, pre_path) = sections["load_dataset_config"], sections["pre_process_data_config"]
     load_fields = _load_fields(load, load_path, base_dir, c)
     if load_fields is None:
         return None
+    if load.get("col_filters") is not None:  # rows kept by column value, whatever the source
+        load_fields["col_filters"] = load["col_filters"]
     data = {**pre, **load_fields, "name": raw.get("name")}
     if olive and not any(k in data for k in OWN_TEXT_KEYS):
         data["text_cols"] = ["text"]  # Olive's text-generation default (its TextGenParams.text_cols)

@@ -415,9 +415,12 @@ def _pass(name: str, spec: dict, path: str, base_dir: Path, c: Collector) -> Pas
         c.add(f"{path}.host", f"found {type(host).__name__} {host!r}: host names a system",
               "Define the system under `systems` (a name, then its type and settings) and give its name here.")
         host = None
+    if spec.get("evaluator") is not None:  # Olive's RunPassConfig field: this pass's output measured by it
+        c.warn(f"{path}.evaluator: accepted and not used: a search measures every candidate, whatever its last "
+               "pass, with the workflow's evaluator (engine.evaluator).")
     scripted = ("user_script", "script_dir") if "user_script" in spec else ("user_script",)
-    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "host", *scripted)}, "config", path,
-                         c)
+    flat, where = unwrap({k: v for k, v in spec.items() if k not in ("type", "host", "evaluator", *scripted)},
+                         "config", path, c)
     flat = _drop_inert(flat, typ, where, c)
     params_model = CATALOG[typ].params
     flat, space = _split_search(flat, params_model, CATALOG[typ], where, c)

@@ -83,6 +83,19 @@ INERT_TRAINING_KEYS: dict[str, str] = {
     "disable_tqdm": "modelpress draws its own progress, on a terminal only",
     "run_name": "the pass is named by its key in the config",
     "remove_unused_columns": "modelpress hands the Trainer tokenized rows alone",
+    "resume_from_checkpoint": "a rerun resumes from the pass's own latest checkpoint in cache_dir",
+}
+
+# Olive data keys (by section) that change nothing here, with why
+INERT_DATA_KEYS: dict[str, dict[str, str]] = {
+    "load_dataset_config": {
+        "trust_remote_code": "modelpress reads a dataset's data files, never a dataset script",
+    },
+    "pre_process_data_config": {
+        "model_name": "rows are tokenized by the tokenizer of the model each pass or evaluation reads",
+        "padding_side": "training pads on the right and batched generation on the left, as each needs",
+        "processing_batch_size": "rows are tokenized in one pass, not in batches",
+    },
 }
 
 # Olive's names of a pass key modelpress calls otherwise, renamed before search values are read (so a list of them is

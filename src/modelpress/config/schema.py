@@ -72,6 +72,9 @@ class DataConfig(Strict):
     subset: str | None = Field(None, description="Hub dataset configuration (subset) name.")
     data_dir: str | None = Field(None, description="Folder inside the Hub dataset repo to read.")
     split: str = Field("train", description="Split name passed to datasets.")
+    col_filters: dict[str, str | int | float | bool] | None = Field(
+        None, description="Keep only the rows whose columns equal these values (column -> value), read after the "
+        "split, as Olive's load_dataset_config.col_filters.")
     text_template: str | None = Field(None, description="Python format string over column names.")
     text_cols: list[str] | None = Field(
         None, validation_alias=AliasChoices("text_cols", "input_cols"),

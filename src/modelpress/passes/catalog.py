@@ -217,15 +217,43 @@ class LoHaParams(LoRAParams):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Not used by this adapter (nor by Olive's): its "
                                 "dropouts are rank_dropout and module_dropout; a warning says so when it is set.")
 
+    use_effective_conv2d: bool = Field(True, description="peft's effective decomposition of a Conv2d with a kernel "
+                                       "over 1 (a language model has none).")
+    exclude_modules: list[str] | str | None = Field(None, description="Module names (or a regex) left out of "
+                                                    "target_modules (peft's).")
+    init_weights: bool = Field(True, description="Start the adapter as no change (peft's default); false draws "
+                               "both factors at random.")
+    layers_pattern: list[str] | str | None = Field(None, description="The name of the module list that "
+                                                   "layers_to_transform indexes, where peft cannot find it (peft's).")
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="Module name (or regex) -> its rank, "
+                                         "where it differs from r (peft's).")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="Module name (or regex) -> its "
+                                            "alpha, where it differs from alpha (peft's).")
+    peft_keys: ClassVar[tuple[str, ...]] = ("use_effective_conv2d", "exclude_modules", "init_weights",
+                                            "layers_pattern", "rank_pattern", "alpha_pattern")  # to peft as named
+
     @property
     def adapter_dropout(self) -> float:
         return max(self.rank_dropout, self.module_dropout)
+
+    @model_validator(mode="after")
+    def _pattern_with_layers(self) -> "LoHaParams":
+        if self.layers_pattern and not self.layers_to_transform:
+            raise ValueError("layers_pattern names the module list that layers_to_transform indexes: give "
+                             "layers_to_transform too, or leave layers_pattern out")
+        return self
 
 
 class LoKrParams(LoHaParams):
     """LoKr: a low-rank Kronecker-product adapter (peft)."""
 
     adapter_type: ClassVar[str] = "lokr"
+    decompose_both: bool = Field(False, description="Decompose the left Kronecker factor to rank r too (peft's).")
+    decompose_factor: int = Field(-1, description="The Kronecker decomposition factor; -1: as square as the "
+                                  "shape allows (peft's).")
+    rank_dropout_scale: bool = Field(False, description="Scale the rank dropout while training (peft's).")
+    peft_keys: ClassVar[tuple[str, ...]] = (*LoHaParams.peft_keys, "decompose_both", "decompose_factor",
+                                            "rank_dropout_scale")
 
 
 class MergeAdapterWeightsParams(Strict):

@@ -238,7 +238,8 @@ def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None 
     kind = getattr(params, "adapter_type", "lora")
     if kind in ("loha", "lokr"):
         return (LoHaConfig if kind == "loha" else LoKrConfig)(
-            alpha=params.alpha, rank_dropout=params.rank_dropout, module_dropout=params.module_dropout, **common)
+            alpha=params.alpha, rank_dropout=params.rank_dropout, module_dropout=params.module_dropout,
+            **{key: getattr(params, key) for key in params.peft_keys}, **common)
     return LoraConfig(lora_alpha=params.alpha, lora_dropout=params.lora_dropout, use_dora=kind == "dora",
                       **({"ensure_weight_tying": True} if tied else {}), **common)
 
