@@ -701,6 +701,11 @@ def test_olive_cache_config_block_sets_the_cache(workspace):
     raw["cache_config"] = {"cache_dri": "x"}
     [problem] = _problems(raw, workspace)
     assert problem.startswith("cache_config.cache_dri") and "cache_dir" in problem, problem
+    # the engine keys the block leaves out are not read either (clean_cache emptied a cache Olive would keep)
+    raw["cache_config"], raw["clean_cache"] = {"cache_dir": "my-cache"}, True
+    config = normalize(raw, base_dir=workspace)
+    assert not config.engine.clean_cache
+    assert any(w.startswith("clean_cache is ignored: cache_config is given") for w in config.warnings)
 
 
 @pytest.mark.parametrize("section, typ", [("load_dataset_config", "dummy_dataset"),

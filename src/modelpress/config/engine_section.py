@@ -161,6 +161,10 @@ def _lift_cache_config(merged: dict, where: str, c: Collector) -> dict:
     for key in [k for k in lifted if k in merged and merged[k] != lifted[k]]:
         c.warn(f"{key} is given beside cache_config.{key}, differently: cache_config's is used ({lifted[key]!r}), "
                "as in Olive; keep one")
+    for key in [k for k in CACHE_CONFIG_KEYS if k in merged and k not in lifted]:  # Olive reads the block alone
+        c.warn(f"{key} is ignored: cache_config is given, and Olive reads these settings from it alone (its "
+               f"{key} is left at the default); move {key} into cache_config")
+        merged.pop(key)
     return {**merged, **lifted}
 
 
