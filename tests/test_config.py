@@ -567,9 +567,11 @@ def test_olive_0_13_search_strategy_forms_and_inert_keys(workspace):
     config = normalize(raw, base_dir=workspace)
     search = config.search
     assert (search.sampler, search.seed, search.max_samples, search.max_iter, search.max_time) == ("random", 3, 4, 0, 0)
-    for key in ("search_strategy.output_model_num", "search_strategy.include_pass_params", "workflow_id",
-                "output_name"):
+    for key in ("search_strategy.output_model_num", "workflow_id", "output_name"):
         assert any(w.startswith(f"{key}: accepted and not used") for w in config.warnings), (key, config.warnings)
+    # what include_pass_params false means in Olive (parameters not searched), and that it is not read here
+    assert any(w.startswith("search_strategy.include_pass_params: false is not read: Olive then leaves every pass "
+                            "parameter at its first value") for w in config.warnings)
 
 
 def test_olive_metric_options_that_change_nothing_are_named(workspace):
@@ -809,6 +811,14 @@ def test_an_olive_search_stops_and_samples_as_olive_says(workspace):
     raw["search_strategy"]["execution_order"] = "joint"
     config = normalize(raw, base_dir=workspace)
     assert config.search.stop_when_goals_met and config.search.max_iter == 5
+    # Olive would also search the parameters left out over their search defaults; modelpress says it does not
+    from modelpress.passes.catalog import CATALOG
+
+    assert any(n.startswith("passes.builder: Olive's search would also try block_size, algo_config, which the "
+                            "config leaves out") for n in config.notes), config.notes
+    space = CATALOG["ModelBuilder"].search_space()
+    raw["passes"]["builder"].update(block_size=space["block_size"][:2], algo_config=space["algo_config"][0])
+    assert not any(n.startswith("passes.builder: Olive's search") for n in normalize(raw, base_dir=workspace).notes)
 
 
 def test_a_mistyped_key_inside_a_list_or_mapping_gets_its_hint_and_a_bracketed_path(workspace):

@@ -246,6 +246,10 @@ def search_section(engine_raw: dict, engine_path: str, c: Collector) -> SearchCo
     for key in ("max_iter", "max_time", "max_samples"):  # Olive's null: no limit
         if key in data and data[key] is None:
             data[key] = 0
+    if data.pop("include_pass_params", True) is False:  # Olive: search between passes' alternatives only
+        c.warn(f"{path}.include_pass_params: false is not read: Olive then leaves every pass parameter at its "
+               "first value and searches only between a pass's alternatives; modelpress searches every list the "
+               "config writes (write one value to fix a parameter).")
     for key, why in INERT_SEARCH_KEYS.items():
         if key in data:
             data.pop(key)

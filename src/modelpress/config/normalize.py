@@ -124,6 +124,8 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     if style != "modelpress" and search.enabled:  # Olive's schema: its search behaves as Olive's does
         search = _olive_search(search, engine_path, c)
     passes = _passes(raw.get("passes", {}), search, base_dir, c)
+    if style != "modelpress" and search.enabled and passes:
+        _note_unsearched(raw.get("passes", {}), passes, c)
     for p in passes or [] if style != "modelpress" else []:  # Olive's schema, which an Olive user reads as Olive
         if isinstance(p.params, LoRAParams):
             _note_olive_defaults(p.params, p.type, f"passes.{p.name}", c)
@@ -141,6 +143,19 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
                           passes=passes, evaluation=evaluation, evaluator=evaluator, search=search,
                           engine=engine_config, systems=systems, raw=raw, base_dir=base_dir, warnings=c.warnings,
                           notes=c.notes)
+
+
+def _note_unsearched(raw_passes: dict, passes: list[PassConfig], c: Collector) -> None:
+    """Olive's search also tries the parameters a config leaves out over their search defaults; modelpress searches
+    what the config lists: said, per pass, with the parameters it would search when listed."""
+    for p in passes:
+        spec = raw_passes.get(p.name) if isinstance(raw_passes, dict) else None
+        written = set(spec) | set(spec.get("config") or {}) if isinstance(spec, dict) else set()
+        unset = [name for name in CATALOG[p.type].search_space() if name not in written]
+        if unset:
+            c.note(f"passes.{p.name}: Olive's search would also try {', '.join(unset)}, which the config leaves out; "
+                   "modelpress searches only the values a config lists (write a list, or \"SEARCHABLE_VALUES\", "
+                   "to search one)")
 
 
 def _export_kv_cache(passes: list[PassConfig], c: Collector) -> None:

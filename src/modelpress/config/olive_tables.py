@@ -26,7 +26,6 @@ INERT_ENGINE_KEYS: dict[str, str] = {
 INERT_SEARCH_KEYS: dict[str, str] = {
     "output_model_num": "the search keeps the one best model in output_dir/model; metrics.json holds every "
                         "candidate with its pass settings and the Pareto front",
-    "include_pass_params": "metrics.json always holds every candidate's pass settings",
 }
 
 # Keys every ONNX pass of Olive takes about how weights are stored; modelpress always keeps them in
