@@ -187,6 +187,33 @@ def test_a_template_that_rewrites_earlier_turns_trains_the_last_turn_only(tokeni
     assert _trained_text(tokenizer, ids, labels).strip() == "d"
 
 
+# DeepSeek-R1-Distill's way: earlier answers lose their think block, and the generation prompt opens a think block
+# that a rendered answer does not have
+R1 = ("{% for m in messages %}{% if m['role'] == 'user' %}<|User|>{{ m['content'] }}{% else %}"
+      "{% set c = m['content'] %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}"
+      "<|Assistant|>{{ c }}<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|><think>\n"
+      "{% endif %}")
+
+
+def test_a_generation_prompt_that_opens_the_answer_otherwise_trains_after_the_prompt_inference_writes(tokenizer):
+    """DeepSeek-R1-Distill's generation prompt ends with "<think>\n", which its rendered answer lacks: every row,
+    a single turn too, was refused as a template that "rewrites earlier turns". The answer now follows the prompt as
+    inference writes it (generate's too), and only the answer and its end are trained."""
+    from modelpress.generate import prompt_and_stop
+
+    columns = {"user": "{q}", "assistant": "{a}"}
+    [ex] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "joy"}), ChatFormat(R1))
+    assert (ex.prompt, ex.completion, ex.stop) == ("<|User|>hi<|Assistant|><think>\n", "joy", "<|end|>")
+    [(ids, labels)] = tokenize([ex], tokenizer, _config(chat_columns=columns))
+    assert _trained_text(tokenizer, ids, labels) == "joy<|end|>"
+    card = {"task": {"chat": {"template": R1, "special_tokens": {}, "columns": columns}}}
+    assert prompt_and_stop(card, "hi") == (ex.prompt, ex.stop)
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    [multi] = render(_config(), _rows({"messages": turns}), ChatFormat(R1))  # earlier turns: context
+    assert (multi.prompt, multi.completion) == ("<|User|>a<|Assistant|>b<|end|><|User|>c<|Assistant|><think>\n", "d")
+
+
 def test_a_template_whose_last_turn_cannot_be_located_is_refused():
     counting = ("{{ messages | length }}\n{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                 "{% if add_generation_prompt %}assistant: {% endif %}")  # its first line changes with every turn

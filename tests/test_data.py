@@ -384,6 +384,22 @@ def test_chat_columns_may_name_any_column_and_an_unbalanced_brace_is_refused(tmp
         DataConfig(**common, chat_columns={"user": "Q: {q", "assistant": "{label}"})
 
 
+def test_a_classifiers_input_that_holds_its_label_is_refused(tmp_path):
+    """The worked example's template with label_col tone made every input end with its own label: accuracy near 1.0
+    that measured nothing."""
+    from pydantic import ValidationError
+
+    from modelpress.config.schema import DataConfig
+
+    common = {"name": "d", "data_files": [str(tmp_path / "x.json")], "label_col": "tone"}
+    with pytest.raises(ValidationError, match="text_template\\) holds label_col 'tone'"):
+        DataConfig(**common, text_template="### Text: {phrase}\n### The tone is:\n{tone}")
+    with pytest.raises(ValidationError, match="text_cols\\) holds label_col 'tone'"):
+        DataConfig(**common, text_cols=["phrase", "tone"])
+    assert DataConfig(**common, text_cols=["phrase"]).label_col == "tone"
+    assert DataConfig(**common, text_template="Review: {phrase}").label_col == "tone"
+
+
 def test_max_samples_caps_a_classifiers_training_rows_as_it_caps_a_language_models(bert_folder, tmp_path):
     """A text classifier's features took every row: max_samples was read on the causal-LM path only."""
     from transformers import AutoTokenizer

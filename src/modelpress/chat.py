@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,14 @@ class ChatFormat:
         for i in turns if earlier_turns else turns[-1:]:
             before = self.render(messages[:i], add_generation_prompt=True)
             upto = self._without_closing(self.render(messages[: i + 1]), full)
+            common = len(os.path.commonprefix([before, upto]))
+            if i == turns[-1] and full.startswith(upto) and not upto.startswith(before) and common >= pos \
+                    and common >= len(self.render(messages[:i])):  # only the generation prompt differs
+                # the generation prompt opens the answer otherwise than the rendered turn (DeepSeek-R1's "<think>\n"
+                # after its assistant tag): the prompt as inference writes it, then the answer as the turn has it
+                out += [(before[pos:], False), (upto[common:], True)]
+                pos = len(upto)
+                continue
             if not (full.startswith(upto) and upto.startswith(before) and len(before) >= pos):
                 raise DataError("the chat template does not render a conversation as a growing prefix (it rewrites "
                                 "earlier turns), so the answer cannot be located for the loss. Give a template "
