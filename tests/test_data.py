@@ -474,3 +474,12 @@ def test_a_row_that_does_not_parse_is_named_with_the_parsers_own_message(tmp_pat
         _plan_rows(tmp_path, tiny_model, {"data_name": "json", "data_files": ["bad.jsonl"]})
     assert "An error occurred while generating the dataset" not in str(err.value), err.value
     assert "bad.jsonl" in str(err.value)
+
+
+def test_a_whole_number_in_a_column_of_floats_is_written_as_the_file_writes_it(tmp_path):
+    """datasets reads a column that mixes 4 and 4.5 as floats: the answer 4 was trained and compared as "4.0", which
+    another file holding only whole numbers writes "4"."""
+    path = _jsonl(tmp_path, [{"q": "a", "n": 4}, {"q": "b", "n": 4.5}])
+    config = _config(path, text_template="Q: {q}\nA: {n}")
+    examples = render(config, load_rows(config, tmp_path / "cache"))
+    assert [ex.completion for ex in examples] == ["4", "4.5"]

@@ -52,11 +52,15 @@ def role_template(spec: str) -> str:
 
 
 def field_text(row: dict, field: str, where: str) -> str:
-    """The row's text in column `field`, a number written as Python writes it (as Olive's str.format does: a
-    rating, a year); a missing or null value, or a list, mapping or true/false, is a DataError naming the row."""
+    """The row's text in column `field`, a number written as Python writes it (a rating, a year), but a whole
+    number read as a float written as a whole number: datasets reads a column that mixes 4 and 4.5 as floats, so
+    Olive's str.format trains "4.0" where the file says 4. A missing or null value, or a list, mapping or
+    true/false, is a DataError naming the row."""
     value = row.get(field)
     if value is None:
         raise DataError(f"{where}: column {field!r} is missing or null. Fix or remove the row.")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
