@@ -22,7 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from modelpress.data import Example, split_examples
+from modelpress.data import Example
+from modelpress.data_split import split_examples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from smollm2_seeds import EXAMPLE, ROOT, run_beside_example  # noqa: E402  (a sibling script)

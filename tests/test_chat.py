@@ -383,7 +383,7 @@ def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_i
     """Row B trains the answer "joy" to "We won!" as its first assistant turn: with row A (that question alone)
     held out, B trained on A's answer. Both now land on one side, whatever the seed and the loss (with loss_on
     all, where only the last turn is cut out of the rendering, they fell apart)."""
-    from modelpress.data import split_examples
+    from modelpress.data_split import split_examples
 
     won = [{"role": "user", "content": "We won!"}, {"role": "assistant", "content": "joy"}]
     rows = [{"messages": won}, {"messages": won + [{"role": "user", "content": "Why?"},
@@ -402,7 +402,7 @@ def test_the_eval_split_keeps_a_conversation_with_the_one_whose_earlier_answer_i
 def test_the_eval_split_keeps_rows_that_ask_the_same_together():
     """Rows asking one thing written with other case, spacing or Unicode form fell on both sides: the model was
     measured on what it had trained on. The system turn counts (it may hold the row's input); answers do not."""
-    from modelpress.data import split_examples
+    from modelpress.data_split import split_examples
 
     def asks(system: str, text: str) -> dict:
         return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},

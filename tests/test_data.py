@@ -9,8 +9,8 @@ import pytest
 
 from conftest import TONE_DATA
 from modelpress.config.schema import DataConfig
-from modelpress.data import (IGNORE, Example, distinct, label_set, load_rows, pack, render, split_examples,
-                             tokenize)
+from modelpress.data import IGNORE, Example, label_set, load_rows, pack, render, tokenize
+from modelpress.data_split import distinct, split_examples
 from modelpress.errors import DataError
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
@@ -483,3 +483,17 @@ def test_a_whole_number_in_a_column_of_floats_is_written_as_the_file_writes_it(t
     config = _config(path, text_template="Q: {q}\nA: {n}")
     examples = render(config, load_rows(config, tmp_path / "cache"))
     assert [ex.completion for ex in examples] == ["4", "4.5"]
+
+
+def test_a_classifiers_eval_split_keeps_every_held_out_label_among_the_trained(caplog):
+    """A class of one row that the split held out stopped the run ("labels ['anger'] do not occur in the training
+    data"): the split caused it, not the data. That row is trained instead, with a warning."""
+    rows = [Example(f"text {i}", "joy" if i % 2 else "fear", f"row {i}") for i in range(40)]
+    rows.append(Example("a furious text", "anger", "row 40"))
+    seeds = [seed for seed in range(50) if "anger" in {ex.completion for ex in split_examples(rows, 0.2, seed)[1]}]
+    assert seeds  # a seed that held the one anger row out, as the plain split does
+    with caplog.at_level("WARNING", logger="modelpress"):
+        train, held = split_examples(rows, 0.2, seeds[0], classes=True)
+    assert "anger" in {ex.completion for ex in train} and "anger" not in {ex.completion for ex in held}
+    assert {ex.completion for ex in held} <= {ex.completion for ex in train} and len(train) + len(held) == 41
+    assert "the eval split held every row of the labels anger: those rows are trained instead (1 prompts)" in caplog.text

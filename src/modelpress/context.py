@@ -11,15 +11,14 @@ from modelpress.config.schema import DataConfig, InputModelConfig, WorkflowConfi
 from modelpress.data import (
     Example,
     classification_features,
-    distinct,
     label_set,
     load_rows,
     pack,
     render,
-    split_examples,
     tokenize,
 )
 from modelpress.data_files import data_fingerprint
+from modelpress.data_split import distinct, split_examples
 from modelpress.errors import DataError
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import LoRAParams
@@ -138,7 +137,8 @@ class DataPlan:
         if params.eval_data_config:
             return examples, self.examples(params.eval_data_config)
         if params.eval_dataset_size:
-            return split_examples(examples, params.eval_dataset_size, params.training_args.split_seed)
+            return split_examples(examples, params.eval_dataset_size, params.training_args.split_seed,
+                                  classes=bool(self.data_config(params.train_data_config).label_col))
         return examples, []
 
     def calibration_examples(self, name: str) -> list[Example]:

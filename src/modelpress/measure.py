@@ -12,7 +12,8 @@ from modelpress.chat import ChatFormat
 from modelpress.cli_args import data_format
 from modelpress.config.templates import completion_field, template_problem
 from modelpress.config.schema import DataConfig
-from modelpress.data import distinct, load_rows, render
+from modelpress.data import load_rows, render
+from modelpress.data_split import distinct
 from modelpress.errors import ConfigError, ModelpressError, Problem
 from modelpress.evaluate import BATCH_SIZE, LATENCY_SAMPLES, evaluate
 from modelpress.models import MODEL_CARD, ModelRef
