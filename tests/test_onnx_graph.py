@@ -279,6 +279,17 @@ def test_renamed_genai_inputs_and_outputs_are_renamed_in_genai_config_too(genai_
                                GenaiRunner(genai_fp32.path).logits_batch(rows), atol=1e-5)
 
 
+def test_a_plain_onnx_model_with_its_logits_renamed_still_runs(bert_onnx, tmp_path):
+    """RenameOutputs on a plain ONNX model passed its own check, and every later evaluation or session tuning asked
+    onnxruntime for "logits" and failed ("Invalid Output Name")."""
+    from modelpress.onnx_model import OnnxModel
+
+    renamed = _run(bert_onnx, tmp_path / "r", "GraphSurgeries", surgeries=[
+        {"surgeon": "RenameOutputs", "old_names": ["logits"], "new_names": ["scores"]}])
+    ids = [[101, 2023, 2003, 102], [101, 2204, 102]]
+    np.testing.assert_array_equal(OnnxModel(renamed.path).logits(ids), OnnxModel(bert_onnx.path).logits(ids))
+
+
 def test_renamed_key_value_inputs_rewrite_genai_configs_layer_template(genai_fp32, tmp_path):
     """genai names each layer's cache input from one template ("past_key_values.%d.key"): renaming every layer's
     input the same way rewrites the template, and the model generates as before; renaming some layers only
@@ -389,9 +400,10 @@ def test_olive_recipes_int4_then_shared_int8_table_keeps_one_table_in_a_genai_mo
 
 def test_metadata_only_makes_a_genai_folder_of_an_exported_model_with_its_kv_cache(tiny_model, tmp_path):
     """Olive's OnnxConversion (use_kv_cache) -> ModelBuilder metadata_only: the exported graph, copied as it is, runs
-    in onnxruntime-genai with the config the builder writes (its position_ids input left out: the export takes
-    none), and gives the PyTorch model's logits and greedy answer. Before, metadata_only on a Hugging Face model
-    wrote a folder with no model in it, and on an ONNX model was refused."""
+    in onnxruntime-genai with the config the builder writes, and gives the PyTorch model's logits and greedy answer,
+    a prompt in a padded batch the same as alone (the export took no position ids, so a shorter row decoded at the
+    batch's width). Before, metadata_only on a Hugging Face model wrote a folder with no model in it, and on an ONNX
+    model was refused."""
     import torch
 
     from modelpress.config.normalize import normalize
@@ -405,7 +417,7 @@ def test_metadata_only_makes_a_genai_folder_of_an_exported_model_with_its_kv_cac
     genai = _run(exported, tmp_path / "genai", "ModelBuilder", metadata_only=True)
     assert genai.kind == "onnx-genai" and (genai.path / "genai_config.json").is_file()
     config = json.loads((genai.path / "genai_config.json").read_text())
-    assert "position_ids" not in config["model"]["decoder"]["inputs"]
+    assert config["model"]["decoder"]["inputs"]["position_ids"] == "position_ids"
     with torch.no_grad():
         expected = load_causal_lm(tiny_model)(torch.tensor([IDS])).logits[0].numpy()
     runner = GenaiRunner(genai.path)
@@ -415,6 +427,8 @@ def test_metadata_only_makes_a_genai_folder_of_an_exported_model_with_its_kv_cac
                                                      eos_token_id=None)[0, len(IDS):].tolist()
     generated = runner.generate_ids([IDS], 8)[0]
     assert generated == greedy
+    longer = list(range(5, 5 + len(IDS) + 7))
+    assert runner.generate_ids([IDS, longer], 8)[0] == greedy  # right-padded beside a longer row
     from conftest import tone_workflow
 
     from modelpress.errors import ModelpressError
@@ -499,3 +513,22 @@ def test_renaming_an_adapter_input_renames_its_weights_in_the_adapter_file(tmp_p
                surgeries=[{"surgeon": "RenameInputs", "old_names": [weight], "new_names": ["lora_a_0"]}])
     assert [i.name for i in onnx.load(str(out.path / "model.onnx")).graph.input] == ["x", "lora_a_0"]
     assert list(read_adapter(out.path / "adapter_weights.npz")) == ["lora_a_0"]
+
+
+def test_bfloat16_lora_weights_are_written_to_and_read_from_an_onnx_adapter(tmp_path):
+    """A bf16 genai build's LoRA weights (ModelBuilder precision bf16, then ExtractAdapters) are bfloat16 arrays as
+    onnx reads them, which OrtValue.ortvalue_from_numpy refused (and OrtValue.numpy refuses to give back)."""
+    import ml_dtypes
+    import onnxruntime as ort
+
+    from modelpress.onnx_adapters import read_adapter, write_adapter
+
+    weights = (np.arange(12, dtype=np.float32).reshape(3, 4) / 7).astype(ml_dtypes.bfloat16)
+    path = tmp_path / "adapter_weights.onnx_adapter"
+    write_adapter({"lora_A": weights, "lora_B": np.ones((4, 3), np.float32)}, path)
+    stored = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
+    assert stored["lora_A"].data_type() == "tensor(bfloat16)" and stored["lora_A"].shape() == [3, 4]
+    back = read_adapter(path)
+    assert back["lora_A"].dtype == weights.dtype and np.array_equal(back["lora_A"].view(np.uint16),
+                                                                     weights.view(np.uint16))
+    assert np.array_equal(back["lora_B"], np.ones((4, 3), np.float32))

@@ -164,10 +164,49 @@ def test_kv_cache_export_decodes_incrementally(tiny_model, tmp_path):
     names = [o.name for o in session.get_outputs()]
     empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
              for i in session.get_inputs() if i.name.startswith("past_key_values")}
-    first = session.run(None, {"input_ids": ids[:, :8], "attention_mask": np.ones((1, 8), np.int64), **empty})
+    first = session.run(None, {"input_ids": ids[:, :8], "attention_mask": np.ones((1, 8), np.int64),
+                               "position_ids": np.arange(8)[None], **empty})
     past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], first[1:])}
-    step = session.run(["logits"], {"input_ids": ids[:, 8:], "attention_mask": np.ones((1, 12), np.int64), **past})
+    step = session.run(["logits"], {"input_ids": ids[:, 8:], "attention_mask": np.ones((1, 12), np.int64),
+                                    "position_ids": np.arange(8, 12)[None], **past})
     assert np.abs(step[0] - expected[:, 8:]).max() < FP32_ATOL
+    # a row right-padded in a batch decodes at its own length: without position ids its new tokens sat at the
+    # padded width, and its logits differed by up to 4.8 from the row alone
+    padded = np.concatenate([ids[:, :8], np.zeros((1, 3), np.int64)], axis=1)
+    empty = {k: v for k, v in empty.items()}
+    first = session.run(None, {"input_ids": padded, "attention_mask": np.array([[1] * 8 + [0] * 3]),
+                               "position_ids": np.array([list(range(8)) + [7, 7, 7]]), **empty})
+    past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], first[1:])}
+    step = session.run(["logits"], {"input_ids": ids[:, 8:9], "attention_mask": np.array([[1] * 8 + [0] * 3 + [1]]),
+                                    "position_ids": np.array([[8]]), **past})
+    assert np.abs(step[0] - expected[:, 8:9]).max() < FP32_ATOL
+
+
+def test_kv_cache_export_of_a_sliding_window_model_keeps_the_whole_past(tiny_model, tmp_path):
+    """A config with sliding_window (Phi-3-mini: 2047) made the traced cache a sliding one: past the window the
+    present came back shorter than past + new and the positions restarted from the cut length."""
+    import shutil
+
+    folder = tmp_path / "sliding"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 6}))
+    out = _run(run_conversion, OnnxConversionParams(use_kv_cache=True),
+               ModelRef(HF, folder, id="s", task={"task": "text-generation"}), tmp_path / "kv")
+    ids = np.random.default_rng(4).integers(0, 1000, size=(1, 12))
+    with torch.no_grad():
+        expected = load_causal_lm(folder).eval()(input_ids=torch.tensor(ids), use_cache=False).logits.numpy()
+    session = OnnxModel(out.path).session
+    names = [o.name for o in session.get_outputs()]
+    empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+             for i in session.get_inputs() if i.name.startswith("past_key_values")}
+    first = session.run(None, {"input_ids": ids[:, :8], "attention_mask": np.ones((1, 8), np.int64),
+                               "position_ids": np.arange(8)[None], **empty})
+    assert first[1].shape[2] == 8  # the whole past, not the window's
+    past = {n.replace("present", "past_key_values"): v for n, v in zip(names[1:], first[1:])}
+    step = session.run(None, {"input_ids": ids[:, 8:], "attention_mask": np.ones((1, 12), np.int64),
+                              "position_ids": np.arange(8, 12)[None], **past})
+    assert step[1].shape[2] == 12 and np.abs(step[0] - expected[:, 8:]).max() < FP32_ATOL
 
 
 def test_kv_cache_is_rejected_for_a_classifier(bert_folder, tmp_path):

@@ -36,7 +36,7 @@ def write_adapter(values: dict, path: Path) -> None:
         adapter = ort.AdapterFormat()
         adapter.set_adapter_version(1)
         adapter.set_model_version(1)
-        adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in values.items()})
+        adapter.set_parameters({k: _ort_value(ort, v) for k, v in values.items()})
         adapter.export_adapter(str(tmp))
     elif path.suffix == ".npz":
         with open(tmp, "wb") as f:
@@ -48,6 +48,30 @@ def write_adapter(values: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def _ort_value(ort, array):
+    """An OrtValue of `array`; a bfloat16 one (a bf16 genai build's LoRA weights, as onnx reads them) from its bits,
+    which ortvalue_from_numpy refuses."""
+    import numpy as np
+
+    if array.dtype.name == "bfloat16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), onnx_element_type=16)
+    return ort.OrtValue.ortvalue_from_numpy(array)
+
+
+def _array(value):
+    """A copy of an OrtValue's tensor; a bfloat16 one (which OrtValue.numpy refuses) read from its bits."""
+    import ctypes
+
+    import numpy as np
+
+    if value.data_type() != "tensor(bfloat16)":
+        return np.array(value.numpy(), copy=True)
+    import ml_dtypes
+
+    bits = (ctypes.c_uint8 * value.tensor_size_in_bytes()).from_address(value.data_ptr())
+    return np.frombuffer(bits, dtype=np.uint16).reshape(value.shape()).copy().view(ml_dtypes.bfloat16)
+
+
 def read_adapter(path: Path) -> dict:
     """{name: numpy array} from an adapter file."""
     import numpy as np
@@ -57,7 +81,7 @@ def read_adapter(path: Path) -> dict:
         import onnxruntime as ort
 
         adapter = ort.AdapterFormat.read_adapter(str(path))  # its arrays are views of its memory: copy them
-        return {k: np.array(v.numpy(), copy=True) for k, v in adapter.get_parameters().items()}
+        return {k: _array(v) for k, v in adapter.get_parameters().items()}
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

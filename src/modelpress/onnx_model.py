@@ -142,12 +142,14 @@ def graph_feeds(inputs, input_ids, attention_mask=None, token_type_ids=None) -> 
         elif spec.name == "token_type_ids":
             feeds[spec.name] = np.zeros_like(ids, dtype=dtype) if token_type_ids is None else \
                 np.asarray(token_type_ids).astype(dtype)
+        elif spec.name == "position_ids":  # counted along each row's mask: a left-padded row starts at 0 too
+            feeds[spec.name] = np.clip(mask.cumsum(-1) - 1, 0, None).astype(dtype)
         elif spec.name.startswith("past_key_values"):
             heads, head_size = spec.shape[1], spec.shape[3]
             feeds[spec.name] = np.zeros((ids.shape[0], heads, 0, head_size), dtype=dtype)
         else:
             raise ModelpressError(f"the ONNX graph has an input {spec.name!r} that modelpress cannot fill "
-                                  "(known: input_ids, attention_mask, token_type_ids, past_key_values.*)")
+                                  "(known: input_ids, attention_mask, token_type_ids, position_ids, past_key_values.*)")
     return feeds
 
 
@@ -194,7 +196,13 @@ class OnnxModel:
         import numpy as np
 
         feeds = graph_feeds(self.session.get_inputs(), input_ids, attention_mask, token_type_ids)
-        return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)
+        return np.asarray(self.session.run([logits_name(self.session)], feeds)[0], dtype=np.float32)
+
+
+def logits_name(session) -> str:
+    """The graph's logits output: `logits`, or its first output where GraphSurgeries' RenameOutputs renamed it."""
+    names = [o.name for o in session.get_outputs()]
+    return "logits" if "logits" in names else names[0]
 
 
 def hf_config(folder: Path) -> dict:

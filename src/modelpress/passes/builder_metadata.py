@@ -2,7 +2,8 @@
 use_kv_cache, possibly optimized or quantized since) becomes an onnxruntime-genai folder. The model is copied as
 it is; the builder writes only genai_config.json and the tokenizer files (its `config_only`), from the config.json
 and tokenizer that OnnxConversion keeps beside the model; the config's decoder inputs are then fitted to the
-inputs the graph has (a dynamo export takes no position_ids), and a graph genai cannot drive is refused."""
+inputs the graph has (an export of another tool may take no position_ids), and a graph genai cannot drive is
+refused."""
 
 from __future__ import annotations
 
@@ -79,15 +80,21 @@ def build_metadata(ctx: PassContext, precision: str, ep: str, options: list[str]
 
 
 def fit_decoder_inputs(config_path: Path, graph_inputs: set[str]) -> tuple[list[str], dict]:
-    """Remove from genai_config.json's decoder inputs those the graph does not take; returns their keys and the
-    config as written. A per-layer name template is checked on layer 0."""
+    """Remove from genai_config.json's decoder inputs those the graph does not take, and name the position ids
+    where the graph takes them and the builder's config for this architecture does not (genai then computes them
+    from each row's mask); returns the removed keys and the config as written. A per-layer name template is
+    checked on layer 0."""
     config = read_json(config_path)
     decoder = config["model"]["decoder"]
-    dropped = [key for key, name in decoder.get("inputs", {}).items()
+    inputs = decoder.setdefault("inputs", {})
+    dropped = [key for key, name in inputs.items()
                if (name.replace("%d", "0") if "%d" in name else name) not in graph_inputs]
     for key in dropped:
-        del decoder["inputs"][key]
-    if dropped:
+        del inputs[key]
+    added = "position_ids" in graph_inputs and "position_ids" not in inputs
+    if added:
+        inputs["position_ids"] = "position_ids"
+    if dropped or added:
         atomic_write_json(config_path, config)
     return dropped, config
 

@@ -1,8 +1,8 @@
 """OnnxConversion: export a Hugging Face model to ONNX with torch.onnx.export (the dynamo exporter).
 
 A classifier gives per-row logits; a causal LM gives logits for every position, and with
-`use_kv_cache` past key/values in and present key/values out, the layout onnxruntime-genai reads
-(`past_key_values.{i}.key|value` -> `present.{i}.key|value`). The folder it writes holds
+`use_kv_cache` position ids and past key/values in and present key/values out, the layout onnxruntime-genai
+reads (`past_key_values.{i}.key|value` -> `present.{i}.key|value`). The folder it writes holds
 model.onnx (+ model.onnx.data), config.json and the tokenizer, as every plain ONNX pass expects.
 """
 
@@ -108,7 +108,7 @@ def _logits_module(model, extra: dict):
 
 
 def _kv_plan(model, ids, mask, batch, seq) -> dict:
-    """A causal LM with past key/values in and present key/values out, traced with a 3-token past."""
+    """A causal LM with positions and past key/values in and present key/values out, traced with a 3-token past."""
     import torch
 
     with torch.no_grad():
@@ -117,10 +117,14 @@ def _kv_plan(model, ids, mask, batch, seq) -> dict:
     layers = len(past.layers)
     kv_names = [f"{{}}.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     past_len, total = torch.export.Dim("past_sequence"), torch.export.Dim("total_sequence")
-    return {"module": _cached_module(model, layers), "args": (ids[:, 3:], mask, flat),
-            "inputs": ["input_ids", "attention_mask"] + [n.format("past_key_values") for n in kv_names],
+    # positions are an input, as the builder's graphs take them: a padded row's new tokens sit at its own length
+    # (counted from its mask), not at the batch's padded width
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, 3:]
+    return {"module": _cached_module(model, layers), "args": (ids[:, 3:], mask, positions, flat),
+            "inputs": ["input_ids", "attention_mask", "position_ids"] + [n.format("past_key_values") for n in kv_names],
             "outputs": ["logits"] + [n.format("present") for n in kv_names],
-            "dynamic": ({0: batch, 1: seq}, {0: batch, 1: total}, tuple({0: batch, 2: past_len} for _ in flat))}
+            "dynamic": ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
+                        tuple({0: batch, 2: past_len} for _ in flat))}
 
 
 def _cached_module(model, layers: int):
@@ -134,12 +138,14 @@ def _cached_module(model, layers: int):
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, past_key_values):
-            cache = DynamicCache(config=self.model.config)
+        def forward(self, input_ids, attention_mask, position_ids, past_key_values):
+            # full layers whatever the config's sliding_window: a sliding layer would keep only its window of the
+            # past and hand back a shorter present (the window is in the attention mask, from the config)
+            cache = DynamicCache()
             for i in range(layers):
                 cache.update(past_key_values[2 * i], past_key_values[2 * i + 1], i)
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                             use_cache=True)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True)
             present = out.past_key_values.layers
             return (out.logits, *(t for layer in present for t in (layer.keys, layer.values)))
 

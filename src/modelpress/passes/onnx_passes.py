@@ -34,6 +34,7 @@ from modelpress.onnx_model import (
     hf_config,
     input_specs,
     logit_drift,
+    logits_name,
     model_bytes,
     op_counts,
     pad_batch,
@@ -486,10 +487,10 @@ def _latency(folder: Path, settings: SessionSettings, ids, params: OrtSessionPar
                                    providers=["CPUExecutionProvider"])
     feeds = graph_feeds(session.get_inputs(), ids)
     for _ in range(params.warmup_num):
-        session.run(["logits"], feeds)
+        session.run([logits_name(session)], feeds)
     times = []
     for _ in range(params.repeat_test_num):
         start = time.perf_counter()
-        session.run(["logits"], feeds)
+        session.run([logits_name(session)], feeds)
         times.append((time.perf_counter() - start) * 1000)
     return {"median": statistics.median(times), "min": min(times)}
