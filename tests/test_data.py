@@ -497,3 +497,24 @@ def test_a_classifiers_eval_split_keeps_every_held_out_label_among_the_trained(c
     assert "anger" in {ex.completion for ex in train} and "anger" not in {ex.completion for ex in held}
     assert {ex.completion for ex in held} <= {ex.completion for ex in train} and len(train) + len(held) == 41
     assert "the eval split held every row of the labels anger: those rows are trained instead (1 prompts)" in caplog.text
+
+
+def test_an_eval_data_config_that_shares_prompts_with_the_training_rows_is_said(tiny_model, tmp_path, caplog):
+    """Two data configs over one file (split train[:80%] and train[80%:]) slice rows, not distinct prompts: the
+    cookbook file repeats phrases, so the eval loss partly measured recall of trained rows, unsaid."""
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.context import DataPlan
+
+    raw = tone_workflow(tiny_model, {})
+    val = copy.deepcopy(raw["data_configs"][0])
+    raw["data_configs"][0]["load_dataset_config"]["split"] = "train[:80%]"
+    val.update(name="val")
+    val["load_dataset_config"]["split"] = "train[80%:]"
+    raw["data_configs"].append(val)
+    raw["passes"] = {"lora": {"type": "LoRA", "train_data_config": "tone", "eval_data_config": "val"}}
+    config = normalize(raw, base_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="modelpress"):
+        train, evaluation = DataPlan(config, tmp_path / "c").training_examples(config.passes[0].params)
+    assert train and evaluation
+    assert "eval data config 'val': " in caplog.text and "are asked by training rows of 'tone' too" in caplog.text

@@ -18,7 +18,7 @@ from modelpress.data import (
     tokenize,
 )
 from modelpress.data_files import data_fingerprint
-from modelpress.data_split import distinct, split_examples
+from modelpress.data_split import distinct, shared_prompts, split_examples
 from modelpress.errors import DataError
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import LoRAParams
@@ -135,7 +135,13 @@ class DataPlan:
         """(train, eval) examples for a training pass, honouring eval_data_config or eval_dataset_size."""
         examples = self.examples(params.train_data_config)
         if params.eval_data_config:
-            return examples, self.examples(params.eval_data_config)
+            evaluation = self.examples(params.eval_data_config)
+            shared = shared_prompts(examples, evaluation)
+            if shared:
+                log.warning("eval data config %r: %d of its distinct prompts are asked by training rows of %r too, "
+                            "so its eval loss partly measures recall of trained rows (eval_dataset_size splits by "
+                            "distinct prompt)", params.eval_data_config, shared, params.train_data_config)
+            return examples, evaluation
         if params.eval_dataset_size:
             return split_examples(examples, params.eval_dataset_size, params.training_args.split_seed,
                                   classes=bool(self.data_config(params.train_data_config).label_col))

@@ -107,3 +107,9 @@ def _prompt_groups(examples: list[Example]) -> dict[str, list[Example]]:
     for ex in examples:
         groups.setdefault(root(_key(ex)), []).append(ex)
     return groups
+
+
+def shared_prompts(train: list[Example], evaluation: list[Example]) -> int:
+    """How many distinct eval prompts a training row asks too (two data configs over one file, sliced by rows)."""
+    trained = {_asked(ex) for ex in train}
+    return len({_asked(ex) for ex in evaluation} & trained)
