@@ -211,6 +211,9 @@ def test_a_generation_prompt_that_opens_the_answer_otherwise_trains_after_the_pr
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
              {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
     [multi] = render(_config(), _rows({"messages": turns}), ChatFormat(R1))  # earlier turns: context
+    # an answer that starts as the generation prompt goes on ("<" after the assistant tag) is kept whole
+    [tagged] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "<b>bold</b>"}), ChatFormat(R1))
+    assert (tagged.prompt, tagged.completion, tagged.target) == (ex.prompt, "<b>bold</b>", "<b>bold</b><|end|>")
     assert (multi.prompt, multi.completion) == ("<|User|>a<|Assistant|>b<|end|><|User|>c<|Assistant|><think>\n", "d")
 
 

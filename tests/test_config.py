@@ -83,6 +83,11 @@ def test_a_key_given_nested_and_beside_it_takes_the_nested_value_as_olive_does(w
     assert "training_args.extra_args: per_device_train_batch_size is given here and beside it" in warned
     assert "search_strategy.sampler_config: seed is given here and beside it" in warned
     assert "adam_beta1" not in warned  # given once: no warning
+    # the strategy's own keys are read beside sampler_config only: a copy inside goes to Olive's sampler, unread
+    raw["engine"]["search_strategy"].update(max_iter=10, sampler_config={"seed": 7, "max_iter": 5})
+    config = normalize(raw, base_dir=workspace)
+    assert config.search.max_iter == 10 and config.search.seed == 7
+    assert any("sampler_config.max_iter: not read" in w for w in config.warnings)
 
 
 def test_olives_load_kwargs_defaults_and_spellings_are_read_and_errors_named_where_written(workspace):
@@ -103,8 +108,10 @@ def test_olives_load_kwargs_defaults_and_spellings_are_read_and_errors_named_whe
     assert "input_model.load_kwargs.attn_implementation" in problems
     seed = _seed(workspace)
     seed["input_model"]["config"]["hf_config"]["model_loading_args"]["trust_remote_code"] = "maybe"
-    assert any(p.startswith("input_model.config.hf_config.model_loading_args.trust_remote_code")
-               for p in _problems(seed, workspace))
+    seed["input_model"]["config"]["load_kwargs"] = {"attn_implementation": "flash"}  # each named where written
+    problems = _problems(seed, workspace)
+    assert any(p.startswith("input_model.config.hf_config.model_loading_args.trust_remote_code") for p in problems)
+    assert any(p.startswith("input_model.config.load_kwargs.attn_implementation") for p in problems), problems
 
 
 def test_relative_paths_resolve_against_the_config_folder(workspace):
@@ -819,6 +826,9 @@ def test_an_olive_search_stops_and_samples_as_olive_says(workspace):
     space = CATALOG["ModelBuilder"].search_space()
     raw["passes"]["builder"].update(block_size=space["block_size"][:2], algo_config=space["algo_config"][0])
     assert not any(n.startswith("passes.builder: Olive's search") for n in normalize(raw, base_dir=workspace).notes)
+    seed = _seed(workspace)  # lora_r: the rank under Olive 0.5's name is written, not left out
+    seed["engine"]["search_strategy"] = {"execution_order": "joint", "sampler": "sequential"}
+    assert not any(n.startswith("passes.lora: Olive's search") for n in normalize(seed, base_dir=workspace).notes)
 
 
 def test_a_mistyped_key_inside_a_list_or_mapping_gets_its_hint_and_a_bracketed_path(workspace):

@@ -384,20 +384,25 @@ def test_chat_columns_may_name_any_column_and_an_unbalanced_brace_is_refused(tmp
         DataConfig(**common, chat_columns={"user": "Q: {q", "assistant": "{label}"})
 
 
-def test_a_classifiers_input_that_holds_its_label_is_refused(tmp_path):
+def test_a_classifiers_input_that_holds_its_label_is_refused(tiny_model, tmp_path):
     """The worked example's template with label_col tone made every input end with its own label: accuracy near 1.0
-    that measured nothing."""
-    from pydantic import ValidationError
+    that measured nothing. A generative model's template holds its answer by design: not refused for it."""
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.errors import ConfigError
 
-    from modelpress.config.schema import DataConfig
-
-    common = {"name": "d", "data_files": [str(tmp_path / "x.json")], "label_col": "tone"}
-    with pytest.raises(ValidationError, match="text_template\\) holds label_col 'tone'"):
-        DataConfig(**common, text_template="### Text: {phrase}\n### The tone is:\n{tone}")
-    with pytest.raises(ValidationError, match="text_cols\\) holds label_col 'tone'"):
-        DataConfig(**common, text_cols=["phrase", "tone"])
-    assert DataConfig(**common, text_cols=["phrase"]).label_col == "tone"
-    assert DataConfig(**common, text_template="Review: {phrase}").label_col == "tone"
+    raw = tone_workflow(tiny_model, {"lora": {"type": "LoRA", "train_data_config": "tone"}})
+    raw["input_model"]["task"] = "text-classification"
+    raw["data_configs"][0]["pre_process_data_config"] = {"text_template": TEMPLATE, "label_col": "tone"}
+    with pytest.raises(ConfigError, match=r"data_configs\[tone\].text_template: the classifier's input holds "
+                                          "label_col 'tone'"):
+        normalize(raw, base_dir=tmp_path)
+    raw["data_configs"][0]["pre_process_data_config"] = {"text_cols": ["phrase", "tone"], "label_col": "tone"}
+    with pytest.raises(ConfigError, match=r"data_configs\[tone\].text_cols: the classifier's input holds"):
+        normalize(raw, base_dir=tmp_path)
+    raw["data_configs"][0]["pre_process_data_config"] = {"text_template": "Review: {phrase}", "label_col": "tone"}
+    assert normalize(raw, base_dir=tmp_path).data_configs["tone"].label_col == "tone"
+    assert normalize(tone_workflow(tiny_model, {}), base_dir=tmp_path)  # a generative template ends with its answer
 
 
 def test_max_samples_caps_a_classifiers_training_rows_as_it_caps_a_language_models(bert_folder, tmp_path):
@@ -497,6 +502,10 @@ def test_a_classifiers_eval_split_keeps_every_held_out_label_among_the_trained(c
     assert "anger" in {ex.completion for ex in train} and "anger" not in {ex.completion for ex in held}
     assert {ex.completion for ex in held} <= {ex.completion for ex in train} and len(train) + len(held) == 41
     assert "the eval split held every row of the labels anger: those rows are trained instead (1 prompts)" in caplog.text
+    # rows all of their own label leave no row to hold out: said, not an empty eval split
+    alone = [Example(f"text {i}", f"label {i}", f"row {i}") for i in range(5)]
+    with pytest.raises(DataError, match="holds out only rows whose labels no training row has"):
+        split_examples(alone, 0.4, 0, classes=True)
 
 
 def test_an_eval_data_config_that_shares_prompts_with_the_training_rows_is_said(tiny_model, tmp_path, caplog):

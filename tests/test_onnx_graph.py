@@ -532,3 +532,8 @@ def test_bfloat16_lora_weights_are_written_to_and_read_from_an_onnx_adapter(tmp_
     assert back["lora_A"].dtype == weights.dtype and np.array_equal(back["lora_A"].view(np.uint16),
                                                                      weights.view(np.uint16))
     assert np.array_equal(back["lora_B"], np.ones((4, 3), np.float32))
+    from modelpress.errors import ModelpressError
+
+    for name in ("adapter_weights.npz", "adapter_weights.safetensors"):  # numpy cannot read bfloat16 back
+        with pytest.raises(ModelpressError, match="use save_format onnx_adapter"):
+            write_adapter({"lora_A": weights}, tmp_path / name)

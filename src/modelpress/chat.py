@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,12 +121,12 @@ class ChatFormat:
         for i in turns if earlier_turns else turns[-1:]:
             before = self.render(messages[:i], add_generation_prompt=True)
             upto = self._without_closing(self.render(messages[: i + 1]), full)
-            common = len(os.path.commonprefix([before, upto]))
-            if i == turns[-1] and full.startswith(upto) and not upto.startswith(before) and common >= pos \
-                    and common >= len(self.render(messages[:i])):  # only the generation prompt differs
+            start = self._answer_start(messages, i, before, upto) if i == turns[-1] and full.startswith(upto) \
+                and not upto.startswith(before) else None
+            if start is not None and start >= pos:
                 # the generation prompt opens the answer otherwise than the rendered turn (DeepSeek-R1's "<think>\n"
                 # after its assistant tag): the prompt as inference writes it, then the answer as the turn has it
-                out += [(before[pos:], False), (upto[common:], True)]
+                out += [(before[pos:], False), (upto[start:], True)]
                 pos = len(upto)
                 continue
             if not (full.startswith(upto) and upto.startswith(before) and len(before) >= pos):
@@ -138,6 +137,20 @@ class ChatFormat:
             pos = len(upto)
         out.append((full[pos:], False))
         return [(text, trained) for text, trained in out if text]
+
+    def _answer_start(self, messages: list[dict], i: int, before: str, upto: str) -> int | None:
+        """Where assistant turn `i`'s content starts in `upto` (the conversation rendered up to it), when only the
+        generation prompt differs from the turn's opening: the conversation before the turn is rendered alike,
+        and the opening is what the template writes before a probe answer (not the texts' common prefix, which
+        runs into an answer that starts as the generation prompt goes on)."""
+        prior = self.render(messages[:i])
+        if not (before.startswith(prior) and upto.startswith(prior)):
+            return None
+        probe = self.render([*messages[:i], {**messages[i], "content": PROBE_ANSWER}])
+        at = probe.find(PROBE_ANSWER, len(prior))
+        if at < 0 or not probe.startswith(prior) or not upto.startswith(probe[:at]):
+            return None
+        return at
 
     def turn_ends(self) -> tuple[str, str]:
         """(what the template writes at the start of an answer, after its generation prompt; what it writes after

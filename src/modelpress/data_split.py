@@ -30,6 +30,10 @@ def split_examples(examples: list[Example], size: float, seed: int,
                         "Use a fraction between 0 and 1 or a smaller count.")
     if classes:
         keys, count = _labels_trained(groups, keys, count)
+        if not count:
+            raise DataError(f"eval_dataset_size {size} holds out only rows whose labels no training row has "
+                            f"({len(keys)} distinct rows): the classifier could not learn them. Use a larger "
+                            "fraction or add rows of those labels.")
     held = {id(ex) for k in keys[:count] for ex in groups[k]}
     train = [ex for ex in examples if id(ex) not in held]
     evaluation = [ex for k in keys[:count] for ex in distinct(groups[k])]

@@ -29,6 +29,9 @@ def write_adapter(values: dict, path: Path) -> None:
     import numpy as np
 
     values = {k: np.ascontiguousarray(v) for k, v in values.items()}
+    if path.suffix != ".onnx_adapter" and any(v.dtype.name == "bfloat16" for v in values.values()):
+        raise ModelpressError(f"{path.name}: bfloat16 LoRA weights (a bf16 build) cannot be read back from this "
+                              "format (numpy has no bfloat16 of its own); use save_format onnx_adapter")
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".onnx_adapter":
         import onnxruntime as ort

@@ -284,6 +284,13 @@ def _check_task_data(task: str, config: DataConfig | None, path: str, c: Collect
         c.add(where, "label_col is for text-classification models; this model generates text",
               "Remove label_col (the template's last field is what the model learns to generate), "
               "or set input_model.task to 'text-classification'.")
+    if task == "text-classification" and config.label_col:  # the input is the template, else text_cols
+        key, read = ("text_template", template_fields(config.text_template)) if config.text_template else \
+            ("text_cols", config.text_cols or [])
+        if config.label_col in read:
+            c.add(f"data_configs[{config.name}].{key}", f"the classifier's input holds label_col "
+                  f"{config.label_col!r}: it would read its answer in every row",
+                  f"Leave {config.label_col!r} out of {key} (the label is the class the classifier learns).")
 
 
 CHAT_ROLES = ("system", "user", "assistant")

@@ -143,6 +143,11 @@ def engine_section(raw: dict, c: Collector) -> tuple[dict, str]:
     return merged, path
 
 
+# Olive 0.13's SearchStrategyConfig fields: written beside sampler_config, never in it
+STRATEGY_KEYS = ("execution_order", "sampler", "output_model_num", "stop_when_goals_met", "max_iter", "max_time",
+                 "include_pass_params")
+
+
 def _lift_cache_config(merged: dict, where: str, c: Collector) -> dict:
     """Olive's `cache_config` block: its cache_dir, clean_cache and clean_evaluation_cache take the place of the
     engine keys of those names (Olive reads the block instead of them); its shared-cache keys are not used."""
@@ -232,7 +237,13 @@ def search_section(engine_raw: dict, engine_path: str, c: Collector) -> SearchCo
     data = dict(value)
     nested = data.pop("sampler_config", None)  # Olive 0.13 takes the sampler's keys nested here or beside it
     if nested is not None and as_mapping(nested, f"{path}.sampler_config", c) is not None:
-        data = nested_wins(nested, data, f"{path}.sampler_config", c)
+        # the strategy's own keys stay outside, as in Olive, where a copy inside goes to the sampler, which
+        # ignores it; the sampler's keys inside win
+        own = [k for k in nested if k in STRATEGY_KEYS]
+        for key in own:
+            c.warn(f"{path}.sampler_config.{key}: not read: {key} is the search strategy's own key, which Olive "
+                   "reads beside sampler_config; write it there")
+        data = nested_wins({k: v for k, v in nested.items() if k not in own}, data, f"{path}.sampler_config", c)
     algorithm = data.pop("search_algorithm", None)  # Olive 0.5: search_algorithm + search_algorithm_config
     legacy = data.pop("search_algorithm_config", None) or {}
     if algorithm is not None:

@@ -22,6 +22,7 @@ from modelpress.config.collector import Collector, as_mapping, did_you_mean, nes
 from modelpress.config.data_section import data_configs
 from modelpress.config.engine_section import ENGINE_KEYS, engine, engine_section, search_section, systems_section
 from modelpress.config.evaluator_section import evaluation_section, evaluator_section
+from modelpress.config.olive_search import note_unsearched, olive_search
 from modelpress.config.olive_tables import (
     EXTERNAL_DATA_KEYS,
     INERT_PASS_KEYS,
@@ -122,10 +123,10 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     data = data_configs(raw.get("data_configs", []), base_dir, c, olive=style != "modelpress")
     search = search_section(engine_raw, engine_path, c)
     if style != "modelpress" and search.enabled:  # Olive's schema: its search behaves as Olive's does
-        search = _olive_search(search, engine_path, c)
+        search = olive_search(search, engine_path, c)
     passes = _passes(raw.get("passes", {}), search, base_dir, c)
     if style != "modelpress" and search.enabled and passes:
-        _note_unsearched(raw.get("passes", {}), passes, c)
+        note_unsearched(raw.get("passes", {}), passes, c)
     for p in passes or [] if style != "modelpress" else []:  # Olive's schema, which an Olive user reads as Olive
         if isinstance(p.params, LoRAParams):
             _note_olive_defaults(p.params, p.type, f"passes.{p.name}", c)
@@ -145,19 +146,6 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
                           notes=c.notes)
 
 
-def _note_unsearched(raw_passes: dict, passes: list[PassConfig], c: Collector) -> None:
-    """Olive's search also tries the parameters a config leaves out over their search defaults; modelpress searches
-    what the config lists: said, per pass, with the parameters it would search when listed."""
-    for p in passes:
-        spec = raw_passes.get(p.name) if isinstance(raw_passes, dict) else None
-        written = set(spec) | set(spec.get("config") or {}) if isinstance(spec, dict) else set()
-        unset = [name for name in CATALOG[p.type].search_space() if name not in written]
-        if unset:
-            c.note(f"passes.{p.name}: Olive's search would also try {', '.join(unset)}, which the config leaves out; "
-                   "modelpress searches only the values a config lists (write a list, or \"SEARCHABLE_VALUES\", "
-                   "to search one)")
-
-
 def _export_kv_cache(passes: list[PassConfig], c: Collector) -> None:
     """OnnxConversion exports a KV cache where the input model's task asks for one (Olive's "-with-past", its default
     task), unless the pass sets use_kv_cache itself."""
@@ -168,29 +156,6 @@ def _export_kv_cache(passes: list[PassConfig], c: Collector) -> None:
                 option.params.use_kv_cache = True
                 c.note(f"passes.{p.name}.use_kv_cache: true, as the input model's task asks (text-generation-with-past, "
                        "Olive's default); set it to false for a graph without past key/values")
-
-
-OLIVE_SEARCH_DEFAULTS = {"seed": 1, "multivariate": True, "group": True}  # Olive 0.13's, where modelpress's differ
-
-
-def _olive_search(search: SearchConfig, engine_path: str, c: Collector) -> SearchConfig:
-    """An Olive config's search: stop_when_goals_met, max_iter and max_time apply to a joint search alone, as Olive
-    ignores them otherwise; the sampler keys left out that Olive defaults otherwise are said."""
-    path = f"{engine_path}.search_strategy" if engine_path else "search_strategy"
-    stops = {k: SearchConfig.model_fields[k].default for k in ("stop_when_goals_met", "max_iter", "max_time")
-             if getattr(search, k) != SearchConfig.model_fields[k].default}
-    if stops and search.execution_order == "pass-by-pass":
-        c.warn(f"{path}: {', '.join(stops)} apply to a joint search only, and Olive ignores them for pass-by-pass; "
-               "so does modelpress for an Olive config (write the config in modelpress's schema to use them)")
-        search = search.model_copy(update=stops)
-    if search.sampler in ("random", "tpe"):
-        keys = ["seed"] + (["multivariate", "group"] if search.sampler == "tpe" else [])
-        left = [f"{k} {getattr(search, k)} (Olive: {OLIVE_SEARCH_DEFAULTS[k]})" for k in keys
-                if k not in search.model_fields_set]
-        if left:
-            c.note(f"{path}: keys left out take modelpress's defaults where Olive 0.13's differ: {', '.join(left)}. "
-                   "Write them to sample as Olive does.")
-    return search
 
 
 def _detect_style(raw: dict) -> str:

@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from modelpress.config.evaluator_schema import EvaluatorConfig
 from modelpress.config.searched import searched_params
-from modelpress.config.templates import completion_field, role_template, template_fields, template_problem
+from modelpress.config.templates import completion_field, role_template, template_problem
 from modelpress.passes.catalog import CATALOG, Strict
 from modelpress.passes.spec_base import output_neutral
 from modelpress.redact import SHOWN, redact
@@ -148,12 +148,6 @@ class DataConfig(Strict):
             self.loss_on = "completion" if self.chat else "all"
         if self.chat and "add_special_tokens" not in self.model_fields_set:
             self.add_special_tokens = False  # a chat template writes its own BOS and end-of-turn tokens
-        if self.label_col:  # a classifier's input is the template (else text_cols): never its own label
-            read = template_fields(self.text_template) if self.text_template else self.text_cols or []
-            if self.label_col in read:
-                raise ValueError(f"the classifier's input ({'text_template' if self.text_template else 'text_cols'})"
-                                 f" holds label_col {self.label_col!r}: it would read its answer in every row; "
-                                 "leave the label column out of the input")
         return self
 
     @property

@@ -45,14 +45,13 @@ def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | No
     fields = _fields(flat, where, c)
     if fields is None:
         return None
-    kwargs_path = fields.pop("kwargs_path")
+    origin = fields.pop("origin")
     source = _source(fields.pop("model_path"), fields, base_dir, f"{where}.model_path", c)
     if source is None:
         return None
     # a setting read from load_kwargs (or hf_config's model_loading_args) is reported where it was written
-    from_kwargs = {"trust_remote_code", "attn_implementation", "torch_dtype"}
-    model = c.validate(InputModelConfig, {**fields, **source}, where,
-                       lambda key: kwargs_path if key in from_kwargs else where)
+    origin.setdefault("torch_dtype", origin.get("dtype"))  # dtype is torch_dtype's other spelling
+    model = c.validate(InputModelConfig, {**fields, **source}, where, lambda key: origin.get(key) or where)
     if model and model.revision and model.model_path is not None:
         c.warn(f"{where}.revision: {model.revision!r} pins a Hub revision, and model_path names a local path "
                f"({model.model_path}), which has none: it is ignored. Name the model by its Hub id (org/name) to pin "
@@ -71,18 +70,19 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
         c.add(hf_path, f"must be a mapping, found {type(hf).__name__}")
         return None
     hf = dict(hf)
-    load_kwargs, kwargs_path = {}, f"{where}.load_kwargs"
+    load_kwargs, origin = {}, {}  # each key's value, and the mapping it was written in (for messages)
     for key in ("load_kwargs", "model_loading_args", "from_pretrained_args"):
         src = flat.pop(key, None) if key == "load_kwargs" else hf.pop(key, None)
         if isinstance(src, dict):  # null is Olive's default for every key here (HfLoadKwargs): not given
-            load_kwargs.update({k: v for k, v in src.items() if v is not None})
-            kwargs_path = f"{where}.{key}" if key == "load_kwargs" else f"{hf_path}.{key}"
-    extra = load_kwargs.pop("extra_args", None)  # Olive's HfLoadKwargs passes the keys it lacks through extra_args
-    if isinstance(extra, dict):
-        load_kwargs = nested_wins({k: v for k, v in extra.items() if v is not None}, load_kwargs,
-                                  f"{kwargs_path}.extra_args", c)
+            given = {k: v for k, v in src.items() if v is not None}
+            extra = given.pop("extra_args", None)  # Olive's HfLoadKwargs passes the keys it lacks through it
+            at = f"{where}.{key}" if key == "load_kwargs" else f"{hf_path}.{key}"
+            if isinstance(extra, dict):
+                given = nested_wins({k: v for k, v in extra.items() if v is not None}, given, f"{at}.extra_args", c)
+            load_kwargs.update(given)
+            origin.update(dict.fromkeys(given, at))
     for key in [k for k in ("device_map", "max_memory") if k in load_kwargs]:
-        c.warn(f"{kwargs_path}.{key}: accepted and not used: modelpress loads the model whole on one device.")
+        c.warn(f"{origin[key]}.{key}: accepted and not used: modelpress loads the model whole on one device.")
         load_kwargs.pop(key)
     model_path = flat.pop("model_path", None) or hf.pop("model_name", None)
     task = flat.pop("task", None) or hf.pop("task", None) or "text-generation"
@@ -103,7 +103,8 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
               "folder as model_path; or give the base as model_path and train the adapter in this workflow.")
     c.unknown_keys(flat, ("model_path", "task", "load_kwargs", "revision", "gguf_file"), where)
     c.unknown_keys(hf, ("model_name", "task", "model_loading_args", "from_pretrained_args"), hf_path)
-    c.unknown_keys(load_kwargs, LOAD_KWARGS, kwargs_path)
+    for at in dict.fromkeys(origin.values()):
+        c.unknown_keys({k: v for k, v in load_kwargs.items() if origin.get(k) == at}, LOAD_KWARGS, at)
     if model_path is None:
         c.add(f"{where}.model_path", "required key is missing",
               "Set it to a Hugging Face model folder, a Hub id (org/name) or a .gguf file.")
@@ -112,10 +113,10 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
     if isinstance(dtype, str):  # Olive's resolve_torch_dtype takes "torch.bfloat16" too
         dtype = dtype.removeprefix("torch.")
     if dtype not in ("float32", "auto"):
-        c.warn(f"{kwargs_path}.torch_dtype: {dtype!r} is accepted and not used: modelpress reads the input "
+        c.warn(f"{origin.get('torch_dtype', origin.get('dtype'))}.torch_dtype: {dtype!r} is accepted and not used: modelpress reads the input "
                "model in float32 to measure and merge it. A LoRA/QLoRA pass trains on the base dtype its own "
                "torch_dtype names, and ModelBuilder's precision sets the exported model's.")
-    return {"kwargs_path": kwargs_path, "model_path": model_path, "task": task,
+    return {"origin": origin, "model_path": model_path, "task": task,
             "trust_remote_code": load_kwargs.get("trust_remote_code", False),
             "attn_implementation": load_kwargs.get("attn_implementation"),
             "torch_dtype": dtype,

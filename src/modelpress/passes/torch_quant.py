@@ -73,7 +73,8 @@ def uncovered(model) -> None:
         return
     share = sum(other.values()) / (covered + sum(other.values()))
     names = ", ".join(list(other)[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
-    what = (f"{type(model).__name__}: {share:.0%} of its decoder layers' weights are not in nn.Linear layers "
+    what = (f"{type(model).__name__}: {f'{share:.0%}' if share >= 0.01 else 'under 1%'} of its decoder layers' "
+            "weights are not in nn.Linear layers "
             f"({names}), which this pass quantizes only")
     if share >= 0.5:
         raise ModelpressError(f"{what}: they would stay float in a checkpoint called quantized. Quantize this model "
