@@ -239,7 +239,7 @@ def adapter_config(params: LoRAParams, task_type: str, layers: list[int] | None 
     if kind in ("loha", "lokr"):
         return (LoHaConfig if kind == "loha" else LoKrConfig)(
             alpha=params.alpha, rank_dropout=params.rank_dropout, module_dropout=params.module_dropout,
-            **{key: getattr(params, key) for key in params.peft_keys}, **common)
+            **{key: getattr(params, key) for key in getattr(params, "peft_keys", ())}, **common)
     return LoraConfig(lora_alpha=params.alpha, lora_dropout=params.lora_dropout, use_dora=kind == "dora",
                       **({"ensure_weight_tying": True} if tied else {}), **common)
 
