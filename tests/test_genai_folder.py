@@ -130,3 +130,30 @@ def test_a_genai_folder_that_names_a_native_library_is_refused_before_onnxruntim
 
     with pytest.raises(ModelpressError, match=r"names a native library to load \(custom_ops_library: libops.so\)"):
         open_model(NeverOpened(), folder)
+
+
+def test_an_export_of_a_model_modelpress_trained_keeps_how_it_was_prompted(tiny_model, tmp_path):
+    """`modelpress export` (or quantize without data) of a fine-tuned model wrote a card with no template: the input
+    folder's own card was never read, so `generate` sent the raw text and `evaluate` refused the folder."""
+    import shutil
+
+    from conftest import tone_workflow
+    from modelpress.config.normalize import normalize
+    from modelpress.engine import run_workflow
+    from modelpress.generate import prompt_and_stop
+    from modelpress.models import MODEL_CARD, ModelRef
+    from modelpress.passes.catalog import HF
+
+    template = "### Text: {phrase}\n### The tone is:\n{tone}"
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_model, trained)
+    ModelRef(HF, trained, id="t", task={"task": "text-generation", "text_template": template, "add_bos": True,
+                                        "data_config": "tone"}).save()
+    raw = tone_workflow(trained, {"b": {"type": "ModelBuilder", "precision": "int4"}},
+                        evaluation={"enabled": False}, output_dir=str(tmp_path / "out"),
+                        cache_dir=str(tmp_path / "cache"))
+    raw.pop("data_configs")
+    run_workflow(normalize(raw, tmp_path), show_progress=False)
+    card = json.loads((tmp_path / "out" / "model" / MODEL_CARD).read_text())
+    assert card["task"]["text_template"] == template and card["task"]["add_bos"] is True
+    assert prompt_and_stop(card, "We won!") == ("### Text: We won!\n### The tone is:\n", "")

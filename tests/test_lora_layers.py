@@ -75,6 +75,24 @@ def test_every_trained_weight_is_float32_over_a_bfloat16_base(tiny_model, tmp_pa
     assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in model.parameters() if w.requires_grad)
 
 
+def test_a_classifier_trains_with_the_attention_the_input_model_names(tiny_model, tmp_path):
+    """load_kwargs.attn_implementation reached a causal LM's LoRA only: a classifier trained with transformers'
+    default kernel, while the setting was in the pass's cache key."""
+    from modelpress.config.schema import InputModelConfig
+    from modelpress.context import PassContext
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF, LoRAParams
+    from modelpress.passes.lora import _peft_model
+
+    params = LoRAParams(r=4, target_modules=["qkv_proj"], train_data_config="tone")
+    for attention in ("eager", "sdpa"):
+        ctx = PassContext(ModelRef(HF, tiny_model, id="m"), tmp_path,
+                          InputModelConfig(model_path=tiny_model, attn_implementation=attention), "cpu",
+                          data=None, show_progress=False)
+        model = _peft_model(ctx, params, None, ["joy", "fear"])
+        assert model.get_base_model().config._attn_implementation == attention
+
+
 @pytest.mark.parametrize("modules", [["embed_tokens"], ["o_proj"], ["lm_head"]])
 def test_a_module_trained_in_full_inside_a_bfloat16_base_hands_on_bfloat16(tiny_model, tmp_path, modules):
     """modules_to_save inside the network (the embeddings, a projection) trains in float32 but gives the next layer,

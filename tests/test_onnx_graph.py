@@ -537,3 +537,15 @@ def test_bfloat16_lora_weights_are_written_to_and_read_from_an_onnx_adapter(tmp_
     for name in ("adapter_weights.npz", "adapter_weights.safetensors"):  # numpy cannot read bfloat16 back
         with pytest.raises(ModelpressError, match="use save_format onnx_adapter"):
             write_adapter({"lora_A": weights}, tmp_path / name)
+
+
+def test_a_gpu_precision_is_refused_where_the_gpu_provider_fell_back_to_the_cpu(tiny_model, tmp_path):
+    """A config naming CUDA and fp16 validated (the provider is resolved when the run starts), then the CUDA provider
+    fell back to the CPU with a warning and the builder was asked for an fp16 CPU model, which the config check
+    refuses when the CPU is named."""
+    from modelpress.errors import ModelpressError
+
+    for options in ({}, {"execution_provider": "cuda"}):
+        with pytest.raises(ModelpressError, match="ModelBuilder precision fp16 runs on a GPU, and this machine runs "
+                                                  "the cpu execution provider"):
+            _run(ModelRef(HF, tiny_model, id="m"), tmp_path / "fp16", "ModelBuilder", precision="fp16", **options)

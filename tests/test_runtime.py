@@ -132,3 +132,18 @@ def test_plain_tqdm_bars_are_off_where_the_library_bars_are_quieted(monkeypatch,
     monkeypatch.setattr(runtime, "_library_bars_off", False)
     with runtime.tqdm_off():
         assert "Converting" in drawn()
+
+
+def test_an_input_model_stored_by_bitsandbytes_uses_it(tiny_model, tmp_path):
+    """A checkpoint quantized by bitsandbytes (unsloth's *-bnb-4bit) with a plain LoRA pass: bitsandbytes was hidden
+    and transformers said to install it, though it was installed."""
+    import json
+    import shutil
+
+    folder = tmp_path / "bnb"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert uses_bitsandbytes(_config(folder, {"lora": LORA}))
+    assert not uses_bitsandbytes(_config(tiny_model, {"lora": LORA}))

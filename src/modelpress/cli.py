@@ -31,6 +31,18 @@ def entry() -> int:
     return main(own_process=True)
 
 
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no real stdout
+        return False
+
+
 def main(argv: list[str] | None = None, own_process: bool = False) -> int:
     """Parse and run one command. `own_process`: the process is modelpress's alone (see `entry`)."""
     parser = _parser()
@@ -52,7 +64,9 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
             log.exception("details")
         print_error(f"{err}")
         return EXIT_FAILURE
-    except BrokenPipeError:  # the reader went away (`| head`): not an error of this command
+    except BrokenPipeError as err:  # the reader went away (`| head`): not an error of this command
+        if not _reader_gone():  # another pipe broke (a worker's, a subprocess's): an error
+            return _unexpected(err, args.verbose)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 0
     except OSError as err:

@@ -25,7 +25,7 @@ from modelpress.fsutil import (commit_dir, finish_before_interrupt, json_text, r
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import describe_input, resolve_input_folder
-from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, native_training_dtype
+from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, brought_recipe, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 from modelpress.passes.spec_base import KIND_LIBRARIES, key_params
 from modelpress.passes.torch_quant import fetch_default_calibration, uses_default_calibration
@@ -113,7 +113,7 @@ class Session:
         read = model_patterns(model.trust_remote_code, None) if model.hub_id and not model.gguf_file else None
         try:
             ref = ModelRef(HF, folder, id=content_id(folder, engine.cache_dir / "content-ids.json", read, model=True),
-                           task={"task": config.input_model.task})
+                           task={**brought_recipe(folder, config.input_model.task), "task": config.input_model.task})
         except BaseException:
             online()
             raise

@@ -43,6 +43,18 @@ class ModelRef:
         return cls(**data)
 
 
+def brought_recipe(folder: Path, task: str) -> dict:
+    """How an input model that modelpress made was prompted (its card's template, chat format, BOS, labels), so
+    that a run that trains nothing (an export, a quantization) hands it on to its output, which `generate` and
+    `evaluate` read; a training pass writes its own."""
+    card = folder / MODEL_CARD
+    try:
+        brought = read_json(card).get("task") or {} if card.is_file() else {}
+    except (ValueError, AttributeError):
+        return {}
+    return brought if isinstance(brought, dict) and brought.get("task", "text-generation") == task else {}
+
+
 def detect_kind(folder: Path) -> str:
     """What kind of model folder this is, from its files."""
     folder = Path(folder)
@@ -146,11 +158,12 @@ def _load_dequantized(folder: Path, kwargs: dict):
 
 
 def load_classifier(folder: Path, labels: list[str] | None = None, dtype: str = "float32",
-                    trust_remote_code: bool = False):
+                    trust_remote_code: bool = False, attn_implementation: str | None = None):
     """Load a sequence classifier; with `labels`, a new head of that size is made when the folder has none."""
     from transformers import AutoModelForSequenceClassification
 
-    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code,
+              **({"attn_implementation": attn_implementation} if attn_implementation else {})}
     own, placeholders = checkpoint_class_names(folder) if labels else (None, False)
     if labels and own is not None and sorted(map(_plain, own)) == sorted(map(_plain, labels)):
         # a classifier brought fine-tuned on these classes: its head, its rows put in the order of `labels`

@@ -62,7 +62,23 @@ def uses_bitsandbytes(config) -> bool:
             if spec is None or spec.origin != "built-in" or (spec.optional_package or ("",))[0] == "bitsandbytes":
                 return True
     metrics = config.evaluator.metrics if config.evaluator else []
-    return any(m.user_config is not None and m.user_config.user_script is not None for m in metrics)
+    if any(m.user_config is not None and m.user_config.user_script is not None for m in metrics):
+        return True
+    return _bitsandbytes_checkpoint(config.input_model.model_path)
+
+
+def _bitsandbytes_checkpoint(folder) -> bool:
+    """Whether a local input model is stored quantized by bitsandbytes (an unsloth *-bnb-4bit checkpoint), which
+    transformers loads through it."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "config.json" if folder is not None else None
+    try:
+        quant = json.loads(path.read_text()).get("quantization_config") if path and path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(quant, dict) and "bitsandbytes" in str(quant.get("quant_method", "")).lower()
 
 
 # Environment switches the Hugging Face libraries read when they are imported.

@@ -89,7 +89,8 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
                         " (every step before the resume: none left to train)")
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
     # the prompt recipe travels with the adapter and every model made from it (cache entries included)
-    task = {**ctx.model.task, **ctx.data.prompt_recipe(params.train_data_config), "task": ctx.task,
+    task = {**{k: v for k, v in ctx.model.task.items() if k != "chat"},  # a chat format brought is not this one
+            **ctx.data.prompt_recipe(params.train_data_config), "task": ctx.task,
             **({"labels": labels} if labels else {})}
     if labels:  # a classifier reads its inputs as it was trained on them
         data = ctx.data.data_config(params.train_data_config)
@@ -176,7 +177,8 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
                         "(no CUDA GPU, no AMX-FP16), about 20x slower than float32; torch_dtype "
                         "'bfloat16-if-native' or 'float32' train at this machine's speed")
     if labels is not None:
-        model = load_classifier(ctx.model.path, labels, dtype, ctx.input_model.trust_remote_code)
+        model = load_classifier(ctx.model.path, labels, dtype, ctx.input_model.trust_remote_code,
+                                ctx.input_model.attn_implementation)
     else:
         model = load_causal_lm(ctx.model.path, dtype, ctx.input_model.trust_remote_code,
                                ctx.input_model.attn_implementation, quantization_config)

@@ -12,7 +12,7 @@ from modelpress.errors import ModelpressError, is_disk_full
 from modelpress.fsutil import read_json
 from modelpress.models import ADAPTER_DIR, ModelRef
 from modelpress.passes.builder_memory import bounded_builder
-from modelpress.passes.catalog import HF_ADAPTER, HF_QUANTIZED, ONNX_GENAI, ModelBuilderParams
+from modelpress.passes.catalog import BUILDER_PRECISIONS, HF_ADAPTER, HF_QUANTIZED, ONNX_GENAI, ModelBuilderParams
 from modelpress.quantized import blocks_the_builder_refuses, with_float_embeddings
 from modelpress.runtime import resolve_execution_provider
 
@@ -101,6 +101,10 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
 
     # the engine's provider was resolved at the start (no GPU: the CPU, with a warning); the pass's own is here
     ep = resolve_execution_provider(params.execution_provider) if params.execution_provider else ctx.execution_provider
+    if params.precision not in BUILDER_PRECISIONS[ep]:  # asked for a GPU this machine lacks: the CPU took over
+        raise ModelpressError(f"ModelBuilder precision {params.precision} runs on a GPU, and this machine runs the "
+                              f"{ep} execution provider (the one the config names is not available here). Build "
+                              f"{' or '.join(BUILDER_PRECISIONS[ep])} here, or run this step on a machine with the GPU.")
     if params.metadata_only:  # an exported ONNX model: only its genai config and tokenizer are written
         from modelpress.passes.builder_metadata import build_metadata
 
