@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from modelpress.errors import ModelpressError
-from modelpress.fsutil import (atomic_dir, atomic_write_json, file_lock, file_sha256, hold_in_use, read_json,
-                               remove_leftovers, share)
+from modelpress.fsutil import (atomic_dir, atomic_write_json, file_lock, file_sha256, hold_in_use, read_by_loaders,
+                               read_json, remove_leftovers, share)
 from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
@@ -62,7 +62,9 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
                model: bool = False) -> str:
     """A hash of a folder's (or one file's) file names and contents; with `only`, of the files whose path in the
     folder matches one of those patterns (as huggingface_hub's allow_patterns match: a Hub snapshot keyed by
-    the files modelpress reads, so files another tool adds later change nothing).
+    the files modelpress reads, so files another tool adds later change nothing). A model folder (`model`) is
+    keyed by the files a loader reads (`read_by_loaders`): hashing a clone's .git or a download's .cache re-keyed
+    unchanged models; other folders, such as lm-eval's task folders, are hashed whole.
 
     File hashes are remembered by (path, size, mtime) in `memo_path`, so a multi-GB model is
     read once, not on every run.
@@ -71,7 +73,7 @@ def content_id(folder: Path, memo_path: Path | None = None, only: list[str] | No
     memo = read_memo(memo_path)
     entries = []
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file() and (
-        _read_by_loaders(p.relative_to(folder)) if model else not _tool_leftover(p.relative_to(folder))) and (
+        read_by_loaders(p.relative_to(folder)) if model else not _tool_leftover(p.relative_to(folder))) and (
             only is None or any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in only)))
     for path in files:
         stat = path.stat()
@@ -99,13 +101,6 @@ def remembered_sha(path: Path, memo: dict, stat: os.stat_result) -> str:
     sha = memo.get(memo_key) or file_sha256(path)
     memo[memo_key] = sha
     return sha
-
-
-def _read_by_loaders(relative: Path) -> bool:
-    """A model folder's file that is not under a hidden folder or hidden: `hf download --local-dir` keeps download
-    metadata with timestamps in .cache/huggingface, a clone keeps .git; no model loader reads them, and hashing
-    them re-keyed unchanged models (other folders, such as lm-eval's task folders, are hashed whole)."""
-    return not any(part.startswith(".") for part in relative.parts)
 
 
 def _tool_leftover(relative: Path) -> bool:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelpress.config.templates import completion_split, field_text, template_fields, template_parts
+from modelpress.config.templates import completion_split, field_text, number_text, template_fields, template_parts
 from modelpress.config.schema import DataConfig, split_name
 from modelpress.errors import DataError
 from modelpress.data_files import arrow_folder, filtered_rows
@@ -215,7 +215,7 @@ PAIR_SEP = " \u241e "  # a visible "SYMBOL FOR RECORD SEPARATOR", which text dat
 
 def label_text(value) -> str:
     """A class label as text; a whole number read as a float in one file (1.0) is the same class as 1 in another."""
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return number_text(value)
 
 
 def _render_row(config: DataConfig, row: dict, completion: tuple[str, str] | None, where: str) -> Example:

@@ -244,13 +244,19 @@ def read_json(path: Path) -> Any:
 
 
 def dir_size(path: Path) -> int:
-    """Total bytes of the files under `path`, but those hidden or under a hidden folder (a clone's .git, with a
-    second copy of the weights; `hf download`'s .cache), which no loader reads and no deployment carries."""
+    """Total bytes of the files under `path`, but those a loader does not read (`read_by_loaders`), which no
+    deployment carries either."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*")
-               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and read_by_loaders(p.relative_to(path)))
+
+
+def read_by_loaders(relative: Path) -> bool:
+    """A model folder's file that is not under a hidden folder or hidden: `hf download --local-dir` keeps download
+    metadata with timestamps in .cache/huggingface, a clone keeps .git (a second copy of the weights); no model
+    loader reads them."""
+    return not any(part.startswith(".") for part in relative.parts)
 
 
 def copy_dir_atomic(source: Path, target: Path) -> None:

@@ -77,10 +77,9 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector, olive: bool
             c.note(f"{sections[key][1]}: accepted and not used: {instead}.")
     for section, keys in INERT_DATA_KEYS.items():
         found, where = sections[section]
-        for key in [k for k in found if k in keys]:
-            if found[key] not in (None, False):
-                c.warn(f"{where}.{key}: accepted and not used: {keys[key]}.")
-            sections[section] = ({k: v for k, v in sections[section][0].items() if k != key}, where)
+        for key in [k for k in found if k in keys and found[k] not in (None, False)]:
+            c.warn(f"{where}.{key}: accepted and not used: {keys[key]}.")
+        sections[section] = ({k: v for k, v in found.items() if k not in keys}, where)
     (load, load_path), (pre, pre_path) = sections["load_dataset_config"], sections["pre_process_data_config"]
     load_fields = _load_fields(load, load_path, base_dir, c)
     if load_fields is None:

@@ -126,7 +126,7 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
         search = olive_search(search, engine_path, c)
     passes = _passes(raw.get("passes", {}), search, base_dir, c)
     if style != "modelpress" and search.enabled and passes:
-        note_unsearched(raw.get("passes", {}), passes, c)
+        note_unsearched(passes, c)
     for p in passes or [] if style != "modelpress" else []:  # Olive's schema, which an Olive user reads as Olive
         if isinstance(p.params, LoRAParams):
             _note_olive_defaults(p.params, p.type, f"passes.{p.name}", c)

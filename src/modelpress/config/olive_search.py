@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices
-
 from modelpress.config.collector import Collector
-from modelpress.config.olive_tables import RENAMED_PASS_KEYS
 from modelpress.config.schema import PassConfig, SearchConfig
 from modelpress.passes.catalog import CATALOG
 
@@ -33,28 +30,17 @@ def olive_search(search: SearchConfig, engine_path: str, c: Collector) -> Search
     return search
 
 
-def note_unsearched(raw_passes: dict, passes: list[PassConfig], c: Collector) -> None:
+def note_unsearched(passes: list[PassConfig], c: Collector) -> None:
     """Olive's search also tries the parameters a config leaves out over their search defaults; modelpress searches
-    what the config lists: said, per pass, with the parameters it would search when listed."""
+    what the config lists: said, per pass, with the parameters it would search when listed. What the config set
+    is read from the validated params (aliases such as lora_r and Olive's renamed keys resolved); a step written
+    as alternatives is not noted."""
     for p in passes:
-        spec = raw_passes.get(p.name) if isinstance(raw_passes, dict) else None
-        if not isinstance(spec, dict):  # alternatives (a list of specs): each says its own
+        if p.alternatives:
             continue
-        written = _field_names({*spec, *(spec.get("config") or {})}, p.type)
+        written = p.params.model_fields_set | set(p.search_space)
         unset = [name for name in CATALOG[p.type].search_space() if name not in written]
         if unset:
             c.note(f"passes.{p.name}: Olive's search would also try {', '.join(unset)}, which the config leaves out; "
                    "modelpress searches only the values a config lists (write a list, or \"SEARCHABLE_VALUES\", "
                    "to search one)")
-
-
-def _field_names(keys: set[str], typ: str) -> set[str]:
-    """The params fields that written keys set: their own names, aliases (lora_r) and Olive's renamed keys."""
-    renamed = RENAMED_PASS_KEYS.get(typ.lower(), {})
-    names = set()
-    for key in (renamed.get(k, k) for k in keys):
-        for name, info in CATALOG[typ].params.model_fields.items():
-            alias = info.validation_alias
-            if key == name or (isinstance(alias, AliasChoices) and key in alias.choices):
-                names.add(name)
-    return names

@@ -50,7 +50,6 @@ def input_model(raw: Any, base_dir: Path, c: Collector) -> InputModelConfig | No
     if source is None:
         return None
     # a setting read from load_kwargs (or hf_config's model_loading_args) is reported where it was written
-    origin.setdefault("torch_dtype", origin.get("dtype"))  # dtype is torch_dtype's other spelling
     model = c.validate(InputModelConfig, {**fields, **source}, where, lambda key: origin.get(key) or where)
     if model and model.revision and model.model_path is not None:
         c.warn(f"{where}.revision: {model.revision!r} pins a Hub revision, and model_path names a local path "
@@ -109,11 +108,12 @@ def _fields(flat: dict, where: str, c: Collector) -> dict | None:
         c.add(f"{where}.model_path", "required key is missing",
               "Set it to a Hugging Face model folder, a Hub id (org/name) or a .gguf file.")
         return None
+    origin.setdefault("torch_dtype", origin.get("dtype"))  # dtype is torch_dtype's other spelling
     dtype = load_kwargs.get("torch_dtype", load_kwargs.get("dtype", "float32"))
     if isinstance(dtype, str):  # Olive's resolve_torch_dtype takes "torch.bfloat16" too
         dtype = dtype.removeprefix("torch.")
     if dtype not in ("float32", "auto"):
-        c.warn(f"{origin.get('torch_dtype', origin.get('dtype'))}.torch_dtype: {dtype!r} is accepted and not used: modelpress reads the input "
+        c.warn(f"{origin['torch_dtype']}.torch_dtype: {dtype!r} is accepted and not used: modelpress reads the input "
                "model in float32 to measure and merge it. A LoRA/QLoRA pass trains on the base dtype its own "
                "torch_dtype names, and ModelBuilder's precision sets the exported model's.")
     return {"origin": origin, "model_path": model_path, "task": task,

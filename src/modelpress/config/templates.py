@@ -51,6 +51,12 @@ def role_template(spec: str) -> str:
     return spec if "{" in spec else "{" + spec + "}"
 
 
+def number_text(value) -> str:
+    """A value as text, a whole number read as a float (1.0, as datasets reads a column that also holds 1.5)
+    written as the whole number it is."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def field_text(row: dict, field: str, where: str) -> str:
     """The row's text in column `field`, a number written as Python writes it (a rating, a year), but a whole
     number read as a float written as a whole number: datasets reads a column that mixes 4 and 4.5 as floats, so
@@ -59,10 +65,8 @@ def field_text(row: dict, field: str, where: str) -> str:
     value = row.get(field)
     if value is None:
         raise DataError(f"{where}: column {field!r} is missing or null. Fix or remove the row.")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        return number_text(value)
     if not isinstance(value, str):
         raise DataError(f"{where}: column {field!r} is {type(value).__name__} ({value!r}), not text or a number. "
                         "Store it as a string.")

@@ -104,7 +104,8 @@ def run_model_builder(ctx: PassContext, params: ModelBuilderParams) -> ModelRef:
     if params.precision not in BUILDER_PRECISIONS[ep]:  # asked for a GPU this machine lacks: the CPU took over
         raise ModelpressError(f"ModelBuilder precision {params.precision} runs on a GPU, and this machine runs the "
                               f"{ep} execution provider (the one the config names is not available here). Build "
-                              f"{' or '.join(BUILDER_PRECISIONS[ep])} here, or run this step on a machine with the GPU.")
+                              f"{' or '.join(BUILDER_PRECISIONS[ep])} here, or run this step on a machine with the "
+                              "GPU.")
     if params.metadata_only:  # an exported ONNX model: only its genai config and tokenizer are written
         from modelpress.passes.builder_metadata import build_metadata
 

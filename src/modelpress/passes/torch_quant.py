@@ -68,7 +68,7 @@ def uncovered(model) -> None:
                 if isinstance(module, torch.nn.Linear):
                     covered += weight.numel()
                 else:
-                    other[f"{prefix}.{i}.{name}.{key}".replace("..", ".")] = weight.numel()
+                    other[".".join(part for part in (prefix, str(i), name, key) if part)] = weight.numel()
     if not other:
         return
     share = sum(other.values()) / (covered + sum(other.values()))
