@@ -63,3 +63,30 @@ def test_the_example_trains_on_the_answer_and_its_end_of_turn_only(converted):
     [(ids, labels)] = tokenize([example], tokenizer, config.data_configs["tone"])
     trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE])
     assert trained == f"{example.completion}<|im_end|>\n"
+
+
+@needs_package
+def test_an_untrained_q4_1_export_is_the_llama_cpp_file_tensor_for_tensor(converted, tmp_path):
+    """GgufExport of the converted folder, untrained, at q4_1: llama.cpp's own Q4_1 file of SmolLM2, rebuilt from
+    its dequantized weights, has the same tensors to the byte (Q and K permuted back, the tied head, the 8-bit
+    embedding) and the same metadata (the tokenizer with its "smollm" pre-tokenizer, the chat template)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from modelpress.config import normalize
+    from modelpress.engine import run_workflow
+    from modelpress.inputs import gguf_source
+
+    config, folder = converted
+    raw = {"input_model": {"type": "HfModel", "model_path": str(gguf_source(config.input_model))},
+           "passes": {"gguf": {"type": "GgufExport", "outtype": "q4_1"}},
+           "cache_dir": str(Path(folder).parent.parent), "output_dir": str(tmp_path / "out")}  # the conversion's
+    run_workflow(normalize(raw, tmp_path), show_progress=False)
+    theirs = GGUFReader(str(gguf_source(config.input_model)))
+    ours = GGUFReader(str(tmp_path / "out" / "model" / "model.gguf"))
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for mine, original in zip(ours.tensors, theirs.tensors):
+        assert mine.tensor_type == original.tensor_type, mine.name
+        assert np.array_equal(np.asarray(mine.data), np.asarray(original.data)), mine.name
+    fields = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+    assert {k: f.contents() for k, f in ours.fields.items() if not k.startswith("GGUF.")} == fields

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import struct
 import tempfile
+import threading
 from pathlib import Path
 
 from modelpress.errors import MissingDependencyError, ModelpressError
@@ -46,6 +47,23 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
             # no name or path: the note is part of the folder, so of the input model's key, which holds content
             atomic_write_json(tmp / SOURCE_NOTE, {"content_id": file_id, "converter": converter})
     return target
+
+
+_READ: dict[Path, tempfile.TemporaryDirectory] = {}
+_READ_LOCK = threading.Lock()
+
+
+def inference_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
+    """A Hugging Face folder of `gguf_path` (a GGUF model modelpress wrote) for PyTorch inference: `evaluate`,
+    `generate` and a run's evaluation read its quantized weights dequantized, as the conversion of an input file
+    does. Made once per process in a temporary folder, removed at exit."""
+    key = Path(gguf_path).resolve()
+    with _READ_LOCK:
+        if key not in _READ:
+            tmp = tempfile.TemporaryDirectory(prefix="modelpress-gguf-read-")
+            write_hf_folder(key, Path(tmp.name), trust_remote_code)
+            _READ[key] = tmp
+        return Path(_READ[key].name)
 
 
 def _converter_versions() -> str:

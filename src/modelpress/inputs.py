@@ -18,19 +18,28 @@ def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
     missing and HF_HUB_OFFLINE is unset); a GGUF file is converted once into a folder under
     `cache_root/inputs`, keyed by the file's content.
     """
-    if model.hub_id:
-        folder = snapshot(model.hub_id, model.revision, "model",
-                          model_patterns(model.trust_remote_code, model.gguf_file),
-                          missing_model_files(model.gguf_file, model.trust_remote_code), key="input_model.model_path")
-    else:
-        folder = Path(model.model_path)
-    if not model.gguf_file:
-        return folder
-    gguf_path = folder / model.gguf_file
-    if not gguf_path.is_file():
-        raise ModelpressError(f"GGUF file not found: {gguf_path}. Check model_path and gguf_file.")
+    gguf_path = gguf_source(model)
+    if gguf_path is None:
+        return _folder(model)
     return converted_folder(gguf_path, cache_root, file_sha(gguf_path, cache_root / "content-ids.json"),
                             model.trust_remote_code)
+
+
+def gguf_source(model: InputModelConfig) -> Path | None:
+    """The GGUF file the input model is read from (None for a Hugging Face folder or Hub model)."""
+    if not model.gguf_file:
+        return None
+    gguf_path = _folder(model) / model.gguf_file
+    if not gguf_path.is_file():
+        raise ModelpressError(f"GGUF file not found: {gguf_path}. Check model_path and gguf_file.")
+    return gguf_path
+
+
+def _folder(model: InputModelConfig) -> Path:
+    if model.hub_id:
+        return snapshot(model.hub_id, model.revision, "model", model_patterns(model.trust_remote_code, model.gguf_file),
+                        missing_model_files(model.gguf_file, model.trust_remote_code), key="input_model.model_path")
+    return Path(model.model_path)
 
 
 def describe_input(model, folder: Path, content: str) -> dict:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_json, read_json
-from modelpress.passes.catalog import HF, HF_ADAPTER, ONNX, ONNX_GENAI
+from modelpress.passes.catalog import GGUF, HF, HF_ADAPTER, ONNX, ONNX_GENAI
 
 log = logging.getLogger("modelpress")
 
 MODEL_CARD = "modelpress_model.json"
 ADAPTER_DIR = "adapter"
+GGUF_FILE = "model.gguf"  # the file in a GGUF model folder (GgufExport)
 
 
 @dataclass
@@ -234,7 +235,11 @@ def load_hf_model(folder: Path, task: str, labels: list[str] | None = None, dtyp
 
 
 def load_for_inference(ref: ModelRef, trust_remote_code: bool = False):
-    """(model, tokenizer) in eval mode for an HF folder or a base + adapter."""
+    """(model, tokenizer) in eval mode for an HF folder, a base + adapter, or a GGUF file (dequantized)."""
+    if ref.kind == GGUF:
+        from modelpress.gguf import inference_folder
+
+        ref = ModelRef(HF, inference_folder(Path(ref.path) / GGUF_FILE, trust_remote_code), ref.id, task=ref.task)
     task = ref.task.get("task", "text-generation")
     labels = ref.task.get("labels")
     if ref.kind == HF_ADAPTER:

@@ -179,15 +179,23 @@ def quantized_modules(state: dict) -> set[str]:
 
 def dequantize_module(state: dict, config: dict, module: str):
     """Take one module's packed tensors out of `state` and return its float weight."""
+    codes, scales, zeros, grid = module_codes(state, config, module)
+    for part in PARTS:
+        state.pop(f"{module}.{part}", None)
+    return dequantize(codes, scales, zeros, grid)
+
+
+def module_codes(state: dict, config: dict, module: str):
+    """One module's codes (out, in), scales and zeros (out, groups), all float32, and its grid; `state` keeps them."""
     grid = grid_of(config, module)
-    scales = state.pop(f"{module}.scales").float()
-    qweight = state.pop(f"{module}.qweight")
+    scales = state[f"{module}.scales"].float()
+    qweight = state[f"{module}.qweight"]
     codes = unpack(qweight, grid.bits, qweight.shape[1] * 8 // grid.bits)
-    qzeros = state.pop(f"{module}.qzeros", None)
+    qzeros = state.get(f"{module}.qzeros")
     if qzeros is None:  # Olive writes none for a symmetric grid: the middle level
-        return dequantize(codes, scales, torch_full_like(scales, 2 ** (grid.bits - 1)), grid)
+        return codes, scales, torch_full_like(scales, 2 ** (grid.bits - 1)), grid
     qzeros = qzeros.reshape(qweight.shape[0], -1)  # see torch_quant.packed_parts
-    return dequantize(codes, scales, unpack(qzeros, grid.bits, scales.shape[1]), grid)
+    return codes, scales, unpack(qzeros, grid.bits, scales.shape[1]), grid
 
 
 def midpoint_zeros(scales, bits: int):

@@ -189,6 +189,11 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
             c.add(f"passes.{p.name}.class_weight", "class_weight weighs the classes of a text-classification "
                   "model, and this model generates text", "Remove class_weight, or set input_model.task to "
                   "'text-classification'.")
+    if p.type == "GgufExport" and not model.gguf_file:
+        c.add(f"passes.{p.name}.type", "GgufExport writes a model back into the GGUF file it came from (that "
+              "file's tokenizer and metadata), and input_model is not a GGUF file",
+              "Start from the model's GGUF file (input_model.model_path: a .gguf file), or convert the output "
+              "folder with llama.cpp's convert_hf_to_gguf.py.")
     if p.type == "ModelBuilder" and model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
               "For a classifier use OnnxConversion, then an ONNX quantization pass.")

@@ -11,10 +11,12 @@ from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
+from modelpress.passes.gguf_spec import GGUF_SPECS
 from modelpress.passes.onnx_specs import ONNX_SPECS
 from modelpress.passes.quant_specs import QUANT_SPECS
-from modelpress.passes.spec_base import (DATA_PARAMS, HF, HF_ADAPTER, HF_QUANTIZED, ONNX, ONNX_GENAI,  # noqa: F401
-                                         SAME_KIND, SEARCH, PassSpec, Strict, output_neutral, searchable)
+from modelpress.passes.spec_base import (DATA_PARAMS, GGUF, HF, HF_ADAPTER, HF_QUANTIZED,  # noqa: F401
+                                         ONNX, ONNX_GENAI, SAME_KIND, SEARCH, PassSpec, Strict, output_neutral,
+                                         searchable)
 
 # Each learning-rate schedule and the settings its transformers function takes beyond the optimizer and step counts
 # (tests/test_config.py checks this table against transformers' own signatures).
@@ -374,9 +376,10 @@ def _register(specs) -> None:
         CATALOG[spec.name] = spec
 
 
-# The ONNX and torch-quantization passes declare their params in their own modules.
+# The ONNX, torch-quantization and GGUF passes declare their params in their own modules.
 _register(ONNX_SPECS)
 _register(QUANT_SPECS)
+_register(GGUF_SPECS)
 
 
 def data_refs(params: Strict) -> dict[str, str]:

@@ -16,6 +16,7 @@ HF_ADAPTER = "hf-adapter"  # a base Hugging Face folder plus a peft adapter fold
 ONNX_GENAI = "onnx-genai"  # an onnxruntime-genai model folder
 ONNX = "onnx"  # a plain ONNX model folder: model.onnx (+ external data), tokenizer, config.json
 HF_QUANTIZED = "hf-quantized"  # a Hugging Face folder with weight-only quantized linears (modelpress.quantized)
+GGUF = "gguf"  # a folder holding one model.gguf (llama.cpp, Ollama)
 
 # The libraries whose code reads or writes each kind of model. A pass's cache key holds the versions of those of
 # its input and output kinds (and `accelerate` for a training pass, its optional package if it has one), an
@@ -29,6 +30,7 @@ KIND_LIBRARIES = {
     HF_QUANTIZED: _TORCH,
     ONNX: (*_ONNX, "transformers", "tokenizers"),  # its prompts are tokenized by transformers
     ONNX_GENAI: (*_ONNX, "onnxruntime_genai"),  # genai tokenizes itself
+    GGUF: ("gguf", *_TORCH),  # written with gguf; evaluated dequantized through transformers
 }
 
 SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind

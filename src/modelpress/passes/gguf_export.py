@@ -1,0 +1,293 @@
+"""GgufExport: a model written back as a GGUF file that llama.cpp and Ollama load.
+
+It takes a Hugging Face folder (LoRA and merge leave one), or a weight-quantized checkpoint (Gptq, Rtn), from a
+workflow whose input was a GGUF file, and writes it in that file's own layout:
+- every metadata key of the input file is carried over: architecture keys, and the tokenizer as llama.cpp's
+  converter wrote it (token list, merges, special ids and the pre-tokenizer's name, which llama.cpp's converter
+  finds by hashing test strings and which modelpress does not guess); the file type is the new one, and the chat
+  template, by default, the one the model was fine-tuned with;
+- each weight goes under its llama.cpp name, from the `gguf` package's TensorNameMap (which llama.cpp's converter
+  and transformers' GGUF reader also use), Q and K rows permuted per head for the llama architecture as llama.cpp's
+  converter does (`LlamaModel.permute`; transformers' reader undoes it);
+- the tensors written are the input file's, name for name and shape for shape, or the pass refuses.
+Float weights are quantized with the `gguf` package's reference quantizers (numpy), which write no K-quants
+(Q4_K_M and the like: llama.cpp's `llama-quantize` makes those from an f16 or q8_0 file). A quantized checkpoint's
+codes are written as they are where llama.cpp has their grid (4-bit asymmetric: Q4_1, 4-bit symmetric: Q4_0, 8-bit
+symmetric: Q8_0, in blocks of 32): rounding a fine-tuned model to nearest on 4 bits puts most weights back on the
+4-bit grid of the file it was trained from, and GPTQ's codes keep what training changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelpress.context import PassContext
+from modelpress.errors import MissingDependencyError, ModelpressError
+from modelpress.models import GGUF_FILE, ModelRef
+from modelpress.passes.gguf_spec import OUTTYPES, GgufExportParams
+from modelpress.passes.spec_base import GGUF, HF_QUANTIZED
+
+log = logging.getLogger("modelpress")
+BLOCK = 32  # values per block of every block type written here (Q8_0, Q5_x, Q4_x)
+EDGE_TENSORS = ("token_embd.weight", "output.weight")  # the matrices kept at 8 bits under the 4- and 5-bit types
+# metadata the writer sets itself, or that describes the new file rather than the model
+NOT_CARRIED = ("general.architecture", "general.file_type", "general.quantization_version", "general.alignment")
+
+
+def _permute_qk(name: str, data, meta: dict):
+    """llama.cpp's `LlamaModel.permute`: the rotary halves of each head's rows interleaved (Q by the query heads,
+    K by the key/value heads). `data` is anything with one row per output (weights, codes, scales)."""
+    arch = meta["general.architecture"]
+    heads = {"attn_q": meta[f"{arch}.attention.head_count"],
+             "attn_k": meta.get(f"{arch}.attention.head_count_kv", meta[f"{arch}.attention.head_count"])}
+    part = name.split(".")[-2]
+    if part not in heads:
+        return data
+    n = int(heads[part])
+    return data.reshape(n, 2, data.shape[0] // n // 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
+
+
+# The architectures written, and how a weight's Hugging Face layout becomes llama.cpp's (None: as it is). Each is
+# checked by a round trip through transformers' GGUF reader (tests/test_gguf_export.py).
+LAYOUTS = {"llama": _permute_qk}
+# A quantized grid llama.cpp stores as it is: (bits, symmetric) -> block type and the zero point it implies
+# (None: any, stored per block as Q4_1's minimum).
+CODE_TYPES = {(4, False): ("Q4_1", None), (4, True): ("Q4_0", 8), (8, True): ("Q8_0", 128)}
+
+
+@dataclass
+class Stored:
+    """One weight of the model to write: its shape, its float values, and for a quantized module its codes."""
+
+    shape: tuple[int, ...]
+    values: Callable  # () -> float32 numpy array
+    codes: Callable | None = None  # () -> (codes, scales, zeros) float32 numpy arrays, grid
+
+
+def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependencyError("gguf", "gguf", "GgufExport") from None
+    from modelpress.inputs import gguf_source
+
+    source = gguf_source(ctx.input_model)
+    if source is None:  # the config check says it first
+        raise ModelpressError("GgufExport writes a model whose workflow input is a GGUF file; input_model names "
+                              "a Hugging Face model")
+    reader = gguf.GGUFReader(str(source))
+    meta = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    arch = meta.get("general.architecture")
+    if arch not in LAYOUTS:
+        raise ModelpressError(f"GgufExport writes the {', '.join(LAYOUTS)} architecture (Llama, SmolLM2 and other "
+                              f"files llama.cpp calls so); {source.name} is {arch!r}. Convert the output folder "
+                              "with llama.cpp's convert_hf_to_gguf.py instead.")
+    folder = Path(ctx.model.path)
+    weights = _quantized_weights(folder) if ctx.model.kind == HF_QUANTIZED else _float_weights(folder)
+    plan = _plan(reader, weights, gguf, arch)
+    template = _chat_template(ctx, params, meta)
+    out = Path(ctx.out) / GGUF_FILE
+    counts, notes = _write(out, reader, meta, plan, weights, params.outtype, template, LAYOUTS[arch], gguf)
+    ctx.notes.extend(notes)
+    ctx.notes.append(f"wrote {GGUF_FILE} ({out.stat().st_size / 2**20:.1f} MiB): "
+                     + ", ".join(f"{n} tensors {t}" for t, n in sorted(counts.items()))
+                     + f"; tokenizer and metadata from {source.name}")
+    return ModelRef(GGUF, ctx.out, id="", task=dict(ctx.model.task))
+
+
+def _float_weights(folder: Path) -> dict[str, Stored]:
+    """The tensors of a Hugging Face folder's safetensors files, read one at a time."""
+    from safetensors import safe_open
+
+    def reader(path: Path, name: str):
+        def read():
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_tensor(name).float().numpy()
+        return read
+
+    found: dict[str, Stored] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                found[name] = Stored(tuple(f.get_slice(name).get_shape()), reader(path, name))
+    if not found:
+        raise ModelpressError(f"{folder} holds no safetensors weights for GgufExport to write")
+    return found
+
+
+def _quantized_weights(folder: Path) -> dict[str, Stored]:
+    """A weight-quantized checkpoint's tensors: each quantized module as `<module>.weight`, with its codes."""
+    from modelpress.quantized import dequantize, load_state, module_codes, quant_config, quantized_modules
+
+    state, config = load_state(folder), quant_config(folder)
+    modules = quantized_modules(state)
+    parts = {f"{m}.{p}" for m in modules for p in ("qweight", "scales", "qzeros")}
+    found = {name: Stored(tuple(t.shape), lambda t=t: t.float().numpy()) for name, t in state.items()
+             if name not in parts}
+    for module in modules:
+        codes, scales, zeros, grid = module_codes(state, config, module)
+        found[f"{module}.weight"] = Stored(
+            tuple(codes.shape), lambda c=codes, s=scales, z=zeros, g=grid: dequantize(c, s, z, g).numpy(),
+            lambda c=codes, s=scales, z=zeros, g=grid: ((c.numpy(), s.numpy(), z.numpy()), g))
+    return found
+
+
+def _plan(reader, weights: dict[str, Stored], gguf, arch: str) -> list[tuple[str, str]]:
+    """[(llama.cpp name, Hugging Face name)] for every tensor of the input file, in its order."""
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_id, int(reader.fields[f"{arch}.block_count"].contents()))
+    by_gguf: dict[str, str] = {}
+    for hf in weights:
+        mapped = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if mapped:
+            by_gguf.setdefault(mapped, hf)
+    has_output = any(t.name == "output.weight" for t in reader.tensors)
+    plan, missing, wrong = [], [], []
+    for tensor in reader.tensors:
+        hf = by_gguf.get(tensor.name)
+        if hf is None and tensor.name == "output.weight":  # a tied head the folder stores once, as the embedding
+            hf = by_gguf.get("token_embd.weight")
+        if hf is None:
+            missing.append(tensor.name)
+            continue
+        plan.append((tensor.name, hf))
+        expected = tuple(int(n) for n in reversed(tensor.shape))
+        if weights[hf].shape != expected:
+            wrong.append(f"{hf} is {weights[hf].shape}, {tensor.name} {expected}")
+    # a head the input file ties to the embedding (it has no output tensor): llama.cpp reads the embedding
+    tied = {by_gguf["output.weight"]} if "output.weight" in by_gguf and not has_output else set()
+    unwritten = sorted(set(weights) - {hf for _, hf in plan} - tied)
+    if missing or unwritten or wrong:
+        found = [f"the model has no weight for {', '.join(missing[:5])}" if missing else "",
+                 f"the file has no place for {', '.join(unwritten[:5])}" if unwritten else "",
+                 f"shapes differ: {'; '.join(wrong[:5])}" if wrong else ""]
+        raise ModelpressError("GgufExport writes the tensors of the input GGUF file, and this model's differ: "
+                              + "; ".join(part for part in found if part)
+                              + ". A pass that changes which weights the model has (not LoRA, merge or weight "
+                              "quantization) cannot be written back.")
+    return plan
+
+
+def _chat_template(ctx: PassContext, params: GgufExportParams, meta: dict) -> str | None:
+    """The chat template to write (None: the input file's, or none)."""
+    recipe = ctx.model.task or {}
+    trained = (recipe.get("chat") or {}).get("template")
+    if params.chat_template == "trained" and trained and trained != meta.get("tokenizer.chat_template"):
+        ctx.notes.append("the file's chat template is the one the model was fine-tuned with, not the input file's")
+        return trained
+    if recipe.get("text_template"):
+        ctx.notes.append("the model was fine-tuned on a text template, not a chat template: send llama.cpp prompts "
+                         "written in it as plain completions (llama-cli without conversation mode, llama-server's "
+                         "/completion); its chat mode would wrap them in the input file's chat template")
+    return None
+
+
+def _float_type(name: str, shape: tuple, outtype: str, gguf):
+    """The GGML type a float tensor is written in, and why it is not the outtype's (or None)."""
+    if len(shape) < 2:
+        return gguf.GGMLQuantizationType.F32, None
+    block_type, edge_type = OUTTYPES[outtype]
+    wanted = getattr(gguf.GGMLQuantizationType, edge_type if name in EDGE_TENSORS else block_type)
+    if wanted.name.startswith("Q") and shape[-1] % BLOCK:
+        return gguf.GGMLQuantizationType.F16, f"{name}: rows of {shape[-1]} values, not a multiple of {BLOCK}"
+    return wanted, None
+
+
+def code_blocks(codes, scales, zeros, grid, gguf):
+    """A quantized module's codes as llama.cpp blocks, (GGML type, uint8 blocks), or None where llama.cpp has no
+    type for its grid. codes (out, in), scales and zeros (out, groups): float32 numpy arrays; weight = (q - zero) *
+    scale, as modelpress.quantized stores it."""
+    import numpy as np
+
+    kind, zero = CODE_TYPES.get((grid.bits, grid.symmetric), (None, None))
+    size = codes.shape[1] if grid.group_size == -1 else grid.group_size
+    if kind is None or size % BLOCK or (zero is not None and not (zeros == zero).all()):
+        return None
+    per = size // BLOCK
+    d = np.repeat(scales, per, axis=1).reshape(-1, 1)  # one scale and zero per block of 32
+    z = np.repeat(zeros, per, axis=1).reshape(-1, 1)
+    q = codes.reshape(-1, BLOCK).astype(np.int16)
+    head = [d.astype(np.float16).view(np.uint8)]
+    if kind == "Q8_0":
+        body = (q - zero).astype(np.int8).view(np.uint8)
+    else:
+        if kind == "Q4_1":  # value = d * q + m
+            head.append((-d * z).astype(np.float16).view(np.uint8))
+        halves = q.astype(np.uint8).reshape(-1, 2, BLOCK // 2)  # element j in the low nibble, j + 16 in the high
+        body = halves[:, 0, :] | (halves[:, 1, :] << np.uint8(4))
+    rows = np.concatenate([*head, body], axis=1).reshape(codes.shape[0], -1)  # gguf's byte shape: a row a row
+    return getattr(gguf.GGMLQuantizationType, kind), rows
+
+
+def _write(out: Path, reader, meta: dict, plan: list, weights: dict[str, Stored], outtype: str,
+           template: str | None, layout, gguf) -> tuple[dict[str, int], list[str]]:
+    """Write the file: the input's metadata (with this file's type and template), then each tensor; returns
+    {GGML type: tensor count} and notes for the run history."""
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(out), meta["general.architecture"], use_temp_file=True)  # a tensor at a time
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key in NOT_CARRIED or (template and key == "tokenizer.chat_template"):
+            continue
+        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    if template:
+        writer.add_chat_template(template)
+    counts: dict[str, int] = {}
+    fallbacks, requantized = [], []
+    for gguf_name, hf in plan:
+        stored = weights[hf]
+        blocks = None
+        if stored.codes is not None:
+            (codes, scales, zeros), grid = stored.codes()
+            if layout:
+                codes, scales, zeros = (layout(gguf_name, a, meta) for a in (codes, scales, zeros))
+            blocks = code_blocks(codes, scales, zeros, grid, gguf)
+            if blocks is None:
+                requantized.append(f"{hf} ({grid.bits}-bit, {'' if grid.symmetric else 'a'}symmetric, groups of "
+                                   f"{grid.group_size})")
+        if blocks is not None:
+            kind, data = blocks
+            writer.add_tensor(gguf_name, data, raw_dtype=kind)
+        else:
+            data = stored.values()
+            data = layout(gguf_name, data, meta) if layout else data
+            kind, why = _float_type(gguf_name, data.shape, outtype, gguf)
+            if why:
+                fallbacks.append(why)
+            if kind == gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(gguf_name, np.ascontiguousarray(data, dtype=np.float32))
+            elif kind == gguf.GGMLQuantizationType.F16:
+                writer.add_tensor(gguf_name, data.astype(np.float16))
+            else:
+                writer.add_tensor(gguf_name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+        counts[kind.name] = counts.get(kind.name, 0) + 1
+    writer.add_file_type(_file_type(counts, gguf))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    notes = []
+    if fallbacks:
+        notes.append(f"{len(fallbacks)} weights written f16 (llama.cpp's blocks take rows of a multiple of {BLOCK} "
+                     f"values): {'; '.join(fallbacks[:3])}")
+    if requantized:
+        notes.append(f"{len(requantized)} quantized weights have a grid llama.cpp does not store (it has 4-bit and "
+                     f"8-bit symmetric blocks of 32, and 4-bit asymmetric ones): dequantized and written {outtype}: "
+                     + "; ".join(requantized[:3]))
+    for note in notes:
+        log.warning("GgufExport: %s", note)
+    return counts, notes
+
+
+def _file_type(counts: dict[str, int], gguf) -> int:
+    """general.file_type: that of the type most weights other than float32 ones (norms) have; all float32: ALL_F32."""
+    matrices = {k: n for k, n in counts.items() if k != "F32"}
+    if not matrices:
+        return gguf.LlamaFileType.ALL_F32
+    main = max(matrices, key=matrices.get)
+    return getattr(gguf.LlamaFileType, f"MOSTLY_{main}")

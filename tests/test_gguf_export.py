@@ -1,0 +1,240 @@
+"""GgufExport: a model whose input was a GGUF file, written back as one.
+
+The source files are written the way llama.cpp's converter writes a Llama (`test_gguf.write_llama_gguf`, code
+independent of modelpress). An export of the converted folder, untrained, must give back the source's tensors
+(F32: the same values; Q8_0 re-quantized from Q8_0 values: the same bytes) and its metadata; read back through
+transformers' GGUF reader it must give the source model's logits. tests/test_smollm2.py checks the same against
+a file llama.cpp itself wrote.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TONE_DATA
+from test_gguf import HEADS, KV_HEADS, SENTENCES, _logits, _permute, _source_model, write_llama_gguf
+
+gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from modelpress.tiny import default_corpus, train_tokenizer
+
+    return train_tokenizer([line for line in default_corpus().splitlines() if line.strip()], 384)
+
+
+def _workflow(tmp_path, source, passes: dict, data: bool = False) -> dict:
+    raw = {"input_model": {"type": "HfModel", "model_path": str(source)}, "passes": passes,
+           "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}
+    if data:
+        raw["data_configs"] = [{
+            "name": "tone", "load_dataset_config": {"data_name": "json", "data_files": [str(TONE_DATA)]},
+            "pre_process_data_config": {"chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"
+                                                         "</s>{% endfor %}{% if add_generation_prompt %}<assistant>"
+                                                         "{% endif %}",
+                                        "chat_columns": {"user": "{phrase}", "assistant": "{tone}"},
+                                        "max_seq_len": 96}}]
+    return raw
+
+
+def _run(tmp_path, raw: dict):
+    from modelpress.config import normalize
+    from modelpress.engine import run_workflow
+
+    run_workflow(normalize(raw, tmp_path), show_progress=False)
+    return tmp_path / "out" / "model" / "model.gguf"
+
+
+def _tensors(path) -> dict:
+    reader = gguf.GGUFReader(str(path))
+    return {t.name: (t.tensor_type.name, np.asarray(t.data).copy()) for t in reader.tensors}
+
+
+def _fields(path) -> dict:
+    reader = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("tie, float_type, outtype", [(False, "F32", "f32"), (True, "F32", "f32"),
+                                                       (False, "Q8_0", "q8_0")], ids=["f32", "f32-tied", "q8_0"])
+def test_an_untrained_export_gives_back_the_source_tensors_and_metadata(tmp_path, tokenizer, tie, float_type,
+                                                                         outtype):
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, tie), tokenizer, tmp_path / "models" / "tiny.gguf",
+                              float_type)
+    written = _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport", "outtype": outtype}}))
+
+    expected, got = _tensors(source), _tensors(written)
+    assert list(got) == list(expected)  # names, and the source's order
+    for name, (kind, data) in expected.items():
+        assert got[name][0] == kind, name
+        assert np.array_equal(got[name][1], data), name  # Q and K permuted back as llama.cpp lays them out
+    before, after = _fields(source), _fields(written)
+    assert {k: v for k, v in after.items() if k != "general.quantization_version"} == before
+    card = json.loads((written.parent / "modelpress_model.json").read_text())
+    assert card["kind"] == "gguf"
+
+
+def test_a_trained_export_reads_back_with_the_trained_logits_and_chat_template(tmp_path, tokenizer):
+    """LoRA, merge, export: the file, read by transformers' GGUF reader, gives the merged model's logits (f32), and
+    carries the chat template the model was trained with; the run evaluates it (dequantized)."""
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    raw = _workflow(tmp_path, source, {
+        "lora": {"type": "LoRA", "train_data_config": "tone", "r": 4, "target_modules": ["q_proj", "k_proj"],
+                 "training_args": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 0.05}},
+        "merge": {"type": "MergeAdapterWeights"},
+        "gguf": {"type": "GgufExport", "outtype": "f32"}}, data=True)
+    raw["evaluation"] = {"max_examples": 8, "latency_samples": 2, "max_new_tokens": 2}
+    written = _run(tmp_path, raw)
+
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+    merge_key = next(s["output_id"] for s in history["steps"] if s["type"] == "MergeAdapterWeights")
+    merged_folder = tmp_path / "cache" / "passes" / merge_key / "model"
+    merged = AutoModelForCausalLM.from_pretrained(merged_folder, dtype=torch.float32).eval()
+    read = AutoModelForCausalLM.from_pretrained(written.parent, gguf_file=written.name, dtype=torch.float32).eval()
+    ids = tokenizer(SENTENCES[0])["input_ids"]
+    assert torch.allclose(_logits(read, ids), _logits(merged, ids), atol=1e-5, rtol=0)
+    unchanged = _tensors(source)["blk.0.ffn_up.weight"][1]
+    assert np.array_equal(_tensors(written)["blk.0.ffn_up.weight"][1], unchanged)  # not adapted: as it was
+    assert not np.array_equal(_tensors(written)["blk.0.attn_q.weight"][1], _tensors(source)["blk.0.attn_q.weight"][1])
+    template = raw["data_configs"][0]["pre_process_data_config"]["chat_template"]
+    assert _fields(written)["tokenizer.chat_template"] == template
+    final = json.loads((tmp_path / "out" / "metrics.json").read_text())["models"]["final"]
+    assert final["examples"] == 8 and 0 <= final["accuracy"] <= 1 and final["latency_ms"]["p50"] > 0
+
+
+# the largest relative RMS error of a weight read back, per outtype (measured on this model: q4 0.10, q5 0.05, q8
+# 0.006, bf16 0.003, f16 0.0003)
+ERROR = {"q4_1": 0.15, "q5_0": 0.08, "bf16": 0.005, "f16": 0.001}
+
+
+@pytest.mark.parametrize("outtype, block, edge", [("q4_1", "Q4_1", "Q8_0"), ("q5_0", "Q5_0", "Q8_0"),
+                                                 ("f16", "F16", "F16"), ("bf16", "BF16", "BF16")])
+def test_each_outtype_writes_its_block_type_and_reads_back_close(tmp_path, tokenizer, outtype, block, edge):
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    written = _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport", "outtype": outtype}}))
+    reader = gguf.GGUFReader(str(written))
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert kinds["blk.0.attn_q.weight"] == block and kinds["blk.1.ffn_down.weight"] == block
+    assert kinds["token_embd.weight"] == edge and kinds["output.weight"] == edge
+    assert kinds["blk.0.attn_norm.weight"] == "F32"
+    assert _fields(written)["general.file_type"] == getattr(gguf.LlamaFileType, f"MOSTLY_{outtype.upper()}")
+    expected = _tensors(source)
+    for tensor in reader.tensors:
+        values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+        want = expected[tensor.name][1]
+        error = np.sqrt(((values - want) ** 2).mean() / (want ** 2).mean())
+        assert 0 <= error < (ERROR[outtype] if tensor.tensor_type.name == block else 0.01), (tensor.name, error)
+        assert tensor.tensor_type.name == "F32" or outtype == "f16" or error > 0  # rounded, so its values moved
+
+
+@pytest.mark.parametrize("sym, bits, block", [(False, 4, "Q4_1"), (True, 4, "Q4_0"), (True, 8, "Q8_0")])
+def test_a_quantized_checkpoint_keeps_its_codes_in_llama_cpp_blocks(tmp_path, tokenizer, sym, bits, block):
+    """Rtn's codes go into the block type of their grid whatever the outtype; read back, the file's weights are
+    the checkpoint's (its scales and minimums rounded to float16, as llama.cpp stores them)."""
+    from modelpress.quantized import dequantized_state
+
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    written = _run(tmp_path, _workflow(tmp_path, source, {
+        "rtn": {"type": "Rtn", "bits": bits, "sym": sym, "group_size": 32},
+        "gguf": {"type": "GgufExport", "outtype": "f32"}}))
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+    rtn_key = next(s["output_id"] for s in history["steps"] if s["type"] == "Rtn")
+    state = dequantized_state(tmp_path / "cache" / "passes" / rtn_key / "model")
+    reader = gguf.GGUFReader(str(written))
+    tensors = {t.name: t for t in reader.tensors}
+    for hf, name in [("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
+                     ("model.layers.1.self_attn.v_proj.weight", "blk.1.attn_v.weight"),
+                     ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
+                     ("model.layers.1.self_attn.k_proj.weight", "blk.1.attn_k.weight")]:
+        tensor = tensors[name]
+        assert tensor.tensor_type.name == block, name
+        values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
+        expected = state[hf].float().numpy()
+        if "attn_q" in name or "attn_k" in name:  # llama.cpp's row order, codes and scales alike
+            expected = _permute(expected, HEADS, HEADS if "attn_q" in name else KV_HEADS)
+        top = np.abs(expected).max()
+        # float16 scales and minimums, as llama.cpp stores them: under a quarter of an 8-bit step (0.0078 * top)
+        assert np.abs(values - expected).max() < 2e-3 * top, name
+    assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+    assert tensors["token_embd.weight"].tensor_type.name == "F32"  # not quantized: the outtype's
+    assert _fields(written)["general.file_type"] == getattr(gguf.LlamaFileType, f"MOSTLY_{block}")
+
+
+def test_a_grid_llama_cpp_lacks_is_requantized_and_said(tmp_path, tokenizer):
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    written = _run(tmp_path, _workflow(tmp_path, source, {
+        "rtn": {"type": "Rtn", "bits": 8, "sym": False, "group_size": 32},
+        "gguf": {"type": "GgufExport", "outtype": "q8_0"}}))
+    assert {t.tensor_type.name for t in gguf.GGUFReader(str(written)).tensors} == {"Q8_0", "F32"}
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+    notes = next(s["notes"] for s in history["steps"] if s["type"] == "GgufExport")
+    assert any("grid llama.cpp does not store" in note and "8-bit, asymmetric" in note for note in notes), notes
+
+
+def test_a_hugging_face_input_is_refused_before_anything_runs(tmp_path, tiny_model):
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+
+    raw = _workflow(tmp_path, tiny_model, {"gguf": {"type": "GgufExport"}})
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*not a GGUF file.*convert_hf_to_gguf"):
+        normalize(raw, tmp_path)
+
+
+def test_a_model_whose_weights_differ_from_the_file_is_refused(tmp_path, tokenizer, monkeypatch):
+    """The export writes the input file's tensors: a folder missing one (or holding another) names it."""
+    import modelpress.passes.gguf_export as export
+    from modelpress.errors import ModelpressError
+
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    real = export._float_weights
+
+    def without_one(folder):
+        found = real(folder)
+        found.pop("model.layers.1.mlp.up_proj.weight")
+        return found
+
+    monkeypatch.setattr(export, "_float_weights", without_one)
+    with pytest.raises(ModelpressError, match=r"no weight for blk\.1\.ffn_up\.weight"):
+        _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}}))
+    monkeypatch.setattr(export, "LAYOUTS", {"qwen2": None})
+    with pytest.raises(ModelpressError, match=r"writes the qwen2 architecture.*is 'llama'"):
+        _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}}))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
+@pytest.mark.parametrize("passes", [{}, {"rtn": {"type": "Rtn", "bits": 4, "sym": False, "group_size": 32}}],
+                         ids=["f32", "rtn-codes-q4_1"])
+def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, passes):
+    """llama.cpp itself (llama-cpp-python) computes the file's logits as transformers' GGUF reader does: the names,
+    the Q/K layout and the blocks built from a checkpoint's codes are llama.cpp's own."""
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    written = _run(tmp_path, _workflow(tmp_path, source, {**passes, "gguf": {"type": "GgufExport",
+                                                                               "outtype": "f32"}}))
+    ids = tokenizer(SENTENCES[0])["input_ids"]
+    llm = Llama(model_path=str(written), n_ctx=128, n_threads=2, verbose=False, logits_all=True)
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    read = AutoModelForCausalLM.from_pretrained(written.parent, gguf_file=written.name, dtype=torch.float32).eval()
+    ours = _logits(read, ids)
+    error = (theirs - ours).abs().max().item() / ours.abs().max().item()
+    assert error < (2e-3 if not passes else 0.05), error  # Q4_1 dot products take 8-bit activations in llama.cpp
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
