@@ -110,6 +110,7 @@ def test_a_trained_export_reads_back_with_the_trained_logits_and_chat_template(t
     assert _fields(written)["tokenizer.chat_template"] == template
     final = json.loads((tmp_path / "out" / "metrics.json").read_text())["models"]["final"]
     assert final["examples"] == 8 and 0 <= final["accuracy"] <= 1 and final["latency_ms"]["p50"] > 0
+    assert "a gguf model is measured in PyTorch" in (tmp_path / "out" / "report.html").read_text()
 
 
 # the largest relative RMS error of a weight read back, per outtype (measured on this model: q4 0.10, q5 0.05, q8
@@ -238,3 +239,12 @@ def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, pa
     error = (theirs - ours).abs().max().item() / ours.abs().max().item()
     assert error < (2e-3 if not passes else 0.05), error  # Q4_1 dot products take 8-bit activations in llama.cpp
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
+
+
+def test_generate_points_a_gguf_folder_at_llama_cpp(tmp_path):
+    from modelpress.errors import ModelpressError
+    from modelpress.generate import generate
+
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelpressError, match=r"is a GGUF file .*llama-cli -m .*model\.gguf.*evaluate"):
+        next(generate(tmp_path, "hello"))

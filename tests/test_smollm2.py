@@ -90,3 +90,14 @@ def test_an_untrained_q4_1_export_is_the_llama_cpp_file_tensor_for_tensor(conver
         assert np.array_equal(np.asarray(mine.data), np.asarray(original.data)), mine.name
     fields = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
     assert {k: f.contents() for k, f in ours.fields.items() if not k.startswith("GGUF.")} == fields
+
+
+def test_the_gguf_example_shares_the_example_steps_before_its_export():
+    """examples/smollm2-tone/gguf.json reuses `make smollm2`'s LoRA, merge and GPTQ from the cache: the same steps,
+    then GgufExport (the README quotes its run)."""
+    from modelpress.config import load_config
+
+    shipped, gguf = load_config(EXAMPLE / "workflow.json"), load_config(EXAMPLE / "gguf.json")
+    assert [p.type for p in gguf.passes] == ["LoRA", "MergeAdapterWeights", "Gptq", "GgufExport"]
+    assert [p.model_dump() for p in gguf.passes[:3]] == [p.model_dump() for p in shipped.passes[:3]]
+    assert gguf.data_configs == shipped.data_configs and gguf.engine.cache_dir == shipped.engine.cache_dir

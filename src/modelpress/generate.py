@@ -14,7 +14,7 @@ from pathlib import Path
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
 from modelpress.genai_folder import GENAI_GREEDY, open_model, other_pad_id, trained_bos
-from modelpress.models import MODEL_CARD
+from modelpress.models import GGUF_FILE, MODEL_CARD
 from modelpress.onnx_adapters import adapter_file, genai_adapters
 
 log = logging.getLogger("modelpress")
@@ -122,6 +122,10 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
     if not model_dir.is_dir():
         raise ModelpressError(f"{model_dir}: no such folder. Point generate at the 'model' folder of a run that "
                               "ends with ModelBuilder.")
+    if (model_dir / GGUF_FILE).is_file():
+        raise ModelpressError(f"{model_dir / GGUF_FILE} is a GGUF file (GgufExport): generate with llama.cpp "
+                              f"(llama-cli -m {model_dir / GGUF_FILE} -cnv) or Ollama (a Modelfile whose FROM names "
+                              "it); `modelpress evaluate` measures it.")
     if not (model_dir / "genai_config.json").is_file():
         raise ModelpressError(f"{model_dir} is not an onnxruntime-genai folder (no genai_config.json). "
                               "Point generate at the 'model' folder of a run that ends with ModelBuilder.")

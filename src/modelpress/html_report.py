@@ -15,7 +15,7 @@ from pathlib import Path
 from modelpress.chart_layout import FONT, FRAME, HEIGHT, PARETO_FILL, WIDTH, Axis, Mark, chart_layout, finite
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import atomic_write_text, read_json
-from modelpress.report import EXTRA_HEADERS, answer_lengths, confusion_table, extra_data_rows, miss_rows
+from modelpress.report import EXTRA_HEADERS, answer_lengths, confusion_table, extra_data_rows, gguf_note, miss_rows
 
 REPORT = "report.html"
 
@@ -144,6 +144,7 @@ def _models_table(models: dict) -> str:
         note += (f". Latency and tok/s: one example at a time, on {html.escape(str(first['latency_examples']))} "
                  "of them"
                  f"{html.escape(answer_lengths(models))}.")
+    note += html.escape(gguf_note(models, " Note: "))
     headers = ["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"]
     return "<h2>Models</h2>" + _table(headers, rows, "models") + note + "</p>"
 

@@ -56,12 +56,21 @@ def summary_table(history: list[dict], metrics: dict) -> str:
     if first.get("latency_examples") is not None:  # metrics written before latency was sampled have none
         note += f"\nlatency, tok/s: one example at a time, on {first['latency_examples']} of them"
         note += answer_lengths(models)
+    note += gguf_note(models, "\n")
     table = _table(["model", "kind", "accuracy", "loss", "p50 ms", "p90 ms", "tok/s", "size MiB"], rows)
     extra = "".join(f"\n\non {what}:\n" + _table(EXTRA_HEADERS, rows) for what, rows in extra_data_rows(metrics))
     return f"{steps}\n\n{table}{note}{extra}"
 
 
 EXTRA_HEADERS = ["model", "kind", "accuracy", "answered with a label", "loss"]
+
+
+def gguf_note(models: dict, lead: str) -> str:
+    """What a GGUF model's numbers are (`lead` + the note), or "" when no model is one."""
+    if not any(m.get("model_kind") == "gguf" for m in models.values()):
+        return ""
+    return (f"{lead}a gguf model is measured in PyTorch on its weights dequantized to float32 (transformers' GGUF "
+            "reader): accuracy and loss are those of the file's weights, latency and tok/s PyTorch's, not llama.cpp's")
 
 
 def extra_data_rows(metrics: dict) -> list[tuple[str, list[list[str]]]]:
