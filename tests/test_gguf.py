@@ -35,9 +35,9 @@ def _permute(w, n_head: int, n_head_kv: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32") -> Path:
+def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32", extra: dict | None = None) -> Path:
     """Write `model` (LlamaForCausalLM) and `tokenizer` (byte-level BPE) as llama.cpp would, in F32, F16 or
-    Q8_0 (gguf's own quantizer)."""
+    Q8_0 (gguf's own quantizer), with `extra` tensors ({llama.cpp name: array}) after the model's."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama-test")
@@ -54,21 +54,7 @@ def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32") -> P
     w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
                      "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[float_type])
 
-    # Tokenizer, as llama.cpp's `_set_vocab_gpt2`: tokens in id order, CONTROL for special ones, "a b" merges.
-    vocab = tokenizer.get_vocab()
-    tokens = sorted(vocab, key=vocab.get)
-    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
-    special = set(tokenizer.all_special_tokens)
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    w.add_bos_token_id(tokenizer.bos_token_id)
-    w.add_eos_token_id(tokenizer.eos_token_id)
-    w.add_unk_token_id(tokenizer.unk_token_id)
-    w.add_pad_token_id(tokenizer.pad_token_id)
+    add_bpe_tokenizer(w, tokenizer, "gpt-2")
 
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
@@ -91,11 +77,32 @@ def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32") -> P
                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
             continue
         w.add_tensor(ll, data.astype("float16") if float_type == "F16" and data.ndim > 1 else data)
+    for name, data in (extra or {}).items():
+        w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def add_bpe_tokenizer(w, tokenizer, pre: str) -> None:
+    """The tokenizer, as llama.cpp's `_set_vocab_gpt2` writes it: tokens in id order, CONTROL for special ones,
+    "a b" merges."""
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+    special = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_unk_token_id(tokenizer.unk_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id)
 
 
 @pytest.fixture(scope="module")

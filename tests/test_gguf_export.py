@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import TONE_DATA
-from test_gguf import HEADS, KV_HEADS, SENTENCES, _logits, _permute, _source_model, write_llama_gguf
+from test_gguf import (FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, RMS_EPS, ROPE_THETA, SENTENCES, _logits, _permute,
+                       _source_model, add_bpe_tokenizer, write_llama_gguf)
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -185,6 +186,97 @@ def test_a_grid_llama_cpp_lacks_is_requantized_and_said(tmp_path, tokenizer):
     assert any("grid llama.cpp does not store" in note and "8-bit, asymmetric" in note for note in notes), notes
 
 
+def _qwen(tokenizer, arch: str):
+    """A tiny Qwen2 (biased q, k, v) or Qwen3 (q and k norms, heads wider than hidden / heads), tied."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (Qwen3Config,
+                                                                                       Qwen3ForCausalLM)
+    extra = {"head_dim": 128} if arch == "qwen3" else {}  # every Qwen3's, and the one transformers' reader assumes
+    config = config_class(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
+                          num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                          max_position_embeddings=256, rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA,
+                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                          initializer_range=0.1, **extra)
+    torch.manual_seed(1)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:  # norms and biases: values that show a misplaced one
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def write_qwen_gguf(model, tokenizer, path, arch: str):
+    """`model` as llama.cpp's Qwen2Model / Qwen3Model write it (F32): llama.cpp names, no permutation."""
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}-test")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(ROPE_THETA)
+    w.add_layer_norm_rms_eps(RMS_EPS)
+    if arch == "qwen3":
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    add_bpe_tokenizer(w, tokenizer, "qwen2")
+    layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    for i in range(cfg.num_hidden_layers):
+        for hf, ll in layer.items():
+            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{ll}.weight"
+            names[f"model.layers.{i}.{hf}.bias"] = f"blk.{i}.{ll}.bias"
+    for hf, data in model.state_dict().items():
+        if hf in names:
+            w.add_tensor(names[hf], data.detach().float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_qwen_files_round_trip(tmp_path, tokenizer, arch):
+    """A Qwen2 or Qwen3 file, which transformers reads back to its model's logits, exports to the same tensors."""
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "models").mkdir()
+    model = _qwen(tokenizer, arch)
+    source = write_qwen_gguf(model, tokenizer, tmp_path / "models" / "tiny.gguf", arch)
+    read = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
+    ids = tokenizer(SENTENCES[0])["input_ids"]
+    assert torch.allclose(_logits(read, ids), _logits(model, ids), atol=1e-5, rtol=0)  # the writer is right
+    written = _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport", "outtype": "f32"}}))
+    expected, got = _tensors(source), _tensors(written)
+    assert sorted(got) == sorted(expected) and any(".bias" in n or "_norm" in n for n in got)
+    for name, (kind, data) in expected.items():
+        assert got[name][0] == kind and np.array_equal(got[name][1], data), name
+    assert {k: v for k, v in _fields(written).items() if k != "general.quantization_version"} == _fields(source)
+
+
+def test_rope_frequency_tensors_are_carried_from_the_input_file(tmp_path, tokenizer):
+    """Llama 3.1's rope_freqs (and Phi-3's rope factors) come from a config's rope scaling, not from weights: the
+    export copies them from the input file."""
+    (tmp_path / "models").mkdir()
+    freqs = np.linspace(1.0, 8.0, HIDDEN // HEADS // 2, dtype=np.float32)
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf",
+                              extra={"rope_freqs.weight": freqs})
+    written = _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport", "outtype": "q8_0"}}))
+    got = _tensors(written)
+    assert list(got) == list(_tensors(source)) and got["rope_freqs.weight"][0] == "F32"
+    assert np.array_equal(got["rope_freqs.weight"][1], freqs)
+
+
 def test_a_hugging_face_input_is_refused_before_anything_runs(tmp_path, tiny_model):
     from modelpress.config import normalize
     from modelpress.errors import ConfigError
@@ -212,22 +304,25 @@ def test_a_model_whose_weights_differ_from_the_file_is_refused(tmp_path, tokeniz
     with pytest.raises(ModelpressError, match=r"no weight for blk\.1\.ffn_up\.weight"):
         _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}}))
     monkeypatch.setattr(export, "LAYOUTS", {"qwen2": None})
-    with pytest.raises(ModelpressError, match=r"writes the qwen2 architecture.*is 'llama'"):
+    with pytest.raises(ModelpressError, match=r"writes the qwen2 architectures.*is .llama."):
         _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}}))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
-@pytest.mark.parametrize("passes", [{}, {"rtn": {"type": "Rtn", "bits": 4, "sym": False, "group_size": 32}}],
-                         ids=["f32", "rtn-codes-q4_1"])
-def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, passes):
+@pytest.mark.parametrize("arch, passes", [("llama", {}), ("qwen2", {}), ("qwen3", {}),
+                                          ("llama", {"rtn": {"type": "Rtn", "bits": 4, "sym": False, "group_size": 32}})],
+                         ids=["f32", "qwen2-f32", "qwen3-f32", "rtn-codes-q4_1"])
+def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, arch, passes):
     """llama.cpp itself (llama-cpp-python) computes the file's logits as transformers' GGUF reader does: the names,
     the Q/K layout and the blocks built from a checkpoint's codes are llama.cpp's own."""
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
 
     (tmp_path / "models").mkdir()
-    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    path = tmp_path / "models" / "tiny.gguf"
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, path) if arch == "llama" else \
+        write_qwen_gguf(_qwen(tokenizer, arch), tokenizer, path, arch)
     written = _run(tmp_path, _workflow(tmp_path, source, {**passes, "gguf": {"type": "GgufExport",
                                                                                "outtype": "f32"}}))
     ids = tokenizer(SENTENCES[0])["input_ids"]

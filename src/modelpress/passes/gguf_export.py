@@ -33,6 +33,9 @@ from modelpress.passes.spec_base import GGUF, HF_QUANTIZED
 log = logging.getLogger("modelpress")
 BLOCK = 32  # values per block of every block type written here (Q8_0, Q5_x, Q4_x)
 EDGE_TENSORS = ("token_embd.weight", "output.weight")  # the matrices kept at 8 bits under the 4- and 5-bit types
+# tensors llama.cpp's converter computes from a config's rope scaling (Llama 3.1's frequencies, Phi-3's long and short
+# factors), which a Hugging Face folder holds as config, not weights: copied from the input file as they are
+CARRIED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 # metadata the writer sets itself, or that describes the new file rather than the model
 NOT_CARRIED = ("general.architecture", "general.file_type", "general.quantization_version", "general.alignment")
 
@@ -50,9 +53,10 @@ def _permute_qk(name: str, data, meta: dict):
     return data.reshape(n, 2, data.shape[0] // n // 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
 
 
-# The architectures written, and how a weight's Hugging Face layout becomes llama.cpp's (None: as it is). Each is
-# checked by a round trip through transformers' GGUF reader (tests/test_gguf_export.py).
-LAYOUTS = {"llama": _permute_qk}
+# The architectures written, and how a weight's Hugging Face layout becomes llama.cpp's (None: as it is, as
+# llama.cpp's Qwen2Model and Qwen3Model write them). Each is checked by a round trip through transformers' GGUF
+# reader (tests/test_gguf_export.py).
+LAYOUTS = {"llama": _permute_qk, "qwen2": None, "qwen3": None}
 # A quantized grid llama.cpp stores as it is: (bits, symmetric) -> block type and the zero point it implies
 # (None: any, stored per block as Q4_1's minimum).
 CODE_TYPES = {(4, False): ("Q4_1", None), (4, True): ("Q4_0", 8), (8, True): ("Q8_0", 128)}
@@ -82,9 +86,9 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
     meta = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
     arch = meta.get("general.architecture")
     if arch not in LAYOUTS:
-        raise ModelpressError(f"GgufExport writes the {', '.join(LAYOUTS)} architecture (Llama, SmolLM2 and other "
-                              f"files llama.cpp calls so); {source.name} is {arch!r}. Convert the output folder "
-                              "with llama.cpp's convert_hf_to_gguf.py instead.")
+        raise ModelpressError(f"GgufExport writes the {', '.join(LAYOUTS)} architectures (Llama, SmolLM2, Mistral-"
+                              f"style, Qwen2 and Qwen2.5, Qwen3 files); {source.name} is {arch!r}. Convert the "
+                              "output folder with llama.cpp's convert_hf_to_gguf.py instead.")
     folder = Path(ctx.model.path)
     weights = _quantized_weights(folder) if ctx.model.kind == HF_QUANTIZED else _float_weights(folder)
     plan = _plan(reader, weights, gguf, arch)
@@ -135,8 +139,9 @@ def _quantized_weights(folder: Path) -> dict[str, Stored]:
     return found
 
 
-def _plan(reader, weights: dict[str, Stored], gguf, arch: str) -> list[tuple[str, str]]:
-    """[(llama.cpp name, Hugging Face name)] for every tensor of the input file, in its order."""
+def _plan(reader, weights: dict[str, Stored], gguf, arch: str) -> list[tuple[str, str | None]]:
+    """[(llama.cpp name, Hugging Face name, or None for a tensor copied from the input file)] for every tensor of
+    the input file, in its order."""
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, int(reader.fields[f"{arch}.block_count"].contents()))
     by_gguf: dict[str, str] = {}
@@ -150,6 +155,9 @@ def _plan(reader, weights: dict[str, Stored], gguf, arch: str) -> list[tuple[str
         hf = by_gguf.get(tensor.name)
         if hf is None and tensor.name == "output.weight":  # a tied head the folder stores once, as the embedding
             hf = by_gguf.get("token_embd.weight")
+        if hf is None and tensor.name in CARRIED:
+            plan.append((tensor.name, None))
+            continue
         if hf is None:
             missing.append(tensor.name)
             continue
@@ -159,7 +167,7 @@ def _plan(reader, weights: dict[str, Stored], gguf, arch: str) -> list[tuple[str
             wrong.append(f"{hf} is {weights[hf].shape}, {tensor.name} {expected}")
     # a head the input file ties to the embedding (it has no output tensor): llama.cpp reads the embedding
     tied = {by_gguf["output.weight"]} if "output.weight" in by_gguf and not has_output else set()
-    unwritten = sorted(set(weights) - {hf for _, hf in plan} - tied)
+    unwritten = sorted(set(weights) - {hf for _, hf in plan if hf} - tied)
     if missing or unwritten or wrong:
         found = [f"the model has no weight for {', '.join(missing[:5])}" if missing else "",
                  f"the file has no place for {', '.join(unwritten[:5])}" if unwritten else "",
@@ -238,7 +246,14 @@ def _write(out: Path, reader, meta: dict, plan: list, weights: dict[str, Stored]
         writer.add_chat_template(template)
     counts: dict[str, int] = {}
     fallbacks, requantized = [], []
+    sources = {t.name: t for t in reader.tensors}
     for gguf_name, hf in plan:
+        if hf is None:  # CARRIED: as the input file holds it
+            tensor = sources[gguf_name]
+            float_kind = tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            writer.add_tensor(gguf_name, np.array(tensor.data), raw_dtype=None if float_kind else tensor.tensor_type)
+            counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+            continue
         stored = weights[hf]
         blocks = None
         if stored.codes is not None:
