@@ -286,6 +286,59 @@ def test_a_hugging_face_input_is_refused_before_anything_runs(tmp_path, tiny_mod
         normalize(raw, tmp_path)
 
 
+def test_what_cannot_be_written_is_refused_when_the_config_is_read(tmp_path, tokenizer, monkeypatch):
+    """An architecture GgufExport does not write (read from the local file's header), a classifier, and a Ray host
+    (whose workers are not given the input file) are config errors, before any training."""
+    import modelpress.passes.gguf_spec as spec
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    raw = _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}})
+    normalize(raw, tmp_path)  # llama: written
+    monkeypatch.setattr(spec, "ARCHITECTURES", {"qwen2": "Qwen2"})
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*tiny\.gguf: GgufExport writes the architectures "
+                                          r"qwen2 \(Qwen2\), and this file's is 'llama'"):
+        normalize(raw, tmp_path)
+    monkeypatch.undo()
+    raw["input_model"]["task"] = "text-classification"
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*text-classification"):
+        normalize(raw, tmp_path)
+    raw = _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}})
+    raw.update(systems={"cluster": {"type": "Ray"}, "here": {"type": "LocalSystem"}}, host="cluster")
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.host.*Ray system 'cluster'.*LocalSystem"):
+        normalize(raw, tmp_path)
+    raw["passes"]["gguf"]["host"] = "here"
+    normalize(raw, tmp_path)
+
+
+def test_a_head_quantized_apart_from_a_tied_embedding_is_written_as_output(tmp_path, tokenizer):
+    """The input file ties its head to the embedding (no output tensor); Rtn of the head unties them, so the file
+    gets an output tensor (llama.cpp reads the embedding only where there is none) and reads back untied."""
+    from transformers import AutoModelForCausalLM
+
+    from modelpress.models import load_causal_lm
+
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, True), tokenizer, tmp_path / "models" / "tiny.gguf")
+    assert "output.weight" not in _tensors(source)
+    written = _run(tmp_path, _workflow(tmp_path, source, {
+        "rtn": {"type": "Rtn", "bits": 4, "sym": False, "group_size": 64, "lm_head": True},
+        "gguf": {"type": "GgufExport", "outtype": "f32"}}))
+    kinds = {name: kind for name, (kind, _) in _tensors(written).items()}
+    assert kinds["output.weight"] == "Q4_1" and kinds["token_embd.weight"] == "F32"
+    assert kinds["blk.0.attn_q.weight"] == "Q4_1"  # groups of 64: two blocks of 32 share a scale and minimum
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+    rtn_key = next(s["output_id"] for s in history["steps"] if s["type"] == "Rtn")
+    quantized = load_causal_lm(tmp_path / "cache" / "passes" / rtn_key / "model").eval()
+    read = AutoModelForCausalLM.from_pretrained(written.parent, gguf_file=written.name, dtype=torch.float32).eval()
+    assert read.config.tie_word_embeddings is False
+    ids = tokenizer(SENTENCES[0])["input_ids"]
+    expected, got = _logits(quantized, ids), _logits(read, ids)
+    assert (got - expected).abs().max().item() < 1e-2 * expected.abs().max().item()  # float16 scales only
+
+
 def test_a_model_whose_weights_differ_from_the_file_is_refused(tmp_path, tokenizer, monkeypatch):
     """The export writes the input file's tensors: a folder missing one (or holding another) names it."""
     import modelpress.passes.gguf_export as export
@@ -303,8 +356,14 @@ def test_a_model_whose_weights_differ_from_the_file_is_refused(tmp_path, tokeniz
     monkeypatch.setattr(export, "_float_weights", without_one)
     with pytest.raises(ModelpressError, match=r"no weight for blk\.1\.ffn_up\.weight"):
         _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}}))
-    monkeypatch.setattr(export, "LAYOUTS", {"qwen2": None})
-    with pytest.raises(ModelpressError, match=r"writes the qwen2 architectures.*is .llama."):
+    monkeypatch.setattr(export, "_float_weights", real)
+    # a file the config check could not read (a Hub file): the pass says it
+    import modelpress.gguf as mgguf
+    import modelpress.passes.gguf_spec as spec
+
+    monkeypatch.setattr(mgguf, "file_architecture", lambda path: None)
+    monkeypatch.setattr(spec, "ARCHITECTURES", {"qwen2": "Qwen2"})
+    with pytest.raises(ModelpressError, match=r"tiny\.gguf: GgufExport writes the architectures qwen2.*is 'llama'"):
         _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}}))
 
 

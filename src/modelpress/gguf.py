@@ -49,21 +49,38 @@ def converted_folder(gguf_path: Path, cache_root: Path, file_id: str, trust_remo
     return target
 
 
-_READ: dict[Path, tempfile.TemporaryDirectory] = {}
+_READ: dict[Path, tuple[tuple[int, int], tempfile.TemporaryDirectory]] = {}
 _READ_LOCK = threading.Lock()
 
 
 def inference_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
-    """A Hugging Face folder of `gguf_path` (a GGUF model modelpress wrote) for PyTorch inference: `evaluate`,
-    `generate` and a run's evaluation read its quantized weights dequantized, as the conversion of an input file
-    does. Made once per process in a temporary folder, removed at exit."""
-    key = Path(gguf_path).resolve()
+    """A Hugging Face folder of `gguf_path` (a GGUF model modelpress wrote) for PyTorch inference: a run's
+    evaluation, `modelpress evaluate` and lm-eval read its quantized weights dequantized, as the conversion of an
+    input file does. Made once per file and process in a temporary folder, again when the file changes (a later run
+    into the same output folder), and removed then or at exit."""
+    path = Path(gguf_path).resolve()
+    stat = path.stat()
+    version = (stat.st_size, stat.st_mtime_ns)
     with _READ_LOCK:
-        if key not in _READ:
+        held = _READ.get(path)
+        if held is None or held[0] != version:
+            if held is not None:
+                held[1].cleanup()
             tmp = tempfile.TemporaryDirectory(prefix="modelpress-gguf-read-")
-            write_hf_folder(key, Path(tmp.name), trust_remote_code)
-            _READ[key] = tmp
-        return Path(_READ[key].name)
+            write_hf_folder(path, Path(tmp.name), trust_remote_code)
+            _READ[path] = version, tmp
+        return Path(_READ[path][1].name)
+
+
+def file_architecture(gguf_path: Path) -> str | None:
+    """The `general.architecture` a GGUF file's header names (None: the gguf package is missing, or the file
+    cannot be read; the run says why)."""
+    try:
+        import gguf
+
+        return str(gguf.GGUFReader(str(gguf_path)).fields["general.architecture"].contents())
+    except Exception:  # noqa: BLE001  a check before the run: the run reports the file's own error
+        return None
 
 
 def _converter_versions() -> str:

@@ -7,6 +7,8 @@ passes, that a search's choices split the data alike, and that outputs stay out 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from modelpress.config.collector import Collector, did_you_mean
 from modelpress.config.evaluator_schema import EvaluatorConfig
 from modelpress.config.schema import (
@@ -189,11 +191,8 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
             c.add(f"passes.{p.name}.class_weight", "class_weight weighs the classes of a text-classification "
                   "model, and this model generates text", "Remove class_weight, or set input_model.task to "
                   "'text-classification'.")
-    if p.type == "GgufExport" and not model.gguf_file:
-        c.add(f"passes.{p.name}.type", "GgufExport writes a model back into the GGUF file it came from (that "
-              "file's tokenizer and metadata), and input_model is not a GGUF file",
-              "Start from the model's GGUF file (input_model.model_path: a .gguf file), or convert the output "
-              "folder with llama.cpp's convert_hf_to_gguf.py.")
+    if p.type == "GgufExport":
+        _check_gguf_export(p, model, c)
     if p.type == "ModelBuilder" and model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
               "For a classifier use OnnxConversion, then an ONNX quantization pass.")
@@ -210,6 +209,30 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
                   f"writes as int4 or int8 MatMulNBits, not {p.params.precision}",
                   "Set precision to int4 (or int8, to match the checkpoint's bits).")
         _check_builder_options(p, model, c)
+
+
+def _check_gguf_export(p: PassConfig, model: InputModelConfig, c: Collector) -> None:
+    """GgufExport writes a generative model back in the layout of the GGUF file the workflow read: one it has, of
+    an architecture it writes (read from the file's header where the file is here, not from the Hub)."""
+    from modelpress.passes.gguf_spec import unwritten_architecture
+
+    if not model.gguf_file:
+        c.add(f"passes.{p.name}.type", "GgufExport writes a model back into the GGUF file it came from (that "
+              "file's tokenizer and metadata), and input_model is not a GGUF file",
+              "Start from the model's GGUF file (input_model.model_path: a .gguf file), or convert the output "
+              "folder with llama.cpp's convert_hf_to_gguf.py.")
+        return
+    if model.task == "text-classification":
+        c.add(f"passes.{p.name}.type", "GgufExport writes generative models (llama.cpp runs those), and this "
+              "model is a text-classification one", "Remove GgufExport, or set input_model.task to text-generation.")
+    path = Path(model.model_path) / model.gguf_file
+    if not model.hub_id and c.sources_here and path.is_file():
+        from modelpress.gguf import file_architecture
+
+        arch = file_architecture(path)
+        why = unwritten_architecture(arch) if arch else None
+        if why:
+            c.add(f"passes.{p.name}.type", f"{path.name}: {why}", "Remove GgufExport from this workflow.")
 
 
 def _check_training_args(p: PassConfig, model: InputModelConfig, train: DataConfig | None, c: Collector) -> None:
@@ -400,6 +423,10 @@ def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host
                   f"{', '.join(systems) or 'none defined'}.")
             continue
         name = p.host or host
+        if p.type == "GgufExport" and name in systems and systems[name].ray is not None:
+            c.add(f"passes.{p.name}.host", f"GgufExport reads the input GGUF file where it runs, and the workers of "
+                  f"Ray system {name!r} are not given it", f"Run it on this machine: define a LocalSystem under "
+                  f"`systems` and set passes.{p.name}.host to it.")
         if name not in systems or systems[name].ray is None:  # data-parallel training goes to the run's Ray system
             name = next((n for n, s in systems.items() if s.ray is not None and n in used), None)
         storage = systems[name].ray.storage if name is not None else None

@@ -27,7 +27,7 @@ from pathlib import Path
 from modelpress.context import PassContext
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.models import GGUF_FILE, ModelRef
-from modelpress.passes.gguf_spec import OUTTYPES, GgufExportParams
+from modelpress.passes.gguf_spec import ARCHITECTURES, OUTTYPES, GgufExportParams, unwritten_architecture
 from modelpress.passes.spec_base import GGUF, HF_QUANTIZED
 
 log = logging.getLogger("modelpress")
@@ -38,6 +38,8 @@ EDGE_TENSORS = ("token_embd.weight", "output.weight")  # the matrices kept at 8 
 CARRIED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 # metadata the writer sets itself, or that describes the new file rather than the model
 NOT_CARRIED = ("general.architecture", "general.file_type", "general.quantization_version", "general.alignment")
+NOT_CARRIED_PREFIXES = ("GGUF.", "quantize.")
+CHAT_TEMPLATE = "tokenizer.chat_template"  # the header's own fields; how the input file was quantized (imatrix)
 
 
 def _permute_qk(name: str, data, meta: dict):
@@ -57,6 +59,7 @@ def _permute_qk(name: str, data, meta: dict):
 # llama.cpp's Qwen2Model and Qwen3Model write them). Each is checked by a round trip through transformers' GGUF
 # reader (tests/test_gguf_export.py).
 LAYOUTS = {"llama": _permute_qk, "qwen2": None, "qwen3": None}
+assert set(LAYOUTS) == set(ARCHITECTURES)
 # A quantized grid llama.cpp stores as it is: (bits, symmetric) -> block type and the zero point it implies
 # (None: any, stored per block as Q4_1's minimum).
 CODE_TYPES = {(4, False): ("Q4_1", None), (4, True): ("Q4_0", 8), (8, True): ("Q8_0", 128)}
@@ -85,13 +88,12 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
     reader = gguf.GGUFReader(str(source))
     meta = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
     arch = meta.get("general.architecture")
-    if arch not in LAYOUTS:
-        raise ModelpressError(f"GgufExport writes the {', '.join(LAYOUTS)} architectures (Llama, SmolLM2, Mistral-"
-                              f"style, Qwen2 and Qwen2.5, Qwen3 files); {source.name} is {arch!r}. Convert the "
-                              "output folder with llama.cpp's convert_hf_to_gguf.py instead.")
+    why = unwritten_architecture(arch)
+    if why:  # the config check says it first where the file is local
+        raise ModelpressError(f"{source.name}: {why}.")
     folder = Path(ctx.model.path)
     weights = _quantized_weights(folder) if ctx.model.kind == HF_QUANTIZED else _float_weights(folder)
-    plan = _plan(reader, weights, gguf, arch)
+    plan = _plan(reader, weights, gguf, arch, _own_head(folder))
     template = _chat_template(ctx, params, meta)
     out = Path(ctx.out) / GGUF_FILE
     counts, notes = _write(out, reader, meta, plan, weights, params.outtype, template, LAYOUTS[arch], gguf)
@@ -139,9 +141,19 @@ def _quantized_weights(folder: Path) -> dict[str, Stored]:
     return found
 
 
-def _plan(reader, weights: dict[str, Stored], gguf, arch: str) -> list[tuple[str, str | None]]:
+def _own_head(folder: Path) -> bool:
+    """Whether the model's output head is a weight of its own, not the embedding: an untied config (a model
+    trained so, or a checkpoint whose head or embedding Rtn/Gptq quantized apart, which unties them)."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return config.get("tie_word_embeddings") is False
+
+
+def _plan(reader, weights: dict[str, Stored], gguf, arch: str, own_head: bool) -> list[tuple[str, str | None]]:
     """[(llama.cpp name, Hugging Face name, or None for a tensor copied from the input file)] for every tensor of
-    the input file, in its order."""
+    the input file, in its order, and `output.weight` after them where the input file ties its head to the
+    embedding and this model has a head of its own (llama.cpp reads the embedding only when `output` is absent)."""
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, int(reader.fields[f"{arch}.block_count"].contents()))
     by_gguf: dict[str, str] = {}
@@ -165,8 +177,15 @@ def _plan(reader, weights: dict[str, Stored], gguf, arch: str) -> list[tuple[str
         expected = tuple(int(n) for n in reversed(tensor.shape))
         if weights[hf].shape != expected:
             wrong.append(f"{hf} is {weights[hf].shape}, {tensor.name} {expected}")
-    # a head the input file ties to the embedding (it has no output tensor): llama.cpp reads the embedding
-    tied = {by_gguf["output.weight"]} if "output.weight" in by_gguf and not has_output else set()
+    head = by_gguf.get("output.weight")
+    tied = set()
+    if head and not has_output and own_head:
+        plan.append(("output.weight", head))
+        expected = weights[by_gguf["token_embd.weight"]].shape if "token_embd.weight" in by_gguf else None
+        if weights[head].shape != expected:
+            wrong.append(f"{head} is {weights[head].shape}, output.weight {expected}")
+    elif head and not has_output:  # a copy of the embedding, which llama.cpp reads for the head
+        tied.add(head)
     unwritten = sorted(set(weights) - {hf for _, hf in plan if hf} - tied)
     if missing or unwritten or wrong:
         found = [f"the model has no weight for {', '.join(missing[:5])}" if missing else "",
@@ -183,9 +202,13 @@ def _chat_template(ctx: PassContext, params: GgufExportParams, meta: dict) -> st
     """The chat template to write (None: the input file's, or none)."""
     recipe = ctx.model.task or {}
     trained = (recipe.get("chat") or {}).get("template")
-    if params.chat_template == "trained" and trained and trained != meta.get("tokenizer.chat_template"):
+    if params.chat_template == "trained" and trained and trained != meta.get(CHAT_TEMPLATE):
         ctx.notes.append("the file's chat template is the one the model was fine-tuned with, not the input file's")
         return trained
+    system = (recipe.get("chat") or {}).get("system_prompt")
+    if system:
+        ctx.notes.append(f"the model was trained with the system prompt {system!r}: llama.cpp's chat mode sends "
+                         "the template's own unless it is given (llama-cli -sys, a system message to llama-server)")
     if recipe.get("text_template"):
         ctx.notes.append("the model was fine-tuned on a text template, not a chat template: send llama.cpp prompts "
                          "written in it as plain completions (llama-cli without conversation mode, llama-server's "
@@ -238,9 +261,13 @@ def _write(out: Path, reader, meta: dict, plan: list, weights: dict[str, Stored]
 
     writer = gguf.GGUFWriter(str(out), meta["general.architecture"], use_temp_file=True)  # a tensor at a time
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in NOT_CARRIED or (template and key == "tokenizer.chat_template"):
+        if key.startswith(NOT_CARRIED_PREFIXES) or key in NOT_CARRIED or (template and key == CHAT_TEMPLATE):
             continue
         sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        if sub == gguf.GGUFValueType.ARRAY or (sub is not None and not field.data):
+            what = "an empty array" if not field.data else "an array of arrays"
+            raise ModelpressError(f"the input file's metadata key {key} is {what}, which the gguf package's writer "
+                                  "cannot write: GgufExport cannot carry this file's metadata over")
         writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
     if template:
         writer.add_chat_template(template)

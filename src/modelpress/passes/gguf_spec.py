@@ -20,6 +20,19 @@ OUTTYPES: dict[str, tuple[str, str]] = {
 }
 
 
+# The architectures GgufExport writes (llama.cpp's names), and the files that have them.
+ARCHITECTURES = {"llama": "Llama 2 and 3, SmolLM2, Mistral-style", "qwen2": "Qwen2, Qwen2.5", "qwen3": "Qwen3"}
+
+
+def unwritten_architecture(arch: str | None) -> str | None:
+    """Why GgufExport cannot write a file of architecture `arch` (None: it can)."""
+    if arch in ARCHITECTURES:
+        return None
+    kinds = "; ".join(f"{name} ({files})" for name, files in ARCHITECTURES.items())
+    return (f"GgufExport writes the architectures {kinds}, and this file's is {arch!r}: convert the output "
+            "folder with llama.cpp's convert_hf_to_gguf.py instead")
+
+
 class GgufExportParams(Strict):
     """Write the model as one GGUF file, with the tokenizer, chat template and metadata of the workflow's input
     GGUF file."""
