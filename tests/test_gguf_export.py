@@ -367,11 +367,11 @@ def test_a_model_whose_weights_differ_from_the_file_is_refused(tmp_path, tokeniz
         _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport"}}))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
 RTN_Q4_1 = {"rtn": {"type": "Rtn", "bits": 4, "sym": False, "group_size": 32}}
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
 @pytest.mark.parametrize("arch, passes", [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("llama", RTN_Q4_1)],
                          ids=["f32", "qwen2-f32", "qwen3-f32", "rtn-codes-q4_1"])
 def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, arch, passes):
