@@ -35,21 +35,27 @@ def _permute(w, n_head: int, n_head_kv: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32", extra: dict | None = None) -> Path:
-    """Write `model` (LlamaForCausalLM) and `tokenizer` (byte-level BPE) as llama.cpp would, in F32, F16 or
-    Q8_0 (gguf's own quantizer), with `extra` tensors ({llama.cpp name: array}) after the model's."""
-    cfg = model.config
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny-llama-test")
+def model_writer(path: Path, arch: str, cfg):
+    """A GGUFWriter for `arch` holding the shape keys every llama.cpp converter writes from a transformers config."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}-test")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     w.add_rope_freq_base(ROPE_THETA)
     w.add_layer_norm_rms_eps(RMS_EPS)
+    return w
+
+
+def write_llama_gguf(model, tokenizer, path: Path, float_type: str = "F32", extra: dict | None = None) -> Path:
+    """Write `model` (LlamaForCausalLM) and `tokenizer` (byte-level BPE) as llama.cpp would, in F32, F16 or
+    Q8_0 (gguf's own quantizer), with `extra` tensors ({llama.cpp name: array}) after the model's."""
+    cfg = model.config
+    w = model_writer(path, "llama", cfg)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
                      "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[float_type])

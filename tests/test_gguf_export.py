@@ -17,7 +17,7 @@ import pytest
 
 from conftest import TONE_DATA
 from test_gguf import (FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, RMS_EPS, ROPE_THETA, SENTENCES, _logits, _permute,
-                       _source_model, add_bpe_tokenizer, write_llama_gguf)
+                       _source_model, add_bpe_tokenizer, model_writer, write_llama_gguf)
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -211,16 +211,7 @@ def _qwen(tokenizer, arch: str):
 def write_qwen_gguf(model, tokenizer, path, arch: str):
     """`model` as llama.cpp's Qwen2Model / Qwen3Model write it (F32): llama.cpp names, no permutation."""
     cfg = model.config
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"tiny-{arch}-test")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(ROPE_THETA)
-    w.add_layer_norm_rms_eps(RMS_EPS)
+    w = model_writer(path, arch, cfg)
     if arch == "qwen3":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
