@@ -126,18 +126,26 @@ def _float_weights(folder: Path) -> dict[str, Stored]:
 
 def _quantized_weights(folder: Path) -> dict[str, Stored]:
     """A weight-quantized checkpoint's tensors: each quantized module as `<module>.weight`, with its codes."""
-    from modelpress.quantized import dequantize, load_state, module_codes, quant_config, quantized_modules
+    from modelpress.quantized import PARTS, dequantize, grid_of, load_state, module_codes, quant_config, \
+        quantized_modules
 
-    state, config = load_state(folder), quant_config(folder)
+    state, config = load_state(folder), quant_config(folder)  # packed: a quarter of the float model at 8 bits
     modules = quantized_modules(state)
-    parts = {f"{m}.{p}" for m in modules for p in ("qweight", "scales", "qzeros")}
+    parts = {f"{m}.{p}" for m in modules for p in PARTS}
     found = {name: Stored(tuple(t.shape), lambda t=t: t.float().numpy()) for name, t in state.items()
              if name not in parts}
+
+    def codes(module: str):  # unpacked when written, one module at a time
+        c, s, z, grid = module_codes(state, config, module)
+        return (c.numpy(), s.numpy(), z.numpy()), grid
+
+    def values(module: str):
+        return dequantize(*module_codes(state, config, module)).numpy()
+
     for module in modules:
-        codes, scales, zeros, grid = module_codes(state, config, module)
-        found[f"{module}.weight"] = Stored(
-            tuple(codes.shape), lambda c=codes, s=scales, z=zeros, g=grid: dequantize(c, s, z, g).numpy(),
-            lambda c=codes, s=scales, z=zeros, g=grid: ((c.numpy(), s.numpy(), z.numpy()), g))
+        packed = state[f"{module}.qweight"]
+        shape = (packed.shape[0], packed.shape[1] * 8 // grid_of(config, module).bits)
+        found[f"{module}.weight"] = Stored(shape, lambda m=module: values(m), lambda m=module: codes(m))
     return found
 
 
