@@ -92,6 +92,7 @@ def test_an_untrained_q4_1_export_is_the_llama_cpp_file_tensor_for_tensor(conver
     assert {k: f.contents() for k, f in ours.fields.items() if not k.startswith("GGUF.")} == fields
 
 
+@needs_package
 def test_the_gguf_example_shares_the_example_steps_before_its_export():
     """examples/smollm2-tone/gguf.json reuses `make smollm2`'s LoRA, merge and GPTQ from the cache: the same steps,
     then GgufExport (the README quotes its run)."""

@@ -56,16 +56,17 @@ _READ_LOCK = threading.Lock()
 def inference_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
     """A Hugging Face folder of `gguf_path` (a GGUF model modelpress wrote) for PyTorch inference: a run's
     evaluation, `modelpress evaluate` and lm-eval read its quantized weights dequantized, as the conversion of an
-    input file does. Made once per file and process in a temporary folder, again when the file changes (a later run
-    into the same output folder), and removed then or at exit."""
+    input file does. Made in a temporary folder once per file and process, again when the file changes (a later run
+    into the same output folder); the last file's alone is kept, until another is read or the process exits."""
     path = Path(gguf_path).resolve()
     stat = path.stat()
     version = (stat.st_size, stat.st_mtime_ns)
     with _READ_LOCK:
         held = _READ.get(path)
         if held is None or held[0] != version:
-            if held is not None:
-                held[1].cleanup()
+            for _, old in _READ.values():  # one dequantized copy at a time (a search evaluates one file after another)
+                old.cleanup()
+            _READ.clear()
             tmp = tempfile.TemporaryDirectory(prefix="modelpress-gguf-read-")
             write_hf_folder(path, Path(tmp.name), trust_remote_code)
             _READ[path] = version, tmp

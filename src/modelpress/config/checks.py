@@ -225,8 +225,10 @@ def _check_gguf_export(p: PassConfig, model: InputModelConfig, c: Collector) -> 
     if model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "GgufExport writes generative models (llama.cpp runs those), and this "
               "model is a text-classification one", "Remove GgufExport, or set input_model.task to text-generation.")
+    if model.hub_id or not c.sources_here:  # a Hub file (validate stays offline), or a Ray worker: the pass checks
+        return
     path = Path(model.model_path) / model.gguf_file
-    if not model.hub_id and c.sources_here and path.is_file():
+    if path.is_file():
         from modelpress.gguf import file_architecture
 
         arch = file_architecture(path)

@@ -152,10 +152,9 @@ def _quantized_weights(folder: Path) -> dict[str, Stored]:
 def _own_head(folder: Path) -> bool:
     """Whether the model's output head is a weight of its own, not the embedding: an untied config (a model
     trained so, or a checkpoint whose head or embedding Rtn/Gptq quantized apart, which unties them)."""
-    import json
+    from transformers import AutoConfig
 
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return config.get("tie_word_embeddings") is False
+    return AutoConfig.from_pretrained(str(folder)).tie_word_embeddings is False  # the model type's default if unset
 
 
 def _plan(reader, weights: dict[str, Stored], gguf, arch: str, own_head: bool) -> list[tuple[str, str | None]]:
@@ -210,9 +209,12 @@ def _chat_template(ctx: PassContext, params: GgufExportParams, meta: dict) -> st
     """The chat template to write (None: the input file's, or none)."""
     recipe = ctx.model.task or {}
     trained = (recipe.get("chat") or {}).get("template")
-    if params.chat_template == "trained" and trained and trained != meta.get(CHAT_TEMPLATE):
+    differs = bool(trained) and trained != meta.get(CHAT_TEMPLATE)
+    if differs and params.chat_template == "trained":
         ctx.notes.append("the file's chat template is the one the model was fine-tuned with, not the input file's")
-        return trained
+    elif differs:
+        ctx.notes.append("the file keeps the input file's chat template (chat_template: input), and the model was "
+                         "fine-tuned and evaluated with another: llama.cpp's chat mode prompts it otherwise")
     system = (recipe.get("chat") or {}).get("system_prompt")
     if system:
         ctx.notes.append(f"the model was trained with the system prompt {system!r}: llama.cpp's chat mode sends "
@@ -221,7 +223,7 @@ def _chat_template(ctx: PassContext, params: GgufExportParams, meta: dict) -> st
         ctx.notes.append("the model was fine-tuned on a text template, not a chat template: send llama.cpp prompts "
                          "written in it as plain completions (llama-cli without conversation mode, llama-server's "
                          "/completion); its chat mode would wrap them in the input file's chat template")
-    return None
+    return trained if differs and params.chat_template == "trained" else None
 
 
 def _float_type(name: str, shape: tuple, outtype: str, gguf):
@@ -268,14 +270,19 @@ def _write(out: Path, reader, meta: dict, plan: list, weights: dict[str, Stored]
     import numpy as np
 
     writer = gguf.GGUFWriter(str(out), meta["general.architecture"], use_temp_file=True)  # a tensor at a time
+    notes: list[str] = []
     for key, field in reader.fields.items():
         if key.startswith(NOT_CARRIED_PREFIXES) or key in NOT_CARRIED or (template and key == CHAT_TEMPLATE):
             continue
-        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        if sub == gguf.GGUFValueType.ARRAY or (sub is not None and not field.data):
-            what = "an empty array" if not field.data else "an array of arrays"
-            raise ModelpressError(f"the input file's metadata key {key} is {what}, which the gguf package's writer "
-                                  "cannot write: GgufExport cannot carry this file's metadata over")
+        array = field.types[0] == gguf.GGUFValueType.ARRAY
+        sub = field.types[1] if array and len(field.types) > 1 else None  # an empty array records no item type
+        if array and sub is None:
+            notes.append(f"the input file's metadata key {key} is an empty array, which the gguf package cannot "
+                         "write: left out")
+            continue
+        if sub == gguf.GGUFValueType.ARRAY:
+            raise ModelpressError(f"the input file's metadata key {key} is an array of arrays, which the gguf "
+                                  "package cannot write: GgufExport cannot carry this file's metadata over")
         writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
     if template:
         writer.add_chat_template(template)
@@ -321,14 +328,13 @@ def _write(out: Path, reader, meta: dict, plan: list, weights: dict[str, Stored]
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    notes = []
     if fallbacks:
         notes.append(f"{len(fallbacks)} weights written f16 (llama.cpp's blocks take rows of a multiple of {BLOCK} "
                      f"values): {'; '.join(fallbacks[:3])}")
     if requantized:
         notes.append(f"{len(requantized)} quantized weights have a grid llama.cpp does not store (it has 4-bit and "
-                     f"8-bit symmetric blocks of 32, and 4-bit asymmetric ones): dequantized and written {outtype}: "
-                     + "; ".join(requantized[:3]))
+                     f"8-bit symmetric blocks of 32, and 4-bit asymmetric ones): dequantized and written as outtype "
+                     f"{outtype} writes float weights: " + "; ".join(requantized[:3]))
     for note in notes:
         log.warning("GgufExport: %s", note)
     return counts, notes
