@@ -209,20 +209,45 @@ def _qwen(tokenizer, arch: str):
     return model
 
 
-def write_qwen_gguf(model, tokenizer, path, arch: str):
-    """`model` as llama.cpp's Qwen2Model / Qwen3Model write it (F32): llama.cpp names, no permutation."""
+def _phi3(tokenizer):
+    """A tiny Phi-3 (fused qkv_proj and gate_up_proj, an untied head), as the seed's model is."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    config = Phi3Config(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
+                        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                        max_position_embeddings=256, rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA,
+                        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                        initializer_range=0.1)
+    torch.manual_seed(2)
+    model = Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def write_plain_gguf(model, tokenizer, path, arch: str):
+    """`model` as llama.cpp's Qwen2Model, Qwen3Model or Phi3MiniModel write it (F32): llama.cpp names, no
+    permutation (Phi-3's fused qkv and gate_up matrices as they are)."""
     cfg = model.config
     w = model_writer(path, arch, cfg)
     if arch == "qwen3":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
+    if arch == "phi3":
+        w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    add_bpe_tokenizer(w, tokenizer, "qwen2")
+    add_bpe_tokenizer(w, tokenizer, "qwen2" if arch != "phi3" else "gpt-2")
     layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if not cfg.tie_word_embeddings:
+        names["lm_head.weight"] = "output.weight"
     for i in range(cfg.num_hidden_layers):
         for hf, ll in layer.items():
             names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{ll}.weight"
@@ -237,20 +262,21 @@ def write_qwen_gguf(model, tokenizer, path, arch: str):
     return path
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
-def test_qwen_files_round_trip(tmp_path, tokenizer, arch):
-    """A Qwen2 or Qwen3 file, which transformers reads back to its model's logits, exports to the same tensors."""
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "phi3"])
+def test_qwen_and_phi3_files_round_trip(tmp_path, tokenizer, arch):
+    """A Qwen2, Qwen3 or Phi-3 file, which transformers reads back to its model's logits, exports to the same
+    tensors."""
     from transformers import AutoModelForCausalLM
 
     (tmp_path / "models").mkdir()
-    model = _qwen(tokenizer, arch)
-    source = write_qwen_gguf(model, tokenizer, tmp_path / "models" / "tiny.gguf", arch)
+    model = _phi3(tokenizer) if arch == "phi3" else _qwen(tokenizer, arch)
+    source = write_plain_gguf(model, tokenizer, tmp_path / "models" / "tiny.gguf", arch)
     read = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
     ids = tokenizer(SENTENCES[0])["input_ids"]
     assert torch.allclose(_logits(read, ids), _logits(model, ids), atol=1e-5, rtol=0)  # the writer is right
     written = _run(tmp_path, _workflow(tmp_path, source, {"gguf": {"type": "GgufExport", "outtype": "f32"}}))
     expected, got = _tensors(source), _tensors(written)
-    assert sorted(got) == sorted(expected) and any(".bias" in n or "_norm" in n for n in got)
+    assert sorted(got) == sorted(expected) and any(n.endswith((".bias", "_norm.weight", "qkv.weight")) for n in got)
     for name, (kind, data) in expected.items():
         assert got[name][0] == kind and np.array_equal(got[name][1], data), name
     assert {k: v for k, v in _fields(written).items() if k != "general.quantization_version"} == _fields(source)
@@ -407,9 +433,9 @@ def _rtn(bits: int, sym: bool) -> dict:
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
-@pytest.mark.parametrize("arch, passes", [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("llama", _rtn(4, False)),
-                                          ("llama", _rtn(4, True)), ("llama", _rtn(8, True))],
-                         ids=["f32", "qwen2-f32", "qwen3-f32", "codes-q4_1", "codes-q4_0", "codes-q8_0"])
+@pytest.mark.parametrize("arch, passes", [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("phi3", {}),
+                                          ("llama", _rtn(4, False)), ("llama", _rtn(4, True)), ("llama", _rtn(8, True))],
+                         ids=["f32", "qwen2-f32", "qwen3-f32", "phi3-f32", "codes-q4_1", "codes-q4_0", "codes-q8_0"])
 def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, arch, passes):
     """llama.cpp itself (llama-cpp-python) computes the file's logits as transformers' GGUF reader does: the names,
     the Q/K layout and the blocks built from a checkpoint's codes are llama.cpp's own."""
@@ -418,8 +444,10 @@ def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, ar
 
     (tmp_path / "models").mkdir()
     path = tmp_path / "models" / "tiny.gguf"
-    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, path) if arch == "llama" else \
-        write_qwen_gguf(_qwen(tokenizer, arch), tokenizer, path, arch)
+    model = _source_model(tokenizer, False) if arch == "llama" else _phi3(tokenizer) if arch == "phi3" else \
+        _qwen(tokenizer, arch)
+    source = write_llama_gguf(model, tokenizer, path) if arch == "llama" else write_plain_gguf(model, tokenizer,
+                                                                                               path, arch)
     written = _run(tmp_path, _workflow(tmp_path, source, {**passes, "gguf": {"type": "GgufExport",
                                                                                "outtype": "f32"}}))
     ids = tokenizer(SENTENCES[0])["input_ids"]

@@ -21,7 +21,8 @@ OUTTYPES: dict[str, tuple[str, str]] = {
 
 
 # The architectures GgufExport writes (llama.cpp's names), and the files that have them.
-ARCHITECTURES = {"llama": "Llama 2 and 3, SmolLM2, Mistral-style", "qwen2": "Qwen2, Qwen2.5", "qwen3": "Qwen3"}
+ARCHITECTURES = {"llama": "Llama 2 and 3, SmolLM2, Mistral-style", "qwen2": "Qwen2, Qwen2.5", "qwen3": "Qwen3",
+                 "phi3": "Phi-3 mini and medium"}
 
 
 def unwritten_architecture(arch: str | None) -> str | None:
