@@ -434,7 +434,8 @@ def _rtn(bits: int, sym: bool) -> dict:
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
 @pytest.mark.parametrize("arch, passes", [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("phi3", {}),
-                                          ("llama", _rtn(4, False)), ("llama", _rtn(4, True)), ("llama", _rtn(8, True))],
+                                          ("llama", _rtn(4, False)), ("llama", _rtn(4, True)),
+                                          ("llama", _rtn(8, True))],
                          ids=["f32", "qwen2-f32", "qwen3-f32", "phi3-f32", "codes-q4_1", "codes-q4_0", "codes-q8_0"])
 def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, arch, passes):
     """llama.cpp itself (llama-cpp-python) computes the file's logits as transformers' GGUF reader does: the names,

@@ -56,8 +56,8 @@ def _permute_qk(name: str, data, meta: dict):
 
 
 # The architectures written, and how a weight's Hugging Face layout becomes llama.cpp's (None: as it is, as
-# llama.cpp's Qwen2Model, Qwen3Model and Phi3MiniModel write them, Phi-3's fused qkv and gate_up included). Each is checked by a round trip through transformers' GGUF
-# reader (tests/test_gguf_export.py).
+# llama.cpp's Qwen2Model, Qwen3Model and Phi3MiniModel write them, Phi-3's fused qkv and gate_up included). Each
+# is checked by a round trip through transformers' GGUF reader and llama.cpp (tests/test_gguf_export.py).
 LAYOUTS = {"llama": _permute_qk, "qwen2": None, "qwen3": None, "phi3": None}
 assert set(LAYOUTS) == set(ARCHITECTURES)
 # A quantized grid llama.cpp stores as it is: (bits, symmetric) -> block type and the zero point it implies
