@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+from modelpress.passes.spec_base import GGUF
+
 
 def answer_lengths(models: dict) -> str:
     """What a latency figure times: answers of up to max_new_tokens, each until it ends (so a model that answers in
@@ -67,7 +69,7 @@ EXTRA_HEADERS = ["model", "kind", "accuracy", "answered with a label", "loss"]
 
 def gguf_note(models: dict, lead: str) -> str:
     """What a GGUF model's numbers are (`lead` + the note), or "" when no model is one."""
-    if not any(m.get("model_kind") == "gguf" for m in models.values()):
+    if not any(m.get("model_kind") == GGUF for m in models.values()):
         return ""
     return (f"{lead}a gguf model is measured in PyTorch on its weights dequantized to float32 (transformers' GGUF "
             "reader): accuracy and loss are those of the file's weights, latency and tok/s PyTorch's, not llama.cpp's")
