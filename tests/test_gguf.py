@@ -118,15 +118,19 @@ def tokenizer():
     return train_tokenizer([line for line in default_corpus().splitlines() if line.strip()], 384)
 
 
+def shape_kwargs(tokenizer, tie: bool) -> dict:
+    """The config of every tiny test model: this module's shape, not the config classes' defaults."""
+    return dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=CONTEXT,
+                rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA, tie_word_embeddings=tie,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, initializer_range=0.1)
+
+
 def _source_model(tokenizer, tie: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
-                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                         max_position_embeddings=CONTEXT, rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA,
-                         tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         initializer_range=0.1)
+    config = LlamaConfig(**shape_kwargs(tokenizer, tie))
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():

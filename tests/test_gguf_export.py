@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import TONE_DATA
-from test_gguf import (FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, RMS_EPS, ROPE_THETA, SENTENCES, _logits, _permute,
-                       _source_model, add_bpe_tokenizer, model_writer, write_llama_gguf)
+from test_gguf import (HEADS, HIDDEN, KV_HEADS, SENTENCES, _logits, _permute, _source_model, add_bpe_tokenizer,
+                       model_writer, shape_kwargs, write_llama_gguf)
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -187,43 +187,19 @@ def test_a_grid_llama_cpp_lacks_is_requantized_and_said(tmp_path, tokenizer):
     assert any("grid llama.cpp does not store" in note and "8-bit, asymmetric" in note for note in notes), notes
 
 
-def _qwen(tokenizer, arch: str):
-    """A tiny Qwen2 (biased q, k, v) or Qwen3 (q and k norms, heads wider than hidden / heads), tied."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+def _plain_model(tokenizer, arch: str):
+    """A tiny Qwen2 (biased q, k, v) or Qwen3 (q and k norms, heads wider than hidden / heads), tied, or Phi-3 (fused
+    qkv_proj and gate_up_proj, an untied head, as the seed's model)."""
+    import transformers
 
-    config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (Qwen3Config,
-                                                                                       Qwen3ForCausalLM)
-    extra = {"head_dim": 128} if arch == "qwen3" else {}  # every Qwen3's, and the one transformers' reader assumes
-    config = config_class(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
-                          num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                          max_position_embeddings=256, rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA,
-                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                          initializer_range=0.1, **extra)
+    name, extra = {"qwen2": ("Qwen2", {}), "qwen3": ("Qwen3", {"head_dim": 128}),  # every Qwen3's, as transformers'
+                   "phi3": ("Phi3", {})}[arch]                                       # reader assumes
+    config = getattr(transformers, f"{name}Config")(**shape_kwargs(tokenizer, arch != "phi3"), **extra)
     torch.manual_seed(1)
-    model = model_class(config).eval()
+    model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 1:  # norms and biases: values that show a misplaced one
-                p.uniform_(0.5, 1.5)
-    return model
-
-
-def _phi3(tokenizer):
-    """A tiny Phi-3 (fused qkv_proj and gate_up_proj, an untied head), as the seed's model is."""
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    config = Phi3Config(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN,
-                        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                        max_position_embeddings=256, rms_norm_eps=RMS_EPS, rope_theta=ROPE_THETA,
-                        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                        initializer_range=0.1)
-    torch.manual_seed(2)
-    model = Phi3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
                 p.uniform_(0.5, 1.5)
     return model
 
@@ -269,7 +245,7 @@ def test_qwen_and_phi3_files_round_trip(tmp_path, tokenizer, arch):
     from transformers import AutoModelForCausalLM
 
     (tmp_path / "models").mkdir()
-    model = _phi3(tokenizer) if arch == "phi3" else _qwen(tokenizer, arch)
+    model = _plain_model(tokenizer, arch)
     source = write_plain_gguf(model, tokenizer, tmp_path / "models" / "tiny.gguf", arch)
     read = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
     ids = tokenizer(SENTENCES[0])["input_ids"]
@@ -445,8 +421,7 @@ def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, ar
 
     (tmp_path / "models").mkdir()
     path = tmp_path / "models" / "tiny.gguf"
-    model = _source_model(tokenizer, False) if arch == "llama" else _phi3(tokenizer) if arch == "phi3" else \
-        _qwen(tokenizer, arch)
+    model = _source_model(tokenizer, False) if arch == "llama" else _plain_model(tokenizer, arch)
     source = write_llama_gguf(model, tokenizer, path) if arch == "llama" else write_plain_gguf(model, tokenizer,
                                                                                                path, arch)
     written = _run(tmp_path, _workflow(tmp_path, source, {**passes, "gguf": {"type": "GgufExport",
