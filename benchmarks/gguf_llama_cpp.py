@@ -3,8 +3,8 @@
     python benchmarks/gguf_llama_cpp.py FILE.gguf [FILE.gguf ...] [--data F.jsonl ...] [--threads 2]
 
 Needs llama-cpp-python, which is not a modelpress dependency (PyPI has only its source, which compiles llama.cpp:
-about 25 minutes on 2 cores): `pip install llama-cpp-python` in a venv of its own, then run this script with that
-venv's python (it imports nothing from modelpress). Each row of the data files (`phrase`, `tone`, the tone
+4 minutes on a 2-core AMD EPYC Zen 4); `make test` installs it in .venv. The script imports nothing from
+modelpress, so any python with llama-cpp-python runs it. Each row of the data files (`phrase`, `tone`, the tone
 example's columns) is sent as one user turn through the file's own chat template, answered greedily with at most
 4 new tokens, and counted right when the stripped answer is the label, as `modelpress evaluate` counts it for
 this example. Defaults: the 72 phrases in another style of the MiniLM example.
