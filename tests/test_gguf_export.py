@@ -444,3 +444,18 @@ def test_generate_points_a_gguf_folder_at_llama_cpp(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelpressError, match=r"is a GGUF file .*llama-cli -m .*model\.gguf.*evaluate"):
         next(generate(tmp_path, "hello"))
+
+
+def test_a_run_reusing_the_export_reports_its_notes(tmp_path, tokenizer):
+    """The notes a pass reported (here: what GgufExport wrote) are kept in its cache entry and reported again by a
+    run that reuses it, so a cached export still says what it holds."""
+    (tmp_path / "models").mkdir()
+    source = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "models" / "tiny.gguf")
+    raw = _workflow(tmp_path, source, {"gguf": {"type": "GgufExport", "outtype": "q8_0"}})
+    rows = []
+    for _ in range(2):
+        _run(tmp_path, raw)
+        history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+        rows.append(next(s for s in history["steps"] if s["type"] == "GgufExport"))
+    assert [row["cache"] for row in rows] == ["miss", "hit"]
+    assert rows[1]["notes"] == rows[0]["notes"] and any("wrote model.gguf" in n for n in rows[0]["notes"])

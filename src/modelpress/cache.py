@@ -202,6 +202,11 @@ class PassCache:
             ref = dataclasses.replace(ref, base=input_ref.base if input_ref.kind == HF_ADAPTER else input_ref.path)
         return ref
 
+    def notes(self, key: str) -> list[str]:
+        """What the pass that made entry `key` reported (none for an entry written before notes were kept)."""
+        notes = (self._intact_meta(key) or {}).get("notes")
+        return [str(n) for n in notes] if isinstance(notes, list) else []
+
     def intact(self, key: str) -> bool:
         """Whether the entry `key` is here, whole."""
         return self._intact_meta(key) is not None

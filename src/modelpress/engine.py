@@ -198,7 +198,7 @@ class Session:
                     return ref
         (log.debug if self.config.search.enabled else log.info)(
             "pass %s (%s): reusing cached output %s", p.name, p.type, key[:12])
-        history.append(record(p.name, p.type, key, True, time.perf_counter() - started, None, []))
+        history.append(record(p.name, p.type, key, True, time.perf_counter() - started, None, cache.notes(key)))
         return cached
 
     def _refuse_failed(self, p: PassConfig, key: str) -> None:

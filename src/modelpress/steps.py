@@ -64,7 +64,8 @@ def run_pass_here(config, p: PassConfig, key: str, ref: ModelRef, plan: DataPlan
             result.id = key
             result.task = {**ref.task, **result.task}  # task and labels flow down the chain
             result.save(out)
-        cache.commit_meta(out, {**meta, "seconds": time.perf_counter() - started}, passthrough)
+        # the notes too, so that a later run reusing the entry reports what the pass found
+        cache.commit_meta(out, {**meta, "seconds": time.perf_counter() - started, "notes": ctx.notes}, passthrough)
     shutil.rmtree(cache.work / key, ignore_errors=True)  # checkpoints are not needed once the entry exists
     seconds = time.perf_counter() - started
     final = ref if passthrough else ModelRef.load(cache.passes / key / "model")
