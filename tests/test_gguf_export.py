@@ -285,14 +285,17 @@ def test_metadata_the_gguf_package_cannot_write(tmp_path):
         return SimpleNamespace(types=types, data=list(range(len(values))), contents=lambda: values)
 
     fields = {"general.name": field([kinds.STRING], "tiny"), "general.tags": field([kinds.ARRAY], [])}
-    counts, notes = _write(tmp_path / "a.gguf", SimpleNamespace(fields=fields, tensors=[]),
-                           {"general.architecture": "llama"}, [], {}, "q8_0", None, None, gguf)
+    def meta():  # as run_gguf_export decodes it, once
+        return {"general.architecture": "llama", **{key: f.contents() for key, f in fields.items()}}
+
+    counts, notes = _write(tmp_path / "a.gguf", SimpleNamespace(fields=fields, tensors=[]), meta(), [], {}, "q8_0",
+                           None, None, gguf)
     assert any("general.tags is an empty array" in note and "left out" in note for note in notes), notes
     assert _fields(tmp_path / "a.gguf")["general.name"] == "tiny" and "general.tags" not in _fields(tmp_path / "a.gguf")
     fields["x.nested"] = field([kinds.ARRAY, kinds.ARRAY, kinds.INT32], [1, 2, 3])
     with pytest.raises(ModelpressError, match="x.nested is an array of arrays"):
-        _write(tmp_path / "b.gguf", SimpleNamespace(fields=fields, tensors=[]), {"general.architecture": "llama"},
-               [], {}, "q8_0", None, None, gguf)
+        _write(tmp_path / "b.gguf", SimpleNamespace(fields=fields, tensors=[]), meta(), [], {}, "q8_0", None, None,
+               gguf)
 
 
 def test_a_gguf_file_named_by_hub_id_is_read_as_config_without_the_network(tmp_path, tokenizer, monkeypatch):

@@ -203,8 +203,12 @@ class PassCache:
         return ref
 
     def notes(self, key: str) -> list[str]:
-        """What the pass that made entry `key` reported (none for an entry written before notes were kept)."""
-        notes = (self._intact_meta(key) or {}).get("notes")
+        """What the pass that made entry `key` reported (none for an entry written before notes were kept). Asked
+        after `lookup` found the entry whole, so its manifest is not checked again."""
+        try:
+            notes = read_json(self.passes / key / "entry.json").get("notes")
+        except (OSError, ValueError, AttributeError):
+            return []
         return [str(n) for n in notes] if isinstance(notes, list) else []
 
     def intact(self, key: str) -> bool:

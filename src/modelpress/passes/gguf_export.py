@@ -2,10 +2,10 @@
 
 It takes a Hugging Face folder (LoRA and merge leave one), or a weight-quantized checkpoint (Gptq, Rtn), from a
 workflow whose input was a GGUF file, and writes it in that file's own layout:
-- every metadata key of the input file is carried over: architecture keys, and the tokenizer as llama.cpp's
-  converter wrote it (token list, merges, special ids and the pre-tokenizer's name, which llama.cpp's converter
-  finds by hashing test strings and which modelpress does not guess); the file type is the new one, and the chat
-  template, by default, the one the model was fine-tuned with;
+- the input file's metadata is carried over: architecture keys, and the tokenizer as llama.cpp's converter wrote
+  it (token list, merges, special ids and the pre-tokenizer's name, which llama.cpp's converter finds by hashing
+  test strings and which modelpress does not guess); not how the input file was quantized (`quantize.*`); the
+  file type is the new one, and the chat template, by default, the one the model was fine-tuned with;
 - each weight goes under its llama.cpp name, from the `gguf` package's TensorNameMap (which llama.cpp's converter
   and transformers' GGUF reader also use), Q and K rows permuted per head for the llama architecture as llama.cpp's
   converter does (`LlamaModel.permute`; transformers' reader undoes it);
@@ -38,8 +38,8 @@ EDGE_TENSORS = ("token_embd.weight", "output.weight")  # the matrices kept at 8 
 CARRIED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 # metadata the writer sets itself, or that describes the new file rather than the model
 NOT_CARRIED = ("general.architecture", "general.file_type", "general.quantization_version", "general.alignment")
-NOT_CARRIED_PREFIXES = ("GGUF.", "quantize.")
-CHAT_TEMPLATE = "tokenizer.chat_template"  # the header's own fields; how the input file was quantized (imatrix)
+NOT_CARRIED_PREFIXES = ("GGUF.", "quantize.")  # the header's own fields; how the input file was quantized (imatrix)
+CHAT_TEMPLATE = "tokenizer.chat_template"
 
 
 def _permute_qk(name: str, data, meta: dict):
@@ -283,7 +283,7 @@ def _write(out: Path, reader, meta: dict, plan: list, weights: dict[str, Stored]
         if sub == gguf.GGUFValueType.ARRAY:
             raise ModelpressError(f"the input file's metadata key {key} is an array of arrays, which the gguf "
                                   "package cannot write: GgufExport cannot carry this file's metadata over")
-        writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+        writer.add_key_value(key, meta[key], field.types[0], sub_type=sub)  # decoded once, in run_gguf_export
     if template:
         writer.add_chat_template(template)
     counts: dict[str, int] = {}
