@@ -271,31 +271,31 @@ def test_rope_frequency_tensors_are_carried_from_the_input_file(tmp_path, tokeni
     assert np.array_equal(got["rope_freqs.weight"][1], freqs)
 
 
-def test_metadata_the_gguf_package_cannot_write(tmp_path):
+def test_metadata_the_gguf_package_cannot_write(tmp_path, monkeypatch):
     """An empty array (llama.cpp's C++ writer makes them; the gguf package's reader gives it no item type) is left
     out with a note; an array of arrays (read back flattened) is one clear error."""
     from types import SimpleNamespace
 
     from modelpress.errors import ModelpressError
-    from modelpress.passes.gguf_export import _write
+    from modelpress.passes.gguf_export import _describe_source, _write
 
     kinds = gguf.GGUFValueType
 
     def field(types, values):
         return SimpleNamespace(types=types, data=list(range(len(values))), contents=lambda: values)
 
-    fields = {"general.name": field([kinds.STRING], "tiny"), "general.tags": field([kinds.ARRAY], [])}
-    def meta():  # as run_gguf_export decodes it, once
-        return {"general.architecture": "llama", **{key: f.contents() for key, f in fields.items()}}
-
-    counts, notes = _write(tmp_path / "a.gguf", SimpleNamespace(fields=fields, tensors=[]), meta(), [], {}, "q8_0",
-                           None, None, gguf)
-    assert any("general.tags is an empty array" in note and "left out" in note for note in notes), notes
+    fields = {"general.architecture": field([kinds.STRING], "llama"), "general.name": field([kinds.STRING], "tiny"),
+              "general.tags": field([kinds.ARRAY], [])}
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path: SimpleNamespace(fields=fields, tensors=[]))
+    file = _describe_source(tmp_path / "in.gguf", gguf)
+    assert any("general.tags is an empty array" in note and "left out" in note for note in file.notes), file.notes
+    _write(tmp_path / "a.gguf", file, [], {}, "q8_0", None, gguf)
+    monkeypatch.undo()
     assert _fields(tmp_path / "a.gguf")["general.name"] == "tiny" and "general.tags" not in _fields(tmp_path / "a.gguf")
     fields["x.nested"] = field([kinds.ARRAY, kinds.ARRAY, kinds.INT32], [1, 2, 3])
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path: SimpleNamespace(fields=fields, tensors=[]))
     with pytest.raises(ModelpressError, match="x.nested is an array of arrays"):
-        _write(tmp_path / "b.gguf", SimpleNamespace(fields=fields, tensors=[]), meta(), [], {}, "q8_0", None, None,
-               gguf)
+        _describe_source(tmp_path / "in.gguf", gguf)
 
 
 def test_a_gguf_file_named_by_hub_id_is_read_as_config_without_the_network(tmp_path, tokenizer, monkeypatch):
@@ -314,15 +314,6 @@ def test_a_gguf_file_named_by_hub_id_is_read_as_config_without_the_network(tmp_p
     raw["input_model"]["gguf_file"] = "tiny.gguf"
     config = normalize(raw, tmp_path)
     assert config.input_model.hub_id == "acme/tiny-GGUF" and config.passes[0].type == "GgufExport"
-
-
-def test_a_hugging_face_input_is_refused_before_anything_runs(tmp_path, tiny_model):
-    from modelpress.config import normalize
-    from modelpress.errors import ConfigError
-
-    raw = _workflow(tmp_path, tiny_model, {"gguf": {"type": "GgufExport"}})
-    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*not a GGUF file.*convert_hf_to_gguf"):
-        normalize(raw, tmp_path)
 
 
 def test_what_cannot_be_written_is_refused_when_the_config_is_read(tmp_path, tokenizer, monkeypatch):

@@ -93,6 +93,42 @@ def test_an_untrained_q4_1_export_is_the_llama_cpp_file_tensor_for_tensor(conver
 
 
 @needs_package
+def test_the_converted_folder_exported_as_a_hugging_face_model_has_the_llama_cpp_tensors(converted, tmp_path):
+    """The same folder given as a Hugging Face model (no GGUF file behind it: metadata from its config and
+    tokenizer) exports at q4_1 to llama.cpp's tensors, byte for byte, and its tokenizer: the same tokens, types,
+    merges, special ids, BOS setting and chat template. The pre-tokenizer is named from the folder's tokenizer.json,
+    where transformers' GGUF reader left a plain byte-level one ("gpt-2"; llama.cpp's file says "smollm", which
+    splits digits apart first: the same tokens here, as SmolLM2 has no token of two digits)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from modelpress.config import normalize
+    from modelpress.engine import run_workflow
+    from modelpress.inputs import gguf_source
+
+    config, folder = converted
+    raw = {"input_model": {"type": "HfModel", "model_path": str(folder)},
+           "passes": {"gguf": {"type": "GgufExport", "outtype": "q4_1"}},
+           "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}
+    run_workflow(normalize(raw, tmp_path), show_progress=False)
+    theirs = GGUFReader(str(gguf_source(config.input_model)))
+    ours = GGUFReader(str(tmp_path / "out" / "model" / "model.gguf"))
+    original = {t.name: t for t in theirs.tensors}
+    assert sorted(t.name for t in ours.tensors) == sorted(original)
+    for mine in ours.tensors:
+        assert mine.tensor_type == original[mine.name].tensor_type, mine.name
+        assert np.array_equal(np.asarray(mine.data), np.asarray(original[mine.name].data)), mine.name
+    fields = [{k: f.contents() for k, f in r.fields.items() if k.startswith(("tokenizer.", "llama."))}
+              for r in (ours, theirs)]
+    assert fields[0].pop("tokenizer.ggml.pre") == "gpt-2" and fields[1].pop("tokenizer.ggml.pre") == "smollm"
+    fields[1].pop("tokenizer.ggml.add_space_prefix")  # llama.cpp reads it for SentencePiece vocabularies only
+    for key in ("llama.attention.key_length", "llama.attention.value_length"):  # llama.cpp's default: 576 / 9
+        assert fields[0].pop(key) == 64
+    assert fields[0].pop("tokenizer.ggml.add_eos_token") is False  # written either way; llama.cpp's default
+    assert fields[0] == fields[1]
+
+
+@needs_package
 def test_the_gguf_example_shares_the_example_steps_before_its_export():
     """examples/smollm2-tone/gguf.json reuses `make smollm2`'s LoRA, merge and GPTQ from the cache: the same steps,
     then GgufExport (the README quotes its run)."""

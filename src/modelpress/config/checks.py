@@ -7,6 +7,7 @@ passes, that a search's choices split the data alike, and that outputs stay out 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from modelpress.config.collector import Collector, did_you_mean
@@ -212,20 +213,26 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
 
 
 def _check_gguf_export(p: PassConfig, model: InputModelConfig, c: Collector) -> None:
-    """GgufExport writes a generative model back in the layout of the GGUF file the workflow read: one it has, of
-    an architecture it writes (read from the file's header where the file is here, not from the Hub)."""
+    """GgufExport writes a generative model of an architecture it knows: a GGUF input's (read from the file's
+    header where the file is here, not from the Hub), or a Hugging Face model's model_type (from a local folder's
+    config.json). Its tokenizer is checked when the pass runs."""
+    from modelpress.passes.gguf_hf import unwritten_model_type
     from modelpress.passes.gguf_spec import unwritten_architecture
 
-    if not model.gguf_file:
-        c.add(f"passes.{p.name}.type", "GgufExport writes a model back into the GGUF file it came from (that "
-              "file's tokenizer and metadata), and input_model is not a GGUF file",
-              "Start from the model's GGUF file (input_model.model_path: a .gguf file), or convert the output "
-              "folder with llama.cpp's convert_hf_to_gguf.py.")
-        return
     if model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "GgufExport writes generative models (llama.cpp runs those), and this "
               "model is a text-classification one", "Remove GgufExport, or set input_model.task to text-generation.")
-    if model.hub_id or not c.sources_here:  # a Hub file (validate stays offline), or a Ray worker: the pass checks
+    if model.hub_id or not c.sources_here:  # a Hub model (validate stays offline), or a Ray worker: the pass checks
+        return
+    if not model.gguf_file:
+        config = Path(model.model_path) / "config.json"
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return  # the input model's own checks say what is wrong with the folder
+        why = unwritten_model_type(model_type)
+        if why:
+            c.add(f"passes.{p.name}.type", f"{config}: {why}", "Remove GgufExport from this workflow.")
         return
     path = Path(model.model_path) / model.gguf_file
     if path.is_file():
@@ -414,7 +421,7 @@ def _check_search(passes: list[PassConfig], search: SearchConfig, evaluator: Eva
 
 
 def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host: str | None, target: str | None,
-                c: Collector) -> None:
+                c: Collector, gguf_input: bool = False) -> None:
     """A pass's own `host` names a defined system; a Ray system's `pass_resources` name passes; data-parallel
     training runs on a Ray system only where its workers can read the model and write checkpoints (a path)."""
     used = {host, target, *(p.host for p in passes)}
@@ -425,7 +432,7 @@ def check_hosts(passes: list[PassConfig], systems: dict[str, SystemConfig], host
                   f"{', '.join(systems) or 'none defined'}.")
             continue
         name = p.host or host
-        if p.type == "GgufExport" and name in systems and systems[name].ray is not None:
+        if p.type == "GgufExport" and gguf_input and name in systems and systems[name].ray is not None:
             c.add(f"passes.{p.name}.host", f"GgufExport reads the input GGUF file where it runs, and the workers of "
                   f"Ray system {name!r} are not given it", f"Run it on this machine: define a LocalSystem under "
                   f"`systems` and set passes.{p.name}.host to it.")

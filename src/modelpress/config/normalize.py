@@ -137,7 +137,7 @@ def normalize(raw: Any, base_dir: Path, source: Path | None = None, sources_here
     evaluator = evaluator_section(raw, engine_raw, base_dir, c)
     if model and engine_config and passes is not None:
         check_workflow(model, data, passes, engine_config, evaluation, search, evaluator, c)
-        check_hosts(passes, systems, engine_config.host, engine_config.target, c)
+        check_hosts(passes, systems, engine_config.host, engine_config.target, c, bool(model.gguf_file))
     if c.problems:
         raise ConfigError(c.problems, str(source) if source else None)
     return WorkflowConfig(source=source, schema_style=style, input_model=model, data_configs=data,

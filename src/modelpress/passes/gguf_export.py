@@ -27,6 +27,7 @@ from pathlib import Path
 from modelpress.context import PassContext
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.models import GGUF_FILE, ModelRef
+from modelpress.passes.gguf_hf import FileSpec
 from modelpress.passes.gguf_spec import ARCHITECTURES, OUTTYPES, GgufExportParams, unwritten_architecture
 from modelpress.passes.spec_base import GGUF, HF_QUANTIZED
 
@@ -82,26 +83,63 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
     from modelpress.inputs import gguf_source
 
     source = gguf_source(ctx.input_model)
-    if source is None:  # the config check says it first
-        raise ModelpressError("GgufExport writes a model whose workflow input is a GGUF file; input_model names "
-                              "a Hugging Face model")
+    folder = Path(ctx.model.path)
+    weights = _quantized_weights(folder) if ctx.model.kind == HF_QUANTIZED else _float_weights(folder)
+    if source is None:  # a model that never was a GGUF file: its config and tokenizer say what to write
+        from modelpress.passes.gguf_hf import describe_folder
+
+        file = describe_folder(folder, ctx.input_model, gguf)
+        origin = "its config and tokenizer"
+    else:
+        file = _describe_source(source, gguf)
+        origin = source.name
+    plan = _plan(file, weights, gguf, _own_head(folder))
+    template = _chat_template(ctx, params, file.meta)
+    out = Path(ctx.out) / GGUF_FILE
+    counts, notes = _write(out, file, plan, weights, params.outtype, template, gguf)
+    ctx.notes.extend(file.notes + notes)
+    ctx.notes.append(f"wrote {GGUF_FILE} ({out.stat().st_size / 2**20:.1f} MiB): "
+                     + ", ".join(f"{n} tensors {t}" for t, n in sorted(counts.items()))
+                     + f"; tokenizer and metadata from {origin}")
+    return ModelRef(GGUF, ctx.out, id="", task=dict(ctx.model.task))
+
+
+def _describe_source(source: Path, gguf) -> FileSpec:
+    """What the input GGUF file says the export is: its metadata (less what describes that file, not the model),
+    its tensors' names and shapes, and the tensors copied from it as they are."""
     reader = gguf.GGUFReader(str(source))
     meta = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
     arch = meta.get("general.architecture")
     why = unwritten_architecture(arch)
     if why:  # the config check says it first where the file is local
         raise ModelpressError(f"{source.name}: {why}.")
-    folder = Path(ctx.model.path)
-    weights = _quantized_weights(folder) if ctx.model.kind == HF_QUANTIZED else _float_weights(folder)
-    plan = _plan(reader, weights, gguf, arch, _own_head(folder))
-    template = _chat_template(ctx, params, meta)
-    out = Path(ctx.out) / GGUF_FILE
-    counts, notes = _write(out, reader, meta, plan, weights, params.outtype, template, LAYOUTS[arch], gguf)
-    ctx.notes.extend(notes)
-    ctx.notes.append(f"wrote {GGUF_FILE} ({out.stat().st_size / 2**20:.1f} MiB): "
-                     + ", ".join(f"{n} tensors {t}" for t, n in sorted(counts.items()))
-                     + f"; tokenizer and metadata from {source.name}")
-    return ModelRef(GGUF, ctx.out, id="", task=dict(ctx.model.task))
+    entries, notes = [], []
+    for key, field in reader.fields.items():
+        if key.startswith(NOT_CARRIED_PREFIXES) or key in NOT_CARRIED:
+            continue
+        array = field.types[0] == gguf.GGUFValueType.ARRAY
+        sub = field.types[1] if array and len(field.types) > 1 else None  # an empty array records no item type
+        if array and sub is None:
+            notes.append(f"the input file's metadata key {key} is an empty array, which the gguf package cannot "
+                         "write: left out")
+            continue
+        if sub == gguf.GGUFValueType.ARRAY:
+            raise ModelpressError(f"the input file's metadata key {key} is an array of arrays, which the gguf "
+                                  "package cannot write: GgufExport cannot carry this file's metadata over")
+        entries.append((key, meta[key], field.types[0], sub))  # decoded once, here
+    tensors = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
+    carried = {t.name: _copied(t, gguf) for t in reader.tensors if t.name in CARRIED}
+    return FileSpec(arch, meta, entries, tensors, carried, notes)
+
+
+def _copied(tensor, gguf) -> Callable:
+    """A tensor of the input file as it is stored: () -> (array, raw GGML type or None for a float one)."""
+    import numpy as np
+
+    def read():
+        float_kind = tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+        return np.array(tensor.data), None if float_kind else tensor.tensor_type
+    return read
 
 
 def _float_weights(folder: Path) -> dict[str, Stored]:
@@ -157,33 +195,36 @@ def _own_head(folder: Path) -> bool:
     return AutoConfig.from_pretrained(str(folder)).tie_word_embeddings is False  # the model type's default if unset
 
 
-def _plan(reader, weights: dict[str, Stored], gguf, arch: str, own_head: bool) -> list[tuple[str, str | None]]:
-    """[(llama.cpp name, Hugging Face name, or None for a tensor copied from the input file)] for every tensor of
-    the input file, in its order, and `output.weight` after them where the input file ties its head to the
-    embedding and this model has a head of its own (llama.cpp reads the embedding only when `output` is absent)."""
-    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
-    names = gguf.get_tensor_name_map(arch_id, int(reader.fields[f"{arch}.block_count"].contents()))
+def _plan(file: FileSpec, weights: dict[str, Stored], gguf, own_head: bool) -> list[tuple[str, str | None]]:
+    """[(llama.cpp name, Hugging Face name, or None for a tensor of `file.carried`)]. Against an input GGUF file:
+    every tensor of that file, in its order, and `output.weight` after them where the file ties its head to the
+    embedding and this model has a head of its own (llama.cpp reads the embedding only when `output` is absent).
+    For a model that never was a GGUF file: each of its weights, as llama.cpp's converter writes them."""
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == file.arch)
+    names = gguf.get_tensor_name_map(arch_id, int(file.meta[f"{file.arch}.block_count"]))
     by_gguf: dict[str, str] = {}
     for hf in weights:
         mapped = names.get_name(hf, try_suffixes=(".weight", ".bias"))
         if mapped:
             by_gguf.setdefault(mapped, hf)
-    has_output = any(t.name == "output.weight" for t in reader.tensors)
+    reference = file.tensors if file.tensors is not None else {
+        **{name: weights[hf].shape for name, hf in by_gguf.items() if name != "output.weight"},
+        **{name: None for name in file.carried}}
+    has_output = "output.weight" in reference
     plan, missing, wrong = [], [], []
-    for tensor in reader.tensors:
-        hf = by_gguf.get(tensor.name)
-        if hf is None and tensor.name == "output.weight":  # a tied head the folder stores once, as the embedding
+    for name, shape in reference.items():
+        hf = by_gguf.get(name)
+        if hf is None and name == "output.weight":  # a tied head the folder stores once, as the embedding
             hf = by_gguf.get("token_embd.weight")
-        if hf is None and tensor.name in CARRIED:
-            plan.append((tensor.name, None))
+        if hf is None and name in file.carried:
+            plan.append((name, None))
             continue
         if hf is None:
-            missing.append(tensor.name)
+            missing.append(name)
             continue
-        plan.append((tensor.name, hf))
-        expected = tuple(int(n) for n in reversed(tensor.shape))
-        if weights[hf].shape != expected:
-            wrong.append(f"{hf} is {weights[hf].shape}, {tensor.name} {expected}")
+        plan.append((name, hf))
+        if weights[hf].shape != shape:
+            wrong.append(f"{hf} is {weights[hf].shape}, {name} {shape}")
     head = by_gguf.get("output.weight")
     tied = set()
     if head and not has_output and own_head:
@@ -198,6 +239,10 @@ def _plan(reader, weights: dict[str, Stored], gguf, arch: str, own_head: bool) -
         found = [f"the model has no weight for {', '.join(missing[:5])}" if missing else "",
                  f"the file has no place for {', '.join(unwritten[:5])}" if unwritten else "",
                  f"shapes differ: {'; '.join(wrong[:5])}" if wrong else ""]
+        if file.tensors is None:
+            raise ModelpressError(f"GgufExport writes each weight under its llama.cpp name for the {file.arch} "
+                                  f"architecture, and {'; '.join(part for part in found if part)}. Convert the "
+                                  "output folder with llama.cpp's convert_hf_to_gguf.py instead.")
         raise ModelpressError("GgufExport writes the tensors of the input GGUF file, and this model's differ: "
                               + "; ".join(part for part in found if part)
                               + ". A pass that changes which weights the model has (not LoRA, merge or weight "
@@ -263,38 +308,29 @@ def code_blocks(codes, scales, zeros, grid, gguf):
     return getattr(gguf.GGMLQuantizationType, kind), rows
 
 
-def _write(out: Path, reader, meta: dict, plan: list, weights: dict[str, Stored], outtype: str,
-           template: str | None, layout, gguf) -> tuple[dict[str, int], list[str]]:
-    """Write the file: the input's metadata (with this file's type and template), then each tensor; returns
-    {GGML type: tensor count} and notes for the run history."""
+def _write(out: Path, file: FileSpec, plan: list, weights: dict[str, Stored], outtype: str, template: str | None,
+           gguf) -> tuple[dict[str, int], list[str]]:
+    """Write the file: its metadata (with this file's type and template), then each tensor; returns {GGML type:
+    tensor count} and notes for the run history."""
     import numpy as np
 
-    writer = gguf.GGUFWriter(str(out), meta["general.architecture"], use_temp_file=True)  # a tensor at a time
+    writer = gguf.GGUFWriter(str(out), file.arch, use_temp_file=True)  # a tensor at a time
     notes: list[str] = []
-    for key, field in reader.fields.items():
-        if key.startswith(NOT_CARRIED_PREFIXES) or key in NOT_CARRIED or (template and key == CHAT_TEMPLATE):
-            continue
-        array = field.types[0] == gguf.GGUFValueType.ARRAY
-        sub = field.types[1] if array and len(field.types) > 1 else None  # an empty array records no item type
-        if array and sub is None:
-            notes.append(f"the input file's metadata key {key} is an empty array, which the gguf package cannot "
-                         "write: left out")
-            continue
-        if sub == gguf.GGUFValueType.ARRAY:
-            raise ModelpressError(f"the input file's metadata key {key} is an array of arrays, which the gguf "
-                                  "package cannot write: GgufExport cannot carry this file's metadata over")
-        writer.add_key_value(key, meta[key], field.types[0], sub_type=sub)  # decoded once, in run_gguf_export
+    layout, meta = LAYOUTS[file.arch], file.meta
+    for key, value, kind, sub in file.entries:
+        if not (template and key == CHAT_TEMPLATE):
+            writer.add_key_value(key, value, kind, sub_type=sub)
     if template:
         writer.add_chat_template(template)
     counts: dict[str, int] = {}
     fallbacks, requantized = [], []
-    sources = {t.name: t for t in reader.tensors}
     for gguf_name, hf in plan:
-        if hf is None:  # CARRIED: as the input file holds it
-            tensor = sources[gguf_name]
-            float_kind = tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-            writer.add_tensor(gguf_name, np.array(tensor.data), raw_dtype=None if float_kind else tensor.tensor_type)
-            counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+        if hf is None:  # as the input file holds it, or as computed from the config
+            data, raw = file.carried[gguf_name]()
+            writer.add_tensor(gguf_name, data, raw_dtype=raw)
+            kind_name = raw.name if raw is not None else gguf.GGMLQuantizationType.F32.name if data.dtype == np.float32 \
+                else gguf.GGMLQuantizationType.F16.name
+            counts[kind_name] = counts.get(kind_name, 0) + 1
             continue
         stored = weights[hf]
         blocks = None

@@ -1,0 +1,237 @@
+"""What GgufExport writes for a model: the metadata, the tensors expected and the tensors copied or computed.
+
+For a workflow whose input was a GGUF file, `gguf_export` reads them from that file. A model that never was one
+(a Hugging Face folder or Hub id) is described here from its config and tokenizer, with the keys llama.cpp's
+converter (`convert_hf_to_gguf.py`) writes for its architecture:
+- shape keys from the config (context, embedding and feed-forward lengths, blocks, heads, norm epsilon, RoPE base
+  and dimensions); RoPE scaling where llama.cpp has it as metadata (linear) or as a tensor (Llama 3.1's
+  frequencies, computed with transformers' own llama3 RoPE function);
+- a byte-level BPE tokenizer (llama.cpp's "gpt2" model) as its tokens, token types, merges and special ids, read
+  by the `gguf` package's `SpecialVocab`, with the name of llama.cpp's pre-tokenizer found by matching the
+  tokenizer's own pre-tokenizer to the ones in `PRE_TOKENIZERS` (llama.cpp's converter hashes the ids of a test
+  text instead, against a table of known models).
+What it does not know (a SentencePiece tokenizer, another RoPE scaling, another pre-tokenizer) it refuses by name,
+pointing at llama.cpp's converter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelpress.errors import ModelpressError
+
+CONVERTER = "convert the output folder with llama.cpp's convert_hf_to_gguf.py instead"
+# transformers model_type -> llama.cpp architecture
+MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+
+# The pre-tokenizers llama.cpp names, as a tokenizer.json's `pre_tokenizer` writes them: the steps in order, each
+# (type, its settings that change the split), and whether BPE takes a word found whole in the vocabulary without
+# its merges (`ignore_merges`). Each row is checked against llama.cpp's own tokenization (tests/test_gguf_hf.py).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+PRE_TOKENIZERS: dict[str, tuple[tuple, bool]] = {
+    "gpt-2": ((("ByteLevel", True),), False),                                  # GPT-2, the tiny test models
+    "smollm": ((("Digits", True), ("ByteLevel", True)), False),                # SmolLM, SmolLM2
+    "llama-bpe": ((("Split", LLAMA3_SPLIT), ("ByteLevel", False)), True),      # Llama 3, 3.1, 3.2
+    "qwen2": ((("Split", QWEN2_SPLIT), ("ByteLevel", False)), False),          # Qwen2, Qwen2.5, Qwen3
+}
+
+
+@dataclass
+class FileSpec:
+    """The GGUF file to write: its architecture, metadata {key: value} (general.architecture included), the
+    entries the writer adds [(key, value, GGUFValueType, item type or None)], the tensors expected {llama.cpp
+    name: shape} (None: whatever the model's weights map to), and tensors not from the model's weights {llama.cpp
+    name: () -> (array, raw GGML type or None for float)}."""
+
+    arch: str
+    meta: dict
+    entries: list = field(default_factory=list)
+    tensors: dict | None = None
+    carried: dict[str, Callable] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def unwritten_model_type(model_type: str | None) -> str | None:
+    """Why GgufExport cannot write a Hugging Face model of this model_type (None: it can)."""
+    if model_type in MODEL_TYPES:
+        return None
+    return (f"GgufExport writes Hugging Face models of model_type {', '.join(MODEL_TYPES)}, and this one is "
+            f"{model_type!r}: {CONVERTER}")
+
+
+def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
+    """The file for a Hugging Face folder (a pass's output, or the input model), named after the input model."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    why = unwritten_model_type(config.model_type)
+    if why:
+        raise ModelpressError(why + ".")
+    arch = MODEL_TYPES[config.model_type]
+    name = input_model.hub_id or Path(input_model.model_path).name
+    values: dict[str, object] = {"general.architecture": arch, "general.name": name}
+    values.update(_shape_keys(config, arch))
+    carried = {}
+    values.update(_rope_scaling(config, arch, carried))
+    tokenizer, notes = _tokenizer(folder, config.vocab_size, gguf)
+    meta = {**values, **tokenizer}
+    entries = [(k, v, *_value_type(k, v, gguf)) for k, v in meta.items() if k != "general.architecture"]
+    return FileSpec(arch, meta, entries, None, carried, notes)
+
+
+def _shape_keys(config, arch: str) -> dict:
+    """The config as llama.cpp's converter writes it for `arch` (Phi3MiniModel has its own list)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    keys = {"context_length": config.max_position_embeddings, "embedding_length": config.hidden_size,
+            "feed_forward_length": config.intermediate_size, "block_count": config.num_hidden_layers,
+            "attention.head_count": heads,
+            "attention.head_count_kv": getattr(config, "num_key_value_heads", None) or heads,
+            "rope.freq_base": float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+            "attention.layer_norm_rms_epsilon": float(config.rms_norm_eps)}
+    if arch == "phi3":
+        partial = float(rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+        keys["rope.dimension_count"] = int(partial * config.hidden_size) // heads
+        keys["rope.scaling.original_context_length"] = getattr(config, "original_max_position_embeddings", None) \
+            or config.max_position_embeddings
+        keys["attention.sliding_window"] = getattr(config, "sliding_window", None) or 0
+    else:
+        keys["attention.key_length"] = keys["attention.value_length"] = head_dim
+        if arch == "llama":
+            keys["vocab_size"] = config.vocab_size
+            keys["rope.dimension_count"] = head_dim
+    return {f"{arch}.{k}": v for k, v in keys.items()}
+
+
+def _rope_scaling(config, arch: str, carried: dict) -> dict:
+    """RoPE scaling as llama.cpp reads it: linear as metadata, Llama 3.1's as a tensor of frequency factors (the
+    default RoPE's inverse frequencies over llama3's, from transformers' own functions); others refused."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return {}
+    if kind == "linear":
+        return {f"{arch}.rope.scaling.type": "linear", f"{arch}.rope.scaling.factor": float(rope["factor"])}
+    if kind == "llama3" and arch == "llama":
+        import numpy as np
+        import torch
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        plain = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        factors = (plain / scaled).numpy().astype(np.float32)  # 1 for high frequencies, `factor` for low ones
+        carried["rope_freqs.weight"] = lambda: (factors, None)
+        return {}
+    raise ModelpressError(f"GgufExport writes RoPE scaling 'linear' and, for Llama, 'llama3'; this model's config "
+                          f"has rope_type {kind!r}: {CONVERTER}.")
+
+
+def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
+    """The tokenizer.* keys of a byte-level BPE tokenizer, as llama.cpp's converter writes them: every id up to
+    the config's vocab_size (ids the tokenizer lacks as unused [PAD<id>] tokens), NORMAL, CONTROL for special
+    added tokens and USER_DEFINED for the others; merges, special ids and the chat template from the gguf
+    package's SpecialVocab; whether BOS and EOS are added from the tokenizer's own encoding."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ModelpressError(f"GgufExport writes a model's tokenizer from its tokenizer.json, and {folder} has "
+                              f"none (a slow or SentencePiece-only tokenizer): {CONVERTER}.")
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
+        raise ModelpressError("GgufExport writes byte-level BPE tokenizers (llama.cpp's 'gpt2' model: Llama 3, "
+                              "Qwen, SmolLM2, GPT-2), and this one is "
+                              f"{model.get('type')} with a {decoder.get('type')} decoder"
+                              f"{' and byte fallback (SentencePiece-style)' if model.get('byte_fallback') else ''}"
+                              f": {CONVERTER}.")
+    pre = pre_tokenizer_name(spec)
+    added = {t["id"]: t for t in spec.get("added_tokens") or []}
+    by_id = {i: text for text, i in model["vocab"].items()}
+    by_id.update({i: t["content"] for i, t in added.items()})
+    size = max(vocab_size, max(by_id) + 1)
+    tokens, types = [], []
+    for i in range(size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL if i not in added else
+                         gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=size)
+    if not special.merges:
+        raise ModelpressError(f"{path} has no merges, which llama.cpp's BPE needs: {CONVERTER}.")
+    keys = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": [int(t) for t in types], "tokenizer.ggml.merges": list(special.merges)}
+    ids = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "sep": "seperator_token_id",
+           "pad": "padding_token_id", "mask": "mask_token_id"}  # gguf's Keys.Tokenizer spellings
+    for kind, token_id in special.special_token_ids.items():
+        if kind in ids:
+            keys[f"tokenizer.ggml.{ids[kind]}"] = token_id
+    keys.update(_added_ends(path, keys))
+    if isinstance(special.chat_template, str):
+        keys["tokenizer.chat_template"] = special.chat_template
+    notes = [f"tokenizer: {len(tokens)} tokens, llama.cpp pre-tokenizer {pre!r}"]
+    if size > len(by_id):
+        notes.append(f"{size - len(by_id)} ids under the config's vocab_size {vocab_size} have no token: written "
+                     "as unused [PAD<id>] tokens, as llama.cpp's converter does")
+    return keys, notes
+
+
+def _added_ends(path: Path, keys: dict) -> dict:
+    """Whether encoding a text adds the BOS and EOS tokens, as the tokenizer itself does it (its post-processor),
+    written in both cases: llama.cpp's default for a file without the keys depends on the pre-tokenizer."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    plain, full = tokenizer.encode("a", add_special_tokens=False).ids, tokenizer.encode("a").ids
+    bos, eos = keys.get("tokenizer.ggml.bos_token_id"), keys.get("tokenizer.ggml.eos_token_id")
+    return {"tokenizer.ggml.add_bos_token": bos is not None and full[:1] == [bos] and plain[:1] != [bos],
+            "tokenizer.ggml.add_eos_token": eos is not None and full[-1:] == [eos] and plain[-1:] != [eos]}
+
+
+def pre_tokenizer_name(spec: dict) -> str:
+    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (`spec`), or a clear refusal."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    found = []
+    for step in steps:
+        kind = step.get("type")
+        if kind == "ByteLevel":
+            if step.get("add_prefix_space"):
+                found.append(("ByteLevel add_prefix_space",))
+            found.append(("ByteLevel", bool(step.get("use_regex", True))))
+        elif kind == "Digits":
+            found.append(("Digits", bool(step.get("individual_digits"))))
+        elif kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
+            found.append(("Split", (step.get("pattern") or {}).get("Regex")))
+        else:
+            found.append((kind, json.dumps(step, sort_keys=True)))
+    signature = (tuple(found), bool((spec.get("model") or {}).get("ignore_merges")))
+    for name, known in PRE_TOKENIZERS.items():
+        if known == signature:
+            return name
+    raise ModelpressError("GgufExport names llama.cpp's pre-tokenizer by matching the tokenizer's own, and knows "
+                          f"{', '.join(PRE_TOKENIZERS)}; this tokenizer splits text with {list(found)}"
+                          f"{' and ignore_merges' if signature[1] else ''}: {CONVERTER}.")
+
+
+def _value_type(key: str, value, gguf) -> tuple:
+    """The GGUF value type of a metadata entry (and its items' type for an array)."""
+    t = gguf.GGUFValueType
+    if isinstance(value, list):
+        item = t.STRING if key != "tokenizer.ggml.token_type" else t.INT32
+        return t.ARRAY, item
+    if isinstance(value, bool):
+        return t.BOOL, None
+    if isinstance(value, int):
+        return t.UINT32, None
+    if isinstance(value, float):
+        return t.FLOAT32, None
+    return t.STRING, None

@@ -1,0 +1,267 @@
+"""GgufExport of a model that never was a GGUF file: a Hugging Face folder written as llama.cpp's converter would.
+
+What the file must do is what llama.cpp does with it: tokenize a text as the Hugging Face tokenizer does (the
+pre-tokenizer name, merges, special tokens and BOS must all be right) and compute the source model's logits (tensor
+names, the Q/K layout, the shape keys and RoPE scaling). llama.cpp itself (llama-cpp-python, which `make test`
+installs) answers both. Each tokenizer is trained here on whole lines, so its merges cross the boundaries that the
+pre-tokenizer under test draws (digits, contractions, spaces): a wrong pre-tokenizer name gives other tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from test_gguf import CONTEXT, FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, RMS_EPS, ROPE_THETA
+
+gguf = pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
+
+TEXT = ("The quick brown fox, 12345 jumps! I'LL say it's 3.14159...\n\n  \tHello   world  ünïcode 日本語 "
+        "a1b22c333 don't WE'VE <|endoftext|>  end")
+EXTRA_LINES = ["12345 67890 3.14159 2024-12-07 a1b22c333 x99", "I'LL don't WE'VE it's they'd you're",
+               "Hello   world\n\n  \tnew lines and  spaces", "ünïcode 日本語 punctuation!!! ??? ..."]
+
+
+def _pre_tokenizer(name: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    from modelpress.passes.gguf_hf import LLAMA3_SPLIT, QWEN2_SPLIT
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    split = {"llama-bpe": LLAMA3_SPLIT, "qwen2": QWEN2_SPLIT}.get(name)
+    if split:
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if name == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    assert name == "gpt-2"
+    return byte_level
+
+
+@functools.lru_cache(maxsize=None)
+def bpe_tokenizer(pre: str, add_bos: bool = False):
+    """A byte-level BPE tokenizer trained on whole lines (merges across words, digits and punctuation), then given
+    the pre-tokenizer `pre` names in llama.cpp (and Llama 3's ignore_merges, and BOS added, where asked)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from modelpress.passes.gguf_hf import PRE_TOKENIZERS
+    from modelpress.tiny import SPECIAL_TOKENS, default_corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    lines = [line for line in default_corpus().splitlines() if line.strip()] + EXTRA_LINES * 20
+    tok.train_from_iterator(lines, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.pre_tokenizer = _pre_tokenizer(pre)
+    tok.model.ignore_merges = PRE_TOKENIZERS[pre][1]
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+        assert tok.token_to_id("<s>") == 1
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<unk>")
+
+
+def hf_model(tokenizer, arch: str, tie: bool, rope: dict | None = None):
+    """A tiny model of `arch` (llama: grouped K/V heads; qwen2: q, k, v biases; qwen3: q and k norms, heads of 128,
+    every Qwen3's, which transformers' GGUF reader assumes; phi3: fused qkv and gate_up), norms and biases away
+    from their initial values."""
+    import transformers
+
+    name, extra = {"llama": ("Llama", {}), "qwen2": ("Qwen2", {}), "qwen3": ("Qwen3", {"head_dim": 128}),
+                   "phi3": ("Phi3", {})}[arch]
+    kwargs = dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS, num_key_value_heads=KV_HEADS if arch != "phi3" else HEADS,
+                  max_position_embeddings=CONTEXT, rms_norm_eps=RMS_EPS, tie_word_embeddings=tie,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, initializer_range=0.1,
+                  rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA, **(rope or {})}, **extra)
+    config = getattr(transformers, f"{name}Config")(**kwargs)
+    torch.manual_seed(2)
+    model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def save(model, tokenizer, folder):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def export(tmp_path, source, passes: dict | None = None, outtype: str = "f32"):
+    from modelpress.config import normalize
+    from modelpress.engine import run_workflow
+
+    raw = {"input_model": {"type": "HfModel", "model_path": str(source)},
+           "passes": {**(passes or {}), "gguf": {"type": "GgufExport", "outtype": outtype}},
+           "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}
+    run_workflow(normalize(raw, tmp_path), show_progress=False)
+    return tmp_path / "out" / "model" / "model.gguf"
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def _fields(path) -> dict:
+    reader = gguf.GGUFReader(str(path))
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+CASES = {  # id: (architecture, pre-tokenizer, BOS added, tied, RoPE scaling, passes before GgufExport)
+    "llama3": ("llama", "llama-bpe", True, False, LLAMA3_ROPE, {}),
+    "llama-linear-rope": ("llama", "gpt-2", False, False, {"rope_type": "linear", "factor": 2.0}, {}),
+    "smollm2": ("llama", "smollm", False, True, None, {}),
+    "qwen2": ("qwen2", "qwen2", False, True, None, {}),
+    "qwen3": ("qwen3", "qwen2", False, True, None, {}),
+    "phi3": ("phi3", "gpt-2", False, False, None, {}),
+    "llama-codes-q4_1": ("llama", "gpt-2", False, False, None,
+                         {"rtn": {"type": "Rtn", "bits": 4, "sym": False, "group_size": 32}}),
+}
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("case", list(CASES))
+def test_llama_cpp_tokenizes_and_computes_as_the_hugging_face_model(tmp_path, case):
+    """llama.cpp reads the export of each architecture, pre-tokenizer and RoPE scaling as the Hugging Face
+    tokenizer and model compute: the same token ids (BOS included where the tokenizer adds it) and logits."""
+    from llama_cpp import Llama
+
+    arch, pre, add_bos, tie, rope, passes = CASES[case]
+    tokenizer = bpe_tokenizer(pre, add_bos)
+    model = hf_model(tokenizer, arch, tie, rope)
+    written = export(tmp_path, save(model, tokenizer, tmp_path / "model"), passes)
+    fields = _fields(written)
+    assert fields["tokenizer.ggml.pre"] == pre and fields["tokenizer.ggml.add_bos_token"] is add_bos
+    assert ("rope_freqs.weight" in {t.name for t in gguf.GGUFReader(str(written)).tensors}) == bool(
+        rope and rope["rope_type"] == "llama3")
+    llm = Llama(model_path=str(written), n_ctx=128, n_threads=2, verbose=False, logits_all=True)
+    ids = tokenizer(TEXT)["input_ids"]
+    assert llm.tokenize(TEXT.encode(), add_bos=True, special=True) == ids
+    assert len(ids) < 0.7 * len(TEXT.encode())  # merges were used
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    if passes:  # a quantized checkpoint: its own weights, as transformers reads them back from the file
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(written.parent, gguf_file=written.name, dtype=torch.float32)
+    ours = _logits(model.eval(), ids)
+    error = (theirs - ours).abs().max().item() / ours.abs().max().item()
+    assert error < (3e-3 if not passes else 0.05), error  # Q4_1 dot products take 8-bit activations in llama.cpp
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+def test_each_pre_tokenizer_is_told_apart(pre):
+    """The four pre-tokenizers split the test text differently (so the llama.cpp test above can tell a wrong name),
+    and each is named from its tokenizer.json alone."""
+    from modelpress.passes.gguf_hf import pre_tokenizer_name
+
+    spec = json.loads(bpe_tokenizer(pre).backend_tokenizer.to_str())
+    assert pre_tokenizer_name(spec) == pre
+    ids = {name: bpe_tokenizer(name)(TEXT)["input_ids"] for name in ("gpt-2", "smollm", "llama-bpe", "qwen2")}
+    assert sum(other == ids[pre] for other in ids.values()) == 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "phi3"])
+def test_transformers_reads_the_export_back_to_the_source_logits(tmp_path, arch):
+    """Without llama.cpp: transformers' GGUF reader gives back the source model's logits (f32), and the file holds
+    each weight once (a tied head as the embedding)."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    tie = arch in ("qwen2", "qwen3")
+    model = hf_model(tokenizer, arch, tie)
+    written = export(tmp_path, save(model, tokenizer, tmp_path / "model"))
+    names = {t.name for t in gguf.GGUFReader(str(written)).tensors}
+    assert ("output.weight" in names) is not tie and "token_embd.weight" in names
+    read = AutoModelForCausalLM.from_pretrained(written.parent, gguf_file=written.name, dtype=torch.float32).eval()
+    ids = tokenizer(TEXT)["input_ids"]
+    assert torch.allclose(_logits(read, ids), _logits(model, ids), atol=1e-4, rtol=0)
+    fields = _fields(written)
+    assert fields[f"{arch}.block_count"] == LAYERS and fields["general.name"] == "model"
+    assert len(fields["tokenizer.ggml.tokens"]) == len(tokenizer)
+
+
+def test_ids_without_a_token_are_written_as_unused(tmp_path):
+    """A config whose vocab_size exceeds the tokenizer's (embeddings padded for speed, as Qwen's are) gets an unused
+    [PAD<id>] token for every id the tokenizer lacks, as llama.cpp's converter writes them."""
+    tokenizer = bpe_tokenizer("qwen2")
+    model = hf_model(tokenizer, "qwen2", True)
+    model.resize_token_embeddings(len(tokenizer) + 12)
+    written = export(tmp_path, save(model, tokenizer, tmp_path / "model"))
+    fields = _fields(written)
+    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    assert len(tokens) == len(tokenizer) + 12 and tokens[-1] == f"[PAD{len(tokenizer) + 11}]"
+    assert types[-12:] == [gguf.TokenType.UNUSED] * 12 and types[0] == gguf.TokenType.CONTROL
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+    notes = next(s["notes"] for s in history["steps"] if s["type"] == "GgufExport")
+    assert any("12 ids under the config's vocab_size" in n for n in notes), notes
+
+
+def _with_tokenizer_json(folder, change) -> None:
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    change(spec)
+    path.write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["model"].update(byte_fallback=True), r"byte-level BPE tokenizers.*byte fallback"),
+    (lambda s: s["pre_tokenizer"].update(add_prefix_space=True), r"knows gpt-2, smollm.*add_prefix_space"),
+    (lambda s: s["model"].update(merges=[]), r"no merges"),
+], ids=["sentencepiece-style", "unknown-pre-tokenizer", "no-merges"])
+def test_a_tokenizer_llama_cpp_would_read_otherwise_is_refused(tmp_path, change, message):
+    from modelpress.errors import ModelpressError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
+    _with_tokenizer_json(folder, change)
+    with pytest.raises(ModelpressError, match=message + r".*convert_hf_to_gguf\.py"):
+        export(tmp_path, folder)
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_rope_scaling_llama_cpp_lacks_is_refused(tmp_path):
+    from modelpress.errors import ModelpressError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    model = hf_model(tokenizer, "llama", False, {"rope_type": "yarn", "factor": 2.0,
+                                                 "original_max_position_embeddings": 128})
+    with pytest.raises(ModelpressError, match=r"rope_type 'yarn'.*convert_hf_to_gguf\.py"):
+        export(tmp_path, save(model, tokenizer, tmp_path / "model"))
+
+
+def test_a_model_type_it_does_not_write_is_refused_when_the_config_is_read(tmp_path):
+    """A Hugging Face input of a model_type GgufExport does not write is a config error, before any pass runs; a
+    Ray host is refused only for a GGUF input (whose file its workers are not given)."""
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "qwen2", True), tokenizer, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    raw = {"input_model": {"type": "HfModel", "model_path": str(folder)},
+           "passes": {"gguf": {"type": "GgufExport"}}, "output_dir": str(tmp_path / "out")}
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*model_type llama, mistral.*'gpt2'"):
+        normalize(raw, tmp_path)
+    (folder / "config.json").write_text(json.dumps(config))
+    raw.update(systems={"cluster": {"type": "Ray"}}, host="cluster")
+    assert normalize(raw, tmp_path).passes[0].type == "GgufExport"
