@@ -24,7 +24,7 @@ needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is No
                                      reason="llama-cpp-python is not installed (it compiles llama.cpp from source)")
 
 TEXT = ("The quick brown fox, 12345 jumps! I'LL say it's 3.14159...\n\n  \tHello   world  ünïcode 日本語 "
-        "a1b22c333 don't WE'VE <|endoftext|>  end")
+        "a1b22c333 don't WE'VE <|endoftext|>  end Ω🦊")  # the last two in no training line: bytes
 EXTRA_LINES = ["12345 67890 3.14159 2024-12-07 a1b22c333 x99", "I'LL don't WE'VE it's they'd you're",
                "Hello   world\n\n  \tnew lines and  spaces", "ünïcode 日本語 punctuation!!! ??? ..."]
 
@@ -69,6 +69,34 @@ def bpe_tokenizer(pre: str, add_bos: bool = False):
         assert tok.token_to_id("<s>") == 1
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", unk_token="<unk>")
+
+
+@functools.lru_cache(maxsize=None)
+def sentencepiece_tokenizer(folder: str):
+    """A SentencePiece BPE model with byte fallback (as Llama 2's, Mistral's and Phi-3's), trained here, read by
+    transformers from its tokenizer.model as a Hub folder of those models is (its tokenizer.json written from it)."""
+    spm = pytest.importorskip("sentencepiece")
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from modelpress.tiny import default_corpus
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [line for line in default_corpus().splitlines() if line.strip()] + EXTRA_LINES * 20
+    (root / "corpus.txt").write_text("\n".join(lines), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"),
+                                   vocab_size=500, model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
+    (root / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True}))
+    tokenizer = AutoTokenizer.from_pretrained(root)
+    assert tokenizer("Hello")["input_ids"][1:] == spm.SentencePieceProcessor(
+        model_file=str(root / "tokenizer.model")).encode("Hello")  # transformers reads it as SentencePiece does
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def hf_model(tokenizer, arch: str, tie: bool, rope: dict | None = None):
@@ -124,7 +152,10 @@ def _fields(path) -> dict:
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
-CASES = {  # id: (architecture, pre-tokenizer, BOS added, tied, RoPE scaling, passes before GgufExport)
+CASES = {  # id: (architecture, pre-tokenizer (sentencepiece: llama.cpp's 'llama' model), BOS added, tied, RoPE
+    #          scaling, passes before GgufExport)
+    "llama2": ("llama", "sentencepiece", True, False, None, {}),
+    "phi3-mini": ("phi3", "sentencepiece", True, False, None, {}),
     "llama3": ("llama", "llama-bpe", True, False, LLAMA3_ROPE, {}),
     "llama-linear-rope": ("llama", "gpt-2", False, False, {"rope_type": "linear", "factor": 2.0}, {}),
     "smollm2": ("llama", "smollm", False, True, None, {}),
@@ -138,23 +169,31 @@ CASES = {  # id: (architecture, pre-tokenizer, BOS added, tied, RoPE scaling, pa
 
 @needs_llama_cpp
 @pytest.mark.parametrize("case", list(CASES))
-def test_llama_cpp_tokenizes_and_computes_as_the_hugging_face_model(tmp_path, case):
-    """llama.cpp reads the export of each architecture, pre-tokenizer and RoPE scaling as the Hugging Face
-    tokenizer and model compute: the same token ids (BOS included where the tokenizer adds it) and logits."""
+def test_llama_cpp_tokenizes_and_computes_as_the_hugging_face_model(tmp_path, tmp_path_factory, case):
+    """llama.cpp reads the export of each architecture, tokenizer and RoPE scaling as the Hugging Face tokenizer
+    and model compute: the same token ids (BOS included where the tokenizer adds it) and logits."""
     from llama_cpp import Llama
 
     arch, pre, add_bos, tie, rope, passes = CASES[case]
-    tokenizer = bpe_tokenizer(pre, add_bos)
+    if pre == "sentencepiece":
+        tokenizer = sentencepiece_tokenizer(str(tmp_path_factory.getbasetemp() / "spm"))
+        assert json.loads(tokenizer.backend_tokenizer.to_str())["model"]["byte_fallback"]
+    else:
+        tokenizer = bpe_tokenizer(pre, add_bos)
     model = hf_model(tokenizer, arch, tie, rope)
     written = export(tmp_path, save(model, tokenizer, tmp_path / "model"), passes)
+    assert not list((tmp_path / "model").glob("*.model"))  # transformers saves tokenizer.json alone
     fields = _fields(written)
-    assert fields["tokenizer.ggml.pre"] == pre and fields["tokenizer.ggml.add_bos_token"] is add_bos
+    assert fields["tokenizer.ggml.model"] == ("llama" if pre == "sentencepiece" else "gpt2")
+    assert fields["tokenizer.ggml.pre"] == ("default" if pre == "sentencepiece" else pre)
+    assert fields["tokenizer.ggml.add_bos_token"] is add_bos
     assert ("rope_freqs.weight" in {t.name for t in gguf.GGUFReader(str(written)).tensors}) == bool(
         rope and rope["rope_type"] == "llama3")
     llm = Llama(model_path=str(written), n_ctx=128, n_threads=2, verbose=False, logits_all=True)
     ids = tokenizer(TEXT)["input_ids"]
     assert llm.tokenize(TEXT.encode(), add_bos=True, special=True) == ids
     assert len(ids) < 0.7 * len(TEXT.encode())  # merges were used
+    assert llm.detokenize(ids).decode() == tokenizer.decode(ids, skip_special_tokens=True)
     llm.eval(ids)
     theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
     if passes:  # a quantized checkpoint: its own weights, as transformers reads them back from the file
@@ -223,10 +262,10 @@ def _with_tokenizer_json(folder, change) -> None:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda s: s["model"].update(byte_fallback=True), r"byte-level BPE tokenizers.*byte fallback"),
+    (lambda s: s["model"].update(type="Unigram"), r"byte-level BPE tokenizers.*this one is Unigram"),
     (lambda s: s["pre_tokenizer"].update(add_prefix_space=True), r"knows gpt-2, smollm.*add_prefix_space"),
     (lambda s: s["model"].update(merges=[]), r"no merges"),
-], ids=["sentencepiece-style", "unknown-pre-tokenizer", "no-merges"])
+], ids=["unigram", "unknown-pre-tokenizer", "no-merges"])
 def test_a_tokenizer_llama_cpp_would_read_otherwise_is_refused(tmp_path, change, message):
     from modelpress.errors import ModelpressError
 

@@ -17,6 +17,7 @@ pointing at llama.cpp's converter.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from modelpress.errors import ModelpressError
 
 CONVERTER = "convert the output folder with llama.cpp's convert_hf_to_gguf.py instead"
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # a SentencePiece byte-fallback token
 # transformers model_type -> llama.cpp architecture
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
@@ -134,41 +136,48 @@ def _rope_scaling(config, arch: str, carried: dict) -> dict:
 
 
 def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
-    """The tokenizer.* keys of a byte-level BPE tokenizer, as llama.cpp's converter writes them: every id up to
-    the config's vocab_size (ids the tokenizer lacks as unused [PAD<id>] tokens), NORMAL, CONTROL for special
-    added tokens and USER_DEFINED for the others; merges, special ids and the chat template from the gguf
-    package's SpecialVocab; whether BOS and EOS are added from the tokenizer's own encoding."""
+    """The tokenizer.* keys, as llama.cpp's converter writes them: every id up to the config's vocab_size (ids the
+    tokenizer lacks as unused [PAD<id>] tokens); CONTROL for special added tokens, USER_DEFINED for the others;
+    merges (byte-level BPE), special ids and the chat template from the gguf package's SpecialVocab; whether BOS
+    and EOS are added, from the tokenizer's own encoding."""
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise ModelpressError(f"GgufExport writes a model's tokenizer from its tokenizer.json, and {folder} has "
-                              f"none (a slow or SentencePiece-only tokenizer): {CONVERTER}.")
+                              f"none (a slow tokenizer only): {CONVERTER}.")
     spec = json.loads(path.read_text(encoding="utf-8"))
     model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
+    byte_level = model.get("type") == "BPE" and not model.get("byte_fallback") and decoder.get("type") == "ByteLevel"
+    if byte_level:
+        keys = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer_name(spec)}
+    elif model.get("type") == "BPE" and model.get("byte_fallback") and decoder.get("type") == "Sequence":
+        keys = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+                "tokenizer.ggml.add_space_prefix": _sentencepiece_prefix(spec)}
+    else:
         raise ModelpressError("GgufExport writes byte-level BPE tokenizers (llama.cpp's 'gpt2' model: Llama 3, "
-                              "Qwen, SmolLM2, GPT-2), and this one is "
-                              f"{model.get('type')} with a {decoder.get('type')} decoder"
-                              f"{' and byte fallback (SentencePiece-style)' if model.get('byte_fallback') else ''}"
-                              f": {CONVERTER}.")
-    pre = pre_tokenizer_name(spec)
+                              "Qwen, SmolLM2, GPT-2) and SentencePiece-style BPE ones with byte fallback (its 'llama' "
+                              "model: Llama 2, Mistral, Phi-3), and this one is "
+                              f"{model.get('type')} with a {decoder.get('type')} decoder: {CONVERTER}.")
     added = {t["id"]: t for t in spec.get("added_tokens") or []}
     by_id = {i: text for text, i in model["vocab"].items()}
     by_id.update({i: t["content"] for i, t in added.items()})
     size = max(vocab_size, max(by_id) + 1)
-    tokens, types = [], []
+    types = gguf.TokenType
+    tokens, kinds = [], []
     for i in range(size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        else:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL if i not in added else
-                         gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=size)
-    if not special.merges:
-        raise ModelpressError(f"{path} has no merges, which llama.cpp's BPE needs: {CONVERTER}.")
-    keys = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": [int(t) for t in types], "tokenizer.ggml.merges": list(special.merges)}
+        text = by_id.get(i)
+        tokens.append(text if text is not None else f"[PAD{i}]")
+        kinds.append(types.UNUSED if text is None else
+                     (types.CONTROL if added[i].get("special") else types.USER_DEFINED) if i in added else
+                     types.UNKNOWN if text == model.get("unk_token") else
+                     types.BYTE if not byte_level and BYTE_TOKEN.fullmatch(text) else types.NORMAL)
+    special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=size)
+    keys.update({"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [int(k) for k in kinds]})
+    if byte_level:
+        if not special.merges:
+            raise ModelpressError(f"{path} has no merges, which llama.cpp's BPE needs: {CONVERTER}.")
+        keys["tokenizer.ggml.merges"] = list(special.merges)
+    else:
+        keys["tokenizer.ggml.scores"] = _merge_scores(model, tokens)
     ids = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "sep": "seperator_token_id",
            "pad": "padding_token_id", "mask": "mask_token_id"}  # gguf's Keys.Tokenizer spellings
     for kind, token_id in special.special_token_ids.items():
@@ -177,11 +186,36 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
     keys.update(_added_ends(path, keys))
     if isinstance(special.chat_template, str):
         keys["tokenizer.chat_template"] = special.chat_template
-    notes = [f"tokenizer: {len(tokens)} tokens, llama.cpp pre-tokenizer {pre!r}"]
+    notes = [f"tokenizer: {len(tokens)} tokens, llama.cpp's {keys['tokenizer.ggml.model']!r} model with the "
+             f"{keys['tokenizer.ggml.pre']!r} pre-tokenizer"]
     if size > len(by_id):
         notes.append(f"{size - len(by_id)} ids under the config's vocab_size {vocab_size} have no token: written "
                      "as unused [PAD<id>] tokens, as llama.cpp's converter does")
     return keys, notes
+
+
+def _merge_scores(model: dict, tokens: list[str]) -> list[float]:
+    """SentencePiece scores for llama.cpp's 'llama' tokenizer, which merges the adjacent pair whose joined text is
+    the token of highest score: minus the rank of the first merge that makes each token, as the BPE merges rank
+    them (a token no merge makes is never a merge's result, and its score is never compared)."""
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, i)
+    return [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+
+
+def _sentencepiece_prefix(spec: dict) -> bool:
+    """Whether the tokenizer puts a space (SentencePiece's "▁") before the text, as llama.cpp's
+    add_space_prefix: a Metaspace pre-tokenizer that prepends, or a normalizer that prepends "▁"."""
+    def steps(part):
+        part = part or {}
+        return part.get("pretokenizers") or part.get("normalizers") or [part]
+
+    metaspace = [p for p in steps(spec.get("pre_tokenizer")) if p.get("type") == "Metaspace"]
+    if metaspace:
+        return metaspace[0].get("prepend_scheme", "always") != "never"
+    return any(n.get("type") == "Prepend" and n.get("prepend") == "\u2581" for n in steps(spec.get("normalizer")))
 
 
 def _added_ends(path: Path, keys: dict) -> dict:
@@ -225,9 +259,9 @@ def pre_tokenizer_name(spec: dict) -> str:
 def _value_type(key: str, value, gguf) -> tuple:
     """The GGUF value type of a metadata entry (and its items' type for an array)."""
     t = gguf.GGUFValueType
-    if isinstance(value, list):
-        item = t.STRING if key != "tokenizer.ggml.token_type" else t.INT32
-        return t.ARRAY, item
+    if isinstance(value, list):  # tokens and merges, token types, scores
+        first = value[0] if value else ""
+        return t.ARRAY, t.STRING if isinstance(first, str) else t.FLOAT32 if isinstance(first, float) else t.INT32
     if isinstance(value, bool):
         return t.BOOL, None
     if isinstance(value, int):
