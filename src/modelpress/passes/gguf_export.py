@@ -1,15 +1,16 @@
-"""GgufExport: a model written back as a GGUF file that llama.cpp and Ollama load.
+"""GgufExport: a model written as a GGUF file that llama.cpp and Ollama load.
 
-It takes a Hugging Face folder (LoRA and merge leave one), or a weight-quantized checkpoint (Gptq, Rtn), from a
-workflow whose input was a GGUF file, and writes it in that file's own layout:
+It takes a Hugging Face folder (the input model, or what LoRA and merge leave), or a weight-quantized checkpoint
+(Gptq, Rtn). Where the workflow's input was a GGUF file, the export is written in that file's own layout:
 - the input file's metadata is carried over: architecture keys, and the tokenizer as llama.cpp's converter wrote
-  it (token list, merges, special ids and the pre-tokenizer's name, which llama.cpp's converter finds by hashing
-  test strings and which modelpress does not guess); not how the input file was quantized (`quantize.*`); the
-  file type is the new one, and the chat template, by default, the one the model was fine-tuned with;
-- each weight goes under its llama.cpp name, from the `gguf` package's TensorNameMap (which llama.cpp's converter
-  and transformers' GGUF reader also use), Q and K rows permuted per head for the llama architecture as llama.cpp's
-  converter does (`LlamaModel.permute`; transformers' reader undoes it);
+  it (token list, merges, special ids and the pre-tokenizer's name); not how the input file was quantized
+  (`quantize.*`); the file type is the new one, and the chat template, by default, the one the model was
+  fine-tuned with;
 - the tensors written are the input file's, name for name and shape for shape, or the pass refuses.
+A model that never was a GGUF file is described from its config and tokenizer (`gguf_hf`), as llama.cpp's
+converter writes one. Either way each weight goes under its llama.cpp name, from the `gguf` package's
+TensorNameMap (which llama.cpp's converter and transformers' GGUF reader also use), Q and K rows permuted per head
+for the llama architecture as llama.cpp's converter does (`LlamaModel.permute`; transformers' reader undoes it).
 Float weights are quantized with the `gguf` package's reference quantizers (numpy), which write no K-quants
 (Q4_K_M and the like: llama.cpp's `llama-quantize` makes those from an f16 or q8_0 file). A quantized checkpoint's
 codes are written as they are where llama.cpp has their grid (4-bit asymmetric: Q4_1, 4-bit symmetric: Q4_0, 8-bit

@@ -20,7 +20,8 @@ OUTTYPES: dict[str, tuple[str, str]] = {
 }
 
 
-# The architectures GgufExport writes (llama.cpp's names), and the files that have them.
+# The architectures GgufExport writes (llama.cpp's names), and the models that have them (a GGUF input's
+# general.architecture; a Hugging Face model's model_type maps to them in modelpress.passes.gguf_hf).
 ARCHITECTURES = {"llama": "Llama 2 and 3, SmolLM2, Mistral-style", "qwen2": "Qwen2, Qwen2.5", "qwen3": "Qwen3",
                  "phi3": "Phi-3 mini and medium"}
 
@@ -35,8 +36,8 @@ def unwritten_architecture(arch: str | None) -> str | None:
 
 
 class GgufExportParams(Strict):
-    """Write the model as one GGUF file, with the tokenizer, chat template and metadata of the workflow's input
-    GGUF file."""
+    """Write the model as one GGUF file for llama.cpp and Ollama: in the layout and metadata of the workflow's input
+    GGUF file, or, for a Hugging Face model, as llama.cpp's converter writes it from the config and tokenizer."""
 
     outtype: Literal[tuple(OUTTYPES)] = searchable(  # type: ignore[valid-type]
         "q8_0", "q4_1", default="q8_0",
@@ -48,12 +49,12 @@ class GgufExportParams(Strict):
         "outtype is then the type of its other weights.")
     chat_template: Literal["trained", "input"] = Field(
         "trained", description="The chat template written into the file: 'trained', the one the model was "
-        "fine-tuned with (its data config's, when that is a chat template; else the input file's), or 'input', "
-        "the input GGUF file's.")
+        "fine-tuned with (its data config's, when that is a chat template; else the input model's), or 'input', "
+        "the input model's own (the input GGUF file's, or the Hugging Face tokenizer's).")
 
 
 GGUF_SPECS: tuple[PassSpec, ...] = (
-    PassSpec("GgufExport", "write a GGUF file for llama.cpp and Ollama (a model whose input was a GGUF file)",
+    PassSpec("GgufExport", "write a GGUF file for llama.cpp and Ollama (llama, qwen2, qwen3 and phi3 models)",
              GgufExportParams, "modelpress.passes.gguf_export:run_gguf_export", (HF, HF_QUANTIZED), GGUF, False,
              optional_package=("gguf", "gguf")),
 )
