@@ -16,7 +16,8 @@ import json
 import numpy as np
 import pytest
 
-from test_gguf import CONTEXT, FFN, HEADS, HIDDEN, KV_HEADS, LAYERS, RMS_EPS, ROPE_THETA
+from test_gguf import LAYERS, ROPE_THETA, _logits, shape_kwargs
+from test_gguf_export import _fields
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -65,7 +66,8 @@ def bpe_tokenizer(pre: str, add_bos: bool = False):
     tok.pre_tokenizer = _pre_tokenizer(pre)
     tok.model.ignore_merges = PRE_TOKENIZERS[pre][1]
     if add_bos:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", 1)])
         assert tok.token_to_id("<s>") == 1
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", unk_token="<unk>")
@@ -99,20 +101,19 @@ def sentencepiece_tokenizer(folder: str):
     return tokenizer
 
 
-def hf_model(tokenizer, arch: str, tie: bool, rope: dict | None = None):
-    """A tiny model of `arch` (llama: grouped K/V heads; qwen2: q, k, v biases; qwen3: q and k norms, heads of 128,
-    every Qwen3's, which transformers' GGUF reader assumes; phi3: fused qkv and gate_up), norms and biases away
-    from their initial values."""
+def hf_model(tokenizer, arch: str, tie: bool, rope: dict | None = None, **extra):
+    """A tiny model of `arch` in test_gguf's shape (llama, mistral: grouped K/V heads; qwen2: q, k, v biases;
+    qwen3: q and k norms, heads of 128, every Qwen3's, which transformers' GGUF reader assumes; phi3: fused qkv and
+    gate_up), norms and biases away from their initial values; `extra` config keys on top."""
     import transformers
 
-    name, extra = {"llama": ("Llama", {}), "qwen2": ("Qwen2", {}), "qwen3": ("Qwen3", {"head_dim": 128}),
-                   "phi3": ("Phi3", {})}[arch]
-    kwargs = dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-                  num_attention_heads=HEADS, num_key_value_heads=KV_HEADS if arch != "phi3" else HEADS,
-                  max_position_embeddings=CONTEXT, rms_norm_eps=RMS_EPS, tie_word_embeddings=tie,
-                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id, initializer_range=0.1,
-                  rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA, **(rope or {})}, **extra)
+    name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "phi3": "Phi3"}[arch]
+    kwargs = {**shape_kwargs(tokenizer, tie), **({"head_dim": 128} if arch == "qwen3" else {}), **extra}
+    kwargs.pop("rope_theta")
+    kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": ROPE_THETA, **(rope or {}),
+                                 **kwargs.pop("rope_parameters", {})}
+    if arch == "phi3":
+        kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
     config = getattr(transformers, f"{name}Config")(**kwargs)
     torch.manual_seed(2)
     model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
@@ -140,16 +141,6 @@ def export(tmp_path, source, passes: dict | None = None, outtype: str = "f32"):
     return tmp_path / "out" / "model" / "model.gguf"
 
 
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float()
-
-
-def _fields(path) -> dict:
-    reader = gguf.GGUFReader(str(path))
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-
-
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
 CASES = {  # id: (architecture, pre-tokenizer (sentencepiece: llama.cpp's 'llama' model), BOS added, tied, RoPE
@@ -164,7 +155,11 @@ CASES = {  # id: (architecture, pre-tokenizer (sentencepiece: llama.cpp's 'llama
     "phi3": ("phi3", "gpt-2", False, False, None, {}),
     "llama-codes-q4_1": ("llama", "gpt-2", False, False, None,
                          {"rtn": {"type": "Rtn", "bits": 4, "sym": False, "group_size": 32}}),
+    "mistral": ("mistral", "sentencepiece", True, False, None, {}),
+    "llama-head-dim": ("llama", "gpt-2", False, False, None, {}),       # heads of 32, not hidden / heads (16)
+    "phi3-partial-rotary": ("phi3", "gpt-2", False, False, None, {}),  # RoPE on half of each head
 }
+EXTRA = {"llama-head-dim": {"head_dim": 32}, "phi3-partial-rotary": {"rope_parameters": {"partial_rotary_factor": 0.5}}}
 
 
 @needs_llama_cpp
@@ -180,13 +175,18 @@ def test_llama_cpp_tokenizes_and_computes_as_the_hugging_face_model(tmp_path, tm
         assert json.loads(tokenizer.backend_tokenizer.to_str())["model"]["byte_fallback"]
     else:
         tokenizer = bpe_tokenizer(pre, add_bos)
-    model = hf_model(tokenizer, arch, tie, rope)
+    model = hf_model(tokenizer, arch, tie, rope, **EXTRA.get(case, {}))
     written = export(tmp_path, save(model, tokenizer, tmp_path / "model"), passes)
     assert not list((tmp_path / "model").glob("*.model"))  # transformers saves tokenizer.json alone
     fields = _fields(written)
     assert fields["tokenizer.ggml.model"] == ("llama" if pre == "sentencepiece" else "gpt2")
     assert fields["tokenizer.ggml.pre"] == ("default" if pre == "sentencepiece" else pre)
     assert fields["tokenizer.ggml.add_bos_token"] is add_bos
+    types, kinds = fields["tokenizer.ggml.token_type"], gguf.TokenType
+    if pre == "sentencepiece":  # <unk>, <s>, </s> (added, special), then the 256 byte tokens
+        assert types[:4] == [kinds.CONTROL] * 3 + [kinds.BYTE] and types.count(kinds.BYTE) == 256
+    else:
+        assert types[tokenizer.convert_tokens_to_ids("<|endoftext|>")] == kinds.CONTROL
     assert ("rope_freqs.weight" in {t.name for t in gguf.GGUFReader(str(written)).tensors}) == bool(
         rope and rope["rope_type"] == "llama3")
     llm = Llama(model_path=str(written), n_ctx=128, n_threads=2, verbose=False, logits_all=True)
@@ -264,27 +264,156 @@ def _with_tokenizer_json(folder, change) -> None:
 @pytest.mark.parametrize("change, message", [
     (lambda s: s["model"].update(type="Unigram"), r"byte-level BPE tokenizers.*this one is Unigram"),
     (lambda s: s["pre_tokenizer"].update(add_prefix_space=True), r"knows gpt-2, smollm.*add_prefix_space"),
+    (lambda s: s.update(normalizer={"type": "Lowercase"}), r"normalizer \['Lowercase'\] changes the text"),
     (lambda s: s["model"].update(merges=[]), r"no merges"),
-], ids=["unigram", "unknown-pre-tokenizer", "no-merges"])
+], ids=["unigram", "unknown-pre-tokenizer", "lowercase", "no-merges"])
 def test_a_tokenizer_llama_cpp_would_read_otherwise_is_refused(tmp_path, change, message):
+    """Refused when the config is read (the input folder's tokenizer.json), or, for what only the gguf package
+    reads (merges), when the pass runs; either way before anything is written, naming the file."""
     from modelpress.errors import ModelpressError
 
     tokenizer = bpe_tokenizer("gpt-2")
     folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
     _with_tokenizer_json(folder, change)
-    with pytest.raises(ModelpressError, match=message + r".*convert_hf_to_gguf\.py"):
+    with pytest.raises(ModelpressError, match=r"tokenizer\.json.*" + message + r".*convert_hf_to_gguf\.py"):
         export(tmp_path, folder)
-    assert not (tmp_path / "out" / "model").exists()
 
 
-def test_rope_scaling_llama_cpp_lacks_is_refused(tmp_path):
+def test_a_sentencepiece_normalizer_beyond_its_spaces_is_refused(tmp_path_factory):
     from modelpress.errors import ModelpressError
+    from modelpress.passes.gguf_hf import _tokenizer_kind
+
+    tokenizer = sentencepiece_tokenizer(str(tmp_path_factory.getbasetemp() / "spm"))
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    assert _tokenizer_kind(spec, "tokenizer.json") == ("llama", "default")
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    assert _tokenizer_kind(spec, "tokenizer.json") == ("llama", "default")  # Llama 2's own normalizer
+    spec["normalizer"]["normalizers"].append({"type": "NFKC"})
+    with pytest.raises(ModelpressError, match=r"normalizer \['NFKC'\] changes the text beyond SentencePiece"):
+        _tokenizer_kind(spec, "tokenizer.json")
+
+
+# The pre_tokenizer and model flags of the released tokenizer.json files (as the models' Hub repositories have them),
+# written out here rather than built from modelpress's own constants
+LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+RELEASED = {
+    "gpt-2": ({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, False),
+    "smollm": ({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}, False),
+    "llama-bpe": ({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}, True),
+    "qwen2": ({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX.replace("\\p{N}{1,3}", "\\p{N}")}, "behavior": "Isolated",
+         "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}, False),
+}
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_the_released_tokenizers_pre_tokenizers_are_named(name):
+    """GPT-2's, SmolLM2's, Llama 3's and Qwen2.5's pre_tokenizer (Qwen's with its NFC normalizer) get llama.cpp's
+    names for them; Llama 3's split without its ignore_merges is another tokenizer, refused."""
+    from modelpress.errors import ModelpressError
+    from modelpress.passes.gguf_hf import _tokenizer_kind
+
+    pre, ignore_merges = RELEASED[name]
+    spec = {"model": {"type": "BPE", "ignore_merges": ignore_merges}, "decoder": {"type": "ByteLevel"},
+            "pre_tokenizer": pre, "normalizer": {"type": "NFC"} if name == "qwen2" else None}
+    assert _tokenizer_kind(json.loads(json.dumps(spec)), "tokenizer.json") == ("gpt2", name)
+    if name == "llama-bpe":
+        spec["model"]["ignore_merges"] = False
+        with pytest.raises(ModelpressError, match="ignore_merges|knows gpt-2"):
+            _tokenizer_kind(spec, "tokenizer.json")
+
+
+def test_rope_scaling_llama_cpp_lacks_is_refused_when_the_config_is_read(tmp_path):
+    from modelpress.errors import ConfigError
 
     tokenizer = bpe_tokenizer("gpt-2")
     model = hf_model(tokenizer, "llama", False, {"rope_type": "yarn", "factor": 2.0,
                                                  "original_max_position_embeddings": 128})
-    with pytest.raises(ModelpressError, match=r"rope_type 'yarn'.*convert_hf_to_gguf\.py"):
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*config\.json.*rope_type is 'yarn'.*"
+                                          r"convert_hf_to_gguf\.py"):
         export(tmp_path, save(model, tokenizer, tmp_path / "model"))
+
+
+def test_more_tokens_than_the_embedding_has_rows_is_refused(tmp_path):
+    """A token added to the tokenizer without resizing the embedding: llama.cpp would not load the file."""
+    from modelpress.errors import ModelpressError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer) - 1}))
+    with pytest.raises(ModelpressError, match=rf"token ids up to {len(tokenizer) - 1}.*vocab_size is "
+                                              rf"{len(tokenizer) - 1}.*resize_token_embeddings"):
+        from modelpress.passes.gguf_hf import _tokenizer
+        _tokenizer(folder, len(tokenizer) - 1, gguf)
+
+
+def test_rotary_buffers_an_old_checkpoint_saved_are_left_out(tmp_path):
+    """A checkpoint that stored each layer's rotary inv_freq buffer (older transformers did) exports without them,
+    as llama.cpp's converter leaves them out; written, they would be tensors llama.cpp does not expect."""
+    from safetensors.torch import load_file, save_file
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
+    state = load_file(folder / "model.safetensors")
+    for i in range(LAYERS):
+        state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    written = export(tmp_path, folder)
+    names = {t.name for t in gguf.GGUFReader(str(written)).tensors}
+    assert not any("rot" in n for n in names) and f"blk.{LAYERS - 1}.attn_q.weight" in names
+
+
+def test_token_types_follow_llama_cpp_s_converter(tmp_path):
+    """An added token marked special, or looking special (<|...|>) though not marked, is CONTROL; another added
+    token is USER_DEFINED, with SentencePiece's space as a space; the BOS and EOS of a base vocabulary (no added
+    token) are CONTROL, as llama.cpp reads special tokens."""
+    from modelpress.passes.gguf_hf import _tokenizer
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
+    n = len(tokenizer)
+
+    def change(spec):
+        flags = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
+        spec["added_tokens"] += [{"id": n, "content": "<|im_start|>", "special": False, **flags},
+                                 {"id": n + 1, "content": "\u2581hello", "special": False, **flags}]
+    _with_tokenizer_json(folder, change)
+    keys, _ = _tokenizer(folder, n + 2, gguf)
+    tokens, types = keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"]
+    assert types[n:] == [gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED] and tokens[n + 1] == " hello"
+    spm_folder = tmp_path / "spm"
+    spm = sentencepiece_tokenizer(str(tmp_path / "spm-train"))
+    spm.save_pretrained(spm_folder)
+    _with_tokenizer_json(spm_folder, lambda spec: spec.update(added_tokens=[]))
+    (spm_folder / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))  # as a model's has
+    keys, _ = _tokenizer(spm_folder, len(spm), gguf)
+    assert keys["tokenizer.ggml.token_type"][1:3] == [gguf.TokenType.CONTROL] * 2  # <s>, </s> of the base vocab
+    assert keys["tokenizer.ggml.token_type"][3] == gguf.TokenType.BYTE
+
+
+def test_a_list_of_named_chat_templates_is_written_as_such(tmp_path):
+    """A tokenizer with named chat templates (a default and a tool-use one) gets the default as the file's chat
+    template and the other under its name, as the gguf package's writer names them."""
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "default", "template": "{{ messages[0]['content'] }}"},
+                               {"name": "tool_use", "template": "{{ tools }}"}]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in folder.glob("chat_template*"):
+        extra.unlink()
+    fields = _fields(export(tmp_path, folder))
+    assert fields["tokenizer.chat_template"] == "{{ messages[0]['content'] }}"
+    assert fields["tokenizer.chat_template.tool_use"] == "{{ tools }}"
+    assert fields["tokenizer.chat_templates"] == ["tool_use"]
 
 
 def test_a_model_type_it_does_not_write_is_refused_when_the_config_is_read(tmp_path):
@@ -304,3 +433,14 @@ def test_a_model_type_it_does_not_write_is_refused_when_the_config_is_read(tmp_p
     (folder / "config.json").write_text(json.dumps(config))
     raw.update(systems={"cluster": {"type": "Ray"}}, host="cluster")
     assert normalize(raw, tmp_path).passes[0].type == "GgufExport"
+
+
+@pytest.mark.parametrize("metaspace, prefix", [({"prepend_scheme": "first"}, True),
+                                              ({"prepend_scheme": "never"}, False),
+                                              ({"add_prefix_space": False}, False), ({"add_prefix_space": True}, True)])
+def test_a_sentencepiece_space_prefix_is_read_from_either_metaspace_spelling(metaspace, prefix):
+    """tokenizers writes prepend_scheme; files written before it have add_prefix_space."""
+    from modelpress.passes.gguf_hf import _sentencepiece_prefix
+
+    spec = {"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", **metaspace}}
+    assert _sentencepiece_prefix(spec) is prefix

@@ -7,7 +7,6 @@ passes, that a search's choices split the data alike, and that outputs stay out 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from modelpress.config.collector import Collector, did_you_mean
@@ -214,9 +213,9 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
 
 def _check_gguf_export(p: PassConfig, model: InputModelConfig, c: Collector) -> None:
     """GgufExport writes a generative model of an architecture it knows: a GGUF input's (read from the file's
-    header where the file is here, not from the Hub), or a Hugging Face model's model_type (from a local folder's
-    config.json). Its tokenizer is checked when the pass runs."""
-    from modelpress.passes.gguf_hf import unwritten_model_type
+    header where the file is here, not from the Hub), or a Hugging Face model's, with a RoPE scaling and tokenizer
+    it writes (from a local folder's config.json and tokenizer.json; a Hub model's when the pass runs)."""
+    from modelpress.passes.gguf_hf import unwritten_folder
     from modelpress.passes.gguf_spec import unwritten_architecture
 
     if model.task == "text-classification":
@@ -225,14 +224,10 @@ def _check_gguf_export(p: PassConfig, model: InputModelConfig, c: Collector) -> 
     if model.hub_id or not c.sources_here:  # a Hub model (validate stays offline), or a Ray worker: the pass checks
         return
     if not model.gguf_file:
-        config = Path(model.model_path) / "config.json"
-        try:
-            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        except (OSError, ValueError, AttributeError):
-            return  # the input model's own checks say what is wrong with the folder
-        why = unwritten_model_type(model_type)
+        folder = Path(model.model_path)
+        why = unwritten_folder(folder) if (folder / "config.json").is_file() else None  # else the input's checks say
         if why:
-            c.add(f"passes.{p.name}.type", f"{config}: {why}", "Remove GgufExport from this workflow.")
+            c.add(f"passes.{p.name}.type", why, "Remove GgufExport from this workflow.")
         return
     path = Path(model.model_path) / model.gguf_file
     if path.is_file():

@@ -28,7 +28,7 @@ from pathlib import Path
 from modelpress.context import PassContext
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.models import GGUF_FILE, ModelRef
-from modelpress.passes.gguf_hf import FileSpec
+from modelpress.passes.gguf_hf import CHAT_TEMPLATE, FileSpec
 from modelpress.passes.gguf_spec import ARCHITECTURES, OUTTYPES, GgufExportParams, unwritten_architecture
 from modelpress.passes.spec_base import GGUF, HF_QUANTIZED
 
@@ -41,7 +41,8 @@ CARRIED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.
 # metadata the writer sets itself, or that describes the new file rather than the model
 NOT_CARRIED = ("general.architecture", "general.file_type", "general.quantization_version", "general.alignment")
 NOT_CARRIED_PREFIXES = ("GGUF.", "quantize.")  # the header's own fields; how the input file was quantized (imatrix)
-CHAT_TEMPLATE = "tokenizer.chat_template"
+# buffers older checkpoints saved with their weights, which llama.cpp's converter leaves out
+NOT_WEIGHTS = (".rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias")
 
 
 def _permute_qk(name: str, data, meta: dict):
@@ -154,12 +155,14 @@ def _float_weights(folder: Path) -> dict[str, Stored]:
         return read
 
     found: dict[str, Stored] = {}
-    for path in sorted(folder.glob("*.safetensors")):
+    for path in sorted(folder.glob("model*.safetensors")):  # not a repository's other copies (consolidated.*)
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
                 found[name] = Stored(tuple(f.get_slice(name).get_shape()), reader(path, name))
     if not found:
-        raise ModelpressError(f"{folder} holds no safetensors weights for GgufExport to write")
+        raise ModelpressError(f"{folder} holds no model*.safetensors weights for GgufExport to write: save the model "
+                              "with save_pretrained (safetensors is its default), or put a pass (LoRA and merge, "
+                              "Rtn) before GgufExport, whose output is safetensors")
     return found
 
 
@@ -203,6 +206,7 @@ def _plan(file: FileSpec, weights: dict[str, Stored], gguf, own_head: bool) -> l
     For a model that never was a GGUF file: each of its weights, as llama.cpp's converter writes them."""
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == file.arch)
     names = gguf.get_tensor_name_map(arch_id, int(file.meta[f"{file.arch}.block_count"]))
+    weights = {hf: w for hf, w in weights.items() if not hf.endswith(NOT_WEIGHTS)}
     by_gguf: dict[str, str] = {}
     for hf in weights:
         mapped = names.get_name(hf, try_suffixes=(".weight", ".bias"))
@@ -257,9 +261,9 @@ def _chat_template(ctx: PassContext, params: GgufExportParams, meta: dict) -> st
     trained = (recipe.get("chat") or {}).get("template")
     differs = bool(trained) and trained != meta.get(CHAT_TEMPLATE)
     if differs and params.chat_template == "trained":
-        ctx.notes.append("the file's chat template is the one the model was fine-tuned with, not the input file's")
+        ctx.notes.append("the file's chat template is the one the model was fine-tuned with, not the input model's")
     elif differs:
-        ctx.notes.append("the file keeps the input file's chat template (chat_template: input), and the model was "
+        ctx.notes.append("the file keeps the input model's chat template (chat_template: input), and the model was "
                          "fine-tuned and evaluated with another: llama.cpp's chat mode prompts it otherwise")
     system = (recipe.get("chat") or {}).get("system_prompt")
     if system:
@@ -268,7 +272,7 @@ def _chat_template(ctx: PassContext, params: GgufExportParams, meta: dict) -> st
     if recipe.get("text_template"):
         ctx.notes.append("the model was fine-tuned on a text template, not a chat template: send llama.cpp prompts "
                          "written in it as plain completions (llama-cli without conversation mode, llama-server's "
-                         "/completion); its chat mode would wrap them in the input file's chat template")
+                         "/completion); its chat mode would wrap them in the input model's chat template")
     return trained if differs and params.chat_template == "trained" else None
 
 
@@ -329,8 +333,7 @@ def _write(out: Path, file: FileSpec, plan: list, weights: dict[str, Stored], ou
         if hf is None:  # as the input file holds it, or as computed from the config
             data, raw = file.carried[gguf_name]()
             writer.add_tensor(gguf_name, data, raw_dtype=raw)
-            kind_name = raw.name if raw is not None else gguf.GGMLQuantizationType.F32.name if data.dtype == np.float32 \
-                else gguf.GGMLQuantizationType.F16.name
+            kind_name = raw.name if raw is not None else "F32" if data.dtype == np.float32 else "F16"
             counts[kind_name] = counts.get(kind_name, 0) + 1
             continue
         stored = weights[hf]

@@ -24,8 +24,12 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 
-CONVERTER = "convert the output folder with llama.cpp's convert_hf_to_gguf.py instead"
+CONVERTER = "convert the model folder (the output of the pass before GgufExport) with llama.cpp's convert_hf_to_gguf.py"
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # a SentencePiece byte-fallback token
+LOOKS_SPECIAL = re.compile(r"<\|.*\|>|<(pad|mask|unk|s|/s)>")  # an added token llama.cpp's converter makes CONTROL
+SPACE = "\u2581"  # SentencePiece's space
+NO_MERGE = -1e9  # the SentencePiece score of a token no merge makes
+CHAT_TEMPLATE = "tokenizer.chat_template"
 # transformers model_type -> llama.cpp architecture
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
@@ -66,6 +70,28 @@ def unwritten_model_type(model_type: str | None) -> str | None:
             f"{model_type!r}: {CONVERTER}")
 
 
+def unwritten_folder(folder: Path) -> str | None:
+    """Why GgufExport cannot write the Hugging Face model in `folder` (None: it can, as far as its config.json and
+    tokenizer.json say: the model type, the RoPE scaling and the tokenizer's kind and pre-tokenizer), from the two
+    files alone, so that the config check says it before any training."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        why = unwritten_model_type(config.get("model_type"))
+        if why:
+            return why
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        _check_rope(rope.get("rope_type") or rope.get("type") or "default", MODEL_TYPES[config["model_type"]],
+                    folder / "config.json")
+        tokenizer = folder / "tokenizer.json"
+        if tokenizer.is_file():
+            _tokenizer_kind(json.loads(tokenizer.read_text(encoding="utf-8")), tokenizer)
+    except ModelpressError as e:
+        return str(e).rstrip(".")
+    except (OSError, ValueError, AttributeError, KeyError) as e:
+        return f"{folder}: config.json or tokenizer.json is not readable JSON ({e})"
+    return None
+
+
 def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
     """The file for a Hugging Face folder (a pass's output, or the input model), named after the input model."""
     from transformers import AutoConfig
@@ -79,8 +105,13 @@ def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
     values: dict[str, object] = {"general.architecture": arch, "general.name": name}
     values.update(_shape_keys(config, arch))
     carried = {}
-    values.update(_rope_scaling(config, arch, carried))
+    values.update(_rope_scaling(config, arch, carried, folder / "config.json"))
     tokenizer, notes = _tokenizer(folder, config.vocab_size, gguf)
+    window = getattr(config, "sliding_window", None)
+    if arch != "phi3" and window and (arch == "llama" or getattr(config, "use_sliding_window", False)):
+        notes.append(f"the config's sliding window of {window} tokens is not written: llama.cpp's {arch} "
+                     "architecture attends to the whole context, as its converter writes it, so answers past the "
+                     "window differ from transformers'")
     meta = {**values, **tokenizer}
     entries = [(k, v, *_value_type(k, v, gguf)) for k, v in meta.items() if k != "general.architecture"]
     return FileSpec(arch, meta, entries, None, carried, notes)
@@ -111,16 +142,22 @@ def _shape_keys(config, arch: str) -> dict:
     return {f"{arch}.{k}": v for k, v in keys.items()}
 
 
-def _rope_scaling(config, arch: str, carried: dict) -> dict:
+def _check_rope(kind: str, arch: str, where: Path) -> None:
+    if kind in ("default", "linear") or (kind == "llama3" and arch == "llama"):
+        return
+    raise ModelpressError(f"{where}: GgufExport writes RoPE scaling 'linear' and, for Llama, 'llama3'; this model's "
+                          f"rope_type is {kind!r}: {CONVERTER}.")
+
+
+def _rope_scaling(config, arch: str, carried: dict, where: Path) -> dict:
     """RoPE scaling as llama.cpp reads it: linear as metadata, Llama 3.1's as a tensor of frequency factors (the
     default RoPE's inverse frequencies over llama3's, from transformers' own functions); others refused."""
     rope = dict(getattr(config, "rope_parameters", None) or {})
     kind = rope.get("rope_type", "default")
-    if kind == "default":
-        return {}
+    _check_rope(kind, arch, where)
     if kind == "linear":
         return {f"{arch}.rope.scaling.type": "linear", f"{arch}.rope.scaling.factor": float(rope["factor"])}
-    if kind == "llama3" and arch == "llama":
+    if kind == "llama3":
         import numpy as np
         import torch
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -130,9 +167,45 @@ def _rope_scaling(config, arch: str, carried: dict) -> dict:
         plain = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         factors = (plain / scaled).numpy().astype(np.float32)  # 1 for high frequencies, `factor` for low ones
         carried["rope_freqs.weight"] = lambda: (factors, None)
-        return {}
-    raise ModelpressError(f"GgufExport writes RoPE scaling 'linear' and, for Llama, 'llama3'; this model's config "
-                          f"has rope_type {kind!r}: {CONVERTER}.")
+    return {}
+
+
+def _tokenizer_kind(spec: dict, path: Path) -> tuple[str, str]:
+    """llama.cpp's tokenizer model and pre-tokenizer for a tokenizer.json, or a refusal that names it: a byte-level
+    BPE ('gpt2', with one of PRE_TOKENIZERS, and no normalizer but NFC, which llama.cpp's converter ignores too), or
+    a SentencePiece-style BPE with byte fallback ('llama', whose normalizer may only put SentencePiece's spaces)."""
+    model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
+    normalizers = _steps(spec.get("normalizer"), "normalizers")
+    if model.get("type") == "BPE" and not model.get("byte_fallback") and decoder.get("type") == "ByteLevel":
+        if any(n.get("type") != "NFC" for n in normalizers):
+            raise ModelpressError(f"{path}: its normalizer {[n.get('type') for n in normalizers]} changes the text "
+                                  f"before it is split, which llama.cpp does not do: {CONVERTER}.")
+        return "gpt2", pre_tokenizer_name(spec, path)
+    if model.get("type") == "BPE" and model.get("byte_fallback") and decoder.get("type") == "Sequence":
+        spaces = [n for n in normalizers if not _sentencepiece_space(n)]
+        if spaces:
+            raise ModelpressError(f"{path}: its normalizer {[n.get('type') for n in spaces]} changes the text beyond "
+                                  f"SentencePiece's spaces, which llama.cpp does not do: {CONVERTER}.")
+        return "llama", "default"
+    raise ModelpressError(f"{path}: GgufExport writes byte-level BPE tokenizers (llama.cpp's 'gpt2' model: Llama 3, "
+                          "Qwen, SmolLM2, GPT-2) and SentencePiece-style BPE ones with byte fallback (its 'llama' "
+                          "model: Llama 2, Mistral, Phi-3), and this one is "
+                          f"{model.get('type')} with a {decoder.get('type')} decoder: {CONVERTER}.")
+
+
+def _sentencepiece_space(step: dict) -> bool:
+    """A normalizer step that puts SentencePiece's spaces: "▁" before the text, or in place of each space."""
+    if step.get("type") == "Prepend":
+        return step.get("prepend") == SPACE
+    return step.get("type") == "Replace" and step.get("content") == SPACE and (step.get("pattern") or {}).get(
+        "String") == " "
+
+
+def _steps(part: dict | None, key: str) -> list[dict]:
+    """The steps of a tokenizer.json normalizer or pre-tokenizer (one, or a Sequence's)."""
+    if not part:
+        return []
+    return list(part.get(key) or []) if part.get("type") == "Sequence" else [part]
 
 
 def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
@@ -145,32 +218,36 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
         raise ModelpressError(f"GgufExport writes a model's tokenizer from its tokenizer.json, and {folder} has "
                               f"none (a slow tokenizer only): {CONVERTER}.")
     spec = json.loads(path.read_text(encoding="utf-8"))
-    model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
-    byte_level = model.get("type") == "BPE" and not model.get("byte_fallback") and decoder.get("type") == "ByteLevel"
-    if byte_level:
-        keys = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer_name(spec)}
-    elif model.get("type") == "BPE" and model.get("byte_fallback") and decoder.get("type") == "Sequence":
-        keys = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
-                "tokenizer.ggml.add_space_prefix": _sentencepiece_prefix(spec)}
-    else:
-        raise ModelpressError("GgufExport writes byte-level BPE tokenizers (llama.cpp's 'gpt2' model: Llama 3, "
-                              "Qwen, SmolLM2, GPT-2) and SentencePiece-style BPE ones with byte fallback (its 'llama' "
-                              "model: Llama 2, Mistral, Phi-3), and this one is "
-                              f"{model.get('type')} with a {decoder.get('type')} decoder: {CONVERTER}.")
+    kind, pre = _tokenizer_kind(spec, path)
+    byte_level, model = kind == "gpt2", spec["model"]
+    keys = {"tokenizer.ggml.model": kind, "tokenizer.ggml.pre": pre}
+    if not byte_level:
+        keys["tokenizer.ggml.add_space_prefix"] = _sentencepiece_prefix(spec)
     added = {t["id"]: t for t in spec.get("added_tokens") or []}
     by_id = {i: text for text, i in model["vocab"].items()}
     by_id.update({i: t["content"] for i, t in added.items()})
-    size = max(vocab_size, max(by_id) + 1)
+    if max(by_id) >= vocab_size:
+        raise ModelpressError(f"{path} has token ids up to {max(by_id)}, and the model's config.json vocab_size is "
+                              f"{vocab_size}: the embedding has no row for ids from {vocab_size} on. Resize the "
+                              "embedding to the tokenizer (model.resize_token_embeddings(len(tokenizer))) before "
+                              "training, or remove the added tokens.")
+    special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=vocab_size)
+    control = set(special.special_token_ids.values()) if not byte_level else set()  # <s>, </s> in a base vocab
     types = gguf.TokenType
     tokens, kinds = [], []
-    for i in range(size):
+    for i in range(vocab_size):
         text = by_id.get(i)
-        tokens.append(text if text is not None else f"[PAD{i}]")
-        kinds.append(types.UNUSED if text is None else
-                     (types.CONTROL if added[i].get("special") else types.USER_DEFINED) if i in added else
-                     types.UNKNOWN if text == model.get("unk_token") else
-                     types.BYTE if not byte_level and BYTE_TOKEN.fullmatch(text) else types.NORMAL)
-    special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=size)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            kinds.append(types.UNUSED)
+        elif i in added:
+            look = added[i].get("special") or LOOKS_SPECIAL.fullmatch(text)
+            tokens.append(text if look else text.replace(SPACE, " "))  # as the converter writes user tokens
+            kinds.append(types.CONTROL if look else types.USER_DEFINED)
+        else:
+            tokens.append(text)
+            kinds.append(types.UNKNOWN if text == model.get("unk_token") else types.CONTROL if i in control else
+                         types.BYTE if not byte_level and BYTE_TOKEN.fullmatch(text) else types.NORMAL)
     keys.update({"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [int(k) for k in kinds]})
     if byte_level:
         if not special.merges:
@@ -184,12 +261,11 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
         if kind in ids:
             keys[f"tokenizer.ggml.{ids[kind]}"] = token_id
     keys.update(_added_ends(path, keys))
-    if isinstance(special.chat_template, str):
-        keys["tokenizer.chat_template"] = special.chat_template
+    keys.update(_chat_templates(special.chat_template))
     notes = [f"tokenizer: {len(tokens)} tokens, llama.cpp's {keys['tokenizer.ggml.model']!r} model with the "
              f"{keys['tokenizer.ggml.pre']!r} pre-tokenizer"]
-    if size > len(by_id):
-        notes.append(f"{size - len(by_id)} ids under the config's vocab_size {vocab_size} have no token: written "
+    if vocab_size > len(by_id):
+        notes.append(f"{vocab_size - len(by_id)} ids under the config's vocab_size {vocab_size} have no token: written "
                      "as unused [PAD<id>] tokens, as llama.cpp's converter does")
     return keys, notes
 
@@ -197,25 +273,36 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
 def _merge_scores(model: dict, tokens: list[str]) -> list[float]:
     """SentencePiece scores for llama.cpp's 'llama' tokenizer, which merges the adjacent pair whose joined text is
     the token of highest score: minus the rank of the first merge that makes each token, as the BPE merges rank
-    them (a token no merge makes is never a merge's result, and its score is never compared)."""
+    them; a token no merge makes (a single character, a byte, an unused id) the lowest, as no merge gives it."""
     rank: dict[str, int] = {}
     for i, merge in enumerate(model.get("merges") or []):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         rank.setdefault(left + right, i)
-    return [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+    return [-float(rank[t]) if t in rank else NO_MERGE for t in tokens]
 
 
 def _sentencepiece_prefix(spec: dict) -> bool:
-    """Whether the tokenizer puts a space (SentencePiece's "▁") before the text, as llama.cpp's
-    add_space_prefix: a Metaspace pre-tokenizer that prepends, or a normalizer that prepends "▁"."""
-    def steps(part):
-        part = part or {}
-        return part.get("pretokenizers") or part.get("normalizers") or [part]
-
-    metaspace = [p for p in steps(spec.get("pre_tokenizer")) if p.get("type") == "Metaspace"]
+    """Whether the tokenizer puts a space (SentencePiece's "▁") before the text, as llama.cpp's add_space_prefix:
+    a Metaspace pre-tokenizer that prepends (its prepend_scheme; add_prefix_space in older files), or a normalizer
+    that prepends "▁"."""
+    metaspace = [p for p in _steps(spec.get("pre_tokenizer"), "pretokenizers") if p.get("type") == "Metaspace"]
     if metaspace:
-        return metaspace[0].get("prepend_scheme", "always") != "never"
-    return any(n.get("type") == "Prepend" and n.get("prepend") == "\u2581" for n in steps(spec.get("normalizer")))
+        scheme = metaspace[0].get("prepend_scheme")
+        return scheme != "never" if scheme else metaspace[0].get("add_prefix_space", True) is not False
+    return any(n.get("type") == "Prepend" and n.get("prepend") == SPACE
+               for n in _steps(spec.get("normalizer"), "normalizers"))
+
+
+def _chat_templates(template) -> dict:
+    """The chat template keys: one template, or a list of named ones (the default as tokenizer.chat_template, each
+    other as tokenizer.chat_template.<name>, as the gguf package's writer names them)."""
+    if isinstance(template, str):
+        return {CHAT_TEMPLATE: template}
+    named = {t.get("name"): t.get("template") for t in template or [] if isinstance(t, dict)}
+    keys = {CHAT_TEMPLATE if name == "default" else f"{CHAT_TEMPLATE}.{name}": text
+            for name, text in named.items() if name and isinstance(text, str)}
+    others = [name for name in named if name != "default" and f"{CHAT_TEMPLATE}.{name}" in keys]
+    return {**keys, **({"tokenizer.chat_templates": others} if others else {})}
 
 
 def _added_ends(path: Path, keys: dict) -> dict:
@@ -230,12 +317,10 @@ def _added_ends(path: Path, keys: dict) -> dict:
             "tokenizer.ggml.add_eos_token": eos is not None and full[-1:] == [eos] and plain[-1:] != [eos]}
 
 
-def pre_tokenizer_name(spec: dict) -> str:
-    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (`spec`), or a clear refusal."""
-    pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+def pre_tokenizer_name(spec: dict, path: Path | str = "tokenizer.json") -> str:
+    """llama.cpp's name for the pre-tokenizer of a tokenizer.json (`spec`, read from `path`), or a clear refusal."""
     found = []
-    for step in steps:
+    for step in _steps(spec.get("pre_tokenizer"), "pretokenizers"):
         kind = step.get("type")
         if kind == "ByteLevel":
             if step.get("add_prefix_space"):
@@ -251,8 +336,8 @@ def pre_tokenizer_name(spec: dict) -> str:
     for name, known in PRE_TOKENIZERS.items():
         if known == signature:
             return name
-    raise ModelpressError("GgufExport names llama.cpp's pre-tokenizer by matching the tokenizer's own, and knows "
-                          f"{', '.join(PRE_TOKENIZERS)}; this tokenizer splits text with {list(found)}"
+    raise ModelpressError(f"{path}: GgufExport names llama.cpp's pre-tokenizer by matching the tokenizer's own, and "
+                          f"knows {', '.join(PRE_TOKENIZERS)}; this tokenizer splits text with {list(found)}"
                           f"{' and ignore_merges' if signature[1] else ''}: {CONVERTER}.")
 
 
