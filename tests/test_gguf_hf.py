@@ -206,6 +206,36 @@ def test_llama_cpp_tokenizes_and_computes_as_the_hugging_face_model(tmp_path, tm
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
 
 
+@needs_llama_cpp
+def test_phi3_longrope_is_read_by_llama_cpp_as_transformers_computes_it(tmp_path):
+    """Phi-3's longrope (Phi-3 128k, Phi-3.5), with the attention factor transformers computes: within the original
+    context both use the short factors; past it, the long ones. (llama.cpp chooses by its context size, which it
+    rounds up to 256 tokens, transformers by the sequence's length: here a context of 256 holds the first case.)"""
+    import math
+
+    from llama_cpp import Llama
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    rope = {"rope_type": "longrope", "long_factor": [1.0 + i for i in range(8)],
+            "short_factor": [1.0 + i / 8 for i in range(8)], "original_max_position_embeddings": 256}
+    model = hf_model(tokenizer, "phi3", False, rope, original_max_position_embeddings=256,
+                     max_position_embeddings=1024)
+    written = export(tmp_path, save(model, tokenizer, tmp_path / "model"))
+    fields = _fields(written)
+    assert fields["phi3.rope.scaling.attn_factor"] == pytest.approx(math.sqrt(1 + math.log(4) / math.log(256)))
+    assert fields["phi3.rope.scaling.original_context_length"] == 256 and fields["phi3.context_length"] == 1024
+    ids = tokenizer(" ".join([TEXT] * 8))["input_ids"]
+    assert len(ids) > 300
+    for length, n_ctx in ((200, 256), (300, 512)):  # within the original context, then past it
+        llm = Llama(model_path=str(written), n_ctx=n_ctx, n_threads=2, verbose=False, logits_all=True)
+        llm.eval(ids[:length])
+        theirs = torch.tensor(np.array(llm.scores[:length]))
+        ours = _logits(model, ids[:length])
+        assert (theirs - ours).abs().max().item() / ours.abs().max().item() < 3e-3, length
+    short, long = _logits(model, ids[:200]), _logits(model, ids[:300])[:200]
+    assert (short - long).abs().max() > 0.1  # the two sets of factors give other logits
+
+
 @pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
 def test_each_pre_tokenizer_is_told_apart(pre):
     """The four pre-tokenizers split the test text differently (so the llama.cpp test above can tell a wrong name),

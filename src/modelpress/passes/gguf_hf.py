@@ -142,16 +142,22 @@ def _shape_keys(config, arch: str) -> dict:
     return {f"{arch}.{k}": v for k, v in keys.items()}
 
 
+# RoPE scalings written (rope_type: the architectures that have it in llama.cpp, None for all)
+ROPE_TYPES = {"default": None, "linear": None, "llama3": ("llama",), "longrope": ("phi3",)}
+
+
 def _check_rope(kind: str, arch: str, where: Path) -> None:
-    if kind in ("default", "linear") or (kind == "llama3" and arch == "llama"):
+    if kind in ROPE_TYPES and (ROPE_TYPES[kind] is None or arch in ROPE_TYPES[kind]):
         return
-    raise ModelpressError(f"{where}: GgufExport writes RoPE scaling 'linear' and, for Llama, 'llama3'; this model's "
-                          f"rope_type is {kind!r}: {CONVERTER}.")
+    raise ModelpressError(f"{where}: GgufExport writes RoPE scaling 'linear', and 'llama3' for Llama and 'longrope' "
+                          f"for Phi-3; this model's rope_type is {kind!r}: {CONVERTER}.")
 
 
 def _rope_scaling(config, arch: str, carried: dict, where: Path) -> dict:
-    """RoPE scaling as llama.cpp reads it: linear as metadata, Llama 3.1's as a tensor of frequency factors (the
-    default RoPE's inverse frequencies over llama3's, from transformers' own functions); others refused."""
+    """RoPE scaling as llama.cpp reads it: linear as metadata; Llama 3.1's as a tensor of frequency factors (the
+    default RoPE's inverse frequencies over llama3's, from transformers' own functions); Phi-3's longrope (Phi-3
+    128k, Phi-3.5) as its long and short factor tensors and the attention factor transformers computes for it;
+    others refused."""
     rope = dict(getattr(config, "rope_parameters", None) or {})
     kind = rope.get("rope_type", "default")
     _check_rope(kind, arch, where)
@@ -167,7 +173,16 @@ def _rope_scaling(config, arch: str, carried: dict, where: Path) -> dict:
         plain = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         factors = (plain / scaled).numpy().astype(np.float32)  # 1 for high frequencies, `factor` for low ones
         carried["rope_freqs.weight"] = lambda: (factors, None)
-    return {}
+    if kind == "longrope":
+        import numpy as np
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        _, attention = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu")
+        for which in ("long", "short"):
+            factors = np.asarray(rope[f"{which}_factor"], dtype=np.float32)
+            carried[f"rope_factors_{which}.weight"] = lambda f=factors: (f, None)
+        return {f"{arch}.rope.scaling.attn_factor": float(attention)}  # llama.cpp takes the long factors past the
+    return {}                                                          # original context, as transformers does
 
 
 def _tokenizer_kind(spec: dict, path: Path) -> tuple[str, str]:
