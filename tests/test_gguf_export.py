@@ -271,7 +271,7 @@ def test_rope_frequency_tensors_are_carried_from_the_input_file(tmp_path, tokeni
     assert np.array_equal(got["rope_freqs.weight"][1], freqs)
 
 
-def test_metadata_the_gguf_package_cannot_write(tmp_path, monkeypatch):
+def test_metadata_the_gguf_package_cannot_write(tmp_path, monkeypatch, caplog):
     """An empty array (llama.cpp's C++ writer makes them; the gguf package's reader gives it no item type) is left
     out with a note; an array of arrays (read back flattened) is one clear error."""
     from types import SimpleNamespace
@@ -287,8 +287,10 @@ def test_metadata_the_gguf_package_cannot_write(tmp_path, monkeypatch):
     fields = {"general.architecture": field([kinds.STRING], "llama"), "general.name": field([kinds.STRING], "tiny"),
               "general.tags": field([kinds.ARRAY], [])}
     monkeypatch.setattr(gguf, "GGUFReader", lambda path: SimpleNamespace(fields=fields, tensors=[]))
-    file = _describe_source(tmp_path / "in.gguf", gguf)
+    with caplog.at_level("WARNING", logger="modelpress"):
+        file = _describe_source(tmp_path / "in.gguf", gguf)
     assert any("general.tags is an empty array" in note and "left out" in note for note in file.notes), file.notes
+    assert "general.tags is an empty array" in caplog.text
     _write(tmp_path / "a.gguf", file, [], {}, "q8_0", None, gguf)
     monkeypatch.undo()
     assert _fields(tmp_path / "a.gguf")["general.name"] == "tiny" and "general.tags" not in _fields(tmp_path / "a.gguf")

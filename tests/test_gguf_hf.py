@@ -322,6 +322,11 @@ def test_a_sentencepiece_normalizer_beyond_its_spaces_is_refused(tmp_path_factor
     spec["normalizer"]["normalizers"].append({"type": "NFKC"})
     with pytest.raises(ModelpressError, match=r"normalizer \['NFKC'\] changes the text beyond SentencePiece"):
         _tokenizer_kind(spec, "tokenizer.json")
+    spec["normalizer"]["normalizers"].pop()
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [spec["pre_tokenizer"],
+                                                                   {"type": "Digits", "individual_digits": True}]}
+    with pytest.raises(ModelpressError, match=r"pre-tokenizer \['Digits'\] splits the text before BPE"):
+        _tokenizer_kind(spec, "tokenizer.json")
 
 
 # The pre_tokenizer and model flags of the released tokenizer.json files (as the models' Hub repositories have them),
@@ -372,16 +377,19 @@ def test_rope_scaling_llama_cpp_lacks_is_refused_when_the_config_is_read(tmp_pat
 
 
 def test_more_tokens_than_the_embedding_has_rows_is_refused(tmp_path):
-    """A token added to the tokenizer without resizing the embedding: llama.cpp would not load the file."""
-    from modelpress.errors import ModelpressError
+    """A token added to the tokenizer without resizing the embedding (llama.cpp would not load the file): refused
+    when the config is read, and by the pass (for a Hub model, read only then)."""
+    from modelpress.errors import ConfigError, ModelpressError
+    from modelpress.passes.gguf_hf import _tokenizer
 
     tokenizer = bpe_tokenizer("gpt-2")
     folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": len(tokenizer) - 1}))
-    with pytest.raises(ModelpressError, match=rf"token ids up to {len(tokenizer) - 1}.*vocab_size is "
-                                              rf"{len(tokenizer) - 1}.*resize_token_embeddings"):
-        from modelpress.passes.gguf_hf import _tokenizer
+    message = rf"token ids up to {len(tokenizer) - 1}.*vocab_size is {len(tokenizer) - 1}.*resize_token_embeddings"
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*tokenizer\.json has " + message):
+        export(tmp_path, folder)
+    with pytest.raises(ModelpressError, match=message):
         _tokenizer(folder, len(tokenizer) - 1, gguf)
 
 
@@ -414,11 +422,14 @@ def test_token_types_follow_llama_cpp_s_converter(tmp_path):
     def change(spec):
         flags = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
         spec["added_tokens"] += [{"id": n, "content": "<|im_start|>", "special": False, **flags},
-                                 {"id": n + 1, "content": "\u2581hello", "special": False, **flags}]
+                                 {"id": n + 1, "content": "<｜User｜>", "special": False, **flags},
+                                 {"id": n + 2, "content": "\u2581hello", "special": False, **flags},
+                                 {"id": n + 3, "content": "<s>x", "special": False, **flags}]
     _with_tokenizer_json(folder, change)
-    keys, _ = _tokenizer(folder, n + 2, gguf)
+    keys, _ = _tokenizer(folder, n + 4, gguf)
     tokens, types = keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"]
-    assert types[n:] == [gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED] and tokens[n + 1] == " hello"
+    assert types[n:] == [gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.USER_DEFINED] * 2
+    assert tokens[n + 2] == " hello"
     spm_folder = tmp_path / "spm"
     spm = sentencepiece_tokenizer(str(tmp_path / "spm-train"))
     spm.save_pretrained(spm_folder)
@@ -431,12 +442,12 @@ def test_token_types_follow_llama_cpp_s_converter(tmp_path):
 
 def test_a_list_of_named_chat_templates_is_written_as_such(tmp_path):
     """A tokenizer with named chat templates (a default and a tool-use one) gets the default as the file's chat
-    template and the other under its name, as the gguf package's writer names them."""
+    template and the other under its name, cleaned as the gguf package's writer cleans it ("tool-use": tool_use)."""
     tokenizer = bpe_tokenizer("gpt-2")
     folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["chat_template"] = [{"name": "default", "template": "{{ messages[0]['content'] }}"},
-                               {"name": "tool_use", "template": "{{ tools }}"}]
+                               {"name": "tool-use", "template": "{{ tools }}"}]
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     for extra in folder.glob("chat_template*"):
         extra.unlink()
@@ -474,3 +485,36 @@ def test_a_sentencepiece_space_prefix_is_read_from_either_metaspace_spelling(met
 
     spec = {"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", **metaspace}}
     assert _sentencepiece_prefix(spec) is prefix
+
+
+def test_the_config_check_reads_the_folder_s_files_without_raising(tmp_path):
+    """unwritten_folder answers (reason, fix) for each problem, and None for a writable folder: Phi-3's older
+    RoPE names (su, read by transformers as longrope), an input that is already a quantized checkpoint where
+    GgufExport reads it, a missing tokenizer.json (re-save it), a value of another shape (no traceback)."""
+    from modelpress.passes.gguf_hf import unwritten_folder
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "phi3", False), tokenizer, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    assert unwritten_folder(folder) is None
+
+    def with_config(**changes):
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+    with_config(rope_parameters=None, rope_scaling={"type": "su", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8})
+    assert unwritten_folder(folder) is None
+    with_config(rope_parameters=None, rope_scaling={"type": "dynamic", "factor": 2.0})
+    assert "rope_type is 'dynamic'" in unwritten_folder(folder)[0]
+    with_config(quantization_config={"quant_method": "gptq"})
+    assert unwritten_folder(folder) is None
+    why, fix = unwritten_folder(folder, first=True)
+    assert "quantization_config" in why and "Gptq or Rtn before GgufExport" in fix
+    with_config(rope_parameters={"rope_type": ["x"]})
+    why, fix = unwritten_folder(folder)
+    assert "unexpected shape" in why and "save_pretrained" in fix
+    with_config()
+    (folder / "tokenizer.json").unlink()
+    why, fix = unwritten_folder(folder)
+    assert "no tokenizer.json" in why and "save_pretrained(folder)" in fix
+    (folder / "config.json").write_text("{")
+    assert "not readable JSON" in unwritten_folder(folder)[0]

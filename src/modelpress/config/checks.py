@@ -192,7 +192,7 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
                   "model, and this model generates text", "Remove class_weight, or set input_model.task to "
                   "'text-classification'.")
     if p.type == "GgufExport":
-        _check_gguf_export(p, model, c)
+        _check_gguf_export(p, model, previous == "input_model", c)
     if p.type == "ModelBuilder" and model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
               "For a classifier use OnnxConversion, then an ONNX quantization pass.")
@@ -211,7 +211,7 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
         _check_builder_options(p, model, c)
 
 
-def _check_gguf_export(p: PassConfig, model: InputModelConfig, c: Collector) -> None:
+def _check_gguf_export(p: PassConfig, model: InputModelConfig, first: bool, c: Collector) -> None:
     """GgufExport writes a generative model of an architecture it knows: a GGUF input's (read from the file's
     header where the file is here, not from the Hub), or a Hugging Face model's, with a RoPE scaling and tokenizer
     it writes (from a local folder's config.json and tokenizer.json; a Hub model's when the pass runs)."""
@@ -225,9 +225,9 @@ def _check_gguf_export(p: PassConfig, model: InputModelConfig, c: Collector) -> 
         return
     if not model.gguf_file:
         folder = Path(model.model_path)
-        why = unwritten_folder(folder) if (folder / "config.json").is_file() else None  # else the input's checks say
-        if why:
-            c.add(f"passes.{p.name}.type", why, "Remove GgufExport from this workflow.")
+        found = unwritten_folder(folder, first) if (folder / "config.json").is_file() else None  # else the input's
+        if found:                                                                                  # checks say it
+            c.add(f"passes.{p.name}.type", *found)
         return
     path = Path(model.model_path) / model.gguf_file
     if path.is_file():

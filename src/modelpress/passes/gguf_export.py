@@ -86,7 +86,6 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
 
     source = gguf_source(ctx.input_model)
     folder = Path(ctx.model.path)
-    weights = _quantized_weights(folder) if ctx.model.kind == HF_QUANTIZED else _float_weights(folder)
     if source is None:  # a model that never was a GGUF file: its config and tokenizer say what to write
         from modelpress.passes.gguf_hf import describe_folder
 
@@ -95,6 +94,7 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
     else:
         file = _describe_source(source, gguf)
         origin = source.name
+    weights = _quantized_weights(folder) if ctx.model.kind == HF_QUANTIZED else _float_weights(folder)
     plan = _plan(file, weights, gguf, _own_head(folder))
     template = _chat_template(ctx, params, file.meta)
     out = Path(ctx.out) / GGUF_FILE
@@ -124,6 +124,7 @@ def _describe_source(source: Path, gguf) -> FileSpec:
         if array and sub is None:
             notes.append(f"the input file's metadata key {key} is an empty array, which the gguf package cannot "
                          "write: left out")
+            log.warning("GgufExport: %s", notes[-1])
             continue
         if sub == gguf.GGUFValueType.ARRAY:
             raise ModelpressError(f"the input file's metadata key {key} is an array of arrays, which the gguf "

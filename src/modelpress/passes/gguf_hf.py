@@ -17,6 +17,7 @@ pointing at llama.cpp's converter.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +25,18 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 
+log = logging.getLogger("modelpress")
+
 CONVERTER = "convert the model folder (the output of the pass before GgufExport) with llama.cpp's convert_hf_to_gguf.py"
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # a SentencePiece byte-fallback token
-LOOKS_SPECIAL = re.compile(r"<\|.*\|>|<(pad|mask|unk|s|/s)>")  # an added token llama.cpp's converter makes CONTROL
+# added tokens llama.cpp's converter makes CONTROL though not marked special (<|...|>, DeepSeek's <｜...｜>, Gemma's)
+LOOKS_SPECIAL = re.compile(r"<\|.*\|>|<｜.*｜>|<unused.*>|<pad>|<mask>|<2mass>|\[@BOS@\]", re.DOTALL)
 SPACE = "\u2581"  # SentencePiece's space
 NO_MERGE = -1e9  # the SentencePiece score of a token no merge makes
 CHAT_TEMPLATE = "tokenizer.chat_template"
+PHI3_ROPE_NAMES = {"su": "longrope", "yarn": "longrope"}  # Phi-3 configs' older names, as transformers reads them
+RESAVE_TOKENIZER = ("Save the tokenizer again with transformers, which writes tokenizer.json: "
+                    "AutoTokenizer.from_pretrained(folder).save_pretrained(folder).")
 # transformers model_type -> llama.cpp architecture
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
@@ -70,26 +77,62 @@ def unwritten_model_type(model_type: str | None) -> str | None:
             f"{model_type!r}: {CONVERTER}")
 
 
-def unwritten_folder(folder: Path) -> str | None:
-    """Why GgufExport cannot write the Hugging Face model in `folder` (None: it can, as far as its config.json and
-    tokenizer.json say: the model type, the RoPE scaling and the tokenizer's kind and pre-tokenizer), from the two
-    files alone, so that the config check says it before any training."""
+def unwritten_folder(folder: Path, first: bool = False) -> tuple[str, str] | None:
+    """Why GgufExport cannot write the Hugging Face model in `folder`, and the fix (None: it can, as far as its
+    config.json and tokenizer.json say: the model type, the RoPE scaling, the tokenizer's kind, pre-tokenizer and
+    size, and, where GgufExport reads the folder itself (`first`), that it is not a quantized checkpoint), from the
+    two files alone, so that the config check says it before any training."""
+    remove = "Remove GgufExport from this workflow."
+    config_path, tokenizer_path = folder / "config.json", folder / "tokenizer.json"
+    config = _json_file(config_path)
+    if isinstance(config, str):
+        return config, "Fix the file, or save the model again with save_pretrained."
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         why = unwritten_model_type(config.get("model_type"))
         if why:
-            return why
+            return f"{config_path}: {why}", remove
+        if first and config.get("quantization_config"):
+            return (f"{config_path} has a quantization_config: GgufExport writes a quantized checkpoint that a Gptq "
+                    "or Rtn step of the workflow made, not one read as the input model",
+                    "Start from the float model and put Gptq or Rtn before GgufExport.")
+        arch = MODEL_TYPES[config["model_type"]]
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        _check_rope(rope.get("rope_type") or rope.get("type") or "default", MODEL_TYPES[config["model_type"]],
-                    folder / "config.json")
-        tokenizer = folder / "tokenizer.json"
-        if tokenizer.is_file():
-            _tokenizer_kind(json.loads(tokenizer.read_text(encoding="utf-8")), tokenizer)
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        _check_rope(PHI3_ROPE_NAMES.get(kind, kind) if arch == "phi3" else kind, arch, config_path)
+        if not tokenizer_path.is_file():
+            return (f"{folder} has no tokenizer.json, from which GgufExport writes the tokenizer",
+                    RESAVE_TOKENIZER)
+        spec = _json_file(tokenizer_path)
+        if isinstance(spec, str):
+            return spec, RESAVE_TOKENIZER
+        _tokenizer_kind(spec, tokenizer_path)
+        _check_size(spec, tokenizer_path, config.get("vocab_size"))
     except ModelpressError as e:
-        return str(e).rstrip(".")
-    except (OSError, ValueError, AttributeError, KeyError) as e:
-        return f"{folder}: config.json or tokenizer.json is not readable JSON ({e})"
+        return str(e).rstrip("."), remove
+    except (AttributeError, KeyError, TypeError) as e:  # a value of another shape than transformers writes
+        return f"{config_path} or {tokenizer_path} has a value of an unexpected shape ({e!r})", \
+            "Save the model and tokenizer again with save_pretrained."
     return None
+
+
+def _json_file(path: Path) -> dict | str:
+    """The JSON object in `path`, or why it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{path} is not readable JSON ({e})"
+    return value if isinstance(value, dict) else f"{path} holds a {type(value).__name__}, not a JSON object"
+
+
+def _check_size(spec: dict, path: Path, vocab_size) -> None:
+    """Refuse a tokenizer with ids the embedding has no row for (llama.cpp would not load the file)."""
+    ids = [i for i in (spec.get("model") or {}).get("vocab", {}).values()] + [
+        t["id"] for t in spec.get("added_tokens") or []]
+    if isinstance(vocab_size, int) and ids and max(ids) >= vocab_size:
+        raise ModelpressError(f"{path} has token ids up to {max(ids)}, and the model's config.json vocab_size is "
+                              f"{vocab_size}: the embedding has no row for ids from {vocab_size} on. Resize the "
+                              "embedding to the tokenizer (model.resize_token_embeddings(len(tokenizer))) before "
+                              "training, or remove the added tokens.")
 
 
 def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
@@ -99,7 +142,7 @@ def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
     config = AutoConfig.from_pretrained(str(folder))
     why = unwritten_model_type(config.model_type)
     if why:
-        raise ModelpressError(why + ".")
+        raise ModelpressError(f"{folder / 'config.json'}: {why}.")
     arch = MODEL_TYPES[config.model_type]
     name = input_model.hub_id or Path(input_model.model_path).name
     values: dict[str, object] = {"general.architecture": arch, "general.name": name}
@@ -112,6 +155,7 @@ def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
         notes.append(f"the config's sliding window of {window} tokens is not written: llama.cpp's {arch} "
                      "architecture attends to the whole context, as its converter writes it, so answers past the "
                      "window differ from transformers'")
+        log.warning("GgufExport: %s", notes[-1])
     meta = {**values, **tokenizer}
     entries = [(k, v, *_value_type(k, v, gguf)) for k, v in meta.items() if k != "general.architecture"]
     return FileSpec(arch, meta, entries, None, carried, notes)
@@ -201,6 +245,12 @@ def _tokenizer_kind(spec: dict, path: Path) -> tuple[str, str]:
         if spaces:
             raise ModelpressError(f"{path}: its normalizer {[n.get('type') for n in spaces]} changes the text beyond "
                                   f"SentencePiece's spaces, which llama.cpp does not do: {CONVERTER}.")
+        splits = [p for p in _steps(spec.get("pre_tokenizer"), "pretokenizers")
+                  if not (p.get("type") == "Metaspace" and p.get("replacement", SPACE) == SPACE)]
+        if splits:
+            raise ModelpressError(f"{path}: its pre-tokenizer {[p.get('type') for p in splits]} splits the text "
+                                  "before BPE, which llama.cpp's SentencePiece tokenizer does not do: "
+                                  f"{CONVERTER}.")
         return "llama", "default"
     raise ModelpressError(f"{path}: GgufExport writes byte-level BPE tokenizers (llama.cpp's 'gpt2' model: Llama 3, "
                           "Qwen, SmolLM2, GPT-2) and SentencePiece-style BPE ones with byte fallback (its 'llama' "
@@ -231,7 +281,7 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise ModelpressError(f"GgufExport writes a model's tokenizer from its tokenizer.json, and {folder} has "
-                              f"none (a slow tokenizer only): {CONVERTER}.")
+                              f"none. {RESAVE_TOKENIZER}")
     spec = json.loads(path.read_text(encoding="utf-8"))
     kind, pre = _tokenizer_kind(spec, path)
     byte_level, model = kind == "gpt2", spec["model"]
@@ -241,11 +291,7 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
     added = {t["id"]: t for t in spec.get("added_tokens") or []}
     by_id = {i: text for text, i in model["vocab"].items()}
     by_id.update({i: t["content"] for i, t in added.items()})
-    if max(by_id) >= vocab_size:
-        raise ModelpressError(f"{path} has token ids up to {max(by_id)}, and the model's config.json vocab_size is "
-                              f"{vocab_size}: the embedding has no row for ids from {vocab_size} on. Resize the "
-                              "embedding to the tokenizer (model.resize_token_embeddings(len(tokenizer))) before "
-                              "training, or remove the added tokens.")
+    _check_size(spec, path, vocab_size)
     special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=vocab_size)
     control = set(special.special_token_ids.values()) if not byte_level else set()  # <s>, </s> in a base vocab
     types = gguf.TokenType
@@ -271,7 +317,8 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
     else:
         keys["tokenizer.ggml.scores"] = _merge_scores(model, tokens)
     ids = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "sep": "seperator_token_id",
-           "pad": "padding_token_id", "mask": "mask_token_id"}  # gguf's Keys.Tokenizer spellings
+           "pad": "padding_token_id", "mask": "mask_token_id", "eot": "eot_token_id",
+           "eom": "eom_token_id"}  # gguf's Keys.Tokenizer spellings
     for kind, token_id in special.special_token_ids.items():
         if kind in ids:
             keys[f"tokenizer.ggml.{ids[kind]}"] = token_id
@@ -313,7 +360,8 @@ def _chat_templates(template) -> dict:
     other as tokenizer.chat_template.<name>, as the gguf package's writer names them)."""
     if isinstance(template, str):
         return {CHAT_TEMPLATE: template}
-    named = {t.get("name"): t.get("template") for t in template or [] if isinstance(t, dict)}
+    named = {re.sub(r"[^a-zA-Z0-9_]", "_", t["name"]) if isinstance(t.get("name"), str) else None: t.get("template")
+             for t in template or [] if isinstance(t, dict)}  # names as the gguf package's writer cleans them
     keys = {CHAT_TEMPLATE if name == "default" else f"{CHAT_TEMPLATE}.{name}": text
             for name, text in named.items() if name and isinstance(text, str)}
     others = [name for name in named if name != "default" and f"{CHAT_TEMPLATE}.{name}" in keys]
