@@ -518,3 +518,57 @@ def test_the_config_check_reads_the_folder_s_files_without_raising(tmp_path):
     assert "no tokenizer.json" in why and "save_pretrained(folder)" in fix
     (folder / "config.json").write_text("{")
     assert "not readable JSON" in unwritten_folder(folder)[0]
+
+
+@needs_llama_cpp
+def test_k_quants_are_made_by_llama_cpp_s_own_quantizer(tmp_path):
+    """outtype q4_k_m: an f16 export quantized by llama.cpp (llama-cpp-python's llama_model_quantize), with its
+    Q4_K_M mixture (Q6_K for some matrices) on rows of 256 values; llama.cpp computes the file's logits as
+    transformers reads them back, and only model.gguf is left in the output."""
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    model = hf_model(tokenizer, "llama", False, hidden_size=256, intermediate_size=512)
+    written = export(tmp_path, save(model, tokenizer, tmp_path / "model"), outtype="q4_k_m")
+    assert sorted(p.name for p in written.parent.iterdir()) == ["model.gguf", "modelpress_model.json"]
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(written)).tensors}
+    assert {"Q4_K", "Q6_K", "F32"} <= types, types
+    assert _fields(written)["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    history = json.loads((tmp_path / "out" / "run_history.json").read_text())
+    notes = next(s["notes"] for s in history["steps"] if s["type"] == "GgufExport")
+    assert any("quantized to Q4_K_M by llama.cpp's quantizer" in n for n in notes), notes
+    assert any("tensors Q4_K" in n for n in notes), notes
+    ids = tokenizer(TEXT)["input_ids"]
+    llm = Llama(model_path=str(written), n_ctx=128, n_threads=2, verbose=False, logits_all=True)
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    read = AutoModelForCausalLM.from_pretrained(written.parent, gguf_file=written.name, dtype=torch.float32).eval()
+    ours = _logits(read, ids)
+    # llama.cpp multiplies K-quant blocks with 8-bit activations (Q8_K): measured 0.069 of the largest logit here,
+    # 0.064 for q6_k and 0.046 for the gguf package's q4_1 on this model, against 0.56 between Q4_K_M and float
+    assert (theirs - ours).abs().max().item() / ours.abs().max().item() < 0.1
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.85
+
+
+def test_k_quants_are_refused_where_llama_cpp_cannot_make_them(tmp_path, monkeypatch):
+    """When the config is read: a K-quant of a quantized checkpoint (its codes are kept, and llama.cpp quantizes
+    float weights), or without llama-cpp-python."""
+    import importlib.util
+
+    from modelpress.config import normalize
+    from modelpress.errors import ConfigError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "llama", False), tokenizer, tmp_path / "model")
+    raw = {"input_model": {"type": "HfModel", "model_path": str(folder)},
+           "passes": {"rtn": {"type": "Rtn", "bits": 4, "group_size": 32},
+                      "gguf": {"type": "GgufExport", "outtype": "q4_k_m"}}, "output_dir": str(tmp_path / "out")}
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.outtype.*'rtn' gives a quantized checkpoint.*Use outtype "
+                                          r"q8_0"):
+        normalize(raw, tmp_path)
+    del raw["passes"]["rtn"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.outtype.*llama-cpp-python is not installed.*pip install"):
+        normalize(raw, tmp_path)

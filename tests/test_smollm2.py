@@ -138,3 +138,13 @@ def test_the_gguf_example_shares_the_example_steps_before_its_export():
     assert [p.type for p in gguf.passes] == ["LoRA", "MergeAdapterWeights", "Gptq", "GgufExport"]
     assert [p.model_dump() for p in gguf.passes[:3]] == [p.model_dump() for p in shipped.passes[:3]]
     assert gguf.data_configs == shipped.data_configs and gguf.engine.cache_dir == shipped.engine.cache_dir
+
+
+def test_the_k_quant_example_shares_the_example_steps_before_its_export():
+    """examples/smollm2-tone/gguf-q4_k_m.json: the shipped LoRA and merge, then GgufExport to llama.cpp's Q4_K_M."""
+    from modelpress.config import load_config
+
+    shipped, kquant = load_config(EXAMPLE / "workflow.json"), load_config(EXAMPLE / "gguf-q4_k_m.json")
+    assert [p.type for p in kquant.passes] == ["LoRA", "MergeAdapterWeights", "GgufExport"]
+    assert [p.model_dump() for p in kquant.passes[:2]] == [p.model_dump() for p in shipped.passes[:2]]
+    assert kquant.passes[2].params.outtype == "q4_k_m" and kquant.data_configs == shipped.data_configs

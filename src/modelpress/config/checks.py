@@ -7,6 +7,7 @@ passes, that a search's choices split the data alike, and that outputs stay out 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from modelpress.config.collector import Collector, did_you_mean
@@ -192,7 +193,7 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
                   "model, and this model generates text", "Remove class_weight, or set input_model.task to "
                   "'text-classification'.")
     if p.type == "GgufExport":
-        _check_gguf_export(p, model, previous == "input_model", c)
+        _check_gguf_export(p, model, kind, previous, c)
     if p.type == "ModelBuilder" and model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "ModelBuilder builds generative (text-generation) models only",
               "For a classifier use OnnxConversion, then an ONNX quantization pass.")
@@ -211,13 +212,23 @@ def _check_choice(p: PassConfig, model, data, engine, kind: str, previous: str, 
         _check_builder_options(p, model, c)
 
 
-def _check_gguf_export(p: PassConfig, model: InputModelConfig, first: bool, c: Collector) -> None:
+def _check_gguf_export(p: PassConfig, model: InputModelConfig, kind: str, previous: str, c: Collector) -> None:
     """GgufExport writes a generative model of an architecture it knows: a GGUF input's (read from the file's
     header where the file is here, not from the Hub), or a Hugging Face model's, with a RoPE scaling and tokenizer
-    it writes (from a local folder's config.json and tokenizer.json; a Hub model's when the pass runs)."""
+    it writes (from a local folder's config.json and tokenizer.json; a Hub model's when the pass runs). A K-quant
+    outtype needs llama-cpp-python, and float weights."""
     from modelpress.passes.gguf_hf import unwritten_folder
-    from modelpress.passes.gguf_spec import unwritten_architecture
+    from modelpress.passes.gguf_spec import LLAMA_CPP_TYPES, unwritten_architecture
 
+    if p.params.outtype in LLAMA_CPP_TYPES:
+        if kind == HF_QUANTIZED:
+            c.add(f"passes.{p.name}.outtype", f"{p.params.outtype} is made by llama.cpp's quantizer from float "
+                  f"weights, and '{previous}' gives a quantized checkpoint, whose codes GgufExport keeps",
+                  "Use outtype q8_0 (the codes stay Q4_1/Q4_0/Q8_0 blocks), or export the float model before Gptq/Rtn.")
+        elif importlib.util.find_spec("llama_cpp") is None:
+            c.add(f"passes.{p.name}.outtype", f"{p.params.outtype} is made by llama.cpp's own quantizer, and "
+                  "llama-cpp-python is not installed", "pip install llama-cpp-python (PyPI has its source, which "
+                  "compiles llama.cpp; make test installs it), or use q4_1, q5_1 or q8_0.")
     if model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "GgufExport writes generative models (llama.cpp runs those), and this "
               "model is a text-classification one", "Remove GgufExport, or set input_model.task to text-generation.")
@@ -225,8 +236,9 @@ def _check_gguf_export(p: PassConfig, model: InputModelConfig, first: bool, c: C
         return
     if not model.gguf_file:
         folder = Path(model.model_path)
+        first = previous == "input_model"  # GgufExport reads the input folder itself
         found = unwritten_folder(folder, first) if (folder / "config.json").is_file() else None  # else the input's
-        if found:                                                                                  # checks say it
+        if found:                                                                              # own checks say it
             c.add(f"passes.{p.name}.type", *found)
         return
     path = Path(model.model_path) / model.gguf_file

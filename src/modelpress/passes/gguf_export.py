@@ -21,6 +21,7 @@ symmetric: Q8_0, in blocks of 32): rounding a fine-tuned model to nearest on 4 b
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,13 @@ from modelpress.context import PassContext
 from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.models import GGUF_FILE, ModelRef
 from modelpress.passes.gguf_hf import CHAT_TEMPLATE, FileSpec
-from modelpress.passes.gguf_spec import ARCHITECTURES, OUTTYPES, GgufExportParams, unwritten_architecture
+from modelpress.passes.gguf_spec import (
+    ARCHITECTURES,
+    LLAMA_CPP_TYPES,
+    OUTTYPES,
+    GgufExportParams,
+    unwritten_architecture,
+)
 from modelpress.passes.spec_base import GGUF, HF_QUANTIZED
 
 log = logging.getLogger("modelpress")
@@ -98,7 +105,19 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
     plan = _plan(file, weights, gguf, _own_head(folder))
     template = _chat_template(ctx, params, file.meta)
     out = Path(ctx.out) / GGUF_FILE
-    counts, notes = _write(out, file, plan, weights, params.outtype, template, gguf)
+    by_llama_cpp = params.outtype in LLAMA_CPP_TYPES  # K-quants: an f16 file first, quantized by llama.cpp
+    written = out.with_suffix(".f16.gguf") if by_llama_cpp else out
+    counts, notes = _write(written, file, plan, weights, "f16" if by_llama_cpp else params.outtype, template, gguf)
+    if by_llama_cpp:
+        from modelpress.passes.gguf_llama_cpp import quantize_with_llama_cpp
+
+        said = quantize_with_llama_cpp(written, out, params.outtype, len(os.sched_getaffinity(0)))
+        written.unlink()
+        counts = {}
+        for tensor in gguf.GGUFReader(str(out)).tensors:
+            counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+        notes.append(f"quantized to {LLAMA_CPP_TYPES[params.outtype]} by llama.cpp's quantizer from an f16 export"
+                     + "".join(f"; llama.cpp: {line}" for line in said if "fallback" in line))
     ctx.notes.extend(file.notes + notes)
     ctx.notes.append(f"wrote {GGUF_FILE} ({out.stat().st_size / 2**20:.1f} MiB): "
                      + ", ".join(f"{n} tensors {t}" for t, n in sorted(counts.items()))
