@@ -21,7 +21,6 @@ symmetric: Q8_0, in blocks of 32): rounding a fine-tuned model to nearest on 4 b
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +109,9 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
     counts, notes = _write(written, file, plan, weights, "f16" if by_llama_cpp else params.outtype, template, gguf)
     if by_llama_cpp:
         from modelpress.passes.gguf_llama_cpp import quantize_with_llama_cpp
+        from modelpress.runtime import compute_threads
 
-        said = quantize_with_llama_cpp(written, out, params.outtype, len(os.sched_getaffinity(0)))
+        said = quantize_with_llama_cpp(written, out, params.outtype, compute_threads())
         written.unlink()
         counts = {}
         for tensor in gguf.GGUFReader(str(out)).tensors:
