@@ -4,14 +4,15 @@ For a workflow whose input was a GGUF file, `gguf_export` reads them from that f
 (a Hugging Face folder or Hub id) is described here from its config and tokenizer, with the keys llama.cpp's
 converter (`convert_hf_to_gguf.py`) writes for its architecture:
 - shape keys from the config (context, embedding and feed-forward lengths, blocks, heads, norm epsilon, RoPE base
-  and dimensions); RoPE scaling where llama.cpp has it as metadata (linear) or as a tensor (Llama 3.1's
-  frequencies, computed with transformers' own llama3 RoPE function);
-- a byte-level BPE tokenizer (llama.cpp's "gpt2" model) as its tokens, token types, merges and special ids, read
-  by the `gguf` package's `SpecialVocab`, with the name of llama.cpp's pre-tokenizer found by matching the
-  tokenizer's own pre-tokenizer to the ones in `PRE_TOKENIZERS` (llama.cpp's converter hashes the ids of a test
-  text instead, against a table of known models).
-What it does not know (a SentencePiece tokenizer, another RoPE scaling, another pre-tokenizer) it refuses by name,
-pointing at llama.cpp's converter.
+  and dimensions); RoPE scaling where llama.cpp has it as metadata (linear) or as tensors (Llama 3.1's
+  frequencies, computed with transformers' own llama3 RoPE function; Phi-3's longrope factors);
+- the tokenizer from its tokenizer.json: a byte-level BPE one (llama.cpp's "gpt2" model) as its tokens, token
+  types, merges and special ids, read by the `gguf` package's `SpecialVocab`, with the name of llama.cpp's
+  pre-tokenizer found by matching the tokenizer's own pre-tokenizer to the ones in `PRE_TOKENIZERS` (llama.cpp's
+  converter hashes the ids of a test text instead, against a table of known models); a SentencePiece-style BPE
+  with byte fallback (its "llama" model) with scores from the merges' ranks.
+What it does not know (another tokenizer, RoPE scaling or pre-tokenizer) it refuses by name, pointing at llama.cpp's
+converter; `unwritten_folder` says so from a folder's two JSON files, for the config check.
 """
 
 from __future__ import annotations
@@ -126,8 +127,7 @@ def _json_file(path: Path) -> dict | str:
 
 def _check_size(spec: dict, path: Path, vocab_size) -> None:
     """Refuse a tokenizer with ids the embedding has no row for (llama.cpp would not load the file)."""
-    ids = [i for i in (spec.get("model") or {}).get("vocab", {}).values()] + [
-        t["id"] for t in spec.get("added_tokens") or []]
+    ids = list((spec.get("model") or {}).get("vocab", {}).values()) + [t["id"] for t in spec.get("added_tokens") or []]
     if isinstance(vocab_size, int) and ids and max(ids) >= vocab_size:
         raise ModelpressError(f"{path} has token ids up to {max(ids)}, and the model's config.json vocab_size is "
                               f"{vocab_size}: the embedding has no row for ids from {vocab_size} on. Resize the "
@@ -191,6 +191,7 @@ ROPE_TYPES = {"default": None, "linear": None, "llama3": ("llama",), "longrope":
 
 
 def _check_rope(kind: str, arch: str, where: Path) -> None:
+    """Refuse a RoPE scaling llama.cpp has no keys or tensors for (in this architecture)."""
     if kind in ROPE_TYPES and (ROPE_TYPES[kind] is None or arch in ROPE_TYPES[kind]):
         return
     raise ModelpressError(f"{where}: GgufExport writes RoPE scaling 'linear', and 'llama3' for Llama and 'longrope' "
@@ -217,7 +218,7 @@ def _rope_scaling(config, arch: str, carried: dict, where: Path) -> dict:
         plain = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         factors = (plain / scaled).numpy().astype(np.float32)  # 1 for high frequencies, `factor` for low ones
         carried["rope_freqs.weight"] = lambda: (factors, None)
-    if kind == "longrope":
+    if kind == "longrope":  # llama.cpp takes the long factors past the original context, as transformers does
         import numpy as np
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -225,8 +226,8 @@ def _rope_scaling(config, arch: str, carried: dict, where: Path) -> dict:
         for which in ("long", "short"):
             factors = np.asarray(rope[f"{which}_factor"], dtype=np.float32)
             carried[f"rope_factors_{which}.weight"] = lambda f=factors: (f, None)
-        return {f"{arch}.rope.scaling.attn_factor": float(attention)}  # llama.cpp takes the long factors past the
-    return {}                                                          # original context, as transformers does
+        return {f"{arch}.rope.scaling.attn_factor": float(attention)}
+    return {}
 
 
 def _tokenizer_kind(spec: dict, path: Path) -> tuple[str, str]:
@@ -319,9 +320,9 @@ def _tokenizer(folder: Path, vocab_size: int, gguf) -> tuple[dict, list[str]]:
     ids = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "sep": "seperator_token_id",
            "pad": "padding_token_id", "mask": "mask_token_id", "eot": "eot_token_id",
            "eom": "eom_token_id"}  # gguf's Keys.Tokenizer spellings
-    for kind, token_id in special.special_token_ids.items():
-        if kind in ids:
-            keys[f"tokenizer.ggml.{ids[kind]}"] = token_id
+    for role, token_id in special.special_token_ids.items():
+        if role in ids:
+            keys[f"tokenizer.ggml.{ids[role]}"] = token_id
     keys.update(_added_ends(path, keys))
     keys.update(_chat_templates(special.chat_template))
     notes = [f"tokenizer: {len(tokens)} tokens, llama.cpp's {keys['tokenizer.ggml.model']!r} model with the "
