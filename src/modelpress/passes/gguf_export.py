@@ -12,7 +12,7 @@ converter writes one. Either way each weight goes under its llama.cpp name, from
 TensorNameMap (which llama.cpp's converter and transformers' GGUF reader also use), Q and K rows permuted per head
 for the llama architecture as llama.cpp's converter does (`LlamaModel.permute`; transformers' reader undoes it).
 Float weights are quantized with the `gguf` package's reference quantizers (numpy), which write no K-quants
-(Q4_K_M and the like: llama.cpp's `llama-quantize` makes those from an f16 or q8_0 file). A quantized checkpoint's
+(Q4_K_M and the like): those are made by llama.cpp's own quantizer from an f16 export (`gguf_llama_cpp`). A quantized checkpoint's
 codes are written as they are where llama.cpp has their grid (4-bit asymmetric: Q4_1, 4-bit symmetric: Q4_0, 8-bit
 symmetric: Q8_0, in blocks of 32): rounding a fine-tuned model to nearest on 4 bits puts most weights back on the
 4-bit grid of the file it was trained from, and GPTQ's codes keep what training changed.
@@ -96,7 +96,7 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
         from modelpress.passes.gguf_hf import describe_folder
 
         file = describe_folder(folder, ctx.input_model, gguf)
-        origin = "its config and tokenizer"
+        origin = "the model's config.json and tokenizer.json"
     else:
         file = _describe_source(source, gguf)
         origin = source.name
