@@ -572,3 +572,26 @@ def test_k_quants_are_refused_where_llama_cpp_cannot_make_them(tmp_path, monkeyp
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     with pytest.raises(ConfigError, match=r"passes\.gguf\.outtype.*llama-cpp-python is not installed.*pip install"):
         normalize(raw, tmp_path)
+
+
+def test_a_model_named_by_hub_id_is_exported_from_its_cached_snapshot(tmp_path, monkeypatch):
+    """A Hub model (here from a local Hugging Face cache the test builds, offline) is exported from its snapshot,
+    and the file is named after its id."""
+    from huggingface_hub import constants
+
+    from hub_cache import add_repo, folder_files
+    from modelpress.config import normalize
+    from modelpress.engine import run_workflow
+
+    tokenizer = bpe_tokenizer("qwen2")
+    folder = save(hf_model(tokenizer, "qwen2", True), tokenizer, tmp_path / "model")
+    add_repo(tmp_path / "hub", "acme/tiny-qwen2", folder_files(folder), "3" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    raw = {"input_model": {"type": "HfModel", "model_path": "acme/tiny-qwen2"},
+           "passes": {"gguf": {"type": "GgufExport", "outtype": "q8_0"}},
+           "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}
+    run_workflow(normalize(raw, tmp_path), show_progress=False)
+    fields = _fields(tmp_path / "out" / "model" / "model.gguf")
+    assert fields["general.name"] == "acme/tiny-qwen2" and fields["tokenizer.ggml.pre"] == "qwen2"
+    assert fields["general.architecture"] == "qwen2" and fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
