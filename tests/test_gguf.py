@@ -127,6 +127,29 @@ def shape_kwargs(tokenizer, tie: bool) -> dict:
                 pad_token_id=tokenizer.pad_token_id, initializer_range=0.1)
 
 
+def hf_model(tokenizer, arch: str, tie: bool, rope: dict | None = None, **extra):
+    """A tiny model of `arch` in this module's shape (llama, mistral: grouped K/V heads; qwen2: q, k, v biases;
+    qwen3: q and k norms, heads of 128, every Qwen3's, which transformers' GGUF reader assumes; phi3: fused qkv and
+    gate_up), norms and biases away from their initial values; `extra` config keys on top."""
+    import transformers
+
+    name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "phi3": "Phi3"}[arch]
+    kwargs = {**shape_kwargs(tokenizer, tie), **({"head_dim": 128} if arch == "qwen3" else {}), **extra}
+    kwargs.pop("rope_theta")
+    kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": ROPE_THETA, **(rope or {}),
+                                 **kwargs.pop("rope_parameters", {})}
+    if arch == "phi3":
+        kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
+    config = getattr(transformers, f"{name}Config")(**kwargs)
+    torch.manual_seed(2)
+    model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
 def _source_model(tokenizer, tie: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 

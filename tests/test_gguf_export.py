@@ -17,7 +17,7 @@ import pytest
 
 from conftest import TONE_DATA
 from test_gguf import (HEADS, HIDDEN, KV_HEADS, SENTENCES, _logits, _permute, _source_model, add_bpe_tokenizer,
-                       model_writer, shape_kwargs, write_llama_gguf)
+                       hf_model, model_writer, write_llama_gguf)
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -187,23 +187,6 @@ def test_a_grid_llama_cpp_lacks_is_requantized_and_said(tmp_path, tokenizer):
     assert any("grid llama.cpp does not store" in note and "8-bit, asymmetric" in note for note in notes), notes
 
 
-def _plain_model(tokenizer, arch: str):
-    """A tiny Qwen2 (biased q, k, v) or Qwen3 (q and k norms, heads wider than hidden / heads), tied, or Phi-3 (fused
-    qkv_proj and gate_up_proj, an untied head, as the seed's model)."""
-    import transformers
-
-    name, extra = {"qwen2": ("Qwen2", {}), "qwen3": ("Qwen3", {"head_dim": 128}),  # every Qwen3's, as transformers'
-                   "phi3": ("Phi3", {})}[arch]                                       # reader assumes
-    config = getattr(transformers, f"{name}Config")(**shape_kwargs(tokenizer, arch != "phi3"), **extra)
-    torch.manual_seed(1)
-    model = getattr(transformers, f"{name}ForCausalLM")(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:  # norms and biases: values that show a misplaced one
-                p.uniform_(0.5, 1.5)
-    return model
-
-
 def write_plain_gguf(model, tokenizer, path, arch: str):
     """`model` as llama.cpp's Qwen2Model, Qwen3Model or Phi3MiniModel write it (F32): llama.cpp names, no
     permutation (Phi-3's fused qkv and gate_up matrices as they are)."""
@@ -245,7 +228,7 @@ def test_qwen_and_phi3_files_round_trip(tmp_path, tokenizer, arch):
     from transformers import AutoModelForCausalLM
 
     (tmp_path / "models").mkdir()
-    model = _plain_model(tokenizer, arch)
+    model = hf_model(tokenizer, arch, arch != "phi3")  # Phi-3 untied, as the seed's
     source = write_plain_gguf(model, tokenizer, tmp_path / "models" / "tiny.gguf", arch)
     read = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
     ids = tokenizer(SENTENCES[0])["input_ids"]
@@ -417,7 +400,7 @@ def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, ar
 
     (tmp_path / "models").mkdir()
     path = tmp_path / "models" / "tiny.gguf"
-    model = _source_model(tokenizer, False) if arch == "llama" else _plain_model(tokenizer, arch)
+    model = _source_model(tokenizer, False) if arch == "llama" else hf_model(tokenizer, arch, arch != "phi3")
     source = write_llama_gguf(model, tokenizer, path) if arch == "llama" else write_plain_gguf(model, tokenizer,
                                                                                                path, arch)
     written = _run(tmp_path, _workflow(tmp_path, source, {**passes, "gguf": {"type": "GgufExport",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelpress.errors import ModelpressError
+from modelpress.fsutil import read_json
 
 log = logging.getLogger("modelpress")
 
@@ -117,11 +118,13 @@ def unwritten_folder(folder: Path, first: bool = False) -> tuple[str, str] | Non
 
 
 def _json_file(path: Path) -> dict | str:
-    """The JSON object in `path`, or why it is not one."""
+    """The JSON object in `path` (fsutil.read_json), or why it is not one."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        return f"{path} is not readable JSON ({e})"
+        value = read_json(path)
+    except OSError as e:
+        return f"{path} is not readable ({e})"
+    except ModelpressError as e:  # DamagedFileError: not readable JSON
+        return str(e)
     return value if isinstance(value, dict) else f"{path} holds a {type(value).__name__}, not a JSON object"
 
 
