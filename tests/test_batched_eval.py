@@ -16,6 +16,7 @@ from modelpress.evaluate import batches, cut_at_stop, evaluate, latency_picks, p
 from modelpress.models import ModelRef
 from modelpress.passes.catalog import HF
 from modelpress.prompt_cache import left_pad, right_pad
+from modelpress.runner_base import Runner
 from modelpress.runners import until_eos
 from modelpress.scoring import loss_batches
 from conftest import TONE_DATA
@@ -85,8 +86,10 @@ def test_latency_sample_spreads_over_the_examples():
     assert latency_picks(10, 64) == list(range(10))
 
 
-class EchoRunner:
+class EchoRunner(Runner):
     """Answers each prompt with its own text and a chat end marker; records the batch sizes asked for."""
+
+    library = "torch"
 
     def __init__(self):
         self.calls: list[int] = []

@@ -84,7 +84,7 @@ def test_an_untrained_export_gives_back_the_source_tensors_and_metadata(tmp_path
 
 def test_a_trained_export_reads_back_with_the_trained_logits_and_chat_template(tmp_path, tokenizer):
     """LoRA, merge, export: the file, read by transformers' GGUF reader, gives the merged model's logits (f32), and
-    carries the chat template the model was trained with; the run evaluates it (dequantized)."""
+    carries the chat template the model was trained with; the run evaluates it (in llama.cpp where it is installed)."""
     from transformers import AutoModelForCausalLM
 
     (tmp_path / "models").mkdir()
@@ -111,7 +111,8 @@ def test_a_trained_export_reads_back_with_the_trained_logits_and_chat_template(t
     assert _fields(written)["tokenizer.chat_template"] == template
     final = json.loads((tmp_path / "out" / "metrics.json").read_text())["models"]["final"]
     assert final["examples"] == 8 and 0 <= final["accuracy"] <= 1 and final["latency_ms"]["p50"] > 0
-    assert "a gguf model is measured in PyTorch" in (tmp_path / "out" / "report.html").read_text()
+    said = "answered by llama.cpp" if importlib.util.find_spec("llama_cpp") else "a gguf model is measured in PyTorch"
+    assert said in (tmp_path / "out" / "report.html").read_text()
 
 
 # the largest relative RMS error of a weight read back, per outtype (measured on this model: q4 0.10, q5 0.05, q8
@@ -416,12 +417,18 @@ def test_llama_cpp_reads_the_export_as_transformers_does(tmp_path, tokenizer, ar
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
 
 
-def test_generate_points_a_gguf_folder_at_llama_cpp(tmp_path):
+def test_generate_from_a_gguf_folder_says_what_it_needs_and_what_it_cannot_read(tmp_path, monkeypatch):
+    """Without llama-cpp-python, `generate` on a GGUF folder says how to get it or where else to run the file; with
+    it, a file llama.cpp cannot load is an error that names the file."""
     from modelpress.errors import ModelpressError
     from modelpress.generate import generate
 
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    with pytest.raises(ModelpressError, match=r"is a GGUF file .*llama-cli -m .*model\.gguf.*evaluate"):
+    if importlib.util.find_spec("llama_cpp"):
+        with pytest.raises(ModelpressError, match=r"model\.gguf: llama\.cpp cannot load it"):
+            next(generate(tmp_path, "hello"))
+    monkeypatch.setattr("modelpress.llama_cpp_runner.llama_cpp_installed", lambda: False)
+    with pytest.raises(ModelpressError, match=r"is a GGUF file .*needs llama-cpp-python .*llama-cli -m .*model\.gguf"):
         next(generate(tmp_path, "hello"))
 
 

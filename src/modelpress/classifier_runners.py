@@ -64,6 +64,8 @@ class ClassifierRunner(Runner):
 
 
 class TorchClassifierRunner(ClassifierRunner):
+    library = "torch"
+
     def __init__(self, ref: ModelRef, trust_remote_code: bool = False):
         self.model, self.tokenizer = load_for_inference(ref, trust_remote_code)
         self.labels = _labels(ref, self.model.config)
@@ -81,6 +83,8 @@ class TorchClassifierRunner(ClassifierRunner):
 
 
 class OnnxClassifierRunner(ClassifierRunner):
+    library = "onnxruntime"
+
     def __init__(self, ref: ModelRef):
         from modelpress.models import load_tokenizer
         from modelpress.onnx_model import OnnxModel

@@ -27,7 +27,7 @@ from modelpress.hub import go_offline, model_patterns, offline
 from modelpress.inputs import describe_input, resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, brought_recipe, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
-from modelpress.passes.spec_base import KIND_LIBRARIES, key_params
+from modelpress.passes.spec_base import ANSWERED_BY, KIND_LIBRARIES, key_params
 from modelpress.passes.torch_quant import fetch_default_calibration, uses_default_calibration
 from modelpress.runtime import library_versions, resolve_execution_provider, timing_host
 from modelpress.steps import PeakRSS, record, run_pass_here
@@ -332,8 +332,9 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 #    counts the end token, as the other runners do; without special tokens no end of sequence is scored.
 # 8: that closing token is read from the answer and closing text tokenized together, as training does.
 # 9: an evaluation that names the training pass's own data config reads its eval split, not every row.
-MEASUREMENT = 10  # bump when a measurement gives other results for the same inputs (10: latency p75/p999 and
-# the low percentiles throughput's come from)
+# 10: latency p75/p999 and the low percentiles throughput's come from.
+MEASUREMENT = 11  # bump when a measurement gives other results for the same inputs (11: a result names the runtime
+# that answered; a GGUF model is answered by llama.cpp where llama-cpp-python is installed)
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True,
@@ -350,7 +351,7 @@ def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data
         if reads_default:
             default = eval_data_name(config.evaluation, config.passes, config.data_configs)
     return cache_key(kind, __version__, MEASUREMENT, ref.id, data, split, default, config.input_model.task,
-                     library_versions(KIND_LIBRARIES.get(ref.kind, ())), *parts)
+                     library_versions((*KIND_LIBRARIES.get(ref.kind, ()), *ANSWERED_BY.get(ref.kind, ()))), *parts)
 
 
 def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float | None) -> dict:

@@ -165,7 +165,8 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         "latency_warmup": min(WARMUP, len(timed)),  # untimed answers before the timed ones
         "max_new_tokens": max_new_tokens,
         "mean_new_tokens": new_tokens / len(timed) if timed else None,  # latency counts until the answer ends
-        "batch_size": batch_size,
+        "batch_size": min(batch_size, runner.max_batch or batch_size),  # what the runtime computed together
+        "runtime": runner.runtime(),
         "completion_loss": loss,
         "latency_ms": latency_report(seconds),
         "throughput": len(timed) / total if total else float("nan"),  # examples per second, batch 1

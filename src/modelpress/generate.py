@@ -1,4 +1,4 @@
-"""`modelpress generate`: stream text from an onnxruntime-genai folder modelpress produced.
+"""`modelpress generate`: stream text from an onnxruntime-genai folder modelpress produced, or a GGUF one (llama.cpp).
 
 Uses onnxruntime-genai's current API (`append_tokens` / `generate_next_token`); the
 cookbook's app used `compute_logits`, which onnxruntime-genai removed in 0.6.
@@ -123,9 +123,8 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
         raise ModelpressError(f"{model_dir}: no such folder. Point generate at the 'model' folder of a run that "
                               "ends with ModelBuilder.")
     if (model_dir / GGUF_FILE).is_file():
-        raise ModelpressError(f"{model_dir / GGUF_FILE} is a GGUF file (GgufExport): generate with llama.cpp "
-                              f"(llama-cli -m {model_dir / GGUF_FILE} -cnv) or Ollama (a Modelfile whose FROM names "
-                              "it); `modelpress evaluate` measures it.")
+        yield from _generate_gguf(model_dir, text, max_new_tokens, raw)
+        return
     if not (model_dir / "genai_config.json").is_file():
         raise ModelpressError(f"{model_dir} is not an onnxruntime-genai folder (no genai_config.json). "
                               "Point generate at the 'model' folder of a run that ends with ModelBuilder.")
@@ -180,6 +179,33 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
             yield stream.decode(token)
 
     yield from until_stop(pieces(), stop)
+
+
+def _generate_gguf(model_dir: Path, text: str, max_new_tokens: int, raw: bool) -> Iterator[str]:
+    """`generate` for a GGUF folder (GgufExport), through llama.cpp: the prompt as the model card records it, else
+    through the chat template the file carries."""
+    from modelpress.llama_cpp_runner import LlamaCppRunner, llama_cpp_installed
+
+    path = model_dir / GGUF_FILE
+    if not llama_cpp_installed():
+        raise ModelpressError(f"{path} is a GGUF file (GgufExport): generating from it here needs llama-cpp-python "
+                              "(pip install 'modelpress[llama-cpp]'; it compiles llama.cpp, a few minutes), or use "
+                              f"llama.cpp itself (llama-cli -m {path} -cnv) or Ollama (a Modelfile whose FROM "
+                              "names it)")
+    runner = LlamaCppRunner(path)
+    card = read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
+    if not raw and not _has_recipe(card):
+        chat = runner.chat_format()
+        if chat:
+            log.info("the model records no prompt recipe: the prompt goes through the chat template its file "
+                     "carries, as a user turn (--raw sends it as it is)")
+            card = {**card, "task": {**(card.get("task") or {}), "chat": chat}}
+    prompt, stop = (text, "") if raw else prompt_and_stop(card, text)
+    ids = runner.prompt_ids(prompt, bool((card.get("task") or {}).get("add_bos")))
+    if not ids:
+        raise ModelpressError("the prompt is empty (no tokens): give --prompt text to answer")
+    runner.add_stops({stop} if stop else set())  # a one-token stop ends generation, as in evaluation
+    yield from until_stop(runner.stream(ids, max_new_tokens), stop)
 
 
 def until_stop(pieces: Iterator[str], stop: str) -> Iterator[str]:

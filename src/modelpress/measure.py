@@ -70,6 +70,8 @@ def format_result(result: dict) -> str:
         distinct = f" (the first {result['examples']} of {unique} distinct prompts in {rows} rows)"
     lines = [f"{result['model']} ({result['model_kind']}) on {result['examples']} rows of "
              f"{', '.join(result['data'])}{distinct}"]
+    if result.get("runtime"):
+        lines.append(f"answered by       {result['runtime']}")
     if "accuracy" in result:
         lines.append(f"accuracy          {result['accuracy']:.3f}  (majority class {result['majority_baseline']:.3f})")
         lines += [f"  recall {label:<10} {value:.3f}" for label, value in result["per_class_recall"].items()]

@@ -6,6 +6,7 @@ import math
 import os
 
 from modelpress.passes.spec_base import GGUF
+from modelpress.runner_base import RUNTIME_NAMES
 
 
 def answer_lengths(models: dict) -> str:
@@ -69,10 +70,15 @@ EXTRA_HEADERS = ["model", "kind", "accuracy", "answered with a label", "loss"]
 
 def gguf_note(models: dict, lead: str) -> str:
     """What a GGUF model's numbers are (`lead` + the note), or "" when no model is one."""
-    if not any(m.get("model_kind") == GGUF for m in models.values()):
+    runtimes = {m.get("runtime") or "" for m in models.values() if m.get("model_kind") == GGUF}
+    if not runtimes:
         return ""
+    if all(r.startswith(RUNTIME_NAMES["llama_cpp"]) for r in runtimes):
+        return (f"{lead}a gguf model is answered by {' and '.join(sorted(runtimes))} on the file's own quantized "
+                "blocks, one prompt at a time: accuracy, loss, latency and tok/s are llama.cpp's")
     return (f"{lead}a gguf model is measured in PyTorch on its weights dequantized to float32 (transformers' GGUF "
-            "reader): accuracy and loss are those of the file's weights, latency and tok/s PyTorch's, not llama.cpp's")
+            "reader; llama-cpp-python was not installed): accuracy and loss are those of the file's weights, latency "
+            "and tok/s PyTorch's, not llama.cpp's")
 
 
 def extra_data_rows(metrics: dict) -> list[tuple[str, list[list[str]]]]:

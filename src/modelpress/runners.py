@@ -10,6 +10,7 @@ correctly (measured: left-padded batches changed 14 of 16 generations of the tin
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,19 +20,23 @@ from modelpress.data import Example
 from modelpress.errors import ModelpressError
 from modelpress.genai_folder import (GENAI_GREEDY, free_pad_id, loss_session_options, open_model, other_pad_id,
                                      trained_bos)
-from modelpress.models import ModelRef, load_for_inference
+from modelpress.models import GGUF_FILE, ModelRef, load_for_inference
 from modelpress.onnx_adapters import adapter_file, as_onnx_adapter, genai_adapters, read_adapter
-from modelpress.passes.catalog import ONNX, ONNX_GENAI
+from modelpress.passes.catalog import GGUF, ONNX, ONNX_GENAI
 from modelpress.passes.losses import native_forward
 from modelpress.prompt_cache import (common_prefix, generate_scored, generate_with_prefix, logits_from,
                                      right_mask, right_pad)
 from modelpress.runner_base import Runner
 from modelpress.scoring import LOSS_BATCH, batched_loss, loss_tokens, mean, nll, tail_nll
 
+log = logging.getLogger("modelpress")
+
 
 def make_runner(ref: ModelRef, trust_remote_code: bool = False):
     """The runner for this model's kind and task."""
     classify = ref.task.get("task") == "text-classification"
+    if ref.kind == GGUF and not classify:
+        return gguf_runner(ref, trust_remote_code)
     if ref.kind == ONNX_GENAI:
         return GenaiRunner(ref.path)
     if ref.kind == ONNX:
@@ -39,8 +44,30 @@ def make_runner(ref: ModelRef, trust_remote_code: bool = False):
     return TorchClassifierRunner(ref, trust_remote_code) if classify else TorchRunner(ref, trust_remote_code)
 
 
+def gguf_runner(ref: ModelRef, trust_remote_code: bool = False):
+    """llama.cpp's answers to a GGUF model where llama-cpp-python is installed; otherwise PyTorch's, on the file's
+    weights dequantized (said once a process: its latency is not llama.cpp's)."""
+    from modelpress.llama_cpp_runner import LlamaCppRunner, llama_cpp_installed
+
+    if llama_cpp_installed():
+        return LlamaCppRunner(Path(ref.path) / GGUF_FILE)
+    if not _DEQUANTIZED_SAID:
+        _DEQUANTIZED_SAID.append(True)
+        log.warning("llama-cpp-python is not installed: the GGUF model is answered in PyTorch on its weights "
+                    "dequantized to float32, so its latency is PyTorch's, not llama.cpp's (pip install "
+                    "'modelpress[llama-cpp]' to measure it in llama.cpp; it compiles llama.cpp, a few minutes)")
+    runner = TorchRunner(ref, trust_remote_code)
+    runner.runtime_detail = ", on the GGUF file's weights dequantized"
+    return runner
+
+
+_DEQUANTIZED_SAID: list[bool] = []
+
+
 class HfTokenizedRunner(Ends, Runner):
     """A runner that tokenizes with a Hugging Face tokenizer (`self.tokenizer`)."""
+
+    library = "torch"
 
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
@@ -59,6 +86,9 @@ class OnnxCausalRunner(HfTokenizedRunner):
     It generates one prompt at a time: without a cache, each step recomputes the whole sequence,
     so a batch saves little, and the graph has no position ids to keep a padded row exact.
     """
+
+    library = "onnxruntime"
+    max_batch = 1
 
     def __init__(self, ref: ModelRef):
         from modelpress.models import load_tokenizer
@@ -192,6 +222,9 @@ class GenaiRunner(Ends, Runner):
     in one and inputs in the other (prepacked kernels sum in another order, which int8 activation
     quantization then amplifies).
     """
+
+    library = "onnxruntime_genai"
+    max_batch = GENAI_MAX_BATCH
 
     def __init__(self, folder: Path, use_adapter: bool = True, adapter: Path | None = None, prepack: bool = True):
         import onnxruntime_genai as og

@@ -227,8 +227,8 @@ def _check_gguf_export(p: PassConfig, model: InputModelConfig, kind: str, previo
                   "Use outtype q8_0 (the codes stay Q4_1/Q4_0/Q8_0 blocks), or export the float model before Gptq/Rtn.")
         elif importlib.util.find_spec("llama_cpp") is None:
             c.add(f"passes.{p.name}.outtype", f"{p.params.outtype} is made by llama.cpp's own quantizer, and "
-                  "llama-cpp-python is not installed", "pip install llama-cpp-python (PyPI has its source, which "
-                  "compiles llama.cpp; make test installs it), or use q4_1, q5_1 or q8_0.")
+                  "llama-cpp-python is not installed", "pip install 'modelpress[llama-cpp]' (PyPI has llama-cpp-python's "
+                  "source, which compiles llama.cpp; make test installs it), or use q4_1, q5_1 or q8_0.")
     if model.task == "text-classification":
         c.add(f"passes.{p.name}.type", "GgufExport writes generative models (llama.cpp runs those), and this "
               "model is a text-classification one", "Remove GgufExport, or set input_model.task to text-generation.")

@@ -30,8 +30,11 @@ KIND_LIBRARIES = {
     HF_QUANTIZED: _TORCH,
     ONNX: (*_ONNX, "transformers", "tokenizers"),  # its prompts are tokenized by transformers
     ONNX_GENAI: (*_ONNX, "onnxruntime_genai"),  # genai tokenizes itself
-    GGUF: ("gguf", *_TORCH),  # written with gguf; evaluated dequantized through transformers
+    GGUF: ("gguf", *_TORCH),  # written with gguf; read (dequantized) by transformers
 }
+# The libraries that may answer a model of a kind in an evaluation, beside those that read it: a GGUF model is
+# answered by llama.cpp where llama-cpp-python is installed ("missing" in the key otherwise).
+ANSWERED_BY = {GGUF: ("llama_cpp",)}
 
 SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
 DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config

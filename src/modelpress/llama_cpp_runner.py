@@ -1,0 +1,249 @@
+"""GGUF models answered by llama.cpp itself (through llama-cpp-python), as llama.cpp and Ollama deploy them.
+
+A GGUF model (GgufExport's output) is evaluated and `generate`d here when llama-cpp-python is installed: its
+accuracy and loss are those of llama.cpp's own kernels on the file's quantized blocks (which multiply K-quant and
+Q4 blocks with 8-bit activations), and its latency is llama.cpp's. Without llama-cpp-python, the GGUF model is
+read by transformers and answered in PyTorch on its dequantized weights, and the report says so.
+
+Answers are greedy (the argmax of each step's logits, as the other runners answer) and come one prompt at a time:
+each prompt reuses the key/value cache of the text it shares with the prompt before it (a chat template's system
+prompt), as llama.cpp's server does. A latency sample (`generate`) runs its whole prompt, as the other runners do
+at batch 1. The llama.cpp context is sized to the longest prompt and answer seen (at most the model's training
+context), and opened again, larger, when a longer one comes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import importlib.util
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from modelpress.answer_ends import Ends
+from modelpress.data import Example
+from modelpress.errors import ModelpressError
+from modelpress.runner_base import Runner
+from modelpress.runtime import compute_threads
+from modelpress.scoring import LOSS_BATCH, mean, tail_nll
+
+log = logging.getLogger("modelpress")
+
+CONTEXT_STEP = 512  # the context grows in multiples of this many tokens
+
+
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCppRunner(Ends, Runner):
+    """Greedy answers, completion loss and token counts of one GGUF file, from llama.cpp."""
+
+    library = "llama_cpp"
+    max_batch = 1  # one prompt at a time; a shared prompt prefix is not computed again
+
+    def __init__(self, path: Path):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.path = Path(path)
+        self.threads = compute_threads()
+        self.runtime_detail = f", {self.threads} threads"
+        self._llm = None
+        self._open(CONTEXT_STEP)
+        model = self._llm.model
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        self._vocab_size = llama_cpp.llama_vocab_n_tokens(vocab)
+        self._trained_context = llama_cpp.llama_model_n_ctx_train(model)
+        # what ends an answer in llama.cpp: every end-of-generation token of the vocabulary (EOS, EOT, EOM and the
+        # turn ends llama.cpp recognises by their text)
+        self.end_ids = {t for t in range(self._vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        eos, bos = self._llm.token_eos(), self._llm.token_bos()
+        self.eos_id = eos if eos >= 0 else None
+        self.bos = bos if bos >= 0 else None
+        self.shared_prefix_tokens = 0  # prompt tokens not computed again, from the cache of the prompt before
+
+    def _open(self, context: int) -> None:
+        """(Re)open the file with a context of `context` tokens (the weights are memory-mapped: cheap)."""
+        from llama_cpp import Llama
+
+        self._llm = None  # free the old context first
+        try:
+            self._llm = Llama(model_path=str(self.path), n_ctx=context, n_batch=min(context, 512),
+                              n_threads=self.threads, n_threads_batch=self.threads, n_gpu_layers=0, verbose=False)
+        except (ValueError, RuntimeError) as err:
+            raise ModelpressError(f"{self.path}: llama.cpp cannot load it ({err}). Check that the file is whole "
+                                  "(GgufExport writes it atomically) and that llama-cpp-python is recent enough "
+                                  "for its architecture.") from None
+        self._context = context
+
+    def _room(self, ids: list[int], max_new_tokens: int) -> int:
+        """The new tokens a prompt of `ids` may have: max_new_tokens, or what the model's training context leaves
+        (as a chat app bounds an answer); a prompt longer than that context is refused."""
+        if not self._trained_context:
+            return max_new_tokens
+        if len(ids) > self._trained_context:
+            raise ModelpressError(f"a prompt of {len(ids)} tokens does not fit {self.path.name}'s training context "
+                                  f"of {self._trained_context} tokens: shorten the longest eval rows")
+        return min(max_new_tokens, self._trained_context - len(ids))
+
+    def _fit(self, tokens: int) -> None:
+        """A context of at least `tokens` tokens (at most the model's training context, `_room`)."""
+        if tokens <= self._context:
+            return
+        size = -(-max(tokens, 2 * self._context) // CONTEXT_STEP) * CONTEXT_STEP
+        self._open(min(size, self._trained_context) if self._trained_context else size)
+
+    def prompt_ids(self, prompt: str, add_bos: bool) -> list[int]:
+        """The tokens of `prompt`, after a BOS token when `add_bos` and the model has one."""
+        return self._ids(prompt, add_bos)
+
+    def _ids(self, prompt: str, add_bos: bool) -> list[int]:
+        return ([self.bos] if add_bos and self.bos is not None else []) + self._plain_ids(prompt)
+
+    def _plain_ids(self, text: str) -> list[int]:
+        """`text`'s tokens, special tokens written in it (a chat template's turn markers) read as those tokens, as
+        a Hugging Face tokenizer reads them; no BOS."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
+
+    def token_count(self, text: str) -> int:
+        return len(self._plain_ids(text))
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def _logits(self):
+        """The logits after the last token evaluated (a copy: the next evaluation overwrites llama.cpp's)."""
+        import numpy as np
+
+        row = self._lib.llama_get_logits_ith(self._llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self._vocab_size,)).copy()
+
+    def _prompt(self, ids: list[int], room: int, reuse: bool):
+        """Evaluate `ids` (leaving `room` tokens of context after them) and return the logits after the last one.
+        With `reuse`, the tokens it shares with what the cache holds are not computed again (at least the last
+        one is, for its logits)."""
+        if not ids:
+            raise ModelpressError("an empty prompt (no tokens) cannot be answered: give every row a prompt")
+        self._fit(len(ids) + room)
+        llm = self._llm
+        keep = 0
+        if reuse:
+            held = llm.input_ids[:llm.n_tokens].tolist()
+            while keep < min(len(held), len(ids) - 1) and held[keep] == ids[keep]:
+                keep += 1
+        self.shared_prefix_tokens += keep
+        llm.n_tokens = keep  # eval drops the cache past n_tokens
+        llm.eval(ids[keep:])
+        return self._logits()
+
+    def _greedy(self, ids: list[int], max_new_tokens: int, reuse: bool, reserve: int = 0
+                ) -> tuple[list[int], int, list]:
+        """(the answer's tokens before its end, the tokens generated with the end, the logits of each step), in a
+        context that leaves room for `reserve` tokens after the prompt as well (a completion scored after it)."""
+        import numpy as np
+
+        max_new_tokens = self._room(ids, max_new_tokens)
+        logits = [self._prompt(ids, max(max_new_tokens, reserve), reuse)]
+        new: list[int] = []
+        while len(new) < max_new_tokens:
+            token = int(np.argmax(logits[-1]))
+            if token in self.end_ids:
+                return new, len(new) + 1, logits
+            new.append(token)
+            if len(new) < max_new_tokens:
+                self._llm.eval([token])
+                logits.append(self._logits())
+        return new, len(new), logits
+
+    def generate_batch(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> list[tuple[str, int]]:
+        answers = []
+        for prompt in prompts:
+            new, count, _ = self._greedy(self._ids(prompt, add_bos), max_new_tokens, reuse=True)
+            answers.append((self._decode(new), count))
+        return answers
+
+    def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
+        """One answer from its whole prompt (no cache reused): what a latency sample times."""
+        new, count, _ = self._greedy(self._ids(prompt, add_bos), max_new_tokens, reuse=False)
+        return self._decode(new), count
+
+    def generate_scored(self, examples: list[Example], add_bos: bool, max_new_tokens: int
+                        ) -> tuple[list[tuple[str, int]], float, int]:
+        """`generate_batch` of the examples' prompts, plus the summed -log p of their completions (and closing
+        token) and the count of scored tokens. The logits an answer's steps chose from score the completion as
+        far as the answer follows it; the rest of the completion is evaluated after the prompt."""
+        answers, total, scored = [], 0.0, 0
+        for ex in examples:
+            head, tail = self._pair(ex, add_bos)
+            self._room(head + tail, 0)  # the scored sequence must fit the context
+            new, count, logits = self._greedy(head, max_new_tokens, reuse=True, reserve=len(tail))
+            answers.append((self._decode(new), count))
+            total += self._tail_nll(head, tail, new, logits)
+            scored += len(tail)
+        return answers, total, scored
+
+    def _tail_nll(self, head: list[int], tail: list[int], new: list[int], logits: list) -> float:
+        """-log p of `tail` after `head`, from the generation's logits while the answer `new` follows the tail."""
+        import numpy as np
+
+        rows = []
+        for j in range(len(tail)):
+            if j < len(logits) and new[:j] == tail[:j]:
+                rows.append(logits[j])
+                continue
+            self._llm.n_tokens = len(head) + j - 1  # head and tail[:j - 1] stay in the cache
+            self._llm.eval([tail[j - 1]])
+            rows.append(self._logits())
+        return tail_nll(np.stack(rows), tail) if rows else 0.0
+
+    def completion_loss(self, examples: list[Example], add_bos: bool, batch_size: int = LOSS_BATCH) -> float:
+        """Mean -log p of each completion's tokens (and its closing token) after its prompt."""
+        total, count = 0.0, 0
+        for ex in examples:
+            head, tail = self._pair(ex, add_bos)
+            if tail:
+                self._room(head + tail, 0)  # the whole sequence must fit the context
+                total += self._tail_nll(head, tail, [], [self._prompt(head, len(tail), reuse=True)])
+                count += len(tail)
+        return mean(total, count)
+
+    def stream(self, ids: list[int], max_new_tokens: int) -> Iterator[str]:
+        """The greedy continuation of `ids` as text pieces, until an end token (or a one-token stop, `add_stops`) or
+        `max_new_tokens` (bounded by the model's training context); bytes of a character split across tokens are
+        held until it is whole."""
+        import numpy as np
+
+        max_new_tokens = self._room(ids, max_new_tokens)
+        logits = self._prompt(ids, max_new_tokens, reuse=False)
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for step in range(max_new_tokens):
+            token = int(np.argmax(logits))
+            if token in self.end_ids:
+                break
+            piece = text.decode(self._llm.detokenize([token]))
+            if piece:
+                yield piece
+            if step + 1 < max_new_tokens:
+                self._llm.eval([token])
+                logits = self._logits()
+        rest = text.decode(b"", final=True)
+        if rest:
+            yield rest
+
+    def chat_format(self) -> dict | None:
+        """The chat template the file carries (`tokenizer.chat_template`) with its special tokens, as a model
+        card's `task.chat` records one; None without one."""
+        meta = self._llm.metadata
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            return None
+        tokens = {}
+        for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
+                          ("pad_token", "padding")):
+            value = meta.get(f"tokenizer.ggml.{key}_token_id")
+            if value is not None and int(value) >= 0:
+                piece = self._llm.detokenize([int(value)], special=True).decode("utf-8", errors="replace")
+                if piece:
+                    tokens[name] = piece
+        return {"template": template, "special_tokens": tokens}
