@@ -148,3 +148,16 @@ def test_the_k_quant_example_shares_the_example_steps_before_its_export():
     assert [p.type for p in kquant.passes] == ["LoRA", "MergeAdapterWeights", "GgufExport"]
     assert [p.model_dump() for p in kquant.passes[:2]] == [p.model_dump() for p in shipped.passes[:2]]
     assert kquant.passes[2].params.outtype == "q4_k_m" and kquant.data_configs == shipped.data_configs
+
+
+def test_the_gguf_search_example_shares_the_example_steps_and_searches_the_file_type():
+    """examples/smollm2-tone/gguf-search.json: the shipped LoRA and merge, then GgufExport with four file types as
+    search choices, under an accuracy goal, ranked by accuracy and then llama.cpp's latency."""
+    from modelpress.config import load_config
+
+    shipped, search = load_config(EXAMPLE / "workflow.json"), load_config(EXAMPLE / "gguf-search.json")
+    assert [p.type for p in search.passes] == ["LoRA", "MergeAdapterWeights", "GgufExport"]
+    assert [p.model_dump() for p in search.passes[:2]] == [p.model_dump() for p in shipped.passes[:2]]
+    assert [c.params.outtype for c in search.passes[2].choices()] == ["q8_0", "q6_k", "q5_k_m", "q4_k_m"]
+    assert search.data_configs == shipped.data_configs and search.engine.cache_dir == shipped.engine.cache_dir
+    assert search.search.enabled

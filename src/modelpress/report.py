@@ -74,7 +74,7 @@ def gguf_note(models: dict, lead: str) -> str:
     if not runtimes:
         return ""
     if all(r.startswith(RUNTIME_NAMES["llama_cpp"]) for r in runtimes):
-        return (f"{lead}a gguf model is answered by {' and '.join(sorted(runtimes))} on the file's own quantized "
+        return (f"{lead}a gguf model is answered by {' and '.join(sorted(runtimes))}, on the file's own quantized "
                 "blocks, one prompt at a time: accuracy, loss, latency and tok/s are llama.cpp's")
     return (f"{lead}a gguf model is measured in PyTorch on its weights dequantized to float32 (transformers' GGUF "
             "reader; llama-cpp-python was not installed): accuracy and loss are those of the file's weights, latency "
