@@ -94,6 +94,10 @@ class EchoRunner(Runner):
     def __init__(self):
         self.calls: list[int] = []
         self.stops: set[str] = set()
+        self.prepared: list[tuple[int, list[str]]] = []  # (calls made before, the prompts about to be timed)
+
+    def prepare(self, prompts, add_bos, max_new_tokens):
+        self.prepared.append((len(self.calls), prompts))
 
     def add_stops(self, texts):
         self.stops |= texts
@@ -126,6 +130,9 @@ def test_evaluate_cuts_answers_at_the_stop_text_and_times_a_stated_sample(monkey
     assert result["latency_examples"] == 5 and result["examples"] == 30
     assert runner.calls[:4] == [8, 8, 8, 6]  # accuracy in batches, then latency one at a time
     assert set(runner.calls[4:]) == {1} and len(runner.calls[4:]) == 5 + 2  # 2 untimed warm-up answers
+    # before any timed answer, the runner sets up for the timed prompts (llama.cpp sizes its context)
+    assert runner.prepared == [(4, [examples[i].prompt for i in (0, 6, 12, 18, 24)])]
+    assert result["runtime"].startswith("PyTorch ") and result["batch_size"] == 8
     assert (result["latency_warmup"], result["max_new_tokens"], result["mean_new_tokens"]) == (2, MAX_NEW, 3)
     assert result["labels_over_max_new_tokens"] == 0
     assert result["batch1_agreement"] == {"compared": 5, "same": 5}

@@ -318,6 +318,7 @@ def time_one_at_a_time(runner, examples: list[Example], add_bos: bool,
                        max_new_tokens: int) -> tuple[list[float], int, list[str]]:
     """Seconds to answer each example alone (batch 1), after WARMUP untimed answers; the tokens generated; and
     the answers."""
+    runner.prepare([ex.prompt for ex in examples], add_bos, max_new_tokens)
     for ex in examples[:WARMUP]:
         runner.generate(ex.prompt, add_bos, max_new_tokens)
     seconds, new_tokens, answers = [], 0, []

@@ -123,6 +123,9 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
         raise ModelpressError(f"{model_dir}: no such folder. Point generate at the 'model' folder of a run that "
                               "ends with ModelBuilder.")
     if (model_dir / GGUF_FILE).is_file():
+        if adapter is not None or not use_adapter:
+            raise ModelpressError(f"{model_dir / GGUF_FILE} is a GGUF model, which takes no adapter here: drop "
+                                  "--adapter (llama.cpp itself loads a GGUF LoRA adapter with --lora)")
         yield from _generate_gguf(model_dir, text, max_new_tokens, raw)
         return
     if not (model_dir / "genai_config.json").is_file():
@@ -184,7 +187,7 @@ def generate(model_dir: Path, text: str, max_new_tokens: int = 32, raw: bool = F
 def _generate_gguf(model_dir: Path, text: str, max_new_tokens: int, raw: bool) -> Iterator[str]:
     """`generate` for a GGUF folder (GgufExport), through llama.cpp: the prompt as the model card records it, else
     through the chat template the file carries."""
-    from modelpress.llama_cpp_runner import LlamaCppRunner, llama_cpp_installed
+    from modelpress.llama_cpp_runner import FILE_BOS, LlamaCppRunner, llama_cpp_installed
 
     path = model_dir / GGUF_FILE
     if not llama_cpp_installed():
@@ -192,8 +195,8 @@ def _generate_gguf(model_dir: Path, text: str, max_new_tokens: int, raw: bool) -
                               "(pip install 'modelpress[llama-cpp]'; it compiles llama.cpp, a few minutes), or use "
                               f"llama.cpp itself (llama-cli -m {path} -cnv) or Ollama (a Modelfile whose FROM "
                               "names it)")
-    runner = LlamaCppRunner(path)
     card = read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
+    runner = LlamaCppRunner(path, (card.get("task") or {}).get("bos_token", FILE_BOS))
     if not raw and not _has_recipe(card):
         chat = runner.chat_format()
         if chat:

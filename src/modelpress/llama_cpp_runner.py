@@ -5,11 +5,14 @@ accuracy and loss are those of llama.cpp's own kernels on the file's quantized b
 Q4 blocks with 8-bit activations), and its latency is llama.cpp's. Without llama-cpp-python, the GGUF model is
 read by transformers and answered in PyTorch on its dequantized weights, and the report says so.
 
-Answers are greedy (the argmax of each step's logits, as the other runners answer) and come one prompt at a time:
-each prompt reuses the key/value cache of the text it shares with the prompt before it (a chat template's system
-prompt), as llama.cpp's server does. A latency sample (`generate`) runs its whole prompt, as the other runners do
-at batch 1. The llama.cpp context is sized to the longest prompt and answer seen (at most the model's training
-context), and opened again, larger, when a longer one comes.
+Answers are greedy (the argmax of each step's logits) and come one prompt at a time: each prompt reuses the
+key/value cache of the text it shares with the prompt before it (a chat template's system prompt), as llama.cpp's
+server does. An answer ends at llama.cpp's own end-of-generation tokens (EOS, EOT and the turn ends it recognises),
+which may differ from a Hugging Face generation config's list. A latency sample (`generate`) runs its whole prompt,
+as the other runners do at batch 1. The llama.cpp context is sized to the longest prompt and answer seen (at most
+the model's training context), and opened again, larger, when a longer one comes. The BOS token put before a prompt
+is the one training put there (the model card's `bos_token`, which GgufExport records; the file's own BOS id may
+come from config.json where the tokenizer has none, as Qwen2's).
 """
 
 from __future__ import annotations
@@ -30,10 +33,24 @@ from modelpress.scoring import LOSS_BATCH, mean, tail_nll
 log = logging.getLogger("modelpress")
 
 CONTEXT_STEP = 512  # the context grows in multiples of this many tokens
+FILE_BOS = object()  # the BOS training put first is not recorded: the file's own
 
 
 def llama_cpp_installed() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _trained_context(path: Path) -> int | None:
+    """The context length a GGUF file's header gives (None: unreadable, or the gguf package missing), so that a
+    model trained on less than CONTEXT_STEP tokens is not opened past it (llama.cpp warns of that on stderr)."""
+    try:
+        import gguf
+
+        fields = gguf.GGUFReader(str(path)).fields
+        arch = fields["general.architecture"].contents()
+        return int(fields[f"{arch}.context_length"].contents())
+    except Exception:  # noqa: BLE001  (any unreadable header: llama.cpp says what is wrong when it opens the file)
+        return None
 
 
 class LlamaCppRunner(Ends, Runner):
@@ -42,15 +59,22 @@ class LlamaCppRunner(Ends, Runner):
     library = "llama_cpp"
     max_batch = 1  # one prompt at a time; a shared prompt prefix is not computed again
 
-    def __init__(self, path: Path):
-        import llama_cpp
+    def __init__(self, path: Path, trained_bos: str | None | object = FILE_BOS):
+        """`trained_bos`: the text of the BOS token training put before a prompt (None: none), as the model card
+        records it; FILE_BOS where it does not (the file's own BOS id)."""
+        try:
+            import llama_cpp
+        except (ImportError, OSError, RuntimeError) as err:  # installed, but its library does not load here
+            raise ModelpressError(f"llama-cpp-python is installed but cannot be loaded ({err}): reinstall it for "
+                                  "this machine (pip install --force-reinstall --no-cache-dir llama-cpp-python), "
+                                  "or uninstall it to evaluate GGUF models in PyTorch") from None
 
         self._lib = llama_cpp
         self.path = Path(path)
         self.threads = compute_threads()
         self.runtime_detail = f", {self.threads} threads"
         self._llm = None
-        self._open(CONTEXT_STEP)
+        self._open(min(CONTEXT_STEP, _trained_context(self.path) or CONTEXT_STEP))
         model = self._llm.model
         vocab = llama_cpp.llama_model_get_vocab(model)
         self._vocab_size = llama_cpp.llama_vocab_n_tokens(vocab)
@@ -61,6 +85,9 @@ class LlamaCppRunner(Ends, Runner):
         eos, bos = self._llm.token_eos(), self._llm.token_bos()
         self.eos_id = eos if eos >= 0 else None
         self.bos = bos if bos >= 0 else None
+        if trained_bos is not FILE_BOS:
+            ids = self._plain_ids(trained_bos) if isinstance(trained_bos, str) else []
+            self.bos = ids[0] if len(ids) == 1 else None if trained_bos is None else self.bos
         self.shared_prefix_tokens = 0  # prompt tokens not computed again, from the cache of the prompt before
 
     def _open(self, context: int) -> None:
@@ -109,8 +136,39 @@ class LlamaCppRunner(Ends, Runner):
     def token_count(self, text: str) -> int:
         return len(self._plain_ids(text))
 
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        """A token's bytes (llama-cpp-python's own detokenize drops a piece longer than its 32-byte buffer, such as
+        SmolLM2's runs of spaces)."""
+        import ctypes
+
+        vocab = self._lib.llama_model_get_vocab(self._llm.model)
+        size = 32  # most pieces fit; a longer one says its length, and is read again
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = self._lib.llama_token_to_piece(vocab, token, buffer, size, 0, special)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n
+
     def _decode(self, tokens: list[int]) -> str:
-        return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
+        return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def pieces(self, tokens) -> Iterator[str]:
+        """The text of `tokens` as they come, a character whose bytes several tokens carry given once it is whole."""
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for token in tokens:
+            piece = text.decode(self._piece(token))
+            if piece:
+                yield piece
+        rest = text.decode(b"", final=True)
+        if rest:
+            yield rest
+
+    def prepare(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> None:
+        """A context for the longest of `prompts` and its answer, opened before they are timed."""
+        longest = max((self._ids(p, add_bos) for p in prompts), key=len, default=[])
+        if longest:
+            self._fit(len(longest) + self._room(longest, max_new_tokens))
 
     def _logits(self):
         """The logits after the last token evaluated (a copy: the next evaluation overwrites llama.cpp's)."""
@@ -209,27 +267,23 @@ class LlamaCppRunner(Ends, Runner):
         return mean(total, count)
 
     def stream(self, ids: list[int], max_new_tokens: int) -> Iterator[str]:
-        """The greedy continuation of `ids` as text pieces, until an end token (or a one-token stop, `add_stops`) or
-        `max_new_tokens` (bounded by the model's training context); bytes of a character split across tokens are
-        held until it is whole."""
+        """The greedy continuation of `ids` as text pieces (`pieces`), until an end token (or a one-token stop,
+        `add_stops`) or `max_new_tokens` (bounded by the model's training context)."""
+        yield from self.pieces(self._tokens(ids, max_new_tokens))
+
+    def _tokens(self, ids: list[int], max_new_tokens: int) -> Iterator[int]:
         import numpy as np
 
         max_new_tokens = self._room(ids, max_new_tokens)
         logits = self._prompt(ids, max_new_tokens, reuse=False)
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for step in range(max_new_tokens):
             token = int(np.argmax(logits))
             if token in self.end_ids:
-                break
-            piece = text.decode(self._llm.detokenize([token]))
-            if piece:
-                yield piece
+                return
+            yield token
             if step + 1 < max_new_tokens:
                 self._llm.eval([token])
                 logits = self._logits()
-        rest = text.decode(b"", final=True)
-        if rest:
-            yield rest
 
     def chat_format(self) -> dict | None:
         """The chat template the file carries (`tokenizer.chat_template`) with its special tokens, as a model
@@ -243,7 +297,7 @@ class LlamaCppRunner(Ends, Runner):
                           ("pad_token", "padding")):
             value = meta.get(f"tokenizer.ggml.{key}_token_id")
             if value is not None and int(value) >= 0:
-                piece = self._llm.detokenize([int(value)], special=True).decode("utf-8", errors="replace")
+                piece = self._piece(int(value), special=True).decode("utf-8", errors="replace")
                 if piece:
                     tokens[name] = piece
         return {"template": template, "special_tokens": tokens}

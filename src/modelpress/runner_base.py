@@ -28,6 +28,9 @@ class Runner:
         """Tokens `text` takes in this model's vocabulary (None: the runner does not generate text)."""
         return None
 
+    def prepare(self, prompts: list[str], add_bos: bool, max_new_tokens: int) -> None:
+        """Called before `prompts` are timed: whatever a first answer would set up (llama.cpp's larger context)."""
+
     def add_stops(self, texts: set[str]) -> None:
         """Texts that close an answer (a chat turn's end marker): generation ends at those that are one token."""
 

@@ -47,10 +47,10 @@ def make_runner(ref: ModelRef, trust_remote_code: bool = False):
 def gguf_runner(ref: ModelRef, trust_remote_code: bool = False):
     """llama.cpp's answers to a GGUF model where llama-cpp-python is installed; otherwise PyTorch's, on the file's
     weights dequantized (said once a process: its latency is not llama.cpp's)."""
-    from modelpress.llama_cpp_runner import LlamaCppRunner, llama_cpp_installed
+    from modelpress.llama_cpp_runner import FILE_BOS, LlamaCppRunner, llama_cpp_installed
 
     if llama_cpp_installed():
-        return LlamaCppRunner(Path(ref.path) / GGUF_FILE)
+        return LlamaCppRunner(Path(ref.path) / GGUF_FILE, ref.task.get("bos_token", FILE_BOS))
     if not _DEQUANTIZED_SAID:
         _DEQUANTIZED_SAID.append(True)
         log.warning("llama-cpp-python is not installed: the GGUF model is answered in PyTorch on its weights "

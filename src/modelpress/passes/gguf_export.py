@@ -122,7 +122,18 @@ def run_gguf_export(ctx: PassContext, params: GgufExportParams) -> ModelRef:
     ctx.notes.append(f"wrote {GGUF_FILE} ({out.stat().st_size / 2**20:.1f} MiB): "
                      + ", ".join(f"{n} tensors {t}" for t, n in sorted(counts.items()))
                      + f"; tokenizer and metadata from {origin}")
-    return ModelRef(GGUF, ctx.out, id="", task=dict(ctx.model.task))
+    return ModelRef(GGUF, ctx.out, id="", task={**ctx.model.task, **_trained_bos(folder)})
+
+
+def _trained_bos(folder: Path) -> dict:
+    """The BOS token training put before a prompt, for the runner that answers the file: the tokenizer config's
+    `bos_token`, None where it names none (the file's BOS id may come from config.json, as Qwen2's does); nothing
+    where the folder has no tokenizer config."""
+    from modelpress.genai_folder import named_token
+
+    if not (folder / "tokenizer_config.json").is_file():
+        return {}
+    return {"bos_token": named_token(folder, "bos_token", ("tokenizer_config.json", "special_tokens_map.json"))}
 
 
 def _describe_source(source: Path, gguf) -> FileSpec:
