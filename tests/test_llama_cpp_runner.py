@@ -339,3 +339,16 @@ def test_the_bos_training_put_first_is_the_one_llama_cpp_is_given(tmp_path_facto
                 for p in PHRASES]
     assert ours.completion_loss(examples, True) == pytest.approx(theirs.completion_loss(examples, True), rel=2e-3)
 
+
+
+def test_a_llama_cpp_python_that_does_not_load_is_a_clear_error(monkeypatch, tmp_path):
+    """llama-cpp-python installed but not loadable here (a library built for another CPU) is an error that says
+    what to do, not a traceback, and not a silent switch to PyTorch under llama.cpp's cache key."""
+    import sys
+
+    from modelpress.errors import ModelpressError
+    from modelpress.llama_cpp_runner import LlamaCppRunner
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # importing it raises ImportError
+    with pytest.raises(ModelpressError, match=r"llama-cpp-python is installed but cannot be loaded .*reinstall"):
+        LlamaCppRunner(tmp_path / "model.gguf")
