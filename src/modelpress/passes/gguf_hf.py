@@ -26,6 +26,7 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
+from modelpress.passes.gguf_gemma import gemma3_keys, gemma3_unwritten
 
 log = logging.getLogger("modelpress")
 
@@ -40,7 +41,8 @@ PHI3_ROPE_NAMES = {"su": "longrope", "yarn": "longrope"}  # Phi-3 configs' older
 RESAVE_TOKENIZER = ("Save the tokenizer again with transformers, which writes tokenizer.json: "
                     "AutoTokenizer.from_pretrained(folder).save_pretrained(folder).")
 # transformers model_type -> llama.cpp architecture
-MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
+               "gemma3_text": "gemma3"}
 
 # The pre-tokenizers llama.cpp names, as a tokenizer.json's `pre_tokenizer` writes them: the steps in order, each
 # (type, its settings that change the split), and whether BPE takes a word found whole in the vocabulary without
@@ -98,9 +100,14 @@ def unwritten_folder(folder: Path, first: bool = False) -> tuple[str, str] | Non
                     "or Rtn step of the workflow made, not one read as the input model",
                     "Start from the float model and put Gptq or Rtn before GgufExport.")
         arch = MODEL_TYPES[config["model_type"]]
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        kind = rope.get("rope_type") or rope.get("type") or "default"
-        _check_rope(PHI3_ROPE_NAMES.get(kind, kind) if arch == "phi3" else kind, arch, config_path)
+        if arch == "gemma3":
+            why = gemma3_unwritten(config)
+            if why:
+                raise ModelpressError(f"{config_path}: {why}: {CONVERTER}")
+        else:
+            rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+            kind = rope.get("rope_type") or rope.get("type") or "default"
+            _check_rope(PHI3_ROPE_NAMES.get(kind, kind) if arch == "phi3" else kind, arch, config_path)
         if not tokenizer_path.is_file():
             return (f"{folder} has no tokenizer.json, from which GgufExport writes the tokenizer",
                     RESAVE_TOKENIZER)
@@ -149,12 +156,18 @@ def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
     arch = MODEL_TYPES[config.model_type]
     name = input_model.hub_id or Path(input_model.model_path).name
     values: dict[str, object] = {"general.architecture": arch, "general.name": name}
-    values.update(_shape_keys(config, arch))
     carried = {}
-    values.update(_rope_scaling(config, arch, carried, folder / "config.json"))
+    if arch == "gemma3":  # llama.cpp's fixed choices for it are checked, its keys written (gguf_gemma)
+        why = gemma3_unwritten(config.to_dict())
+        if why:
+            raise ModelpressError(f"{folder / 'config.json'}: {why}: {CONVERTER}.")
+        values.update(gemma3_keys(config.to_dict()))
+    else:
+        values.update(_shape_keys(config, arch))
+        values.update(_rope_scaling(config, arch, carried, folder / "config.json"))
     tokenizer, notes = _tokenizer(folder, config.vocab_size, gguf)
     window = getattr(config, "sliding_window", None)
-    if arch != "phi3" and window and (arch == "llama" or getattr(config, "use_sliding_window", False)):
+    if arch not in ("phi3", "gemma3") and window and (arch == "llama" or getattr(config, "use_sliding_window", False)):
         notes.append(f"the config's sliding window of {window} tokens is not written: llama.cpp's {arch} "
                      "architecture attends to the whole context, as its converter writes it, so answers past the "
                      "window differ from transformers'")
@@ -249,8 +262,10 @@ def _tokenizer_kind(spec: dict, path: Path) -> tuple[str, str]:
         if spaces:
             raise ModelpressError(f"{path}: its normalizer {[n.get('type') for n in spaces]} changes the text beyond "
                                   f"SentencePiece's spaces, which llama.cpp does not do: {CONVERTER}.")
+        replaced = any(n.get("type") == "Replace" for n in normalizers)  # spaces are "▁" before any split
         splits = [p for p in _steps(spec.get("pre_tokenizer"), "pretokenizers")
-                  if not (p.get("type") == "Metaspace" and p.get("replacement", SPACE) == SPACE)]
+                  if not (p.get("type") == "Metaspace" and p.get("replacement", SPACE) == SPACE)
+                  and not (replaced and _splits_at_spaces(p))]
         if splits:
             raise ModelpressError(f"{path}: its pre-tokenizer {[p.get('type') for p in splits]} splits the text "
                                   "before BPE, which llama.cpp's SentencePiece tokenizer does not do: "
@@ -260,6 +275,13 @@ def _tokenizer_kind(spec: dict, path: Path) -> tuple[str, str]:
                           "Qwen, SmolLM2, GPT-2) and SentencePiece-style BPE ones with byte fallback (its 'llama' "
                           "model: Llama 2, Mistral, Phi-3), and this one is "
                           f"{model.get('type')} with a {decoder.get('type')} decoder: {CONVERTER}.")
+
+
+def _splits_at_spaces(step: dict) -> bool:
+    """A pre-tokenizer step that splits at " " (Gemma's), which splits nothing once the normalizer has put "▁" in
+    place of every space."""
+    return (step.get("type") == "Split" and (step.get("pattern") or {}).get("String") == " "
+            and not step.get("invert"))
 
 
 def _sentencepiece_space(step: dict) -> bool:
@@ -411,8 +433,10 @@ def pre_tokenizer_name(spec: dict, path: Path | str = "tokenizer.json") -> str:
 def _value_type(key: str, value, gguf) -> tuple:
     """The GGUF value type of a metadata entry (and its items' type for an array)."""
     t = gguf.GGUFValueType
-    if isinstance(value, list):  # tokens and merges, token types, scores
+    if isinstance(value, list):  # tokens and merges, token types, scores, a sliding-window pattern
         first = value[0] if value else ""
+        if isinstance(first, bool):
+            return t.ARRAY, t.BOOL
         return t.ARRAY, t.STRING if isinstance(first, str) else t.FLOAT32 if isinstance(first, float) else t.INT32
     if isinstance(value, bool):
         return t.BOOL, None

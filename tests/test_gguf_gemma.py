@@ -1,0 +1,80 @@
+"""GgufExport of Gemma 3 text models (`modelpress.passes.gguf_gemma`): the configs llama.cpp's gemma3 would compute
+otherwise than transformers are refused when read; older config.json spellings are read alike; a Gemma 3 GGUF file
+as the input model is written back as it was. llama.cpp's own tokenization and logits of Gemma 3 exports are checked
+with the other architectures' in tests/test_gguf_hf.py (cases gemma3, gemma3-rope)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from test_gguf import LAYERS, hf_model
+from test_gguf_hf import bpe_tokenizer, export, save
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_activation": "silu"}, r"hidden_activation is 'silu', and llama\.cpp's gemma3 computes gelu_pytorch_tanh"),
+    ({"attn_logit_softcapping": 50.0}, r"soft-caps attention logits"),
+    ({"query_pre_attn_scalar": 32}, r"query_pre_attn_scalar is 32, and llama\.cpp scales .* by 1/sqrt\(16\)"),
+    ({"use_bidirectional_attention": True}, r"bidirectional"),
+    ({"rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+                          "full_attention": {"rope_type": "default", "rope_theta": 1e6}}},
+     r"sliding layers' RoPE is 'linear'"),
+    ({"rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                          "full_attention": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6}}},
+     r"full-attention layers' RoPE scaling is 'yarn'"),
+])
+def test_a_gemma3_config_llama_cpp_would_compute_otherwise_is_refused_when_read(tmp_path, change, message):
+    """llama.cpp's gemma3 fixes choices a Gemma 3 config could make otherwise (activation, soft-capping, attention
+    scale, causal attention, RoPE on the sliding layers, scaling on the full ones): such a config is refused when
+    the config is read, before any training, naming the key."""
+    from modelpress.errors import ConfigError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    folder = save(hf_model(tokenizer, "gemma3", True), tokenizer, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"passes\.gguf\.type.*config\.json: .*" + message):
+        export(tmp_path, folder)
+
+
+def test_an_older_gemma3_config_s_rope_keys_are_read(tmp_path):
+    """A config.json written before transformers 5 (rope_theta, rope_local_base_freq, rope_scaling) gives the same
+    keys as transformers 5's rope_parameters by layer type."""
+    from modelpress.passes.gguf_gemma import gemma3_keys
+
+    base = {"num_attention_heads": 4, "hidden_size": 64, "head_dim": 16, "max_position_embeddings": 256,
+            "intermediate_size": 128, "num_hidden_layers": 6, "rms_norm_eps": 1e-6, "sliding_window": 512}
+    old = {**base, "rope_theta": 1e6, "rope_local_base_freq": 20000.0,
+           "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window_pattern": 6}
+    new = {**base, "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                       "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}},
+           "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}
+    assert gemma3_keys(old) == gemma3_keys(new)
+    keys = gemma3_keys(new)
+    assert keys["gemma3.rope.freq_base"] == 1e6 and keys["gemma3.rope.freq_base_swa"] == 20000.0
+    assert keys["gemma3.rope.scaling.factor"] == 8.0 and "gemma3.attention.sliding_window_pattern" not in keys
+
+
+def test_a_gemma3_file_as_the_input_model_is_written_back_as_it_was(tmp_path):
+    """A Gemma 3 GGUF file (this pass's own export of a tiny model) as the workflow's input: transformers' reader
+    takes one off each norm, GgufExport adds it back, and the f32 export is the input file tensor for tensor."""
+    tokenizer = bpe_tokenizer("gpt-2")
+    model = hf_model(tokenizer, "gemma3", True, sliding_window=8, head_dim=256)  # the scale the reader assumes
+    first = export(tmp_path / "hf", save(model, tokenizer, tmp_path / "model"))
+    source = tmp_path / "input" / "tiny-gemma3.gguf"
+    source.parent.mkdir()
+    source.write_bytes(first.read_bytes())
+    again = export(tmp_path / "gguf", source)
+    before, after = gguf.GGUFReader(str(first)), gguf.GGUFReader(str(again))
+    assert [t.name for t in after.tensors] == [t.name for t in before.tensors]
+    norms = [t.name for t in before.tensors if t.name.endswith("norm.weight")]
+    assert len(norms) == 1 + 6 * LAYERS  # the output norm; attention, q, k, post-attention, pre- and post-ffn norms
+    for mine, theirs in zip(after.tensors, before.tensors):
+        assert np.allclose(np.asarray(mine.data), np.asarray(theirs.data), atol=1e-6), mine.name
