@@ -6,6 +6,7 @@ with the other architectures' in tests/test_gguf_hf.py (cases gemma3, gemma3-rop
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -78,3 +79,62 @@ def test_a_gemma3_file_as_the_input_model_is_written_back_as_it_was(tmp_path):
     assert len(norms) == 1 + 6 * LAYERS  # the output norm; attention, q, k, post-attention, pre- and post-ffn norms
     for mine, theirs in zip(after.tensors, before.tensors):
         assert np.allclose(np.asarray(mine.data), np.asarray(theirs.data), atol=1e-6), mine.name
+
+
+@pytest.mark.parametrize("config, why", [
+    ({"head_dim": 128}, r"query_pre_attn_scalar is 256, and llama\.cpp scales this model's attention by 1/sqrt\(128\)"),
+    ({"hidden_activation": None}, None),  # transformers' default: the GELU llama.cpp computes
+    ({"num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32, "head_dim": 128,
+      "query_pre_attn_scalar": 168}, None),  # the 27B: 1/sqrt(hidden / heads), as llama.cpp scales it
+    ({"num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32, "head_dim": 128,
+      "query_pre_attn_scalar": 128}, r"1/sqrt\(168\)"),
+    ({"sliding_window": None}, r"sliding-attention layers and no sliding_window"),
+    ({"attention_bias": True}, r"biases \(attention_bias\)"),
+])
+def test_a_gemma3_config_is_read_with_transformers_defaults(config, why):
+    """The config check reads config.json, where a key may be left out: it takes Gemma3TextConfig's default, as the
+    export (which reads the loaded config) does, so a config is refused when read or not at all."""
+    from transformers import Gemma3TextConfig
+
+    from modelpress.passes.gguf_gemma import gemma3_unwritten
+
+    raw = {"model_type": "gemma3_text", **config}
+    found = gemma3_unwritten(raw)
+    assert (found is None) if why is None else re.search(why, found or ""), found
+    if "sliding_window" not in config:  # the loaded config (what the export reads) gives the same answer
+        given = {k: v for k, v in config.items() if v is not None}
+        assert gemma3_unwritten(Gemma3TextConfig(**given).to_dict()) == found
+
+
+def test_a_split_at_spaces_without_gemma_s_normalizer_is_still_refused(tmp_path):
+    """Gemma's pre-tokenizer splits at " " after its normalizer made every space "▁", which splits nothing; the same
+    split over a text that keeps its spaces would split it, which llama.cpp's SentencePiece tokenizer does not."""
+    from modelpress.passes.gguf_hf import _tokenizer_kind
+
+    spec = {"model": {"type": "BPE", "byte_fallback": True}, "decoder": {"type": "Sequence"},
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious"}}
+    assert _tokenizer_kind(spec, tmp_path / "tokenizer.json") == ("llama", "default")
+    from modelpress.errors import ModelpressError
+
+    for changed in ({**spec, "normalizer": None}, {**spec, "pre_tokenizer": {**spec["pre_tokenizer"], "invert": True}}):
+        with pytest.raises(ModelpressError, match=r"pre-tokenizer \['Split'\] splits the text"):
+            _tokenizer_kind(changed, tmp_path / "tokenizer.json")
+
+
+def test_a_gemma3_file_whose_keys_transformers_would_not_read_is_refused_as_input(tmp_path):
+    """A Gemma 3 GGUF input with linear RoPE scaling (Gemma 3 4B and larger): transformers' GGUF reader leaves the
+    scaling out of the model it converts, so the workflow would train another model than the file's: refused,
+    naming the key, before any training."""
+    from modelpress.errors import ModelpressError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    model = hf_model(tokenizer, "gemma3", True, {"rope_type": "linear", "factor": 2.0}, sliding_window=8,
+                     head_dim=256, num_hidden_layers=6)
+    first = export(tmp_path / "hf", save(model, tokenizer, tmp_path / "model"))
+    source = tmp_path / "input" / "scaled-gemma3.gguf"
+    source.parent.mkdir()
+    source.write_bytes(first.read_bytes())
+    with pytest.raises(ModelpressError, match=r"scaled-gemma3\.gguf: transformers' GGUF reader ignores "
+                                              r"gemma3\.rope\.scaling\.type.*Start from the Hugging Face model"):
+        export(tmp_path / "gguf", source)

@@ -90,12 +90,39 @@ def _converter_versions() -> str:
     return ", ".join(f"{name} missing" if found == "missing" else f"{name}=={found}" for name, found in versions.items())
 
 
+# Metadata transformers' GGUF reader does not carry into the config it builds, by architecture: a file holding
+# one would be converted into another model than the one llama.cpp runs from it
+UNREAD = {"gemma3": ("rope.scaling.type", "rope.freq_base_swa", "attention.sliding_window_pattern",
+                     "final_logit_softcapping")}
+READER_HEAD = {"gemma3": 256}  # the head size whose attention scale the reader assumes (query_pre_attn_scalar)
+
+
+def unread_metadata(gguf_path: Path, gguf) -> list[str]:
+    """The keys of a GGUF file that transformers' reader would ignore (UNREAD, READER_HEAD)."""
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+    arch = str(fields["general.architecture"].contents()) if "general.architecture" in fields else ""
+    found = [f"{arch}.{key}" for key in UNREAD.get(arch, ()) if f"{arch}.{key}" in fields]
+    head = fields.get(f"{arch}.attention.key_length")
+    if arch in READER_HEAD and head is not None and int(head.contents()) != READER_HEAD[arch]:
+        found.append(f"{arch}.attention.key_length {int(head.contents())} (the reader scales attention as for "
+                     f"heads of {READER_HEAD[arch]})")
+    return found
+
+
 def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False) -> None:
     """Load `gguf_path` through transformers and save model, tokenizer and generation config to `out`."""
     try:
-        import gguf  # noqa: F401  transformers needs it to read the file
+        import gguf  # transformers needs it to read the file
     except ImportError:
         raise MissingDependencyError("gguf", "gguf", "Loading a GGUF model") from None
+    try:
+        unread = unread_metadata(gguf_path, gguf)
+    except (ValueError, KeyError, IndexError, OSError, EOFError, struct.error):  # transformers says what is wrong
+        unread = []
+    if unread:
+        raise ModelpressError(f"{gguf_path}: transformers' GGUF reader ignores {', '.join(unread)}, so the model it "
+                              "converts would compute otherwise than this file does in llama.cpp. Start from the "
+                              "Hugging Face model instead (its Hub id or folder).")
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,6 +17,17 @@ from __future__ import annotations
 LLAMA_CPP_PERIOD = 6  # llama.cpp's default: layers 5, 11, 17, ... attend to the whole context
 LLAMA_CPP_SWA_BASE = 10000.0  # llama.cpp's default RoPE base of the sliding layers
 GELU_TANH = ("gelu_pytorch_tanh",)  # transformers' names of the GELU llama.cpp computes
+# Gemma3TextConfig's defaults for the keys read here, so that a config.json that leaves one out is read as
+# transformers reads it (the config check reads the file, the export the loaded config)
+DEFAULTS = {"head_dim": 256, "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh",
+            "num_attention_heads": 8, "num_key_value_heads": 4, "hidden_size": 2304, "intermediate_size": 9216,
+            "num_hidden_layers": 26, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "sliding_window": 4096}
+
+
+def _filled(config: dict) -> dict:
+    """`config` with Gemma3TextConfig's defaults where it has no value (a null sliding_window stays: no window)."""
+    filled = {**DEFAULTS, **config}
+    return {k: DEFAULTS[k] if v is None and k in DEFAULTS and k != "sliding_window" else v for k, v in filled.items()}
 
 
 def _rope(config: dict) -> tuple[dict, dict]:
@@ -33,7 +44,7 @@ def _rope(config: dict) -> tuple[dict, dict]:
 
 def _layer_types(config: dict) -> list[str]:
     """Each layer's attention ("sliding_attention" or "full_attention"), as the config says or its pattern implies."""
-    layers = int(config["num_hidden_layers"])
+    layers = int(config.get("num_hidden_layers") or DEFAULTS["num_hidden_layers"])
     given = config.get("layer_types")
     if given:
         return list(given)
@@ -44,17 +55,22 @@ def _layer_types(config: dict) -> list[str]:
 def gemma3_unwritten(config: dict) -> str | None:
     """Why llama.cpp would compute this Gemma 3 config (config.json's keys) otherwise than transformers; None
     where it would not."""
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
-    activation = config.get("hidden_activation") or config.get("hidden_act")
+    config = _filled(config)
+    heads, head_dim = int(config["num_attention_heads"]), int(config["head_dim"])
+    activation = config["hidden_activation"]
     if activation not in GELU_TANH:
         return f"its hidden_activation is {activation!r}, and llama.cpp's gemma3 computes gelu_pytorch_tanh"
     if config.get("attn_logit_softcapping") is not None:
         return "it soft-caps attention logits (attn_logit_softcapping), which llama.cpp's gemma3 does not"
     if config.get("use_bidirectional_attention"):
         return "its attention is bidirectional (use_bidirectional_attention), and llama.cpp's gemma3 is causal"
+    if config.get("attention_bias"):
+        return "its attention projections have biases (attention_bias), and llama.cpp's gemma3 has none on the output"
+    if "sliding_attention" in _layer_types(config) and not config.get("sliding_window"):
+        return ("it has sliding-attention layers and no sliding_window, which llama.cpp reads as no sliding layers "
+                "(with the full layers' RoPE base on all)")
     scale = int(config["hidden_size"]) // heads if int(config["num_hidden_layers"]) == 62 else head_dim
-    if float(config.get("query_pre_attn_scalar") or scale) != scale:
+    if float(config["query_pre_attn_scalar"]) != scale:
         return (f"its query_pre_attn_scalar is {config['query_pre_attn_scalar']}, and llama.cpp scales this model's "
                 f"attention by 1/sqrt({scale})")
     full, sliding = _rope(config)
@@ -68,13 +84,13 @@ def gemma3_unwritten(config: dict) -> str | None:
 
 def gemma3_keys(config: dict) -> dict:
     """The gemma3.* metadata for a config (config.json's keys, or a loaded config's to_dict())."""
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    config = _filled(config)
+    heads, head_dim = int(config["num_attention_heads"]), int(config["head_dim"])
     full, sliding = _rope(config)
     keys = {"context_length": int(config["max_position_embeddings"]), "embedding_length": int(config["hidden_size"]),
             "feed_forward_length": int(config["intermediate_size"]), "block_count": int(config["num_hidden_layers"]),
             "attention.head_count": heads,
-            "attention.head_count_kv": int(config.get("num_key_value_heads") or heads),
+            "attention.head_count_kv": int(config["num_key_value_heads"]),
             "attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
             "attention.key_length": head_dim, "attention.value_length": head_dim,
             "rope.freq_base": float(full.get("rope_theta", 1_000_000.0))}

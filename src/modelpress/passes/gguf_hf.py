@@ -118,7 +118,7 @@ def unwritten_folder(folder: Path, first: bool = False) -> tuple[str, str] | Non
         _check_size(spec, tokenizer_path, config.get("vocab_size"))
     except ModelpressError as e:
         return str(e).rstrip("."), remove
-    except (AttributeError, KeyError, TypeError) as e:  # a value of another shape than transformers writes
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a value of another shape than transformers
         return f"{config_path} or {tokenizer_path} has a value of an unexpected shape ({e!r})", \
             "Save the model and tokenizer again with save_pretrained."
     return None
