@@ -5,6 +5,7 @@ with the other architectures' in tests/test_gguf_hf.py (cases gemma3, gemma3-rop
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -138,3 +139,46 @@ def test_a_gemma3_file_whose_keys_transformers_would_not_read_is_refused_as_inpu
     with pytest.raises(ModelpressError, match=r"scaled-gemma3\.gguf: transformers' GGUF reader ignores "
                                               r"gemma3\.rope\.scaling\.type.*Start from the Hugging Face model"):
         export(tmp_path / "gguf", source)
+
+
+GEMMA_CHAT = ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
+              "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+              "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_a_fine_tuned_gemma3_runs_in_llama_cpp_as_the_merged_model_in_pytorch(tmp_path, tmp_path_factory):
+    """LoRA on a tiny Gemma 3 in Gemma's chat format, merge, GgufExport f32, evaluation: llama.cpp answers the file
+    with the merged model's completion loss (PyTorch), within its float16 GELU table's difference."""
+    from conftest import TONE_DATA
+    from test_gguf_hf import gemma_tokenizer
+
+    from modelpress.config import normalize
+    from modelpress.engine import run_workflow
+
+    tokenizer = gemma_tokenizer(str(tmp_path_factory.getbasetemp() / "spm"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tokenizer.chat_template = GEMMA_CHAT
+    folder = save(hf_model(tokenizer, "gemma3", True, sliding_window=8), tokenizer, tmp_path / "model")
+    raw = {"input_model": {"type": "HfModel", "model_path": str(folder)},
+           "data_configs": [{"name": "tone",
+                             "load_dataset_config": {"data_name": "json", "data_files": [str(TONE_DATA)]},
+                             "pre_process_data_config": {"chat_template": True, "max_seq_len": 96,
+                                                         "chat_columns": {"user": "{phrase}", "assistant": "{tone}"}}}],
+           "passes": {"lora": {"type": "LoRA", "train_data_config": "tone", "r": 4,
+                               "target_modules": ["q_proj", "v_proj"], "eval_dataset_size": 0.1,
+                               "training_args": {"max_steps": 3, "per_device_train_batch_size": 8,
+                                                 "learning_rate": 0.01}},
+                      "merge": {"type": "MergeAdapterWeights"}, "gguf": {"type": "GgufExport", "outtype": "f32"}},
+           "evaluation": {"max_examples": 16, "latency_samples": 2, "max_new_tokens": 3,
+                          "evaluate_passes": ["merge"]},
+           "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}
+    run_workflow(normalize(raw, tmp_path), show_progress=False)
+    models = json.loads((tmp_path / "out" / "metrics.json").read_text())["models"]
+    merged, final = models["merge"], models["final"]
+    assert abs(models["input"]["completion_loss"] - merged["completion_loss"]) > 0.01  # training moved the model
+    assert final["runtime"].startswith("llama.cpp") and merged["runtime"].startswith("PyTorch")
+    assert final["examples"] == merged["examples"] == 16
+    assert final["completion_loss"] == pytest.approx(merged["completion_loss"], rel=1e-3)  # measured: 5e-5
+    reader = gguf.GGUFReader(str(tmp_path / "out" / "model" / "model.gguf"))
+    assert reader.fields["tokenizer.chat_template"].contents() == GEMMA_CHAT
