@@ -137,12 +137,14 @@ def test_a_shared_prompt_prefix_is_reused_without_changing_answers_or_loss(expor
         head = ours._ids(prompt, False)
         new, _, logits = ours._greedy(head, 5, reuse=True, reserve=6)
         tail = new + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        evals = []
-        real_eval = ours._llm.eval
-        ours._llm.eval = lambda tokens: (evals.append(len(tokens)), real_eval(tokens))[1]
+        evaluated = []
+        real_eval, real_rows = ours._llm.eval, ours._eval_rows
+        ours._llm.eval = lambda tokens: (evaluated.extend(tokens), real_eval(tokens))[1]
+        ours._eval_rows = lambda tokens: (evaluated.extend(tokens), real_rows(tokens))[1]
         from_steps = ours._tail_nll(head, tail, new, logits)
         ours._llm.eval = real_eval
-        assert len(evals) == max(0, len(tail) - len(logits)) and len(new) >= 2
+        del ours._eval_rows
+        assert len(evaluated) == max(0, len(tail) - len(logits)) and len(new) >= 2
         after_prompt = ours._tail_nll(head, tail, [], [ours._prompt(head, len(tail), reuse=False)])
         assert from_steps == pytest.approx(after_prompt, rel=1e-5)
 
@@ -291,7 +293,7 @@ def test_a_token_longer_than_32_bytes_and_a_character_split_across_tokens_decode
     ours = LlamaCppRunner(written)
     long_id = tokenizer.convert_tokens_to_ids(LONG_TOKEN)
     assert ours._plain_ids(LONG_TOKEN) == [long_id]
-    assert ours._decode([long_id]) == LONG_TOKEN and "".join(ours.pieces([long_id])) == LONG_TOKEN
+    assert ours.decode([long_id]) == LONG_TOKEN and "".join(ours.pieces([long_id])) == LONG_TOKEN
 
     spm = sentencepiece_tokenizer(str(tmp_path_factory.getbasetemp() / "spm"))
     root = tmp_path_factory.mktemp("spm-export")
@@ -352,3 +354,40 @@ def test_a_llama_cpp_python_that_does_not_load_is_a_clear_error(monkeypatch, tmp
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # importing it raises ImportError
     with pytest.raises(ModelpressError, match=r"llama-cpp-python is installed but cannot be loaded .*reinstall"):
         LlamaCppRunner(tmp_path / "model.gguf")
+
+
+@needs_llama_cpp
+def test_lm_eval_requests_on_a_gguf_model_are_answered_by_llama_cpp_as_hflm_answers_the_source(exported, tmp_path):
+    """An LMEvaluator on a GGUF output runs in llama.cpp (LlamaCppLM): loglikelihood, greedy flags, rolling
+    loglikelihood and generate_until as lm-eval's own HFLM gives them on the Hugging Face model the f32 file came
+    from; a task's choices reuse their shared context; local tasks score alike."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+    from test_lmeval import _instances, write_tasks
+
+    from modelpress.config.evaluator_schema import EvaluatorConfig
+    from modelpress.lmeval import llama_cpp_lm_class, make_lm, run_tasks
+    from modelpress.models import ModelRef, load_for_inference
+
+    source, written, tokenizer = exported
+    model, hf_tokenizer = load_for_inference(ModelRef("hf", source, "source"))
+    hf = HFLM(pretrained=model, tokenizer=hf_tokenizer, batch_size=4, device="cpu")
+    ref = ModelRef("gguf", written.parent, "gguf")
+    settings = EvaluatorConfig(type="LMEvaluator", tasks=["tone_choice", "tone_generate"],
+                               include_path=write_tasks(tmp_path / "tasks"), bootstrap_iters=0, batch_size=4)
+    ours = make_lm(ref, settings)
+    assert isinstance(ours, llama_cpp_lm_class())
+    pairs = [("Phrase: I won the lottery!\nTone:", " joy"), ("Phrase: I won the lottery!\nTone:", " fear"),
+             ("The little", " boy smiled"), ("", "hello there")]
+    for (e_logp, e_greedy), (g_logp, g_greedy) in zip(hf.loglikelihood(_instances("loglikelihood", pairs)),
+                                                      ours.loglikelihood(_instances("loglikelihood", pairs))):
+        assert g_logp == pytest.approx(e_logp, rel=1e-4, abs=1e-3) and g_greedy == e_greedy
+    assert ours.runner.shared_prefix_tokens > 5  # the second choice reused the first one's context
+    rolling = _instances("loglikelihood_rolling", [("the quick brown fox jumps over the lazy dog " * 3,)])
+    assert ours.loglikelihood_rolling(rolling)[0] == pytest.approx(hf.loglikelihood_rolling(rolling)[0], rel=1e-4)
+    texts = [("Once upon a time there was", {"until": ["\n"], "max_gen_toks": 6}),
+             ("Phrase: I lost my keys.\nTone:", {"until": [".", "\n"], "max_gen_toks": 5})]
+    assert ours.generate_until(_instances("generate_until", texts)) == hf.generate_until(
+        _instances("generate_until", texts))
+    assert run_tasks(ref, settings.tasks, settings) == pytest.approx(
+        run_tasks(ModelRef("hf", source, "source"), settings.tasks, settings))

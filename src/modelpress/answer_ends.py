@@ -43,6 +43,10 @@ class Ends:
     def _ids(self, prompt: str, add_bos: bool) -> list[int]:
         raise NotImplementedError
 
+    def encode(self, text: str) -> list[int]:
+        """`text`'s tokens, no BOS (special tokens written in it read as those tokens)."""
+        return self._plain_ids(text)
+
     def _plain_ids(self, text: str) -> list[int]:
         raise NotImplementedError
 

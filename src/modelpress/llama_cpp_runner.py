@@ -78,7 +78,7 @@ class LlamaCppRunner(Ends, Runner):
         model = self._llm.model
         vocab = llama_cpp.llama_model_get_vocab(model)
         self._vocab_size = llama_cpp.llama_vocab_n_tokens(vocab)
-        self._trained_context = llama_cpp.llama_model_n_ctx_train(model)
+        self.trained_context = llama_cpp.llama_model_n_ctx_train(model)  # 0: unknown
         # what ends an answer in llama.cpp: every end-of-generation token of the vocabulary (EOS, EOT, EOM and the
         # turn ends llama.cpp recognises by their text)
         self.end_ids = {t for t in range(self._vocab_size) if llama_cpp.llama_vocab_is_eog(vocab, t)}
@@ -107,19 +107,19 @@ class LlamaCppRunner(Ends, Runner):
     def _room(self, ids: list[int], max_new_tokens: int) -> int:
         """The new tokens a prompt of `ids` may have: max_new_tokens, or what the model's training context leaves
         (as a chat app bounds an answer); a prompt longer than that context is refused."""
-        if not self._trained_context:
+        if not self.trained_context:
             return max_new_tokens
-        if len(ids) > self._trained_context:
+        if len(ids) > self.trained_context:
             raise ModelpressError(f"a prompt of {len(ids)} tokens does not fit {self.path.name}'s training context "
-                                  f"of {self._trained_context} tokens: shorten the longest eval rows")
-        return min(max_new_tokens, self._trained_context - len(ids))
+                                  f"of {self.trained_context} tokens: shorten the longest eval rows")
+        return min(max_new_tokens, self.trained_context - len(ids))
 
     def _fit(self, tokens: int) -> None:
         """A context of at least `tokens` tokens (at most the model's training context, `_room`)."""
         if tokens <= self._context:
             return
         size = -(-max(tokens, 2 * self._context) // CONTEXT_STEP) * CONTEXT_STEP
-        self._open(min(size, self._trained_context) if self._trained_context else size)
+        self._open(min(size, self.trained_context) if self.trained_context else size)
 
     def prompt_ids(self, prompt: str, add_bos: bool) -> list[int]:
         """The tokens of `prompt`, after a BOS token when `add_bos` and the model has one."""
@@ -150,7 +150,8 @@ class LlamaCppRunner(Ends, Runner):
                 return buffer.raw[:n]
             size = -n
 
-    def _decode(self, tokens: list[int]) -> str:
+    def decode(self, tokens: list[int]) -> str:
+        """The text of `tokens`, special tokens left out."""
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def pieces(self, tokens) -> Iterator[str]:
@@ -195,6 +196,52 @@ class LlamaCppRunner(Ends, Runner):
         llm.eval(ids[keep:])
         return self._logits()
 
+    def _eval_rows(self, tokens: list[int]):
+        """Evaluate `tokens` after what the cache holds (`n_tokens` of it) and return the logits after each one, a
+        row each: llama.cpp's batch with every token's logits asked for (llama-cpp-python's `eval` keeps the last)."""
+        import numpy as np
+
+        lib, llm = self._lib, self._llm
+        lib.llama_memory_seq_rm(lib.llama_get_memory(llm.ctx), -1, llm.n_tokens, -1)
+        step = int(lib.llama_n_batch(llm.ctx))
+        rows = []
+        batch = lib.llama_batch_init(step, 0, 1)
+        try:
+            for start in range(0, len(tokens), step):
+                chunk = tokens[start:start + step]
+                batch.n_tokens = len(chunk)
+                for i, token in enumerate(chunk):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, llm.n_tokens + i, 1
+                    batch.seq_id[i][0], batch.logits[i] = 0, True
+                if lib.llama_decode(llm.ctx, batch) != 0:
+                    raise ModelpressError(f"{self.path}: llama.cpp failed to evaluate {len(chunk)} tokens")
+                for i in range(len(chunk)):
+                    row = lib.llama_get_logits_ith(llm.ctx, i)
+                    rows.append(np.ctypeslib.as_array(row, shape=(self._vocab_size,)).copy())
+                llm.input_ids[llm.n_tokens:llm.n_tokens + len(chunk)] = chunk
+                llm.n_tokens += len(chunk)
+        finally:
+            lib.llama_batch_free(batch)
+        return np.stack(rows) if rows else np.zeros((0, self._vocab_size), dtype=np.float32)
+
+    def tail_logits(self, ids: list[int], n: int):
+        """The logits that predict the last `n` tokens of `ids` (a row each), reusing the cache of a shared prefix
+        (an lm-eval task's choices share their context)."""
+        self._room(ids, 0)
+        self._fit(len(ids))
+        llm = self._llm
+        held = llm.input_ids[:llm.n_tokens].tolist()
+        keep, last = 0, len(ids) - n - 1  # the rows needed start at the token before the first one scored
+        while keep < min(len(held), last) and held[keep] == ids[keep]:
+            keep += 1
+        self.shared_prefix_tokens += keep
+        llm.n_tokens = keep
+        return self._eval_rows(ids[keep:-1])[-n:]
+
+    def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """The greedy new tokens of each row, up to its end (an lm-eval `generate_until` request)."""
+        return [self._greedy(row, max_new_tokens, reuse=True)[0] for row in rows]
+
     def _greedy(self, ids: list[int], max_new_tokens: int, reuse: bool, reserve: int = 0
                 ) -> tuple[list[int], int, list]:
         """(the answer's tokens before its end, the tokens generated with the end, the logits of each step), in a
@@ -218,13 +265,13 @@ class LlamaCppRunner(Ends, Runner):
         answers = []
         for prompt in prompts:
             new, count, _ = self._greedy(self._ids(prompt, add_bos), max_new_tokens, reuse=True)
-            answers.append((self._decode(new), count))
+            answers.append((self.decode(new), count))
         return answers
 
     def generate(self, prompt: str, add_bos: bool, max_new_tokens: int) -> tuple[str, int]:
         """One answer from its whole prompt (no cache reused): what a latency sample times."""
         new, count, _ = self._greedy(self._ids(prompt, add_bos), max_new_tokens, reuse=False)
-        return self._decode(new), count
+        return self.decode(new), count
 
     def generate_scored(self, examples: list[Example], add_bos: bool, max_new_tokens: int
                         ) -> tuple[list[tuple[str, int]], float, int]:
@@ -236,7 +283,7 @@ class LlamaCppRunner(Ends, Runner):
             head, tail = self._pair(ex, add_bos)
             self._room(head + tail, 0)  # the scored sequence must fit the context
             new, count, logits = self._greedy(head, max_new_tokens, reuse=True, reserve=len(tail))
-            answers.append((self._decode(new), count))
+            answers.append((self.decode(new), count))
             total += self._tail_nll(head, tail, new, logits)
             scored += len(tail)
         return answers, total, scored
@@ -251,8 +298,8 @@ class LlamaCppRunner(Ends, Runner):
                 rows.append(logits[j])
                 continue
             self._llm.n_tokens = len(head) + j - 1  # head and tail[:j - 1] stay in the cache
-            self._llm.eval([tail[j - 1]])
-            rows.append(self._logits())
+            rows.extend(self._eval_rows(tail[j - 1:-1]))  # the rest of the tail in one batch
+            break
         return tail_nll(np.stack(rows), tail) if rows else 0.0
 
     def completion_loss(self, examples: list[Example], add_bos: bool, batch_size: int = LOSS_BATCH) -> float:

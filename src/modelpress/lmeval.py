@@ -1,12 +1,13 @@
 """lm-evaluation-harness tasks (Olive's LMEvaluator) on any model a workflow makes.
 
 Hugging Face folders (plain, with an adapter, or weight-quantized) go through lm-eval's own
-`HFLM`. onnxruntime-genai folders go through `GenaiLM` (genai_lm_class below), which answers both kinds of
-request lm-eval makes:
+`HFLM`. onnxruntime-genai folders go through `GenaiLM`, and GGUF folders, where llama-cpp-python is installed,
+through `LlamaCppLM` (both over `RunnerLM` below), which answer both kinds of request lm-eval makes:
 - `loglikelihood` (multiple choice, perplexity): one onnxruntime call on the genai model's
-  graph gives the logits of the whole context + continuation;
-- `generate_until` (exact match, ...): onnxruntime-genai generates greedily, in batches, and the
-  text is cut at the task's stop strings.
+  graph gives the logits of the whole context + continuation; llama.cpp computes the continuation after the
+  context it keeps in its cache (a task's choices share their context);
+- `generate_until` (exact match, ...): greedy answers (onnxruntime-genai's in batches), the text cut at the
+  task's stop strings.
 Task data comes from the local datasets cache, or from task YAML files in `include_path` that
 point at local files; nothing here needs the network.
 """
@@ -20,8 +21,8 @@ import re
 from pathlib import Path
 
 from modelpress.errors import MissingDependencyError, ModelpressError
-from modelpress.models import ModelRef, load_for_inference, load_tokenizer
-from modelpress.passes.catalog import ONNX, ONNX_GENAI
+from modelpress.models import GGUF_FILE, ModelRef, load_for_inference, load_tokenizer
+from modelpress.passes.catalog import GGUF, ONNX, ONNX_GENAI
 from modelpress.runtime import tqdm_off
 
 log = logging.getLogger("modelpress")
@@ -96,6 +97,11 @@ def make_lm(ref: ModelRef, settings, trust_remote_code: bool = False):
     """The lm-eval model for this kind of model folder."""
     if ref.kind == ONNX_GENAI:
         return genai_lm_class()(ref.path, batch_size=settings.batch_size, max_length=settings.max_length)
+    if ref.kind == GGUF:
+        from modelpress.llama_cpp_runner import llama_cpp_installed
+
+        if llama_cpp_installed():  # llama.cpp's own answers; else, as any evaluation, PyTorch's on dequantized weights
+            return llama_cpp_lm_class()(ref, batch_size=settings.batch_size, max_length=settings.max_length)
     if ref.kind == ONNX:
         raise ModelpressError("an LMEvaluator runs Hugging Face and onnxruntime-genai models; this step gives a "
                               "plain ONNX model: evaluate the model before OnnxConversion, or build it with "
@@ -134,25 +140,23 @@ def _warn_once(message: str) -> None:  # the device is read for the cache key an
 
 
 @functools.cache
-def genai_lm_class():
-    """GenaiLM, defined on first use so that importing this module does not import lm-eval."""
+def runner_lm_class():
+    """RunnerLM, lm-eval's model interface over a modelpress runner, defined on first use so that importing this
+    module does not import lm-eval. A subclass gives the runner, the decoding of new tokens and the logits that
+    predict a sequence's last tokens (`_tail_logits`)."""
     _require_lm_eval()
     from lm_eval.api.model import TemplateLM
 
-    from modelpress.runners import GenaiRunner
+    class RunnerLM(TemplateLM):
+        runner = None
+        batch = 1
+        max_length = 2048
 
-    class GenaiLM(TemplateLM):
-        """lm-eval's model interface over an onnxruntime-genai folder."""
+        def _tail_logits(self, ids: list[int], n: int):
+            raise NotImplementedError
 
-        def __init__(self, folder: Path, batch_size: int = 1, max_length: int | None = None):
-            super().__init__()
-            self.runner = GenaiRunner(Path(folder))
-            # onnxruntime-genai's decode stops at a byte-fallback token that is half a character;
-            # the folder's Hugging Face tokenizer decodes such text as transformers does
-            self.hf_tokenizer = load_tokenizer(Path(folder))
-            self.batch = max(1, int(batch_size))
-            config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
-            self.max_length = max_length or config.get("context_length") or 2048
+        def _decode(self, tokens: list[int]) -> str:
+            raise NotImplementedError
 
         @property
         def eot_token_id(self) -> int:
@@ -164,7 +168,7 @@ def genai_lm_class():
             return bos if bos is not None and bos >= 0 else self.eot_token_id
 
         def tok_encode(self, string: str, **kwargs) -> list[int]:
-            return [int(t) for t in self.runner.tokenizer.encode(string)] if string else []
+            return [int(t) for t in self.runner.encode(string)] if string else []
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
             import numpy as np
@@ -173,7 +177,7 @@ def genai_lm_class():
             for key, context, continuation in requests:
                 ids = (list(context) + list(continuation))[-(self.max_length + 1):]
                 n = len(continuation)
-                logits = self.runner.logits(ids[:-1]).astype(np.float64)[-n:]
+                logits = np.asarray(self._tail_logits(ids, n), dtype=np.float64)
                 logits -= logits.max(axis=-1, keepdims=True)
                 logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
                 target = np.array(ids[-n:])
@@ -216,11 +220,61 @@ def genai_lm_class():
                                               "raise max_length (or the task's max_gen_toks below it)")
                     rows = [self.tok_encode(context)[-room:] or [self.prefix_token_id] for _, context, _ in items]
                     for (i, _, until), new in zip(items, self.runner.generate_ids(rows, steps)):
-                        text = self.hf_tokenizer.decode(new, skip_special_tokens=True)
+                        text = self._decode(new)
                         for stop in until:
                             text = text.split(stop, 1)[0] if stop else text
                         answers[i] = text
                 outputs.extend(answers)
             return outputs
 
+    return RunnerLM
+
+
+@functools.cache
+def genai_lm_class():
+    """GenaiLM: RunnerLM over an onnxruntime-genai folder."""
+    from modelpress.runners import GenaiRunner
+
+    class GenaiLM(runner_lm_class()):
+        """lm-eval's model interface over an onnxruntime-genai folder."""
+
+        def __init__(self, folder: Path, batch_size: int = 1, max_length: int | None = None):
+            super().__init__()
+            self.runner = GenaiRunner(Path(folder))
+            # onnxruntime-genai's decode stops at a byte-fallback token that is half a character;
+            # the folder's Hugging Face tokenizer decodes such text as transformers does
+            self.hf_tokenizer = load_tokenizer(Path(folder))
+            self.batch = max(1, int(batch_size))
+            config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
+            self.max_length = max_length or config.get("context_length") or 2048
+
+        def _tail_logits(self, ids: list[int], n: int):
+            return self.runner.logits(ids[:-1])[-n:]  # one onnxruntime call over the whole sequence
+
+        def _decode(self, tokens: list[int]) -> str:
+            return self.hf_tokenizer.decode(tokens, skip_special_tokens=True)
+
     return GenaiLM
+
+
+@functools.cache
+def llama_cpp_lm_class():
+    """LlamaCppLM: RunnerLM over a GGUF file, answered by llama.cpp (a shared context computed once)."""
+    from modelpress.llama_cpp_runner import FILE_BOS, LlamaCppRunner
+
+    class LlamaCppLM(runner_lm_class()):
+        """lm-eval's model interface over a GGUF model folder (GgufExport's), through llama.cpp."""
+
+        def __init__(self, ref: ModelRef, batch_size: int = 1, max_length: int | None = None):
+            super().__init__()
+            self.runner = LlamaCppRunner(Path(ref.path) / GGUF_FILE, ref.task.get("bos_token", FILE_BOS))
+            self.batch = max(1, int(batch_size))
+            self.max_length = max_length or self.runner.trained_context or 2048
+
+        def _tail_logits(self, ids: list[int], n: int):
+            return self.runner.tail_logits(ids, n)
+
+        def _decode(self, tokens: list[int]) -> str:
+            return self.runner.decode(tokens)
+
+    return LlamaCppLM
