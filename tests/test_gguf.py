@@ -134,17 +134,18 @@ def hf_model(tokenizer, arch: str, tie: bool, rope: dict | None = None, **extra)
     import transformers
 
     name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "phi3": "Phi3",
-            "gemma3": "Gemma3"}[arch]
+            "gemma2": "Gemma2", "gemma3": "Gemma3"}[arch]
     kwargs = {**shape_kwargs(tokenizer, tie), **({"head_dim": 128} if arch == "qwen3" else {}), **extra}
     kwargs.pop("rope_theta")
     kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": ROPE_THETA, **(rope or {}),
                                  **kwargs.pop("rope_parameters", {})}
     if arch == "phi3":
         kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
-    if arch == "gemma3":  # RoPE by layer type; heads of this module's size, and the attention scale they imply
+    if arch == "gemma3":  # RoPE by layer type
         full = kwargs.pop("rope_parameters")
         kwargs["rope_parameters"] = {"full_attention": full, "sliding_attention": {
             "rope_type": "default", "rope_theta": kwargs.pop("sliding_theta", 10000.0)}}
+    if arch in ("gemma2", "gemma3"):  # heads of this module's size, and the attention scale they imply
         kwargs.setdefault("head_dim", HIDDEN // HEADS)
         kwargs.setdefault("query_pre_attn_scalar", kwargs["head_dim"])
     config = getattr(transformers, "Gemma3TextConfig" if arch == "gemma3" else f"{name}Config")(**kwargs)

@@ -29,7 +29,7 @@ pytest.importorskip("torch")
      r"sliding layers' RoPE is 'linear'"),
     ({"rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                           "full_attention": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6}}},
-     r"full-attention layers' RoPE scaling is 'yarn'"),
+     r"its RoPE scaling is 'yarn', and GgufExport writes linear scaling on the full layers"),
 ])
 def test_a_gemma3_config_llama_cpp_would_compute_otherwise_is_refused_when_read(tmp_path, change, message):
     """llama.cpp's gemma3 fixes choices a Gemma 3 config could make otherwise (activation, soft-capping, attention
@@ -49,7 +49,7 @@ def test_a_gemma3_config_llama_cpp_would_compute_otherwise_is_refused_when_read(
 def test_an_older_gemma3_config_s_rope_keys_are_read(tmp_path):
     """A config.json written before transformers 5 (rope_theta, rope_local_base_freq, rope_scaling) gives the same
     keys as transformers 5's rope_parameters by layer type."""
-    from modelpress.passes.gguf_gemma import gemma3_keys
+    from modelpress.passes.gguf_gemma import gemma_keys
 
     base = {"num_attention_heads": 4, "hidden_size": 64, "head_dim": 16, "max_position_embeddings": 256,
             "intermediate_size": 128, "num_hidden_layers": 6, "rms_norm_eps": 1e-6, "sliding_window": 512}
@@ -58,8 +58,8 @@ def test_an_older_gemma3_config_s_rope_keys_are_read(tmp_path):
     new = {**base, "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                                        "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}},
            "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}
-    assert gemma3_keys(old) == gemma3_keys(new)
-    keys = gemma3_keys(new)
+    assert gemma_keys(old, "gemma3") == gemma_keys(new, "gemma3")
+    keys = gemma_keys(new, "gemma3")
     assert keys["gemma3.rope.freq_base"] == 1e6 and keys["gemma3.rope.freq_base_swa"] == 20000.0
     assert keys["gemma3.rope.scaling.factor"] == 8.0 and "gemma3.attention.sliding_window_pattern" not in keys
 
@@ -97,14 +97,14 @@ def test_a_gemma3_config_is_read_with_transformers_defaults(config, why):
     export (which reads the loaded config) does, so a config is refused when read or not at all."""
     from transformers import Gemma3TextConfig
 
-    from modelpress.passes.gguf_gemma import gemma3_unwritten
+    from modelpress.passes.gguf_gemma import gemma_unwritten
 
     raw = {"model_type": "gemma3_text", **config}
-    found = gemma3_unwritten(raw)
+    found = gemma_unwritten(raw, "gemma3")
     assert (found is None) if why is None else re.search(why, found or ""), found
     if "sliding_window" not in config:  # the loaded config (what the export reads) gives the same answer
         given = {k: v for k, v in config.items() if v is not None}
-        assert gemma3_unwritten(Gemma3TextConfig(**given).to_dict()) == found
+        assert gemma_unwritten(Gemma3TextConfig(**given).to_dict(), "gemma3") == found
 
 
 def test_a_split_at_spaces_without_gemma_s_normalizer_is_still_refused(tmp_path):
@@ -182,3 +182,46 @@ def test_a_fine_tuned_gemma3_runs_in_llama_cpp_as_the_merged_model_in_pytorch(tm
     assert final["completion_loss"] == pytest.approx(merged["completion_loss"], rel=1e-3)  # measured: 5e-5
     reader = gguf.GGUFReader(str(tmp_path / "out" / "model" / "model.gguf"))
     assert reader.fields["tokenizer.chat_template"].contents() == GEMMA_CHAT
+
+
+@pytest.mark.parametrize("config, why", [
+    ({}, None),  # Gemma2Config's defaults: Gemma 2 2B
+    ({"tie_word_embeddings": False}, r"head is not its embedding \(tie_word_embeddings false\)"),
+    ({"attn_logit_softcapping": None}, r"does not soft-cap attention logits.*llama\.cpp's gemma2 always does"),
+    ({"final_logit_softcapping": None}, r"does not soft-cap its final logits"),
+    ({"num_hidden_layers": 46, "hidden_size": 4608, "num_attention_heads": 32, "head_dim": 128,
+      "query_pre_attn_scalar": 144}, None),  # the 27B: 1/sqrt(hidden / heads)
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+     r"its RoPE scaling is 'linear', and GgufExport writes none for gemma2"),
+])
+def test_a_gemma2_config_is_written_only_as_llama_cpp_computes_it(config, why):
+    """llama.cpp's gemma2 always soft-caps both logits, reads its head as the embedding, scales the 27B's attention by
+    1/sqrt(hidden / heads) and has no RoPE scaling: a config otherwise is refused, with transformers' defaults for
+    keys config.json leaves out, as the loaded config (what the export reads) has them."""
+    from transformers import Gemma2Config
+
+    from modelpress.passes.gguf_gemma import gemma_keys, gemma_unwritten
+
+    found = gemma_unwritten({"model_type": "gemma2", **config}, "gemma2")
+    assert (found is None) if why is None else re.search(why, found or ""), found
+    assert gemma_unwritten(Gemma2Config(**config).to_dict(), "gemma2") == found
+    if why is None:
+        keys = gemma_keys(Gemma2Config(**config).to_dict(), "gemma2")
+        assert keys["gemma2.attn_logit_softcapping"] == 50.0 and keys["gemma2.final_logit_softcapping"] == 30.0
+        assert keys["gemma2.attention.sliding_window"] == 4096 and "gemma2.attention.sliding_window_pattern" not in keys
+
+
+def test_a_gemma2_file_with_soft_caps_transformers_would_not_read_is_refused_as_input(tmp_path):
+    """transformers' GGUF reader takes Gemma 2's soft-caps at 50 and 30 whatever the file says: a file with others
+    is refused as the workflow's input, naming the values."""
+    from modelpress.errors import ModelpressError
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    model = hf_model(tokenizer, "gemma2", True, sliding_window=8, head_dim=256, attn_logit_softcapping=20.0)
+    first = export(tmp_path / "hf", save(model, tokenizer, tmp_path / "model"))
+    source = tmp_path / "input" / "capped-gemma2.gguf"
+    source.parent.mkdir()
+    source.write_bytes(first.read_bytes())
+    with pytest.raises(ModelpressError,
+                       match=r"ignores gemma2\.attn_logit_softcapping 20\.0 \(the reader takes 50\.0\)"):
+        export(tmp_path / "gguf", source)

@@ -151,10 +151,15 @@ CASES = {  # id: (architecture, pre-tokenizer (sentencepiece: llama.cpp's 'llama
     # pattern written), and, in the second, the sliding layers' own RoPE base and linear scaling on the full ones
     "gemma3": ("gemma3", "gemma", True, True, None, {}),
     "gemma3-rope": ("gemma3", "gemma", True, True, {"rope_type": "linear", "factor": 2.0}, {}),
+    # its attention and final logits soft-capped (caps low enough to bite on a random model), 3 layers: its
+    # alternating pattern, and a window shorter than TEXT
+    "gemma2": ("gemma2", "gemma", True, True, None, {}),
 }
 EXTRA = {"llama-head-dim": {"head_dim": 32}, "phi3-partial-rotary": {"rope_parameters": {"partial_rotary_factor": 0.5}},
          "gemma3": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
-         "gemma3-rope": {"sliding_window": 8, "sliding_theta": 20000.0, "num_hidden_layers": 6}}
+         "gemma3-rope": {"sliding_window": 8, "sliding_theta": 20000.0, "num_hidden_layers": 6},
+         "gemma2": {"sliding_window": 8, "num_hidden_layers": 3, "attn_logit_softcapping": 2.0,
+                    "final_logit_softcapping": 3.0}}
 
 
 @needs_llama_cpp
@@ -207,7 +212,7 @@ def test_llama_cpp_tokenizes_and_computes_as_the_hugging_face_model(tmp_path, tm
     error = (theirs - ours).abs().max().item() / ours.abs().max().item()
     # Q4_1 dot products take 8-bit activations in llama.cpp; its GELU (Gemma's) reads a float16 table of values
     # (ggml's GGML_GELU_FP16): measured 0.005 with 2 layers, 0.011 with 6, against 0.1-0.5 with a wrong RoPE base
-    assert error < (0.05 if passes else 0.02 if arch == "gemma3" else 3e-3), error
+    assert error < (0.05 if passes else 0.02 if arch.startswith("gemma") else 3e-3), error
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
 
 
@@ -253,16 +258,16 @@ def test_each_pre_tokenizer_is_told_apart(pre):
     assert sum(other == ids[pre] for other in ids.values()) == 1
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "phi3", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"])
 def test_transformers_reads_the_export_back_to_the_source_logits(tmp_path, arch):
     """Without llama.cpp: transformers' GGUF reader gives back the source model's logits (f32), and the file holds
     each weight once (a tied head as the embedding)."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = bpe_tokenizer("gpt-2")
-    tie = arch in ("qwen2", "qwen3", "gemma3")
-    # Gemma 3: heads of 256, every Gemma 3's attention scale, which transformers' GGUF reader assumes
-    model = hf_model(tokenizer, arch, tie, **({"sliding_window": 8, "head_dim": 256} if arch == "gemma3" else {}))
+    tie = arch in ("qwen2", "qwen3", "gemma2", "gemma3")
+    # Gemma: heads of 256, every small Gemma's attention scale, which transformers' GGUF reader assumes
+    model = hf_model(tokenizer, arch, tie, **({"sliding_window": 8, "head_dim": 256} if "gemma" in arch else {}))
     written = export(tmp_path, save(model, tokenizer, tmp_path / "model"))
     names = {t.name for t in gguf.GGUFReader(str(written)).tensors}
     assert ("output.weight" in names) is not tie and "token_embd.weight" in names

@@ -333,8 +333,9 @@ def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:
 # 8: that closing token is read from the answer and closing text tokenized together, as training does.
 # 9: an evaluation that names the training pass's own data config reads its eval split, not every row.
 # 10: latency p75/p999 and the low percentiles throughput's come from.
-MEASUREMENT = 11  # bump when a measurement gives other results for the same inputs (11: a result names the runtime
-# that answered; a GGUF model is answered by llama.cpp where llama-cpp-python is installed)
+# 11: a result names the runtime that answered; a GGUF model is answered by llama.cpp where llama-cpp-python is.
+MEASUREMENT = 12  # bump when a measurement gives other results for the same inputs (12: an LMEvaluator on a GGUF
+# model runs in llama.cpp too)
 
 
 def evaluation_key(session: Session, kind: str, ref: ModelRef, *parts, with_data: bool = True,

@@ -93,8 +93,10 @@ def _converter_versions() -> str:
 # Metadata transformers' GGUF reader does not carry into the config it builds, by architecture: a file holding
 # one would be converted into another model than the one llama.cpp runs from it
 UNREAD = {"gemma3": ("rope.scaling.type", "rope.freq_base_swa", "attention.sliding_window_pattern",
-                     "final_logit_softcapping")}
-READER_HEAD = {"gemma3": 256}  # the head size whose attention scale the reader assumes (query_pre_attn_scalar)
+                     "final_logit_softcapping"),
+          "gemma2": ("attention.sliding_window_pattern",)}
+READER_HEAD = {"gemma2": 256, "gemma3": 256}  # the head size whose attention scale the reader assumes
+READER_VALUES = {"gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}}  # the reader's values
 
 
 def unread_metadata(gguf_path: Path, gguf) -> list[str]:
@@ -102,6 +104,9 @@ def unread_metadata(gguf_path: Path, gguf) -> list[str]:
     fields = gguf.GGUFReader(str(gguf_path)).fields
     arch = str(fields["general.architecture"].contents()) if "general.architecture" in fields else ""
     found = [f"{arch}.{key}" for key in UNREAD.get(arch, ()) if f"{arch}.{key}" in fields]
+    found += [f"{arch}.{key} {fields[f'{arch}.{key}'].contents()} (the reader takes {value})"
+              for key, value in READER_VALUES.get(arch, {}).items()
+              if f"{arch}.{key}" in fields and float(fields[f"{arch}.{key}"].contents()) != value]
     head = fields.get(f"{arch}.attention.key_length")
     if arch in READER_HEAD and head is not None and int(head.contents()) != READER_HEAD[arch]:
         found.append(f"{arch}.attention.key_length {int(head.contents())} (the reader scales attention as for "

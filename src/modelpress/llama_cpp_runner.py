@@ -196,9 +196,10 @@ class LlamaCppRunner(Ends, Runner):
         llm.eval(ids[keep:])
         return self._logits()
 
-    def _eval_rows(self, tokens: list[int]):
-        """Evaluate `tokens` after what the cache holds (`n_tokens` of it) and return the logits after each one, a
-        row each: llama.cpp's batch with every token's logits asked for (llama-cpp-python's `eval` keeps the last)."""
+    def _eval_rows(self, tokens: list[int], first: int = 0):
+        """Evaluate `tokens` after what the cache holds (`n_tokens` of it) and return the logits after each one from
+        `tokens[first]` on, a row each: llama.cpp's batch with those tokens' logits asked for (llama-cpp-python's
+        `eval` keeps the last only)."""
         import numpy as np
 
         lib, llm = self._lib, self._llm
@@ -212,10 +213,10 @@ class LlamaCppRunner(Ends, Runner):
                 batch.n_tokens = len(chunk)
                 for i, token in enumerate(chunk):
                     batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, llm.n_tokens + i, 1
-                    batch.seq_id[i][0], batch.logits[i] = 0, True
+                    batch.seq_id[i][0], batch.logits[i] = 0, start + i >= first
                 if lib.llama_decode(llm.ctx, batch) != 0:
                     raise ModelpressError(f"{self.path}: llama.cpp failed to evaluate {len(chunk)} tokens")
-                for i in range(len(chunk)):
+                for i in range(max(0, first - start), len(chunk)):
                     row = lib.llama_get_logits_ith(llm.ctx, i)
                     rows.append(np.ctypeslib.as_array(row, shape=(self._vocab_size,)).copy())
                 llm.input_ids[llm.n_tokens:llm.n_tokens + len(chunk)] = chunk
@@ -227,8 +228,8 @@ class LlamaCppRunner(Ends, Runner):
     def tail_logits(self, ids: list[int], n: int):
         """The logits that predict the last `n` tokens of `ids` (a row each), reusing the cache of a shared prefix
         (an lm-eval task's choices share their context)."""
-        self._room(ids, 0)
-        self._fit(len(ids))
+        self._room(ids[:-1], 0)  # the last token is scored, never evaluated
+        self._fit(len(ids) - 1)
         llm = self._llm
         held = llm.input_ids[:llm.n_tokens].tolist()
         keep, last = 0, len(ids) - n - 1  # the rows needed start at the token before the first one scored
@@ -236,7 +237,8 @@ class LlamaCppRunner(Ends, Runner):
             keep += 1
         self.shared_prefix_tokens += keep
         llm.n_tokens = keep
-        return self._eval_rows(ids[keep:-1])[-n:]
+        evaluated = ids[keep:-1]
+        return self._eval_rows(evaluated, first=len(evaluated) - n)
 
     def generate_ids(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """The greedy new tokens of each row, up to its end (an lm-eval `generate_until` request)."""

@@ -177,6 +177,9 @@ def runner_lm_class():
             for key, context, continuation in requests:
                 ids = (list(context) + list(continuation))[-(self.max_length + 1):]
                 n = len(continuation)
+                if n == 0:  # nothing to score
+                    results.append((0.0, True))
+                    continue
                 logits = np.asarray(self._tail_logits(ids, n), dtype=np.float64)
                 logits -= logits.max(axis=-1, keepdims=True)
                 logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
@@ -269,7 +272,8 @@ def llama_cpp_lm_class():
             super().__init__()
             self.runner = LlamaCppRunner(Path(ref.path) / GGUF_FILE, ref.task.get("bos_token", FILE_BOS))
             self.batch = max(1, int(batch_size))
-            self.max_length = max_length or self.runner.trained_context or 2048
+            trained = self.runner.trained_context
+            self.max_length = min(max_length or trained, trained) if trained else max_length or 2048
 
         def _tail_logits(self, ids: list[int], n: int):
             return self.runner.tail_logits(ids, n)

@@ -66,14 +66,15 @@ def _permute_qk(name: str, data, meta: dict):
 
 def _shift_norm(name: str, data, meta: dict):
     """Gemma's RMSNorm scales by 1 + its weight, and llama.cpp's by the weight: each norm's weight is written plus
-    one, as llama.cpp's Gemma3Model converter does (transformers' GGUF reader takes the one off again)."""
+    one, as llama.cpp's Gemma2Model and Gemma3Model converters do (transformers' GGUF reader takes it off again)."""
     return data + 1.0 if name.endswith("norm.weight") else data
 
 
 # The architectures written, and how a weight's Hugging Face layout becomes llama.cpp's (None: as it is, as
 # llama.cpp's Qwen2Model, Qwen3Model and Phi3MiniModel write them, Phi-3's fused qkv and gate_up included). Each
 # is checked by a round trip through transformers' GGUF reader and llama.cpp (tests/test_gguf_export.py).
-LAYOUTS = {"llama": _permute_qk, "qwen2": None, "qwen3": None, "phi3": None, "gemma3": _shift_norm}
+LAYOUTS = {"llama": _permute_qk, "qwen2": None, "qwen3": None, "phi3": None, "gemma2": _shift_norm,
+           "gemma3": _shift_norm}
 assert set(LAYOUTS) == set(ARCHITECTURES)
 # A quantized grid llama.cpp stores as it is: (bits, symmetric) -> block type and the zero point it implies
 # (None: any, stored per block as Q4_1's minimum).

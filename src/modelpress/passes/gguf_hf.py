@@ -26,7 +26,7 @@ from pathlib import Path
 
 from modelpress.errors import ModelpressError
 from modelpress.fsutil import read_json
-from modelpress.passes.gguf_gemma import gemma3_keys, gemma3_unwritten
+from modelpress.passes.gguf_gemma import GEMMA, gemma_keys, gemma_unwritten
 
 log = logging.getLogger("modelpress")
 
@@ -42,7 +42,7 @@ RESAVE_TOKENIZER = ("Save the tokenizer again with transformers, which writes to
                     "AutoTokenizer.from_pretrained(folder).save_pretrained(folder).")
 # transformers model_type -> llama.cpp architecture
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
-               "gemma3_text": "gemma3"}
+               "gemma2": "gemma2", "gemma3_text": "gemma3"}
 
 # The pre-tokenizers llama.cpp names, as a tokenizer.json's `pre_tokenizer` writes them: the steps in order, each
 # (type, its settings that change the split), and whether BPE takes a word found whole in the vocabulary without
@@ -100,8 +100,8 @@ def unwritten_folder(folder: Path, first: bool = False) -> tuple[str, str] | Non
                     "or Rtn step of the workflow made, not one read as the input model",
                     "Start from the float model and put Gptq or Rtn before GgufExport.")
         arch = MODEL_TYPES[config["model_type"]]
-        if arch == "gemma3":
-            why = gemma3_unwritten(config)
+        if arch in GEMMA:
+            why = gemma_unwritten(config, arch)
             if why:
                 raise ModelpressError(f"{config_path}: {why}: {CONVERTER}")
         else:
@@ -157,17 +157,17 @@ def describe_folder(folder: Path, input_model, gguf) -> FileSpec:
     name = input_model.hub_id or Path(input_model.model_path).name
     values: dict[str, object] = {"general.architecture": arch, "general.name": name}
     carried = {}
-    if arch == "gemma3":  # llama.cpp's fixed choices for it are checked, its keys written (gguf_gemma)
-        why = gemma3_unwritten(config.to_dict())
+    if arch in GEMMA:  # llama.cpp's fixed choices for it are checked, its keys written (gguf_gemma)
+        why = gemma_unwritten(config.to_dict(), arch)
         if why:
             raise ModelpressError(f"{folder / 'config.json'}: {why}: {CONVERTER}.")
-        values.update(gemma3_keys(config.to_dict()))
+        values.update(gemma_keys(config.to_dict(), arch))
     else:
         values.update(_shape_keys(config, arch))
         values.update(_rope_scaling(config, arch, carried, folder / "config.json"))
     tokenizer, notes = _tokenizer(folder, config.vocab_size, gguf)
     window = getattr(config, "sliding_window", None)
-    if arch not in ("phi3", "gemma3") and window and (arch == "llama" or getattr(config, "use_sliding_window", False)):
+    if arch not in ("phi3", *GEMMA) and window and (arch == "llama" or getattr(config, "use_sliding_window", False)):
         notes.append(f"the config's sliding window of {window} tokens is not written: llama.cpp's {arch} "
                      "architecture attends to the whole context, as its converter writes it, so answers past the "
                      "window differ from transformers'")

@@ -29,7 +29,7 @@ LLAMA_CPP_TYPES: dict[str, str] = {
 # The architectures GgufExport writes (llama.cpp's names), and the models that have them (a GGUF input's
 # general.architecture; a Hugging Face model's model_type maps to them in modelpress.passes.gguf_hf).
 ARCHITECTURES = {"llama": "Llama 2 and 3, SmolLM2, Mistral-style", "qwen2": "Qwen2, Qwen2.5", "qwen3": "Qwen3",
-                 "phi3": "Phi-3 mini and medium", "gemma3": "Gemma 3 text models"}
+                 "phi3": "Phi-3 mini and medium", "gemma2": "Gemma 2", "gemma3": "Gemma 3 text models"}
 
 
 def unwritten_architecture(arch: str | None) -> str | None:
@@ -62,7 +62,8 @@ class GgufExportParams(Strict):
 
 
 GGUF_SPECS: tuple[PassSpec, ...] = (
-    PassSpec("GgufExport", "write a GGUF file for llama.cpp and Ollama (llama, qwen2, qwen3, phi3 and gemma3 models)",
+    PassSpec("GgufExport",
+             "write a GGUF file for llama.cpp and Ollama (llama, qwen2, qwen3, phi3, gemma2 and gemma3 models)",
              GgufExportParams, "modelpress.passes.gguf_export:run_gguf_export", (HF, HF_QUANTIZED), GGUF, False,
              optional_package=("gguf", "gguf")),
 )
