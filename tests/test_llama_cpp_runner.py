@@ -228,7 +228,9 @@ def test_a_run_measures_its_gguf_output_in_llama_cpp_and_says_when_it_cannot(tmp
     monkeypatch.setattr("modelpress.llama_cpp_runner.llama_cpp_installed", lambda: False)
     monkeypatch.setattr("modelpress.runtime.library_version",
                         _without("llama_cpp", __import__("modelpress.runtime").runtime.library_version))
-    monkeypatch.setattr("modelpress.runners._DEQUANTIZED_SAID", [])
+    from modelpress.runners import _say_dequantized
+
+    _say_dequantized.cache_clear()
     with caplog.at_level(logging.WARNING, logger="modelpress"):
         run_workflow(normalize(raw, tmp_path), show_progress=False)
     history = json.loads((tmp_path / "out" / "run_history.json").read_text())["steps"]

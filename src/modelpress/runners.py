@@ -9,6 +9,7 @@ correctly (measured: left-padded batches changed 14 of 16 generations of the tin
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -51,17 +52,18 @@ def gguf_runner(ref: ModelRef, trust_remote_code: bool = False):
 
     if llama_cpp_installed():
         return LlamaCppRunner(Path(ref.path) / GGUF_FILE, ref.task.get("bos_token", FILE_BOS))
-    if not _DEQUANTIZED_SAID:
-        _DEQUANTIZED_SAID.append(True)
-        log.warning("llama-cpp-python is not installed: the GGUF model is answered in PyTorch on its weights "
-                    "dequantized to float32, so its latency is PyTorch's, not llama.cpp's (pip install "
-                    "'modelpress[llama-cpp]' to measure it in llama.cpp; it compiles llama.cpp, a few minutes)")
+    _say_dequantized()
     runner = TorchRunner(ref, trust_remote_code)
     runner.runtime_detail = ", on the GGUF file's weights dequantized"
     return runner
 
 
-_DEQUANTIZED_SAID: list[bool] = []
+@functools.cache
+def _say_dequantized() -> None:
+    """Warn, once a process, that a GGUF model is answered in PyTorch."""
+    log.warning("llama-cpp-python is not installed: the GGUF model is answered in PyTorch on its weights "
+                "dequantized to float32, so its latency is PyTorch's, not llama.cpp's (pip install "
+                "'modelpress[llama-cpp]' to measure it in llama.cpp; it compiles llama.cpp, a few minutes)")
 
 
 class HfTokenizedRunner(Ends, Runner):
