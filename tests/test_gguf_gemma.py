@@ -225,3 +225,33 @@ def test_a_gemma2_file_with_soft_caps_transformers_would_not_read_is_refused_as_
     with pytest.raises(ModelpressError,
                        match=r"ignores gemma2\.attn_logit_softcapping 20\.0 \(the reader takes 50\.0\)"):
         export(tmp_path / "gguf", source)
+
+
+def test_a_gemma_output_pytorch_would_misread_asks_for_llama_cpp(tmp_path, monkeypatch):
+    """A Gemma 3 export with linear RoPE scaling (4B and larger) is evaluated only where llama.cpp runs it: without
+    llama-cpp-python, reading it in PyTorch (whose GGUF reader drops the scaling) is refused, saying what to install."""
+    from modelpress.errors import ModelpressError
+    from modelpress.models import ModelRef
+    from modelpress.runners import make_runner
+
+    tokenizer = bpe_tokenizer("gpt-2")
+    model = hf_model(tokenizer, "gemma3", True, {"rope_type": "linear", "factor": 2.0}, sliding_window=8,
+                     head_dim=256, num_hidden_layers=6)
+    written = export(tmp_path, save(model, tokenizer, tmp_path / "model"))
+    monkeypatch.setattr("modelpress.llama_cpp_runner.llama_cpp_installed", lambda: False)
+    with pytest.raises(ModelpressError, match=r"ignores gemma3\.rope\.scaling\.type.*evaluate it in llama\.cpp itself"
+                                              r".*modelpress\[llama-cpp\]"):
+        make_runner(ModelRef.load(written.parent))
+
+
+def test_a_ray_node_refuses_to_answer_with_other_libraries_than_the_driver_keyed():
+    """The driver keys a GGUF model's evaluation by its llama-cpp-python; a node without it (or with another)
+    would answer in PyTorch under that key: the node refuses, naming both versions."""
+    from modelpress.errors import ModelpressError
+    from modelpress.runtime import library_versions
+    from modelpress.systems.ray_tasks import same_answering_libraries
+
+    same_answering_libraries(library_versions(("llama_cpp",)))  # the same here: answered
+    same_answering_libraries({})  # a model kind no other library answers
+    with pytest.raises(ModelpressError, match=r"llama_cpp .* here, 9\.9\.9 on the driver.*every node"):
+        same_answering_libraries({"llama_cpp": "9.9.9"})

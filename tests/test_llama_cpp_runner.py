@@ -398,3 +398,17 @@ def test_lm_eval_requests_on_a_gguf_model_are_answered_by_llama_cpp_as_hflm_answ
         _instances("generate_until", texts))
     assert run_tasks(ref, settings.tasks, settings) == pytest.approx(
         run_tasks(ModelRef("hf", source, "source"), settings.tasks, settings))
+
+
+def test_the_report_says_which_gguf_models_llama_cpp_answered_and_which_pytorch_did():
+    """Each runtime gets its own note: a run whose GGUF models ran in llama.cpp on one machine and in PyTorch on
+    another (a Ray node without llama-cpp-python) does not label both alike."""
+    from modelpress.report import gguf_note
+
+    llama = {"model_kind": "gguf", "runtime": "llama.cpp (llama_cpp_python 0.3.36), 2 threads"}
+    torch_ = {"model_kind": "gguf", "runtime": "PyTorch 2.13.0, on the GGUF file's weights dequantized"}
+    assert "answered by llama.cpp" in gguf_note({"a": llama}, " ") and "PyTorch" not in gguf_note({"a": llama}, " ")
+    assert "measured in PyTorch" in gguf_note({"a": torch_}, " ") and "llama.cpp's" in gguf_note({"a": torch_}, " ")
+    both = gguf_note({"a": llama, "b": torch_}, "\n")
+    assert "answered by llama.cpp" in both and "another gguf model is measured in PyTorch" in both
+    assert gguf_note({"a": {"model_kind": "hf", "runtime": "PyTorch 2.13.0"}}, " ") == ""

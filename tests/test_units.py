@@ -1249,3 +1249,20 @@ def test_evaluate_says_how_many_of_the_distinct_prompts_it_measured():
     assert every == "m (hf) on 400 rows of d.jsonl (the distinct prompts of 500 rows)"
     alone = format_result({**base, "examples": 7, "rows": 7, "distinct_rows": 7}).splitlines()[0]
     assert alone == "m (hf) on 7 rows of d.jsonl"
+
+
+def test_a_pass_whose_output_changed_is_keyed_anew_and_no_other_pass_is(tiny_model, tmp_path, monkeypatch):
+    """A pass's `output_version` above 1 enters its cache key (GgufExport's 2: its card records the BOS training put
+    first, which an older entry lacks); at 1 the key is what it was, so other passes' entries stay."""
+    import dataclasses
+
+    from modelpress.passes import catalog
+
+    passes = {"lora": {"type": "LoRA", "train_data_config": "tone", "training_args": {"max_steps": 1}},
+              "merge": {"type": "MergeAdapterWeights"}, "gguf": {"type": "GgufExport"}}
+    assert catalog.CATALOG["GgufExport"].output_version == 2
+    now, _ = _keys(tiny_model, tmp_path, passes)
+    monkeypatch.setitem(catalog.CATALOG, "GgufExport", dataclasses.replace(catalog.CATALOG["GgufExport"],
+                                                                           output_version=1))
+    before, _ = _keys(tiny_model, tmp_path, passes)
+    assert now[:2] == before[:2] and now[2] != before[2]

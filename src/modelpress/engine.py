@@ -305,8 +305,10 @@ def _pass_key(config: WorkflowConfig, p: PassConfig, ref: ModelRef, plan: DataPl
     if not p.trains:
         unread.add("attn_implementation")
     loading = config.input_model.model_dump(mode="json", exclude=unread)
+    versions = library_versions(spec.libraries(ref.kind))
     return cache_key("pass", __version__, ref.id, p.type, spec.origin_key(), params, data,
-                     ep if spec.keys_execution_provider() else None, loading, library_versions(spec.libraries(ref.kind)))
+                     ep if spec.keys_execution_provider() else None, loading, versions,
+                     *([spec.output_version] if spec.output_version > 1 else []))
 
 
 def _task_card(config: WorkflowConfig, plan: DataPlan) -> dict:

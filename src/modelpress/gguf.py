@@ -59,6 +59,7 @@ def inference_folder(gguf_path: Path, trust_remote_code: bool = False) -> Path:
     input file does. Made in a temporary folder once per file and process, again when the file changes (a later run
     into the same output folder); the last file's alone is kept, until another is read or the process exits."""
     path = Path(gguf_path).resolve()
+    _readable_here(path)
     stat = path.stat()
     version = (stat.st_size, stat.st_mtime_ns)
     with _READ_LOCK:
@@ -112,6 +113,21 @@ def unread_metadata(gguf_path: Path, gguf) -> list[str]:
         found.append(f"{arch}.attention.key_length {int(head.contents())} (the reader scales attention as for "
                      f"heads of {READER_HEAD[arch]})")
     return found
+
+
+def _readable_here(path: Path) -> None:
+    """Refuse a GGUF output that transformers' reader would compute otherwise (a Gemma 2 27B's head size, a Gemma 3
+    with RoPE scaling): it can be answered only by llama.cpp."""
+    try:
+        import gguf
+
+        unread = unread_metadata(path, gguf)
+    except (ImportError, ValueError, KeyError, IndexError, OSError, EOFError, struct.error):
+        return  # the conversion says what is wrong
+    if unread:
+        raise ModelpressError(f"{path}: transformers' GGUF reader ignores {', '.join(unread)}, so PyTorch would "
+                              "compute another model than this file: evaluate it in llama.cpp itself, which needs "
+                              "llama-cpp-python (pip install 'modelpress[llama-cpp]'; it compiles llama.cpp)")
 
 
 def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False) -> None:

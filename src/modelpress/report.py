@@ -71,14 +71,14 @@ EXTRA_HEADERS = ["model", "kind", "accuracy", "answered with a label", "loss"]
 def gguf_note(models: dict, lead: str) -> str:
     """What a GGUF model's numbers are (`lead` + the note), or "" when no model is one."""
     runtimes = {m.get("runtime") or "" for m in models.values() if m.get("model_kind") == GGUF}
-    if not runtimes:
-        return ""
-    if all(r.startswith(RUNTIME_NAMES["llama_cpp"]) for r in runtimes):
-        return (f"{lead}a gguf model is answered by {' and '.join(sorted(runtimes))}, on the file's own quantized "
-                "blocks, one prompt at a time: accuracy, loss, latency and tok/s are llama.cpp's")
-    return (f"{lead}a gguf model is measured in PyTorch on its weights dequantized to float32 (transformers' GGUF "
-            "reader; llama-cpp-python was not installed): accuracy and loss are those of the file's weights, latency "
-            "and tok/s PyTorch's, not llama.cpp's")
+    llama = sorted(r for r in runtimes if r.startswith(RUNTIME_NAMES["llama_cpp"]))
+    notes = [f"{lead}a gguf model is answered by {' and '.join(llama)}, on the file's own quantized blocks, one "
+             "prompt at a time: accuracy, loss, latency and tok/s are llama.cpp's"] if llama else []
+    if len(llama) < len(runtimes):  # some answered in PyTorch (llama-cpp-python missing where they ran)
+        notes.append(f"{lead}{'another' if llama else 'a'} gguf model is measured in PyTorch on its weights "
+                     "dequantized to float32 (transformers' GGUF reader; llama-cpp-python was not installed): accuracy "
+                     "and loss are those of the file's weights, latency and tok/s PyTorch's, not llama.cpp's")
+    return "".join(notes)
 
 
 def extra_data_rows(metrics: dict) -> list[tuple[str, list[list[str]]]]:

@@ -65,5 +65,6 @@ GGUF_SPECS: tuple[PassSpec, ...] = (
     PassSpec("GgufExport",
              "write a GGUF file for llama.cpp and Ollama (llama, qwen2, qwen3, phi3, gemma2 and gemma3 models)",
              GgufExportParams, "modelpress.passes.gguf_export:run_gguf_export", (HF, HF_QUANTIZED), GGUF, False,
-             optional_package=("gguf", "gguf")),
+             optional_package=("gguf", "gguf"),
+             output_version=2),  # 2: the card records the BOS training put first (llama.cpp is given it)
 )

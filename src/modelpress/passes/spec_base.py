@@ -99,6 +99,9 @@ class PassSpec:
     function: Callable | None = None  # set for plugin passes defined in a script
     origin: str = "built-in"  # or the plugin's package / script
     reads_execution_provider: bool = False  # its output depends on the run's execution provider
+    # bumped when the pass's output changes for the same inputs (in its cache key where above 1, so that other
+    # passes' entries stay): a pass-wide CACHE_VERSION for one pass
+    output_version: int = 1
 
     def keys_execution_provider(self) -> bool:
         """Whether the execution provider belongs in this pass's cache key: it does for the passes that read it,

@@ -147,7 +147,12 @@ class RaySystem:
 
     def measure(self, session, ref, data_config: str | None, task_card: dict) -> dict:
         """Evaluate `ref` on the cluster (the run's `target`), prompting it as `task_card` says."""
-        job = {**self._job(session, ref), "data_config": data_config, "task_card": task_card}
+        from modelpress.passes.spec_base import ANSWERED_BY
+        from modelpress.runtime import library_versions
+
+        job = {**self._job(session, ref), "data_config": data_config, "task_card": task_card,
+               # what the driver keyed the evaluation by: the node must answer with the same
+               "answered_by": library_versions(ANSWERED_BY.get(ref.kind, ()))}
         return self._call(measure_task, job, self.resources(None), f"evaluation of {ref.id[:12]}")
 
     def _call(self, function, job: dict, request: TaskResources, what: str):

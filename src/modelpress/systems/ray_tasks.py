@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from modelpress.errors import ModelpressError
 from modelpress.models import ModelRef
 from modelpress.runtime import on_cluster_node, worker_logging
 
@@ -78,6 +79,19 @@ def run_pass_task(job: dict) -> dict:
     return {**row, **_where(), "started": started, "ended": time.time()}
 
 
+def same_answering_libraries(keyed: dict[str, str]) -> None:
+    """Refuse to answer with other libraries than the driver keyed the evaluation by (llama-cpp-python for a GGUF
+    model: a node without it would answer in PyTorch, cached under the driver's llama.cpp key)."""
+    from modelpress.runtime import library_versions
+
+    here = library_versions(keyed)
+    if here != keyed:
+        differ = ", ".join(f"{name} {here[name]} here, {keyed[name]} on the driver" for name in keyed
+                           if here[name] != keyed[name])
+        raise ModelpressError(f"this Ray node would answer the model with other libraries than the driver keyed its "
+                              f"evaluation by ({differ}): install the same versions on the driver and every node")
+
+
 def measure_task(job: dict) -> dict:
     """Measure one model on the eval set as the driver would; return the evaluation result."""
     import torch
@@ -90,6 +104,7 @@ def measure_task(job: dict) -> dict:
     started = time.time()
     config, plan, storage, input_folder = _setup(job)
     ref = local_ref(storage, ref_from_json(job["ref"]), Path(job["input_folder"]), job["input_id"])
+    same_answering_libraries(job.get("answered_by") or {})
     eval_set = plan.eval_set(job["data_config"])
     torch.manual_seed(0)  # as the driver does for an untrained classifier head
     with PeakRSS() as memory:
