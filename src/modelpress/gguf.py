@@ -115,15 +115,21 @@ def unread_metadata(gguf_path: Path, gguf) -> list[str]:
     return found
 
 
-def _readable_here(path: Path) -> None:
-    """Refuse a GGUF output that transformers' reader would compute otherwise (a Gemma 2 27B's head size, a Gemma 3
-    with RoPE scaling): it can be answered only by llama.cpp."""
+def _unread_or_none(path: Path) -> list[str]:
+    """`unread_metadata`, or none where the gguf package is missing or the header unreadable: the conversion then
+    says what is wrong."""
     try:
         import gguf
 
-        unread = unread_metadata(path, gguf)
+        return unread_metadata(path, gguf)
     except (ImportError, ValueError, KeyError, IndexError, OSError, EOFError, struct.error):
-        return  # the conversion says what is wrong
+        return []
+
+
+def _readable_here(path: Path) -> None:
+    """Refuse a GGUF output that transformers' reader would compute otherwise (a Gemma 2 27B's head size, a Gemma 3
+    with RoPE scaling): it can be answered only by llama.cpp."""
+    unread = _unread_or_none(path)
     if unread:
         raise ModelpressError(f"{path}: transformers' GGUF reader ignores {', '.join(unread)}, so PyTorch would "
                               "compute another model than this file: evaluate it in llama.cpp itself, which needs "
@@ -133,13 +139,10 @@ def _readable_here(path: Path) -> None:
 def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False) -> None:
     """Load `gguf_path` through transformers and save model, tokenizer and generation config to `out`."""
     try:
-        import gguf  # transformers needs it to read the file
+        import gguf  # noqa: F401  transformers needs it to read the file
     except ImportError:
         raise MissingDependencyError("gguf", "gguf", "Loading a GGUF model") from None
-    try:
-        unread = unread_metadata(gguf_path, gguf)
-    except (ValueError, KeyError, IndexError, OSError, EOFError, struct.error):  # transformers says what is wrong
-        unread = []
+    unread = _unread_or_none(gguf_path)
     if unread:
         raise ModelpressError(f"{gguf_path}: transformers' GGUF reader ignores {', '.join(unread)}, so the model it "
                               "converts would compute otherwise than this file does in llama.cpp. Start from the "

@@ -185,16 +185,21 @@ class LlamaCppRunner(Ends, Runner):
         if not ids:
             raise ModelpressError("an empty prompt (no tokens) cannot be answered: give every row a prompt")
         self._fit(len(ids) + room)
-        llm = self._llm
-        keep = 0
-        if reuse:
-            held = llm.input_ids[:llm.n_tokens].tolist()
-            while keep < min(len(held), len(ids) - 1) and held[keep] == ids[keep]:
-                keep += 1
-        self.shared_prefix_tokens += keep
-        llm.n_tokens = keep  # eval drops the cache past n_tokens
-        llm.eval(ids[keep:])
+        keep = self._keep_cached(ids, len(ids) - 1 if reuse else 0)
+        self._llm.eval(ids[keep:])  # eval drops the cache past n_tokens
         return self._logits()
+
+    def _keep_cached(self, ids: list[int], most: int) -> int:
+        """Keep the tokens the cache holds alike with `ids`, at most `most` of them, and drop the rest of it (the
+        next evaluation starts after them); returns how many were kept."""
+        llm = self._llm
+        held = llm.input_ids[:llm.n_tokens].tolist()
+        keep = 0
+        while keep < min(len(held), most) and held[keep] == ids[keep]:
+            keep += 1
+        self.shared_prefix_tokens += keep
+        llm.n_tokens = keep
+        return keep
 
     def _eval_rows(self, tokens: list[int], first: int = 0):
         """Evaluate `tokens` after what the cache holds (`n_tokens` of it) and return the logits after each one from
@@ -230,13 +235,7 @@ class LlamaCppRunner(Ends, Runner):
         (an lm-eval task's choices share their context)."""
         self._room(ids[:-1], 0)  # the last token is scored, never evaluated
         self._fit(len(ids) - 1)
-        llm = self._llm
-        held = llm.input_ids[:llm.n_tokens].tolist()
-        keep, last = 0, len(ids) - n - 1  # the rows needed start at the token before the first one scored
-        while keep < min(len(held), last) and held[keep] == ids[keep]:
-            keep += 1
-        self.shared_prefix_tokens += keep
-        llm.n_tokens = keep
+        keep = self._keep_cached(ids, len(ids) - n - 1)  # the rows needed start at the token before the first scored
         evaluated = ids[keep:-1]
         return self._eval_rows(evaluated, first=len(evaluated) - n)
 
