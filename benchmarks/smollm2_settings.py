@@ -69,6 +69,11 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="train every weight (float32, no adapter) instead of LoRA")
     parser.add_argument("--casual", type=float, default=0.0,
                         help="share of training rows whose phrase is written casually: lower case, no closing stop")
+    parser.add_argument("--augment", type=Path, default=None,
+                        help="JSON Lines of rewritten training phrases ({phrase, tone, source}); only rewrites of "
+                             "training-split phrases are used")
+    parser.add_argument("--augment-share", type=float, default=0.5,
+                        help="share of training rows swapped for one of their rewrites (with --augment)")
     parser.add_argument("--scales", default="1",
                         help="comma-separated factors on the adapter's weight change, each measured (WiSE-FT: "
                              "Wortsman et al. 2022 interpolate between the base and the fine-tuned weights)")
@@ -109,6 +114,13 @@ def main() -> int:
         return ids, [-100] * len(head) + ids[len(head):]
 
     train, held_out = split(rows_of(DATA))
+    rewrites: dict[str, list[dict]] = {}
+    if args.augment:
+        kept = {r["phrase"] for r in train}
+        for r in rows_of(args.augment):
+            if r["source"] in kept and r["phrase"].strip():
+                rewrites.setdefault(r["source"], []).append({"phrase": r["phrase"], "tone": r["tone"]})
+        print(f"rewrites of {len(rewrites)} training phrases from {args.augment}", flush=True)
     tones = sorted({r["tone"] for r in train})
     by_tone = {t: [i for i, r in enumerate(train) if r["tone"] == t] for t in tones}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
@@ -126,6 +138,8 @@ def main() -> int:
             batch, order = order[:16], order[16:]
         rows = [dict(train[i], phrase=casual(train[i]["phrase"])) if args.casual and styles.random() < args.casual
                 else train[i] for i in batch]
+        rows = [styles.choice(rewrites[r["phrase"]]) if r["phrase"] in rewrites
+                and styles.random() < args.augment_share else r for r in rows]
         ids, labels, mask = _pad([encode(row) for row in rows], tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -175,7 +189,7 @@ def main() -> int:
         print(f"lr {args.lr:g}, {args.steps} steps, seed {args.seed}, dropout {args.dropout:g}, neftune {args.neftune:g}, "
               f"top layers {args.top_layers or 'all'}, {'full fine-tuning' if args.full else f'rank {args.rank}'}, "
               f"targets {args.targets}, balanced {args.balanced}, {train_s / args.steps:.2f} s/step, "
-              f"casual {args.casual:g}, system prompt {args.system_prompt!r}, adapter scale {scale:g}: held-out "
+              f"casual {args.casual:g}, augment {args.augment} x {args.augment_share:g}, system prompt {args.system_prompt!r}, adapter scale {scale:g}: held-out "
               f"{scores['held-out']:.3f} ({len(held_out)}), other style {scores['other-style']:.3f} ({len(other)}; "
               f"its dev file {scores['other-style-dev']:.3f} of {len(dev)})", flush=True)
     return 0

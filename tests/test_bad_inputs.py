@@ -66,6 +66,8 @@ CASES = [
     ("negative-steps", lambda r, w: _lora(r)["training_args"].update(max_steps=-5), "max_steps must be a positive"),
     ("negative-lr", lambda r, w: _lora(r)["training_args"].update(learning_rate=-1), "learning_rate"),
     ("dropout-above-one", lambda r, w: _lora(r).update(lora_dropout=1.5), "lora_dropout"),
+    ("early-stopping-without-evaluations", lambda r, w: _lora(r).update(early_stopping_patience=2),
+     "early_stopping_patience counts evaluations"),
     ("bad-block-size", lambda r, w: r["passes"]["builder"].update(block_size=48), "block_size"),
     ("precision-ep", lambda r, w: r["passes"]["builder"].update(precision="fp16"), "cannot run on the cpu"),
     ("missing-merge", lambda r, w: (r["passes"].pop("merge"), r["passes"].update(builder={"type": "Rtn"})),

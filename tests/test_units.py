@@ -429,6 +429,27 @@ def test_a_pass_key_leaves_out_only_what_changes_the_log_or_checkpoints(tiny_mod
     assert key(data_seed=7)[1] != base[1]
 
 
+def test_a_pass_key_holds_a_param_added_later_only_when_it_is_set(tiny_model, tmp_path):
+    """Early stopping came after LoRA cache entries existed: at its defaults (what those entries did) it is not in
+    the key, so they stay valid; set, it is."""
+    from modelpress.passes.catalog import LoRAParams
+    from modelpress.passes.spec_base import key_params
+
+    def key(**lora):
+        (found,), _ = _keys(tiny_model, tmp_path, {"lora": {"type": "LoRA", "train_data_config": "tone",
+                                                            "eval_dataset_size": 0.2, **lora}})
+        return found
+
+    evaluated = {"eval_strategy": "steps", "eval_steps": 5}
+    base = key(training_args=evaluated)
+    assert key(training_args=evaluated, early_stopping_threshold=0.0) == base
+    assert key(training_args=evaluated, early_stopping_patience=2) != base
+    assert key(training_args={**evaluated, "load_best_model_at_end": True}) != base
+    held = key_params(LoRAParams(train_data_config="tone"))
+    assert "early_stopping_patience" not in held and "load_best_model_at_end" not in held["training_args"]
+    assert "learning_rate" in held["training_args"]  # the other params are all there
+
+
 def test_the_execution_provider_keys_only_the_passes_that_read_it(tiny_model, tmp_path):
     passes = {"lora": {"type": "LoRA", "train_data_config": "tone"}, "merge": {"type": "MergeAdapterWeights"},
               "builder": {"type": "ModelBuilder", "precision": "int4"}}

@@ -15,8 +15,8 @@ from modelpress.passes.gguf_spec import GGUF_SPECS
 from modelpress.passes.onnx_specs import ONNX_SPECS
 from modelpress.passes.quant_specs import QUANT_SPECS
 from modelpress.passes.spec_base import (DATA_PARAMS, GGUF, HF, HF_ADAPTER, HF_QUANTIZED,  # noqa: F401
-                                         ONNX, ONNX_GENAI, SAME_KIND, SEARCH, PassSpec, Strict, output_neutral,
-                                         searchable)
+                                         ONNX, ONNX_GENAI, SAME_KIND, SEARCH, PassSpec, Strict, keyed_when_set,
+                                         output_neutral, searchable)
 
 # Each learning-rate schedule and the settings its transformers function takes beyond the optimizer and step counts
 # (tests/test_config.py checks this table against transformers' own signatures).
@@ -71,6 +71,10 @@ class TrainingArgs(Strict):
     save_steps: float = output_neutral(
         0.1, gt=0, description="Checkpoint every N steps, or every fraction of the run when below 1."
     )
+    load_best_model_at_end: bool = keyed_when_set(
+        False, description="Keep the adapter of the evaluation with the lowest eval loss, not the last step's "
+        "(transformers' option). Needs eval data and eval_strategy 'steps' or 'epoch'; every evaluation then "
+        "saves a checkpoint (save_strategy and save_steps follow eval_strategy and eval_steps).")
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +123,27 @@ class TrainingArgs(Strict):
             self.eval_steps = self.logging_steps
         return self
 
+    @model_validator(mode="after")
+    def _checkpoint_each_evaluation(self) -> "TrainingArgs":
+        """load_best_model_at_end restores the checkpoint of the best evaluation, so every evaluation saves one: the
+        save schedule follows the eval schedule (an explicit other one is refused, as transformers refuses it)."""
+        if not self.load_best_model_at_end:
+            return self
+        if self.eval_strategy == "no":
+            raise ValueError("load_best_model_at_end picks the evaluation with the lowest eval loss: set "
+                             "eval_strategy to 'steps' (with eval_steps) or 'epoch'")
+        given = self.model_fields_set
+        if "save_strategy" in given and self.save_strategy != self.eval_strategy:
+            raise ValueError(f"load_best_model_at_end saves a checkpoint at every evaluation: save_strategy "
+                             f"{self.save_strategy!r} must be eval_strategy's {self.eval_strategy!r} (or left out)")
+        if self.eval_strategy == "steps" and "save_steps" in given and self.save_steps != self.eval_steps:
+            raise ValueError(f"load_best_model_at_end saves a checkpoint at every evaluation: save_steps "
+                             f"{self.save_steps:g} must equal eval_steps {self.eval_steps} (or be left out)")
+        self.save_strategy = self.eval_strategy
+        if self.eval_strategy == "steps":
+            self.save_steps = self.eval_steps
+        return self
+
 
 TorchDtype = Literal["float32", "bfloat16", "float16"]
 TrainingDtype = Literal[TorchDtype, "bfloat16-if-native"]
@@ -163,6 +188,14 @@ class LoRAParams(Strict):
         None, description="text-classification: 'balanced' weights each class's loss by n_rows / (n_classes * "
                           "n_rows_of_class), so a rare class counts as much as a common one.")
     training_args: TrainingArgs = Field(default_factory=TrainingArgs, description="Trainer settings.")
+    early_stopping_patience: int | None = keyed_when_set(
+        None, gt=0, description="Stop training once the eval loss has not improved on its best (by more than "
+        "early_stopping_threshold) for this many evaluations in a row (transformers' EarlyStoppingCallback). Needs "
+        "eval data and training_args.eval_strategy 'steps' or 'epoch'. The adapter kept is the last step's, or the "
+        "best evaluation's with training_args.load_best_model_at_end.")
+    early_stopping_threshold: float = keyed_when_set(
+        0.0, ge=0, description="The least fall of the eval loss that counts as an improvement for "
+        "early_stopping_patience.")
     num_workers: int = Field(
         1, ge=1, description="Train data-parallel in this many processes (PyTorch DDP through Ray Train's "
         "TorchTrainer: gloo on CPUs, nccl on GPUs), each with per_device_train_batch_size rows per step; on a Ray "
@@ -181,6 +214,18 @@ class LoRAParams(Strict):
     def adapter_dropout(self) -> float:
         """The adapter's own dropout while training (LoHa and LoKr override it)."""
         return self.lora_dropout
+
+    @model_validator(mode="after")
+    def _evaluations_to_stop_on(self) -> "LoRAParams":
+        ta, evals = self.training_args, self.eval_dataset_size or self.eval_data_config
+        if self.early_stopping_patience and ta.eval_strategy == "no":
+            raise ValueError("early_stopping_patience counts evaluations: set training_args.eval_strategy to "
+                             "'steps' (with eval_steps) or 'epoch'")
+        if (self.early_stopping_patience or ta.load_best_model_at_end) and not evals:
+            key = "early_stopping_patience" if self.early_stopping_patience else "load_best_model_at_end"
+            raise ValueError(f"{key} needs an eval loss: set eval_dataset_size (a fraction or count of the "
+                             "training rows held out) or eval_data_config")
+        return self
 
     @model_validator(mode="after")
     def _one_mixed_precision(self) -> "LoRAParams":

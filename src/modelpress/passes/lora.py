@@ -80,14 +80,22 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
     final_eval = _final_eval(trainer) if evals else {}
+    stopped = _stopped_early(trainer, result, params.early_stopping_patience)
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
     tokens = sum(real_tokens(f, tokenizer.pad_token_id) for f in train)
     _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock,
-               _base_dtype(model, quantization_config))
+               _base_dtype(model, quantization_config), stopped)
     ctx.notes.append(f"trained {result.global_step} steps in {seconds:.1f} s"
                      + (f"; train loss {result.training_loss:.4f}" if clock.steps else
                         " (every step before the resume: none left to train)")
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
+    said = [f"stopped early at step {stopped['step']} of {stopped['planned_steps']}: no better eval loss in "
+            f"{params.early_stopping_patience} evaluations"] if stopped else []
+    if _kept_step(trainer) != result.global_step:
+        said.append(f"kept the adapter of step {_kept_step(trainer)}, the lowest eval loss (load_best_model_at_end)")
+    for line in said:
+        log.info("training: %s", line)
+    ctx.notes.extend(said)
     # the prompt recipe travels with the adapter and every model made from it (cache entries included)
     task = {**{k: v for k, v in ctx.model.task.items() if k != "chat"},  # a chat format brought is not this one
             **ctx.data.prompt_recipe(params.train_data_config), "task": ctx.task,
@@ -203,13 +211,29 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
 
 
 def _final_eval(trainer) -> dict:
-    """The eval loss after the last step: the Trainer's own when its eval schedule ended on that step
-    (for example eval_steps beyond max_steps), else one more evaluation."""
-    history = trainer.state.log_history
-    last = next((h for h in reversed(history) if "eval_loss" in h), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
-        return {k: v for k, v in last.items() if k.startswith("eval_") or k == "epoch"}
+    """The eval loss of the adapter kept: the Trainer's own evaluation of that step where it made one (its eval
+    schedule ended on the last step, or load_best_model_at_end restored an evaluated step), else one more."""
+    step = _kept_step(trainer)
+    done = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h.get("step") == step), None)
+    if done is not None:
+        return {k: v for k, v in done.items() if k.startswith("eval_") or k == "epoch"}
     return trainer.evaluate()
+
+
+def _kept_step(trainer) -> int:
+    """The step whose adapter the pass saves: the best evaluation's under load_best_model_at_end, else the last."""
+    state = trainer.state
+    return state.best_global_step if trainer.args.load_best_model_at_end and state.best_global_step \
+        else state.global_step
+
+
+def _stopped_early(trainer, result, patience: int | None) -> dict | None:
+    """Where early stopping ended the training (None: not asked for, or every planned step ran)."""
+    state = trainer.state
+    if not patience or result.global_step >= state.max_steps:
+        return None
+    return {"step": result.global_step, "planned_steps": state.max_steps, "best_step": state.best_global_step,
+            "best_eval_loss": state.best_metric}
 
 
 def decoder_layers(indices: list[int] | None, model_config) -> list[int] | None:
@@ -362,6 +386,9 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         learning_rate=ta.learning_rate, num_train_epochs=ta.num_train_epochs, max_steps=ta.max_steps,
         logging_steps=ta.logging_steps, logging_first_step=True,
         eval_strategy=eval_strategy, eval_steps=ta.eval_steps if eval_strategy == "steps" else None,
+        load_best_model_at_end=ta.load_best_model_at_end and bool(evals),
+        metric_for_best_model="loss" if evals and (ta.load_best_model_at_end or params.early_stopping_patience)
+        else None,
         train_sampling_strategy="group_by_length" if ta.group_by_length else "random",
         adam_beta1=ta.adam_beta1, adam_beta2=ta.adam_beta2, adam_epsilon=ta.adam_epsilon,
         weight_decay=ta.weight_decay, max_grad_norm=ta.max_grad_norm, bf16=ta.bf16,
@@ -390,6 +417,10 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         trainer_class = type("LengthGroupedTrainer", (ResumableOrder, trainer_class), {})
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evals,
                             data_collator=collate, compute_loss_func=loss)
+    if params.early_stopping_patience and evals:  # its count of evaluations is saved in checkpoints, and resumed
+        from transformers import EarlyStoppingCallback
+
+        trainer.add_callback(EarlyStoppingCallback(params.early_stopping_patience, params.early_stopping_threshold))
     # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
     use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
     trainer.shares_prompt_prefix = shares
@@ -424,7 +455,8 @@ def _step_clock():
 
 
 def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_train: int, n_eval: int,
-               tokens_per_epoch: int, clock=None, base_dtype: str | None = None) -> None:
+               tokens_per_epoch: int, clock=None, base_dtype: str | None = None, stopped: dict | None = None
+               ) -> None:
     state = trainer.state
     steps = result.global_step
     args = trainer.args
@@ -443,6 +475,8 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         "autocast": {"fp16": "float16", "bf16": "bfloat16"}.get(str(trainer.accelerator.mixed_precision)),
         "shared_prompt_prefix": getattr(trainer, "shares_prompt_prefix", False),
         "final_eval": final_eval,
+        "stopped_early": stopped,
+        "kept_step": _kept_step(trainer),
         "train_sequences": n_train,
         "eval_sequences": n_eval,
         "approx_training_tokens": int(tokens_seen),

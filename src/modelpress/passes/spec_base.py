@@ -40,6 +40,7 @@ SAME_KIND = "same"  # `produces` of a pass whose output is of its input's kind
 DATA_PARAMS = ("train_data_config", "eval_data_config", "data_config")  # params that name a data config
 SEARCH = "search"  # json_schema_extra key: the values search tries when a param says SEARCHABLE_VALUES
 NEUTRAL = "output_neutral"  # json_schema_extra key: the param changes a pass's log or checkpoints, not its output
+ADDED = "keyed_when_set"  # json_schema_extra key: the param is in a cache key only when it differs from its default
 
 
 def _marked(mark: str, value, field_kwargs: dict) -> dict:
@@ -63,9 +64,30 @@ def is_output_neutral(field) -> bool:
     return isinstance(field.json_schema_extra, dict) and bool(field.json_schema_extra.get(NEUTRAL))
 
 
+def keyed_when_set(default, **field_kwargs):
+    """A pydantic Field added to a pass after cache entries of it existed, whose default is what the pass did
+    before: left out of the cache key while it holds that default, so those entries stay valid."""
+    return Field(default, **_marked(ADDED, True, field_kwargs))
+
+
 def key_params(params: BaseModel) -> dict:
-    """`params` as JSON without its output-neutral fields (also in nested models): what a cache key holds."""
-    return params.model_dump(mode="json", exclude=_neutral_fields(type(params)) or None)
+    """`params` as JSON without its output-neutral fields, nor its `keyed_when_set` fields at their defaults (also
+    in nested models): what a cache key holds."""
+    return _without_unset_additions(params, params.model_dump(mode="json",
+                                                              exclude=_neutral_fields(type(params)) or None))
+
+
+def _without_unset_additions(params: BaseModel, data: dict) -> dict:
+    for name, field in type(params).model_fields.items():
+        value = getattr(params, name)
+        if name not in data:
+            continue
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(ADDED) \
+                and value == field.default:
+            del data[name]
+        elif isinstance(value, BaseModel):
+            _without_unset_additions(value, data[name])
+    return data
 
 
 def _neutral_fields(model: type[BaseModel]) -> dict:
