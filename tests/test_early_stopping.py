@@ -100,9 +100,30 @@ def test_each_evaluation_saves_the_checkpoint_load_best_model_at_end_may_restore
     ({"early_stopping_patience": 2, "eval_dataset_size": None}, "early_stopping_patience needs an eval loss"),
     ({"training_args": {"load_best_model_at_end": True}, "eval_dataset_size": None},
      "load_best_model_at_end needs an eval loss"),
+    ({"early_stopping_threshold": 0.01}, "early_stopping_threshold applies with early_stopping_patience"),
     ({"early_stopping_patience": 0}, "greater than 0"),
     ({"early_stopping_patience": 2, "early_stopping_threshold": -1}, "greater than or equal to 0"),
 ])
 def test_early_stopping_settings_that_cannot_work_are_refused_up_front(changes, says):
     with pytest.raises(ValidationError, match=says):
         _params(**changes)
+
+
+def test_a_resumed_run_counts_on_from_the_evaluations_without_improvement_its_checkpoint_saw(tmp_path):
+    """transformers saves the callback's count in every checkpoint's trainer_state.json and, by default, starts a
+    resumed run from zero: the pass gives it back, so a run resumed after a kill stops where one never killed would."""
+    from transformers import EarlyStoppingCallback, TrainerState
+
+    from modelpress.passes import early_stopping
+
+    before = EarlyStoppingCallback(3, 0.5)
+    before.early_stopping_patience_counter = 2  # two evaluations without improvement when the checkpoint was saved
+    checkpoint = tmp_path / "checkpoint-20"
+    checkpoint.mkdir()
+    TrainerState(stateful_callbacks=[before]).save_to_json(str(checkpoint / "trainer_state.json"))
+    resumed = early_stopping.stopping_callback(3, 0.5, has_evals=True)
+    assert resumed.early_stopping_patience_counter == 0
+    early_stopping.restore_count(resumed, checkpoint)
+    assert resumed.early_stopping_patience_counter == 2
+    early_stopping.restore_count(resumed, None)  # a run started afresh keeps its own count
+    assert early_stopping.stopping_callback(3, 0.5, has_evals=False) is None

@@ -76,7 +76,8 @@ for _training in ("lora", "qlora", "dora", "loha", "lokr"):
 INERT_TRAINING_KEYS: dict[str, str] = {
     "output_dir": "checkpoints go to the pass's folder in cache_dir, where a rerun resumes from them",
     "overwrite_output_dir": "checkpoints go to the pass's folder in cache_dir, where a rerun resumes from them",
-    "save_total_limit": "the pass keeps its latest checkpoint alone",
+    "save_total_limit": "the pass keeps its latest checkpoint alone (and the best evaluation's, with early stopping "
+                        "or load_best_model_at_end)",
     "report_to": "the training log goes to modelpress's log and the pass's training_log.json",
     "logging_dir": "the training log goes to modelpress's log and the pass's training_log.json",
     "disable_tqdm": "modelpress draws its own progress, on a terminal only",

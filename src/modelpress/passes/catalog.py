@@ -73,8 +73,9 @@ class TrainingArgs(Strict):
     )
     load_best_model_at_end: bool = keyed_when_set(
         False, description="Keep the adapter of the evaluation with the lowest eval loss, not the last step's "
-        "(transformers' option). Needs eval data and eval_strategy 'steps' or 'epoch'; every evaluation then "
-        "saves a checkpoint (save_strategy and save_steps follow eval_strategy and eval_steps).")
+        "(transformers' option). Needs eval data and eval_strategy 'steps' or 'epoch'; checkpoints are then saved "
+        "at each evaluation instead (save_strategy and save_steps follow eval_strategy and eval_steps), so with "
+        "'epoch' an interrupted run resumes from its last epoch's end.")
 
     @model_validator(mode="before")
     @classmethod
@@ -194,8 +195,8 @@ class LoRAParams(Strict):
         "eval data and training_args.eval_strategy 'steps' or 'epoch'. The adapter kept is the last step's, or the "
         "best evaluation's with training_args.load_best_model_at_end.")
     early_stopping_threshold: float = keyed_when_set(
-        0.0, ge=0, description="The least fall of the eval loss that counts as an improvement for "
-        "early_stopping_patience.")
+        0.0, ge=0, description="How much an evaluation must lower the best eval loss so far, and more, to count "
+        "as an improvement for early_stopping_patience.")
     num_workers: int = Field(
         1, ge=1, description="Train data-parallel in this many processes (PyTorch DDP through Ray Train's "
         "TorchTrainer: gloo on CPUs, nccl on GPUs), each with per_device_train_batch_size rows per step; on a Ray "
@@ -218,6 +219,9 @@ class LoRAParams(Strict):
     @model_validator(mode="after")
     def _evaluations_to_stop_on(self) -> "LoRAParams":
         ta, evals = self.training_args, self.eval_dataset_size or self.eval_data_config
+        if self.early_stopping_threshold and not self.early_stopping_patience:
+            raise ValueError("early_stopping_threshold applies with early_stopping_patience: set the patience (a "
+                             "count of evaluations), or leave the threshold out")
         if self.early_stopping_patience and ta.eval_strategy == "no":
             raise ValueError("early_stopping_patience counts evaluations: set training_args.eval_strategy to "
                              "'steps' (with eval_steps) or 'epoch'")

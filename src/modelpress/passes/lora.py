@@ -14,6 +14,7 @@ from modelpress.errors import MissingDependencyError, ModelpressError
 from modelpress.fsutil import atomic_write_json
 from modelpress.models import (ADAPTER_DIR, IF_NATIVE, ModelRef, load_causal_lm, load_classifier, load_tokenizer,
                                native_float16, native_training_dtype)
+from modelpress.passes import early_stopping
 from modelpress.passes.catalog import HF_ADAPTER, LoRAParams, QLoRAParams
 
 log = logging.getLogger("modelpress")
@@ -74,13 +75,14 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
         log.info("resuming training from %s", checkpoint.name)
         ctx.notes.append(f"resumed from {checkpoint.name}")
         trainer.resume_order_from = checkpoint
+        early_stopping.restore_count(trainer.stopping, checkpoint)
     clock = _step_clock()  # transformers is imported only when a training pass runs
     trainer.add_callback(clock)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
     final_eval = _final_eval(trainer) if evals else {}
-    stopped = _stopped_early(trainer, result, params.early_stopping_patience)
+    stopped = early_stopping.stopped_early(trainer, result, params.early_stopping_patience)
     model.save_pretrained(str(ctx.out / ADAPTER_DIR), safe_serialization=True)
     tokens = sum(real_tokens(f, tokenizer.pad_token_id) for f in train)
     _write_log(ctx.out, trainer, result, final_eval, seconds, len(train), len(evals or []), tokens, clock,
@@ -89,13 +91,7 @@ def train_here(ctx: PassContext, params: LoRAParams, quantization_config) -> Mod
                      + (f"; train loss {result.training_loss:.4f}" if clock.steps else
                         " (every step before the resume: none left to train)")
                      + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else ""))
-    said = [f"stopped early at step {stopped['step']} of {stopped['planned_steps']}: no better eval loss in "
-            f"{params.early_stopping_patience} evaluations"] if stopped else []
-    if _kept_step(trainer) != result.global_step:
-        said.append(f"kept the adapter of step {_kept_step(trainer)}, the lowest eval loss (load_best_model_at_end)")
-    for line in said:
-        log.info("training: %s", line)
-    ctx.notes.extend(said)
+    ctx.notes.extend(early_stopping.notes(trainer, result, stopped, params.early_stopping_patience))
     # the prompt recipe travels with the adapter and every model made from it (cache entries included)
     task = {**{k: v for k, v in ctx.model.task.items() if k != "chat"},  # a chat format brought is not this one
             **ctx.data.prompt_recipe(params.train_data_config), "task": ctx.task,
@@ -213,27 +209,11 @@ def _peft_model(ctx: PassContext, params: LoRAParams, quantization_config, label
 def _final_eval(trainer) -> dict:
     """The eval loss of the adapter kept: the Trainer's own evaluation of that step where it made one (its eval
     schedule ended on the last step, or load_best_model_at_end restored an evaluated step), else one more."""
-    step = _kept_step(trainer)
+    step = early_stopping.kept_step(trainer)
     done = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h and h.get("step") == step), None)
     if done is not None:
         return {k: v for k, v in done.items() if k.startswith("eval_") or k == "epoch"}
     return trainer.evaluate()
-
-
-def _kept_step(trainer) -> int:
-    """The step whose adapter the pass saves: the best evaluation's under load_best_model_at_end, else the last."""
-    state = trainer.state
-    return state.best_global_step if trainer.args.load_best_model_at_end and state.best_global_step \
-        else state.global_step
-
-
-def _stopped_early(trainer, result, patience: int | None) -> dict | None:
-    """Where early stopping ended the training (None: not asked for, or every planned step ran)."""
-    state = trainer.state
-    if not patience or result.global_step >= state.max_steps:
-        return None
-    return {"step": result.global_step, "planned_steps": state.max_steps, "best_step": state.best_global_step,
-            "best_eval_loss": state.best_metric}
 
 
 def decoder_layers(indices: list[int] | None, model_config) -> list[int] | None:
@@ -417,10 +397,10 @@ def _trainer(ctx: PassContext, params: LoRAParams, model, tokenizer, train, eval
         trainer_class = type("LengthGroupedTrainer", (ResumableOrder, trainer_class), {})
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=evals,
                             data_collator=collate, compute_loss_func=loss)
-    if params.early_stopping_patience and evals:  # its count of evaluations is saved in checkpoints, and resumed
-        from transformers import EarlyStoppingCallback
-
-        trainer.add_callback(EarlyStoppingCallback(params.early_stopping_patience, params.early_stopping_threshold))
+    trainer.stopping = early_stopping.stopping_callback(params.early_stopping_patience,
+                                                        params.early_stopping_threshold, bool(evals))
+    if trainer.stopping:
+        trainer.add_callback(trainer.stopping)
     # the Trainer prints every log as a raw dict; modelpress shows the loss on the bar, or as plain log lines
     use_modelpress_output(trainer, bars=ctx.show_progress, label="training")
     trainer.shares_prompt_prefix = shares
@@ -476,7 +456,7 @@ def _write_log(out: Path, trainer, result, final_eval: dict, seconds: float, n_t
         "shared_prompt_prefix": getattr(trainer, "shares_prompt_prefix", False),
         "final_eval": final_eval,
         "stopped_early": stopped,
-        "kept_step": _kept_step(trainer),
+        "kept_step": early_stopping.kept_step(trainer),
         "train_sequences": n_train,
         "eval_sequences": n_eval,
         "approx_training_tokens": int(tokens_seen),
