@@ -61,7 +61,11 @@ def output_neutral(default, **field_kwargs):
 
 def is_output_neutral(field) -> bool:
     """Whether a pydantic field was declared with `output_neutral`."""
-    return isinstance(field.json_schema_extra, dict) and bool(field.json_schema_extra.get(NEUTRAL))
+    return _has_mark(field, NEUTRAL)
+
+
+def _has_mark(field, mark: str) -> bool:
+    return isinstance(field.json_schema_extra, dict) and bool(field.json_schema_extra.get(mark))
 
 
 def keyed_when_set(default, **field_kwargs):
@@ -73,30 +77,18 @@ def keyed_when_set(default, **field_kwargs):
 def key_params(params: BaseModel) -> dict:
     """`params` as JSON without its output-neutral fields, nor its `keyed_when_set` fields at their defaults (also
     in nested models): what a cache key holds."""
-    return _without_unset_additions(params, params.model_dump(mode="json",
-                                                              exclude=_neutral_fields(type(params)) or None))
+    return params.model_dump(mode="json", exclude=_key_exclusions(params) or None)
 
 
-def _without_unset_additions(params: BaseModel, data: dict) -> dict:
+def _key_exclusions(params: BaseModel) -> dict:
+    """model_dump's `exclude` for `key_params`: the fields a cache key leaves out, nested models' as nested dicts."""
+    exclude = {}
     for name, field in type(params).model_fields.items():
         value = getattr(params, name)
-        if name not in data:
-            continue
-        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(ADDED) \
-                and value == field.default:
-            del data[name]
-        elif isinstance(value, BaseModel):
-            _without_unset_additions(value, data[name])
-    return data
-
-
-def _neutral_fields(model: type[BaseModel]) -> dict:
-    exclude = {}
-    for name, field in model.model_fields.items():
-        if is_output_neutral(field):
+        if _has_mark(field, NEUTRAL) or (_has_mark(field, ADDED) and value == field.default):
             exclude[name] = True
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            exclude.update({name: nested} if (nested := _neutral_fields(field.annotation)) else {})
+        elif isinstance(value, BaseModel) and (nested := _key_exclusions(value)):
+            exclude[name] = nested
     return exclude
 
 
