@@ -122,7 +122,8 @@ QUANT_SPECS: tuple[PassSpec, ...] = (
     PassSpec("SelectiveMixedPrecision", "choose the layers that keep more bits (k-quant rules or KL gradients)",
              SelectiveMixedPrecisionParams, _ENTRY + "run_mixed_precision", (HF,), HF, True),
     PassSpec("Gptq", "GPTQ weight quantization of a Hugging Face model (calibrated)", GptqParams,
-             _ENTRY + "run_gptq", (HF,), HF_QUANTIZED, True),
+             _ENTRY + "run_gptq", (HF,), HF_QUANTIZED, True,
+             output_version=2),  # 2: GPTQ in float32, as the reference code computes it (float64 before)
     PassSpec("Rtn", "round-to-nearest weight quantization of a Hugging Face model", RtnParams,
              _ENTRY + "run_rtn", (HF, HF_QUANTIZED), HF_QUANTIZED, False),
 )
