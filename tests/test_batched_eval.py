@@ -138,6 +138,18 @@ def test_evaluate_cuts_answers_at_the_stop_text_and_times_a_stated_sample(monkey
     assert result["batch1_agreement"] == {"compared": 5, "same": 5}
 
 
+def test_an_untimed_evaluation_answers_in_batches_only(monkeypatch, tmp_path):
+    """An extra data config's evaluation (latency_samples 0) times nothing: no answer at batch 1, no latency."""
+    runner = EchoRunner()
+    monkeypatch.setattr("modelpress.evaluate.make_runner", lambda ref, trust: runner)
+    examples = [Example(label, label, f"row {i}", target=label + "<|end|>") for i, label in enumerate(["joy"] * 10)]
+    result = evaluate(ModelRef(HF, tmp_path, id="x"), examples, False, MAX_NEW, with_accuracy=True,
+                      show_progress=False, batch_size=8, latency_samples=0)
+    assert runner.calls == [8, 2] and runner.prepared == [] and result["accuracy"] == 1.0
+    assert result["latency_examples"] == 0 and result["latency_ms"] is None and result["tokens_per_second"] is None
+    assert "batch1_agreement" not in result
+
+
 def test_answers_at_batch_1_that_differ_from_the_batched_ones_are_counted_and_said(monkeypatch, tmp_path, caplog):
     class Drifting(EchoRunner):  # as int4 kernels may round at batch 1 against a batch
         def generate(self, prompt, add_bos, max_new_tokens):

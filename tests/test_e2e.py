@@ -102,6 +102,9 @@ def test_intermediate_steps_and_extra_data_are_measured_when_asked(demo_run, tmp
     assert merged["accuracy"] >= 0.7 and abs(merged["accuracy"] - final["accuracy"]) < 0.1
     extra = metrics["extra_data"]["other"]
     assert list(extra) == ["input", "merge", "final"] and all(m["examples"] == 48 for m in extra.values())
+    # a model's latency is timed on the eval set; the extra data config measures answers and loss
+    assert all(m["latency_ms"] is None and m["latency_examples"] == 0 for m in extra.values())
+    assert all(m["latency_ms"]["p50"] > 0 and m["latency_examples"] > 0 for m in metrics["models"].values())
     assert "on all 48 rows of data config 'other'" in proc.stdout
     assert "On all 48 rows of data config &#x27;other&#x27;</h3>" in (tmp_path / "out" / "report.html").read_text()
     bad = {**config, "evaluation": {**config["evaluation"], "evaluate_passes": ["merged"]}}

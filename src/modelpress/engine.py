@@ -392,7 +392,7 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
             from modelpress.evaluate import measure
 
             with session.local_lock, PeakRSS() as memory:
-                cached = measure(config, ref, eval_set, prompting, session.show_progress)
+                cached = measure(config, ref, eval_set, prompting, session.show_progress, timed=data_config is None)
             cached["peak_rss_mb"] = round(memory.peak_mb, 1)
         cache.write_eval(key, cached)
     history.append(record_step(f"evaluate {role}", key, hit, time.perf_counter() - started,

@@ -142,7 +142,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
 
     Accuracy comes from batched greedy generation (`batch_size` prompts at a time, the same answers
     as one at a time); latency, throughput and tokens/s from `latency_samples` of the examples,
-    each generated alone, as a deployed model answers one request.
+    each generated alone, as a deployed model answers one request (none timed where it is 0).
     """
     runner = make_runner(ref, trust_remote_code)
     runner.add_stops(generation_stops(examples))  # a chat turn's end marker ends the answer
@@ -155,9 +155,9 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
         loss = runner.completion_loss(examples, add_bos)
     outputs = [cut_at_stop(text, ex.stop, ex.completion) for ex, text in zip(examples, outputs)]
-    picks = latency_picks(len(prompted), latency_samples)
+    picks = latency_picks(len(prompted), latency_samples) if latency_samples else []
     timed = [prompted[i] for i in picks]
-    seconds, new_tokens, alone = time_one_at_a_time(runner, timed, add_bos, max_new_tokens)
+    seconds, new_tokens, alone = time_one_at_a_time(runner, timed, add_bos, max_new_tokens) if timed else ([], 0, [])
     total = sum(seconds)
     result = {
         "examples": len(examples),
@@ -168,7 +168,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         "batch_size": min(batch_size, runner.max_batch or batch_size),  # what the runtime computed together
         "runtime": runner.runtime(),
         "completion_loss": loss,
-        "latency_ms": latency_report(seconds),
+        "latency_ms": latency_report(seconds) if seconds else None,
         "throughput": len(timed) / total if total else float("nan"),  # examples per second, batch 1
         "tokens_per_second": new_tokens / total if total and new_tokens else None,
         "size_mb": model_size_bytes(ref) / 2**20,
@@ -180,7 +180,8 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         result.update(accuracy_report([ex.completion for ex in examples], outputs, getattr(runner, "labels", None)))
         result.update(missed(examples, outputs))
         result["labels_over_max_new_tokens"] = labels_over_budget(runner, examples, max_new_tokens)
-        result["batch1_agreement"] = batch1_agreement(examples, outputs, picks, alone)
+        if picks:
+            result["batch1_agreement"] = batch1_agreement(examples, outputs, picks, alone)
     return result
 
 
@@ -232,13 +233,15 @@ def shared_ends(prompts: list[str]) -> tuple[str, str]:
     return head, tail
 
 
-def measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool) -> dict:
-    """The evaluation of `ref` on `eval_set` as the run's `evaluation` settings ask, labelled with what was measured."""
+def measure(config, ref: ModelRef, eval_set, task: dict, show_progress: bool, timed: bool = True) -> dict:
+    """The evaluation of `ref` on `eval_set` as the run's `evaluation` settings ask, labelled with what was measured.
+    Untimed (`timed` false: an extra data config, evaluation.extra_data_configs) it measures answers and loss only:
+    a model's latency is timed once, on the eval set."""
     settings = config.evaluation
     result = evaluate(ref, eval_set.examples, task.get("add_bos", False), settings.max_new_tokens,
                       with_accuracy=eval_set.label_column is not None, show_progress=show_progress,
                       trust_remote_code=config.input_model.trust_remote_code,
-                      batch_size=settings.batch_size, latency_samples=settings.latency_samples)
+                      batch_size=settings.batch_size, latency_samples=settings.latency_samples if timed else 0)
     result.update({"model_kind": ref.kind, "model_id": ref.id, "eval_data": eval_set.description,
                    "label_column": eval_set.label_column})
     return result
