@@ -209,6 +209,26 @@ def test_gguf_file_converts_to_a_folder_with_the_source_logits_and_tokens(tmp_pa
     assert converted_tok.eos_token == tokenizer.eos_token and converted_tok.bos_token == tokenizer.bos_token
 
 
+def test_a_conversion_reads_the_file_header_once(tmp_path, tokenizer, monkeypatch):
+    """transformers reads the config, the tokenizer and the weights through a GGUFReader each (seconds apiece for
+    a real vocabulary): a conversion shares one, and leaves the gguf module as it found it."""
+    import gguf
+
+    from modelpress.gguf import write_hf_folder
+
+    path = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "tiny.gguf", "F32")
+    real, opened = gguf.GGUFReader, []
+
+    def counted(*args, **kwargs):
+        opened.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counted)
+    write_hf_folder(path, tmp_path / "hf")
+    assert len(opened) == 1 and gguf.GGUFReader is counted
+    assert (tmp_path / "hf" / "config.json").is_file()
+
+
 def test_a_quantized_gguf_file_converts_with_dense_weights_asked_for(tmp_path, tokenizer, monkeypatch):
     """A Q8_0 file (gguf's own quantizer) converts with its logits close to the source. The conversion asks
     transformers for dense weights: for the architectures its new GGUF path loads (Qwen3.5, LFM2), a machine

@@ -8,8 +8,10 @@ every later pass (LoRA, merge, the genai builder) takes like any other.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import struct
 import tempfile
 import threading
@@ -142,13 +144,54 @@ def write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool = False)
         import gguf  # noqa: F401  transformers needs it to read the file
     except ImportError:
         raise MissingDependencyError("gguf", "gguf", "Loading a GGUF model") from None
+    with _read_once():
+        _write_hf_folder(gguf_path, out, trust_remote_code)
+
+
+_READ_ONCE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _read_once():
+    """One GGUFReader per file and one tensor-name map per architecture while a file converts: transformers reads
+    the config, the tokenizer and the weights each through a reader of its own (4.5 s apiece for SmolLM2's header on
+    a 2-core Zen 3, most of it its 49152 tokens), and builds a name map for every module of the model. Both are
+    only read there. Where the gguf package names them otherwise, nothing is shared and the conversion is slower."""
+    import gguf
+
+    made: dict = {}
+
+    def once(make):
+        def shared(*args, **kwargs):
+            # a file by where it really is: transformers reads it through a link in a folder of its own
+            where = [os.path.realpath(a) if isinstance(a, (str, os.PathLike)) else repr(a) for a in args]
+            key = (make, tuple(where), repr(sorted(kwargs.items())))
+            if key not in made:
+                made[key] = make(*args, **kwargs)
+            return made[key]
+        return shared
+
+    names = [name for name in ("GGUFReader", "get_tensor_name_map") if callable(getattr(gguf, name, None))]
+    with _READ_ONCE_LOCK:  # one conversion at a time in a process patches the module
+        originals = {name: getattr(gguf, name) for name in names}
+        try:
+            for name, make in originals.items():
+                setattr(gguf, name, once(make))
+            yield
+        finally:
+            for name, make in originals.items():
+                setattr(gguf, name, make)
+
+
+def _write_hf_folder(gguf_path: Path, out: Path, trust_remote_code: bool) -> None:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     unread = _unread_or_none(gguf_path)
     if unread:
         raise ModelpressError(f"{gguf_path}: transformers' GGUF reader ignores {', '.join(unread)}, so the model it "
                               "converts would compute otherwise than this file does in llama.cpp. Start from the "
                               "Hugging Face model instead (its Hub id or folder).")
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = gguf_path.name
     # dense weights whatever the machine: for the architectures transformers' new GGUF path loads (Qwen3.5,
