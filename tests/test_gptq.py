@@ -166,7 +166,7 @@ def test_a_module_run_twice_in_one_layer_call_counts_both_inputs():
 
 def test_modules_sharing_a_hessian_quantized_as_one_stack_get_their_own_result():
     """q/k/v (and gate/up) are quantized as one matrix, rows stacked: each module's codes, scales and zeros are
-    those GPTQ gives it alone under the same Hessian (the scales to float32 rounding)."""
+    those GPTQ gives it alone under the same Hessian."""
     hessian = Hessian(64)
     hessian.add(_correlated_inputs())
     g = torch.Generator().manual_seed(3)
@@ -175,10 +175,8 @@ def test_modules_sharing_a_hessian_quantized_as_one_stack_get_their_own_result()
         stacked = gptq(torch.cat([q, k]), hessian.h, grid, act_order=grid.group_size == -1)
         for weight, rows in ((q, slice(0, 24)), (k, slice(24, 32))):
             alone = gptq(weight, hessian.h, grid, act_order=grid.group_size == -1)
-            codes, scales, zeros = (got[rows] for got in stacked)
-            # float32 matrix products of another width may round the last bit otherwise: no code moves
-            assert torch.equal(codes, alone[0]) and torch.equal(zeros, alone[2])
-            assert torch.allclose(scales, alone[1], rtol=1e-5, atol=0)
+            for got, expected in zip(stacked, alone):
+                assert torch.equal(got[rows], expected)
 
 
 def test_calibration_rows_in_padded_batches_give_the_hessians_of_one_row_at_a_time(tiny_model, monkeypatch):

@@ -10,8 +10,8 @@ The rows run in right-padded batches of similar length (a token budget each), an
 positions enter a Hessian: under the causal mask a real position never sees the padding after it,
 so this computes what one row at a time does, in fewer and larger matrix products. Modules that
 read the same tensor (q/k/v, gate/up) share their Hessian and are quantized as one matrix, their
-rows stacked: GPTQ treats each row alike under one Hessian, so this is their own result (to float
-rounding), from one factorization and one pass over the columns.
+rows stacked: GPTQ treats each row alike under one Hessian, so this is their own result, from one
+factorization and one pass over the columns.
 """
 
 from __future__ import annotations
