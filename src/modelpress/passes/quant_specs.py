@@ -123,7 +123,7 @@ QUANT_SPECS: tuple[PassSpec, ...] = (
              SelectiveMixedPrecisionParams, _ENTRY + "run_mixed_precision", (HF,), HF, True),
     PassSpec("Gptq", "GPTQ weight quantization of a Hugging Face model (calibrated)", GptqParams,
              _ENTRY + "run_gptq", (HF,), HF_QUANTIZED, True,
-             output_version=2),  # 2: the lazy updates applied per group inside a block (float64 sums reordered)
+             output_version=3),  # 2: float32 (a018489), 3: float64 again, lazy updates per group inside a block
     PassSpec("Rtn", "round-to-nearest weight quantization of a Hugging Face model", RtnParams,
              _ENTRY + "run_rtn", (HF, HF_QUANTIZED), HF_QUANTIZED, False),
 )
