@@ -123,3 +123,32 @@ def test_a_decoder_classifier_without_a_config_pad_token_reads_each_rows_last_re
         together = model(input_ids=batch, attention_mask=(batch != pad).long()).logits
         alone = model(input_ids=torch.tensor([short])).logits
     assert torch.allclose(together[0], alone[0], atol=1e-5)
+
+
+def test_only_an_extra_data_config_is_measured_untimed_and_keyed_apart(tmp_path, tiny_model, monkeypatch):
+    """A metric that names its data config (metrics.py) is timed like the eval set; an extra data config
+    (evaluation.extra_data_configs) is not, and its untimed result is cached under a key of its own, so neither is
+    served the other's."""
+    from modelpress.cache import PassCache
+    from modelpress.context import DataPlan
+    from modelpress.engine import Session
+    from modelpress.models import ModelRef
+    from modelpress.passes.catalog import HF
+
+    raw = tone_workflow(tiny_model, {"builder": {"type": "ModelBuilder"}})
+    raw["data_configs"].append({**raw["data_configs"][0], "name": "other"})
+    config = normalize(raw, tmp_path)
+    ref = ModelRef(HF, tiny_model, id="m")
+    session = Session(config, PassCache(tmp_path / "cache"), DataPlan(config, tmp_path / "cache"), "cpu", ref)
+    asked = []
+
+    def measure(config, ref, eval_set, task, show_progress, timed=True):
+        asked.append(timed)
+        return {"timed": timed}
+
+    monkeypatch.setattr("modelpress.evaluate.measure", measure)
+    history: list = []
+    assert session.measure(ref, "final", history, "other")["timed"] is True  # as a metric's data_config asks
+    assert session.measure(ref, "final on other", history, "other", timed=False)["timed"] is False
+    assert asked == [True, False] and history[0]["output_id"] != history[1]["output_id"]
+    assert session.measure(ref, "final", history, "other")["timed"] is True and asked == [True, False]  # cached

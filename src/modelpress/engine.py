@@ -223,9 +223,11 @@ class Session:
             return self.task_card()
         return self.plan.prompt_recipe(eval_set.data_config)
 
-    def measure(self, ref: ModelRef, role: str, history: list[dict], data_config: str | None = None) -> dict | None:
-        """The cached evaluation of `ref` on the eval set (or on all rows of `data_config`)."""
-        return _measure_cached(self, ref, role, history, data_config)
+    def measure(self, ref: ModelRef, role: str, history: list[dict], data_config: str | None = None,
+                timed: bool = True) -> dict | None:
+        """The cached evaluation of `ref` on the eval set (or on all rows of `data_config`); untimed (an extra data
+        config), answers and loss only."""
+        return _measure_cached(self, ref, role, history, data_config, timed)
 
     def evaluate_run(self, final: ModelRef, steps: dict[str, ModelRef], history: list[dict]) -> dict:
         """Metrics as metrics.json holds them: the input model (when asked), the steps named in
@@ -245,7 +247,7 @@ class Session:
         metrics = {"models": results}
         for name in settings.extra_data_configs:
             metrics.setdefault("extra_data", {})[name] = {
-                role: self.measure(ref, f"{role} on {name}", history, name) for role, ref in roles.items()}
+                role: self.measure(ref, f"{role} on {name}", history, name, timed=False) for role, ref in roles.items()}
         return metrics
 
 
@@ -363,13 +365,13 @@ def record_step(name: str, key: str, hit: bool, seconds: float, peak_mb: float |
 
 
 def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[dict],
-                    data_config: str | None) -> dict | None:
+                    data_config: str | None, timed: bool = True) -> dict | None:
     config, plan, cache = session.config, session.plan, session.cache
     target = session.target()
     # a Ray target times on the threads its task reserves (runtime.limit_threads), not on this machine's cores
     timed_on = {"ray_threads": target.threads(None)} if target is not None else timing_host()
     key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config, timed_on,
-                         reads_default=data_config is None)
+                         *([] if timed else ["untimed"]), reads_default=data_config is None)
     cached = cache.read_eval(key)
     hit = cached is not None
     started = time.perf_counter()
@@ -387,12 +389,12 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
         ref = _with_labels(session, ref)
         prompting = session.prompting(eval_set)
         if target is not None:
-            cached = target.measure(session, ref, data_config, prompting)
+            cached = target.measure(session, ref, data_config, prompting, timed)
         else:
             from modelpress.evaluate import measure
 
             with session.local_lock, PeakRSS() as memory:
-                cached = measure(config, ref, eval_set, prompting, session.show_progress, timed=data_config is None)
+                cached = measure(config, ref, eval_set, prompting, session.show_progress, timed=timed)
             cached["peak_rss_mb"] = round(memory.peak_mb, 1)
         cache.write_eval(key, cached)
     history.append(record_step(f"evaluate {role}", key, hit, time.perf_counter() - started,

@@ -145,12 +145,13 @@ class RaySystem:
                  row["seconds"], row["peak_rss_mb"] or 0)
         return out, row
 
-    def measure(self, session, ref, data_config: str | None, task_card: dict) -> dict:
-        """Evaluate `ref` on the cluster (the run's `target`), prompting it as `task_card` says."""
+    def measure(self, session, ref, data_config: str | None, task_card: dict, timed: bool = True) -> dict:
+        """Evaluate `ref` on the cluster (the run's `target`), prompting it as `task_card` says; untimed, answers and
+        loss only."""
         from modelpress.passes.spec_base import ANSWERED_BY
         from modelpress.runtime import library_versions
 
-        job = {**self._job(session, ref), "data_config": data_config, "task_card": task_card,
+        job = {**self._job(session, ref), "data_config": data_config, "task_card": task_card, "timed": timed,
                # what the driver keyed the evaluation by: the node must answer with the same
                "answered_by": library_versions(ANSWERED_BY.get(ref.kind, ()))}
         return self._call(measure_task, job, self.resources(None), f"evaluation of {ref.id[:12]}")

@@ -108,7 +108,7 @@ def measure_task(job: dict) -> dict:
     eval_set = plan.eval_set(job["data_config"])
     torch.manual_seed(0)  # as the driver does for an untrained classifier head
     with PeakRSS() as memory:
-        result = measure(config, ref, eval_set, job["task_card"], False, timed=job["data_config"] is None)
+        result = measure(config, ref, eval_set, job["task_card"], False, timed=job.get("timed", True))
     result["peak_rss_mb"] = round(memory.peak_mb, 1)
     result["ran_on"] = {**_where(), "thread_limit": thread_limit(), "started": started, "ended": time.time()}
     return result
