@@ -354,3 +354,23 @@ def test_a_truncated_gguf_file_is_one_clear_error(tmp_path, tokenizer):
         cut.write_bytes(data[:length])
         with pytest.raises(ModelpressError, match="cannot read this GGUF file .* download it again"):
             write_hf_folder(cut, tmp_path / f"out-{length}")
+
+
+def test_while_a_file_converts_another_thread_reads_gguf_files_afresh(tmp_path, tokenizer, monkeypatch):
+    """The shared reader belongs to the converting thread: another thread's reader of the same file is its own (a
+    file rewritten meanwhile is read as it is now)."""
+    import threading
+
+    import gguf
+
+    from modelpress import gguf as mgguf
+
+    path = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "tiny.gguf", "F32")
+    readers = []
+    with mgguf._read_once():
+        readers += [gguf.GGUFReader(path), gguf.GGUFReader(str(path))]
+        other = threading.Thread(target=lambda: readers.append(gguf.GGUFReader(path)))
+        other.start()
+        other.join()
+    assert readers[0] is readers[1] and readers[2] is not readers[0]
+    assert isinstance(gguf.GGUFReader(path), gguf.GGUFReader)  # the class itself again

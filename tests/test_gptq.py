@@ -25,8 +25,11 @@ def _paper_gptq(weight, h, grid: Grid, damp=0.01):
     hinv = torch.linalg.inv(h)
     codes = torch.zeros_like(w)
     scales, zeros = [], []
+    if grid.group_size == -1:  # one group per row: its grid from the weights as they come, as the reference does
+        scale, zero = grid.qparams(w)
+        scales, zeros = [scale], [zero]
     for q in range(n):
-        if q % grid.group_size == 0:
+        if grid.group_size != -1 and q % grid.group_size == 0:
             scale, zero = grid.qparams(w[:, q:q + grid.group_size])
             scales.append(scale)
             zeros.append(zero)
@@ -52,6 +55,21 @@ def test_gptq_matches_the_papers_column_by_column_rule(grid):
     hessian = Hessian(64)
     hessian.add(_correlated_inputs())
     fast = gptq(weight, hessian.h, grid, block=32)
+    slow = _paper_gptq(weight, hessian.h, grid)
+    assert (fast[0] == slow[0]).float().mean() > 0.999
+    assert torch.allclose(fast[1], slow[1], rtol=1e-4) and torch.equal(fast[2], slow[2])
+
+
+@pytest.mark.parametrize("grid, block", [(Grid(4, 8, False), 32), (Grid(4, -1, False), 64), (Grid(8, -1, True), 64)],
+                         ids=["int4-g8-partial-last-block", "int4-per-row", "int8-sym-per-row"])
+def test_gptq_matches_the_papers_rule_over_partial_blocks_and_one_group_per_row(grid, block):
+    """72 columns: a last block of 8 after whole ones, and (one group per row) lazy updates in chunks of 32 inside
+    blocks of 64."""
+    g = torch.Generator().manual_seed(6)
+    weight = torch.randn(16, 72, generator=g)
+    hessian = Hessian(72)
+    hessian.add(_correlated_inputs(columns=72, seed=7))
+    fast = gptq(weight, hessian.h, grid, block=block)
     slow = _paper_gptq(weight, hessian.h, grid)
     assert (fast[0] == slow[0]).float().mean() > 0.999
     assert torch.allclose(fast[1], slow[1], rtol=1e-4) and torch.equal(fast[2], slow[2])

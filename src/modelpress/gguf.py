@@ -160,9 +160,12 @@ def _read_once():
     import gguf
 
     made: dict = {}
+    owner = threading.get_ident()  # another thread (a search's GGUF export) reads its files afresh
 
     def once(make):
         def shared(*args, **kwargs):
+            if threading.get_ident() != owner:
+                return make(*args, **kwargs)
             # a file by where it really is: transformers reads it through a link in a folder of its own
             where = [os.path.realpath(a) if isinstance(a, (str, os.PathLike)) else repr(a) for a in args]
             key = (make, tuple(where), repr(sorted(kwargs.items())))
