@@ -169,7 +169,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         "runtime": runner.runtime(),
         "completion_loss": loss,
         "latency_ms": latency_report(seconds) if seconds else None,
-        "throughput": len(timed) / total if total else None if not timed else float("nan"),  # examples/s, batch 1
+        "throughput": (len(timed) / total if total else float("nan")) if timed else None,  # examples/s, batch 1
         "tokens_per_second": new_tokens / total if total and new_tokens else None,
         "size_mb": model_size_bytes(ref) / 2**20,
         "samples": [{"prompt": ex.prompt, "label": ex.completion, "output": out}

@@ -186,8 +186,8 @@ class EvaluationConfig(Strict):
     extra_data_configs: list[str] = output_neutral(
         [], description="Also measure every evaluated model on all rows of these data configs "
         "(for example phrases in another style; a training pass's own data config: its eval split): accuracy and "
-        "loss, while latency is timed on the eval set only; metrics.json holds them under 'extra_data'. Not with a search or an evaluators section (a metric's own "
-        "data_config measures another data set there).")
+        "loss, while latency is timed on the eval set only; metrics.json holds them under 'extra_data'. Not with a "
+        "search or an evaluators section (a metric's own data_config measures another data set there).")
 
 
 class TaskResources(Strict):
