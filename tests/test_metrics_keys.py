@@ -152,3 +152,9 @@ def test_only_an_extra_data_config_is_measured_untimed_and_keyed_apart(tmp_path,
     assert session.measure(ref, "final on other", history, "other", timed=False)["timed"] is False
     assert asked == [True, False] and history[0]["output_id"] != history[1]["output_id"]
     assert session.measure(ref, "final", history, "other")["timed"] is True and asked == [True, False]  # cached
+    # the number of answers timed is no part of an untimed result's key
+    session.config = session.config.model_copy(update={
+        "evaluation": session.config.evaluation.model_copy(update={"latency_samples": 7})})
+    assert session.measure(ref, "final on other", history, "other", timed=False) and asked == [True, False]
+    session.measure(ref, "final", history, "other")
+    assert asked == [True, False, True]

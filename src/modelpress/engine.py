@@ -370,7 +370,8 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
     target = session.target()
     # a Ray target times on the threads its task reserves (runtime.limit_threads), not on this machine's cores
     timed_on = {"ray_threads": target.threads(None)} if target is not None else timing_host()
-    key = evaluation_key(session, "eval", ref, key_params(config.evaluation), data_config, timed_on,
+    settings = {k: v for k, v in key_params(config.evaluation).items() if timed or k != "latency_samples"}
+    key = evaluation_key(session, "eval", ref, settings, data_config, timed_on,
                          *([] if timed else ["untimed"]), reads_default=data_config is None)
     cached = cache.read_eval(key)
     hit = cached is not None
