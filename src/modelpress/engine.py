@@ -370,9 +370,9 @@ def _measure_cached(session: Session, ref: ModelRef, role: str, history: list[di
     target = session.target()
     # a Ray target times on the threads its task reserves (runtime.limit_threads), not on this machine's cores
     timed_on = {"ray_threads": target.threads(None)} if target is not None else timing_host()
-    settings = {k: v for k, v in key_params(config.evaluation).items() if timed or k != "latency_samples"}
-    key = evaluation_key(session, "eval", ref, settings, data_config, timed_on,
-                         *([] if timed else ["untimed"]), reads_default=data_config is None)
+    # keyed by the latency_samples evaluate is given: 0 untimed, which no config holds (it must be positive)
+    settings = key_params(config.evaluation) | ({} if timed else {"latency_samples": 0})
+    key = evaluation_key(session, "eval", ref, settings, data_config, timed_on, reads_default=data_config is None)
     cached = cache.read_eval(key)
     hit = cached is not None
     started = time.perf_counter()

@@ -155,7 +155,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         outputs = predict(runner, answered, add_bos, max_new_tokens, batch_size, show_progress, ref.kind)
         loss = runner.completion_loss(examples, add_bos)
     outputs = [cut_at_stop(text, ex.stop, ex.completion) for ex, text in zip(examples, outputs)]
-    picks = latency_picks(len(prompted), latency_samples) if latency_samples else []
+    picks = latency_picks(len(prompted), latency_samples)  # none where latency_samples is 0
     timed = [prompted[i] for i in picks]
     seconds, new_tokens, alone = time_one_at_a_time(runner, timed, add_bos, max_new_tokens) if timed else ([], 0, [])
     total = sum(seconds)
@@ -168,7 +168,7 @@ def evaluate(ref: ModelRef, examples: list[Example], add_bos: bool, max_new_toke
         "batch_size": min(batch_size, runner.max_batch or batch_size),  # what the runtime computed together
         "runtime": runner.runtime(),
         "completion_loss": loss,
-        "latency_ms": latency_report(seconds) if seconds else None,
+        "latency_ms": latency_report(seconds) if timed else None,
         "throughput": (len(timed) / total if total else float("nan")) if timed else None,  # examples/s, batch 1
         "tokens_per_second": new_tokens / total if total and new_tokens else None,
         "size_mb": model_size_bytes(ref) / 2**20,
