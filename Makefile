@@ -71,7 +71,13 @@ OLIVE := /tmp/olive-peer/venv/bin/olive
 $(OLIVE):
 	bash benchmarks/setup_olive.sh /tmp/olive-peer/venv
 
-bench: setup $(SMOLLM2) $(OLIVE)
+# modelpress with no extras, as `pip install modelpress` installs it: the seed-against-Olive rounds run it too
+MP_BASE := /tmp/modelpress-base/venv/bin/modelpress
+
+$(MP_BASE):
+	bash benchmarks/setup_modelpress.sh /tmp/modelpress-base/venv
+
+bench: setup $(SMOLLM2) $(OLIVE) $(MP_BASE)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/seed_vs_olive.py --rounds 3
 	$(BIN)/python benchmarks/checkpointing.py

@@ -143,10 +143,11 @@ def pass_rows_modelpress(config: Path) -> list[dict]:
 WARM_UP = "import torch, transformers, peft, onnxruntime_genai"
 
 
-def warm_up(olive_bin: Path | None) -> None:
+def warm_up(olive_bin: Path | None, *others: Path | None) -> None:
     """Untimed: import the heavy libraries once in modelpress's venv and, when given, Olive's (the python beside
-    `olive_bin`), so that no timed command is the first to read them from disk."""
+    `olive_bin`) and the `others` pythons, so that no timed command is the first to read them from disk."""
     pythons = [sys.executable] + ([str(olive_bin.parent / "python")] if olive_bin is not None else [])
+    pythons += [str(python) for python in others if python is not None]
     for python in pythons:
         subprocess.run([python, "-c", WARM_UP], check=True, capture_output=True)
 

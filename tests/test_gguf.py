@@ -344,9 +344,13 @@ def test_a_gguf_file_converts_from_its_own_metadata_whatever_lies_beside_it(tmp_
 
 
 def test_a_truncated_gguf_file_is_one_clear_error(tmp_path, tokenizer):
+    """...and a failed conversion leaves the gguf module as it found it: the next file converts, read afresh."""
+    import gguf
+
     from modelpress.errors import ModelpressError
     from modelpress.gguf import write_hf_folder
 
+    originals = gguf.GGUFReader, gguf.get_tensor_name_map
     path = write_llama_gguf(_source_model(tokenizer, False), tokenizer, tmp_path / "tiny.gguf")
     data = path.read_bytes()
     for length in (40, 300, len(data) // 2):  # in the header, in the metadata, in the tensors
@@ -354,6 +358,10 @@ def test_a_truncated_gguf_file_is_one_clear_error(tmp_path, tokenizer):
         cut.write_bytes(data[:length])
         with pytest.raises(ModelpressError, match="cannot read this GGUF file .* download it again"):
             write_hf_folder(cut, tmp_path / f"out-{length}")
+        assert (gguf.GGUFReader, gguf.get_tensor_name_map) == originals
+    cut.write_bytes(data)  # the same name, now whole: not the half file's reader
+    write_hf_folder(cut, tmp_path / "out-whole")
+    assert (tmp_path / "out-whole" / "config.json").is_file()
 
 
 def test_while_a_file_converts_another_thread_reads_gguf_files_afresh(tmp_path, tokenizer, monkeypatch):
