@@ -79,7 +79,7 @@ CASES = [
     ("azureml-data", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(
         data_files={"type": "azureml_datastore"}), "reads local files"),
     ("hub-dataset-not-cached", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(data_name="squad"),
-     "Hub dataset 'squad' is not in the local Hugging Face cache and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set"),
+     "Hub dataset 'squad' is not in the local Hugging Face cache and HF_HUB_OFFLINE and HF_DATASETS_OFFLINE are set"),
     ("hub-dataset-revision-number", lambda r, w: r["data_configs"][0]["load_dataset_config"].update(
         data_name="acme/tone", revision=20240101), "revision: must be a string, found int 20240101"),
     ("hub-model-not-cached", lambda r, w: r["input_model"].update(model_path="acme/no-such-model"),

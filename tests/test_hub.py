@@ -177,6 +177,11 @@ def test_a_snapshot_without_its_tokenizer_or_its_remote_code_is_partial(hub_cach
     (pruned / "x.model").mkdir()
     assert missing_model_files(None)(pruned) == ["a tokenizer (tokenizer.json or vocab.json or vocab.txt or *.model "
                                                  "or *.tiktoken)"]
+    (pruned / "tokenizer.model").unlink()
+    (pruned / "tokenizer.model").write_text("x")
+    (pruned / "model.safetensors").unlink()  # pruned weights: a link to nothing is no weights either (a review)
+    (pruned / "model.safetensors").symlink_to(tmp_path / "blobs" / "gone-too")
+    assert missing_model_files(None)(pruned) == ["model*.safetensors"]
     for only in ("vocab.txt", "spiece.model", "cl100k.tiktoken"):  # BERT's WordPiece, T5's SentencePiece, tiktoken
         other = tmp_path / only.replace(".", "-")
         other.mkdir()
@@ -311,6 +316,25 @@ def test_a_ray_worker_reads_the_driver_s_dataset_commit_and_needs_no_model_sourc
     unpinned = DataPlan(normalize(raw, base_dir=tmp_path, sources_here=False), tmp_path / "cache", tmp_path)
     unpinned.resolve_hub_data()
     assert unpinned.hub_revisions() == {"tone": "6" * 40} and len(unpinned.examples("tone")) == 60
+
+
+def test_a_run_reads_a_hub_branch_at_the_commit_it_resolved_first(hub_cache, tiny_model, tmp_path):
+    """GgufExport reads the input's GGUF file again mid-run, for its metadata: a download that moved the branch
+    meanwhile must not hand it another file than the run converted (a review)."""
+    from modelpress.config import normalize
+    from modelpress.inputs import gguf_source, pin_hub_commit
+
+    add_repo(hub_cache, "acme/moving-gguf", {"m.gguf": b"first", "config.json": b"{}"}, "7" * 40)
+    raw = tone_workflow(tmp_path, {})
+    raw["input_model"] = {"type": "HfModel", "model_path": "acme/moving-gguf", "gguf_file": "m.gguf"}
+    written = normalize(raw, base_dir=tmp_path).input_model
+    pinned = pin_hub_commit(written)
+    assert (pinned.revision, written.revision) == ("7" * 40, None)
+    add_repo(hub_cache, "acme/moving-gguf", {"m.gguf": b"second", "config.json": b"{}"}, "8" * 40)  # main moves
+    assert gguf_source(pinned).read_bytes() == b"first"
+    assert gguf_source(written).read_bytes() == b"second"  # what GgufExport read before runs pinned the commit
+    local = normalize(tone_workflow(tiny_model, {}), base_dir=tmp_path).input_model
+    assert pin_hub_commit(local) is local
 
 
 def test_a_hub_dataset_without_the_split_asked_for_names_the_splits_it_has(hub_cache, tmp_path):
@@ -479,9 +503,21 @@ def test_hf_datasets_offline_alone_keeps_hub_datasets_offline_and_the_hint_names
     checked = subprocess.run([sys.executable, "-m", "modelpress", "validate", str(write_config(tmp_path / "w.json",
                               raw))], capture_output=True, text=True, env=env)
     assert checked.returncode == 2, checked.stderr
-    assert "is not in the local Hugging Face cache and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set" in \
+    assert "is not in the local Hugging Face cache and HF_DATASETS_OFFLINE is set" in \
         checked.stderr and '--include "train.jsonl" "README.md"' in checked.stderr, checked.stderr
-    assert "unset HF_DATASETS_OFFLINE" in checked.stderr
+    assert "unset HF_DATASETS_OFFLINE so" in checked.stderr
+    # each switch in force is named, as the libraries read them: TRANSFORMERS_OFFLINE where HF_HUB_OFFLINE is unset
+    env = {k: v for k, v in hub_env(hf_home).items() if k != "HF_HUB_OFFLINE"}
+    checked = subprocess.run([sys.executable, "-m", "modelpress", "validate", str(tmp_path / "w.json")],
+                             capture_output=True, text=True, env={**env, "TRANSFORMERS_OFFLINE": "1"})
+    assert "cache and TRANSFORMERS_OFFLINE and HF_DATASETS_OFFLINE are set" in checked.stderr, checked.stderr
+    assert "unset TRANSFORMERS_OFFLINE and HF_DATASETS_OFFLINE so" in checked.stderr
+    raw = {**tone_workflow(tmp_path, {}), "input_model": {"type": "HfModel", "model_path": "acme/no-such-model"}}
+    env = {**env, "TRANSFORMERS_OFFLINE": "1"}
+    checked = subprocess.run([sys.executable, "-m", "modelpress", "validate", str(write_config(tmp_path / "m.json",
+                              raw))], capture_output=True, text=True, env=env)
+    assert "'acme/no-such-model' is not in the local Hugging Face cache and TRANSFORMERS_OFFLINE is set" in \
+        checked.stderr and "unset TRANSFORMERS_OFFLINE so" in checked.stderr, checked.stderr
 
 
 def test_a_dataset_snapshot_datasets_filled_in_part_is_not_taken_as_whole(hf_home, hub_cache, tmp_path):
@@ -500,12 +536,27 @@ def test_a_dataset_snapshot_datasets_filled_in_part_is_not_taken_as_whole(hf_hom
     assert checked.returncode == 2 and "acme/langs' is in the local Hugging Face cache without fr/*.jsonl" in \
         checked.stderr, checked.stderr
     plan = DataPlan(normalize(raw, base_dir=tmp_path, sources_here=False), tmp_path / "cache")
-    with pytest.raises(ModelpressError, match="without fr/\\*.jsonl and HF_HUB_OFFLINE is set"):
+    with pytest.raises(ModelpressError, match="without fr/\\*.jsonl and HF_HUB_OFFLINE and HF_DATASETS_OFFLINE are set"):
         plan.resolve_hub_data()
     raw["data_configs"][0]["load_dataset_config"]["subset"] = "en"  # the subset that is there: read
     plan = DataPlan(normalize(raw, base_dir=tmp_path), tmp_path / "cache")
     plan.resolve_hub_data()
     assert len(plan.examples("tone")) == 2
+
+
+def test_an_uncached_subset_offline_is_told_to_fetch_the_repo_as_validate_tells_it(hub_cache, tmp_path):
+    """Offline with no card cached, the run's hint fetched the card alone (a second error followed); validate's named
+    the repo: both name the repo now (a review)."""
+    from modelpress.config import normalize
+    from modelpress.context import DataPlan
+    from modelpress.errors import ModelpressError
+
+    raw = {**tone_workflow(tmp_path, {}), "input_model": {"type": "HfModel", "model_path": MODEL_ID}}
+    raw["data_configs"][0]["load_dataset_config"] = {"data_name": "acme/absent", "subset": "fr", "split": "train"}
+    plan = DataPlan(normalize(raw, base_dir=tmp_path, sources_here=False), tmp_path / "cache")
+    with pytest.raises(ModelpressError, match=r"dataset 'acme/absent' is not in the local Hugging Face cache") as err:
+        plan.resolve_hub_data()
+    assert "`hf download acme/absent --repo-type dataset` and copy" in str(err.value), str(err.value)
 
 
 def test_a_subsets_nested_files_are_asked_for_with_and_without_folders_between(tmp_path):

@@ -24,7 +24,7 @@ from modelpress.fsutil import (commit_dir, finish_before_interrupt, json_text, r
                                restore_dir, stage_dir, stage_text, sync_tree)
 from modelpress.html_report import REPORT, build_html
 from modelpress.hub import go_offline, model_patterns, offline
-from modelpress.inputs import describe_input, resolve_input_folder
+from modelpress.inputs import describe_input, pin_hub_commit, resolve_input_folder
 from modelpress.models import IF_NATIVE, MODEL_CARD, ModelRef, brought_recipe, native_training_dtype
 from modelpress.passes.catalog import CATALOG, HF, HF_ADAPTER, data_refs
 from modelpress.passes.spec_base import ANSWERED_BY, KIND_LIBRARIES, key_params
@@ -103,6 +103,8 @@ class Session:
     def _open(cls, config: WorkflowConfig, cache: PassCache, ray, show_progress: bool) -> "Session":
         engine = config.engine
         ep = resolve_execution_provider(engine.execution_provider)
+        written = config.input_model  # the run reads a Hub branch at one commit; the caller's config stays as it was
+        config = config.model_copy(update={"input_model": pin_hub_commit(written)})
         folder = resolve_input_folder(config.input_model, engine.cache_dir)
         plan = DataPlan(config, engine.cache_dir, folder)
         plan.resolve_hub_data()
@@ -117,10 +119,10 @@ class Session:
         except BaseException:
             online()
             raise
-        source = describe_input(model, folder, ref.id)
+        source = describe_input(written, folder, ref.id, model.revision if model.hub_id else None)
         if source.get("commit"):
             log.info("input model: %s at commit %s%s", model.hub_id, source["commit"],
-                     f" (revision {model.revision!r})" if model.revision else "")
+                     f" (revision {written.revision!r})" if written.revision else "")
         session = cls(config, cache, plan, ep, ref, show_progress, online=online, source=source)
         if ray is not None:
             try:

@@ -144,7 +144,8 @@ def dataset_files(repo_id: str, revision: str | None, data_files: list, data_dir
     patterns = dataset_patterns(data_files, data_dir)
     if patterns is not None or not subset:
         return patterns
-    card = snapshot(repo_id, revision, "dataset", [CARD], key=key) if fetch else \
+    # offline, only a cached card: fetching it would fail, and the hint then names the whole repo (as validate's)
+    card = snapshot(repo_id, revision, "dataset", [CARD], key=key) if fetch and not offline("dataset") else \
         cached_snapshot(repo_id, revision, "dataset", [CARD])
     return subset_patterns(card, subset)
 
@@ -161,7 +162,7 @@ def missing_model_files(gguf_file: str | None, trust_remote_code: bool = False) 
         if index.is_file():
             shards = sorted(set(read_json(index).get("weight_map", {}).values()))
             lacking += [shard for shard in shards if not (folder / shard).is_file()]
-        elif not any(folder.glob("model*.safetensors")):  # the names transformers loads (MODEL_FILES)
+        elif not any(p.is_file() for p in folder.glob("model*.safetensors")):  # MODEL_FILES' (a broken link: none)
             lacking.append("model*.safetensors")
         if not has_tokenizer(folder):
             lacking.append(f"a tokenizer ({' or '.join(TOKENIZER_FILES)})")
@@ -211,14 +212,29 @@ def offline(repo_type: str = "model") -> bool:
     """True when HF_HUB_OFFLINE forbids downloads (for a dataset, HF_DATASETS_OFFLINE too, as datasets reads it)."""
     from huggingface_hub import is_offline_mode
 
-    datasets_off = os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    datasets_off = _true(os.environ.get("HF_DATASETS_OFFLINE"))
     return is_offline_mode() or (repo_type == "dataset" and datasets_off)
 
 
-def _offline_variable(repo_type: str) -> str:
-    from huggingface_hub import is_offline_mode
+def offline_switches(repo_type: str = "model") -> list[str]:
+    """The variables that keep downloads off here, as a user would unset them, read as the libraries read them:
+    huggingface_hub takes TRANSFORMERS_OFFLINE where HF_HUB_OFFLINE is unset, datasets its own switch first;
+    HF_HUB_OFFLINE where none is on (a library set it)."""
+    hub = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    on = [hub] if _true(os.environ.get(hub)) else []
+    if repo_type == "dataset" and _true(os.environ.get("HF_DATASETS_OFFLINE")):
+        on.append("HF_DATASETS_OFFLINE")
+    return on or ["HF_HUB_OFFLINE"]
 
-    return "HF_DATASETS_OFFLINE" if repo_type == "dataset" and not is_offline_mode() else "HF_HUB_OFFLINE"
+
+def _true(value: str | None) -> bool:
+    return (value or "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def offline_said(repo_type: str = "model") -> str:
+    """"HF_HUB_OFFLINE is set", "HF_HUB_OFFLINE and HF_DATASETS_OFFLINE are set": why nothing can be downloaded."""
+    names = offline_switches(repo_type)
+    return " and ".join(names) + (" are set" if len(names) > 1 else " is set")
 
 
 def go_offline() -> Callable[[], None]:
@@ -251,12 +267,9 @@ _OFFLINE_SWITCHES = (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
 
 def _switch_read_from_env(module: str) -> bool:
     """What the module computes from the environment when imported (huggingface_hub 2.x, datasets 4.x)."""
-    def true(value: str | None) -> bool:
-        return (value or "").upper() in {"1", "ON", "YES", "TRUE"}
-
-    hub = true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+    hub = _true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
     own = os.environ.get("HF_DATASETS_OFFLINE") if module == "datasets.config" else None
-    return hub if own is None else true(own)
+    return hub if own is None else _true(own)
 
 
 def _offline_constants() -> list[tuple[str, str]]:
@@ -271,7 +284,8 @@ def fetch_hint(repo_id: str, revision: str | None, repo_type: str, patterns: lis
     rev = f" --revision {revision}" if revision else ""
     files = " --include " + " ".join(f'"{p}"' for p in patterns) if patterns else ""
     return (f"On a machine with network run `hf download {repo_id}{kind}{rev}{files}` and copy its cache folder "
-            f"({cache_root()}) here, or unset {_offline_variable(repo_type)} so modelpress can download it")
+            f"({cache_root()}) here, or unset {' and '.join(offline_switches(repo_type))} so modelpress can "
+            "download it")
 
 
 def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow_patterns: list[str] | None = None,
@@ -285,7 +299,8 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
     # download fetches what it lacks (tokenizer_config.json, a chat template: files the check does not ask for)
     local = cached_snapshot(repo_id, revision, repo_type, allow_patterns,
                             judged=missing is not None and offline(repo_type))
-    what = f"{'dataset' if repo_type == 'dataset' else 'model'} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    what = f"{'dataset' if repo_type == 'dataset' else 'model'} {repo_id!r}" + \
+        (f" at revision {revision!r}" if revision else "")
     where = f"{key}: " if key else ""
     lacking = missing(local) if local is not None and missing is not None else []
     if local is not None and not lacking:
@@ -294,7 +309,7 @@ def snapshot(repo_id: str, revision: str | None, repo_type: str = "model", allow
     if offline(repo_type):
         held = (f"is in the local Hugging Face cache ({local}) without {', '.join(lacking)}" if lacking else
                 f"is not in the local Hugging Face cache ({cache_root()})")
-        raise ModelpressError(f"{where}{what} {held} and {_offline_variable(repo_type)} is set, so it cannot be "
+        raise ModelpressError(f"{where}{what} {held} and {offline_said(repo_type)}, so it cannot be "
                               "downloaded. "
                               f"{fetch_hint(repo_id, revision, repo_type, allow_patterns)}.")
     folder = _download(repo_id, revision, repo_type, allow_patterns, what, where)

@@ -25,6 +25,15 @@ def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
                             model.trust_remote_code)
 
 
+def pin_hub_commit(model: InputModelConfig) -> InputModelConfig:
+    """The input model at the commit its Hub snapshot is now (fetched first where missing and allowed); a local one
+    as it is. A run resolves a branch or tag once: a pass that reads the repo again later (GgufExport, for the GGUF
+    file's metadata) reads that commit, even if a download meanwhile moved the branch in the cache."""
+    if not model.hub_id:
+        return model
+    return model.model_copy(update={"revision": _folder(model).name})  # snapshots/<commit>
+
+
 def gguf_source(model: InputModelConfig) -> Path | None:
     """The GGUF file the input model is read from (None for a Hugging Face folder or Hub model)."""
     if not model.gguf_file:
@@ -42,14 +51,13 @@ def _folder(model: InputModelConfig) -> Path:
     return Path(model.model_path)
 
 
-def describe_input(model, folder: Path, content: str) -> dict:
-    """What the run read as its input model, for run_history.json: where it came from, and for a Hub id the commit
-    its snapshot is (a branch or tag resolves to whichever commit the cache holds, which the config does not say)."""
+def describe_input(model, folder: Path, content: str, commit: str | None = None) -> dict:
+    """What the run read as its input model, for run_history.json: where it came from, and for a Hub id the
+    revision written and the `commit` its snapshot is (a branch or tag resolves to whichever commit the cache holds,
+    which the config does not say)."""
     described = {"content_id": content, "folder": str(folder)}
     if model.hub_id:
-        # a Hub model's folder is its snapshot, named by the commit (a GGUF's is the conversion's)
-        described.update(hub_id=model.hub_id, revision=model.revision,
-                         commit=None if model.gguf_file else Path(folder).name)
+        described.update(hub_id=model.hub_id, revision=model.revision, commit=commit)
     else:
         described["model_path"] = str(model.model_path)
     if model.gguf_file:

@@ -332,7 +332,7 @@ def _hub_dataset(load: dict, name: str, path: str, c: Collector) -> dict | None:
 def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict, path: str, c: Collector) -> None:
     """A note when the local cache holds the Hub dataset or it can be downloaded; an error when it can do neither."""
     from modelpress.errors import DataError
-    from modelpress.hub import cached_snapshot, dataset_files, dataset_missing, fetch_hint, offline
+    from modelpress.hub import cached_snapshot, dataset_files, dataset_missing, fetch_hint, offline, offline_said
 
     rev = f" at revision {revision!r}" if revision else ""
     try:
@@ -347,11 +347,11 @@ def _say_if_cached(name: str, revision: str | None, files: list[str], load: dict
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is in the local Hugging Face cache.")
     elif lacking and offline("dataset"):
         c.add(f"{path}.data_name", f"Hub dataset {name!r}{rev} is in the local Hugging Face cache without "
-              f"{', '.join(lacking)}, and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set",
+              f"{', '.join(lacking)}, and {offline_said('dataset')}",
               fetch_hint(name, revision, "dataset", patterns) + ".")
     elif offline("dataset"):
         c.add(f"{path}.data_name", f"Hub dataset {name!r}{rev} is not in the local Hugging Face cache and "
-              "HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set", fetch_hint(name, revision, "dataset", patterns) + ".")
+              f"{offline_said('dataset')}", fetch_hint(name, revision, "dataset", patterns) + ".")
     else:
         c.note(f"{path}.data_name: Hub dataset {name!r}{rev} is not in the local Hugging Face cache; "
                "`modelpress run` will download it.")

@@ -198,7 +198,7 @@ def _check_source(model: InputModelConfig, path: str, c: Collector) -> None:
 
 def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
     """Say whether the local Hugging Face cache holds the model; an error only when it cannot be fetched."""
-    from modelpress.hub import cached_snapshot, fetch_hint, missing_model_files, model_patterns, offline
+    from modelpress.hub import cached_snapshot, fetch_hint, missing_model_files, model_patterns, offline, offline_said
 
     rev = f" at revision {model.revision!r}" if model.revision else ""
     what = f"Hub model {model.hub_id!r}{rev}"
@@ -211,7 +211,7 @@ def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
     elif offline():
         held = (f"is in the local Hugging Face cache without {', '.join(lacking)}" if lacking else
                 "is not in the local Hugging Face cache")
-        c.add(path, f"{what} {held} and HF_HUB_OFFLINE is set",
+        c.add(path, f"{what} {held} and {offline_said()}",
               fetch_hint(model.hub_id, model.revision, "model", patterns) + ".")
     else:
         held = f"lacks {', '.join(lacking)} in" if lacking else "is not in"
