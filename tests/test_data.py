@@ -180,6 +180,25 @@ def test_completion_loss_masks_the_prompt_and_keeps_label_and_eos():
     assert labels == [IGNORE, IGNORE, IGNORE, ord("X"), 2]
 
 
+def test_an_answer_is_trained_as_it_follows_its_prompt_with_a_sentencepiece_tokenizer(tmp_path):
+    """A SentencePiece tokenizer (Llama 2, Mistral, Phi-3) gives a text alone a leading word marker: "joy" alone is
+    "▁joy", after "...is:\n" it is "joy". Training takes the answer's tokens from the prompt and answer tokenized
+    together, as TRL does and as inference continues the prompt (a review: it trained "▁joy")."""
+    from test_gguf_hf import sentencepiece_tokenizer
+
+    tokenizer = sentencepiece_tokenizer(str(tmp_path / "sp"))
+    config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template="Text: {phrase}\nTone:\n{tone}",
+                        loss_on="completion")
+    example = Example("Text: I am happy\nTone:\n", "joy", "row 0")
+    [(ids, labels)] = tokenize([example], tokenizer, config)
+    whole = tokenizer("Text: I am happy\nTone:\njoy")["input_ids"]
+    assert ids == whole + [tokenizer.eos_token_id]
+    trained = [t for t in labels if t != IGNORE]
+    assert trained == whole[len(tokenizer("Text: I am happy\nTone:\n")["input_ids"]):] + [tokenizer.eos_token_id]
+    alone = tokenizer("joy", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(alone)[0].startswith("▁") and trained[:-1] != alone  # what it was
+
+
 def test_line_by_line_pads_to_max_len_only_when_asked():
     config = DataConfig(name="d", data_files=[TONE_DATA], format="json", text_template=TEMPLATE,
                         strategy="line-by-line", max_seq_len=8, pad_to_max_len=True)

@@ -89,7 +89,10 @@ def test_the_loss_scores_the_closing_token_training_saw_with_a_sentencepiece_sty
 
     ex = Example("Text: hi\nTone: ", "joy", "row 0", target="joy\n###")
     prompt, scored = Toy()._pair(ex, add_bos=False)
-    assert scored == [marker, ord("j"), ord("o"), ord("y"), ord("\n")]  # not the marker "\n###" alone starts with
+    # the answer as it follows the prompt, where no marker opens it, then the closing token training saw: not the
+    # marker "\n###" alone starts with, nor the one "joy" alone starts with (a review: training took "joy" after the
+    # prompt, the loss scored it alone)
+    assert scored == [ord("j"), ord("o"), ord("y"), ord("\n")]
 
 
 def test_a_measurement_that_names_its_data_config_is_keyed_without_the_default(tmp_path, tiny_model):

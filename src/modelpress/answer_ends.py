@@ -70,12 +70,15 @@ class Ends:
         token is the first one training put after the answer (a template's `\n###` begins with the newline), or,
         when nothing closes the answer, the end of sequence that training appends with special tokens (`add_bos`
         is the data config's add_special_tokens); without them, the answer alone."""
-        answer = self._plain_ids(ex.completion)
+        alone = self._plain_ids(ex.completion)
         memo = self.__dict__.setdefault("_closing_memo", {})
         if (ex.completion, ex.closing) not in memo:
-            memo[ex.completion, ex.closing] = self._closing(ex, answer)
+            memo[ex.completion, ex.closing] = self._closing(ex, alone)
         closing = memo[ex.completion, ex.closing] or ([self.eos_id] if add_bos and self.eos_id is not None else [])
-        return scored_split(self._ids(ex.prompt, add_bos), answer + closing)
+        prompt, whole = self._ids(ex.prompt, add_bos), self._ids(ex.prompt + ex.completion, add_bos)
+        # the answer as training tokenizes it, after its prompt (`data.tokenize`)
+        answer = whole[len(prompt):] if whole[:len(prompt)] == prompt and len(whole) > len(prompt) else alone
+        return scored_split(prompt, answer + closing)
 
     def _closing(self, ex: Example, answer: list[int]) -> list[int]:
         """The first token after the answer as training tokenizes the two (answer and closing text in one string): a

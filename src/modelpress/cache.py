@@ -29,7 +29,7 @@ from modelpress.models import ModelRef
 from modelpress.passes.spec_base import HF_ADAPTER
 
 log = logging.getLogger("modelpress")
-CACHE_VERSION = 12  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
+CACHE_VERSION = 13  # bump when a pass gives different output for the same inputs (3: 2026-12-06, the k-quant
 # layer rule, kld_gradient's head, Rtn/Gptq's float dtype, the eval split of data_seed null; 4: the same day,
 # nodes_to_include restricting the weight-only quantizers, an empty float16 include list meaning none; 5: the
 # next session, 8-bit RTN quantizing embedding tables, torch_dtype float16 as fp16 autocast over a float32 base,
@@ -46,7 +46,8 @@ CACHE_VERSION = 12  # bump when a pass gives different output for the same input
 # as a float (1.0) named as the integer, a classifier's rows cut to the tokenizer's model_max_length; 12: the next
 # session, OnnxConversion's KV-cache graph taking position_ids and keeping a sliding-window model's whole past, a
 # classifier's loss under gradient accumulation, a whole number in a float column written whole, R1-style chat
-# prompts, a classifier's eval split keeping held-out labels among the trained, the streamed merge's int buffers)
+# prompts, a classifier's eval split keeping held-out labels among the trained, the streamed merge's int buffers; 13:
+# 2026-12-08, an answer trained and scored as its tokens follow the prompt, not as it is tokenized alone)
 
 CACHE_MARKER = ".modelpress-cache"  # in a cache_dir modelpress made: clean_cache may empty it
 IN_USE_LOCK = "in-use.lock"  # shared by every run on the cache, taken alone to empty it

@@ -240,10 +240,14 @@ def tokenize(examples: list[Example], tokenizer, config: DataConfig) -> list[tup
     """Token ids and labels for each example; prompt labels are masked when loss_on is 'completion'."""
     bos = [tokenizer.bos_token_id] if config.add_special_tokens and tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if config.add_special_tokens and tokenizer.eos_token_id is not None else []
-    completions = tokenizer([ex.target or ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
+    targets = [ex.target or ex.completion for ex in examples]
+    completions = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    wholes = tokenizer([ex.prompt + t for ex, t in zip(examples, targets)], add_special_tokens=False)["input_ids"]
     out = []
-    for head, head_labels, completion in zip(*_heads(examples, tokenizer, config.loss_on), completions):
-        tail = completion + eos
+    for head, head_labels, completion, whole in zip(*_heads(examples, tokenizer, config.loss_on), completions, wholes):
+        # the answer as it follows its prompt (as TRL takes it): a SentencePiece tokenizer gives a text alone a
+        # leading word marker ("▁joy") that the joined string lacks; alone where the prompt's tokens change
+        tail = (whole[len(head):] if whole[:len(head)] == head and len(whole) > len(head) else completion) + eos
         out.append((bos + head + tail, [IGNORE] * len(bos) + head_labels + tail))
     return out
 
