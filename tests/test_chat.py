@@ -484,3 +484,44 @@ def test_loss_on_all_needs_only_the_last_turn_cut_out():
     [ex] = render(_config(loss_on="all"), rows, ChatFormat(rewriting))
     assert ex.completion == "joy" and ex.target == "joy\n"
     assert ex.prompt == "user: hi\nassistant: yo\nuser: tone?\nassistant: "
+
+
+# Qwen3's real way: an empty think block before the last answer only when the answer holds none
+QWEN3ISH = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+            "{% if message['role'] == 'assistant' and loop.last and '</think>' not in message['content'] %}"
+            "{{ '<think>\n\n</think>\n\n' }}{% endif %}{{ message['content'] + '<|im_end|>\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_rows_that_bring_their_own_think_block_are_asked_by_generate_as_training_asked_them(tokenizer):
+    """An answer holding a think block (data distilled from a reasoning model) is trained after the generation
+    prompt alone; generate added the template's empty think block anyway, and the R1-Distill template, which drops
+    the block, was compared with the row's text, think block included (a review)."""
+    from modelpress.context import _lead_taken
+    from modelpress.generate import chat_prompt_for
+
+    columns = {"user": "{q}", "assistant": "{a}"}
+    chat = ChatFormat(QWEN3ISH)
+    [thinking] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "<think>\nhm\n</think>\n\njoy"}), chat)
+    assert thinking.prompt.endswith("<|im_start|>assistant\n")
+    lead = chat.turn_ends()[0]
+    assert lead == "<think>\n\n</think>\n\n" and _lead_taken(lead, [thinking], "d") == {"lead": ""}
+    card = {"template": QWEN3ISH, "special_tokens": {}, "columns": columns}
+    assert chat_prompt_for(card, "hi") == thinking.prompt + lead  # what generate asked before
+    assert chat_prompt_for({**card, **_lead_taken(lead, [thinking], "d")}, "hi") == thinking.prompt
+    [plain] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "joy"}), chat)
+    assert _lead_taken(lead, [plain], "d") == {} and chat_prompt_for(card, "hi") == plain.prompt
+    assert _lead_taken(lead, [plain, plain, thinking], "d") == {"lead": lead}  # as most rows were asked
+    [r1] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "<think>x</think>joy"}), ChatFormat(R1))
+    assert (r1.completion, r1.target) == ("joy", "joy<|end|>")  # what the model learns to answer
+
+
+def test_an_earlier_answer_s_leading_blanks_do_not_merge_into_the_template_s_text(tokenizer):
+    """A leading newline of an earlier answer merged with the template's newline after "assistant" into one token,
+    which was trained: the model learnt a token its generation prompt never ends with (a review)."""
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\n\nHello"},
+             {"role": "user", "content": "and?"}, {"role": "assistant", "content": "joy"}]
+    [ex] = render(_config(), _rows({"messages": turns}), ChatFormat(CHATML))
+    assert "<|im_start|>assistant\nHello<|im_end|>" in ex.prompt
+    [(ids, labels)] = tokenize([ex], tokenizer, _config())
+    assert _trained_text(tokenizer, ids, labels) == "Hello<|im_end|>\njoy<|im_end|>\n"

@@ -92,7 +92,7 @@ class DataPlan:
                             "evaluate send new text with (%s); give every row the same one, or set system_prompt",
                             name, other, len(examples), "none" if system is None else f"system_prompt {system!r}")
             recipe["chat"] = {**chat.to_json(), "columns": data.chat_columns, "message_col": data.message_col,
-                              "system_prompt": system}
+                              "system_prompt": system, **_lead_taken(chat.turn_ends()[0], examples, name)}
         return recipe
 
     def chat_format(self, name: str) -> ChatFormat | None:
@@ -231,3 +231,16 @@ class PassContext:
     def task(self) -> str:
         """text-generation or text-classification: what the model in hand does."""
         return self.model.task.get("task") or self.input_model.task
+
+
+def _lead_taken(lead: str, examples: list, name: str) -> dict:
+    """{"lead": text} where the rows' prompts did not end with the text the template opens an answer with (Qwen3's
+    empty think block): an answer holding its own think block is trained after the generation prompt alone, and
+    `generate` must ask as training did; {} where they did, as generate reads the template itself."""
+    ending = sum(ex.prompt.endswith(lead) for ex in examples) if lead else len(examples)
+    if ending == len(examples):
+        return {}
+    if ending:
+        log.warning("data config %r: %d of %d prompts end with %r, which the template opens an answer with, and the "
+                    "rest without it; generate asks as the most did", name, ending, len(examples), lead)
+    return {"lead": lead if 2 * ending >= len(examples) else ""}

@@ -182,9 +182,10 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     from modelpress.chat import messages_of, split_turn
 
     messages = messages_of(row, where, config.message_col, config.chat_columns, config.system_prompt)
-    # blanks before the answer are the row's, not the template's: left in, they would end the training prompt,
-    # which generation (the template's own prompt) never does
-    messages[-1] = {**messages[-1], "content": messages[-1]["content"].lstrip()}
+    # blanks before an answer are the row's, not the template's: left in, they would end the training prompt, which
+    # generation (the template's own prompt) never does, or an earlier answer's would merge into the template's
+    # text after its role into a token the trained span reaches
+    messages = [{**m, "content": m["content"].lstrip()} if m["role"] == "assistant" else m for m in messages]
     try:
         pieces = chat.pieces(messages, earlier_turns=config.loss_on != "all")
     except DataError as err:
@@ -201,8 +202,12 @@ def _chat_example(config: DataConfig, chat, row: dict, where: str) -> Example:
     split = split_turn(turn, answer, lead)
     if split is not None:
         lead, completion, _ = split
-    else:  # the template rewrites this answer (Qwen3 moves a think block out of it): trained as rendered, after
-        lead, completion = (lead if turn.startswith(lead) else ""), answer  # its lead, and compared with the row's
+    else:  # the template rewrites this answer (Qwen3 moves a think block out of it): trained as rendered, after its
+        # lead; compared with the row's answer, or with the end of it that the template kept (R1-Distill drops a think
+        # block before the answer, and the model learns the rest)
+        lead = lead if turn.startswith(lead) else ""
+        shown = turn[len(lead):].removesuffix(chat.turn_ends()[1]).strip()
+        completion = shown if shown and answer.strip().endswith(shown) else answer
     # text the template opens the answer with goes to the prompt, as generation reads it (chat_prompt_for adds it)
     head = tuple(pieces[:last]) + (((lead, False),) if lead else ())
     return Example("".join(text for text, _ in head), completion, where, target=turn[len(lead):], turns=head,

@@ -68,7 +68,7 @@ def chat_prompt_for(chat: dict, text: str) -> str:
     messages = [{"role": "system", "content": chat["system_prompt"]}] if chat.get("system_prompt") is not None else []
     rendered = ChatFormat.from_card(chat).render([*messages, {"role": "user", "content": user}],
                                                  add_generation_prompt=True)
-    return rendered + _answer_turn_ends(chat)[0]
+    return rendered + (chat["lead"] if "lead" in chat else _answer_turn_ends(chat)[0])  # as the rows' prompts ended
 
 
 def chat_stop(chat: dict) -> str:
