@@ -192,6 +192,37 @@ def test_a_snapshot_without_its_tokenizer_or_its_remote_code_is_partial(hub_cach
     assert model_patterns(True, "m.Q4.gguf") == ["*.json", "*.jinja", "m.Q4.gguf", "*.py"]  # not the repo's weights
 
 
+def test_code_another_repo_lends_is_read_from_the_cache_or_named_with_its_fetch(hub_cache, hf_home, tiny_model,
+                                                                              tmp_path):
+    """An auto_map class in another repo ("acme/code--modeling_x.X"): transformers loads it from that repo, after the
+    run went offline. It was neither fetched nor checked: validate said the model needed no network, and the run
+    failed inside a pass with transformers' own offline error (a review)."""
+    from modelpress.config import normalize
+    from modelpress.errors import ModelpressError
+    from modelpress.inputs import pin_hub_commit
+
+    files = dict(folder_files(tiny_model))
+    config = json.loads(files["config.json"])
+    config["auto_map"] = {"AutoModelForCausalLM": "acme/code--modeling_x.XForCausalLM"}
+    files["config.json"] = json.dumps(config).encode()
+    add_repo(hub_cache, "acme/borrows-code", files, "9" * 40)
+    raw = {**tone_workflow(tmp_path, {}), "input_model": {"type": "HfModel", "model_path": "acme/borrows-code",
+                                                          "load_kwargs": {"trust_remote_code": True}}}
+    path = write_config(tmp_path / "w.json", raw)
+    checked = _cli("validate", str(path), home=hf_home)
+    assert checked.returncode == 2 and "auto_map names code in 'acme/code', which is not in the local Hugging Face " \
+        "cache and HF_HUB_OFFLINE is set" in checked.stderr, checked.stderr
+    assert 'hf download acme/code --include "*.py" "*.json"' in checked.stderr
+    with pytest.raises(ModelpressError, match=r"its auto_map names acme/code's code\): model 'acme/code' is not in "):
+        pin_hub_commit(normalize(raw, base_dir=tmp_path, sources_here=False).input_model)
+    add_repo(hub_cache, "acme/code", {"modeling_x.py": b"# the class", "config.json": b"{}"}, "a" * 40)
+    checked = _cli("validate", str(path), home=hf_home)
+    assert checked.returncode == 0 and "it is used without any network access" in checked.stderr, checked.stderr
+    assert pin_hub_commit(normalize(raw, base_dir=tmp_path).input_model).revision == "9" * 40
+    del raw["input_model"]["load_kwargs"]  # without trust_remote_code no code is read, and none is asked for
+    assert "auto_map" not in _cli("validate", str(write_config(tmp_path / "w.json", raw)), home=hf_home).stderr
+
+
 def test_a_download_without_safetensors_weights_is_one_clear_error(hub_cache, tmp_path, monkeypatch):
     """A repo that ships only pickled pytorch_model.bin: the download fetches its config and tokenizer, and
     modelpress says why it stops instead of leaving transformers to fail at load time."""

@@ -174,10 +174,24 @@ def missing_model_files(gguf_file: str | None, trust_remote_code: bool = False) 
 
 def remote_code_files(config_file: Path) -> list[str]:
     """The Python files a model's config.json maps its classes to (`auto_map`, this repo's own modules)."""
-    auto_map = read_json(config_file).get("auto_map") or {}
-    refs = [r for value in auto_map.values() for r in (value if isinstance(value, list) else [value])
-            if isinstance(r, str) and "--" not in r]  # "other/repo--module.Class" lives in another repo
+    refs = [r for r in _auto_map_refs(config_file) if "--" not in r]  # "other/repo--module.Class": another repo's
     return sorted({r.rsplit(".", 1)[0] + ".py" for r in refs if "." in r})
+
+
+CODE_FILES = ["*.py", "*.json"]  # what modelpress fetches of a repo that only lends a model its code
+
+
+def remote_code_repos(folder: Path) -> list[str]:
+    """The other repos whose code a model's config.json or tokenizer_config.json maps classes to
+    ("org/repo--module.Class"): transformers loads those classes from that repo, not from the model's folder."""
+    refs = [r for name in ("config.json", "tokenizer_config.json") for r in _auto_map_refs(folder / name)]
+    return sorted({r.split("--", 1)[0] for r in refs if "--" in r})
+
+
+def _auto_map_refs(config_file: Path) -> list[str]:
+    auto_map = (read_json(config_file).get("auto_map") or {}) if config_file.is_file() else {}
+    return [r for value in auto_map.values() for r in (value if isinstance(value, list) else [value])
+            if isinstance(r, str)]
 
 
 def cache_root() -> Path:

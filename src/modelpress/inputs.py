@@ -8,7 +8,7 @@ from modelpress.cache import file_sha
 from modelpress.config.schema import InputModelConfig
 from modelpress.errors import ModelpressError
 from modelpress.gguf import converted_folder
-from modelpress.hub import missing_model_files, model_patterns, snapshot
+from modelpress.hub import CODE_FILES, missing_model_files, model_patterns, remote_code_repos, snapshot
 
 
 def resolve_input_folder(model: InputModelConfig, cache_root: Path) -> Path:
@@ -46,9 +46,15 @@ def gguf_source(model: InputModelConfig) -> Path | None:
 
 def _folder(model: InputModelConfig) -> Path:
     if model.hub_id:
-        return snapshot(model.hub_id, model.revision, "model", model_patterns(model.trust_remote_code, model.gguf_file),
-                        missing_model_files(model.gguf_file, model.trust_remote_code), key="input_model.model_path")
-    return Path(model.model_path)
+        folder = snapshot(model.hub_id, model.revision, "model", model_patterns(model.trust_remote_code,
+                          model.gguf_file), missing_model_files(model.gguf_file, model.trust_remote_code),
+                          key="input_model.model_path")
+    else:
+        folder = Path(model.model_path)
+    if model.trust_remote_code and not model.gguf_file:  # code another repo lends: cached (or fetched) now, as
+        for repo in remote_code_repos(folder):  # transformers reads it after the run went offline
+            snapshot(repo, None, "model", CODE_FILES, key=f"input_model.model_path (its auto_map names {repo}'s code)")
+    return folder
 
 
 def describe_input(model, folder: Path, content: str, commit: str | None = None) -> dict:

@@ -194,6 +194,23 @@ def _check_source(model: InputModelConfig, path: str, c: Collector) -> None:
             c.add(path, f"GGUF file not found: {file}", "Give the path of an existing .gguf file.")
     else:
         check_model_folder(model.model_path, path, c)
+        if model.trust_remote_code and model.model_path.is_dir():
+            _check_code_repos(model.model_path, path, c)
+
+
+def _check_code_repos(folder: Path, path: str, c: Collector) -> bool:
+    """Whether the repos whose code the model's auto_map names are in the local cache; those missing said (an error
+    offline, a note online, where `modelpress run` fetches them before it goes offline)."""
+    from modelpress.hub import CODE_FILES, cached_snapshot, fetch_hint, offline, offline_said, remote_code_repos
+
+    missing = [repo for repo in remote_code_repos(folder) if cached_snapshot(repo, None, "model", CODE_FILES) is None]
+    for repo in missing:
+        said = f"the model's auto_map names code in {repo!r}, which is not in the local Hugging Face cache"
+        if offline():
+            c.add(path, f"{said} and {offline_said()}", fetch_hint(repo, None, "model", CODE_FILES) + ".")
+        else:
+            c.note(f"{path}: {said}; `modelpress run` will download its code files.")
+    return not missing
 
 
 def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
@@ -206,8 +223,9 @@ def _check_hub(model: InputModelConfig, path: str, c: Collector) -> None:
     folder = cached_snapshot(model.hub_id, model.revision, "model", patterns, judged=offline())
     lacking = missing_model_files(model.gguf_file, model.trust_remote_code)(folder) if folder is not None else []
     if folder is not None and not lacking:
-        c.note(f"{path}: {what} is in the local Hugging Face cache ({folder}); it is used without any network "
-               "access.")
+        if not model.trust_remote_code or model.gguf_file or _check_code_repos(folder, path, c):
+            c.note(f"{path}: {what} is in the local Hugging Face cache ({folder}); it is used without any network "
+                   "access.")
     elif offline():
         held = (f"is in the local Hugging Face cache without {', '.join(lacking)}" if lacking else
                 "is not in the local Hugging Face cache")
