@@ -964,3 +964,16 @@ def test_warmup_under_a_constant_schedule_is_named_as_doing_nothing(tiny_model, 
     assert "warmup has no effect" not in warnings({"lr_scheduler_type": "constant"})
     # line-by-line without padding to max_seq_len (tone_workflow's data) has lengths to group by
     assert "group_by_length" not in warnings({"group_by_length": True})
+
+
+def test_use_chat_template_is_read_as_chat_template(tiny_model, tmp_path):
+    """The issue names Olive's chat-template option as `chat_template`/`use_chat_template`: both spellings turn the
+    chat rendering on (the second was an unknown key)."""
+    from conftest import tone_workflow
+
+    for key in ("chat_template", "use_chat_template"):
+        raw = tone_workflow(tiny_model, {})
+        raw["data_configs"][0]["pre_process_data_config"] = {"chat_columns": {"user": "{phrase}", "assistant": "{tone}"},
+                                                             key: True}
+        data = normalize(raw, tmp_path).data_configs["tone"]
+        assert data.chat_template is True, key

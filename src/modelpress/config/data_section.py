@@ -19,8 +19,8 @@ from modelpress.config.schema import DataConfig, split_name
 from modelpress.config.paths import local_path, shadowing_folder
 
 # keys by which a data config says where its text comes from; with none, an Olive config reads the column `text`
-OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "chat_columns", "label_col",
-                 "text_formatting_func")
+OWN_TEXT_KEYS = ("text_template", "text_cols", "input_cols", "chat_template", "use_chat_template", "chat_columns",
+                 "label_col", "text_formatting_func")
 FORMATS = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 CONTAINER_KEYS = ("name", "type", "load_dataset_config", "pre_process_data_config", "dataloader_config",
                   "post_process_data_config", "user_script", "script_dir", "params_config")

@@ -105,7 +105,8 @@ class DataConfig(Strict):
         "a chat template every assistant turn. Default: completion for chat data, all otherwise."
     )
     chat_template: bool | str | None = Field(
-        None, description="Render rows as conversations through a chat template: true for the model's own, the "
+        None, validation_alias=AliasChoices("chat_template", "use_chat_template"),
+        description="Render rows as conversations through a chat template: true for the model's own, the "
         "name of one of its tokenizer's named templates, or a Jinja template string (Olive's chat_template).")
     message_col: str = Field("messages", description="Chat data: the column of role/content messages (TRL, Axolotl).")
     chat_columns: dict[str, str] | None = Field(
