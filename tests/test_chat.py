@@ -514,6 +514,8 @@ def test_rows_that_bring_their_own_think_block_are_asked_by_generate_as_training
     assert _lead_taken(lead, [plain, plain, thinking], "d") == {"lead": lead}  # as most rows were asked
     [r1] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "<think>x</think>joy"}), ChatFormat(R1))
     assert (r1.completion, r1.target) == ("joy", "joy<|end|>")  # what the model learns to answer
+    [r1] = render(_config(chat_columns=columns), _rows({"q": "hi", "a": "<think>\nx\n</think>\n\njoy"}), ChatFormat(R1))
+    assert (r1.completion, r1.stop) == ("joy", "<|end|>")  # the blanks the template left before it: not the stop's
 
 
 def test_an_earlier_answer_s_leading_blanks_do_not_merge_into_the_template_s_text(tokenizer):

@@ -895,6 +895,13 @@ def test_an_olive_data_config_without_template_or_columns_reads_the_text_column(
     config = normalize(raw, base_dir=workspace)
     assert config.data_configs["dataset_default_train"].text_cols == ["text"]
     assert any("each row's 'text' column is the text, as in Olive" in n for n in config.notes)
+    for key in ("chat_template", "use_chat_template"):  # a chat template turned off names no text either
+        off = copy.deepcopy(raw)
+        off["data_configs"][0]["pre_process_data_config"][key] = False
+        assert normalize(off, base_dir=workspace).data_configs["dataset_default_train"].text_cols == ["text"], key
+    both = copy.deepcopy(raw)
+    both["data_configs"][0]["pre_process_data_config"].update(chat_template=True, use_chat_template=True)
+    assert any("use_chat_template: chat_template is given too" in p for p in _problems(both, workspace))
     raw["evaluation"] = {}  # modelpress's own schema
     assert any("neither text_template nor text_cols is set" in p for p in _problems(raw, workspace))
 

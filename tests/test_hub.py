@@ -549,6 +549,9 @@ def test_hf_datasets_offline_alone_keeps_hub_datasets_offline_and_the_hint_names
                               raw))], capture_output=True, text=True, env=env)
     assert "'acme/no-such-model' is not in the local Hugging Face cache and TRANSFORMERS_OFFLINE is set" in \
         checked.stderr and "unset TRANSFORMERS_OFFLINE so" in checked.stderr, checked.stderr
+    checked = subprocess.run([sys.executable, "-m", "modelpress", "validate", str(tmp_path / "m.json")],
+                             capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert "unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE so" in checked.stderr, checked.stderr  # both keep it off
 
 
 def test_a_dataset_snapshot_datasets_filled_in_part_is_not_taken_as_whole(hf_home, hub_cache, tmp_path):

@@ -43,6 +43,7 @@ class Example:
     def closing(self) -> str:
         """The text trained on after the completion, as written (a chat turn's end marker and newline)."""
         target = self.target or ""
+        target = target if target.startswith(self.completion) else target.lstrip()  # R1-Distill: "\n\njoy<|end|>"
         return target[len(self.completion):] if target.startswith(self.completion) else ""
 
     @property

@@ -234,8 +234,10 @@ def offline_switches(repo_type: str = "model") -> list[str]:
     """The variables that keep downloads off here, as a user would unset them, read as the libraries read them:
     huggingface_hub takes TRANSFORMERS_OFFLINE where HF_HUB_OFFLINE is unset, datasets its own switch first;
     HF_HUB_OFFLINE where none is on (a library set it)."""
-    hub = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
-    on = [hub] if _true(os.environ.get(hub)) else []
+    # with HF_HUB_OFFLINE on, TRANSFORMERS_OFFLINE on too keeps the hub offline once the first is unset: both named
+    on = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if _true(os.environ.get(name))]
+    if on and not _true(os.environ.get("HF_HUB_OFFLINE")) and os.environ.get("HF_HUB_OFFLINE"):
+        on = []  # HF_HUB_OFFLINE=0 given: huggingface_hub does not read TRANSFORMERS_OFFLINE
     if repo_type == "dataset" and _true(os.environ.get("HF_DATASETS_OFFLINE")):
         on.append("HF_DATASETS_OFFLINE")
     return on or ["HF_HUB_OFFLINE"]

@@ -396,6 +396,9 @@ def run_search(session):
     if evaluation.enabled and result["best"]:
         models["best"] = session.measure(final, "best", search.history)
     metrics = {"models": {k: v for k, v in models.items() if v}, "search": result}
-    write_outputs(session.config, final if result["best"] else None, session.task_card(), search.history, metrics,
+    model = session.config.input_model  # the resolved config as written: a Hub branch, not the commit the run pinned
+    written = session.config.model_copy(update={"input_model": model.model_copy(
+        update={"revision": session.source.get("revision", model.revision)})})
+    write_outputs(written, final if result["best"] else None, session.task_card(), search.history, metrics,
                   session.source)
     return RunResult(session.config.engine.output_dir, final, search.history, metrics)

@@ -87,7 +87,12 @@ def _data_config(raw: dict, path: str, base_dir: Path, c: Collector, olive: bool
     if load.get("col_filters") is not None:  # rows kept by column value, whatever the source
         load_fields["col_filters"] = load["col_filters"]
     data = {**pre, **load_fields, "name": raw.get("name")}
-    if olive and not any(k in data for k in OWN_TEXT_KEYS):
+    if "chat_template" in data and "use_chat_template" in data:
+        c.add(f"{pre_path}.use_chat_template", "chat_template is given too: the two spellings are one key",
+              "Keep one of them.")
+        return None
+    # a chat template turned off (false) names no text: Olive's default text column holds
+    if olive and not any(k in data and data[k] not in (None, False) for k in OWN_TEXT_KEYS):
         data["text_cols"] = ["text"]  # Olive's text-generation default (its TextGenParams.text_cols)
         c.note(f"{path}: no text_template, text_cols or chat template: each row's 'text' column is the text, as "
                "in Olive")
