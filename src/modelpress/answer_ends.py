@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelpress.data import Example
+from modelpress.data import Example, answer_after
 from modelpress.genai_folder import named_token
 from modelpress.scoring import scored_split
 
@@ -75,9 +75,8 @@ class Ends:
         if (ex.completion, ex.closing) not in memo:
             memo[ex.completion, ex.closing] = self._closing(ex, alone)
         closing = memo[ex.completion, ex.closing] or ([self.eos_id] if add_bos and self.eos_id is not None else [])
-        prompt, whole = self._ids(ex.prompt, add_bos), self._ids(ex.prompt + ex.completion, add_bos)
-        # the answer as training tokenizes it, after its prompt (`data.tokenize`)
-        answer = whole[len(prompt):] if whole[:len(prompt)] == prompt and len(whole) > len(prompt) else alone
+        prompt = self._ids(ex.prompt, add_bos)
+        answer = answer_after(prompt, self._ids(ex.prompt + ex.completion, add_bos), alone)  # as training takes it
         return scored_split(prompt, answer + closing)
 
     def _closing(self, ex: Example, answer: list[int]) -> list[int]:

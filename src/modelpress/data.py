@@ -251,11 +251,16 @@ def tokenize(examples: list[Example], tokenizer, config: DataConfig) -> list[tup
     wholes = tokenizer([ex.prompt + t for ex, t in zip(examples, targets)], add_special_tokens=False)["input_ids"]
     out = []
     for head, head_labels, completion, whole in zip(*_heads(examples, tokenizer, config.loss_on), completions, wholes):
-        # the answer as it follows its prompt (as TRL takes it): a SentencePiece tokenizer gives a text alone a
-        # leading word marker ("▁joy") that the joined string lacks; alone where the prompt's tokens change
-        tail = (whole[len(head):] if whole[:len(head)] == head and len(whole) > len(head) else completion) + eos
+        tail = answer_after(head, whole, completion) + eos
         out.append((bos + head + tail, [IGNORE] * len(bos) + head_labels + tail))
     return out
+
+
+def answer_after(prompt: list[int], whole: list[int], alone: list[int]) -> list[int]:
+    """An answer's tokens as they follow its prompt (`whole`: prompt and answer tokenized together, as TRL takes
+    them): a SentencePiece tokenizer gives a text alone a leading word marker ("▁joy") that the joined string lacks.
+    `alone` (the answer tokenized by itself) where the joined string changes the prompt's own tokens."""
+    return whole[len(prompt):] if whole[:len(prompt)] == prompt and len(whole) > len(prompt) else alone
 
 
 def _heads(examples: list[Example], tokenizer, loss_on: str) -> tuple[list[list[int]], list[list[int]]]:
